@@ -1,0 +1,218 @@
+/*
+ * log — see log.h. One write(2) per line; the destination fd is swapped atomically on reopen so
+ * worker threads never see a closed descriptor mid-line (the old fd is closed only after the new
+ * one is installed; a line in flight on the old fd still completes).
+ */
+#include "log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+static atomic_int log_fd = 2;
+static atomic_int log_threshold = LOG_INFO;
+static char log_path[1024];
+
+const char *log_level_name(enum log_level level)
+{
+    switch (level) {
+    case LOG_DEBUG:
+        return "debug";
+    case LOG_INFO:
+        return "info";
+    case LOG_WARN:
+        return "warn";
+    case LOG_ERROR:
+        return "error";
+    }
+    return "?";
+}
+
+static int open_file(const char *file)
+{
+    return open(file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+}
+
+bool log_open(enum log_level level, const char *file)
+{
+    atomic_store(&log_threshold, (int)level);
+    if (!file || !*file) {
+        int old = atomic_exchange(&log_fd, 2);
+        if (old != 2)
+            close(old);
+        log_path[0] = '\0';
+        return true;
+    }
+    int fd = open_file(file);
+    if (fd < 0)
+        return false;
+    snprintf(log_path, sizeof log_path, "%s", file);
+    int old = atomic_exchange(&log_fd, fd);
+    if (old != 2)
+        close(old);
+    return true;
+}
+
+void log_set_level(enum log_level level)
+{
+    atomic_store(&log_threshold, (int)level);
+}
+
+bool log_reopen(void)
+{
+    if (!log_path[0])
+        return true;
+    int fd = open_file(log_path);
+    if (fd < 0)
+        return false;
+    int old = atomic_exchange(&log_fd, fd);
+    if (old != 2)
+        close(old);
+    return true;
+}
+
+bool log_enabled(enum log_level level)
+{
+    return (int)level >= atomic_load(&log_threshold);
+}
+
+void log_write(enum log_level level, const char *fmt, ...)
+{
+    if (!log_enabled(level))
+        return;
+    char line[LOG_LINE_MAX];
+    struct timeval tv;
+    struct tm tm;
+    gettimeofday(&tv, NULL);
+    gmtime_r(&tv.tv_sec, &tm);
+    int n = snprintf(line, sizeof line, "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03dZ level=%s ",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                     tm.tm_sec, (int)(tv.tv_usec / 1000), log_level_name(level));
+    va_list ap;
+    va_start(ap, fmt);
+    int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    size_t len;
+    if (m < 0) {
+        len = (size_t)n;
+    } else if ((size_t)m >= sizeof line - (size_t)n - 1) {
+        static const char cut[] = " truncated=1";
+        len = sizeof line - 1 - sizeof cut;
+        memcpy(line + len, cut, sizeof cut - 1);
+        len += sizeof cut - 1;
+    } else {
+        len = (size_t)n + (size_t)m;
+    }
+    line[len++] = '\n';
+    int fd = atomic_load(&log_fd);
+    const char *p = line;
+    while (len > 0) {
+        ssize_t w = write(fd, p, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            break;
+        p += w;
+        len -= (size_t)w;
+    }
+}
+
+/* Length of a valid UTF-8 sequence starting at s (1..4), or 0 if invalid. */
+static size_t utf8_len(const unsigned char *s, size_t avail)
+{
+    unsigned char c = s[0];
+    size_t n;
+    uint32_t cp;
+    if (c >= 0xc2 && c <= 0xdf) {
+        n = 2;
+        cp = c & 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        n = 3;
+        cp = c & 0x0f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        n = 4;
+        cp = c & 0x07;
+    } else {
+        return 0;
+    }
+    if (avail < n)
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3f);
+    }
+    if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+        (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return n;
+}
+
+const char *log_q(char *buf, size_t cap, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    static const char ell[] = "\xe2\x80\xa6"; /* … */
+    if (cap < 8) {
+        if (cap)
+            buf[0] = '\0';
+        return buf;
+    }
+    size_t o = 0;
+    size_t lim = cap - 1 /* NUL */ - 1 /* closing quote */ - (sizeof ell - 1);
+    buf[o++] = '"';
+    const unsigned char *u = (const unsigned char *)(s ? s : "");
+    size_t i = 0;
+    while (i < len) {
+        unsigned char c = u[i];
+        char tmp[4];
+        size_t tl;
+        size_t step = 1;
+        if (c == '"' || c == '\\') {
+            tmp[0] = '\\';
+            tmp[1] = (char)c;
+            tl = 2;
+        } else if (c >= 0x20 && c < 0x7f) {
+            tmp[0] = (char)c;
+            tl = 1;
+        } else if (c >= 0x80 && (step = utf8_len(u + i, len - i)) > 0) {
+            tl = step;
+            if (o + tl > lim)
+                break;
+            memcpy(buf + o, u + i, tl);
+            o += tl;
+            i += step;
+            continue;
+        } else {
+            step = 1;
+            tmp[0] = '\\';
+            tmp[1] = 'x';
+            tmp[2] = hex[c >> 4];
+            tmp[3] = hex[c & 15];
+            tl = 4;
+        }
+        if (o + tl > lim)
+            break;
+        memcpy(buf + o, tmp, tl);
+        o += tl;
+        i += step;
+    }
+    if (i < len) {
+        memcpy(buf + o, ell, sizeof ell - 1);
+        o += sizeof ell - 1;
+    }
+    buf[o++] = '"';
+    buf[o] = '\0';
+    return buf;
+}
+
+const char *log_qs(char *buf, size_t cap, const char *s)
+{
+    return log_q(buf, cap, s, s ? strlen(s) : 0);
+}

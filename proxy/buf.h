@@ -1,0 +1,68 @@
+/*
+ * buf — a fixed-capacity byte buffer, allocated lazily and released when empty.
+ *
+ * Layout: data[0 .. cap) holds
+ *     [0, rpos)      consumed or sent — garbage, reclaimed by compaction
+ *     [rpos, mark)   ready to send to the peer (relay buffers) — the filter has passed it
+ *     [mark, wpos)   received but not yet released by the filter (held, or being parsed)
+ *     [wpos, cap)    free
+ * Buffers used only for parsing (pre-auth input) ignore `mark`.
+ *
+ * Idle sessions hold no memory: buf_release_if_empty() frees the storage, and buf_reserve()
+ * allocates it again on the next read. Every buffer has a hard capacity set at init, so no
+ * peer can make one grow.
+ */
+#ifndef PORTCULLIS_BUF_H
+#define PORTCULLIS_BUF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct buf {
+    char *data;    /* owned; NULL while empty and released */
+    uint32_t cap;  /* capacity once allocated */
+    uint32_t rpos; /* first unconsumed byte */
+    uint32_t mark; /* end of the sendable region (rpos <= mark <= wpos) */
+    uint32_t wpos; /* end of data */
+};
+
+void buf_init(struct buf *b, size_t cap);
+void buf_free(struct buf *b);
+
+static inline size_t buf_len(const struct buf *b)
+{
+    return b->wpos - b->rpos;
+}
+static inline size_t buf_sendable(const struct buf *b)
+{
+    return b->mark - b->rpos;
+}
+static inline bool buf_empty(const struct buf *b)
+{
+    return b->wpos == b->rpos;
+}
+/* Bytes that can still be appended (after compaction). */
+static inline size_t buf_room(const struct buf *b)
+{
+    return b->cap - buf_len(b);
+}
+static inline char *buf_rptr(const struct buf *b)
+{
+    return b->data + b->rpos;
+}
+
+/* Make at least one byte (up to all free space) writable at data+wpos; allocates or compacts.
+ * Returns the number of writable bytes (0 when full) or -1 when out of memory. */
+long buf_reserve(struct buf *b);
+/* Append bytes; returns false (appending nothing) if they do not fit. */
+bool buf_append(struct buf *b, const void *p, size_t len);
+bool buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Consume n bytes from the front (n <= buf_len); mark follows if it would fall behind. */
+void buf_consume(struct buf *b, size_t n);
+/* Drop everything. */
+void buf_clear(struct buf *b);
+/* Free the storage if nothing is held; keeps capacity for the next allocation. */
+void buf_release_if_empty(struct buf *b);
+
+#endif

@@ -1,0 +1,401 @@
+/*
+ * conn — see conn.h.
+ *
+ * The raw and TLS transports differ only in recv/send/handshake, so they are two small pairs of
+ * functions here rather than a vtable: the interesting part, deriving watcher interest from
+ * buffer state and OpenSSL's wants, is shared and must not be written twice.
+ *
+ * Invariants:
+ *  - ERR_clear_error() precedes every SSL_* I/O call: SSL_get_error() reads the thread's error
+ *    queue, which other sessions on this worker may have left dirty.
+ *  - An SSL_write that returned WANT_* is repeated with the same length (retry_len); the buffer
+ *    may have moved (SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER) but never shrinks meanwhile.
+ *  - After SSL_read stops with bytes still decrypted inside OpenSSL (SSL_pending), the socket
+ *    will not become readable for them: conn_update() feeds a read event to the watcher.
+ */
+#include "conn.h"
+
+#include <errno.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static void io_cb(struct ev_loop *loop, ev_io *w, int revents);
+
+void conn_init(struct conn *c, struct ev_loop *loop, int fd, conn_handler *h, void *owner,
+               size_t ctl_cap)
+{
+    memset(c, 0, sizeof *c);
+    c->fd = fd;
+    c->loop = loop;
+    c->handler = h;
+    c->owner = owner;
+    buf_init(&c->ctl, ctl_cap);
+    ev_io_init(&c->io, io_cb, fd, 0);
+    c->io.data = c;
+}
+
+void conn_close(struct conn *c)
+{
+    if (c->fd >= 0 && c->events)
+        ev_io_stop(c->loop, &c->io);
+    c->events = 0;
+    if (c->ssl) {
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
+    if (c->wipe_ctl && c->ctl.data)
+        OPENSSL_cleanse(c->ctl.data, c->ctl.cap);
+    buf_free(&c->ctl);
+    if (c->fd >= 0) {
+        close(c->fd);
+        c->fd = -1;
+    }
+}
+
+bool conn_connect(struct conn *c, const struct sockaddr *sa, socklen_t len)
+{
+    if (connect(c->fd, sa, len) == 0 || errno == EINPROGRESS) {
+        c->connecting = true;
+        conn_update(c);
+        return true;
+    }
+    c->error = true;
+    c->err = strerror(errno);
+    return false;
+}
+
+void conn_start_tls(struct conn *c, SSL *ssl, bool server)
+{
+    c->ssl = ssl;
+    SSL_set_fd(ssl, c->fd);
+    if (server)
+        SSL_set_accept_state(ssl);
+    else
+        SSL_set_connect_state(ssl);
+    c->handshaking = true;
+    c->read_wants_write = c->write_wants_read = false;
+    /* Start right away: a client's ClientHello may already be in the socket buffer. */
+    ev_feed_event(c->loop, &c->io, EV_READ | EV_WRITE);
+    conn_update(c);
+}
+
+/* Map an SSL result into our flags. Returns 1 for WANT_* (try later), 0 for clean EOF, -1 for
+ * an error. `for_write` tells which cross-direction flag a WANT sets. */
+static int ssl_outcome(struct conn *c, int rc, bool for_write)
+{
+    int e = SSL_get_error(c->ssl, rc);
+    switch (e) {
+    case SSL_ERROR_WANT_READ:
+        if (for_write)
+            c->write_wants_read = true;
+        return 1;
+    case SSL_ERROR_WANT_WRITE:
+        if (!for_write)
+            c->read_wants_write = true;
+        return 1;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        if (errno == EAGAIN || errno == EINTR)
+            return 1;
+        c->ssl_err = ERR_peek_last_error();
+        if (errno == 0 || errno == ECONNRESET || errno == EPIPE)
+            return 0; /* the peer went away without close_notify */
+        c->err = strerror(errno);
+        return -1;
+    default: {
+        unsigned long code = ERR_peek_last_error();
+        c->ssl_err = code;
+        /* libs-notes pitfall 12: a peer that closes without close_notify shows up as an SSL
+         * error "unexpected eof while reading"; that is an ordinary disconnect. */
+        if (ERR_GET_REASON(code) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
+            return 0;
+        c->err = code ? ERR_reason_error_string(code) : "TLS error";
+        if (!c->err)
+            c->err = "TLS error";
+        return -1;
+    }
+    }
+}
+
+static void do_handshake(struct conn *c)
+{
+    ERR_clear_error();
+    c->read_wants_write = c->write_wants_read = false;
+    int rc = SSL_do_handshake(c->ssl);
+    if (rc == 1) {
+        c->handshaking = false;
+        c->handler(c, CONN_EV_HANDSHAKE);
+        return;
+    }
+    int e = SSL_get_error(c->ssl, rc);
+    if (e == SSL_ERROR_WANT_READ)
+        return;
+    if (e == SSL_ERROR_WANT_WRITE) {
+        c->read_wants_write = true;
+        return;
+    }
+    c->handshaking = false;
+    c->error = true;
+    unsigned long code = ERR_peek_last_error();
+    c->ssl_err = code;
+    const char *r = code ? ERR_reason_error_string(code) : NULL;
+    c->err = r ? r : (e == SSL_ERROR_SYSCALL ? "connection closed during TLS handshake"
+                                             : "TLS handshake failed");
+    c->handler(c, CONN_EV_HANDSHAKE);
+}
+
+long conn_read(struct conn *c)
+{
+    long total = 0;
+    if (c->fd < 0 || c->eof || c->error || c->handshaking || c->connecting)
+        return 0;
+    for (;;) {
+        long room = buf_reserve(c->rbuf);
+        if (room < 0) {
+            c->error = true;
+            c->err = "out of memory";
+            break;
+        }
+        if (room == 0)
+            break;
+        char *dst = c->rbuf->data + c->rbuf->wpos;
+        ssize_t n;
+        if (c->ssl) {
+            ERR_clear_error();
+            c->read_wants_write = false;
+            int rc = SSL_read(c->ssl, dst, (int)(room > (1 << 30) ? (1 << 30) : room));
+            if (rc <= 0) {
+                int o = ssl_outcome(c, rc, false);
+                if (o == 0)
+                    c->eof = true;
+                else if (o < 0)
+                    c->error = true;
+                break;
+            }
+            n = rc;
+        } else {
+            n = recv(c->fd, dst, (size_t)room, 0);
+            if (n == 0) {
+                c->eof = true;
+                break;
+            }
+            if (n < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                    c->error = true;
+                    c->err = strerror(errno);
+                    if (errno == ECONNRESET) {
+                        c->error = false;
+                        c->eof = true;
+                    }
+                }
+                break;
+            }
+        }
+        c->rbuf->wpos += (uint32_t)n;
+        c->bytes_in += (uint64_t)n;
+        total += n;
+        /* A short plaintext read means the socket is drained; TLS reads return one record at
+         * a time, so keep going until WANT_READ. */
+        if (!c->ssl && n < room)
+            break;
+    }
+    return total;
+}
+
+/* Send one chunk; returns bytes sent, 0 for "try later", -1 on error. */
+static long send_chunk(struct conn *c, const char *p, size_t len)
+{
+    if (c->ssl) {
+        if (c->retry_len && c->retry_len <= len)
+            len = c->retry_len;
+        if (len > (1u << 30))
+            len = 1u << 30;
+        ERR_clear_error();
+        c->write_wants_read = false;
+        int rc = SSL_write(c->ssl, p, (int)len);
+        if (rc > 0) {
+            c->retry_len = 0;
+            return rc;
+        }
+        int o = ssl_outcome(c, rc, true);
+        if (o == 1) {
+            c->retry_len = (uint32_t)len;
+            return 0;
+        }
+        c->error = true;
+        if (!c->err)
+            c->err = "connection closed";
+        return -1;
+    }
+    for (;;) {
+        ssize_t n = send(c->fd, p, len, MSG_NOSIGNAL);
+        if (n >= 0)
+            return n;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return 0;
+        c->error = true;
+        c->err = strerror(errno);
+        return -1;
+    }
+}
+
+static long flush_buf(struct conn *c, struct buf *b, size_t limit)
+{
+    long total = 0;
+    while (limit > 0) {
+        long n = send_chunk(c, buf_rptr(b), limit);
+        if (n <= 0)
+            break;
+        buf_consume(b, (size_t)n);
+        limit -= (size_t)n;
+        total += n;
+    }
+    return total;
+}
+
+long conn_flush(struct conn *c)
+{
+    if (c->fd < 0 || c->error || c->handshaking || c->connecting)
+        return 0;
+    long total = 0;
+    if (c->wbuf && buf_sendable(c->wbuf)) {
+        size_t want = buf_sendable(c->wbuf);
+        long n = flush_buf(c, c->wbuf, want);
+        total += n;
+        if ((size_t)n < want) {
+            c->bytes_out += (uint64_t)total;
+            return total;
+        }
+    }
+    if (!buf_empty(&c->ctl))
+        total += flush_buf(c, &c->ctl, buf_len(&c->ctl));
+    c->bytes_out += (uint64_t)total;
+    if (c->wipe_ctl && c->ctl.data && buf_empty(&c->ctl))
+        OPENSSL_cleanse(c->ctl.data, c->ctl.cap);
+    buf_release_if_empty(&c->ctl);
+    return total;
+}
+
+size_t conn_pending_out(const struct conn *c)
+{
+    return (c->wbuf ? buf_sendable(c->wbuf) : 0) + buf_len(&c->ctl);
+}
+
+bool conn_has_pending_input(const struct conn *c)
+{
+    return c->ssl && !c->handshaking && SSL_pending(c->ssl) > 0;
+}
+
+void conn_update(struct conn *c)
+{
+    if (c->fd < 0)
+        return;
+    int ev = 0;
+    if (c->connecting) {
+        ev = EV_WRITE;
+    } else if (c->handshaking) {
+        ev = c->read_wants_write ? EV_WRITE : EV_READ;
+    } else if (!c->error) {
+        bool want_read = c->reading && !c->eof && c->rbuf && buf_room(c->rbuf) > 0;
+        bool want_write = conn_pending_out(c) > 0;
+        if (want_read)
+            ev |= c->read_wants_write ? EV_WRITE : EV_READ;
+        if (want_write)
+            ev |= c->write_wants_read ? EV_READ : EV_WRITE;
+        if (want_read && conn_has_pending_input(c))
+            ev_feed_event(c->loop, &c->io, EV_READ);
+    }
+    if (ev == c->events)
+        return;
+    if (c->events)
+        ev_io_stop(c->loop, &c->io);
+    c->events = ev;
+    if (ev) {
+        ev_io_set(&c->io, c->fd, ev);
+        ev_io_start(c->loop, &c->io);
+    }
+}
+
+bool conn_ctl_append(struct conn *c, const void *p, size_t len)
+{
+    return buf_append(&c->ctl, p, len);
+}
+
+bool conn_ctl_printf(struct conn *c, const char *fmt, ...)
+{
+    char tmp[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof tmp)
+        return false;
+    return buf_append(&c->ctl, tmp, (size_t)n);
+}
+
+static void finish_connect(struct conn *c)
+{
+    int err = 0;
+    socklen_t len = sizeof err;
+    c->connecting = false;
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        err = errno;
+    if (err) {
+        c->error = true;
+        c->err = strerror(err);
+    }
+    c->handler(c, CONN_EV_CONNECT);
+}
+
+static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    struct conn *c = w->data;
+    if (c->fd < 0)
+        return;
+    if (c->connecting) {
+        if (revents & EV_WRITE)
+            finish_connect(c);
+        if (c->fd >= 0 && !c->handshaking)
+            conn_update(c);
+        return;
+    }
+    if (c->handshaking) {
+        do_handshake(c);
+        if (c->fd >= 0)
+            conn_update(c);
+        return;
+    }
+    int events = 0;
+    /* A read is due on readability, or on writability when SSL_read asked to write; a write is
+     * due on writability, or on readability when SSL_write asked to read. */
+    bool try_read = c->reading && (((revents & EV_READ) && !c->read_wants_write) ||
+                                   ((revents & EV_WRITE) && c->read_wants_write));
+    bool try_write = ((revents & EV_WRITE) && !c->write_wants_read) ||
+                     ((revents & EV_READ) && c->write_wants_read);
+    if (try_write && conn_pending_out(c)) {
+        if (conn_flush(c) > 0)
+            events |= CONN_EV_WRITE;
+    }
+    if (try_read) {
+        bool was = c->eof || c->error;
+        if (conn_read(c) > 0 || (!was && (c->eof || c->error)))
+            events |= CONN_EV_READ;
+    }
+    if (c->error)
+        events |= CONN_EV_READ;
+    if (events)
+        c->handler(c, events);
+    if (c->fd >= 0)
+        conn_update(c);
+}

@@ -1,0 +1,93 @@
+/*
+ * conn — one endpoint of a session: a non-blocking socket, an optional OpenSSL object, and the
+ * buffers it reads into and writes from.
+ *
+ * The protocol code never calls SSL_* or recv/send: it calls conn_read()/conn_flush() and looks
+ * at buffers. The transport (raw or TLS) turns OpenSSL's WANT_READ/WANT_WRITE into watcher
+ * interest, including the cross-direction cases (SSL_read wanting to write, SSL_write wanting to
+ * read), and re-feeds reads while OpenSSL holds decrypted bytes the socket will never signal
+ * (SSL_pending).
+ *
+ * Buffers: reads append to *rbuf (owned by the session). Writes send, in this order, the
+ * sendable region [rpos, mark) of *wbuf (owned by the session: the other side's receive buffer,
+ * so relayed bytes are never copied) and then `ctl`, the proxy's own output to this peer (owned
+ * here). Watcher interest is derived from buffer state in conn_update(): a full rbuf stops
+ * reading — that is the backpressure.
+ */
+#ifndef PORTCULLIS_CONN_H
+#define PORTCULLIS_CONN_H
+
+#include <ev.h>
+#include <openssl/ssl.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "buf.h"
+
+struct conn;
+/* Called after I/O on the conn: `events` is a mask of CONN_EV_*. The handler may close the
+ * session (deferred free makes that safe) and must not free the conn itself. */
+typedef void conn_handler(struct conn *c, int events);
+
+enum {
+    CONN_EV_READ = 1,      /* new bytes in rbuf, or eof/error set */
+    CONN_EV_WRITE = 2,     /* some output was sent (room freed in wbuf/ctl) */
+    CONN_EV_HANDSHAKE = 4, /* the TLS handshake finished (or failed: error set) */
+    CONN_EV_CONNECT = 8,   /* an outgoing connect finished (or failed: error set) */
+};
+
+struct conn {
+    int fd;                 /* owned; -1 when closed */
+    struct ev_loop *loop;
+    ev_io io;
+    SSL *ssl;               /* owned or NULL (plaintext) */
+    struct buf *rbuf;       /* not owned: reads append here */
+    struct buf *wbuf;       /* not owned, may be NULL: its [rpos, mark) is sent first */
+    struct buf ctl;         /* owned: proxy-generated output, sent after wbuf's sendable part */
+    conn_handler *handler;
+    void *owner;            /* the session */
+    const char *err;        /* static description of the error, when error is set */
+    unsigned long ssl_err;  /* OpenSSL error code of the failure, if any */
+    uint64_t bytes_in;      /* application bytes received / sent */
+    uint64_t bytes_out;
+    uint32_t retry_len;     /* length of an SSL_write to repeat after WANT_* */
+    int events;             /* current libev interest */
+    bool reading;           /* the owner wants input */
+    bool eof;               /* the peer closed its side (or close_notify) */
+    bool error;             /* fatal I/O or TLS error */
+    bool connecting;        /* outgoing connect() in progress */
+    bool handshaking;       /* TLS handshake in progress */
+    bool read_wants_write;  /* SSL_read returned WANT_WRITE */
+    bool write_wants_read;  /* SSL_write returned WANT_READ */
+    bool wipe_ctl;          /* ctl carries secrets (backend login): cleanse before freeing */
+};
+
+void conn_init(struct conn *c, struct ev_loop *loop, int fd, conn_handler *h, void *owner,
+               size_t ctl_cap);
+/* Stop watchers, free the SSL and ctl buffer, close the fd. Idempotent. */
+void conn_close(struct conn *c);
+
+/* Start a non-blocking connect; completion is reported as CONN_EV_CONNECT. Returns false with
+ * c->err set when it fails immediately. */
+bool conn_connect(struct conn *c, const struct sockaddr *sa, socklen_t len);
+
+/* Put an SSL object on the conn and start the handshake (server or client side). The result is
+ * reported as CONN_EV_HANDSHAKE. `ssl` ownership passes to the conn. */
+void conn_start_tls(struct conn *c, SSL *ssl, bool server);
+
+/* Read as much as fits into rbuf. Returns bytes read (0 when nothing); sets eof/error. */
+long conn_read(struct conn *c);
+/* Send what is queued. Returns bytes sent; sets error. */
+long conn_flush(struct conn *c);
+/* Bytes still queued toward this peer (sendable wbuf region plus ctl). */
+size_t conn_pending_out(const struct conn *c);
+/* Recompute watcher interest from buffer state and flags. Call after any buffer change. */
+void conn_update(struct conn *c);
+/* Queue proxy output. Returns false if ctl is full (the caller treats that as fatal). */
+bool conn_ctl_append(struct conn *c, const void *p, size_t len);
+bool conn_ctl_printf(struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Is the TLS layer holding decrypted input the socket will not signal? */
+bool conn_has_pending_input(const struct conn *c);
+
+#endif

@@ -1,0 +1,532 @@
+/*
+ * imap_backend — logging in to the backend IMAP server with the client's credentials.
+ *
+ * Script: connect → [implicit TLS] → greeting "* OK" → [pre-login CAPABILITY if the greeting
+ * had none] → [STARTTLS → handshake → CAPABILITY again, RFC 3501 6.2.1] → ID (the client's
+ * fields plus x-originating-ip/port and x-connected-ip/port, RFC 2971, honoured by Dovecot for
+ * trusted networks) → LOGIN with literals (LITERAL+ when offered, else synchronising literals
+ * waiting for each "+") or AUTHENTICATE (PLAIN with an authzid, XOAUTH2, OAUTHBEARER) → tagged
+ * OK, with the post-login capabilities from its response code, an untagged CAPABILITY before
+ * it, or a CAPABILITY command of our own.
+ *
+ * Our tags are single letters (C, S, I, L) — the client's tag is only used towards the client.
+ * Failures are classified as in Dovecot's login proxy: anything before the login answer is
+ * "unavailable" (the client may retry later), a NO/BAD to the login is an authentication
+ * failure. Neither closes the client: it may try again on the same connection.
+ */
+#include <arpa/inet.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/x509.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "imap.h"
+#include "sasl.h"
+
+static void fail(struct session *s, bool auth, const char *why)
+{
+    struct imap_state *st = imap_st(s);
+    st->bstate = IB_NONE;
+    s->backend.wipe_ctl = false;
+    imap_preauth_login_failed(s, auth, why);
+}
+
+static bool send_be(struct session *s, const void *p, size_t len)
+{
+    if (!conn_ctl_append(&s->backend, p, len)) {
+        fail(s, false, "backend command too long");
+        return false;
+    }
+    return true;
+}
+
+static bool sendf_be(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static bool sendf_be(struct session *s, const char *fmt, ...)
+{
+    char tmp[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof tmp) {
+        fail(s, false, "backend command too long");
+        return false;
+    }
+    return send_be(s, tmp, (size_t)n);
+}
+
+void imap_backend_start(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    imap_framer_init(&st->bf, s->cfg->limits.max_line);
+    st->bscan = 0;
+    st->be_caps_known = st->be_literal_plus = st->be_sasl_ir = st->be_id = false;
+    st->be_starttls = st->be_auth_plain = st->be_auth_xoauth2 = st->be_auth_oauthbearer = false;
+    free(st->post_caps);
+    st->post_caps = NULL;
+    st->bstate = IB_CONNECT;
+    if (!sess_backend_connect(s)) {
+        /* Report on the next loop turn: never call back before the caller returns. */
+        st->bstate = IB_NONE;
+        st->fail_why = "cannot connect to backend";
+        sess_set_state(s, SESS_BACKEND);
+        sess_set_deadline(s, 1e-6);
+        return;
+    }
+    s->backend.wipe_ctl = true;
+    sess_set_deadline(s, (double)s->cfg->limits.backend_connect_timeout_ms / 1000.0);
+}
+
+/* Case-insensitive search for a capability token in a space-separated list. */
+static bool has_cap(const char *caps, size_t len, const char *want)
+{
+    size_t wl = strlen(want);
+    size_t i = 0;
+    while (i < len) {
+        while (i < len && caps[i] == ' ')
+            i++;
+        size_t j = i;
+        while (j < len && caps[j] != ' ')
+            j++;
+        if (j - i == wl && strncasecmp(caps + i, want, wl) == 0)
+            return true;
+        i = j;
+    }
+    return false;
+}
+
+static void learn_caps(struct imap_state *st, const char *caps, size_t len)
+{
+    st->be_caps_known = true;
+    st->be_literal_plus = has_cap(caps, len, "LITERAL+");
+    st->be_sasl_ir = has_cap(caps, len, "SASL-IR");
+    st->be_id = has_cap(caps, len, "ID");
+    st->be_starttls = has_cap(caps, len, "STARTTLS");
+    st->be_auth_plain = has_cap(caps, len, "AUTH=PLAIN");
+    st->be_auth_xoauth2 = has_cap(caps, len, "AUTH=XOAUTH2");
+    st->be_auth_oauthbearer = has_cap(caps, len, "AUTH=OAUTHBEARER");
+}
+
+/* Find "CAPABILITY " at `p` (after "* " or inside "[") and return the list up to "]"/end. */
+static bool caps_in(const char *p, size_t len, const char **caps_r, size_t *len_r)
+{
+    static const char key[] = "CAPABILITY ";
+    if (len < sizeof key - 1 || strncasecmp(p, key, sizeof key - 1) != 0)
+        return false;
+    const char *c = p + sizeof key - 1;
+    size_t cl = len - (sizeof key - 1);
+    const char *rb = memchr(c, ']', cl);
+    if (rb)
+        cl = (size_t)(rb - c);
+    *caps_r = c;
+    *len_r = cl;
+    return true;
+}
+
+static void store_post_caps(struct imap_state *st, const char *caps, size_t len)
+{
+    free(st->post_caps);
+    st->post_caps = strndup(caps, len);
+    if (st->post_caps)
+        st->post_caps[imap_filter_caps(st->post_caps, strlen(st->post_caps), true)] = '\0';
+}
+
+static void send_id(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    char lip[INET6_ADDRSTRLEN] = "";
+    unsigned lport = 0;
+    if (s->local_sa.ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&s->local_sa;
+        inet_ntop(AF_INET, &in->sin_addr, lip, sizeof lip);
+        lport = ntohs(in->sin_port);
+    } else if (s->local_sa.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&s->local_sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, lip, sizeof lip);
+        lport = ntohs(in6->sin6_port);
+    }
+    if (!sendf_be(s,
+                  "I ID (%s%s\"x-originating-ip\" \"%s\" \"x-originating-port\" \"%u\" "
+                  "\"x-connected-ip\" \"%s\" \"x-connected-port\" \"%u\" "
+                  "\"x-session-ext-id\" \"S-%llu\")\r\n",
+                  st->client_id ? st->client_id : "", st->client_id ? " " : "", s->client_ip,
+                  s->client_port, lip, lport, (unsigned long long)s->id))
+        return;
+    st->id_pending = true;
+}
+
+static void send_login(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    if (st->be_id)
+        send_id(s);
+    if (s->closing || st->bstate == IB_NONE)
+        return;
+    st->lit_step = 0;
+    st->bstate = IB_LOGIN;
+    if (st->mech == IMAP_MECH_LOGIN) {
+        size_t ul = st->user_len, pl = st->pass_len;
+        if (st->be_literal_plus) {
+            if (sendf_be(s, "L LOGIN {%zu+}\r\n", ul) && send_be(s, s->user, ul) &&
+                sendf_be(s, " {%zu+}\r\n", pl) && send_be(s, st->pass, pl))
+                send_be(s, "\r\n", 2);
+        } else {
+            st->lit_step = 1;
+            st->bstate = IB_LOGIN_LIT;
+            sendf_be(s, "L LOGIN {%zu}\r\n", ul);
+        }
+        return;
+    }
+    const char *mech = st->mech == IMAP_MECH_PLAIN     ? "PLAIN"
+                       : st->mech == IMAP_MECH_XOAUTH2 ? "XOAUTH2"
+                                                       : "OAUTHBEARER";
+    if ((st->mech == IMAP_MECH_XOAUTH2 && !st->be_auth_xoauth2) ||
+        (st->mech == IMAP_MECH_OAUTHBEARER && !st->be_auth_oauthbearer)) {
+        fail(s, true, "backend does not offer this SASL mechanism");
+        return;
+    }
+    char *b64 = st->sasl_b64;
+    char *built = NULL;
+    if (st->mech == IMAP_MECH_PLAIN) {
+        size_t zl = st->authz ? strlen(st->authz) : 0;
+        size_t ml = zl + 1 + st->user_len + 1 + st->pass_len;
+        unsigned char *m = malloc(ml);
+        built = malloc(4 * ((ml + 2) / 3) + 1);
+        if (!m || !built) {
+            free(m);
+            free(built);
+            fail(s, false, "out of memory");
+            return;
+        }
+        if (zl)
+            memcpy(m, st->authz, zl);
+        m[zl] = 0;
+        memcpy(m + zl + 1, s->user, st->user_len);
+        m[zl + 1 + st->user_len] = 0;
+        memcpy(m + zl + 2 + st->user_len, st->pass, st->pass_len);
+        b64_encode(m, ml, built);
+        OPENSSL_cleanse(m, ml);
+        free(m);
+        b64 = built;
+    }
+    if (st->be_sasl_ir) {
+        if (sendf_be(s, "L AUTHENTICATE %s ", mech) && send_be(s, b64, strlen(b64)))
+            send_be(s, "\r\n", 2);
+        st->lit_step = 10; /* a "+" now is a failure challenge: answer it empty */
+    } else {
+        sendf_be(s, "L AUTHENTICATE %s\r\n", mech);
+        st->lit_step = 20; /* first "+": send the payload */
+    }
+    if (built) {
+        OPENSSL_cleanse(built, strlen(built));
+        free(built);
+    }
+}
+
+/* A "+" continuation from the backend during login. */
+static void on_continuation(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    switch (st->lit_step) {
+    case 1:
+        if (send_be(s, s->user, st->user_len))
+            sendf_be(s, " {%zu}\r\n", st->pass_len);
+        st->lit_step = 2;
+        break;
+    case 2:
+        if (send_be(s, st->pass, st->pass_len))
+            send_be(s, "\r\n", 2);
+        st->lit_step = 3;
+        st->bstate = IB_LOGIN;
+        break;
+    case 20: {
+        st->lit_step = 10;
+        if (st->mech == IMAP_MECH_PLAIN) {
+            /* Rebuild the PLAIN message: same code path as SASL-IR. */
+            st->be_sasl_ir = true;
+            st->lit_step = 0;
+            /* Send only the payload line this time. */
+            size_t zl = st->authz ? strlen(st->authz) : 0;
+            size_t ml = zl + 2 + st->user_len + st->pass_len;
+            unsigned char *m = malloc(ml);
+            char *b = malloc(4 * ((ml + 2) / 3) + 3);
+            if (!m || !b) {
+                free(m);
+                free(b);
+                fail(s, false, "out of memory");
+                return;
+            }
+            if (zl)
+                memcpy(m, st->authz, zl);
+            m[zl] = 0;
+            memcpy(m + zl + 1, s->user, st->user_len);
+            m[zl + 1 + st->user_len] = 0;
+            memcpy(m + zl + 2 + st->user_len, st->pass, st->pass_len);
+            size_t bl = b64_encode(m, ml, b);
+            b[bl++] = '\r';
+            b[bl++] = '\n';
+            send_be(s, b, bl);
+            OPENSSL_cleanse(m, ml);
+            OPENSSL_cleanse(b, bl);
+            free(m);
+            free(b);
+            st->lit_step = 10;
+        } else if (send_be(s, st->sasl_b64, strlen(st->sasl_b64))) {
+            send_be(s, "\r\n", 2);
+        }
+        break;
+    }
+    case 10:
+        /* XOAUTH2 error challenge (RFC-less, Google's): an empty response gets the NO. */
+        send_be(s, "\r\n", 2);
+        st->lit_step = 11;
+        break;
+    default:
+        fail(s, false, "unexpected continuation from backend");
+        break;
+    }
+}
+
+static bool tagged(const char *line, size_t len, char tag, const char **status_r, size_t *slen_r)
+{
+    if (len < 3 || line[0] != tag || line[1] != ' ')
+        return false;
+    *status_r = line + 2;
+    *slen_r = len - 2;
+    return true;
+}
+
+static bool status_is(const char *st, size_t len, const char *word)
+{
+    size_t wl = strlen(word);
+    return len >= wl && strncasecmp(st, word, wl) == 0 && (len == wl || st[wl] == ' ');
+}
+
+static void start_backend_tls(struct session *s, enum imap_bstate next)
+{
+    struct imap_state *st = imap_st(s);
+    SSL_CTX *ctx = s->rt->backend_ctx[s->be_index];
+    SSL *ssl = ctx ? tls_client_ssl(ctx, s->be) : NULL;
+    if (!ssl) {
+        fail(s, false, "cannot set up TLS to backend");
+        return;
+    }
+    st->bstate = next;
+    s->backend.reading = false;
+    conn_start_tls(&s->backend, ssl, false);
+}
+
+static void login_done(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    st->bstate = IB_NONE;
+    s->backend.wipe_ctl = false;
+    if (s->backend.ctl.data)
+        OPENSSL_cleanse(s->backend.ctl.data, s->backend.ctl.cap);
+    imap_preauth_login_ok(s);
+}
+
+/* One whole response (without its CRLF). */
+static void handle_response(struct session *s, const char *line, size_t len)
+{
+    struct imap_state *st = imap_st(s);
+    const char *caps, *status;
+    size_t clen, slen;
+    bool untagged = len >= 2 && line[0] == '*' && line[1] == ' ';
+    switch (st->bstate) {
+    case IB_GREETING:
+        if (!untagged || !status_is(line + 2, len - 2, "OK")) {
+            fail(s, false, len >= 5 && !strncasecmp(line, "* BYE", 5) ? "backend said BYE"
+                                                                       : "bad backend greeting");
+            return;
+        }
+        if (len > 6 && line[5] == '[' && caps_in(line + 6, len - 6, &caps, &clen))
+            learn_caps(st, caps, clen);
+        if (s->be->tls == CFG_TLS_STARTTLS) {
+            if (st->be_caps_known && !st->be_starttls) {
+                fail(s, false, "backend does not offer STARTTLS");
+                return;
+            }
+            st->bstate = IB_STARTTLS;
+            sendf_be(s, "S STARTTLS\r\n");
+        } else if (!st->be_caps_known) {
+            st->bstate = IB_CAPA;
+            sendf_be(s, "C CAPABILITY\r\n");
+        } else {
+            send_login(s);
+        }
+        return;
+    case IB_CAPA:
+        if (untagged && caps_in(line + 2, len - 2, &caps, &clen)) {
+            learn_caps(st, caps, clen);
+        } else if (tagged(line, len, 'C', &status, &slen)) {
+            if (!status_is(status, slen, "OK"))
+                fail(s, false, "backend refused CAPABILITY");
+            else
+                send_login(s);
+        }
+        return;
+    case IB_STARTTLS:
+        if (tagged(line, len, 'S', &status, &slen)) {
+            if (!status_is(status, slen, "OK")) {
+                fail(s, false, "backend refused STARTTLS");
+                return;
+            }
+            if (!buf_empty(&s->down)) {
+                /* Bytes after "S OK" arrived in plaintext: an injection attempt. */
+                fail(s, false, "backend sent data after STARTTLS");
+                return;
+            }
+            start_backend_tls(s, IB_STARTTLS_HS);
+        }
+        return;
+    case IB_LOGIN:
+    case IB_LOGIN_LIT:
+    case IB_POSTCAPA:
+        if (len >= 1 && line[0] == '+') {
+            on_continuation(s);
+            return;
+        }
+        if (untagged && caps_in(line + 2, len - 2, &caps, &clen)) {
+            store_post_caps(st, caps, clen);
+            return;
+        }
+        if (tagged(line, len, 'I', &status, &slen)) {
+            st->id_pending = false;
+            return;
+        }
+        if (st->bstate == IB_POSTCAPA && tagged(line, len, 'C', &status, &slen)) {
+            login_done(s);
+            return;
+        }
+        if (tagged(line, len, 'L', &status, &slen)) {
+            if (!status_is(status, slen, "OK")) {
+                char q[200];
+                sess_log(s, LOG_DEBUG, "event=backend_login_refused answer=%s",
+                         log_q(q, sizeof q, status, slen));
+                fail(s, true, "backend refused the credentials");
+                return;
+            }
+            if (slen > 4 && status[3] == '[' && caps_in(status + 4, slen - 4, &caps, &clen))
+                store_post_caps(st, caps, clen);
+            if (!st->post_caps) {
+                st->bstate = IB_POSTCAPA;
+                sendf_be(s, "C CAPABILITY\r\n");
+                return;
+            }
+            login_done(s);
+        }
+        return;
+    default:
+        return;
+    }
+}
+
+static void read_responses(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    while (!s->closing && st->bstate != IB_NONE && st->bstate != IB_STARTTLS_HS &&
+           st->bstate != IB_TLS) {
+        size_t avail = buf_len(&s->down) - st->bscan;
+        if (avail == 0)
+            return;
+        size_t used = 0;
+        enum imap_frame_event ev =
+            imap_frame(&st->bf, buf_rptr(&s->down) + st->bscan, avail, &used);
+        st->bscan += used;
+        if (ev == IMAP_FRAME_ERROR) {
+            fail(s, false, "backend protocol error");
+            return;
+        }
+        if (ev != IMAP_FRAME_END) {
+            if (ev == IMAP_FRAME_MORE && buf_room(&s->down) == 0) {
+                fail(s, false, "backend response too long");
+                return;
+            }
+            continue;
+        }
+        /* Take the response out of the buffer before acting on it: on success the relay takes
+         * over s->down, and must not see our login's answer. */
+        size_t len = st->bscan;
+        char *line = malloc(len + 1);
+        if (!line) {
+            fail(s, false, "out of memory");
+            return;
+        }
+        memcpy(line, buf_rptr(&s->down), len);
+        buf_consume(&s->down, len);
+        st->bscan = 0;
+        size_t l = len;
+        while (l && (line[l - 1] == '\n' || line[l - 1] == '\r'))
+            l--;
+        handle_response(s, line, l);
+        free(line);
+    }
+}
+
+void imap_backend_event(struct session *s, int events)
+{
+    struct imap_state *st = imap_st(s);
+    if (events & SESS_EV_TIMEOUT) {
+        fail(s, false, st->bstate == IB_NONE && st->fail_why ? st->fail_why : "backend timeout");
+        return;
+    }
+    struct conn *c = &s->backend;
+    switch (st->bstate) {
+    case IB_CONNECT:
+        if (!(events & CONN_EV_CONNECT))
+            return;
+        if (c->error) {
+            char q[160];
+            sess_log(s, LOG_WARN, "event=backend_connect_failed backend=%s error=%s",
+                     s->be->name, log_qs(q, sizeof q, c->err));
+            fail(s, false, "cannot connect to backend");
+            return;
+        }
+        sess_set_deadline(s, (double)s->cfg->limits.backend_login_timeout_ms / 1000.0);
+        if (s->be->tls == CFG_TLS_IMPLICIT) {
+            start_backend_tls(s, IB_TLS);
+            return;
+        }
+        st->bstate = IB_GREETING;
+        c->reading = true;
+        return;
+    case IB_TLS:
+    case IB_STARTTLS_HS:
+        if (!(events & CONN_EV_HANDSHAKE))
+            return;
+        if (c->error) {
+            long vr = SSL_get_verify_result(c->ssl);
+            char q[200];
+            sess_log(s, LOG_WARN, "event=backend_tls_failed backend=%s error=%s verify=%s",
+                     s->be->name, log_qs(q, sizeof q, c->err),
+                     vr == X509_V_OK ? "ok" : X509_verify_cert_error_string(vr));
+            fail(s, false, "TLS to backend failed");
+            return;
+        }
+        c->reading = true;
+        if (st->bstate == IB_TLS) {
+            st->bstate = IB_GREETING;
+        } else {
+            /* RFC 3501 6.2.1: capabilities learned before TLS are void. */
+            st->be_caps_known = false;
+            st->bstate = IB_CAPA;
+            sendf_be(s, "C CAPABILITY\r\n");
+        }
+        read_responses(s);
+        return;
+    case IB_NONE:
+        return;
+    default:
+        break;
+    }
+    if (events & CONN_EV_READ)
+        read_responses(s);
+    if (!s->closing && st->bstate != IB_NONE && s->state == SESS_BACKEND &&
+        (c->eof || c->error))
+        fail(s, false, c->eof ? "backend closed the connection" : "backend connection error");
+}
+

@@ -1,0 +1,612 @@
+/*
+ * imap_preauth — the IMAP dialogue before login, spoken by the proxy itself (RFC 3501 / 9051
+ * not-authenticated state): CAPABILITY, NOOP, LOGOUT, ID (RFC 2971), STARTTLS (RFC 2595),
+ * LOGIN, AUTHENTICATE PLAIN (RFC 4616, with SASL-IR RFC 4959) and AUTHENTICATE
+ * XOAUTH2/OAUTHBEARER, whose payloads are replayed to the backend untouched.
+ *
+ * One small function per command; imap_client_input() only tokenizes and dispatches. The
+ * tokenizer is command-agnostic, so a literal sent with an unknown command is swallowed as an
+ * argument and can never run as a command.
+ *
+ * STARTTLS: bytes the client pipelined behind STARTTLS are thrown away (and counted in the log),
+ * never parsed after the handshake — the CVE-2011-0411 class of plaintext injection.
+ */
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "imap.h"
+#include "worker.h"
+#include "sasl.h"
+
+#define ID_MAX_PAIRS 30  /* RFC 2971: at most 30 field-value pairs */
+#define ID_FIELD_MAX 30  /* field names */
+#define ID_VALUE_MAX 1024
+
+static void reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void reply(struct session *s, const char *fmt, ...)
+{
+    char line[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line - 2, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n > sizeof line - 3)
+        n = (int)(sizeof line - 3);
+    line[n++] = '\r';
+    line[n++] = '\n';
+    if (!conn_ctl_append(&s->client, line, (size_t)n))
+        sess_close(s, "client output overflow");
+}
+
+static const char *tag_or_star(const char *tag)
+{
+    return tag && tag[0] ? tag : "*";
+}
+
+static bool plaintext_refused(struct session *s)
+{
+    return !s->client_tls && !s->cfg->allow_plaintext_auth;
+}
+
+const char *imap_preauth_caps(struct session *s, char *buf, size_t cap)
+{
+    bool starttls = s->listener->tls == CFG_TLS_STARTTLS && !s->client_tls;
+    snprintf(buf, cap, "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+%s%s",
+             starttls ? " STARTTLS" : "",
+             plaintext_refused(s) ? " LOGINDISABLED"
+                                  : " AUTH=PLAIN AUTH=XOAUTH2 AUTH=OAUTHBEARER");
+    return buf;
+}
+
+static void imap_greet(struct session *s)
+{
+    char caps[256];
+    reply(s, "* OK [CAPABILITY %s] %s ready.", imap_preauth_caps(s, caps, sizeof caps),
+          s->cfg->greeting_name);
+}
+
+static int imap_init(struct session *s)
+{
+    struct imap_state *st = calloc(1, sizeof *st);
+    if (!st)
+        return 0;
+    buf_init(&st->inject, 4096);
+    s->pstate = st;
+    return 1;
+}
+
+static void wipe_free(char **p, size_t len)
+{
+    if (*p) {
+        OPENSSL_cleanse(*p, len ? len : strlen(*p));
+        free(*p);
+        *p = NULL;
+    }
+}
+
+static void forget_login(struct imap_state *st)
+{
+    wipe_free(&st->pass, st->pass_len);
+    st->pass_len = 0;
+    wipe_free(&st->authz, 0);
+    wipe_free(&st->sasl_b64, 0);
+}
+
+static void free_parser_store(struct imap_state *st)
+{
+    if (st->store) {
+        OPENSSL_cleanse(st->store, st->store_cap);
+        free(st->store);
+        st->store = NULL;
+    }
+}
+
+static void imap_destroy(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    forget_login(st);
+    free_parser_store(st);
+    free(st->client_id);
+    free(st->post_caps);
+    buf_free(&st->inject);
+    free(st);
+    s->pstate = NULL;
+}
+
+static void imap_bye(struct session *s, const char *text)
+{
+    char line[512];
+    int n = snprintf(line, sizeof line, "* BYE %s\r\n", text);
+    if (s->state == SESS_RELAY)
+        imap_relay_inject(s, line, (size_t)n);
+    else
+        conn_ctl_append(&s->client, line, (size_t)n);
+}
+
+static bool count_bad(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    if (++st->bad >= s->cfg->limits.max_bad_commands) {
+        sess_log(s, LOG_INFO, "event=refused reason=too_many_bad_commands count=%u", st->bad);
+        reply(s, "* BYE Too many invalid commands.");
+        sess_close_after_flush(s, "too many bad commands");
+        return false;
+    }
+    return true;
+}
+
+/* ---- commands ---- */
+
+static void cmd_capability(struct session *s, const char *tag)
+{
+    char caps[256];
+    reply(s, "* CAPABILITY %s", imap_preauth_caps(s, caps, sizeof caps));
+    reply(s, "%s OK Pre-login capabilities listed, post-login capabilities have more.", tag);
+}
+
+static void cmd_logout(struct session *s, const char *tag)
+{
+    reply(s, "* BYE Logging out");
+    reply(s, "%s OK Logout completed.", tag);
+    sess_close_after_flush(s, "logout");
+}
+
+static bool starttls_offered(struct session *s)
+{
+    return s->listener->tls == CFG_TLS_STARTTLS && !s->client_tls;
+}
+
+static void cmd_starttls(struct session *s, const char *tag)
+{
+    if (!starttls_offered(s)) {
+        reply(s, "%s BAD %s", tag, s->client_tls ? "TLS is already active." : "STARTTLS is not available here.");
+        count_bad(s);
+        return;
+    }
+    size_t dropped = buf_len(&s->up);
+    buf_clear(&s->up);
+    if (dropped)
+        sess_log(s, LOG_WARN, "event=starttls_injection discarded_bytes=%zu", dropped);
+    reply(s, "%s OK Begin TLS negotiation now.", tag);
+    s->client.reading = false;
+    sess_set_state(s, SESS_STARTTLS);
+    sess_pump(s);
+    if (!s->closing && conn_pending_out(&s->client) == 0)
+        sess_client_start_tls(s);
+}
+
+static void imap_starttls_done(struct session *s)
+{
+    /* RFC 3501 6.2.1: the client must discard cached capabilities; nothing to send. */
+    (void)s;
+}
+
+/* Re-serialise the client's ID list with our limits: quoted strings only, bounded, no CR/LF. */
+static void cmd_id(struct session *s, const char *tag)
+{
+    struct imap_state *st = imap_st(s);
+    const struct imap_cmd_parser *p = &st->parser;
+    free(st->client_id);
+    st->client_id = NULL;
+    if (p->nargs >= 2 && p->args[0].type == IMAP_ARG_LIST_OPEN) {
+        size_t cap = 4096;
+        char *out = malloc(cap);
+        size_t o = 0;
+        unsigned pairs = 0;
+        bool ok = out != NULL;
+        for (unsigned i = 1; ok && i + 1 < p->nargs && p->args[i].type != IMAP_ARG_LIST_CLOSE;
+             i += 2) {
+            const struct imap_arg *k = &p->args[i], *v = &p->args[i + 1];
+            if (k->type == IMAP_ARG_LIST_OPEN || v->type == IMAP_ARG_LIST_OPEN ||
+                k->type == IMAP_ARG_LIST_CLOSE || v->type == IMAP_ARG_LIST_CLOSE ||
+                ++pairs > ID_MAX_PAIRS) {
+                ok = false;
+                break;
+            }
+            /* The forwarding fields are ours to set; a client may not forge them. */
+            const char *kp = imap_cmd_arg(p, i);
+            if (k->len >= 2 && strncasecmp(kp, "x-", 2) == 0)
+                continue;
+            for (int part = 0; part < 2; part++) {
+                const struct imap_arg *a = part ? v : k;
+                const char *ap = imap_cmd_arg(p, part ? i + 1 : i);
+                size_t lim = part ? ID_VALUE_MAX : ID_FIELD_MAX;
+                bool nil = part && a->type == IMAP_ARG_ATOM && a->len == 3 &&
+                           strncasecmp(ap, "NIL", 3) == 0;
+                if (o + 2 * lim + 8 > cap) {
+                    ok = false;
+                    break;
+                }
+                if (o)
+                    out[o++] = ' ';
+                if (nil) {
+                    memcpy(out + o, "NIL", 3);
+                    o += 3;
+                    continue;
+                }
+                out[o++] = '"';
+                for (size_t j = 0; j < a->len && j < lim; j++) {
+                    unsigned char c = (unsigned char)ap[j];
+                    if (c == '\r' || c == '\n' || c == 0)
+                        continue;
+                    if (c == '"' || c == '\\')
+                        out[o++] = '\\';
+                    out[o++] = (char)c;
+                }
+                out[o++] = '"';
+            }
+        }
+        if (ok && out) {
+            out[o] = '\0';
+            st->client_id = out;
+        } else {
+            free(out);
+        }
+    } else if (!(p->nargs == 1 && imap_cmd_arg_is(p, 0, "NIL"))) {
+        reply(s, "%s BAD Invalid ID parameters.", tag);
+        count_bad(s);
+        return;
+    }
+    if (st->client_id) {
+        char q[300];
+        sess_log(s, LOG_DEBUG, "event=client_id id=%s", log_qs(q, sizeof q, st->client_id));
+    }
+    reply(s, "* ID (\"name\" \"Portcullis\")");
+    reply(s, "%s OK ID completed.", tag);
+}
+
+static bool set_user(struct session *s, const char *u, size_t len)
+{
+    if (len == 0 || memchr(u, 0, len) || memchr(u, '\r', len) || memchr(u, '\n', len))
+        return false;
+    free(s->user);
+    s->user = strndup(u, len);
+    imap_st(s)->user_len = len;
+    return s->user != NULL;
+}
+
+static void begin_login(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    s->client.reading = false; /* pipelined commands wait in s->up until the login is decided */
+    st->preauth_deadline = s->deadline_at;
+    sess_log(s, LOG_DEBUG, "event=login_start mech=%s",
+             st->mech == IMAP_MECH_LOGIN   ? "login"
+             : st->mech == IMAP_MECH_PLAIN ? "plain"
+             : st->mech == IMAP_MECH_XOAUTH2 ? "xoauth2"
+                                             : "oauthbearer");
+    /* imap_backend_start() never calls back synchronously: failures arrive as events. */
+    imap_backend_start(s);
+}
+
+static void cmd_login(struct session *s, const char *tag)
+{
+    struct imap_state *st = imap_st(s);
+    const struct imap_cmd_parser *p = &st->parser;
+    if (plaintext_refused(s)) {
+        sess_log(s, LOG_INFO, "event=refused reason=plaintext_login");
+        reply(s, "%s NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure "
+                 "connections; use STARTTLS.",
+              tag);
+        count_bad(s);
+        return;
+    }
+    if (p->nargs != 2 || p->args[0].type >= IMAP_ARG_LIST_OPEN ||
+        p->args[1].type >= IMAP_ARG_LIST_OPEN) {
+        reply(s, "%s BAD LOGIN expects a user name and a password.", tag);
+        count_bad(s);
+        return;
+    }
+    if (!set_user(s, imap_cmd_arg(p, 0), p->args[0].len) || p->args[1].len == 0 ||
+        memchr(imap_cmd_arg(p, 1), 0, p->args[1].len)) {
+        reply(s, "%s NO [AUTHENTICATIONFAILED] Invalid user name or password.", tag);
+        count_bad(s);
+        return;
+    }
+    forget_login(st);
+    st->pass = malloc(p->args[1].len + 1);
+    if (!st->pass) {
+        sess_close(s, "out of memory");
+        return;
+    }
+    memcpy(st->pass, imap_cmd_arg(p, 1), p->args[1].len);
+    st->pass[p->args[1].len] = '\0';
+    st->pass_len = p->args[1].len;
+    st->mech = IMAP_MECH_LOGIN;
+    snprintf(st->tag, sizeof st->tag, "%s", tag);
+    begin_login(s);
+}
+
+/* Handle a decoded-or-raw SASL initial response for the chosen mechanism. */
+static void sasl_response(struct session *s, const char *b64, size_t len)
+{
+    struct imap_state *st = imap_st(s);
+    const char *tag = st->tag;
+    if (len == 1 && b64[0] == '*') {
+        reply(s, "%s BAD Authentication cancelled.", tag);
+        return;
+    }
+    size_t cap = len / 4 * 3 + 3;
+    unsigned char *dec = malloc(cap);
+    if (!dec) {
+        sess_close(s, "out of memory");
+        return;
+    }
+    long n = (len == 1 && b64[0] == '=') ? 0 : b64_decode(b64, len, dec, cap);
+    if (n < 0) {
+        free(dec);
+        reply(s, "%s BAD Invalid base64 data.", tag);
+        count_bad(s);
+        return;
+    }
+    bool ok = false;
+    struct sasl_span authz, authc, pass, user;
+    forget_login(st);
+    switch (st->mech) {
+    case IMAP_MECH_PLAIN:
+        if (sasl_plain_split(dec, (size_t)n, &authz, &authc, &pass) &&
+            set_user(s, authc.p, authc.len)) {
+            st->pass = strndup(pass.p, pass.len);
+            st->pass_len = pass.len;
+            if (authz.len && (authz.len != authc.len || memcmp(authz.p, authc.p, authc.len)))
+                st->authz = strndup(authz.p, authz.len);
+            ok = st->pass != NULL;
+        }
+        break;
+    case IMAP_MECH_XOAUTH2:
+    case IMAP_MECH_OAUTHBEARER:
+        if (st->mech == IMAP_MECH_XOAUTH2 ? sasl_xoauth2_user(dec, (size_t)n, &user)
+                                          : sasl_oauthbearer_user(dec, (size_t)n, &user)) {
+            ok = set_user(s, user.p, user.len);
+            st->sasl_b64 = strndup(b64, len);
+            ok = ok && st->sasl_b64;
+        }
+        break;
+    case IMAP_MECH_LOGIN:
+        break;
+    }
+    OPENSSL_cleanse(dec, cap);
+    free(dec);
+    if (!ok) {
+        forget_login(st);
+        reply(s, "%s NO [AUTHENTICATIONFAILED] Invalid SASL message.", tag);
+        count_bad(s);
+        return;
+    }
+    begin_login(s);
+}
+
+static void cmd_authenticate(struct session *s, const char *tag)
+{
+    struct imap_state *st = imap_st(s);
+    const struct imap_cmd_parser *p = &st->parser;
+    if (p->nargs < 1 || p->nargs > 2 || p->args[0].type != IMAP_ARG_ATOM) {
+        reply(s, "%s BAD AUTHENTICATE expects a mechanism.", tag);
+        count_bad(s);
+        return;
+    }
+    if (plaintext_refused(s)) {
+        sess_log(s, LOG_INFO, "event=refused reason=plaintext_authenticate");
+        reply(s, "%s NO [PRIVACYREQUIRED] Authentication disallowed on non-secure connections; "
+                 "use STARTTLS.",
+              tag);
+        count_bad(s);
+        return;
+    }
+    if (imap_cmd_arg_is(p, 0, "PLAIN"))
+        st->mech = IMAP_MECH_PLAIN;
+    else if (imap_cmd_arg_is(p, 0, "XOAUTH2"))
+        st->mech = IMAP_MECH_XOAUTH2;
+    else if (imap_cmd_arg_is(p, 0, "OAUTHBEARER"))
+        st->mech = IMAP_MECH_OAUTHBEARER;
+    else {
+        reply(s, "%s NO [CANNOT] Unsupported authentication mechanism.", tag);
+        count_bad(s);
+        return;
+    }
+    snprintf(st->tag, sizeof st->tag, "%s", tag);
+    if (p->nargs == 2) {
+        sasl_response(s, imap_cmd_arg(p, 1), p->args[1].len);
+        return;
+    }
+    st->sasl_wait = true;
+    reply(s, "+ ");
+}
+
+/* Commands a client may legitimately send only after login get a clear answer, not "unknown". */
+static bool is_known_command(const char *name)
+{
+    static const char *const known[] = {
+        "SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE",
+        "LIST", "LSUB", "STATUS", "APPEND", "CHECK", "CLOSE", "EXPUNGE", "SEARCH", "FETCH",
+        "STORE", "COPY", "MOVE", "UID", "IDLE", "ENABLE", "NAMESPACE", "UNSELECT", "GETQUOTA",
+        "GETQUOTAROOT", "SETQUOTA", "GETACL", "SETACL", "MYRIGHTS", "COMPRESS", "NOTIFY",
+        NULL};
+    for (int i = 0; known[i]; i++)
+        if (strcmp(name, known[i]) == 0)
+            return true;
+    return false;
+}
+
+static void dispatch(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    const struct imap_cmd_parser *p = &st->parser;
+    const char *tag = p->tag;
+    const char *n = p->name;
+    if (strcmp(n, "CAPABILITY") == 0)
+        cmd_capability(s, tag);
+    else if (strcmp(n, "NOOP") == 0)
+        reply(s, "%s OK NOOP completed.", tag);
+    else if (strcmp(n, "LOGOUT") == 0)
+        cmd_logout(s, tag);
+    else if (strcmp(n, "STARTTLS") == 0)
+        cmd_starttls(s, tag);
+    else if (strcmp(n, "ID") == 0)
+        cmd_id(s, tag);
+    else if (strcmp(n, "LOGIN") == 0)
+        cmd_login(s, tag);
+    else if (strcmp(n, "AUTHENTICATE") == 0)
+        cmd_authenticate(s, tag);
+    else if (is_known_command(n)) {
+        reply(s, "%s BAD Command not allowed before authentication.", tag);
+        count_bad(s);
+    } else {
+        reply(s, "%s BAD Unknown command.", tag);
+        count_bad(s);
+    }
+}
+
+/* The SASL response line after "+ ": one raw line, bounded by max_line. */
+static bool take_sasl_line(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    const char *p = buf_rptr(&s->up);
+    size_t len = buf_len(&s->up);
+    const char *lf = memchr(p, '\n', len);
+    if (!lf) {
+        if (len > s->cfg->limits.max_line) {
+            reply(s, "* BYE Line too long.");
+            sess_close_after_flush(s, "line too long");
+        }
+        return false;
+    }
+    size_t l = (size_t)(lf - p);
+    size_t consumed = l + 1;
+    if (l && p[l - 1] == '\r')
+        l--;
+    st->sasl_wait = false;
+    char *copy = strndup(p, l);
+    OPENSSL_cleanse(buf_rptr(&s->up), consumed);
+    buf_consume(&s->up, consumed);
+    if (!copy) {
+        sess_close(s, "out of memory");
+        return false;
+    }
+    sasl_response(s, copy, l);
+    OPENSSL_cleanse(copy, l);
+    free(copy);
+    return true;
+}
+
+static void imap_client_input(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    const struct cfg_limits *lim = &s->cfg->limits;
+    if (!st->store) {
+        st->store_cap = lim->max_line + 2 * lim->max_preauth_literal;
+        st->store = malloc(st->store_cap);
+        if (!st->store) {
+            sess_close(s, "out of memory");
+            return;
+        }
+        imap_cmd_parser_init(&st->parser, st->store, st->store_cap, lim->max_line,
+                             lim->max_preauth_literal);
+    }
+    while (!s->closing && s->state == SESS_PREAUTH && s->client.reading && !buf_empty(&s->up)) {
+        if (st->sasl_wait) {
+            if (!take_sasl_line(s))
+                break;
+            continue;
+        }
+        size_t used = 0;
+        enum imap_cmd_result r =
+            imap_cmd_parse(&st->parser, buf_rptr(&s->up), buf_len(&s->up), &used);
+        /* Parsed bytes may hold a password: wipe them from the receive buffer. */
+        OPENSSL_cleanse(buf_rptr(&s->up), used);
+        buf_consume(&s->up, used);
+        switch (r) {
+        case IMAP_CMD_MORE:
+            break;
+        case IMAP_CMD_CONTINUE:
+            reply(s, "+ OK");
+            continue;
+        case IMAP_CMD_DONE:
+            dispatch(s);
+            imap_cmd_parser_reset(&st->parser);
+            continue;
+        case IMAP_CMD_BAD: {
+            char e[128];
+            sess_log(s, LOG_INFO, "event=bad_command error=%s fatal=%d",
+                     log_qs(e, sizeof e, st->parser.error), st->parser.fatal);
+            if (st->parser.fatal) {
+                reply(s, "* BYE %s", st->parser.error ? st->parser.error : "Protocol error.");
+                sess_close_after_flush(s, "protocol error");
+                return;
+            }
+            reply(s, "%s BAD %s", tag_or_star(st->parser.tag),
+                  st->parser.error ? st->parser.error : "Invalid command.");
+            imap_cmd_parser_reset(&st->parser);
+            if (!count_bad(s))
+                return;
+            continue;
+        }
+        }
+        break;
+    }
+    if (buf_empty(&s->up))
+        buf_release_if_empty(&s->up);
+}
+
+/* ---- results of the backend login (from imap_backend.c) ---- */
+
+void imap_preauth_login_failed(struct session *s, bool auth_failure, const char *why)
+{
+    struct imap_state *st = imap_st(s);
+    sess_backend_drop(s);
+    forget_login(st);
+    if (auth_failure) {
+        sess_log(s, LOG_INFO, "event=login_failed reason=\"%s\"", why);
+        reply(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed.", st->tag);
+    } else {
+        sess_log(s, LOG_WARN, "event=login_failed reason=backend_unavailable detail=\"%s\"", why);
+        reply(s, "%s NO [UNAVAILABLE] Backend server unavailable; try again later.", st->tag);
+    }
+    free(s->user);
+    s->user = NULL;
+    sess_set_state(s, SESS_PREAUTH);
+    double left = st->preauth_deadline - ev_now(s->worker->loop);
+    sess_set_deadline(s, left > 0.5 ? left : 0.5);
+    if (!count_bad(s))
+        return;
+    s->client.reading = true;
+    /* Commands pipelined behind the failed login are answered now. */
+    imap_client_input(s);
+}
+
+void imap_preauth_login_ok(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    forget_login(st);
+    free_parser_store(st);
+    sess_log(s, LOG_INFO, "event=login backend=%s mech=%s", s->be->name,
+             st->mech == IMAP_MECH_LOGIN ? "login" : st->mech == IMAP_MECH_PLAIN ? "plain"
+                                                 : st->mech == IMAP_MECH_XOAUTH2 ? "xoauth2"
+                                                                                 : "oauthbearer");
+    if (st->post_caps)
+        reply(s, "%s OK [CAPABILITY %s] Logged in", st->tag, st->post_caps);
+    else
+        reply(s, "%s OK Logged in", st->tag);
+    imap_framer_init(&st->upf, s->cfg->limits.max_line);
+    imap_framer_init(&st->downf, s->cfg->limits.max_line);
+    sess_start_relay(s);
+}
+
+const struct protocol imap_protocol = {
+    .name = "imap",
+    .init = imap_init,
+    .greet = imap_greet,
+    .client_input = imap_client_input,
+    .starttls_done = imap_starttls_done,
+    .backend_event = imap_backend_event,
+    .relay_up = imap_relay_up,
+    .relay_down = imap_relay_down,
+    .bye = imap_bye,
+    .destroy = imap_destroy,
+};

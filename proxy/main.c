@@ -1,0 +1,217 @@
+/*
+ * main — command line, configuration, workers and the main thread's own loop (signals).
+ * No protocol code lives here.
+ *
+ *   portcullis -c FILE        run in the foreground (systemd style), logs to stderr
+ *   portcullis -t -c FILE     check the configuration (and load its certificates) and exit
+ *
+ * SIGHUP reloads the configuration: a new snapshot and new TLS contexts are built and published
+ * only if everything validates; sessions in flight keep theirs. Listeners and the worker count
+ * are not reloadable (a changed value is logged and ignored). SIGTERM/SIGINT stop the process.
+ */
+#include <errno.h>
+#include <ev.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "runtime.h"
+#include "tls.h"
+#include "worker.h"
+
+#define PORTCULLIS_VERSION "0.1.0"
+
+static const char *config_path = "/etc/portcullis/portcullis.yaml";
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: portcullis [-t] [-c FILE]\n"
+               "  -c FILE  configuration (default /etc/portcullis/portcullis.yaml)\n"
+               "  -t       check the configuration and exit\n"
+               "  -V       print the version\n");
+}
+
+static struct rt *load(const char *path, char **error_r)
+{
+    struct config *cfg = cfg_load(path, error_r);
+    if (!cfg)
+        return NULL;
+    struct rt *rt = rt_build(cfg, error_r);
+    cfg_unref(&cfg);
+    return rt;
+}
+
+static void on_reload(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)loop;
+    (void)w;
+    (void)revents;
+    char *err = NULL;
+    struct rt *cur = rt_current();
+    struct rt *rt = load(config_path, &err);
+    if (!rt) {
+        log_write(LOG_ERROR, "event=reload_failed error=\"%s\" note=\"old configuration kept\"",
+                  err ? err : "?");
+        free(err);
+        rt_unref(&cur);
+        return;
+    }
+    if (rt->cfg->nlisteners != cur->cfg->nlisteners || rt->cfg->workers != cur->cfg->workers)
+        log_write(LOG_WARN, "event=reload_partial note=\"listeners and workers need a restart\"");
+    log_set_level((enum log_level)rt->cfg->log_level);
+    rt_publish(rt);
+    rt_unref(&cur);
+    log_write(LOG_INFO, "event=reloaded config=%s", config_path);
+}
+
+static void on_stop(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)revents;
+    log_write(LOG_INFO, "event=stopping signal=%d", w->signum);
+    ev_break(loop, EVBREAK_ALL);
+}
+
+static void on_usr1(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)loop;
+    (void)w;
+    (void)revents;
+    if (!log_reopen())
+        log_write(LOG_ERROR, "event=log_reopen_failed error=\"%s\"", strerror(errno));
+}
+
+/* Enough descriptors for max_connections sessions (client + backend each) plus slack. */
+static bool raise_nofile(unsigned max_conn)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return false;
+    rlim_t want = (rlim_t)max_conn * 2 + 256;
+    if (rl.rlim_cur >= want)
+        return true;
+    rl.rlim_cur = want <= rl.rlim_max ? want : rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur < want) {
+        log_write(LOG_WARN,
+                  "event=nofile_limit wanted=%llu got=%llu note=\"limits.max_connections may "
+                  "not be reachable; raise LimitNOFILE\"",
+                  (unsigned long long)want, (unsigned long long)rl.rlim_cur);
+        return false;
+    }
+    return true;
+}
+
+int main(int argc, char **argv)
+{
+    bool test_only = false;
+    int opt;
+    while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
+        switch (opt) {
+        case 'c':
+            config_path = optarg;
+            break;
+        case 't':
+            test_only = true;
+            break;
+        case 'V':
+            printf("portcullis %s\n", PORTCULLIS_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    tls_global_init();
+    char *err = NULL;
+    struct rt *rt = load(config_path, &err);
+    if (!rt) {
+        fprintf(stderr, "portcullis: %s\n", err ? err : "cannot load configuration");
+        free(err);
+        return 1;
+    }
+    if (test_only) {
+        printf("portcullis: configuration %s is valid\n", config_path);
+        rt_unref(&rt);
+        return 0;
+    }
+    const struct config *cfg = rt->cfg;
+    if (!log_open((enum log_level)cfg->log_level, cfg->log_file)) {
+        fprintf(stderr, "portcullis: cannot open log file %s: %s\n", cfg->log_file,
+                strerror(errno));
+        rt_unref(&rt);
+        return 1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    /* Workers must not receive process signals: block them before creating threads; the main
+     * loop's ev_signal watchers unblock what they handle. */
+    sigset_t all;
+    sigfillset(&all);
+    sigdelset(&all, SIGSEGV);
+    sigdelset(&all, SIGBUS);
+    sigdelset(&all, SIGFPE);
+    sigdelset(&all, SIGILL);
+    sigdelset(&all, SIGABRT);
+    sigset_t old;
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+
+    raise_nofile(cfg->limits.max_connections);
+    unsigned nworkers = cfg->workers ? cfg->workers : 1;
+    struct worker *workers = calloc(nworkers, sizeof *workers);
+    if (!workers)
+        return 1;
+    for (unsigned i = 0; i < nworkers; i++) {
+        workers[i].id = (int)i;
+        if (!worker_bind(&workers[i], cfg, &err)) {
+            fprintf(stderr, "portcullis: %s\n", err ? err : "cannot bind");
+            log_write(LOG_ERROR, "event=bind_failed error=\"%s\"", err ? err : "?");
+            return 1;
+        }
+    }
+    rt_publish(rt_ref(rt));
+    for (unsigned i = 0; i < nworkers; i++) {
+        if (!worker_start(&workers[i])) {
+            log_write(LOG_ERROR, "event=thread_failed");
+            return 1;
+        }
+    }
+    for (size_t i = 0; i < cfg->nlisteners; i++)
+        log_write(LOG_INFO, "event=listening name=%s bind=%s protocol=%s tls=%s",
+                  cfg->listeners[i].name, cfg->listeners[i].bind,
+                  cfg_proto_name(cfg->listeners[i].protocol),
+                  cfg->listeners[i].tls == CFG_TLS_IMPLICIT   ? "implicit"
+                  : cfg->listeners[i].tls == CFG_TLS_STARTTLS ? "starttls"
+                                                              : "none");
+    log_write(LOG_INFO, "event=started version=%s workers=%u config=%s", PORTCULLIS_VERSION,
+              nworkers, config_path);
+    rt_unref(&rt);
+
+    struct ev_loop *loop = ev_default_loop(EVFLAG_AUTO);
+    ev_signal sig_hup, sig_term, sig_int, sig_usr1;
+    ev_signal_init(&sig_hup, on_reload, SIGHUP);
+    ev_signal_init(&sig_term, on_stop, SIGTERM);
+    ev_signal_init(&sig_int, on_stop, SIGINT);
+    ev_signal_init(&sig_usr1, on_usr1, SIGUSR1);
+    ev_signal_start(loop, &sig_hup);
+    ev_signal_start(loop, &sig_term);
+    ev_signal_start(loop, &sig_int);
+    ev_signal_start(loop, &sig_usr1);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    ev_run(loop, 0);
+
+    for (unsigned i = 0; i < nworkers; i++)
+        worker_stop(&workers[i]);
+    free(workers);
+    struct rt *last = rt_current();
+    rt_publish(NULL);
+    rt_unref(&last);
+    log_write(LOG_INFO, "event=stopped");
+    return 0;
+}

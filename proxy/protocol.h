@@ -1,0 +1,39 @@
+/*
+ * protocol — the vtable a mail protocol module (IMAP, POP3) plugs into the generic session
+ * (after nginx's ngx_mail_protocol_t). The session owns sockets, TLS, timers and the close path;
+ * the protocol owns the dialogue, the backend login script and the relay filters.
+ *
+ * Every hook runs on the session's worker loop and may call sess_close(); after it returns the
+ * session checks s->closing before touching anything.
+ */
+#ifndef PORTCULLIS_PROTOCOL_H
+#define PORTCULLIS_PROTOCOL_H
+
+struct session;
+
+struct protocol {
+    const char *name;
+    /* Allocate protocol state; false = out of memory. */
+    int (*init)(struct session *s);
+    /* The client is ready for a greeting (after accept, or after the implicit TLS handshake). */
+    void (*greet)(struct session *s);
+    /* Pre-auth: new bytes from the client in s->up. */
+    void (*client_input)(struct session *s);
+    /* A STARTTLS/STLS handshake on the client side completed. */
+    void (*starttls_done)(struct session *s);
+    /* Backend login phase: the backend conn connected, finished TLS, or has input in s->down. */
+    void (*backend_event)(struct session *s, int events);
+    /* Relay filters: process new client bytes (s->up) / backend bytes (s->down), advancing the
+     * buffers' marks over what may be sent. Also called after output drained, so a filter that
+     * paused (held bytes, queued own output) can go on. */
+    void (*relay_up)(struct session *s);
+    void (*relay_down)(struct session *s);
+    /* Queue a protocol-correct farewell to the client ("* BYE …" / "-ERR …"). */
+    void (*bye)(struct session *s, const char *text);
+    /* Free protocol state (wipe secrets). */
+    void (*destroy)(struct session *s);
+};
+
+extern const struct protocol imap_protocol;
+
+#endif

@@ -1,0 +1,83 @@
+/*
+ * runtime — see runtime.h. The published pointer is guarded by a mutex: taking a reference must
+ * not race with the swap that drops the last one.
+ */
+#include "runtime.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+
+static pthread_mutex_t rt_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct rt *rt_published;
+
+struct rt *rt_build(struct config *cfg, char **error_r)
+{
+    *error_r = NULL;
+    struct rt *rt = calloc(1, sizeof *rt);
+    if (!rt)
+        return NULL;
+    atomic_init(&rt->refs, 1);
+    rt->cfg = cfg_ref(cfg);
+    bool need_tls = false;
+    for (size_t i = 0; i < cfg->nlisteners; i++)
+        if (cfg->listeners[i].tls != CFG_TLS_NONE)
+            need_tls = true;
+    if (need_tls) {
+        rt->tls = tls_server_new(&cfg->tls, error_r);
+        if (!rt->tls)
+            goto fail;
+    }
+    rt->backend_ctx = calloc(cfg->nbackends ? cfg->nbackends : 1, sizeof *rt->backend_ctx);
+    if (!rt->backend_ctx)
+        goto fail;
+    for (size_t i = 0; i < cfg->nbackends; i++) {
+        if (cfg->backends[i].tls == CFG_TLS_NONE)
+            continue;
+        rt->backend_ctx[i] = tls_client_ctx_new(&cfg->backends[i], error_r);
+        if (!rt->backend_ctx[i])
+            goto fail;
+    }
+    return rt;
+fail:
+    rt_unref(&rt);
+    return NULL;
+}
+
+struct rt *rt_ref(struct rt *rt)
+{
+    atomic_fetch_add(&rt->refs, 1);
+    return rt;
+}
+
+void rt_unref(struct rt **rtp)
+{
+    struct rt *rt = *rtp;
+    *rtp = NULL;
+    if (!rt || atomic_fetch_sub(&rt->refs, 1) != 1)
+        return;
+    if (rt->backend_ctx) {
+        for (size_t i = 0; i < rt->cfg->nbackends; i++)
+            SSL_CTX_free(rt->backend_ctx[i]);
+        free(rt->backend_ctx);
+    }
+    tls_server_free(&rt->tls);
+    cfg_unref(&rt->cfg);
+    free(rt);
+}
+
+void rt_publish(struct rt *rt)
+{
+    pthread_mutex_lock(&rt_lock);
+    struct rt *old = rt_published;
+    rt_published = rt;
+    pthread_mutex_unlock(&rt_lock);
+    rt_unref(&old);
+}
+
+struct rt *rt_current(void)
+{
+    pthread_mutex_lock(&rt_lock);
+    struct rt *rt = rt_published ? rt_ref(rt_published) : NULL;
+    pthread_mutex_unlock(&rt_lock);
+    return rt;
+}

@@ -1,0 +1,459 @@
+/*
+ * session — see session.h.
+ *
+ * Phases and their timers: TLS handshake (tls.handshake_timeout), pre-auth including STARTTLS
+ * and the backend login (limits.preauth_timeout; the backend phase also has its own connect and
+ * login deadlines), relay (the protocol's idle timeout, measured from the last client byte with
+ * libev's "last activity" pattern: the timer is not touched per read, it re-arms itself).
+ */
+#include "session.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "worker.h"
+
+static _Atomic uint64_t next_session_id = 1;
+
+static void client_handler(struct conn *c, int events);
+static void backend_handler(struct conn *c, int events);
+static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents);
+
+void sess_log(struct session *s, enum log_level lvl, const char *fmt, ...)
+{
+    if (!log_enabled(lvl))
+        return;
+    char msg[LOG_LINE_MAX - 256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    char uq[300];
+    if (s->user)
+        log_write(lvl, "sess=S-%llu client=%s:%u user=%s %s", (unsigned long long)s->id,
+                  s->client_ip, s->client_port, log_qs(uq, sizeof uq, s->user), msg);
+    else
+        log_write(lvl, "sess=S-%llu client=%s:%u %s", (unsigned long long)s->id, s->client_ip,
+                  s->client_port, msg);
+}
+
+void sess_set_state(struct session *s, enum sess_state st)
+{
+    s->state = st;
+    static const char *names[] = {"tls handshake", "pre-auth", "starttls", "backend login",
+                                  "relay", "closing"};
+    snprintf(s->action, sizeof s->action, "%s", names[st]);
+}
+
+void sess_set_deadline(struct session *s, double secs)
+{
+    struct ev_loop *loop = s->worker->loop;
+    ev_timer_stop(loop, &s->timer);
+    s->idle_timeout = 0;
+    if (secs <= 0) {
+        s->deadline_at = 0;
+        return;
+    }
+    s->deadline_at = ev_now(loop) + secs;
+    ev_timer_set(&s->timer, secs, 0.);
+    ev_timer_start(loop, &s->timer);
+}
+
+void sess_set_idle(struct session *s, double secs)
+{
+    struct ev_loop *loop = s->worker->loop;
+    ev_timer_stop(loop, &s->timer);
+    s->deadline_at = 0;
+    s->idle_timeout = secs;
+    s->last_activity = ev_now(loop);
+    ev_timer_set(&s->timer, secs, 0.);
+    ev_timer_start(loop, &s->timer);
+}
+
+static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    struct session *s = t->data;
+    if (s->closing)
+        return;
+    if (s->idle_timeout > 0) {
+        ev_tstamp left = s->last_activity + s->idle_timeout - ev_now(loop);
+        if (left > 0.001) {
+            ev_timer_set(t, left, 0.);
+            ev_timer_start(loop, t);
+            return;
+        }
+        sess_log(s, LOG_INFO, "event=timeout phase=idle");
+        s->proto->bye(s, "Autologout; idle for too long");
+        sess_close_after_flush(s, "idle timeout");
+        return;
+    }
+    switch (s->state) {
+    case SESS_TLS_HANDSHAKE:
+        sess_log(s, LOG_INFO, "event=timeout phase=tls_handshake");
+        sess_close(s, "tls handshake timeout");
+        return;
+    case SESS_CLOSING:
+        sess_close(s, s->close_reason ? s->close_reason : "closing timeout");
+        return;
+    case SESS_BACKEND:
+        s->proto->backend_event(s, SESS_EV_TIMEOUT);
+        if (!s->closing)
+            sess_pump(s);
+        return;
+    default:
+        sess_log(s, LOG_INFO, "event=timeout phase=%s", s->action);
+        s->proto->bye(s, "Timeout; closing connection");
+        sess_close_after_flush(s, "timeout");
+        return;
+    }
+}
+
+static void peer_to_text(struct session *s, const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, s->client_ip, sizeof s->client_ip);
+        s->client_port = ntohs(in->sin_port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, s->client_ip, sizeof s->client_ip);
+        s->client_port = ntohs(in6->sin6_port);
+    } else {
+        snprintf(s->client_ip, sizeof s->client_ip, "unix");
+    }
+}
+
+bool sess_accept(struct worker *w, int fd, const struct cfg_listener *l, struct rt *rt,
+                 const struct sockaddr *peer, socklen_t peerlen)
+{
+    struct session *s = calloc(1, sizeof *s);
+    if (!s) {
+        close(fd);
+        return false;
+    }
+    s->id = atomic_fetch_add(&next_session_id, 1);
+    s->worker = w;
+    s->rt = rt_ref(rt);
+    s->cfg = rt->cfg;
+    s->listener = l;
+    s->proto = &imap_protocol;
+    s->started = ev_now(w->loop);
+    memcpy(&s->client_sa, peer, peerlen < sizeof s->client_sa ? peerlen : sizeof s->client_sa);
+    socklen_t ll = sizeof s->local_sa;
+    getsockname(fd, (struct sockaddr *)&s->local_sa, &ll);
+    peer_to_text(s, peer);
+    const struct cfg_limits *lim = &s->cfg->limits;
+    buf_init(&s->up, lim->relay_buffer);
+    buf_init(&s->down, lim->relay_buffer);
+    conn_init(&s->client, w->loop, fd, client_handler, s, lim->max_line + 1024);
+    s->client.rbuf = &s->up;
+    s->client.wbuf = &s->down;
+    conn_init(&s->backend, w->loop, -1, backend_handler, s, lim->max_line * 2 + 4096);
+    s->backend.rbuf = &s->down;
+    s->backend.wbuf = NULL;
+    ev_init(&s->timer, timer_cb);
+    s->timer.data = s;
+    worker_add_session(w, s);
+
+    if (!s->proto->init(s)) {
+        sess_close(s, "out of memory");
+        return true;
+    }
+    sess_log(s, LOG_INFO, "event=connect listener=%s local_tls=%s", l->name,
+             l->tls == CFG_TLS_IMPLICIT ? "implicit" : l->tls == CFG_TLS_STARTTLS ? "starttls"
+                                                                                 : "none");
+    if (l->tls == CFG_TLS_IMPLICIT) {
+        sess_set_state(s, SESS_TLS_HANDSHAKE);
+        SSL *ssl = tls_server_ssl(s->rt->tls);
+        if (!ssl) {
+            sess_close(s, "out of memory");
+            return true;
+        }
+        sess_set_deadline(s, (double)s->cfg->tls.handshake_timeout_ms / 1000.0);
+        conn_start_tls(&s->client, ssl, true);
+        return true;
+    }
+    sess_set_state(s, SESS_PREAUTH);
+    sess_set_deadline(s, (double)lim->preauth_timeout_ms / 1000.0);
+    s->client.reading = true;
+    s->proto->greet(s);
+    sess_pump(s);
+    return true;
+}
+
+void sess_pump(struct session *s)
+{
+    if (s->closing)
+        return;
+    if (conn_pending_out(&s->client))
+        conn_flush(&s->client);
+    if (s->backend.fd >= 0 && conn_pending_out(&s->backend))
+        conn_flush(&s->backend);
+    if (s->client.error && s->state != SESS_CLOSING) {
+        sess_close(s, "client write error");
+        return;
+    }
+    if (s->state == SESS_CLOSING && conn_pending_out(&s->client) == 0) {
+        sess_close(s, s->close_reason);
+        return;
+    }
+    conn_update(&s->client);
+    if (s->backend.fd >= 0)
+        conn_update(&s->backend);
+}
+
+void sess_close(struct session *s, const char *reason)
+{
+    if (s->closing)
+        return;
+    s->closing = true;
+    s->close_reason = reason;
+    struct ev_loop *loop = s->worker->loop;
+    ev_timer_stop(loop, &s->timer);
+    double dur = ev_now(loop) - s->started;
+    sess_log(s, LOG_INFO,
+             "event=close reason=\"%s\" duration=%.3f bytes_in=%llu bytes_out=%llu "
+             "backend=%s backend_bytes_in=%llu backend_bytes_out=%llu",
+             reason ? reason : "?", dur, (unsigned long long)s->client.bytes_in,
+             (unsigned long long)s->client.bytes_out, s->be ? s->be->name : "-",
+             (unsigned long long)s->backend.bytes_in, (unsigned long long)s->backend.bytes_out);
+    if (s->proto && s->pstate)
+        s->proto->destroy(s);
+    conn_close(&s->client);
+    conn_close(&s->backend);
+    buf_free(&s->up);
+    buf_free(&s->down);
+    if (s->user) {
+        free(s->user);
+        s->user = NULL;
+    }
+    rt_unref(&s->rt);
+    s->cfg = NULL;
+    worker_bury_session(s->worker, s);
+}
+
+void sess_close_after_flush(struct session *s, const char *reason)
+{
+    if (s->closing)
+        return;
+    sess_set_state(s, SESS_CLOSING);
+    s->close_reason = reason;
+    s->client.reading = false;
+    if (s->backend.fd >= 0)
+        sess_backend_drop(s);
+    /* Only the proxy's own words go out now: stop relaying backend bytes. */
+    s->client.wbuf = NULL;
+    sess_set_deadline(s, 5.0);
+    sess_pump(s);
+}
+
+void sess_client_start_tls(struct session *s)
+{
+    SSL *ssl = tls_server_ssl(s->rt->tls);
+    if (!ssl) {
+        sess_close(s, "out of memory");
+        return;
+    }
+    sess_set_state(s, SESS_STARTTLS);
+    conn_start_tls(&s->client, ssl, true);
+}
+
+/* ---- backend ---- */
+
+bool sess_backend_connect(struct session *s)
+{
+    const struct config *cfg = s->cfg;
+    const struct cfg_backend *be = NULL;
+    int idx = -1;
+    /* First usable backend of this protocol; issue 6 replaces this with rendezvous hashing,
+     * affinity and health. */
+    for (size_t i = 0; i < cfg->nbackends; i++) {
+        if (cfg->backends[i].protocol == s->listener->protocol && !cfg->backends[i].drain) {
+            be = &cfg->backends[i];
+            idx = (int)i;
+            break;
+        }
+    }
+    if (!be) {
+        sess_log(s, LOG_ERROR, "event=backend_error error=\"no backend available\"");
+        return false;
+    }
+    s->be = be;
+    s->be_index = idx;
+    int fd = socket(be->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        sess_log(s, LOG_ERROR, "event=backend_error backend=%s error=\"%s\"", be->name,
+                 strerror(errno));
+        return false;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    conn_close(&s->backend);
+    conn_init(&s->backend, s->worker->loop, fd, backend_handler, s,
+              s->cfg->limits.max_line * 2 + 4096);
+    s->backend.rbuf = &s->down;
+    s->backend.wbuf = NULL;
+    buf_clear(&s->down);
+    sess_set_state(s, SESS_BACKEND);
+    if (!conn_connect(&s->backend, (const struct sockaddr *)&be->addr, be->addrlen)) {
+        sess_log(s, LOG_WARN, "event=backend_connect_failed backend=%s error=\"%s\"", be->name,
+                 s->backend.err);
+        conn_close(&s->backend);
+        return false;
+    }
+    return true;
+}
+
+void sess_backend_drop(struct session *s)
+{
+    conn_close(&s->backend);
+    s->backend.rbuf = &s->down;
+    buf_clear(&s->down);
+    buf_release_if_empty(&s->down);
+}
+
+void sess_start_relay(struct session *s)
+{
+    sess_set_state(s, SESS_RELAY);
+    s->logged_in = true;
+    s->client.wbuf = &s->down;
+    s->backend.wbuf = &s->up;
+    s->client.reading = true;
+    s->backend.reading = true;
+    double idle = (double)(s->listener->protocol == CFG_PROTO_POP3
+                               ? s->cfg->limits.pop3_idle_timeout_ms
+                               : s->cfg->limits.imap_idle_timeout_ms) /
+                  1000.0;
+    sess_set_idle(s, idle);
+    /* Pipelined client bytes that arrived during login, then whatever the backend sent. */
+    s->proto->relay_up(s);
+    if (!s->closing)
+        s->proto->relay_down(s);
+    sess_pump(s);
+}
+
+/* ---- I/O handlers ---- */
+
+static void client_handler(struct conn *c, int events)
+{
+    struct session *s = c->owner;
+    if (s->closing)
+        return;
+    if (events & CONN_EV_HANDSHAKE) {
+        if (c->error) {
+            char e[160];
+            sess_log(s, LOG_INFO, "event=tls_failed error=%s", log_qs(e, sizeof e, c->err));
+            sess_close(s, "tls handshake failed");
+            return;
+        }
+        s->client_tls = true;
+        char d[96];
+        sess_log(s, LOG_DEBUG, "event=tls_established tls=%s", tls_describe(c->ssl, d, sizeof d));
+        c->reading = true;
+        if (s->state == SESS_TLS_HANDSHAKE) {
+            sess_set_state(s, SESS_PREAUTH);
+            sess_set_deadline(s, (double)s->cfg->limits.preauth_timeout_ms / 1000.0);
+            s->proto->greet(s);
+        } else {
+            sess_set_state(s, SESS_PREAUTH);
+            s->proto->starttls_done(s);
+        }
+        sess_pump(s);
+        return;
+    }
+    if (events & CONN_EV_READ)
+        s->last_activity = ev_now(c->loop);
+    switch (s->state) {
+    case SESS_PREAUTH:
+        if (events & CONN_EV_READ)
+            s->proto->client_input(s);
+        if (!s->closing && (c->eof || c->error) && buf_empty(&s->up)) {
+            sess_close(s, c->error ? "client error" : "client disconnected");
+            return;
+        }
+        break;
+    case SESS_RELAY:
+        if (events & CONN_EV_READ) {
+            s->proto->relay_up(s);
+            if (s->closing)
+                return;
+        }
+        if (events & CONN_EV_WRITE) {
+            s->proto->relay_down(s); /* room freed: the down filter may go on */
+            if (s->closing)
+                return;
+        }
+        if (c->eof || c->error) {
+            sess_close(s, c->error ? "client error" : "client disconnected");
+            return;
+        }
+        break;
+    case SESS_STARTTLS:
+        /* The STARTTLS answer is out: start the handshake on the same socket. */
+        if (!c->ssl && conn_pending_out(c) == 0)
+            sess_client_start_tls(s);
+        break;
+    case SESS_TLS_HANDSHAKE:
+        break;
+    case SESS_BACKEND:
+        /* The client is paused while we log in; only a hang-up matters now. */
+        if (c->eof || c->error) {
+            sess_close(s, "client disconnected during login");
+            return;
+        }
+        break;
+    case SESS_CLOSING:
+        break;
+    }
+    if (!s->closing)
+        sess_pump(s);
+}
+
+static void backend_handler(struct conn *c, int events)
+{
+    struct session *s = c->owner;
+    if (s->closing)
+        return;
+    if (s->state == SESS_BACKEND) {
+        s->proto->backend_event(s, events);
+        if (!s->closing)
+            sess_pump(s);
+        return;
+    }
+    if (s->state != SESS_RELAY)
+        return;
+    if (events & CONN_EV_READ) {
+        s->proto->relay_down(s);
+        if (s->closing)
+            return;
+    }
+    if (events & CONN_EV_WRITE) {
+        s->proto->relay_up(s);
+        if (s->closing)
+            return;
+    }
+    if (c->eof || c->error) {
+        /* Deliver what the backend said (its BYE and tagged OK on LOGOUT) before closing. */
+        if (c->error) {
+            char e[160];
+            sess_log(s, LOG_WARN, "event=backend_error backend=%s error=%s", s->be->name,
+                     log_qs(e, sizeof e, c->err));
+        }
+        s->proto->relay_down(s);
+        if (s->closing)
+            return;
+        sess_set_state(s, SESS_CLOSING);
+        s->close_reason = c->error ? "backend error" : "backend closed";
+        s->client.reading = false;
+        conn_close(&s->backend);
+        sess_set_deadline(s, 10.0);
+    }
+    sess_pump(s);
+}

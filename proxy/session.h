@@ -1,0 +1,104 @@
+/*
+ * session — one client connection and, after login, its backend connection.
+ *
+ * The session owns both conns, the two relay buffers (up = client→backend, down =
+ * backend→client), its timer and its runtime reference. State changes go through
+ * sess_set_state(); every exit goes through sess_close(), which stops all I/O at once and
+ * defers the free to the worker's ev_check watcher, so closing from inside any callback is safe.
+ */
+#ifndef PORTCULLIS_SESSION_H
+#define PORTCULLIS_SESSION_H
+
+#include <ev.h>
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "buf.h"
+#include "config.h"
+#include "conn.h"
+#include "log.h"
+#include "protocol.h"
+#include "runtime.h"
+
+struct worker;
+
+/* backend_event() flag: the phase deadline passed (or a deferred failure is due). */
+#define SESS_EV_TIMEOUT 0x100
+
+enum sess_state {
+    SESS_TLS_HANDSHAKE, /* implicit TLS: handshake before the greeting */
+    SESS_PREAUTH,       /* the proxy speaks the protocol itself */
+    SESS_STARTTLS,      /* flushing the STARTTLS answer, then the handshake */
+    SESS_BACKEND,       /* logging in to the backend; the client is paused */
+    SESS_RELAY,         /* authenticated: relaying through the filters */
+    SESS_CLOSING,       /* flushing the last words to the client, then close */
+};
+
+struct session {
+    uint64_t id;
+    struct worker *worker;
+    struct rt *rt;                       /* reference held for the whole session */
+    const struct config *cfg;            /* rt->cfg */
+    const struct cfg_listener *listener; /* in cfg */
+    const struct protocol *proto;
+    void *pstate;                        /* protocol state, owned by proto */
+    enum sess_state state;
+
+    struct conn client;
+    struct conn backend;                 /* fd -1 until the backend phase */
+    const struct cfg_backend *be;        /* chosen backend, in cfg */
+    int be_index;
+    struct buf up;                       /* client → backend (pre-auth: parser input) */
+    struct buf down;                     /* backend → client */
+
+    ev_timer timer;
+    ev_tstamp deadline_at;  /* absolute time the current phase ends (0 = none) */
+    ev_tstamp idle_timeout; /* relay: seconds without client activity */
+    ev_tstamp last_activity;
+    ev_tstamp started;
+
+    char client_ip[INET6_ADDRSTRLEN];
+    uint16_t client_port;
+    struct sockaddr_storage client_sa;
+    struct sockaddr_storage local_sa;
+    char *user;          /* owned, NUL-terminated, set at login */
+    bool client_tls;     /* the client side is encrypted */
+    bool closing;
+    bool logged_in;
+    const char *close_reason;
+    char action[24];     /* what the session is doing, for logs */
+
+    struct session *prev, *next; /* worker's list */
+};
+
+/* Take over an accepted socket. Returns false (socket closed) if it cannot be set up. */
+bool sess_accept(struct worker *w, int fd, const struct cfg_listener *l, struct rt *rt,
+                 const struct sockaddr *peer, socklen_t peerlen);
+void sess_set_state(struct session *s, enum sess_state st);
+/* End the session: stops I/O now, frees later. `reason` is static text for the summary line. */
+void sess_close(struct session *s, const char *reason);
+/* Send what the client conn has queued, then close (BYE paths). */
+void sess_close_after_flush(struct session *s, const char *reason);
+/* Arm the phase timer: fires `secs` from now unless re-armed. 0 disarms. */
+void sess_set_deadline(struct session *s, double secs);
+/* Relay: arm the idle timer (seconds) measured from the last client activity. */
+void sess_set_idle(struct session *s, double secs);
+
+/* Start connecting to a backend (protocol's login script continues in backend_event).
+ * Returns false if no backend could be tried (error logged). */
+bool sess_backend_connect(struct session *s);
+void sess_backend_drop(struct session *s);
+/* Start TLS on the client side (after a STARTTLS answer has been flushed). */
+void sess_client_start_tls(struct session *s);
+/* Enter relay: the protocol's filters take over both directions. */
+void sess_start_relay(struct session *s);
+/* Push queued output both ways and refresh watcher interest. */
+void sess_pump(struct session *s);
+
+/* logfmt line prefixed with sess=, client=, user= */
+void sess_log(struct session *s, enum log_level lvl, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#endif

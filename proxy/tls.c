@@ -1,0 +1,359 @@
+/*
+ * tls — see tls.h.
+ *
+ * Ticket key file format: one or more 80-byte records, each name(16) | hmac key(32) |
+ * aes key(32). The first record encrypts new tickets; every record is accepted for decryption,
+ * so rotation is: prepend a new record, reload everywhere, drop the oldest record a ticket
+ * lifetime later (docs/configuration.md).
+ */
+#include "tls.h"
+
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/x509v3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <arpa/inet.h>
+
+#define TICKET_REC   80
+#define TICKET_MAXK  8
+
+struct ticket_key {
+    unsigned char name[16];
+    unsigned char hmac[32];
+    unsigned char aes[32];
+};
+
+struct sni_entry {
+    char *name; /* lower-case; may start with "*." */
+    SSL_CTX *ctx;
+};
+
+struct tls_server {
+    SSL_CTX **ctx; /* ctx[0] default */
+    size_t nctx;
+    struct sni_entry *names;
+    size_t nnames;
+    struct ticket_key keys[TICKET_MAXK];
+    size_t nkeys;
+};
+
+static int ts_index = -1;
+
+void tls_global_init(void)
+{
+    OPENSSL_init_ssl(OPENSSL_INIT_LOAD_SSL_STRINGS | OPENSSL_INIT_LOAD_CRYPTO_STRINGS, NULL);
+    ts_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+static char *ssl_error(const char *what, const char *path)
+{
+    char ebuf[256] = "";
+    unsigned long e = ERR_get_error();
+    if (e)
+        ERR_error_string_n(e, ebuf, sizeof ebuf);
+    ERR_clear_error();
+    char *out = NULL;
+    if (asprintf(&out, "%s%s%s: %s", what, path ? " " : "", path ? path : "",
+                 ebuf[0] ? ebuf : "failed") < 0)
+        out = NULL;
+    return out;
+}
+
+static int ticket_cb(SSL *s, unsigned char name[16], unsigned char *iv, EVP_CIPHER_CTX *cctx,
+                     EVP_MAC_CTX *hctx, int enc)
+{
+    SSL_CTX *ctx = SSL_get_SSL_CTX(s);
+    struct tls_server *ts = SSL_CTX_get_ex_data(ctx, ts_index);
+    /* After an SNI switch SSL_get_SSL_CTX is the SNI context; ours is stored on all of them. */
+    if (!ts || ts->nkeys == 0)
+        return -1;
+    const struct ticket_key *k = NULL;
+    if (enc) {
+        k = &ts->keys[0];
+        memcpy(name, k->name, 16);
+        if (RAND_bytes(iv, 16) != 1)
+            return -1;
+    } else {
+        for (size_t i = 0; i < ts->nkeys; i++) {
+            if (memcmp(name, ts->keys[i].name, 16) == 0) {
+                k = &ts->keys[i];
+                break;
+            }
+        }
+        if (!k)
+            return 0; /* unknown key: full handshake */
+    }
+    OSSL_PARAM p[] = {
+        OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, (void *)k->hmac, 32),
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+        OSSL_PARAM_construct_end(),
+    };
+    if (EVP_MAC_CTX_set_params(hctx, p) != 1)
+        return -1;
+    if (enc)
+        return EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv) == 1 ? 1 : -1;
+    if (EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv) != 1)
+        return -1;
+    return k == &ts->keys[0] ? 1 : 2; /* 2: accept, and re-issue under the current key */
+}
+
+static bool name_matches(const char *pattern, const char *host)
+{
+    if (pattern[0] == '*' && pattern[1] == '.') {
+        const char *dot = strchr(host, '.');
+        return dot && dot != host && strcasecmp(dot + 1, pattern + 2) == 0;
+    }
+    return strcasecmp(pattern, host) == 0;
+}
+
+static int sni_cb(SSL *s, int *alert, void *arg)
+{
+    (void)alert;
+    struct tls_server *ts = arg;
+    const char *host = SSL_get_servername(s, TLSEXT_NAMETYPE_host_name);
+    if (!host)
+        return SSL_TLSEXT_ERR_NOACK;
+    for (size_t i = 0; i < ts->nnames; i++) {
+        if (name_matches(ts->names[i].name, host)) {
+            if (ts->names[i].ctx != SSL_get_SSL_CTX(s))
+                SSL_set_SSL_CTX(s, ts->names[i].ctx);
+            return SSL_TLSEXT_ERR_OK;
+        }
+    }
+    return SSL_TLSEXT_ERR_OK; /* unknown name: the default certificate */
+}
+
+static bool add_name(struct tls_server *ts, const char *name, size_t len, SSL_CTX *ctx)
+{
+    struct sni_entry *n = realloc(ts->names, (ts->nnames + 1) * sizeof *n);
+    if (!n)
+        return false;
+    ts->names = n;
+    char *copy = strndup(name, len);
+    if (!copy)
+        return false;
+    for (char *p = copy; *p; p++)
+        if (*p >= 'A' && *p <= 'Z')
+            *p = (char)(*p - 'A' + 'a');
+    ts->names[ts->nnames].name = copy;
+    ts->names[ts->nnames].ctx = ctx;
+    ts->nnames++;
+    return true;
+}
+
+/* Collect DNS names of the context's certificate for SNI lookup. */
+static bool collect_names(struct tls_server *ts, SSL_CTX *ctx)
+{
+    X509 *x = SSL_CTX_get0_certificate(ctx);
+    if (!x)
+        return true;
+    bool any = false;
+    GENERAL_NAMES *gens = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+    for (int i = 0; gens && i < sk_GENERAL_NAME_num(gens); i++) {
+        const GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
+        if (g->type != GEN_DNS)
+            continue;
+        const unsigned char *d = ASN1_STRING_get0_data(g->d.dNSName);
+        int l = ASN1_STRING_length(g->d.dNSName);
+        if (l > 0 && !add_name(ts, (const char *)d, (size_t)l, ctx)) {
+            GENERAL_NAMES_free(gens);
+            return false;
+        }
+        any = true;
+    }
+    GENERAL_NAMES_free(gens);
+    if (!any) {
+        char cn[256];
+        int l = X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, cn, sizeof cn);
+        if (l > 0 && !add_name(ts, cn, (size_t)l, ctx))
+            return false;
+    }
+    return true;
+}
+
+static bool load_ticket_keys(struct tls_server *ts, const char *path, char **error_r)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        if (asprintf(error_r, "tls.ticket_key_file %s: cannot open", path) < 0)
+            *error_r = NULL;
+        return false;
+    }
+    unsigned char rec[TICKET_REC];
+    size_t n;
+    while (ts->nkeys < TICKET_MAXK && (n = fread(rec, 1, sizeof rec, f)) == sizeof rec) {
+        struct ticket_key *k = &ts->keys[ts->nkeys++];
+        memcpy(k->name, rec, 16);
+        memcpy(k->hmac, rec + 16, 32);
+        memcpy(k->aes, rec + 48, 32);
+    }
+    OPENSSL_cleanse(rec, sizeof rec);
+    fclose(f);
+    if (ts->nkeys == 0) {
+        if (asprintf(error_r, "tls.ticket_key_file %s: needs at least one 80-byte key", path) < 0)
+            *error_r = NULL;
+        return false;
+    }
+    return true;
+}
+
+static SSL_CTX *server_ctx(const struct cfg_tls *cfg, const struct cfg_cert *cert, char **error_r)
+{
+    SSL_CTX *x = SSL_CTX_new(TLS_server_method());
+    if (!x) {
+        *error_r = ssl_error("SSL_CTX_new", NULL);
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(x, cfg->min_version);
+    SSL_CTX_set_mode(x, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                            SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_options(x, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
+                               SSL_OP_NO_COMPRESSION | SSL_OP_IGNORE_UNEXPECTED_EOF);
+    if (cfg->ciphers && SSL_CTX_set_cipher_list(x, cfg->ciphers) != 1) {
+        *error_r = ssl_error("tls.ciphers", cfg->ciphers);
+        goto fail;
+    }
+    if (cfg->ciphersuites && SSL_CTX_set_ciphersuites(x, cfg->ciphersuites) != 1) {
+        *error_r = ssl_error("tls.ciphersuites", cfg->ciphersuites);
+        goto fail;
+    }
+    if (SSL_CTX_use_certificate_chain_file(x, cert->cert) != 1) {
+        *error_r = ssl_error("certificate", cert->cert);
+        goto fail;
+    }
+    if (SSL_CTX_use_PrivateKey_file(x, cert->key, SSL_FILETYPE_PEM) != 1) {
+        *error_r = ssl_error("private key", cert->key);
+        goto fail;
+    }
+    if (SSL_CTX_check_private_key(x) != 1) {
+        *error_r = ssl_error("key does not match certificate", cert->cert);
+        goto fail;
+    }
+    SSL_CTX_set_session_id_context(x, (const unsigned char *)"portcullis", 10);
+    return x;
+fail:
+    SSL_CTX_free(x);
+    return NULL;
+}
+
+struct tls_server *tls_server_new(const struct cfg_tls *cfg, char **error_r)
+{
+    *error_r = NULL;
+    struct tls_server *ts = calloc(1, sizeof *ts);
+    if (!ts || cfg->ncerts == 0) {
+        free(ts);
+        *error_r = strdup("tls: no certificates configured");
+        return NULL;
+    }
+    ts->ctx = calloc(cfg->ncerts, sizeof *ts->ctx);
+    if (!ts->ctx)
+        goto fail;
+    for (size_t i = 0; i < cfg->ncerts; i++) {
+        ts->ctx[i] = server_ctx(cfg, &cfg->certs[i], error_r);
+        if (!ts->ctx[i])
+            goto fail;
+        ts->nctx++;
+        SSL_CTX_set_ex_data(ts->ctx[i], ts_index, ts);
+        if (!collect_names(ts, ts->ctx[i]))
+            goto fail;
+    }
+    if (cfg->ticket_key_file) {
+        if (!load_ticket_keys(ts, cfg->ticket_key_file, error_r))
+            goto fail;
+        SSL_CTX_set_tlsext_ticket_key_evp_cb(ts->ctx[0], ticket_cb);
+    }
+    SSL_CTX_set_tlsext_servername_callback(ts->ctx[0], sni_cb);
+    SSL_CTX_set_tlsext_servername_arg(ts->ctx[0], ts);
+    return ts;
+fail:
+    if (!*error_r)
+        *error_r = strdup("tls: out of memory");
+    tls_server_free(&ts);
+    return NULL;
+}
+
+void tls_server_free(struct tls_server **tsp)
+{
+    struct tls_server *ts = *tsp;
+    if (!ts)
+        return;
+    for (size_t i = 0; i < ts->nctx; i++)
+        SSL_CTX_free(ts->ctx[i]);
+    free(ts->ctx);
+    for (size_t i = 0; i < ts->nnames; i++)
+        free(ts->names[i].name);
+    free(ts->names);
+    OPENSSL_cleanse(ts->keys, sizeof ts->keys);
+    free(ts);
+    *tsp = NULL;
+}
+
+SSL *tls_server_ssl(struct tls_server *ts)
+{
+    return SSL_new(ts->ctx[0]);
+}
+
+SSL_CTX *tls_client_ctx_new(const struct cfg_backend *b, char **error_r)
+{
+    *error_r = NULL;
+    SSL_CTX *x = SSL_CTX_new(TLS_client_method());
+    if (!x) {
+        *error_r = ssl_error("SSL_CTX_new", NULL);
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(x, TLS1_2_VERSION);
+    SSL_CTX_set_mode(x, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                            SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_options(x, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
+                               SSL_OP_IGNORE_UNEXPECTED_EOF);
+    if (b->tls_verify) {
+        SSL_CTX_set_verify(x, SSL_VERIFY_PEER, NULL);
+        int ok = b->tls_ca ? SSL_CTX_load_verify_locations(x, b->tls_ca, NULL)
+                           : SSL_CTX_set_default_verify_paths(x);
+        if (ok != 1) {
+            *error_r = ssl_error("backend tls_ca", b->tls_ca);
+            SSL_CTX_free(x);
+            return NULL;
+        }
+    }
+    return x;
+}
+
+static bool is_ip(const char *s)
+{
+    unsigned char tmp[16];
+    return inet_pton(AF_INET, s, tmp) == 1 || inet_pton(AF_INET6, s, tmp) == 1;
+}
+
+SSL *tls_client_ssl(SSL_CTX *ctx, const struct cfg_backend *b)
+{
+    SSL *s = SSL_new(ctx);
+    if (!s)
+        return NULL;
+    const char *name = b->tls_sni ? b->tls_sni : b->host;
+    if (!is_ip(name))
+        SSL_set_tlsext_host_name(s, name);
+    if (b->tls_verify) {
+        X509_VERIFY_PARAM *vp = SSL_get0_param(s);
+        X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        int ok = is_ip(name) ? X509_VERIFY_PARAM_set1_ip_asc(vp, name)
+                             : X509_VERIFY_PARAM_set1_host(vp, name, 0);
+        if (ok != 1) {
+            SSL_free(s);
+            return NULL;
+        }
+    }
+    return s;
+}
+
+const char *tls_describe(SSL *ssl, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s/%s%s", SSL_get_version(ssl), SSL_get_cipher_name(ssl),
+             SSL_session_reused(ssl) ? "/resumed" : "");
+    return buf;
+}

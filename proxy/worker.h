@@ -1,0 +1,51 @@
+/*
+ * worker — one thread, one libev loop, its own SO_REUSEPORT listening sockets. A session lives
+ * its whole life on the worker that accepted it: nothing on the session path takes a lock.
+ */
+#ifndef PORTCULLIS_WORKER_H
+#define PORTCULLIS_WORKER_H
+
+#include <ev.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "config.h"
+
+struct session;
+
+struct worker_listener {
+    ev_io io;
+    int fd;
+    int index; /* into cfg->listeners of the config the sockets were bound with */
+    struct worker *w;
+};
+
+struct worker {
+    int id;
+    pthread_t thread;
+    struct ev_loop *loop;
+    ev_async wake;     /* stop request from the main thread */
+    ev_check reap;     /* frees closed sessions after callbacks unwind */
+    ev_timer accept_retry; /* re-enables accepting after EMFILE */
+    struct worker_listener *listeners;
+    size_t nlisteners;
+    struct session *sessions;  /* live sessions (doubly linked) */
+    struct session *graveyard; /* closed, to free in reap */
+    unsigned nsessions;
+    atomic_bool stop;
+};
+
+/* Process-wide live connection count, for limits.max_connections. */
+extern atomic_uint worker_connections;
+
+/* Create the listening sockets for one worker (main thread, before privileges drop). */
+bool worker_bind(struct worker *w, const struct config *cfg, char **error_r);
+bool worker_start(struct worker *w);
+/* Ask a worker to stop (closes its sessions) and join it. */
+void worker_stop(struct worker *w);
+
+void worker_add_session(struct worker *w, struct session *s);
+void worker_bury_session(struct worker *w, struct session *s);
+
+#endif

@@ -57,6 +57,9 @@ FUZZ_SECONDS ?= 60
 
 all: $(BIN)
 
+# Keep the unit-test objects make would otherwise delete as intermediates.
+.SECONDARY:
+
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	@[ "$(V)" = 1 ] || echo "  CC      $<"

@@ -78,12 +78,17 @@ struct imap_cmd_parser {
     size_t store_len;
 
     /* private state */
-    int state;
-    int list_depth;
-    size_t line_len;
-    uint64_t lit_left;
-    bool lit_plus;
-    bool in_escape;
+    int state;           /* enum cmd_state in imap_parse.c */
+    int list_depth;      /* open "(" not yet closed */
+    size_t line_len;     /* text bytes of the current line (reset after each literal) */
+    uint64_t lit_left;   /* literal header: length so far; literal data: bytes still to copy */
+    bool lit_plus;       /* the literal being read is {n+} */
+    bool lit_overflow;   /* its length has more than 20 digits or overflows 64 bits */
+    unsigned lit_digits; /* digits read in the literal header */
+    bool cr;             /* the previous byte was a CR: only LF may follow */
+    int skip_tail;       /* skipping a bad line: where "{digits+}" at its end stands */
+    unsigned tag_len;    /* bytes in tag[] so far */
+    unsigned name_len;   /* bytes in name[] so far */
 };
 
 /* `store`/`cap` are the caller's buffer (cap bounds the total of all argument bytes). */
@@ -92,7 +97,9 @@ void imap_cmd_parser_init(struct imap_cmd_parser *p, char *store, size_t cap, si
 /* Forget the last command; call after DONE or non-fatal BAD before parsing the next one. */
 void imap_cmd_parser_reset(struct imap_cmd_parser *p);
 /* Feed `len` bytes. *consumed_r tells how many were used (the rest belong to later calls).
- * Returns at the first event; call again with the remaining bytes. */
+ * Returns at the first event; call again with the remaining bytes. DONE, BAD and CONTINUE each
+ * consume at least the LF they end on. DONE and BAD are repeated (consuming nothing) until
+ * imap_cmd_parser_reset(); after a fatal BAD the parser stays stuck. */
 enum imap_cmd_result imap_cmd_parse(struct imap_cmd_parser *p, const char *in, size_t len,
                                     size_t *consumed_r);
 /* Pointer to argument i's bytes (not NUL-terminated; use args[i].len). */
@@ -118,29 +125,36 @@ struct imap_framer {
     /* about the current command/response (valid from its first byte until the next one) */
     char head[IMAP_HEAD_MAX]; /* its first bytes (first line only), not NUL-terminated */
     size_t head_len;
-    unsigned nliterals; /* literals seen so far in this command/response */
-    uint64_t literal_len; /* valid after IMAP_FRAME_LITERAL */
+    unsigned nliterals;    /* literals seen so far in this command/response */
+    uint64_t literal_len;  /* valid after IMAP_FRAME_LITERAL */
     uint64_t literal_left; /* literal bytes not yet consumed */
-    bool literal_plus;    /* {n+} */
-    bool literal_binary;  /* ~{n} */
-    const char *error;    /* after IMAP_FRAME_ERROR */
+    bool literal_plus;     /* {n+} */
+    bool literal_binary;   /* ~{n} */
+    const char *error;     /* after IMAP_FRAME_ERROR */
 
     /* private state */
-    int state;
-    size_t line_len;
-    bool in_quote;
-    bool in_escape;
-    int lit_state; /* tracking "{digits[+]}" at the end of the line */
-    uint64_t lit_acc;
-    bool lit_acc_plus;
-    bool lit_acc_binary;
-    bool at_start; /* the next byte starts a new command/response */
+    int state;             /* enum frame_state in imap_parse.c */
+    size_t line_len;       /* bytes of the current line so far, CR included, LF not */
+    bool in_quote;         /* inside a quoted string */
+    bool in_escape;        /* the previous byte was a backslash inside a quoted string */
+    bool prev_cr;          /* the last byte consumed by the previous call was a CR */
+    int lit_state;         /* tracking "[~]{digits[+]}" at the end of the line */
+    uint64_t lit_acc;      /* its length so far */
+    unsigned lit_digits;   /* its digits so far */
+    bool lit_acc_overflow; /* more than 20 digits or over 2^64-1 */
+    bool lit_acc_plus;     /* "+" seen */
+    bool lit_acc_binary;   /* "~" seen before "{" */
+    bool at_start;         /* the next byte starts a new command/response */
 };
 
 void imap_framer_init(struct imap_framer *f, size_t max_line);
 /* Feed bytes; stops at the first event. In literal state it skips min(len, literal_left) bytes
  * at once. *consumed_r is how many bytes were used. After IMAP_FRAME_ERROR the framer is stuck
- * (the caller ends the session). */
+ * (the caller ends the session).
+ * A zero-length literal ({0}, {0+}, ~{0}): the call after IMAP_FRAME_LITERAL returns
+ * IMAP_FRAME_LITERAL_END with *consumed_r == 0, exactly once and whatever len is (even 0); this
+ * is the only event that consumes nothing, so a loop calling until its bytes are used up cannot
+ * spin. */
 enum imap_frame_event imap_frame(struct imap_framer *f, const char *in, size_t len,
                                  size_t *consumed_r);
 /* True when the framer is between two commands/responses (nothing of the next one seen). */
@@ -153,5 +167,12 @@ bool imap_split_tag(const char *line, size_t len, const char **tag_r, size_t *ta
 
 /* Is `c` an ATOM-CHAR (RFC 3501 9: any CHAR except atom-specials)? */
 bool imap_is_atom_char(unsigned char c);
+
+/* Relay helper: the server refused a client's synchronising literal (a tagged NO/BAD came
+ * instead of "+"), so the client will not send its bytes (RFC 3501 7.5) and what it sends next
+ * is a new command. Valid only while the framer waits for a {n} / ~{n} literal of which nothing
+ * has been consumed yet; ends the current command there, so the framer is at a boundary.
+ * Returns false and changes nothing otherwise (including {n+}, whose bytes always come). */
+bool imap_framer_cancel_literal(struct imap_framer *f);
 
 #endif

@@ -1,0 +1,387 @@
+/*
+ * config — the Portcullis schema: which keys exist, their types, defaults and limits, and the
+ * checks that span keys. The generic YAML walking lives in cfg_map.c; this file is tables and
+ * the few rules a table cannot express.
+ *
+ * Invariants:
+ *  - A snapshot returned by cfg_load*() is complete and consistent: every default applied, every
+ *    listener address parsed, every backend resolved, every certificate/key file readable, and
+ *    every protocol a listener speaks has a backend pool. Code holding a snapshot never
+ *    re-validates it.
+ *  - It is never modified afterwards; only `refs` changes (atomically).
+ *  - Files are only checked for readability here. Loading certificates, CA stores and ticket
+ *    keys is tls.c's job, because a reload must build those before swapping snapshots.
+ *
+ * To add a section: add the struct and its field to config.h, write its key table below, add one
+ * CFG_K_MAP/CFG_K_SEQ line to top_keys, and document it in docs/configuration.md and
+ * deploy/portcullis.yaml. Parsing, defaults, errors and freeing follow from the table.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/ssl.h>
+
+#include "cfg_map.h"
+
+/* CFG_ENUM stores an int; the enums it targets must be int-sized. */
+_Static_assert(sizeof(enum cfg_proto) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum cfg_tls_mode) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum cfg_log_level) == sizeof(int), "enum size");
+
+#define KIB  (UINT64_C(1) << 10)
+#define MIB  (UINT64_C(1) << 20)
+#define SEC  UINT64_C(1000)
+#define MIN  (60 * SEC)
+#define HOUR (60 * MIN)
+#define DAY  (24 * HOUR)
+
+#define MAX_WORKERS 64
+
+static const struct cfg_enum proto_values[] = {
+    {"imap", CFG_PROTO_IMAP}, {"pop3", CFG_PROTO_POP3}, {NULL, 0}};
+static const struct cfg_enum tls_mode_values[] = {{"none", CFG_TLS_NONE},
+                                                  {"starttls", CFG_TLS_STARTTLS},
+                                                  {"implicit", CFG_TLS_IMPLICIT},
+                                                  {NULL, 0}};
+static const struct cfg_enum log_level_values[] = {{"debug", CFG_LOG_DEBUG},
+                                                   {"info", CFG_LOG_INFO},
+                                                   {"warn", CFG_LOG_WARN},
+                                                   {"error", CFG_LOG_ERROR},
+                                                   {NULL, 0}};
+static const struct cfg_enum tls_version_values[] = {
+    {"1.2", TLS1_2_VERSION}, {"1.3", TLS1_3_VERSION}, {NULL, 0}};
+
+static bool backend_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *obj);
+static bool config_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *obj);
+
+/* ---- schema ------------------------------------------------------------------------------ */
+
+/* `log:` has no struct of its own: its keys land in struct config (log_level, log_file). */
+static const struct cfg_key log_keys[] = {
+    {CFG_K_ENUM("level", struct config, log_level, "info", log_level_values)},
+    {CFG_K_OPTSTR("file", struct config, log_file, "")},
+    {CFG_K_END},
+};
+static const struct cfg_table log_table = {.keys = log_keys};
+
+/* No default for `tls`: "none" would silently serve plaintext, "implicit" would silently need
+ * certificates. The operator says which. */
+static const struct cfg_key listener_keys[] = {
+    {CFG_K_NAME("name", struct cfg_listener, name, NULL)},
+    {CFG_K_ADDR("bind", struct cfg_listener, bind, addr, addrlen, NULL)},
+    {CFG_K_ENUM("protocol", struct cfg_listener, protocol, "imap", proto_values)},
+    {CFG_K_ENUM("tls", struct cfg_listener, tls, NULL, tls_mode_values)},
+    {CFG_K_END},
+};
+static const struct cfg_table listener_table = {.size = sizeof(struct cfg_listener),
+                                                .keys = listener_keys};
+
+static const struct cfg_key cert_keys[] = {
+    {CFG_K_STRING("cert", struct cfg_cert, cert, NULL)},
+    {CFG_K_STRING("key", struct cfg_cert, key, NULL)},
+    {CFG_K_END},
+};
+static const struct cfg_table cert_table = {.size = sizeof(struct cfg_cert), .keys = cert_keys};
+
+/* Forward-secret AEAD suites only (Mozilla "intermediate" without the DHE ones): every mail
+ * client that speaks TLS 1.2 has ECDHE with AES-GCM or ChaCha20. See docs/configuration.md. */
+#define DEFAULT_CIPHERS "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!MD5:!DSS"
+
+static const struct cfg_key tls_keys[] = {
+    {CFG_K_SEQ("certificates", struct cfg_tls, certs, ncerts, &cert_table, 0, CFG_SEQ_MAX)},
+    {CFG_K_ENUM("min_version", struct cfg_tls, min_version, "1.2", tls_version_values)},
+    {CFG_K_STRING("ciphers", struct cfg_tls, ciphers, DEFAULT_CIPHERS)},
+    {CFG_K_OPTSTR("ciphersuites", struct cfg_tls, ciphersuites, "")},
+    {CFG_K_OPTSTR("ticket_key_file", struct cfg_tls, ticket_key_file, "")},
+    {CFG_K_DURATION("handshake_timeout", struct cfg_tls, handshake_timeout_ms, "30s", 1, HOUR)},
+    {CFG_K_END},
+};
+static const struct cfg_table tls_table = {.keys = tls_keys};
+
+static const struct cfg_key backend_keys[] = {
+    {CFG_K_NAME("name", struct cfg_backend, name, NULL)},
+    {CFG_K_ENUM("protocol", struct cfg_backend, protocol, "imap", proto_values)},
+    {CFG_K_STRING("host", struct cfg_backend, host, NULL)},
+    {CFG_K_PORT("port", struct cfg_backend, port, NULL)},
+    {CFG_K_UINT("weight", struct cfg_backend, weight, "1", 1, 1000)},
+    {CFG_K_ENUM("tls", struct cfg_backend, tls, "none", tls_mode_values)},
+    {CFG_K_OPTSTR("tls_ca", struct cfg_backend, tls_ca, "")},
+    {CFG_K_OPTSTR("tls_sni", struct cfg_backend, tls_sni, "")},
+    {CFG_K_BOOL("tls_verify", struct cfg_backend, tls_verify, "true")},
+    {CFG_K_BOOL("drain", struct cfg_backend, drain, "false")},
+    {CFG_K_END},
+};
+static const struct cfg_table backend_table = {
+    .size = sizeof(struct cfg_backend), .keys = backend_keys, .check = backend_check};
+
+/* Timeouts must be > 0 (a zero timer would fire at once) and at most a day (a typo like "30d"
+ * for "30s" should not keep dead sessions for a month). The RFC minimums for idle timeouts
+ * (30 min IMAP, 10 min POP3) are defaults, not floors: tests need short values. */
+static const struct cfg_key limits_keys[] = {
+    {CFG_K_DURATION("preauth_timeout", struct cfg_limits, preauth_timeout_ms, "60s", 1, DAY)},
+    {CFG_K_DURATION("imap_idle_timeout", struct cfg_limits, imap_idle_timeout_ms, "30m", 1, DAY)},
+    {CFG_K_DURATION("pop3_idle_timeout", struct cfg_limits, pop3_idle_timeout_ms, "10m", 1, DAY)},
+    {CFG_K_DURATION("backend_connect_timeout", struct cfg_limits, backend_connect_timeout_ms, "10s",
+                    1, DAY)},
+    {CFG_K_DURATION("backend_login_timeout", struct cfg_limits, backend_login_timeout_ms, "30s", 1,
+                    DAY)},
+    {CFG_K_SIZE("max_line", struct cfg_limits, max_line, "8k", KIB, MIB)},
+    {CFG_K_SIZE("max_preauth_literal", struct cfg_limits, max_preauth_literal, "8k", 1, MIB)},
+    {CFG_K_UINT("max_bad_commands", struct cfg_limits, max_bad_commands, "10", 1, 1000)},
+    {CFG_K_UINT("max_connections", struct cfg_limits, max_connections, "10000", 1, 1000000)},
+    {CFG_K_SIZE("relay_buffer", struct cfg_limits, relay_buffer, "64k", 16 * KIB, 64 * MIB)},
+    {CFG_K_END},
+};
+static const struct cfg_table limits_table = {.keys = limits_keys};
+
+static const struct cfg_key top_keys[] = {
+    {CFG_K_UINT("workers", struct config, workers, "0", 0, MAX_WORKERS), .flags = CFG_RESTART},
+    {CFG_K_STRING("instance", struct config, instance, "")},
+    {CFG_K_STRING("greeting_name", struct config, greeting_name, "Portcullis")},
+    {CFG_K_BOOL("allow_plaintext_auth", struct config, allow_plaintext_auth, "false")},
+    {CFG_K_FLATMAP("log", &log_table)},
+    {CFG_K_SEQ("listeners", struct config, listeners, nlisteners, &listener_table, 1, CFG_SEQ_MAX),
+     .flags = CFG_RESTART},
+    {CFG_K_MAP("tls", struct config, tls, &tls_table)},
+    {CFG_K_SEQ("backends", struct config, backends, nbackends, &backend_table, 0, CFG_SEQ_MAX)},
+    {CFG_K_MAP("limits", struct config, limits, &limits_table)},
+    {CFG_K_END},
+};
+static const struct cfg_table config_table = {.keys = top_keys, .check = config_check};
+
+/* ---- checks a table cannot express ------------------------------------------------------- */
+
+static bool check_readable(struct cfg_ctx *ctx, const char *path, const char *key, const char *file)
+{
+    if (access(file, R_OK) == 0)
+        return true;
+    char q[160];
+    return cfg_fail(ctx, cfg_find(ctx, path), "%s: cannot read %s: %s", key,
+                    cfg_quote(q, sizeof q, file), strerror(errno));
+}
+
+/* Backends are resolved here, once, at load: workers never resolve names. The first address
+ * wins; AI_ADDRCONFIG stays off so "localhost" still yields ::1/127.0.0.1 in a netns without
+ * global addresses. */
+static bool backend_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *obj)
+{
+    struct cfg_backend *b = obj;
+    char q[96];
+    if (b->host[0] == '\0')
+        return cfg_fail(ctx, cfg_lookup(ctx, node, "host"), "backend %s: host is empty", b->name);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+#ifdef PORTCULLIS_FUZZ
+    /* Fuzzing must not wait on DNS for random names. */
+    hints.ai_flags = AI_NUMERICHOST;
+#endif
+    struct addrinfo *res = NULL;
+    int rc = getaddrinfo(b->host, NULL, &hints, &res);
+    if (rc != 0 || !res) {
+        if (res)
+            freeaddrinfo(res);
+        return cfg_fail(ctx, cfg_lookup(ctx, node, "host"), "backend %s: cannot resolve %s: %s",
+                        b->name, cfg_quote(q, sizeof q, b->host),
+                        rc ? gai_strerror(rc) : "no address");
+    }
+    memcpy(&b->addr, res->ai_addr, res->ai_addrlen);
+    b->addrlen = res->ai_addrlen;
+    freeaddrinfo(res);
+    if (b->addr.ss_family == AF_INET)
+        ((struct sockaddr_in *)&b->addr)->sin_port = htons(b->port);
+    else if (b->addr.ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)&b->addr)->sin6_port = htons(b->port);
+    if (b->tls_ca && access(b->tls_ca, R_OK) != 0)
+        return cfg_fail(ctx, cfg_lookup(ctx, node, "tls_ca"), "backend %s: cannot read %s: %s",
+                        b->name, cfg_quote(q, sizeof q, b->tls_ca), strerror(errno));
+    return true;
+}
+
+static bool same_addr(const struct cfg_listener *a, const struct cfg_listener *b)
+{
+    return a->addrlen == b->addrlen && memcmp(&a->addr, &b->addr, a->addrlen) == 0;
+}
+
+static bool check_listeners(struct cfg_ctx *ctx, struct config *c)
+{
+    char path[64];
+    for (size_t i = 0; i < c->nlisteners; i++) {
+        const struct cfg_listener *l = &c->listeners[i];
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(l->name, c->listeners[j].name) == 0) {
+                snprintf(path, sizeof path, "listeners[%zu].name", i);
+                return cfg_fail(ctx, cfg_find(ctx, path),
+                                "duplicate listener name \"%s\" (also listeners[%zu])", l->name, j);
+            }
+            /* With SO_REUSEPORT a second bind to the same address succeeds and the kernel
+             * would spread connections over both, mixing their protocols. */
+            if (same_addr(l, &c->listeners[j])) {
+                snprintf(path, sizeof path, "listeners[%zu].bind", i);
+                return cfg_fail(ctx, cfg_find(ctx, path),
+                                "listener \"%s\" binds the same address as \"%s\"", l->name,
+                                c->listeners[j].name);
+            }
+        }
+        bool have_backend = false;
+        for (size_t j = 0; j < c->nbackends && !have_backend; j++)
+            have_backend = c->backends[j].protocol == l->protocol;
+        if (!have_backend) {
+            snprintf(path, sizeof path, "listeners[%zu].protocol", i);
+            return cfg_fail(ctx, cfg_find(ctx, path),
+                            "listener \"%s\" speaks %s but no backend has protocol %s", l->name,
+                            cfg_proto_name(l->protocol), cfg_proto_name(l->protocol));
+        }
+        if (l->tls != CFG_TLS_NONE && c->tls.ncerts == 0) {
+            snprintf(path, sizeof path, "listeners[%zu].tls", i);
+            return cfg_fail(ctx, cfg_find(ctx, path),
+                            "listener \"%s\" uses TLS but tls.certificates is empty", l->name);
+        }
+    }
+    return true;
+}
+
+static bool config_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *obj)
+{
+    (void)node;
+    struct config *c = obj;
+    char path[64];
+
+    if (c->workers == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        c->workers = n < 1 ? 1 : n > MAX_WORKERS ? MAX_WORKERS : (unsigned)n;
+    }
+    if (c->instance[0] == '\0') {
+        char host[256];
+        if (gethostname(host, sizeof host) != 0)
+            snprintf(host, sizeof host, "portcullis");
+        host[sizeof host - 1] = '\0';
+        char *copy = strdup(host);
+        if (!copy)
+            return cfg_fail(ctx, NULL, "out of memory");
+        free(c->instance);
+        c->instance = copy;
+    }
+
+    for (size_t i = 0; i < c->nbackends; i++) {
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(c->backends[i].name, c->backends[j].name) == 0) {
+                snprintf(path, sizeof path, "backends[%zu].name", i);
+                return cfg_fail(ctx, cfg_find(ctx, path),
+                                "duplicate backend name \"%s\" (also backends[%zu])",
+                                c->backends[i].name, j);
+            }
+        }
+    }
+    if (!check_listeners(ctx, c))
+        return false;
+
+    for (size_t i = 0; i < c->tls.ncerts; i++) {
+        snprintf(path, sizeof path, "tls.certificates[%zu].cert", i);
+        if (!check_readable(ctx, path, "certificate", c->tls.certs[i].cert))
+            return false;
+        snprintf(path, sizeof path, "tls.certificates[%zu].key", i);
+        if (!check_readable(ctx, path, "private key", c->tls.certs[i].key))
+            return false;
+    }
+    if (c->tls.ticket_key_file &&
+        !check_readable(ctx, "tls.ticket_key_file", "ticket key file", c->tls.ticket_key_file))
+        return false;
+    return true;
+}
+
+/* ---- snapshot lifecycle ------------------------------------------------------------------ */
+
+static void config_free(struct config *c)
+{
+    cfg_map_free(&config_table, c);
+    free(c->path);
+    free(c);
+}
+
+struct config *cfg_load_string(const char *text, size_t len, const char *name, char **error_r)
+{
+    *error_r = NULL;
+    struct config *c = calloc(1, sizeof *c);
+    if (c)
+        c->path = strdup(name ? name : "<string>");
+    if (!c || !c->path) {
+        free(c);
+        *error_r = strdup("out of memory");
+        return NULL;
+    }
+    atomic_init(&c->refs, 1);
+    if (!cfg_map_document(&config_table, c, text, len, c->path, error_r)) {
+        config_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+struct config *cfg_load(const char *path, char **error_r)
+{
+    *error_r = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (asprintf(error_r, "%s: cannot open: %s", path, strerror(errno)) < 0)
+            *error_r = NULL;
+        return NULL;
+    }
+    /* Read at most one byte past the limit: enough to know the file is too large, without
+     * trusting st_size (the file may be a pipe or change under us). */
+    size_t cap = CFG_MAX_INPUT + 1, len = 0;
+    char *buf = malloc(cap);
+    if (!buf) {
+        close(fd);
+        *error_r = strdup("out of memory");
+        return NULL;
+    }
+    while (len < cap) {
+        ssize_t n = read(fd, buf + len, cap - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            if (asprintf(error_r, "%s: cannot read: %s", path, strerror(errno)) < 0)
+                *error_r = NULL;
+            free(buf);
+            close(fd);
+            return NULL;
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+    }
+    close(fd);
+    struct config *c = cfg_load_string(buf, len, path, error_r);
+    free(buf);
+    return c;
+}
+
+struct config *cfg_ref(struct config *c)
+{
+    if (c)
+        atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    return c;
+}
+
+void cfg_unref(struct config **cp)
+{
+    if (!cp || !*cp)
+        return;
+    struct config *c = *cp;
+    *cp = NULL;
+    /* acq_rel: the thread that frees must see every other thread's last use of the snapshot. */
+    if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
+        config_free(c);
+}
+
+const char *cfg_proto_name(enum cfg_proto p)
+{
+    return p == CFG_PROTO_POP3 ? "pop3" : "imap";
+}

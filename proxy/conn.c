@@ -79,9 +79,11 @@ void conn_start_tls(struct conn *c, SSL *ssl, bool server)
         SSL_set_connect_state(ssl);
     c->handshaking = true;
     c->read_wants_write = c->write_wants_read = false;
-    /* Start right away: a client's ClientHello may already be in the socket buffer. */
-    ev_feed_event(c->loop, &c->io, EV_READ | EV_WRITE);
+    /* Start right away: a client's ClientHello may already be in the socket buffer, and our
+     * own ClientHello must go out first.  Feed after conn_update(): ev_io_stop() there would
+     * clear a pending fed event. */
     conn_update(c);
+    ev_feed_event(c->loop, &c->io, EV_READ | EV_WRITE);
 }
 
 /* Map an SSL result into our flags. Returns 1 for WANT_* (try later), 0 for clean EOF, -1 for
@@ -301,6 +303,7 @@ void conn_update(struct conn *c)
     if (c->fd < 0)
         return;
     int ev = 0;
+    bool feed = false;
     if (c->connecting) {
         ev = EV_WRITE;
     } else if (c->handshaking) {
@@ -312,18 +315,21 @@ void conn_update(struct conn *c)
             ev |= c->read_wants_write ? EV_WRITE : EV_READ;
         if (want_write)
             ev |= c->write_wants_read ? EV_READ : EV_WRITE;
-        if (want_read && conn_has_pending_input(c))
-            ev_feed_event(c->loop, &c->io, EV_READ);
+        /* OpenSSL may hold decrypted bytes the socket will never signal again. */
+        feed = want_read && conn_has_pending_input(c);
     }
-    if (ev == c->events)
-        return;
-    if (c->events)
-        ev_io_stop(c->loop, &c->io);
-    c->events = ev;
-    if (ev) {
-        ev_io_set(&c->io, c->fd, ev);
-        ev_io_start(c->loop, &c->io);
+    if (ev != c->events) {
+        if (c->events)
+            ev_io_stop(c->loop, &c->io);
+        c->events = ev;
+        if (ev) {
+            ev_io_set(&c->io, c->fd, ev);
+            ev_io_start(c->loop, &c->io);
+        }
     }
+    /* After the restart: ev_io_stop() clears a pending fed event. */
+    if (feed)
+        ev_feed_event(c->loop, &c->io, EV_READ);
 }
 
 bool conn_ctl_append(struct conn *c, const void *p, size_t len)

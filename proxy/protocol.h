@@ -35,5 +35,6 @@ struct protocol {
 };
 
 extern const struct protocol imap_protocol;
+extern const struct protocol pop3_protocol;
 
 #endif

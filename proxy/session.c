@@ -143,7 +143,7 @@ bool sess_accept(struct worker *w, int fd, const struct cfg_listener *l, struct 
     s->rt = rt_ref(rt);
     s->cfg = rt->cfg;
     s->listener = l;
-    s->proto = &imap_protocol;
+    s->proto = &imap_protocol; /* POP3 lands with pop3_protocol */
     s->started = ev_now(w->loop);
     memcpy(&s->client_sa, peer, peerlen < sizeof s->client_sa ? peerlen : sizeof s->client_sa);
     socklen_t ll = sizeof s->local_sa;

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "tls.h"
 #include "worker.h"
 
 static _Atomic uint64_t next_session_id = 1;
@@ -143,7 +144,7 @@ bool sess_accept(struct worker *w, int fd, const struct cfg_listener *l, struct 
     s->rt = rt_ref(rt);
     s->cfg = rt->cfg;
     s->listener = l;
-    s->proto = &imap_protocol; /* POP3 lands with pop3_protocol */
+    s->proto = l->protocol == CFG_PROTO_POP3 ? &pop3_protocol : &imap_protocol;
     s->started = ev_now(w->loop);
     memcpy(&s->client_sa, peer, peerlen < sizeof s->client_sa ? peerlen : sizeof s->client_sa);
     socklen_t ll = sizeof s->local_sa;
@@ -192,8 +193,18 @@ void sess_pump(struct session *s)
 {
     if (s->closing)
         return;
-    if (conn_pending_out(&s->client))
-        conn_flush(&s->client);
+    /* The relay filters stop releasing backend bytes while our own words wait in ctl: once a
+     * flush here delivers them, let the down filter go on (no write event will say so). */
+    for (int round = 0; round < 8; round++) {
+        bool had_ctl = !buf_empty(&s->client.ctl);
+        if (conn_pending_out(&s->client))
+            conn_flush(&s->client);
+        if (s->state != SESS_RELAY || !had_ctl || !buf_empty(&s->client.ctl))
+            break;
+        s->proto->relay_down(s);
+        if (s->closing)
+            return;
+    }
     if (s->backend.fd >= 0 && conn_pending_out(&s->backend))
         conn_flush(&s->backend);
     if (s->client.error && s->state != SESS_CLOSING) {
@@ -224,8 +235,6 @@ void sess_close(struct session *s, const char *reason)
              reason ? reason : "?", dur, (unsigned long long)s->client.bytes_in,
              (unsigned long long)s->client.bytes_out, s->be ? s->be->name : "-",
              (unsigned long long)s->backend.bytes_in, (unsigned long long)s->backend.bytes_out);
-    if (s->proto && s->pstate)
-        s->proto->destroy(s);
     conn_close(&s->client);
     conn_close(&s->backend);
     buf_free(&s->up);
@@ -237,6 +246,15 @@ void sess_close(struct session *s, const char *reason)
     rt_unref(&s->rt);
     s->cfg = NULL;
     worker_bury_session(s->worker, s);
+}
+
+void sess_free(struct session *s)
+{
+    /* Here, not in sess_close(): the protocol code that closed the session may still be
+     * running on its state (e.g. wiping its parser after a command that closed). */
+    if (s->proto && s->pstate)
+        s->proto->destroy(s);
+    free(s);
 }
 
 void sess_close_after_flush(struct session *s, const char *reason)
@@ -309,6 +327,27 @@ bool sess_backend_connect(struct session *s)
         return false;
     }
     return true;
+}
+
+bool sess_backend_start_tls(struct session *s)
+{
+    SSL_CTX *ctx = s->rt->backend_ctx[s->be_index];
+    SSL *ssl = ctx ? tls_client_ssl(ctx, s->be) : NULL;
+    if (!ssl)
+        return false;
+    s->backend.reading = false;
+    conn_start_tls(&s->backend, ssl, false);
+    return true;
+}
+
+void sess_backend_log_tls_failure(struct session *s)
+{
+    struct conn *c = &s->backend;
+    long vr = c->ssl ? SSL_get_verify_result(c->ssl) : X509_V_OK;
+    char q[200];
+    sess_log(s, LOG_WARN, "event=backend_tls_failed backend=%s error=%s verify=\"%s\"",
+             s->be->name, log_qs(q, sizeof q, c->err),
+             vr == X509_V_OK ? "ok" : X509_verify_cert_error_string(vr));
 }
 
 void sess_backend_drop(struct session *s)
@@ -450,7 +489,8 @@ static void backend_handler(struct conn *c, int events)
         if (s->closing)
             return;
         sess_set_state(s, SESS_CLOSING);
-        s->close_reason = c->error ? "backend error" : "backend closed";
+        if (!s->close_reason || c->error) /* keep "logout" set by the protocol */
+            s->close_reason = c->error ? "backend error" : "backend closed";
         s->client.reading = false;
         conn_close(&s->backend);
         sess_set_deadline(s, 10.0);

@@ -79,6 +79,8 @@ bool sess_accept(struct worker *w, int fd, const struct cfg_listener *l, struct 
 void sess_set_state(struct session *s, enum sess_state st);
 /* End the session: stops I/O now, frees later. `reason` is static text for the summary line. */
 void sess_close(struct session *s, const char *reason);
+/* Free a closed session (from the worker's graveyard, after the callbacks have returned). */
+void sess_free(struct session *s);
 /* Send what the client conn has queued, then close (BYE paths). */
 void sess_close_after_flush(struct session *s, const char *reason);
 /* Arm the phase timer: fires `secs` from now unless re-armed. 0 disarms. */
@@ -90,6 +92,11 @@ void sess_set_idle(struct session *s, double secs);
  * Returns false if no backend could be tried (error logged). */
 bool sess_backend_connect(struct session *s);
 void sess_backend_drop(struct session *s);
+/* Start TLS to the connected backend (implicit TLS or after STARTTLS/STLS), verifying it as
+ * configured; completion arrives as CONN_EV_HANDSHAKE. False if the SSL could not be set up. */
+bool sess_backend_start_tls(struct session *s);
+/* One log line for a failed backend handshake, naming the certificate verification error. */
+void sess_backend_log_tls_failure(struct session *s);
 /* Start TLS on the client side (after a STARTTLS answer has been flushed). */
 void sess_client_start_tls(struct session *s);
 /* Enter relay: the protocol's filters take over both directions. */

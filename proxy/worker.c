@@ -100,7 +100,7 @@ static void reap_cb(struct ev_loop *loop, ev_check *c, int revents)
     while (w->graveyard) {
         struct session *s = w->graveyard;
         w->graveyard = s->next;
-        free(s);
+        sess_free(s);
     }
 }
 

@@ -1,0 +1,109 @@
+/*
+ * pop3 — state shared by the POP3 protocol's three parts: the pre-auth dialogue
+ * (pop3_preauth.c), the backend login script (pop3_backend.c) and the pipelined relay
+ * (pop3_relay.c). Not a public API: only those files include it.
+ */
+#ifndef PORTCULLIS_POP3_H
+#define PORTCULLIS_POP3_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pop3_parse.h"
+#include "session.h"
+
+enum pop3_mech { POP3_MECH_USER, POP3_MECH_PLAIN, POP3_MECH_XOAUTH2, POP3_MECH_OAUTHBEARER };
+
+enum pop3_bstate {
+    PB_NONE,
+    PB_CONNECT,  /* TCP connect in progress */
+    PB_TLS,      /* implicit TLS handshake to the backend */
+    PB_GREETING, /* waiting for "+OK" */
+    PB_CAPA,     /* waiting for our CAPA's multi-line answer */
+    PB_STLS,     /* waiting for the STLS answer */
+    PB_STLS_HS,  /* STLS handshake to the backend */
+    PB_XCLIENT,  /* waiting for the XCLIENT answer */
+    PB_USER,     /* waiting for the USER answer */
+    PB_PASS,     /* waiting for the PASS answer */
+    PB_AUTH,     /* AUTH sent; waiting for +OK/-ERR (or an error challenge) */
+};
+
+/* What the relay knows about one command the backend has not answered yet. */
+enum pop3_qkind {
+    PQ_FORWARD, /* forwarded; the backend answers it */
+    PQ_LOCAL,   /* refused by the proxy; `local` holds our one-line answer */
+};
+
+enum pop3_qcmd { PC_OTHER, PC_RETR, PC_TOP, PC_CAPA, PC_QUIT };
+
+struct pop3_qent {
+    uint8_t kind;      /* enum pop3_qkind */
+    uint8_t resp;      /* enum pop3_resp_kind */
+    uint8_t cmd;       /* enum pop3_qcmd */
+    uint32_t msgno;    /* RETR/TOP message number (for the scanner and the logs) */
+    const char *local; /* PQ_LOCAL: static answer text, without "-ERR " and CRLF */
+};
+
+#define POP3_QUEUE_MAX 64 /* outstanding pipelined commands; past it the client is not read */
+
+struct pop3_state {
+    /* pre-auth */
+    struct pop3_cmd_parser parser;
+    char *store; /* parser store (pre-auth and relay), max_line + 1 bytes; wiped on free */
+    size_t store_cap;
+    unsigned bad;   /* bad commands and failed logins so far */
+    bool sasl_wait; /* AUTH sent "+ ": the next line is the SASL response */
+    bool have_user; /* USER given, PASS expected */
+    double preauth_deadline;
+
+    /* the login in progress (all owned; secrets wiped on free) */
+    enum pop3_mech mech;
+    char *pass;
+    size_t pass_len;
+    char *authz;    /* PLAIN authzid, or NULL */
+    char *sasl_b64; /* XOAUTH2/OAUTHBEARER initial response, base64, as received */
+
+    /* backend login script */
+    enum pop3_bstate bstate;
+    struct pop3_framer bf;
+    size_t bscan;
+    bool be_stls, be_user, be_sasl_plain, be_sasl_xoauth2, be_sasl_oauthbearer, be_xclient;
+    bool be_capa_known;
+    bool auth_challenged; /* XOAUTH2 error challenge answered */
+    const char *fail_why; /* deferred failure reason (static) */
+
+    /* relay */
+    struct pop3_framer downf;
+    struct pop3_qent queue[POP3_QUEUE_MAX];
+    unsigned qhead, qlen;
+    struct pop3_qent cur; /* the command whose response is being framed */
+    bool cur_valid;
+    size_t up_held;     /* bytes after s->up.mark parsed but not yet released */
+    size_t down_held;   /* bytes after s->down.mark framed but not yet released */
+    bool down_holding;  /* the current response is held whole (CAPA rewrite) */
+    bool relay_running; /* re-entrance guard of the relay loop */
+};
+
+static inline struct pop3_state *pop3_st(struct session *s)
+{
+    return (struct pop3_state *)s->pstate;
+}
+
+/* pop3_preauth.c */
+void pop3_reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void pop3_preauth_login_failed(struct session *s, bool auth_failure, const char *code,
+                               const char *why);
+void pop3_preauth_login_ok(struct session *s, const char *text, size_t len);
+void pop3_forget_login(struct pop3_state *st);
+
+/* pop3_backend.c */
+void pop3_backend_start(struct session *s);
+void pop3_backend_event(struct session *s, int events);
+
+/* pop3_relay.c */
+void pop3_relay_init(struct session *s);
+void pop3_relay_up(struct session *s);
+void pop3_relay_down(struct session *s);
+
+#endif

@@ -1,0 +1,283 @@
+/*
+ * pop3_relay — the authenticated POP3 session (TRANSACTION state) with PIPELINING (RFC 2449).
+ *
+ * The client → backend filter parses every command line and appends what it will get to a
+ * queue: single-line, multi-line (RETR, TOP, CAPA, LIST/UIDL without argument) or our own
+ * refusal. The backend → client filter pops that queue at each response boundary to tell the
+ * framer how the next response ends, so a pipelined burst is framed exactly however its bytes
+ * are split — and a RETR/TOP body is always known as one unit, which is what the scanner hooks.
+ *
+ * Refused here, answered in order with the backend's responses: STLS (TLS is set up once, at
+ * the proxy), USER/PASS/AUTH/APOP (already logged in; keeping a stray password off the backend
+ * connection costs nothing), and lines the parser rejects. Everything else is forwarded as is.
+ *
+ * Buffer discipline as in imap_relay.c: bytes after `mark` are held until the filter releases
+ * them; our own answers go to the client's ctl buffer, which conn_flush() sends after the
+ * released bytes, and nothing more is released while ctl is not empty.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "pop3.h"
+
+#define CAPA_HOLD_MAX 16384 /* a CAPA answer longer than this is passed on unfiltered */
+
+static void cut(struct buf *b, size_t off, size_t len)
+{
+    memmove(b->data + off, b->data + off + len, b->wpos - (off + len));
+    b->wpos -= (uint32_t)len;
+}
+
+void pop3_relay_init(struct session *s)
+{
+    struct pop3_state *st = pop3_st(s);
+    pop3_cmd_parser_init(&st->parser, st->store, st->store_cap, s->cfg->limits.max_line);
+    pop3_framer_init(&st->downf, s->cfg->limits.max_line);
+    /* The framer starts expecting a greeting; the first response is the first command's. */
+    st->qhead = st->qlen = 0;
+    st->cur_valid = false;
+    st->up_held = st->down_held = 0;
+    st->down_holding = false;
+}
+
+static void push(struct pop3_state *st, struct pop3_qent e)
+{
+    st->queue[(st->qhead + st->qlen) % POP3_QUEUE_MAX] = e;
+    st->qlen++;
+}
+
+static struct pop3_qent pop(struct pop3_state *st)
+{
+    struct pop3_qent e = st->queue[st->qhead];
+    st->qhead = (st->qhead + 1) % POP3_QUEUE_MAX;
+    st->qlen--;
+    return e;
+}
+
+static uint32_t arg_number(const struct pop3_cmd_parser *p, unsigned i)
+{
+    const char *a = pop3_cmd_arg(p, i);
+    if (!a)
+        return 0;
+    uint32_t n = 0;
+    for (size_t j = 0; j < p->args[i].len && j < 10; j++) {
+        if (a[j] < '0' || a[j] > '9')
+            return 0;
+        n = n * 10 + (uint32_t)(a[j] - '0');
+    }
+    return n;
+}
+
+/* What to do with one complete, parsed client line. */
+static struct pop3_qent classify(const struct pop3_cmd_parser *p)
+{
+    struct pop3_qent e = {.kind = PQ_FORWARD, .resp = POP3_RESP_SINGLE, .cmd = PC_OTHER};
+    const char *kw = p->keyword;
+    if (strcmp(kw, "STLS") == 0) {
+        e.kind = PQ_LOCAL;
+        e.local = "TLS is already active.";
+    } else if (strcmp(kw, "USER") == 0 || strcmp(kw, "PASS") == 0 || strcmp(kw, "AUTH") == 0 ||
+               strcmp(kw, "APOP") == 0) {
+        e.kind = PQ_LOCAL;
+        e.local = "Already logged in.";
+    } else {
+        e.resp = (uint8_t)pop3_expected_response(p);
+        if (strcmp(kw, "RETR") == 0) {
+            e.cmd = PC_RETR;
+            e.msgno = arg_number(p, 0);
+        } else if (strcmp(kw, "TOP") == 0) {
+            e.cmd = PC_TOP;
+            e.msgno = arg_number(p, 0);
+        } else if (strcmp(kw, "CAPA") == 0) {
+            e.cmd = PC_CAPA;
+        } else if (strcmp(kw, "QUIT") == 0) {
+            e.cmd = PC_QUIT;
+        }
+    }
+    return e;
+}
+
+/* Client → backend. Returns true if it made progress. */
+static bool filter_up(struct session *s)
+{
+    struct pop3_state *st = pop3_st(s);
+    struct buf *b = &s->up;
+    bool progress = false;
+    while (!s->closing && s->state == SESS_RELAY) {
+        size_t from = b->mark + st->up_held;
+        if (from >= b->wpos)
+            break;
+        if (st->up_held == 0 && st->qlen >= POP3_QUEUE_MAX)
+            break; /* enough outstanding: the client waits (its socket fills) */
+        size_t used = 0;
+        enum pop3_cmd_result r = pop3_cmd_parse(&st->parser, b->data + from, b->wpos - from, &used);
+        st->up_held += used;
+        progress = progress || used > 0;
+        if (r == POP3_CMD_MORE) {
+            if (st->up_held > s->cfg->limits.max_line) {
+                sess_log(s, LOG_INFO, "event=bad_command error=\"line too long\"");
+                conn_ctl_printf(&s->client, "-ERR Line too long.\r\n");
+                sess_close_after_flush(s, "client protocol error");
+                return false;
+            }
+            break;
+        }
+        struct pop3_qent e;
+        if (r == POP3_CMD_BAD) {
+            e = (struct pop3_qent){.kind = PQ_LOCAL,
+                                   .local =
+                                       st->parser.error ? st->parser.error : "Invalid command."};
+        } else {
+            e = classify(&st->parser);
+        }
+        if (e.kind == PQ_LOCAL) {
+            sess_log(s, LOG_INFO, "event=refused reason=\"%s\" command=%s", e.local,
+                     r == POP3_CMD_BAD ? "-" : st->parser.keyword);
+            cut(b, b->mark, st->up_held);
+        } else {
+            b->mark += (uint32_t)st->up_held;
+        }
+        st->up_held = 0;
+        push(st, e);
+    }
+    return progress;
+}
+
+/* Drop "STLS" lines from a held CAPA answer (TLS is the proxy's business); returns the new
+ * length. `r` is the whole response, status line to terminator. */
+static size_t rewrite_capa(char *r, size_t len)
+{
+    size_t i = 0, o = 0;
+    while (i < len) {
+        const char *lf = memchr(r + i, '\n', len - i);
+        size_t l = lf ? (size_t)(lf - (r + i)) + 1 : len - i;
+        size_t ll = l;
+        while (ll && (r[i + ll - 1] == '\n' || r[i + ll - 1] == '\r'))
+            ll--;
+        bool drop = i > 0 && ll == 4 && strncasecmp(r + i, "STLS", 4) == 0;
+        if (!drop) {
+            memmove(r + o, r + i, l);
+            o += l;
+        }
+        i += l;
+    }
+    return o;
+}
+
+static void protocol_error(struct session *s, const char *why)
+{
+    struct pop3_state *st = pop3_st(s);
+    char e[96];
+    sess_log(s, LOG_WARN, "event=backend_protocol_error error=%s", log_qs(e, sizeof e, why));
+    s->down.wpos = s->down.mark; /* what was released still goes out; drop the rest */
+    st->down_held = 0;
+    conn_ctl_printf(&s->client, "-ERR [SYS/TEMP] Backend protocol error.\r\n");
+    sess_set_state(s, SESS_CLOSING);
+    s->close_reason = "backend protocol error";
+    conn_close(&s->backend);
+    s->client.reading = false;
+    sess_set_deadline(s, 10.0);
+}
+
+/* Backend → client. Returns true if it made progress. */
+static bool filter_down(struct session *s)
+{
+    struct pop3_state *st = pop3_st(s);
+    struct buf *b = &s->down;
+    bool progress = false;
+    while (!s->closing && (s->state == SESS_RELAY || s->state == SESS_CLOSING)) {
+        if (!st->cur_valid && st->down_held == 0) {
+            /* At a response boundary: our own answers that are due go out now, in order. */
+            while (st->qlen && st->queue[st->qhead].kind == PQ_LOCAL) {
+                struct pop3_qent e = pop(st);
+                if (!conn_ctl_printf(&s->client, "-ERR %s\r\n", e.local)) {
+                    sess_close(s, "client output overflow");
+                    return false;
+                }
+                progress = true;
+            }
+            if (!buf_empty(&s->client.ctl))
+                break;
+            if (b->mark >= b->wpos)
+                break; /* nothing from the backend yet: the next response is decided then */
+            if (st->qlen) {
+                st->cur = pop(st);
+            } else {
+                /* Unsolicited (e.g. Dovecot's "-ERR Disconnected for inactivity."). */
+                st->cur = (struct pop3_qent){.kind = PQ_FORWARD, .resp = POP3_RESP_SINGLE};
+            }
+            st->cur_valid = true;
+            st->down_holding = st->cur.cmd == PC_CAPA;
+            pop3_framer_expect(&st->downf, (enum pop3_resp_kind)st->cur.resp);
+            progress = true;
+        }
+        size_t from = b->mark + st->down_held;
+        if (from >= b->wpos)
+            break;
+        size_t used = 0;
+        enum pop3_frame_event ev = pop3_frame(&st->downf, b->data + from, b->wpos - from, &used);
+        st->down_held += used;
+        if (ev == POP3_FRAME_ERROR) {
+            protocol_error(s, st->downf.error);
+            return false;
+        }
+        progress = progress || used > 0;
+        if (st->down_holding && ev != POP3_FRAME_END) {
+            if (st->down_held <= CAPA_HOLD_MAX) {
+                if (used == 0)
+                    break;
+                continue;
+            }
+            st->down_holding = false; /* too long to be a real CAPA: pass it on as it is */
+        }
+        if (st->down_holding && ev == POP3_FRAME_END && st->downf.status == POP3_STATUS_OK) {
+            size_t nl = rewrite_capa(b->data + b->mark, st->down_held);
+            if (nl < st->down_held) {
+                cut(b, b->mark + nl, st->down_held - nl);
+                st->down_held = nl;
+            }
+        }
+        b->mark += (uint32_t)st->down_held;
+        st->down_held = 0;
+        if (ev == POP3_FRAME_END) {
+            if (st->cur.cmd == PC_QUIT && st->downf.status == POP3_STATUS_OK)
+                s->close_reason = "logout";
+            st->cur_valid = false;
+            st->down_holding = false;
+        } else if (used == 0) {
+            break; /* the framer waits for the byte after a "." at a line start */
+        }
+    }
+    return progress;
+}
+
+/* Both filters until neither moves: a refusal queued by the up filter may be due at once, and
+ * responses popped by the down filter free queue room for more client commands. */
+static void relay_run(struct session *s)
+{
+    struct pop3_state *st = pop3_st(s);
+    if (st->relay_running)
+        return;
+    st->relay_running = true;
+    for (int guard = 0; guard < 10000 && !s->closing; guard++) {
+        bool p = s->state == SESS_RELAY && filter_up(s);
+        if (s->closing)
+            break;
+        p = filter_down(s) || p;
+        if (!p)
+            break;
+    }
+    st->relay_running = false;
+}
+
+void pop3_relay_up(struct session *s)
+{
+    relay_run(s);
+}
+
+void pop3_relay_down(struct session *s)
+{
+    relay_run(s);
+}

@@ -316,7 +316,8 @@ static bool check_string(struct cfg_ctx *ctx, const struct cfg_key *k, const cha
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
         /* Strings end up in greetings, log lines and file names: no CR/LF injection, no NUL. */
-        if (c < 0x20 || c == 0x7f)
+        bool text_ok = (k->flags & CFG_MULTILINE) && (c == '\n' || c == '\t');
+        if ((c < 0x20 && !text_ok) || c == 0x7f)
             return key_fail(ctx, at, "control character (0x%02x) in string", c);
     }
     if (k->type == CFG_NAME) {

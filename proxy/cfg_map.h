@@ -60,7 +60,8 @@ enum cfg_type {
 };
 
 /* Key flags. */
-#define CFG_RESTART 1u /* a changed value takes effect only on restart, not on reload */
+#define CFG_RESTART   1u /* a changed value takes effect only on restart, not on reload */
+#define CFG_MULTILINE 2u /* CFG_STRING/OPTSTR: LF and TAB allowed (text templates) */
 
 struct cfg_enum {
     const char *name;

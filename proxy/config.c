@@ -35,6 +35,8 @@
 _Static_assert(sizeof(enum cfg_proto) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum cfg_tls_mode) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum cfg_log_level) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum cfg_scan_action) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum cfg_scan_reload) == sizeof(int), "enum size");
 
 #define KIB  (UINT64_C(1) << 10)
 #define MIB  (UINT64_C(1) << 20)
@@ -44,6 +46,7 @@ _Static_assert(sizeof(enum cfg_log_level) == sizeof(int), "enum size");
 #define DAY  (24 * HOUR)
 
 #define MAX_WORKERS 64
+#define GIB         (UINT64_C(1) << 30)
 
 static const struct cfg_enum proto_values[] = {
     {"imap", CFG_PROTO_IMAP}, {"pop3", CFG_PROTO_POP3}, {NULL, 0}};
@@ -59,7 +62,13 @@ static const struct cfg_enum log_level_values[] = {{"debug", CFG_LOG_DEBUG},
 static const struct cfg_enum tls_version_values[] = {
     {"1.2", TLS1_2_VERSION}, {"1.3", TLS1_3_VERSION}, {NULL, 0}};
 
+static const struct cfg_enum scan_action_values[] = {
+    {"pass", CFG_SCAN_PASS}, {"block", CFG_SCAN_BLOCK}, {NULL, 0}};
+static const struct cfg_enum scan_reload_values[] = {
+    {"concurrent", CFG_SCAN_RELOAD_CONCURRENT}, {"lowmem", CFG_SCAN_RELOAD_LOWMEM}, {NULL, 0}};
+
 static bool backend_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *obj);
+static bool scan_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *obj);
 static bool config_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *obj);
 
 /* ---- schema ------------------------------------------------------------------------------ */
@@ -79,6 +88,13 @@ static const struct cfg_key listener_keys[] = {
     {CFG_K_ADDR("bind", struct cfg_listener, bind, addr, addrlen, NULL)},
     {CFG_K_ENUM("protocol", struct cfg_listener, protocol, "imap", proto_values)},
     {CFG_K_ENUM("tls", struct cfg_listener, tls, NULL, tls_mode_values)},
+    {CFG_K_BOOL("proxy_protocol", struct cfg_listener, proxy_protocol, "false")},
+    {CFG_K_BOOL("transparent", struct cfg_listener, transparent, "false")},
+    {CFG_K_BOOL("transparent_source", struct cfg_listener, transparent_source, "false")},
+    {CFG_K_ENUM("transparent_backend_tls", struct cfg_listener, transparent_backend_tls, "none",
+                tls_mode_values)},
+    {CFG_K_BOOL("transparent_backend_verify", struct cfg_listener, transparent_backend_verify,
+                "true")},
     {CFG_K_END},
 };
 static const struct cfg_table listener_table = {.size = sizeof(struct cfg_listener),
@@ -108,6 +124,7 @@ static const struct cfg_table tls_table = {.keys = tls_keys};
 
 static const struct cfg_key backend_keys[] = {
     {CFG_K_NAME("name", struct cfg_backend, name, NULL)},
+    {CFG_K_OPTSTR("server", struct cfg_backend, server, "")},
     {CFG_K_ENUM("protocol", struct cfg_backend, protocol, "imap", proto_values)},
     {CFG_K_STRING("host", struct cfg_backend, host, NULL)},
     {CFG_K_PORT("port", struct cfg_backend, port, NULL)},
@@ -117,6 +134,7 @@ static const struct cfg_key backend_keys[] = {
     {CFG_K_OPTSTR("tls_sni", struct cfg_backend, tls_sni, "")},
     {CFG_K_BOOL("tls_verify", struct cfg_backend, tls_verify, "true")},
     {CFG_K_BOOL("drain", struct cfg_backend, drain, "false")},
+    {CFG_K_BOOL("proxy_protocol", struct cfg_backend, proxy_protocol, "false")},
     {CFG_K_END},
 };
 static const struct cfg_table backend_table = {
@@ -142,6 +160,44 @@ static const struct cfg_key limits_keys[] = {
 };
 static const struct cfg_table limits_table = {.keys = limits_keys};
 
+/* Engine limits apply when an engine is built: at start and at each signature reload. The
+ * thread pool, its queue and the memory budget are sized once. */
+static const struct cfg_key scan_keys[] = {
+    {CFG_K_BOOL("enabled", struct cfg_scan, enabled, "false"), .flags = CFG_RESTART},
+    {CFG_K_STRING("database_dir", struct cfg_scan, database_dir, "/var/lib/clamav")},
+    {CFG_K_UINT("threads", struct cfg_scan, threads, "0", 0, 256), .flags = CFG_RESTART},
+    {CFG_K_UINT("queue", struct cfg_scan, queue, "256", 1, 100000), .flags = CFG_RESTART},
+    {CFG_K_SIZE("max_scan_size", struct cfg_scan, max_scan_size, "25M", KIB, 4 * GIB - 1)},
+    {CFG_K_SIZE("max_file_size", struct cfg_scan, max_file_size, "25M", KIB, 4 * GIB - 1)},
+    {CFG_K_UINT("max_recursion", struct cfg_scan, max_recursion, "16", 1, 64)},
+    {CFG_K_UINT("max_files", struct cfg_scan, max_files, "10000", 1, 1000000)},
+    {CFG_K_DURATION("scan_timeout", struct cfg_scan, scan_timeout_ms, "60s", 1, HOUR)},
+    {CFG_K_OPTSTR("tmpdir", struct cfg_scan, tmpdir, ""), .flags = CFG_RESTART},
+    {CFG_K_ENUM("oversize_action", struct cfg_scan, oversize_action, "pass", scan_action_values)},
+    {CFG_K_ENUM("error_action", struct cfg_scan, error_action, "block", scan_action_values)},
+    {CFG_K_SIZE("memory_budget", struct cfg_scan, memory_budget, "256M", MIB, 64 * GIB),
+     .flags = CFG_RESTART},
+    {CFG_K_ENUM("reload", struct cfg_scan, reload, "concurrent", scan_reload_values)},
+    {CFG_K_DURATION("keepalive_interval", struct cfg_scan, keepalive_interval_ms, "15s", 1, HOUR)},
+    {CFG_K_OPTSTR("quarantine_dir", struct cfg_scan, quarantine_dir, "")},
+    {CFG_K_OPTSTR("notice_template", struct cfg_scan, notice_template, ""), .flags = CFG_MULTILINE},
+    {CFG_K_DURATION("verdict_cache_ttl", struct cfg_scan, verdict_cache_ttl_ms, "1d", SEC,
+                    30 * DAY)},
+    {CFG_K_END},
+};
+static const struct cfg_table scan_table = {.keys = scan_keys, .check = scan_check};
+
+static const struct cfg_key health_keys[] = {
+    {CFG_K_BOOL("enabled", struct cfg_health, enabled, "true")},
+    {CFG_K_DURATION("interval", struct cfg_health, interval_ms, "10s", 100, DAY)},
+    {CFG_K_DURATION("timeout", struct cfg_health, timeout_ms, "3s", 10, HOUR)},
+    {CFG_K_UINT("rise", struct cfg_health, rise, "2", 1, 100)},
+    {CFG_K_UINT("fall", struct cfg_health, fall, "3", 1, 100)},
+    {CFG_K_END},
+};
+static const struct cfg_table health_table = {.size = sizeof(struct cfg_health),
+                                              .keys = health_keys};
+
 static const struct cfg_key top_keys[] = {
     {CFG_K_UINT("workers", struct config, workers, "0", 0, MAX_WORKERS), .flags = CFG_RESTART},
     {CFG_K_STRING("instance", struct config, instance, "")},
@@ -153,6 +209,9 @@ static const struct cfg_key top_keys[] = {
     {CFG_K_MAP("tls", struct config, tls, &tls_table)},
     {CFG_K_SEQ("backends", struct config, backends, nbackends, &backend_table, 0, CFG_SEQ_MAX)},
     {CFG_K_MAP("limits", struct config, limits, &limits_table)},
+    {CFG_K_MAP("health", struct config, health, &health_table)},
+    {CFG_K_OPTSTR("trusted_proxies", struct config, trusted_proxies, "")},
+    {CFG_K_MAP("scan", struct config, scan, &scan_table)},
     {CFG_K_END},
 };
 static const struct cfg_table config_table = {.keys = top_keys, .check = config_check};
@@ -201,6 +260,26 @@ static bool backend_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *ob
     if (b->tls_ca && access(b->tls_ca, R_OK) != 0)
         return cfg_fail(ctx, cfg_lookup(ctx, node, "tls_ca"), "backend %s: cannot read %s: %s",
                         b->name, cfg_quote(q, sizeof q, b->tls_ca), strerror(errno));
+    return true;
+}
+
+/* A message is held whole while it is scanned, so the budget must fit the largest one. The
+ * database is only checked for readability here: loading it takes seconds to minutes and
+ * belongs to the scanner (`-t` must stay fast). */
+static bool scan_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *obj)
+{
+    (void)node;
+    struct cfg_scan *s = obj;
+    if (s->threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        s->threads = n < 1 ? 1 : n > 256 ? 256 : (unsigned)n;
+    }
+    if (s->memory_budget < s->max_scan_size)
+        return cfg_fail(ctx, cfg_find(ctx, "scan.memory_budget"),
+                        "scan.memory_budget (%zu) is smaller than scan.max_scan_size (%zu)",
+                        s->memory_budget, s->max_scan_size);
+    if (s->enabled)
+        return check_readable(ctx, "scan.database_dir", "signature database", s->database_dir);
     return true;
 }
 
@@ -281,6 +360,19 @@ static bool config_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *obj
     }
     if (!check_listeners(ctx, c))
         return false;
+    if (c->trusted_proxies) {
+        char err[160];
+        if (!cfg_parse_cidrs(c->trusted_proxies, &c->trusted, &c->ntrusted, err, sizeof err))
+            return cfg_fail(ctx, cfg_find(ctx, "trusted_proxies"), "trusted_proxies: %s", err);
+    }
+    for (size_t i = 0; i < c->nlisteners; i++) {
+        if (c->listeners[i].proxy_protocol && c->ntrusted == 0) {
+            snprintf(path, sizeof path, "listeners[%zu].proxy_protocol", i);
+            return cfg_fail(ctx, cfg_find(ctx, path),
+                            "listener %s accepts PROXY headers but trusted_proxies is empty",
+                            c->listeners[i].name);
+        }
+    }
 
     for (size_t i = 0; i < c->tls.ncerts; i++) {
         snprintf(path, sizeof path, "tls.certificates[%zu].cert", i);
@@ -300,6 +392,7 @@ static bool config_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *obj
 
 static void config_free(struct config *c)
 {
+    free(c->trusted);
     cfg_map_free(&config_table, c);
     free(c->path);
     free(c);

@@ -28,6 +28,19 @@ enum cfg_proto { CFG_PROTO_IMAP, CFG_PROTO_POP3 };
 enum cfg_tls_mode { CFG_TLS_NONE, CFG_TLS_STARTTLS, CFG_TLS_IMPLICIT };
 enum cfg_log_level { CFG_LOG_DEBUG, CFG_LOG_INFO, CFG_LOG_WARN, CFG_LOG_ERROR };
 
+/* A network: address + prefix length (IPv4 kept as IPv4). */
+struct cfg_cidr {
+    int family; /* AF_INET or AF_INET6 */
+    unsigned char addr[16];
+    unsigned prefix;
+};
+
+/* Parse a list of CIDRs ("10.0.0.0/8 192.0.2.1, 2001:db8::/32"); a bare address is a host.
+ * Returns false with a message in err (cap bytes) on junk. *out is malloc'd (NULL when empty). */
+bool cfg_parse_cidrs(const char *text, struct cfg_cidr **out, size_t *n, char *err, size_t cap);
+/* Is `sa` (AF_INET/AF_INET6, v4-mapped IPv6 counts as IPv4) inside any of the networks? */
+bool cfg_cidr_match(const struct cfg_cidr *nets, size_t n, const struct sockaddr *sa);
+
 struct cfg_listener {
     char *name;                   /* owned; unique among listeners */
     char *bind;                   /* owned; as written: "127.0.0.1:993", "[::1]:993", "*:993" */
@@ -35,6 +48,12 @@ struct cfg_listener {
     socklen_t addrlen;
     enum cfg_proto protocol;
     enum cfg_tls_mode tls;
+    bool proxy_protocol;     /* default false: a PROXY v1/v2 header from a trusted_proxies
+                                address is required first; anyone else is refused */
+    bool transparent;        /* default false: the backend is the original destination */
+    bool transparent_source; /* default false: connect from the client's address */
+    enum cfg_tls_mode transparent_backend_tls; /* default none */
+    bool transparent_backend_verify;           /* default true (system CA store) */
 };
 
 struct cfg_cert {
@@ -54,6 +73,9 @@ struct cfg_tls {
 
 struct cfg_backend {
     char *name;    /* owned; unique */
+    char *server;  /* owned or NULL (= name): the mail server this is, for hashing and affinity;
+                      an IMAP and a POP3 entry of one server share it, so a user's sessions of
+                      both protocols land on the same server */
     char *host;    /* owned; name or address as written */
     uint16_t port; /* required */
     struct sockaddr_storage addr; /* resolved at load */
@@ -65,6 +87,16 @@ struct cfg_backend {
     char *tls_sni;           /* owned or NULL (NULL = host if it is a name) */
     bool tls_verify;         /* default true */
     bool drain;              /* default false */
+    bool proxy_protocol;     /* default false: send a PROXY v2 header after connecting */
+};
+
+/* health: — active checks of every backend from the main thread (docs/backends.md). */
+struct cfg_health {
+    bool enabled;          /* default true */
+    uint64_t interval_ms;  /* default 10s between checks of one backend */
+    uint64_t timeout_ms;   /* default 3s: connect + greeting (+ TLS for implicit backends) */
+    unsigned rise;         /* default 2 consecutive good checks mark a down backend up */
+    unsigned fall;         /* default 3 consecutive failures (checks or connects) mark it down */
 };
 
 struct cfg_limits {
@@ -78,6 +110,31 @@ struct cfg_limits {
     unsigned max_bad_commands;           /* default 10: then BYE */
     unsigned max_connections;            /* default 10000, whole process */
     size_t relay_buffer;                 /* default 64k: queued toward a peer before reads pause */
+};
+
+/* scan: — virus scanning of downloaded mail (docs/configuration.md, docs/scanning.md). */
+enum cfg_scan_action { CFG_SCAN_PASS, CFG_SCAN_BLOCK };
+enum cfg_scan_reload { CFG_SCAN_RELOAD_CONCURRENT, CFG_SCAN_RELOAD_LOWMEM };
+
+struct cfg_scan {
+    bool enabled;             /* default false (needs a signature database) */
+    char *database_dir;       /* owned; default /var/lib/clamav */
+    unsigned threads;         /* scan threads; 0 in the file = cores, resolved at load */
+    unsigned queue;           /* default 256: scan jobs waiting for a thread */
+    size_t max_scan_size;     /* default 25M: larger messages are not scanned */
+    size_t max_file_size;     /* default 25M: one extracted part/member */
+    unsigned max_recursion;   /* default 16: archive/MIME nesting */
+    unsigned max_files;       /* default 10000: members per message */
+    uint64_t scan_timeout_ms; /* default 60s: libclamav's own time limit per scan */
+    char *tmpdir;             /* owned or NULL = $TMPDIR; a private 0700 dir is made in it */
+    enum cfg_scan_action oversize_action; /* default pass */
+    enum cfg_scan_action error_action;    /* default block (errors and timeouts) */
+    size_t memory_budget;                 /* default 256M: bytes held for scanning, whole process */
+    enum cfg_scan_reload reload;          /* default concurrent */
+    uint64_t keepalive_interval_ms;       /* default 15s: IMAP "* OK" while a response is held */
+    char *quarantine_dir;                 /* owned or NULL = no quarantine */
+    char *notice_template;                /* owned or NULL = built-in template; may hold LF */
+    uint64_t verdict_cache_ttl_ms;        /* default 1d */
 };
 
 struct config {
@@ -96,6 +153,12 @@ struct config {
     struct cfg_backend *backends;   /* owned array, at least one per protocol listened on */
     size_t nbackends;
     struct cfg_limits limits;
+    struct cfg_health health;
+    char *trusted_proxies; /* owned or NULL: CIDRs, space/comma separated, allowed to send PROXY
+                              headers; parsed into `trusted` */
+    struct cfg_cidr *trusted;
+    size_t ntrusted;
+    struct cfg_scan scan;
 };
 
 /* Parse `path`. On success returns a snapshot with refs == 1. On failure returns NULL and sets

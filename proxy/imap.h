@@ -17,15 +17,15 @@ enum imap_mech { IMAP_MECH_LOGIN, IMAP_MECH_PLAIN, IMAP_MECH_XOAUTH2, IMAP_MECH_
 
 enum imap_bstate {
     IB_NONE,
-    IB_CONNECT,      /* TCP connect in progress */
-    IB_TLS,          /* implicit TLS handshake to the backend */
-    IB_GREETING,     /* waiting for "* OK" */
-    IB_CAPA,         /* waiting for our C CAPABILITY answer (pre-login) */
-    IB_STARTTLS,     /* waiting for our S STARTTLS answer */
-    IB_STARTTLS_HS,  /* STARTTLS handshake to the backend */
-    IB_LOGIN,        /* ID and LOGIN/AUTHENTICATE sent; waiting for tagged answers */
-    IB_LOGIN_LIT,    /* sync literals: waiting for "+" before the next part */
-    IB_POSTCAPA,     /* waiting for our C CAPABILITY answer (post-login) */
+    IB_CONNECT,     /* TCP connect in progress */
+    IB_TLS,         /* implicit TLS handshake to the backend */
+    IB_GREETING,    /* waiting for "* OK" */
+    IB_CAPA,        /* waiting for our C CAPABILITY answer (pre-login) */
+    IB_STARTTLS,    /* waiting for our S STARTTLS answer */
+    IB_STARTTLS_HS, /* STARTTLS handshake to the backend */
+    IB_LOGIN,       /* ID and LOGIN/AUTHENTICATE sent; waiting for tagged answers */
+    IB_LOGIN_LIT,   /* sync literals: waiting for "+" before the next part */
+    IB_POSTCAPA,    /* waiting for our C CAPABILITY answer (post-login) */
 };
 
 struct imap_state {
@@ -33,46 +33,55 @@ struct imap_state {
     struct imap_cmd_parser parser;
     char *store;
     size_t store_cap;
-    unsigned bad;              /* bad commands and failed logins so far */
-    bool sasl_wait;            /* AUTHENTICATE sent "+ ": the next line is the SASL response */
+    unsigned bad;   /* bad commands and failed logins so far */
+    bool sasl_wait; /* AUTHENTICATE sent "+ ": the next line is the SASL response */
 
     /* the login in progress (all owned; secrets wiped on free) */
     char tag[IMAP_TAG_MAX + 1]; /* the client's tag of LOGIN/AUTHENTICATE */
     enum imap_mech mech;
-    char *pass;                /* LOGIN/PLAIN password */
+    char *pass; /* LOGIN/PLAIN password */
     size_t pass_len;
-    char *authz;               /* PLAIN authzid, or NULL */
-    char *sasl_b64;            /* XOAUTH2/OAUTHBEARER initial response, base64, as received */
-    size_t user_len;           /* s->user may hold NUL? no: rejected; length for literals */
-    char *client_id;           /* the client's ID parameters, re-serialised, or NULL */
-    double preauth_deadline;   /* absolute; restored after a failed backend login */
+    char *authz;             /* PLAIN authzid, or NULL */
+    char *sasl_b64;          /* XOAUTH2/OAUTHBEARER initial response, base64, as received */
+    size_t user_len;         /* s->user may hold NUL? no: rejected; length for literals */
+    char *client_id;         /* the client's ID parameters, re-serialised, or NULL */
+    double preauth_deadline; /* absolute; restored after a failed backend login */
 
     /* backend login script */
     enum imap_bstate bstate;
-    struct imap_framer bf;     /* frames backend responses during login */
-    bool be_literal_plus;      /* backend advertised LITERAL+ */
+    struct imap_framer bf; /* frames backend responses during login */
+    bool be_literal_plus;  /* backend advertised LITERAL+ */
     bool be_sasl_ir;
     bool be_id;
     bool be_starttls;
-    bool be_caps_known;        /* pre-login capabilities seen */
+    bool be_caps_known; /* pre-login capabilities seen */
     bool be_auth_xoauth2;
     bool be_auth_oauthbearer;
     bool be_auth_plain;
-    int lit_step;              /* sync-literal LOGIN: which part goes next */
-    bool id_pending;           /* our ID command's tagged answer not yet seen */
-    size_t bscan;              /* bytes of s->down framed so far during login */
-    const char *fail_why;      /* deferred failure reason (static) */
-    char *post_caps;           /* backend's post-login capabilities, filtered (owned) */
+    int lit_step;         /* sync-literal LOGIN: which part goes next */
+    bool id_pending;      /* our ID command's tagged answer not yet seen */
+    size_t bscan;         /* bytes of s->down framed so far during login */
+    const char *fail_why; /* deferred failure reason (static) */
+    char *post_caps;      /* backend's post-login capabilities, filtered (owned) */
 
     /* relay */
     struct imap_framer upf;
     struct imap_framer downf;
-    size_t up_held;            /* bytes after s->up.mark already framed but not released */
+    size_t up_held; /* bytes after s->up.mark already framed but not released */
     size_t down_held;
-    bool up_classified;        /* the current client command has been looked at */
+    bool up_classified; /* the current client command has been looked at */
     bool down_classified;
-    bool up_dropping;          /* the current client command is refused: drop it whole */
-    struct buf inject;         /* our own responses waiting for a response boundary */
+    bool up_dropping;      /* the current client command is refused: drop it whole */
+    bool up_in_literal;    /* the up framer is inside a literal's bytes */
+    bool up_wait_cont;     /* a literal's line went to the backend: hold the client's next
+                              bytes until the backend answers "+" or the tag (RFC 3501 7.5) */
+    bool up_wait_was_plus; /* that literal was the client's {n+}, sent on as {n}: its bytes
+                              come anyway, and the backend's "+" is not for the client */
+    bool up_resume;        /* the wait ended in relay_down: relay_up has bytes to look at */
+    bool in_relay_up;      /* reentrancy guard (inject → relay_down → relay_up) */
+    char up_wait_tag[IMAP_TAG_MAX + 1]; /* tag of the command whose literal waits */
+    bool down_dropping;                 /* the current backend response is swallowed (that "+") */
+    struct buf inject;                  /* our own responses waiting for a response boundary */
 };
 
 static inline struct imap_state *imap_st(struct session *s)
@@ -81,7 +90,12 @@ static inline struct imap_state *imap_st(struct session *s)
 }
 
 /* imap_preauth.c */
-void imap_preauth_login_failed(struct session *s, bool auth_failure, const char *why);
+enum imap_login_fail {
+    IMAP_LF_UNAVAILABLE, /* no usable backend: NO [UNAVAILABLE] */
+    IMAP_LF_AUTH,        /* the backend refused the credentials: NO [AUTHENTICATIONFAILED] */
+    IMAP_LF_MECH,        /* the backend does not offer the client's SASL mechanism: NO [CANNOT] */
+};
+void imap_preauth_login_failed(struct session *s, enum imap_login_fail how, const char *why);
 void imap_preauth_login_ok(struct session *s);
 const char *imap_preauth_caps(struct session *s, char *buf, size_t cap);
 
@@ -97,6 +111,5 @@ void imap_relay_inject(struct session *s, const char *text, size_t len);
 /* Remove COMPRESS=*, STARTTLS, LOGINDISABLED (and, when `post_login`, AUTH=* and SASL-IR) from
  * a capability list in place; returns the new length. */
 size_t imap_filter_caps(char *caps, size_t len, bool post_login);
-
 
 #endif

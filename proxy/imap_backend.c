@@ -31,7 +31,16 @@ static void fail(struct session *s, bool auth, const char *why)
     struct imap_state *st = imap_st(s);
     st->bstate = IB_NONE;
     s->backend.wipe_ctl = false;
-    imap_preauth_login_failed(s, auth, why);
+    imap_preauth_login_failed(s, auth ? IMAP_LF_AUTH : IMAP_LF_UNAVAILABLE, why);
+}
+
+/* The client chose a SASL mechanism this backend does not offer: not a credentials failure. */
+static void fail_mech(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    st->bstate = IB_NONE;
+    s->backend.wipe_ctl = false;
+    imap_preauth_login_failed(s, IMAP_LF_MECH, "backend does not offer this SASL mechanism");
 }
 
 static bool send_be(struct session *s, const void *p, size_t len)
@@ -185,7 +194,7 @@ static void send_login(struct session *s)
                                                        : "OAUTHBEARER";
     if ((st->mech == IMAP_MECH_XOAUTH2 && !st->be_auth_xoauth2) ||
         (st->mech == IMAP_MECH_OAUTHBEARER && !st->be_auth_oauthbearer)) {
-        fail(s, true, "backend does not offer this SASL mechanism");
+        fail_mech(s);
         return;
     }
     char *b64 = st->sasl_b64;
@@ -308,15 +317,9 @@ static bool status_is(const char *st, size_t len, const char *word)
 static void start_backend_tls(struct session *s, enum imap_bstate next)
 {
     struct imap_state *st = imap_st(s);
-    SSL_CTX *ctx = s->rt->backend_ctx[s->be_index];
-    SSL *ssl = ctx ? tls_client_ssl(ctx, s->be) : NULL;
-    if (!ssl) {
-        fail(s, false, "cannot set up TLS to backend");
-        return;
-    }
     st->bstate = next;
-    s->backend.reading = false;
-    conn_start_tls(&s->backend, ssl, false);
+    if (!sess_backend_start_tls(s))
+        fail(s, false, "cannot set up TLS to backend");
 }
 
 static void login_done(struct session *s)
@@ -471,6 +474,8 @@ void imap_backend_event(struct session *s, int events)
 {
     struct imap_state *st = imap_st(s);
     if (events & SESS_EV_TIMEOUT) {
+        if (st->bstate == IB_CONNECT && sess_backend_retry(s, "connect timeout"))
+            return;
         fail(s, false, st->bstate == IB_NONE && st->fail_why ? st->fail_why : "backend timeout");
         return;
     }
@@ -483,6 +488,8 @@ void imap_backend_event(struct session *s, int events)
             char q[160];
             sess_log(s, LOG_WARN, "event=backend_connect_failed backend=%s error=%s",
                      s->be->name, log_qs(q, sizeof q, c->err));
+            if (sess_backend_retry(s, "connect failed"))
+                return;
             fail(s, false, "cannot connect to backend");
             return;
         }
@@ -499,11 +506,7 @@ void imap_backend_event(struct session *s, int events)
         if (!(events & CONN_EV_HANDSHAKE))
             return;
         if (c->error) {
-            long vr = SSL_get_verify_result(c->ssl);
-            char q[200];
-            sess_log(s, LOG_WARN, "event=backend_tls_failed backend=%s error=%s verify=%s",
-                     s->be->name, log_qs(q, sizeof q, c->err),
-                     vr == X509_V_OK ? "ok" : X509_verify_cert_error_string(vr));
+            sess_backend_log_tls_failure(s); /* verify="…" quoted: the text has spaces */
             fail(s, false, "TLS to backend failed");
             return;
         }

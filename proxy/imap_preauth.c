@@ -21,8 +21,8 @@
 #include "worker.h"
 #include "sasl.h"
 
-#define ID_MAX_PAIRS 30  /* RFC 2971: at most 30 field-value pairs */
-#define ID_FIELD_MAX 30  /* field names */
+#define ID_MAX_PAIRS 30 /* RFC 2971: at most 30 field-value pairs */
+#define ID_FIELD_MAX 30 /* field names */
 #define ID_VALUE_MAX 1024
 
 static void reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -59,8 +59,7 @@ const char *imap_preauth_caps(struct session *s, char *buf, size_t cap)
     bool starttls = s->listener->tls == CFG_TLS_STARTTLS && !s->client_tls;
     snprintf(buf, cap, "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+%s%s",
              starttls ? " STARTTLS" : "",
-             plaintext_refused(s) ? " LOGINDISABLED"
-                                  : " AUTH=PLAIN AUTH=XOAUTH2 AUTH=OAUTHBEARER");
+             plaintext_refused(s) ? " LOGINDISABLED" : " AUTH=PLAIN AUTH=XOAUTH2 AUTH=OAUTHBEARER");
     return buf;
 }
 
@@ -165,7 +164,8 @@ static bool starttls_offered(struct session *s)
 static void cmd_starttls(struct session *s, const char *tag)
 {
     if (!starttls_offered(s)) {
-        reply(s, "%s BAD %s", tag, s->client_tls ? "TLS is already active." : "STARTTLS is not available here.");
+        reply(s, "%s BAD %s", tag,
+              s->client_tls ? "TLS is already active." : "STARTTLS is not available here.");
         count_bad(s);
         return;
     }
@@ -277,8 +277,8 @@ static void begin_login(struct session *s)
     s->client.reading = false; /* pipelined commands wait in s->up until the login is decided */
     st->preauth_deadline = s->deadline_at;
     sess_log(s, LOG_DEBUG, "event=login_start mech=%s",
-             st->mech == IMAP_MECH_LOGIN   ? "login"
-             : st->mech == IMAP_MECH_PLAIN ? "plain"
+             st->mech == IMAP_MECH_LOGIN     ? "login"
+             : st->mech == IMAP_MECH_PLAIN   ? "plain"
              : st->mech == IMAP_MECH_XOAUTH2 ? "xoauth2"
                                              : "oauthbearer");
     /* imap_backend_start() never calls back synchronously: failures arrive as events. */
@@ -291,8 +291,9 @@ static void cmd_login(struct session *s, const char *tag)
     const struct imap_cmd_parser *p = &st->parser;
     if (plaintext_refused(s)) {
         sess_log(s, LOG_INFO, "event=refused reason=plaintext_login");
-        reply(s, "%s NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure "
-                 "connections; use STARTTLS.",
+        reply(s,
+              "%s NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure "
+              "connections; use STARTTLS.",
               tag);
         count_bad(s);
         return;
@@ -393,8 +394,9 @@ static void cmd_authenticate(struct session *s, const char *tag)
     }
     if (plaintext_refused(s)) {
         sess_log(s, LOG_INFO, "event=refused reason=plaintext_authenticate");
-        reply(s, "%s NO [PRIVACYREQUIRED] Authentication disallowed on non-secure connections; "
-                 "use STARTTLS.",
+        reply(s,
+              "%s NO [PRIVACYREQUIRED] Authentication disallowed on non-secure connections; "
+              "use STARTTLS.",
               tag);
         count_bad(s);
         return;
@@ -423,11 +425,12 @@ static void cmd_authenticate(struct session *s, const char *tag)
 static bool is_known_command(const char *name)
 {
     static const char *const known[] = {
-        "SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE",
-        "LIST", "LSUB", "STATUS", "APPEND", "CHECK", "CLOSE", "EXPUNGE", "SEARCH", "FETCH",
-        "STORE", "COPY", "MOVE", "UID", "IDLE", "ENABLE", "NAMESPACE", "UNSELECT", "GETQUOTA",
-        "GETQUOTAROOT", "SETQUOTA", "GETACL", "SETACL", "MYRIGHTS", "COMPRESS", "NOTIFY",
-        NULL};
+        "SELECT",      "EXAMINE",      "CREATE",   "DELETE", "RENAME",    "SUBSCRIBE",
+        "UNSUBSCRIBE", "LIST",         "LSUB",     "STATUS", "APPEND",    "CHECK",
+        "CLOSE",       "EXPUNGE",      "SEARCH",   "FETCH",  "STORE",     "COPY",
+        "MOVE",        "UID",          "IDLE",     "ENABLE", "NAMESPACE", "UNSELECT",
+        "GETQUOTA",    "GETQUOTAROOT", "SETQUOTA", "GETACL", "SETACL",    "MYRIGHTS",
+        "COMPRESS",    "NOTIFY",       NULL};
     for (int i = 0; known[i]; i++)
         if (strcmp(name, known[i]) == 0)
             return true;
@@ -556,14 +559,18 @@ static void imap_client_input(struct session *s)
 
 /* ---- results of the backend login (from imap_backend.c) ---- */
 
-void imap_preauth_login_failed(struct session *s, bool auth_failure, const char *why)
+void imap_preauth_login_failed(struct session *s, enum imap_login_fail how, const char *why)
 {
     struct imap_state *st = imap_st(s);
     sess_backend_drop(s);
     forget_login(st);
-    if (auth_failure) {
+    if (how == IMAP_LF_AUTH) {
         sess_log(s, LOG_INFO, "event=login_failed reason=\"%s\"", why);
         reply(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed.", st->tag);
+    } else if (how == IMAP_LF_MECH) {
+        /* Not "authentication failed": a client would take its token for bad and refresh it. */
+        sess_log(s, LOG_INFO, "event=login_failed reason=\"%s\"", why);
+        reply(s, "%s NO [CANNOT] Unsupported authentication mechanism.", st->tag);
     } else {
         sess_log(s, LOG_WARN, "event=login_failed reason=backend_unavailable detail=\"%s\"", why);
         reply(s, "%s NO [UNAVAILABLE] Backend server unavailable; try again later.", st->tag);
@@ -586,9 +593,10 @@ void imap_preauth_login_ok(struct session *s)
     forget_login(st);
     free_parser_store(st);
     sess_log(s, LOG_INFO, "event=login backend=%s mech=%s", s->be->name,
-             st->mech == IMAP_MECH_LOGIN ? "login" : st->mech == IMAP_MECH_PLAIN ? "plain"
-                                                 : st->mech == IMAP_MECH_XOAUTH2 ? "xoauth2"
-                                                                                 : "oauthbearer");
+             st->mech == IMAP_MECH_LOGIN     ? "login"
+             : st->mech == IMAP_MECH_PLAIN   ? "plain"
+             : st->mech == IMAP_MECH_XOAUTH2 ? "xoauth2"
+                                             : "oauthbearer");
     if (st->post_caps)
         reply(s, "%s OK [CAPABILITY %s] Logged in", st->tag, st->post_caps);
     else

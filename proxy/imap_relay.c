@@ -7,7 +7,18 @@
  * receive buffer. A command or response is held (not released) only while the filter still has
  * to decide about it — at most its first line:
  *   - client → backend: COMPRESS (the proxy must see plaintext) and STARTTLS are refused here
- *     with BAD and never reach the backend; everything else streams.
+ *     with BAD and never reach the backend; everything else streams, except that the last 3
+ *     bytes of an unfinished line stay held (they may be the "+}\r" of a literal header).
+ *   - literals: after a line announcing a synchronising literal {n} the client's next bytes are
+ *     held until the backend answers. "+" → they stream as the literal. The command's tagged
+ *     NO/BAD instead → the client will not send the literal (RFC 3501 7.5), so the framer
+ *     forgets it and the next bytes are a new command, for the proxy as for the server. A
+ *     LITERAL+ {n+} goes to the backend as {n}: a server that rejects a line before reading
+ *     its arguments (Dovecot, for an unknown command) would otherwise run the literal's bytes
+ *     as a command the proxy never saw (a smuggled COMPRESS or STARTTLS). The client sends
+ *     them anyway: they are held until the "+" (which is swallowed: the client did not ask for
+ *     it), or dropped with the rest of the command when the backend refuses it. Cost: one
+ *     proxy↔backend round trip per literal; a large APPEND still streams once "+" is in.
  *   - backend → client: CAPABILITY lists (untagged or in an OK response code) are rewritten
  *     without COMPRESS=*, STARTTLS and LOGINDISABLED; everything else streams. Literal contents
  *     are skipped by length.
@@ -80,24 +91,76 @@ static void refuse(struct session *s, enum cmd_verdict v)
     imap_relay_inject(s, line, (size_t)n);
 }
 
+/* Let the first `up_held - keep` held bytes go to the backend. */
+static void release_up(struct buf *b, struct imap_state *st, size_t keep)
+{
+    if (st->up_held > keep) {
+        b->mark += (uint32_t)(st->up_held - keep);
+        st->up_held = keep;
+    }
+}
+
+/* A line announcing a literal has been framed and is still held whole at its end: send it on
+ * (a {n+} rewritten as {n}) and hold what follows until the backend answers. Returns false if
+ * the session was closed. */
+static bool wait_for_continuation(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    struct buf *b = &s->up;
+    const char *tag, *rest;
+    size_t tl, rl;
+    if (!imap_split_tag(st->upf.head, st->upf.head_len, &tag, &tl, &rest, &rl) ||
+        (tl == 1 && tag[0] == '*')) {
+        /* No tag to recognise the backend's answer by: we could not tell whether the literal
+         * will be read as one, so the session cannot go on in step. */
+        s->proto->bye(s, "Literal on a command without a tag.");
+        sess_close_after_flush(s, "client protocol error");
+        return false;
+    }
+    memcpy(st->up_wait_tag, tag, tl);
+    st->up_wait_tag[tl] = '\0';
+    st->up_wait_was_plus = st->upf.literal_plus;
+    if (st->upf.literal_plus) {
+        /* The line ends "+}\r\n" or "+}\n", all of it held (release_up keeps 3 bytes back). */
+        size_t end = b->mark + st->up_held;
+        size_t k = st->up_held >= 2 && b->data[end - 2] == '\r' ? 4 : 3;
+        if (st->up_held < k || b->data[end - k] != '+') {
+            sess_close(s, "internal error: literal header not held");
+            return false;
+        }
+        cut(b, end - k, 1);
+        st->up_held--;
+    }
+    release_up(b, st, 0);
+    st->up_wait_cont = true;
+    return true;
+}
+
 void imap_relay_up(struct session *s)
 {
     struct imap_state *st = imap_st(s);
     struct buf *b = &s->up;
-    while (!s->closing && s->state == SESS_RELAY) {
+    st->in_relay_up = true;
+    st->up_resume = false;
+    while (!s->closing && s->state == SESS_RELAY && !st->up_wait_cont) {
         size_t from = b->mark + st->up_held;
-        if (from >= b->wpos)
-            break;
+        if (from >= b->wpos && !(st->up_in_literal && st->upf.literal_left == 0))
+            break; /* (a {0} literal ends without bytes: one more call) */
         size_t used = 0;
-        enum imap_frame_event ev = imap_frame(&st->upf, b->data + from, b->wpos - from, &used);
+        const char *p = b->data ? b->data + from : "";
+        enum imap_frame_event ev = imap_frame(&st->upf, p, b->wpos - from, &used);
         st->up_held += used;
         if (ev == IMAP_FRAME_ERROR) {
             char e[96];
             sess_log(s, LOG_INFO, "event=bad_command error=%s", log_qs(e, sizeof e, st->upf.error));
             s->proto->bye(s, "Command line too long.");
             sess_close_after_flush(s, "client protocol error");
-            return;
+            break;
         }
+        if (ev == IMAP_FRAME_LITERAL)
+            st->up_in_literal = true;
+        else if (ev == IMAP_FRAME_LITERAL_END)
+            st->up_in_literal = false;
         bool line_done = ev == IMAP_FRAME_LITERAL || ev == IMAP_FRAME_END;
         if (!st->up_classified) {
             enum cmd_verdict v = classify_command(&st->upf, line_done);
@@ -107,22 +170,69 @@ void imap_relay_up(struct session *s)
             if (v != CMD_PASS) {
                 st->up_dropping = true;
                 refuse(s, v);
+                if (s->closing)
+                    break;
             }
         }
         if (st->up_dropping) {
+            /* Cut as we go: a refused command's literal may be larger than the buffer. */
+            cut(b, b->mark, st->up_held);
+            st->up_held = 0;
+            /* We answered BAD, not "+": the client will not send a synchronising literal. */
+            if (ev == IMAP_FRAME_LITERAL && !st->upf.literal_plus &&
+                imap_framer_cancel_literal(&st->upf)) {
+                st->up_in_literal = false;
+                ev = IMAP_FRAME_END;
+            }
             if (ev == IMAP_FRAME_END) {
-                cut(b, b->mark, st->up_held);
-                st->up_held = 0;
                 st->up_dropping = false;
                 st->up_classified = false;
             }
             continue;
         }
-        b->mark += (uint32_t)st->up_held;
-        st->up_held = 0;
+        if (ev == IMAP_FRAME_LITERAL) {
+            if (!wait_for_continuation(s))
+                break;
+            continue;
+        }
+        release_up(b, st, ev == IMAP_FRAME_MORE && !st->up_in_literal ? 3 : 0);
         if (ev == IMAP_FRAME_END)
             st->up_classified = false;
     }
+    st->in_relay_up = false;
+}
+
+/* A backend response began while the client's literal waits: is it the answer? Called once per
+ * response, when its head is known (a "+" at once, a tagged status at the end of its line). */
+static void check_literal_answer(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    const struct imap_framer *f = &st->downf;
+    if (f->head_len >= 1 && f->head[0] == '+') {
+        st->up_wait_cont = false;
+        st->up_resume = true;
+        st->down_dropping = st->up_wait_was_plus;
+        return;
+    }
+    const char *tag, *rest;
+    size_t tl, rl;
+    if (!imap_split_tag(f->head, f->head_len, &tag, &tl, &rest, &rl) ||
+        tl != strlen(st->up_wait_tag) || memcmp(tag, st->up_wait_tag, tl) != 0)
+        return;
+    /* The command ended without its literal: NO/BAD (or anything else tagged). */
+    st->up_wait_cont = false;
+    st->up_resume = true;
+    if (st->up_wait_was_plus) {
+        /* Its bytes come anyway: drop them and the rest of the command. */
+        st->up_dropping = true;
+        return;
+    }
+    if (!imap_framer_cancel_literal(&st->upf)) {
+        sess_close(s, "internal error: literal not cancellable");
+        return;
+    }
+    st->up_in_literal = false;
+    st->up_classified = false;
 }
 
 /* ---- backend → client ---- */
@@ -188,15 +298,15 @@ static int classify_response(const struct imap_framer *f, bool line_done)
 {
     if (f->head_len >= 1 && f->head[0] == '+')
         return 1;
-    if (f->head_len >= 3 && f->head[0] == '*' && f->head[1] == ' ' &&
-        f->head[2] != 'C' && f->head[2] != 'c')
+    if (f->head_len >= 3 && f->head[0] == '*' && f->head[1] == ' ' && f->head[2] != 'C' &&
+        f->head[2] != 'c')
         return 1;
     if (line_done || f->head_len >= IMAP_HEAD_MAX)
         return 0; /* decide on the whole first line */
     return -1;    /* need more of the head */
 }
 
-void imap_relay_down(struct session *s)
+static void relay_down_loop(struct session *s)
 {
     struct imap_state *st = imap_st(s);
     struct buf *b = &s->down;
@@ -241,6 +351,11 @@ void imap_relay_down(struct session *s)
             if (c < 0)
                 continue;
             st->down_classified = true;
+            if (st->up_wait_cont) {
+                check_literal_answer(s);
+                if (s->closing)
+                    return;
+            }
             if (c == 0 && ev == IMAP_FRAME_END) {
                 size_t nl = rewrite_caps(b->data + b->mark, st->down_held);
                 if (nl < st->down_held) {
@@ -249,9 +364,28 @@ void imap_relay_down(struct session *s)
                 }
             }
         }
+        if (st->down_dropping) {
+            cut(b, b->mark, st->down_held);
+            st->down_held = 0;
+            if (ev == IMAP_FRAME_END) {
+                st->down_dropping = false;
+                st->down_classified = false;
+            }
+            continue;
+        }
         b->mark += (uint32_t)st->down_held;
         st->down_held = 0;
         if (ev == IMAP_FRAME_END)
             st->down_classified = false;
     }
+}
+
+void imap_relay_down(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    relay_down_loop(s);
+    /* The backend answered a waiting literal: the client's held bytes go on (or are a new
+     * command). Not from inside relay_up, whose loop looks again by itself. */
+    if (st->up_resume && !st->in_relay_up && !s->closing && s->state == SESS_RELAY)
+        imap_relay_up(s);
 }

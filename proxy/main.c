@@ -21,6 +21,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "health.h"
 #include "runtime.h"
 #include "tls.h"
 #include "worker.h"
@@ -204,7 +205,9 @@ int main(int argc, char **argv)
     ev_signal_start(loop, &sig_int);
     ev_signal_start(loop, &sig_usr1);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    health_start(loop);
     ev_run(loop, 0);
+    health_stop();
 
     for (unsigned i = 0; i < nworkers; i++)
         worker_stop(&workers[i]);

@@ -70,6 +70,7 @@ struct pop3_state {
     size_t bscan;
     bool be_stls, be_user, be_sasl_plain, be_sasl_xoauth2, be_sasl_oauthbearer, be_xclient;
     bool be_capa_known;
+    bool be_xclient_greeting; /* the greeting carried [XCLIENT] */
     bool auth_challenged; /* XOAUTH2 error challenge answered */
     const char *fail_why; /* deferred failure reason (static) */
 

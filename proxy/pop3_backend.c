@@ -208,7 +208,7 @@ static void send_credentials(struct session *s)
 static void send_xclient_or_login(struct session *s)
 {
     struct pop3_state *st = pop3_st(s);
-    if (st->be_xclient) {
+    if (st->be_xclient || st->be_xclient_greeting) {
         st->bstate = PB_XCLIENT;
         sendf_be(s, "XCLIENT ADDR=%s PORT=%u SESSION=S-%llu\r\n", s->client_ip, s->client_port,
                  (unsigned long long)s->id);
@@ -260,6 +260,9 @@ static void handle_response(struct session *s, enum pop3_status status, const ch
             fail(s, false, "bad backend greeting");
             return;
         }
+        /* Dovecot announces XCLIENT to trusted peers in the greeting's response code, not in
+         * CAPA: "+OK [XCLIENT] Dovecot ready." */
+        st->be_xclient_greeting = memmem(line, len, "[XCLIENT]", 9) != NULL;
         send_capa(s);
         return;
     case PB_CAPA:
@@ -390,6 +393,8 @@ void pop3_backend_event(struct session *s, int events)
 {
     struct pop3_state *st = pop3_st(s);
     if (events & SESS_EV_TIMEOUT) {
+        if (st->bstate == PB_CONNECT && sess_backend_retry(s, "connect timeout"))
+            return;
         fail(s, false, st->bstate == PB_NONE && st->fail_why ? st->fail_why : "backend timeout");
         return;
     }

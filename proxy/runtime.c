@@ -4,6 +4,10 @@
  */
 #include "runtime.h"
 
+#include <string.h>
+
+#include "backend.h"
+
 #include <pthread.h>
 #include <stdlib.h>
 
@@ -37,6 +41,33 @@ struct rt *rt_build(struct config *cfg, char **error_r)
         if (!rt->backend_ctx[i])
             goto fail;
     }
+    rt->listener_be_ctx = calloc(cfg->nlisteners, sizeof *rt->listener_be_ctx);
+    if (!rt->listener_be_ctx)
+        goto fail;
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        const struct cfg_listener *l = &cfg->listeners[i];
+        if (!l->transparent || l->transparent_backend_tls == CFG_TLS_NONE)
+            continue;
+        /* Transparent backends are only known by address: verify against the system CA
+         * store, with the IP address as the name to match. */
+        char empty[1] = "";
+        struct cfg_backend tb = {.name = l->name, .host = empty,
+                                 .tls = l->transparent_backend_tls,
+                                 .tls_verify = l->transparent_backend_verify};
+        rt->listener_be_ctx[i] = tls_client_ctx_new(&tb, error_r);
+        if (!rt->listener_be_ctx[i])
+            goto fail;
+    }
+    rt->be_state = calloc(cfg->nbackends ? cfg->nbackends : 1, sizeof *rt->be_state);
+    if (!rt->be_state)
+        goto fail;
+    for (size_t i = 0; i < cfg->nbackends; i++) {
+        rt->be_state[i] = backend_state_get(cfg->backends[i].name);
+        if (!rt->be_state[i]) {
+            *error_r = strdup("too many distinct backend names over the process's life");
+            goto fail;
+        }
+    }
     return rt;
 fail:
     rt_unref(&rt);
@@ -59,6 +90,12 @@ void rt_unref(struct rt **rtp)
         for (size_t i = 0; i < rt->cfg->nbackends; i++)
             SSL_CTX_free(rt->backend_ctx[i]);
         free(rt->backend_ctx);
+    }
+    free(rt->be_state);
+    if (rt->listener_be_ctx) {
+        for (size_t i = 0; i < rt->cfg->nlisteners; i++)
+            SSL_CTX_free(rt->listener_be_ctx[i]);
+        free(rt->listener_be_ctx);
     }
     tls_server_free(&rt->tls);
     cfg_unref(&rt->cfg);

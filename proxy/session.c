@@ -17,6 +17,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "backend.h"
+#include "proxy_proto.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -96,6 +98,7 @@ static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
         return;
     }
     switch (s->state) {
+    case SESS_STARTTLS: /* no BYE: it could not be sent in the middle of a handshake */
     case SESS_TLS_HANDSHAKE:
         sess_log(s, LOG_INFO, "event=timeout phase=tls_handshake");
         sess_close(s, "tls handshake timeout");
@@ -129,6 +132,52 @@ static void peer_to_text(struct session *s, const struct sockaddr *sa)
     } else {
         snprintf(s->client_ip, sizeof s->client_ip, "unix");
     }
+}
+
+static void sess_begin(struct session *s);
+
+static void proxy_hdr_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    (void)revents;
+    struct session *s = io->data;
+    unsigned char buf[PROXY_HDR_MAX];
+    ssize_t n = recv(io->fd, buf, sizeof buf, MSG_PEEK);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0) {
+        ev_io_stop(loop, io);
+        s->proxy_hdr_pending = false;
+        sess_close(s, "client disconnected");
+        return;
+    }
+    size_t used = 0;
+    struct proxy_addrs pa;
+    const char *err = NULL;
+    enum proxy_result r = proxy_parse(buf, (size_t)n, &used, &pa, &err);
+    if (r == PROXY_MORE && (size_t)n < sizeof buf)
+        return;
+    ev_io_stop(loop, io);
+    s->proxy_hdr_pending = false;
+    if (r != PROXY_DONE) {
+        sess_log(s, LOG_WARN, "event=refused reason=bad_proxy_header error=\"%s\"",
+                 err ? err : "header too long");
+        sess_close(s, "bad PROXY header");
+        return;
+    }
+    if (recv(io->fd, buf, used, 0) != (ssize_t)used) {
+        sess_close(s, "client disconnected");
+        return;
+    }
+    if (!pa.local) {
+        char was[INET6_ADDRSTRLEN + 8];
+        snprintf(was, sizeof was, "%s:%u", s->client_ip, s->client_port);
+        s->client_sa = pa.src;
+        s->local_sa = pa.dst;
+        peer_to_text(s, (const struct sockaddr *)&pa.src);
+        sess_log(s, LOG_DEBUG, "event=proxy_header balancer=%s", was);
+    }
+    sess_begin(s);
+    sess_pump(s);
 }
 
 bool sess_accept(struct worker *w, int fd, const struct cfg_listener *l, struct rt *rt,
@@ -167,6 +216,31 @@ bool sess_accept(struct worker *w, int fd, const struct cfg_listener *l, struct 
         sess_close(s, "out of memory");
         return true;
     }
+    if (l->proxy_protocol) {
+        if (!cfg_cidr_match(s->cfg->trusted, s->cfg->ntrusted, peer)) {
+            sess_log(s, LOG_WARN, "event=refused reason=proxy_header_from_untrusted listener=%s",
+                     l->name);
+            sess_close(s, "untrusted PROXY sender");
+            return true;
+        }
+        /* The header is read with MSG_PEEK before anything else touches the socket, so not one
+         * byte of the TLS handshake or the client's first command is taken with it. */
+        s->proxy_hdr_pending = true;
+        ev_io_init(&s->pp_io, proxy_hdr_cb, fd, EV_READ);
+        s->pp_io.data = s;
+        ev_io_start(w->loop, &s->pp_io);
+        sess_set_deadline(s, (double)s->cfg->tls.handshake_timeout_ms / 1000.0);
+        return true;
+    }
+    sess_begin(s);
+    return true;
+}
+
+/* The connection is ours to speak on: implicit TLS handshake or greeting. */
+static void sess_begin(struct session *s)
+{
+    const struct cfg_listener *l = s->listener;
+    const struct cfg_limits *lim = &s->cfg->limits;
     sess_log(s, LOG_INFO, "event=connect listener=%s local_tls=%s", l->name,
              l->tls == CFG_TLS_IMPLICIT ? "implicit" : l->tls == CFG_TLS_STARTTLS ? "starttls"
                                                                                  : "none");
@@ -175,18 +249,17 @@ bool sess_accept(struct worker *w, int fd, const struct cfg_listener *l, struct 
         SSL *ssl = tls_server_ssl(s->rt->tls);
         if (!ssl) {
             sess_close(s, "out of memory");
-            return true;
+            return;
         }
         sess_set_deadline(s, (double)s->cfg->tls.handshake_timeout_ms / 1000.0);
         conn_start_tls(&s->client, ssl, true);
-        return true;
+        return;
     }
     sess_set_state(s, SESS_PREAUTH);
     sess_set_deadline(s, (double)lim->preauth_timeout_ms / 1000.0);
     s->client.reading = true;
     s->proto->greet(s);
     sess_pump(s);
-    return true;
 }
 
 void sess_pump(struct session *s)
@@ -226,6 +299,14 @@ void sess_close(struct session *s, const char *reason)
         return;
     s->closing = true;
     s->close_reason = reason;
+    if (s->proxy_hdr_pending) {
+        ev_io_stop(s->worker->loop, &s->pp_io);
+        s->proxy_hdr_pending = false;
+    }
+    if (s->be_counted) {
+        atomic_fetch_sub(&s->be_state->active, 1);
+        s->be_counted = false;
+    }
     struct ev_loop *loop = s->worker->loop;
     ev_timer_stop(loop, &s->timer);
     double dur = ev_now(loop) - s->started;
@@ -280,32 +361,45 @@ void sess_client_start_tls(struct session *s)
         return;
     }
     sess_set_state(s, SESS_STARTTLS);
+    /* The same handshake deadline as on implicit-TLS ports; pre-auth restarts after it. */
+    sess_set_deadline(s, (double)s->cfg->tls.handshake_timeout_ms / 1000.0);
     conn_start_tls(&s->client, ssl, true);
 }
 
 /* ---- backend ---- */
 
-bool sess_backend_connect(struct session *s)
+/* PROXY protocol v2 toward the backend (HAProxy's spec): written with one send() on the
+ * freshly connected socket, before any TLS, so it is always the first bytes the backend sees.
+ * An empty send buffer always takes its at most 232 bytes. */
+static bool send_proxy_header(struct session *s)
+{
+    unsigned char hdr[PROXY_V2_MAX];
+    size_t n = proxy_v2_build(hdr, sizeof hdr, (const struct sockaddr *)&s->client_sa,
+                              (const struct sockaddr *)&s->local_sa);
+    if (n == 0)
+        return false;
+    ssize_t w = send(s->backend.fd, hdr, n, MSG_NOSIGNAL);
+    return w == (ssize_t)n;
+}
+
+/* Connect to candidate s->be_try (an index into s->be_cand). */
+static bool connect_candidate(struct session *s)
 {
     const struct config *cfg = s->cfg;
-    const struct cfg_backend *be = NULL;
-    int idx = -1;
-    /* First usable backend of this protocol; issue 6 replaces this with rendezvous hashing,
-     * affinity and health. */
-    for (size_t i = 0; i < cfg->nbackends; i++) {
-        if (cfg->backends[i].protocol == s->listener->protocol && !cfg->backends[i].drain) {
-            be = &cfg->backends[i];
-            idx = (int)i;
-            break;
-        }
-    }
-    if (!be) {
-        sess_log(s, LOG_ERROR, "event=backend_error error=\"no backend available\"");
-        return false;
-    }
+    size_t idx = s->be_cand[s->be_try];
+    const struct cfg_backend *be = &cfg->backends[idx];
     s->be = be;
-    s->be_index = idx;
-    int fd = socket(be->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    s->be_index = (int)idx;
+    s->be_state = s->rt->be_state[idx];
+    s->be_ctx = s->rt->backend_ctx[idx];
+    return sess_backend_connect_to(s, &be->addr, be->addrlen);
+}
+
+bool sess_backend_connect_to(struct session *s, const struct sockaddr_storage *addr,
+                             socklen_t addrlen)
+{
+    const struct cfg_backend *be = s->be;
+    int fd = socket(addr->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         sess_log(s, LOG_ERROR, "event=backend_error backend=%s error=\"%s\"", be->name,
                  strerror(errno));
@@ -313,6 +407,10 @@ bool sess_backend_connect(struct session *s)
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (s->listener->transparent_source && !sess_bind_client_source(s, fd)) {
+        close(fd);
+        return false;
+    }
     conn_close(&s->backend);
     conn_init(&s->backend, s->worker->loop, fd, backend_handler, s,
               s->cfg->limits.max_line * 2 + 4096);
@@ -320,18 +418,55 @@ bool sess_backend_connect(struct session *s)
     s->backend.wbuf = NULL;
     buf_clear(&s->down);
     sess_set_state(s, SESS_BACKEND);
-    if (!conn_connect(&s->backend, (const struct sockaddr *)&be->addr, be->addrlen)) {
+    if (!conn_connect(&s->backend, (const struct sockaddr *)addr, addrlen)) {
         sess_log(s, LOG_WARN, "event=backend_connect_failed backend=%s error=\"%s\"", be->name,
                  s->backend.err);
+        backend_note_connect(s->be_state, false, s->cfg->health.fall);
         conn_close(&s->backend);
         return false;
     }
     return true;
 }
 
+bool sess_backend_connect(struct session *s)
+{
+    if (s->listener->transparent)
+        return sess_transparent_connect(s);
+    s->be_ncand = backend_candidates(s->cfg, s->rt->be_state, s->listener->protocol,
+                                     s->user ? s->user : "", s->be_cand, SESS_BE_CANDIDATES);
+    s->be_try = 0;
+    if (s->be_ncand == 0) {
+        sess_log(s, LOG_ERROR, "event=backend_error error=\"no backend available\"");
+        return false;
+    }
+    while (!connect_candidate(s)) {
+        if (s->be_try + 1 >= s->be_ncand)
+            return false;
+        s->be_try++;
+    }
+    return true;
+}
+
+bool sess_backend_retry(struct session *s, const char *why)
+{
+    if (s->backend.connecting)
+        backend_note_connect(s->be_state, false, s->cfg->health.fall); /* timed out */
+    if (s->listener->transparent || s->be_pinned || s->be_try + 1 >= s->be_ncand)
+        return false;
+    const char *from = s->be->name;
+    s->be_try++;
+    sess_log(s, LOG_INFO, "event=backend_retry from=%s to=%s reason=\"%s\"", from,
+             s->cfg->backends[s->be_cand[s->be_try]].name, why);
+    sess_backend_drop(s);
+    if (!connect_candidate(s))
+        return false;
+    sess_set_deadline(s, (double)s->cfg->limits.backend_connect_timeout_ms / 1000.0);
+    return true;
+}
+
 bool sess_backend_start_tls(struct session *s)
 {
-    SSL_CTX *ctx = s->rt->backend_ctx[s->be_index];
+    SSL_CTX *ctx = s->be_ctx;
     SSL *ssl = ctx ? tls_client_ssl(ctx, s->be) : NULL;
     if (!ssl)
         return false;
@@ -362,6 +497,10 @@ void sess_start_relay(struct session *s)
 {
     sess_set_state(s, SESS_RELAY);
     s->logged_in = true;
+    if (s->be_state && !s->be_counted) {
+        atomic_fetch_add(&s->be_state->active, 1);
+        s->be_counted = true;
+    }
     s->client.wbuf = &s->down;
     s->backend.wbuf = &s->up;
     s->client.reading = true;
@@ -402,6 +541,7 @@ static void client_handler(struct conn *c, int events)
             s->proto->greet(s);
         } else {
             sess_set_state(s, SESS_PREAUTH);
+            sess_set_deadline(s, (double)s->cfg->limits.preauth_timeout_ms / 1000.0);
             s->proto->starttls_done(s);
         }
         sess_pump(s);
@@ -461,6 +601,13 @@ static void backend_handler(struct conn *c, int events)
     if (s->closing)
         return;
     if (s->state == SESS_BACKEND) {
+        if (events & CONN_EV_CONNECT) {
+            backend_note_connect(s->be_state, !c->error, s->cfg->health.fall);
+            if (!c->error && s->be->proxy_protocol && !send_proxy_header(s)) {
+                c->error = true;
+                c->err = "cannot send the PROXY header";
+            }
+        }
         s->proto->backend_event(s, events);
         if (!s->closing)
             sess_pump(s);

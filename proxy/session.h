@@ -24,6 +24,9 @@
 
 struct worker;
 
+/* Backends tried per login: the user's first choice, then one failover. */
+#define SESS_BE_CANDIDATES 2
+
 /* backend_event() flag: the phase deadline passed (or a deferred failure is due). */
 #define SESS_EV_TIMEOUT 0x100
 
@@ -48,8 +51,16 @@ struct session {
 
     struct conn client;
     struct conn backend;                 /* fd -1 until the backend phase */
-    const struct cfg_backend *be;        /* chosen backend, in cfg */
-    int be_index;
+    const struct cfg_backend *be;        /* chosen backend, in cfg (or be_orig) */
+    int be_index;                        /* in cfg->backends; -1 for transparent */
+    struct backend_state *be_state;      /* health record of `be` (NULL: transparent) */
+    SSL_CTX *be_ctx;                     /* TLS client context toward `be`, or NULL */
+    size_t be_cand[SESS_BE_CANDIDATES];  /* rendezvous order for this user */
+    size_t be_ncand, be_try;             /* candidates, the one being tried */
+    bool be_pinned;                      /* a routing override chose it: no failover */
+    bool be_counted;                     /* counted in be_state->active */
+    struct cfg_backend be_orig;          /* transparent mode: the original destination */
+    char be_orig_name[64];
     struct buf up;                       /* client → backend (pre-auth: parser input) */
     struct buf down;                     /* backend → client */
 
@@ -69,6 +80,9 @@ struct session {
     bool logged_in;
     const char *close_reason;
     char action[24];     /* what the session is doing, for logs */
+
+    ev_io pp_io;             /* reading a PROXY header (listener proxy_protocol) */
+    bool proxy_hdr_pending;
 
     struct session *prev, *next; /* worker's list */
 };
@@ -91,6 +105,15 @@ void sess_set_idle(struct session *s, double secs);
 /* Start connecting to a backend (protocol's login script continues in backend_event).
  * Returns false if no backend could be tried (error logged). */
 bool sess_backend_connect(struct session *s);
+/* The connect failed or timed out: try the user's next candidate backend (once, unless the
+ * route is pinned or transparent). True if a new connect is under way. */
+bool sess_backend_retry(struct session *s, const char *why);
+/* Open the backend socket to `addr` for s->be (used by selection and transparent mode). */
+bool sess_backend_connect_to(struct session *s, const struct sockaddr_storage *addr,
+                             socklen_t addrlen);
+/* transparent.c: the original destination as backend; bind to the client's address. */
+bool sess_transparent_connect(struct session *s);
+bool sess_bind_client_source(struct session *s, int fd);
 void sess_backend_drop(struct session *s);
 /* Start TLS to the connected backend (implicit TLS or after STARTTLS/STLS), verifying it as
  * configured; completion arrives as CONN_EV_HANDSHAKE. False if the SSL could not be set up. */

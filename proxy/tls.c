@@ -2,9 +2,10 @@
  * tls — see tls.h.
  *
  * Ticket key file format: one or more 80-byte records, each name(16) | hmac key(32) |
- * aes key(32). The first record encrypts new tickets; every record is accepted for decryption,
- * so rotation is: prepend a new record, reload everywhere, drop the oldest record a ticket
- * lifetime later (docs/configuration.md).
+ * aes key(32), 1..8 of them and nothing else. The first record encrypts new tickets; every
+ * record is accepted for decryption (and the ticket re-issued under the first), so rotation is:
+ * append the new record everywhere, then move it first, then drop the old one a ticket lifetime
+ * later (docs/tls.md).
  */
 #include "tls.h"
 
@@ -176,6 +177,9 @@ static bool collect_names(struct tls_server *ts, SSL_CTX *ctx)
     return true;
 }
 
+/* The whole file must be 1..TICKET_MAXK records: a truncated or padded file is an operator's
+ * mistake (a half-copied rotation), and silently using part of it would make instances
+ * disagree about which tickets they accept. */
 static bool load_ticket_keys(struct tls_server *ts, const char *path, char **error_r)
 {
     FILE *f = fopen(path, "rb");
@@ -184,21 +188,32 @@ static bool load_ticket_keys(struct tls_server *ts, const char *path, char **err
             *error_r = NULL;
         return false;
     }
-    unsigned char rec[TICKET_REC];
-    size_t n;
-    while (ts->nkeys < TICKET_MAXK && (n = fread(rec, 1, sizeof rec, f)) == sizeof rec) {
-        struct ticket_key *k = &ts->keys[ts->nkeys++];
-        memcpy(k->name, rec, 16);
-        memcpy(k->hmac, rec + 16, 32);
-        memcpy(k->aes, rec + 48, 32);
-    }
-    OPENSSL_cleanse(rec, sizeof rec);
+    unsigned char data[TICKET_REC * TICKET_MAXK + 1];
+    size_t n = fread(data, 1, sizeof data, f);
+    bool rerr = ferror(f) != 0;
     fclose(f);
-    if (ts->nkeys == 0) {
-        if (asprintf(error_r, "tls.ticket_key_file %s: needs at least one 80-byte key", path) < 0)
+    const char *why = NULL;
+    if (rerr)
+        why = "read error";
+    else if (n == 0)
+        why = "empty: needs at least one 80-byte key";
+    else if (n > TICKET_REC * TICKET_MAXK)
+        why = "too large: at most 8 keys of 80 bytes";
+    else if (n % TICKET_REC != 0)
+        why = "size is not a multiple of 80 bytes (name16|hmac32|aes32 records)";
+    if (why) {
+        OPENSSL_cleanse(data, sizeof data);
+        if (asprintf(error_r, "tls.ticket_key_file %s: %s", path, why) < 0)
             *error_r = NULL;
         return false;
     }
+    for (size_t off = 0; off < n; off += TICKET_REC) {
+        struct ticket_key *k = &ts->keys[ts->nkeys++];
+        memcpy(k->name, data + off, 16);
+        memcpy(k->hmac, data + off + 16, 32);
+        memcpy(k->aes, data + off + 48, 32);
+    }
+    OPENSSL_cleanse(data, sizeof data);
     return true;
 }
 

@@ -152,6 +152,15 @@ static int bind_one(const struct cfg_listener *l, char **error_r)
         goto fail;
     if (l->addr.ss_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    /* TPROXY delivers connections for foreign addresses only to IP_TRANSPARENT sockets; REDIRECT
+     * needs nothing, so a failure (no CAP_NET_ADMIN) is not fatal here. */
+    if (l->transparent &&
+        setsockopt(fd, l->addr.ss_family == AF_INET6 ? SOL_IPV6 : SOL_IP,
+                   l->addr.ss_family == AF_INET6 ? IPV6_TRANSPARENT : IP_TRANSPARENT, &one,
+                   sizeof one) < 0)
+        log_write(LOG_INFO, "event=listener_note name=%s note=\"IP_TRANSPARENT unavailable "
+                            "(%s): REDIRECT works, TPROXY does not\"",
+                  l->name, strerror(errno));
     if (bind(fd, (const struct sockaddr *)&l->addr, l->addrlen) < 0)
         goto fail;
     if (listen(fd, 1024) < 0)

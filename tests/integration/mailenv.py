@@ -603,11 +603,13 @@ class Dovecot:
     def start(self, workdir: Path | str, users: dict[str, str], imap: bool = True,
               pop3: bool = True, ssl: bool = True, cert: Path | str | None = None,
               key: Path | str | None = None, ports: dict[str, int] | None = None,
-              timeout: float = 10.0, failure_delay: str = "0") -> "Dovecot":
+              timeout: float = 10.0, failure_delay: str = "0",
+              extra_conf: str = "") -> "Dovecot":
         """Write WORKDIR/dovecot.conf and run `dovecot -F -c` (foreground, so the Popen PID is
         the master). ssl=True needs cert/key (e.g. Certs.backend / backend_key) and enables
         STARTTLS on the plain ports plus imaps/pop3s. `ports` may fix some ports.
-        failure_delay: auth_failure_delay (Dovecot's default is "2 secs"; tests use 0)."""
+        failure_delay: auth_failure_delay (Dovecot's default is "2 secs"; tests use 0).
+        extra_conf: text appended to dovecot.conf (e.g. "mail_plugins = zlib imap_zlib")."""
         if os.geteuid() != 0:
             raise EnvError("Dovecot needs root (it drops to portcullis-mail/dovenull itself)")
         if not (imap or pop3):
@@ -638,7 +640,19 @@ class Dovecot:
             conf = re.sub(r"service imap-login \{.*?\n\}\n", "", conf, flags=re.S)
         if not pop3:
             conf = re.sub(r"service pop3-login \{.*?\n\}\n", "", conf, flags=re.S)
-        (w / "dovecot.conf").write_text(conf)
+        # One more listener per protocol that expects a HAProxy PROXY header (for the proxy's
+        # backend proxy_protocol option); not in self.ports: it greets only after a header.
+        self.haproxy_ports = {}
+        conf += "haproxy_trusted_networks = 127.0.0.0/8\n"
+        for proto, on in (("imap", imap), ("pop3", pop3)):
+            if on:
+                hp = free_port()
+                self.haproxy_ports[proto] = hp
+                conf = conf.replace(
+                    "service %s-login {\n" % proto,
+                    "service %s-login {\n  inet_listener %s_haproxy {\n    port = %d\n"
+                    "    haproxy = yes\n  }\n" % (proto, proto, hp), 1)
+        (w / "dovecot.conf").write_text(conf + extra_conf)
         errlog = open(w / "dovecot.stderr", "ab")
         self.proc = subprocess.Popen(["dovecot", "-F", "-c", str(w / "dovecot.conf")],
                                      stdin=subprocess.DEVNULL, stdout=errlog, stderr=errlog,

@@ -1,0 +1,127 @@
+/*
+ * transparent — a listener in transparent mode takes its backend from the connection's
+ * original destination, so clients keep their configuration and the proxy sits in the path:
+ *   - iptables/nftables REDIRECT (or DNAT) to the listener: the original destination comes from
+ *     conntrack through SO_ORIGINAL_DST (IPv4) / IP6T_SO_ORIGINAL_DST (IPv6);
+ *   - TPROXY with IP_TRANSPARENT on the listener: the socket's local address already is the
+ *     original destination (conntrack did no NAT, so SO_ORIGINAL_DST fails with ENOENT).
+ * Optionally the backend connection leaves from the client's own address (IP_TRANSPARENT +
+ * bind), so the backend sees the real client; the return traffic must then be routed back
+ * through the proxy (docs/deployment-transparent.md).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/netfilter_ipv4.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "session.h"
+
+#ifndef IP6T_SO_ORIGINAL_DST
+#define IP6T_SO_ORIGINAL_DST 80 /* linux/netfilter_ipv6/ip6_tables.h, which clashes with libc */
+#endif
+
+static bool same_sockaddr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return false;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+    return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
+}
+
+static bool original_destination(struct session *s, struct sockaddr_storage *dst,
+                                 socklen_t *len_r)
+{
+    socklen_t len = sizeof *dst;
+    memset(dst, 0, sizeof *dst);
+    int rc = s->local_sa.ss_family == AF_INET6
+                 ? getsockopt(s->client.fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, dst, &len)
+                 : getsockopt(s->client.fd, SOL_IP, SO_ORIGINAL_DST, dst, &len);
+    if (rc == 0) {
+        *len_r = len;
+    } else {
+        /* TPROXY: the local address is where the client wanted to go. */
+        *dst = s->local_sa;
+        *len_r = s->local_sa.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                   : sizeof(struct sockaddr_in);
+    }
+    /* A client that connected to the listener itself has no other destination: refusing it
+     * avoids connecting to ourselves in a loop. */
+    return !same_sockaddr(dst, &s->listener->addr);
+}
+
+bool sess_transparent_connect(struct session *s)
+{
+    const struct cfg_listener *l = s->listener;
+    struct sockaddr_storage dst;
+    socklen_t dlen;
+    if (!original_destination(s, &dst, &dlen)) {
+        sess_log(s, LOG_WARN, "event=backend_error error=\"transparent listener reached "
+                              "directly: no original destination\"");
+        return false;
+    }
+    char ip[INET6_ADDRSTRLEN] = "?";
+    unsigned port = 0;
+    if (dst.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const void *)&dst;
+        inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof ip);
+        port = ntohs(in6->sin6_port);
+    } else {
+        const struct sockaddr_in *in = (const void *)&dst;
+        inet_ntop(AF_INET, &in->sin_addr, ip, sizeof ip);
+        port = ntohs(in->sin_port);
+    }
+    snprintf(s->be_orig_name, sizeof s->be_orig_name, "%s:%u", ip, port);
+    struct cfg_backend *b = &s->be_orig;
+    memset(b, 0, sizeof *b);
+    b->name = s->be_orig_name;
+    b->host = s->be_orig_name;
+    b->port = (uint16_t)port;
+    b->addr = dst;
+    b->addrlen = dlen;
+    b->protocol = l->protocol;
+    b->weight = 1;
+    b->tls = l->transparent_backend_tls;
+    b->tls_verify = l->transparent_backend_verify;
+    s->be = b;
+    s->be_index = -1;
+    s->be_state = NULL;
+    s->be_ctx = s->rt->listener_be_ctx ? s->rt->listener_be_ctx[l - s->cfg->listeners] : NULL;
+    sess_log(s, LOG_DEBUG, "event=transparent_destination backend=%s", s->be_orig_name);
+    return sess_backend_connect_to(s, &dst, dlen);
+}
+
+bool sess_bind_client_source(struct session *s, int fd)
+{
+    int one = 1;
+    int level = s->client_sa.ss_family == AF_INET6 ? SOL_IPV6 : SOL_IP;
+    int opt = s->client_sa.ss_family == AF_INET6 ? IPV6_TRANSPARENT : IP_TRANSPARENT;
+    if (setsockopt(fd, level, opt, &one, sizeof one) < 0) {
+        sess_log(s, LOG_ERROR, "event=backend_error error=\"IP_TRANSPARENT: %s (needs "
+                               "CAP_NET_ADMIN)\"", strerror(errno));
+        return false;
+    }
+    /* The client's address, port 0: the kernel picks a free port (the client's own may be in
+     * use toward the same backend). */
+    struct sockaddr_storage src = s->client_sa;
+    socklen_t len;
+    if (src.ss_family == AF_INET6) {
+        ((struct sockaddr_in6 *)&src)->sin6_port = 0;
+        len = sizeof(struct sockaddr_in6);
+    } else {
+        ((struct sockaddr_in *)&src)->sin_port = 0;
+        len = sizeof(struct sockaddr_in);
+    }
+    if (bind(fd, (struct sockaddr *)&src, len) < 0) {
+        sess_log(s, LOG_ERROR, "event=backend_error error=\"bind to client address: %s\"",
+                 strerror(errno));
+        return false;
+    }
+    return true;
+}

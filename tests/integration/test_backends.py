@@ -1,0 +1,323 @@
+"""Backend pools behind one Portcullis (issue 6): rendezvous affinity, weights, failover and
+recovery through health checks, drain on reload, PROXY protocol in and out, and the real client
+address reaching Dovecot's log. Three real Dovecot instances with separate maildirs; which
+backend a session reached is read from the mailbox (every backend holds a marker message)."""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import poplib
+import re
+import signal
+import socket
+import ssl
+import time
+
+import pytest
+
+import mailenv
+
+USERS = {f"user{i:02d}": f"pw-{i:02d}" for i in range(48)}
+NB = 3
+
+
+def marker(name: str, user: str) -> bytes:
+    return (f"From: ops@example.test\r\nTo: {user}@example.test\r\n"
+            f"Subject: backend={name}\r\nMessage-ID: <{name}.{user}@portcullis.test>\r\n\r\n"
+            f"This mailbox lives on {name}.\r\n").encode()
+
+
+@pytest.fixture(scope="module")
+def pool(env_tmp, certs):
+    dvs = []
+    for i in range(NB):
+        dv = mailenv.Dovecot()
+        dv.start(env_tmp / f"dovecot-pool-{i}", users=USERS, ssl=True, cert=certs.backend,
+                 key=certs.backend_key)
+        dv.label = f"dv{i}"
+        for u in USERS:
+            dv.deliver(u, [marker(dv.label, u)])
+        dvs.append(dv)
+    yield dvs
+    for dv in dvs:
+        dv.stop()
+
+
+def backends_for(dvs, weights=None, drain=(), proto="both", **extra):
+    out = []
+    for i, dv in enumerate(dvs):
+        for b in dv.backends(tls="none", name=dv.label):
+            if proto != "both" and b["protocol"] != proto:
+                continue
+            b["weight"] = (weights or [1] * len(dvs))[i]
+            b["server"] = dv.label  # IMAP and POP3 entries of one Dovecot are one server
+            if dv.label in drain:
+                b["drain"] = True
+            b.update(extra)
+            out.append(b)
+    return out
+
+
+FAST_HEALTH = {"interval": "200ms", "timeout": "500ms", "rise": 1, "fall": 1}
+
+
+def which_backend(px, certs, user) -> str:
+    m = imaplib.IMAP4_SSL(mailenv.LOCAL, px.port("imaps"), ssl_context=mailenv.ssl_context(certs.ca),
+                          timeout=15)
+    try:
+        m.login(user, USERS[user])
+        return subject_backend(m)
+    finally:
+        try:
+            m.logout()
+        except Exception:
+            pass
+
+
+def subject_backend(m) -> str:
+    m.select("INBOX", readonly=True)
+    typ, data = m.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert typ == "OK"
+    found = re.search(rb"backend=(dv\d)", data[0][1])
+    assert found, data
+    return found.group(1).decode()
+
+
+def test_same_user_same_backend_and_spread(proxy_factory, pool, certs):
+    px = proxy_factory(backends=backends_for(pool), health={"enabled": False})
+    first = {u: which_backend(px, certs, u) for u in USERS}
+    assert set(first.values()) == {"dv0", "dv1", "dv2"}
+    for u in list(USERS)[:12]:
+        assert which_backend(px, certs, u) == first[u]
+    # A second instance, with the pool listed in another order, agrees on every user.
+    px2 = proxy_factory(backends=list(reversed(backends_for(pool))), health={"enabled": False})
+    for u in list(USERS)[:16]:
+        assert which_backend(px2, certs, u) == first[u]
+    # POP3 follows the same mapping: its pool members name the same `server`.
+    for u in list(USERS)[:4]:
+        p = poplib.POP3_SSL(mailenv.LOCAL, px.port("pop3s"),
+                            context=mailenv.ssl_context(certs.ca), timeout=15)
+        p.user(u)
+        p.pass_(USERS[u])
+        body = b"\r\n".join(p.retr(1)[1])
+        p.quit()
+        assert f"backend={first[u]}".encode() in body
+
+
+def test_weights(proxy_factory, pool, certs):
+    px = proxy_factory(backends=backends_for(pool, weights=[1, 1, 6]), health={"enabled": False})
+    counts = {"dv0": 0, "dv1": 0, "dv2": 0}
+    for u in USERS:
+        counts[which_backend(px, certs, u)] += 1
+    # expected shares 1/8, 1/8, 6/8 of 48 users: 6, 6, 36
+    assert counts["dv2"] > 2 * (counts["dv0"] + counts["dv1"]) / 2
+    assert counts["dv2"] >= 28, counts
+
+
+def test_failover_and_recovery(proxy_factory, env_tmp, certs):
+    dvs = []
+    try:
+        for i in range(2):
+            dv = mailenv.Dovecot()
+            dv.start(env_tmp / f"dovecot-fo-{i}", users=USERS, ssl=False)
+            dv.label = f"dv{i}"
+            for u in USERS:
+                dv.deliver(u, [marker(dv.label, u)])
+            dvs.append(dv)
+        px = proxy_factory(backends=backends_for(dvs), health=FAST_HEALTH)
+        home = {u: which_backend(px, certs, u) for u in list(USERS)[:16]}
+        on0 = [u for u, b in home.items() if b == "dv0"]
+        on1 = [u for u, b in home.items() if b == "dv1"]
+        assert on0 and on1
+        ports = dict(dvs[0].ports)
+        dvs[0].stop()
+        # Logins of dv0's users succeed at once on dv1 (connect failure → next in hash order).
+        t0 = time.monotonic()
+        assert which_backend(px, certs, on0[0]) == "dv1"
+        assert time.monotonic() - t0 < 3
+        time.sleep(0.6)  # health checks mark dv0 down
+        assert "event=backend_down backend=dv0" in px.log()
+        for u in on0[:3]:
+            assert which_backend(px, certs, u) == "dv1"
+        for u in on1[:3]:  # nobody else moved
+            assert which_backend(px, certs, u) == "dv1"
+        # dv0 returns on the same ports with its maildirs: its users come back.
+        dvs[0].start(env_tmp / "dovecot-fo-0", users=USERS, ssl=False, ports=ports)
+        deadline = time.monotonic() + 5
+        while "event=backend_up backend=dv0" not in px.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "event=backend_up backend=dv0" in px.log()
+        for u in on0[:3]:
+            assert which_backend(px, certs, u) == "dv0"
+    finally:
+        for dv in dvs:
+            dv.stop()
+
+
+def reload(px, cfg) -> None:
+    px.config_path.write_text(mailenv.to_yaml(cfg))
+    n = px.log().count("event=reloaded")
+    os.kill(px.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while px.log().count("event=reloaded") == n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert px.log().count("event=reloaded") > n, px.log()[-2000:]
+
+
+def test_drain_keeps_live_sessions(proxy_factory, pool, certs):
+    px = proxy_factory(backends=backends_for(pool), health={"enabled": False})
+    user = next(u for u in USERS if which_backend(px, certs, u) == "dv1")
+    live = imaplib.IMAP4_SSL(mailenv.LOCAL, px.port("imaps"),
+                             ssl_context=mailenv.ssl_context(certs.ca), timeout=15)
+    live.login(user, USERS[user])
+    assert subject_backend(live) == "dv1"
+    cfg = dict(px.config)
+    cfg["backends"] = backends_for(pool, drain=("dv1",))
+    reload(px, cfg)
+    # The live session goes on on dv1 ...
+    assert live.noop()[0] == "OK"
+    assert subject_backend(live) == "dv1"
+    # ... while new sessions of the same user go elsewhere.
+    assert which_backend(px, certs, user) in ("dv0", "dv2")
+    live.logout()
+    # Undrained: back home.
+    cfg["backends"] = backends_for(pool)
+    reload(px, cfg)
+    assert which_backend(px, certs, user) == "dv1"
+
+
+# ------------------------------------------------------------------------------ PROXY protocol
+
+
+def tls_after_header(port, header: bytes, certs):
+    s = socket.create_connection((mailenv.LOCAL, port), timeout=15)
+    s.sendall(header)
+    return mailenv.ssl_context(certs.ca).wrap_socket(s, server_hostname="localhost")
+
+
+def imap_login_raw(conn, user) -> bytes:
+    f = conn.makefile("rb")
+    greet = f.readline()
+    assert greet.startswith(b"* OK"), greet
+    conn.sendall(b'a LOGIN %s "%s"\r\n' % (user.encode(), USERS[user].encode()))
+    while True:
+        line = f.readline()
+        if line.startswith(b"a "):
+            return line
+
+
+def closed_by_peer(s) -> bool:
+    """The proxy closed without a word (FIN, or RST because our bytes went unread)."""
+    try:
+        return s.recv(100) == b""
+    except ConnectionResetError:
+        return True
+
+
+def wait_log(dv, needle, timeout=5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if needle in dv.log():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_proxy_header_from_trusted_balancer(proxy_factory, pool, certs, version):
+    port = mailenv.free_port()
+    px = proxy_factory(backends=backends_for(pool), health={"enabled": False},
+                       trusted_proxies="127.0.0.0/8",
+                       extra_listeners=[{"name": "lb", "bind": f"127.0.0.1:{port}",
+                                         "protocol": "imap", "tls": "implicit",
+                                         "proxy_protocol": True}])
+    src = "192.0.2.%d" % (55 if version == "v1" else 56)
+    if version == "v1":
+        hdr = f"PROXY TCP4 {src} 127.0.0.1 40001 {port}\r\n".encode()
+    else:
+        hdr = (b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + socket.inet_aton(src)
+               + socket.inet_aton("127.0.0.1") + (40001).to_bytes(2, "big")
+               + port.to_bytes(2, "big"))
+    conn = tls_after_header(port, hdr, certs)
+    user = "user07"
+    assert imap_login_raw(conn, user).startswith(b"a OK")
+    conn.close()
+    # The proxy logs and decides with the balancer's client, and Dovecot (which trusts the
+    # proxy) logs it as the remote IP from the forwarded ID.
+    assert f"client={src}:40001" in px.log()
+    assert any(wait_log(dv, f"rip={src}") for dv in pool)
+
+
+def test_proxy_header_refused(proxy_factory, pool, certs):
+    port = mailenv.free_port()
+    px = proxy_factory(backends=backends_for(pool), health={"enabled": False},
+                       trusted_proxies="10.0.0.0/8",
+                       extra_listeners=[{"name": "lb", "bind": f"127.0.0.1:{port}",
+                                         "protocol": "imap", "tls": "implicit",
+                                         "proxy_protocol": True}])
+    s = socket.create_connection((mailenv.LOCAL, port), timeout=5)
+    s.sendall(b"PROXY TCP4 192.0.2.1 127.0.0.1 1 2\r\n")
+    assert closed_by_peer(s)
+    s.close()
+    assert "reason=proxy_header_from_untrusted" in px.log()
+    # A trusted sender that sends no header at all is refused too.
+    port2 = mailenv.free_port()
+    px3 = proxy_factory(backends=backends_for(pool), health={"enabled": False},
+                        trusted_proxies="127.0.0.1",
+                        extra_listeners=[{"name": "lb3", "bind": f"127.0.0.1:{port2}",
+                                          "protocol": "imap", "tls": "none",
+                                          "proxy_protocol": True}])
+    s = socket.create_connection((mailenv.LOCAL, port2), timeout=5)
+    s.sendall(b"a LOGIN user07 pw-07\r\n")
+    assert closed_by_peer(s)
+    s.close()
+    assert "reason=bad_proxy_header" in px3.log()
+
+
+def test_proxy_v2_to_backend_and_xclient(proxy_factory, pool, certs):
+    """Backends reached through Dovecot's haproxy listeners get a PROXY v2 header: Dovecot logs
+    the client's address. POP3 forwards it with XCLIENT on the ordinary port as well."""
+    port = mailenv.free_port()
+    bes = []
+    for dv in pool:
+        for proto in ("imap", "pop3"):
+            bes.append({"name": f"{dv.label}-{proto}-hp", "protocol": proto, "server": dv.label,
+                        "host": mailenv.LOCAL, "port": dv.haproxy_ports[proto], "tls": "none",
+                        "proxy_protocol": True})
+    px = proxy_factory(backends=bes, health={"enabled": False}, trusted_proxies="127.0.0.1",
+                       extra_listeners=[{"name": "lb", "bind": f"127.0.0.1:{port}",
+                                         "protocol": "imap", "tls": "implicit",
+                                         "proxy_protocol": True}])
+    conn = tls_after_header(port, b"PROXY TCP4 198.51.100.77 127.0.0.1 41000 993\r\n", certs)
+    assert imap_login_raw(conn, "user11").startswith(b"a OK")
+    conn.close()
+    assert any(wait_log(dv, "rip=198.51.100.77") for dv in pool)
+    # POP3 via the haproxy listener
+    p = poplib.POP3_SSL(mailenv.LOCAL, px.port("pop3s"), context=mailenv.ssl_context(certs.ca),
+                        timeout=15)
+    p.user("user12")
+    p.pass_(USERS["user12"])
+    p.quit()
+    assert "backend_error" not in px.log()
+
+
+def test_pop3_xclient_forwards_client(proxy_factory, pool, certs):
+    port = mailenv.free_port()
+    px = proxy_factory(backends=backends_for(pool), health={"enabled": False},
+                       trusted_proxies="127.0.0.1",
+                       extra_listeners=[{"name": "lbpop", "bind": f"127.0.0.1:{port}",
+                                         "protocol": "pop3", "tls": "none",
+                                         "proxy_protocol": True}],
+                       allow_plaintext_auth=True)
+    s = socket.create_connection((mailenv.LOCAL, port), timeout=15)
+    s.sendall(b"PROXY TCP4 203.0.113.9 127.0.0.1 42000 110\r\n")
+    f = s.makefile("rb")
+    assert f.readline().startswith(b"+OK")
+    s.sendall(b"USER user13\r\nPASS pw-13\r\nQUIT\r\n")
+    assert f.readline().startswith(b"+OK")
+    assert f.readline().startswith(b"+OK")
+    assert f.readline().startswith(b"+OK")
+    s.close()
+    assert any(wait_log(dv, "rip=203.0.113.9") for dv in pool)
+    assert "client=203.0.113.9:42000" in px.log()

@@ -23,16 +23,31 @@
 #define IP6T_SO_ORIGINAL_DST 80 /* linux/netfilter_ipv6/ip6_tables.h, which clashes with libc */
 #endif
 
-static bool same_sockaddr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+static uint16_t port_of(const struct sockaddr_storage *a)
 {
-    if (a->ss_family != b->ss_family)
-        return false;
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    return a->ss_family == AF_INET6 ? ((const struct sockaddr_in6 *)a)->sin6_port
+                                    : ((const struct sockaddr_in *)a)->sin_port;
+}
+
+/* Is `a` an address of this host? A plain bind() to it (port 0, no IP_TRANSPARENT) succeeds
+ * only for local addresses. */
+static bool is_local_address(const struct sockaddr_storage *a)
+{
+    struct sockaddr_storage probe = *a;
+    socklen_t len;
+    if (probe.ss_family == AF_INET6) {
+        ((struct sockaddr_in6 *)&probe)->sin6_port = 0;
+        len = sizeof(struct sockaddr_in6);
+    } else {
+        ((struct sockaddr_in *)&probe)->sin_port = 0;
+        len = sizeof(struct sockaddr_in);
     }
-    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-    return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
+    int fd = socket(probe.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return true; /* cannot tell: assume the worst (a loop) */
+    bool local = bind(fd, (struct sockaddr *)&probe, len) == 0;
+    close(fd);
+    return local;
 }
 
 static bool original_destination(struct session *s, struct sockaddr_storage *dst,
@@ -52,8 +67,8 @@ static bool original_destination(struct session *s, struct sockaddr_storage *dst
                                                    : sizeof(struct sockaddr_in);
     }
     /* A client that connected to the listener itself has no other destination: refusing it
-     * avoids connecting to ourselves in a loop. */
-    return !same_sockaddr(dst, &s->listener->addr);
+     * avoids connecting to ourselves in a loop (each hop would accept and connect again). */
+    return !(port_of(dst) == port_of(&s->listener->addr) && is_local_address(dst));
 }
 
 bool sess_transparent_connect(struct session *s)

@@ -583,6 +583,32 @@ protocol pop3 {{
 """
 
 
+_NS_PROBE = """
+import socket, ssl, sys, time
+host, port, tls, deadline = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", time.time() + float(sys.argv[4])
+while time.time() < deadline:
+    try:
+        s = socket.create_connection((host, port), timeout=2)
+        if tls:
+            c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); c.check_hostname = False; c.verify_mode = ssl.CERT_NONE
+            s = c.wrap_socket(s)
+        if s.recv(100).startswith((b"* OK", b"+OK")):
+            sys.exit(0)
+    except OSError:
+        pass
+    time.sleep(0.05)
+sys.exit(1)
+"""
+
+
+def netns_wait_greeting(netns: str, host: str, port: int, tls: bool, timeout: float) -> None:
+    """Wait for a server greeting on host:port as seen from inside network namespace `netns`."""
+    r = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", _NS_PROBE, host,
+                        str(port), "1" if tls else "0", str(timeout)], timeout=timeout + 5)
+    if r.returncode != 0:
+        raise EnvError(f"no greeting on {host}:{port} in netns {netns}")
+
+
 class Dovecot:
     """A private Dovecot 2.3 (IMAP + POP3) on free 127.0.0.1 ports.
 
@@ -604,7 +630,8 @@ class Dovecot:
               pop3: bool = True, ssl: bool = True, cert: Path | str | None = None,
               key: Path | str | None = None, ports: dict[str, int] | None = None,
               timeout: float = 10.0, failure_delay: str = "0",
-              extra_conf: str = "") -> "Dovecot":
+              extra_conf: str = "", netns: str | None = None,
+              listen: str = LOCAL) -> "Dovecot":
         """Write WORKDIR/dovecot.conf and run `dovecot -F -c` (foreground, so the Popen PID is
         the master). ssl=True needs cert/key (e.g. Certs.backend / backend_key) and enables
         STARTTLS on the plain ports plus imaps/pop3s. `ports` may fix some ports.
@@ -654,12 +681,23 @@ class Dovecot:
                     "    haproxy = yes\n  }\n" % (proto, proto, hp), 1)
         (w / "dovecot.conf").write_text(conf + extra_conf)
         errlog = open(w / "dovecot.stderr", "ab")
-        self.proc = subprocess.Popen(["dovecot", "-F", "-c", str(w / "dovecot.conf")],
+        if listen != LOCAL:
+            conf = conf.replace("listen = 127.0.0.1\n", f"listen = {listen}\n", 1)
+            (w / "dovecot.conf").write_text(conf + extra_conf)
+        self.netns = netns
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+        self.proc = subprocess.Popen(prefix + ["dovecot", "-F", "-c", str(w / "dovecot.conf")],
                                      stdin=subprocess.DEVNULL, stdout=errlog, stderr=errlog,
                                      start_new_session=True)
         errlog.close()
         self.pid = self.proc.pid
         try:
+            if netns:
+                # Not reachable from here: probe from inside the namespace.
+                for name, port in self.ports.items():
+                    if port:
+                        netns_wait_greeting(netns, listen, port, name.endswith("s"), timeout)
+                return self
             wait_ports([v for v in self.ports.values() if v], self.proc, timeout,
                        f"dovecot ({w})", w / "dovecot.stderr")
             self._wait_greetings(timeout)

@@ -1,0 +1,198 @@
+"""Transparent mode (issue 6) in network namespaces made by the test.
+
+    client netns (192.0.2.2) ── veth ── proxy netns (192.0.2.1 | 198.51.100.1, forwarding,
+                                        iptables REDIRECT of tcp/143 and tcp/110 to Portcullis)
+                                        ── veth ── backend netns (198.51.100.2, Dovecot)
+
+The client connects to the backend's own address (198.51.100.2:143) and never learns of the
+proxy: the REDIRECT hands the connection to Portcullis, which finds the original destination
+with SO_ORIGINAL_DST and proxies (and, with scanning on, inspects) the session there. The
+documentation ranges are used only inside the namespaces; the fixture deletes the namespaces
+(and with them every veth and rule) even when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import mailenv
+
+CLIENT_IP, PROXY_C, PROXY_B, BACKEND_IP = "192.0.2.2", "192.0.2.1", "198.51.100.1", "198.51.100.2"
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), check=check, capture_output=True, text=True, timeout=30)
+
+
+def nsx(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return sh("ip", "netns", "exec", ns, *args, check=check)
+
+
+@pytest.fixture
+def topology(request):
+    tag = f"{os.getpid() % 10000}{len(request.node.name) % 100}"
+    c, p, b = f"pcC{tag}", f"pcP{tag}", f"pcB{tag}"
+    made = []
+    try:
+        for ns in (c, p, b):
+            sh("ip", "netns", "add", ns)
+            made.append(ns)
+            nsx(ns, "ip", "link", "set", "lo", "up")
+        sh("ip", "link", "add", "pcvc", "netns", c, "type", "veth", "peer", "name", "pcvp0",
+           "netns", p)
+        sh("ip", "link", "add", "pcvb", "netns", b, "type", "veth", "peer", "name", "pcvp1",
+           "netns", p)
+        nsx(c, "ip", "addr", "add", f"{CLIENT_IP}/24", "dev", "pcvc")
+        nsx(c, "ip", "link", "set", "pcvc", "up")
+        nsx(c, "ip", "route", "add", "default", "via", PROXY_C)
+        nsx(p, "ip", "addr", "add", f"{PROXY_C}/24", "dev", "pcvp0")
+        nsx(p, "ip", "addr", "add", f"{PROXY_B}/24", "dev", "pcvp1")
+        nsx(p, "ip", "link", "set", "pcvp0", "up")
+        nsx(p, "ip", "link", "set", "pcvp1", "up")
+        nsx(p, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+        nsx(b, "ip", "addr", "add", f"{BACKEND_IP}/24", "dev", "pcvb")
+        nsx(b, "ip", "link", "set", "pcvb", "up")
+        nsx(b, "ip", "route", "add", "default", "via", PROXY_B)
+        yield {"client": c, "proxy": p, "backend": b}
+    finally:
+        for ns in made:
+            # Kill whatever still runs inside, then the namespace (its veths and rules go too).
+            pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), 9)
+                except (ProcessLookupError, ValueError):
+                    pass
+            sh("ip", "netns", "del", ns, check=False)
+        left = sh("ip", "netns", "list", check=False).stdout
+        assert not any(ns in left for ns in made), left
+
+
+CLIENT_SCRIPT = textwrap.dedent("""
+    import imaplib, json, poplib, sys
+    host, user, pw = sys.argv[1], sys.argv[2], sys.argv[3]
+    out = {}
+    m = imaplib.IMAP4(host, 143, timeout=15)
+    out["imap_greeting"] = m.welcome.decode()
+    out["imap_caps"] = [c for c in m.capabilities]
+    m.login(user, pw)
+    m.select("INBOX", readonly=True)
+    typ, data = m.fetch("1:*", "(BODY.PEEK[])")
+    out["imap_msgs"] = [d[1].decode("latin-1") for d in data if isinstance(d, tuple)]
+    m.logout()
+    p = poplib.POP3(host, 110, timeout=15)
+    out["pop3_greeting"] = p.getwelcome().decode()
+    p.user(user)
+    p.pass_(pw)
+    out["pop3_stat"] = list(p.stat())
+    out["pop3_msg1"] = b"\\r\\n".join(p.retr(1)[1]).decode("latin-1") + "\\r\\n"
+    p.quit()
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.parametrize("source", ["proxy", "client"])
+def test_transparent_redirect(topology, env_tmp, certs, tmp_path, source):
+    """source=client: transparent_source makes the backend connection leave from the client's
+    own address (IP_TRANSPARENT + bind); replies are steered back to the proxy's socket with the
+    socket match + policy routing documented in docs/deployment.md."""
+    ns = topology
+    msgs = mailenv.gen_messages(4, seed=909)
+    dv = mailenv.Dovecot()
+    dv.start(env_tmp / f"dovecot-transparent-{ns['backend']}", users={"tina": "tinapw"},
+             ssl=False, netns=ns["backend"], listen=BACKEND_IP,
+             ports={"imap": 143, "pop3": 110})
+    try:
+        dv.deliver("tina", msgs)
+        # Portcullis in the middle: transparent listeners, no configured backends needed for
+        # them (one dummy per protocol keeps the pool check satisfied).
+        cfg = mailenv.proxy_config(certs, None, backends=[
+            {"name": "unused-imap", "protocol": "imap", "host": "127.0.0.1", "port": 1},
+            {"name": "unused-pop3", "protocol": "pop3", "host": "127.0.0.1", "port": 1}],
+            overrides={"allow_plaintext_auth": True, "health": {"enabled": False},
+                       "workers": 1})
+        cfg["listeners"] = [
+            {"name": "t-imap", "bind": "0.0.0.0:10143", "protocol": "imap", "tls": "none",
+             "transparent": True, "transparent_source": source == "client"},
+            {"name": "t-pop3", "bind": "0.0.0.0:10110", "protocol": "pop3", "tls": "none",
+             "transparent": True, "transparent_source": source == "client"},
+        ]
+        if source == "client":
+            nsx(ns["proxy"], "iptables", "-t", "mangle", "-A", "PREROUTING", "-i", "pcvp1",
+                "-p", "tcp", "-m", "socket", "--transparent", "-j", "MARK", "--set-mark", "1")
+            nsx(ns["proxy"], "ip", "rule", "add", "fwmark", "1", "lookup", "100")
+            nsx(ns["proxy"], "ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table",
+                "100")
+        for port, to in ((143, 10143), (110, 10110)):
+            nsx(ns["proxy"], "iptables", "-t", "nat", "-A", "PREROUTING", "-i", "pcvp0", "-p",
+                "tcp", "--dport", str(port), "-j", "REDIRECT", "--to-ports", str(to))
+        wrapper = tmp_path / "portcullis-in-netns"
+        binary = mailenv.REPO / mailenv.DEFAULT_BINARY
+        wrapper.write_text(f"#!/bin/sh\nexec ip netns exec {ns['proxy']} {binary} \"$@\"\n")
+        wrapper.chmod(0o755)
+        px = mailenv.Proxy()
+        px.start(tmp_path / "proxy", cfg, binary=str(wrapper), wait=False)
+        try:
+            mailenv.netns_wait_greeting(ns["proxy"], "127.0.0.1", 10143, False, 10)
+            r = nsx(ns["client"], sys.executable, "-c", CLIENT_SCRIPT, BACKEND_IP, "tina",
+                    "tinapw", check=False)
+            assert r.returncode == 0, r.stderr + "\n" + px.log()[-3000:]
+            out = json.loads(r.stdout)
+            # The client spoke to "198.51.100.2" but got Portcullis' greeting, and its mail.
+            assert "Portcullis ready" in out["imap_greeting"]
+            assert "Portcullis ready" in out["pop3_greeting"]
+            assert [m.encode("latin-1") for m in out["imap_msgs"]] == msgs
+            assert out["pop3_stat"][0] == len(msgs)
+            assert out["pop3_msg1"].encode("latin-1") == msgs[0]
+            log = px.log()
+            assert f"client={CLIENT_IP}:" in log
+            assert "event=transparent_destination backend=198.51.100.2:143" in log
+            assert "event=transparent_destination backend=198.51.100.2:110" in log
+            if source == "client":
+                # The backend's TCP peer is the client itself.
+                assert f"rip={CLIENT_IP}" in dv.log()
+                assert f"rip={PROXY_B}" not in dv.log()
+            else:
+                # The proxy's address 198.51.100.1 is not in this Dovecot's
+                # login_trusted_networks, so it ignores the forwarded ID/XCLIENT and logs the
+                # proxy as the remote IP.
+                assert f"rip={PROXY_B}" in dv.log()
+        finally:
+            px.stop()
+            assert px.check_log() == []
+    finally:
+        dv.stop()
+
+
+def test_transparent_direct_connection_refused(topology, certs, tmp_path):
+    """A client that reaches the transparent listener itself (no REDIRECT) has no other
+    destination: refused with a clear answer instead of a loop to ourselves."""
+    ns = topology
+    cfg = mailenv.proxy_config(certs, None, backends=[
+        {"name": "unused-imap", "protocol": "imap", "host": "127.0.0.1", "port": 1},
+        {"name": "unused-pop3", "protocol": "pop3", "host": "127.0.0.1", "port": 1}],
+        overrides={"allow_plaintext_auth": True, "health": {"enabled": False}, "workers": 1})
+    cfg["listeners"] = [{"name": "t-imap", "bind": "0.0.0.0:10143", "protocol": "imap",
+                         "tls": "none", "transparent": True}]
+    wrapper = tmp_path / "portcullis-in-netns"
+    binary = mailenv.REPO / mailenv.DEFAULT_BINARY
+    wrapper.write_text(f"#!/bin/sh\nexec ip netns exec {ns['proxy']} {binary} \"$@\"\n")
+    wrapper.chmod(0o755)
+    px = mailenv.Proxy()
+    px.start(tmp_path / "proxy", cfg, binary=str(wrapper), wait=False)
+    try:
+        mailenv.netns_wait_greeting(ns["proxy"], "127.0.0.1", 10143, False, 10)
+        script = ("import imaplib\nm = imaplib.IMAP4('192.0.2.1', 10143, timeout=10)\n"
+                  "try:\n    m.login('x', 'y')\nexcept imaplib.IMAP4.error as e:\n"
+                  "    print(e)\n")
+        r = nsx(ns["client"], sys.executable, "-c", script, check=False)
+        assert "UNAVAILABLE" in r.stdout, r.stdout + r.stderr
+        assert "no original destination" in px.log()
+    finally:
+        px.stop()

@@ -33,7 +33,7 @@ CFLAGS   += -std=c11 $(WARN) $(OPT) $(SANFLAGS) -fno-strict-aliasing -MMD -MP
 LDFLAGS  += $(SANFLAGS)
 # hiredis: never its pkg-config -I (libs-notes pitfall 10); libev has no .pc (pitfall 15).
 LIBS     := -lev -lclamav $(shell pkg-config --libs openssl yaml-0.1 2>/dev/null || echo -lssl -lcrypto -lyaml) \
-            -lpthread -lm
+            -lhiredis -lpthread -lm
 
 ifeq ($(V),1)
 Q :=
@@ -53,9 +53,9 @@ FUZZ_BIN := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
 FUZZ_SECONDS ?= 60
 
 .PHONY: all deps test unit integration demo demo-stop fuzz fuzz-build format format-check lint \
-        clean bench
+        clean bench deb install
 
-all: $(BIN)
+all: $(BIN) $(BUILD)/portcullis-ctl
 
 # Keep the unit-test objects make would otherwise delete as intermediates.
 .SECONDARY:
@@ -70,6 +70,11 @@ $(LIBA): $(LIB_OBJ)
 	$(Q)rm -f $@ && ar rcs $@ $^
 
 $(BIN): $(BUILD)/proxy/main.o $(LIBA)
+	@[ "$(V)" = 1 ] || echo "  LINK    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $< $(LIBA) $(LIBS)
+
+# Admin tool (issue 5): talks to Redis only; subcommands in a table in tools/portcullis-ctl.c.
+$(BUILD)/portcullis-ctl: $(BUILD)/tools/portcullis-ctl.o $(LIBA)
 	@[ "$(V)" = 1 ] || echo "  LINK    $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $< $(LIBA) $(LIBS)
 
@@ -108,6 +113,21 @@ demo-stop:
 bench: deps all
 	@echo "make bench: see issue 8 (tests/bench); not built yet" && false
 
+# Debian package (dpkg-deb; see deploy/mkdeb.sh) and a plain install for other systems.
+deb: all
+	@bash deploy/mkdeb.sh $(BUILD) $(BUILD)
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+install: all
+	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)/etc/portcullis $(DESTDIR)/lib/systemd/system
+	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/sbin/portcullis
+	[ ! -x $(BUILD)/portcullis-ctl ] || install -m 0755 $(BUILD)/portcullis-ctl $(DESTDIR)$(PREFIX)/sbin/
+	[ -e $(DESTDIR)/etc/portcullis/portcullis.yaml ] || \
+	    install -m 0640 deploy/portcullis.yaml $(DESTDIR)/etc/portcullis/portcullis.yaml
+	sed 's|/usr/sbin/|$(PREFIX)/sbin/|g' deploy/portcullis.service > \
+	    $(DESTDIR)/lib/systemd/system/portcullis.service
+
 # libFuzzer: the library sources are rebuilt with clang and the fuzzer sanitizers.
 FUZZ_CFLAGS := -std=c11 -g -O1 -fsanitize=fuzzer-no-link,address,undefined -D_GNU_SOURCE \
                -Iproxy -Ipolicy -Iscanners -DPORTCULLIS_FUZZ
@@ -126,7 +146,7 @@ fuzz-build: $(FUZZ_BIN)
 fuzz: deps fuzz-build
 	@bash tests/fuzz/run.sh $(FUZZ_SECONDS)
 
-SRC_ALL := $(wildcard proxy/*.[ch] policy/*.[ch] scanners/*.[ch] tests/unit/*.c tests/fuzz/*.c \
+SRC_ALL := $(wildcard proxy/*.[ch] policy/*.[ch] scanners/*.[ch] tools/*.c tests/unit/*.c tests/fuzz/*.c \
                       tests/bench/*.c)
 format:
 	clang-format -i $(SRC_ALL)

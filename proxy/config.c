@@ -156,6 +156,7 @@ static const struct cfg_key limits_keys[] = {
     {CFG_K_UINT("max_bad_commands", struct cfg_limits, max_bad_commands, "10", 1, 1000)},
     {CFG_K_UINT("max_connections", struct cfg_limits, max_connections, "10000", 1, 1000000)},
     {CFG_K_SIZE("relay_buffer", struct cfg_limits, relay_buffer, "64k", 16 * KIB, 64 * MIB)},
+    {CFG_K_DURATION("drain_timeout", struct cfg_limits, drain_timeout_ms, "30s", 0, HOUR)},
     {CFG_K_END},
 };
 static const struct cfg_table limits_table = {.keys = limits_keys};
@@ -198,11 +199,144 @@ static const struct cfg_key health_keys[] = {
 static const struct cfg_table health_table = {.size = sizeof(struct cfg_health),
                                               .keys = health_keys};
 
+static const struct cfg_key admin_keys[] = {
+    {CFG_K_BOOL("enabled", struct cfg_admin, enabled, "true"), .flags = CFG_RESTART},
+    {CFG_K_ADDR("bind", struct cfg_admin, bind, addr, addrlen, "127.0.0.1:9190"),
+     .flags = CFG_RESTART},
+    {CFG_K_END},
+};
+static const struct cfg_table admin_table = {.size = sizeof(struct cfg_admin),
+                                             .keys = admin_keys};
+
+/* ---- redis: and policy: (issue 5; docs/redis.md) ------------------------------------------- */
+
+_Static_assert(sizeof(enum cfg_fail_mode) == sizeof(int), "enum size");
+static const struct cfg_enum fail_mode_values[] = {
+    {"open", CFG_FAIL_OPEN}, {"closed", CFG_FAIL_CLOSED}, {NULL, 0}};
+
+/* Absent section: Redis is off. The host is resolved here, off the worker loops: hiredis would
+ * otherwise call getaddrinfo() on the loop at every reconnect. */
+static bool redis_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *obj)
+{
+    struct cfg_redis *r = obj;
+    r->enabled = node != NULL;
+    if (strlen(r->prefix) > 64)
+        return cfg_fail(ctx, cfg_find(ctx, "redis.prefix"), "redis.prefix: longer than 64 bytes");
+    if (r->reconnect_max_ms < r->reconnect_min_ms)
+        return cfg_fail(ctx, cfg_find(ctx, "redis.reconnect_max"),
+                        "redis.reconnect_max is smaller than redis.reconnect_min");
+    if (!r->enabled || r->socket)
+        return true;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+#ifdef PORTCULLIS_FUZZ
+    hints.ai_flags = AI_NUMERICHOST;
+#endif
+    struct addrinfo *res = NULL;
+    char text[INET6_ADDRSTRLEN], q[96];
+    int rc = getaddrinfo(r->host, NULL, &hints, &res);
+    if (rc != 0 || !res ||
+        getnameinfo(res->ai_addr, res->ai_addrlen, text, sizeof text, NULL, 0, NI_NUMERICHOST)) {
+        if (res)
+            freeaddrinfo(res);
+        return cfg_fail(ctx, cfg_find(ctx, "redis.host"), "redis.host: cannot resolve %s: %s",
+                        cfg_quote(q, sizeof q, r->host), rc ? gai_strerror(rc) : "no address");
+    }
+    freeaddrinfo(res);
+    r->addr = strdup(text);
+    return r->addr ? true : cfg_fail(ctx, NULL, "out of memory");
+}
+
+static bool policy_nets(struct cfg_ctx *ctx, const char *key, const char *text,
+                        struct cfg_cidr **out, size_t *n)
+{
+    char err[160], path[32];
+    if (!text)
+        return true;
+    snprintf(path, sizeof path, "policy.%s", key);
+    if (!cfg_parse_cidrs(text, out, n, err, sizeof err))
+        return cfg_fail(ctx, cfg_find(ctx, path), "%s: %s", path, err);
+    return true;
+}
+
+static bool policy_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *obj)
+{
+    (void)node;
+    struct cfg_policy *p = obj;
+    if (p->session_ttl_ms <= p->heartbeat_ms)
+        return cfg_fail(ctx, cfg_find(ctx, "policy.session_ttl"),
+                        "policy.session_ttl must be longer than policy.heartbeat");
+    if (p->lockout_max_ms < p->lockout_ms)
+        return cfg_fail(ctx, cfg_find(ctx, "policy.lockout_max"),
+                        "policy.lockout_max is smaller than policy.lockout");
+    return policy_nets(ctx, "allow", p->allow, &p->allow_nets, &p->nallow) &&
+           policy_nets(ctx, "deny", p->deny, &p->deny_nets, &p->ndeny) &&
+           policy_nets(ctx, "exempt", p->exempt, &p->exempt_nets, &p->nexempt);
+}
+
+static const struct cfg_key redis_keys[] = {
+    {CFG_K_STRING("host", struct cfg_redis, host, "127.0.0.1"), .flags = CFG_RESTART},
+    {CFG_K_PORT("port", struct cfg_redis, port, "6379"), .flags = CFG_RESTART},
+    {CFG_K_OPTSTR("socket", struct cfg_redis, socket, ""), .flags = CFG_RESTART},
+    {CFG_K_OPTSTR("username", struct cfg_redis, username, ""), .flags = CFG_RESTART},
+    {CFG_K_OPTSTR("password", struct cfg_redis, password, ""), .flags = CFG_RESTART},
+    {CFG_K_UINT("db", struct cfg_redis, db, "0", 0, 1000), .flags = CFG_RESTART},
+    {CFG_K_STRING("prefix", struct cfg_redis, prefix, "pc:"), .flags = CFG_RESTART},
+    {CFG_K_DURATION("connect_timeout", struct cfg_redis, connect_timeout_ms, "1s", 10, MIN),
+     .flags = CFG_RESTART},
+    {CFG_K_DURATION("command_timeout", struct cfg_redis, command_timeout_ms, "500ms", 10, MIN),
+     .flags = CFG_RESTART},
+    {CFG_K_DURATION("reconnect_min", struct cfg_redis, reconnect_min_ms, "100ms", 10, MIN),
+     .flags = CFG_RESTART},
+    {CFG_K_DURATION("reconnect_max", struct cfg_redis, reconnect_max_ms, "5s", 10, HOUR),
+     .flags = CFG_RESTART},
+    {CFG_K_ENUM("fail_mode", struct cfg_redis, fail_mode, "open", fail_mode_values),
+     .flags = CFG_RESTART},
+    {CFG_K_END},
+};
+static const struct cfg_table redis_table = {.keys = redis_keys, .check = redis_check};
+
+static const struct cfg_key policy_keys[] = {
+    {CFG_K_OPTSTR("allow", struct cfg_policy, allow, "")},
+    {CFG_K_OPTSTR("deny", struct cfg_policy, deny, "")},
+    {CFG_K_OPTSTR("exempt", struct cfg_policy, exempt, "")},
+    {CFG_K_UINT("ipv4_prefix", struct cfg_policy, ipv4_prefix, "32", 8, 32)},
+    {CFG_K_UINT("ipv6_prefix", struct cfg_policy, ipv6_prefix, "64", 16, 128)},
+    {CFG_K_BOOL("user_case_insensitive", struct cfg_policy, user_case_insensitive, "true")},
+    {CFG_K_DURATION("tarpit", struct cfg_policy, tarpit_ms, "2s", 0, MIN)},
+    {CFG_K_UINT("user_login_burst", struct cfg_policy, user_login_burst, "10", 0, 100000)},
+    {CFG_K_DURATION("user_login_interval", struct cfg_policy, user_login_interval_ms, "6s", 1,
+                    DAY)},
+    {CFG_K_UINT("addr_login_burst", struct cfg_policy, addr_login_burst, "30", 0, 100000)},
+    {CFG_K_DURATION("addr_login_interval", struct cfg_policy, addr_login_interval_ms, "2s", 1,
+                    DAY)},
+    {CFG_K_UINT("user_fail_limit", struct cfg_policy, user_fail_limit, "5", 0, 100000)},
+    {CFG_K_UINT("addr_fail_limit", struct cfg_policy, addr_fail_limit, "20", 0, 100000)},
+    {CFG_K_DURATION("fail_window", struct cfg_policy, fail_window_ms, "15m", 100, DAY)},
+    {CFG_K_DURATION("lockout", struct cfg_policy, lockout_ms, "1m", 100, DAY)},
+    {CFG_K_DURATION("lockout_max", struct cfg_policy, lockout_max_ms, "1h", 100, 7 * DAY)},
+    {CFG_K_UINT("user_max_sessions", struct cfg_policy, user_max_sessions, "20", 0, 100000)},
+    {CFG_K_UINT("addr_max_sessions", struct cfg_policy, addr_max_sessions, "0", 0, 1000000)},
+    {CFG_K_DURATION("heartbeat", struct cfg_policy, heartbeat_ms, "30s", 100, HOUR),
+     .flags = CFG_RESTART},
+    {CFG_K_DURATION("session_ttl", struct cfg_policy, session_ttl_ms, "90s", 200, DAY),
+     .flags = CFG_RESTART},
+    {CFG_K_SIZE("download_limit", struct cfg_policy, download_limit, "0", 0, UINT64_C(1) << 50)},
+    {CFG_K_DURATION("download_window", struct cfg_policy, download_window_ms, "1h", SEC,
+                    30 * DAY)},
+    {CFG_K_UINT("local_entries", struct cfg_policy, local_entries, "10000", 16, 10000000),
+     .flags = CFG_RESTART},
+    {CFG_K_END},
+};
+static const struct cfg_table policy_table = {.keys = policy_keys, .check = policy_check};
+
 static const struct cfg_key top_keys[] = {
     {CFG_K_UINT("workers", struct config, workers, "0", 0, MAX_WORKERS), .flags = CFG_RESTART},
     {CFG_K_STRING("instance", struct config, instance, "")},
     {CFG_K_STRING("greeting_name", struct config, greeting_name, "Portcullis")},
     {CFG_K_BOOL("allow_plaintext_auth", struct config, allow_plaintext_auth, "false")},
+    {CFG_K_OPTSTR("user", struct config, user, ""), .flags = CFG_RESTART},
+    {CFG_K_OPTSTR("group", struct config, group, ""), .flags = CFG_RESTART},
+    {CFG_K_BOOL("run_as_root", struct config, run_as_root, "false"), .flags = CFG_RESTART},
     {CFG_K_FLATMAP("log", &log_table)},
     {CFG_K_SEQ("listeners", struct config, listeners, nlisteners, &listener_table, 1, CFG_SEQ_MAX),
      .flags = CFG_RESTART},
@@ -210,8 +344,11 @@ static const struct cfg_key top_keys[] = {
     {CFG_K_SEQ("backends", struct config, backends, nbackends, &backend_table, 0, CFG_SEQ_MAX)},
     {CFG_K_MAP("limits", struct config, limits, &limits_table)},
     {CFG_K_MAP("health", struct config, health, &health_table)},
+    {CFG_K_MAP("admin", struct config, admin, &admin_table)},
     {CFG_K_OPTSTR("trusted_proxies", struct config, trusted_proxies, "")},
     {CFG_K_MAP("scan", struct config, scan, &scan_table)},
+    {CFG_K_MAP("redis", struct config, redis, &redis_table)},
+    {CFG_K_MAP("policy", struct config, policy, &policy_table)},
     {CFG_K_END},
 };
 static const struct cfg_table config_table = {.keys = top_keys, .check = config_check};
@@ -393,6 +530,10 @@ static bool config_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *obj
 static void config_free(struct config *c)
 {
     free(c->trusted);
+    free(c->redis.addr);
+    free(c->policy.allow_nets);
+    free(c->policy.deny_nets);
+    free(c->policy.exempt_nets);
     cfg_map_free(&config_table, c);
     free(c->path);
     free(c);

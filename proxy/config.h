@@ -90,6 +90,14 @@ struct cfg_backend {
     bool proxy_protocol;     /* default false: send a PROXY v2 header after connecting */
 };
 
+/* admin: — the HTTP listener for /metrics and /healthz (docs/metrics.md). */
+struct cfg_admin {
+    bool enabled;                 /* default true */
+    char *bind;                   /* owned; default "127.0.0.1:9190" (loopback: no auth) */
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+};
+
 /* health: — active checks of every backend from the main thread (docs/backends.md). */
 struct cfg_health {
     bool enabled;          /* default true */
@@ -110,6 +118,7 @@ struct cfg_limits {
     unsigned max_bad_commands;           /* default 10: then BYE */
     unsigned max_connections;            /* default 10000, whole process */
     size_t relay_buffer;                 /* default 64k: queued toward a peer before reads pause */
+    uint64_t drain_timeout_ms;           /* default 30s: SIGTERM waits this long for sessions */
 };
 
 /* scan: — virus scanning of downloaded mail (docs/configuration.md, docs/scanning.md). */
@@ -137,6 +146,54 @@ struct cfg_scan {
     uint64_t verdict_cache_ttl_ms;        /* default 1d */
 };
 
+/* redis: — shared policy state (docs/redis.md). Absent: local in-memory limits only. The
+ * connection settings are read when a worker starts (restart to change them). */
+enum cfg_fail_mode { CFG_FAIL_OPEN, CFG_FAIL_CLOSED };
+struct cfg_redis {
+    bool enabled;                 /* the section is present */
+    char *host;                   /* owned; default 127.0.0.1; a name is resolved at load */
+    char *addr;                   /* owned: `host` as a numeric address (set at load) */
+    uint16_t port;                /* default 6379 */
+    char *socket;                 /* owned or NULL: unix socket instead of host/port */
+    char *username;               /* owned or NULL: ACL user (AUTH user pass) */
+    char *password;               /* owned or NULL: never logged, never sent elsewhere */
+    unsigned db;                  /* default 0 */
+    char *prefix;                 /* owned; default "pc:" */
+    uint64_t connect_timeout_ms;  /* default 1s */
+    uint64_t command_timeout_ms;  /* default 500ms */
+    uint64_t reconnect_min_ms;    /* default 100ms, doubling to */
+    uint64_t reconnect_max_ms;    /* default 5s */
+    enum cfg_fail_mode fail_mode; /* default open */
+};
+
+/* policy: — login limits and the session registry (docs/redis.md). */
+struct cfg_policy {
+    char *allow;  /* owned or NULL: CIDRs allowed to log in (empty: everyone) */
+    char *deny;   /* owned or NULL: CIDRs refused (checked first) */
+    char *exempt; /* owned or NULL: CIDRs without per-address limits */
+    struct cfg_cidr *allow_nets, *deny_nets, *exempt_nets; /* parsed from the above */
+    size_t nallow, ndeny, nexempt;
+    unsigned ipv4_prefix, ipv6_prefix; /* default 32, 64: per-address aggregation */
+    bool user_case_insensitive;        /* default true */
+    uint64_t tarpit_ms;                /* default 2s before a refusal is answered */
+    unsigned user_login_burst;         /* default 10 (0 = no bucket) */
+    uint64_t user_login_interval_ms;   /* default 6s per token */
+    unsigned addr_login_burst;         /* default 30 */
+    uint64_t addr_login_interval_ms;   /* default 2s */
+    unsigned user_fail_limit;          /* default 5 (0 = no lock-out) */
+    unsigned addr_fail_limit;          /* default 20 */
+    uint64_t fail_window_ms;           /* default 15m */
+    uint64_t lockout_ms;               /* default 1m, doubling per lock-out, up to */
+    uint64_t lockout_max_ms;           /* default 1h */
+    unsigned user_max_sessions;        /* default 20 (0 = no cap) */
+    unsigned addr_max_sessions;        /* default 0 */
+    uint64_t heartbeat_ms;             /* default 30s (restart) */
+    uint64_t session_ttl_ms;           /* default 90s (restart) */
+    size_t download_limit;             /* default 0 = none; bytes per window per user */
+    uint64_t download_window_ms;       /* default 1h */
+    unsigned local_entries;            /* default 10000 (restart) */
+};
+
 struct config {
     atomic_int refs;
     char *path;          /* owned: file it came from */
@@ -144,6 +201,9 @@ struct config {
     char *instance;      /* owned; default: hostname; names this instance in logs */
     char *greeting_name; /* owned; default "Portcullis"; shown in greetings */
     bool allow_plaintext_auth; /* default false: LOGIN/USER before TLS refused */
+    char *user;          /* owned or NULL: drop to this user after binding (restart only) */
+    char *group;         /* owned or NULL: its primary group when NULL */
+    bool run_as_root;    /* default false: started as root without `user`, refuse to run */
     enum cfg_log_level log_level; /* log.level, default info */
     char *log_file;               /* log.file, owned or NULL = stderr */
 
@@ -154,11 +214,14 @@ struct config {
     size_t nbackends;
     struct cfg_limits limits;
     struct cfg_health health;
+    struct cfg_admin admin;
     char *trusted_proxies; /* owned or NULL: CIDRs, space/comma separated, allowed to send PROXY
                               headers; parsed into `trusted` */
     struct cfg_cidr *trusted;
     size_t ntrusted;
     struct cfg_scan scan;
+    struct cfg_redis redis;   /* issue 5 */
+    struct cfg_policy policy; /* issue 5 */
 };
 
 /* Parse `path`. On success returns a snapshot with refs == 1. On failure returns NULL and sets

@@ -12,7 +12,8 @@
  * sendable region [rpos, mark) of *wbuf (owned by the session: the other side's receive buffer,
  * so relayed bytes are never copied) and then `ctl`, the proxy's own output to this peer (owned
  * here). Watcher interest is derived from buffer state in conn_update(): a full rbuf stops
- * reading — that is the backpressure.
+ * reading — that is the backpressure. A *wbuf that conn_flush() leaves empty is released
+ * (buf_release_if_empty), so code must not keep pointers into a relay buffer across flushes.
  */
 #ifndef PORTCULLIS_CONN_H
 #define PORTCULLIS_CONN_H

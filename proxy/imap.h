@@ -73,15 +73,18 @@ struct imap_state {
     bool down_classified;
     bool up_dropping;      /* the current client command is refused: drop it whole */
     bool up_in_literal;    /* the up framer is inside a literal's bytes */
+    bool up_cmd_open;      /* a client command is being relayed (classified, not yet ended) */
+    bool up_cmd_answered;  /* ... and the backend already answered its tag (a server may
+                              refuse an unknown command before its line is complete) */
     bool up_wait_cont;     /* a literal's line went to the backend: hold the client's next
                               bytes until the backend answers "+" or the tag (RFC 3501 7.5) */
     bool up_wait_was_plus; /* that literal was the client's {n+}, sent on as {n}: its bytes
                               come anyway, and the backend's "+" is not for the client */
     bool up_resume;        /* the wait ended in relay_down: relay_up has bytes to look at */
     bool in_relay_up;      /* reentrancy guard (inject → relay_down → relay_up) */
-    char up_wait_tag[IMAP_TAG_MAX + 1]; /* tag of the command whose literal waits */
-    bool down_dropping;                 /* the current backend response is swallowed (that "+") */
-    struct buf inject;                  /* our own responses waiting for a response boundary */
+    char up_tag[IMAP_TAG_MAX + 1]; /* tag of the open command ("" if it has none) */
+    bool down_dropping;            /* the current backend response is swallowed (that "+") */
+    struct buf inject;             /* our own responses waiting for a response boundary */
 };
 
 static inline struct imap_state *imap_st(struct session *s)
@@ -106,6 +109,8 @@ void imap_backend_event(struct session *s, int events);
 /* imap_relay.c */
 void imap_relay_up(struct session *s);
 void imap_relay_down(struct session *s);
+/* imap_idle.c */
+bool imap_relay_idle(struct session *s);
 /* Queue a whole response line (with CRLF) for the client at the next response boundary. */
 void imap_relay_inject(struct session *s, const char *text, size_t len);
 /* Remove COMPRESS=*, STARTTLS, LOGINDISABLED (and, when `post_login`, AUTH=* and SASL-IR) from

@@ -20,6 +20,7 @@
 #include "imap.h"
 #include "worker.h"
 #include "sasl.h"
+#include "sess_policy.h"
 
 #define ID_MAX_PAIRS 30 /* RFC 2971: at most 30 field-value pairs */
 #define ID_FIELD_MAX 30 /* field names */
@@ -271,6 +272,23 @@ static bool set_user(struct session *s, const char *u, size_t len)
     return s->user != NULL;
 }
 
+static void imap_client_input(struct session *s);
+
+/* The login policy refused before the backend was contacted (sess_policy.c): answer, and back
+ * to the pre-auth dialogue as after a failed login. */
+static void login_refused(struct session *s, const char *answer)
+{
+    struct imap_state *st = imap_st(s);
+    forget_login(st);
+    reply(s, "%s %s", st->tag, answer);
+    free(s->user);
+    s->user = NULL;
+    if (!count_bad(s))
+        return;
+    s->client.reading = true;
+    imap_client_input(s);
+}
+
 static void begin_login(struct session *s)
 {
     struct imap_state *st = imap_st(s);
@@ -281,8 +299,9 @@ static void begin_login(struct session *s)
              : st->mech == IMAP_MECH_PLAIN   ? "plain"
              : st->mech == IMAP_MECH_XOAUTH2 ? "xoauth2"
                                              : "oauthbearer");
-    /* imap_backend_start() never calls back synchronously: failures arrive as events. */
-    imap_backend_start(s);
+    /* The login policy (issue 5) first; imap_backend_start() never calls back synchronously:
+     * failures arrive as events. */
+    sess_login_check(s, imap_backend_start, login_refused);
 }
 
 static void cmd_login(struct session *s, const char *tag)
@@ -575,6 +594,7 @@ void imap_preauth_login_failed(struct session *s, enum imap_login_fail how, cons
         sess_log(s, LOG_WARN, "event=login_failed reason=backend_unavailable detail=\"%s\"", why);
         reply(s, "%s NO [UNAVAILABLE] Backend server unavailable; try again later.", st->tag);
     }
+    sess_login_result(s, false, how == IMAP_LF_AUTH); /* issue 5: count the failure */
     free(s->user);
     s->user = NULL;
     sess_set_state(s, SESS_PREAUTH);
@@ -591,6 +611,7 @@ void imap_preauth_login_ok(struct session *s)
 {
     struct imap_state *st = imap_st(s);
     forget_login(st);
+    sess_login_result(s, true, false); /* issue 5: register the session */
     free_parser_store(st);
     sess_log(s, LOG_INFO, "event=login backend=%s mech=%s", s->be->name,
              st->mech == IMAP_MECH_LOGIN     ? "login"
@@ -616,5 +637,6 @@ const struct protocol imap_protocol = {
     .relay_up = imap_relay_up,
     .relay_down = imap_relay_down,
     .bye = imap_bye,
+    .idle = imap_relay_idle,
     .destroy = imap_destroy,
 };

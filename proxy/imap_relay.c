@@ -32,6 +32,7 @@
 #include <strings.h>
 
 #include "imap.h"
+#include "sess_policy.h"
 
 /* Remove `len` bytes at absolute offset `off` of the buffer (they are after mark). */
 static void cut(struct buf *b, size_t off, size_t len)
@@ -52,7 +53,21 @@ void imap_relay_inject(struct session *s, const char *text, size_t len)
 
 /* ---- client → backend ---- */
 
-enum cmd_verdict { CMD_PASS, CMD_HOLD, CMD_REFUSE_COMPRESS, CMD_REFUSE_STARTTLS };
+enum cmd_verdict { CMD_PASS, CMD_HOLD, CMD_REFUSE_COMPRESS, CMD_REFUSE_STARTTLS, CMD_REFUSE_VOLUME };
+
+/* FETCH or UID FETCH (issue 5: refused while the user is over the download volume). */
+static bool is_fetch(const struct imap_framer *f)
+{
+    const char *tag, *rest;
+    size_t tl, rl;
+    if (!imap_split_tag(f->head, f->head_len, &tag, &tl, &rest, &rl))
+        return false;
+    if (rl >= 4 && strncasecmp(rest, "UID ", 4) == 0) {
+        rest += 4;
+        rl -= 4;
+    }
+    return rl >= 5 && strncasecmp(rest, "FETCH", 5) == 0 && (rl == 5 || rest[5] == ' ');
+}
 
 /* Decide from the head of a command ("tag SP name ..."); HOLD if the name is not complete. */
 static enum cmd_verdict classify_command(const struct imap_framer *f, bool line_done)
@@ -83,6 +98,13 @@ static void refuse(struct session *s, enum cmd_verdict v)
         tag = "*";
         tl = 1;
     }
+    if (v == CMD_REFUSE_VOLUME) {
+        int k = snprintf(line, sizeof line,
+                         "%.*s NO [LIMIT] Download limit reached; try again later.\r\n", (int)tl,
+                         tag);
+        imap_relay_inject(s, line, (size_t)k);
+        return;
+    }
     int n = snprintf(line, sizeof line, "%.*s BAD %s\r\n", (int)tl, tag,
                      v == CMD_REFUSE_COMPRESS ? "COMPRESS is not available through this proxy."
                                               : "TLS is already active.");
@@ -100,6 +122,33 @@ static void release_up(struct buf *b, struct imap_state *st, size_t keep)
     }
 }
 
+/* The current client command is over (or refused whole). */
+static void end_command(struct imap_state *st)
+{
+    st->up_classified = false;
+    st->up_cmd_open = false;
+    st->up_cmd_answered = false;
+    st->up_dropping = false;
+}
+
+/* The backend ended the command instead of asking for its literal. */
+static void literal_refused(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    if (st->up_wait_was_plus) {
+        /* Its bytes come anyway: drop them and the rest of the command. */
+        st->up_dropping = true;
+        return;
+    }
+    /* The client will not send it: what comes next is a new command. */
+    if (!imap_framer_cancel_literal(&st->upf)) {
+        sess_close(s, "internal error: literal not cancellable");
+        return;
+    }
+    st->up_in_literal = false;
+    end_command(st);
+}
+
 /* A line announcing a literal has been framed and is still held whole at its end: send it on
  * (a {n+} rewritten as {n}) and hold what follows until the backend answers. Returns false if
  * the session was closed. */
@@ -107,18 +156,13 @@ static bool wait_for_continuation(struct session *s)
 {
     struct imap_state *st = imap_st(s);
     struct buf *b = &s->up;
-    const char *tag, *rest;
-    size_t tl, rl;
-    if (!imap_split_tag(st->upf.head, st->upf.head_len, &tag, &tl, &rest, &rl) ||
-        (tl == 1 && tag[0] == '*')) {
+    if (!st->up_tag[0]) {
         /* No tag to recognise the backend's answer by: we could not tell whether the literal
          * will be read as one, so the session cannot go on in step. */
         s->proto->bye(s, "Literal on a command without a tag.");
         sess_close_after_flush(s, "client protocol error");
         return false;
     }
-    memcpy(st->up_wait_tag, tag, tl);
-    st->up_wait_tag[tl] = '\0';
     st->up_wait_was_plus = st->upf.literal_plus;
     if (st->upf.literal_plus) {
         /* The line ends "+}\r\n" or "+}\n", all of it held (release_up keeps 3 bytes back). */
@@ -132,8 +176,28 @@ static bool wait_for_continuation(struct session *s)
         st->up_held--;
     }
     release_up(b, st, 0);
+    if (st->up_cmd_answered) {
+        /* Refused before its line was complete: the server skips the line, then takes the
+         * next bytes as a new command. */
+        literal_refused(s);
+        return !s->closing;
+    }
     st->up_wait_cont = true;
     return true;
+}
+
+/* Remember the tag of the command that starts here. */
+static void open_command(struct imap_state *st)
+{
+    const char *tag, *rest;
+    size_t tl, rl;
+    st->up_cmd_open = true;
+    st->up_cmd_answered = false;
+    st->up_tag[0] = '\0';
+    if (imap_split_tag(st->upf.head, st->upf.head_len, &tag, &tl, &rest, &rl)) {
+        memcpy(st->up_tag, tag, tl);
+        st->up_tag[tl] = '\0';
+    }
 }
 
 void imap_relay_up(struct session *s)
@@ -164,9 +228,12 @@ void imap_relay_up(struct session *s)
         bool line_done = ev == IMAP_FRAME_LITERAL || ev == IMAP_FRAME_END;
         if (!st->up_classified) {
             enum cmd_verdict v = classify_command(&st->upf, line_done);
+            if (v == CMD_PASS && is_fetch(&st->upf) && sess_policy_download_blocked(s))
+                v = CMD_REFUSE_VOLUME;
             if (v == CMD_HOLD)
                 continue;
             st->up_classified = true;
+            open_command(st);
             if (v != CMD_PASS) {
                 st->up_dropping = true;
                 refuse(s, v);
@@ -184,10 +251,8 @@ void imap_relay_up(struct session *s)
                 st->up_in_literal = false;
                 ev = IMAP_FRAME_END;
             }
-            if (ev == IMAP_FRAME_END) {
-                st->up_dropping = false;
-                st->up_classified = false;
-            }
+            if (ev == IMAP_FRAME_END)
+                end_command(st);
             continue;
         }
         if (ev == IMAP_FRAME_LITERAL) {
@@ -197,42 +262,39 @@ void imap_relay_up(struct session *s)
         }
         release_up(b, st, ev == IMAP_FRAME_MORE && !st->up_in_literal ? 3 : 0);
         if (ev == IMAP_FRAME_END)
-            st->up_classified = false;
+            end_command(st);
     }
     st->in_relay_up = false;
 }
 
-/* A backend response began while the client's literal waits: is it the answer? Called once per
- * response, when its head is known (a "+" at once, a tagged status at the end of its line). */
-static void check_literal_answer(struct session *s)
+/* A backend response begins while a client command is open: is it about that command? Called
+ * once per response, when its head is known (a "+" at once, a tagged status at the end of its
+ * first line). */
+static void note_response(struct session *s)
 {
     struct imap_state *st = imap_st(s);
     const struct imap_framer *f = &st->downf;
     if (f->head_len >= 1 && f->head[0] == '+') {
-        st->up_wait_cont = false;
-        st->up_resume = true;
-        st->down_dropping = st->up_wait_was_plus;
+        if (st->up_wait_cont) {
+            st->up_wait_cont = false;
+            st->up_resume = true;
+            st->down_dropping = st->up_wait_was_plus;
+        }
         return;
     }
     const char *tag, *rest;
     size_t tl, rl;
-    if (!imap_split_tag(f->head, f->head_len, &tag, &tl, &rest, &rl) ||
-        tl != strlen(st->up_wait_tag) || memcmp(tag, st->up_wait_tag, tl) != 0)
+    if (!st->up_tag[0] || !imap_split_tag(f->head, f->head_len, &tag, &tl, &rest, &rl) ||
+        tl != strlen(st->up_tag) || memcmp(tag, st->up_tag, tl) != 0)
         return;
+    if (!st->up_wait_cont) {
+        st->up_cmd_answered = true;
+        return;
+    }
     /* The command ended without its literal: NO/BAD (or anything else tagged). */
     st->up_wait_cont = false;
     st->up_resume = true;
-    if (st->up_wait_was_plus) {
-        /* Its bytes come anyway: drop them and the rest of the command. */
-        st->up_dropping = true;
-        return;
-    }
-    if (!imap_framer_cancel_literal(&st->upf)) {
-        sess_close(s, "internal error: literal not cancellable");
-        return;
-    }
-    st->up_in_literal = false;
-    st->up_classified = false;
+    literal_refused(s);
 }
 
 /* ---- backend → client ---- */
@@ -351,8 +413,8 @@ static void relay_down_loop(struct session *s)
             if (c < 0)
                 continue;
             st->down_classified = true;
-            if (st->up_wait_cont) {
-                check_literal_answer(s);
+            if (st->up_cmd_open) {
+                note_response(s);
                 if (s->closing)
                     return;
             }

@@ -21,7 +21,9 @@
 
 #include "config.h"
 #include "log.h"
+#include "admin.h"
 #include "health.h"
+#include "privdrop.h"
 #include "runtime.h"
 #include "tls.h"
 #include "worker.h"
@@ -71,11 +73,47 @@ static void on_reload(struct ev_loop *loop, ev_signal *w, int revents)
     log_write(LOG_INFO, "event=reloaded config=%s", config_path);
 }
 
+/* SIGTERM/SIGINT: drain. Workers stop accepting and end each session at its next idle point
+ * (IMAP clients get "* BYE", in-flight FETCH/RETR responses finish); the process exits when no
+ * session is left or limits.drain_timeout has passed. A second signal stops at once. */
+static struct worker *g_workers;
+static unsigned g_nworkers;
+static ev_timer drain_timer;
+static ev_tstamp drain_deadline;
+static bool draining;
+
+static void drain_poll(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)t;
+    (void)revents;
+    unsigned left = atomic_load(&worker_connections);
+    if (left == 0 || ev_now(loop) >= drain_deadline) {
+        if (left)
+            log_write(LOG_WARN, "event=drain_timeout sessions_left=%u", left);
+        ev_break(loop, EVBREAK_ALL);
+    }
+}
+
 static void on_stop(struct ev_loop *loop, ev_signal *w, int revents)
 {
     (void)revents;
-    log_write(LOG_INFO, "event=stopping signal=%d", w->signum);
-    ev_break(loop, EVBREAK_ALL);
+    if (draining) {
+        log_write(LOG_INFO, "event=stopping signal=%d note=\"second signal: now\"", w->signum);
+        ev_break(loop, EVBREAK_ALL);
+        return;
+    }
+    draining = true;
+    struct rt *rt = rt_current();
+    double timeout = rt ? (double)rt->cfg->limits.drain_timeout_ms / 1000.0 : 0;
+    rt_unref(&rt);
+    log_write(LOG_INFO, "event=stopping signal=%d drain_timeout=%.1f sessions=%u", w->signum,
+              timeout, atomic_load(&worker_connections));
+    admin_set_healthy(false, "draining");
+    for (unsigned i = 0; i < g_nworkers; i++)
+        worker_drain(&g_workers[i]);
+    drain_deadline = ev_now(loop) + timeout;
+    ev_timer_init(&drain_timer, drain_poll, 0.05, 0.05);
+    ev_timer_start(loop, &drain_timer);
 }
 
 static void on_usr1(struct ev_loop *loop, ev_signal *w, int revents)
@@ -176,7 +214,21 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+    struct ev_loop *loop = ev_default_loop(EVFLAG_AUTO);
+    if (!admin_start(loop, cfg, &err)) {
+        fprintf(stderr, "portcullis: %s\n", err ? err : "cannot bind the admin listener");
+        log_write(LOG_ERROR, "event=bind_failed error=\"%s\"", err ? err : "?");
+        return 1;
+    }
+    /* Everything privileged is done: sockets are bound, files opened. */
+    if (!privdrop(cfg, &err)) {
+        fprintf(stderr, "portcullis: %s\n", err ? err : "cannot drop privileges");
+        log_write(LOG_ERROR, "event=privdrop_failed error=\"%s\"", err ? err : "?");
+        return 1;
+    }
     rt_publish(rt_ref(rt));
+    g_workers = workers;
+    g_nworkers = nworkers;
     for (unsigned i = 0; i < nworkers; i++) {
         if (!worker_start(&workers[i])) {
             log_write(LOG_ERROR, "event=thread_failed");
@@ -193,8 +245,8 @@ int main(int argc, char **argv)
     log_write(LOG_INFO, "event=started version=%s workers=%u config=%s", PORTCULLIS_VERSION,
               nworkers, config_path);
     rt_unref(&rt);
+    admin_set_healthy(true, "ok");
 
-    struct ev_loop *loop = ev_default_loop(EVFLAG_AUTO);
     ev_signal sig_hup, sig_term, sig_int, sig_usr1;
     ev_signal_init(&sig_hup, on_reload, SIGHUP);
     ev_signal_init(&sig_term, on_stop, SIGTERM);
@@ -208,6 +260,7 @@ int main(int argc, char **argv)
     health_start(loop);
     ev_run(loop, 0);
     health_stop();
+    admin_stop();
 
     for (unsigned i = 0; i < nworkers; i++)
         worker_stop(&workers[i]);

@@ -106,5 +106,6 @@ void pop3_backend_event(struct session *s, int events);
 void pop3_relay_init(struct session *s);
 void pop3_relay_up(struct session *s);
 void pop3_relay_down(struct session *s);
+bool pop3_relay_idle(struct session *s);
 
 #endif

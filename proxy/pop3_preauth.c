@@ -18,6 +18,7 @@
 
 #include "pop3.h"
 #include "sasl.h"
+#include "sess_policy.h"
 #include "worker.h"
 
 void pop3_reply(struct session *s, const char *fmt, ...)
@@ -193,6 +194,22 @@ static bool set_user(struct session *s, const char *u, size_t len)
     return s->user != NULL;
 }
 
+static void pop3_client_input(struct session *s);
+
+/* The login policy refused before the backend was contacted (sess_policy.c): answer, and back
+ * to the AUTHORIZATION state as after a failed login. */
+static void login_refused(struct session *s, const char *answer)
+{
+    pop3_forget_login(pop3_st(s));
+    pop3_reply(s, "%s", answer);
+    free(s->user);
+    s->user = NULL;
+    if (!count_bad(s))
+        return;
+    s->client.reading = true;
+    pop3_client_input(s);
+}
+
 static void begin_login(struct session *s)
 {
     struct pop3_state *st = pop3_st(s);
@@ -203,7 +220,7 @@ static void begin_login(struct session *s)
              : st->mech == POP3_MECH_PLAIN   ? "plain"
              : st->mech == POP3_MECH_XOAUTH2 ? "xoauth2"
                                              : "oauthbearer");
-    pop3_backend_start(s);
+    sess_login_check(s, pop3_backend_start, login_refused); /* login policy first (issue 5) */
 }
 
 static void cmd_user(struct session *s)
@@ -453,6 +470,7 @@ void pop3_preauth_login_failed(struct session *s, bool auth_failure, const char 
         sess_log(s, LOG_WARN, "event=login_failed reason=backend_unavailable detail=\"%s\"", why);
         pop3_reply(s, "-ERR [SYS/TEMP] Backend server unavailable; try again later.");
     }
+    sess_login_result(s, false, auth_failure); /* issue 5: count the failure */
     free(s->user);
     s->user = NULL;
     sess_set_state(s, SESS_PREAUTH);
@@ -469,6 +487,7 @@ void pop3_preauth_login_ok(struct session *s, const char *text, size_t len)
 {
     struct pop3_state *st = pop3_st(s);
     pop3_forget_login(st);
+    sess_login_result(s, true, false); /* issue 5: register the session */
     OPENSSL_cleanse(st->store, st->store_cap);
     sess_log(s, LOG_INFO, "event=login backend=%s mech=%s", s->be->name,
              st->mech == POP3_MECH_USER      ? "user"
@@ -494,5 +513,6 @@ const struct protocol pop3_protocol = {
     .relay_up = pop3_relay_up,
     .relay_down = pop3_relay_down,
     .bye = pop3_bye,
+    .idle = pop3_relay_idle,
     .destroy = pop3_destroy,
 };

@@ -21,6 +21,7 @@
 #include <strings.h>
 
 #include "pop3.h"
+#include "sess_policy.h"
 
 #define CAPA_HOLD_MAX 16384 /* a CAPA answer longer than this is passed on unfiltered */
 
@@ -131,6 +132,11 @@ static bool filter_up(struct session *s)
                                        st->parser.error ? st->parser.error : "Invalid command."};
         } else {
             e = classify(&st->parser);
+            /* Download volume (issue 5): refuse the next message, not the one in flight. */
+            if ((e.cmd == PC_RETR || e.cmd == PC_TOP) && sess_policy_download_blocked(s))
+                e = (struct pop3_qent){.kind = PQ_LOCAL,
+                                       .local = "[SYS/TEMP] Download limit reached; try again "
+                                                "later."};
         }
         if (e.kind == PQ_LOCAL) {
             sess_log(s, LOG_INFO, "event=refused reason=\"%s\" command=%s", e.local,
@@ -280,4 +286,11 @@ void pop3_relay_up(struct session *s)
 void pop3_relay_down(struct session *s)
 {
     relay_run(s);
+}
+
+bool pop3_relay_idle(struct session *s)
+{
+    struct pop3_state *st = pop3_st(s);
+    return !st->cur_valid && st->qlen == 0 && st->up_held == 0 && st->down_held == 0 &&
+           buf_empty(&s->up) && buf_empty(&s->down);
 }

@@ -9,6 +9,8 @@
 #ifndef PORTCULLIS_PROTOCOL_H
 #define PORTCULLIS_PROTOCOL_H
 
+#include <stdbool.h>
+
 struct session;
 
 struct protocol {
@@ -30,6 +32,9 @@ struct protocol {
     void (*relay_down)(struct session *s);
     /* Queue a protocol-correct farewell to the client ("* BYE …" / "-ERR …"). */
     void (*bye)(struct session *s, const char *text);
+    /* Relay: is the session at an idle point — no response in progress, no command waiting
+     * for one — where a shutdown may end it without cutting anything? */
+    bool (*idle)(struct session *s);
     /* Free protocol state (wipe secrets). */
     void (*destroy)(struct session *s);
 };

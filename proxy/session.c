@@ -18,7 +18,9 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "metrics.h"
 #include "proxy_proto.h"
+#include "sess_policy.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -30,13 +32,19 @@ static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents);
 
 void sess_log(struct session *s, enum log_level lvl, const char *fmt, ...)
 {
-    if (!log_enabled(lvl))
+    bool counted = strncmp(fmt, "event=refused", 13) == 0 || strncmp(fmt, "event=login", 11) == 0 ||
+                   strncmp(fmt, "event=starttls_injection", 24) == 0;
+    if (!log_enabled(lvl) && !counted)
         return;
     char msg[LOG_LINE_MAX - 256];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    if (counted)
+        metrics_from_event(msg, s->listener->protocol);
+    if (!log_enabled(lvl))
+        return;
     char uq[300];
     if (s->user)
         log_write(lvl, "sess=S-%llu client=%s:%u user=%s %s", (unsigned long long)s->id,
@@ -195,6 +203,11 @@ bool sess_accept(struct worker *w, int fd, const struct cfg_listener *l, struct 
     s->listener = l;
     s->proto = l->protocol == CFG_PROTO_POP3 ? &pop3_protocol : &imap_protocol;
     s->started = ev_now(w->loop);
+    s->lidx = (size_t)(l - rt->cfg->listeners);
+    if (s->lidx < METRICS_LISTENERS) {
+        atomic_fetch_add(&metrics.listener[s->lidx].accepted, 1);
+        atomic_fetch_add(&metrics.listener[s->lidx].active, 1);
+    }
     memcpy(&s->client_sa, peer, peerlen < sizeof s->client_sa ? peerlen : sizeof s->client_sa);
     socklen_t ll = sizeof s->local_sa;
     getsockname(fd, (struct sockaddr *)&s->local_sa, &ll);
@@ -288,6 +301,11 @@ void sess_pump(struct session *s)
         sess_close(s, s->close_reason);
         return;
     }
+    if (s->draining && s->state != SESS_CLOSING) {
+        sess_drain_check(s);
+        if (s->closing || s->state == SESS_CLOSING)
+            return;
+    }
     conn_update(&s->client);
     if (s->backend.fd >= 0)
         conn_update(&s->backend);
@@ -299,6 +317,7 @@ void sess_close(struct session *s, const char *reason)
         return;
     s->closing = true;
     s->close_reason = reason;
+    sess_policy_close(s); /* cancel a policy check, unregister (issue 5) */
     if (s->proxy_hdr_pending) {
         ev_io_stop(s->worker->loop, &s->pp_io);
         s->proxy_hdr_pending = false;
@@ -306,6 +325,14 @@ void sess_close(struct session *s, const char *reason)
     if (s->be_counted) {
         atomic_fetch_sub(&s->be_state->active, 1);
         s->be_counted = false;
+    }
+    if (s->lidx < METRICS_LISTENERS)
+        atomic_fetch_sub(&metrics.listener[s->lidx].active, 1);
+    int mp = s->listener->protocol == CFG_PROTO_POP3;
+    atomic_fetch_add(&metrics.sessions_closed[mp], 1);
+    if (s->logged_in) {
+        atomic_fetch_add(&metrics.bytes_to_client[mp], s->client.bytes_out);
+        atomic_fetch_add(&metrics.bytes_to_backend[mp], s->backend.bytes_out);
     }
     struct ev_loop *loop = s->worker->loop;
     ev_timer_stop(loop, &s->timer);
@@ -327,6 +354,37 @@ void sess_close(struct session *s, const char *reason)
     rt_unref(&s->rt);
     s->cfg = NULL;
     worker_bury_session(s->worker, s);
+}
+
+void sess_drain_check(struct session *s)
+{
+    if (s->closing || !s->draining)
+        return;
+    switch (s->state) {
+    case SESS_TLS_HANDSHAKE:
+        sess_close(s, "shutdown");
+        return;
+    case SESS_PREAUTH:
+    case SESS_STARTTLS:
+        s->proto->bye(s, "Server shutting down; please reconnect.");
+        sess_close_after_flush(s, "shutdown");
+        return;
+    case SESS_BACKEND:
+    case SESS_CLOSING:
+        return; /* a login in progress finishes first; a closing session is on its way */
+    case SESS_RELAY:
+        if (s->proto->idle && s->proto->idle(s) && conn_pending_out(&s->client) == 0) {
+            s->proto->bye(s, "Server shutting down; please reconnect.");
+            sess_close_after_flush(s, "shutdown");
+        }
+        return;
+    }
+}
+
+void sess_drain(struct session *s)
+{
+    s->draining = true;
+    sess_drain_check(s);
 }
 
 void sess_free(struct session *s)
@@ -528,6 +586,8 @@ static void client_handler(struct conn *c, int events)
         if (c->error) {
             char e[160];
             sess_log(s, LOG_INFO, "event=tls_failed error=%s", log_qs(e, sizeof e, c->err));
+            if (s->lidx < METRICS_LISTENERS)
+                atomic_fetch_add(&metrics.listener[s->lidx].tls_failures, 1);
             sess_close(s, "tls handshake failed");
             return;
         }

@@ -19,10 +19,12 @@
 #include "config.h"
 #include "conn.h"
 #include "log.h"
+#include "metrics.h"
 #include "protocol.h"
 #include "runtime.h"
 
 struct worker;
+struct sess_pol; /* sess_policy.c */
 
 /* Backends tried per login: the user's first choice, then one failover. */
 #define SESS_BE_CANDIDATES 2
@@ -81,9 +83,12 @@ struct session {
     const char *close_reason;
     char action[24];     /* what the session is doing, for logs */
 
+    size_t lidx;             /* listener index, for metrics */
+    bool draining;           /* the process is shutting down: end at the next idle point */
     ev_io pp_io;             /* reading a PROXY header (listener proxy_protocol) */
     bool proxy_hdr_pending;
 
+    struct sess_pol *pol;        /* owned by sess_policy.c: login check, registry entry */
     struct session *prev, *next; /* worker's list */
 };
 
@@ -93,6 +98,9 @@ bool sess_accept(struct worker *w, int fd, const struct cfg_listener *l, struct 
 void sess_set_state(struct session *s, enum sess_state st);
 /* End the session: stops I/O now, frees later. `reason` is static text for the summary line. */
 void sess_close(struct session *s, const char *reason);
+/* Shutdown: end the session at its next idle point (pre-auth ones at once, with a BYE). */
+void sess_drain(struct session *s);
+void sess_drain_check(struct session *s);
 /* Free a closed session (from the worker's graveyard, after the callbacks have returned). */
 void sess_free(struct session *s);
 /* Send what the client conn has queued, then close (BYE paths). */

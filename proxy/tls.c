@@ -20,8 +20,8 @@
 #include <strings.h>
 #include <arpa/inet.h>
 
-#define TICKET_REC   80
-#define TICKET_MAXK  8
+#define TICKET_REC  80
+#define TICKET_MAXK 8
 
 struct ticket_key {
     unsigned char name[16];

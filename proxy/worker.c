@@ -19,8 +19,10 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "runtime.h"
 #include "session.h"
+#include "sess_policy.h"
 
 atomic_uint worker_connections;
 
@@ -29,6 +31,8 @@ atomic_uint worker_connections;
 static void set_listeners(struct worker *w, bool on)
 {
     for (size_t i = 0; i < w->nlisteners; i++) {
+        if (w->listeners[i].fd < 0)
+            continue; /* closed by a drain */
         if (on)
             ev_io_start(w->loop, &w->listeners[i].io);
         else
@@ -70,6 +74,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
                 inet_ntop(AF_INET, &((struct sockaddr_in *)&peer)->sin_addr, ip, sizeof ip);
             else if (peer.ss_family == AF_INET6)
                 inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&peer)->sin6_addr, ip, sizeof ip);
+            metrics_refusal("max_connections");
             log_write(LOG_WARN, "event=refused reason=max_connections client=%s limit=%u", ip,
                       cfg->limits.max_connections);
             close(fd);
@@ -108,12 +113,35 @@ static void wake_cb(struct ev_loop *loop, ev_async *a, int revents)
 {
     (void)revents;
     struct worker *w = a->data;
+    if (atomic_load(&w->drain) && !atomic_load(&w->stop)) {
+        if (!w->draining) {
+            w->draining = true;
+            /* Stop accepting: close the sockets, so the kernel refuses (or, behind a
+             * balancer, the other instances take) new connections. */
+            set_listeners(w, false);
+            for (size_t i = 0; i < w->nlisteners; i++) {
+                close(w->listeners[i].fd);
+                w->listeners[i].fd = -1;
+            }
+            for (struct session *s = w->sessions, *next; s; s = next) {
+                next = s->next;
+                sess_drain(s);
+            }
+        }
+        return;
+    }
     if (!atomic_load(&w->stop))
         return;
     set_listeners(w, false);
     while (w->sessions)
         sess_close(w->sessions, "shutdown");
     ev_break(loop, EVBREAK_ALL);
+}
+
+void worker_drain(struct worker *w)
+{
+    atomic_store(&w->drain, true);
+    ev_async_send(w->loop, &w->wake);
 }
 
 void worker_add_session(struct worker *w, struct session *s)
@@ -210,10 +238,12 @@ static void *worker_main(void *arg)
     struct worker *w = arg;
     ev_async_start(w->loop, &w->wake);
     ev_check_start(w->loop, &w->reap);
+    sess_policy_worker_start(w);
     set_listeners(w, true);
     ev_run(w->loop, 0);
     /* Free what the last iteration closed. */
     reap_cb(w->loop, &w->reap, 0);
+    sess_policy_worker_stop(w);
     return NULL;
 }
 
@@ -228,7 +258,8 @@ void worker_stop(struct worker *w)
     ev_async_send(w->loop, &w->wake);
     pthread_join(w->thread, NULL);
     for (size_t i = 0; i < w->nlisteners; i++)
-        close(w->listeners[i].fd);
+        if (w->listeners[i].fd >= 0)
+            close(w->listeners[i].fd);
     free(w->listeners);
     ev_loop_destroy(w->loop);
 }

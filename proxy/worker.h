@@ -13,6 +13,7 @@
 #include "config.h"
 
 struct session;
+struct policy;
 
 struct worker_listener {
     ev_io io;
@@ -34,6 +35,9 @@ struct worker {
     struct session *graveyard; /* closed, to free in reap */
     unsigned nsessions;
     atomic_bool stop;
+    struct policy *policy; /* owned: Redis connections and local limits (sess_policy.c) */
+    atomic_bool drain; /* shutdown requested: stop accepting, end sessions at idle points */
+    bool draining;     /* (worker thread) drain started */
 };
 
 /* Process-wide live connection count, for limits.max_connections. */
@@ -42,6 +46,8 @@ extern atomic_uint worker_connections;
 /* Create the listening sockets for one worker (main thread, before privileges drop). */
 bool worker_bind(struct worker *w, const struct config *cfg, char **error_r);
 bool worker_start(struct worker *w);
+/* Ask a worker to drain: close its listeners, end each session at its next idle point. */
+void worker_drain(struct worker *w);
 /* Ask a worker to stop (closes its sessions) and join it. */
 void worker_stop(struct worker *w);
 

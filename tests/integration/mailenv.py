@@ -1003,7 +1003,16 @@ def proxy_config(certs: Certs, dovecot: Dovecot | None = None,
             "ticket_key_file": str(certs.ticket_key),
         },
         "backends": backends,
-        "limits": {"preauth_timeout": "60s", "max_line": "8k", "max_preauth_literal": "8k"},
+        # drain_timeout: SIGTERM waits for sessions; Proxy.stop() allows 10 s.
+        "limits": {"preauth_timeout": "60s", "max_line": "8k", "max_preauth_literal": "8k",
+                   "drain_timeout": "3s"},
+        # Login policy off unless a test turns a limit on: tests log in hundreds of times from
+        # 127.0.0.1 as a handful of users (the policy tests set what they test).
+        "policy": {"user_login_burst": 0, "addr_login_burst": 0, "user_fail_limit": 0,
+                   "addr_fail_limit": 0, "user_max_sessions": 0, "addr_max_sessions": 0},
+        # Tests run as root with files root owns: stay root (privilege drop has its own test).
+        "run_as_root": True,
+        "admin": {"bind": f"{LOCAL}:{free_port()}"},
     }
     return deep_merge(cfg, overrides or {})
 
@@ -1028,6 +1037,7 @@ class Proxy:
         self.config: dict | None = None
         self.config_path: Path | None = None
         self.ports: dict[str, int] = {}
+        self.admin_port: int | None = None
         self.stop_problems: list[str] = []
         self.returncode: int | None = None
 
@@ -1048,6 +1058,9 @@ class Proxy:
             self.ports = {}
             for i, l in enumerate(config.get("listeners", [])):
                 self.ports[l.get("name", f"l{i}")] = int(str(l["bind"]).rsplit(":", 1)[1])
+            adm = config.get("admin") or {}
+            self.admin_port = (int(str(adm["bind"]).rsplit(":", 1)[1])
+                               if adm.get("bind") and adm.get("enabled", True) else None)
         else:
             # Raw text (may be deliberately odd): find the listener ports with a regex.
             text = config
@@ -1103,6 +1116,17 @@ class Proxy:
             self.stop_problems.append(f"proxy exit status {self.returncode} after SIGTERM")
         self.pid = None
         return how
+
+    def http_get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
+        """GET `path` from the admin listener; returns (status, body)."""
+        import http.client
+        c = http.client.HTTPConnection(LOCAL, self.admin_port, timeout=timeout)
+        try:
+            c.request("GET", path)
+            r = c.getresponse()
+            return r.status, r.read().decode("utf-8", "replace")
+        finally:
+            c.close()
 
     def check_log(self) -> list[str]:
         """Problems: sanitizer reports, fatal/assert lines in the log, and abnormal exits."""

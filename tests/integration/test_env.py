@@ -357,7 +357,7 @@ def test_proxy_helper_with_fake(proxy_factory, tmp_path, dovecot, certs):
     assert all(mailenv.port_open(p) for p in px.ports.values())
     cfg = px.config
     assert cfg["limits"] == {"preauth_timeout": "60s", "max_line": "16k",
-                             "max_preauth_literal": "8k"}
+                             "max_preauth_literal": "8k", "drain_timeout": "3s"}
     assert cfg["allow_plaintext_auth"] is True
     assert cfg["backends"][0]["port"] == dovecot.ports["imaps"]
     assert cfg["backends"][0]["tls_ca"] == str(certs.ca)
@@ -365,7 +365,7 @@ def test_proxy_helper_with_fake(proxy_factory, tmp_path, dovecot, certs):
     text = px.config_path.read_text()
     if mailenv.yaml:
         assert mailenv.yaml.safe_load(text) == cfg
-    assert "started listeners=4" in px.log()
+    assert "started listeners=5" in px.log()  # 4 listeners + the admin listener
 
 
 def test_proxy_helper_detects_problems(tmp_path, certs, dovecot):

@@ -1,0 +1,131 @@
+/*
+ * policy — the login policy and the live-session registry one worker uses: the API proxy/
+ * calls (through proxy/sess_policy.c). Never includes proxy/ headers: sessions are an opaque
+ * `void *arg` plus callbacks.
+ *
+ * Per login: policy_check_login() (lock-out, login rate, session cap — user and address scope,
+ * one pipelined round trip), then either policy_login_failed() or policy_session_open(); at the
+ * end policy_session_close(). A session that ends between check and result calls
+ * policy_release(). Static allow/deny lists are the caller's (they need no state).
+ *
+ * Redis unavailable (down, slow, not configured): fail open — the same limits from an in-memory
+ * table per worker (local.c) — or fail closed — POLICY_UNAVAILABLE at once. Writes that cannot
+ * be sent (failure counts, registry) are dropped; heartbeats rebuild the registry when Redis is
+ * back. Nothing here blocks and no callback runs from inside the call that started it.
+ */
+#ifndef PORTCULLIS_POLICY_H
+#define PORTCULLIS_POLICY_H
+
+#include <ev.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "redis.h"
+
+struct policy;
+struct policy_req;
+struct policy_sess;
+
+/* Fixed for the life of a worker (the `redis:` section and a few `policy:` keys). */
+struct policy_conf {
+    bool use_redis;          /* false: local limits only */
+    struct rds_opts redis;   /* copied */
+    const char *prefix;      /* key prefix, e.g. "pc:" (copied) */
+    bool fail_closed;        /* Redis unavailable: refuse logins */
+    uint64_t heartbeat_ms;   /* registry refresh */
+    uint64_t session_ttl_ms; /* a session not heart-beaten for this long is gone */
+    size_t local_entries;    /* in-memory table size */
+};
+
+/* Per check (from the session's configuration snapshot, so a reload applies at once). */
+struct policy_limits {
+    unsigned v4_prefix, v6_prefix;               /* address aggregation */
+    bool fold_case;                              /* user names compared case-insensitively */
+    uint64_t tarpit_ms;                          /* delay before a refusal is answered */
+    unsigned user_burst, addr_burst;             /* token buckets; 0 = off */
+    uint64_t user_interval_ms, addr_interval_ms; /* one token back per interval */
+    unsigned user_fail_limit, addr_fail_limit;   /* failures before lock-out; 0 = off */
+    uint64_t fail_window_ms, lockout_ms, lockout_max_ms;
+    unsigned user_max_sessions, addr_max_sessions; /* 0 = no cap */
+    uint64_t download_limit, download_window_ms;   /* bytes per window; 0 = off */
+};
+
+/* Who is logging in. All strings are copied by the calls that keep them. */
+struct policy_who {
+    const char *user;
+    const struct sockaddr *addr; /* may be NULL (no per-address limits) */
+    bool addr_exempt;            /* per-address limits do not apply */
+    const char *sid;             /* this session's registry id (<= 128 bytes) */
+};
+
+enum policy_result {
+    POLICY_ALLOW,
+    POLICY_LOCKED,      /* too many failed logins: locked out for retry_ms */
+    POLICY_RATE,        /* login rate exceeded: retry in retry_ms */
+    POLICY_SESSIONS,    /* concurrent-session cap reached */
+    POLICY_UNAVAILABLE, /* Redis unavailable and fail_mode closed */
+};
+enum policy_scope { POLICY_SCOPE_USER, POLICY_SCOPE_ADDR };
+
+struct policy_verdict {
+    enum policy_result result;
+    enum policy_scope scope;
+    uint64_t retry_ms;
+    bool degraded; /* decided without Redis */
+};
+
+/* Called exactly once (unless cancelled), never synchronously; `v` valid during the call. */
+typedef void policy_cb(void *arg, const struct policy_verdict *v);
+/* An admin asked to end this session (kick channel). The session should say goodbye and
+ * close; it must call policy_session_close() (possibly from inside this callback). */
+typedef void policy_kick_cb(void *arg);
+/* Bytes relayed to the client so far by this session. */
+typedef uint64_t policy_bytes_cb(void *arg);
+
+struct policy *policy_new(struct ev_loop *loop, const struct policy_conf *c);
+/* Ends Redis connections (pending requests are dropped) and frees. NULL-safe. */
+void policy_free(struct policy **p);
+/* Run the loop until queued Redis writes are answered or `secs` passed (shutdown). */
+void policy_drain(struct policy *p, double secs);
+bool policy_redis_up(const struct policy *p);
+const struct rds_stats *policy_redis_stats(const struct policy *p);
+
+struct policy_req *policy_check_login(struct policy *p, const struct policy_limits *lim,
+                                      const struct policy_who *w, policy_cb *cb, void *arg);
+/* The callback will not run; NULLs *r. A reservation the check may have made stays until
+ * policy_release() or its TTL. */
+void policy_cancel(struct policy_req **r);
+
+/* The backend refused the credentials: count a failure (user and address scope), release the
+ * reservation. */
+void policy_login_failed(struct policy *p, const struct policy_limits *lim,
+                         const struct policy_who *w);
+/* Release a reservation (login refused or abandoned after the check). */
+void policy_release(struct policy *p, const struct policy_limits *lim, const struct policy_who *w);
+
+struct policy_sess_info {
+    const char *client;   /* "ip:port" */
+    const char *backend;  /* backend name */
+    const char *instance; /* this instance's name */
+    const char *protocol; /* "imap" / "pop3" */
+    uint64_t started;     /* unix time, seconds */
+};
+/* Logged in: reset the user's failures, register the session (hash + sets), heartbeat it until
+ * policy_session_close(). NULL only on out of memory. */
+struct policy_sess *policy_session_open(struct policy *p, const struct policy_limits *lim,
+                                        const struct policy_who *w,
+                                        const struct policy_sess_info *info, policy_kick_cb *kick,
+                                        policy_bytes_cb *bytes, void *arg);
+/* Unregister (final byte count included) and free; NULLs *ps. NULL-safe. */
+void policy_session_close(struct policy_sess **ps);
+/* Has this user downloaded more than download_limit in the window (as far as this instance
+ * knows: the total in Redis at the last flush plus what this session relayed since)? May start
+ * an early flush. */
+bool policy_session_over_volume(struct policy_sess *ps);
+
+/* Kick handling for tests: deliver a kick message as if it came from the channel. */
+void policy_kick(struct policy *p, const char *msg, size_t len);
+
+#endif

@@ -1,0 +1,66 @@
+/*
+ * policy_int — what policy.c and sessions.c share. Not an API: nothing outside policy/ includes
+ * it.
+ */
+#ifndef PORTCULLIS_POLICY_INT_H
+#define PORTCULLIS_POLICY_INT_H
+
+#include "local.h"
+#include "policy.h"
+#include "ratelimit.h"
+#include "redis.h"
+
+#define POL_SID_MAX 128
+
+/* The scope tags of one login: escaped user, aggregated address (or none), session id. */
+struct pol_keys {
+    char user[3 * RL_USER_MAX + 1];
+    char addr[RL_ADDR_MAX];
+    bool has_addr;
+    char sid[POL_SID_MAX + 1];
+};
+
+struct policy {
+    struct ev_loop *loop;
+    struct policy_conf conf; /* string members not used (copied into the rds objects) */
+    char prefix[65];
+    struct rds *cmd;         /* owned; NULL without Redis */
+    struct rds *sub;         /* owned; the kick channel */
+    struct local_tab *local; /* owned */
+    struct rds_script s_check, s_fail, s_sess, s_touch, s_close;
+    struct policy_req *reqs;      /* checks in flight (owned) */
+    struct policy_sess *sessions; /* registered sessions (owned by their callers' handles) */
+    unsigned nsessions;
+    ev_timer heartbeat;
+};
+
+struct policy_req {
+    struct policy *p;
+    policy_cb *cb;
+    void *arg;
+    struct policy_limits lim;
+    struct pol_keys k;
+    struct rds_req *sub[2]; /* user, address scope checks in flight */
+    int waiting;
+    bool no_answer;              /* a scope had no usable answer: the fail mode decides */
+    struct policy_verdict v;     /* from Redis */
+    struct policy_verdict local; /* from the local table */
+    ev_timer timer;              /* delivers the verdict (tarpit or next iteration) */
+    struct policy_req *prev, *next;
+};
+
+bool pol_scope_keys(struct policy *p, const struct policy_limits *lim, const struct policy_who *w,
+                    struct pol_keys *k);
+bool pol_key(struct policy *p, char *out, size_t cap, const char *kind, const char *tag,
+             const char *suffix);
+void pol_release_keys(struct policy *p, const struct pol_keys *k, const struct policy_who *w);
+
+/* sessions.c */
+void pol_sessions_init(struct policy *p);
+void pol_sessions_done(struct policy *p);
+/* Redis (re)connected: heartbeat every session now, so a restarted server has them back. */
+void pol_sessions_resync(struct policy *p);
+void pol_sessions_count(struct policy *p, const char *user, const char *addr, unsigned *nu,
+                        unsigned *na);
+
+#endif

@@ -1,0 +1,316 @@
+/*
+ * sessions — the live-session registry of one worker: registration at login, heartbeats, the
+ * download-volume count, unregistration, and admin kicks from the subscriber connection.
+ *
+ * Each registered session is a hash P sess:{U}:<sid> plus a member of P conn:{U} (and of
+ * P conn:{ip:A} unless the address is exempt), scored by its last heartbeat. One worker timer
+ * heart-beats all of its sessions every `heartbeat` (one pipelined script per scope per
+ * session); a session whose instance died is no longer refreshed, so its hash expires after
+ * `session_ttl` and every check ignores (and trims) its set member after the same time.
+ *
+ * Download volume: bytes relayed to the client are read from the session (policy_bytes_cb) at
+ * each heartbeat and added to P rl:{U}:bytes (a fixed window); the answer is the user's total
+ * across all instances. Between flushes a session adds what it relayed itself, and flushes
+ * early once that is more than 1/16 of the limit, so one fast download cannot run far past it.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "plog.h"
+#include "policy_int.h"
+
+struct policy_sess {
+    struct policy *p;
+    struct policy_limits lim;
+    struct pol_keys k;
+    char *user;     /* owned: the name as the client sent it */
+    char *client;   /* owned */
+    char *backend;  /* owned */
+    char *instance; /* owned */
+    char *protocol; /* owned */
+    uint64_t started;
+    policy_kick_cb *kick;
+    policy_bytes_cb *bytes;
+    void *arg;
+    uint64_t flushed;     /* bytes already sent to Redis */
+    uint64_t known_total; /* the user's window total in the last answer */
+    uint64_t inflight;    /* bytes sent with the refresh in flight, not yet in known_total */
+    struct rds_req *hb;   /* user-scope script in flight */
+    bool kicked;          /* marked by a kick message, callback not yet run */
+    struct policy_sess *prev, *next;
+};
+
+static void heartbeat_cb(struct ev_loop *loop, ev_timer *t, int revents);
+
+void pol_sessions_init(struct policy *p)
+{
+    double hb = (double)p->conf.heartbeat_ms / 1000.0;
+    ev_timer_init(&p->heartbeat, heartbeat_cb, hb, hb);
+    p->heartbeat.data = p;
+}
+
+void pol_sessions_done(struct policy *p)
+{
+    ev_timer_stop(p->loop, &p->heartbeat);
+    /* Handles still out belong to sessions that outlive the worker's policy: none do (the worker
+     * closes every session first); detach them so a late close cannot touch freed memory. */
+    for (struct policy_sess *s = p->sessions; s; s = s->next) {
+        rds_cancel(&s->hb);
+        s->p = NULL;
+    }
+    p->sessions = NULL;
+}
+
+static void sess_reply(void *arg, const redisReply *rep)
+{
+    struct policy_sess *s = arg;
+    s->hb = NULL;
+    s->inflight = 0;
+    if (rep && rep->type == REDIS_REPLY_INTEGER)
+        s->known_total = (uint64_t)rep->integer;
+}
+
+static char *num(char *buf, size_t cap, uint64_t v)
+{
+    snprintf(buf, cap, "%llu", (unsigned long long)v);
+    return buf;
+}
+
+/* Register or refresh: the user-scope script and the address set. */
+static void send_sess(struct policy_sess *s, bool reset)
+{
+    struct policy *p = s->p;
+    if (!rds_ready(p->cmd))
+        return;
+    char kf[RL_KEY_MAX], kc[RL_KEY_MAX], ks[RL_KEY_MAX], kb[RL_KEY_MAX];
+    char suffix[POL_SID_MAX + 2];
+    snprintf(suffix, sizeof suffix, ":%s", s->k.sid);
+    if (!pol_key(p, kf, sizeof kf, "fail", s->k.user, "") ||
+        !pol_key(p, kc, sizeof kc, "conn", s->k.user, "") ||
+        !pol_key(p, ks, sizeof ks, "sess", s->k.user, suffix) ||
+        !pol_key(p, kb, sizeof kb, "rl", s->k.user, ":bytes"))
+        return;
+    uint64_t cur = s->bytes ? s->bytes(s->arg) : s->flushed;
+    uint64_t delta = cur > s->flushed ? cur - s->flushed : 0;
+    bool counting = s->lim.download_limit > 0;
+    char ttl[24], d[24], win[24], started[24], total[24];
+    const char *argv[] = {kf,
+                          kc,
+                          ks,
+                          kb,
+                          s->k.sid,
+                          num(ttl, sizeof ttl, p->conf.session_ttl_ms),
+                          reset ? "1" : "0",
+                          num(d, sizeof d, counting ? delta : 0),
+                          num(win, sizeof win, counting ? s->lim.download_window_ms : 0),
+                          "user",
+                          s->user,
+                          "client",
+                          s->client,
+                          "backend",
+                          s->backend,
+                          "instance",
+                          s->instance,
+                          "protocol",
+                          s->protocol,
+                          "started",
+                          num(started, sizeof started, s->started),
+                          "bytes",
+                          num(total, sizeof total, cur),
+                          "id",
+                          s->k.sid};
+    enum { N = sizeof argv / sizeof argv[0] };
+    size_t lens[N];
+    for (int i = 0; i < N; i++)
+        lens[i] = strlen(argv[i]);
+    if (s->hb)
+        return; /* the previous refresh is still out: it carries fresh enough data */
+    s->hb = rds_eval(p->cmd, &p->s_sess, 4, N, argv, lens, sess_reply, s);
+    if (s->hb) {
+        s->flushed = cur;
+        s->inflight = counting ? delta : 0;
+    }
+    if (s->k.has_addr) {
+        char ka[RL_KEY_MAX];
+        if (!pol_key(p, ka, sizeof ka, "conn", s->k.addr, ""))
+            return;
+        const char *aargv[] = {ka, s->k.sid, ttl};
+        size_t alens[] = {strlen(ka), strlen(s->k.sid), strlen(ttl)};
+        rds_eval(p->cmd, &p->s_touch, 1, 3, aargv, alens, NULL, NULL);
+    }
+}
+
+static void heartbeat_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct policy *p = t->data;
+    for (struct policy_sess *s = p->sessions; s; s = s->next)
+        send_sess(s, false);
+}
+
+void pol_sessions_resync(struct policy *p)
+{
+    heartbeat_cb(p->loop, &p->heartbeat, 0);
+}
+
+static char *dup_or_dash(const char *s)
+{
+    return strdup(s && *s ? s : "-");
+}
+
+struct policy_sess *policy_session_open(struct policy *p, const struct policy_limits *lim,
+                                        const struct policy_who *w,
+                                        const struct policy_sess_info *info, policy_kick_cb *kick,
+                                        policy_bytes_cb *bytes, void *arg)
+{
+    struct policy_sess *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->p = p;
+    s->lim = *lim;
+    pol_scope_keys(p, lim, w, &s->k);
+    s->user = dup_or_dash(w->user);
+    s->client = dup_or_dash(info->client);
+    s->backend = dup_or_dash(info->backend);
+    s->instance = dup_or_dash(info->instance);
+    s->protocol = dup_or_dash(info->protocol);
+    if (!s->user || !s->client || !s->backend || !s->instance || !s->protocol) {
+        s->p = NULL;
+        policy_session_close(&s);
+        return NULL;
+    }
+    s->started = info->started;
+    s->kick = kick;
+    s->bytes = bytes;
+    s->arg = arg;
+    s->flushed = bytes ? bytes(arg) : 0;
+    local_reset(p->local, s->k.user, (uint64_t)(ev_now(p->loop) * 1000.0));
+    s->next = p->sessions;
+    if (p->sessions)
+        p->sessions->prev = s;
+    p->sessions = s;
+    if (p->nsessions++ == 0)
+        ev_timer_again(p->loop, &p->heartbeat);
+    send_sess(s, true);
+    return s;
+}
+
+void policy_session_close(struct policy_sess **sp)
+{
+    struct policy_sess *s = *sp;
+    if (!s)
+        return;
+    *sp = NULL;
+    struct policy *p = s->p;
+    rds_cancel(&s->hb);
+    if (p) {
+        if (s->prev)
+            s->prev->next = s->next;
+        else
+            p->sessions = s->next;
+        if (s->next)
+            s->next->prev = s->prev;
+        if (--p->nsessions == 0)
+            ev_timer_stop(p->loop, &p->heartbeat);
+        char kc[RL_KEY_MAX], ks[RL_KEY_MAX], kb[RL_KEY_MAX], suffix[POL_SID_MAX + 2];
+        snprintf(suffix, sizeof suffix, ":%s", s->k.sid);
+        uint64_t cur = s->bytes ? s->bytes(s->arg) : s->flushed;
+        char d[24], win[24];
+        bool counting = s->lim.download_limit > 0;
+        if (pol_key(p, kc, sizeof kc, "conn", s->k.user, "") &&
+            pol_key(p, ks, sizeof ks, "sess", s->k.user, suffix) &&
+            pol_key(p, kb, sizeof kb, "rl", s->k.user, ":bytes")) {
+            const char *argv[] = {
+                kc,
+                ks,
+                kb,
+                s->k.sid,
+                num(d, sizeof d, counting && cur > s->flushed ? cur - s->flushed : 0),
+                num(win, sizeof win, counting ? s->lim.download_window_ms : 0)};
+            size_t lens[6];
+            for (int i = 0; i < 6; i++)
+                lens[i] = strlen(argv[i]);
+            rds_eval(p->cmd, &p->s_close, 3, 6, argv, lens, NULL, NULL);
+        }
+        if (s->k.has_addr) {
+            struct policy_who w = {.sid = s->k.sid};
+            struct pol_keys only = s->k;
+            /* the user-scope member went with the close script */
+            char ka[RL_KEY_MAX];
+            if (pol_key(p, ka, sizeof ka, "conn", only.addr, "")) {
+                const char *argv[] = {"ZREM", ka, s->k.sid};
+                size_t lens[] = {4, strlen(ka), strlen(s->k.sid)};
+                rds_call(p->cmd, 3, argv, lens, NULL, NULL);
+            }
+            (void)w;
+        }
+    }
+    free(s->user);
+    free(s->client);
+    free(s->backend);
+    free(s->instance);
+    free(s->protocol);
+    free(s);
+}
+
+bool policy_session_over_volume(struct policy_sess *s)
+{
+    if (!s || !s->p || s->lim.download_limit == 0)
+        return false;
+    uint64_t cur = s->bytes ? s->bytes(s->arg) : s->flushed;
+    uint64_t unflushed = cur > s->flushed ? cur - s->flushed : 0;
+    uint64_t early = s->lim.download_limit / 16;
+    if (early < 65536)
+        early = 65536;
+    if (unflushed >= early && !s->hb)
+        send_sess(s, false);
+    uint64_t pending = cur > s->flushed ? cur - s->flushed : 0;
+    return s->known_total + s->inflight + pending >= s->lim.download_limit;
+}
+
+void pol_sessions_count(struct policy *p, const char *user, const char *addr, unsigned *nu,
+                        unsigned *na)
+{
+    *nu = *na = 0;
+    for (struct policy_sess *s = p->sessions; s; s = s->next) {
+        if (strcmp(s->k.user, user) == 0)
+            (*nu)++;
+        if (addr && s->k.has_addr && strcmp(s->k.addr, addr) == 0)
+            (*na)++;
+    }
+}
+
+void policy_kick(struct policy *p, const char *msg, size_t len)
+{
+    char target[3 * RL_USER_MAX + 1];
+    if (len == 0 || len > RL_USER_MAX || memchr(msg, 0, len))
+        return;
+    char raw[RL_USER_MAX + 1];
+    memcpy(raw, msg, len);
+    raw[len] = '\0';
+    unsigned n = 0;
+    for (struct policy_sess *s = p->sessions; s; s = s->next) {
+        rl_user_key(raw, s->lim.fold_case, target, sizeof target);
+        if (strcmp(s->k.sid, raw) == 0 || strcmp(s->user, raw) == 0 ||
+            strcmp(s->k.user, target) == 0) {
+            s->kicked = true;
+            n++;
+        }
+    }
+    char q[300];
+    plog(n ? PLOG_INFO : PLOG_DEBUG, "event=kick target=%s sessions=%u",
+         plog_q(q, sizeof q, msg, len), n);
+    /* The callback closes the session, which unlinks it: restart the walk after each one. */
+    for (;;) {
+        struct policy_sess *s = p->sessions;
+        while (s && !s->kicked)
+            s = s->next;
+        if (!s)
+            break;
+        s->kicked = false;
+        if (s->kick)
+            s->kick(s->arg);
+    }
+}

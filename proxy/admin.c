@@ -1,0 +1,210 @@
+/*
+ * admin — /metrics and /healthz over a minimal HTTP server on the main loop (see admin.h).
+ */
+#include "admin.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "buf.h"
+#include "log.h"
+#include "metrics.h"
+#include "runtime.h"
+
+#define ADMIN_REQ_MAX   4096
+#define ADMIN_CLIENTS   32
+#define ADMIN_TIMEOUT   5.0
+#define ADMIN_BODY_MAX  (1024 * 1024)
+
+struct admin_client {
+    ev_io io;
+    ev_timer timer;
+    int fd;
+    char req[ADMIN_REQ_MAX];
+    size_t len;
+    char *out; /* response being written (owned) */
+    size_t out_len, out_off;
+};
+
+static struct ev_loop *aloop;
+static ev_io listen_io;
+static int listen_fd = -1;
+static struct admin_client *clients[ADMIN_CLIENTS];
+static atomic_bool healthy;
+static const char *health_why = "starting";
+
+void admin_set_healthy(bool ok, const char *why)
+{
+    health_why = why;
+    atomic_store(&healthy, ok);
+}
+
+static void client_free(struct admin_client *c)
+{
+    ev_io_stop(aloop, &c->io);
+    ev_timer_stop(aloop, &c->timer);
+    close(c->fd);
+    free(c->out);
+    for (int i = 0; i < ADMIN_CLIENTS; i++)
+        if (clients[i] == c)
+            clients[i] = NULL;
+    free(c);
+}
+
+static void respond(struct admin_client *c, int code, const char *ctype, const char *body,
+                    size_t blen)
+{
+    const char *reason = code == 200 ? "OK" : code == 404 ? "Not Found" : code == 405 ? "Method Not Allowed"
+                         : code == 503 ? "Service Unavailable" : "Bad Request";
+    char head[256];
+    int hl = snprintf(head, sizeof head,
+                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                      "Connection: close\r\n\r\n",
+                      code, reason, ctype, blen);
+    c->out = malloc((size_t)hl + blen);
+    if (!c->out) {
+        client_free(c);
+        return;
+    }
+    memcpy(c->out, head, (size_t)hl);
+    memcpy(c->out + hl, body, blen);
+    c->out_len = (size_t)hl + blen;
+    c->out_off = 0;
+    ev_io_stop(aloop, &c->io);
+    ev_io_set(&c->io, c->fd, EV_WRITE);
+    ev_io_start(aloop, &c->io);
+}
+
+static void handle(struct admin_client *c)
+{
+    char method[8], path[256];
+    if (sscanf(c->req, "%7s %255s", method, path) != 2) {
+        respond(c, 400, "text/plain", "bad request\n", 12);
+        return;
+    }
+    if (strcmp(method, "GET") != 0) {
+        respond(c, 405, "text/plain", "GET only\n", 9);
+        return;
+    }
+    char *q = strchr(path, '?');
+    if (q)
+        *q = '\0';
+    if (strcmp(path, "/metrics") == 0) {
+        struct rt *rt = rt_current();
+        struct buf b;
+        buf_init(&b, ADMIN_BODY_MAX);
+        if (rt) {
+            metrics_render(rt->cfg, &b);
+            rt_unref(&rt);
+        }
+        respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", b.data ? buf_rptr(&b) : "",
+                buf_len(&b));
+        buf_free(&b);
+    } else if (strcmp(path, "/healthz") == 0) {
+        char body[128];
+        bool ok = atomic_load(&healthy);
+        int n = snprintf(body, sizeof body, "%s\n", ok ? "ok" : health_why);
+        respond(c, ok ? 200 : 503, "text/plain", body, (size_t)n);
+    } else {
+        respond(c, 404, "text/plain", "not found\n", 10);
+    }
+}
+
+static void client_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    struct admin_client *c = w->data;
+    if (revents & EV_WRITE) {
+        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return;
+        if (n <= 0 || (c->out_off += (size_t)n) == c->out_len)
+            client_free(c);
+        return;
+    }
+    ssize_t n = recv(c->fd, c->req + c->len, sizeof c->req - 1 - c->len, 0);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0) {
+        client_free(c);
+        return;
+    }
+    c->len += (size_t)n;
+    c->req[c->len] = '\0';
+    if (strstr(c->req, "\r\n\r\n") || strstr(c->req, "\n\n"))
+        handle(c);
+    else if (c->len >= sizeof c->req - 1)
+        respond(c, 400, "text/plain", "request too large\n", 18);
+}
+
+static void timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    client_free(t->data);
+}
+
+static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)revents;
+    int fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0)
+        return;
+    int slot = -1;
+    for (int i = 0; i < ADMIN_CLIENTS && slot < 0; i++)
+        if (!clients[i])
+            slot = i;
+    struct admin_client *c = slot >= 0 ? calloc(1, sizeof *c) : NULL;
+    if (!c) {
+        close(fd); /* too many admin clients at once: the scraper retries */
+        return;
+    }
+    clients[slot] = c;
+    c->fd = fd;
+    ev_io_init(&c->io, client_cb, fd, EV_READ);
+    c->io.data = c;
+    ev_io_start(loop, &c->io);
+    ev_timer_init(&c->timer, timeout_cb, ADMIN_TIMEOUT, 0.);
+    c->timer.data = c;
+    ev_timer_start(loop, &c->timer);
+}
+
+bool admin_start(struct ev_loop *loop, const struct config *cfg, char **error_r)
+{
+    *error_r = NULL;
+    aloop = loop;
+    if (!cfg->admin.enabled)
+        return true;
+    int fd = socket(cfg->admin.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        bind(fd, (const struct sockaddr *)&cfg->admin.addr, cfg->admin.addrlen) < 0 ||
+        listen(fd, 64) < 0) {
+        if (asprintf(error_r, "admin listener %s: %s", cfg->admin.bind, strerror(errno)) < 0)
+            *error_r = NULL;
+        if (fd >= 0)
+            close(fd);
+        return false;
+    }
+    listen_fd = fd;
+    ev_io_init(&listen_io, accept_cb, fd, EV_READ);
+    ev_io_start(loop, &listen_io);
+    log_write(LOG_INFO, "event=admin_listening bind=%s", cfg->admin.bind);
+    return true;
+}
+
+void admin_stop(void)
+{
+    if (listen_fd < 0)
+        return;
+    ev_io_stop(aloop, &listen_io);
+    close(listen_fd);
+    listen_fd = -1;
+    for (int i = 0; i < ADMIN_CLIENTS; i++)
+        if (clients[i])
+            client_free(clients[i]);
+}

@@ -1,0 +1,22 @@
+/*
+ * admin — the admin HTTP listener on the main thread's loop: GET /metrics (Prometheus text
+ * format) and GET /healthz (200 "ok" when the listeners are up and, with scanning enabled, the
+ * engine is loaded; 503 otherwise). HTTP/1.0-style: one request per connection, bounded request
+ * size and time, never blocks a worker loop.
+ */
+#ifndef PORTCULLIS_ADMIN_H
+#define PORTCULLIS_ADMIN_H
+
+#include <ev.h>
+#include <stdbool.h>
+
+#include "config.h"
+
+/* Bind the admin listener of `cfg` (if enabled). False with *error_r (malloc'd) on failure. */
+bool admin_start(struct ev_loop *loop, const struct config *cfg, char **error_r);
+void admin_stop(void);
+
+/* What /healthz reports; set by main (listeners bound, engine loaded). */
+void admin_set_healthy(bool ok, const char *why);
+
+#endif

@@ -1,0 +1,186 @@
+/*
+ * metrics — counters and their Prometheus text exposition (see metrics.h).
+ */
+#include "metrics.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "backend.h"
+#include "runtime.h"
+
+struct metrics metrics;
+
+#define REASONS_MAX 64
+#define REASON_LEN 48
+static struct {
+    char reason[REASON_LEN];
+    atomic_ullong n;
+} reasons[REASONS_MAX];
+static atomic_uint nreasons;
+static atomic_ullong reasons_other;
+static pthread_mutex_t reasons_lock = PTHREAD_MUTEX_INITIALIZER;
+
+#define COLLECTORS_MAX 16
+static struct {
+    metrics_collector *fn;
+    void *arg;
+} collectors[COLLECTORS_MAX];
+static size_t ncollectors;
+static pthread_mutex_t collectors_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void metrics_refusal(const char *reason)
+{
+    unsigned n = atomic_load(&nreasons);
+    for (unsigned i = 0; i < n; i++) {
+        if (strcmp(reasons[i].reason, reason) == 0) {
+            atomic_fetch_add(&reasons[i].n, 1);
+            return;
+        }
+    }
+    pthread_mutex_lock(&reasons_lock);
+    n = atomic_load(&nreasons);
+    unsigned i = 0;
+    while (i < n && strcmp(reasons[i].reason, reason) != 0)
+        i++;
+    if (i == n && n < REASONS_MAX) {
+        snprintf(reasons[n].reason, REASON_LEN, "%s", reason);
+        atomic_store(&nreasons, n + 1); /* published after the slot is filled */
+    }
+    pthread_mutex_unlock(&reasons_lock);
+    if (i < REASONS_MAX)
+        atomic_fetch_add(&reasons[i].n, 1);
+    else
+        atomic_fetch_add(&reasons_other, 1);
+}
+
+void metrics_from_event(const char *msg, int proto)
+{
+    /* The session's log line is the single source: every refusal and login result is logged
+     * once, so counting here keeps the metrics and the logs in step. */
+    proto = proto ? 1 : 0;
+    if (strncmp(msg, "event=refused reason=", 21) == 0) {
+        char r[REASON_LEN];
+        size_t i = 0;
+        const char *p = msg + 21;
+        if (*p == '"')
+            p++;
+        while (p[i] && p[i] != ' ' && p[i] != '"' && i < sizeof r - 1) {
+            char c = p[i];
+            r[i++] = (char)((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ? c : '_');
+        }
+        r[i] = '\0';
+        metrics_refusal(i ? r : "unknown");
+        if (strstr(r, "plaintext") || strstr(r, "policy") || strstr(r, "locked") ||
+            strstr(r, "rate"))
+            atomic_fetch_add(&metrics.logins[proto][ML_REFUSED], 1);
+    } else if (strncmp(msg, "event=login ", 12) == 0) {
+        atomic_fetch_add(&metrics.logins[proto][ML_OK], 1);
+    } else if (strncmp(msg, "event=login_failed ", 19) == 0) {
+        atomic_fetch_add(&metrics.logins[proto][strstr(msg, "backend_unavailable")
+                                                    ? ML_UNAVAILABLE
+                                                    : ML_AUTH_FAILED],
+                         1);
+    } else if (strncmp(msg, "event=starttls_injection", 24) == 0) {
+        atomic_fetch_add(&metrics.starttls_injections, 1);
+    }
+}
+
+void metrics_register(metrics_collector *fn, void *arg)
+{
+    pthread_mutex_lock(&collectors_lock);
+    if (ncollectors < COLLECTORS_MAX) {
+        collectors[ncollectors].fn = fn;
+        collectors[ncollectors].arg = arg;
+        ncollectors++;
+    }
+    pthread_mutex_unlock(&collectors_lock);
+}
+
+static const char *proto_name(int p)
+{
+    return p == CFG_PROTO_POP3 ? "pop3" : "imap";
+}
+
+static void header(struct buf *o, const char *name, const char *type, const char *help)
+{
+    buf_printf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+void metrics_render(const struct config *cfg, struct buf *o)
+{
+    size_t nl = cfg->nlisteners < METRICS_LISTENERS ? cfg->nlisteners : METRICS_LISTENERS;
+    header(o, "portcullis_connections_accepted_total", "counter", "Client connections accepted.");
+    for (size_t i = 0; i < nl; i++)
+        buf_printf(o, "portcullis_connections_accepted_total{listener=\"%s\",protocol=\"%s\"} %llu\n",
+                   cfg->listeners[i].name, proto_name(cfg->listeners[i].protocol),
+                   (unsigned long long)atomic_load(&metrics.listener[i].accepted));
+    header(o, "portcullis_connections_active", "gauge", "Client connections open now.");
+    for (size_t i = 0; i < nl; i++)
+        buf_printf(o, "portcullis_connections_active{listener=\"%s\",protocol=\"%s\"} %lld\n",
+                   cfg->listeners[i].name, proto_name(cfg->listeners[i].protocol),
+                   (long long)atomic_load(&metrics.listener[i].active));
+    header(o, "portcullis_tls_handshake_failures_total", "counter",
+           "Client TLS handshakes that failed.");
+    for (size_t i = 0; i < nl; i++)
+        buf_printf(o, "portcullis_tls_handshake_failures_total{listener=\"%s\"} %llu\n",
+                   cfg->listeners[i].name,
+                   (unsigned long long)atomic_load(&metrics.listener[i].tls_failures));
+    static const char *results[ML__COUNT] = {"ok", "auth_failed", "unavailable", "refused"};
+    header(o, "portcullis_logins_total", "counter", "Login attempts by result.");
+    for (int p = 0; p < 2; p++)
+        for (int r = 0; r < ML__COUNT; r++)
+            buf_printf(o, "portcullis_logins_total{protocol=\"%s\",result=\"%s\"} %llu\n",
+                       proto_name(p), results[r],
+                       (unsigned long long)atomic_load(&metrics.logins[p][r]));
+    header(o, "portcullis_refusals_total", "counter",
+           "Commands and connections refused by the proxy, by reason.");
+    unsigned n = atomic_load(&nreasons);
+    for (unsigned i = 0; i < n; i++)
+        buf_printf(o, "portcullis_refusals_total{reason=\"%s\"} %llu\n", reasons[i].reason,
+                   (unsigned long long)atomic_load(&reasons[i].n));
+    buf_printf(o, "portcullis_refusals_total{reason=\"other\"} %llu\n",
+               (unsigned long long)atomic_load(&reasons_other));
+    header(o, "portcullis_relayed_bytes_total", "counter",
+           "Bytes relayed after login, by protocol and direction.");
+    for (int p = 0; p < 2; p++) {
+        buf_printf(o, "portcullis_relayed_bytes_total{protocol=\"%s\",direction=\"to_client\"} %llu\n",
+                   proto_name(p), (unsigned long long)atomic_load(&metrics.bytes_to_client[p]));
+        buf_printf(o, "portcullis_relayed_bytes_total{protocol=\"%s\",direction=\"to_backend\"} %llu\n",
+                   proto_name(p), (unsigned long long)atomic_load(&metrics.bytes_to_backend[p]));
+    }
+    header(o, "portcullis_sessions_closed_total", "counter", "Client sessions ended.");
+    for (int p = 0; p < 2; p++)
+        buf_printf(o, "portcullis_sessions_closed_total{protocol=\"%s\"} %llu\n", proto_name(p),
+                   (unsigned long long)atomic_load(&metrics.sessions_closed[p]));
+    header(o, "portcullis_starttls_injections_total", "counter",
+           "STARTTLS/STLS commands with pipelined plaintext behind them (discarded).");
+    buf_printf(o, "portcullis_starttls_injections_total %llu\n",
+               (unsigned long long)atomic_load(&metrics.starttls_injections));
+
+    /* Backends: health and sessions, from the process-wide table via the published runtime. */
+    struct rt *rt = rt_current();
+    if (rt) {
+        header(o, "portcullis_backend_up", "gauge", "1 when the backend takes new sessions.");
+        for (size_t i = 0; i < rt->cfg->nbackends; i++)
+            buf_printf(o, "portcullis_backend_up{backend=\"%s\"} %d\n", rt->cfg->backends[i].name,
+                       atomic_load(&rt->be_state[i]->up) && !rt->cfg->backends[i].drain);
+        header(o, "portcullis_backend_sessions_active", "gauge",
+               "Relayed sessions open now on the backend.");
+        for (size_t i = 0; i < rt->cfg->nbackends; i++)
+            buf_printf(o, "portcullis_backend_sessions_active{backend=\"%s\"} %u\n",
+                       rt->cfg->backends[i].name, atomic_load(&rt->be_state[i]->active));
+        header(o, "portcullis_backend_connect_failures_total", "counter",
+               "Failed session connects to the backend.");
+        for (size_t i = 0; i < rt->cfg->nbackends; i++)
+            buf_printf(o, "portcullis_backend_connect_failures_total{backend=\"%s\"} %llu\n",
+                       rt->cfg->backends[i].name,
+                       (unsigned long long)atomic_load(&rt->be_state[i]->connect_failures));
+        rt_unref(&rt);
+    }
+    pthread_mutex_lock(&collectors_lock);
+    for (size_t i = 0; i < ncollectors; i++)
+        collectors[i].fn(o, collectors[i].arg);
+    pthread_mutex_unlock(&collectors_lock);
+}

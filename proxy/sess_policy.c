@@ -1,0 +1,342 @@
+/*
+ * sess_policy — see sess_policy.h. The glue between a session and its worker's policy
+ * (policy/policy.h); the decisions themselves live in policy/.
+ *
+ * Answers (RFC 5530 response codes for IMAP, RFC 3206 for POP3):
+ *   deny list / not in allow list     NO [AUTHENTICATIONFAILED] / -ERR [AUTH]      at once
+ *   locked out, login rate exceeded   NO [UNAVAILABLE] / -ERR [SYS/TEMP]           after the tarpit
+ *   session cap                       NO [LIMIT] / -ERR [IN-USE]                   after the tarpit
+ *   Redis unavailable, fail closed    NO [UNAVAILABLE] / -ERR [SYS/TEMP]           at once
+ * The refusal goes back through the protocol's callback, which answers and returns the session
+ * to the pre-auth dialogue (the client may try again; max_bad_commands still applies).
+ */
+#include "sess_policy.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "plog.h"
+#include "policy.h"
+#include "runtime.h"
+#include "session.h"
+#include "worker.h"
+
+struct sess_pol {
+    struct policy_req *req;  /* check in flight */
+    struct policy_sess *reg; /* registered (logged in) */
+    bool checked;            /* a check was sent: a slot may be reserved */
+    bool blocked_logged;
+    ev_timer deny; /* answers an address refusal from the loop */
+    sess_login_allowed *allowed;
+    sess_login_refused *refused;
+    char sid[128];
+};
+
+static uint32_t process_nonce;
+static pthread_once_t nonce_once = PTHREAD_ONCE_INIT;
+
+static void plog_sink(enum plog_level level, const char *line)
+{
+    log_write((enum log_level)level, "%s", line);
+}
+
+static int plog_on(enum plog_level level)
+{
+    return log_enabled((enum log_level)level);
+}
+
+/* Session ids must be unique across instances and restarts: instance name, a per-process
+ * nonce, the process-local counter. */
+static void init_nonce(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    process_nonce = (uint32_t)ts.tv_nsec ^ (uint32_t)ts.tv_sec ^ ((uint32_t)getpid() << 16);
+    plog_set(plog_sink, plog_on);
+}
+
+void sess_policy_worker_start(struct worker *w)
+{
+    pthread_once(&nonce_once, init_nonce);
+    struct rt *rt = rt_current();
+    const struct config *cfg = rt->cfg;
+    const struct cfg_redis *r = &cfg->redis;
+    char name[96];
+    snprintf(name, sizeof name, "portcullis:%s:%d", cfg->instance, w->id);
+    struct policy_conf pc = {
+        .use_redis = r->enabled,
+        .redis =
+            {
+                .host = r->addr,
+                .port = r->port,
+                .socket = r->socket,
+                .username = r->username,
+                .password = r->password,
+                .db = r->db,
+                .client_name = name,
+                .connect_timeout = (double)r->connect_timeout_ms / 1000.0,
+                .command_timeout = (double)r->command_timeout_ms / 1000.0,
+                .backoff_min = (double)r->reconnect_min_ms / 1000.0,
+                .backoff_max = (double)r->reconnect_max_ms / 1000.0,
+                .max_pending = 20000,
+            },
+        .prefix = r->prefix,
+        .fail_closed = r->fail_mode == CFG_FAIL_CLOSED,
+        .heartbeat_ms = cfg->policy.heartbeat_ms,
+        .session_ttl_ms = cfg->policy.session_ttl_ms,
+        .local_entries = cfg->policy.local_entries,
+    };
+    w->policy = policy_new(w->loop, &pc);
+    if (!w->policy)
+        log_write(LOG_ERROR, "event=policy_failed worker=%d error=\"out of memory\"", w->id);
+    rt_unref(&rt);
+}
+
+void sess_policy_worker_stop(struct worker *w)
+{
+    /* Let the unregistrations of the sessions just closed reach Redis. */
+    policy_drain(w->policy, 1.0);
+    policy_free(&w->policy);
+}
+
+static void limits(const struct config *cfg, struct policy_limits *l)
+{
+    const struct cfg_policy *p = &cfg->policy;
+    *l = (struct policy_limits){
+        .v4_prefix = p->ipv4_prefix,
+        .v6_prefix = p->ipv6_prefix,
+        .fold_case = p->user_case_insensitive,
+        .tarpit_ms = p->tarpit_ms,
+        .user_burst = p->user_login_burst,
+        .addr_burst = p->addr_login_burst,
+        .user_interval_ms = p->user_login_interval_ms,
+        .addr_interval_ms = p->addr_login_interval_ms,
+        .user_fail_limit = p->user_fail_limit,
+        .addr_fail_limit = p->addr_fail_limit,
+        .fail_window_ms = p->fail_window_ms,
+        .lockout_ms = p->lockout_ms,
+        .lockout_max_ms = p->lockout_max_ms,
+        .user_max_sessions = p->user_max_sessions,
+        .addr_max_sessions = p->addr_max_sessions,
+        .download_limit = p->download_limit,
+        .download_window_ms = p->download_window_ms,
+    };
+}
+
+static void who(struct session *s, struct policy_who *w)
+{
+    const struct cfg_policy *p = &s->cfg->policy;
+    const struct sockaddr *sa = (const struct sockaddr *)&s->client_sa;
+    bool inet = sa->sa_family == AF_INET || sa->sa_family == AF_INET6;
+    *w = (struct policy_who){
+        .user = s->user,
+        .addr = inet ? sa : NULL,
+        .addr_exempt = inet && cfg_cidr_match(p->exempt_nets, p->nexempt, sa),
+        .sid = s->pol ? s->pol->sid : "",
+    };
+}
+
+static bool is_pop3(const struct session *s)
+{
+    return s->listener->protocol == CFG_PROTO_POP3;
+}
+
+static void refuse(struct session *s, const char *imap, const char *pop3)
+{
+    sess_login_refused *cb = s->pol->refused;
+    cb(s, is_pop3(s) ? pop3 : imap);
+    if (!s->closing)
+        sess_pump(s);
+}
+
+static const char *result_name(enum policy_result r)
+{
+    switch (r) {
+    case POLICY_ALLOW:
+        return "allow";
+    case POLICY_LOCKED:
+        return "locked_out";
+    case POLICY_RATE:
+        return "login_rate";
+    case POLICY_SESSIONS:
+        return "session_limit";
+    default:
+        return "policy_unavailable";
+    }
+}
+
+static void on_verdict(void *arg, const struct policy_verdict *v)
+{
+    struct session *s = arg;
+    s->pol->req = NULL;
+    if (s->closing)
+        return;
+    if (v->result == POLICY_ALLOW) {
+        if (v->degraded)
+            sess_log(s, LOG_DEBUG,
+                     "event=policy_degraded note=\"local limits (Redis unavailable)\"");
+        s->pol->allowed(s);
+        if (!s->closing)
+            sess_pump(s);
+        return;
+    }
+    s->pol->checked = false; /* the policy released what the check may have reserved */
+    sess_log(s, v->result == POLICY_UNAVAILABLE ? LOG_WARN : LOG_INFO,
+             "event=login_refused reason=%s scope=%s retry_ms=%llu degraded=%s",
+             result_name(v->result), v->scope == POLICY_SCOPE_USER ? "user" : "address",
+             (unsigned long long)v->retry_ms, v->degraded ? "yes" : "no");
+    switch (v->result) {
+    case POLICY_SESSIONS:
+        refuse(s, "NO [LIMIT] Too many sessions; close some and try again.",
+               "-ERR [IN-USE] Too many sessions; close some and try again.");
+        break;
+    case POLICY_UNAVAILABLE:
+        refuse(s, "NO [UNAVAILABLE] Login service temporarily unavailable; try again later.",
+               "-ERR [SYS/TEMP] Login service temporarily unavailable; try again later.");
+        break;
+    default:
+        refuse(s, "NO [UNAVAILABLE] Too many login attempts; try again later.",
+               "-ERR [SYS/TEMP] Too many login attempts; try again later.");
+        break;
+    }
+}
+
+static void deny_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct session *s = t->data;
+    if (!s->closing)
+        refuse(s, "NO [AUTHENTICATIONFAILED] Access denied from your address.",
+               "-ERR [AUTH] Access denied from your address.");
+}
+
+void sess_login_check(struct session *s, sess_login_allowed *allowed, sess_login_refused *refused)
+{
+    if (!s->pol) {
+        s->pol = calloc(1, sizeof *s->pol);
+        if (!s->pol) {
+            sess_close(s, "out of memory");
+            return;
+        }
+        snprintf(s->pol->sid, sizeof s->pol->sid, "%s-%08x-%llu", s->cfg->instance, process_nonce,
+                 (unsigned long long)s->id);
+        ev_init(&s->pol->deny, deny_cb);
+        s->pol->deny.data = s;
+    }
+    struct sess_pol *sp = s->pol;
+    sp->allowed = allowed;
+    sp->refused = refused;
+    const struct cfg_policy *p = &s->cfg->policy;
+    const struct sockaddr *sa = (const struct sockaddr *)&s->client_sa;
+    bool inet = sa->sa_family == AF_INET || sa->sa_family == AF_INET6;
+    if (inet && (cfg_cidr_match(p->deny_nets, p->ndeny, sa) ||
+                 (p->nallow && !cfg_cidr_match(p->allow_nets, p->nallow, sa)))) {
+        /* Static lists come first and need no state: no Redis, no tarpit, no counting. */
+        sess_log(s, LOG_INFO, "event=login_refused reason=address_denied");
+        ev_timer_set(&sp->deny, 0., 0.);
+        ev_timer_start(s->worker->loop, &sp->deny);
+        return;
+    }
+    if (!s->worker->policy) {
+        allowed(s); /* no policy object (out of memory at start): nothing to enforce */
+        return;
+    }
+    struct policy_limits l;
+    struct policy_who w;
+    limits(s->cfg, &l);
+    who(s, &w);
+    sp->checked = true;
+    sp->req = policy_check_login(s->worker->policy, &l, &w, on_verdict, s);
+    if (!sp->req)
+        sess_close(s, "out of memory");
+}
+
+static void on_kick(void *arg)
+{
+    struct session *s = arg;
+    if (s->closing)
+        return;
+    sess_log(s, LOG_INFO, "event=kicked note=\"ended by an administrator\"");
+    s->proto->bye(s, "Session terminated by an administrator.");
+    if (!s->closing)
+        sess_close_after_flush(s, "kicked");
+}
+
+static uint64_t bytes_out(void *arg)
+{
+    struct session *s = arg;
+    return s->client.bytes_out;
+}
+
+void sess_login_result(struct session *s, bool ok, bool auth_failure)
+{
+    struct sess_pol *sp = s->pol;
+    struct policy *p = s->worker->policy;
+    if (!sp || !p || !s->user)
+        return;
+    struct policy_limits l;
+    struct policy_who w;
+    limits(s->cfg, &l);
+    who(s, &w);
+    if (!ok) {
+        if (auth_failure)
+            policy_login_failed(p, &l, &w);
+        else
+            policy_release(p, &l, &w);
+        sp->checked = false;
+        return;
+    }
+    char client[INET6_ADDRSTRLEN + 8];
+    snprintf(client, sizeof client, "%s:%u", s->client_ip, s->client_port);
+    struct policy_sess_info info = {
+        .client = client,
+        .backend = s->be ? s->be->name : "-",
+        .instance = s->cfg->instance,
+        .protocol = s->proto->name,
+        .started = (uint64_t)time(NULL),
+    };
+    policy_session_close(&sp->reg);
+    sp->reg = policy_session_open(p, &l, &w, &info, on_kick, bytes_out, s);
+    sp->checked = false;
+}
+
+bool sess_policy_download_blocked(struct session *s)
+{
+    struct sess_pol *sp = s->pol;
+    if (!sp || !sp->reg || !policy_session_over_volume(sp->reg))
+        return false;
+    if (!sp->blocked_logged) {
+        sp->blocked_logged = true;
+        sess_log(s, LOG_INFO, "event=download_limited limit=%zu window_ms=%llu",
+                 s->cfg->policy.download_limit,
+                 (unsigned long long)s->cfg->policy.download_window_ms);
+    }
+    return true;
+}
+
+void sess_policy_close(struct session *s)
+{
+    struct sess_pol *sp = s->pol;
+    if (!sp)
+        return;
+    s->pol = NULL;
+    ev_timer_stop(s->worker->loop, &sp->deny);
+    policy_cancel(&sp->req);
+    policy_session_close(&sp->reg);
+    if (sp->checked && s->worker->policy && s->user && s->cfg) {
+        struct policy_limits l;
+        struct policy_who w;
+        limits(s->cfg, &l);
+        s->pol = sp; /* who() reads the sid */
+        who(s, &w);
+        s->pol = NULL;
+        policy_release(s->worker->policy, &l, &w);
+    }
+    free(sp);
+}

@@ -1,0 +1,39 @@
+/*
+ * sess_policy — the session's side of the login policy (policy/): static allow/deny lists,
+ * the asynchronous Redis check before the backend login, counting the result, the registry
+ * entry while the session lives, download-volume checks for the relays, and admin kicks.
+ *
+ * The protocol modules call three things: sess_login_check() instead of starting the backend
+ * login, sess_login_result() when the backend answered, and sess_policy_download_blocked()
+ * before forwarding a RETR/TOP/FETCH. session.c calls sess_policy_close() from sess_close(),
+ * which cancels a check in flight (its callback will not run) and unregisters the session.
+ */
+#ifndef PORTCULLIS_SESS_POLICY_H
+#define PORTCULLIS_SESS_POLICY_H
+
+#include <stdbool.h>
+
+struct session;
+struct worker;
+
+/* Per worker, on the worker's thread: create / drain and free its policy (w->policy). */
+void sess_policy_worker_start(struct worker *w);
+void sess_policy_worker_stop(struct worker *w);
+
+typedef void sess_login_allowed(struct session *s);
+/* `answer` is the protocol's refusal without the IMAP tag: "NO [UNAVAILABLE] …" for IMAP, the
+ * whole "-ERR [SYS/TEMP] …" line for POP3 (no CRLF). */
+typedef void sess_login_refused(struct session *s, const char *answer);
+
+/* Decide the login in progress (s->user set). Exactly one of the callbacks runs, never before
+ * this returns; the session is pumped afterwards. Not called back after sess_close(). */
+void sess_login_check(struct session *s, sess_login_allowed *allowed, sess_login_refused *refused);
+/* The backend login ended: ok → register; auth_failure → count a failed login; otherwise
+ * (backend unavailable) only release the slot the check reserved. Call before s->user goes. */
+void sess_login_result(struct session *s, bool ok, bool auth_failure);
+/* Over the user's download volume? (logs once per session when it starts refusing) */
+bool sess_policy_download_blocked(struct session *s);
+/* From sess_close(): cancel, release or unregister. */
+void sess_policy_close(struct session *s);
+
+#endif

@@ -1,0 +1,199 @@
+"""Operations (issue 7): /metrics and /healthz, privilege drop, reload safety, the Debian package."""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import mailenv
+
+
+def scrape(px) -> dict[tuple, float]:
+    status, body = px.http_get("/metrics")
+    assert status == 200
+    out = {}
+    for fam in text_string_to_metric_families(body):  # raises on malformed exposition
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def val(m, name, **labels) -> float:
+    return m.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_move_with_a_scripted_session(proxy_factory, dovecot, certs):
+    px = proxy_factory()
+    status, body = px.http_get("/healthz")
+    assert (status, body) == (200, "ok\n")
+    assert px.http_get("/nope")[0] == 404
+    before = scrape(px)
+    ctx = mailenv.ssl_context(certs.ca)
+    m = imaplib.IMAP4_SSL(mailenv.LOCAL, px.port("imaps"), ssl_context=ctx, timeout=15)
+    with pytest.raises(imaplib.IMAP4.error):
+        m.login("alice", "wrong")
+    m.login("alice", "alicepw")
+    m.select("INBOX", readonly=True)
+    typ, data = m.fetch("1:*", "(BODY.PEEK[])")
+    fetched = sum(len(d[1]) for d in data if isinstance(d, tuple))
+    mid = scrape(px)
+    assert val(mid, "portcullis_connections_active", listener="imaps", protocol="imap") == \
+        val(before, "portcullis_connections_active", listener="imaps", protocol="imap") + 1
+    m.logout()
+    plain = imaplib.IMAP4(mailenv.LOCAL, px.port("imap"), timeout=15)
+    with pytest.raises(imaplib.IMAP4.error):
+        plain.login("alice", "alicepw")  # refused before TLS
+    plain.logout()
+    time.sleep(0.3)
+    after = scrape(px)
+
+    def d(name, **labels):
+        return val(after, name, **labels) - val(before, name, **labels)
+
+    assert d("portcullis_connections_accepted_total", listener="imaps", protocol="imap") == 1
+    assert d("portcullis_connections_accepted_total", listener="imap", protocol="imap") == 1
+    assert d("portcullis_logins_total", protocol="imap", result="ok") == 1
+    assert d("portcullis_logins_total", protocol="imap", result="auth_failed") == 1
+    assert d("portcullis_logins_total", protocol="imap", result="refused") == 1
+    assert d("portcullis_refusals_total", reason="plaintext_login") == 1
+    assert d("portcullis_relayed_bytes_total", protocol="imap", direction="to_client") >= fetched
+    assert d("portcullis_sessions_closed_total", protocol="imap") == 2
+    assert val(after, "portcullis_backend_up", backend="dovecot1") == 1
+    assert val(after, "portcullis_connections_active", listener="imaps", protocol="imap") == 0
+
+
+def test_reload_with_broken_config_keeps_serving(proxy_factory, certs):
+    px = proxy_factory()
+    good = px.config_path.read_text()
+    px.config_path.write_text(good + "\nbogus_key: 1\n")
+    os.kill(px.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while "event=reload_failed" not in px.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "event=reload_failed" in px.log()
+    assert "bogus_key" in px.log()
+    m = imaplib.IMAP4_SSL(mailenv.LOCAL, px.port("imaps"),
+                          ssl_context=mailenv.ssl_context(certs.ca), timeout=15)
+    m.login("alice", "alicepw")
+    m.logout()
+    px.config_path.write_text(good)
+
+
+def test_privileges_dropped(proxy_factory, certs, env_tmp):
+    """Started as root with `user:`, the process (every thread) runs as that user; started as
+    root without it, it refuses to run."""
+    px = proxy_factory(run_as_root=False, user=mailenv.MAIL_USER)
+    pw = __import__("pwd").getpwnam(mailenv.MAIL_USER)
+    tids = os.listdir(f"/proc/{px.pid}/task")
+    assert len(tids) >= 3  # main + 2 workers
+    for tid in tids:
+        status = Path(f"/proc/{px.pid}/task/{tid}/status").read_text()
+        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+        assert uid_line.split()[1:] == [str(pw.pw_uid)] * 4, (tid, uid_line)
+        cap = next(line for line in status.splitlines() if line.startswith("CapEff:"))
+        assert int(cap.split()[1], 16) == 0
+    m = imaplib.IMAP4_SSL(mailenv.LOCAL, px.port("imaps"),
+                          ssl_context=mailenv.ssl_context(certs.ca), timeout=15)
+    m.login("alice", "alicepw")
+    m.logout()
+    cfg = dict(px.config)
+    cfg.pop("user")
+    cfg["run_as_root"] = False
+    cfg["listeners"] = [dict(cfg["listeners"][0], bind=f"127.0.0.1:{mailenv.free_port()}")]
+    cfg["admin"] = {"bind": f"127.0.0.1:{mailenv.free_port()}"}
+    f = env_tmp / "root-refused.yaml"
+    f.write_text(mailenv.to_yaml(cfg))
+    r = subprocess.run([str(mailenv.REPO / mailenv.DEFAULT_BINARY), "-c", str(f)],
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode != 0
+    assert "refusing to run as root" in r.stderr
+
+
+def test_deb_package(tmp_path):
+    r = subprocess.run(["make", "-s", "deb", f"BUILD={mailenv.REPO / 'build'}"],
+                       cwd=mailenv.REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    deb = Path(r.stdout.strip().splitlines()[-1])
+    if not deb.is_absolute():
+        deb = mailenv.REPO / deb
+    contents = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True,
+                              check=True).stdout
+    for path in ("./usr/sbin/portcullis", "./etc/portcullis/portcullis.yaml",
+                 "./lib/systemd/system/portcullis.service"):
+        assert path in contents
+    info = subprocess.run(["dpkg-deb", "-I", str(deb)], capture_output=True, text=True,
+                          check=True).stdout
+    assert "libev4" in info and "libclamav" in info and "libssl3" in info
+    # The unit passes systemd's own checks.
+    unit = tmp_path / "portcullis.service"
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path / "root")], check=True)
+    shutil.copy(tmp_path / "root/lib/systemd/system/portcullis.service", unit)
+    text = unit.read_text().replace("/usr/sbin/portcullis", str(tmp_path / "root/usr/sbin/portcullis"))
+    unit.write_text(text)
+    v = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    problems = [line for line in (v.stdout + v.stderr).splitlines()
+                if "portcullis.service" in line and "User=" not in line
+                and "Cannot add dependency job" not in line]
+    assert not problems, v.stdout + v.stderr
+    # Installed on this machine, the shipped configuration validates with the shipped binary.
+    subprocess.run(["dpkg", "-i", str(deb)], check=True, capture_output=True, timeout=120)
+    try:
+        t = subprocess.run(["/usr/sbin/portcullis", "-t", "-c", "/etc/portcullis/portcullis.yaml"],
+                           capture_output=True, text=True)
+        assert t.returncode == 0, t.stdout + t.stderr
+        assert "is valid" in t.stdout
+    finally:
+        subprocess.run(["dpkg", "--purge", "portcullis"], capture_output=True, timeout=120)
+
+
+def test_sigterm_drains(proxy_factory, dovecot_factory, certs):
+    """SIGTERM: an idle IMAP session gets "* BYE", a FETCH of a large message in flight completes
+    byte for byte, new connections are refused, and the process exits 0."""
+    big = mailenv.gen_messages(1, seed=4242, sizes=[8_000_000])[0]
+    dv = dovecot_factory(users={"alice": "alicepw"})
+    dv.deliver("alice", [big])
+    px = proxy_factory(dovecot=dv, limits={"drain_timeout": "20s"})
+    ctx = mailenv.ssl_context(certs.ca)
+    idle = imaplib.IMAP4_SSL(mailenv.LOCAL, px.port("imaps"), ssl_context=ctx, timeout=15)
+    idle.login("alice", "alicepw")
+    idle.select("INBOX")
+    # A raw client that fetches slowly, so the response is still in flight at SIGTERM.
+    import socket
+    raw = ctx.wrap_socket(socket.create_connection((mailenv.LOCAL, px.port("imaps"))),
+                          server_hostname="localhost")
+    raw.settimeout(15)
+    f = raw.makefile("rb")
+    f.readline()
+    raw.sendall(b"a LOGIN alice alicepw\r\nb SELECT INBOX\r\nc FETCH 1 BODY.PEEK[]\r\n")
+    line = f.readline()
+    while not line.startswith(b"* 1 FETCH"):
+        line = f.readline()
+    n = int(line.rsplit(b"{", 1)[1].split(b"}")[0])
+    got = f.read(100_000)
+    os.kill(px.pid, signal.SIGTERM)
+    time.sleep(0.5)
+    # The idle session was told and closed.
+    with pytest.raises((imaplib.IMAP4.abort, OSError)):
+        idle.noop()
+        idle.noop()
+    # New connections are refused.
+    with pytest.raises(OSError):
+        socket.create_connection((mailenv.LOCAL, px.port("imaps")), timeout=2).recv(1)
+    # The FETCH in flight completes.
+    got += f.read(n - len(got))
+    assert got == big
+    rest = f.readline() + f.readline()
+    assert b"c OK" in rest
+    px.proc.wait(timeout=20)
+    assert px.proc.returncode == 0
+    px.pid = None  # exited as it should: nothing left for the fixture to stop
+    assert "event=stopping" in px.log() and "event=stopped" in px.log()
+    raw.close()

@@ -1,0 +1,251 @@
+/*
+ * portcullis-ctl — the admin command: talks to the Redis the instances share, never to an
+ * instance itself, so it works the same with one instance or twenty (docs/redis.md).
+ *
+ *   portcullis-ctl [-c FILE] [-H host] [-p port] [-s socket] [-u user] [-n db] [-P prefix] CMD …
+ *     sessions [user]          list live sessions (all instances)
+ *     kick <user|session-id>   end those sessions wherever they are (publishes on P kick)
+ *     unlock <user|address>    clear a lock-out and the login-rate bucket
+ *
+ * Connection settings come from the `redis:` section of FILE (-c) and then the options; the
+ * password from the file or the PORTCULLIS_REDIS_PASSWORD environment variable (never argv,
+ * where `ps` would show it). Subcommands are a table: route/drain/reload slot in the same way.
+ * A blocking client is right here: this is a short-lived command, not the event loop.
+ */
+#include <getopt.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include <hiredis/hiredis.h>
+
+#include "config.h"
+#include "ratelimit.h"
+
+struct ctl {
+    redisContext *rc;
+    const char *prefix;
+    bool fold;
+    unsigned v4_prefix, v6_prefix;
+};
+
+struct ctl_cmd {
+    const char *name;
+    int min_args, max_args;
+    const char *usage;
+    int (*run)(struct ctl *c, int argc, char **argv);
+};
+
+static redisReply *cmd(struct ctl *c, int argc, const char **argv)
+{
+    size_t lens[16];
+    for (int i = 0; i < argc && i < 16; i++)
+        lens[i] = strlen(argv[i]);
+    redisReply *r = redisCommandArgv(c->rc, argc, argv, lens);
+    if (!r) {
+        fprintf(stderr, "portcullis-ctl: redis: %s\n", c->rc->errstr);
+        exit(2);
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        fprintf(stderr, "portcullis-ctl: redis: %s\n", r->str);
+        freeReplyObject(r);
+        exit(2);
+    }
+    return r;
+}
+
+static const char *field(const redisReply *h, const char *name)
+{
+    for (size_t i = 0; i + 1 < h->elements; i += 2)
+        if (h->element[i]->type == REDIS_REPLY_STRING && strcmp(h->element[i]->str, name) == 0)
+            return h->element[i + 1]->type == REDIS_REPLY_STRING ? h->element[i + 1]->str : "-";
+    return "-";
+}
+
+static int run_sessions(struct ctl *c, int argc, char **argv)
+{
+    char match[RL_KEY_MAX], tag[3 * RL_USER_MAX + 1];
+    if (argc > 0) {
+        rl_user_key(argv[0], c->fold, tag, sizeof tag);
+        if (!rl_key(match, sizeof match, c->prefix, "sess", tag, ":*"))
+            return 1;
+    } else {
+        snprintf(match, sizeof match, "%ssess:*", c->prefix);
+    }
+    printf("%-40s %-20s %-24s %-12s %-12s %-5s %-10s %s\n", "ID", "USER", "CLIENT", "BACKEND",
+           "INSTANCE", "PROTO", "STARTED", "BYTES");
+    char cursor[32] = "0";
+    unsigned n = 0;
+    do {
+        redisReply *r = cmd(c, 6, (const char *[]){"SCAN", cursor, "MATCH", match, "COUNT", "500"});
+        if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+            freeReplyObject(r);
+            return 2;
+        }
+        snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
+        const redisReply *keys = r->element[1];
+        for (size_t i = 0; i < keys->elements; i++) {
+            redisReply *h = cmd(c, 2, (const char *[]){"HGETALL", keys->element[i]->str});
+            if (h->type == REDIS_REPLY_ARRAY && h->elements > 0) {
+                printf("%-40s %-20s %-24s %-12s %-12s %-5s %-10s %s\n", field(h, "id"),
+                       field(h, "user"), field(h, "client"), field(h, "backend"),
+                       field(h, "instance"), field(h, "protocol"), field(h, "started"),
+                       field(h, "bytes"));
+                n++;
+            }
+            freeReplyObject(h);
+        }
+        freeReplyObject(r);
+    } while (strcmp(cursor, "0") != 0);
+    fprintf(stderr, "%u session(s)\n", n);
+    return 0;
+}
+
+static int run_kick(struct ctl *c, int argc, char **argv)
+{
+    (void)argc;
+    char chan[128];
+    snprintf(chan, sizeof chan, "%skick", c->prefix);
+    redisReply *r = cmd(c, 3, (const char *[]){"PUBLISH", chan, argv[0]});
+    printf("kick %s: delivered to %lld worker connection(s)\n", argv[0], r->integer);
+    int rc = r->integer > 0 ? 0 : 1;
+    freeReplyObject(r);
+    return rc;
+}
+
+static int run_unlock(struct ctl *c, int argc, char **argv)
+{
+    (void)argc;
+    char tag[3 * RL_USER_MAX + 1], kf[RL_KEY_MAX], kb[RL_KEY_MAX];
+    bool addr = rl_addr_key_text(argv[0], c->v4_prefix, c->v6_prefix, tag, sizeof tag);
+    if (!addr)
+        rl_user_key(argv[0], c->fold, tag, sizeof tag);
+    if (!rl_key(kf, sizeof kf, c->prefix, "fail", tag, "") ||
+        !rl_key(kb, sizeof kb, c->prefix, "rl", tag, ":login"))
+        return 1;
+    redisReply *r = cmd(c, 3, (const char *[]){"DEL", kf, kb});
+    printf("unlock %s %s: %lld key(s) removed\n", addr ? "address" : "user", tag, r->integer);
+    freeReplyObject(r);
+    return 0;
+}
+
+static const struct ctl_cmd commands[] = {
+    {"sessions", 0, 1, "sessions [user]", run_sessions},
+    {"kick", 1, 1, "kick <user|session-id>", run_kick},
+    {"unlock", 1, 1, "unlock <user|address>", run_unlock},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: portcullis-ctl [-c FILE] [-H host] [-p port] [-s socket] [-u user] "
+               "[-n db] [-P prefix] COMMAND [ARGS]\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %s\n", commands[i].usage);
+    fprintf(f, "password: redis.password in FILE or $PORTCULLIS_REDIS_PASSWORD\n");
+}
+
+int main(int argc, char **argv)
+{
+    const char *file = NULL, *host = NULL, *sock = NULL, *user = NULL, *prefix = NULL;
+    int port = 0, db = -1, opt;
+    while ((opt = getopt(argc, argv, "c:H:p:s:u:n:P:h")) != -1) {
+        switch (opt) {
+        case 'c':
+            file = optarg;
+            break;
+        case 'H':
+            host = optarg;
+            break;
+        case 'p':
+            port = atoi(optarg);
+            break;
+        case 's':
+            sock = optarg;
+            break;
+        case 'u':
+            user = optarg;
+            break;
+        case 'n':
+            db = atoi(optarg);
+            break;
+        case 'P':
+            prefix = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    const struct ctl_cmd *cc = NULL;
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(argv[optind], commands[i].name) == 0)
+            cc = &commands[i];
+    int nargs = argc - optind - 1;
+    if (!cc || nargs < cc->min_args || nargs > cc->max_args) {
+        usage(stderr);
+        return 2;
+    }
+    struct config *cfg = NULL;
+    if (file) {
+        char *err = NULL;
+        cfg = cfg_load(file, &err);
+        if (!cfg) {
+            fprintf(stderr, "portcullis-ctl: %s\n", err ? err : "cannot load configuration");
+            free(err);
+            return 2;
+        }
+    }
+    const struct cfg_redis *r = cfg ? &cfg->redis : NULL;
+    struct ctl c = {
+        .prefix = prefix ? prefix
+                  : r    ? r->prefix
+                         : "pc:",
+        .fold = cfg ? cfg->policy.user_case_insensitive : true,
+        .v4_prefix = cfg ? cfg->policy.ipv4_prefix : 32,
+        .v6_prefix = cfg ? cfg->policy.ipv6_prefix : 64,
+    };
+    const char *password = getenv("PORTCULLIS_REDIS_PASSWORD");
+    if (!password && r)
+        password = r->password;
+    if (!user && r)
+        user = r->username;
+    if (!sock && !host && r)
+        sock = r->socket;
+    if (!host)
+        host = r && r->addr ? r->addr : "127.0.0.1";
+    if (!port)
+        port = r ? r->port : 6379;
+    if (db < 0)
+        db = r ? (int)r->db : 0;
+    struct timeval tv = {2, 0};
+    c.rc = sock ? redisConnectUnixWithTimeout(sock, tv) : redisConnectWithTimeout(host, port, tv);
+    if (!c.rc || c.rc->err) {
+        fprintf(stderr, "portcullis-ctl: cannot connect to redis: %s\n",
+                c.rc ? c.rc->errstr : "out of memory");
+        return 2;
+    }
+    redisSetTimeout(c.rc, tv);
+    if (password) {
+        redisReply *a = user ? cmd(&c, 3, (const char *[]){"AUTH", user, password})
+                             : cmd(&c, 2, (const char *[]){"AUTH", password});
+        freeReplyObject(a);
+    }
+    if (db > 0) {
+        char d[16];
+        snprintf(d, sizeof d, "%d", db);
+        freeReplyObject(cmd(&c, 2, (const char *[]){"SELECT", d}));
+    }
+    int rc = cc->run(&c, nargs, argv + optind + 1);
+    redisFree(c.rc);
+    cfg_unref(&cfg);
+    return rc;
+}

@@ -155,6 +155,8 @@ static const struct cfg_key limits_keys[] = {
     {CFG_K_SIZE("max_preauth_literal", struct cfg_limits, max_preauth_literal, "8k", 1, MIB)},
     {CFG_K_UINT("max_bad_commands", struct cfg_limits, max_bad_commands, "10", 1, 1000)},
     {CFG_K_UINT("max_connections", struct cfg_limits, max_connections, "10000", 1, 1000000)},
+    {CFG_K_UINT("max_connections_per_address", struct cfg_limits, max_connections_per_address,
+                "100", 0, 1000000)},
     {CFG_K_SIZE("relay_buffer", struct cfg_limits, relay_buffer, "64k", 16 * KIB, 64 * MIB)},
     {CFG_K_DURATION("drain_timeout", struct cfg_limits, drain_timeout_ms, "30s", 0, HOUR)},
     {CFG_K_END},

@@ -117,6 +117,8 @@ struct cfg_limits {
     size_t max_preauth_literal;          /* default 8k: a literal before login */
     unsigned max_bad_commands;           /* default 10: then BYE */
     unsigned max_connections;            /* default 10000, whole process */
+    unsigned max_connections_per_address; /* default 100 (0 = no cap): one address, whole
+                                             process, exempt networks aside */
     size_t relay_buffer;                 /* default 64k: queued toward a peer before reads pause */
     uint64_t drain_timeout_ms;           /* default 30s: SIGTERM waits this long for sessions */
 };

@@ -121,6 +121,8 @@ static void imap_destroy(struct session *s)
 
 static void imap_bye(struct session *s, const char *text)
 {
+    if (s->state == SESS_RELAY && imap_st(s)->backend_bye)
+        return; /* the client already has the backend's BYE */
     char line[512];
     int n = snprintf(line, sizeof line, "* BYE %s\r\n", text);
     if (s->state == SESS_RELAY)

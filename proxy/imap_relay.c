@@ -413,6 +413,9 @@ static void relay_down_loop(struct session *s)
             if (c < 0)
                 continue;
             st->down_classified = true;
+            /* The backend says goodbye itself (LOGOUT, its own shutdown): no second BYE. */
+            if (st->downf.head_len >= 5 && strncasecmp(st->downf.head, "* BYE", 5) == 0)
+                st->backend_bye = true;
             if (st->up_cmd_open) {
                 note_response(s);
                 if (s->closing)

@@ -107,5 +107,7 @@ void pop3_relay_init(struct session *s);
 void pop3_relay_up(struct session *s);
 void pop3_relay_down(struct session *s);
 bool pop3_relay_idle(struct session *s);
+/* No response is being relayed to the client right now. */
+bool pop3_relay_at_boundary(struct session *s);
 
 #endif

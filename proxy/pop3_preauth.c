@@ -99,7 +99,10 @@ static void pop3_greet(struct session *s)
 
 static void pop3_bye(struct session *s, const char *text)
 {
-    /* Only on the way out (timeouts, shutdown): the session closes after this line. */
+    /* Only on the way out (timeouts, shutdown): the session closes after this line. Inside a
+     * multi-line response it would read as message text: then the close says it alone. */
+    if (s->state == SESS_RELAY && !pop3_relay_at_boundary(s))
+        return;
     char line[512];
     int n = snprintf(line, sizeof line, "-ERR [SYS/TEMP] %s\r\n", text);
     conn_ctl_append(&s->client, line, (size_t)n);

@@ -294,3 +294,9 @@ bool pop3_relay_idle(struct session *s)
     return !st->cur_valid && st->qlen == 0 && st->up_held == 0 && st->down_held == 0 &&
            buf_empty(&s->up) && buf_empty(&s->down);
 }
+
+bool pop3_relay_at_boundary(struct session *s)
+{
+    struct pop3_state *st = pop3_st(s);
+    return !st->cur_valid && st->down_held == 0;
+}

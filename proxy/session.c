@@ -17,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "addrcap.h"
 #include "backend.h"
 #include "metrics.h"
 #include "proxy_proto.h"
@@ -254,6 +255,17 @@ static void sess_begin(struct session *s)
 {
     const struct cfg_listener *l = s->listener;
     const struct cfg_limits *lim = &s->cfg->limits;
+    /* Counted by the real client (after a PROXY header), exempt networks aside. */
+    const struct sockaddr *ca = (const struct sockaddr *)&s->client_sa;
+    if (!cfg_cidr_match(s->cfg->policy.exempt_nets, s->cfg->policy.nexempt, ca)) {
+        if (!addrcap_acquire(ca, lim->max_connections_per_address, &s->addr_slot)) {
+            sess_log(s, LOG_WARN, "event=refused reason=max_connections_per_address limit=%u",
+                     lim->max_connections_per_address);
+            sess_close(s, "too many connections from this address");
+            return;
+        }
+        s->addr_counted = true;
+    }
     sess_log(s, LOG_INFO, "event=connect listener=%s local_tls=%s", l->name,
              l->tls == CFG_TLS_IMPLICIT ? "implicit" : l->tls == CFG_TLS_STARTTLS ? "starttls"
                                                                                  : "none");
@@ -328,6 +340,10 @@ void sess_close(struct session *s, const char *reason)
     }
     if (s->lidx < METRICS_LISTENERS)
         atomic_fetch_sub(&metrics.listener[s->lidx].active, 1);
+    if (s->addr_counted) {
+        addrcap_release(s->addr_slot);
+        s->addr_counted = false;
+    }
     int mp = s->listener->protocol == CFG_PROTO_POP3;
     atomic_fetch_add(&metrics.sessions_closed[mp], 1);
     if (s->logged_in) {
@@ -693,6 +709,12 @@ static void backend_handler(struct conn *c, int events)
                      log_qs(e, sizeof e, c->err));
         }
         s->proto->relay_down(s);
+        if (s->closing)
+            return;
+        /* An unexpected end: tell the client (the protocol sends it only at a response
+         * boundary, where it cannot be taken for message data). */
+        if (!s->close_reason)
+            s->proto->bye(s, "Backend connection lost.");
         if (s->closing)
             return;
         sess_set_state(s, SESS_CLOSING);

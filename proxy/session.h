@@ -85,6 +85,8 @@ struct session {
 
     size_t lidx;             /* listener index, for metrics */
     bool draining;           /* the process is shutting down: end at the next idle point */
+    bool addr_counted;       /* holds a per-address connection slot */
+    uint32_t addr_slot;
     ev_io pp_io;             /* reading a PROXY header (listener proxy_protocol) */
     bool proxy_hdr_pending;
 

@@ -1004,8 +1004,9 @@ def proxy_config(certs: Certs, dovecot: Dovecot | None = None,
         },
         "backends": backends,
         # drain_timeout: SIGTERM waits for sessions; Proxy.stop() allows 10 s.
+        # Every test client is 127.0.0.1: no per-address connection cap unless a test sets one.
         "limits": {"preauth_timeout": "60s", "max_line": "8k", "max_preauth_literal": "8k",
-                   "drain_timeout": "3s"},
+                   "drain_timeout": "3s", "max_connections_per_address": 0},
         # Login policy off unless a test turns a limit on: tests log in hundreds of times from
         # 127.0.0.1 as a handful of users (the policy tests set what they test).
         "policy": {"user_login_burst": 0, "addr_login_burst": 0, "user_fail_limit": 0,

@@ -357,7 +357,8 @@ def test_proxy_helper_with_fake(proxy_factory, tmp_path, dovecot, certs):
     assert all(mailenv.port_open(p) for p in px.ports.values())
     cfg = px.config
     assert cfg["limits"] == {"preauth_timeout": "60s", "max_line": "16k",
-                             "max_preauth_literal": "8k", "drain_timeout": "3s"}
+                             "max_preauth_literal": "8k", "drain_timeout": "3s",
+                             "max_connections_per_address": 0}
     assert cfg["allow_plaintext_auth"] is True
     assert cfg["backends"][0]["port"] == dovecot.ports["imaps"]
     assert cfg["backends"][0]["tls_ca"] == str(certs.ca)

@@ -1,0 +1,289 @@
+"""Fault injection and hostile clients (issue 9): backends that die, lie or stall; clients that
+flood, trickle, half-close, reset mid-record or send garbage. The proxy must answer clearly,
+never crash or hang, and give back every fd and byte it took (the fixture fails a test whose
+proxy log shows a sanitizer report or an abnormal exit)."""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import socket
+import ssl
+import struct
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import mailenv
+from fakeimap import FakeImap
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def nfds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def fake_backends(port: int) -> list[dict]:
+    return [{"name": "fake", "protocol": "imap", "host": mailenv.LOCAL, "port": port},
+            {"name": "fake-pop3", "protocol": "pop3", "host": mailenv.LOCAL, "port": port}]
+
+
+def tls_client(px, certs, timeout=10) -> ssl.SSLSocket:
+    s = socket.create_connection((mailenv.LOCAL, px.port("imaps")), timeout=timeout)
+    return mailenv.ssl_context(certs.ca).wrap_socket(s, server_hostname="localhost")
+
+
+def read_until(sock, needle: bytes, limit: int = 1 << 24) -> bytes:
+    out = b""
+    while needle not in out and len(out) < limit:
+        d = sock.recv(65536)
+        if not d:
+            break
+        out += d
+    return out
+
+
+def read_all(sock, timeout=10) -> bytes:
+    sock.settimeout(timeout)
+    out = b""
+    try:
+        while True:
+            d = sock.recv(65536)
+            if not d:
+                return out
+            out += d
+    except (ConnectionResetError, ssl.SSLError):
+        return out
+
+
+def login(sock) -> None:
+    read_until(sock, b"\r\n")
+    sock.sendall(b"a LOGIN alice alicepw\r\n")
+    assert b"a OK" in read_until(sock, b"a OK")
+
+
+# ------------------------------------------------------------------------ backends misbehaving
+
+
+def test_backend_killed_mid_fetch(proxy_factory, dovecot_factory, certs):
+    dv = dovecot_factory(users={"alice": "alicepw"})
+    dv.deliver("alice", mailenv.gen_messages(1, seed=5, sizes=[20_000_000]))
+    px = proxy_factory(dovecot=dv)
+    c = tls_client(px, certs)
+    login(c)
+    c.sendall(b"b SELECT INBOX\r\nc FETCH 1 BODY.PEEK[]\r\n")
+    got = read_until(c, b"* 1 FETCH")
+    got += c.recv(65536)
+    dv.stop()  # kills the imap process serving us, mid-literal
+    got += read_all(c)
+    assert len(got) < 20_000_000  # the message could not have arrived whole
+    c.close()
+    # The session is cleaned up and the proxy still serves others (via a healthy Dovecot).
+    time.sleep(0.3)
+    status, body = px.http_get("/metrics")
+    assert 'portcullis_connections_active{listener="imaps",protocol="imap"} 0' in body
+    assert "event=close" in px.log()
+
+
+def test_backend_closes_at_boundary_gets_bye(proxy_factory, certs):
+    def behaviour(conn, tag, line):
+        if b" NOOP" in line.upper():
+            conn.send(tag + b" OK noop\r\n")
+            return False  # then hang up
+        conn.send(tag + b" OK\r\n")
+        return True
+
+    fake = FakeImap(behaviour)
+    try:
+        px = proxy_factory(backends=fake_backends(fake.port), health={"enabled": False})
+        c = tls_client(px, certs)
+        login(c)
+        c.sendall(b"b NOOP\r\n")
+        out = read_all(c)
+        assert b"b OK noop\r\n" in out
+        assert out.endswith(b"* BYE Backend connection lost.\r\n")
+    finally:
+        fake.stop()
+
+
+@pytest.mark.parametrize("kind", ["garbage", "long_line", "short_literal", "long_literal",
+                                  "stall_in_literal"])
+def test_backend_breaks_framing(proxy_factory, certs, kind):
+    def behaviour(conn, tag, line):
+        if b"FETCH" not in line.upper():
+            conn.send(tag + b" OK\r\n")
+            return True
+        if kind == "garbage":
+            conn.send(b"\x00\xff\xfe garbage \x01\x02\r\n" + tag + b" OK done\r\n")
+        elif kind == "long_line":
+            conn.send(b"* 1 FETCH (X " + b"A" * 100_000 + b")\r\n")
+        elif kind == "short_literal":  # announced 100, sends 10, then more responses
+            conn.send(b"* 1 FETCH (BODY[] {100}\r\n0123456789)\r\n" + tag + b" OK done\r\n")
+            time.sleep(0.3)
+            return False
+        elif kind == "long_literal":  # announced 10, sends 30
+            conn.send(b"* 1 FETCH (BODY[] {10}\r\n" + b"x" * 30 + b")\r\n" + tag + b" OK\r\n")
+        elif kind == "stall_in_literal":
+            conn.send(b"* 1 FETCH (BODY[] {1000}\r\n" + b"y" * 10)
+            time.sleep(30)
+            return False
+        return True
+
+    fake = FakeImap(behaviour)
+    try:
+        px = proxy_factory(backends=fake_backends(fake.port), health={"enabled": False},
+                           limits={"imap_idle_timeout": "2s"})
+        c = tls_client(px, certs, timeout=15)
+        login(c)
+        c.sendall(b"f FETCH 1 BODY[]\r\n")
+        t0 = time.monotonic()
+        out = read_all(c, timeout=15)
+        elapsed = time.monotonic() - t0
+        assert elapsed < 10, f"{kind}: no answer within 10 s"
+        if kind in ("garbage", "long_literal"):
+            # Garbage and over-long literals are framing the proxy can follow: passed on.
+            assert b"f OK" in out or b"* BYE" in out
+        if kind == "long_line":
+            assert b"* BYE Backend protocol error." in out
+        if kind == "stall_in_literal":
+            assert out.endswith(b"y" * 10)  # cut by the idle timeout, nothing invented
+        c.close()
+        # Still alive and serving.
+        c2 = tls_client(px, certs)
+        assert read_until(c2, b"\r\n").startswith(b"* OK")
+        c2.close()
+    finally:
+        fake.stop()
+
+
+# --------------------------------------------------------------------------- hostile clients
+
+
+def test_ten_thousand_preauth_connections_leak_nothing(proxy_factory, certs):
+    px = proxy_factory()
+    port = px.port("imap")
+    # Warm up (worker buffers, TLS contexts) before measuring.
+    for _ in range(200):
+        s = socket.create_connection((mailenv.LOCAL, port))
+        s.recv(200)
+        s.close()
+    time.sleep(0.5)
+    fds0, rss0 = nfds(px.pid), rss_kb(px.pid)
+
+    def burst(n):
+        for _ in range(n):
+            s = socket.create_connection((mailenv.LOCAL, port), timeout=10)
+            if _ % 3 == 0:
+                s.sendall(b"a CAPABILITY\r\n")
+            s.recv(200)
+            if _ % 2:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+
+    threads = [threading.Thread(target=burst, args=(2500,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    deadline = time.monotonic() + 10
+    while nfds(px.pid) > fds0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert nfds(px.pid) <= fds0
+    assert rss_kb(px.pid) - rss0 < 8 * 1024, (rss0, rss_kb(px.pid))
+    assert px.log().count("event=connect listener=imap ") >= 10_000
+
+
+def test_slowloris_preauth(proxy_factory, certs):
+    px = proxy_factory(limits={"preauth_timeout": "2s", "max_connections_per_address": 20})
+    socks = []
+    for _ in range(20):
+        s = socket.create_connection((mailenv.LOCAL, px.port("imap")), timeout=10)
+        s.recv(200)
+        s.sendall(b"a")  # one byte, never a line
+        socks.append(s)
+    # The 21st connection from the same address is refused at once.
+    s = socket.create_connection((mailenv.LOCAL, px.port("imap")), timeout=5)
+    assert s.recv(200) == b""
+    s.close()
+    assert "reason=max_connections_per_address" in px.log()
+    # The pre-auth timeout ends the trickling ones with a BYE.
+    t0 = time.monotonic()
+    for s in socks:
+        assert b"* BYE" in read_all(s, timeout=10)
+        s.close()
+    assert time.monotonic() - t0 < 6
+    # Slots are given back.
+    s = socket.create_connection((mailenv.LOCAL, px.port("imap")), timeout=5)
+    assert s.recv(200).startswith(b"* OK")
+    s.close()
+
+
+def test_half_closed_client_still_gets_answers(proxy_factory, certs):
+    px = proxy_factory()
+    s = socket.create_connection((mailenv.LOCAL, px.port("imap")), timeout=10)
+    s.recv(200)
+    s.sendall(b"a CAPABILITY\r\nb LOGOUT\r\n")
+    s.shutdown(socket.SHUT_WR)
+    out = read_all(s)
+    assert b"a OK" in out and b"* BYE" in out and b"b OK" in out
+
+
+def test_rst_mid_tls_record_and_handshake_garbage(proxy_factory, certs):
+    px = proxy_factory()
+    # Half a TLS record, then RST.
+    c = tls_client(px, certs)
+    login(c)
+    sock = socket.socket(fileno=os.dup(c.fileno()))
+    sock.sendall(b"\x17\x03\x03\x40\x00" + b"\x00" * 100)  # record header claims 16 KB
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    c.close()
+    # Garbage instead of a ClientHello, plain text to the TLS port, an SSLv2-style hello.
+    for junk in (os.urandom(512), b"a LOGIN alice alicepw\r\n",
+                 b"\x80\x2e\x01\x00\x02\x00\x15\x00\x00\x00\x10" + os.urandom(37)):
+        s = socket.create_connection((mailenv.LOCAL, px.port("imaps")), timeout=5)
+        s.sendall(junk)
+        try:
+            assert b"LOGIN" not in s.recv(4096)
+        except (ConnectionResetError, socket.timeout):
+            pass
+        s.close()
+    time.sleep(0.3)
+    assert "event=tls_failed" in px.log()
+    c = tls_client(px, certs)
+    login(c)
+    c.close()
+
+
+def test_odd_user_names_reach_the_backend_intact(proxy_factory, certs):
+    fake = FakeImap(lambda conn, tag, line: (conn.send(tag + b" OK\r\n"), True)[1])
+    try:
+        px = proxy_factory(backends=fake_backends(fake.port), health={"enabled": False})
+        for user in (b'we{i}rd"na\\me', "jürgen".encode(), b"x" * 1000):
+            c = tls_client(px, certs)
+            read_until(c, b"\r\n")
+            c.sendall(b"a LOGIN {%d+}\r\n%s {2+}\r\npw\r\n" % (len(user), user))
+            assert b"a OK" in read_until(c, b"a OK")
+            c.close()
+            assert fake.logins[-1][0] == user
+        # CR/LF in a user name and a 1 MB user name are refused without reaching the backend.
+        n = len(fake.logins)
+        c = tls_client(px, certs)
+        read_until(c, b"\r\n")
+        c.sendall(b"a LOGIN {6+}\r\nab\r\ncd {2+}\r\npw\r\n")
+        assert read_until(c, b"\r\n").startswith(b"a NO")
+        c.sendall(b"b LOGIN {1048576}\r\n")
+        assert b"b BAD" in read_until(c, b"b BAD")
+        c.close()
+        assert len(fake.logins) == n
+        assert "\r" not in px.log().replace("\r\n", "\n")
+    finally:
+        fake.stop()

@@ -20,6 +20,9 @@ SKIP_DEPS ?= 0
 ifeq ($(SANITIZE),1)
 BUILD    ?= build/san
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else ifeq ($(SANITIZE),thread)
+BUILD    ?= build/tsan
+SANFLAGS := -fsanitize=thread -fno-omit-frame-pointer
 else
 BUILD    ?= build
 SANFLAGS :=
@@ -53,7 +56,7 @@ FUZZ_BIN := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
 FUZZ_SECONDS ?= 60
 
 .PHONY: all deps test unit integration demo demo-stop fuzz fuzz-build format format-check lint \
-        clean bench deb install
+        clean bench deb install tsan
 
 all: $(BIN) $(BUILD)/portcullis-ctl
 
@@ -97,7 +100,8 @@ unit: $(UNIT_BIN)
 	@rc=0; for t in $(UNIT_BIN); do echo "== $$t"; $$t 2>&1 || rc=1; done; exit $$rc
 
 integration: $(BIN)
-	$(PYTHON) -m pytest -ra tests/integration $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -ra -p no:cacheprovider tests/integration --proxy-binary=$(BIN) \
+	    $(PYTEST_ARGS)
 
 test: deps
 	$(MAKE) --no-print-directory all $(UNIT_BIN)
@@ -112,6 +116,17 @@ demo-stop:
 
 bench: deps all
 	@echo "make bench: see issue 8 (tests/bench); not built yet" && false
+
+# ThreadSanitizer: the scan pool's unit test (scan threads + loop), and the proxy itself with
+# its worker threads, health checks and admin thread-shared state through a subset of the
+# integration tests (SANITIZE=thread builds into build/tsan).
+TSAN_TESTS ?= tests/integration/test_pop3.py tests/integration/test_backends.py \
+              tests/integration/test_reload.py
+tsan:
+	$(MAKE) --no-print-directory SANITIZE=thread build/tsan/portcullis build/tsan/tests/test_pool
+	TSAN_OPTIONS=halt_on_error=1 build/tsan/tests/test_pool 2>&1
+	$(PYTHON) -m pytest -ra -q -p no:cacheprovider $(TSAN_TESTS) \
+	    --proxy-binary=build/tsan/portcullis
 
 # Debian package (dpkg-deb; see deploy/mkdeb.sh) and a plain install for other systems.
 deb: all

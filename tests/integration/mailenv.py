@@ -954,7 +954,8 @@ def _resp_read(f):
 # --------------------------------------------------------------------------------------------
 # Portcullis
 
-LOG_PROBLEMS = ("AddressSanitizer", "LeakSanitizer", "runtime error:", "level=fatal",
+LOG_PROBLEMS = ("AddressSanitizer", "LeakSanitizer", "ThreadSanitizer", "runtime error:",
+                "level=fatal",
                 "Assertion", "FATAL")
 
 

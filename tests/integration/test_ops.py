@@ -35,6 +35,7 @@ def test_metrics_move_with_a_scripted_session(proxy_factory, dovecot, certs):
     status, body = px.http_get("/healthz")
     assert (status, body) == (200, "ok\n")
     assert px.http_get("/nope")[0] == 404
+    time.sleep(0.3)  # let the start-up port probes be accepted and counted
     before = scrape(px)
     ctx = mailenv.ssl_context(certs.ca)
     m = imaplib.IMAP4_SSL(mailenv.LOCAL, px.port("imaps"), ssl_context=ctx, timeout=15)

@@ -77,6 +77,8 @@ struct policy *policy_new(struct ev_loop *loop, const struct policy_conf *c)
         for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
             rds_preload(p->cmd, all[i]);
     }
+    pol_route_init(p);
+    pol_route_start(p);
     pol_sessions_init(p);
     return p;
 }
@@ -92,6 +94,7 @@ void policy_free(struct policy **pp)
         policy_cancel(&r);
     }
     pol_sessions_done(p);
+    pol_route_stop(p);
     rds_free(&p->cmd);
     rds_free(&p->sub);
     local_free(&p->local);

@@ -128,4 +128,28 @@ bool policy_session_over_volume(struct policy_sess *ps);
 /* Kick handling for tests: deliver a kick message as if it came from the channel. */
 void policy_kick(struct policy *p, const char *msg, size_t len);
 
+/* ---- routing (route.c) ---- */
+
+enum policy_route_kind {
+    POLICY_ROUTE_NONE,     /* Redis knows nothing (or is not there): hash the user */
+    POLICY_ROUTE_OVERRIDE, /* route:{U}, set by an administrator: no failover */
+    POLICY_ROUTE_LIVE,     /* the backend of a live session of the user (any instance) */
+    POLICY_ROUTE_RECENT,   /* aff:{U}: the backend of the user's last session */
+};
+struct policy_route_req;
+/* `backend` is a backend name ("" with NONE); valid during the call only. Runs on the loop,
+ * never before policy_route_lookup() returns, never after policy_route_cancel(). */
+typedef void policy_route_cb(void *arg, enum policy_route_kind kind, const char *backend);
+/* NULL when Redis is not configured or not connected (the caller hashes at once). */
+struct policy_route_req *policy_route_lookup(struct policy *p, const struct policy_limits *lim,
+                                             const char *user, policy_route_cb *cb, void *arg);
+void policy_route_cancel(struct policy_route_req **q);
+/* Backends drained by an administrator (the Redis set `P drained`, read every 5 s by each
+ * worker): the handler gets the whole current set; process-wide, set once at start. */
+typedef void policy_drained_cb(const char **names, size_t n);
+void policy_set_drained_handler(policy_drained_cb *cb);
+/* Remember the user's backend for `ttl_ms` after their sessions end (fire and forget). */
+void policy_affinity_set(struct policy *p, const struct policy_limits *lim, const char *user,
+                         const char *backend, uint64_t ttl_ms);
+
 #endif

@@ -27,11 +27,12 @@ struct policy {
     struct rds *cmd;         /* owned; NULL without Redis */
     struct rds *sub;         /* owned; the kick channel */
     struct local_tab *local; /* owned */
-    struct rds_script s_check, s_fail, s_sess, s_touch, s_close;
+    struct rds_script s_check, s_fail, s_sess, s_touch, s_close, s_route;
     struct policy_req *reqs;      /* checks in flight (owned) */
     struct policy_sess *sessions; /* registered sessions (owned by their callers' handles) */
     unsigned nsessions;
     ev_timer heartbeat;
+    ev_timer drain_poll; /* route.c: reads `P drained` every 5 s */
 };
 
 struct policy_req {
@@ -57,6 +58,9 @@ void pol_release_keys(struct policy *p, const struct pol_keys *k, const struct p
 
 /* sessions.c */
 void pol_sessions_init(struct policy *p);
+void pol_route_init(struct policy *p); /* route.c: the route script, after p->cmd exists */
+void pol_route_start(struct policy *p);
+void pol_route_stop(struct policy *p);
 void pol_sessions_done(struct policy *p);
 /* Redis (re)connected: heartbeat every session now, so a restarted server has them back. */
 void pol_sessions_resync(struct policy *p);

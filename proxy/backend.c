@@ -65,7 +65,7 @@ size_t backend_candidates(const struct config *cfg, struct backend_state *const 
     for (int pass = 0; pass < 2 && n == 0; pass++) {
         for (size_t i = 0; i < cfg->nbackends && i < BACKEND_MAX; i++) {
             const struct cfg_backend *b = &cfg->backends[i];
-            if (b->protocol != proto || b->drain)
+            if (b->protocol != proto || b->drain || (st && st[i] && atomic_load(&st[i]->admin_drain)))
                 continue;
             bool up = !st || !st[i] || atomic_load(&st[i]->up);
             if (pass == 0 && !up)
@@ -104,4 +104,18 @@ void backend_note_connect(struct backend_state *st, bool ok, unsigned fall)
     if (f >= (fall ? fall : 1) && atomic_exchange(&st->up, false))
         log_write(LOG_WARN, "event=backend_down backend=%s reason=connect_failures count=%u",
                   st->name, f);
+}
+
+void backend_set_admin_drained(const char **names, size_t n)
+{
+    pthread_mutex_lock(&states_lock);
+    for (size_t i = 0; i < nstates; i++) {
+        bool d = false;
+        for (size_t k = 0; k < n && !d; k++)
+            d = strcmp(states[i].name, names[k]) == 0;
+        if (atomic_exchange(&states[i].admin_drain, d) != d)
+            log_write(LOG_INFO, "event=backend_%s backend=%s by=portcullis-ctl",
+                      d ? "drained" : "undrained", states[i].name);
+    }
+    pthread_mutex_unlock(&states_lock);
 }

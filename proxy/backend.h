@@ -32,7 +32,11 @@ struct backend_state {
     atomic_uint oks;         /* consecutive successful active checks while down */
     atomic_uint active;      /* live sessions on this backend, this process */
     atomic_ullong connect_failures; /* total, for metrics */
+    atomic_bool admin_drain; /* drained with portcullis-ctl (Redis), on top of the config's */
 };
+
+/* The names drained by an administrator right now (every other backend is undrained). */
+void backend_set_admin_drained(const char **names, size_t n);
 
 /* The state record of a backend name (created on first use, never freed; NULL only when more
  * than BACKEND_MAX names were ever configured). Thread-safe. */

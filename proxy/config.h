@@ -193,6 +193,7 @@ struct cfg_policy {
     uint64_t session_ttl_ms;           /* default 90s (restart) */
     size_t download_limit;             /* default 0 = none; bytes per window per user */
     uint64_t download_window_ms;       /* default 1h */
+    uint64_t affinity_ttl_ms;          /* default 10m: user → backend kept after the last session */
     unsigned local_entries;            /* default 10000 (restart) */
 };
 

@@ -45,6 +45,13 @@ void conn_close(struct conn *c)
         ev_io_stop(c->loop, &c->io);
     c->events = 0;
     if (c->ssl) {
+        /* A clean end sends close_notify (one non-blocking attempt: the socket has room, and
+         * nothing waits for the peer's reply), so peers can tell it from a truncation. */
+        if (!c->error && !c->handshaking && c->fd >= 0) {
+            ERR_clear_error();
+            SSL_shutdown(c->ssl);
+            ERR_clear_error();
+        }
         SSL_free(c->ssl);
         c->ssl = NULL;
     }

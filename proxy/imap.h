@@ -28,6 +28,8 @@ enum imap_bstate {
     IB_POSTCAPA,    /* waiting for our C CAPABILITY answer (post-login) */
 };
 
+struct imap_scan;
+
 struct imap_state {
     /* pre-auth parser; the store is allocated on first use and freed at login */
     struct imap_cmd_parser parser;
@@ -86,6 +88,7 @@ struct imap_state {
     bool down_dropping;            /* the current backend response is swallowed (that "+") */
     bool backend_bye;          /* the backend sent an untagged BYE */
     struct buf inject;             /* our own responses waiting for a response boundary */
+    struct imap_scan *sc;          /* FETCH content scanning (imap_scan.c), NULL when off */
 };
 
 static inline struct imap_state *imap_st(struct session *s)
@@ -110,6 +113,19 @@ void imap_backend_event(struct session *s, int events);
 /* imap_relay.c */
 void imap_relay_up(struct session *s);
 void imap_relay_down(struct session *s);
+/* imap_scan.c (issue 4): FETCH content scanning; all no-ops while st->sc is NULL.
+ * login: keep what the second connection needs (before the credentials are wiped). */
+bool imap_scan_login(struct session *s);
+void imap_scan_free(struct session *s);
+/* up filter: a client command was classified (head in st->upf) */
+void imap_scan_command(struct session *s);
+/* down filter: may it frame more? (false = paused: held response or our output in flight) */
+bool imap_scan_down_paused(struct session *s);
+/* down filter, after each imap_frame() step of `used` bytes: true = the scan filter holds or
+ * moved these bytes (the relay must not release them) */
+bool imap_scan_frame(struct session *s, enum imap_frame_event ev, size_t used);
+/* nothing held or being sent for scanning */
+bool imap_scan_idle(struct session *s);
 /* imap_idle.c */
 bool imap_relay_idle(struct session *s);
 /* Queue a whole response line (with CRLF) for the client at the next response boundary. */

@@ -110,6 +110,7 @@ static void free_parser_store(struct imap_state *st)
 static void imap_destroy(struct session *s)
 {
     struct imap_state *st = imap_st(s);
+    imap_scan_free(s); /* issue 4 */
     forget_login(st);
     free_parser_store(st);
     free(st->client_id);
@@ -612,6 +613,12 @@ void imap_preauth_login_failed(struct session *s, enum imap_login_fail how, cons
 void imap_preauth_login_ok(struct session *s)
 {
     struct imap_state *st = imap_st(s);
+    /* issue 4: the scan fetcher's second connection logs in with the same credentials */
+    if (!imap_scan_login(s)) {
+        forget_login(st);
+        sess_close(s, "out of memory");
+        return;
+    }
     forget_login(st);
     sess_login_result(s, true, false); /* issue 5: register the session */
     free_parser_store(st);

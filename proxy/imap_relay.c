@@ -234,6 +234,7 @@ void imap_relay_up(struct session *s)
                 continue;
             st->up_classified = true;
             open_command(st);
+            imap_scan_command(s); /* issue 4: SELECT/EXAMINE tracking */
             if (v != CMD_PASS) {
                 st->up_dropping = true;
                 refuse(s, v);
@@ -373,6 +374,9 @@ static void relay_down_loop(struct session *s)
     struct imap_state *st = imap_st(s);
     struct buf *b = &s->down;
     while (!s->closing && (s->state == SESS_RELAY || s->state == SESS_CLOSING)) {
+        /* issue 4 (imap_scan.c): a response held for its verdict, or our output going out */
+        if (st->sc && imap_scan_down_paused(s))
+            break;
         if (imap_framer_at_boundary(&st->downf) && st->down_held == 0) {
             if (!buf_empty(&st->inject)) {
                 if (!conn_ctl_append(&s->client, buf_rptr(&st->inject), buf_len(&st->inject))) {
@@ -414,8 +418,12 @@ static void relay_down_loop(struct session *s)
                 continue;
             st->down_classified = true;
             /* The backend says goodbye itself (LOGOUT, its own shutdown): no second BYE. */
-            if (st->downf.head_len >= 5 && strncasecmp(st->downf.head, "* BYE", 5) == 0)
+            if (st->downf.head_len >= 5 && strncasecmp(st->downf.head, "* BYE", 5) == 0) {
                 st->backend_bye = true;
+                /* Usually the answer to LOGOUT; the summary line should not read as a fault. */
+                if (!s->close_reason)
+                    s->close_reason = "backend said BYE (logout)";
+            }
             if (st->up_cmd_open) {
                 note_response(s);
                 if (s->closing)
@@ -428,6 +436,12 @@ static void relay_down_loop(struct session *s)
                     st->down_held = nl;
                 }
             }
+        }
+        if (st->sc && imap_scan_frame(s, ev, used)) {
+            /* issue 4: the scan filter holds these bytes or has moved them out */
+            if (ev == IMAP_FRAME_END)
+                st->down_classified = false;
+            continue;
         }
         if (st->down_dropping) {
             cut(b, b->mark, st->down_held);

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -202,6 +203,10 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &all, &old);
 
     raise_nofile(cfg->limits.max_connections);
+    /* Memory holds passwords in flight and mail being scanned: never write it to a core file. */
+    struct rlimit nocore = {0, 0};
+    setrlimit(RLIMIT_CORE, &nocore);
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     unsigned nworkers = cfg->workers ? cfg->workers : 1;
     struct worker *workers = calloc(nworkers, sizeof *workers);
     if (!workers)

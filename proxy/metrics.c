@@ -75,6 +75,17 @@ void metrics_from_event(const char *msg, int proto)
         if (strstr(r, "plaintext") || strstr(r, "policy") || strstr(r, "locked") ||
             strstr(r, "rate"))
             atomic_fetch_add(&metrics.logins[proto][ML_REFUSED], 1);
+    } else if (strncmp(msg, "event=login_refused reason=", 27) == 0) {
+        char r[REASON_LEN];
+        size_t i = 0;
+        const char *p = msg + 27;
+        while (p[i] && p[i] != ' ' && i < sizeof r - 1) {
+            r[i] = p[i];
+            i++;
+        }
+        r[i] = '\0';
+        metrics_refusal(r);
+        atomic_fetch_add(&metrics.logins[proto][ML_REFUSED], 1);
     } else if (strncmp(msg, "event=login ", 12) == 0) {
         atomic_fetch_add(&metrics.logins[proto][ML_OK], 1);
     } else if (strncmp(msg, "event=login_failed ", 19) == 0) {
@@ -165,7 +176,8 @@ void metrics_render(const struct config *cfg, struct buf *o)
         header(o, "portcullis_backend_up", "gauge", "1 when the backend takes new sessions.");
         for (size_t i = 0; i < rt->cfg->nbackends; i++)
             buf_printf(o, "portcullis_backend_up{backend=\"%s\"} %d\n", rt->cfg->backends[i].name,
-                       atomic_load(&rt->be_state[i]->up) && !rt->cfg->backends[i].drain);
+                       atomic_load(&rt->be_state[i]->up) && !rt->cfg->backends[i].drain &&
+                           !atomic_load(&rt->be_state[i]->admin_drain));
         header(o, "portcullis_backend_sessions_active", "gauge",
                "Relayed sessions open now on the backend.");
         for (size_t i = 0; i < rt->cfg->nbackends; i++)

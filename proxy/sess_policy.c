@@ -12,6 +12,8 @@
  */
 #include "sess_policy.h"
 
+#include "backend.h"
+
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +37,11 @@ struct sess_pol {
     sess_login_allowed *allowed;
     sess_login_refused *refused;
     char sid[128];
+    /* routing, looked up alongside the check (policy/route.c) */
+    struct policy_route_req *route_req;
+    bool verdict_ok;    /* the check allowed the login; waiting for the route */
+    enum policy_route_kind route_kind;
+    char route_backend[128];
 };
 
 static uint32_t process_nonce;
@@ -54,6 +61,7 @@ static int plog_on(enum plog_level level)
  * nonce, the process-local counter. */
 static void init_nonce(void)
 {
+    policy_set_drained_handler(backend_set_admin_drained);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     process_nonce = (uint32_t)ts.tv_nsec ^ (uint32_t)ts.tv_sec ^ ((uint32_t)getpid() << 16);
@@ -180,11 +188,15 @@ static void on_verdict(void *arg, const struct policy_verdict *v)
         if (v->degraded)
             sess_log(s, LOG_DEBUG,
                      "event=policy_degraded note=\"local limits (Redis unavailable)\"");
+        s->pol->verdict_ok = true;
+        if (s->pol->route_req)
+            return; /* the route answer (same round trip) continues */
         s->pol->allowed(s);
         if (!s->closing)
             sess_pump(s);
         return;
     }
+    policy_route_cancel(&s->pol->route_req);
     s->pol->checked = false; /* the policy released what the check may have reserved */
     sess_log(s, v->result == POLICY_UNAVAILABLE ? LOG_WARN : LOG_INFO,
              "event=login_refused reason=%s scope=%s retry_ms=%llu degraded=%s",
@@ -204,6 +216,32 @@ static void on_verdict(void *arg, const struct policy_verdict *v)
                "-ERR [SYS/TEMP] Too many login attempts; try again later.");
         break;
     }
+}
+
+static void on_route(void *arg, enum policy_route_kind kind, const char *backend)
+{
+    struct session *s = arg;
+    struct sess_pol *sp = s->pol;
+    sp->route_req = NULL;
+    sp->route_kind = kind;
+    snprintf(sp->route_backend, sizeof sp->route_backend, "%s", backend);
+    if (s->closing || !sp->verdict_ok)
+        return; /* refused, or the verdict is still to come (it continues then) */
+    sp->allowed(s);
+    if (!s->closing)
+        sess_pump(s);
+}
+
+const char *sess_route_backend(struct session *s, bool *pinned_r, const char **kind_r)
+{
+    struct sess_pol *sp = s->pol;
+    if (!sp || sp->route_kind == POLICY_ROUTE_NONE || !sp->route_backend[0])
+        return NULL;
+    *pinned_r = sp->route_kind == POLICY_ROUTE_OVERRIDE;
+    *kind_r = sp->route_kind == POLICY_ROUTE_OVERRIDE ? "override"
+              : sp->route_kind == POLICY_ROUTE_LIVE   ? "live_session"
+                                                      : "recent_session";
+    return sp->route_backend;
 }
 
 static void deny_cb(struct ev_loop *loop, ev_timer *t, int revents)
@@ -252,6 +290,12 @@ void sess_login_check(struct session *s, sess_login_allowed *allowed, sess_login
     limits(s->cfg, &l);
     who(s, &w);
     sp->checked = true;
+    sp->verdict_ok = false;
+    sp->route_kind = POLICY_ROUTE_NONE;
+    sp->route_backend[0] = '\0';
+    policy_route_cancel(&sp->route_req);
+    if (!s->listener->transparent)
+        sp->route_req = policy_route_lookup(s->worker->policy, &l, s->user, on_route, s);
     sp->req = policy_check_login(s->worker->policy, &l, &w, on_verdict, s);
     if (!sp->req)
         sess_close(s, "out of memory");
@@ -328,6 +372,15 @@ void sess_policy_close(struct session *s)
     s->pol = NULL;
     ev_timer_stop(s->worker->loop, &sp->deny);
     policy_cancel(&sp->req);
+    policy_route_cancel(&sp->route_req);
+    /* Affinity outlives the session for policy.affinity_ttl: the user's next session, from
+     * any device and any instance, goes to the same server. */
+    if (s->logged_in && s->be && s->be_index >= 0 && s->worker->policy && s->user && s->cfg) {
+        struct policy_limits al;
+        limits(s->cfg, &al);
+        policy_affinity_set(s->worker->policy, &al, s->user, s->be->name,
+                            s->cfg->policy.affinity_ttl_ms);
+    }
     policy_session_close(&sp->reg);
     if (sp->checked && s->worker->policy && s->user && s->cfg) {
         struct policy_limits l;

@@ -33,6 +33,9 @@ void sess_login_check(struct session *s, sess_login_allowed *allowed, sess_login
 void sess_login_result(struct session *s, bool ok, bool auth_failure);
 /* Over the user's download volume? (logs once per session when it starts refusing) */
 bool sess_policy_download_blocked(struct session *s);
+/* The backend Redis routes this user to (an override, a live session's, or the last one's), or
+ * NULL: hash. *pinned_r: an administrator's override (no failover). *kind_r for logs. */
+const char *sess_route_backend(struct session *s, bool *pinned_r, const char **kind_r);
 /* From sess_close(): cancel, release or unregister. */
 void sess_policy_close(struct session *s);
 

@@ -502,6 +502,56 @@ bool sess_backend_connect_to(struct session *s, const struct sockaddr_storage *a
     return true;
 }
 
+static const char *server_of(const struct cfg_backend *b)
+{
+    return b->server ? b->server : b->name;
+}
+
+/* The pool member of this session's protocol that Redis' answer names: a backend name (of
+ * either protocol: a user's POP3 session follows their IMAP session's server) or a server. */
+static int route_index(const struct session *s, const char *name)
+{
+    const struct config *cfg = s->cfg;
+    const char *srv = name;
+    for (size_t i = 0; i < cfg->nbackends; i++)
+        if (strcmp(cfg->backends[i].name, name) == 0)
+            srv = server_of(&cfg->backends[i]);
+    for (size_t i = 0; i < cfg->nbackends; i++)
+        if (cfg->backends[i].protocol == s->listener->protocol &&
+            strcmp(server_of(&cfg->backends[i]), srv) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* Redis' routing (override > live session > recent session) goes before the hash order. */
+static void apply_route(struct session *s)
+{
+    bool pinned = false;
+    const char *kind = NULL;
+    const char *want = sess_route_backend(s, &pinned, &kind);
+    if (!want)
+        return;
+    int idx = route_index(s, want);
+    const struct cfg_backend *b = idx >= 0 ? &s->cfg->backends[idx] : NULL;
+    bool usable = b && !b->drain &&
+                  (pinned || !s->rt->be_state[idx] || atomic_load(&s->rt->be_state[idx]->up));
+    if (!usable) {
+        sess_log(s, LOG_INFO, "event=route_ignored kind=%s backend=%s reason=%s", kind, want,
+                 !b ? "not_in_pool" : b->drain ? "draining" : "down");
+        return;
+    }
+    size_t out[SESS_BE_CANDIDATES];
+    size_t n = 0;
+    out[n++] = (size_t)idx;
+    for (size_t i = 0; i < s->be_ncand && n < SESS_BE_CANDIDATES; i++)
+        if (s->be_cand[i] != (size_t)idx)
+            out[n++] = s->be_cand[i];
+    memcpy(s->be_cand, out, n * sizeof out[0]);
+    s->be_ncand = pinned ? 1 : n;
+    s->be_pinned = pinned;
+    sess_log(s, LOG_DEBUG, "event=route kind=%s backend=%s", kind, b->name);
+}
+
 bool sess_backend_connect(struct session *s)
 {
     if (s->listener->transparent)
@@ -509,6 +559,7 @@ bool sess_backend_connect(struct session *s)
     s->be_ncand = backend_candidates(s->cfg, s->rt->be_state, s->listener->protocol,
                                      s->user ? s->user : "", s->be_cand, SESS_BE_CANDIDATES);
     s->be_try = 0;
+    apply_route(s);
     if (s->be_ncand == 0) {
         sess_log(s, LOG_ERROR, "event=backend_error error=\"no backend available\"");
         return false;

@@ -131,10 +131,66 @@ static int run_unlock(struct ctl *c, int argc, char **argv)
     return 0;
 }
 
+/* route <user> <backend|server>: pin the user (no TTL, no failover); route <user> -: unpin;
+ * route <user>: show the pin. Every instance reads it at the user's next login. */
+static int run_route(struct ctl *c, int argc, char **argv)
+{
+    char tag[3 * RL_USER_MAX + 1], key[RL_KEY_MAX];
+    rl_user_key(argv[0], c->fold, tag, sizeof tag);
+    if (!rl_key(key, sizeof key, c->prefix, "route", tag, ""))
+        return 1;
+    redisReply *r;
+    if (argc == 1) {
+        r = cmd(c, 2, (const char *[]){"GET", key});
+        printf("route %s: %s\n", argv[0], r->type == REDIS_REPLY_STRING ? r->str : "(hash)");
+    } else if (strcmp(argv[1], "-") == 0) {
+        r = cmd(c, 2, (const char *[]){"DEL", key});
+        printf("route %s: cleared\n", argv[0]);
+    } else {
+        r = cmd(c, 3, (const char *[]){"SET", key, argv[1]});
+        printf("route %s: %s (from the next login; live sessions stay where they are)\n",
+               argv[0], argv[1]);
+    }
+    freeReplyObject(r);
+    return 0;
+}
+
+/* drain <backend> / undrain <backend>: no new sessions on it, on every instance within 5 s;
+ * live sessions continue. drain with no argument lists the drained backends. */
+static int run_drain_set(struct ctl *c, int argc, char **argv, bool on)
+{
+    char key[RL_KEY_MAX];
+    snprintf(key, sizeof key, "%sdrained", c->prefix);
+    if (argc == 0) {
+        redisReply *r = cmd(c, 2, (const char *[]){"SMEMBERS", key});
+        for (size_t i = 0; i < r->elements; i++)
+            printf("%s\n", r->element[i]->str);
+        freeReplyObject(r);
+        return 0;
+    }
+    redisReply *r = cmd(c, 3, (const char *[]){on ? "SADD" : "SREM", key, argv[0]});
+    printf("%s %s\n", on ? "drained" : "undrained", argv[0]);
+    freeReplyObject(r);
+    return 0;
+}
+
+static int run_drain(struct ctl *c, int argc, char **argv)
+{
+    return run_drain_set(c, argc, argv, true);
+}
+
+static int run_undrain(struct ctl *c, int argc, char **argv)
+{
+    return run_drain_set(c, argc, argv, false);
+}
+
 static const struct ctl_cmd commands[] = {
     {"sessions", 0, 1, "sessions [user]", run_sessions},
     {"kick", 1, 1, "kick <user|session-id>", run_kick},
     {"unlock", 1, 1, "unlock <user|address>", run_unlock},
+    {"route", 1, 2, "route <user> [<backend|server> | -]", run_route},
+    {"drain", 0, 1, "drain [<backend>]", run_drain},
+    {"undrain", 1, 1, "undrain <backend>", run_undrain},
 };
 
 static void usage(FILE *f)

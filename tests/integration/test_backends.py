@@ -321,3 +321,94 @@ def test_pop3_xclient_forwards_client(proxy_factory, pool, certs):
     s.close()
     assert any(wait_log(dv, "rip=203.0.113.9") for dv in pool)
     assert "client=203.0.113.9:42000" in px.log()
+
+
+# ------------------------------------------------------------------- Redis: routes and affinity
+
+
+def redis_overrides(redis, pfx, **policy):
+    p = {"heartbeat": "300ms", "session_ttl": "1200ms", "affinity_ttl": "3s"}
+    p.update(policy)
+    return {"redis": {"host": mailenv.LOCAL, "port": redis.port, "prefix": pfx,
+                      "connect_timeout": "300ms", "command_timeout": "300ms"},
+            "policy": p, "health": {"enabled": False}}
+
+
+def ctl(px, *args):
+    import subprocess
+    exe = mailenv.REPO / "build" / "portcullis-ctl"
+    r = subprocess.run([str(exe), "-c", str(px.config_path), *args], capture_output=True,
+                       text=True, timeout=10)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def redis_ready(px):
+    # The workers connect to Redis right after start.
+    deadline = time.monotonic() + 5
+    while "event=redis_up conn=command" not in px.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+
+
+def test_route_override_and_affinity(proxy_factory, pool, certs, redis):
+    import uuid
+    pfx = "r" + uuid.uuid4().hex[:6] + ":"
+    a = proxy_factory(backends=backends_for(pool), **redis_overrides(redis, pfx))
+    redis_ready(a)
+    user = "user05"
+    home = which_backend(a, certs, user)
+    other = next(b for b in ("dv0", "dv1", "dv2") if b != home)
+    # 1. An override moves the user, on every instance, from the next login.
+    ctl(a, "route", user, other)
+    assert which_backend(a, certs, user) == other
+    ctl(a, "route", user, "-")
+    time.sleep(3.2)  # the recent affinity to `other` (affinity_ttl) passes: back to the hash
+    assert which_backend(a, certs, user) == home
+    # 2. Active affinity: while a session of the user lives on `home`, a second instance whose
+    #    pool lost `home`'s weight balance (here: a new, heavier backend list order and weights
+    #    that send the user elsewhere by hash) still sends the user to `home`.
+    live = imaplib.IMAP4_SSL(mailenv.LOCAL, a.port("imaps"),
+                             ssl_context=mailenv.ssl_context(certs.ca), timeout=15)
+    live.login(user, USERS[user])
+    weights = [1000 if dv.label == other else 1 for dv in pool]
+    b = proxy_factory(backends=backends_for(pool, weights=weights), **redis_overrides(redis, pfx))
+    redis_ready(b)
+    time.sleep(0.5)  # the live session's registry entry is written
+    assert which_backend(b, certs, user) == home
+    assert "event=route kind=live_session" in b.log()
+    live.logout()
+    # 3. Recent affinity: after the last session ends, still `home` for affinity_ttl ...
+    time.sleep(0.5)
+    assert which_backend(b, certs, user) == home
+    # ... then the (changed) hash decides.
+    time.sleep(3.5)
+    assert which_backend(b, certs, user) == other
+
+
+def test_ctl_drain(proxy_factory, pool, certs, redis):
+    import uuid
+    pfx = "d" + uuid.uuid4().hex[:6] + ":"
+    px = proxy_factory(backends=backends_for(pool), **redis_overrides(redis, pfx,
+                                                                     affinity_ttl="0s"))
+    redis_ready(px)
+    user = next(u for u in USERS if which_backend(px, certs, u) == "dv2")
+    live = imaplib.IMAP4_SSL(mailenv.LOCAL, px.port("imaps"),
+                             ssl_context=mailenv.ssl_context(certs.ca), timeout=15)
+    live.login(user, USERS[user])
+    ctl(px, "drain", "dv2")
+    ctl(px, "drain", "dv2-pop3")
+    deadline = time.monotonic() + 8
+    while "event=backend_drained backend=dv2 " not in px.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "event=backend_drained backend=dv2 " in px.log()
+    assert "dv2" in ctl(px, "drain")
+    assert subject_backend(live) == "dv2"  # the live session goes on
+    live.logout()
+    assert which_backend(px, certs, user) in ("dv0", "dv1")
+    ctl(px, "undrain", "dv2")
+    ctl(px, "undrain", "dv2-pop3")
+    deadline = time.monotonic() + 8
+    while "event=backend_undrained backend=dv2 " not in px.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert which_backend(px, certs, user) == "dv2"

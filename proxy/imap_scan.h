@@ -1,0 +1,177 @@
+/*
+ * imap_scan — private state shared by imap_scan.c (the FETCH content filter on the relay's
+ * down direction) and imap_fetcher.c (the second backend connection that fetches a whole
+ * message when the client asked for only a part or a byte range of it). The relay calls the
+ * hooks declared in imap.h; nothing else includes this header.
+ */
+#ifndef PORTCULLIS_IMAP_SCAN_H
+#define PORTCULLIS_IMAP_SCAN_H
+
+#include <ev.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "imap.h"
+#include "imap_fetchitem.h"
+
+#define SC_MEMO_MAX     16        /* verdicts remembered per session for part/chunk fetches */
+#define SC_LITS_MAX     8         /* content literals after the first in one held response */
+#define SC_OUT_MAX      3         /* output blocks of one released response */
+#define SC_HOLD_LINE    (16 << 10) /* a FETCH line held longer than this starts to stream */
+#define SC_SUFFIX_MAX   (1 << 20) /* bytes after the scanned literal held in one response */
+#define SC_MAILBOX_MAX  1024
+
+/* How one message was judged, as the client is to see it. */
+struct sc_memo {
+    char *mailbox;        /* owned; NULL = free slot */
+    uint32_t uidvalidity; /* 0 when unknown */
+    uint64_t uid;
+    bool replaced;        /* the client gets `notice` instead of the message */
+    char *notice;         /* owned when replaced */
+    size_t notice_len;
+    size_t body_off;      /* where the notice's text (body) starts: replacement for parts */
+    uint64_t orig_len;    /* size of the original message */
+};
+
+/* The outcome of judging a whole message (handed over by the msgscan adapter). */
+struct sc_outcome {
+    bool replaced; /* false: deliver the original */
+    char *notice;  /* malloc'd when replaced */
+    size_t notice_len;
+};
+
+/* A content literal after the scanned one, inside the held rest of the response. */
+struct sc_lit {
+    size_t hdr_off;  /* in text1: where "{" / "~{" starts */
+    size_t data_off; /* in text1: its first byte */
+    size_t len;
+    enum fi_kind kind;
+    uint64_t origin;
+};
+
+enum sc_phase {
+    SC_IDLE,         /* no FETCH response in progress, or one that streams */
+    SC_HOLD,         /* holding a FETCH response's text in s->down until a literal decides */
+    SC_PASS_LIT,     /* streaming a literal that is not content (or passed unscanned) */
+    SC_BUDGET,       /* a whole-message literal waits for memory budget; nothing framed */
+    SC_COLLECT,      /* moving the literal's bytes out of s->down into msg */
+    SC_SUFFIX,       /* moving the rest of the response into text1 (scan running) */
+    SC_VERDICT_WAIT, /* the response is all in text0/msg/text1; waiting for the verdict */
+    SC_PART_WAIT,    /* a part/chunk literal held in s->down; the fetcher is at work */
+    SC_DROP_LIT,     /* dropping the original bytes of a replaced part/chunk */
+};
+
+struct sc_out {
+    char *data; /* owned */
+    size_t len;
+    size_t budget; /* bytes of memory budget this block holds */
+};
+
+struct imap_fetcher;
+
+struct imap_scan {
+    /* credentials for the second connection, kept from login, wiped at close */
+    int mech; /* enum imap_mech */
+    char *pass;
+    size_t pass_len;
+    char *authz;
+    char *sasl_b64;
+
+    /* mailbox tracking (client's SELECT/EXAMINE) */
+    char *mailbox; /* owned or NULL: the selected mailbox as the client named it */
+    uint32_t uidvalidity;
+    char *pending_mailbox; /* owned: a SELECT/EXAMINE in flight */
+    char pending_tag[IMAP_TAG_MAX + 1];
+    uint32_t pending_uidvalidity;
+
+    /* the response being framed */
+    bool resp_open;
+    int resp_fetch; /* -1 undecided, 0 not an untagged FETCH, 1 FETCH */
+    uint64_t seq;
+    bool resp_released; /* some of it already went to the client: no keep-alive inside */
+    bool in_lit;        /* the framer is inside literal bytes */
+    struct fetch_items fi;
+    enum sc_phase phase;
+
+    /* whole message held in-band */
+    char *text0; /* the response up to and including the literal header */
+    size_t text0_len;
+    char *msg; /* the literal */
+    size_t msg_len, msg_have, msg_budget;
+    char *text1; /* the rest of the response */
+    size_t text1_len, text1_cap;
+    struct sc_lit lits[SC_LITS_MAX];
+    unsigned nlits;
+    uint64_t lit_len; /* length of the literal being decided (framer's literal_len) */
+    bool submitted;   /* the scan of msg is running */
+    bool have_outcome;
+    struct sc_outcome outcome;
+    bool oversize_block; /* msg holds only the head of an oversize message: notice only */
+
+    /* part/chunk held in s->down */
+    enum fi_kind part_kind;
+    uint64_t part_origin;
+    int part_rc; /* fetcher result: 1 judged, 0 gone, -1 error; 2 pending */
+    int part_memo; /* memo slot index of the verdict, or -1 */
+
+    /* output of a released response: installed as s->client.wbuf block by block */
+    struct sc_out outq[SC_OUT_MAX];
+    unsigned outn, outi;
+    struct buf out;
+    bool out_active;
+
+    /* keep-alive while a response is held */
+    ev_timer ka;
+    bool ka_on;
+
+    struct sc_memo memo[SC_MEMO_MAX];
+    unsigned memo_next;
+
+    struct imap_fetcher *fetcher; /* owned (imap_fetcher.c) */
+    void *ms;                     /* msgscan request handles (adapter) */
+    bool busy;                    /* inside a relay hook: results are picked up there */
+};
+
+static inline struct imap_scan *imap_sc(struct session *s)
+{
+    return imap_st(s)->sc;
+}
+
+/* imap_scan.c */
+int sc_memo_find(struct imap_scan *sc, const char *mailbox, uint32_t uidvalidity, uint64_t uid);
+int sc_memo_store(struct imap_scan *sc, const char *mailbox, uint32_t uidvalidity, uint64_t uid,
+                  uint64_t orig_len, const struct sc_outcome *o);
+
+/* imap_fetcher.c — the second backend connection.
+ * Fetch `UID FETCH uid (UID BODY.PEEK[])` (or `FETCH seq (UID BODY.PEEK[])` when uid is 0) from
+ * `mailbox` (EXAMINE, read-only) and judge it; `done` runs later on the loop, exactly once,
+ * unless the session closes first: rc 1 = judged (memo slot in *memo_r), 0 = no such message,
+ * -1 = error. Returns false when a request is already in flight. */
+typedef void fetcher_done_fn(struct session *s, int rc, int memo);
+bool imap_fetcher_request(struct session *s, const char *mailbox, uint32_t uidvalidity,
+                          uint64_t uid, uint64_t seq, fetcher_done_fn *done);
+void imap_fetcher_free(struct session *s);
+
+/* imap_scan.c: judge a whole message (msgscan). `msg` (malloc'd, covered by `budget` bytes of
+ * the scan budget) moves to the judge. `done` runs later on the loop with the outcome; the
+ * original comes back in *msg_r when it is to be delivered (clean or passed), else NULL. */
+struct sc_judge;
+typedef void sc_judged_fn(struct session *s, void *arg, const struct sc_outcome *o, char *msg,
+                          size_t len, size_t budget);
+bool sc_judge(struct session *s, char *msg, size_t len, size_t budget, const char *where,
+              sc_judged_fn *done, void *arg);
+
+/* msgscan adapter (imap_scan.c). Budget: 1 acquired now, 0 `granted` runs later on the loop
+ * (unless the session closes), -1 more than the whole budget. */
+int sc_budget_acquire(struct session *s, size_t bytes, void (*granted)(struct session *s));
+void sc_budget_release(struct session *s, size_t bytes);
+/* A notice for a message blocked without a verdict (`reason`: "oversize", "scan-error"), built
+ * from whatever of the original is at hand (its header, or nothing). */
+bool sc_block_notice(struct session *s, const char *orig, size_t len, const char *reason,
+                     struct sc_outcome *o);
+void sc_note_oversize(struct session *s, uint64_t len, const char *mailbox, uint64_t seq);
+void sc_note_cached(struct session *s, const char *mailbox, uint64_t uid);
+void sc_cancel_judge(struct session *s);
+
+#endif

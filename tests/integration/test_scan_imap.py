@@ -1,0 +1,352 @@
+"""IMAP FETCH scanning through Portcullis (real libclamav, real Dovecot).
+
+A user's INBOX holds the test mail of malware.py (EICAR in a plain body, base64, zip, nested
+message/rfc822, quoted-printable ..., and clean near-misses) between ordinary messages. Through
+the proxy every infected message must arrive as the notice (X-Portcullis-Verdict header, the
+original Subject/From/Message-ID), every clean one byte-identical — whole fetches (RFC822,
+BODY[], BODY.PEEK[], UID FETCH), several messages in one FETCH, Thunderbird-style chunked
+partial fetches, single-part fetches — and the mailbox must be unchanged afterwards (flags, UIDs,
+count; the proxy's own fetches on its second connection never set \\Seen).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import imaplib
+import re
+import ssl
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import mailenv
+import malware
+
+HOST = "127.0.0.1"
+PASSWORD = "scan-pw-1"
+
+
+def ctx(certs) -> ssl.SSLContext:
+    c = ssl.create_default_context(cafile=str(certs.ca))
+    c.check_hostname = False
+    return c
+
+
+def filler(i: int) -> bytes:
+    return malware.crlf(
+        malware.headers(f"filler {i}", "MIME-Version: 1.0\nContent-Type: text/plain\n")
+        + "\n" + ("line %d of an ordinary message\n" % i) * 20
+    )
+
+
+# The mailbox: fillers around the test mail, in a fixed order (UID = index + 1).
+NAMES = list(malware.MESSAGES)
+LAYOUT: list[tuple[str, bytes, bool]] = [("filler0", filler(0), False)]
+for _n in NAMES:
+    LAYOUT.append((_n, malware.MESSAGES[_n].data, malware.MESSAGES[_n].infected))
+LAYOUT.append(("filler1", filler(1), False))
+
+
+def uid_of(name: str) -> int:
+    return [n for n, _, _ in LAYOUT].index(name) + 1
+
+
+def make_user(dovecot, user: str) -> None:
+    dovecot.add_user(user, PASSWORD)
+    dovecot.deliver(user, [m for _, m, _ in LAYOUT])
+
+
+@pytest.fixture(scope="module")
+def scan_db(env_tmp):
+    d = env_tmp / "scan-db"
+    malware.write_db(str(d))
+    return d
+
+
+def scan_proxy(proxy_factory, scan_db, env_tmp, **scan):
+    cfg = {"enabled": True, "database_dir": str(scan_db), "threads": 2,
+           "tmpdir": str(env_tmp), "keepalive_interval": "1s"}
+    cfg.update(scan)
+    return proxy_factory(scan=cfg)
+
+
+def login(px, certs, user: str) -> imaplib.IMAP4_SSL:
+    m = imaplib.IMAP4_SSL(HOST, px.port("imaps"), ssl_context=ctx(certs), timeout=30)
+    m.login(user, PASSWORD)
+    return m
+
+
+def fetch_one(m, what: str, num: int, uid: bool = False) -> bytes:
+    if uid:
+        typ, data = m.uid("FETCH", str(num), what)
+    else:
+        typ, data = m.fetch(str(num), what)
+    assert typ == "OK", data
+    lits = [d[1] for d in data if isinstance(d, tuple)]
+    assert len(lits) == 1, data
+    return lits[0]
+
+
+def assert_notice(got: bytes, orig: bytes) -> None:
+    assert b"X-Portcullis-Verdict: infected" in got, got[:400]
+    assert malware.SIGNATURE.encode() in got
+    head = orig.split(b"\r\n\r\n", 1)[0]
+    for field in (b"Subject", b"From", b"Message-ID"):
+        m = re.search(rb"^" + field + rb": (.*)$", head, re.M | re.I)
+        if m:
+            assert m.group(0) in got, (field, got[:600])
+    assert malware.EICAR not in got
+
+
+def flags_direct(dovecot, user: str) -> list[tuple[int, bytes]]:
+    """UID and FLAGS of every message, straight from Dovecot (not through the proxy)."""
+    m = imaplib.IMAP4(HOST, dovecot.ports["imap"], timeout=15)
+    m.login(user, PASSWORD)
+    m.select("INBOX", readonly=True)
+    typ, data = m.fetch("1:*", "(UID FLAGS)")
+    m.logout()
+    out = []
+    for d in data:
+        u = re.search(rb"UID (\d+)", d)
+        f = re.search(rb"FLAGS \(([^)]*)\)", d)
+        out.append((int(u.group(1)), f.group(1)))
+    return out
+
+
+def counter(px, name: str) -> float:
+    """A Prometheus counter from the admin endpoint (sum over labels)."""
+    with urllib.request.urlopen(f"http://{HOST}:{px.admin_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and (len(line) == len(name) or line[len(name)] in " {"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+# ------------------------------------------------------------------------------ whole fetches
+
+
+def test_whole_fetch_forms(proxy_factory, dovecot, certs, scan_db, env_tmp):
+    user = "scan-whole"
+    make_user(dovecot, user)
+    px = scan_proxy(proxy_factory, scan_db, env_tmp)
+    m = login(px, certs, user)
+    m.select("INBOX")
+    notices = {}
+    for i, (name, orig, infected) in enumerate(LAYOUT, 1):
+        for what, uid in (("(BODY.PEEK[])", False), ("(UID BODY.PEEK[])", True),
+                          ("(BODY[])", False), ("(RFC822)", False)):
+            got = fetch_one(m, what, i, uid=uid)
+            if infected:
+                assert_notice(got, orig)
+                # the notice of one message is always the same bytes
+                assert notices.setdefault(name, got) == got, (name, what)
+            else:
+                assert got == orig, (name, what, len(got), len(orig))
+    m.logout()
+    log = px.log()
+    assert "verdict=infected" in log or "infected" in log
+
+
+def test_fetch_many_in_order(proxy_factory, dovecot, certs, scan_db, env_tmp):
+    user = "scan-many"
+    make_user(dovecot, user)
+    before = flags_direct(dovecot, user)
+    px = scan_proxy(proxy_factory, scan_db, env_tmp)
+    m = login(px, certs, user)
+    m.select("INBOX", readonly=True)
+    typ, data = m.fetch("1:*", "(UID FLAGS ENVELOPE BODY.PEEK[] RFC822.SIZE)")
+    assert typ == "OK"
+    got = []
+    for d in data:
+        if isinstance(d, tuple):
+            seq = int(d[0].split()[0])
+            uid = int(re.search(rb"UID (\d+)", d[0]).group(1))
+            got.append((seq, uid, d[1]))
+    assert [s for s, _, _ in got] == list(range(1, len(LAYOUT) + 1))
+    for (seq, uid, body), (name, orig, infected) in zip(got, LAYOUT):
+        assert uid == seq
+        if infected:
+            assert_notice(body, orig)
+        else:
+            assert body == orig, name
+    # a NOOP answered after all that: the session is in step
+    typ, _ = m.noop()
+    assert typ == "OK"
+    m.logout()
+    assert flags_direct(dovecot, user) == before
+
+
+# ---------------------------------------------------------------------- chunks and parts
+
+
+def chunked(m, uid: int, n: int) -> bytes:
+    """Thunderbird's loop: BODY.PEEK[]<o.n> until a short chunk."""
+    out, o = b"", 0
+    while True:
+        typ, data = m.uid("FETCH", str(uid), f"(UID BODY.PEEK[]<{o}.{n}>)")
+        assert typ == "OK", data
+        lits = [d[1] for d in data if isinstance(d, tuple)]
+        chunk = lits[0] if lits else b""
+        out += chunk
+        if len(chunk) < n:
+            return out
+        o += n
+        assert o < 10_000_000
+
+
+def test_chunked_and_part_fetches(proxy_factory, dovecot, certs, scan_db, env_tmp):
+    user = "scan-chunks"
+    make_user(dovecot, user)
+    before = flags_direct(dovecot, user)
+    px = scan_proxy(proxy_factory, scan_db, env_tmp)
+    m = login(px, certs, user)
+    m.select("INBOX")
+    for name, orig, infected in LAYOUT:
+        uid = uid_of(name)
+        whole = fetch_one(m, "(UID BODY.PEEK[])", uid, uid=True)
+        got = chunked(m, uid, 100)
+        if infected:
+            assert_notice(whole, orig)
+            assert got == whole, (name, len(got), len(whole))
+        else:
+            assert got == orig, name
+    # BODY.PEEK[2]: the attachment of an infected multipart → the notice's text
+    b64 = uid_of("base64")
+    part = fetch_one(m, "(UID BODY.PEEK[2])", b64, uid=True)
+    assert malware.SIGNATURE.encode() in part and b"withheld" in part, part
+    assert b"X-Portcullis-Verdict" not in part  # the text, not the message
+    # ... and of its clean near-miss: the original part, byte for byte
+    near = uid_of("near_base64")
+    part = fetch_one(m, "(UID BODY.PEEK[2])", near, uid=True)
+    direct = imaplib.IMAP4(HOST, dovecot.ports["imap"], timeout=15)
+    direct.login(user, PASSWORD)
+    direct.select("INBOX", readonly=True)
+    typ, data = direct.uid("FETCH", str(near), "(BODY.PEEK[2])")
+    assert part == [d[1] for d in data if isinstance(d, tuple)][0]
+    direct.logout()
+    # a part fetched by sequence number (no UID item in the response)
+    part = fetch_one(m, "(BODY.PEEK[1])", uid_of("plain"))
+    assert b"withheld" in part
+    # header-only sections pass as they are, even for an infected message
+    hdr = fetch_one(m, "(BODY.PEEK[HEADER])", b64, uid=True)
+    assert hdr == malware.MESSAGES["base64"].data.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+    typ, _ = m.noop()
+    assert typ == "OK"
+    m.logout()
+    # the proxy's own fetches (second connection, EXAMINE + BODY.PEEK) changed nothing
+    assert flags_direct(dovecot, user) == before
+    assert all(b"\\Seen" not in f for _, f in before)
+    assert "event=scan_fetch_failed" not in px.log()
+
+
+# ------------------------------------------------------------------------- other clients
+
+
+def test_curl_fetch_infected(proxy_factory, dovecot, certs, scan_db, env_tmp):
+    user = "scan-curl"
+    make_user(dovecot, user)
+    px = scan_proxy(proxy_factory, scan_db, env_tmp)
+    for name in ("zip_base64", "near_zip_base64"):
+        url = f"imaps://{HOST}:{px.port('imaps')}/INBOX;UID={uid_of(name)}"
+        r = subprocess.run(["curl", "-sS", "--max-time", "30", "--cacert", str(certs.ca),
+                            "-u", f"{user}:{PASSWORD}", url], capture_output=True, timeout=40)
+        assert r.returncode == 0, r.stderr
+        orig = malware.MESSAGES[name].data
+        if malware.MESSAGES[name].infected:
+            assert_notice(r.stdout, orig)
+        else:
+            assert r.stdout == orig
+
+
+def test_mbsync_infected_replaced(proxy_factory, dovecot, certs, scan_db, env_tmp):
+    from test_imap_clients import _as_mbsync_stores, _maildir_messages, _mbsync_conf
+    user = "mbsync"  # the mbsync config logs in as this user
+    dv_user_pw = mailenv.TEST_USERS["mbsync"]
+    px = scan_proxy(proxy_factory, scan_db, env_tmp)
+    # a fresh folder of that user, synced as its own channel
+    folder = "ScanTest"
+    dovecot.deliver(user, [m for _, m, _ in LAYOUT], folder=folder)
+    work = env_tmp / "mbsync-scan" / f"run-{time.monotonic_ns()}"
+    local = work / "mail"
+    local.mkdir(parents=True)
+    conf = work / "mbsyncrc"
+    _mbsync_conf(conf, px.port("imaps"), certs, dv_user_pw, local)
+    conf.write_text(conf.read_text().replace("Far :proxy-remote:INBOX",
+                                             f"Far :proxy-remote:{folder}"))
+    r = subprocess.run(["mbsync", "-c", str(conf), "inbox"], capture_output=True, timeout=90)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    got = _maildir_messages(local / "INBOX")
+    assert len(got) == len(LAYOUT)
+    for stored, (name, orig, infected) in zip(got, LAYOUT):
+        if infected:
+            assert b"X-Portcullis-Verdict: infected" in stored, name
+            assert malware.EICAR not in stored
+        else:
+            assert stored == _as_mbsync_stores(orig), name
+
+
+# ----------------------------------------------------------------- cache and backpressure
+
+
+def test_second_fetch_from_cache(proxy_factory, dovecot, certs, scan_db, env_tmp):
+    user = "scan-cache"
+    make_user(dovecot, user)
+    px = scan_proxy(proxy_factory, scan_db, env_tmp)
+    m = login(px, certs, user)
+    m.select("INBOX", readonly=True)
+    first = fetch_one(m, "(BODY.PEEK[])", uid_of("base64"))
+    scans = counter(px, "portcullis_scans_total")
+    assert scans >= 1
+    m.logout()
+    m = login(px, certs, user)  # another session (another device)
+    m.select("INBOX", readonly=True)
+    again = fetch_one(m, "(BODY.PEEK[])", uid_of("base64"))
+    m.logout()
+    assert again == first
+    assert counter(px, "portcullis_scans_total") == scans
+
+
+def test_saturated_queue_does_not_block_noop(proxy_factory, dovecot, certs, scan_db, env_tmp):
+    user = "scan-load"
+    dovecot.add_user(user, PASSWORD)
+    big = [mailenv.make_message(__import__("random").Random(i), i, 2_000_000)
+           for i in range(6)]
+    dovecot.deliver(user, big)
+    px = scan_proxy(proxy_factory, scan_db, env_tmp, threads=1, queue=1)
+    stop = threading.Event()
+
+    def loader() -> int:
+        n = 0
+        m = login(px, certs, user)
+        m.select("INBOX", readonly=True)
+        while not stop.is_set() and n < 12:
+            typ, data = m.fetch(str(n % len(big) + 1), "(BODY.PEEK[])")
+            assert typ == "OK"
+            got = [d[1] for d in data if isinstance(d, tuple)][0]
+            assert got == big[n % len(big)]
+            n += 1
+        m.logout()
+        return n
+
+    other = login(px, certs, "scan-load")
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        futs = [ex.submit(loader) for _ in range(4)]
+        time.sleep(0.5)
+        worst = 0.0
+        for _ in range(10):
+            t = time.monotonic()
+            typ, _ = other.noop()
+            worst = max(worst, time.monotonic() - t)
+            assert typ == "OK"
+            time.sleep(0.1)
+        stop.set()
+        done = [f.result(timeout=120) for f in futs]
+    other.logout()
+    assert all(n > 0 for n in done)
+    assert worst < 1.0, worst

@@ -1,0 +1,501 @@
+/* Unit tests for policy/: the key scheme (user escaping, address aggregation), the in-memory
+ * fallback table, and — against a real redis-server started here on a free port — the async
+ * client (EVALSHA, NOSCRIPT fallback, timeouts, reconnect) and the Lua scripts through
+ * policy_check_login()/policy_login_failed(). */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include <ev.h>
+#include <hiredis/hiredis.h>
+
+#include "local.h"
+#include "policy.h"
+#include "ratelimit.h"
+#include "redis.h"
+
+/* ---- keys ------------------------------------------------------------------------------- */
+
+static void test_user_key(void **state)
+{
+    (void)state;
+    char k[3 * RL_USER_MAX + 1];
+    rl_user_key("Alice", true, k, sizeof k);
+    assert_string_equal(k, "alice");
+    rl_user_key("Alice", false, k, sizeof k);
+    assert_string_equal(k, "Alice");
+    /* braces would end or nest the hash tag; ':' would look like our separators */
+    rl_user_key("a{b}c%d:e f\x01", true, k, sizeof k);
+    assert_string_equal(k, "a%7Bb%7Dc%25d%3Ae%20f%01");
+    rl_user_key("j\xc3\xbcrgen", true, k, sizeof k); /* UTF-8 passes as is */
+    assert_string_equal(k, "j\xc3\xbcrgen");
+    char longname[600];
+    memset(longname, 'x', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    assert_int_equal(rl_user_key(longname, true, k, sizeof k), RL_USER_MAX);
+    char small[8];
+    assert_int_equal(rl_user_key("{{{{", true, small, sizeof small), 6); /* whole escapes */
+}
+
+static void test_addr_key(void **state)
+{
+    (void)state;
+    char k[RL_ADDR_MAX];
+    assert_true(rl_addr_key_text("192.0.2.77", 32, 64, k, sizeof k));
+    assert_string_equal(k, "ip:192.0.2.77/32");
+    assert_true(rl_addr_key_text("192.0.2.77", 24, 64, k, sizeof k));
+    assert_string_equal(k, "ip:192.0.2.0/24");
+    assert_true(rl_addr_key_text("2001:db8:1:2:3:4:5:6", 32, 64, k, sizeof k));
+    assert_string_equal(k, "ip:2001:db8:1:2::/64");
+    assert_true(rl_addr_key_text("2001:db8:1:2ff:3:4:5:6", 32, 56, k, sizeof k));
+    assert_string_equal(k, "ip:2001:db8:1:200::/56");
+    assert_true(rl_addr_key_text("::ffff:198.51.100.9", 32, 64, k, sizeof k));
+    assert_string_equal(k, "ip:198.51.100.9/32"); /* v4-mapped counts as IPv4 */
+    assert_false(rl_addr_key_text("alice", 32, 64, k, sizeof k));
+    struct sockaddr_in6 in6 = {.sin6_family = AF_INET6};
+    inet_pton(AF_INET6, "2001:db8::1", &in6.sin6_addr);
+    assert_true(rl_addr_key((struct sockaddr *)&in6, 32, 128, k, sizeof k));
+    assert_string_equal(k, "ip:2001:db8::1/128");
+    struct sockaddr sa = {.sa_family = AF_UNIX};
+    assert_false(rl_addr_key(&sa, 32, 64, k, sizeof k));
+    char key[RL_KEY_MAX];
+    assert_true(rl_key(key, sizeof key, "pc:", "fail", "ip:192.0.2.0/24", ""));
+    assert_string_equal(key, "pc:fail:{ip:192.0.2.0/24}");
+    assert_false(rl_key(key, 10, "pc:", "fail", "alice", ""));
+}
+
+/* ---- local table -------------------------------------------------------------------------- */
+
+static void test_local_bucket(void **state)
+{
+    (void)state;
+    struct local_tab *t = local_new(64);
+    uint64_t d;
+    assert_int_equal(local_check(t, "alice", 1000, 2, 500, 0, &d), RL_OK);
+    assert_int_equal(local_check(t, "alice", 1000, 2, 500, 0, &d), RL_OK);
+    assert_int_equal(local_check(t, "alice", 1000, 2, 500, 0, &d), RL_RATE);
+    assert_true(d > 0 && d <= 501);
+    assert_int_equal(local_check(t, "bob", 1000, 2, 500, 0, &d), RL_OK);   /* own bucket */
+    assert_int_equal(local_check(t, "alice", 1500, 2, 500, 0, &d), RL_OK); /* refilled one */
+    assert_int_equal(local_check(t, "alice", 1500, 2, 500, 0, &d), RL_RATE);
+    assert_int_equal(local_check(t, "alice", 1500, 0, 500, 0, &d), RL_OK); /* burst 0: off */
+    local_free(&t);
+    assert_null(t);
+}
+
+static void test_local_lockout(void **state)
+{
+    (void)state;
+    struct local_tab *t = local_new(64);
+    uint64_t d;
+    assert_int_equal(local_fail(t, "u", 0, 3, 10000, 1000, 5000), 0);
+    assert_int_equal(local_fail(t, "u", 10, 3, 10000, 1000, 5000), 0);
+    assert_int_equal(local_fail(t, "u", 20, 3, 10000, 1000, 5000), 1000); /* level 1 */
+    assert_int_equal(local_check(t, "u", 500, 0, 1, 3, &d), RL_LOCKED);
+    assert_int_equal(d, 520);
+    assert_int_equal(local_check(t, "u", 1100, 0, 1, 3, &d), RL_OK);
+    for (int i = 0; i < 2; i++)
+        local_fail(t, "u", 1200, 3, 10000, 1000, 5000);
+    assert_int_equal(local_fail(t, "u", 1200, 3, 10000, 1000, 5000), 2000); /* doubled */
+    for (int i = 0; i < 6; i++)
+        local_fail(t, "u", 4000, 3, 10000, 1000, 5000);
+    assert_int_equal(local_check(t, "u", 4001, 0, 1, 3, &d), RL_LOCKED);
+    assert_true(d <= 5000); /* capped */
+    local_reset(t, "u", 4002);
+    assert_int_equal(local_check(t, "u", 4003, 0, 1, 3, &d), RL_OK);
+    assert_int_equal(local_fail(t, "v", 0, 0, 10000, 1000, 5000), 0); /* limit 0: off */
+    local_free(&t);
+}
+
+static void test_local_bounded(void **state)
+{
+    (void)state;
+    struct local_tab *t = local_new(32);
+    uint64_t d;
+    char k[32];
+    for (int i = 0; i < 10000; i++) {
+        snprintf(k, sizeof k, "user%d", i);
+        local_check(t, k, 1000, 5, 1000, 5, &d);
+    }
+    assert_true(local_count(t, 1000) <= 32);
+    /* the most recent one survived eviction */
+    for (int i = 0; i < 5; i++)
+        local_check(t, k, 1000, 5, 1000, 5, &d);
+    assert_int_equal(local_check(t, k, 1000, 5, 1000, 5, &d), RL_RATE);
+    local_free(&t);
+}
+
+/* ---- against a real redis-server ------------------------------------------------------------ */
+
+static pid_t redis_pid;
+static int redis_port;
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    bind(fd, (struct sockaddr *)&a, sizeof a);
+    socklen_t l = sizeof a;
+    getsockname(fd, (struct sockaddr *)&a, &l);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static redisContext *sync_conn(void)
+{
+    struct timeval tv = {1, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", redis_port, tv);
+    if (c && c->err) {
+        redisFree(c);
+        return NULL;
+    }
+    return c;
+}
+
+static bool start_redis(void)
+{
+    char port[16];
+    snprintf(port, sizeof port, "%d", redis_port);
+    redis_pid = fork();
+    if (redis_pid == 0) {
+        freopen("/dev/null", "w", stdout);
+        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no", "--daemonize", "no", "--enable-debug-command", "yes",
+               (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 200; i++) {
+        redisContext *c = sync_conn();
+        if (c) {
+            redisReply *r = redisCommand(c, "PING");
+            bool ok = r && r->type == REDIS_REPLY_STATUS;
+            freeReplyObject(r);
+            redisFree(c);
+            if (ok)
+                return true;
+        }
+        usleep(20000);
+    }
+    return false;
+}
+
+static void stop_redis(void)
+{
+    if (redis_pid > 0) {
+        kill(redis_pid, SIGKILL);
+        waitpid(redis_pid, NULL, 0);
+        redis_pid = 0;
+    }
+}
+
+static int setup_redis(void **state)
+{
+    (void)state;
+    redis_port = free_port();
+    return start_redis() ? 0 : -1;
+}
+
+static int teardown_redis(void **state)
+{
+    (void)state;
+    stop_redis();
+    return 0;
+}
+
+static void redis_do(const char *fmt, ...)
+{
+    redisContext *c = sync_conn();
+    assert_non_null(c);
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    freeReplyObject(r);
+    redisFree(c);
+}
+
+/* Run the loop until *flag or `secs` pass. */
+static void run_until(struct ev_loop *loop, const bool *flag, double secs)
+{
+    ev_tstamp end = ev_time() + secs;
+    while (!*flag && ev_time() < end) {
+        ev_now_update(loop);
+        ev_run(loop, EVRUN_NOWAIT);
+        usleep(2000);
+    }
+}
+
+static struct rds_opts opts(void)
+{
+    return (struct rds_opts){.host = "127.0.0.1",
+                             .port = (uint16_t)redis_port,
+                             .connect_timeout = 0.5,
+                             .command_timeout = 0.2,
+                             .backoff_min = 0.05,
+                             .backoff_max = 0.2};
+}
+
+struct got {
+    bool done, up;
+    bool null_reply;
+    long long integer;
+    char str[64];
+};
+
+static void on_state(void *arg, bool up)
+{
+    struct got *g = arg;
+    g->up = up;
+}
+
+static void on_reply(void *arg, const redisReply *r)
+{
+    struct got *g = arg;
+    g->done = true;
+    g->null_reply = r == NULL;
+    if (r && r->type == REDIS_REPLY_INTEGER)
+        g->integer = r->integer;
+    if (r && (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS))
+        snprintf(g->str, sizeof g->str, "%s", r->str);
+}
+
+static void test_rds_eval_noscript_timeout_reconnect(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct got st = {0};
+    struct rds_opts o = opts();
+    struct rds *r = rds_new(loop, &o, "test", on_state, NULL, &st);
+    assert_null(rds_call(r, 1, (const char *[]){"PING"}, (size_t[]){4}, on_reply, &st));
+    run_until(loop, &st.up, 2);
+    assert_true(st.up && rds_ready(r));
+
+    /* EVALSHA of a script the server never saw: NOSCRIPT, then EVAL, one callback. */
+    struct rds_script s;
+    rds_script_init(&s, "incr", "return redis.call('INCRBY', KEYS[1], ARGV[1])");
+    redis_do("SCRIPT FLUSH");
+    struct got g = {0};
+    const char *argv[] = {"ut:n", "5"};
+    size_t lens[] = {4, 1};
+    assert_non_null(rds_eval(r, &s, 1, 2, argv, lens, on_reply, &g));
+    assert_false(g.done); /* never synchronously */
+    run_until(loop, &g.done, 2);
+    assert_int_equal(g.integer, 5);
+    assert_int_equal(rds_stats(r)->noscript, 1);
+    g = (struct got){0};
+    assert_non_null(rds_eval(r, &s, 1, 2, argv, lens, on_reply, &g));
+    run_until(loop, &g.done, 2);
+    assert_int_equal(g.integer, 10);
+    assert_int_equal(rds_stats(r)->noscript, 1);
+
+    /* A stuck server: the command times out (NULL), the connection is dropped and comes back. */
+    redisContext *blocker = sync_conn();
+    assert_non_null(blocker);
+    redisAppendCommand(blocker, "DEBUG SLEEP 0.6");
+    int wdone = 0;
+    redisBufferWrite(blocker, &wdone);
+    usleep(20000);
+    g = (struct got){0};
+    ev_tstamp t0 = ev_time();
+    assert_non_null(
+        rds_call(r, 2, (const char *[]){"GET", "ut:n"}, (size_t[]){3, 4}, on_reply, &g));
+    run_until(loop, &g.done, 2);
+    assert_true(g.null_reply);
+    assert_true(ev_time() - t0 < 0.5);
+    assert_int_equal(rds_stats(r)->timeouts, 1);
+    assert_false(rds_ready(r));
+    redisFree(blocker);
+    st.up = false;
+    run_until(loop, &st.up, 3);
+    assert_true(rds_ready(r));
+
+    /* Killed: pending callbacks get NULL; restarted: ready again. */
+    g = (struct got){0};
+    assert_non_null(rds_call(r, 3, (const char *[]){"BLPOP", "ut:nothing", "0"},
+                             (size_t[]){5, 10, 1}, on_reply, &g));
+    stop_redis();
+    run_until(loop, &g.done, 2);
+    assert_true(g.null_reply);
+    assert_false(rds_ready(r));
+    assert_null(rds_call(r, 1, (const char *[]){"PING"}, (size_t[]){4}, on_reply, &g));
+    assert_true(start_redis());
+    st.up = false;
+    run_until(loop, &st.up, 3);
+    assert_true(rds_ready(r));
+    rds_free(&r);
+    assert_null(r);
+    ev_loop_destroy(loop);
+}
+
+static void on_verdict(void *arg, const struct policy_verdict *v)
+{
+    *(struct policy_verdict *)arg = *v;
+}
+
+static struct policy_verdict check(struct ev_loop *loop, struct policy *p,
+                                   const struct policy_limits *l, const struct policy_who *w)
+{
+    struct policy_verdict v = {.result = (enum policy_result) - 1};
+    struct policy_req *r = policy_check_login(p, l, w, on_verdict, &v);
+    assert_non_null(r);
+    assert_int_equal((int)v.result, -1); /* never synchronously */
+    ev_tstamp end = ev_time() + 2;
+    while ((int)v.result == -1 && ev_time() < end) {
+        ev_now_update(loop);
+        ev_run(loop, EVRUN_NOWAIT);
+        usleep(1000);
+    }
+    return v;
+}
+
+static void test_policy_scripts(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct policy_conf pc = {.use_redis = true,
+                             .redis = opts(),
+                             .prefix = "ut:",
+                             .heartbeat_ms = 100,
+                             .session_ttl_ms = 300,
+                             .local_entries = 100};
+    struct policy *p = policy_new(loop, &pc);
+    assert_non_null(p);
+    bool never = false;
+    run_until(loop, &never, 0.3);
+    assert_true(policy_redis_up(p));
+    struct sockaddr_in6 sa = {.sin6_family = AF_INET6};
+    inet_pton(AF_INET6, "2001:db8:5:6:7::8", &sa.sin6_addr);
+    struct policy_limits l = {.v4_prefix = 32,
+                              .v6_prefix = 64,
+                              .fold_case = true,
+                              .user_burst = 3,
+                              .user_interval_ms = 100000,
+                              .user_fail_limit = 2,
+                              .addr_fail_limit = 5,
+                              .fail_window_ms = 60000,
+                              .lockout_ms = 150,
+                              .lockout_max_ms = 1000,
+                              .user_max_sessions = 1};
+    struct policy_who w = {.user = "Dave", .addr = (struct sockaddr *)&sa, .sid = "s1"};
+    struct policy_verdict v = check(loop, p, &l, &w);
+    assert_int_equal(v.result, POLICY_ALLOW);
+    assert_false(v.degraded);
+    /* the slot is reserved: a second session of dave is over the cap */
+    struct policy_who w2 = w;
+    w2.user = "dave";
+    w2.sid = "s2";
+    v = check(loop, p, &l, &w2);
+    assert_int_equal(v.result, POLICY_SESSIONS);
+    assert_int_equal(v.scope, POLICY_SCOPE_USER);
+    policy_release(p, &l, &w);
+    run_until(loop, &never, 0.1);
+    /* two failures lock dave out; the address (its /64) has its own counter */
+    policy_login_failed(p, &l, &w);
+    policy_login_failed(p, &l, &w);
+    run_until(loop, &never, 0.1);
+    v = check(loop, p, &l, &w2);
+    assert_int_equal(v.result, POLICY_LOCKED);
+    assert_true(v.retry_ms > 0 && v.retry_ms <= 150);
+    redisContext *c = sync_conn();
+    redisReply *rep = redisCommand(c, "EXISTS ut:fail:{ip:2001:db8:5:6::/64}");
+    assert_int_equal(rep->integer, 1);
+    freeReplyObject(rep);
+    run_until(loop, &never, 0.2);
+    v = check(loop, p, &l, &w2);
+    assert_int_equal(v.result, POLICY_ALLOW);
+    v = check(loop, p, &l, &(struct policy_who){.user = "dave", .sid = "s3"});
+    assert_int_equal(v.result, POLICY_SESSIONS);
+    policy_release(p, &l, &w2);
+    run_until(loop, &never, 0.1);
+    /* 3 tokens: s1 and s2 took one each; refusals (cap, lock-out) took none */
+    struct policy_who w4 = {.user = "dave", .sid = "s4"};
+    v = check(loop, p, &l, &w4);
+    assert_int_equal(v.result, POLICY_ALLOW);
+    policy_release(p, &l, &w4);
+    run_until(loop, &never, 0.1);
+    v = check(loop, p, &l, &(struct policy_who){.user = "dave", .sid = "s5"});
+    assert_int_equal(v.result, POLICY_RATE);
+    assert_true(v.retry_ms > 0);
+    rep = redisCommand(c, "HGET ut:rl:{dave}:login tok");
+    assert_true(rep->type == REDIS_REPLY_STRING && atof(rep->str) < 1);
+    freeReplyObject(rep);
+
+    /* a registered session: hash, heartbeat, kick, unregister */
+    l.user_burst = 0;
+    l.user_max_sessions = 0;
+    struct policy_sess_info info = {"[2001:db8:5:6:7::8]:1234", "be1", "ut", "imap", 1};
+    bool kicked = false;
+    struct policy_sess *ps =
+        policy_session_open(p, &l, &(struct policy_who){.user = "erin", .sid = "e1"}, &info,
+                            (policy_kick_cb *)(void (*)(void *))NULL, NULL, &kicked);
+    assert_non_null(ps);
+    run_until(loop, &never, 0.4); /* longer than the TTL: heartbeats keep it */
+    rep = redisCommand(c, "HGET ut:sess:{erin}:e1 backend");
+    assert_int_equal(rep->type, REDIS_REPLY_STRING);
+    assert_string_equal(rep->str, "be1");
+    freeReplyObject(rep);
+    policy_session_close(&ps);
+    run_until(loop, &never, 0.1);
+    rep = redisCommand(c, "EXISTS ut:sess:{erin}:e1");
+    assert_int_equal(rep->integer, 0);
+    freeReplyObject(rep);
+    redisFree(c);
+
+    /* Redis gone, fail open: the local table answers (it saw the same checks) */
+    stop_redis();
+    run_until(loop, &never, 0.1);
+    v = check(loop, p, &(struct policy_limits){.user_burst = 1, .user_interval_ms = 100000},
+              &(struct policy_who){.user = "frank", .sid = "f1"});
+    assert_int_equal(v.result, POLICY_ALLOW);
+    assert_true(v.degraded);
+    v = check(loop, p, &(struct policy_limits){.user_burst = 1, .user_interval_ms = 100000},
+              &(struct policy_who){.user = "frank", .sid = "f2"});
+    assert_int_equal(v.result, POLICY_RATE);
+    assert_true(v.degraded);
+    policy_free(&p);
+    /* fail closed */
+    pc.fail_closed = true;
+    p = policy_new(loop, &pc);
+    v = check(loop, p, &l, &w);
+    assert_int_equal(v.result, POLICY_UNAVAILABLE);
+    /* cancelled: the callback never runs */
+    struct policy_verdict none = {.result = (enum policy_result) - 1};
+    struct policy_req *r = policy_check_login(p, &l, &w, on_verdict, &none);
+    policy_cancel(&r);
+    assert_null(r);
+    run_until(loop, &never, 0.05);
+    assert_int_equal((int)none.result, -1);
+    policy_free(&p);
+    assert_true(start_redis());
+    ev_loop_destroy(loop);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest pure[] = {
+        cmocka_unit_test(test_user_key),      cmocka_unit_test(test_addr_key),
+        cmocka_unit_test(test_local_bucket),  cmocka_unit_test(test_local_lockout),
+        cmocka_unit_test(test_local_bounded),
+    };
+    const struct CMUnitTest live[] = {
+        cmocka_unit_test(test_rds_eval_noscript_timeout_reconnect),
+        cmocka_unit_test(test_policy_scripts),
+    };
+    int rc = cmocka_run_group_tests_name("policy", pure, NULL, NULL);
+    rc += cmocka_run_group_tests_name("policy_redis", live, setup_redis, teardown_redis);
+    return rc;
+}

@@ -77,6 +77,7 @@ static bool config_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *obj
 static const struct cfg_key log_keys[] = {
     {CFG_K_ENUM("level", struct config, log_level, "info", log_level_values)},
     {CFG_K_OPTSTR("file", struct config, log_file, "")},
+    {CFG_K_BOOL("syslog", struct config, log_syslog, "false")},
     {CFG_K_END},
 };
 static const struct cfg_table log_table = {.keys = log_keys};

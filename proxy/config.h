@@ -209,6 +209,7 @@ struct config {
     bool run_as_root;    /* default false: started as root without `user`, refuse to run */
     enum cfg_log_level log_level; /* log.level, default info */
     char *log_file;               /* log.file, owned or NULL = stderr */
+    bool log_syslog;              /* log.syslog: to syslog (facility mail) instead */
 
     struct cfg_listener *listeners; /* owned array, at least one */
     size_t nlisteners;

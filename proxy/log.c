@@ -4,6 +4,7 @@
  * one is installed; a line in flight on the old fd still completes).
  */
 #include "log.h"
+#include "log_syslog.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -17,6 +18,7 @@
 #include <unistd.h>
 
 static atomic_int log_fd = 2;
+static atomic_bool log_to_syslog;
 static atomic_int log_threshold = LOG_INFO;
 static char log_path[1024];
 
@@ -38,6 +40,13 @@ const char *log_level_name(enum log_level level)
 static int open_file(const char *file)
 {
     return open(file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+}
+
+void log_use_syslog(bool on)
+{
+    if (on && !atomic_load(&log_to_syslog))
+        log_syslog_open();
+    atomic_store(&log_to_syslog, on);
 }
 
 bool log_open(enum log_level level, const char *file)
@@ -109,6 +118,13 @@ void log_write(enum log_level level, const char *fmt, ...)
         len += sizeof cut - 1;
     } else {
         len = (size_t)n + (size_t)m;
+    }
+    if (atomic_load(&log_to_syslog)) {
+        /* syslog stamps time and host itself: send the logfmt fields after ts=. */
+        line[len] = '\0';
+        const char *body = memchr(line, ' ', len);
+        log_syslog_write((int)level, body ? body + 1 : line);
+        return;
     }
     line[len++] = '\n';
     int fd = atomic_load(&log_fd);

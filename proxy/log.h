@@ -19,6 +19,8 @@ enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
 /* Set the threshold and the destination (NULL = stderr). Returns false if the file cannot be
  * opened (the old destination stays). Called from the main thread only. */
 bool log_open(enum log_level level, const char *file);
+/* Send lines to syslog(3) (facility mail) instead of the file/stderr. */
+void log_use_syslog(bool on);
 void log_set_level(enum log_level level);
 /* Reopen the log file after rotation (SIGUSR1); no-op for stderr. */
 bool log_reopen(void);

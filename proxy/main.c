@@ -69,6 +69,7 @@ static void on_reload(struct ev_loop *loop, ev_signal *w, int revents)
     if (rt->cfg->nlisteners != cur->cfg->nlisteners || rt->cfg->workers != cur->cfg->workers)
         log_write(LOG_WARN, "event=reload_partial note=\"listeners and workers need a restart\"");
     log_set_level((enum log_level)rt->cfg->log_level);
+    log_use_syslog(rt->cfg->log_syslog);
     rt_publish(rt);
     rt_unref(&cur);
     log_write(LOG_INFO, "event=reloaded config=%s", config_path);
@@ -183,6 +184,7 @@ int main(int argc, char **argv)
         return 0;
     }
     const struct config *cfg = rt->cfg;
+    log_use_syslog(cfg->log_syslog);
     if (!log_open((enum log_level)cfg->log_level, cfg->log_file)) {
         fprintf(stderr, "portcullis: cannot open log file %s: %s\n", cfg->log_file,
                 strerror(errno));

@@ -56,7 +56,7 @@ FUZZ_BIN := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
 FUZZ_SECONDS ?= 60
 
 .PHONY: all deps test unit integration demo demo-stop fuzz fuzz-build format format-check lint \
-        clean bench deb install tsan
+        clean bench deb install tsan soak
 
 all: $(BIN) $(BUILD)/portcullis-ctl
 
@@ -127,6 +127,11 @@ tsan:
 	TSAN_OPTIONS=halt_on_error=1 build/tsan/tests/test_pool 2>&1
 	$(PYTHON) -m pytest -ra -q -p no:cacheprovider $(TSAN_TESTS) \
 	    --proxy-binary=build/tsan/portcullis
+
+# Soak: mixed IMAP/POP3 traffic with infected mail for SOAK_MINUTES (default 10), RSS, fds and
+# errors sampled over time; fails if they grow. Not part of make test.
+soak: deps all
+	$(PYTHON) tests/soak/soak.py
 
 # Debian package (dpkg-deb; see deploy/mkdeb.sh) and a plain install for other systems.
 deb: all

@@ -19,7 +19,7 @@ size_t rl_user_key(const char *user, bool fold, char *out, size_t cap)
     size_t o = 0;
     if (cap == 0)
         return 0;
-    for (size_t i = 0; user[i] && i < RL_USER_MAX; i++) {
+    for (size_t i = 0; i < RL_USER_MAX && user[i]; i++) {
         unsigned char c = (unsigned char)user[i];
         if (fold && c >= 'A' && c <= 'Z')
             c = (unsigned char)(c - 'A' + 'a');

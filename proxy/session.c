@@ -355,10 +355,11 @@ void sess_close(struct session *s, const char *reason)
     double dur = ev_now(loop) - s->started;
     sess_log(s, LOG_INFO,
              "event=close reason=\"%s\" duration=%.3f bytes_in=%llu bytes_out=%llu "
-             "backend=%s backend_bytes_in=%llu backend_bytes_out=%llu",
+             "backend=%s backend_bytes_in=%llu backend_bytes_out=%llu scans=%u blocked=%u",
              reason ? reason : "?", dur, (unsigned long long)s->client.bytes_in,
              (unsigned long long)s->client.bytes_out, s->be ? s->be->name : "-",
-             (unsigned long long)s->backend.bytes_in, (unsigned long long)s->backend.bytes_out);
+             (unsigned long long)s->backend.bytes_in, (unsigned long long)s->backend.bytes_out,
+             s->scans, s->blocked);
     conn_close(&s->client);
     conn_close(&s->backend);
     buf_free(&s->up);

@@ -86,6 +86,8 @@ struct session {
     size_t lidx;             /* listener index, for metrics */
     bool draining;           /* the process is shutting down: end at the next idle point */
     bool addr_counted;       /* holds a per-address connection slot */
+    unsigned scans;          /* messages judged (scanned or from the verdict cache) */
+    unsigned blocked;        /* messages replaced by a notice (infected or blocked) */
     uint32_t addr_slot;
     ev_io pp_io;             /* reading a PROXY header (listener proxy_protocol) */
     bool proxy_hdr_pending;

@@ -56,9 +56,9 @@ FUZZ_BIN := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
 FUZZ_SECONDS ?= 60
 
 .PHONY: all deps test unit integration demo demo-stop fuzz fuzz-build format format-check lint \
-        clean bench deb install tsan soak
+        clean bench bench-build deb install tsan soak
 
-all: $(BIN) $(BUILD)/portcullis-ctl
+all: $(BIN) $(BUILD)/portcullis-ctl $(BUILD)/pcbench
 
 # Keep the unit-test objects make would otherwise delete as intermediates.
 .SECONDARY:
@@ -114,8 +114,19 @@ demo: deps all
 demo-stop:
 	@bash deploy/demo.sh stop
 
+# Benchmarks (issue 8, docs/benchmarks.md): pcbench is the C load generator; bench.py installs
+# nginx/HAProxy/gnuplot (deploy/bench-deps.sh), runs the peers side by side and prints the
+# targets table. BENCH_QUICK=1: a ~2-minute sanity run. Not part of make test.
+BENCH_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/bench/*.c))
+$(BUILD)/pcbench: $(BENCH_OBJ)
+	@[ "$(V)" = 1 ] || echo "  LINK    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+bench-build: $(BUILD)/pcbench
+
 bench: deps all
-	@echo "make bench: see issue 8 (tests/bench); not built yet" && false
+	@bash deploy/bench-deps.sh
+	$(PYTHON) tests/bench/bench.py --build $(BUILD)
 
 # ThreadSanitizer: the scan pool's unit test (scan threads + loop), and the proxy itself with
 # its worker threads, health checks and admin thread-shared state through a subset of the

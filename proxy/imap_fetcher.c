@@ -46,6 +46,7 @@ enum ft_state {
     FT_LOGIN,
     FT_EXAMINE,
     FT_READY,
+    FT_SYNC, /* NOOP before a FETCH on an older view */
     FT_FETCH,
     FT_JUDGE,
     FT_DEAD,
@@ -59,7 +60,7 @@ struct imap_fetcher {
     size_t held; /* bytes of `in` framed, belonging to the response in progress */
     bool in_lit;
     enum ft_state state;
-    int step; /* login: which part goes next */
+    int step;      /* login: which part goes next */
     char *mailbox; /* examined (owned) */
     uint32_t uidvalidity;
     ev_timer timer;
@@ -77,6 +78,8 @@ struct imap_fetcher {
     size_t msg_cap, msg_have, budget;
     uint64_t lit_len;
     uint64_t got_uid;
+    struct sc_wait bwait;
+    struct sc_judging judging;
 };
 
 static void ft_input(struct imap_fetcher *f);
@@ -98,7 +101,7 @@ static void drop_msg(struct imap_fetcher *f)
     free(f->msg);
     f->msg = NULL;
     if (f->budget)
-        sc_budget_release(f->s, f->budget);
+        sc_budget_release(f->budget);
     f->budget = 0;
     f->collecting = f->have_msg = f->oversize = false;
     f->msg_cap = f->msg_have = 0;
@@ -155,7 +158,8 @@ static void arm(struct imap_fetcher *f)
     ev_timer_start(loop, &f->timer);
 }
 
-static bool sendf(struct imap_fetcher *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static bool sendf(struct imap_fetcher *f, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static bool sendf(struct imap_fetcher *f, const char *fmt, ...)
 {
     char tmp[2048];
@@ -198,10 +202,18 @@ static void send_examine(struct imap_fetcher *f)
     sendf(f, "B EXAMINE %s\r\n", q);
 }
 
-static void send_fetch(struct imap_fetcher *f)
+static void send_fetch(struct imap_fetcher *f, bool sync)
 {
     f->state = FT_FETCH;
     f->got_uid = 0;
+    /* A view opened earlier does not show messages delivered since: a NOOP first makes the
+     * server report them (RFC 3501 6.1.2), so a new message's UID is found. Not pipelined:
+     * Dovecot runs a FETCH in parallel with a NOOP, on the view from before the NOOP. */
+    if (sync) {
+        f->state = FT_SYNC;
+        sendf(f, "N NOOP\r\n");
+        return;
+    }
     if (f->req_uid)
         sendf(f, "F UID FETCH %llu (UID BODY.PEEK[])\r\n", (unsigned long long)f->req_uid);
     else
@@ -220,7 +232,7 @@ static void next_step(struct imap_fetcher *f)
     if (!f->mailbox || strcmp(f->mailbox, f->req_mailbox) != 0)
         send_examine(f);
     else
-        send_fetch(f);
+        send_fetch(f, true);
 }
 
 static void send_login(struct imap_fetcher *f)
@@ -321,17 +333,17 @@ static bool tagged(const char *line, size_t len, char tag, bool *ok_r)
     return true;
 }
 
-static void judged(struct session *s, void *arg, const struct sc_outcome *o, char *msg,
-                   size_t len, size_t budget)
+static void judged(struct session *s, void *arg, const struct sc_outcome *o, char *msg, size_t len,
+                   size_t budget)
 {
     struct imap_fetcher *f = arg;
     struct imap_scan *sc = imap_sc(s);
     (void)len;
     free(msg);
     if (budget)
-        sc_budget_release(s, budget);
+        sc_budget_release(budget);
     uint64_t uid = f->got_uid ? f->got_uid : f->req_uid;
-    int memo = sc_memo_store(sc, f->req_mailbox, f->uidvalidity, uid, f->lit_len, o);
+    int memo = sc_memo_store(sc, f->req_mailbox, f->req_uidvalidity, uid, f->lit_len, o);
     free(o->notice);
     if (f->state == FT_JUDGE)
         f->state = FT_READY;
@@ -346,34 +358,29 @@ static void judge(struct imap_fetcher *f)
     struct session *s = f->s;
     struct imap_scan *sc = imap_sc(s);
     ev_timer_stop(s->worker->loop, &f->timer);
+    char where[MSGSCAN_WHERE_MAX];
+    uint64_t uid = f->got_uid ? f->got_uid : f->req_uid;
+    sc_where(where, sizeof where, f->req_mailbox, uid, f->req_seq);
     if (f->oversize) {
         struct sc_outcome o = {0};
-        bool block = s->cfg->scan.oversize_action == CFG_SCAN_BLOCK;
-        if (block && !sc_block_notice(s, f->msg, f->msg_have, "oversize", &o)) {
+        if (!sc_oversize(s, where, f->msg, f->msg_have, f->lit_len, &o)) {
             fail(f, "out of memory");
             return;
         }
-        uint64_t uid = f->got_uid ? f->got_uid : f->req_uid;
-        int memo = sc_memo_store(sc, f->req_mailbox, f->uidvalidity, uid, f->lit_len, &o);
+        int memo = sc_memo_store(sc, f->req_mailbox, f->req_uidvalidity, uid, f->lit_len, &o);
         free(o.notice);
         f->state = FT_READY;
         finish(f, memo >= 0 ? 1 : -1, memo);
         return;
     }
-    char where[SC_MAILBOX_MAX + 64];
-    snprintf(where, sizeof where, "mailbox=%s uid=%llu", f->req_mailbox,
-             (unsigned long long)(f->got_uid ? f->got_uid : f->req_uid));
     char *m = f->msg;
     size_t len = f->msg_have, budget = f->budget;
     f->msg = NULL;
     f->budget = 0;
     f->have_msg = false;
     f->state = FT_JUDGE;
-    if (!sc_judge(s, m, len, budget, where, judged, f)) {
-        free(m);
-        sc_budget_release(s, budget);
+    if (!sc_judge(&f->judging, s, m, len, budget, where, judged, f))
         fail(f, "cannot submit scan");
-    }
 }
 
 /* One whole response (literal bytes already taken out), without its CRLF. */
@@ -449,7 +456,16 @@ static void on_response(struct imap_fetcher *f, const char *line, size_t len)
             fail(f, "out of memory");
             return;
         }
-        send_fetch(f);
+        send_fetch(f, false);
+        return;
+    case FT_SYNC:
+        if (!tagged(line, len, 'N', &ok))
+            return;
+        if (!ok) {
+            fail(f, "NOOP refused");
+            return;
+        }
+        send_fetch(f, false);
         return;
     case FT_FETCH:
         if (untagged) {
@@ -507,8 +523,6 @@ static bool start_literal(struct imap_fetcher *f)
         f->got_uid = fi.uid;
     f->lit_len = f->f.literal_len;
     f->oversize = f->lit_len > s->cfg->scan.max_scan_size;
-    if (f->oversize)
-        sc_note_oversize(s, f->lit_len, f->req_mailbox, f->req_seq);
     size_t need = f->oversize ? NOTICE_HEADER_SCAN : (size_t)f->lit_len;
     if (need > f->lit_len)
         need = (size_t)f->lit_len;
@@ -520,7 +534,7 @@ static bool start_literal(struct imap_fetcher *f)
     f->msg_cap = need;
     f->msg_have = 0;
     f->have_msg = true;
-    int rc = sc_budget_acquire(s, need, budget_granted);
+    int rc = sc_budget_acquire(s, need, &f->bwait, budget_granted);
     if (rc < 0) {
         fail(f, "message larger than the scan memory budget");
         return false;
@@ -747,6 +761,8 @@ void imap_fetcher_free(struct session *s)
     if (!f)
         return;
     f->pending = false;
+    sc_judge_cancel(&f->judging);
+    sc_wait_cancel(&f->bwait);
     if (f->state != FT_DEAD)
         close_conn(f);
     drop_msg(f);

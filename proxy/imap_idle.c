@@ -11,6 +11,5 @@ bool imap_relay_idle(struct session *s)
     struct imap_state *st = imap_st(s);
     return imap_framer_at_boundary(&st->downf) && st->down_held == 0 &&
            imap_framer_at_boundary(&st->upf) && st->up_held == 0 && buf_empty(&s->up) &&
-           buf_empty(&s->down) && buf_empty(&st->inject) &&
-           imap_scan_idle(s);
+           buf_empty(&s->down) && buf_empty(&st->inject) && imap_scan_idle(s);
 }

@@ -47,7 +47,6 @@
 
 #include "imap_scan.h"
 #include "notice.h"
-#include "scan.h"
 #include "worker.h"
 #include <time.h>
 
@@ -142,7 +141,9 @@ int sc_memo_store(struct imap_scan *sc, const char *mailbox, uint32_t uidvalidit
 bool imap_scan_login(struct session *s)
 {
     struct imap_state *st = imap_st(s);
-    if (!s->cfg->scan.enabled || st->sc)
+    /* scan.enabled is read at start (the engine is loaded then): msgscan knows whether this
+     * worker scans */
+    if (!msgscan_on(s) || st->sc)
         return true;
     struct imap_scan *sc = calloc(1, sizeof *sc);
     if (!sc)
@@ -173,7 +174,8 @@ void imap_scan_free(struct session *s)
     if (!sc)
         return;
     ka_stop(s);
-    sc_cancel_judge(s);
+    sc_judge_cancel(&sc->judging);
+    sc_wait_cancel(&sc->bwait);
     imap_fetcher_free(s);
     out_release_all(s, sc);
     wipe_free(&sc->pass, sc->pass_len);
@@ -181,6 +183,8 @@ void imap_scan_free(struct session *s)
     wipe_free(&sc->sasl_b64, 0);
     free(sc->mailbox);
     free(sc->pending_mailbox);
+    free(sc->msg); /* a message being collected or handed back, with its budget */
+    sc_budget_release(sc->msg_budget);
     free(sc->text0);
     free(sc->text1);
     free(sc->outcome.notice);
@@ -286,12 +290,12 @@ static void out_release_all(struct session *s, struct imap_scan *sc)
     if (sc->out_active && sc->out.data) {
         buf_free(&sc->out);
         if (sc->outi < sc->outn)
-            sc_budget_release(s, sc->outq[sc->outi].budget);
+            sc_budget_release(sc->outq[sc->outi].budget);
         sc->outi++;
     }
     for (unsigned i = sc->outi; i < sc->outn; i++) {
         free(sc->outq[i].data);
-        sc_budget_release(s, sc->outq[i].budget);
+        sc_budget_release(sc->outq[i].budget);
     }
     sc->outn = sc->outi = 0;
     sc->out_active = false;
@@ -312,7 +316,7 @@ static bool out_next(struct session *s, struct imap_scan *sc)
         struct sc_out *o = &sc->outq[sc->outi];
         if (o->len == 0) {
             free(o->data);
-            sc_budget_release(s, o->budget);
+            sc_budget_release(o->budget);
             sc->outi++;
             continue;
         }
@@ -335,25 +339,33 @@ static bool out_next(struct session *s, struct imap_scan *sc)
 /* May output be installed now without overtaking anything? */
 static bool can_output(struct session *s)
 {
-    return s->client.wbuf == &s->down && buf_sendable(&s->down) == 0 &&
-           buf_empty(&s->client.ctl);
+    return s->client.wbuf == &s->down && buf_sendable(&s->down) == 0 && buf_empty(&s->client.ctl);
 }
 
-/* Called while blocks are installed: move on when the current one has drained. True while
- * output is still in progress. */
-static bool out_progress(struct session *s, struct imap_scan *sc)
+/* Send the installed blocks. conn_flush() is called here, not only from the I/O callbacks:
+ * a block that drains inside sess_pump() produces no write event, and nothing else would
+ * install the next one. True while output is still in progress (the socket is full). */
+static bool out_pump(struct session *s, struct imap_scan *sc)
 {
-    if (s->client.wbuf != &sc->out) {
-        /* The relay took wbuf back (error path): our blocks will never go out. */
-        out_release_all(s, sc);
-        return false;
+    for (;;) {
+        if (s->client.wbuf != &sc->out) {
+            /* The relay took wbuf back (error/close path): these blocks never go out. */
+            out_release_all(s, sc);
+            return false;
+        }
+        if (sc->out.data && sc->out.rpos != sc->out.wpos) {
+            conn_flush(&s->client);
+            if (s->client.error)
+                return true; /* sess_pump() closes the session */
+            if (sc->out.data && sc->out.rpos != sc->out.wpos)
+                return true; /* a write event calls the filter again */
+        }
+        buf_free(&sc->out);
+        sc_budget_release(sc->outq[sc->outi].budget);
+        sc->outi++;
+        if (!out_next(s, sc))
+            return false;
     }
-    if (sc->out.data && sc->out.rpos != sc->out.wpos)
-        return true;
-    buf_free(&sc->out);
-    sc_budget_release(s, sc->outq[sc->outi].budget);
-    sc->outi++;
-    return out_next(s, sc);
 }
 
 /* ---- keep-alive ---- */
@@ -490,29 +502,27 @@ static void fail_session(struct session *s, const char *why)
 static void whole_complete(struct session *s)
 {
     struct imap_scan *sc = imap_sc(s);
-    char where[SC_MAILBOX_MAX + 64];
-    snprintf(where, sizeof where, "mailbox=%s seq=%llu", sc->mailbox ? sc->mailbox : "-",
-             (unsigned long long)sc->seq);
+    char where[MSGSCAN_WHERE_MAX];
+    sc_where(where, sizeof where, sc->mailbox, sc->fi.uid, sc->seq);
     char *m = sc->msg;
     size_t len = sc->msg_have, budget = sc->msg_budget;
     sc->msg = NULL;
     sc->msg_budget = 0;
     if (sc->oversize_block) {
         struct sc_outcome o;
-        if (!sc_block_notice(s, m, len, "oversize", &o)) {
-            free(m);
-            sc_budget_release(s, budget);
+        bool ok = sc_oversize(s, where, m, len, sc->lit_len, &o);
+        free(m);
+        sc_budget_release(budget);
+        if (!ok) {
             fail_session(s, "out of memory");
             return;
         }
-        free(m);
-        sc_budget_release(s, budget);
         sc->have_outcome = true;
         sc->outcome = o;
         return;
     }
     sc->submitted = true;
-    if (!sc_judge(s, m, len, budget, where, judged_whole, NULL)) {
+    if (!sc_judge(&sc->judging, s, m, len, budget, where, judged_whole, NULL)) {
         sc->submitted = false;
         fail_session(s, "cannot submit scan");
     }
@@ -523,9 +533,13 @@ static void release_whole(struct session *s)
 {
     struct imap_scan *sc = imap_sc(s);
     struct sc_outcome *o = &sc->outcome;
-    if (sc->mailbox && sc->fi.uid)
-        sc_memo_store(sc, sc->mailbox, sc->uidvalidity, sc->fi.uid, sc->msg_len, o);
+    if (sc->mailbox && sc->fi.uid && !sc->oversize_block)
+        sc_memo_store(sc, sc->mailbox, sc->uidvalidity, sc->fi.uid, sc->lit_len, o);
     bool ok = true;
+    if (!o->replaced && !sc->msg) {
+        fail_session(s, "scan returned no message");
+        return;
+    }
     if (!o->replaced) {
         ok = out_push(sc, sc->text0, sc->text0_len, 0) &&
              out_push(sc, sc->msg, sc->msg_len, sc->msg_budget) &&
@@ -534,7 +548,7 @@ static void release_whole(struct session *s)
         sc->msg_budget = 0;
     } else {
         free(sc->msg);
-        sc_budget_release(s, sc->msg_budget);
+        sc_budget_release(sc->msg_budget);
         sc->msg = NULL;
         sc->msg_budget = 0;
         /* text0 ends in the literal header: rewrite its length */
@@ -562,8 +576,9 @@ static void release_whole(struct session *s)
                 w += l->hdr_off - r;
                 const char *rp;
                 size_t rn;
-                replacement(sc->outq[1].data, sc->outq[1].len, body_offset(sc->outq[1].data,
-                            sc->outq[1].len), sc->msg_len, l->kind, l->origin, l->len, &rp, &rn);
+                replacement(sc->outq[1].data, sc->outq[1].len,
+                            body_offset(sc->outq[1].data, sc->outq[1].len), sc->lit_len, l->kind,
+                            l->origin, l->len, &rp, &rn);
                 w += lit_hdr(t1 + w, 32, NULL, rn);
                 memcpy(t1 + w, rp, rn);
                 w += rn;
@@ -638,8 +653,13 @@ static bool start_whole(struct session *s)
     sc->lit_len = st->downf.literal_len;
     sc->oversize_block = false;
     if (sc->lit_len > cs->max_scan_size) {
-        sc_note_oversize(s, sc->lit_len, sc->mailbox, sc->seq);
         if (cs->oversize_action == CFG_SCAN_PASS) {
+            /* streamed without holding; msgscan logs and counts the pass */
+            char where[MSGSCAN_WHERE_MAX];
+            struct sc_outcome o;
+            sc_where(where, sizeof where, sc->mailbox, sc->fi.uid, sc->seq);
+            if (sc_oversize(s, where, NULL, 0, sc->lit_len, &o))
+                free(o.notice);
             sc->phase = SC_PASS_LIT;
             sc->resp_released = true;
             return false;
@@ -649,7 +669,7 @@ static bool start_whole(struct session *s)
     size_t need = sc->oversize_block ? NOTICE_HEADER_SCAN : (size_t)sc->lit_len;
     if (need > sc->lit_len)
         need = (size_t)sc->lit_len;
-    int rc = sc_budget_acquire(s, need, budget_granted);
+    int rc = sc_budget_acquire(s, need, &sc->bwait, budget_granted);
     ka_start(s);
     if (rc < 0) {
         fail_session(s, "message larger than the scan memory budget");
@@ -711,7 +731,10 @@ static void start_part(struct session *s, enum fi_kind kind, uint64_t origin)
     sc->phase = SC_PART_WAIT;
     int i = sc_memo_find(sc, sc->mailbox, sc->uidvalidity, sc->fi.uid);
     if (i >= 0) {
-        sc_note_cached(s, sc->mailbox, sc->fi.uid);
+        char q[SC_MAILBOX_MAX + 8];
+        sess_log(s, LOG_DEBUG, "event=scan_memo mailbox=%s uid=%llu",
+                 log_q(q, sizeof q, sc->mailbox, strlen(sc->mailbox)),
+                 (unsigned long long)sc->fi.uid);
         sc->part_rc = 1;
         sc->part_memo = i;
         return;
@@ -723,8 +746,8 @@ static void start_part(struct session *s, enum fi_kind kind, uint64_t origin)
     }
     sc->part_rc = 2;
     ka_start(s);
-    if (!imap_fetcher_request(s, sc->mailbox, sc->uidvalidity, sc->fi.uid,
-                              sc->fi.uid ? 0 : sc->seq, part_fetched)) {
+    if (!imap_fetcher_request(s, sc->mailbox, sc->uidvalidity, sc->fi.uid, sc->fi.uid ? 0 : sc->seq,
+                              part_fetched)) {
         sc->part_rc = -1;
         sc->part_memo = -1;
     }
@@ -750,17 +773,16 @@ static bool apply_part(struct session *s)
         body_off = m->body_off;
         orig_len = m->orig_len;
     } else {
-        /* The whole message could not be judged: error_action. */
-        replace = s->cfg->scan.error_action == CFG_SCAN_BLOCK;
-        sess_log(s, LOG_INFO, "event=scan_verdict verdict=error mailbox_known=%s seq=%llu "
-                 "action=%s reason=\"%s\"", sc->mailbox ? "yes" : "no",
-                 (unsigned long long)sc->seq, replace ? "block" : "pass",
-                 sc->part_rc == 0 ? "message not found" : "whole message unavailable");
+        /* The whole message could not be judged: error_action (msgscan logs it). */
+        char where[MSGSCAN_WHERE_MAX];
+        sc_where(where, sizeof where, sc->mailbox, sc->fi.uid, sc->seq);
+        if (!sc_unjudged(s, where, sc->part_rc == 0 ? "message-not-found" : "fetch-failed",
+                         &blocked)) {
+            fail_session(s, "out of memory");
+            return true;
+        }
+        replace = blocked.replaced;
         if (replace) {
-            if (!sc_block_notice(s, "", 0, "scan-error", &blocked)) {
-                fail_session(s, "out of memory");
-                return true;
-            }
             notice = blocked.notice;
             nlen = blocked.notice_len;
             body_off = body_offset(notice, nlen);
@@ -780,8 +802,7 @@ static bool apply_part(struct session *s)
     uint64_t ol = orig_len;
     if (!m)
         ol = sc->part_origin + sc->lit_len; /* unknown: treat this chunk as the last */
-    replacement(notice, nlen, body_off, ol, sc->part_kind, sc->part_origin, sc->lit_len, &rp,
-                &rn);
+    replacement(notice, nlen, body_off, ol, sc->part_kind, sc->part_origin, sc->lit_len, &rp, &rn);
     const char *held = b->data + b->mark;
     size_t h = lit_hdr_start(held, st->down_held);
     char *blk = malloc(h + 32 + rn);
@@ -808,7 +829,7 @@ static bool apply_part(struct session *s)
 
 static bool down_paused(struct session *s, struct imap_scan *sc)
 {
-    if (sc->out_active && out_progress(s, sc))
+    if (sc->out_active && out_pump(s, sc))
         return true;
     switch (sc->phase) {
     case SC_BUDGET:
@@ -817,14 +838,18 @@ static bool down_paused(struct session *s, struct imap_scan *sc)
         if (!sc->have_outcome || !can_output(s))
             return true;
         release_whole(s);
-        return true; /* out_progress decides next time */
+        break;
     case SC_PART_WAIT:
         if (sc->part_rc == 2 || !can_output(s))
             return true;
-        return apply_part(s);
+        apply_part(s);
+        break;
     default:
         return false;
     }
+    if (s->closing || s->state != SESS_RELAY)
+        return true;
+    return sc->out_active && out_pump(s, sc);
 }
 
 bool imap_scan_down_paused(struct session *s)
@@ -1000,116 +1025,115 @@ bool imap_scan_idle(struct session *s)
 
 /* ---- msgscan adapter ---- */
 
-int sc_budget_acquire(struct session *s, size_t bytes, void (*granted)(struct session *s))
+static void wait_cb(void *arg)
 {
-    (void)s;
-    (void)bytes;
-    (void)granted;
-    return 1;
+    struct sc_wait *w = arg;
+    w->granted(w->s);
 }
 
-void sc_budget_release(struct session *s, size_t bytes)
+int sc_budget_acquire(struct session *s, size_t bytes, struct sc_wait *w,
+                      void (*granted)(struct session *s))
 {
-    (void)s;
-    (void)bytes;
-}
-
-bool sc_block_notice(struct session *s, const char *orig, size_t len, const char *reason,
-                     struct sc_outcome *o)
-{
-    char ref[SCAN_REF_MAX];
-    scan_ref_new(ref);
-    struct notice_params np = {
-        .verdict = NOTICE_BLOCKED,
-        .reason_code = reason,
-        .ref = ref,
-        .tmpl = s->cfg->scan.notice_template,
-        .date_fallback = time(NULL),
-    };
-    memset(o, 0, sizeof *o);
-    o->replaced = true;
-    return notice_build(&np, orig, len, &o->notice, &o->notice_len);
-}
-
-void sc_note_oversize(struct session *s, uint64_t len, const char *mailbox, uint64_t seq)
-{
-    char q[SC_MAILBOX_MAX + 8];
-    sess_log(s, LOG_INFO, "event=scan_verdict verdict=oversize mailbox=%s seq=%llu size=%llu "
-             "action=%s", mailbox ? log_qs(q, sizeof q, mailbox) : "-",
-             (unsigned long long)seq, (unsigned long long)len,
-             s->cfg->scan.oversize_action == CFG_SCAN_PASS ? "pass" : "block");
-}
-
-void sc_note_cached(struct session *s, const char *mailbox, uint64_t uid)
-{
-    char q[SC_MAILBOX_MAX + 8];
-    sess_log(s, LOG_DEBUG, "event=scan_memo mailbox=%s uid=%llu",
-             mailbox ? log_qs(q, sizeof q, mailbox) : "-", (unsigned long long)uid);
-}
-
-/* TEMPORARY until msgscan lands: a deferred fake judge (EICAR substring) to exercise the
- * machinery. */
-struct fake_judge {
-    ev_timer t;
-    struct session *s;
-    char *msg;
-    size_t len, budget;
-    sc_judged_fn *done;
-    void *arg;
-    struct fake_judge *next;
-};
-static __thread struct fake_judge *fakes;
-
-static void fake_cb(struct ev_loop *loop, ev_timer *t, int revents)
-{
-    (void)loop, (void)revents;
-    struct fake_judge *j = (struct fake_judge *)t;
-    for (struct fake_judge **pp = &fakes; *pp; pp = &(*pp)->next)
-        if (*pp == j) {
-            *pp = j->next;
-            break;
-        }
-    static const char eicar[] = "EICAR-STANDARD-ANTIVIRUS-TEST-FILE";
-    struct sc_outcome o = {0};
-    if (memmem(j->msg, j->len, eicar, sizeof eicar - 1) || memmem(j->msg, j->len, "=45=49=43=41=52", 15) || memmem(j->msg, j->len, "UEsDB", 5)) {
-        char ref[SCAN_REF_MAX];
-        scan_ref_new(ref);
-        struct notice_params np = {.verdict = NOTICE_INFECTED, .signature = "Portcullis.Test.EICAR-NDB.UNOFFICIAL", .ref = ref, .date_fallback = time(NULL)};
-        if (notice_build(&np, j->msg, j->len, &o.notice, &o.notice_len))
-            o.replaced = true;
-        free(j->msg);
-        j->done(j->s, j->arg, &o, NULL, 0, 0);
-    } else {
-        j->done(j->s, j->arg, &o, j->msg, j->len, j->budget);
+    w->s = s;
+    w->granted = granted;
+    switch (msgscan_budget_acquire(s, bytes, &w->w, wait_cb, w)) {
+    case MSGSCAN_BUDGET_OK:
+        return 1;
+    case MSGSCAN_BUDGET_WAIT:
+        return 0;
+    default:
+        return -1;
     }
-    free(j);
 }
 
-bool sc_judge(struct session *s, char *msg, size_t len, size_t budget, const char *where,
-              sc_judged_fn *done, void *arg)
+void sc_budget_release(size_t bytes)
 {
-    (void)where;
-    struct fake_judge *j = calloc(1, sizeof *j);
-    if (!j)
+    if (bytes)
+        msgscan_budget_release(bytes);
+}
+
+void sc_wait_cancel(struct sc_wait *w)
+{
+    msgscan_wait_cancel(&w->w);
+}
+
+void sc_where(char *buf, size_t cap, const char *mailbox, uint64_t uid, uint64_t seq)
+{
+    char q[SC_MAILBOX_MAX + 8];
+    const char *mb = mailbox ? log_q(q, sizeof q, mailbox, strlen(mailbox)) : "-";
+    if (uid)
+        snprintf(buf, cap, "mailbox=%s uid=%llu", mb, (unsigned long long)uid);
+    else
+        snprintf(buf, cap, "mailbox=%s seq=%llu", mb, (unsigned long long)seq);
+}
+
+/* Take what the relay delivers out of msgscan's outcome. */
+static void take_outcome(struct msgscan_outcome *mo, struct sc_outcome *o)
+{
+    memset(o, 0, sizeof *o);
+    o->replaced = mo->replace;
+    if (mo->replace) {
+        o->notice = mo->notice;
+        o->notice_len = mo->notice_len;
+        mo->notice = NULL;
+    }
+}
+
+static void judged_cb(void *arg, struct msgscan_outcome *mo)
+{
+    struct sc_judging *j = arg;
+    j->req = NULL;
+    struct sc_outcome o;
+    take_outcome(mo, &o);
+    char *msg = NULL;
+    size_t len = 0, budget = 0;
+    if (!mo->replace && mo->msg) {
+        msg = mo->msg;
+        len = mo->len;
+        budget = mo->budget;
+        mo->msg = NULL;
+        mo->budget = 0;
+    }
+    j->done(j->s, j->arg, &o, msg, len, budget);
+}
+
+bool sc_judge(struct sc_judging *j, struct session *s, char *msg, size_t len, size_t budget,
+              const char *where, sc_judged_fn *done, void *arg)
+{
+    struct msgscan_item item = {.proto = "imap", .where = where};
+    j->s = s;
+    j->done = done;
+    j->arg = arg;
+    j->req = msgscan_judge(s, &item, msg, len, budget, judged_cb, j);
+    return j->req != NULL;
+}
+
+void sc_judge_cancel(struct sc_judging *j)
+{
+    msgscan_cancel(&j->req);
+}
+
+bool sc_oversize(struct session *s, const char *where, const char *head, size_t head_len,
+                 uint64_t size, struct sc_outcome *o)
+{
+    struct msgscan_item item = {.proto = "imap", .where = where};
+    struct msgscan_outcome mo;
+    memset(&mo, 0, sizeof mo);
+    if (!msgscan_oversize(s, &item, head, head_len, size, &mo))
         return false;
-    *j = (struct fake_judge){.s = s, .msg = msg, .len = len, .budget = budget, .done = done, .arg = arg, .next = fakes};
-    fakes = j;
-    ev_timer_init(&j->t, fake_cb, 0.01, 0.);
-    ev_timer_start(s->worker->loop, &j->t);
+    take_outcome(&mo, o);
+    msgscan_outcome_clear(&mo);
     return true;
 }
 
-void sc_cancel_judge(struct session *s)
+bool sc_unjudged(struct session *s, const char *where, const char *reason, struct sc_outcome *o)
 {
-    for (struct fake_judge **pp = &fakes; *pp;) {
-        struct fake_judge *j = *pp;
-        if (j->s == s) {
-            *pp = j->next;
-            ev_timer_stop(s->worker->loop, &j->t);
-            free(j->msg);
-            free(j);
-        } else {
-            pp = &j->next;
-        }
-    }
+    struct msgscan_item item = {.proto = "imap", .where = where};
+    struct msgscan_outcome mo;
+    memset(&mo, 0, sizeof mo);
+    if (!msgscan_unjudged(s, &item, NULL, 0, reason, &mo))
+        return false;
+    take_outcome(&mo, o);
+    msgscan_outcome_clear(&mo);
+    return true;
 }

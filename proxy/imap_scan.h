@@ -14,24 +14,25 @@
 
 #include "imap.h"
 #include "imap_fetchitem.h"
+#include "msgscan.h"
 
-#define SC_MEMO_MAX     16        /* verdicts remembered per session for part/chunk fetches */
-#define SC_LITS_MAX     8         /* content literals after the first in one held response */
-#define SC_OUT_MAX      3         /* output blocks of one released response */
-#define SC_HOLD_LINE    (16 << 10) /* a FETCH line held longer than this starts to stream */
-#define SC_SUFFIX_MAX   (1 << 20) /* bytes after the scanned literal held in one response */
-#define SC_MAILBOX_MAX  1024
+#define SC_MEMO_MAX    16         /* verdicts remembered per session for part/chunk fetches */
+#define SC_LITS_MAX    8          /* content literals after the first in one held response */
+#define SC_OUT_MAX     3          /* output blocks of one released response */
+#define SC_HOLD_LINE   (16 << 10) /* a FETCH line held longer than this starts to stream */
+#define SC_SUFFIX_MAX  (1 << 20)  /* bytes after the scanned literal held in one response */
+#define SC_MAILBOX_MAX 1024
 
 /* How one message was judged, as the client is to see it. */
 struct sc_memo {
     char *mailbox;        /* owned; NULL = free slot */
     uint32_t uidvalidity; /* 0 when unknown */
     uint64_t uid;
-    bool replaced;        /* the client gets `notice` instead of the message */
-    char *notice;         /* owned when replaced */
+    bool replaced; /* the client gets `notice` instead of the message */
+    char *notice;  /* owned when replaced */
     size_t notice_len;
-    size_t body_off;      /* where the notice's text (body) starts: replacement for parts */
-    uint64_t orig_len;    /* size of the original message */
+    size_t body_off;   /* where the notice's text (body) starts: replacement for parts */
+    uint64_t orig_len; /* size of the original message */
 };
 
 /* The outcome of judging a whole message (handed over by the msgscan adapter). */
@@ -41,6 +42,21 @@ struct sc_outcome {
     size_t notice_len;
 };
 
+/* A budget wait: calls granted(s) on the loop once the bytes are acquired. */
+struct sc_wait {
+    struct msgscan_wait w;
+    struct session *s;
+    void (*granted)(struct session *s);
+};
+/* A judging in flight (embedded in the caller's state). */
+typedef void sc_judged_fn(struct session *s, void *arg, const struct sc_outcome *o, char *msg,
+                          size_t len, size_t budget);
+struct sc_judging {
+    struct msgscan_req *req; /* NULL when idle */
+    struct session *s;
+    sc_judged_fn *done;
+    void *arg;
+};
 /* A content literal after the scanned one, inside the held rest of the response. */
 struct sc_lit {
     size_t hdr_off;  /* in text1: where "{" / "~{" starts */
@@ -112,7 +128,7 @@ struct imap_scan {
     /* part/chunk held in s->down */
     enum fi_kind part_kind;
     uint64_t part_origin;
-    int part_rc; /* fetcher result: 1 judged, 0 gone, -1 error; 2 pending */
+    int part_rc;   /* fetcher result: 1 judged, 0 gone, -1 error; 2 pending */
     int part_memo; /* memo slot index of the verdict, or -1 */
 
     /* output of a released response: installed as s->client.wbuf block by block */
@@ -129,7 +145,8 @@ struct imap_scan {
     unsigned memo_next;
 
     struct imap_fetcher *fetcher; /* owned (imap_fetcher.c) */
-    void *ms;                     /* msgscan request handles (adapter) */
+    struct sc_wait bwait;         /* budget for a whole message held in-band */
+    struct sc_judging judging;    /* its scan */
     bool busy;                    /* inside a relay hook: results are picked up there */
 };
 
@@ -153,25 +170,28 @@ bool imap_fetcher_request(struct session *s, const char *mailbox, uint32_t uidva
                           uint64_t uid, uint64_t seq, fetcher_done_fn *done);
 void imap_fetcher_free(struct session *s);
 
-/* imap_scan.c: judge a whole message (msgscan). `msg` (malloc'd, covered by `budget` bytes of
- * the scan budget) moves to the judge. `done` runs later on the loop with the outcome; the
- * original comes back in *msg_r when it is to be delivered (clean or passed), else NULL. */
-struct sc_judge;
-typedef void sc_judged_fn(struct session *s, void *arg, const struct sc_outcome *o, char *msg,
-                          size_t len, size_t budget);
-bool sc_judge(struct session *s, char *msg, size_t len, size_t budget, const char *where,
-              sc_judged_fn *done, void *arg);
+/* imap_scan.c: the msgscan adapter. */
 
-/* msgscan adapter (imap_scan.c). Budget: 1 acquired now, 0 `granted` runs later on the loop
- * (unless the session closes), -1 more than the whole budget. */
-int sc_budget_acquire(struct session *s, size_t bytes, void (*granted)(struct session *s));
-void sc_budget_release(struct session *s, size_t bytes);
-/* A notice for a message blocked without a verdict (`reason`: "oversize", "scan-error"), built
- * from whatever of the original is at hand (its header, or nothing). */
-bool sc_block_notice(struct session *s, const char *orig, size_t len, const char *reason,
-                     struct sc_outcome *o);
-void sc_note_oversize(struct session *s, uint64_t len, const char *mailbox, uint64_t seq);
-void sc_note_cached(struct session *s, const char *mailbox, uint64_t uid);
-void sc_cancel_judge(struct session *s);
+/* 1 acquired now, 0 `granted` runs later (unless sc_wait_cancel), -1 more than the budget. */
+int sc_budget_acquire(struct session *s, size_t bytes, struct sc_wait *w,
+                      void (*granted)(struct session *s));
+void sc_budget_release(size_t bytes);
+void sc_wait_cancel(struct sc_wait *w);
+
+/* Judge `msg` (malloc'd, covered by `budget`; both move to the judge, also on failure). `done`
+ * runs later on the loop (never before this returns) with the outcome: `o->notice` is the
+ * callee's to free; the original comes back in msg (with its budget) when it is to be delivered.
+ * False when out of memory (no callback). `where` is a logfmt fragment naming the message. */
+bool sc_judge(struct sc_judging *j, struct session *s, char *msg, size_t len, size_t budget,
+              const char *where, sc_judged_fn *done, void *arg);
+void sc_judge_cancel(struct sc_judging *j);
+/* Over max_scan_size (`size`; `head` = what is held of it, may be empty): oversize_action,
+ * logged and counted. Fills *o (o->notice malloc'd when replaced). False: out of memory. */
+bool sc_oversize(struct session *s, const char *where, const char *head, size_t head_len,
+                 uint64_t size, struct sc_outcome *o);
+/* The message could not be judged for `reason`: error_action. Like sc_oversize. */
+bool sc_unjudged(struct session *s, const char *where, const char *reason, struct sc_outcome *o);
+/* logfmt fragment naming a message: mailbox="…" uid=N (or seq=N) */
+void sc_where(char *buf, size_t cap, const char *mailbox, uint64_t uid, uint64_t seq);
 
 #endif

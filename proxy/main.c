@@ -23,6 +23,7 @@
 #include "config.h"
 #include "log.h"
 #include "admin.h"
+#include "msgscan.h"
 #include "health.h"
 #include "privdrop.h"
 #include "runtime.h"
@@ -64,12 +65,14 @@ static void on_reload(struct ev_loop *loop, ev_signal *w, int revents)
                   err ? err : "?");
         free(err);
         rt_unref(&cur);
+        msgscan_reload(NULL); /* signatures still reload, with the scan settings in use */
         return;
     }
     if (rt->cfg->nlisteners != cur->cfg->nlisteners || rt->cfg->workers != cur->cfg->workers)
         log_write(LOG_WARN, "event=reload_partial note=\"listeners and workers need a restart\"");
     log_set_level((enum log_level)rt->cfg->log_level);
     log_use_syslog(rt->cfg->log_syslog);
+    msgscan_reload(rt->cfg); /* off the loop; the result is logged when it is done */
     rt_publish(rt);
     rt_unref(&cur);
     log_write(LOG_INFO, "event=reloaded config=%s", config_path);
@@ -233,6 +236,12 @@ int main(int argc, char **argv)
         log_write(LOG_ERROR, "event=privdrop_failed error=\"%s\"", err ? err : "?");
         return 1;
     }
+    /* After the privilege drop: the scanner's private work dir must be the scanning user's. */
+    if (!msgscan_process_init(cfg, loop, &err)) {
+        fprintf(stderr, "portcullis: scanner: %s\n", err ? err : "cannot start");
+        log_write(LOG_ERROR, "event=scanner_failed error=\"%s\"", err ? err : "?");
+        return 1;
+    }
     rt_publish(rt_ref(rt));
     g_workers = workers;
     g_nworkers = nworkers;
@@ -272,6 +281,7 @@ int main(int argc, char **argv)
     for (unsigned i = 0; i < nworkers; i++)
         worker_stop(&workers[i]);
     free(workers);
+    msgscan_process_fini(); /* after the workers: no session holds a scan any more */
     struct rt *last = rt_current();
     rt_publish(NULL);
     rt_unref(&last);

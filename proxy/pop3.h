@@ -42,6 +42,7 @@ struct pop3_qent {
     uint8_t resp;      /* enum pop3_resp_kind */
     uint8_t cmd;       /* enum pop3_qcmd */
     uint32_t msgno;    /* RETR/TOP message number (for the scanner and the logs) */
+    uint32_t lines;    /* TOP: body lines asked for (a replacement notice is cut to them) */
     const char *local; /* PQ_LOCAL: static answer text, without "-ERR " and CRLF */
 };
 
@@ -84,6 +85,7 @@ struct pop3_state {
     size_t down_held;   /* bytes after s->down.mark framed but not yet released */
     bool down_holding;  /* the current response is held whole (CAPA rewrite) */
     bool relay_running; /* re-entrance guard of the relay loop */
+    struct pop3_scan *scan; /* owned (pop3_scan.c): a RETR/TOP response held for the scanner */
 };
 
 static inline struct pop3_state *pop3_st(struct session *s)
@@ -109,5 +111,21 @@ void pop3_relay_down(struct session *s);
 bool pop3_relay_idle(struct session *s);
 /* No response is being relayed to the client right now. */
 bool pop3_relay_at_boundary(struct session *s);
+/* Run the relay filters and push output (from callbacks outside the I/O path). */
+void pop3_relay_kick(struct session *s);
+/* The backend broke framing: -ERR to the client, end the session. */
+void pop3_relay_fail(struct session *s, const char *why);
+
+/* pop3_scan.c — RETR/TOP content held for the scanner (docs/scanning.md, POP3).
+ * begin: at the STATUS_LINE of a +OK RETR/TOP response (its status line is the down_held bytes
+ * at s->down.mark); true when the response is taken over (then it is driven by step).
+ * step: while pop3_scan_active(); 1 progress (call again), 0 waiting, -1 session closed.
+ * When the held response has gone out, st->cur_valid is false (or, when the rest of an
+ * over-size message streams, true with the framer mid-body and st->down_held pending). */
+bool pop3_scan_begin(struct session *s);
+bool pop3_scan_active(struct session *s);
+int pop3_scan_step(struct session *s);
+/* Drop a held response (backend protocol error, session end). */
+void pop3_scan_abort(struct session *s);
 
 #endif

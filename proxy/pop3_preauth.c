@@ -86,6 +86,7 @@ static void free_store(struct pop3_state *st)
 static void pop3_destroy(struct session *s)
 {
     struct pop3_state *st = pop3_st(s);
+    pop3_scan_abort(s); /* cancels a scan in flight, frees a held message (issue 4) */
     pop3_forget_login(st);
     free_store(st);
     free(st);

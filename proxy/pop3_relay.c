@@ -20,6 +20,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "msgscan.h"
 #include "pop3.h"
 #include "sess_policy.h"
 
@@ -91,6 +92,7 @@ static struct pop3_qent classify(const struct pop3_cmd_parser *p)
         } else if (strcmp(kw, "TOP") == 0) {
             e.cmd = PC_TOP;
             e.msgno = arg_number(p, 0);
+            e.lines = arg_number(p, 1);
         } else if (strcmp(kw, "CAPA") == 0) {
             e.cmd = PC_CAPA;
         } else if (strcmp(kw, "QUIT") == 0) {
@@ -177,6 +179,7 @@ static void protocol_error(struct session *s, const char *why)
     struct pop3_state *st = pop3_st(s);
     char e[96];
     sess_log(s, LOG_WARN, "event=backend_protocol_error error=%s", log_qs(e, sizeof e, why));
+    pop3_scan_abort(s);
     s->down.wpos = s->down.mark; /* what was released still goes out; drop the rest */
     st->down_held = 0;
     conn_ctl_printf(&s->client, "-ERR [SYS/TEMP] Backend protocol error.\r\n");
@@ -187,6 +190,11 @@ static void protocol_error(struct session *s, const char *why)
     sess_set_deadline(s, 10.0);
 }
 
+void pop3_relay_fail(struct session *s, const char *why)
+{
+    protocol_error(s, why);
+}
+
 /* Backend → client. Returns true if it made progress. */
 static bool filter_down(struct session *s)
 {
@@ -194,6 +202,16 @@ static bool filter_down(struct session *s)
     struct buf *b = &s->down;
     bool progress = false;
     while (!s->closing && (s->state == SESS_RELAY || s->state == SESS_CLOSING)) {
+        if (st->scan && pop3_scan_active(s)) {
+            /* A RETR/TOP response is held for the scanner: nothing else moves meanwhile. */
+            int r = pop3_scan_step(s);
+            if (r < 0)
+                return false;
+            if (r == 0)
+                break;
+            progress = true;
+            continue;
+        }
         if (!st->cur_valid && st->down_held == 0) {
             /* At a response boundary: our own answers that are due go out now, in order. */
             while (st->qlen && st->queue[st->qhead].kind == PQ_LOCAL) {
@@ -230,6 +248,13 @@ static bool filter_down(struct session *s)
             return false;
         }
         progress = progress || used > 0;
+        if (ev == POP3_FRAME_STATUS_LINE && (st->cur.cmd == PC_RETR || st->cur.cmd == PC_TOP) &&
+            msgscan_on(s) && pop3_scan_begin(s)) {
+            if (s->closing)
+                return false;
+            progress = true;
+            continue;
+        }
         if (st->down_holding && ev != POP3_FRAME_END) {
             if (st->down_held <= CAPA_HOLD_MAX) {
                 if (used == 0)
@@ -286,6 +311,15 @@ void pop3_relay_up(struct session *s)
 void pop3_relay_down(struct session *s)
 {
     relay_run(s);
+}
+
+void pop3_relay_kick(struct session *s)
+{
+    if (s->closing)
+        return;
+    relay_run(s);
+    if (!s->closing)
+        sess_pump(s);
 }
 
 bool pop3_relay_idle(struct session *s)

@@ -309,7 +309,8 @@ void sess_pump(struct session *s)
         sess_close(s, "client write error");
         return;
     }
-    if (s->state == SESS_CLOSING && conn_pending_out(&s->client) == 0) {
+    if (s->state == SESS_CLOSING && conn_pending_out(&s->client) == 0 &&
+        !(s->scan_hold && s->client.wbuf)) {
         sess_close(s, s->close_reason);
         return;
     }
@@ -717,6 +718,12 @@ static void client_handler(struct conn *c, int events)
         }
         break;
     case SESS_CLOSING:
+        /* A held response still going out (scan_hold) is driven by the filter. */
+        if ((events & CONN_EV_WRITE) && s->scan_hold && s->client.wbuf) {
+            s->proto->relay_down(s);
+            if (s->closing)
+                return;
+        }
         break;
     }
     if (!s->closing)

@@ -88,6 +88,8 @@ struct session {
     bool addr_counted;       /* holds a per-address connection slot */
     unsigned scans;          /* messages judged (scanned or from the verdict cache) */
     unsigned blocked;        /* messages replaced by a notice (infected or blocked) */
+    bool scan_hold;          /* a response is held for a verdict or being put back: a closing
+                                session (backend gone) waits for it (pop3_scan.c) */
     uint32_t addr_slot;
     ev_io pp_io;             /* reading a PROXY header (listener proxy_protocol) */
     bool proxy_hdr_pending;

@@ -100,7 +100,14 @@ static int ticket_cb(SSL *s, unsigned char name[16], unsigned char *iv, EVP_CIPH
         return EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv) == 1 ? 1 : -1;
     if (EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv) != 1)
         return -1;
-    return k == &ts->keys[0] ? 1 : 2; /* 2: accept, and re-issue under the current key */
+    /* 2: accept and issue a new ticket. Always for TLS 1.3: OpenSSL sends no ticket on a
+     * resumed 1.3 handshake otherwise, and a client that uses each ticket once (RFC 8446
+     * C.4) then falls back to a full handshake every other connection (measured with
+     * pcbench --resume: 5 of 10 resumed, 9 of 10 with this). For TLS 1.2, only when the
+     * ticket was made under an older key. */
+    if (k != &ts->keys[0] || SSL_version(s) >= TLS1_3_VERSION)
+        return 2;
+    return 1;
 }
 
 static bool name_matches(const char *pattern, const char *host)

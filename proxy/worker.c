@@ -20,6 +20,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "msgscan.h"
 #include "runtime.h"
 #include "session.h"
 #include "sess_policy.h"
@@ -167,6 +168,10 @@ void worker_bury_session(struct worker *w, struct session *s)
     s->next = w->graveyard;
     w->graveyard = s;
     atomic_fetch_sub(&worker_connections, 1);
+    /* Reap on the next iteration, not whenever the next event happens to wake an idle loop:
+     * the protocol's destroy gives back what the session held for others (scan budget and
+     * queue slots, policy handles). */
+    ev_async_send(w->loop, &w->wake);
 }
 
 static int bind_one(const struct cfg_listener *l, char **error_r)
@@ -239,10 +244,14 @@ static void *worker_main(void *arg)
     ev_async_start(w->loop, &w->wake);
     ev_check_start(w->loop, &w->reap);
     sess_policy_worker_start(w);
+    if (!msgscan_worker_start(w))
+        log_write(LOG_ERROR, "event=scan_worker_failed worker=%d note=\"scanning off here\"",
+                  w->id);
     set_listeners(w, true);
     ev_run(w->loop, 0);
     /* Free what the last iteration closed. */
     reap_cb(w->loop, &w->reap, 0);
+    msgscan_worker_stop(w); /* after the sessions: their scan requests are cancelled */
     sess_policy_worker_stop(w);
     return NULL;
 }

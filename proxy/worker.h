@@ -14,6 +14,7 @@
 
 struct session;
 struct policy;
+struct msgscan_worker;
 
 struct worker_listener {
     ev_io io;
@@ -36,6 +37,7 @@ struct worker {
     unsigned nsessions;
     atomic_bool stop;
     struct policy *policy; /* owned: Redis connections and local limits (sess_policy.c) */
+    struct msgscan_worker *scan; /* owned (msgscan.c): pool client, verdict cache; NULL = off */
     atomic_bool drain; /* shutdown requested: stop accepting, end sessions at idle points */
     bool draining;     /* (worker thread) drain started */
 };

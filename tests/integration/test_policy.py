@@ -449,11 +449,13 @@ def test_round_trips_per_login(proxy_factory, certs, redis, capsys):
     with capsys.disabled():
         print(f"\n[redis] per login: {command_names(login)}; per logout: "
               f"{command_names(logout)}")
-    # check (user + address scope, pipelined: one round trip) before the backend login, then
-    # register (user script + address set, pipelined: one round trip, not waited for)
-    assert command_names(login) == ["evalsha"] * 4
-    # unregister: the close script + ZREM of the address set, pipelined
-    assert command_names(logout) == ["evalsha", "zrem"]
+    # check (user + address scope) and the route lookup (override > live session > affinity),
+    # pipelined: one round trip before the backend login; then register (user script + address
+    # set, pipelined: one round trip, not waited for)
+    assert command_names(login) == ["evalsha"] * 5
+    # unregister: the close script + ZREM of the address set + the recent-affinity SET
+    # (aff:{user}, policy.affinity_ttl), pipelined
+    assert command_names(logout) == ["evalsha", "set", "zrem"]
     for secret in USERS.values():
         assert secret.encode() not in b"".join(login + logout)
 

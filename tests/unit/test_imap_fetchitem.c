@@ -41,9 +41,8 @@ static void test_whole(void **state)
     assert_int_equal(kind_of("* 1 FETCH (BODY[] {12}\r\n", &o, &uid), FI_WHOLE);
     assert_int_equal(kind_of("* 1 FETCH (RFC822 {12}\r\n", &o, NULL), FI_WHOLE);
     assert_int_equal(kind_of("* 1 FETCH (BINARY[] ~{12}\r\n", &o, NULL), FI_WHOLE);
-    assert_int_equal(kind_of("* 7 FETCH (UID 42 FLAGS (\\Seen \\Answered) body[] {3}\r\n", &o,
-                             &uid),
-                     FI_WHOLE);
+    assert_int_equal(
+        kind_of("* 7 FETCH (UID 42 FLAGS (\\Seen \\Answered) body[] {3}\r\n", &o, &uid), FI_WHOLE);
     assert_int_equal(uid, 42);
     assert_int_equal(kind_of("* 7 FETCH (FLAGS () RFC822.SIZE 100 INTERNALDATE \"01-Jan-2025 "
                              "10:00:00 +0000\" UID 9 BODY[] {3}\r\n",
@@ -72,9 +71,9 @@ static void test_not_content(void **state)
     (void)state;
     uint64_t o;
     assert_int_equal(kind_of("* 1 FETCH (BODY[HEADER] {100}\r\n", &o, NULL), FI_NONE);
-    assert_int_equal(kind_of("* 1 FETCH (BODY[HEADER.FIELDS (FROM TO \"SUBJECT\")] {100}\r\n",
-                             &o, NULL),
-                     FI_NONE);
+    assert_int_equal(
+        kind_of("* 1 FETCH (BODY[HEADER.FIELDS (FROM TO \"SUBJECT\")] {100}\r\n", &o, NULL),
+        FI_NONE);
     assert_int_equal(kind_of("* 1 FETCH (BODY[2.MIME] {100}\r\n", &o, NULL), FI_NONE);
     assert_int_equal(kind_of("* 1 FETCH (BODY[1.HEADER] {100}\r\n", &o, NULL), FI_NONE);
     assert_int_equal(kind_of("* 1 FETCH (RFC822.HEADER {100}\r\n", &o, NULL), FI_NONE);
@@ -82,8 +81,7 @@ static void test_not_content(void **state)
     assert_int_equal(kind_of("* 1 FETCH (ENVELOPE (\"date\" {100}\r\n", &o, NULL), FI_NONE);
     assert_int_equal(kind_of("* 1 FETCH (BODY[] \"x\" ENVELOPE (NIL {5}\r\n", &o, NULL), FI_NONE);
     /* a quoted value that looks like a name must not count */
-    assert_int_equal(kind_of("* 1 FETCH (X-GM-LABELS (\"BODY[]\") BODY[HEADER] {5}\r\n", &o,
-                             NULL),
+    assert_int_equal(kind_of("* 1 FETCH (X-GM-LABELS (\"BODY[]\") BODY[HEADER] {5}\r\n", &o, NULL),
                      FI_NONE);
     /* a very long HEADER.FIELDS list: the name is cut, still not content */
     assert_int_equal(kind_of("* 1 FETCH (BODY[HEADER.FIELDS (A1 A2 A3 A4 A5 A6 A7 A8 A9 B1 B2 "
@@ -126,8 +124,8 @@ static void test_is_fetch(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_whole),          cmocka_unit_test(test_partial_and_parts),
-        cmocka_unit_test(test_not_content),    cmocka_unit_test(test_after_literal),
+        cmocka_unit_test(test_whole),       cmocka_unit_test(test_partial_and_parts),
+        cmocka_unit_test(test_not_content), cmocka_unit_test(test_after_literal),
         cmocka_unit_test(test_is_fetch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

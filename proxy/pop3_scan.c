@@ -1,0 +1,669 @@
+/*
+ * pop3_scan — a RETR/TOP response held for the scanner (the POP3 side of msgscan).
+ *
+ * From the +OK status line on, the response leaves s->down: the status line is copied, the
+ * body is unstuffed into a message buffer (within the memory budget) and cut out of the relay
+ * buffer, so the relay buffer keeps flowing from the backend however large the message is.
+ * Responses after it wait, unframed: while the verdict is awaited and the response goes back out
+ * they are parked beside it (at most one relay buffer) and the backend is not read, so there is
+ * always room in s->down to put this one back.
+ *
+ * The verdict decides what is put back, in place, at s->down.mark:
+ *   - delivered (clean, or passed): the status line and the body stuffed again exactly as it
+ *     came (a "." doubled at a line start, line ends as sent, the backend's terminator): the
+ *     bytes of a conforming server, byte for byte;
+ *   - replaced: the status line (a RETR's octet count rewritten to the notice's size) and the
+ *     stuffed notice; for TOP n k, the notice's header and its first k body lines.
+ * Over max_scan_size (from the RETR status line's octet count, or while collecting): with
+ * `pass` the part held so far goes out and the rest streams as usual; with `block` the head is
+ * kept for the notice's header fields and the rest is dropped.
+ *
+ * Output is generated in chunks as room frees in s->down and flushed from here, since a chunk
+ * that drains inside sess_pump() raises no write event. While a verdict is awaited or its
+ * output is under way s->scan_hold keeps a closing session (backend gone after a pipelined
+ * QUIT) alive until the response is out.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "msgscan.h"
+#include "notice.h"
+#include "pop3.h"
+#include "worker.h"
+
+#define PS_FEED_MAX  (16 << 10) /* framer input per collect step */
+#define PS_OUT_CHUNK (16 << 10) /* output generated per insertion */
+
+enum ps_phase {
+    PS_BUDGET,  /* waiting for memory budget; the body waits in s->down */
+    PS_COLLECT, /* unstuffing the body into msg */
+    PS_DROP,    /* over a limit under `block`: dropping the rest, head kept */
+    PS_JUDGE,   /* the whole body is in msg; msgscan at work */
+    PS_OUTPUT,  /* putting the response back into s->down */
+};
+
+struct ps_seg {
+    const char *p; /* not owned */
+    size_t len, pos;
+    bool restuff; /* dot-stuff on the way out */
+};
+
+struct pop3_scan {
+    enum ps_phase phase;
+    enum pop3_qcmd cmd;
+    uint32_t lines; /* TOP */
+    char where[MSGSCAN_WHERE_MAX];
+    char *status; /* owned: the status line, line end included */
+    size_t status_len;
+    uint64_t hint; /* RETR "+OK n octets": n; 0 unknown */
+    bool hint_known, hint_over;
+    struct pop3_unstuffer u;
+    char *msg; /* owned: unstuffed body */
+    size_t len, cap;
+    size_t reserve, want; /* budget held for msg / asked for */
+    struct msgscan_wait wait;
+    bool waiting;
+    enum msgscan_verdict give_kind; /* PS_DROP: why */
+    const char *give_reason;
+    char term[4];
+    size_t term_len;
+    struct msgscan_req *req;
+    /* output */
+    struct ps_seg seg[3];
+    unsigned nseg, iseg;
+    bool bol;        /* restuff: the next byte starts a line */
+    char *out_owned; /* owned: a stuffed notice or an error line */
+    bool stream_after;
+    size_t pending; /* stream_after: framed bytes at mark, released after the output */
+    char *parked;   /* owned: bytes after this response (later responses, or the rest of a
+                       streaming one) moved out of s->down while it is judged and put back */
+    size_t parked_len;
+    char scratch[PS_OUT_CHUNK];
+};
+
+static void cut(struct buf *b, size_t off, size_t len)
+{
+    memmove(b->data + off, b->data + off + len, b->wpos - (off + len));
+    b->wpos -= (uint32_t)len;
+}
+
+/* Put n bytes in front of the held bytes, as sendable (n <= room). */
+static void insert(struct buf *b, const char *p, size_t n)
+{
+    if (b->cap - b->wpos < n) {
+        memmove(b->data, b->data + b->rpos, b->wpos - b->rpos);
+        b->mark -= b->rpos;
+        b->wpos -= b->rpos;
+        b->rpos = 0;
+    }
+    memmove(b->data + b->mark + n, b->data + b->mark, b->wpos - b->mark);
+    memcpy(b->data + b->mark, p, n);
+    b->mark += (uint32_t)n;
+    b->wpos += (uint32_t)n;
+}
+
+static struct msgscan_item item_of(struct pop3_scan *ps)
+{
+    return (struct msgscan_item){.proto = "pop3", .where = ps->where};
+}
+
+static void ps_free(struct session *s)
+{
+    struct pop3_state *st = pop3_st(s);
+    struct pop3_scan *ps = st->scan;
+    if (!ps)
+        return;
+    msgscan_cancel(&ps->req);
+    msgscan_wait_cancel(&ps->wait);
+    free(ps->msg);
+    msgscan_budget_release(ps->reserve);
+    free(ps->status);
+    free(ps->out_owned);
+    free(ps->parked);
+    free(ps);
+    st->scan = NULL;
+    s->scan_hold = false;
+}
+
+/* Entering the verdict wait or the output: move what follows this response out of s->down, so
+ * the buffer has room to put the response back even when later responses had filled it, and
+ * stop reading the backend until it is back (bounded: at most one relay buffer is parked). */
+static bool park(struct session *s, struct pop3_scan *ps)
+{
+    struct buf *b = &s->down;
+    if (s->backend.fd >= 0)
+        s->backend.reading = false;
+    if (ps->parked || !b->data || b->wpos == b->mark)
+        return true;
+    size_t n = b->wpos - b->mark;
+    ps->parked = malloc(n);
+    if (!ps->parked) {
+        sess_close(s, "out of memory");
+        return false;
+    }
+    memcpy(ps->parked, b->data + b->mark, n);
+    ps->parked_len = n;
+    b->wpos = b->mark;
+    return true;
+}
+
+void pop3_scan_abort(struct session *s)
+{
+    if (s->pstate)
+        ps_free(s);
+}
+
+bool pop3_scan_active(struct session *s)
+{
+    return pop3_st(s)->scan != NULL;
+}
+
+/* "+OK 1234 octets" (RFC 1939's example, what Dovecot and most servers send for RETR). */
+static bool parse_octets(const char *h, size_t n, uint64_t *v_r)
+{
+    if (n < 5 || memcmp(h, "+OK ", 4) != 0)
+        return false;
+    size_t i = 4, d = 0;
+    uint64_t v = 0;
+    while (i < n && h[i] >= '0' && h[i] <= '9' && d < 18) {
+        v = v * 10 + (uint64_t)(h[i] - '0');
+        i++;
+        d++;
+    }
+    if (d == 0 || (i < n && h[i] != ' '))
+        return false;
+    *v_r = v;
+    return true;
+}
+
+/* Answer the command with a one-line error instead of the held response. */
+static void fail_response(struct session *s, struct pop3_scan *ps, const char *text)
+{
+    free(ps->msg);
+    ps->msg = NULL;
+    msgscan_budget_release(ps->reserve);
+    ps->reserve = 0;
+    free(ps->out_owned);
+    if (asprintf(&ps->out_owned, "-ERR [SYS/TEMP] %s\r\n", text) < 0) {
+        ps->out_owned = NULL;
+        sess_close(s, "out of memory");
+        return;
+    }
+    ps->seg[0] = (struct ps_seg){.p = ps->out_owned, .len = strlen(ps->out_owned)};
+    ps->nseg = 1;
+    ps->iseg = 0;
+    ps->stream_after = false;
+    ps->phase = PS_OUTPUT;
+    s->scan_hold = true;
+    park(s, ps);
+}
+
+/* Output: the held status line, then the original body stuffed again, then the terminator. */
+static void output_original(struct session *s, struct pop3_scan *ps, bool with_term)
+{
+    ps->seg[0] = (struct ps_seg){.p = ps->status, .len = ps->status_len};
+    ps->seg[1] = (struct ps_seg){.p = ps->msg, .len = ps->len, .restuff = true};
+    ps->seg[2] = (struct ps_seg){.p = ps->term, .len = with_term ? ps->term_len : 0};
+    ps->nseg = 3;
+    ps->iseg = 0;
+    ps->bol = true;
+    ps->phase = PS_OUTPUT;
+    s->scan_hold = true;
+    park(s, ps);
+}
+
+/* The notice's header and its first `lines` body lines (TOP). */
+static size_t top_cut(const char *n, size_t len, uint32_t lines)
+{
+    const char *h = memmem(n, len, "\r\n\r\n", 4);
+    if (!h)
+        return len;
+    size_t pos = (size_t)(h - n) + 4;
+    for (uint32_t i = 0; i < lines && pos < len; i++) {
+        const char *lf = memchr(n + pos, '\n', len - pos);
+        pos = lf ? (size_t)(lf - n) + 1 : len;
+    }
+    return pos;
+}
+
+/* Output: the status line (octet count rewritten) and the stuffed notice. Takes `notice`. */
+static void output_notice(struct session *s, struct pop3_scan *ps, char *notice, size_t nlen)
+{
+    if (ps->cmd == PC_TOP)
+        nlen = top_cut(notice, nlen, ps->lines);
+    free(ps->msg);
+    ps->msg = NULL;
+    msgscan_budget_release(ps->reserve);
+    ps->reserve = 0;
+    char *out = malloc(POP3_STUFF_OUT_MAX(nlen) + POP3_STUFF_FINISH_MAX);
+    if (!out) {
+        free(notice);
+        fail_response(s, ps, "Out of memory.");
+        return;
+    }
+    struct pop3_stuffer st;
+    pop3_stuffer_init(&st);
+    size_t o = pop3_stuff(&st, notice, nlen, out);
+    o += pop3_stuff_finish(&st, out + o);
+    free(notice);
+    if (ps->hint_known) {
+        /* "+OK <n> octets ...": the same line with the notice's size. */
+        size_t i = 4;
+        while (i < ps->status_len && ps->status[i] >= '0' && ps->status[i] <= '9')
+            i++;
+        char *ns = NULL;
+        int k = asprintf(&ns, "+OK %zu%.*s", nlen, (int)(ps->status_len - i), ps->status + i);
+        if (k > 0) {
+            free(ps->status);
+            ps->status = ns;
+            ps->status_len = (size_t)k;
+        }
+    }
+    free(ps->out_owned);
+    ps->out_owned = out;
+    ps->seg[0] = (struct ps_seg){.p = ps->status, .len = ps->status_len};
+    ps->seg[1] = (struct ps_seg){.p = out, .len = o};
+    ps->nseg = 2;
+    ps->iseg = 0;
+    ps->stream_after = false;
+    ps->phase = PS_OUTPUT;
+    s->scan_hold = true;
+    park(s, ps);
+}
+
+static void on_verdict(void *arg, struct msgscan_outcome *o)
+{
+    struct session *s = arg;
+    struct pop3_scan *ps = s->pstate ? pop3_st(s)->scan : NULL;
+    if (!ps)
+        return;
+    ps->req = NULL; /* the request is gone once this returns */
+    if (s->closing)
+        return;                                 /* msgscan frees the outcome */
+    s->last_activity = ev_now(s->worker->loop); /* the idle timer counts from the verdict */
+    if (o->replace) {
+        if (!o->notice) {
+            fail_response(s, ps, "This message cannot be checked now; try again later.");
+        } else {
+            char *n = o->notice;
+            o->notice = NULL;
+            output_notice(s, ps, n, o->notice_len);
+        }
+    } else {
+        ps->msg = o->msg;
+        ps->len = o->len;
+        ps->reserve = o->budget;
+        o->msg = NULL;
+        o->budget = 0;
+        output_original(s, ps, true);
+    }
+    pop3_relay_kick(s);
+}
+
+static void budget_granted(void *arg)
+{
+    struct session *s = arg;
+    struct pop3_scan *ps = pop3_st(s)->scan;
+    ps->waiting = false;
+    ps->reserve = ps->want;
+    if (s->closing)
+        return; /* the session's destroy releases it */
+    ps->phase = PS_COLLECT;
+    pop3_relay_kick(s);
+}
+
+bool pop3_scan_begin(struct session *s)
+{
+    struct pop3_state *st = pop3_st(s);
+    const struct cfg_scan *cs = &s->cfg->scan;
+    struct pop3_scan *ps = calloc(1, sizeof *ps);
+    if (!ps) {
+        sess_close(s, "out of memory"); /* never deliver unscanned for lack of memory */
+        return true;
+    }
+    st->scan = ps;
+    ps->cmd = (enum pop3_qcmd)st->cur.cmd;
+    ps->lines = st->cur.lines;
+    if (ps->cmd == PC_TOP)
+        snprintf(ps->where, sizeof ps->where, "msg=%u command=TOP lines=%u", st->cur.msgno,
+                 st->cur.lines);
+    else
+        snprintf(ps->where, sizeof ps->where, "msg=%u command=RETR", st->cur.msgno);
+    if (ps->cmd == PC_RETR)
+        ps->hint_known = parse_octets(st->downf.head, st->downf.head_len, &ps->hint);
+    ps->hint_over = ps->hint_known && ps->hint > cs->max_scan_size;
+    struct msgscan_item it = item_of(ps);
+    if (ps->hint_over && cs->oversize_action == CFG_SCAN_PASS) {
+        struct msgscan_outcome o;
+        if (msgscan_oversize(s, &it, NULL, 0, ps->hint, &o))
+            msgscan_outcome_clear(&o);
+        free(ps);
+        st->scan = NULL;
+        return false; /* streams as usual */
+    }
+    struct buf *b = &s->down;
+    ps->status = malloc(st->down_held);
+    if (!ps->status) {
+        free(ps);
+        st->scan = NULL;
+        sess_close(s, "out of memory");
+        return true;
+    }
+    memcpy(ps->status, b->data + b->mark, st->down_held);
+    ps->status_len = st->down_held;
+    cut(b, b->mark, st->down_held);
+    st->down_held = 0;
+    pop3_unstuffer_init(&ps->u);
+    size_t limit = cs->max_scan_size;
+    if (ps->hint_over)
+        ps->want = NOTICE_HEADER_SCAN < limit ? NOTICE_HEADER_SCAN : limit;
+    else if (ps->hint_known && ps->hint < limit)
+        ps->want =
+            ps->hint + ps->hint / 16 + 4096 < limit ? ps->hint + ps->hint / 16 + 4096 : limit;
+    else
+        ps->want = limit;
+    switch (msgscan_budget_acquire(s, ps->want, &ps->wait, budget_granted, s)) {
+    case MSGSCAN_BUDGET_OK:
+        ps->reserve = ps->want;
+        ps->phase = PS_COLLECT;
+        break;
+    case MSGSCAN_BUDGET_WAIT:
+        ps->waiting = true;
+        ps->phase = PS_BUDGET;
+        sess_log(s, LOG_DEBUG, "event=scan_budget_wait %s bytes=%zu", ps->where, ps->want);
+        break;
+    case MSGSCAN_BUDGET_TOO_BIG:
+        fail_response(s, ps, "Message cannot be checked (memory budget).");
+        break;
+    }
+    return true;
+}
+
+/* The message does not fit (over max_scan_size, or no budget to grow): `pending` bytes at
+ * s->down.mark are framed but not taken. */
+static void overflow(struct session *s, struct pop3_scan *ps, enum msgscan_verdict kind,
+                     const char *reason, size_t pending)
+{
+    const struct cfg_scan *cs = &s->cfg->scan;
+    bool pass =
+        (kind == MSGSCAN_OVERSIZE ? cs->oversize_action : cs->error_action) == CFG_SCAN_PASS;
+    if (pass) {
+        struct msgscan_item it = item_of(ps);
+        struct msgscan_outcome o;
+        bool ok = kind == MSGSCAN_OVERSIZE
+                      ? msgscan_oversize(s, &it, NULL, 0, ps->hint ? ps->hint : ps->len, &o)
+                      : msgscan_unjudged(s, &it, NULL, 0, reason, &o);
+        if (ok)
+            msgscan_outcome_clear(&o);
+        output_original(s, ps, false); /* parks the pending bytes with the rest */
+        ps->stream_after = true;
+        ps->pending = pending;
+        return;
+    }
+    ps->phase = PS_DROP;
+    ps->give_kind = kind;
+    ps->give_reason = reason;
+    cut(&s->down, s->down.mark, pending);
+    if (ps->len > NOTICE_HEADER_SCAN)
+        ps->len = NOTICE_HEADER_SCAN; /* the notice needs the header only */
+}
+
+/* The body has ended and is all in msg: judge it. */
+static void collected(struct session *s, struct pop3_scan *ps)
+{
+    size_t budget = ps->len;
+    if (ps->reserve > budget)
+        msgscan_budget_release(ps->reserve - budget);
+    else
+        budget = ps->reserve;
+    ps->reserve = 0;
+    char *m = ps->msg;
+    if (ps->len && ps->len < ps->cap) {
+        char *r = realloc(m, ps->len);
+        if (r)
+            m = r;
+    }
+    ps->msg = NULL;
+    ps->cap = 0;
+    struct msgscan_item it = item_of(ps);
+    ps->phase = PS_JUDGE;
+    s->scan_hold = true;
+    if (!park(s, ps))
+        return;
+    ps->req = msgscan_judge(s, &it, m, ps->len, budget, on_verdict, s);
+    if (!ps->req)
+        fail_response(s, ps, "Out of memory.");
+}
+
+static bool grow(struct pop3_scan *ps, size_t need)
+{
+    if (ps->cap >= need)
+        return true;
+    size_t nc = ps->cap ? ps->cap * 2 : 64 << 10;
+    if (nc < need)
+        nc = need;
+    if (nc > ps->reserve + 8 && need <= ps->reserve + 8)
+        nc = ps->reserve + 8;
+    char *m = realloc(ps->msg, nc);
+    if (!m)
+        return false;
+    ps->msg = m;
+    ps->cap = nc;
+    return true;
+}
+
+/* Make room in the reservation: more budget now (never a wait: holding some and waiting for
+ * more could deadlock sessions against each other), or the message does not fit. */
+static bool reserve_more(struct session *s, struct pop3_scan *ps)
+{
+    size_t limit = s->cfg->scan.max_scan_size;
+    if (ps->hint_over || ps->reserve >= limit)
+        return false;
+    size_t nr =
+        ps->reserve * 2 > ps->reserve + (1 << 20) ? ps->reserve * 2 : ps->reserve + (1 << 20);
+    if (nr > limit)
+        nr = limit;
+    struct msgscan_wait w = {0};
+    enum msgscan_budget_rc rc = msgscan_budget_acquire(s, nr - ps->reserve, &w, NULL, NULL);
+    if (rc == MSGSCAN_BUDGET_OK) {
+        ps->reserve = nr;
+        return true;
+    }
+    if (rc == MSGSCAN_BUDGET_WAIT)
+        msgscan_wait_cancel(&w);
+    return false;
+}
+
+static int collect_step(struct session *s, struct pop3_scan *ps)
+{
+    struct pop3_state *st = pop3_st(s);
+    struct buf *b = &s->down;
+    size_t avail = b->wpos - b->mark;
+    if (avail == 0)
+        return 0;
+    size_t allow = ps->reserve > ps->len ? ps->reserve - ps->len : 0;
+    if (allow < 3 && reserve_more(s, ps))
+        return 1;
+    /* Under 3 bytes left: feed 3 anyway; only the terminator may end in them. */
+    size_t feed = allow < 3 ? 3 : allow;
+    if (feed > avail)
+        feed = avail;
+    if (feed > PS_FEED_MAX)
+        feed = PS_FEED_MAX;
+    if (!grow(ps, ps->len + feed + 1)) {
+        fail_response(s, ps, "Out of memory.");
+        return 1;
+    }
+    size_t used = 0;
+    enum pop3_frame_event ev = pop3_frame(&st->downf, b->data + b->mark, feed, &used);
+    if (ev == POP3_FRAME_ERROR) {
+        pop3_relay_fail(s, st->downf.error);
+        return -1;
+    }
+    bool end = ev == POP3_FRAME_END;
+    if (allow < 3 && !end) {
+        bool over = ps->hint_over || ps->reserve >= s->cfg->scan.max_scan_size;
+        overflow(s, ps, over ? MSGSCAN_OVERSIZE : MSGSCAN_ERROR, "memory budget", used);
+        return 1;
+    }
+    size_t consumed = 0;
+    size_t n = pop3_unstuff(&ps->u, b->data + b->mark, used, ps->msg + ps->len, &consumed);
+    if (end && st->downf.term_len <= used) {
+        ps->term_len = st->downf.term_len;
+        memcpy(ps->term, b->data + b->mark + used - ps->term_len, ps->term_len);
+    }
+    ps->len += n;
+    cut(b, b->mark, used);
+    if (end) {
+        collected(s, ps);
+        return 1;
+    }
+    return used > 0 ? 1 : 0;
+}
+
+static int drop_step(struct session *s, struct pop3_scan *ps)
+{
+    struct pop3_state *st = pop3_st(s);
+    struct buf *b = &s->down;
+    size_t avail = b->wpos - b->mark;
+    if (avail == 0)
+        return 0;
+    size_t used = 0;
+    enum pop3_frame_event ev = pop3_frame(&st->downf, b->data + b->mark, avail, &used);
+    if (ev == POP3_FRAME_ERROR) {
+        pop3_relay_fail(s, st->downf.error);
+        return -1;
+    }
+    cut(b, b->mark, used);
+    if (ev != POP3_FRAME_END)
+        return used > 0 ? 1 : 0;
+    struct msgscan_item it = item_of(ps);
+    struct msgscan_outcome o;
+    uint64_t size = ps->hint_known ? ps->hint : st->downf.body_len;
+    bool ok = ps->give_kind == MSGSCAN_OVERSIZE
+                  ? msgscan_oversize(s, &it, ps->msg, ps->len, size, &o)
+                  : msgscan_unjudged(s, &it, ps->msg, ps->len, ps->give_reason, &o);
+    if (!ok || !o.notice) {
+        msgscan_outcome_clear(&o);
+        fail_response(s, ps, "Out of memory.");
+        return 1;
+    }
+    char *n = o.notice;
+    o.notice = NULL;
+    output_notice(s, ps, n, o.notice_len);
+    msgscan_outcome_clear(&o);
+    return 1;
+}
+
+/* Fill `out` (cap bytes) with the next output bytes; returns how many. */
+static size_t generate(struct pop3_scan *ps, char *out, size_t cap)
+{
+    size_t o = 0;
+    while (ps->iseg < ps->nseg && o < cap) {
+        struct ps_seg *g = &ps->seg[ps->iseg];
+        if (g->pos >= g->len) {
+            ps->iseg++;
+            continue;
+        }
+        if (!g->restuff) {
+            size_t k = g->len - g->pos < cap - o ? g->len - g->pos : cap - o;
+            memcpy(out + o, g->p + g->pos, k);
+            g->pos += k;
+            o += k;
+            continue;
+        }
+        /* One line (or what fits) at a time: a "." starting a line is doubled. */
+        if (cap - o < 2)
+            break;
+        if (ps->bol && g->p[g->pos] == '.')
+            out[o++] = '.';
+        size_t k = g->len - g->pos < cap - o ? g->len - g->pos : cap - o;
+        const char *lf = memchr(g->p + g->pos, '\n', k);
+        if (lf)
+            k = (size_t)(lf - (g->p + g->pos)) + 1;
+        memcpy(out + o, g->p + g->pos, k);
+        g->pos += k;
+        o += k;
+        ps->bol = lf != NULL;
+    }
+    return o;
+}
+
+static void output_done(struct session *s, struct pop3_scan *ps)
+{
+    struct pop3_state *st = pop3_st(s);
+    bool stream = ps->stream_after;
+    size_t pending = ps->pending;
+    ps_free(s);
+    if (stream) {
+        st->down_held = pending; /* the framer is mid-body: the rest streams */
+    } else {
+        st->cur_valid = false;
+        st->down_held = 0;
+        st->down_holding = false;
+    }
+    if (s->backend.fd >= 0)
+        s->backend.reading = true;
+}
+
+static int output_step(struct session *s, struct pop3_scan *ps)
+{
+    struct buf *b = &s->down;
+    if (s->client.wbuf != b) {
+        /* The session is ending with its own last words only: this response is dropped. */
+        ps_free(s);
+        return 0;
+    }
+    for (;;) {
+        if (ps->iseg >= ps->nseg ||
+            (ps->iseg == ps->nseg - 1 && ps->seg[ps->iseg].pos >= ps->seg[ps->iseg].len)) {
+            if (ps->parked) {
+                if (buf_room(b) < ps->parked_len)
+                    return 0; /* a write event brings us back when the client took more */
+                if (!buf_append(b, ps->parked, ps->parked_len)) {
+                    sess_close(s, "out of memory");
+                    return -1;
+                }
+            }
+            output_done(s, ps);
+            return 1;
+        }
+        if (!b->data && buf_reserve(b) < 0) {
+            sess_close(s, "out of memory");
+            return -1;
+        }
+        size_t room = buf_room(b);
+        if (room == 0)
+            return 0;
+        size_t n = generate(ps, ps->scratch, room < PS_OUT_CHUNK ? room : PS_OUT_CHUNK);
+        if (n)
+            insert(b, ps->scratch, n);
+        conn_flush(&s->client);
+        if (s->client.error)
+            return 0; /* sess_pump() ends the session */
+        if (buf_sendable(b) > 0 && buf_room(b) == 0)
+            return 0; /* the client is slow: a write event brings us back */
+        if (!b->data && buf_reserve(b) < 0) {
+            sess_close(s, "out of memory");
+            return -1;
+        }
+    }
+}
+
+int pop3_scan_step(struct session *s)
+{
+    struct pop3_scan *ps = pop3_st(s)->scan;
+    switch (ps->phase) {
+    case PS_BUDGET:
+    case PS_JUDGE:
+        return 0;
+    case PS_COLLECT:
+        return collect_step(s, ps);
+    case PS_DROP:
+        return drop_step(s, ps);
+    case PS_OUTPUT:
+        return output_step(s, ps);
+    }
+    return 0;
+}

@@ -19,6 +19,7 @@
 #include <hiredis/adapters/libev.h>
 
 #include <openssl/sha.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,30 @@
 #include "plog.h"
 
 enum rds_state { RDS_DOWN, RDS_CONNECTING, RDS_READY };
+
+/* Process-wide sums of every connection's counters, for /metrics (read on another thread). */
+static struct {
+    atomic_ullong commands, timeouts, noscript, errors, connects, failures;
+    atomic_uint ready;
+} totals;
+#define COUNT(r, field)                                                                          \
+    do {                                                                                         \
+        (r)->stats.field++;                                                                      \
+        atomic_fetch_add_explicit(&totals.field, 1, memory_order_relaxed);                       \
+    } while (0)
+
+void rds_totals(struct rds_stats *out, unsigned *ready_r)
+{
+    *out = (struct rds_stats){
+        .commands = atomic_load_explicit(&totals.commands, memory_order_relaxed),
+        .timeouts = atomic_load_explicit(&totals.timeouts, memory_order_relaxed),
+        .noscript = atomic_load_explicit(&totals.noscript, memory_order_relaxed),
+        .errors = atomic_load_explicit(&totals.errors, memory_order_relaxed),
+        .connects = atomic_load_explicit(&totals.connects, memory_order_relaxed),
+        .failures = atomic_load_explicit(&totals.failures, memory_order_relaxed),
+    };
+    *ready_r = atomic_load_explicit(&totals.ready, memory_order_relaxed);
+}
 
 struct rds {
     struct ev_loop *loop;
@@ -88,8 +113,10 @@ static void drop(struct rds *r, const char *why, bool free_ctx)
     bool was_ready = r->state == RDS_READY;
     r->ac = NULL;
     r->state = RDS_DOWN;
+    if (was_ready)
+        atomic_fetch_sub_explicit(&totals.ready, 1, memory_order_relaxed);
     ev_timer_stop(r->loop, &r->connect_to);
-    r->stats.failures++;
+    COUNT(r, failures);
     if (!r->logged_down) {
         plog(PLOG_WARN, "event=redis_down conn=%s error=\"%s\" fail=%s", r->what, why,
              was_ready ? "lost" : "connect");
@@ -127,9 +154,10 @@ static void on_disconnect(const redisAsyncContext *c, int status)
 static void became_ready(struct rds *r)
 {
     r->state = RDS_READY;
+    atomic_fetch_add_explicit(&totals.ready, 1, memory_order_relaxed);
     r->backoff = r->o.backoff_min;
     ev_timer_stop(r->loop, &r->connect_to);
-    r->stats.connects++;
+    COUNT(r, connects);
     plog(r->logged_down ? PLOG_INFO : PLOG_DEBUG, "event=redis_up conn=%s", r->what);
     r->logged_down = false;
     if (r->on_state)
@@ -321,6 +349,8 @@ void rds_free(struct rds **rp)
     r->freeing = true;
     redisAsyncContext *ac = r->ac;
     r->ac = NULL;
+    if (r->state == RDS_READY)
+        atomic_fetch_sub_explicit(&totals.ready, 1, memory_order_relaxed);
     r->state = RDS_DOWN;
     if (ac)
         redisAsyncFree(ac); /* every pending request comes back through reply_cb now */
@@ -384,7 +414,7 @@ static void reply_cb(redisAsyncContext *c, void *reply, void *privdata)
         strncmp(rep->str, "NOSCRIPT", 8) == 0) {
         /* The server lost its script cache (restart, SCRIPT FLUSH): EVAL loads it again. */
         q->retried = true;
-        r->stats.noscript++;
+        COUNT(r, noscript);
         q->argv[0] = "EVAL";
         q->argv[1] = q->script->text;
         q->lens[0] = 4;
@@ -395,7 +425,7 @@ static void reply_cb(redisAsyncContext *c, void *reply, void *privdata)
     r->npending--;
     ev_timer_stop(r->loop, &q->timer);
     if (rep && rep->type == REDIS_REPLY_ERROR) {
-        r->stats.errors++;
+        COUNT(r, errors);
         char e[160];
         plog(PLOG_WARN, "event=redis_error script=%s error=%s", q->script ? q->script->name : "-",
              plog_q(e, sizeof e, rep->str, rep->len));
@@ -412,7 +442,7 @@ static void req_timeout(struct ev_loop *loop, ev_timer *t, int revents)
     (void)revents;
     struct rds_req *q = t->data;
     struct rds *r = q->r;
-    r->stats.timeouts++;
+    COUNT(r, timeouts);
     rds_reply_cb *cb = q->cb;
     q->cb = NULL;
     if (cb)
@@ -435,7 +465,7 @@ static struct rds_req *send_req(struct rds *r, struct rds_req *q, rds_reply_cb *
     }
     if (r->npending++ == 0)
         r->last_heard = ev_now(r->loop);
-    r->stats.commands++;
+    COUNT(r, commands);
     ev_timer_init(&q->timer, req_timeout, r->o.command_timeout, 0.);
     q->timer.data = q;
     ev_timer_start(r->loop, &q->timer);

@@ -67,6 +67,9 @@ void rds_free(struct rds **r);
 bool rds_ready(const struct rds *r);
 size_t rds_pending(const struct rds *r);
 const struct rds_stats *rds_stats(const struct rds *r);
+/* The same counters summed over every connection of the process (atomics: any thread may read
+ * them, e.g. the /metrics collector on the main thread), and how many connections are ready. */
+void rds_totals(struct rds_stats *out, unsigned *ready_r);
 
 /* A script: its text and the SHA1 EVALSHA uses (computed once by rds_script_init). */
 struct rds_script {

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "redis.h"
 #include "runtime.h"
 
 struct metrics metrics;
@@ -109,6 +110,49 @@ void metrics_register(metrics_collector *fn, void *arg)
     pthread_mutex_unlock(&collectors_lock);
 }
 
+const char *metrics_label(char *out, size_t cap, const char *v)
+{
+    size_t n = 0;
+    for (; *v && n + 3 < cap; v++) {
+        if (*v == '\\' || *v == '"' || *v == '\n') {
+            out[n++] = '\\';
+            out[n++] = *v == '\n' ? 'n' : *v;
+        } else {
+            out[n++] = *v;
+        }
+    }
+    if (cap)
+        out[n < cap ? n : cap - 1] = '\0';
+    return out;
+}
+
+void metrics_hist_observe(struct metrics_hist *h, double v)
+{
+    size_t i = 0;
+    while (i < h->nbounds && v > h->bounds[i])
+        i++;
+    atomic_fetch_add_explicit(&h->bucket[i], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->count, 1, memory_order_relaxed);
+    if (v > 0)
+        atomic_fetch_add_explicit(&h->sum_micro, (unsigned long long)(v * 1e6 + 0.5),
+                                  memory_order_relaxed);
+}
+
+void metrics_hist_render(struct buf *o, const char *name, const char *help,
+                         struct metrics_hist *h)
+{
+    buf_printf(o, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    unsigned long long cum = 0;
+    for (size_t i = 0; i < h->nbounds; i++) {
+        cum += atomic_load_explicit(&h->bucket[i], memory_order_relaxed);
+        buf_printf(o, "%s_bucket{le=\"%g\"} %llu\n", name, h->bounds[i], cum);
+    }
+    cum += atomic_load_explicit(&h->bucket[h->nbounds], memory_order_relaxed);
+    /* +Inf equals _count; both are printed from the same sum so a scrape stays consistent. */
+    buf_printf(o, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name, cum, name,
+               (double)atomic_load_explicit(&h->sum_micro, memory_order_relaxed) / 1e6, name, cum);
+}
+
 static const char *proto_name(int p)
 {
     return p == CFG_PROTO_POP3 ? "pop3" : "imap";
@@ -169,6 +213,41 @@ void metrics_render(const struct config *cfg, struct buf *o)
            "STARTTLS/STLS commands with pipelined plaintext behind them (discarded).");
     buf_printf(o, "portcullis_starttls_injections_total %llu\n",
                (unsigned long long)atomic_load(&metrics.starttls_injections));
+
+    static const char *decisions[MP__COUNT] = {"allow", "locked", "rate", "sessions",
+                                               "unavailable"};
+    header(o, "portcullis_policy_decisions_total", "counter",
+           "Login policy decisions, by decision and the scope that decided.");
+    for (int d = 0; d < MP__COUNT; d++)
+        for (int sc = 0; sc < 2; sc++)
+            buf_printf(o, "portcullis_policy_decisions_total{decision=\"%s\",scope=\"%s\"} %llu\n",
+                       decisions[d], sc ? "address" : "user",
+                       (unsigned long long)atomic_load(&metrics.policy[d][sc]));
+    header(o, "portcullis_policy_degraded_total", "counter",
+           "Policy decisions taken from local limits because Redis was unavailable.");
+    buf_printf(o, "portcullis_policy_degraded_total %llu\n",
+               (unsigned long long)atomic_load(&metrics.policy_degraded));
+    struct rds_stats rs;
+    unsigned ready;
+    rds_totals(&rs, &ready);
+    header(o, "portcullis_redis_connections_ready", "gauge",
+           "Redis connections (command and subscriber, every worker) ready now.");
+    buf_printf(o, "portcullis_redis_connections_ready %u\n", ready);
+    header(o, "portcullis_redis_commands_total", "counter", "Commands sent to Redis.");
+    buf_printf(o, "portcullis_redis_commands_total %llu\n", (unsigned long long)rs.commands);
+    header(o, "portcullis_redis_errors_total", "counter",
+           "Redis failures: error replies, command timeouts, lost or failed connections, "
+           "script cache misses (NOSCRIPT, answered by reloading the script).");
+    buf_printf(o,
+               "portcullis_redis_errors_total{kind=\"reply\"} %llu\n"
+               "portcullis_redis_errors_total{kind=\"timeout\"} %llu\n"
+               "portcullis_redis_errors_total{kind=\"connection\"} %llu\n"
+               "portcullis_redis_errors_total{kind=\"noscript\"} %llu\n",
+               (unsigned long long)rs.errors, (unsigned long long)rs.timeouts,
+               (unsigned long long)rs.failures, (unsigned long long)rs.noscript);
+    header(o, "portcullis_redis_connects_total", "counter",
+           "Redis connections established (first connect and reconnects).");
+    buf_printf(o, "portcullis_redis_connects_total %llu\n", (unsigned long long)rs.connects);
 
     /* Backends: health and sessions, from the process-wide table via the published runtime. */
     struct rt *rt = rt_current();

@@ -27,6 +27,9 @@ enum metrics_login {
     ML__COUNT
 };
 
+/* Policy decisions, as sess_policy.c receives them (the order of enum policy_result). */
+enum metrics_policy { MP_ALLOW, MP_LOCKED, MP_RATE, MP_SESSIONS, MP_UNAVAILABLE, MP__COUNT };
+
 struct metrics {
     struct {
         atomic_ullong accepted;
@@ -38,7 +41,28 @@ struct metrics {
     atomic_ullong bytes_to_backend[2];
     atomic_ullong sessions_closed[2];
     atomic_ullong starttls_injections;
+    atomic_ullong policy[MP__COUNT][2]; /* [decision][scope: 0 user, 1 address] */
+    atomic_ullong policy_degraded;      /* decisions taken without Redis (local limits) */
 };
+
+/* A Prometheus histogram with fixed upper bounds (ascending; +Inf is implicit). Observations
+ * are lock-free from any thread; the exposition reads the atomics. Buckets are stored
+ * non-cumulative and summed when rendered. */
+#define METRICS_HIST_MAX 16
+struct metrics_hist {
+    const double *bounds;
+    size_t nbounds; /* <= METRICS_HIST_MAX */
+    atomic_ullong bucket[METRICS_HIST_MAX + 1];
+    atomic_ullong count;
+    atomic_ullong sum_micro; /* sum of observations ×1e6 (values are small, non-negative) */
+};
+/* `v` escaped for a label value (\\, \", \n), truncated to fit `cap`; returns `out`. */
+const char *metrics_label(char *out, size_t cap, const char *v);
+
+void metrics_hist_observe(struct metrics_hist *h, double v);
+/* `name` without the _bucket/_sum/_count suffixes. */
+void metrics_hist_render(struct buf *o, const char *name, const char *help,
+                         struct metrics_hist *h);
 
 extern struct metrics metrics;
 

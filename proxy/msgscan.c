@@ -46,6 +46,16 @@ static struct {
     atomic_ullong scanned_bytes, scan_us, reloads, reload_failures;
 } ctr;
 
+/* Engine time per scan, and the pool's queue as each job joins it (jobs waiting, itself
+ * included): the two numbers that say whether scan.threads is enough. */
+static const double scan_secs_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                          0.25,  0.5,    1,     2.5,  5,     10};
+static struct metrics_hist scan_secs = {
+    .bounds = scan_secs_bounds, .nbounds = sizeof scan_secs_bounds / sizeof *scan_secs_bounds};
+static const double queue_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+static struct metrics_hist queue_depth = {.bounds = queue_bounds,
+                                          .nbounds = sizeof queue_bounds / sizeof *queue_bounds};
+
 /* ---- per-worker state ---- */
 
 struct ms_entry {
@@ -297,6 +307,38 @@ static void collect(struct buf *o, void *arg)
                "portcullis_scan_reloads_total{result=\"ok\"} %llu\n"
                "portcullis_scan_reloads_total{result=\"failed\"} %llu\n",
                (unsigned long long)c.reloads, (unsigned long long)c.reload_failures);
+    metrics_hist_render(o, "portcullis_scan_duration_seconds", "Engine time per scan.",
+                        &scan_secs);
+    metrics_hist_render(o, "portcullis_scan_queue_depth",
+                        "Scan jobs waiting in the pool when a job joins the queue (itself "
+                        "included).",
+                        &queue_depth);
+    if (g_scanner) {
+        /* "clamav-1.4.1/db-27500/sigs-8712345/fp-…" (scanner.h): the version string as an
+         * info label, and the database version and signature count as numbers to alert on. */
+        char v[160];
+        scanner_version(g_scanner, v, sizeof v);
+        unsigned long long db = 0, sigs = 0;
+        const char *p = strstr(v, "/db-");
+        if (p)
+            db = strtoull(p + 4, NULL, 10);
+        p = strstr(v, "/sigs-");
+        if (p)
+            sigs = strtoull(p + 6, NULL, 10);
+        char lv[200];
+        buf_printf(o,
+                   "# HELP portcullis_scan_engine_info The engine new scans use.\n"
+                   "# TYPE portcullis_scan_engine_info gauge\n"
+                   "portcullis_scan_engine_info{version=\"%s\"} 1\n"
+                   "# HELP portcullis_scan_database_version Version of the signature database "
+                   "(daily.cvd; 0 for unsigned databases only).\n"
+                   "# TYPE portcullis_scan_database_version gauge\n"
+                   "portcullis_scan_database_version %llu\n"
+                   "# HELP portcullis_scan_signatures Signatures loaded.\n"
+                   "# TYPE portcullis_scan_signatures gauge\n"
+                   "portcullis_scan_signatures %llu\n",
+                   metrics_label(lv, sizeof lv, v), db, sigs);
+    }
     if (g_pool) {
         struct pool_stats st;
         pool_get_stats(g_pool, &st);
@@ -706,6 +748,9 @@ static void submit(struct msgscan_req *r, unsigned flags)
         r->budget = 0;
         r->step = RS_JOB;
         r->retries = 0;
+        struct pool_stats st;
+        pool_get_stats(g_pool, &st);
+        metrics_hist_observe(&queue_depth, st.queued);
         return;
     }
     if (++r->retries > SUBMIT_RETRIES) {
@@ -794,6 +839,7 @@ static void on_job(void *arg, struct scan_job *job)
     atomic_fetch_add(&ctr.scanned, 1);
     atomic_fetch_add(&ctr.scanned_bytes, res->scanned_bytes ? res->scanned_bytes : r->len);
     atomic_fetch_add(&ctr.scan_us, res->elapsed_us);
+    metrics_hist_observe(&scan_secs, (double)res->elapsed_us / 1e6);
     r->scan_us = res->elapsed_us;
     switch (res->verdict) {
     case SCAN_CLEAN:

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "plog.h"
 #include "policy.h"
 #include "runtime.h"
@@ -178,10 +179,19 @@ static const char *result_name(enum policy_result r)
     }
 }
 
+_Static_assert(MP_ALLOW == (int)POLICY_ALLOW && MP_LOCKED == (int)POLICY_LOCKED &&
+                   MP_RATE == (int)POLICY_RATE && MP_SESSIONS == (int)POLICY_SESSIONS &&
+                   MP_UNAVAILABLE == (int)POLICY_UNAVAILABLE,
+               "metrics_policy follows policy_result");
+
 static void on_verdict(void *arg, const struct policy_verdict *v)
 {
     struct session *s = arg;
     s->pol->req = NULL;
+    if ((unsigned)v->result < MP__COUNT)
+        atomic_fetch_add(&metrics.policy[v->result][v->scope == POLICY_SCOPE_ADDR], 1);
+    if (v->degraded)
+        atomic_fetch_add(&metrics.policy_degraded, 1);
     if (s->closing)
         return;
     if (v->result == POLICY_ALLOW) {

@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import mailenv
+import malware
 
 
 def scrape(px) -> dict[tuple, float]:
@@ -69,6 +70,57 @@ def test_metrics_move_with_a_scripted_session(proxy_factory, dovecot, certs):
     assert d("portcullis_sessions_closed_total", protocol="imap") == 2
     assert val(after, "portcullis_backend_up", backend="dovecot1") == 1
     assert val(after, "portcullis_connections_active", listener="imaps", protocol="imap") == 0
+
+
+def test_metrics_scan_policy_and_redis(proxy_factory, dovecot, certs, env_tmp, redis):
+    """Counters move for a clean fetch, an infected fetch (replaced by the notice), the policy
+    decisions of the logins and the Redis commands behind them; histograms and the engine info
+    are well-formed."""
+    db = env_tmp / "ops-scan-db"
+    malware.write_db(str(db))
+    user = "ops-metrics"
+    dovecot.add_user(user, "ops-pw-1")
+    clean = malware.MESSAGES["near_plain"].data
+    dovecot.deliver(user, [clean, malware.MESSAGES["plain"].data])
+    px = proxy_factory(
+        scan={"enabled": True, "database_dir": str(db), "threads": 2, "tmpdir": str(env_tmp)},
+        redis={"host": mailenv.LOCAL, "port": redis.port, "prefix": "ops-metrics:"},
+        policy={"user_fail_limit": 100, "addr_fail_limit": 1000})
+    deadline = time.monotonic() + 10
+    while val(scrape(px), "portcullis_redis_connections_ready") < 1:
+        assert time.monotonic() < deadline, "Redis never became ready"
+        time.sleep(0.05)
+    before = scrape(px)
+    ctx = mailenv.ssl_context(certs.ca)
+    m = imaplib.IMAP4_SSL(mailenv.LOCAL, px.port("imaps"), ssl_context=ctx, timeout=15)
+    m.login(user, "ops-pw-1")
+    m.select("INBOX", readonly=True)
+    got_clean = m.fetch("1", "(BODY.PEEK[])")[1][0][1]
+    got_inf = m.fetch("2", "(BODY.PEEK[])")[1][0][1]
+    m.logout()
+    assert got_clean == clean
+    assert b"X-Portcullis-Verdict: infected" in got_inf
+    time.sleep(0.3)
+    after = scrape(px)
+
+    def d(name, **labels):
+        return val(after, name, **labels) - val(before, name, **labels)
+
+    assert d("portcullis_scan_verdicts_total", verdict="clean") == 1
+    assert d("portcullis_scan_verdicts_total", verdict="infected") == 1
+    assert d("portcullis_scan_actions_total", action="pass") == 1
+    assert d("portcullis_scan_actions_total", action="block") == 1
+    assert d("portcullis_scan_scans_total") == 2
+    assert d("portcullis_scan_duration_seconds_count") == 2
+    assert d("portcullis_scan_duration_seconds_bucket", le="+Inf") == 2
+    assert d("portcullis_scan_queue_depth_count") == 2
+    assert d("portcullis_policy_decisions_total", decision="allow", scope="user") == 1
+    assert d("portcullis_redis_commands_total") >= 3  # check ×2 + route, at the least
+    assert d("portcullis_redis_errors_total", kind="reply") == 0
+    assert val(after, "portcullis_redis_connections_ready") >= 1
+    info = [k for k in after if k[0] == "portcullis_scan_engine_info"]
+    assert len(info) == 1 and dict(info[0][1])["version"].startswith("clamav-"), info
+    assert val(after, "portcullis_scan_signatures") >= 1
 
 
 def test_reload_with_broken_config_keeps_serving(proxy_factory, certs):

@@ -1,6 +1,7 @@
-"""Reload under load (issue 7): while clients loop over login/fetch/logout, SIGHUP with a
-changed certificate and a changed backend pool; no client operation fails, sessions started
-after the reload see the new certificate and the new backend."""
+"""Reload under load (issue 7): while clients loop over login/fetch/logout (scanning on), SIGHUP
+with a changed certificate, a changed backend pool and a new signature file; no client operation
+fails, sessions started after the reload see the new certificate, the new backend and the new
+signature (a message that was clean before is replaced by the notice after)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ import threading
 import time
 
 import mailenv
+import malware
+
+# In message 2 of both backends: clean until the reload adds a signature for it.
+RELOAD_MARKER = b"PORTCULLIS-RELOAD-UNDER-LOAD-5c1e"
 
 
 def marker(name: str, user: str) -> bytes:
@@ -28,29 +33,51 @@ def cert_sha256(port: int, ca) -> str:
             return hashlib.sha256(t.getpeercert(binary_form=True)).hexdigest()
 
 
-def session_backend(port: int, ca) -> str:
+def marked(name: str) -> bytes:
+    return (f"From: ops@example.test\r\nTo: rita@example.test\r\nSubject: marked on {name}\r\n"
+            f"Message-ID: <marked.{name}@portcullis.test>\r\n\r\n").encode() + RELOAD_MARKER + b"\r\n"
+
+
+def session_backend(port: int, ca, msg: str = "1") -> str:
     m = imaplib.IMAP4_SSL(mailenv.LOCAL, port, ssl_context=mailenv.ssl_context(ca), timeout=15)
     try:
         m.login("rita", "ritapw")
         m.select("INBOX", readonly=True)
-        typ, data = m.fetch("1", "(BODY.PEEK[])")
+        typ, data = m.fetch(msg, "(BODY.PEEK[])")
         assert typ == "OK"
         return re.search(rb"backend=(\w+)", data[0][1]).group(1).decode()
     finally:
         m.logout()
 
 
-def test_reload_under_load(proxy_factory, dovecot_factory, certs):
+def fetch_marked(port: int, ca) -> bytes:
+    m = imaplib.IMAP4_SSL(mailenv.LOCAL, port, ssl_context=mailenv.ssl_context(ca), timeout=15)
+    try:
+        m.login("rita", "ritapw")
+        m.select("INBOX", readonly=True)
+        typ, data = m.fetch("2", "(BODY.PEEK[])")
+        assert typ == "OK"
+        return data[0][1]
+    finally:
+        m.logout()
+
+
+def test_reload_under_load(proxy_factory, dovecot_factory, certs, env_tmp):
     dvs = []
     for name in ("old", "new"):
         dv = dovecot_factory(users={"rita": "ritapw"}, ssl=False)
-        dv.deliver("rita", [marker(name, "rita")])
+        dv.deliver("rita", [marker(name, "rita"), marked(name)])
         dv.label = name
         dvs.append(dv)
-    px = proxy_factory(dovecot=dvs[0], health={"enabled": False})
+    db = env_tmp / "reload-under-load-db"
+    malware.write_db(str(db))
+    px = proxy_factory(dovecot=dvs[0], health={"enabled": False},
+                       scan={"enabled": True, "database_dir": str(db), "threads": 2,
+                             "tmpdir": str(env_tmp)})
     port = px.port("imaps")
     old_cert = cert_sha256(port, certs.ca)
     assert session_backend(port, certs.ca) == "old"
+    assert fetch_marked(port, certs.ca) == marked("old")  # no signature for it yet
 
     stop = threading.Event()
     results = {"ok": 0, "errors": []}
@@ -74,12 +101,16 @@ def test_reload_under_load(proxy_factory, dovecot_factory, certs):
             {"cert": str(certs.sni), "key": str(certs.sni_key)}])
         cfg["backends"] = dvs[1].backends(tls="none", name="new")
         px.config_path.write_text(mailenv.to_yaml(cfg))
+        (db / "reload-under-load.ndb").write_text(
+            "Portcullis.Test.ReloadUnderLoad:0:*:%s\n" % RELOAD_MARKER.hex())
         n = px.log().count("event=reloaded")
         os.kill(px.pid, signal.SIGHUP)
-        deadline = time.monotonic() + 5
-        while px.log().count("event=reloaded") == n and time.monotonic() < deadline:
+        deadline = time.monotonic() + 30
+        while (px.log().count("event=reloaded") == n
+               or "event=scan_reload result=ok" not in px.log()) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert px.log().count("event=reloaded") > n
+        assert "event=scan_reload result=ok" in px.log(), mailenv.log_tail(px.log_path)
         time.sleep(1.0)
     finally:
         stop.set()
@@ -90,3 +121,7 @@ def test_reload_under_load(proxy_factory, dovecot_factory, certs):
     # After the reload: the new certificate and the new backend.
     assert cert_sha256(port, certs.ca) != old_cert
     assert session_backend(port, certs.ca) == "new"
+    got = fetch_marked(port, certs.ca)
+    assert b"X-Portcullis-Verdict: infected; signature=Portcullis.Test.ReloadUnderLoad" in got, \
+        got[:400]
+    assert b"Subject: marked on new" in got

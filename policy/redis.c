@@ -33,10 +33,10 @@ static struct {
     atomic_ullong commands, timeouts, noscript, errors, connects, failures;
     atomic_uint ready;
 } totals;
-#define COUNT(r, field)                                                                          \
-    do {                                                                                         \
-        (r)->stats.field++;                                                                      \
-        atomic_fetch_add_explicit(&totals.field, 1, memory_order_relaxed);                       \
+#define COUNT(r, field)                                                                            \
+    do {                                                                                           \
+        (r)->stats.field++;                                                                        \
+        atomic_fetch_add_explicit(&totals.field, 1, memory_order_relaxed);                         \
     } while (0)
 
 void rds_totals(struct rds_stats *out, unsigned *ready_r)

@@ -17,7 +17,8 @@
 /* KEYS: route, conn, aff. ARGV: sess key prefix ("P sess:{U}:"), session_ttl ms.
  * Returns {0} nothing, {1, backend} override, {2, backend} live session, {3, backend} recent. */
 static const char route_lua[] =
-    "-- portcullis route v1\n" "local r = redis.call('GET', KEYS[1])\n"
+    "-- portcullis route v1\n"
+    "local r = redis.call('GET', KEYS[1])\n"
     "if r then return {1, r} end\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
@@ -55,7 +56,9 @@ static void on_reply(void *arg, const redisReply *rep)
         long long k = rep->element[0]->integer;
         if (k >= 1 && k <= 3 && rep->elements >= 2 && rep->element[1]->type == REDIS_REPLY_STRING &&
             rep->element[1]->len < sizeof backend) {
-            kind = k == 1 ? POLICY_ROUTE_OVERRIDE : k == 2 ? POLICY_ROUTE_LIVE : POLICY_ROUTE_RECENT;
+            kind = k == 1   ? POLICY_ROUTE_OVERRIDE
+                   : k == 2 ? POLICY_ROUTE_LIVE
+                            : POLICY_ROUTE_RECENT;
             memcpy(backend, rep->element[1]->str, rep->element[1]->len);
             backend[rep->element[1]->len] = '\0';
         }

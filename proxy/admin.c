@@ -15,10 +15,10 @@
 #include "metrics.h"
 #include "runtime.h"
 
-#define ADMIN_REQ_MAX   4096
-#define ADMIN_CLIENTS   32
-#define ADMIN_TIMEOUT   5.0
-#define ADMIN_BODY_MAX  (1024 * 1024)
+#define ADMIN_REQ_MAX  4096
+#define ADMIN_CLIENTS  32
+#define ADMIN_TIMEOUT  5.0
+#define ADMIN_BODY_MAX (1024 * 1024)
 
 struct admin_client {
     ev_io io;
@@ -58,8 +58,11 @@ static void client_free(struct admin_client *c)
 static void respond(struct admin_client *c, int code, const char *ctype, const char *body,
                     size_t blen)
 {
-    const char *reason = code == 200 ? "OK" : code == 404 ? "Not Found" : code == 405 ? "Method Not Allowed"
-                         : code == 503 ? "Service Unavailable" : "Bad Request";
+    const char *reason = code == 200   ? "OK"
+                         : code == 404 ? "Not Found"
+                         : code == 405 ? "Method Not Allowed"
+                         : code == 503 ? "Service Unavailable"
+                                       : "Bad Request";
     char head[256];
     int hl = snprintf(head, sizeof head,
                       "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"

@@ -65,7 +65,8 @@ size_t backend_candidates(const struct config *cfg, struct backend_state *const 
     for (int pass = 0; pass < 2 && n == 0; pass++) {
         for (size_t i = 0; i < cfg->nbackends && i < BACKEND_MAX; i++) {
             const struct cfg_backend *b = &cfg->backends[i];
-            if (b->protocol != proto || b->drain || (st && st[i] && atomic_load(&st[i]->admin_drain)))
+            if (b->protocol != proto || b->drain ||
+                (st && st[i] && atomic_load(&st[i]->admin_drain)))
                 continue;
             bool up = !st || !st[i] || atomic_load(&st[i]->up);
             if (pass == 0 && !up)

@@ -26,11 +26,11 @@
 #define BACKEND_MAX 256 /* distinct backend names over the process's life */
 
 struct backend_state {
-    char name[72];            /* CFG_NAME_MAX + 1 */
-    atomic_bool up;          /* takes new sessions (health); starts true */
-    atomic_uint fails;       /* consecutive failures (active checks and connects) */
-    atomic_uint oks;         /* consecutive successful active checks while down */
-    atomic_uint active;      /* live sessions on this backend, this process */
+    char name[72];                  /* CFG_NAME_MAX + 1 */
+    atomic_bool up;                 /* takes new sessions (health); starts true */
+    atomic_uint fails;              /* consecutive failures (active checks and connects) */
+    atomic_uint oks;                /* consecutive successful active checks while down */
+    atomic_uint active;             /* live sessions on this backend, this process */
     atomic_ullong connect_failures; /* total, for metrics */
     atomic_bool admin_drain; /* drained with portcullis-ctl (Redis), on top of the config's */
 };

@@ -64,10 +64,10 @@ struct cfg_cert {
 struct cfg_tls {
     struct cfg_cert *certs; /* owned array; certs[0] is the default; others chosen by SNI */
     size_t ncerts;
-    int min_version;        /* TLS1_2_VERSION (default) or TLS1_3_VERSION; "1.2" / "1.3" */
-    char *ciphers;          /* owned; TLS <= 1.2 cipher list, OpenSSL syntax; default below */
-    char *ciphersuites;     /* owned; TLS 1.3 suites; default OpenSSL's */
-    char *ticket_key_file;  /* owned or NULL: 80-byte files (name16|hmac32|aes32), see docs */
+    int min_version;       /* TLS1_2_VERSION (default) or TLS1_3_VERSION; "1.2" / "1.3" */
+    char *ciphers;         /* owned; TLS <= 1.2 cipher list, OpenSSL syntax; default below */
+    char *ciphersuites;    /* owned; TLS 1.3 suites; default OpenSSL's */
+    char *ticket_key_file; /* owned or NULL: 80-byte files (name16|hmac32|aes32), see docs */
     uint64_t handshake_timeout_ms; /* default 30s */
 };
 
@@ -92,35 +92,35 @@ struct cfg_backend {
 
 /* admin: — the HTTP listener for /metrics and /healthz (docs/metrics.md). */
 struct cfg_admin {
-    bool enabled;                 /* default true */
-    char *bind;                   /* owned; default "127.0.0.1:9190" (loopback: no auth) */
+    bool enabled; /* default true */
+    char *bind;   /* owned; default "127.0.0.1:9190" (loopback: no auth) */
     struct sockaddr_storage addr;
     socklen_t addrlen;
 };
 
 /* health: — active checks of every backend from the main thread (docs/backends.md). */
 struct cfg_health {
-    bool enabled;          /* default true */
-    uint64_t interval_ms;  /* default 10s between checks of one backend */
-    uint64_t timeout_ms;   /* default 3s: connect + greeting (+ TLS for implicit backends) */
-    unsigned rise;         /* default 2 consecutive good checks mark a down backend up */
-    unsigned fall;         /* default 3 consecutive failures (checks or connects) mark it down */
+    bool enabled;         /* default true */
+    uint64_t interval_ms; /* default 10s between checks of one backend */
+    uint64_t timeout_ms;  /* default 3s: connect + greeting (+ TLS for implicit backends) */
+    unsigned rise;        /* default 2 consecutive good checks mark a down backend up */
+    unsigned fall;        /* default 3 consecutive failures (checks or connects) mark it down */
 };
 
 struct cfg_limits {
-    uint64_t preauth_timeout_ms;         /* default 60s: greeting to login complete */
-    uint64_t imap_idle_timeout_ms;       /* default 30m (RFC 3501 autologout >= 30 min) */
-    uint64_t pop3_idle_timeout_ms;       /* default 10m (RFC 1939 >= 10 min) */
-    uint64_t backend_connect_timeout_ms; /* default 10s */
-    uint64_t backend_login_timeout_ms;   /* default 30s: greeting, TLS, login answer */
-    size_t max_line;                     /* default 8k: one command/response line, no literals */
-    size_t max_preauth_literal;          /* default 8k: a literal before login */
-    unsigned max_bad_commands;           /* default 10: then BYE */
-    unsigned max_connections;            /* default 10000, whole process */
+    uint64_t preauth_timeout_ms;          /* default 60s: greeting to login complete */
+    uint64_t imap_idle_timeout_ms;        /* default 30m (RFC 3501 autologout >= 30 min) */
+    uint64_t pop3_idle_timeout_ms;        /* default 10m (RFC 1939 >= 10 min) */
+    uint64_t backend_connect_timeout_ms;  /* default 10s */
+    uint64_t backend_login_timeout_ms;    /* default 30s: greeting, TLS, login answer */
+    size_t max_line;                      /* default 8k: one command/response line, no literals */
+    size_t max_preauth_literal;           /* default 8k: a literal before login */
+    unsigned max_bad_commands;            /* default 10: then BYE */
+    unsigned max_connections;             /* default 10000, whole process */
     unsigned max_connections_per_address; /* default 100 (0 = no cap): one address, whole
                                              process, exempt networks aside */
-    size_t relay_buffer;                 /* default 64k: queued toward a peer before reads pause */
-    uint64_t drain_timeout_ms;           /* default 30s: SIGTERM waits this long for sessions */
+    size_t relay_buffer;                  /* default 64k: queued toward a peer before reads pause */
+    uint64_t drain_timeout_ms;            /* default 30s: SIGTERM waits this long for sessions */
 };
 
 /* scan: — virus scanning of downloaded mail (docs/configuration.md, docs/scanning.md). */
@@ -193,28 +193,28 @@ struct cfg_policy {
     uint64_t session_ttl_ms;           /* default 90s (restart) */
     size_t download_limit;             /* default 0 = none; bytes per window per user */
     uint64_t download_window_ms;       /* default 1h */
-    uint64_t affinity_ttl_ms;          /* default 10m: user → backend kept after the last session */
-    unsigned local_entries;            /* default 10000 (restart) */
+    uint64_t affinity_ttl_ms; /* default 10m: user → backend kept after the last session */
+    unsigned local_entries;   /* default 10000 (restart) */
 };
 
 struct config {
     atomic_int refs;
-    char *path;          /* owned: file it came from */
-    unsigned workers;    /* 0 in the file means "number of cores", resolved at load */
-    char *instance;      /* owned; default: hostname; names this instance in logs */
-    char *greeting_name; /* owned; default "Portcullis"; shown in greetings */
+    char *path;                /* owned: file it came from */
+    unsigned workers;          /* 0 in the file means "number of cores", resolved at load */
+    char *instance;            /* owned; default: hostname; names this instance in logs */
+    char *greeting_name;       /* owned; default "Portcullis"; shown in greetings */
     bool allow_plaintext_auth; /* default false: LOGIN/USER before TLS refused */
-    char *user;          /* owned or NULL: drop to this user after binding (restart only) */
-    char *group;         /* owned or NULL: its primary group when NULL */
-    bool run_as_root;    /* default false: started as root without `user`, refuse to run */
+    char *user;                /* owned or NULL: drop to this user after binding (restart only) */
+    char *group;               /* owned or NULL: its primary group when NULL */
+    bool run_as_root;          /* default false: started as root without `user`, refuse to run */
     enum cfg_log_level log_level; /* log.level, default info */
     char *log_file;               /* log.file, owned or NULL = stderr */
     bool log_syslog;              /* log.syslog: to syslog (facility mail) instead */
 
     struct cfg_listener *listeners; /* owned array, at least one */
     size_t nlisteners;
-    struct cfg_tls tls;             /* required when any listener uses TLS */
-    struct cfg_backend *backends;   /* owned array, at least one per protocol listened on */
+    struct cfg_tls tls;           /* required when any listener uses TLS */
+    struct cfg_backend *backends; /* owned array, at least one per protocol listened on */
     size_t nbackends;
     struct cfg_limits limits;
     struct cfg_health health;

@@ -154,8 +154,9 @@ static void do_handshake(struct conn *c)
     unsigned long code = ERR_peek_last_error();
     c->ssl_err = code;
     const char *r = code ? ERR_reason_error_string(code) : NULL;
-    c->err = r ? r : (e == SSL_ERROR_SYSCALL ? "connection closed during TLS handshake"
-                                             : "TLS handshake failed");
+    c->err = r ? r
+               : (e == SSL_ERROR_SYSCALL ? "connection closed during TLS handshake"
+                                         : "TLS handshake failed");
     c->handler(c, CONN_EV_HANDSHAKE);
 }
 

@@ -39,29 +39,29 @@ enum {
 };
 
 struct conn {
-    int fd;                 /* owned; -1 when closed */
+    int fd; /* owned; -1 when closed */
     struct ev_loop *loop;
     ev_io io;
-    SSL *ssl;               /* owned or NULL (plaintext) */
-    struct buf *rbuf;       /* not owned: reads append here */
-    struct buf *wbuf;       /* not owned, may be NULL: its [rpos, mark) is sent first */
-    struct buf ctl;         /* owned: proxy-generated output, sent after wbuf's sendable part */
+    SSL *ssl;         /* owned or NULL (plaintext) */
+    struct buf *rbuf; /* not owned: reads append here */
+    struct buf *wbuf; /* not owned, may be NULL: its [rpos, mark) is sent first */
+    struct buf ctl;   /* owned: proxy-generated output, sent after wbuf's sendable part */
     conn_handler *handler;
-    void *owner;            /* the session */
-    const char *err;        /* static description of the error, when error is set */
-    unsigned long ssl_err;  /* OpenSSL error code of the failure, if any */
-    uint64_t bytes_in;      /* application bytes received / sent */
+    void *owner;           /* the session */
+    const char *err;       /* static description of the error, when error is set */
+    unsigned long ssl_err; /* OpenSSL error code of the failure, if any */
+    uint64_t bytes_in;     /* application bytes received / sent */
     uint64_t bytes_out;
-    uint32_t retry_len;     /* length of an SSL_write to repeat after WANT_* */
-    int events;             /* current libev interest */
-    bool reading;           /* the owner wants input */
-    bool eof;               /* the peer closed its side (or close_notify) */
-    bool error;             /* fatal I/O or TLS error */
-    bool connecting;        /* outgoing connect() in progress */
-    bool handshaking;       /* TLS handshake in progress */
-    bool read_wants_write;  /* SSL_read returned WANT_WRITE */
-    bool write_wants_read;  /* SSL_write returned WANT_READ */
-    bool wipe_ctl;          /* ctl carries secrets (backend login): cleanse before freeing */
+    uint32_t retry_len;    /* length of an SSL_write to repeat after WANT_* */
+    int events;            /* current libev interest */
+    bool reading;          /* the owner wants input */
+    bool eof;              /* the peer closed its side (or close_notify) */
+    bool error;            /* fatal I/O or TLS error */
+    bool connecting;       /* outgoing connect() in progress */
+    bool handshaking;      /* TLS handshake in progress */
+    bool read_wants_write; /* SSL_read returned WANT_WRITE */
+    bool write_wants_read; /* SSL_write returned WANT_READ */
+    bool wipe_ctl;         /* ctl carries secrets (backend login): cleanse before freeing */
 };
 
 void conn_init(struct conn *c, struct ev_loop *loop, int fd, conn_handler *h, void *owner,

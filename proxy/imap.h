@@ -86,7 +86,7 @@ struct imap_state {
     bool in_relay_up;      /* reentrancy guard (inject → relay_down → relay_up) */
     char up_tag[IMAP_TAG_MAX + 1]; /* tag of the open command ("" if it has none) */
     bool down_dropping;            /* the current backend response is swallowed (that "+") */
-    bool backend_bye;          /* the backend sent an untagged BYE */
+    bool backend_bye;              /* the backend sent an untagged BYE */
     struct buf inject;             /* our own responses waiting for a response boundary */
     struct imap_scan *sc;          /* FETCH content scanning (imap_scan.c), NULL when off */
 };

@@ -342,8 +342,9 @@ static void handle_response(struct session *s, const char *line, size_t len)
     switch (st->bstate) {
     case IB_GREETING:
         if (!untagged || !status_is(line + 2, len - 2, "OK")) {
-            fail(s, false, len >= 5 && !strncasecmp(line, "* BYE", 5) ? "backend said BYE"
-                                                                       : "bad backend greeting");
+            fail(s, false,
+                 len >= 5 && !strncasecmp(line, "* BYE", 5) ? "backend said BYE"
+                                                            : "bad backend greeting");
             return;
         }
         if (len > 6 && line[5] == '[' && caps_in(line + 6, len - 6, &caps, &clen))
@@ -486,8 +487,8 @@ void imap_backend_event(struct session *s, int events)
             return;
         if (c->error) {
             char q[160];
-            sess_log(s, LOG_WARN, "event=backend_connect_failed backend=%s error=%s",
-                     s->be->name, log_qs(q, sizeof q, c->err));
+            sess_log(s, LOG_WARN, "event=backend_connect_failed backend=%s error=%s", s->be->name,
+                     log_qs(q, sizeof q, c->err));
             if (sess_backend_retry(s, "connect failed"))
                 return;
             fail(s, false, "cannot connect to backend");
@@ -528,8 +529,6 @@ void imap_backend_event(struct session *s, int events)
     }
     if (events & CONN_EV_READ)
         read_responses(s);
-    if (!s->closing && st->bstate != IB_NONE && s->state == SESS_BACKEND &&
-        (c->eof || c->error))
+    if (!s->closing && st->bstate != IB_NONE && s->state == SESS_BACKEND && (c->eof || c->error))
         fail(s, false, c->eof ? "backend closed the connection" : "backend connection error");
 }
-

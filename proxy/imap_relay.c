@@ -53,7 +53,13 @@ void imap_relay_inject(struct session *s, const char *text, size_t len)
 
 /* ---- client → backend ---- */
 
-enum cmd_verdict { CMD_PASS, CMD_HOLD, CMD_REFUSE_COMPRESS, CMD_REFUSE_STARTTLS, CMD_REFUSE_VOLUME };
+enum cmd_verdict {
+    CMD_PASS,
+    CMD_HOLD,
+    CMD_REFUSE_COMPRESS,
+    CMD_REFUSE_STARTTLS,
+    CMD_REFUSE_VOLUME
+};
 
 /* FETCH or UID FETCH (issue 5: refused while the user is over the download volume). */
 static bool is_fetch(const struct imap_framer *f)
@@ -99,9 +105,9 @@ static void refuse(struct session *s, enum cmd_verdict v)
         tl = 1;
     }
     if (v == CMD_REFUSE_VOLUME) {
-        int k = snprintf(line, sizeof line,
-                         "%.*s NO [LIMIT] Download limit reached; try again later.\r\n", (int)tl,
-                         tag);
+        int k =
+            snprintf(line, sizeof line,
+                     "%.*s NO [LIMIT] Download limit reached; try again later.\r\n", (int)tl, tag);
         imap_relay_inject(s, line, (size_t)k);
         return;
     }

@@ -14,7 +14,7 @@
 struct metrics metrics;
 
 #define REASONS_MAX 64
-#define REASON_LEN 48
+#define REASON_LEN  48
 static struct {
     char reason[REASON_LEN];
     atomic_ullong n;
@@ -90,10 +90,10 @@ void metrics_from_event(const char *msg, int proto)
     } else if (strncmp(msg, "event=login ", 12) == 0) {
         atomic_fetch_add(&metrics.logins[proto][ML_OK], 1);
     } else if (strncmp(msg, "event=login_failed ", 19) == 0) {
-        atomic_fetch_add(&metrics.logins[proto][strstr(msg, "backend_unavailable")
-                                                    ? ML_UNAVAILABLE
-                                                    : ML_AUTH_FAILED],
-                         1);
+        atomic_fetch_add(
+            &metrics.logins[proto]
+                           [strstr(msg, "backend_unavailable") ? ML_UNAVAILABLE : ML_AUTH_FAILED],
+            1);
     } else if (strncmp(msg, "event=starttls_injection", 24) == 0) {
         atomic_fetch_add(&metrics.starttls_injections, 1);
     }
@@ -138,8 +138,7 @@ void metrics_hist_observe(struct metrics_hist *h, double v)
                                   memory_order_relaxed);
 }
 
-void metrics_hist_render(struct buf *o, const char *name, const char *help,
-                         struct metrics_hist *h)
+void metrics_hist_render(struct buf *o, const char *name, const char *help, struct metrics_hist *h)
 {
     buf_printf(o, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
     unsigned long long cum = 0;
@@ -168,7 +167,8 @@ void metrics_render(const struct config *cfg, struct buf *o)
     size_t nl = cfg->nlisteners < METRICS_LISTENERS ? cfg->nlisteners : METRICS_LISTENERS;
     header(o, "portcullis_connections_accepted_total", "counter", "Client connections accepted.");
     for (size_t i = 0; i < nl; i++)
-        buf_printf(o, "portcullis_connections_accepted_total{listener=\"%s\",protocol=\"%s\"} %llu\n",
+        buf_printf(o,
+                   "portcullis_connections_accepted_total{listener=\"%s\",protocol=\"%s\"} %llu\n",
                    cfg->listeners[i].name, proto_name(cfg->listeners[i].protocol),
                    (unsigned long long)atomic_load(&metrics.listener[i].accepted));
     header(o, "portcullis_connections_active", "gauge", "Client connections open now.");
@@ -200,10 +200,12 @@ void metrics_render(const struct config *cfg, struct buf *o)
     header(o, "portcullis_relayed_bytes_total", "counter",
            "Bytes relayed after login, by protocol and direction.");
     for (int p = 0; p < 2; p++) {
-        buf_printf(o, "portcullis_relayed_bytes_total{protocol=\"%s\",direction=\"to_client\"} %llu\n",
+        buf_printf(o,
+                   "portcullis_relayed_bytes_total{protocol=\"%s\",direction=\"to_client\"} %llu\n",
                    proto_name(p), (unsigned long long)atomic_load(&metrics.bytes_to_client[p]));
-        buf_printf(o, "portcullis_relayed_bytes_total{protocol=\"%s\",direction=\"to_backend\"} %llu\n",
-                   proto_name(p), (unsigned long long)atomic_load(&metrics.bytes_to_backend[p]));
+        buf_printf(
+            o, "portcullis_relayed_bytes_total{protocol=\"%s\",direction=\"to_backend\"} %llu\n",
+            proto_name(p), (unsigned long long)atomic_load(&metrics.bytes_to_backend[p]));
     }
     header(o, "portcullis_sessions_closed_total", "counter", "Client sessions ended.");
     for (int p = 0; p < 2; p++)

@@ -36,8 +36,8 @@ struct metrics {
         atomic_llong active;
         atomic_ullong tls_failures;
     } listener[METRICS_LISTENERS];
-    atomic_ullong logins[2][ML__COUNT];   /* [CFG_PROTO_*][result] */
-    atomic_ullong bytes_to_client[2];     /* [CFG_PROTO_*] */
+    atomic_ullong logins[2][ML__COUNT]; /* [CFG_PROTO_*][result] */
+    atomic_ullong bytes_to_client[2];   /* [CFG_PROTO_*] */
     atomic_ullong bytes_to_backend[2];
     atomic_ullong sessions_closed[2];
     atomic_ullong starttls_injections;
@@ -61,8 +61,7 @@ const char *metrics_label(char *out, size_t cap, const char *v);
 
 void metrics_hist_observe(struct metrics_hist *h, double v);
 /* `name` without the _bucket/_sum/_count suffixes. */
-void metrics_hist_render(struct buf *o, const char *name, const char *help,
-                         struct metrics_hist *h);
+void metrics_hist_render(struct buf *o, const char *name, const char *help, struct metrics_hist *h);
 
 extern struct metrics metrics;
 

@@ -307,8 +307,7 @@ static void collect(struct buf *o, void *arg)
                "portcullis_scan_reloads_total{result=\"ok\"} %llu\n"
                "portcullis_scan_reloads_total{result=\"failed\"} %llu\n",
                (unsigned long long)c.reloads, (unsigned long long)c.reload_failures);
-    metrics_hist_render(o, "portcullis_scan_duration_seconds", "Engine time per scan.",
-                        &scan_secs);
+    metrics_hist_render(o, "portcullis_scan_duration_seconds", "Engine time per scan.", &scan_secs);
     metrics_hist_render(o, "portcullis_scan_queue_depth",
                         "Scan jobs waiting in the pool when a job joins the queue (itself "
                         "included).",

@@ -72,8 +72,8 @@ struct pop3_state {
     bool be_stls, be_user, be_sasl_plain, be_sasl_xoauth2, be_sasl_oauthbearer, be_xclient;
     bool be_capa_known;
     bool be_xclient_greeting; /* the greeting carried [XCLIENT] */
-    bool auth_challenged; /* XOAUTH2 error challenge answered */
-    const char *fail_why; /* deferred failure reason (static) */
+    bool auth_challenged;     /* XOAUTH2 error challenge answered */
+    const char *fail_why;     /* deferred failure reason (static) */
 
     /* relay */
     struct pop3_framer downf;
@@ -81,10 +81,10 @@ struct pop3_state {
     unsigned qhead, qlen;
     struct pop3_qent cur; /* the command whose response is being framed */
     bool cur_valid;
-    size_t up_held;     /* bytes after s->up.mark parsed but not yet released */
-    size_t down_held;   /* bytes after s->down.mark framed but not yet released */
-    bool down_holding;  /* the current response is held whole (CAPA rewrite) */
-    bool relay_running; /* re-entrance guard of the relay loop */
+    size_t up_held;         /* bytes after s->up.mark parsed but not yet released */
+    size_t down_held;       /* bytes after s->down.mark framed but not yet released */
+    bool down_holding;      /* the current response is held whole (CAPA rewrite) */
+    bool relay_running;     /* re-entrance guard of the relay loop */
     struct pop3_scan *scan; /* owned (pop3_scan.c): a RETR/TOP response held for the scanner */
 };
 

@@ -10,8 +10,8 @@
 #include <stddef.h>
 #include <sys/socket.h>
 
-#define PROXY_V1_MAX 107 /* "PROXY" line, CRLF included (spec 2.1) */
-#define PROXY_V2_MAX 232 /* what we build: 16 + 216 (the largest address block, AF_UNIX) */
+#define PROXY_V1_MAX  107  /* "PROXY" line, CRLF included (spec 2.1) */
+#define PROXY_V2_MAX  232  /* what we build: 16 + 216 (the largest address block, AF_UNIX) */
 #define PROXY_HDR_MAX 1024 /* the largest inbound v2 header accepted (addresses + TLVs) */
 
 enum proxy_result {

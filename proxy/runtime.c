@@ -51,7 +51,8 @@ struct rt *rt_build(struct config *cfg, char **error_r)
         /* Transparent backends are only known by address: verify against the system CA
          * store, with the IP address as the name to match. */
         char empty[1] = "";
-        struct cfg_backend tb = {.name = l->name, .host = empty,
+        struct cfg_backend tb = {.name = l->name,
+                                 .host = empty,
                                  .tls = l->transparent_backend_tls,
                                  .tls_verify = l->transparent_backend_verify};
         rt->listener_be_ctx[i] = tls_client_ctx_new(&tb, error_r);

@@ -22,7 +22,7 @@ struct rt {
     struct config *cfg;     /* owned reference */
     struct tls_server *tls; /* owned; NULL when no listener uses TLS */
     SSL_CTX **backend_ctx;  /* owned; [i] for cfg->backends[i], NULL when that backend is plain */
-    SSL_CTX **listener_be_ctx; /* owned; [i] for transparent listener i with backend TLS */
+    SSL_CTX **listener_be_ctx;       /* owned; [i] for transparent listener i with backend TLS */
     struct backend_state **be_state; /* owned array; [i] for cfg->backends[i] (process-wide
                                         health records, not owned) */
 };

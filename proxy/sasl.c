@@ -62,7 +62,8 @@ size_t b64_encode(const unsigned char *in, size_t len, char *out)
     size_t o = 0;
     size_t i = 0;
     for (; i + 2 < len; i += 3) {
-        unsigned long w = ((unsigned long)in[i] << 16) | ((unsigned long)in[i + 1] << 8) | in[i + 2];
+        unsigned long w =
+            ((unsigned long)in[i] << 16) | ((unsigned long)in[i + 1] << 8) | in[i + 2];
         out[o++] = tab[(w >> 18) & 63];
         out[o++] = tab[(w >> 12) & 63];
         out[o++] = tab[(w >> 6) & 63];

@@ -40,7 +40,7 @@ struct sess_pol {
     char sid[128];
     /* routing, looked up alongside the check (policy/route.c) */
     struct policy_route_req *route_req;
-    bool verdict_ok;    /* the check allowed the login; waiting for the route */
+    bool verdict_ok; /* the check allowed the login; waiting for the route */
     enum policy_route_kind route_kind;
     char route_backend[128];
 };

@@ -58,8 +58,8 @@ void sess_log(struct session *s, enum log_level lvl, const char *fmt, ...)
 void sess_set_state(struct session *s, enum sess_state st)
 {
     s->state = st;
-    static const char *names[] = {"tls handshake", "pre-auth", "starttls", "backend login",
-                                  "relay", "closing"};
+    static const char *names[] = {"tls handshake", "pre-auth", "starttls",
+                                  "backend login", "relay",    "closing"};
     snprintf(s->action, sizeof s->action, "%s", names[st]);
 }
 
@@ -267,8 +267,9 @@ static void sess_begin(struct session *s)
         s->addr_counted = true;
     }
     sess_log(s, LOG_INFO, "event=connect listener=%s local_tls=%s", l->name,
-             l->tls == CFG_TLS_IMPLICIT ? "implicit" : l->tls == CFG_TLS_STARTTLS ? "starttls"
-                                                                                 : "none");
+             l->tls == CFG_TLS_IMPLICIT   ? "implicit"
+             : l->tls == CFG_TLS_STARTTLS ? "starttls"
+                                          : "none");
     if (l->tls == CFG_TLS_IMPLICIT) {
         sess_set_state(s, SESS_TLS_HANDSHAKE);
         SSL *ssl = tls_server_ssl(s->rt->tls);
@@ -539,7 +540,9 @@ static void apply_route(struct session *s)
                   (pinned || !s->rt->be_state[idx] || atomic_load(&s->rt->be_state[idx]->up));
     if (!usable) {
         sess_log(s, LOG_INFO, "event=route_ignored kind=%s backend=%s reason=%s", kind, want,
-                 !b ? "not_in_pool" : b->drain ? "draining" : "down");
+                 !b         ? "not_in_pool"
+                 : b->drain ? "draining"
+                            : "down");
         return;
     }
     size_t out[SESS_BE_CANDIDATES];
@@ -607,8 +610,8 @@ void sess_backend_log_tls_failure(struct session *s)
     struct conn *c = &s->backend;
     long vr = c->ssl ? SSL_get_verify_result(c->ssl) : X509_V_OK;
     char q[200];
-    sess_log(s, LOG_WARN, "event=backend_tls_failed backend=%s error=%s verify=\"%s\"",
-             s->be->name, log_qs(q, sizeof q, c->err),
+    sess_log(s, LOG_WARN, "event=backend_tls_failed backend=%s error=%s verify=\"%s\"", s->be->name,
+             log_qs(q, sizeof q, c->err),
              vr == X509_V_OK ? "ok" : X509_verify_cert_error_string(vr));
 }
 
@@ -632,10 +635,10 @@ void sess_start_relay(struct session *s)
     s->backend.wbuf = &s->up;
     s->client.reading = true;
     s->backend.reading = true;
-    double idle = (double)(s->listener->protocol == CFG_PROTO_POP3
-                               ? s->cfg->limits.pop3_idle_timeout_ms
-                               : s->cfg->limits.imap_idle_timeout_ms) /
-                  1000.0;
+    double idle =
+        (double)(s->listener->protocol == CFG_PROTO_POP3 ? s->cfg->limits.pop3_idle_timeout_ms
+                                                         : s->cfg->limits.imap_idle_timeout_ms) /
+        1000.0;
     sess_set_idle(s, idle);
     /* Pipelined client bytes that arrived during login, then whatever the backend sent. */
     s->proto->relay_up(s);

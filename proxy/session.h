@@ -48,23 +48,23 @@ struct session {
     const struct config *cfg;            /* rt->cfg */
     const struct cfg_listener *listener; /* in cfg */
     const struct protocol *proto;
-    void *pstate;                        /* protocol state, owned by proto */
+    void *pstate; /* protocol state, owned by proto */
     enum sess_state state;
 
     struct conn client;
-    struct conn backend;                 /* fd -1 until the backend phase */
-    const struct cfg_backend *be;        /* chosen backend, in cfg (or be_orig) */
-    int be_index;                        /* in cfg->backends; -1 for transparent */
-    struct backend_state *be_state;      /* health record of `be` (NULL: transparent) */
-    SSL_CTX *be_ctx;                     /* TLS client context toward `be`, or NULL */
-    size_t be_cand[SESS_BE_CANDIDATES];  /* rendezvous order for this user */
-    size_t be_ncand, be_try;             /* candidates, the one being tried */
-    bool be_pinned;                      /* a routing override chose it: no failover */
-    bool be_counted;                     /* counted in be_state->active */
-    struct cfg_backend be_orig;          /* transparent mode: the original destination */
+    struct conn backend;                /* fd -1 until the backend phase */
+    const struct cfg_backend *be;       /* chosen backend, in cfg (or be_orig) */
+    int be_index;                       /* in cfg->backends; -1 for transparent */
+    struct backend_state *be_state;     /* health record of `be` (NULL: transparent) */
+    SSL_CTX *be_ctx;                    /* TLS client context toward `be`, or NULL */
+    size_t be_cand[SESS_BE_CANDIDATES]; /* rendezvous order for this user */
+    size_t be_ncand, be_try;            /* candidates, the one being tried */
+    bool be_pinned;                     /* a routing override chose it: no failover */
+    bool be_counted;                    /* counted in be_state->active */
+    struct cfg_backend be_orig;         /* transparent mode: the original destination */
     char be_orig_name[64];
-    struct buf up;                       /* client → backend (pre-auth: parser input) */
-    struct buf down;                     /* backend → client */
+    struct buf up;   /* client → backend (pre-auth: parser input) */
+    struct buf down; /* backend → client */
 
     ev_timer timer;
     ev_tstamp deadline_at;  /* absolute time the current phase ends (0 = none) */
@@ -76,22 +76,22 @@ struct session {
     uint16_t client_port;
     struct sockaddr_storage client_sa;
     struct sockaddr_storage local_sa;
-    char *user;          /* owned, NUL-terminated, set at login */
-    bool client_tls;     /* the client side is encrypted */
+    char *user;      /* owned, NUL-terminated, set at login */
+    bool client_tls; /* the client side is encrypted */
     bool closing;
     bool logged_in;
     const char *close_reason;
-    char action[24];     /* what the session is doing, for logs */
+    char action[24]; /* what the session is doing, for logs */
 
-    size_t lidx;             /* listener index, for metrics */
-    bool draining;           /* the process is shutting down: end at the next idle point */
-    bool addr_counted;       /* holds a per-address connection slot */
-    unsigned scans;          /* messages judged (scanned or from the verdict cache) */
-    unsigned blocked;        /* messages replaced by a notice (infected or blocked) */
-    bool scan_hold;          /* a response is held for a verdict or being put back: a closing
-                                session (backend gone) waits for it (pop3_scan.c) */
+    size_t lidx;       /* listener index, for metrics */
+    bool draining;     /* the process is shutting down: end at the next idle point */
+    bool addr_counted; /* holds a per-address connection slot */
+    unsigned scans;    /* messages judged (scanned or from the verdict cache) */
+    unsigned blocked;  /* messages replaced by a notice (infected or blocked) */
+    bool scan_hold;    /* a response is held for a verdict or being put back: a closing
+                          session (backend gone) waits for it (pop3_scan.c) */
     uint32_t addr_slot;
-    ev_io pp_io;             /* reading a PROXY header (listener proxy_protocol) */
+    ev_io pp_io; /* reading a PROXY header (listener proxy_protocol) */
     bool proxy_hdr_pending;
 
     struct sess_pol *pol;        /* owned by sess_policy.c: login check, registry entry */

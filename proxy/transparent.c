@@ -50,8 +50,7 @@ static bool is_local_address(const struct sockaddr_storage *a)
     return local;
 }
 
-static bool original_destination(struct session *s, struct sockaddr_storage *dst,
-                                 socklen_t *len_r)
+static bool original_destination(struct session *s, struct sockaddr_storage *dst, socklen_t *len_r)
 {
     socklen_t len = sizeof *dst;
     memset(dst, 0, sizeof *dst);
@@ -77,8 +76,9 @@ bool sess_transparent_connect(struct session *s)
     struct sockaddr_storage dst;
     socklen_t dlen;
     if (!original_destination(s, &dst, &dlen)) {
-        sess_log(s, LOG_WARN, "event=backend_error error=\"transparent listener reached "
-                              "directly: no original destination\"");
+        sess_log(s, LOG_WARN,
+                 "event=backend_error error=\"transparent listener reached "
+                 "directly: no original destination\"");
         return false;
     }
     char ip[INET6_ADDRSTRLEN] = "?";
@@ -118,8 +118,10 @@ bool sess_bind_client_source(struct session *s, int fd)
     int level = s->client_sa.ss_family == AF_INET6 ? SOL_IPV6 : SOL_IP;
     int opt = s->client_sa.ss_family == AF_INET6 ? IPV6_TRANSPARENT : IP_TRANSPARENT;
     if (setsockopt(fd, level, opt, &one, sizeof one) < 0) {
-        sess_log(s, LOG_ERROR, "event=backend_error error=\"IP_TRANSPARENT: %s (needs "
-                               "CAP_NET_ADMIN)\"", strerror(errno));
+        sess_log(s, LOG_ERROR,
+                 "event=backend_error error=\"IP_TRANSPARENT: %s (needs "
+                 "CAP_NET_ADMIN)\"",
+                 strerror(errno));
         return false;
     }
     /* The client's address, port 0: the kernel picks a free port (the client's own may be in

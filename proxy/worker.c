@@ -191,8 +191,9 @@ static int bind_one(const struct cfg_listener *l, char **error_r)
         setsockopt(fd, l->addr.ss_family == AF_INET6 ? SOL_IPV6 : SOL_IP,
                    l->addr.ss_family == AF_INET6 ? IPV6_TRANSPARENT : IP_TRANSPARENT, &one,
                    sizeof one) < 0)
-        log_write(LOG_INFO, "event=listener_note name=%s note=\"IP_TRANSPARENT unavailable "
-                            "(%s): REDIRECT works, TPROXY does not\"",
+        log_write(LOG_INFO,
+                  "event=listener_note name=%s note=\"IP_TRANSPARENT unavailable "
+                  "(%s): REDIRECT works, TPROXY does not\"",
                   l->name, strerror(errno));
     if (bind(fd, (const struct sockaddr *)&l->addr, l->addrlen) < 0)
         goto fail;

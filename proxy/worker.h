@@ -27,8 +27,8 @@ struct worker {
     int id;
     pthread_t thread;
     struct ev_loop *loop;
-    ev_async wake;     /* stop request from the main thread */
-    ev_check reap;     /* frees closed sessions after callbacks unwind */
+    ev_async wake;         /* stop request from the main thread */
+    ev_check reap;         /* frees closed sessions after callbacks unwind */
     ev_timer accept_retry; /* re-enables accepting after EMFILE */
     struct worker_listener *listeners;
     size_t nlisteners;
@@ -36,7 +36,7 @@ struct worker {
     struct session *graveyard; /* closed, to free in reap */
     unsigned nsessions;
     atomic_bool stop;
-    struct policy *policy; /* owned: Redis connections and local limits (sess_policy.c) */
+    struct policy *policy;       /* owned: Redis connections and local limits (sess_policy.c) */
     struct msgscan_worker *scan; /* owned (msgscan.c): pool client, verdict cache; NULL = off */
     atomic_bool drain; /* shutdown requested: stop accepting, end sessions at idle points */
     bool draining;     /* (worker thread) drain started */

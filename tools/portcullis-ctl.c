@@ -148,8 +148,8 @@ static int run_route(struct ctl *c, int argc, char **argv)
         printf("route %s: cleared\n", argv[0]);
     } else {
         r = cmd(c, 3, (const char *[]){"SET", key, argv[1]});
-        printf("route %s: %s (from the next login; live sessions stay where they are)\n",
-               argv[0], argv[1]);
+        printf("route %s: %s (from the next login; live sessions stay where they are)\n", argv[0],
+               argv[1]);
     }
     freeReplyObject(r);
     return 0;

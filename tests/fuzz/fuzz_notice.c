@@ -9,9 +9,15 @@
 
 #include "notice.h"
 
-static const char *const allowed[] = {"From:", "To:", "Date:", "Subject:", "Message-ID:",
-                                      "MIME-Version:", "Content-Type:",
-                                      "Content-Transfer-Encoding:", "X-Portcullis-Verdict:",
+static const char *const allowed[] = {"From:",
+                                      "To:",
+                                      "Date:",
+                                      "Subject:",
+                                      "Message-ID:",
+                                      "MIME-Version:",
+                                      "Content-Type:",
+                                      "Content-Transfer-Encoding:",
+                                      "X-Portcullis-Verdict:",
                                       NULL};
 
 static void check(const char *m, size_t n)
@@ -59,7 +65,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         .reason_code = "scan-error",
         .reason_text = NULL,
         .ref = "20261122-0123456789ab",
-        .tmpl = (data[0] & 2) ? "%subject%\r\n%from%\n%to% %date% %message_id% %%x %bogus%\r" : NULL,
+        .tmpl =
+            (data[0] & 2) ? "%subject%\r\n%from%\n%to% %date% %message_id% %%x %bogus%\r" : NULL,
         .date_fallback = 1700000000,
     };
     char *out = NULL;

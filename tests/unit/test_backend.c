@@ -178,9 +178,9 @@ static void test_proxy_v1(void **state)
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         size_t used;
         const char *err = NULL;
-        assert_int_equal(proxy_parse((const unsigned char *)bad[i], strlen(bad[i]), &used, &pa,
-                                     &err),
-                         PROXY_BAD);
+        assert_int_equal(
+            proxy_parse((const unsigned char *)bad[i], strlen(bad[i]), &used, &pa, &err),
+            PROXY_BAD);
         assert_non_null(err);
     }
     /* an endless v1 line is refused at 107 bytes, not buffered */
@@ -251,8 +251,7 @@ static void test_cidrs(void **state)
     struct cfg_cidr *nets;
     size_t n;
     char err[128];
-    assert_true(cfg_parse_cidrs("10.0.0.0/8, 192.0.2.1 2001:db8::/32", &nets, &n, err,
-                                sizeof err));
+    assert_true(cfg_parse_cidrs("10.0.0.0/8, 192.0.2.1 2001:db8::/32", &nets, &n, err, sizeof err));
     assert_int_equal(n, 3);
     struct sockaddr_in a = {.sin_family = AF_INET};
     inet_pton(AF_INET, "10.200.3.4", &a.sin_addr);
@@ -267,7 +266,8 @@ static void test_cidrs(void **state)
     inet_pton(AF_INET6, "2001:db9::1", &b.sin6_addr);
     assert_false(cfg_cidr_match(nets, n, (struct sockaddr *)&b));
     free(nets);
-    const char *bad[] = {"10.0.0.0/33", "10.0.0/8", "2001:db8::/129", "x", "10.0.0.0/", "1.2.3.4/08x"};
+    const char *bad[] = {"10.0.0.0/33", "10.0.0/8",  "2001:db8::/129",
+                         "x",           "10.0.0.0/", "1.2.3.4/08x"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         assert_false(cfg_parse_cidrs(bad[i], &nets, &n, err, sizeof err));
     assert_true(cfg_parse_cidrs(" , ", &nets, &n, err, sizeof err));

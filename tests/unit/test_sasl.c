@@ -50,13 +50,13 @@ static void test_plain_split(void **state)
     const unsigned char m2[] = "admin\0alice\0pw";
     assert_true(sasl_plain_split(m2, sizeof m2 - 1, &z, &c, &p));
     assert_memory_equal(z.p, "admin", 5);
-    const unsigned char bad1[] = "alice\0secret";   /* one NUL */
+    const unsigned char bad1[] = "alice\0secret"; /* one NUL */
     assert_false(sasl_plain_split(bad1, sizeof bad1 - 1, &z, &c, &p));
-    const unsigned char bad2[] = "\0\0secret";      /* empty authcid */
+    const unsigned char bad2[] = "\0\0secret"; /* empty authcid */
     assert_false(sasl_plain_split(bad2, sizeof bad2 - 1, &z, &c, &p));
-    const unsigned char bad3[] = "\0alice\0";       /* empty password */
+    const unsigned char bad3[] = "\0alice\0"; /* empty password */
     assert_false(sasl_plain_split(bad3, sizeof bad3 - 1, &z, &c, &p));
-    const unsigned char bad4[] = "\0alice\0pw\0x";  /* NUL in password */
+    const unsigned char bad4[] = "\0alice\0pw\0x"; /* NUL in password */
     assert_false(sasl_plain_split(bad4, sizeof bad4 - 1, &z, &c, &p));
 }
 

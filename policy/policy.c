@@ -122,6 +122,11 @@ void policy_drain(struct policy *p, double secs)
     ev_timer_stop(p->loop, &t);
 }
 
+bool policy_redis_configured(const struct policy *p)
+{
+    return p && p->cmd;
+}
+
 bool policy_redis_up(const struct policy *p)
 {
     return p && rds_ready(p->cmd);

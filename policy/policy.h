@@ -90,6 +90,8 @@ void policy_free(struct policy **p);
 /* Run the loop until queued Redis writes are answered or `secs` passed (shutdown). */
 void policy_drain(struct policy *p, double secs);
 bool policy_redis_up(const struct policy *p);
+/* A `redis:` section is configured (whether or not it is reachable now). */
+bool policy_redis_configured(const struct policy *p);
 const struct rds_stats *policy_redis_stats(const struct policy *p);
 
 struct policy_req *policy_check_login(struct policy *p, const struct policy_limits *lim,
@@ -151,5 +153,19 @@ void policy_set_drained_handler(policy_drained_cb *cb);
 /* Remember the user's backend for `ttl_ms` after their sessions end (fire and forget). */
 void policy_affinity_set(struct policy *p, const struct policy_limits *lim, const char *user,
                          const char *backend, uint64_t ttl_ms);
+
+/* ---- plain values (kv.c): GET / SET PX of `<prefix><kind>:{<tag>}<suffix>` ---- */
+#define POLICY_KV_KEY_MAX 320
+struct policy_kv_req;
+/* `val` NULL = miss: no such key, or no usable answer (Redis down, slow, error). Called once,
+ * never synchronously, unless cancelled; `val` valid during the call. */
+typedef void policy_kv_cb(void *arg, const char *val, size_t len);
+/* NULL = no lookup started (no Redis or not ready): a miss now, no callback. */
+struct policy_kv_req *policy_kv_get(struct policy *p, const char *kind, const char *tag,
+                                    const char *suffix, policy_kv_cb *cb, void *arg);
+void policy_kv_cancel(struct policy_kv_req **q);
+/* Fire and forget. */
+void policy_kv_set(struct policy *p, const char *kind, const char *tag, const char *suffix,
+                   const char *val, size_t len, uint64_t ttl_ms);
 
 #endif

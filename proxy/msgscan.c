@@ -879,7 +879,7 @@ static void on_job(void *arg, struct scan_job *job)
         if (r->ws->remote) {
             struct msgscan_cache_key k = {.engine = res->engine_version};
             memcpy(k.sha256, r->sha, SHA256_LEN);
-            r->ws->remote->put(r->ws->remote_ctx, &k, &c);
+            r->ws->remote->put(r->ws->remote_ctx, &k, &c, r->s->cfg->scan.verdict_cache_ttl_ms);
         }
     }
     finish(r);

@@ -177,8 +177,9 @@ struct msgscan_cache_ops {
      * call back before returning. */
     void *(*get)(void *ctx, const struct msgscan_cache_key *k, msgscan_cache_got_fn *cb, void *arg);
     void (*cancel)(void *ctx, void *handle);
-    /* Store (fire and forget; TTL is the implementation's: scan.verdict_cache_ttl). */
-    void (*put)(void *ctx, const struct msgscan_cache_key *k, const struct msgscan_cached *v);
+    /* Store for `ttl_ms` (scan.verdict_cache_ttl), fire and forget. */
+    void (*put)(void *ctx, const struct msgscan_cache_key *k, const struct msgscan_cached *v,
+                uint64_t ttl_ms);
 };
 /* On the worker's loop thread; NULL ops removes the hook. */
 void msgscan_set_remote_cache(struct worker *w, const struct msgscan_cache_ops *ops, void *ctx);

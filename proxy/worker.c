@@ -21,6 +21,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "msgscan.h"
+#include "scan_rcache.h"
 #include "runtime.h"
 #include "session.h"
 #include "sess_policy.h"
@@ -248,6 +249,7 @@ static void *worker_main(void *arg)
     if (!msgscan_worker_start(w))
         log_write(LOG_ERROR, "event=scan_worker_failed worker=%d note=\"scanning off here\"",
                   w->id);
+    scan_rcache_attach(w); /* verdicts shared through Redis, when both are configured */
     set_listeners(w, true);
     ev_run(w->loop, 0);
     /* Free what the last iteration closed. */

@@ -1070,6 +1070,7 @@ class Proxy:
             self.ports = {f"l{i}": int(m.group(2)) for i, m in enumerate(_BIND_RE.finditer(text))}
         self.config_path = w / "portcullis.yaml"
         self.config_path.write_text(text)
+        self.binary = binary
         e = dict(os.environ)
         e.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
         e.update(env or {})
@@ -1094,6 +1095,12 @@ class Proxy:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def asan(self) -> bool:
+        """Built with AddressSanitizer (make SANITIZE=1): its quarantine keeps freed memory, so
+        RSS says nothing about leaks there; LeakSanitizer checks them at exit instead."""
+        return b"__asan_init" in Path(self.binary).read_bytes()
 
     @property
     def running(self) -> bool:

@@ -197,7 +197,8 @@ def test_ten_thousand_preauth_connections_leak_nothing(proxy_factory, certs):
     while nfds(px.pid) > fds0 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert nfds(px.pid) <= fds0
-    assert rss_kb(px.pid) - rss0 < 8 * 1024, (rss0, rss_kb(px.pid))
+    if not px.asan:  # under ASan the quarantine holds freed memory; LSan checks leaks at exit
+        assert rss_kb(px.pid) - rss0 < 8 * 1024, (rss0, rss_kb(px.pid))
     assert px.log().count("event=connect listener=imap ") >= 10_000
 
 

@@ -408,6 +408,53 @@ def test_second_retr_served_from_verdict_cache(proxy_factory, dovecot, scan_db, 
     assert px.log().count("cached=yes") == 3
 
 
+def test_verdict_shared_between_instances_through_redis(proxy_factory, dovecot, scan_db,
+                                                       env_tmp, certs, redis):
+    """Instance A scans; instance B (same Redis, same signatures) judges the same messages from
+    the shared cache without scanning, and builds the same notice (same reference id)."""
+    user = new_user(dovecot)
+    pfx = f"vc-{os.getpid()}:"
+    shared = {"redis": {"host": HOST, "port": redis.port, "prefix": pfx}}
+
+    def ready(px):
+        deadline = time.time() + 10
+        while "portcullis_redis_connections_ready 0" in px.http_get("/metrics")[1]:
+            assert time.time() < deadline, "Redis never became ready"
+            time.sleep(0.05)
+
+    a = scan_proxy(proxy_factory, scan_db, env_tmp, top=shared)
+    b = scan_proxy(proxy_factory, scan_db, env_tmp, top=shared)
+    ready(a)
+    ready(b)
+    p = pop(a, certs, user)
+    inf_a = joined(p.retr(NUM["zip_base64"])[1])
+    clean_a = joined(p.retr(NUM["big_clean"])[1])
+    p.quit()
+    assert scans(a) == 2
+    keys = redis.command("KEYS", pfx + "vc:*")
+    assert len(keys) == 2, keys
+    ttl = redis.command("PTTL", keys[0])
+    assert 0 < ttl <= 86_400_000  # scan.verdict_cache_ttl default 1d
+    p = pop(b, certs, user)
+    inf_b = joined(p.retr(NUM["zip_base64"])[1])
+    clean_b = joined(p.retr(NUM["big_clean"])[1])
+    p.quit()
+    assert scans(b) == 0, "instance B scanned what A had judged"
+    assert metrics(b)['portcullis_scan_cache_hits_total{cache="remote"}'] == 2
+    assert clean_b == clean_a == joined(direct(dovecot, user).retr(NUM["big_clean"])[1])
+    assert inf_b == inf_a  # same reference id, same notice bytes
+    assert_notice(inf_b, malware.MESSAGES["zip_base64"].data)
+    # A tampered entry is never trusted: it is a miss, and the message is scanned.
+    for k in keys:
+        redis.command("SET", k, "v1 C garbage - -")
+    c = scan_proxy(proxy_factory, scan_db, env_tmp, top=shared)
+    ready(c)
+    p = pop(c, certs, user)
+    assert joined(p.retr(NUM["zip_base64"])[1]) != malware.MESSAGES["zip_base64"].data
+    p.quit()
+    assert scans(c) == 1
+
+
 def test_signature_reload_under_open_session(proxy_factory, dovecot, env_tmp, certs):
     db = env_tmp / "pop-reload-db"
     malware.write_db(str(db))

@@ -833,7 +833,7 @@ bool cfg_map_document(const struct cfg_table *root, void *obj, const char *text,
     }
     yaml_parser_set_input_string(&parser, (const unsigned char *)(text ? text : ""), len);
     if (!yaml_parser_load(&parser, &doc)) {
-        syntax_error(&ctx, &parser, text, len);
+        syntax_error(&ctx, &parser, text ? text : "", text ? len : 0);
         yaml_parser_delete(&parser);
         return false;
     }
@@ -842,7 +842,7 @@ bool cfg_map_document(const struct cfg_table *root, void *obj, const char *text,
     bool ok = false;
     /* Parse the whole stream first: a syntax error anywhere is the error to report. */
     if (top && !yaml_parser_load(&parser, &extra)) {
-        syntax_error(&ctx, &parser, text, len);
+        syntax_error(&ctx, &parser, text ? text : "", text ? len : 0);
     } else {
         const yaml_node_t *second = top ? yaml_document_get_root_node(&extra) : NULL;
         if (!top || is_null(top))

@@ -301,10 +301,15 @@ static void out_release_all(struct session *s, struct imap_scan *sc)
     sc->out_active = false;
 }
 
+/* Queue a block for the client. Takes `data` and its budget in every case: on a full queue they
+ * are freed at once (the caller fails the session), so no error path leaks them. */
 static bool out_push(struct imap_scan *sc, char *data, size_t len, size_t budget)
 {
-    if (sc->outn >= SC_OUT_MAX)
+    if (sc->outn >= SC_OUT_MAX) {
+        free(data);
+        sc_budget_release(budget);
         return false;
+    }
     sc->outq[sc->outn++] = (struct sc_out){data, len, budget};
     return true;
 }
@@ -541,9 +546,10 @@ static void release_whole(struct session *s)
         return;
     }
     if (!o->replaced) {
-        ok = out_push(sc, sc->text0, sc->text0_len, 0) &&
-             out_push(sc, sc->msg, sc->msg_len, sc->msg_budget) &&
-             out_push(sc, sc->text1, sc->text1_len, 0);
+        /* Not short-circuited: every push takes its block, queued or freed. */
+        ok = out_push(sc, sc->text0, sc->text0_len, 0);
+        ok = out_push(sc, sc->msg, sc->msg_len, sc->msg_budget) && ok;
+        ok = out_push(sc, sc->text1, sc->text1_len, 0) && ok;
         sc->text0 = sc->msg = sc->text1 = NULL;
         sc->msg_budget = 0;
     } else {
@@ -561,7 +567,7 @@ static void release_whole(struct session *s)
         } else {
             ok = false;
         }
-        ok = ok && out_push(sc, o->notice, o->notice_len, 0);
+        ok = out_push(sc, o->notice, o->notice_len, 0) && ok;
         o->notice = NULL; /* the block owns it now; the memo has its own copy */
         /* text1 with its content literals replaced too (same message) */
         size_t cap = sc->text1_len + 64;

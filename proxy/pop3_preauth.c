@@ -303,7 +303,7 @@ static void sasl_response(struct session *s, const char *b64, size_t len)
             set_user(s, authc.p, authc.len) && pass.len > 0) {
             st->pass = strndup(pass.p, pass.len);
             st->pass_len = pass.len;
-            if (authz.len && (authz.len != authc.len || memcmp(authz.p, authc.p, authc.len)))
+            if (authz.len && (authz.len != authc.len || memcmp(authz.p, authc.p, authc.len) != 0))
                 st->authz = strndup(authz.p, authz.len);
             ok = st->pass != NULL;
         }

@@ -429,8 +429,11 @@ static void collected(struct session *s, struct pop3_scan *ps)
     struct msgscan_item it = item_of(ps);
     ps->phase = PS_JUDGE;
     s->scan_hold = true;
-    if (!park(s, ps))
+    if (!park(s, ps)) {
+        free(m); /* the session is closing; the message and its budget are still ours */
+        msgscan_budget_release(budget);
         return;
+    }
     ps->req = msgscan_judge(s, &it, m, ps->len, budget, on_verdict, s);
     if (!ps->req)
         fail_response(s, ps, "Out of memory.");

@@ -41,7 +41,8 @@ struct rt *rt_build(struct config *cfg, char **error_r)
         if (!rt->backend_ctx[i])
             goto fail;
     }
-    rt->listener_be_ctx = calloc(cfg->nlisteners, sizeof *rt->listener_be_ctx);
+    rt->listener_be_ctx =
+        calloc(cfg->nlisteners ? cfg->nlisteners : 1, sizeof *rt->listener_be_ctx);
     if (!rt->listener_be_ctx)
         goto fail;
     for (size_t i = 0; i < cfg->nlisteners; i++) {

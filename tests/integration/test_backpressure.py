@@ -258,6 +258,43 @@ def test_stalled_fetch_does_not_buffer_mailbox(proxy_factory, big_dovecot, certs
     c.close()
 
 
+def test_one_byte_per_second_reader_of_a_50mb_message(proxy_factory, big_dovecot, certs):
+    """A client that fetches one 50 MB message and reads it a byte a second: the proxy pulls
+    no more than socket buffers' worth from the backend and its memory stays flat; the
+    session is alive throughout, and once the client reads at full speed every byte arrives."""
+    user, pw = "bp50", "bp50-pw"
+    big_dovecot.add_user(user, pw)
+    msg = _message_of(50 * MB, seed=50)
+    big_dovecot.deliver(user, [msg])
+    proxy = start_proxy(proxy_factory, big_dovecot, backend_tls="implicit")
+    c = Client(proxy.port("imaps"), ctx_for(certs), rcvbuf=16 * 1024)
+    ok, _ = c.command(b"L", b'LOGIN "%s" "%s"' % (user.encode(), pw.encode()))
+    assert ok.startswith(b"L OK"), ok
+    assert c.command(b"S", b"EXAMINE INBOX")[0].startswith(b"S OK")
+    time.sleep(0.2)
+    base_rss, base_read = rss_kb(proxy.pid), read_bytes(proxy.pid)
+    sampler = RssSampler(proxy.pid)
+    c.send(b"F FETCH 1 (BODY.PEEK[])\r\n")
+    ticks = cpu_ticks(proxy.pid)
+    for _ in range(6):                                # a byte a second
+        c.buf += c.s.recv(1)
+        time.sleep(1.0)
+    assert_no_spin(proxy.pid, ticks, 6.0)
+    peak = sampler.stop()
+    pulled = read_bytes(proxy.pid) - base_read
+    print(f"1 B/s reader: proxy read {pulled / MB:.2f} MB of 50 MB in 6 s, "
+          f"RSS {base_rss} kB -> peak {peak} kB")
+    assert pulled < 10 * MB, pulled
+    assert peak - base_rss < growth_limit_kb(proxy.pid), (base_rss, peak)
+    ok, items = c.response(b"F")                      # now at full speed
+    assert ok.startswith(b"F OK"), ok
+    got = [lit for _, lit in items if lit]
+    assert got == [msg]
+    assert c.command(b"N", b"NOOP")[0].startswith(b"N OK")
+    c.command(b"Z", b"LOGOUT")
+    c.close()
+
+
 def test_client_vanishing_mid_stall_frees_everything(proxy_factory, big_dovecot, certs):
     proxy = start_proxy(proxy_factory, big_dovecot)
     c = Client(proxy.port("imaps"), ctx_for(certs), rcvbuf=32 * 1024)

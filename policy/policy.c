@@ -89,10 +89,14 @@ void policy_free(struct policy **pp)
     if (!p)
         return;
     *pp = NULL;
-    while (p->reqs) {
-        struct policy_req *r = p->reqs;
-        /* r->p == p, so the cancel unlinks r from p->reqs; the analyzer cannot know that. */
-        policy_cancel(&r); // NOLINT(clang-analyzer-unix.Malloc)
+    /* Detach the list first: each cancel then frees one request and touches no other. */
+    struct policy_req *list = p->reqs;
+    p->reqs = NULL;
+    while (list) {
+        struct policy_req *r = list;
+        list = r->next;
+        r->prev = r->next = NULL;
+        policy_cancel(&r);
     }
     pol_sessions_done(p);
     pol_route_stop(p);

@@ -37,7 +37,7 @@
 /* Remove `len` bytes at absolute offset `off` of the buffer (they are after mark). */
 static void cut(struct buf *b, size_t off, size_t len)
 {
-    if (!len)
+    if (!len || !b->data)
         return;
     memmove(b->data + off, b->data + off + len, b->wpos - (off + len));
     b->wpos -= (uint32_t)len;
@@ -175,7 +175,7 @@ static bool wait_for_continuation(struct session *s)
     if (st->upf.literal_plus) {
         /* The line ends "+}\r\n" or "+}\n", all of it held (release_up keeps 3 bytes back). */
         size_t end = b->mark + st->up_held;
-        size_t k = st->up_held >= 2 && b->data[end - 2] == '\r' ? 4 : 3;
+        size_t k = b->data && st->up_held >= 2 && b->data[end - 2] == '\r' ? 4 : 3;
         if (st->up_held < k || !b->data || b->data[end - k] != '+') {
             sess_close(s, "internal error: literal header not held");
             return false;

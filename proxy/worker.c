@@ -50,6 +50,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
     struct worker *w = wl->w;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
         struct sockaddr_storage peer;
+        peer.ss_family = AF_UNSPEC; /* accept4 fills it; the analyzer cannot tell */
         socklen_t plen = sizeof peer;
         int fd = accept4(wl->fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {

@@ -36,6 +36,12 @@ static int listen_fd = -1;
 static struct admin_client *clients[ADMIN_CLIENTS];
 static atomic_bool healthy;
 static const char *health_why = "starting";
+static admin_reload_fn *reload_fn;
+
+void admin_set_reload(admin_reload_fn *fn)
+{
+    reload_fn = fn;
+}
 
 void admin_set_healthy(bool ok, const char *why)
 {
@@ -61,6 +67,7 @@ static void respond(struct admin_client *c, int code, const char *ctype, const c
     const char *reason = code == 200   ? "OK"
                          : code == 404 ? "Not Found"
                          : code == 405 ? "Method Not Allowed"
+                         : code == 500 ? "Internal Server Error"
                          : code == 503 ? "Service Unavailable"
                                        : "Bad Request";
     char head[256];
@@ -89,13 +96,27 @@ static void handle(struct admin_client *c)
         respond(c, 400, "text/plain", "bad request\n", 12);
         return;
     }
+    char *q = strchr(path, '?');
+    if (q)
+        *q = '\0';
+    if (strcmp(path, "/reload") == 0) {
+        /* POST only: a crawler or a browser prefetch must not reload anything. */
+        if (strcmp(method, "POST") != 0 || !reload_fn) {
+            respond(c, 405, "text/plain", "POST only\n", 10);
+            return;
+        }
+        char why[512], body[600];
+        bool ok = reload_fn(why, sizeof why);
+        int n = ok ? snprintf(body, sizeof body, "reloaded\n")
+                   : snprintf(body, sizeof body, "reload failed: %s\n", why);
+        respond(c, ok ? 200 : 500, "text/plain", body,
+                (size_t)n < sizeof body ? (size_t)n : sizeof body - 1);
+        return;
+    }
     if (strcmp(method, "GET") != 0) {
         respond(c, 405, "text/plain", "GET only\n", 9);
         return;
     }
-    char *q = strchr(path, '?');
-    if (q)
-        *q = '\0';
     if (strcmp(path, "/metrics") == 0) {
         struct rt *rt = rt_current();
         struct buf b;

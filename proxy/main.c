@@ -52,21 +52,22 @@ static struct rt *load(const char *path, char **error_r)
     return rt;
 }
 
-static void on_reload(struct ev_loop *loop, ev_signal *w, int revents)
+/* SIGHUP and `portcullis-ctl reload` (POST /reload on the admin listener), main thread. On
+ * failure `why` gets the reason and the old configuration stays. */
+static bool reload(const char *source, char *why, size_t cap)
 {
-    (void)loop;
-    (void)w;
-    (void)revents;
     char *err = NULL;
     struct rt *cur = rt_current();
     struct rt *rt = load(config_path, &err);
     if (!rt) {
-        log_write(LOG_ERROR, "event=reload_failed error=\"%s\" note=\"old configuration kept\"",
-                  err ? err : "?");
+        log_write(LOG_ERROR,
+                  "event=reload_failed source=%s error=\"%s\" note=\"old configuration kept\"",
+                  source, err ? err : "?");
+        snprintf(why, cap, "%s", err ? err : "?");
         free(err);
         rt_unref(&cur);
         msgscan_reload(NULL); /* signatures still reload, with the scan settings in use */
-        return;
+        return false;
     }
     if (rt->cfg->nlisteners != cur->cfg->nlisteners || rt->cfg->workers != cur->cfg->workers)
         log_write(LOG_WARN, "event=reload_partial note=\"listeners and workers need a restart\"");
@@ -75,7 +76,22 @@ static void on_reload(struct ev_loop *loop, ev_signal *w, int revents)
     msgscan_reload(rt->cfg); /* off the loop; the result is logged when it is done */
     rt_publish(rt);
     rt_unref(&cur);
-    log_write(LOG_INFO, "event=reloaded config=%s", config_path);
+    log_write(LOG_INFO, "event=reloaded source=%s config=%s", source, config_path);
+    return true;
+}
+
+static void on_reload(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)loop;
+    (void)w;
+    (void)revents;
+    char why[512];
+    reload("sighup", why, sizeof why);
+}
+
+static bool admin_reload(char *why, size_t cap)
+{
+    return reload("admin", why, cap);
 }
 
 /* SIGTERM/SIGINT: drain. Workers stop accepting and end each session at its next idle point
@@ -225,6 +241,7 @@ int main(int argc, char **argv)
         }
     }
     struct ev_loop *loop = ev_default_loop(EVFLAG_AUTO);
+    admin_set_reload(admin_reload);
     if (!admin_start(loop, cfg, &err)) {
         fprintf(stderr, "portcullis: %s\n", err ? err : "cannot bind the admin listener");
         log_write(LOG_ERROR, "event=bind_failed error=\"%s\"", err ? err : "?");

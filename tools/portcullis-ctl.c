@@ -6,18 +6,26 @@
  *     sessions [user]          list live sessions (all instances)
  *     kick <user|session-id>   end those sessions wherever they are (publishes on P kick)
  *     unlock <user|address>    clear a lock-out and the login-rate bucket
+ *     route, drain, undrain    routing overrides and backend drain (docs/redis.md)
+ *     reload                   the exception: asks the local instance (POST /reload on the
+ *                              admin listener of FILE, default /etc/portcullis/portcullis.yaml)
+ *                              to reload as SIGHUP does, and reports the result
  *
  * Connection settings come from the `redis:` section of FILE (-c) and then the options; the
  * password from the file or the PORTCULLIS_REDIS_PASSWORD environment variable (never argv,
  * where `ps` would show it). Subcommands are a table: route/drain/reload slot in the same way.
  * A blocking client is right here: this is a short-lived command, not the event loop.
  */
+#include <arpa/inet.h>
+#include <errno.h>
 #include <getopt.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/time.h>
+#include <unistd.h>
 
 #include <hiredis/hiredis.h>
 
@@ -193,12 +201,54 @@ static const struct ctl_cmd commands[] = {
     {"undrain", 1, 1, "undrain <backend>", run_undrain},
 };
 
+#define DEFAULT_CONFIG "/etc/portcullis/portcullis.yaml"
+
+/* reload: one HTTP request to the instance's admin listener; exit 0 only on "200 reloaded". */
+static int run_reload(const struct config *cfg)
+{
+    if (!cfg->admin.enabled) {
+        fprintf(stderr, "portcullis-ctl: admin listener disabled in the configuration: use "
+                        "SIGHUP (systemctl reload portcullis)\n");
+        return 2;
+    }
+    int fd = socket(cfg->admin.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct timeval tv = {30, 0}; /* a reload builds TLS contexts: give it time */
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0 ||
+        connect(fd, (const struct sockaddr *)&cfg->admin.addr, cfg->admin.addrlen) < 0) {
+        fprintf(stderr, "portcullis-ctl: cannot reach the admin listener %s: %s\n",
+                cfg->admin.bind, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return 2;
+    }
+    static const char req[] = "POST /reload HTTP/1.0\r\nHost: portcullis\r\n"
+                              "Content-Length: 0\r\n\r\n";
+    char resp[2048];
+    size_t n = 0;
+    ssize_t k = send(fd, req, sizeof req - 1, MSG_NOSIGNAL);
+    while (k >= 0 && n < sizeof resp - 1 && (k = recv(fd, resp + n, sizeof resp - 1 - n, 0)) > 0)
+        n += (size_t)k;
+    close(fd);
+    resp[n] = '\0';
+    const char *body = strstr(resp, "\r\n\r\n");
+    body = body ? body + 4 : "";
+    if (strncmp(resp, "HTTP/1.1 200 ", 13) == 0) {
+        fputs(body, stdout);
+        return 0;
+    }
+    fprintf(stderr, "portcullis-ctl: %s", n ? (*body ? body : resp) : "no answer\n");
+    return 1;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: portcullis-ctl [-c FILE] [-H host] [-p port] [-s socket] [-u user] "
                "[-n db] [-P prefix] COMMAND [ARGS]\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %s\n", commands[i].usage);
+    fprintf(f, "  reload                   (the local instance, via admin.bind of FILE, "
+               "default " DEFAULT_CONFIG ")\n");
     fprintf(f, "password: redis.password in FILE or $PORTCULLIS_REDIS_PASSWORD\n");
 }
 
@@ -240,6 +290,22 @@ int main(int argc, char **argv)
     if (optind >= argc) {
         usage(stderr);
         return 2;
+    }
+    if (strcmp(argv[optind], "reload") == 0) {
+        if (argc - optind != 1) {
+            usage(stderr);
+            return 2;
+        }
+        char *err = NULL;
+        struct config *cfg = cfg_load(file ? file : DEFAULT_CONFIG, &err);
+        if (!cfg) {
+            fprintf(stderr, "portcullis-ctl: %s\n", err ? err : "cannot load configuration");
+            free(err);
+            return 2;
+        }
+        int rc = run_reload(cfg);
+        cfg_unref(&cfg);
+        return rc;
     }
     const struct ctl_cmd *cc = NULL;
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)

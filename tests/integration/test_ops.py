@@ -137,7 +137,37 @@ def test_reload_with_broken_config_keeps_serving(proxy_factory, certs):
                           ssl_context=mailenv.ssl_context(certs.ca), timeout=15)
     m.login("alice", "alicepw")
     m.logout()
+    # portcullis-ctl reload: the same, with the result in its exit status and output.
+    ctl = Path(px.binary).parent / "portcullis-ctl"
+    r = subprocess.run([str(ctl), "-c", str(px.config_path), "reload"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2, r  # ctl itself refuses to load the broken file
+    assert "bogus_key" in r.stderr
     px.config_path.write_text(good)
+    n = px.log().count("event=reloaded source=admin")
+    r = subprocess.run([str(ctl), "-c", str(px.config_path), "reload"], capture_output=True,
+                       text=True, timeout=60)
+    assert (r.returncode, r.stdout) == (0, "reloaded\n"), r
+    assert px.log().count("event=reloaded source=admin") == n + 1
+    # A file that parses but cannot be applied (a certificate that does not exist): the
+    # instance refuses it and ctl reports why, exit 1; the old configuration keeps serving.
+    cfg = dict(px.config)
+    cfg["tls"] = dict(cfg["tls"], certificates=[{"cert": "/nonexistent/cert.pem",
+                                                 "key": "/nonexistent/key.pem"}])
+    bad = px.config_path.parent / "unapplicable.yaml"
+    bad.write_text(mailenv.to_yaml(cfg))
+    px.config_path.write_text(bad.read_text())
+    r = subprocess.run([str(ctl), "-c", str(bad), "reload"], capture_output=True, text=True,
+                       timeout=60)
+    px.config_path.write_text(good)
+    assert r.returncode in (1, 2), r
+    assert "/nonexistent/cert.pem" in r.stderr, r
+    m = imaplib.IMAP4_SSL(mailenv.LOCAL, px.port("imaps"),
+                          ssl_context=mailenv.ssl_context(certs.ca), timeout=15)
+    m.login("alice", "alicepw")
+    m.logout()
+    # GET /reload does nothing (a crawler must not reload).
+    assert px.http_get("/reload")[0] == 405
 
 
 def test_privileges_dropped(proxy_factory, certs, env_tmp):

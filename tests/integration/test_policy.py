@@ -209,14 +209,16 @@ def test_lockout_across_instances_and_reset(proxy_factory, certs, redis):
 
 def test_token_bucket_refills(proxy_factory, certs, redis):
     pfx = prefix()
+    # The interval must exceed the time three logins take, under ASan on a busy machine too
+    # (700 ms did not: a token came back before the third login).
     a = proxy_factory(**overrides(redis.port, pfx, user_login_burst=2,
-                                  user_login_interval="700ms"))
+                                  user_login_interval="3s"))
     imap(a, certs, "carol").logout()
     imap(a, certs, "carol").logout()
     assert "[UNAVAILABLE]" in imap_refused(a, certs, "carol")
     assert "reason=login_rate scope=user" in a.log()
     assert float(hgetall(redis, pfx + "rl:{carol}:login")["tok"]) < 1
-    time.sleep(0.8)
+    time.sleep(3.1)
     imap(a, certs, "carol").logout()  # one token came back
     assert "[UNAVAILABLE]" in imap_refused(a, certs, "carol")
 

@@ -210,6 +210,29 @@ fail:
     return -1;
 }
 
+/* SO_REUSEPORT lets any process of the same user join a listening port and take a share of its
+ * connections: a second instance started by mistake (or anything else on the port) would
+ * silently split the traffic. Before the first worker binds, a plain socket (SO_REUSEADDR only:
+ * TIME_WAIT leftovers are fine, a live listener is not) must be able to bind the address. */
+static bool port_unused(const struct cfg_listener *l, char **error_r)
+{
+    int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return true; /* the real bind reports it */
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (l->addr.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    bool ok = bind(fd, (const struct sockaddr *)&l->addr, l->addrlen) == 0 || errno != EADDRINUSE;
+    close(fd);
+    if (!ok && asprintf(error_r,
+                        "listener %s (%s): address already in use by another socket (another "
+                        "instance?)",
+                        l->name, l->bind) < 0)
+        *error_r = NULL;
+    return ok;
+}
+
 bool worker_bind(struct worker *w, const struct config *cfg, char **error_r)
 {
     *error_r = NULL;
@@ -222,6 +245,8 @@ bool worker_bind(struct worker *w, const struct config *cfg, char **error_r)
     if (!w->listeners)
         return false;
     for (size_t i = 0; i < cfg->nlisteners; i++) {
+        if (w->id == 0 && !port_unused(&cfg->listeners[i], error_r))
+            return false;
         int fd = bind_one(&cfg->listeners[i], error_r);
         if (fd < 0)
             return false;

@@ -65,11 +65,21 @@ class EnvError(RuntimeError):
 # Small helpers
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1 (bind to port 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOCAL, 0))
-        return s.getsockname()[1]
+    """A currently free TCP port on 127.0.0.1 (bind to port 0, read it, close), never one this
+    process handed out before: a server started later in the same fixture must not get the
+    port another one is about to bind (the proxy's SO_REUSEPORT listeners would even share it)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((LOCAL, 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise EnvError("no fresh free port")
 
 
 def port_is_free(port: int) -> bool:

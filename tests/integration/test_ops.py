@@ -170,6 +170,22 @@ def test_reload_with_broken_config_keeps_serving(proxy_factory, certs):
     assert px.http_get("/reload")[0] == 405
 
 
+def test_second_instance_on_the_same_ports_refused(proxy_factory, certs):
+    """SO_REUSEPORT would let a second process share the listening ports and take part of the
+    connections: a second instance with the same configuration must refuse to start."""
+    px = proxy_factory()
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0")  # exit(1) at start-up is expected
+    r = subprocess.run([str(px.binary), "-c", str(px.config_path)], capture_output=True,
+                       text=True, timeout=30, env=env)
+    assert r.returncode != 0
+    assert "address already in use by another socket" in r.stderr, r.stderr
+    # the first instance still gets every connection
+    m = imaplib.IMAP4_SSL(mailenv.LOCAL, px.port("imaps"),
+                          ssl_context=mailenv.ssl_context(certs.ca), timeout=15)
+    m.login("alice", "alicepw")
+    m.logout()
+
+
 def test_privileges_dropped(proxy_factory, certs, env_tmp):
     """Started as root with `user:`, the process (every thread) runs as that user; started as
     root without it, it refuses to run."""

@@ -6,7 +6,8 @@
 
 The client connects to the backend's own address (198.51.100.2:143) and never learns of the
 proxy: the REDIRECT hands the connection to Portcullis, which finds the original destination
-with SO_ORIGINAL_DST and proxies (and, with scanning on, inspects) the session there. The
+with SO_ORIGINAL_DST and proxies and scans the session there (an EICAR message arrives as the
+notice). The
 documentation ranges are used only inside the namespaces; the fixture deletes the namespaces
 (and with them every veth and rule) even when a test fails.
 """
@@ -22,6 +23,7 @@ import textwrap
 import pytest
 
 import mailenv
+import malware
 
 CLIENT_IP, PROXY_C, PROXY_B, BACKEND_IP = "192.0.2.2", "192.0.2.1", "198.51.100.1", "198.51.100.2"
 
@@ -103,7 +105,10 @@ def test_transparent_redirect(topology, env_tmp, certs, tmp_path, source):
     own address (IP_TRANSPARENT + bind); replies are steered back to the proxy's socket with the
     socket match + policy routing documented in docs/deployment.md."""
     ns = topology
-    msgs = mailenv.gen_messages(4, seed=909)
+    # Four ordinary messages, then one with EICAR: the transparent service is scanned too.
+    msgs = mailenv.gen_messages(4, seed=909) + [malware.MESSAGES["plain"].data]
+    db = tmp_path / "scan-db"
+    malware.write_db(str(db))
     dv = mailenv.Dovecot()
     dv.start(env_tmp / f"dovecot-transparent-{ns['backend']}", users={"tina": "tinapw"},
              ssl=False, netns=ns["backend"], listen=BACKEND_IP,
@@ -116,7 +121,9 @@ def test_transparent_redirect(topology, env_tmp, certs, tmp_path, source):
             {"name": "unused-imap", "protocol": "imap", "host": "127.0.0.1", "port": 1},
             {"name": "unused-pop3", "protocol": "pop3", "host": "127.0.0.1", "port": 1}],
             overrides={"allow_plaintext_auth": True, "health": {"enabled": False},
-                       "workers": 1})
+                       "workers": 1,
+                       "scan": {"enabled": True, "database_dir": str(db), "threads": 1,
+                                "tmpdir": str(tmp_path)}})
         cfg["listeners"] = [
             {"name": "t-imap", "bind": "0.0.0.0:10143", "protocol": "imap", "tls": "none",
              "transparent": True, "transparent_source": source == "client"},
@@ -147,7 +154,10 @@ def test_transparent_redirect(topology, env_tmp, certs, tmp_path, source):
             # The client spoke to "198.51.100.2" but got Portcullis' greeting, and its mail.
             assert "Portcullis ready" in out["imap_greeting"]
             assert "Portcullis ready" in out["pop3_greeting"]
-            assert [m.encode("latin-1") for m in out["imap_msgs"]] == msgs
+            got = [m.encode("latin-1") for m in out["imap_msgs"]]
+            assert got[:4] == msgs[:4]  # clean mail byte-identical
+            assert b"X-Portcullis-Verdict: infected" in got[4]  # EICAR replaced by the notice
+            assert b"Subject: eicar plain" in got[4]
             assert out["pop3_stat"][0] == len(msgs)
             assert out["pop3_msg1"].encode("latin-1") == msgs[0]
             log = px.log()

@@ -165,6 +165,7 @@ def test_session_cap_and_registry_across_instances(proxy_factory, certs, redis):
     s1.logout()
     wait_for(lambda: len(keys(redis, pfx + "sess:{alice}:*")) == 1, what="unregistration")
     s3 = imap(b, certs)  # a slot is free again, on the other instance
+    wait_for(lambda: len(keys(redis, pfx + "sess:{alice}:*")) == 2, what="registry")
     hs = [hgetall(redis, k) for k in keys(redis, pfx + "sess:{alice}:*")]
     assert sorted(x["instance"] for x in hs) == ["A", "B"]
     s2.logout()

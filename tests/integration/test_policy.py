@@ -144,6 +144,7 @@ def test_session_cap_and_registry_across_instances(proxy_factory, certs, redis):
     o = overrides(redis.port, pfx, user_max_sessions=2)
     a = proxy_factory(instance="A", **o)
     b = proxy_factory(instance="B", **o)
+    wait_for(lambda: redis_ups(a) >= 1 and redis_ups(b) >= 1, what="redis connected")
     s1, s2 = imap(a, certs), imap(a, certs)
     # registration is sent after the login answer and not waited for (docs/redis.md)
     wait_for(lambda: len(keys(redis, pfx + "sess:{alice}:*")) == 2, what="registry")
@@ -179,6 +180,7 @@ def test_lockout_across_instances_and_reset(proxy_factory, certs, redis):
     o = overrides(redis.port, pfx, user_fail_limit=3, lockout="1500ms", tarpit="200ms")
     a = proxy_factory(instance="A", **o)
     b = proxy_factory(instance="B", **o)
+    wait_for(lambda: redis_ups(a) >= 1 and redis_ups(b) >= 1, what="redis connected")
     # successes are not failures: webmail logging in per click never locks itself out
     for _ in range(4):
         imap(a, certs, "bob").logout()
@@ -215,6 +217,9 @@ def test_token_bucket_refills(proxy_factory, certs, redis):
     # (700 ms did not: a token came back before the third login).
     a = proxy_factory(**overrides(redis.port, pfx, user_login_burst=2,
                                   user_login_interval="3s"))
+    # Redis connects asynchronously: logins before that use the local table (fail-open), which
+    # would leave the Redis bucket full.
+    wait_for(lambda: redis_ups(a) >= 1, what="redis connected")
     imap(a, certs, "carol").logout()
     imap(a, certs, "carol").logout()
     assert "[UNAVAILABLE]" in imap_refused(a, certs, "carol")

@@ -47,12 +47,15 @@ void sess_log(struct session *s, enum log_level lvl, const char *fmt, ...)
     if (!log_enabled(lvl))
         return;
     char uq[300];
+    /* IPv6 in brackets: "2001:db8::2:143" would not say where the address ends. */
+    bool v6 = strchr(s->client_ip, ':') != NULL;
+    const char *lb = v6 ? "[" : "", *rb = v6 ? "]" : "";
     if (s->user)
-        log_write(lvl, "sess=S-%llu client=%s:%u user=%s %s", (unsigned long long)s->id,
-                  s->client_ip, s->client_port, log_qs(uq, sizeof uq, s->user), msg);
+        log_write(lvl, "sess=S-%llu client=%s%s%s:%u user=%s %s", (unsigned long long)s->id, lb,
+                  s->client_ip, rb, s->client_port, log_qs(uq, sizeof uq, s->user), msg);
     else
-        log_write(lvl, "sess=S-%llu client=%s:%u %s", (unsigned long long)s->id, s->client_ip,
-                  s->client_port, msg);
+        log_write(lvl, "sess=S-%llu client=%s%s%s:%u %s", (unsigned long long)s->id, lb,
+                  s->client_ip, rb, s->client_port, msg);
 }
 
 void sess_set_state(struct session *s, enum sess_state st)

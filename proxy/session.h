@@ -63,8 +63,9 @@ struct session {
     bool be_counted;                    /* counted in be_state->active */
     struct cfg_backend be_orig;         /* transparent mode: the original destination */
     char be_orig_name[64];
-    struct buf up;   /* client → backend (pre-auth: parser input) */
-    struct buf down; /* backend → client */
+    char be_orig_host[INET6_ADDRSTRLEN]; /* the bare address: TLS verifies it as an IP SAN */
+    struct buf up;                       /* client → backend (pre-auth: parser input) */
+    struct buf down;                     /* backend → client */
 
     ev_timer timer;
     ev_tstamp deadline_at;  /* absolute time the current phase ends (0 = none) */

@@ -81,7 +81,7 @@ bool sess_transparent_connect(struct session *s)
                  "directly: no original destination\"");
         return false;
     }
-    char ip[INET6_ADDRSTRLEN] = "?";
+    char ip[INET6_ADDRSTRLEN] = "?"; /* sizeof == sizeof be_orig_host */
     unsigned port = 0;
     if (dst.ss_family == AF_INET6) {
         const struct sockaddr_in6 *in6 = (const void *)&dst;
@@ -92,11 +92,13 @@ bool sess_transparent_connect(struct session *s)
         inet_ntop(AF_INET, &in->sin_addr, ip, sizeof ip);
         port = ntohs(in->sin_port);
     }
-    snprintf(s->be_orig_name, sizeof s->be_orig_name, "%s:%u", ip, port);
+    snprintf(s->be_orig_name, sizeof s->be_orig_name,
+             dst.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", ip, port);
     struct cfg_backend *b = &s->be_orig;
     memset(b, 0, sizeof *b);
     b->name = s->be_orig_name;
-    b->host = s->be_orig_name;
+    memcpy(s->be_orig_host, ip, sizeof s->be_orig_host);
+    b->host = s->be_orig_host;
     b->port = (uint16_t)port;
     b->addr = dst;
     b->addrlen = dlen;

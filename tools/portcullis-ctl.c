@@ -216,8 +216,8 @@ static int run_reload(const struct config *cfg)
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0 ||
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0 ||
         connect(fd, (const struct sockaddr *)&cfg->admin.addr, cfg->admin.addrlen) < 0) {
-        fprintf(stderr, "portcullis-ctl: cannot reach the admin listener %s: %s\n",
-                cfg->admin.bind, strerror(errno));
+        fprintf(stderr, "portcullis-ctl: cannot reach the admin listener %s: %s\n", cfg->admin.bind,
+                strerror(errno));
         if (fd >= 0)
             close(fd);
         return 2;

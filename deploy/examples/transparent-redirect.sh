@@ -9,6 +9,8 @@
 #   listeners:
 #     - { name: t-imap, bind: "0.0.0.0:10143", protocol: imap, tls: none, transparent: true }
 #     - { name: t-pop3, bind: "0.0.0.0:10110", protocol: pop3, tls: none, transparent: true }
+#     - { name: t-imap6, bind: "[::]:10143", protocol: imap, tls: none, transparent: true }
+#     - { name: t-pop36, bind: "[::]:10110", protocol: pop3, tls: none, transparent: true }
 #   allow_plaintext_auth: true   # the clients speak plaintext to port 143/110 today
 # (Implicit TLS ports 993/995 cannot be intercepted transparently: the client would have to
 # accept Portcullis' certificate for the mail server's name.)
@@ -18,8 +20,11 @@ CLIENT_IF=${CLIENT_IF:-eth1}      # the interface the mail clients are behind
 sysctl -q -w net.ipv4.ip_forward=1
 iptables -t nat -A PREROUTING -i "$CLIENT_IF" -p tcp --dport 143 -j REDIRECT --to-ports 10143
 iptables -t nat -A PREROUTING -i "$CLIENT_IF" -p tcp --dport 110 -j REDIRECT --to-ports 10110
-# IPv6: the same with ip6tables; Portcullis reads IP6T_SO_ORIGINAL_DST.
+# IPv6 (Portcullis reads IP6T_SO_ORIGINAL_DST):
+sysctl -q -w net.ipv6.conf.all.forwarding=1
+ip6tables -t nat -A PREROUTING -i "$CLIENT_IF" -p tcp --dport 143 -j REDIRECT --to-ports 10143
+ip6tables -t nat -A PREROUTING -i "$CLIENT_IF" -p tcp --dport 110 -j REDIRECT --to-ports 10110
 # nftables equivalent:
-#   table ip portcullis { chain prerouting { type nat hook prerouting priority dstnat;
+#   table inet portcullis { chain prerouting { type nat hook prerouting priority dstnat;
 #     iifname "eth1" tcp dport 143 redirect to :10143
 #     iifname "eth1" tcp dport 110 redirect to :10110 } }

@@ -24,3 +24,5 @@ iptables -t mangle -A PREROUTING -i "$SERVER_IF" -p tcp -m socket --transparent 
 ip rule add fwmark 0x1/0x1 lookup 100
 ip route add local 0.0.0.0/0 dev lo table 100
 # The mail servers' route to the client networks must point at this router.
+# IPv6: the same with ip6tables (TPROXY --on-ip ::), ip -6 rule add fwmark 0x1/0x1 lookup 100,
+# ip -6 route add local ::/0 dev lo table 100, and listeners bound to "[::]:10143"/"[::]:10110".

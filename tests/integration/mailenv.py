@@ -254,6 +254,7 @@ class Certs:
     server_rsa: Path         # proxy, RSA-2048 variant of `server` (benchmarks)
     server_rsa_key: Path
     backend: Path            # Dovecot: CN=backend.test, SAN DNS:backend.test, IP:127.0.0.1
+    #                          and the transparent tests' backend addresses (test_transparent)
     backend_key: Path
     wrong_backend: Path      # self-signed backend.test, NOT signed by the CA
     wrong_backend_key: Path
@@ -322,7 +323,8 @@ def make_certs(dir: Path | str) -> Certs:
     leaf("server", "localhost", "DNS:localhost,IP:127.0.0.1", ec)
     leaf("sni", "mail.example.test", "DNS:mail.example.test", ec)
     leaf("server-rsa", "localhost", "DNS:localhost,IP:127.0.0.1", rsa)
-    leaf("backend", "backend.test", "DNS:backend.test,IP:127.0.0.1", ec)
+    leaf("backend", "backend.test",
+         "DNS:backend.test,IP:127.0.0.1,IP:198.51.100.2,IP:2001:db8:b:0:0:0:0:2", ec)
     leaf("wrong-backend", "backend.test", "DNS:backend.test,IP:127.0.0.1", ec, signed=False)
     (d / "ticket.key").write_bytes(os.urandom(80))
     for f in d.iterdir():
@@ -706,7 +708,8 @@ class Dovecot:
                 # Not reachable from here: probe from inside the namespace.
                 for name, port in self.ports.items():
                     if port:
-                        netns_wait_greeting(netns, listen, port, name.endswith("s"), timeout)
+                        netns_wait_greeting(netns, listen.split(",")[0].strip(), port,
+                                            name.endswith("s"), timeout)
                 return self
             wait_ports([v for v in self.ports.values() if v], self.proc, timeout,
                        f"dovecot ({w})", w / "dovecot.stderr")

@@ -1,21 +1,26 @@
 """Transparent mode (issue 6) in network namespaces made by the test.
 
-    client netns (192.0.2.2) ── veth ── proxy netns (192.0.2.1 | 198.51.100.1, forwarding,
-                                        iptables REDIRECT of tcp/143 and tcp/110 to Portcullis)
-                                        ── veth ── backend netns (198.51.100.2, Dovecot)
+    client netns (192.0.2.2      ── veth ── proxy netns (192.0.2.1 | 198.51.100.1
+                  2001:db8:c::2)            2001:db8:c::1 | 2001:db8:b::1, forwarding,
+                                            iptables/ip6tables REDIRECT of tcp/143 and tcp/110
+                                            to Portcullis)
+                                            ── veth ── backend netns (198.51.100.2
+                                                                      2001:db8:b::2, Dovecot)
 
-The client connects to the backend's own address (198.51.100.2:143) and never learns of the
-proxy: the REDIRECT hands the connection to Portcullis, which finds the original destination
-with SO_ORIGINAL_DST and proxies and scans the session there (an EICAR message arrives as the
-notice). The
-documentation ranges are used only inside the namespaces; the fixture deletes the namespaces
-(and with them every veth and rule) even when a test fails.
+The client connects to the backend's own address (198.51.100.2:143 or [2001:db8:b::2]:143)
+and never learns of the proxy: the REDIRECT hands the connection to Portcullis, which finds the
+original destination with SO_ORIGINAL_DST (IP6T_SO_ORIGINAL_DST for IPv6) and proxies and scans
+the session there (an EICAR message arrives as the notice). The documentation ranges
+(192.0.2.0/24, 198.51.100.0/24, 2001:db8::/32) are used only inside the namespaces; the fixture
+deletes the namespaces (and with them every veth and rule) even when a test fails.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -26,6 +31,21 @@ import mailenv
 import malware
 
 CLIENT_IP, PROXY_C, PROXY_B, BACKEND_IP = "192.0.2.2", "192.0.2.1", "198.51.100.1", "198.51.100.2"
+CLIENT_IP6, PROXY_C6, PROXY_B6, BACKEND_IP6 = ("2001:db8:c::2", "2001:db8:c::1", "2001:db8:b::1",
+                                               "2001:db8:b::2")
+# Per family: client, proxy (client side), proxy (backend side), backend, how an address:port
+# appears in Portcullis' log, the iptables command, the "any" bind address, the ip(8) flag.
+FAMILIES = {
+    "ipv4": dict(client=CLIENT_IP, proxy_b=PROXY_B, backend=BACKEND_IP, fmt="{}",
+                 iptables="iptables", any="0.0.0.0", ip="-4", local_any="0.0.0.0/0"),
+    "ipv6": dict(client=CLIENT_IP6, proxy_b=PROXY_B6, backend=BACKEND_IP6, fmt="[{}]",
+                 iptables="ip6tables", any="[::]", ip="-6", local_any="::/0"),
+}
+
+
+def rip_logged(dv: mailenv.Dovecot, addr: str) -> bool:
+    """Did Dovecot log `addr` as a remote IP (rip=ADDR followed by a comma, space or colon)?"""
+    return re.search(rf"rip={re.escape(addr)}[, :]", dv.log()) is not None
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -36,9 +56,14 @@ def nsx(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return sh("ip", "netns", "exec", ns, *args, check=check)
 
 
+_TOPOLOGY_SEQ = itertools.count()
+
+
 @pytest.fixture
-def topology(request):
-    tag = f"{os.getpid() % 10000}{len(request.node.name) % 100}"
+def topology():
+    # Unique per test in this run (the names also name the Dovecot workdir), short enough for
+    # interface-name-like limits.
+    tag = f"{os.getpid() % 10000}x{next(_TOPOLOGY_SEQ)}"
     c, p, b = f"pcC{tag}", f"pcP{tag}", f"pcB{tag}"
     made = []
     try:
@@ -61,6 +86,13 @@ def topology(request):
         nsx(b, "ip", "addr", "add", f"{BACKEND_IP}/24", "dev", "pcvb")
         nsx(b, "ip", "link", "set", "pcvb", "up")
         nsx(b, "ip", "route", "add", "default", "via", PROXY_B)
+        # IPv6 beside IPv4 (nodad: usable at once, not "tentative" for a second or two).
+        nsx(p, "sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1")
+        for ns, addr, dev in ((c, CLIENT_IP6, "pcvc"), (p, PROXY_C6, "pcvp0"),
+                              (p, PROXY_B6, "pcvp1"), (b, BACKEND_IP6, "pcvb")):
+            nsx(ns, "ip", "-6", "addr", "add", f"{addr}/64", "dev", dev, "nodad")
+        nsx(c, "ip", "-6", "route", "add", "default", "via", PROXY_C6)
+        nsx(b, "ip", "-6", "route", "add", "default", "via", PROXY_B6)
         yield {"client": c, "proxy": p, "backend": b}
     finally:
         for ns in made:
@@ -99,19 +131,21 @@ CLIENT_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
 @pytest.mark.parametrize("source", ["proxy", "client"])
-def test_transparent_redirect(topology, env_tmp, certs, tmp_path, source):
+def test_transparent_redirect(topology, env_tmp, certs, tmp_path, source, family):
     """source=client: transparent_source makes the backend connection leave from the client's
     own address (IP_TRANSPARENT + bind); replies are steered back to the proxy's socket with the
-    socket match + policy routing documented in docs/deployment.md."""
+    socket match + policy routing documented in docs/deployment.md. Both for IPv4 and IPv6."""
     ns = topology
+    f = FAMILIES[family]
     # Four ordinary messages, then one with EICAR: the transparent service is scanned too.
     msgs = mailenv.gen_messages(4, seed=909) + [malware.MESSAGES["plain"].data]
     db = tmp_path / "scan-db"
     malware.write_db(str(db))
     dv = mailenv.Dovecot()
     dv.start(env_tmp / f"dovecot-transparent-{ns['backend']}", users={"tina": "tinapw"},
-             ssl=False, netns=ns["backend"], listen=BACKEND_IP,
+             ssl=False, netns=ns["backend"], listen=f"{BACKEND_IP}, {BACKEND_IP6}",
              ports={"imap": 143, "pop3": 110})
     try:
         dv.deliver("tina", msgs)
@@ -124,20 +158,21 @@ def test_transparent_redirect(topology, env_tmp, certs, tmp_path, source):
                        "workers": 1,
                        "scan": {"enabled": True, "database_dir": str(db), "threads": 1,
                                 "tmpdir": str(tmp_path)}})
+        # One listener per family and port, as in a dual-stack deployment (IPv6 listeners are
+        # IPV6_V6ONLY, so the two share the port number).
         cfg["listeners"] = [
-            {"name": "t-imap", "bind": "0.0.0.0:10143", "protocol": "imap", "tls": "none",
-             "transparent": True, "transparent_source": source == "client"},
-            {"name": "t-pop3", "bind": "0.0.0.0:10110", "protocol": "pop3", "tls": "none",
-             "transparent": True, "transparent_source": source == "client"},
-        ]
+            {"name": f"t-{proto}-{fam}", "bind": f"{FAMILIES[fam]['any']}:{port}",
+             "protocol": proto, "tls": "none", "transparent": True,
+             "transparent_source": source == "client"}
+            for proto, port in (("imap", 10143), ("pop3", 10110)) for fam in FAMILIES]
         if source == "client":
-            nsx(ns["proxy"], "iptables", "-t", "mangle", "-A", "PREROUTING", "-i", "pcvp1",
+            nsx(ns["proxy"], f["iptables"], "-t", "mangle", "-A", "PREROUTING", "-i", "pcvp1",
                 "-p", "tcp", "-m", "socket", "--transparent", "-j", "MARK", "--set-mark", "1")
-            nsx(ns["proxy"], "ip", "rule", "add", "fwmark", "1", "lookup", "100")
-            nsx(ns["proxy"], "ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table",
-                "100")
+            nsx(ns["proxy"], "ip", f["ip"], "rule", "add", "fwmark", "1", "lookup", "100")
+            nsx(ns["proxy"], "ip", f["ip"], "route", "add", "local", f["local_any"], "dev", "lo",
+                "table", "100")
         for port, to in ((143, 10143), (110, 10110)):
-            nsx(ns["proxy"], "iptables", "-t", "nat", "-A", "PREROUTING", "-i", "pcvp0", "-p",
+            nsx(ns["proxy"], f["iptables"], "-t", "nat", "-A", "PREROUTING", "-i", "pcvp0", "-p",
                 "tcp", "--dport", str(port), "-j", "REDIRECT", "--to-ports", str(to))
         wrapper = tmp_path / "portcullis-in-netns"
         binary = mailenv.REPO / mailenv.DEFAULT_BINARY
@@ -147,11 +182,12 @@ def test_transparent_redirect(topology, env_tmp, certs, tmp_path, source):
         px.start(tmp_path / "proxy", cfg, binary=str(wrapper), wait=False)
         try:
             mailenv.netns_wait_greeting(ns["proxy"], "127.0.0.1", 10143, False, 10)
-            r = nsx(ns["client"], sys.executable, "-c", CLIENT_SCRIPT, BACKEND_IP, "tina",
+            r = nsx(ns["client"], sys.executable, "-c", CLIENT_SCRIPT, f["backend"], "tina",
                     "tinapw", check=False)
             assert r.returncode == 0, r.stderr + "\n" + px.log()[-3000:]
             out = json.loads(r.stdout)
-            # The client spoke to "198.51.100.2" but got Portcullis' greeting, and its mail.
+            # The client spoke to the backend's address but got Portcullis' greeting, and its
+            # mail.
             assert "Portcullis ready" in out["imap_greeting"]
             assert "Portcullis ready" in out["pop3_greeting"]
             got = [m.encode("latin-1") for m in out["imap_msgs"]]
@@ -161,18 +197,18 @@ def test_transparent_redirect(topology, env_tmp, certs, tmp_path, source):
             assert out["pop3_stat"][0] == len(msgs)
             assert out["pop3_msg1"].encode("latin-1") == msgs[0]
             log = px.log()
-            assert f"client={CLIENT_IP}:" in log
-            assert "event=transparent_destination backend=198.51.100.2:143" in log
-            assert "event=transparent_destination backend=198.51.100.2:110" in log
+            be = f["fmt"].format(f["backend"])
+            assert f"client={f['fmt'].format(f['client'])}:" in log
+            assert f"event=transparent_destination backend={be}:143" in log
+            assert f"event=transparent_destination backend={be}:110" in log
             if source == "client":
                 # The backend's TCP peer is the client itself.
-                assert f"rip={CLIENT_IP}" in dv.log()
-                assert f"rip={PROXY_B}" not in dv.log()
+                assert rip_logged(dv, f["client"])
+                assert not rip_logged(dv, f["proxy_b"])
             else:
-                # The proxy's address 198.51.100.1 is not in this Dovecot's
-                # login_trusted_networks, so it ignores the forwarded ID/XCLIENT and logs the
-                # proxy as the remote IP.
-                assert f"rip={PROXY_B}" in dv.log()
+                # The proxy's address is not in this Dovecot's login_trusted_networks, so it
+                # ignores the forwarded ID/XCLIENT and logs the proxy as the remote IP.
+                assert rip_logged(dv, f["proxy_b"])
         finally:
             px.stop()
             assert px.check_log() == []
@@ -206,3 +242,71 @@ def test_transparent_direct_connection_refused(topology, certs, tmp_path):
         assert "no original destination" in px.log()
     finally:
         px.stop()
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_transparent_backend_starttls_verified_by_ip(topology, env_tmp, certs, tmp_path, trusted):
+    """transparent_backend_tls: STARTTLS toward the original destination ([2001:db8:b::2]:143),
+    its certificate verified against the system store with the bare IP address as the name
+    (SSL_CERT_FILE points OpenSSL's default store at the test CA). Without the CA in the store
+    the login is refused, never sent in clear."""
+    ns = topology
+    dv = mailenv.Dovecot()
+    dv.start(env_tmp / f"dovecot-transparent-{ns['backend']}", users={"tina": "tinapw"},
+             ssl=True, cert=certs.backend, key=certs.backend_key, netns=ns["backend"],
+             listen=f"{BACKEND_IP}, {BACKEND_IP6}",
+             ports={"imap": 143, "pop3": 110, "imaps": 993, "pop3s": 995})
+    try:
+        dv.deliver("tina", mailenv.gen_messages(2, seed=77))
+        cfg = mailenv.proxy_config(certs, None, backends=[
+            {"name": "unused-imap", "protocol": "imap", "host": "127.0.0.1", "port": 1},
+            {"name": "unused-pop3", "protocol": "pop3", "host": "127.0.0.1", "port": 1}],
+            overrides={"allow_plaintext_auth": True, "health": {"enabled": False},
+                       "workers": 1})
+        cfg["listeners"] = [{"name": "t-imap6", "bind": "[::]:10143", "protocol": "imap",
+                             "tls": "none", "transparent": True,
+                             "transparent_backend_tls": "starttls",
+                             "transparent_backend_verify": True}]
+        nsx(ns["proxy"], "ip6tables", "-t", "nat", "-A", "PREROUTING", "-i", "pcvp0", "-p",
+            "tcp", "--dport", "143", "-j", "REDIRECT", "--to-ports", "10143")
+        store = certs.ca if trusted else certs.wrong_backend  # a store without the test CA
+        wrapper = tmp_path / "portcullis-in-netns"
+        binary = mailenv.REPO / mailenv.DEFAULT_BINARY
+        wrapper.write_text(f"#!/bin/sh\nexport SSL_CERT_FILE={store} SSL_CERT_DIR=/nonexistent\n"
+                           f"exec ip netns exec {ns['proxy']} {binary} \"$@\"\n")
+        wrapper.chmod(0o755)
+        px = mailenv.Proxy()
+        px.start(tmp_path / "proxy", cfg, binary=str(wrapper), wait=False)
+        try:
+            mailenv.netns_wait_greeting(ns["proxy"], "::1", 10143, False, 10)
+            script = textwrap.dedent("""
+                import imaplib, sys
+                m = imaplib.IMAP4(sys.argv[1], 143, timeout=15)
+                try:
+                    m.login("tina", "tinapw")
+                except imaplib.IMAP4.error as e:
+                    print("REFUSED", e)
+                    sys.exit(0)
+                m.select("INBOX", readonly=True)
+                print("COUNT", len(m.search(None, "ALL")[1][0].split()))
+                m.logout()
+            """)
+            r = nsx(ns["client"], sys.executable, "-c", script, BACKEND_IP6, check=False)
+            assert r.returncode == 0, r.stderr + "\n" + px.log()[-3000:]
+            log = px.log()
+            if trusted:
+                assert r.stdout.split() == ["COUNT", "2"], r.stdout + log[-3000:]
+                assert "event=backend_tls_failed" not in log
+                # Dovecot saw a TLS session from the proxy's IPv6 address.
+                assert re.search(r"Login: user=<tina>.* rip=2001:db8:b::1,.* TLS,", dv.log()), \
+                    dv.log()[-2000:]
+            else:
+                assert r.stdout.startswith("REFUSED"), r.stdout
+                assert "UNAVAILABLE" in r.stdout
+                assert "event=backend_tls_failed backend=[2001:db8:b::2]:143" in log, log[-3000:]
+                assert "user=<tina>" not in dv.log()  # the password never left the proxy
+        finally:
+            px.stop()
+            px.check_log()
+    finally:
+        dv.stop()

@@ -8,9 +8,9 @@
                                                                       2001:db8:b::2, Dovecot)
 
 The client connects to the backend's own address (198.51.100.2:143 or [2001:db8:b::2]:143)
-and never learns of the proxy: the REDIRECT hands the connection to Portcullis, which finds the
-original destination with SO_ORIGINAL_DST (IP6T_SO_ORIGINAL_DST for IPv6) and proxies and scans
-the session there (an EICAR message arrives as the notice). The documentation ranges
+and never learns of the proxy: a REDIRECT (or TPROXY) rule hands the connection to Portcullis,
+which finds the original destination with SO_ORIGINAL_DST (IP6T_SO_ORIGINAL_DST for IPv6; the
+socket's local address under TPROXY) and proxies and scans the session there (an EICAR message arrives as the notice). The documentation ranges
 (192.0.2.0/24, 198.51.100.0/24, 2001:db8::/32) are used only inside the namespaces; the fixture
 deletes the namespaces (and with them every veth and rule) even when a test fails.
 """
@@ -131,12 +131,17 @@ CLIENT_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
-@pytest.mark.parametrize("source", ["proxy", "client"])
-def test_transparent_redirect(topology, env_tmp, certs, tmp_path, source, family):
-    """source=client: transparent_source makes the backend connection leave from the client's
+@pytest.mark.parametrize("family,source,mode", [
+    ("ipv4", "proxy", "redirect"), ("ipv4", "client", "redirect"),
+    ("ipv6", "proxy", "redirect"), ("ipv6", "client", "redirect"),
+    ("ipv4", "client", "tproxy"), ("ipv6", "client", "tproxy")])
+def test_transparent_service(topology, env_tmp, certs, tmp_path, family, source, mode):
+    """mode=redirect: nat REDIRECT, the destination from (IP6T_)SO_ORIGINAL_DST. mode=tproxy:
+    mangle TPROXY to the IP_TRANSPARENT listener, no NAT at all, the destination is the accepted
+    socket's local address (the classic fully transparent setup, with source=client).
+    source=client: transparent_source makes the backend connection leave from the client's
     own address (IP_TRANSPARENT + bind); replies are steered back to the proxy's socket with the
-    socket match + policy routing documented in docs/deployment.md. Both for IPv4 and IPv6."""
+    socket match + policy routing documented in docs/deployment.md."""
     ns = topology
     f = FAMILIES[family]
     # Four ordinary messages, then one with EICAR: the transparent service is scanned too.
@@ -166,14 +171,23 @@ def test_transparent_redirect(topology, env_tmp, certs, tmp_path, source, family
              "transparent_source": source == "client"}
             for proto, port in (("imap", 10143), ("pop3", 10110)) for fam in FAMILIES]
         if source == "client":
+            # Backend replies to the client's address that belong to a transparent socket of
+            # ours are marked...
             nsx(ns["proxy"], f["iptables"], "-t", "mangle", "-A", "PREROUTING", "-i", "pcvp1",
                 "-p", "tcp", "-m", "socket", "--transparent", "-j", "MARK", "--set-mark", "1")
+        if source == "client" or mode == "tproxy":
+            # ...and marked packets (those and TPROXY'd ones) are delivered locally.
             nsx(ns["proxy"], "ip", f["ip"], "rule", "add", "fwmark", "1", "lookup", "100")
             nsx(ns["proxy"], "ip", f["ip"], "route", "add", "local", f["local_any"], "dev", "lo",
                 "table", "100")
         for port, to in ((143, 10143), (110, 10110)):
-            nsx(ns["proxy"], f["iptables"], "-t", "nat", "-A", "PREROUTING", "-i", "pcvp0", "-p",
-                "tcp", "--dport", str(port), "-j", "REDIRECT", "--to-ports", str(to))
+            if mode == "redirect":
+                nsx(ns["proxy"], f["iptables"], "-t", "nat", "-A", "PREROUTING", "-i", "pcvp0",
+                    "-p", "tcp", "--dport", str(port), "-j", "REDIRECT", "--to-ports", str(to))
+            else:
+                nsx(ns["proxy"], f["iptables"], "-t", "mangle", "-A", "PREROUTING", "-i",
+                    "pcvp0", "-p", "tcp", "--dport", str(port), "-j", "TPROXY", "--on-port",
+                    str(to), "--tproxy-mark", "0x1/0x1")
         wrapper = tmp_path / "portcullis-in-netns"
         binary = mailenv.REPO / mailenv.DEFAULT_BINARY
         wrapper.write_text(f"#!/bin/sh\nexec ip netns exec {ns['proxy']} {binary} \"$@\"\n")
@@ -201,6 +215,7 @@ def test_transparent_redirect(topology, env_tmp, certs, tmp_path, source, family
             assert f"client={f['fmt'].format(f['client'])}:" in log
             assert f"event=transparent_destination backend={be}:143" in log
             assert f"event=transparent_destination backend={be}:110" in log
+            assert "IP_TRANSPARENT unavailable" not in log  # TPROXY needs it on the listener
             if source == "client":
                 # The backend's TCP peer is the client itself.
                 assert rip_logged(dv, f["client"])

@@ -224,6 +224,18 @@ def wait_log(dv, needle, timeout=5.0) -> bool:
     return False
 
 
+def wait_pool_log(pool, pattern, timeout=5.0) -> bool:
+    """Does some Dovecot of the pool log a line matching `pattern` within `timeout`? (Its log
+    lines arrive a little after the proxy's.)"""
+    deadline = time.monotonic() + timeout
+    while True:
+        if any(re.search(pattern, dv.log()) for dv in pool):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_proxy_header_from_trusted_balancer(proxy_factory, pool, certs, version):
     port = mailenv.free_port()
@@ -321,6 +333,61 @@ def test_pop3_xclient_forwards_client(proxy_factory, pool, certs):
     s.close()
     assert any(wait_log(dv, "rip=203.0.113.9") for dv in pool)
     assert "client=203.0.113.9:42000" in px.log()
+
+
+def test_ipv6_client_forwarded_by_every_method(proxy_factory, pool, certs):
+    """An IPv6 client behind a trusted balancer (PROXY v2 TCP6 / v1 TCP6 headers) reaches
+    Dovecot's log by each forwarding method: IMAP ID, POP3 XCLIENT, and a PROXY v2 header toward
+    the backend (TCP6, the IPv4 destination written v4-mapped). Portcullis logs it bracketed."""
+    port, pport = mailenv.free_port(), mailenv.free_port()
+    bes = backends_for(pool)
+    for dv in pool:  # IMAP through Dovecot's haproxy listener as well, as its own server name
+        bes.append({"name": f"{dv.label}-imap-hp", "protocol": "imap", "server": dv.label + "hp",
+                    "host": mailenv.LOCAL, "port": dv.haproxy_ports["imap"], "tls": "none",
+                    "proxy_protocol": True})
+    lbs = [{"name": "lb", "bind": f"127.0.0.1:{port}", "protocol": "imap", "tls": "implicit",
+            "proxy_protocol": True},
+           {"name": "lbpop", "bind": f"127.0.0.1:{pport}", "protocol": "pop3", "tls": "none",
+            "proxy_protocol": True}]
+    px = proxy_factory(backends=bes, health={"enabled": False}, trusted_proxies="127.0.0.1",
+                       extra_listeners=lbs, allow_plaintext_auth=True)
+
+    def v2_tcp6(src: str, sport: int) -> bytes:
+        return (b"\r\n\r\n\x00\r\nQUIT\n\x21\x21\x00\x24"
+                + socket.inet_pton(socket.AF_INET6, src)
+                + socket.inet_pton(socket.AF_INET6, "2001:db8:ffff::1")
+                + sport.to_bytes(2, "big") + (993).to_bytes(2, "big"))
+
+    # IMAP: several users, so that both the ID path (plain Dovecot ports) and the PROXY v2 path
+    # (haproxy ports) are taken by some of them; each user's source address is its own.
+    srcs = {}
+    for i, user in enumerate(sorted(USERS)[:12]):
+        src = f"2001:db8:{i + 1:x}::55"
+        srcs[user] = src
+        conn = tls_after_header(port, v2_tcp6(src, 40000 + i), certs)
+        assert imap_login_raw(conn, user).startswith(b"a OK")
+        conn.close()
+    log = px.log()
+    for i, (user, src) in enumerate(srcs.items()):
+        assert f'client=[{src}]:{40000 + i} user="{user}"' in log, log[-3000:]
+    for user, src in srcs.items():
+        assert wait_pool_log(pool, rf"Login: user=<{user}>.* rip={re.escape(src)},"), user
+    # Both paths were used (the backend names are in the login lines).
+    assert re.search(r"event=login backend=dv\d-imap-hp ", log), log[-3000:]
+    assert re.search(r"event=login backend=dv\d ", log), log[-3000:]
+
+    # POP3: PROXY v1 TCP6 in, XCLIENT ADDR=<IPv6> to Dovecot.
+    s = socket.create_connection((mailenv.LOCAL, pport), timeout=15)
+    s.sendall(b"PROXY TCP6 2001:db8:99::13 2001:db8:ffff::1 42000 110\r\n")
+    f = s.makefile("rb")
+    assert f.readline().startswith(b"+OK")
+    s.sendall(b"USER user13\r\nPASS pw-13\r\nQUIT\r\n")
+    assert f.readline().startswith(b"+OK")
+    assert f.readline().startswith(b"+OK")
+    assert f.readline().startswith(b"+OK")
+    s.close()
+    assert wait_pool_log(pool, r"Login: user=<user13>.* rip=2001:db8:99::13,")
+    assert "client=[2001:db8:99::13]:42000" in px.log()
 
 
 # ------------------------------------------------------------------- Redis: routes and affinity

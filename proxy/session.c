@@ -181,8 +181,9 @@ static void proxy_hdr_cb(struct ev_loop *loop, ev_io *io, int revents)
         return;
     }
     if (!pa.local) {
-        char was[INET6_ADDRSTRLEN + 8];
-        snprintf(was, sizeof was, "%s:%u", s->client_ip, s->client_port);
+        char was[INET6_ADDRSTRLEN + 10];
+        bool v6 = strchr(s->client_ip, ':') != NULL;
+        snprintf(was, sizeof was, v6 ? "[%s]:%u" : "%s:%u", s->client_ip, s->client_port);
         s->client_sa = pa.src;
         s->local_sa = pa.dst;
         peer_to_text(s, (const struct sockaddr *)&pa.src);

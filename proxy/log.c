@@ -232,3 +232,9 @@ const char *log_qs(char *buf, size_t cap, const char *s)
 {
     return log_q(buf, cap, s, s ? strlen(s) : 0);
 }
+
+const char *log_hostport(char *buf, size_t cap, const char *ip, unsigned port)
+{
+    snprintf(buf, cap, strchr(ip, ':') ? "[%s]:%u" : "%s:%u", ip, port);
+    return buf;
+}

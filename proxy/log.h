@@ -36,6 +36,11 @@ const char *log_q(char *buf, size_t cap, const char *s, size_t len);
 /* log_q for a NUL-terminated string (NULL prints as ""). */
 const char *log_qs(char *buf, size_t cap, const char *s);
 
+/* "ip:port", with an IPv6 address in brackets ("[2001:db8::2]:143"): unbracketed, a reader could
+ * not tell where the address ends. LOG_HOSTPORT_MAX fits any numeric address. Returns `buf`. */
+#define LOG_HOSTPORT_MAX 64
+const char *log_hostport(char *buf, size_t cap, const char *ip, unsigned port);
+
 const char *log_level_name(enum log_level level);
 
 #endif

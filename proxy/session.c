@@ -46,16 +46,13 @@ void sess_log(struct session *s, enum log_level lvl, const char *fmt, ...)
         metrics_from_event(msg, s->listener->protocol);
     if (!log_enabled(lvl))
         return;
-    char uq[300];
-    /* IPv6 in brackets: "2001:db8::2:143" would not say where the address ends. */
-    bool v6 = strchr(s->client_ip, ':') != NULL;
-    const char *lb = v6 ? "[" : "", *rb = v6 ? "]" : "";
+    char uq[300], client[LOG_HOSTPORT_MAX];
+    log_hostport(client, sizeof client, s->client_ip, s->client_port);
     if (s->user)
-        log_write(lvl, "sess=S-%llu client=%s%s%s:%u user=%s %s", (unsigned long long)s->id, lb,
-                  s->client_ip, rb, s->client_port, log_qs(uq, sizeof uq, s->user), msg);
+        log_write(lvl, "sess=S-%llu client=%s user=%s %s", (unsigned long long)s->id, client,
+                  log_qs(uq, sizeof uq, s->user), msg);
     else
-        log_write(lvl, "sess=S-%llu client=%s%s%s:%u %s", (unsigned long long)s->id, lb,
-                  s->client_ip, rb, s->client_port, msg);
+        log_write(lvl, "sess=S-%llu client=%s %s", (unsigned long long)s->id, client, msg);
 }
 
 void sess_set_state(struct session *s, enum sess_state st)
@@ -181,9 +178,8 @@ static void proxy_hdr_cb(struct ev_loop *loop, ev_io *io, int revents)
         return;
     }
     if (!pa.local) {
-        char was[INET6_ADDRSTRLEN + 10];
-        bool v6 = strchr(s->client_ip, ':') != NULL;
-        snprintf(was, sizeof was, v6 ? "[%s]:%u" : "%s:%u", s->client_ip, s->client_port);
+        char was[LOG_HOSTPORT_MAX];
+        log_hostport(was, sizeof was, s->client_ip, s->client_port);
         s->client_sa = pa.src;
         s->local_sa = pa.dst;
         peer_to_text(s, (const struct sockaddr *)&pa.src);

@@ -62,7 +62,7 @@ struct session {
     bool be_pinned;                     /* a routing override chose it: no failover */
     bool be_counted;                    /* counted in be_state->active */
     struct cfg_backend be_orig;         /* transparent mode: the original destination */
-    char be_orig_name[64];
+    char be_orig_name[LOG_HOSTPORT_MAX];
     char be_orig_host[INET6_ADDRSTRLEN]; /* the bare address: TLS verifies it as an IP SAN */
     struct buf up;                       /* client → backend (pre-auth: parser input) */
     struct buf down;                     /* backend → client */

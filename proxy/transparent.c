@@ -81,23 +81,22 @@ bool sess_transparent_connect(struct session *s)
                  "directly: no original destination\"");
         return false;
     }
-    char ip[INET6_ADDRSTRLEN] = "?"; /* sizeof == sizeof be_orig_host */
+    char *ip = s->be_orig_host;
     unsigned port = 0;
+    snprintf(ip, sizeof s->be_orig_host, "?");
     if (dst.ss_family == AF_INET6) {
         const struct sockaddr_in6 *in6 = (const void *)&dst;
-        inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof ip);
+        inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof s->be_orig_host);
         port = ntohs(in6->sin6_port);
     } else {
         const struct sockaddr_in *in = (const void *)&dst;
-        inet_ntop(AF_INET, &in->sin_addr, ip, sizeof ip);
+        inet_ntop(AF_INET, &in->sin_addr, ip, sizeof s->be_orig_host);
         port = ntohs(in->sin_port);
     }
-    snprintf(s->be_orig_name, sizeof s->be_orig_name,
-             dst.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", ip, port);
+    log_hostport(s->be_orig_name, sizeof s->be_orig_name, ip, port);
     struct cfg_backend *b = &s->be_orig;
     memset(b, 0, sizeof *b);
     b->name = s->be_orig_name;
-    memcpy(s->be_orig_host, ip, sizeof s->be_orig_host);
     b->host = s->be_orig_host;
     b->port = (uint16_t)port;
     b->addr = dst;

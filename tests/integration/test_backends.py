@@ -314,6 +314,19 @@ def test_proxy_v2_to_backend_and_xclient(proxy_factory, pool, certs):
     assert "backend_error" not in px.log()
 
 
+def pop3_session_after_header(port, header: bytes) -> None:
+    """Plaintext POP3 after a PROXY header: greeting, USER/PASS as user13, QUIT, each +OK."""
+    s = socket.create_connection((mailenv.LOCAL, port), timeout=15)
+    s.sendall(header)
+    f = s.makefile("rb")
+    assert f.readline().startswith(b"+OK")
+    s.sendall(b"USER user13\r\nPASS pw-13\r\nQUIT\r\n")
+    assert f.readline().startswith(b"+OK")
+    assert f.readline().startswith(b"+OK")
+    assert f.readline().startswith(b"+OK")
+    s.close()
+
+
 def test_pop3_xclient_forwards_client(proxy_factory, pool, certs):
     port = mailenv.free_port()
     px = proxy_factory(backends=backends_for(pool), health={"enabled": False},
@@ -322,15 +335,7 @@ def test_pop3_xclient_forwards_client(proxy_factory, pool, certs):
                                          "protocol": "pop3", "tls": "none",
                                          "proxy_protocol": True}],
                        allow_plaintext_auth=True)
-    s = socket.create_connection((mailenv.LOCAL, port), timeout=15)
-    s.sendall(b"PROXY TCP4 203.0.113.9 127.0.0.1 42000 110\r\n")
-    f = s.makefile("rb")
-    assert f.readline().startswith(b"+OK")
-    s.sendall(b"USER user13\r\nPASS pw-13\r\nQUIT\r\n")
-    assert f.readline().startswith(b"+OK")
-    assert f.readline().startswith(b"+OK")
-    assert f.readline().startswith(b"+OK")
-    s.close()
+    pop3_session_after_header(port, b"PROXY TCP4 203.0.113.9 127.0.0.1 42000 110\r\n")
     assert any(wait_log(dv, "rip=203.0.113.9") for dv in pool)
     assert "client=203.0.113.9:42000" in px.log()
 
@@ -370,22 +375,13 @@ def test_ipv6_client_forwarded_by_every_method(proxy_factory, pool, certs):
     log = px.log()
     for i, (user, src) in enumerate(srcs.items()):
         assert f'client=[{src}]:{40000 + i} user="{user}"' in log, log[-3000:]
-    for user, src in srcs.items():
         assert wait_pool_log(pool, rf"Login: user=<{user}>.* rip={re.escape(src)},"), user
     # Both paths were used (the backend names are in the login lines).
     assert re.search(r"event=login backend=dv\d-imap-hp ", log), log[-3000:]
     assert re.search(r"event=login backend=dv\d ", log), log[-3000:]
 
     # POP3: PROXY v1 TCP6 in, XCLIENT ADDR=<IPv6> to Dovecot.
-    s = socket.create_connection((mailenv.LOCAL, pport), timeout=15)
-    s.sendall(b"PROXY TCP6 2001:db8:99::13 2001:db8:ffff::1 42000 110\r\n")
-    f = s.makefile("rb")
-    assert f.readline().startswith(b"+OK")
-    s.sendall(b"USER user13\r\nPASS pw-13\r\nQUIT\r\n")
-    assert f.readline().startswith(b"+OK")
-    assert f.readline().startswith(b"+OK")
-    assert f.readline().startswith(b"+OK")
-    s.close()
+    pop3_session_after_header(pport, b"PROXY TCP6 2001:db8:99::13 2001:db8:ffff::1 42000 110\r\n")
     assert wait_pool_log(pool, r"Login: user=<user13>.* rip=2001:db8:99::13,")
     assert "client=[2001:db8:99::13]:42000" in px.log()
 

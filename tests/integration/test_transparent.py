@@ -131,6 +131,35 @@ CLIENT_SCRIPT = textwrap.dedent("""
 """)
 
 
+def transparent_config(certs, listeners: list[dict], **overrides) -> dict:
+    """Portcullis for the router namespace: transparent listeners only, which take no backend
+    from the pool (one dummy per protocol keeps the pool check satisfied)."""
+    cfg = mailenv.proxy_config(certs, None, backends=[
+        {"name": "unused-imap", "protocol": "imap", "host": "127.0.0.1", "port": 1},
+        {"name": "unused-pop3", "protocol": "pop3", "host": "127.0.0.1", "port": 1}],
+        overrides={"allow_plaintext_auth": True, "health": {"enabled": False}, "workers": 1,
+                   **overrides})
+    cfg["listeners"] = listeners
+    return cfg
+
+
+def start_in_router(ns, tmp_path, cfg: dict, probe_host: str, env: str = "") -> mailenv.Proxy:
+    """Start Portcullis inside the router namespace (a wrapper script: `ip netns exec`, after
+    `env`, shell lines) and wait for its greeting on probe_host:10143 there."""
+    wrapper = tmp_path / "portcullis-in-netns"
+    binary = mailenv.REPO / mailenv.DEFAULT_BINARY
+    wrapper.write_text(f"#!/bin/sh\n{env}exec ip netns exec {ns['proxy']} {binary} \"$@\"\n")
+    wrapper.chmod(0o755)
+    px = mailenv.Proxy()
+    px.start(tmp_path / "proxy", cfg, binary=str(wrapper), wait=False)
+    try:
+        mailenv.netns_wait_greeting(ns["proxy"], probe_host, 10143, False, 10)
+    except BaseException:
+        px.stop()
+        raise
+    return px
+
+
 @pytest.mark.parametrize("family,source,mode", [
     ("ipv4", "proxy", "redirect"), ("ipv4", "client", "redirect"),
     ("ipv6", "proxy", "redirect"), ("ipv6", "client", "redirect"),
@@ -154,22 +183,15 @@ def test_transparent_service(topology, env_tmp, certs, tmp_path, family, source,
              ports={"imap": 143, "pop3": 110})
     try:
         dv.deliver("tina", msgs)
-        # Portcullis in the middle: transparent listeners, no configured backends needed for
-        # them (one dummy per protocol keeps the pool check satisfied).
-        cfg = mailenv.proxy_config(certs, None, backends=[
-            {"name": "unused-imap", "protocol": "imap", "host": "127.0.0.1", "port": 1},
-            {"name": "unused-pop3", "protocol": "pop3", "host": "127.0.0.1", "port": 1}],
-            overrides={"allow_plaintext_auth": True, "health": {"enabled": False},
-                       "workers": 1,
-                       "scan": {"enabled": True, "database_dir": str(db), "threads": 1,
-                                "tmpdir": str(tmp_path)}})
-        # One listener per family and port, as in a dual-stack deployment (IPv6 listeners are
-        # IPV6_V6ONLY, so the two share the port number).
-        cfg["listeners"] = [
+        # Portcullis in the middle. One listener per family and port, as in a dual-stack
+        # deployment (IPv6 listeners are IPV6_V6ONLY, so the two share the port number).
+        cfg = transparent_config(certs, [
             {"name": f"t-{proto}-{fam}", "bind": f"{FAMILIES[fam]['any']}:{port}",
              "protocol": proto, "tls": "none", "transparent": True,
              "transparent_source": source == "client"}
-            for proto, port in (("imap", 10143), ("pop3", 10110)) for fam in FAMILIES]
+            for proto, port in (("imap", 10143), ("pop3", 10110)) for fam in FAMILIES],
+            scan={"enabled": True, "database_dir": str(db), "threads": 1,
+                  "tmpdir": str(tmp_path)})
         if source == "client":
             # Backend replies to the client's address that belong to a transparent socket of
             # ours are marked...
@@ -188,14 +210,8 @@ def test_transparent_service(topology, env_tmp, certs, tmp_path, family, source,
                 nsx(ns["proxy"], f["iptables"], "-t", "mangle", "-A", "PREROUTING", "-i",
                     "pcvp0", "-p", "tcp", "--dport", str(port), "-j", "TPROXY", "--on-port",
                     str(to), "--tproxy-mark", "0x1/0x1")
-        wrapper = tmp_path / "portcullis-in-netns"
-        binary = mailenv.REPO / mailenv.DEFAULT_BINARY
-        wrapper.write_text(f"#!/bin/sh\nexec ip netns exec {ns['proxy']} {binary} \"$@\"\n")
-        wrapper.chmod(0o755)
-        px = mailenv.Proxy()
-        px.start(tmp_path / "proxy", cfg, binary=str(wrapper), wait=False)
+        px = start_in_router(ns, tmp_path, cfg, "127.0.0.1")
         try:
-            mailenv.netns_wait_greeting(ns["proxy"], "127.0.0.1", 10143, False, 10)
             r = nsx(ns["client"], sys.executable, "-c", CLIENT_SCRIPT, f["backend"], "tina",
                     "tinapw", check=False)
             assert r.returncode == 0, r.stderr + "\n" + px.log()[-3000:]
@@ -235,20 +251,10 @@ def test_transparent_direct_connection_refused(topology, certs, tmp_path):
     """A client that reaches the transparent listener itself (no REDIRECT) has no other
     destination: refused with a clear answer instead of a loop to ourselves."""
     ns = topology
-    cfg = mailenv.proxy_config(certs, None, backends=[
-        {"name": "unused-imap", "protocol": "imap", "host": "127.0.0.1", "port": 1},
-        {"name": "unused-pop3", "protocol": "pop3", "host": "127.0.0.1", "port": 1}],
-        overrides={"allow_plaintext_auth": True, "health": {"enabled": False}, "workers": 1})
-    cfg["listeners"] = [{"name": "t-imap", "bind": "0.0.0.0:10143", "protocol": "imap",
-                         "tls": "none", "transparent": True}]
-    wrapper = tmp_path / "portcullis-in-netns"
-    binary = mailenv.REPO / mailenv.DEFAULT_BINARY
-    wrapper.write_text(f"#!/bin/sh\nexec ip netns exec {ns['proxy']} {binary} \"$@\"\n")
-    wrapper.chmod(0o755)
-    px = mailenv.Proxy()
-    px.start(tmp_path / "proxy", cfg, binary=str(wrapper), wait=False)
+    cfg = transparent_config(certs, [{"name": "t-imap", "bind": "0.0.0.0:10143",
+                                      "protocol": "imap", "tls": "none", "transparent": True}])
+    px = start_in_router(ns, tmp_path, cfg, "127.0.0.1")
     try:
-        mailenv.netns_wait_greeting(ns["proxy"], "127.0.0.1", 10143, False, 10)
         script = ("import imaplib\nm = imaplib.IMAP4('192.0.2.1', 10143, timeout=10)\n"
                   "try:\n    m.login('x', 'y')\nexcept imaplib.IMAP4.error as e:\n"
                   "    print(e)\n")
@@ -273,27 +279,16 @@ def test_transparent_backend_starttls_verified_by_ip(topology, env_tmp, certs, t
              ports={"imap": 143, "pop3": 110, "imaps": 993, "pop3s": 995})
     try:
         dv.deliver("tina", mailenv.gen_messages(2, seed=77))
-        cfg = mailenv.proxy_config(certs, None, backends=[
-            {"name": "unused-imap", "protocol": "imap", "host": "127.0.0.1", "port": 1},
-            {"name": "unused-pop3", "protocol": "pop3", "host": "127.0.0.1", "port": 1}],
-            overrides={"allow_plaintext_auth": True, "health": {"enabled": False},
-                       "workers": 1})
-        cfg["listeners"] = [{"name": "t-imap6", "bind": "[::]:10143", "protocol": "imap",
-                             "tls": "none", "transparent": True,
-                             "transparent_backend_tls": "starttls",
-                             "transparent_backend_verify": True}]
+        cfg = transparent_config(certs, [{"name": "t-imap6", "bind": "[::]:10143",
+                                          "protocol": "imap", "tls": "none", "transparent": True,
+                                          "transparent_backend_tls": "starttls",
+                                          "transparent_backend_verify": True}])
         nsx(ns["proxy"], "ip6tables", "-t", "nat", "-A", "PREROUTING", "-i", "pcvp0", "-p",
             "tcp", "--dport", "143", "-j", "REDIRECT", "--to-ports", "10143")
         store = certs.ca if trusted else certs.wrong_backend  # a store without the test CA
-        wrapper = tmp_path / "portcullis-in-netns"
-        binary = mailenv.REPO / mailenv.DEFAULT_BINARY
-        wrapper.write_text(f"#!/bin/sh\nexport SSL_CERT_FILE={store} SSL_CERT_DIR=/nonexistent\n"
-                           f"exec ip netns exec {ns['proxy']} {binary} \"$@\"\n")
-        wrapper.chmod(0o755)
-        px = mailenv.Proxy()
-        px.start(tmp_path / "proxy", cfg, binary=str(wrapper), wait=False)
+        px = start_in_router(ns, tmp_path, cfg, "::1",
+                             env=f"export SSL_CERT_FILE={store} SSL_CERT_DIR=/nonexistent\n")
         try:
-            mailenv.netns_wait_greeting(ns["proxy"], "::1", 10143, False, 10)
             script = textwrap.dedent("""
                 import imaplib, sys
                 m = imaplib.IMAP4(sys.argv[1], 143, timeout=15)

@@ -17,8 +17,7 @@ enum imap_mech { IMAP_MECH_LOGIN, IMAP_MECH_PLAIN, IMAP_MECH_XOAUTH2, IMAP_MECH_
 
 enum imap_bstate {
     IB_NONE,
-    IB_CONNECT,     /* TCP connect in progress */
-    IB_TLS,         /* implicit TLS handshake to the backend */
+    IB_CONNECT,     /* the dialer: TCP connect [+ implicit TLS] */
     IB_GREETING,    /* waiting for "* OK" */
     IB_CAPA,        /* waiting for our C CAPABILITY answer (pre-login) */
     IB_STARTTLS,    /* waiting for our S STARTTLS answer */
@@ -60,11 +59,10 @@ struct imap_state {
     bool be_auth_xoauth2;
     bool be_auth_oauthbearer;
     bool be_auth_plain;
-    int lit_step;         /* sync-literal LOGIN: which part goes next */
-    bool id_pending;      /* our ID command's tagged answer not yet seen */
-    size_t bscan;         /* bytes of s->down framed so far during login */
-    const char *fail_why; /* deferred failure reason (static) */
-    char *post_caps;      /* backend's post-login capabilities, filtered (owned) */
+    int lit_step;    /* sync-literal LOGIN: which part goes next */
+    bool id_pending; /* our ID command's tagged answer not yet seen */
+    size_t bscan;    /* bytes of s->down framed so far during login */
+    char *post_caps; /* backend's post-login capabilities, filtered (owned) */
 
     /* relay */
     struct imap_framer upf;

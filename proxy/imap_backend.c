@@ -77,16 +77,7 @@ void imap_backend_start(struct session *s)
     free(st->post_caps);
     st->post_caps = NULL;
     st->bstate = IB_CONNECT;
-    if (!sess_backend_connect(s)) {
-        /* Report on the next loop turn: never call back before the caller returns. */
-        st->bstate = IB_NONE;
-        st->fail_why = "cannot connect to backend";
-        sess_set_state(s, SESS_BACKEND);
-        sess_set_deadline(s, 1e-6);
-        return;
-    }
-    s->backend.wipe_ctl = true;
-    sess_set_deadline(s, (double)s->cfg->limits.backend_connect_timeout_ms / 1000.0);
+    sess_backend_connect(s); /* the outcome comes as SESS_EV_DIALED */
 }
 
 /* Case-insensitive search for a capability token in a space-separated list. */
@@ -314,14 +305,6 @@ static bool status_is(const char *st, size_t len, const char *word)
     return len >= wl && strncasecmp(st, word, wl) == 0 && (len == wl || st[wl] == ' ');
 }
 
-static void start_backend_tls(struct session *s, enum imap_bstate next)
-{
-    struct imap_state *st = imap_st(s);
-    st->bstate = next;
-    if (!sess_backend_start_tls(s))
-        fail(s, false, "cannot set up TLS to backend");
-}
-
 static void login_done(struct session *s)
 {
     struct imap_state *st = imap_st(s);
@@ -384,7 +367,8 @@ static void handle_response(struct session *s, const char *line, size_t len)
                 fail(s, false, "backend sent data after STARTTLS");
                 return;
             }
-            start_backend_tls(s, IB_STARTTLS_HS);
+            st->bstate = IB_STARTTLS_HS;
+            sess_backend_start_tls(s);
         }
         return;
     case IB_LOGIN:
@@ -432,8 +416,8 @@ static void handle_response(struct session *s, const char *line, size_t len)
 static void read_responses(struct session *s)
 {
     struct imap_state *st = imap_st(s);
-    while (!s->closing && st->bstate != IB_NONE && st->bstate != IB_STARTTLS_HS &&
-           st->bstate != IB_TLS) {
+    while (!s->closing && st->bstate != IB_NONE && st->bstate != IB_CONNECT &&
+           st->bstate != IB_STARTTLS_HS) {
         size_t avail = buf_len(&s->down) - st->bscan;
         if (avail == 0)
             return;
@@ -475,44 +459,23 @@ void imap_backend_event(struct session *s, int events)
 {
     struct imap_state *st = imap_st(s);
     if (events & SESS_EV_TIMEOUT) {
-        if (st->bstate == IB_CONNECT && sess_backend_retry(s, "connect timeout"))
-            return;
-        fail(s, false, st->bstate == IB_NONE && st->fail_why ? st->fail_why : "backend timeout");
+        fail(s, false, "backend timeout");
         return;
     }
     struct conn *c = &s->backend;
     switch (st->bstate) {
     case IB_CONNECT:
-        if (!(events & CONN_EV_CONNECT))
-            return;
-        if (c->error) {
-            char q[160];
-            sess_log(s, LOG_WARN, "event=backend_connect_failed backend=%s error=%s", s->be->name,
-                     log_qs(q, sizeof q, c->err));
-            if (sess_backend_retry(s, "connect failed"))
-                return;
-            fail(s, false, "cannot connect to backend");
-            return;
-        }
-        sess_set_deadline(s, (double)s->cfg->limits.backend_login_timeout_ms / 1000.0);
-        if (s->be->tls == CFG_TLS_IMPLICIT) {
-            start_backend_tls(s, IB_TLS);
-            return;
-        }
-        st->bstate = IB_GREETING;
-        c->reading = true;
-        return;
-    case IB_TLS:
     case IB_STARTTLS_HS:
-        if (!(events & CONN_EV_HANDSHAKE))
+        /* The dialer: connected (TLS done if implicit), or the STARTTLS handshake done. */
+        if (!(events & SESS_EV_DIALED))
             return;
-        if (c->error) {
-            sess_backend_log_tls_failure(s); /* verify="…" quoted: the text has spaces */
-            fail(s, false, "TLS to backend failed");
+        if (s->dial.result != BACKEND_DIAL_OK) {
+            fail(s, false, backend_dial_why(&s->dial));
             return;
         }
         c->reading = true;
-        if (st->bstate == IB_TLS) {
+        if (st->bstate == IB_CONNECT) {
+            s->backend.wipe_ctl = true;
             st->bstate = IB_GREETING;
         } else {
             /* RFC 3501 6.2.1: capabilities learned before TLS are void. */

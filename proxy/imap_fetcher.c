@@ -3,8 +3,9 @@
  * whole when the client fetched only a part or a byte range of it (Thunderbird's
  * BODY.PEEK[]<0.65536> chunks, a client's BODY.PEEK[2] for one attachment).
  *
- * Script: connect to the session's backend (same address, TLS mode and PROXY header) →
- * [implicit TLS] → greeting → [STARTTLS → handshake] → log in with the user's credentials, kept
+ * Script: dial the session's backend with the dialer (backend.c: same address, source bind,
+ * PROXY header, TLS mode and verification, failure logging and health as the session's own
+ * connection) → greeting → [STARTTLS → handshake] → log in with the user's credentials, kept
  * from the client's login for this (LOGIN with synchronising literals, or AUTHENTICATE with the
  * same mechanism; no capability probing: every server takes these) → EXAMINE the client's
  * mailbox (read-only: nothing here can change flags) → per request
@@ -17,29 +18,22 @@
  * ends the request with rc -1 and drops the connection; the next request opens a new one.
  * Our tags are single letters (A login, B EXAMINE, F FETCH, S STARTTLS).
  */
-#include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <openssl/crypto.h>
 
+#include "backend.h"
 #include "imap_scan.h"
 #include "notice.h"
-#include "proxy_proto.h"
 #include "sasl.h"
-#include "tls.h"
 #include "worker.h"
 
 enum ft_state {
-    FT_CONNECT,
-    FT_TLS,
+    FT_CONNECT, /* the dialer: connect, [implicit TLS] */
     FT_GREETING,
     FT_STARTTLS,
     FT_STARTTLS_HS,
@@ -55,6 +49,7 @@ enum ft_state {
 struct imap_fetcher {
     struct session *s;
     struct conn c;
+    struct backend_dial dial; /* opens c */
     struct buf in; /* c.rbuf: response text; literal bytes are moved out as they are framed */
     struct imap_framer f;
     size_t held; /* bytes of `in` framed, belonging to the response in progress */
@@ -110,6 +105,7 @@ static void drop_msg(struct imap_fetcher *f)
 static void close_conn(struct imap_fetcher *f)
 {
     ev_timer_stop(f->s->worker->loop, &f->timer);
+    backend_dial_cancel(&f->dial);
     conn_close(&f->c);
     buf_free(&f->in);
     free(f->mailbox);
@@ -411,15 +407,7 @@ static void on_response(struct imap_fetcher *f, const char *line, size_t len)
             return;
         }
         f->state = FT_STARTTLS_HS;
-        f->c.reading = false;
-        {
-            SSL *ssl = f->s->be_ctx ? tls_client_ssl(f->s->be_ctx, f->s->be) : NULL;
-            if (!ssl) {
-                fail(f, "cannot set up TLS");
-                return;
-            }
-            conn_start_tls(&f->c, ssl, false);
-        }
+        backend_dial_starttls(&f->dial); /* on to dialed() */
         return;
     case FT_LOGIN:
         if (len >= 1 && line[0] == '+') {
@@ -619,49 +607,6 @@ static void handler(struct conn *c, int events)
     struct imap_fetcher *f = ft_of(s);
     if (s->closing || !f || f->state == FT_DEAD)
         return;
-    if (events & CONN_EV_CONNECT) {
-        if (c->error) {
-            fail(f, c->err ? c->err : "connect failed");
-            return;
-        }
-        if (s->be->proxy_protocol) {
-            unsigned char hdr[PROXY_V2_MAX];
-            size_t n = proxy_v2_build(hdr, sizeof hdr, (const struct sockaddr *)&s->client_sa,
-                                      (const struct sockaddr *)&s->local_sa);
-            if (n == 0 || send(c->fd, hdr, n, MSG_NOSIGNAL) != (ssize_t)n) {
-                fail(f, "cannot send the PROXY header");
-                return;
-            }
-        }
-        arm(f);
-        if (s->be->tls == CFG_TLS_IMPLICIT) {
-            SSL *ssl = s->be_ctx ? tls_client_ssl(s->be_ctx, s->be) : NULL;
-            if (!ssl) {
-                fail(f, "cannot set up TLS");
-                return;
-            }
-            f->state = FT_TLS;
-            conn_start_tls(c, ssl, false);
-            return;
-        }
-        f->state = FT_GREETING;
-        c->reading = true;
-        conn_update(c);
-        return;
-    }
-    if (events & CONN_EV_HANDSHAKE) {
-        if (c->error) {
-            fail(f, "TLS to backend failed");
-            return;
-        }
-        c->reading = true;
-        if (f->state == FT_TLS) {
-            f->state = FT_GREETING;
-        } else {
-            send_login(f);
-            kick(f);
-        }
-    }
     if (events & CONN_EV_READ) {
         if (f->state != FT_READY)
             arm(f);
@@ -686,31 +631,57 @@ static void timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
     fail(f, "timeout");
 }
 
-static bool open_conn(struct imap_fetcher *f)
+/* The dialer finished: connected (TLS done if implicit), or the STARTTLS handshake done. */
+static void dialed(struct backend_dial *d)
+{
+    struct imap_fetcher *f = d->arg;
+    if (f->s->closing)
+        return;
+    if (d->result != BACKEND_DIAL_OK) {
+        fail(f, backend_dial_why(d));
+        return;
+    }
+    f->c.reading = true;
+    if (d->starttls) {
+        send_login(f);
+        kick(f);
+        return;
+    }
+    f->state = FT_GREETING;
+    conn_update(&f->c);
+}
+
+/* Its log lines carry the session's prefix and say which connection it was. */
+static void dial_log(struct backend_dial *d, enum log_level lvl, const char *msg)
+{
+    struct imap_fetcher *f = d->arg;
+    sess_log(f->s, lvl, "%s conn=scan_fetch", msg);
+}
+
+static void open_conn(struct imap_fetcher *f)
 {
     struct session *s = f->s;
-    const struct cfg_backend *be = s->be;
-    int fd = socket(be->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return false;
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    conn_init(&f->c, s->worker->loop, fd, handler, s, s->cfg->limits.max_line + 4096);
-    buf_init(&f->in, s->cfg->limits.relay_buffer);
+    const struct config *cfg = s->cfg;
+    conn_init(&f->c, s->worker->loop, -1, handler, s, cfg->limits.max_line + 4096);
+    buf_init(&f->in, cfg->limits.relay_buffer);
     f->c.rbuf = &f->in;
     f->c.wbuf = NULL;
-    imap_framer_init(&f->f, s->cfg->limits.max_line);
+    imap_framer_init(&f->f, cfg->limits.max_line);
     f->held = 0;
     f->in_lit = false;
     f->state = FT_CONNECT;
-    if (!conn_connect(&f->c, (const struct sockaddr *)&be->addr, be->addrlen)) {
-        conn_close(&f->c);
-        buf_free(&f->in);
-        f->state = FT_DEAD;
-        return false;
-    }
+    struct backend_dial *d = &f->dial;
+    d->be = s->be;
+    d->state = s->be_state;
+    d->fall = cfg->health.fall;
+    d->ctx = s->be_ctx;
+    d->client_sa = &s->client_sa;
+    d->local_sa = &s->local_sa;
+    d->bind_client = s->listener->transparent_source;
+    d->connect_timeout = (double)cfg->limits.backend_connect_timeout_ms / 1000.0;
+    d->tls_timeout = (double)cfg->limits.backend_login_timeout_ms / 1000.0;
+    backend_dial_start(d); /* on to dialed() */
     arm(f);
-    return true;
 }
 
 bool imap_fetcher_request(struct session *s, const char *mailbox, uint32_t uidvalidity,
@@ -729,6 +700,7 @@ bool imap_fetcher_request(struct session *s, const char *mailbox, uint32_t uidva
         f->state = FT_DEAD;
         ev_init(&f->timer, timeout_cb);
         f->timer.data = f;
+        backend_dial_init(&f->dial, s->worker->loop, &f->c, dialed, dial_log, f);
         sc->fetcher = f;
     }
     free(f->req_mailbox);
@@ -740,8 +712,7 @@ bool imap_fetcher_request(struct session *s, const char *mailbox, uint32_t uidva
     f->req_seq = seq;
     f->done = done;
     if (f->state == FT_DEAD) {
-        if (!open_conn(f))
-            return false;
+        open_conn(f);
         f->pending = true;
         sess_log(s, LOG_DEBUG, "event=scan_fetch_connect backend=%s", s->be->name);
         return true;
@@ -765,6 +736,7 @@ void imap_fetcher_free(struct session *s)
     sc_wait_cancel(&f->bwait);
     if (f->state != FT_DEAD)
         close_conn(f);
+    backend_dial_cancel(&f->dial);
     drop_msg(f);
     ev_timer_stop(s->worker->loop, &f->timer);
     free(f->req_mailbox);

@@ -17,8 +17,7 @@ enum pop3_mech { POP3_MECH_USER, POP3_MECH_PLAIN, POP3_MECH_XOAUTH2, POP3_MECH_O
 
 enum pop3_bstate {
     PB_NONE,
-    PB_CONNECT,  /* TCP connect in progress */
-    PB_TLS,      /* implicit TLS handshake to the backend */
+    PB_CONNECT,  /* the dialer: TCP connect [+ implicit TLS] */
     PB_GREETING, /* waiting for "+OK" */
     PB_CAPA,     /* waiting for our CAPA's multi-line answer */
     PB_STLS,     /* waiting for the STLS answer */
@@ -73,7 +72,6 @@ struct pop3_state {
     bool be_capa_known;
     bool be_xclient_greeting; /* the greeting carried [XCLIENT] */
     bool auth_challenged;     /* XOAUTH2 error challenge answered */
-    const char *fail_why;     /* deferred failure reason (static) */
 
     /* relay */
     struct pop3_framer downf;

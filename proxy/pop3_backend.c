@@ -75,16 +75,7 @@ void pop3_backend_start(struct session *s)
     st->be_sasl_oauthbearer = st->be_xclient = st->be_capa_known = false;
     st->auth_challenged = false;
     st->bstate = PB_CONNECT;
-    if (!sess_backend_connect(s)) {
-        /* Report on the next loop turn: never call back before the caller returns. */
-        st->bstate = PB_NONE;
-        st->fail_why = "cannot connect to backend";
-        sess_set_state(s, SESS_BACKEND);
-        sess_set_deadline(s, 1e-6);
-        return;
-    }
-    s->backend.wipe_ctl = true;
-    sess_set_deadline(s, (double)s->cfg->limits.backend_connect_timeout_ms / 1000.0);
+    sess_backend_connect(s); /* the outcome comes as SESS_EV_DIALED */
 }
 
 static bool word_in(const char *line, size_t len, const char *want)
@@ -283,8 +274,7 @@ static void handle_response(struct session *s, enum pop3_status status, const ch
             return;
         }
         st->bstate = PB_STLS_HS;
-        if (!sess_backend_start_tls(s))
-            fail(s, false, "cannot set up TLS to backend");
+        sess_backend_start_tls(s);
         return;
     case PB_XCLIENT:
         /* A refused XCLIENT only costs the backend the client's address: log and go on. */
@@ -339,7 +329,7 @@ static void read_responses(struct session *s)
 {
     struct pop3_state *st = pop3_st(s);
     while (!s->closing && st->bstate != PB_NONE && st->bstate != PB_STLS_HS &&
-           st->bstate != PB_TLS && st->bstate != PB_CONNECT) {
+           st->bstate != PB_CONNECT) {
         if (st->bstate == PB_AUTH && pop3_framer_at_boundary(&st->bf) && st->bscan == 0 &&
             !st->auth_challenged)
             expect(st, POP3_RESP_SASL); /* "+ " may come back */
@@ -393,44 +383,23 @@ void pop3_backend_event(struct session *s, int events)
 {
     struct pop3_state *st = pop3_st(s);
     if (events & SESS_EV_TIMEOUT) {
-        if (st->bstate == PB_CONNECT && sess_backend_retry(s, "connect timeout"))
-            return;
-        fail(s, false, st->bstate == PB_NONE && st->fail_why ? st->fail_why : "backend timeout");
+        fail(s, false, "backend timeout");
         return;
     }
     struct conn *c = &s->backend;
     switch (st->bstate) {
     case PB_CONNECT:
-        if (!(events & CONN_EV_CONNECT))
-            return;
-        if (c->error) {
-            char q[160];
-            sess_log(s, LOG_WARN, "event=backend_connect_failed backend=%s error=%s", s->be->name,
-                     log_qs(q, sizeof q, c->err));
-            fail(s, false, "cannot connect to backend");
-            return;
-        }
-        sess_set_deadline(s, (double)s->cfg->limits.backend_login_timeout_ms / 1000.0);
-        if (s->be->tls == CFG_TLS_IMPLICIT) {
-            st->bstate = PB_TLS;
-            if (!sess_backend_start_tls(s))
-                fail(s, false, "cannot set up TLS to backend");
-            return;
-        }
-        st->bstate = PB_GREETING;
-        c->reading = true;
-        return;
-    case PB_TLS:
     case PB_STLS_HS:
-        if (!(events & CONN_EV_HANDSHAKE))
+        /* The dialer: connected (TLS done if implicit), or the STLS handshake done. */
+        if (!(events & SESS_EV_DIALED))
             return;
-        if (c->error) {
-            sess_backend_log_tls_failure(s);
-            fail(s, false, "TLS to backend failed");
+        if (s->dial.result != BACKEND_DIAL_OK) {
+            fail(s, false, backend_dial_why(&s->dial));
             return;
         }
         c->reading = true;
-        if (st->bstate == PB_TLS) {
+        if (st->bstate == PB_CONNECT) {
+            s->backend.wipe_ctl = true;
             st->bstate = PB_GREETING;
         } else {
             /* RFC 2595 4: capabilities learned before TLS are void. */

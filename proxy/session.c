@@ -10,7 +10,6 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -363,6 +362,7 @@ void sess_close(struct session *s, const char *reason)
              (unsigned long long)s->backend.bytes_in, (unsigned long long)s->backend.bytes_out,
              s->scans, s->blocked);
     conn_close(&s->client);
+    backend_dial_cancel(&s->dial);
     conn_close(&s->backend);
     buf_free(&s->up);
     buf_free(&s->down);
@@ -445,178 +445,9 @@ void sess_client_start_tls(struct session *s)
 
 /* ---- backend ---- */
 
-/* PROXY protocol v2 toward the backend (HAProxy's spec): written with one send() on the
- * freshly connected socket, before any TLS, so it is always the first bytes the backend sees.
- * An empty send buffer always takes its at most 232 bytes. */
-static bool send_proxy_header(struct session *s)
-{
-    unsigned char hdr[PROXY_V2_MAX];
-    size_t n = proxy_v2_build(hdr, sizeof hdr, (const struct sockaddr *)&s->client_sa,
-                              (const struct sockaddr *)&s->local_sa);
-    if (n == 0)
-        return false;
-    ssize_t w = send(s->backend.fd, hdr, n, MSG_NOSIGNAL);
-    return w == (ssize_t)n;
-}
-
-/* Connect to candidate s->be_try (an index into s->be_cand). */
-static bool connect_candidate(struct session *s)
-{
-    const struct config *cfg = s->cfg;
-    size_t idx = s->be_cand[s->be_try];
-    const struct cfg_backend *be = &cfg->backends[idx];
-    s->be = be;
-    s->be_index = (int)idx;
-    s->be_state = s->rt->be_state[idx];
-    s->be_ctx = s->rt->backend_ctx[idx];
-    return sess_backend_connect_to(s, &be->addr, be->addrlen);
-}
-
-bool sess_backend_connect_to(struct session *s, const struct sockaddr_storage *addr,
-                             socklen_t addrlen)
-{
-    const struct cfg_backend *be = s->be;
-    int fd = socket(addr->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        sess_log(s, LOG_ERROR, "event=backend_error backend=%s error=\"%s\"", be->name,
-                 strerror(errno));
-        return false;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (s->listener->transparent_source && !sess_bind_client_source(s, fd)) {
-        close(fd);
-        return false;
-    }
-    conn_close(&s->backend);
-    conn_init(&s->backend, s->worker->loop, fd, backend_handler, s,
-              s->cfg->limits.max_line * 2 + 4096);
-    s->backend.rbuf = &s->down;
-    s->backend.wbuf = NULL;
-    buf_clear(&s->down);
-    sess_set_state(s, SESS_BACKEND);
-    if (!conn_connect(&s->backend, (const struct sockaddr *)addr, addrlen)) {
-        sess_log(s, LOG_WARN, "event=backend_connect_failed backend=%s error=\"%s\"", be->name,
-                 s->backend.err);
-        backend_note_connect(s->be_state, false, s->cfg->health.fall);
-        conn_close(&s->backend);
-        return false;
-    }
-    return true;
-}
-
-static const char *server_of(const struct cfg_backend *b)
-{
-    return b->server ? b->server : b->name;
-}
-
-/* The pool member of this session's protocol that Redis' answer names: a backend name (of
- * either protocol: a user's POP3 session follows their IMAP session's server) or a server. */
-static int route_index(const struct session *s, const char *name)
-{
-    const struct config *cfg = s->cfg;
-    const char *srv = name;
-    for (size_t i = 0; i < cfg->nbackends; i++)
-        if (strcmp(cfg->backends[i].name, name) == 0)
-            srv = server_of(&cfg->backends[i]);
-    for (size_t i = 0; i < cfg->nbackends; i++)
-        if (cfg->backends[i].protocol == s->listener->protocol &&
-            strcmp(server_of(&cfg->backends[i]), srv) == 0)
-            return (int)i;
-    return -1;
-}
-
-/* Redis' routing (override > live session > recent session) goes before the hash order. */
-static void apply_route(struct session *s)
-{
-    bool pinned = false;
-    const char *kind = NULL;
-    const char *want = sess_route_backend(s, &pinned, &kind);
-    if (!want)
-        return;
-    int idx = route_index(s, want);
-    const struct cfg_backend *b = idx >= 0 ? &s->cfg->backends[idx] : NULL;
-    bool usable = b && !b->drain &&
-                  (pinned || !s->rt->be_state[idx] || atomic_load(&s->rt->be_state[idx]->up));
-    if (!usable) {
-        sess_log(s, LOG_INFO, "event=route_ignored kind=%s backend=%s reason=%s", kind, want,
-                 !b         ? "not_in_pool"
-                 : b->drain ? "draining"
-                            : "down");
-        return;
-    }
-    size_t out[SESS_BE_CANDIDATES];
-    size_t n = 0;
-    out[n++] = (size_t)idx;
-    for (size_t i = 0; i < s->be_ncand && n < SESS_BE_CANDIDATES; i++)
-        if (s->be_cand[i] != (size_t)idx)
-            out[n++] = s->be_cand[i];
-    memcpy(s->be_cand, out, n * sizeof out[0]);
-    s->be_ncand = pinned ? 1 : n;
-    s->be_pinned = pinned;
-    sess_log(s, LOG_DEBUG, "event=route kind=%s backend=%s", kind, b->name);
-}
-
-bool sess_backend_connect(struct session *s)
-{
-    if (s->listener->transparent)
-        return sess_transparent_connect(s);
-    s->be_ncand = backend_candidates(s->cfg, s->rt->be_state, s->listener->protocol,
-                                     s->user ? s->user : "", s->be_cand, SESS_BE_CANDIDATES);
-    s->be_try = 0;
-    apply_route(s);
-    if (s->be_ncand == 0) {
-        sess_log(s, LOG_ERROR, "event=backend_error error=\"no backend available\"");
-        return false;
-    }
-    while (!connect_candidate(s)) {
-        if (s->be_try + 1 >= s->be_ncand)
-            return false;
-        s->be_try++;
-    }
-    return true;
-}
-
-bool sess_backend_retry(struct session *s, const char *why)
-{
-    if (s->backend.connecting)
-        backend_note_connect(s->be_state, false, s->cfg->health.fall); /* timed out */
-    if (s->listener->transparent || s->be_pinned || s->be_try + 1 >= s->be_ncand)
-        return false;
-    const char *from = s->be->name;
-    s->be_try++;
-    sess_log(s, LOG_INFO, "event=backend_retry from=%s to=%s reason=\"%s\"", from,
-             s->cfg->backends[s->be_cand[s->be_try]].name, why);
-    sess_backend_drop(s);
-    if (!connect_candidate(s))
-        return false;
-    sess_set_deadline(s, (double)s->cfg->limits.backend_connect_timeout_ms / 1000.0);
-    return true;
-}
-
-bool sess_backend_start_tls(struct session *s)
-{
-    SSL_CTX *ctx = s->be_ctx;
-    SSL *ssl = ctx ? tls_client_ssl(ctx, s->be) : NULL;
-    if (!ssl)
-        return false;
-    s->backend.reading = false;
-    conn_start_tls(&s->backend, ssl, false);
-    return true;
-}
-
-void sess_backend_log_tls_failure(struct session *s)
-{
-    struct conn *c = &s->backend;
-    long vr = c->ssl ? SSL_get_verify_result(c->ssl) : X509_V_OK;
-    char q[200];
-    sess_log(s, LOG_WARN, "event=backend_tls_failed backend=%s error=%s verify=\"%s\"", s->be->name,
-             log_qs(q, sizeof q, c->err),
-             vr == X509_V_OK ? "ok" : X509_verify_cert_error_string(vr));
-}
-
 void sess_backend_drop(struct session *s)
 {
+    backend_dial_cancel(&s->dial);
     conn_close(&s->backend);
     s->backend.rbuf = &s->down;
     buf_clear(&s->down);
@@ -739,13 +570,6 @@ static void backend_handler(struct conn *c, int events)
     if (s->closing)
         return;
     if (s->state == SESS_BACKEND) {
-        if (events & CONN_EV_CONNECT) {
-            backend_note_connect(s->be_state, !c->error, s->cfg->health.fall);
-            if (!c->error && s->be->proxy_protocol && !send_proxy_header(s)) {
-                c->error = true;
-                c->err = "cannot send the PROXY header";
-            }
-        }
         s->proto->backend_event(s, events);
         if (!s->closing)
             sess_pump(s);

@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "backend.h"
 #include "buf.h"
 #include "config.h"
 #include "conn.h"
@@ -31,6 +32,9 @@ struct sess_pol; /* sess_policy.c */
 
 /* backend_event() flag: the phase deadline passed (or a deferred failure is due). */
 #define SESS_EV_TIMEOUT 0x100
+/* backend_event() flag: the backend dial finished (connected and ready for the greeting, or a
+ * STARTTLS handshake done), or failed for good: s->dial.result says which (sess_route.c). */
+#define SESS_EV_DIALED 0x200
 
 enum sess_state {
     SESS_TLS_HANDSHAKE, /* implicit TLS: handshake before the greeting */
@@ -61,6 +65,7 @@ struct session {
     size_t be_ncand, be_try;            /* candidates, the one being tried */
     bool be_pinned;                     /* a routing override chose it: no failover */
     bool be_counted;                    /* counted in be_state->active */
+    struct backend_dial dial;           /* opens `backend` (sess_route.c) */
     struct cfg_backend be_orig;         /* transparent mode: the original destination */
     char be_orig_name[LOG_HOSTPORT_MAX];
     char be_orig_host[INET6_ADDRSTRLEN]; /* the bare address: TLS verifies it as an IP SAN */
@@ -117,24 +122,20 @@ void sess_set_deadline(struct session *s, double secs);
 /* Relay: arm the idle timer (seconds) measured from the last client activity. */
 void sess_set_idle(struct session *s, double secs);
 
-/* Start connecting to a backend (protocol's login script continues in backend_event).
- * Returns false if no backend could be tried (error logged). */
-bool sess_backend_connect(struct session *s);
-/* The connect failed or timed out: try the user's next candidate backend (once, unless the
- * route is pinned or transparent). True if a new connect is under way. */
-bool sess_backend_retry(struct session *s, const char *why);
-/* Open the backend socket to `addr` for s->be (used by selection and transparent mode). */
-bool sess_backend_connect_to(struct session *s, const struct sockaddr_storage *addr,
-                             socklen_t addrlen);
-/* transparent.c: the original destination as backend; bind to the client's address. */
-bool sess_transparent_connect(struct session *s);
-bool sess_bind_client_source(struct session *s, int fd);
+/* sess_route.c: choose the user's backend (Redis routing, rendezvous order, or the original
+ * destination in transparent mode) and dial it, failing over once to the next candidate when
+ * the connect fails or times out (unless the route is pinned or transparent). The outcome
+ * reaches the protocol as backend_event(s, SESS_EV_DIALED), never before this returns; on
+ * success the login deadline (backend_login_timeout, counted from the TCP connect) is armed. */
+void sess_backend_connect(struct session *s);
+/* sess_route.c: start TLS on the connected backend now (after the login script's STARTTLS/STLS
+ * was accepted), verifying it as configured; the outcome arrives as SESS_EV_DIALED. */
+void sess_backend_start_tls(struct session *s);
+/* transparent.c: make the connection's original destination the session's backend (s->be,
+ * s->be_ctx). False (logged) when there is none. */
+bool sess_transparent_target(struct session *s);
+/* Stop a dial in progress and close the backend connection. */
 void sess_backend_drop(struct session *s);
-/* Start TLS to the connected backend (implicit TLS or after STARTTLS/STLS), verifying it as
- * configured; completion arrives as CONN_EV_HANDSHAKE. False if the SSL could not be set up. */
-bool sess_backend_start_tls(struct session *s);
-/* One log line for a failed backend handshake, naming the certificate verification error. */
-void sess_backend_log_tls_failure(struct session *s);
 /* Start TLS on the client side (after a STARTTLS answer has been flushed). */
 void sess_client_start_tls(struct session *s);
 /* Enter relay: the protocol's filters take over both directions. */

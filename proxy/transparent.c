@@ -6,11 +6,10 @@
  *   - TPROXY with IP_TRANSPARENT on the listener: the socket's local address already is the
  *     original destination (conntrack did no NAT, so SO_ORIGINAL_DST fails with ENOENT).
  * Optionally the backend connection leaves from the client's own address (IP_TRANSPARENT +
- * bind), so the backend sees the real client; the return traffic must then be routed back
- * through the proxy (docs/deployment-transparent.md).
+ * bind, done by the dialer in backend.c), so the backend sees the real client; the return
+ * traffic must then be routed back through the proxy (docs/deployment-transparent.md).
  */
 #include <arpa/inet.h>
-#include <errno.h>
 #include <linux/netfilter_ipv4.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -70,7 +69,7 @@ static bool original_destination(struct session *s, struct sockaddr_storage *dst
     return !(port_of(dst) == port_of(&s->listener->addr) && is_local_address(dst));
 }
 
-bool sess_transparent_connect(struct session *s)
+bool sess_transparent_target(struct session *s)
 {
     const struct cfg_listener *l = s->listener;
     struct sockaddr_storage dst;
@@ -110,36 +109,5 @@ bool sess_transparent_connect(struct session *s)
     s->be_state = NULL;
     s->be_ctx = s->rt->listener_be_ctx ? s->rt->listener_be_ctx[l - s->cfg->listeners] : NULL;
     sess_log(s, LOG_DEBUG, "event=transparent_destination backend=%s", s->be_orig_name);
-    return sess_backend_connect_to(s, &dst, dlen);
-}
-
-bool sess_bind_client_source(struct session *s, int fd)
-{
-    int one = 1;
-    int level = s->client_sa.ss_family == AF_INET6 ? SOL_IPV6 : SOL_IP;
-    int opt = s->client_sa.ss_family == AF_INET6 ? IPV6_TRANSPARENT : IP_TRANSPARENT;
-    if (setsockopt(fd, level, opt, &one, sizeof one) < 0) {
-        sess_log(s, LOG_ERROR,
-                 "event=backend_error error=\"IP_TRANSPARENT: %s (needs "
-                 "CAP_NET_ADMIN)\"",
-                 strerror(errno));
-        return false;
-    }
-    /* The client's address, port 0: the kernel picks a free port (the client's own may be in
-     * use toward the same backend). */
-    struct sockaddr_storage src = s->client_sa;
-    socklen_t len;
-    if (src.ss_family == AF_INET6) {
-        ((struct sockaddr_in6 *)&src)->sin6_port = 0;
-        len = sizeof(struct sockaddr_in6);
-    } else {
-        ((struct sockaddr_in *)&src)->sin_port = 0;
-        len = sizeof(struct sockaddr_in);
-    }
-    if (bind(fd, (struct sockaddr *)&src, len) < 0) {
-        sess_log(s, LOG_ERROR, "event=backend_error error=\"bind to client address: %s\"",
-                 strerror(errno));
-        return false;
-    }
     return true;
 }

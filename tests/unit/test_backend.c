@@ -1,7 +1,11 @@
 /* Unit tests for backend selection (weighted rendezvous hashing), the PROXY protocol parser and
- * builder, and CIDR lists. */
+ * builder, CIDR lists, and the backend dialer (on socketpairs and loopback sockets: the header
+ * it writes, how it classifies and reports failures, that it never calls back synchronously). */
 #include <arpa/inet.h>
+#include <errno.h>
+#include <ev.h>
 #include <netinet/in.h>
+#include <openssl/ssl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -274,6 +280,312 @@ static void test_cidrs(void **state)
     assert_int_equal(n, 0);
 }
 
+/* ---- the dialer ---- */
+
+/* The PROXY v2 header the dialer writes, read back from the other end of a socketpair. */
+static void test_dial_proxy_v2_on_socketpair(void **state)
+{
+    (void)state;
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    struct sockaddr_storage client = {0}, local = {0};
+    struct sockaddr_in6 *c6 = (struct sockaddr_in6 *)&client;
+    c6->sin6_family = AF_INET6;
+    c6->sin6_port = htons(51234);
+    inet_pton(AF_INET6, "2001:db8::7", &c6->sin6_addr);
+    struct sockaddr_in *l4 = (struct sockaddr_in *)&local;
+    l4->sin_family = AF_INET;
+    l4->sin_port = htons(993);
+    inet_pton(AF_INET, "198.51.100.1", &l4->sin_addr);
+    assert_true(backend_send_proxy_v2(sv[0], &client, &local));
+    unsigned char h[PROXY_V2_MAX + 1];
+    ssize_t n = recv(sv[1], h, sizeof h, 0);
+    assert_int_equal(n, 52); /* one send: the whole header, IPv6 (the v4 side mapped) */
+    struct proxy_addrs pa;
+    size_t used;
+    const char *err = NULL;
+    assert_int_equal(proxy_parse(h, (size_t)n, &used, &pa, &err), PROXY_DONE);
+    assert_int_equal(used, 52);
+    assert_false(pa.local);
+    assert_memory_equal(&((struct sockaddr_in6 *)&pa.src)->sin6_addr, &c6->sin6_addr, 16);
+    assert_int_equal(((struct sockaddr_in6 *)&pa.src)->sin6_port, htons(51234));
+    assert_int_equal(((struct sockaddr_in6 *)&pa.dst)->sin6_port, htons(993));
+
+    /* An address family PROXY v2 cannot carry: refused, nothing written. */
+    struct sockaddr_storage unix_sa = {.ss_family = AF_UNIX};
+    assert_false(backend_send_proxy_v2(sv[0], &unix_sa, &local));
+    assert_int_equal(recv(sv[1], h, sizeof h, MSG_DONTWAIT), -1);
+    assert_int_equal(errno, EAGAIN);
+    close(sv[0]);
+    close(sv[1]);
+}
+
+/* A dial's world: a loop, the caller's conn with its own handler, a backend, a health record. */
+struct dial_t {
+    struct ev_loop *loop;
+    struct backend_dial d;
+    struct conn c;
+    struct buf in;
+    struct cfg_backend be;
+    char name[16];
+    char host[16];
+    struct backend_state *st;
+    struct sockaddr_storage client, local;
+    int calls;
+    char log[2048];
+};
+
+static void owner_handler(struct conn *c, int events)
+{
+    (void)c;
+    (void)events;
+}
+
+static void on_done(struct backend_dial *d)
+{
+    struct dial_t *t = d->arg;
+    t->calls++;
+}
+
+static void on_log(struct backend_dial *d, enum log_level lvl, const char *msg)
+{
+    struct dial_t *t = d->arg;
+    (void)lvl;
+    size_t l = strlen(t->log);
+    snprintf(t->log + l, sizeof t->log - l, "%s\n", msg);
+}
+
+static unsigned dial_seq;
+
+static void dial_setup(struct dial_t *t, uint16_t port)
+{
+    memset(t, 0, sizeof *t);
+    t->loop = ev_loop_new(EVFLAG_AUTO);
+    assert_non_null(t->loop);
+    /* a fresh health record per test: the table is process-wide */
+    snprintf(t->name, sizeof t->name, "dial%u", dial_seq++);
+    snprintf(t->host, sizeof t->host, "127.0.0.1");
+    t->st = backend_state_get(t->name);
+    assert_non_null(t->st);
+    t->be.name = t->name;
+    t->be.host = t->host;
+    t->be.port = port;
+    struct sockaddr_in *a = (struct sockaddr_in *)&t->be.addr;
+    a->sin_family = AF_INET;
+    a->sin_port = htons(port);
+    inet_pton(AF_INET, "127.0.0.1", &a->sin_addr);
+    t->be.addrlen = sizeof *a;
+    struct sockaddr_in *c = (struct sockaddr_in *)&t->client;
+    c->sin_family = AF_INET;
+    c->sin_port = htons(40001);
+    inet_pton(AF_INET, "192.0.2.9", &c->sin_addr);
+    struct sockaddr_in *l = (struct sockaddr_in *)&t->local;
+    l->sin_family = AF_INET;
+    l->sin_port = htons(143);
+    inet_pton(AF_INET, "192.0.2.1", &l->sin_addr);
+    buf_init(&t->in, 4096);
+    conn_init(&t->c, t->loop, -1, owner_handler, t, 512);
+    t->c.rbuf = &t->in;
+    backend_dial_init(&t->d, t->loop, &t->c, on_done, on_log, t);
+    t->d.be = &t->be;
+    t->d.state = t->st;
+    t->d.fall = 2;
+    t->d.client_sa = &t->client;
+    t->d.local_sa = &t->local;
+    t->d.connect_timeout = 5;
+    t->d.tls_timeout = 5;
+}
+
+static void dial_run(struct dial_t *t)
+{
+    for (int i = 0; i < 200 && t->calls == 0; i++)
+        ev_run(t->loop, EVRUN_ONCE);
+    assert_int_equal(t->calls, 1);
+}
+
+static void dial_teardown(struct dial_t *t)
+{
+    backend_dial_cancel(&t->d);
+    conn_close(&t->c);
+    buf_free(&t->in);
+    ev_loop_destroy(t->loop);
+}
+
+/* A listening loopback socket; its port in *port_r. */
+static int listener(uint16_t *port_r)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(fd, 8), 0);
+    socklen_t len = sizeof a;
+    getsockname(fd, (struct sockaddr *)&a, &len);
+    *port_r = ntohs(a.sin_port);
+    return fd;
+}
+
+/* Connected with a PROXY header: ready for the greeting, the caller's handler, owner and
+ * buffers back on the conn, reading off, health reset, and no callback from inside start. */
+static void test_dial_ok_with_proxy_header(void **state)
+{
+    (void)state;
+    uint16_t port;
+    int lfd = listener(&port);
+    struct dial_t t;
+    dial_setup(&t, port);
+    t.be.proxy_protocol = true;
+    atomic_store(&t.st->fails, 1);
+    backend_dial_start(&t.d);
+    assert_int_equal(t.calls, 0);
+    dial_run(&t);
+    assert_int_equal(t.d.result, BACKEND_DIAL_OK);
+    assert_null(backend_dial_why(&t.d));
+    assert_false(t.d.starttls);
+    assert_true(t.d.connected_at > 0);
+    assert_true(t.c.fd >= 0);
+    assert_ptr_equal(t.c.handler, owner_handler);
+    assert_ptr_equal(t.c.owner, &t);
+    assert_ptr_equal(t.c.rbuf, &t.in);
+    assert_int_equal(t.c.ctl.cap, 512);
+    assert_false(t.c.reading);
+    assert_int_equal(atomic_load(&t.st->fails), 0);
+    assert_string_equal(t.log, "");
+    int afd = accept(lfd, NULL, NULL);
+    assert_true(afd >= 0);
+    unsigned char h[64];
+    ssize_t n = recv(afd, h, sizeof h, 0);
+    assert_int_equal(n, 28);
+    struct proxy_addrs pa;
+    size_t used;
+    const char *err;
+    assert_int_equal(proxy_parse(h, (size_t)n, &used, &pa, &err), PROXY_DONE);
+    assert_memory_equal(&((struct sockaddr_in *)&pa.src)->sin_addr,
+                        &((struct sockaddr_in *)&t.client)->sin_addr, 4);
+    assert_int_equal(((struct sockaddr_in *)&pa.dst)->sin_port, htons(143));
+    close(afd);
+    close(lfd);
+    dial_teardown(&t);
+}
+
+/* Refused: classified as a connect failure, logged, counted in health (down after `fall`), the
+ * conn closed; reported from the loop, never from inside start. */
+static void test_dial_refused_counted(void **state)
+{
+    (void)state;
+    uint16_t port;
+    int lfd = listener(&port);
+    close(lfd); /* nobody listens there now */
+    struct dial_t t;
+    dial_setup(&t, port);
+    for (int round = 1; round <= 2; round++) {
+        t.calls = 0;
+        backend_dial_start(&t.d);
+        assert_int_equal(t.calls, 0);
+        dial_run(&t);
+        assert_int_equal(t.d.result, BACKEND_DIAL_CONNECT);
+        assert_string_equal(backend_dial_why(&t.d), "cannot connect to backend");
+        assert_int_equal(t.c.fd, -1);
+        assert_ptr_equal(t.c.handler, owner_handler);
+        assert_int_equal(atomic_load(&t.st->connect_failures), round);
+        assert_int_equal(atomic_load(&t.st->up), round < 2); /* fall = 2 */
+    }
+    char want[128];
+    snprintf(want, sizeof want, "event=backend_connect_failed backend=%s error=", t.name);
+    assert_non_null(strstr(t.log, want));
+    dial_teardown(&t);
+}
+
+/* Implicit TLS toward a peer that accepts and never answers: the handshake deadline, classified
+ * as a TLS failure with its log line; the TCP connect itself counted as healthy. */
+static void test_dial_tls_timeout(void **state)
+{
+    (void)state;
+    uint16_t port;
+    int lfd = listener(&port);
+    struct dial_t t;
+    dial_setup(&t, port);
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    assert_non_null(ctx);
+    t.be.tls = CFG_TLS_IMPLICIT;
+    t.d.ctx = ctx;
+    t.d.tls_timeout = 0.05;
+    backend_dial_start(&t.d);
+    assert_int_equal(t.calls, 0);
+    dial_run(&t);
+    assert_int_equal(t.d.result, BACKEND_DIAL_TLS);
+    assert_string_equal(backend_dial_why(&t.d), "TLS to backend failed");
+    assert_string_equal(t.d.err, "handshake timeout");
+    assert_int_equal(t.c.fd, -1);
+    assert_int_equal(atomic_load(&t.st->connect_failures), 0);
+    char want[160];
+    snprintf(want, sizeof want,
+             "event=backend_tls_failed backend=%s error=\"handshake timeout\" verify=\"ok\"",
+             t.name);
+    assert_non_null(strstr(t.log, want));
+    dial_teardown(&t);
+    SSL_CTX_free(ctx);
+    close(lfd);
+}
+
+/* Local causes: no TLS context for an implicit-TLS backend, STARTTLS on a closed conn, and a
+ * failure the caller reports through the dialer; none counts against the backend. */
+static void test_dial_local_failures(void **state)
+{
+    (void)state;
+    uint16_t port;
+    int lfd = listener(&port);
+    struct dial_t t;
+    dial_setup(&t, port);
+    t.be.tls = CFG_TLS_IMPLICIT; /* and d.ctx NULL */
+    backend_dial_start(&t.d);
+    dial_run(&t);
+    assert_int_equal(t.d.result, BACKEND_DIAL_LOCAL);
+    assert_string_equal(backend_dial_why(&t.d), "cannot set up TLS to backend");
+    assert_int_equal(atomic_load(&t.st->connect_failures), 0);
+    assert_non_null(strstr(t.log, "event=backend_error"));
+
+    t.calls = 0;
+    backend_dial_starttls(&t.d); /* the conn is closed now */
+    assert_int_equal(t.calls, 0);
+    dial_run(&t);
+    assert_int_equal(t.d.result, BACKEND_DIAL_LOCAL);
+    assert_true(t.d.starttls);
+
+    t.calls = 0;
+    backend_dial_fail(&t.d, BACKEND_DIAL_LOCAL, "no backend available");
+    assert_int_equal(t.calls, 0);
+    dial_run(&t);
+    assert_string_equal(backend_dial_why(&t.d), "no backend available");
+    assert_false(t.d.starttls);
+    dial_teardown(&t);
+    close(lfd);
+}
+
+/* Cancelled: no callback ever, the caller's handler back on the conn. */
+static void test_dial_cancel(void **state)
+{
+    (void)state;
+    uint16_t port;
+    int lfd = listener(&port);
+    struct dial_t t;
+    dial_setup(&t, port);
+    backend_dial_start(&t.d);
+    assert_ptr_not_equal(t.c.handler, owner_handler);
+    backend_dial_cancel(&t.d);
+    backend_dial_cancel(&t.d); /* idempotent */
+    assert_ptr_equal(t.c.handler, owner_handler);
+    conn_close(&t.c);
+    for (int i = 0; i < 5; i++)
+        ev_run(t.loop, EVRUN_NOWAIT);
+    assert_int_equal(t.calls, 0);
+    struct backend_dial zero = {0};
+    backend_dial_cancel(&zero); /* a zeroed dialer is idle */
+    dial_teardown(&t);
+    close(lfd);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -284,6 +596,12 @@ int main(void)
         cmocka_unit_test(test_proxy_v1),
         cmocka_unit_test(test_proxy_v2_roundtrip),
         cmocka_unit_test(test_cidrs),
+        cmocka_unit_test(test_dial_proxy_v2_on_socketpair),
+        cmocka_unit_test(test_dial_ok_with_proxy_header),
+        cmocka_unit_test(test_dial_refused_counted),
+        cmocka_unit_test(test_dial_tls_timeout),
+        cmocka_unit_test(test_dial_local_failures),
+        cmocka_unit_test(test_dial_cancel),
     };
     return cmocka_run_group_tests_name("backend", tests, NULL, NULL);
 }

@@ -1,0 +1,210 @@
+"""The scan fetcher's second backend connection goes through the same dialer as the session's
+own (issue 14, item 2): the PROXY v2 header carries the client's address to the backend, and a
+failed connect is logged as event=backend_connect_failed and counted in the backend's health
+and metrics, like the login connection's. Before the dialer, the fetcher had its own copy of the
+connect code, which skipped the health accounting, the log line and the transparent source bind.
+
+A part fetch (BODY.PEEK[2]) of a message not judged yet is what opens the fetcher's connection:
+the part alone cannot be judged, so the proxy fetches the whole message on a second connection.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+import urllib.request
+
+import pytest
+
+import mailenv
+import malware
+
+PASSWORD = "dial-pw-1"
+CLIENT = "198.51.100.88"  # the client's address, as a trusted balancer reports it
+
+
+@pytest.fixture(scope="module")
+def scan_db(env_tmp):
+    d = env_tmp / "scan-db-dialer"
+    malware.write_db(str(d))
+    return d
+
+
+def scan_cfg(scan_db, env_tmp) -> dict:
+    return {"enabled": True, "database_dir": str(scan_db), "threads": 2, "tmpdir": str(env_tmp)}
+
+
+def make_user(dovecot, user: str) -> None:
+    """One infected multipart message (EICAR in a base64 attachment) as UID 1."""
+    dovecot.add_user(user, PASSWORD)
+    dovecot.deliver(user, [malware.MESSAGES["base64"].data])
+
+
+class Client:
+    """A raw IMAP client: enough to log in, select and run a tagged command."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.f = sock.makefile("rb")
+
+    def greeting(self) -> bytes:
+        line = self.f.readline()
+        assert line.startswith(b"* OK"), line
+        return line
+
+    def cmd(self, tag: str, text: str) -> tuple[bytes, bytes]:
+        """Send `tag text`; return (everything before the tagged line, the tagged line)."""
+        self.sock.sendall(f"{tag} {text}\r\n".encode())
+        body = b""
+        while True:
+            line = self.f.readline()
+            assert line, body[-300:]
+            m = re.search(rb"\{(\d+)\}\r\n$", line)
+            if m:
+                line += self.f.read(int(m.group(1)))
+            if line.startswith(tag.encode() + b" "):
+                return body, line
+            body += line
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def login_select(c: Client, user: str) -> None:
+    _, st = c.cmd("a", f'LOGIN {user} "{PASSWORD}"')
+    assert st.startswith(b"a OK"), st
+    _, st = c.cmd("b", "SELECT INBOX")
+    assert st.startswith(b"b OK"), st
+
+
+def dovecot_logins(dovecot, user: str, rip: str) -> int:
+    return sum(1 for ln in dovecot.log().splitlines()
+               if "Login: user=<%s>" % user in ln and "rip=%s," % rip in ln)
+
+
+def wait_logins(dovecot, user: str, rip: str, want: int, timeout: float = 5.0) -> int:
+    """Dovecot's log lines arrive a little after the answers: wait for `want` of them."""
+    deadline = time.monotonic() + timeout
+    n = dovecot_logins(dovecot, user, rip)
+    while n < want and time.monotonic() < deadline:
+        time.sleep(0.05)
+        n = dovecot_logins(dovecot, user, rip)
+    return n
+
+
+def metric(px, name: str) -> float:
+    """One Prometheus series (name with its labels) from the admin endpoint; 0 if absent."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{px.admin_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_fetcher_sends_proxy_v2_with_client_address(proxy_factory, dovecot, certs, scan_db,
+                                                    env_tmp):
+    """Backend PROXY v2 on: the fetcher's own login reaches Dovecot with the client's address
+    (the login connection's would too, but only the fetcher's second login makes it two)."""
+    user = "dial-proxy"
+    make_user(dovecot, user)
+    port = mailenv.free_port()
+    bes = [{"name": "dv-hp", "protocol": "imap", "host": mailenv.LOCAL,
+            "port": dovecot.haproxy_ports["imap"], "tls": "none", "proxy_protocol": True}]
+    bes += [b for b in dovecot.backends(tls="none") if b["protocol"] == "pop3"]
+    px = proxy_factory(backends=bes, health={"enabled": False}, trusted_proxies="127.0.0.1",
+                       allow_plaintext_auth=True, scan=scan_cfg(scan_db, env_tmp),
+                       extra_listeners=[{"name": "lb", "bind": f"127.0.0.1:{port}",
+                                         "protocol": "imap", "tls": "none",
+                                         "proxy_protocol": True}])
+    s = socket.create_connection((mailenv.LOCAL, port), timeout=30)
+    s.sendall(f"PROXY TCP4 {CLIENT} 127.0.0.1 41000 143\r\n".encode())
+    c = Client(s)
+    c.greeting()
+    login_select(c, user)
+    assert wait_logins(dovecot, user, CLIENT, 1) == 1, dovecot.log()[-2000:]
+    body, st = c.cmd("c", "UID FETCH 1 (UID BODY.PEEK[2])")
+    assert st.startswith(b"c OK"), st
+    assert b"withheld" in body, body[:400]  # judged whole on the second connection: infected
+    c.cmd("d", "LOGOUT")
+    c.close()
+    assert wait_logins(dovecot, user, CLIENT, 2) == 2, dovecot.log()[-3000:]
+    assert "event=scan_fetch_failed" not in px.log()
+
+
+class OneShotRelay:
+    """Accepts one connection and relays it to `port`, then stops listening: every later
+    connect to it is refused."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.lsock = socket.socket()
+        self.lsock.bind((mailenv.LOCAL, 0))
+        self.lsock.listen(1)
+        self.port = self.lsock.getsockname()[1]
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
+        try:
+            while True:
+                data = a.recv(65536)
+                if not data:
+                    break
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for x in (a, b):
+                try:
+                    x.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _run(self) -> None:
+        a, _ = self.lsock.accept()
+        self.lsock.close()
+        b = socket.create_connection((mailenv.LOCAL, self.target), timeout=30)
+        threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+        self._pipe(b, a)
+
+
+def test_fetcher_connect_failure_counted_and_logged(proxy_factory, dovecot, certs, scan_db,
+                                                    env_tmp):
+    """The backend takes the login connection, then refuses every other: the fetcher's failed
+    connect is logged by the dialer (marked conn=scan_fetch) and counted in the backend's
+    health, and the session goes on. (Before the dialer: only event=scan_fetch_failed, no
+    backend_connect_failed line and nothing counted.)"""
+    user = "dial-refused"
+    make_user(dovecot, user)
+    relay = OneShotRelay(dovecot.ports["imap"])
+    bes = [{"name": "once", "protocol": "imap", "host": mailenv.LOCAL, "port": relay.port,
+            "tls": "none"}]
+    bes += [b for b in dovecot.backends(tls="none") if b["protocol"] == "pop3"]
+    # No active health checks: they would take the relay's one connection.
+    px = proxy_factory(backends=bes, health={"enabled": False},
+                       scan=scan_cfg(scan_db, env_tmp))
+    ctx = mailenv.ssl_context(certs.ca)
+    s = ctx.wrap_socket(socket.create_connection((mailenv.LOCAL, px.port("imaps")), timeout=30),
+                        server_hostname="localhost")
+    c = Client(s)
+    c.greeting()
+    login_select(c, user)
+    series = 'portcullis_backend_connect_failures_total{backend="once"}'
+    assert metric(px, series) == 0
+    body, st = c.cmd("c", "UID FETCH 1 (UID BODY.PEEK[2])")
+    # Not judged: the part is withheld ("could not be checked"), the command completes.
+    assert st.startswith(b"c OK"), st
+    assert b"withheld" in body and b"could not be checked" in body, body[:400]
+    _, st = c.cmd("d", "NOOP")
+    assert st.startswith(b"d OK"), st
+    c.cmd("e", "LOGOUT")
+    c.close()
+    log = px.log()
+    line = next((ln for ln in log.splitlines() if "event=backend_connect_failed" in ln), None)
+    assert line is not None, log[-3000:]
+    assert "backend=once" in line and "conn=scan_fetch" in line and f"user=\"{user}\"" in line, line
+    assert "event=scan_fetch_failed" in log
+    assert metric(px, series) >= 1

@@ -117,6 +117,10 @@ CLIENT_SCRIPT = textwrap.dedent("""
     out["imap_caps"] = [c for c in m.capabilities]
     m.login(user, pw)
     m.select("INBOX", readonly=True)
+    # A part of the last (infected) message first: not judged yet, so the proxy fetches the
+    # whole message on its second backend connection (the scan fetcher), dialed like the first.
+    typ, data = m.fetch("*", "(BODY.PEEK[1])")
+    out["imap_part"] = [d[1] for d in data if isinstance(d, tuple)][0].decode("latin-1")
     typ, data = m.fetch("1:*", "(BODY.PEEK[])")
     out["imap_msgs"] = [d[1].decode("latin-1") for d in data if isinstance(d, tuple)]
     m.logout()
@@ -232,8 +236,11 @@ def test_transparent_service(topology, env_tmp, certs, tmp_path, family, source,
             assert f"event=transparent_destination backend={be}:143" in log
             assert f"event=transparent_destination backend={be}:110" in log
             assert "IP_TRANSPARENT unavailable" not in log  # TPROXY needs it on the listener
+            assert "withheld" in out["imap_part"]
+            # Two IMAP logins: the session's and the scan fetcher's, from the same source.
+            assert len(re.findall(r"imap-login: .*Login: user=<tina>", dv.log())) == 2
             if source == "client":
-                # The backend's TCP peer is the client itself.
+                # The backend's TCP peer is the client itself (for the fetcher too).
                 assert rip_logged(dv, f["client"])
                 assert not rip_logged(dv, f["proxy_b"])
             else:

@@ -1,8 +1,11 @@
 """The scan fetcher's second backend connection goes through the same dialer as the session's
-own (issue 14, item 2): the PROXY v2 header carries the client's address to the backend, and a
+own (issue 14, item 2): the PROXY v2 header carries the client's address to the backend, a
 failed connect is logged as event=backend_connect_failed and counted in the backend's health
-and metrics, like the login connection's. Before the dialer, the fetcher had its own copy of the
-connect code, which skipped the health accounting, the log line and the transparent source bind.
+and metrics, and a failed certificate verification is logged as event=backend_tls_failed with
+the verification error, like the login connection's. Before the dialer, the fetcher had its own
+copy of the connect code, which skipped the health accounting, both log lines and the
+transparent source bind (that one is checked in test_transparent.py). The last two tests fail
+on the code before the dialer; the PROXY header one passed already (guarding the move).
 
 A part fetch (BODY.PEEK[2]) of a message not judged yet is what opens the fetcher's connection:
 the part alone cannot be judged, so the proxy fetches the whole message on a second connection.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 import threading
 import time
 import urllib.request
@@ -134,20 +138,20 @@ def test_fetcher_sends_proxy_v2_with_client_address(proxy_factory, dovecot, cert
     assert "event=scan_fetch_failed" not in px.log()
 
 
-class OneShotRelay:
-    """Accepts one connection and relays it to `port`, then stops listening: every later
-    connect to it is refused."""
+class Relay:
+    """Relays the first connection it accepts to `first`; every later one to `later`, or, with
+    no `later`, it stops listening after the first: every later connect is refused."""
 
-    def __init__(self, port: int) -> None:
-        self.target = port
+    def __init__(self, first: int, later: int | None = None) -> None:
+        self.first, self.later = first, later
         self.lsock = socket.socket()
         self.lsock.bind((mailenv.LOCAL, 0))
-        self.lsock.listen(1)
+        self.lsock.listen(8)
         self.port = self.lsock.getsockname()[1]
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        threading.Thread(target=self._run, daemon=True).start()
 
-    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
         try:
             while True:
                 data = a.recv(65536)
@@ -164,11 +168,42 @@ class OneShotRelay:
                     pass
 
     def _run(self) -> None:
-        a, _ = self.lsock.accept()
-        self.lsock.close()
-        b = socket.create_connection((mailenv.LOCAL, self.target), timeout=30)
-        threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-        self._pipe(b, a)
+        target = self.first
+        while True:
+            try:
+                a, _ = self.lsock.accept()
+            except OSError:
+                return
+            if self.later is None:
+                self.lsock.close()
+            b = socket.create_connection((mailenv.LOCAL, target), timeout=30)
+            threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(b, a), daemon=True).start()
+            if self.later is None:
+                return
+            target = self.later
+
+
+def wrong_cert_server(certs) -> int:
+    """A TLS server with the self-signed backend.test certificate (not from the test CA): it
+    only shakes hands. Returns its port."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(certs.wrong_backend), str(certs.wrong_backend_key))
+    lsock = socket.socket()
+    lsock.bind((mailenv.LOCAL, 0))
+    lsock.listen(8)
+
+    def run() -> None:
+        while True:
+            a, _ = lsock.accept()
+            try:
+                ctx.wrap_socket(a, server_side=True).recv(1)
+            except (OSError, ssl.SSLError):
+                pass
+            a.close()
+
+    threading.Thread(target=run, daemon=True).start()
+    return lsock.getsockname()[1]
 
 
 def test_fetcher_connect_failure_counted_and_logged(proxy_factory, dovecot, certs, scan_db,
@@ -179,7 +214,7 @@ def test_fetcher_connect_failure_counted_and_logged(proxy_factory, dovecot, cert
     backend_connect_failed line and nothing counted.)"""
     user = "dial-refused"
     make_user(dovecot, user)
-    relay = OneShotRelay(dovecot.ports["imap"])
+    relay = Relay(dovecot.ports["imap"])
     bes = [{"name": "once", "protocol": "imap", "host": mailenv.LOCAL, "port": relay.port,
             "tls": "none"}]
     bes += [b for b in dovecot.backends(tls="none") if b["protocol"] == "pop3"]
@@ -208,3 +243,35 @@ def test_fetcher_connect_failure_counted_and_logged(proxy_factory, dovecot, cert
     assert "backend=once" in line and "conn=scan_fetch" in line and f"user=\"{user}\"" in line, line
     assert "event=scan_fetch_failed" in log
     assert metric(px, series) >= 1
+
+
+def test_fetcher_tls_verify_failure_logged(proxy_factory, dovecot, certs, scan_db, env_tmp):
+    """Implicit TLS toward the backend: the login connection reaches Dovecot (a CA-signed
+    certificate), the fetcher's reaches a server with a self-signed one. The dialer logs the
+    fetcher's failure as event=backend_tls_failed with the verification error, as it does the
+    login connection's. (Before the dialer: only event=scan_fetch_failed.)"""
+    user = "dial-tls"
+    make_user(dovecot, user)
+    relay = Relay(dovecot.ports["imaps"], wrong_cert_server(certs))
+    bes = [{"name": "tls-once", "protocol": "imap", "host": mailenv.LOCAL, "port": relay.port,
+            "tls": "implicit", "tls_ca": str(certs.ca), "tls_sni": "backend.test"}]
+    bes += [b for b in dovecot.backends(tls="none") if b["protocol"] == "pop3"]
+    px = proxy_factory(backends=bes, health={"enabled": False},
+                       scan=scan_cfg(scan_db, env_tmp))
+    ctx = mailenv.ssl_context(certs.ca)
+    s = ctx.wrap_socket(socket.create_connection((mailenv.LOCAL, px.port("imaps")), timeout=30),
+                        server_hostname="localhost")
+    c = Client(s)
+    c.greeting()
+    login_select(c, user)
+    body, st = c.cmd("c", "UID FETCH 1 (UID BODY.PEEK[2])")
+    assert st.startswith(b"c OK"), st
+    assert b"withheld" in body and b"could not be checked" in body, body[:400]
+    c.cmd("e", "LOGOUT")
+    c.close()
+    log = px.log()
+    line = next((ln for ln in log.splitlines() if "event=backend_tls_failed" in ln), None)
+    assert line is not None, log[-3000:]
+    assert "backend=tls-once" in line and "conn=scan_fetch" in line, line
+    assert re.search(r'verify="self-signed certificate', line), line
+    assert metric(px, 'portcullis_backend_connect_failures_total{backend="tls-once"}') == 0

@@ -95,7 +95,8 @@ enum backend_dial_result {
     BACKEND_DIAL_CONNECT, /* connect refused, unreachable, timed out or broken at once: the
                              backend's fault, counted in its health; another may do */
     BACKEND_DIAL_TLS,     /* TLS handshake failed or timed out (verification included) */
-    BACKEND_DIAL_LOCAL,   /* our side: no socket, source bind refused, no SSL object */
+    BACKEND_DIAL_LOCAL,   /* our side: no socket, source bind refused, no SSL object, or
+                             nothing to dial (backend_dial_fail) */
 };
 
 struct backend_dial;

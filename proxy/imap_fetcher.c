@@ -5,7 +5,8 @@
  *
  * Script: connect to the session's backend (same address, TLS mode and PROXY header) →
  * [implicit TLS] → greeting → [STARTTLS → handshake] → log in with the user's credentials, kept
- * from the client's login for this (LOGIN with synchronising literals, or AUTHENTICATE with the
+ * from the client's login for this in the IMAP state's struct creds (LOGIN with synchronising
+ * literals, or AUTHENTICATE with the
  * same mechanism; no capability probing: every server takes these) → EXAMINE the client's
  * mailbox (read-only: nothing here can change flags) → per request
  * `UID FETCH uid (UID BODY.PEEK[])` or `FETCH seq (UID BODY.PEEK[])` (BODY.PEEK never sets
@@ -33,7 +34,6 @@
 #include "imap_scan.h"
 #include "notice.h"
 #include "proxy_proto.h"
-#include "sasl.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -237,85 +237,49 @@ static void next_step(struct imap_fetcher *f)
 
 static void send_login(struct imap_fetcher *f)
 {
-    struct session *s = f->s;
-    struct imap_scan *sc = imap_sc(s);
+    const struct creds *c = &imap_st(f->s)->creds;
     f->state = FT_LOGIN;
     f->c.wipe_ctl = true;
-    switch (sc->mech) {
-    case IMAP_MECH_LOGIN:
+    switch (c->mech) {
+    case CREDS_LOGIN:
         f->step = 1;
-        sendf(f, "A LOGIN {%zu}\r\n", strlen(s->user));
+        sendf(f, "A LOGIN {%zu}\r\n", c->user_len);
         return;
-    case IMAP_MECH_PLAIN:
+    case CREDS_PLAIN:
+    case CREDS_XOAUTH2:
+    case CREDS_OAUTHBEARER:
         f->step = 20;
-        sendf(f, "A AUTHENTICATE PLAIN\r\n");
-        return;
-    case IMAP_MECH_XOAUTH2:
-        f->step = 30;
-        sendf(f, "A AUTHENTICATE XOAUTH2\r\n");
-        return;
-    default:
-        f->step = 30;
-        sendf(f, "A AUTHENTICATE OAUTHBEARER\r\n");
+        sendf(f, "A AUTHENTICATE %s\r\n", creds_sasl_name(c->mech));
         return;
     }
-}
-
-static void send_plain(struct imap_fetcher *f)
-{
-    struct session *s = f->s;
-    struct imap_scan *sc = imap_sc(s);
-    size_t zl = sc->authz ? strlen(sc->authz) : 0, ul = strlen(s->user);
-    size_t ml = zl + 2 + ul + sc->pass_len;
-    unsigned char *m = malloc(ml);
-    char *b = malloc(4 * ((ml + 2) / 3) + 3);
-    if (!m || !b) {
-        free(m);
-        free(b);
-        fail(f, "out of memory");
-        return;
-    }
-    if (zl)
-        memcpy(m, sc->authz, zl);
-    m[zl] = 0;
-    memcpy(m + zl + 1, s->user, ul);
-    m[zl + 1 + ul] = 0;
-    if (sc->pass_len)
-        memcpy(m + zl + 2 + ul, sc->pass, sc->pass_len);
-    size_t bl = b64_encode(m, ml, b);
-    b[bl++] = '\r';
-    b[bl++] = '\n';
-    send_raw(f, b, bl);
-    OPENSSL_cleanse(m, ml);
-    OPENSSL_cleanse(b, bl);
-    free(m);
-    free(b);
 }
 
 static void on_continuation(struct imap_fetcher *f)
 {
-    struct session *s = f->s;
-    struct imap_scan *sc = imap_sc(s);
+    struct creds *c = &imap_st(f->s)->creds;
     switch (f->step) {
     case 1:
         f->step = 2;
-        if (send_raw(f, s->user, strlen(s->user)))
-            sendf(f, " {%zu}\r\n", sc->pass_len);
+        if (send_raw(f, c->user, c->user_len))
+            sendf(f, " {%zu}\r\n", c->pass_len);
         return;
     case 2:
         f->step = 3;
-        if (send_raw(f, sc->pass ? sc->pass : "", sc->pass_len))
+        if (send_raw(f, c->pass, c->pass_len))
             send_raw(f, "\r\n", 2);
         return;
-    case 20:
+    case 20: {
         f->step = 21;
-        send_plain(f);
-        return;
-    case 30:
-        f->step = 21;
-        if (send_raw(f, sc->sasl_b64 ? sc->sasl_b64 : "", sc->sasl_b64 ? strlen(sc->sasl_b64) : 0))
+        size_t bl;
+        const char *b64 = creds_response(c, &bl);
+        if (!b64) {
+            fail(f, "out of memory");
+            return;
+        }
+        if (send_raw(f, b64, bl))
             send_raw(f, "\r\n", 2);
         return;
+    }
     case 21:
         send_raw(f, "*\r\n", 3); /* an error challenge: cancel, the NO follows */
         return;

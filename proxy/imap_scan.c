@@ -43,8 +43,6 @@
 #include <string.h>
 #include <strings.h>
 
-#include <openssl/crypto.h>
-
 #include "imap_scan.h"
 #include "notice.h"
 #include "worker.h"
@@ -64,15 +62,6 @@ static char *dup_bytes(const char *p, size_t n)
         d[n] = '\0';
     }
     return d;
-}
-
-static void wipe_free(char **p, size_t len)
-{
-    if (*p) {
-        OPENSSL_cleanse(*p, len ? len : strlen(*p));
-        free(*p);
-        *p = NULL;
-    }
 }
 
 /* ---- verdict memory (per session) ---- */
@@ -148,15 +137,6 @@ bool imap_scan_login(struct session *s)
     struct imap_scan *sc = calloc(1, sizeof *sc);
     if (!sc)
         return false;
-    sc->mech = (int)st->mech;
-    if (st->pass) {
-        sc->pass = dup_bytes(st->pass, st->pass_len);
-        sc->pass_len = st->pass_len;
-    }
-    if (st->authz)
-        sc->authz = strdup(st->authz);
-    if (st->sasl_b64)
-        sc->sasl_b64 = strdup(st->sasl_b64);
     sc->part_memo = -1;
     buf_init(&sc->out, 0);
     ev_init(&sc->ka, NULL);
@@ -178,9 +158,6 @@ void imap_scan_free(struct session *s)
     sc_wait_cancel(&sc->bwait);
     imap_fetcher_free(s);
     out_release_all(s, sc);
-    wipe_free(&sc->pass, sc->pass_len);
-    wipe_free(&sc->authz, 0);
-    wipe_free(&sc->sasl_b64, 0);
     free(sc->mailbox);
     free(sc->pending_mailbox);
     free(sc->msg); /* a message being collected or handed back, with its budget */

@@ -87,13 +87,6 @@ struct sc_out {
 struct imap_fetcher;
 
 struct imap_scan {
-    /* credentials for the second connection, kept from login, wiped at close */
-    int mech; /* enum imap_mech */
-    char *pass;
-    size_t pass_len;
-    char *authz;
-    char *sasl_b64;
-
     /* mailbox tracking (client's SELECT/EXAMINE) */
     char *mailbox; /* owned or NULL: the selected mailbox as the client named it */
     uint32_t uidvalidity;

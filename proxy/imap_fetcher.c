@@ -78,8 +78,8 @@ struct imap_fetcher {
     size_t msg_cap, msg_have, budget;
     uint64_t lit_len;
     uint64_t got_uid;
-    struct sc_wait bwait;
-    struct sc_judging judging;
+    struct msgscan_wait bwait;
+    struct msgscan_req *judging; /* the scan in flight, NULL when none */
 };
 
 static void ft_input(struct imap_fetcher *f);
@@ -100,8 +100,7 @@ static void drop_msg(struct imap_fetcher *f)
 {
     free(f->msg);
     f->msg = NULL;
-    if (f->budget)
-        sc_budget_release(f->budget);
+    msgscan_budget_release(f->budget);
     f->budget = 0;
     f->collecting = f->have_msg = f->oversize = false;
     f->msg_cap = f->msg_have = 0;
@@ -297,18 +296,15 @@ static bool tagged(const char *line, size_t len, char tag, bool *ok_r)
     return true;
 }
 
-static void judged(struct session *s, void *arg, const struct sc_outcome *o, char *msg, size_t len,
-                   size_t budget)
+/* Only the verdict is kept (in the memo); msgscan frees the message and its budget. */
+static void judged(void *arg, struct msgscan_outcome *o)
 {
     struct imap_fetcher *f = arg;
+    struct session *s = f->s;
     struct imap_scan *sc = imap_sc(s);
-    (void)len;
-    free(msg);
-    if (budget)
-        sc_budget_release(budget);
+    f->judging = NULL;
     uint64_t uid = f->got_uid ? f->got_uid : f->req_uid;
     int memo = sc_memo_store(sc, f->req_mailbox, f->req_uidvalidity, uid, f->lit_len, o);
-    free(o->notice);
     if (f->state == FT_JUDGE)
         f->state = FT_READY;
     finish(f, memo >= 0 ? 1 : -1, memo);
@@ -325,14 +321,15 @@ static void judge(struct imap_fetcher *f)
     char where[MSGSCAN_WHERE_MAX];
     uint64_t uid = f->got_uid ? f->got_uid : f->req_uid;
     sc_where(where, sizeof where, f->req_mailbox, uid, f->req_seq);
+    struct msgscan_item item = {.proto = "imap", .where = where};
     if (f->oversize) {
-        struct sc_outcome o = {0};
-        if (!sc_oversize(s, where, f->msg, f->msg_have, f->lit_len, &o)) {
+        struct msgscan_outcome o = {0};
+        if (!msgscan_oversize(s, &item, f->msg, f->msg_have, f->lit_len, &o)) {
             fail(f, "out of memory");
             return;
         }
         int memo = sc_memo_store(sc, f->req_mailbox, f->req_uidvalidity, uid, f->lit_len, &o);
-        free(o.notice);
+        msgscan_outcome_clear(&o);
         f->state = FT_READY;
         finish(f, memo >= 0 ? 1 : -1, memo);
         return;
@@ -343,7 +340,8 @@ static void judge(struct imap_fetcher *f)
     f->budget = 0;
     f->have_msg = false;
     f->state = FT_JUDGE;
-    if (!sc_judge(&f->judging, s, m, len, budget, where, judged, f))
+    f->judging = msgscan_judge(s, &item, m, len, budget, judged, f);
+    if (!f->judging)
         fail(f, "cannot submit scan");
 }
 
@@ -459,8 +457,9 @@ static void on_response(struct imap_fetcher *f, const char *line, size_t len)
     }
 }
 
-static void budget_granted(struct session *s)
+static void budget_granted(void *arg)
 {
+    struct session *s = arg;
     struct imap_fetcher *f = ft_of(s);
     if (!f || !f->budget_wait || s->closing)
         return;
@@ -498,13 +497,13 @@ static bool start_literal(struct imap_fetcher *f)
     f->msg_cap = need;
     f->msg_have = 0;
     f->have_msg = true;
-    int rc = sc_budget_acquire(s, need, &f->bwait, budget_granted);
-    if (rc < 0) {
+    enum msgscan_budget_rc rc = msgscan_budget_acquire(s, need, &f->bwait, budget_granted, s);
+    if (rc == MSGSCAN_BUDGET_TOO_BIG) {
         fail(f, "message larger than the scan memory budget");
         return false;
     }
     f->budget = need;
-    if (rc == 0) {
+    if (rc == MSGSCAN_BUDGET_WAIT) {
         f->budget_wait = true; /* the socket is not read until the grant */
         f->c.reading = false;
         return false;
@@ -725,8 +724,8 @@ void imap_fetcher_free(struct session *s)
     if (!f)
         return;
     f->pending = false;
-    sc_judge_cancel(&f->judging);
-    sc_wait_cancel(&f->bwait);
+    msgscan_cancel(&f->judging);
+    msgscan_wait_cancel(&f->bwait);
     if (f->state != FT_DEAD)
         close_conn(f);
     drop_msg(f);

@@ -42,8 +42,8 @@ struct imap_state {
     enum creds_mech mech;       /* named by AUTHENTICATE, for its SASL response */
     struct creds creds;         /* the login's credentials; after login kept only for the scan
                                    fetcher's second connection (wiped at close) */
-    char *client_id;         /* the client's ID parameters, re-serialised, or NULL */
-    double preauth_deadline; /* absolute; restored after a failed backend login */
+    char *client_id;            /* the client's ID parameters, re-serialised, or NULL */
+    double preauth_deadline;    /* absolute; restored after a failed backend login */
 
     /* backend login script */
     enum imap_bstate bstate;

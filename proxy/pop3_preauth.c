@@ -248,8 +248,8 @@ static void cmd_pass(struct session *s)
         return;
     }
     st->have_user = false;
-    enum creds_rc rc = creds_from_login(&st->creds, s->user, strlen(s->user),
-                                        p->store + p->rest.off, p->rest.len);
+    enum creds_rc rc =
+        creds_from_login(&st->creds, s->user, strlen(s->user), p->store + p->rest.off, p->rest.len);
     if (rc == CREDS_MALFORMED) {
         pop3_reply(s, "-ERR [AUTH] Authentication failed.");
         count_bad(s);

@@ -36,26 +36,16 @@ bool creds_user_ok(const char *user, size_t len)
     return len > 0 && !memchr(user, 0, len) && !memchr(user, '\r', len) && !memchr(user, '\n', len);
 }
 
-static char *dup_n(const char *p, size_t n)
-{
-    char *d = malloc(n + 1);
-    if (d) {
-        memcpy(d, p, n);
-        d[n] = '\0';
-    }
-    return d;
-}
-
 /* Fill user (and pass when given) of an empty *c; false when out of memory. */
 static bool set_fields(struct creds *c, const char *user, size_t ulen, const char *pass,
                        size_t plen)
 {
-    c->user = dup_n(user, ulen);
+    c->user = strndup(user, ulen);
     if (!c->user)
         return false;
     c->user_len = ulen;
     if (pass) {
-        c->pass = dup_n(pass, plen);
+        c->pass = strndup(pass, plen);
         if (!c->pass)
             return false;
         c->pass_len = plen;
@@ -90,7 +80,7 @@ static enum creds_rc take_message(struct creds *c, const unsigned char *m, size_
             return CREDS_NOMEM;
         /* An authzid equal to the user is no request to act as someone else: dropped. */
         if (authz.len && (authz.len != authc.len || memcmp(authz.p, authc.p, authc.len) != 0)) {
-            c->authz = dup_n(authz.p, authz.len);
+            c->authz = strndup(authz.p, authz.len);
             if (!c->authz)
                 return CREDS_NOMEM;
         }
@@ -103,7 +93,7 @@ static enum creds_rc take_message(struct creds *c, const unsigned char *m, size_
             return CREDS_MALFORMED;
         if (!set_fields(c, user.p, user.len, NULL, 0))
             return CREDS_NOMEM;
-        c->token = dup_n(b64, len);
+        c->token = strndup(b64, len);
         return c->token ? CREDS_OK : CREDS_NOMEM;
     case CREDS_LOGIN:
         break;
@@ -142,6 +132,20 @@ const char *creds_sasl_name(enum creds_mech mech)
         return "OAUTHBEARER";
     default:
         return "PLAIN";
+    }
+}
+
+const char *creds_mech_name(enum creds_mech mech, const char *login)
+{
+    switch (mech) {
+    case CREDS_LOGIN:
+        return login;
+    case CREDS_PLAIN:
+        return "plain";
+    case CREDS_XOAUTH2:
+        return "xoauth2";
+    default:
+        return "oauthbearer";
     }
 }
 

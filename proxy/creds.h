@@ -8,8 +8,9 @@
  * (RFC 7628) payloads are only read for the user name and kept opaque (as the base64 received)
  * to be replayed untouched. Secrets are never logged.
  *
- * Invariants: every owned string is NUL-terminated; `user` is never empty and holds no NUL, CR
- * or LF; `pass` is never empty and holds no NUL; everything is OPENSSL_cleanse()d before free.
+ * Invariants: every owned string is NUL-terminated and holds no NUL; `user` is never empty and
+ * holds no NUL, CR or LF; `pass` is never empty and holds no NUL; everything is OPENSSL_cleanse()d
+ * before free.
  */
 #ifndef PORTCULLIS_CREDS_H
 #define PORTCULLIS_CREDS_H
@@ -56,6 +57,9 @@ enum creds_rc creds_from_sasl(struct creds *c, enum creds_mech mech, const char 
 
 /* The SASL mechanism name to give the backend: "PLAIN" for CREDS_LOGIN and CREDS_PLAIN. */
 const char *creds_sasl_name(enum creds_mech mech);
+/* The lower-case name for logs; CREDS_LOGIN is named `login` by the protocol ("login" for IMAP,
+ * "user" for POP3). */
+const char *creds_mech_name(enum creds_mech mech, const char *login);
 /* The base64 SASL initial response for the backend, without CRLF: PLAIN (authzid NUL user NUL
  * password) built from the fields for CREDS_LOGIN/CREDS_PLAIN, the token as received otherwise.
  * Owned by *c (wiped with it); NULL when out of memory. */

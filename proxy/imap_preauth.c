@@ -88,10 +88,7 @@ static void forget_login(struct imap_state *st)
 
 static const char *mech_name(enum creds_mech m)
 {
-    return m == CREDS_LOGIN     ? "login"
-           : m == CREDS_PLAIN   ? "plain"
-           : m == CREDS_XOAUTH2 ? "xoauth2"
-                                : "oauthbearer";
+    return creds_mech_name(m, "login");
 }
 
 static void free_parser_store(struct imap_state *st)

@@ -64,10 +64,7 @@ void pop3_forget_login(struct pop3_state *st)
 
 static const char *mech_name(enum creds_mech m)
 {
-    return m == CREDS_LOGIN     ? "user"
-           : m == CREDS_PLAIN   ? "plain"
-           : m == CREDS_XOAUTH2 ? "xoauth2"
-                                : "oauthbearer";
+    return creds_mech_name(m, "user");
 }
 
 static void free_store(struct pop3_state *st)

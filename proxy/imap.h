@@ -10,10 +10,9 @@
 #include <stddef.h>
 
 #include "buf.h"
+#include "creds.h"
 #include "imap_parse.h"
 #include "session.h"
-
-enum imap_mech { IMAP_MECH_LOGIN, IMAP_MECH_PLAIN, IMAP_MECH_XOAUTH2, IMAP_MECH_OAUTHBEARER };
 
 enum imap_bstate {
     IB_NONE,
@@ -37,16 +36,13 @@ struct imap_state {
     unsigned bad;   /* bad commands and failed logins so far */
     bool sasl_wait; /* AUTHENTICATE sent "+ ": the next line is the SASL response */
 
-    /* the login in progress (all owned; secrets wiped on free) */
+    /* the login in progress */
     char tag[IMAP_TAG_MAX + 1]; /* the client's tag of LOGIN/AUTHENTICATE */
-    enum imap_mech mech;
-    char *pass; /* LOGIN/PLAIN password */
-    size_t pass_len;
-    char *authz;             /* PLAIN authzid, or NULL */
-    char *sasl_b64;          /* XOAUTH2/OAUTHBEARER initial response, base64, as received */
-    size_t user_len;         /* s->user may hold NUL? no: rejected; length for literals */
-    char *client_id;         /* the client's ID parameters, re-serialised, or NULL */
-    double preauth_deadline; /* absolute; restored after a failed backend login */
+    enum creds_mech mech;       /* named by AUTHENTICATE, for its SASL response */
+    struct creds creds;         /* the login's credentials; after login kept only for the scan
+                                   fetcher's second connection (wiped at close) */
+    char *client_id;            /* the client's ID parameters, re-serialised, or NULL */
+    double preauth_deadline;    /* absolute; restored after a failed backend login */
 
     /* backend login script */
     enum imap_bstate bstate;
@@ -112,7 +108,8 @@ void imap_backend_event(struct session *s, int events);
 void imap_relay_up(struct session *s);
 void imap_relay_down(struct session *s);
 /* imap_scan.c (issue 4): FETCH content scanning; all no-ops while st->sc is NULL.
- * login: keep what the second connection needs (before the credentials are wiped). */
+ * login: set up scanning (st->sc) when this worker scans; the login's credentials then stay in
+ * st->creds for the second connection (imap_fetcher.c). False: out of memory. */
 bool imap_scan_login(struct session *s);
 void imap_scan_free(struct session *s);
 /* up filter: a client command was classified (head in st->upf) */

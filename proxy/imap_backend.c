@@ -24,7 +24,6 @@
 #include <strings.h>
 
 #include "imap.h"
-#include "sasl.h"
 
 static void fail(struct session *s, bool auth, const char *why)
 {
@@ -167,11 +166,12 @@ static void send_login(struct session *s)
         return;
     st->lit_step = 0;
     st->bstate = IB_LOGIN;
-    if (st->mech == IMAP_MECH_LOGIN) {
-        size_t ul = st->user_len, pl = st->pass_len;
+    struct creds *c = &st->creds;
+    if (c->mech == CREDS_LOGIN) {
+        size_t ul = c->user_len, pl = c->pass_len;
         if (st->be_literal_plus) {
-            if (sendf_be(s, "L LOGIN {%zu+}\r\n", ul) && send_be(s, s->user, ul) &&
-                sendf_be(s, " {%zu+}\r\n", pl) && send_be(s, st->pass, pl))
+            if (sendf_be(s, "L LOGIN {%zu+}\r\n", ul) && send_be(s, c->user, ul) &&
+                sendf_be(s, " {%zu+}\r\n", pl) && send_be(s, c->pass, pl))
                 send_be(s, "\r\n", 2);
         } else {
             st->lit_step = 1;
@@ -180,49 +180,25 @@ static void send_login(struct session *s)
         }
         return;
     }
-    const char *mech = st->mech == IMAP_MECH_PLAIN     ? "PLAIN"
-                       : st->mech == IMAP_MECH_XOAUTH2 ? "XOAUTH2"
-                                                       : "OAUTHBEARER";
-    if ((st->mech == IMAP_MECH_XOAUTH2 && !st->be_auth_xoauth2) ||
-        (st->mech == IMAP_MECH_OAUTHBEARER && !st->be_auth_oauthbearer)) {
+    if ((c->mech == CREDS_XOAUTH2 && !st->be_auth_xoauth2) ||
+        (c->mech == CREDS_OAUTHBEARER && !st->be_auth_oauthbearer)) {
         fail_mech(s);
         return;
     }
-    char *b64 = st->sasl_b64;
-    char *built = NULL;
-    if (st->mech == IMAP_MECH_PLAIN) {
-        size_t zl = st->authz ? strlen(st->authz) : 0;
-        size_t ml = zl + 1 + st->user_len + 1 + st->pass_len;
-        unsigned char *m = malloc(ml);
-        built = malloc(4 * ((ml + 2) / 3) + 1);
-        if (!m || !built) {
-            free(m);
-            free(built);
+    const char *mech = creds_sasl_name(c->mech);
+    if (st->be_sasl_ir) {
+        size_t bl;
+        const char *b64 = creds_response(c, &bl);
+        if (!b64) {
             fail(s, false, "out of memory");
             return;
         }
-        if (zl)
-            memcpy(m, st->authz, zl);
-        m[zl] = 0;
-        memcpy(m + zl + 1, s->user, st->user_len);
-        m[zl + 1 + st->user_len] = 0;
-        memcpy(m + zl + 2 + st->user_len, st->pass, st->pass_len);
-        b64_encode(m, ml, built);
-        OPENSSL_cleanse(m, ml);
-        free(m);
-        b64 = built;
-    }
-    if (st->be_sasl_ir) {
-        if (sendf_be(s, "L AUTHENTICATE %s ", mech) && send_be(s, b64, strlen(b64)))
+        if (sendf_be(s, "L AUTHENTICATE %s ", mech) && send_be(s, b64, bl))
             send_be(s, "\r\n", 2);
         st->lit_step = 10; /* a "+" now is a failure challenge: answer it empty */
     } else {
         sendf_be(s, "L AUTHENTICATE %s\r\n", mech);
         st->lit_step = 20; /* first "+": send the payload */
-    }
-    if (built) {
-        OPENSSL_cleanse(built, strlen(built));
-        free(built);
     }
 }
 
@@ -230,53 +206,30 @@ static void send_login(struct session *s)
 static void on_continuation(struct session *s)
 {
     struct imap_state *st = imap_st(s);
+    struct creds *c = &st->creds;
     switch (st->lit_step) {
     case 1:
-        if (send_be(s, s->user, st->user_len))
-            sendf_be(s, " {%zu}\r\n", st->pass_len);
+        if (send_be(s, c->user, c->user_len))
+            sendf_be(s, " {%zu}\r\n", c->pass_len);
         st->lit_step = 2;
         break;
     case 2:
-        if (send_be(s, st->pass, st->pass_len))
+        if (send_be(s, c->pass, c->pass_len))
             send_be(s, "\r\n", 2);
         st->lit_step = 3;
         st->bstate = IB_LOGIN;
         break;
     case 20: {
+        /* The initial response, sent after the backend's empty challenge (no SASL-IR). */
         st->lit_step = 10;
-        if (st->mech == IMAP_MECH_PLAIN) {
-            /* Rebuild the PLAIN message: same code path as SASL-IR. */
-            st->be_sasl_ir = true;
-            st->lit_step = 0;
-            /* Send only the payload line this time. */
-            size_t zl = st->authz ? strlen(st->authz) : 0;
-            size_t ml = zl + 2 + st->user_len + st->pass_len;
-            unsigned char *m = malloc(ml);
-            char *b = malloc(4 * ((ml + 2) / 3) + 3);
-            if (!m || !b) {
-                free(m);
-                free(b);
-                fail(s, false, "out of memory");
-                return;
-            }
-            if (zl)
-                memcpy(m, st->authz, zl);
-            m[zl] = 0;
-            memcpy(m + zl + 1, s->user, st->user_len);
-            m[zl + 1 + st->user_len] = 0;
-            memcpy(m + zl + 2 + st->user_len, st->pass, st->pass_len);
-            size_t bl = b64_encode(m, ml, b);
-            b[bl++] = '\r';
-            b[bl++] = '\n';
-            send_be(s, b, bl);
-            OPENSSL_cleanse(m, ml);
-            OPENSSL_cleanse(b, bl);
-            free(m);
-            free(b);
-            st->lit_step = 10;
-        } else if (send_be(s, st->sasl_b64, strlen(st->sasl_b64))) {
-            send_be(s, "\r\n", 2);
+        size_t bl;
+        const char *b64 = creds_response(c, &bl);
+        if (!b64) {
+            fail(s, false, "out of memory");
+            return;
         }
+        if (send_be(s, b64, bl))
+            send_be(s, "\r\n", 2);
         break;
     }
     case 10:

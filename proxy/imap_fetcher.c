@@ -6,7 +6,8 @@
  * Script: dial the session's backend with the dialer (backend.c: same address, source bind,
  * PROXY header, TLS mode and verification, failure logging and health as the session's own
  * connection) → greeting → [STARTTLS → handshake] → log in with the user's credentials, kept
- * from the client's login for this (LOGIN with synchronising literals, or AUTHENTICATE with the
+ * from the client's login for this in the IMAP state's struct creds (LOGIN with synchronising
+ * literals, or AUTHENTICATE with the
  * same mechanism; no capability probing: every server takes these) → EXAMINE the client's
  * mailbox (read-only: nothing here can change flags) → per request
  * `UID FETCH uid (UID BODY.PEEK[])` or `FETCH seq (UID BODY.PEEK[])` (BODY.PEEK never sets
@@ -29,7 +30,6 @@
 #include "backend.h"
 #include "imap_scan.h"
 #include "notice.h"
-#include "sasl.h"
 #include "worker.h"
 
 enum ft_state {
@@ -73,8 +73,8 @@ struct imap_fetcher {
     size_t msg_cap, msg_have, budget;
     uint64_t lit_len;
     uint64_t got_uid;
-    struct sc_wait bwait;
-    struct sc_judging judging;
+    struct msgscan_wait bwait;
+    struct msgscan_req *judging; /* the scan in flight, NULL when none */
 };
 
 static void ft_input(struct imap_fetcher *f);
@@ -95,8 +95,7 @@ static void drop_msg(struct imap_fetcher *f)
 {
     free(f->msg);
     f->msg = NULL;
-    if (f->budget)
-        sc_budget_release(f->budget);
+    msgscan_budget_release(f->budget);
     f->budget = 0;
     f->collecting = f->have_msg = f->oversize = false;
     f->msg_cap = f->msg_have = 0;
@@ -233,85 +232,49 @@ static void next_step(struct imap_fetcher *f)
 
 static void send_login(struct imap_fetcher *f)
 {
-    struct session *s = f->s;
-    struct imap_scan *sc = imap_sc(s);
+    const struct creds *c = &imap_st(f->s)->creds;
     f->state = FT_LOGIN;
     f->c.wipe_ctl = true;
-    switch (sc->mech) {
-    case IMAP_MECH_LOGIN:
+    switch (c->mech) {
+    case CREDS_LOGIN:
         f->step = 1;
-        sendf(f, "A LOGIN {%zu}\r\n", strlen(s->user));
+        sendf(f, "A LOGIN {%zu}\r\n", c->user_len);
         return;
-    case IMAP_MECH_PLAIN:
+    case CREDS_PLAIN:
+    case CREDS_XOAUTH2:
+    case CREDS_OAUTHBEARER:
         f->step = 20;
-        sendf(f, "A AUTHENTICATE PLAIN\r\n");
-        return;
-    case IMAP_MECH_XOAUTH2:
-        f->step = 30;
-        sendf(f, "A AUTHENTICATE XOAUTH2\r\n");
-        return;
-    default:
-        f->step = 30;
-        sendf(f, "A AUTHENTICATE OAUTHBEARER\r\n");
+        sendf(f, "A AUTHENTICATE %s\r\n", creds_sasl_name(c->mech));
         return;
     }
-}
-
-static void send_plain(struct imap_fetcher *f)
-{
-    struct session *s = f->s;
-    struct imap_scan *sc = imap_sc(s);
-    size_t zl = sc->authz ? strlen(sc->authz) : 0, ul = strlen(s->user);
-    size_t ml = zl + 2 + ul + sc->pass_len;
-    unsigned char *m = malloc(ml);
-    char *b = malloc(4 * ((ml + 2) / 3) + 3);
-    if (!m || !b) {
-        free(m);
-        free(b);
-        fail(f, "out of memory");
-        return;
-    }
-    if (zl)
-        memcpy(m, sc->authz, zl);
-    m[zl] = 0;
-    memcpy(m + zl + 1, s->user, ul);
-    m[zl + 1 + ul] = 0;
-    if (sc->pass_len)
-        memcpy(m + zl + 2 + ul, sc->pass, sc->pass_len);
-    size_t bl = b64_encode(m, ml, b);
-    b[bl++] = '\r';
-    b[bl++] = '\n';
-    send_raw(f, b, bl);
-    OPENSSL_cleanse(m, ml);
-    OPENSSL_cleanse(b, bl);
-    free(m);
-    free(b);
 }
 
 static void on_continuation(struct imap_fetcher *f)
 {
-    struct session *s = f->s;
-    struct imap_scan *sc = imap_sc(s);
+    struct creds *c = &imap_st(f->s)->creds;
     switch (f->step) {
     case 1:
         f->step = 2;
-        if (send_raw(f, s->user, strlen(s->user)))
-            sendf(f, " {%zu}\r\n", sc->pass_len);
+        if (send_raw(f, c->user, c->user_len))
+            sendf(f, " {%zu}\r\n", c->pass_len);
         return;
     case 2:
         f->step = 3;
-        if (send_raw(f, sc->pass ? sc->pass : "", sc->pass_len))
+        if (send_raw(f, c->pass, c->pass_len))
             send_raw(f, "\r\n", 2);
         return;
-    case 20:
+    case 20: {
         f->step = 21;
-        send_plain(f);
-        return;
-    case 30:
-        f->step = 21;
-        if (send_raw(f, sc->sasl_b64 ? sc->sasl_b64 : "", sc->sasl_b64 ? strlen(sc->sasl_b64) : 0))
+        size_t bl;
+        const char *b64 = creds_response(c, &bl);
+        if (!b64) {
+            fail(f, "out of memory");
+            return;
+        }
+        if (send_raw(f, b64, bl))
             send_raw(f, "\r\n", 2);
         return;
+    }
     case 21:
         send_raw(f, "*\r\n", 3); /* an error challenge: cancel, the NO follows */
         return;
@@ -329,18 +292,15 @@ static bool tagged(const char *line, size_t len, char tag, bool *ok_r)
     return true;
 }
 
-static void judged(struct session *s, void *arg, const struct sc_outcome *o, char *msg, size_t len,
-                   size_t budget)
+/* Only the verdict is kept (in the memo); msgscan frees the message and its budget. */
+static void judged(void *arg, struct msgscan_outcome *o)
 {
     struct imap_fetcher *f = arg;
+    struct session *s = f->s;
     struct imap_scan *sc = imap_sc(s);
-    (void)len;
-    free(msg);
-    if (budget)
-        sc_budget_release(budget);
+    f->judging = NULL;
     uint64_t uid = f->got_uid ? f->got_uid : f->req_uid;
     int memo = sc_memo_store(sc, f->req_mailbox, f->req_uidvalidity, uid, f->lit_len, o);
-    free(o->notice);
     if (f->state == FT_JUDGE)
         f->state = FT_READY;
     finish(f, memo >= 0 ? 1 : -1, memo);
@@ -357,14 +317,15 @@ static void judge(struct imap_fetcher *f)
     char where[MSGSCAN_WHERE_MAX];
     uint64_t uid = f->got_uid ? f->got_uid : f->req_uid;
     sc_where(where, sizeof where, f->req_mailbox, uid, f->req_seq);
+    struct msgscan_item item = {.proto = "imap", .where = where};
     if (f->oversize) {
-        struct sc_outcome o = {0};
-        if (!sc_oversize(s, where, f->msg, f->msg_have, f->lit_len, &o)) {
+        struct msgscan_outcome o = {0};
+        if (!msgscan_oversize(s, &item, f->msg, f->msg_have, f->lit_len, &o)) {
             fail(f, "out of memory");
             return;
         }
         int memo = sc_memo_store(sc, f->req_mailbox, f->req_uidvalidity, uid, f->lit_len, &o);
-        free(o.notice);
+        msgscan_outcome_clear(&o);
         f->state = FT_READY;
         finish(f, memo >= 0 ? 1 : -1, memo);
         return;
@@ -375,7 +336,8 @@ static void judge(struct imap_fetcher *f)
     f->budget = 0;
     f->have_msg = false;
     f->state = FT_JUDGE;
-    if (!sc_judge(&f->judging, s, m, len, budget, where, judged, f))
+    f->judging = msgscan_judge(s, &item, m, len, budget, judged, f);
+    if (!f->judging)
         fail(f, "cannot submit scan");
 }
 
@@ -483,8 +445,9 @@ static void on_response(struct imap_fetcher *f, const char *line, size_t len)
     }
 }
 
-static void budget_granted(struct session *s)
+static void budget_granted(void *arg)
 {
+    struct session *s = arg;
     struct imap_fetcher *f = ft_of(s);
     if (!f || !f->budget_wait || s->closing)
         return;
@@ -522,13 +485,13 @@ static bool start_literal(struct imap_fetcher *f)
     f->msg_cap = need;
     f->msg_have = 0;
     f->have_msg = true;
-    int rc = sc_budget_acquire(s, need, &f->bwait, budget_granted);
-    if (rc < 0) {
+    enum msgscan_budget_rc rc = msgscan_budget_acquire(s, need, &f->bwait, budget_granted, s);
+    if (rc == MSGSCAN_BUDGET_TOO_BIG) {
         fail(f, "message larger than the scan memory budget");
         return false;
     }
     f->budget = need;
-    if (rc == 0) {
+    if (rc == MSGSCAN_BUDGET_WAIT) {
         f->budget_wait = true; /* the socket is not read until the grant */
         f->c.reading = false;
         return false;
@@ -732,8 +695,8 @@ void imap_fetcher_free(struct session *s)
     if (!f)
         return;
     f->pending = false;
-    sc_judge_cancel(&f->judging);
-    sc_wait_cancel(&f->bwait);
+    msgscan_cancel(&f->judging);
+    msgscan_wait_cancel(&f->bwait);
     if (f->state != FT_DEAD)
         close_conn(f);
     backend_dial_cancel(&f->dial);

@@ -19,7 +19,7 @@
 
 #include "imap.h"
 #include "worker.h"
-#include "sasl.h"
+#include "sess_event.h"
 #include "sess_policy.h"
 
 #define ID_MAX_PAIRS 30 /* RFC 2971: at most 30 field-value pairs */
@@ -81,21 +81,14 @@ static int imap_init(struct session *s)
     return 1;
 }
 
-static void wipe_free(char **p, size_t len)
-{
-    if (*p) {
-        OPENSSL_cleanse(*p, len ? len : strlen(*p));
-        free(*p);
-        *p = NULL;
-    }
-}
-
 static void forget_login(struct imap_state *st)
 {
-    wipe_free(&st->pass, st->pass_len);
-    st->pass_len = 0;
-    wipe_free(&st->authz, 0);
-    wipe_free(&st->sasl_b64, 0);
+    creds_clear(&st->creds);
+}
+
+static const char *mech_name(enum creds_mech m)
+{
+    return creds_mech_name(m, "login");
 }
 
 static void free_parser_store(struct imap_state *st)
@@ -136,7 +129,8 @@ static bool count_bad(struct session *s)
 {
     struct imap_state *st = imap_st(s);
     if (++st->bad >= s->cfg->limits.max_bad_commands) {
-        sess_log(s, LOG_INFO, "event=refused reason=too_many_bad_commands count=%u", st->bad);
+        sess_event(s, &(struct sess_event){
+                          .kind = SEV_REFUSED, .reason = SR_TOO_MANY_BAD_COMMANDS, .n = st->bad});
         reply(s, "* BYE Too many invalid commands.");
         sess_close_after_flush(s, "too many bad commands");
         return false;
@@ -176,7 +170,7 @@ static void cmd_starttls(struct session *s, const char *tag)
     size_t dropped = buf_len(&s->up);
     buf_clear(&s->up);
     if (dropped)
-        sess_log(s, LOG_WARN, "event=starttls_injection discarded_bytes=%zu", dropped);
+        sess_event(s, &(struct sess_event){.kind = SEV_STARTTLS_INJECTION, .n = dropped});
     reply(s, "%s OK Begin TLS negotiation now.", tag);
     s->client.reading = false;
     sess_set_state(s, SESS_STARTTLS);
@@ -265,13 +259,11 @@ static void cmd_id(struct session *s, const char *tag)
     reply(s, "%s OK ID completed.", tag);
 }
 
-static bool set_user(struct session *s, const char *u, size_t len)
+/* s->user (for logs, policy and routing) from the login's credentials. */
+static bool set_user(struct session *s, const struct creds *c)
 {
-    if (len == 0 || memchr(u, 0, len) || memchr(u, '\r', len) || memchr(u, '\n', len))
-        return false;
     free(s->user);
-    s->user = strndup(u, len);
-    imap_st(s)->user_len = len;
+    s->user = strndup(c->user, c->user_len);
     return s->user != NULL;
 }
 
@@ -297,11 +289,7 @@ static void begin_login(struct session *s)
     struct imap_state *st = imap_st(s);
     s->client.reading = false; /* pipelined commands wait in s->up until the login is decided */
     st->preauth_deadline = s->deadline_at;
-    sess_log(s, LOG_DEBUG, "event=login_start mech=%s",
-             st->mech == IMAP_MECH_LOGIN     ? "login"
-             : st->mech == IMAP_MECH_PLAIN   ? "plain"
-             : st->mech == IMAP_MECH_XOAUTH2 ? "xoauth2"
-                                             : "oauthbearer");
+    sess_log(s, LOG_DEBUG, "event=login_start mech=%s", mech_name(st->creds.mech));
     /* The login policy (issue 5) first; imap_backend_start() never calls back synchronously:
      * failures arrive as events. */
     sess_login_check(s, imap_backend_start, login_refused);
@@ -312,7 +300,7 @@ static void cmd_login(struct session *s, const char *tag)
     struct imap_state *st = imap_st(s);
     const struct imap_cmd_parser *p = &st->parser;
     if (plaintext_refused(s)) {
-        sess_log(s, LOG_INFO, "event=refused reason=plaintext_login");
+        sess_event(s, &(struct sess_event){.kind = SEV_REFUSED, .reason = SR_PLAINTEXT_LOGIN});
         reply(s,
               "%s NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure "
               "connections; use STARTTLS.",
@@ -326,22 +314,17 @@ static void cmd_login(struct session *s, const char *tag)
         count_bad(s);
         return;
     }
-    if (!set_user(s, imap_cmd_arg(p, 0), p->args[0].len) || p->args[1].len == 0 ||
-        memchr(imap_cmd_arg(p, 1), 0, p->args[1].len)) {
+    enum creds_rc rc = creds_from_login(&st->creds, imap_cmd_arg(p, 0), p->args[0].len,
+                                        imap_cmd_arg(p, 1), p->args[1].len);
+    if (rc == CREDS_MALFORMED) {
         reply(s, "%s NO [AUTHENTICATIONFAILED] Invalid user name or password.", tag);
         count_bad(s);
         return;
     }
-    forget_login(st);
-    st->pass = malloc(p->args[1].len + 1);
-    if (!st->pass) {
+    if (rc != CREDS_OK || !set_user(s, &st->creds)) {
         sess_close(s, "out of memory");
         return;
     }
-    memcpy(st->pass, imap_cmd_arg(p, 1), p->args[1].len);
-    st->pass[p->args[1].len] = '\0';
-    st->pass_len = p->args[1].len;
-    st->mech = IMAP_MECH_LOGIN;
     snprintf(st->tag, sizeof st->tag, "%s", tag);
     begin_login(s);
 }
@@ -355,51 +338,23 @@ static void sasl_response(struct session *s, const char *b64, size_t len)
         reply(s, "%s BAD Authentication cancelled.", tag);
         return;
     }
-    size_t cap = len / 4 * 3 + 3;
-    unsigned char *dec = malloc(cap);
-    if (!dec) {
-        sess_close(s, "out of memory");
-        return;
-    }
-    long n = (len == 1 && b64[0] == '=') ? 0 : b64_decode(b64, len, dec, cap);
-    if (n < 0) {
-        free(dec);
+    switch (creds_from_sasl(&st->creds, st->mech, b64, len)) {
+    case CREDS_OK:
+        break;
+    case CREDS_BAD_BASE64:
         reply(s, "%s BAD Invalid base64 data.", tag);
         count_bad(s);
         return;
-    }
-    bool ok = false;
-    struct sasl_span authz, authc, pass, user;
-    forget_login(st);
-    switch (st->mech) {
-    case IMAP_MECH_PLAIN:
-        if (sasl_plain_split(dec, (size_t)n, &authz, &authc, &pass) &&
-            set_user(s, authc.p, authc.len)) {
-            st->pass = strndup(pass.p, pass.len);
-            st->pass_len = pass.len;
-            if (authz.len && (authz.len != authc.len || memcmp(authz.p, authc.p, authc.len) != 0))
-                st->authz = strndup(authz.p, authz.len);
-            ok = st->pass != NULL;
-        }
-        break;
-    case IMAP_MECH_XOAUTH2:
-    case IMAP_MECH_OAUTHBEARER:
-        if (st->mech == IMAP_MECH_XOAUTH2 ? sasl_xoauth2_user(dec, (size_t)n, &user)
-                                          : sasl_oauthbearer_user(dec, (size_t)n, &user)) {
-            ok = set_user(s, user.p, user.len);
-            st->sasl_b64 = strndup(b64, len);
-            ok = ok && st->sasl_b64;
-        }
-        break;
-    case IMAP_MECH_LOGIN:
-        break;
-    }
-    OPENSSL_cleanse(dec, cap);
-    free(dec);
-    if (!ok) {
-        forget_login(st);
+    case CREDS_MALFORMED:
         reply(s, "%s NO [AUTHENTICATIONFAILED] Invalid SASL message.", tag);
         count_bad(s);
+        return;
+    case CREDS_NOMEM:
+        sess_close(s, "out of memory");
+        return;
+    }
+    if (!set_user(s, &st->creds)) {
+        sess_close(s, "out of memory");
         return;
     }
     begin_login(s);
@@ -415,7 +370,8 @@ static void cmd_authenticate(struct session *s, const char *tag)
         return;
     }
     if (plaintext_refused(s)) {
-        sess_log(s, LOG_INFO, "event=refused reason=plaintext_authenticate");
+        sess_event(s,
+                   &(struct sess_event){.kind = SEV_REFUSED, .reason = SR_PLAINTEXT_AUTHENTICATE});
         reply(s,
               "%s NO [PRIVACYREQUIRED] Authentication disallowed on non-secure connections; "
               "use STARTTLS.",
@@ -424,11 +380,11 @@ static void cmd_authenticate(struct session *s, const char *tag)
         return;
     }
     if (imap_cmd_arg_is(p, 0, "PLAIN"))
-        st->mech = IMAP_MECH_PLAIN;
+        st->mech = CREDS_PLAIN;
     else if (imap_cmd_arg_is(p, 0, "XOAUTH2"))
-        st->mech = IMAP_MECH_XOAUTH2;
+        st->mech = CREDS_XOAUTH2;
     else if (imap_cmd_arg_is(p, 0, "OAUTHBEARER"))
-        st->mech = IMAP_MECH_OAUTHBEARER;
+        st->mech = CREDS_OAUTHBEARER;
     else {
         reply(s, "%s NO [CANNOT] Unsupported authentication mechanism.", tag);
         count_bad(s);
@@ -587,14 +543,14 @@ void imap_preauth_login_failed(struct session *s, enum imap_login_fail how, cons
     sess_backend_drop(s);
     forget_login(st);
     if (how == IMAP_LF_AUTH) {
-        sess_log(s, LOG_INFO, "event=login_failed reason=\"%s\"", why);
+        sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_FAILED, .text = why});
         reply(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed.", st->tag);
     } else if (how == IMAP_LF_MECH) {
         /* Not "authentication failed": a client would take its token for bad and refresh it. */
-        sess_log(s, LOG_INFO, "event=login_failed reason=\"%s\"", why);
+        sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_FAILED, .text = why});
         reply(s, "%s NO [CANNOT] Unsupported authentication mechanism.", st->tag);
     } else {
-        sess_log(s, LOG_WARN, "event=login_failed reason=backend_unavailable detail=\"%s\"", why);
+        sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_UNAVAILABLE, .text = why});
         reply(s, "%s NO [UNAVAILABLE] Backend server unavailable; try again later.", st->tag);
     }
     sess_login_result(s, false, how == IMAP_LF_AUTH); /* issue 5: count the failure */
@@ -613,20 +569,19 @@ void imap_preauth_login_failed(struct session *s, enum imap_login_fail how, cons
 void imap_preauth_login_ok(struct session *s)
 {
     struct imap_state *st = imap_st(s);
-    /* issue 4: the scan fetcher's second connection logs in with the same credentials */
+    const char *mech = mech_name(st->creds.mech);
     if (!imap_scan_login(s)) {
         forget_login(st);
         sess_close(s, "out of memory");
         return;
     }
-    forget_login(st);
+    /* The scan fetcher's second connection logs in with the same credentials (issue 4): they
+     * stay, until the session ends, only while scanning is on. */
+    if (!st->sc)
+        forget_login(st);
     sess_login_result(s, true, false); /* issue 5: register the session */
     free_parser_store(st);
-    sess_log(s, LOG_INFO, "event=login backend=%s mech=%s", s->be->name,
-             st->mech == IMAP_MECH_LOGIN     ? "login"
-             : st->mech == IMAP_MECH_PLAIN   ? "plain"
-             : st->mech == IMAP_MECH_XOAUTH2 ? "xoauth2"
-                                             : "oauthbearer");
+    sess_event(s, &(struct sess_event){.kind = SEV_LOGIN, .name = s->be->name, .mech = mech});
     if (st->post_caps)
         reply(s, "%s OK [CAPABILITY %s] Logged in", st->tag, st->post_caps);
     else

@@ -32,6 +32,7 @@
 #include <strings.h>
 
 #include "imap.h"
+#include "sess_event.h"
 #include "sess_policy.h"
 
 /* Remove `len` bytes at absolute offset `off` of the buffer (they are after mark). */
@@ -116,8 +117,9 @@ static void refuse(struct session *s, enum cmd_verdict v)
     int n = snprintf(line, sizeof line, "%.*s BAD %s\r\n", (int)tl, tag,
                      v == CMD_REFUSE_COMPRESS ? "COMPRESS is not available through this proxy."
                                               : "TLS is already active.");
-    sess_log(s, LOG_INFO, "event=refused reason=%s",
-             v == CMD_REFUSE_COMPRESS ? "compress" : "starttls_after_login");
+    sess_event(s, &(struct sess_event){
+                      .kind = SEV_REFUSED,
+                      .reason = v == CMD_REFUSE_COMPRESS ? SR_COMPRESS : SR_STARTTLS_AFTER_LOGIN});
     imap_relay_inject(s, line, (size_t)n);
 }
 

@@ -43,8 +43,6 @@
 #include <string.h>
 #include <strings.h>
 
-#include <openssl/crypto.h>
-
 #include "imap_scan.h"
 #include "notice.h"
 #include "worker.h"
@@ -64,15 +62,6 @@ static char *dup_bytes(const char *p, size_t n)
         d[n] = '\0';
     }
     return d;
-}
-
-static void wipe_free(char **p, size_t len)
-{
-    if (*p) {
-        OPENSSL_cleanse(*p, len ? len : strlen(*p));
-        free(*p);
-        *p = NULL;
-    }
 }
 
 /* ---- verdict memory (per session) ---- */
@@ -107,7 +96,7 @@ static size_t body_offset(const char *p, size_t len)
 }
 
 int sc_memo_store(struct imap_scan *sc, const char *mailbox, uint32_t uidvalidity, uint64_t uid,
-                  uint64_t orig_len, const struct sc_outcome *o)
+                  uint64_t orig_len, const struct msgscan_outcome *o)
 {
     if (!mailbox || !uid)
         return -1;
@@ -123,8 +112,8 @@ int sc_memo_store(struct imap_scan *sc, const char *mailbox, uint32_t uidvalidit
     m->uidvalidity = uidvalidity;
     m->uid = uid;
     m->orig_len = orig_len;
-    m->replaced = o->replaced;
-    if (o->replaced) {
+    m->replaced = o->replace;
+    if (o->replace) {
         m->notice = dup_bytes(o->notice, o->notice_len);
         if (!m->notice) {
             memo_clear(m);
@@ -148,15 +137,6 @@ bool imap_scan_login(struct session *s)
     struct imap_scan *sc = calloc(1, sizeof *sc);
     if (!sc)
         return false;
-    sc->mech = (int)st->mech;
-    if (st->pass) {
-        sc->pass = dup_bytes(st->pass, st->pass_len);
-        sc->pass_len = st->pass_len;
-    }
-    if (st->authz)
-        sc->authz = strdup(st->authz);
-    if (st->sasl_b64)
-        sc->sasl_b64 = strdup(st->sasl_b64);
     sc->part_memo = -1;
     buf_init(&sc->out, 0);
     ev_init(&sc->ka, NULL);
@@ -174,20 +154,17 @@ void imap_scan_free(struct session *s)
     if (!sc)
         return;
     ka_stop(s);
-    sc_judge_cancel(&sc->judging);
-    sc_wait_cancel(&sc->bwait);
+    msgscan_cancel(&sc->judging);
+    msgscan_wait_cancel(&sc->bwait);
     imap_fetcher_free(s);
     out_release_all(s, sc);
-    wipe_free(&sc->pass, sc->pass_len);
-    wipe_free(&sc->authz, 0);
-    wipe_free(&sc->sasl_b64, 0);
     free(sc->mailbox);
     free(sc->pending_mailbox);
     free(sc->msg); /* a message being collected or handed back, with its budget */
-    sc_budget_release(sc->msg_budget);
+    msgscan_budget_release(sc->msg_budget);
     free(sc->text0);
     free(sc->text1);
-    free(sc->outcome.notice);
+    msgscan_outcome_clear(&sc->outcome);
     for (int i = 0; i < SC_MEMO_MAX; i++)
         memo_clear(&sc->memo[i]);
     free(sc);
@@ -290,12 +267,12 @@ static void out_release_all(struct session *s, struct imap_scan *sc)
     if (sc->out_active && sc->out.data) {
         buf_free(&sc->out);
         if (sc->outi < sc->outn)
-            sc_budget_release(sc->outq[sc->outi].budget);
+            msgscan_budget_release(sc->outq[sc->outi].budget);
         sc->outi++;
     }
     for (unsigned i = sc->outi; i < sc->outn; i++) {
         free(sc->outq[i].data);
-        sc_budget_release(sc->outq[i].budget);
+        msgscan_budget_release(sc->outq[i].budget);
     }
     sc->outn = sc->outi = 0;
     sc->out_active = false;
@@ -307,7 +284,7 @@ static bool out_push(struct imap_scan *sc, char *data, size_t len, size_t budget
 {
     if (sc->outn >= SC_OUT_MAX) {
         free(data);
-        sc_budget_release(budget);
+        msgscan_budget_release(budget);
         return false;
     }
     sc->outq[sc->outn++] = (struct sc_out){data, len, budget};
@@ -321,7 +298,7 @@ static bool out_next(struct session *s, struct imap_scan *sc)
         struct sc_out *o = &sc->outq[sc->outi];
         if (o->len == 0) {
             free(o->data);
-            sc_budget_release(o->budget);
+            msgscan_budget_release(o->budget);
             sc->outi++;
             continue;
         }
@@ -366,7 +343,7 @@ static bool out_pump(struct session *s, struct imap_scan *sc)
                 return true; /* a write event calls the filter again */
         }
         buf_free(&sc->out);
-        sc_budget_release(sc->outq[sc->outi].budget);
+        msgscan_budget_release(sc->outq[sc->outi].budget);
         sc->outi++;
         if (!out_next(s, sc))
             return false;
@@ -481,17 +458,35 @@ static void wake(struct session *s)
         sess_pump(s);
 }
 
-static void judged_whole(struct session *s, void *arg, const struct sc_outcome *o, char *msg,
-                         size_t len, size_t budget)
+/* Keep what the client is to get from an outcome: the notice when replaced (taken: `o` is
+ * msgscan's), nothing else (the original, when delivered, is taken by the caller). */
+static void keep_outcome(struct imap_scan *sc, struct msgscan_outcome *o)
 {
-    (void)arg;
-    struct imap_scan *sc = imap_sc(s);
-    sc->submitted = false;
     sc->have_outcome = true;
-    sc->outcome = *o;
-    sc->msg = msg;
-    sc->msg_len = sc->msg_have = len;
-    sc->msg_budget = budget;
+    sc->outcome = (struct msgscan_outcome){.verdict = o->verdict, .replace = o->replace};
+    if (o->replace) {
+        sc->outcome.notice = o->notice;
+        sc->outcome.notice_len = o->notice_len;
+        o->notice = NULL;
+    }
+}
+
+static void judged_whole(void *arg, struct msgscan_outcome *o)
+{
+    struct session *s = arg;
+    struct imap_scan *sc = imap_sc(s);
+    sc->judging = NULL;
+    sc->submitted = false;
+    keep_outcome(sc, o);
+    /* Delivered as it was: the original comes back with its budget. */
+    bool orig = !o->replace && o->msg;
+    sc->msg = orig ? o->msg : NULL;
+    sc->msg_len = sc->msg_have = orig ? o->len : 0;
+    sc->msg_budget = orig ? o->budget : 0;
+    if (orig) {
+        o->msg = NULL;
+        o->budget = 0;
+    }
     wake(s);
 }
 
@@ -513,21 +508,23 @@ static void whole_complete(struct session *s)
     size_t len = sc->msg_have, budget = sc->msg_budget;
     sc->msg = NULL;
     sc->msg_budget = 0;
+    struct msgscan_item item = {.proto = "imap", .where = where};
     if (sc->oversize_block) {
-        struct sc_outcome o;
-        bool ok = sc_oversize(s, where, m, len, sc->lit_len, &o);
+        struct msgscan_outcome o = {0};
+        bool ok = msgscan_oversize(s, &item, m, len, sc->lit_len, &o);
         free(m);
-        sc_budget_release(budget);
+        msgscan_budget_release(budget);
         if (!ok) {
             fail_session(s, "out of memory");
             return;
         }
-        sc->have_outcome = true;
-        sc->outcome = o;
+        keep_outcome(sc, &o);
+        msgscan_outcome_clear(&o);
         return;
     }
     sc->submitted = true;
-    if (!sc_judge(&sc->judging, s, m, len, budget, where, judged_whole, NULL)) {
+    sc->judging = msgscan_judge(s, &item, m, len, budget, judged_whole, s);
+    if (!sc->judging) {
         sc->submitted = false;
         fail_session(s, "cannot submit scan");
     }
@@ -537,15 +534,15 @@ static void whole_complete(struct session *s)
 static void release_whole(struct session *s)
 {
     struct imap_scan *sc = imap_sc(s);
-    struct sc_outcome *o = &sc->outcome;
+    struct msgscan_outcome *o = &sc->outcome;
     if (sc->mailbox && sc->fi.uid && !sc->oversize_block)
         sc_memo_store(sc, sc->mailbox, sc->uidvalidity, sc->fi.uid, sc->lit_len, o);
     bool ok = true;
-    if (!o->replaced && !sc->msg) {
+    if (!o->replace && !sc->msg) {
         fail_session(s, "scan returned no message");
         return;
     }
-    if (!o->replaced) {
+    if (!o->replace) {
         /* Not short-circuited: every push takes its block, queued or freed. */
         ok = out_push(sc, sc->text0, sc->text0_len, 0);
         ok = out_push(sc, sc->msg, sc->msg_len, sc->msg_budget) && ok;
@@ -554,7 +551,7 @@ static void release_whole(struct session *s)
         sc->msg_budget = 0;
     } else {
         free(sc->msg);
-        sc_budget_release(sc->msg_budget);
+        msgscan_budget_release(sc->msg_budget);
         sc->msg = NULL;
         sc->msg_budget = 0;
         /* text0 ends in the literal header: rewrite its length */
@@ -614,7 +611,7 @@ static void release_whole(struct session *s)
     out_next(s, sc);
 }
 
-static void budget_granted(struct session *s);
+static void budget_granted(void *arg);
 
 /* Take the held response text out of s->down into text0 and start collecting the literal. */
 static bool begin_collect(struct session *s)
@@ -640,8 +637,9 @@ static bool begin_collect(struct session *s)
     return true;
 }
 
-static void budget_granted(struct session *s)
+static void budget_granted(void *arg)
 {
+    struct session *s = arg;
     struct imap_scan *sc = imap_sc(s);
     if (s->closing || !sc || sc->phase != SC_BUDGET)
         return;
@@ -662,10 +660,11 @@ static bool start_whole(struct session *s)
         if (cs->oversize_action == CFG_SCAN_PASS) {
             /* streamed without holding; msgscan logs and counts the pass */
             char where[MSGSCAN_WHERE_MAX];
-            struct sc_outcome o;
+            struct msgscan_outcome o = {0};
             sc_where(where, sizeof where, sc->mailbox, sc->fi.uid, sc->seq);
-            if (sc_oversize(s, where, NULL, 0, sc->lit_len, &o))
-                free(o.notice);
+            struct msgscan_item item = {.proto = "imap", .where = where};
+            if (msgscan_oversize(s, &item, NULL, 0, sc->lit_len, &o))
+                msgscan_outcome_clear(&o);
             sc->phase = SC_PASS_LIT;
             sc->resp_released = true;
             return false;
@@ -675,13 +674,13 @@ static bool start_whole(struct session *s)
     size_t need = sc->oversize_block ? NOTICE_HEADER_SCAN : (size_t)sc->lit_len;
     if (need > sc->lit_len)
         need = (size_t)sc->lit_len;
-    int rc = sc_budget_acquire(s, need, &sc->bwait, budget_granted);
+    enum msgscan_budget_rc rc = msgscan_budget_acquire(s, need, &sc->bwait, budget_granted, s);
     ka_start(s);
-    if (rc < 0) {
+    if (rc == MSGSCAN_BUDGET_TOO_BIG) {
         fail_session(s, "message larger than the scan memory budget");
         return true;
     }
-    if (rc == 0) {
+    if (rc == MSGSCAN_BUDGET_WAIT) {
         sc->phase = SC_BUDGET; /* held in s->down; nothing framed until the grant */
         return true;
     }
@@ -768,7 +767,7 @@ static bool apply_part(struct session *s)
     struct buf *b = &s->down;
     struct sc_memo *m = sc->part_rc == 1 && sc->part_memo >= 0 ? &sc->memo[sc->part_memo] : NULL;
     bool replace;
-    struct sc_outcome blocked = {0};
+    struct msgscan_outcome blocked = {0};
     const char *notice = NULL;
     size_t nlen = 0, body_off = 0;
     uint64_t orig_len = 0;
@@ -782,12 +781,13 @@ static bool apply_part(struct session *s)
         /* The whole message could not be judged: error_action (msgscan logs it). */
         char where[MSGSCAN_WHERE_MAX];
         sc_where(where, sizeof where, sc->mailbox, sc->fi.uid, sc->seq);
-        if (!sc_unjudged(s, where, sc->part_rc == 0 ? "message-not-found" : "fetch-failed",
-                         &blocked)) {
+        struct msgscan_item item = {.proto = "imap", .where = where};
+        if (!msgscan_unjudged(s, &item, NULL, 0,
+                              sc->part_rc == 0 ? "message-not-found" : "fetch-failed", &blocked)) {
             fail_session(s, "out of memory");
             return true;
         }
-        replace = blocked.replaced;
+        replace = blocked.replace;
         if (replace) {
             notice = blocked.notice;
             nlen = blocked.notice_len;
@@ -813,7 +813,7 @@ static bool apply_part(struct session *s)
     size_t h = lit_hdr_start(held, st->down_held);
     char *blk = malloc(h + 32 + rn);
     if (!blk) {
-        free(blocked.notice);
+        msgscan_outcome_clear(&blocked);
         fail_session(s, "out of memory");
         return true;
     }
@@ -821,7 +821,7 @@ static bool apply_part(struct session *s)
     size_t w = h + lit_hdr(blk + h, 32, held + h, rn);
     memcpy(blk + w, rp, rn);
     w += rn;
-    free(blocked.notice);
+    msgscan_outcome_clear(&blocked);
     cut(b, b->mark, st->down_held);
     st->down_held = 0;
     sc->resp_released = true;
@@ -1029,39 +1029,7 @@ bool imap_scan_idle(struct session *s)
     return !sc || (sc->phase == SC_IDLE && !sc->out_active && !sc->resp_open);
 }
 
-/* ---- msgscan adapter ---- */
-
-static void wait_cb(void *arg)
-{
-    struct sc_wait *w = arg;
-    w->granted(w->s);
-}
-
-int sc_budget_acquire(struct session *s, size_t bytes, struct sc_wait *w,
-                      void (*granted)(struct session *s))
-{
-    w->s = s;
-    w->granted = granted;
-    switch (msgscan_budget_acquire(s, bytes, &w->w, wait_cb, w)) {
-    case MSGSCAN_BUDGET_OK:
-        return 1;
-    case MSGSCAN_BUDGET_WAIT:
-        return 0;
-    default:
-        return -1;
-    }
-}
-
-void sc_budget_release(size_t bytes)
-{
-    if (bytes)
-        msgscan_budget_release(bytes);
-}
-
-void sc_wait_cancel(struct sc_wait *w)
-{
-    msgscan_wait_cancel(&w->w);
-}
+/* ---- logging ---- */
 
 void sc_where(char *buf, size_t cap, const char *mailbox, uint64_t uid, uint64_t seq)
 {
@@ -1071,75 +1039,4 @@ void sc_where(char *buf, size_t cap, const char *mailbox, uint64_t uid, uint64_t
         snprintf(buf, cap, "mailbox=%s uid=%llu", mb, (unsigned long long)uid);
     else
         snprintf(buf, cap, "mailbox=%s seq=%llu", mb, (unsigned long long)seq);
-}
-
-/* Take what the relay delivers out of msgscan's outcome. */
-static void take_outcome(struct msgscan_outcome *mo, struct sc_outcome *o)
-{
-    memset(o, 0, sizeof *o);
-    o->replaced = mo->replace;
-    if (mo->replace) {
-        o->notice = mo->notice;
-        o->notice_len = mo->notice_len;
-        mo->notice = NULL;
-    }
-}
-
-static void judged_cb(void *arg, struct msgscan_outcome *mo)
-{
-    struct sc_judging *j = arg;
-    j->req = NULL;
-    struct sc_outcome o;
-    take_outcome(mo, &o);
-    char *msg = NULL;
-    size_t len = 0, budget = 0;
-    if (!mo->replace && mo->msg) {
-        msg = mo->msg;
-        len = mo->len;
-        budget = mo->budget;
-        mo->msg = NULL;
-        mo->budget = 0;
-    }
-    j->done(j->s, j->arg, &o, msg, len, budget);
-}
-
-bool sc_judge(struct sc_judging *j, struct session *s, char *msg, size_t len, size_t budget,
-              const char *where, sc_judged_fn *done, void *arg)
-{
-    struct msgscan_item item = {.proto = "imap", .where = where};
-    j->s = s;
-    j->done = done;
-    j->arg = arg;
-    j->req = msgscan_judge(s, &item, msg, len, budget, judged_cb, j);
-    return j->req != NULL;
-}
-
-void sc_judge_cancel(struct sc_judging *j)
-{
-    msgscan_cancel(&j->req);
-}
-
-bool sc_oversize(struct session *s, const char *where, const char *head, size_t head_len,
-                 uint64_t size, struct sc_outcome *o)
-{
-    struct msgscan_item item = {.proto = "imap", .where = where};
-    struct msgscan_outcome mo;
-    memset(&mo, 0, sizeof mo);
-    if (!msgscan_oversize(s, &item, head, head_len, size, &mo))
-        return false;
-    take_outcome(&mo, o);
-    msgscan_outcome_clear(&mo);
-    return true;
-}
-
-bool sc_unjudged(struct session *s, const char *where, const char *reason, struct sc_outcome *o)
-{
-    struct msgscan_item item = {.proto = "imap", .where = where};
-    struct msgscan_outcome mo;
-    memset(&mo, 0, sizeof mo);
-    if (!msgscan_unjudged(s, &item, NULL, 0, reason, &mo))
-        return false;
-    take_outcome(&mo, o);
-    msgscan_outcome_clear(&mo);
-    return true;
 }

@@ -35,28 +35,6 @@ struct sc_memo {
     uint64_t orig_len; /* size of the original message */
 };
 
-/* The outcome of judging a whole message (handed over by the msgscan adapter). */
-struct sc_outcome {
-    bool replaced; /* false: deliver the original */
-    char *notice;  /* malloc'd when replaced */
-    size_t notice_len;
-};
-
-/* A budget wait: calls granted(s) on the loop once the bytes are acquired. */
-struct sc_wait {
-    struct msgscan_wait w;
-    struct session *s;
-    void (*granted)(struct session *s);
-};
-/* A judging in flight (embedded in the caller's state). */
-typedef void sc_judged_fn(struct session *s, void *arg, const struct sc_outcome *o, char *msg,
-                          size_t len, size_t budget);
-struct sc_judging {
-    struct msgscan_req *req; /* NULL when idle */
-    struct session *s;
-    sc_judged_fn *done;
-    void *arg;
-};
 /* A content literal after the scanned one, inside the held rest of the response. */
 struct sc_lit {
     size_t hdr_off;  /* in text1: where "{" / "~{" starts */
@@ -87,13 +65,6 @@ struct sc_out {
 struct imap_fetcher;
 
 struct imap_scan {
-    /* credentials for the second connection, kept from login, wiped at close */
-    int mech; /* enum imap_mech */
-    char *pass;
-    size_t pass_len;
-    char *authz;
-    char *sasl_b64;
-
     /* mailbox tracking (client's SELECT/EXAMINE) */
     char *mailbox; /* owned or NULL: the selected mailbox as the client named it */
     uint32_t uidvalidity;
@@ -122,7 +93,7 @@ struct imap_scan {
     uint64_t lit_len; /* length of the literal being decided (framer's literal_len) */
     bool submitted;   /* the scan of msg is running */
     bool have_outcome;
-    struct sc_outcome outcome;
+    struct msgscan_outcome outcome; /* replace + notice (owned); never msg (that is in `msg`) */
     bool oversize_block; /* msg holds only the head of an oversize message: notice only */
 
     /* part/chunk held in s->down */
@@ -145,8 +116,8 @@ struct imap_scan {
     unsigned memo_next;
 
     struct imap_fetcher *fetcher; /* owned (imap_fetcher.c) */
-    struct sc_wait bwait;         /* budget for a whole message held in-band */
-    struct sc_judging judging;    /* its scan */
+    struct msgscan_wait bwait;    /* budget for a whole message held in-band */
+    struct msgscan_req *judging;  /* its scan, NULL when none */
     bool busy;                    /* inside a relay hook: results are picked up there */
 };
 
@@ -158,7 +129,7 @@ static inline struct imap_scan *imap_sc(struct session *s)
 /* imap_scan.c */
 int sc_memo_find(struct imap_scan *sc, const char *mailbox, uint32_t uidvalidity, uint64_t uid);
 int sc_memo_store(struct imap_scan *sc, const char *mailbox, uint32_t uidvalidity, uint64_t uid,
-                  uint64_t orig_len, const struct sc_outcome *o);
+                  uint64_t orig_len, const struct msgscan_outcome *o);
 
 /* imap_fetcher.c — the second backend connection.
  * Fetch `UID FETCH uid (UID BODY.PEEK[])` (or `FETCH seq (UID BODY.PEEK[])` when uid is 0) from
@@ -170,28 +141,8 @@ bool imap_fetcher_request(struct session *s, const char *mailbox, uint32_t uidva
                           uint64_t uid, uint64_t seq, fetcher_done_fn *done);
 void imap_fetcher_free(struct session *s);
 
-/* imap_scan.c: the msgscan adapter. */
-
-/* 1 acquired now, 0 `granted` runs later (unless sc_wait_cancel), -1 more than the budget. */
-int sc_budget_acquire(struct session *s, size_t bytes, struct sc_wait *w,
-                      void (*granted)(struct session *s));
-void sc_budget_release(size_t bytes);
-void sc_wait_cancel(struct sc_wait *w);
-
-/* Judge `msg` (malloc'd, covered by `budget`; both move to the judge, also on failure). `done`
- * runs later on the loop (never before this returns) with the outcome: `o->notice` is the
- * callee's to free; the original comes back in msg (with its budget) when it is to be delivered.
- * False when out of memory (no callback). `where` is a logfmt fragment naming the message. */
-bool sc_judge(struct sc_judging *j, struct session *s, char *msg, size_t len, size_t budget,
-              const char *where, sc_judged_fn *done, void *arg);
-void sc_judge_cancel(struct sc_judging *j);
-/* Over max_scan_size (`size`; `head` = what is held of it, may be empty): oversize_action,
- * logged and counted. Fills *o (o->notice malloc'd when replaced). False: out of memory. */
-bool sc_oversize(struct session *s, const char *where, const char *head, size_t head_len,
-                 uint64_t size, struct sc_outcome *o);
-/* The message could not be judged for `reason`: error_action. Like sc_oversize. */
-bool sc_unjudged(struct session *s, const char *where, const char *reason, struct sc_outcome *o);
-/* logfmt fragment naming a message: mailbox="…" uid=N (or seq=N) */
+/* imap_scan.c: logfmt fragment naming a message for msgscan: mailbox="…" uid=N (or seq=N).
+ * Both files call msgscan_* directly, as pop3_scan.c does. */
 void sc_where(char *buf, size_t cap, const char *mailbox, uint64_t uid, uint64_t seq);
 
 #endif

@@ -56,47 +56,13 @@ void metrics_refusal(const char *reason)
         atomic_fetch_add(&reasons_other, 1);
 }
 
-void metrics_from_event(const char *msg, int proto)
+unsigned long long metrics_refusal_count(const char *reason)
 {
-    /* The session's log line is the single source: every refusal and login result is logged
-     * once, so counting here keeps the metrics and the logs in step. */
-    proto = proto ? 1 : 0;
-    if (strncmp(msg, "event=refused reason=", 21) == 0) {
-        char r[REASON_LEN];
-        size_t i = 0;
-        const char *p = msg + 21;
-        if (*p == '"')
-            p++;
-        while (p[i] && p[i] != ' ' && p[i] != '"' && i < sizeof r - 1) {
-            char c = p[i];
-            r[i++] = (char)((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ? c : '_');
-        }
-        r[i] = '\0';
-        metrics_refusal(i ? r : "unknown");
-        if (strstr(r, "plaintext") || strstr(r, "policy") || strstr(r, "locked") ||
-            strstr(r, "rate"))
-            atomic_fetch_add(&metrics.logins[proto][ML_REFUSED], 1);
-    } else if (strncmp(msg, "event=login_refused reason=", 27) == 0) {
-        char r[REASON_LEN];
-        size_t i = 0;
-        const char *p = msg + 27;
-        while (p[i] && p[i] != ' ' && i < sizeof r - 1) {
-            r[i] = p[i];
-            i++;
-        }
-        r[i] = '\0';
-        metrics_refusal(r);
-        atomic_fetch_add(&metrics.logins[proto][ML_REFUSED], 1);
-    } else if (strncmp(msg, "event=login ", 12) == 0) {
-        atomic_fetch_add(&metrics.logins[proto][ML_OK], 1);
-    } else if (strncmp(msg, "event=login_failed ", 19) == 0) {
-        atomic_fetch_add(
-            &metrics.logins[proto]
-                           [strstr(msg, "backend_unavailable") ? ML_UNAVAILABLE : ML_AUTH_FAILED],
-            1);
-    } else if (strncmp(msg, "event=starttls_injection", 24) == 0) {
-        atomic_fetch_add(&metrics.starttls_injections, 1);
-    }
+    unsigned n = atomic_load(&nreasons);
+    for (unsigned i = 0; i < n; i++)
+        if (strcmp(reasons[i].reason, reason) == 0)
+            return atomic_load(&reasons[i].n);
+    return 0;
 }
 
 void metrics_register(metrics_collector *fn, void *arg)

@@ -66,11 +66,10 @@ void metrics_hist_render(struct buf *o, const char *name, const char *help, stru
 extern struct metrics metrics;
 
 /* A refusal, counted by reason (copied; at most 64 distinct reasons, the rest count as
- * "other"). */
+ * "other"). Session events count theirs through sess_event.c. */
 void metrics_refusal(const char *reason);
-/* Count what a session log line reports (`event=refused reason=…`, `event=login …`,
- * `event=login_failed …`, `event=starttls_injection`); `proto` is CFG_PROTO_*. */
-void metrics_from_event(const char *msg, int proto);
+/* How many refusals `reason` has counted so far (0 if none). */
+unsigned long long metrics_refusal_count(const char *reason);
 
 /* Appends series to the exposition; runs on the main thread with `out` to append to. */
 typedef void metrics_collector(struct buf *out, void *arg);

@@ -10,10 +10,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "creds.h"
 #include "pop3_parse.h"
 #include "session.h"
-
-enum pop3_mech { POP3_MECH_USER, POP3_MECH_PLAIN, POP3_MECH_XOAUTH2, POP3_MECH_OAUTHBEARER };
 
 enum pop3_bstate {
     PB_NONE,
@@ -43,6 +42,7 @@ struct pop3_qent {
     uint32_t msgno;    /* RETR/TOP message number (for the scanner and the logs) */
     uint32_t lines;    /* TOP: body lines asked for (a replacement notice is cut to them) */
     const char *local; /* PQ_LOCAL: static answer text, without "-ERR " and CRLF */
+    uint8_t why;       /* PQ_LOCAL: enum sess_reason, for the refusal's event */
 };
 
 #define POP3_QUEUE_MAX 64 /* outstanding pipelined commands; past it the client is not read */
@@ -57,12 +57,9 @@ struct pop3_state {
     bool have_user; /* USER given, PASS expected */
     double preauth_deadline;
 
-    /* the login in progress (all owned; secrets wiped on free) */
-    enum pop3_mech mech;
-    char *pass;
-    size_t pass_len;
-    char *authz;    /* PLAIN authzid, or NULL */
-    char *sasl_b64; /* XOAUTH2/OAUTHBEARER initial response, base64, as received */
+    /* the login in progress */
+    enum creds_mech mech; /* named by AUTH, for its SASL response */
+    struct creds creds;   /* the login's credentials (wiped at login and on failure) */
 
     /* backend login script */
     enum pop3_bstate bstate;

@@ -21,7 +21,6 @@
 #include <strings.h>
 
 #include "pop3.h"
-#include "sasl.h"
 
 static void fail_code(struct session *s, bool auth, const char *code, const char *why)
 {
@@ -132,68 +131,36 @@ static void send_capa(struct session *s)
 static void send_credentials(struct session *s)
 {
     struct pop3_state *st = pop3_st(s);
-    const char *mech = NULL;
-    char *b64 = st->sasl_b64;
-    char *built = NULL;
-    switch (st->mech) {
-    case POP3_MECH_USER:
+    struct creds *c = &st->creds;
+    switch (c->mech) {
+    case CREDS_LOGIN:
         /* USER/PASS unless the backend offers only SASL PLAIN. */
         if (st->be_user || !st->be_capa_known || !st->be_sasl_plain) {
             st->bstate = PB_USER;
-            if (sendf_be(s, "USER ") && send_be(s, s->user, strlen(s->user)))
+            if (sendf_be(s, "USER ") && send_be(s, c->user, c->user_len))
                 send_be(s, "\r\n", 2);
             return;
         }
-        mech = "PLAIN";
         break;
-    case POP3_MECH_PLAIN:
-        mech = "PLAIN";
+    case CREDS_PLAIN:
         break;
-    case POP3_MECH_XOAUTH2:
-        if (!st->be_sasl_xoauth2) {
+    case CREDS_XOAUTH2:
+    case CREDS_OAUTHBEARER:
+        if (!(c->mech == CREDS_XOAUTH2 ? st->be_sasl_xoauth2 : st->be_sasl_oauthbearer)) {
             fail(s, true, "backend does not offer this SASL mechanism");
             return;
         }
-        mech = "XOAUTH2";
-        break;
-    case POP3_MECH_OAUTHBEARER:
-        if (!st->be_sasl_oauthbearer) {
-            fail(s, true, "backend does not offer this SASL mechanism");
-            return;
-        }
-        mech = "OAUTHBEARER";
         break;
     }
-    if (strcmp(mech, "PLAIN") == 0) {
-        size_t zl = st->authz ? strlen(st->authz) : 0;
-        size_t ul = strlen(s->user);
-        size_t ml = zl + 2 + ul + st->pass_len;
-        unsigned char *m = malloc(ml);
-        built = malloc(4 * ((ml + 2) / 3) + 1);
-        if (!m || !built) {
-            free(m);
-            free(built);
-            fail(s, false, "out of memory");
-            return;
-        }
-        if (zl)
-            memcpy(m, st->authz, zl);
-        m[zl] = 0;
-        memcpy(m + zl + 1, s->user, ul);
-        m[zl + 1 + ul] = 0;
-        memcpy(m + zl + 2 + ul, st->pass, st->pass_len);
-        built[b64_encode(m, ml, built)] = '\0';
-        OPENSSL_cleanse(m, ml);
-        free(m);
-        b64 = built;
+    size_t bl;
+    const char *b64 = creds_response(c, &bl);
+    if (!b64) {
+        fail(s, false, "out of memory");
+        return;
     }
     st->bstate = PB_AUTH;
-    if (sendf_be(s, "AUTH %s ", mech) && send_be(s, b64, strlen(b64)))
+    if (sendf_be(s, "AUTH %s ", creds_sasl_name(c->mech)) && send_be(s, b64, bl))
         send_be(s, "\r\n", 2);
-    if (built) {
-        OPENSSL_cleanse(built, strlen(built));
-        free(built);
-    }
 }
 
 static void send_xclient_or_login(struct session *s)
@@ -291,7 +258,7 @@ static void handle_response(struct session *s, enum pop3_status status, const ch
             return;
         }
         st->bstate = PB_PASS;
-        if (sendf_be(s, "PASS ") && send_be(s, st->pass, st->pass_len))
+        if (sendf_be(s, "PASS ") && send_be(s, st->creds.pass, st->creds.pass_len))
             send_be(s, "\r\n", 2);
         return;
     case PB_PASS:

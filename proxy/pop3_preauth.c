@@ -17,7 +17,7 @@
 #include <string.h>
 
 #include "pop3.h"
-#include "sasl.h"
+#include "sess_event.h"
 #include "sess_policy.h"
 #include "worker.h"
 
@@ -57,21 +57,14 @@ static int pop3_init(struct session *s)
     return 1;
 }
 
-static void wipe_free(char **p, size_t len)
-{
-    if (*p) {
-        OPENSSL_cleanse(*p, len ? len : strlen(*p));
-        free(*p);
-        *p = NULL;
-    }
-}
-
 void pop3_forget_login(struct pop3_state *st)
 {
-    wipe_free(&st->pass, st->pass_len);
-    st->pass_len = 0;
-    wipe_free(&st->authz, 0);
-    wipe_free(&st->sasl_b64, 0);
+    creds_clear(&st->creds);
+}
+
+static const char *mech_name(enum creds_mech m)
+{
+    return creds_mech_name(m, "user");
 }
 
 static void free_store(struct pop3_state *st)
@@ -113,7 +106,8 @@ static bool count_bad(struct session *s)
 {
     struct pop3_state *st = pop3_st(s);
     if (++st->bad >= s->cfg->limits.max_bad_commands) {
-        sess_log(s, LOG_INFO, "event=refused reason=too_many_bad_commands count=%u", st->bad);
+        sess_event(s, &(struct sess_event){
+                          .kind = SEV_REFUSED, .reason = SR_TOO_MANY_BAD_COMMANDS, .n = st->bad});
         pop3_reply(s, "-ERR Too many invalid commands.");
         sess_close_after_flush(s, "too many bad commands");
         return false;
@@ -160,7 +154,7 @@ static void cmd_stls(struct session *s)
     buf_clear(&s->up);
     pop3_cmd_parser_reset(&st->parser);
     if (dropped)
-        sess_log(s, LOG_WARN, "event=starttls_injection discarded_bytes=%zu", dropped);
+        sess_event(s, &(struct sess_event){.kind = SEV_STARTTLS_INJECTION, .n = dropped});
     pop3_reply(s, "+OK Begin TLS negotiation now.");
     s->client.reading = false;
     sess_set_state(s, SESS_STARTTLS);
@@ -178,11 +172,11 @@ static void pop3_starttls_done(struct session *s)
     s->user = NULL;
 }
 
-static bool refuse_plaintext(struct session *s, const char *what)
+static bool refuse_plaintext(struct session *s, enum sess_reason why)
 {
     if (!plaintext_refused(s))
         return false;
-    sess_log(s, LOG_INFO, "event=refused reason=plaintext_%s", what);
+    sess_event(s, &(struct sess_event){.kind = SEV_REFUSED, .reason = why});
     pop3_reply(s, "-ERR [AUTH] Plaintext authentication disallowed on non-secure connections; "
                   "use STLS.");
     count_bad(s);
@@ -191,7 +185,7 @@ static bool refuse_plaintext(struct session *s, const char *what)
 
 static bool set_user(struct session *s, const char *u, size_t len)
 {
-    if (len == 0 || memchr(u, 0, len) || memchr(u, '\r', len) || memchr(u, '\n', len))
+    if (!creds_user_ok(u, len))
         return false;
     free(s->user);
     s->user = strndup(u, len);
@@ -219,11 +213,7 @@ static void begin_login(struct session *s)
     struct pop3_state *st = pop3_st(s);
     s->client.reading = false; /* pipelined commands wait in s->up until the login is decided */
     st->preauth_deadline = s->deadline_at;
-    sess_log(s, LOG_DEBUG, "event=login_start mech=%s",
-             st->mech == POP3_MECH_USER      ? "user"
-             : st->mech == POP3_MECH_PLAIN   ? "plain"
-             : st->mech == POP3_MECH_XOAUTH2 ? "xoauth2"
-                                             : "oauthbearer");
+    sess_log(s, LOG_DEBUG, "event=login_start mech=%s", mech_name(st->creds.mech));
     sess_login_check(s, pop3_backend_start, login_refused); /* login policy first (issue 5) */
 }
 
@@ -231,7 +221,7 @@ static void cmd_user(struct session *s)
 {
     struct pop3_state *st = pop3_st(s);
     const struct pop3_cmd_parser *p = &st->parser;
-    if (refuse_plaintext(s, "user"))
+    if (refuse_plaintext(s, SR_PLAINTEXT_USER))
         return;
     /* RFC 1939 7: the name is the rest of the line; some servers allow spaces in it. */
     if (p->rest.len == 0 || !set_user(s, p->store + p->rest.off, p->rest.len)) {
@@ -247,7 +237,7 @@ static void cmd_pass(struct session *s)
 {
     struct pop3_state *st = pop3_st(s);
     const struct pop3_cmd_parser *p = &st->parser;
-    if (refuse_plaintext(s, "pass"))
+    if (refuse_plaintext(s, SR_PLAINTEXT_PASS))
         return;
     if (!st->have_user) {
         pop3_reply(s, "-ERR USER first.");
@@ -255,21 +245,17 @@ static void cmd_pass(struct session *s)
         return;
     }
     st->have_user = false;
-    if (p->rest.len == 0 || memchr(p->store + p->rest.off, 0, p->rest.len)) {
+    enum creds_rc rc =
+        creds_from_login(&st->creds, s->user, strlen(s->user), p->store + p->rest.off, p->rest.len);
+    if (rc == CREDS_MALFORMED) {
         pop3_reply(s, "-ERR [AUTH] Authentication failed.");
         count_bad(s);
         return;
     }
-    pop3_forget_login(st);
-    st->pass = malloc(p->rest.len + 1);
-    if (!st->pass) {
+    if (rc != CREDS_OK) {
         sess_close(s, "out of memory");
         return;
     }
-    memcpy(st->pass, p->store + p->rest.off, p->rest.len);
-    st->pass[p->rest.len] = '\0';
-    st->pass_len = p->rest.len;
-    st->mech = POP3_MECH_USER;
     begin_login(s);
 }
 
@@ -281,51 +267,23 @@ static void sasl_response(struct session *s, const char *b64, size_t len)
         pop3_reply(s, "-ERR Authentication cancelled.");
         return;
     }
-    size_t cap = len / 4 * 3 + 3;
-    unsigned char *dec = malloc(cap);
-    if (!dec) {
-        sess_close(s, "out of memory");
-        return;
-    }
-    long n = (len == 1 && b64[0] == '=') ? 0 : b64_decode(b64, len, dec, cap);
-    if (n < 0) {
-        free(dec);
+    switch (creds_from_sasl(&st->creds, st->mech, b64, len)) {
+    case CREDS_OK:
+        break;
+    case CREDS_BAD_BASE64:
         pop3_reply(s, "-ERR Invalid base64 data.");
         count_bad(s);
         return;
-    }
-    bool ok = false;
-    struct sasl_span authz, authc, pass, user;
-    pop3_forget_login(st);
-    switch (st->mech) {
-    case POP3_MECH_PLAIN:
-        if (sasl_plain_split(dec, (size_t)n, &authz, &authc, &pass) &&
-            set_user(s, authc.p, authc.len) && pass.len > 0) {
-            st->pass = strndup(pass.p, pass.len);
-            st->pass_len = pass.len;
-            if (authz.len && (authz.len != authc.len || memcmp(authz.p, authc.p, authc.len) != 0))
-                st->authz = strndup(authz.p, authz.len);
-            ok = st->pass != NULL;
-        }
-        break;
-    case POP3_MECH_XOAUTH2:
-    case POP3_MECH_OAUTHBEARER:
-        if (st->mech == POP3_MECH_XOAUTH2 ? sasl_xoauth2_user(dec, (size_t)n, &user)
-                                          : sasl_oauthbearer_user(dec, (size_t)n, &user)) {
-            ok = set_user(s, user.p, user.len);
-            st->sasl_b64 = strndup(b64, len);
-            ok = ok && st->sasl_b64;
-        }
-        break;
-    case POP3_MECH_USER:
-        break;
-    }
-    OPENSSL_cleanse(dec, cap);
-    free(dec);
-    if (!ok) {
-        pop3_forget_login(st);
+    case CREDS_MALFORMED:
         pop3_reply(s, "-ERR [AUTH] Invalid SASL message.");
         count_bad(s);
+        return;
+    case CREDS_NOMEM:
+        sess_close(s, "out of memory");
+        return;
+    }
+    if (!set_user(s, st->creds.user, st->creds.user_len)) {
+        sess_close(s, "out of memory");
         return;
     }
     begin_login(s);
@@ -348,7 +306,7 @@ static void cmd_auth(struct session *s)
         pop3_reply(s, ".");
         return;
     }
-    if (refuse_plaintext(s, "auth"))
+    if (refuse_plaintext(s, SR_PLAINTEXT_AUTH))
         return;
     if (p->nargs > 2) {
         pop3_reply(s, "-ERR AUTH expects a mechanism and an optional initial response.");
@@ -356,11 +314,11 @@ static void cmd_auth(struct session *s)
         return;
     }
     if (pop3_cmd_arg_is(p, 0, "PLAIN"))
-        st->mech = POP3_MECH_PLAIN;
+        st->mech = CREDS_PLAIN;
     else if (pop3_cmd_arg_is(p, 0, "XOAUTH2"))
-        st->mech = POP3_MECH_XOAUTH2;
+        st->mech = CREDS_XOAUTH2;
     else if (pop3_cmd_arg_is(p, 0, "OAUTHBEARER"))
-        st->mech = POP3_MECH_OAUTHBEARER;
+        st->mech = CREDS_OAUTHBEARER;
     else {
         pop3_reply(s, "-ERR Unsupported authentication mechanism.");
         count_bad(s);
@@ -468,10 +426,10 @@ void pop3_preauth_login_failed(struct session *s, bool auth_failure, const char 
     sess_backend_drop(s);
     pop3_forget_login(st);
     if (auth_failure) {
-        sess_log(s, LOG_INFO, "event=login_failed reason=\"%s\"", why);
+        sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_FAILED, .text = why});
         pop3_reply(s, "-ERR [%s] Authentication failed.", code ? code : "AUTH");
     } else {
-        sess_log(s, LOG_WARN, "event=login_failed reason=backend_unavailable detail=\"%s\"", why);
+        sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_UNAVAILABLE, .text = why});
         pop3_reply(s, "-ERR [SYS/TEMP] Backend server unavailable; try again later.");
     }
     sess_login_result(s, false, auth_failure); /* issue 5: count the failure */
@@ -490,14 +448,11 @@ void pop3_preauth_login_failed(struct session *s, bool auth_failure, const char 
 void pop3_preauth_login_ok(struct session *s, const char *text, size_t len)
 {
     struct pop3_state *st = pop3_st(s);
+    const char *mech = mech_name(st->creds.mech);
     pop3_forget_login(st);
     sess_login_result(s, true, false); /* issue 5: register the session */
     OPENSSL_cleanse(st->store, st->store_cap);
-    sess_log(s, LOG_INFO, "event=login backend=%s mech=%s", s->be->name,
-             st->mech == POP3_MECH_USER      ? "user"
-             : st->mech == POP3_MECH_PLAIN   ? "plain"
-             : st->mech == POP3_MECH_XOAUTH2 ? "xoauth2"
-                                             : "oauthbearer");
+    sess_event(s, &(struct sess_event){.kind = SEV_LOGIN, .name = s->be->name, .mech = mech});
     /* The backend's own "+OK …" line (e.g. Dovecot's "Logged in."), as the client expects. */
     if (len >= 3)
         pop3_reply(s, "%.*s", (int)(len > 500 ? 500 : len), text);

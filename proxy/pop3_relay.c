@@ -22,6 +22,7 @@
 
 #include "msgscan.h"
 #include "pop3.h"
+#include "sess_event.h"
 #include "sess_policy.h"
 
 #define CAPA_HOLD_MAX 16384 /* a CAPA answer longer than this is passed on unfiltered */
@@ -80,10 +81,12 @@ static struct pop3_qent classify(const struct pop3_cmd_parser *p)
     if (strcmp(kw, "STLS") == 0) {
         e.kind = PQ_LOCAL;
         e.local = "TLS is already active.";
+        e.why = SR_STARTTLS_AFTER_LOGIN;
     } else if (strcmp(kw, "USER") == 0 || strcmp(kw, "PASS") == 0 || strcmp(kw, "AUTH") == 0 ||
                strcmp(kw, "APOP") == 0) {
         e.kind = PQ_LOCAL;
         e.local = "Already logged in.";
+        e.why = SR_ALREADY_LOGGED_IN;
     } else {
         e.resp = (uint8_t)pop3_expected_response(p);
         if (strcmp(kw, "RETR") == 0) {
@@ -131,18 +134,23 @@ static bool filter_up(struct session *s)
         if (r == POP3_CMD_BAD) {
             e = (struct pop3_qent){.kind = PQ_LOCAL,
                                    .local =
-                                       st->parser.error ? st->parser.error : "Invalid command."};
+                                       st->parser.error ? st->parser.error : "Invalid command.",
+                                   .why = SR_BAD_COMMAND};
         } else {
             e = classify(&st->parser);
             /* Download volume (issue 5): refuse the next message, not the one in flight. */
             if ((e.cmd == PC_RETR || e.cmd == PC_TOP) && sess_policy_download_blocked(s))
                 e = (struct pop3_qent){.kind = PQ_LOCAL,
                                        .local = "[SYS/TEMP] Download limit reached; try again "
-                                                "later."};
+                                                "later.",
+                                       .why = SR_DOWNLOAD_LIMIT};
         }
         if (e.kind == PQ_LOCAL) {
-            sess_log(s, LOG_INFO, "event=refused reason=\"%s\" command=%s", e.local,
-                     r == POP3_CMD_BAD ? "-" : st->parser.keyword);
+            sess_event(
+                s, &(struct sess_event){.kind = SEV_REFUSED,
+                                        .reason = e.why,
+                                        .answer = e.local,
+                                        .command = r == POP3_CMD_BAD ? "-" : st->parser.keyword});
             cut(b, b->mark, st->up_held);
         } else {
             b->mark += (uint32_t)st->up_held;

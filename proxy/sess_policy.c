@@ -26,6 +26,7 @@
 #include "plog.h"
 #include "policy.h"
 #include "runtime.h"
+#include "sess_event.h"
 #include "session.h"
 #include "worker.h"
 
@@ -163,19 +164,17 @@ static void refuse(struct session *s, const char *imap, const char *pop3)
         sess_pump(s);
 }
 
-static const char *result_name(enum policy_result r)
+static enum sess_reason refusal_reason(enum policy_result r)
 {
     switch (r) {
-    case POLICY_ALLOW:
-        return "allow";
     case POLICY_LOCKED:
-        return "locked_out";
+        return SR_LOCKED_OUT;
     case POLICY_RATE:
-        return "login_rate";
+        return SR_LOGIN_RATE;
     case POLICY_SESSIONS:
-        return "session_limit";
+        return SR_SESSION_LIMIT;
     default:
-        return "policy_unavailable";
+        return SR_POLICY_UNAVAILABLE;
     }
 }
 
@@ -208,10 +207,11 @@ static void on_verdict(void *arg, const struct policy_verdict *v)
     }
     policy_route_cancel(&s->pol->route_req);
     s->pol->checked = false; /* the policy released what the check may have reserved */
-    sess_log(s, v->result == POLICY_UNAVAILABLE ? LOG_WARN : LOG_INFO,
-             "event=login_refused reason=%s scope=%s retry_ms=%llu degraded=%s",
-             result_name(v->result), v->scope == POLICY_SCOPE_USER ? "user" : "address",
-             (unsigned long long)v->retry_ms, v->degraded ? "yes" : "no");
+    sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_REFUSED,
+                                       .reason = refusal_reason(v->result),
+                                       .scope = v->scope == POLICY_SCOPE_USER ? "user" : "address",
+                                       .n = v->retry_ms,
+                                       .degraded = v->degraded});
     switch (v->result) {
     case POLICY_SESSIONS:
         refuse(s, "NO [LIMIT] Too many sessions; close some and try again.",
@@ -286,7 +286,7 @@ void sess_login_check(struct session *s, sess_login_allowed *allowed, sess_login
     if (inet && (cfg_cidr_match(p->deny_nets, p->ndeny, sa) ||
                  (p->nallow && !cfg_cidr_match(p->allow_nets, p->nallow, sa)))) {
         /* Static lists come first and need no state: no Redis, no tarpit, no counting. */
-        sess_log(s, LOG_INFO, "event=login_refused reason=address_denied");
+        sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_REFUSED, .reason = SR_ADDRESS_DENIED});
         ev_timer_set(&sp->deny, 0., 0.);
         ev_timer_start(s->worker->loop, &sp->deny);
         return;

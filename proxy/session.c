@@ -20,6 +20,7 @@
 #include "backend.h"
 #include "metrics.h"
 #include "proxy_proto.h"
+#include "sess_event.h"
 #include "sess_policy.h"
 #include "tls.h"
 #include "worker.h"
@@ -32,19 +33,13 @@ static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents);
 
 void sess_log(struct session *s, enum log_level lvl, const char *fmt, ...)
 {
-    bool counted = strncmp(fmt, "event=refused", 13) == 0 || strncmp(fmt, "event=login", 11) == 0 ||
-                   strncmp(fmt, "event=starttls_injection", 24) == 0;
-    if (!log_enabled(lvl) && !counted)
+    if (!log_enabled(lvl))
         return;
     char msg[LOG_LINE_MAX - 256];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    if (counted)
-        metrics_from_event(msg, s->listener->protocol);
-    if (!log_enabled(lvl))
-        return;
     char uq[300], client[LOG_HOSTPORT_MAX];
     log_hostport(client, sizeof client, s->client_ip, s->client_port);
     if (s->user)
@@ -167,8 +162,9 @@ static void proxy_hdr_cb(struct ev_loop *loop, ev_io *io, int revents)
     ev_io_stop(loop, io);
     s->proxy_hdr_pending = false;
     if (r != PROXY_DONE) {
-        sess_log(s, LOG_WARN, "event=refused reason=bad_proxy_header error=\"%s\"",
-                 err ? err : "header too long");
+        sess_event(s, &(struct sess_event){.kind = SEV_REFUSED,
+                                           .reason = SR_BAD_PROXY_HEADER,
+                                           .text = err ? err : "header too long"});
         sess_close(s, "bad PROXY header");
         return;
     }
@@ -231,8 +227,9 @@ bool sess_accept(struct worker *w, int fd, const struct cfg_listener *l, struct 
     }
     if (l->proxy_protocol) {
         if (!cfg_cidr_match(s->cfg->trusted, s->cfg->ntrusted, peer)) {
-            sess_log(s, LOG_WARN, "event=refused reason=proxy_header_from_untrusted listener=%s",
-                     l->name);
+            sess_event(s, &(struct sess_event){.kind = SEV_REFUSED,
+                                               .reason = SR_PROXY_HEADER_FROM_UNTRUSTED,
+                                               .name = l->name});
             sess_close(s, "untrusted PROXY sender");
             return true;
         }
@@ -258,8 +255,9 @@ static void sess_begin(struct session *s)
     const struct sockaddr *ca = (const struct sockaddr *)&s->client_sa;
     if (!cfg_cidr_match(s->cfg->policy.exempt_nets, s->cfg->policy.nexempt, ca)) {
         if (!addrcap_acquire(ca, lim->max_connections_per_address, &s->addr_slot)) {
-            sess_log(s, LOG_WARN, "event=refused reason=max_connections_per_address limit=%u",
-                     lim->max_connections_per_address);
+            sess_event(s, &(struct sess_event){.kind = SEV_REFUSED,
+                                               .reason = SR_MAX_CONNECTIONS_PER_ADDRESS,
+                                               .n = lim->max_connections_per_address});
             sess_close(s, "too many connections from this address");
             return;
         }

@@ -24,6 +24,7 @@
 #include "scan_rcache.h"
 #include "runtime.h"
 #include "session.h"
+#include "sess_event.h"
 #include "sess_policy.h"
 
 atomic_uint worker_connections;
@@ -77,9 +78,14 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
                 inet_ntop(AF_INET, &((struct sockaddr_in *)&peer)->sin_addr, ip, sizeof ip);
             else if (peer.ss_family == AF_INET6)
                 inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&peer)->sin6_addr, ip, sizeof ip);
-            metrics_refusal("max_connections");
-            log_write(LOG_WARN, "event=refused reason=max_connections client=%s limit=%u", ip,
-                      cfg->limits.max_connections);
+            /* No session yet: the event is counted and logged without the session prefix. */
+            struct sess_event ev = {.kind = SEV_REFUSED,
+                                    .reason = SR_MAX_CONNECTIONS,
+                                    .name = ip,
+                                    .n = cfg->limits.max_connections};
+            char msg[256];
+            sess_event_count(&ev, l ? (int)l->protocol : CFG_PROTO_IMAP);
+            log_write(sess_event_level(&ev), "%s", sess_event_format(&ev, msg, sizeof msg));
             close(fd);
             rt_unref(&rt);
             continue;

@@ -42,7 +42,11 @@ class Closed(AssertionError):
 
 class Result:
     """One command's answer: its tagged line, the untagged responses before it (after the
-    previous command's tagged line), and seconds from the write to the tagged line."""
+    previous command's tagged line), and seconds from the write to the tagged line.
+
+    Dovecot runs pipelined FETCH commands in parallel: the untagged FETCH responses of a later
+    command may come before an earlier command's tagged line. Match FETCH responses of a
+    pipeline to its commands by UID and item (all_fetches), not by position."""
 
     def __init__(self, tag: bytes, cmd: bytes):
         self.tag, self.cmd = tag, cmd
@@ -232,6 +236,11 @@ class RawImap:
         except AssertionError:   # Stall, Closed, or a late answer of a failed command
             pass
         self.close()
+
+
+def all_fetches(results: list[Result]) -> list[bytes]:
+    """The FETCH responses of a whole pipeline, in arrival order."""
+    return [f for r in results for f in r.fetches()]
 
 
 def tls_context(certs) -> ssl.SSLContext:

@@ -372,3 +372,38 @@ def test_regress_14_pop3_cached_9mb_slow_reader(proxy_factory, dovecot, certs, s
     finally:
         p.quit()
     assert px.log().count("cached=yes") >= 4
+
+
+# Defect (issue 14), the same POP3 class with the client's next commands arriving while the
+# cached 9 MB answer is still going out (RFC 2449 PIPELINING): the backend's answers to them
+# fill the relay buffer behind the held answer, the output step finds no room and waits for a
+# write event, but nothing is left to write: the client gets no further byte (seen at 3.8 to
+# 8.5 MB). Every answer must arrive, in order, byte-identical to Dovecot's.
+def test_regress_14_pop3_cached_9mb_commands_mid_answer(proxy_factory, dovecot, certs, scan_db,
+                                                        env_tmp):
+    big = mailenv.make_message(random.Random(9), 1, 9_000_000, seed=1409)
+    user = new_user(dovecot, [mailenv.gen_messages(1, seed=7)[0], big,
+                              mailenv.gen_messages(1, seed=8, sizes=[600_000])[0]])
+    want = {n: direct_retr(dovecot, user, n) for n in (1, 2, 3)}
+    px = scan_proxy(proxy_factory, scan_db, env_tmp, top={"workers": 1})
+    p = SlowPop3(px, certs, user)
+    try:
+        [first] = p.retr_slowly([2], first_byte=60, pause=0)   # judged, now in the cache
+        assert first == want[2], (len(first), len(want[2]))
+    finally:
+        p.quit()
+    # the next commands after these many bytes of the cached answer
+    for trigger in (300_000, 1_000_000, 2_000_000, 3_500_000, 5_000_000, 7_000_000):
+        p = SlowPop3(px, certs, user)
+        try:
+            p.s.sendall(b"RETR 2\r\n")
+            while len(p.buf) < trigger:
+                p._fill(10, 8192)
+            p.s.sendall(b"NOOP\r\nRETR 3\r\nSTAT\r\n")
+            got = p.read_multi(10, stall=10, pause=0)
+            assert got == want[2], (trigger, len(got), len(want[2]))
+            assert p.line(10).startswith(b"+OK"), trigger
+            assert p.read_multi(10, stall=10, pause=0) == want[3], trigger
+            assert p.line(10).startswith(b"+OK"), trigger
+        finally:
+            p.quit()

@@ -28,7 +28,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-
 import mailenv
 import malware
 from raw14 import (REF, Closed, RawImap, Stall, all_fetches, fetch_items, is_notice,
@@ -286,9 +285,19 @@ def fetcher(idx: int, box: Box, px, certs, stats: Stats, end: float) -> None:
                 done.add(key)
                 if not vals:
                     stats.count("empty")     # expunged: an OK with nothing is legitimate
+                    if uid in seen:
+                        seen.remove(uid)
                     continue
                 for val in vals:
-                    verify(stats, box, uid, item, val if val is not None else b"", who)
+                    if val is None:          # NIL: only for a message expunged under us
+                        with box.lock:
+                            gone = uid not in box.live
+                        if gone:
+                            stats.count("empty")
+                        else:
+                            stats.fail(f"{who}: {res.cmd!r}: NIL for a live message")
+                        continue
+                    verify(stats, box, uid, item, val, who)
                 if uid not in seen:
                     seen.append(uid)
         c.logout()

@@ -185,23 +185,23 @@ class RawImap:
         except (ConnectionError, ssl.SSLError, OSError) as e:
             raise Closed(f"{self.name}: write failed {e!r}") from None
         deadline = t0 + timeout
-        i = 0
-        while i < len(results):
+        waiting = {r.tag: r for r in results}
+        while waiting:
             resp = self.read_response(deadline)
-            cur = results[i]
-            if resp.startswith(cur.tag + b" "):
-                cur.tagged = resp
-                cur.elapsed = time.monotonic() - t0
-                i += 1
+            tag = resp.split(b" ", 1)[0]
+            if tag in waiting:           # a server may complete pipelined commands out of order
+                r = waiting.pop(tag)
+                r.tagged = resp
+                r.elapsed = time.monotonic() - t0
                 continue
             if resp.startswith(b"+"):
                 raise AssertionError(f"{self.name}: unexpected continuation {resp[:100]!r}")
             if not resp.startswith(b"* "):
-                raise AssertionError(f"{self.name}: tag out of order: {resp[:100]!r} "
-                                     f"(waiting for {cur.tag!r})")
+                raise AssertionError(f"{self.name}: unknown tag: {resp[:100]!r} "
+                                     f"(waiting for {sorted(waiting)!r})")
             if on_untagged is not None:
                 on_untagged(resp)
-            cur.untagged.append(resp)
+            next(r for r in results if r.tag in waiting).untagged.append(resp)
         return results
 
     def command(self, cmd: bytes, timeout: float = 5.0) -> Result:

@@ -118,7 +118,7 @@ class Stats:
         self.failures: list[str] = []
         self.stalled: list[str] = []
         self.byes: list[str] = []
-        self.pending: list[tuple[Box, int, str, bytes]] = []   # chunk/part of an infected one
+        self.pending: list[tuple[Box, int, str, bytes]] = []   # parts/chunks to judge
         self.n = {"commands": 0, "batches": 0, "delivered": 0, "identical": 0, "notices": 0,
                   "no": 0, "empty": 0, "appends": 0, "expunges": 0, "clean_replaced": 0,
                   "unverified": 0,

@@ -207,9 +207,10 @@ class LineClient:
         return False
 
     # ---- IMAP
-    def greeting(self) -> bytes:
+    def greeting(self, expect: bytes = b"* OK") -> bytes:
+        """Read the greeting line and check that it starts with `expect` (POP3: b"+OK")."""
         g = self.line()
-        assert g.startswith((b"* OK", b"+OK")), g
+        assert g.startswith(expect), g
         return g
 
     def response(self) -> bytes:

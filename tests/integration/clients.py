@@ -255,7 +255,7 @@ class LineClient:
             items.append((line, lit))
 
     # ---- POP3
-    def multi(self) -> bytes:
+    def pop3_body(self) -> bytes:
         """The raw body of a POP3 multi-line answer after its status line, up to and including
         the terminating ".\\r\\n" (dot-stuffing kept)."""
         while True:
@@ -272,7 +272,7 @@ class LineClient:
         first = self.line()
         if not first.startswith(b"+OK"):
             return first
-        return first + self.multi()
+        return first + self.pop3_body()
 
     def close(self) -> None:
         try:

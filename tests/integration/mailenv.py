@@ -907,11 +907,8 @@ class Redis:
         self.pid = self.proc.pid
         try:
             wait_ports([self.port], self.proc, timeout, "redis-server", w / "redis.log")
-            deadline = time.monotonic() + timeout
-            while self.command("PING") != "PONG":
-                if time.monotonic() > deadline:
-                    raise EnvError("redis-server does not answer PING")
-                time.sleep(0.02)
+            wait_for(lambda: self.command("PING") == "PONG", timeout, interval=0.02,
+                     what="redis-server to answer PING")
         except Exception:
             self.stop()
             raise

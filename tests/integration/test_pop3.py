@@ -75,6 +75,10 @@ class Raw(clients.LineClient):
     def line(self) -> bytes:
         return self.read_until(b"\r\n")[:-2]
 
+    def multi(self) -> bytes:
+        """The raw body of a multi-line response up to and including the terminator."""
+        return self.pop3_body()
+
 
 def unstuff(body: bytes) -> bytes:
     """RFC 1939 3: strip the terminator and one leading dot of stuffed lines."""

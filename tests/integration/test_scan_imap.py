@@ -366,7 +366,7 @@ def test_saturated_queue_does_not_block_noop(proxy_factory, dovecot, certs, scan
             typ, _ = other.noop()
             worst = max(worst, time.monotonic() - t)
             assert typ == "OK"
-            time.sleep(0.02)
+            time.sleep(0.02)  # behaviour under test: a NOOP every 20 ms, timed, while loaded
         assert [f.result() for f in futs] == [per] * nload
     other.logout()
     assert "event=scan_queue_full" in px.log()  # the queue really was saturated
@@ -495,7 +495,7 @@ def test_client_gone_mid_collection(proxy_factory, dovecot, certs, scan_db, env_
         while not f.readline().startswith(b"b OK"):
             pass
         s.close()
-    time.sleep(0.5)
+    px.wait_log("event=close", count=2)  # both sessions ended (their scans cancelled)
     m = login(px, certs, user)
     m.select("INBOX", readonly=True)
     assert fetch_one(m, "(BODY.PEEK[])", 1) == big

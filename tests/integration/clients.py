@@ -107,7 +107,7 @@ class LineClient:
     `buf` holds what arrived and was not consumed yet. Reads raise EOFError when the peer
     closes, and ReadTimeout after `timeout` s of silence."""
 
-    def __init__(self, port: int, tls: ssl.SSLContext | None = None, host: str = LOCAL,
+    def __init__(self, port: int | None, tls: ssl.SSLContext | None = None, host: str = LOCAL,
                  timeout: float = 10, server_hostname: str | None = "localhost",
                  rcvbuf: int | None = None, sock: socket.socket | None = None):
         if sock is None:
@@ -121,8 +121,12 @@ class LineClient:
             except OSError:
                 sock.close()
                 raise
-        else:
+        else:  # an existing socket (port unused)
             sock.settimeout(timeout)
+            try:
+                host, port = sock.getpeername()[:2]
+            except OSError:
+                pass
         self.peer = f"{host}:{port}"
         self.sock = tls.wrap_socket(sock, server_hostname=server_hostname) if tls else sock
         self.buf = bytearray()

@@ -27,6 +27,7 @@ import textwrap
 
 import pytest
 
+import clients
 import mailenv
 import malware
 
@@ -234,12 +235,15 @@ def test_transparent_service(topology, env_tmp, certs, tmp_path, family, source,
             assert "IP_TRANSPARENT unavailable" not in log  # TPROXY needs it on the listener
             if source == "client":
                 # The backend's TCP peer is the client itself.
-                assert rip_logged(dv, f["client"])
+                # (Dovecot's log lines arrive a little after the proxy's)
+                assert clients.wait_for(lambda: rip_logged(dv, f["client"]),
+                                        what="the client's address in Dovecot's log")
                 assert not rip_logged(dv, f["proxy_b"])
             else:
                 # The proxy's address is not in this Dovecot's login_trusted_networks, so it
                 # ignores the forwarded ID/XCLIENT and logs the proxy as the remote IP.
-                assert rip_logged(dv, f["proxy_b"])
+                assert clients.wait_for(lambda: rip_logged(dv, f["proxy_b"]),
+                                        what="the proxy's address in Dovecot's log")
         finally:
             px.stop()
             assert px.check_log() == []

@@ -11,7 +11,6 @@ import poplib
 import re
 import signal
 import socket
-import ssl
 import time
 
 import pytest
@@ -184,29 +183,20 @@ def test_drain_keeps_live_sessions(proxy_factory, pool, certs):
 # ------------------------------------------------------------------------------ PROXY protocol
 
 
-def tls_after_header(port, header: bytes, certs):
+def tls_after_header(port, header: bytes, certs) -> clients.LineClient:
     s = socket.create_connection((mailenv.LOCAL, port), timeout=15)
     s.sendall(header)
-    return mailenv.ssl_context(certs.ca).wrap_socket(s, server_hostname="localhost")
+    return clients.LineClient(None, clients.tls_context(certs), sock=s, timeout=15)
 
 
-def imap_login_raw(conn, user) -> bytes:
-    f = conn.makefile("rb")
-    greet = f.readline()
-    assert greet.startswith(b"* OK"), greet
-    conn.sendall(b'a LOGIN %s "%s"\r\n' % (user.encode(), USERS[user].encode()))
-    while True:
-        line = f.readline()
-        if line.startswith(b"a "):
-            return line
+def imap_login_raw(conn: clients.LineClient, user) -> bytes:
+    conn.greeting()
+    return conn.cmd(b"a", b'LOGIN %s "%s"' % (user.encode(), USERS[user].encode()))[-1]
 
 
 def closed_by_peer(s) -> bool:
     """The proxy closed without a word (FIN, or RST because our bytes went unread)."""
-    try:
-        return s.recv(100) == b""
-    except ConnectionResetError:
-        return True
+    return clients.LineClient(None, sock=s, timeout=5).closed()
 
 
 def wait_pool_log(pool, pattern, timeout=10.0) -> bool:
@@ -298,13 +288,12 @@ def pop3_session_after_header(port, header: bytes) -> None:
     """Plaintext POP3 after a PROXY header: greeting, USER/PASS as user13, QUIT, each +OK."""
     s = socket.create_connection((mailenv.LOCAL, port), timeout=15)
     s.sendall(header)
-    f = s.makefile("rb")
-    assert f.readline().startswith(b"+OK")
-    s.sendall(b"USER user13\r\nPASS pw-13\r\nQUIT\r\n")
-    assert f.readline().startswith(b"+OK")
-    assert f.readline().startswith(b"+OK")
-    assert f.readline().startswith(b"+OK")
-    s.close()
+    c = clients.LineClient(None, sock=s, timeout=15)
+    c.greeting(b"+OK")
+    c.send(b"USER user13\r\nPASS pw-13\r\nQUIT\r\n")
+    for _ in range(3):
+        assert c.line().startswith(b"+OK")
+    c.close()
 
 
 def test_pop3_xclient_forwards_client(proxy_factory, pool, certs):

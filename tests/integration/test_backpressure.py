@@ -52,20 +52,6 @@ def assert_no_spin(pid: int, ticks_before: int, secs: float) -> None:
     assert used_ms <= max(20, secs * 20), f"{used_ms} ms of CPU in {secs} s while stalled"
 
 
-def read_bytes(pid: int) -> int:
-    """Bytes the process has read from any descriptor (sockets included)."""
-    with open(f"/proc/{pid}/io") as f:
-        for line in f:
-            if line.startswith("rchar:"):
-                return int(line.split()[1])
-    raise AssertionError("no rchar")
-
-
-def sanitized(pid: int) -> bool:
-    with open(f"/proc/{pid}/maps") as f:
-        return "libasan" in f.read()
-
-
 def growth_limit_kb(pid: int) -> int:
     """RSS growth allowed while relaying: a few MB, plus twice the quarantine under ASan."""
     if sanitized(pid):

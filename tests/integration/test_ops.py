@@ -272,17 +272,14 @@ def test_sigterm_drains(proxy_factory, dovecot_factory, certs):
     idle.select("INBOX")
     # A raw client that fetches slowly, so the response is still in flight at SIGTERM.
     import socket
-    raw = ctx.wrap_socket(socket.create_connection((mailenv.LOCAL, px.port("imaps"))),
-                          server_hostname="localhost")
-    raw.settimeout(15)
-    f = raw.makefile("rb")
-    f.readline()
-    raw.sendall(b"a LOGIN alice alicepw\r\nb SELECT INBOX\r\nc FETCH 1 BODY.PEEK[]\r\n")
-    line = f.readline()
+    raw = clients.LineClient(px.port("imaps"), ctx, timeout=15)
+    raw.greeting()
+    raw.send(b"a LOGIN alice alicepw\r\nb SELECT INBOX\r\nc FETCH 1 BODY.PEEK[]\r\n")
+    line = raw.line()
     while not line.startswith(b"* 1 FETCH"):
-        line = f.readline()
+        line = raw.line()
     n = int(line.rsplit(b"{", 1)[1].split(b"}")[0])
-    got = f.read(100_000)
+    got = raw.read_exact(100_000)
     os.kill(px.pid, signal.SIGTERM)
     # The workers stop listening, and the idle session is told and closed.
     clients.wait_for(lambda: not mailenv.port_open(px.port("imaps")), what="listeners closed")
@@ -294,9 +291,9 @@ def test_sigterm_drains(proxy_factory, dovecot_factory, certs):
     with pytest.raises(OSError):
         socket.create_connection((mailenv.LOCAL, px.port("imaps")), timeout=2).recv(1)
     # The FETCH in flight completes.
-    got += f.read(n - len(got))
+    got += raw.read_exact(n - len(got))
     assert got == big
-    rest = f.readline() + f.readline()
+    rest = raw.line() + raw.line()
     assert b"c OK" in rest
     px.proc.wait(timeout=20)
     assert px.proc.returncode == 0

@@ -20,7 +20,6 @@ import poplib
 import random
 import re
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -170,24 +169,18 @@ class Raw(clients.LineClient):
 
 def raw_direct(dovecot, user: str, cmds: bytes) -> list[bytes]:
     """The same commands straight to Dovecot (plain port), raw responses."""
-    s = socket.create_connection((HOST, dovecot.ports["pop3"]), timeout=30)
-    f = s.makefile("rb")
-    f.readline()
-    s.sendall(f"USER {user}\r\nPASS {PASSWORD}\r\n".encode())
-    f.readline(), f.readline()
-    s.sendall(cmds)
+    s = clients.LineClient(dovecot.ports["pop3"], host=HOST, timeout=30)
+    s.greeting(b"+OK")
+    s.send(f"USER {user}\r\nPASS {PASSWORD}\r\n".encode())
+    s.line(), s.line()
+    s.send(cmds)
     out = []
     for c in cmds.split(b"\r\n")[:-1]:
-        first = f.readline()
-        resp = first
-        if first.startswith(b"+OK") and c.split()[0].upper() in (b"RETR", b"TOP"):
-            while True:
-                line = f.readline()
-                resp += line
-                if line == b".\r\n":
-                    break
-        out.append(resp)
-    s.sendall(b"QUIT\r\n")
+        if c.split()[0].upper() in (b"RETR", b"TOP"):
+            out.append(s.pop3_multiline())
+        else:
+            out.append(s.line())
+    s.send(b"QUIT\r\n")
     s.close()
     return out
 

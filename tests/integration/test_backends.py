@@ -142,8 +142,9 @@ def test_failover_and_recovery(proxy_factory, env_tmp, certs):
         for u in on1[:3]:  # nobody else moved
             assert which_backend(px, certs, u) == "dv1"
         # dv0 returns on the same ports with its maildirs: its users come back.
+        mark = px.log_mark()
         dvs[0].start(env_tmp / "dovecot-fo-0", users=USERS, ssl=False, ports=ports)
-        px.wait_log("event=backend_up backend=dv0")
+        px.wait_log("event=backend_up backend=dv0", after=mark)
         for u in on0[:3]:
             assert which_backend(px, certs, u) == "dv0"
     finally:

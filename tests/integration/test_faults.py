@@ -58,7 +58,7 @@ def test_backend_killed_mid_fetch(proxy_factory, dovecot_factory, certs):
     assert len(got) < 20_000_000  # the message could not have arrived whole
     c.close()
     # The session is cleaned up.
-    px.wait_log("event=close")
+    px.wait_log('user="alice" event=close')
     px.wait_metric("portcullis_connections_active", {"listener": "imaps", "protocol": "imap"},
                    value=0)
 

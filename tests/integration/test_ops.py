@@ -36,12 +36,19 @@ LISTENERS = (("imaps", "imap"), ("imap", "imap"), ("pop3s", "pop3"), ("pop3", "p
 
 
 def settled(px, probed: bool = False) -> dict:
-    """Wait until no connection is open on any listener (and, with `probed`, every listener has
-    counted the start-up port probe); return that scrape."""
+    """Wait until no connection is open on any listener and every session close has been
+    accounted for (and, with `probed`, every listener has counted the start-up port probe);
+    return that scrape. A close is accounted for once its `event=close` line is in the log: the
+    proxy writes it after the close's counters (active, closed, relayed bytes), so the log is
+    read first and the scrape must show exactly as many closes."""
     def ok():
+        logged = px.log().count("event=close reason=")
         m = scrape(px)
         if any(val(m, "portcullis_connections_active", listener=li, protocol=pr)
                for li, pr in LISTENERS):
+            return None
+        if logged != sum(val(m, "portcullis_sessions_closed_total", protocol=pr)
+                         for pr in ("imap", "pop3")):
             return None
         if probed and not all(val(m, "portcullis_connections_accepted_total", listener=li,
                                   protocol=pr) for li, pr in LISTENERS):

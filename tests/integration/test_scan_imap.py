@@ -483,7 +483,7 @@ def test_client_gone_mid_collection(proxy_factory, dovecot, certs, scan_db, env_
         c.send(f"a LOGIN {user} {PASSWORD}\r\nb SELECT INBOX\r\n".encode() + cmd)
         assert c.until_tag(b"b")[-1].startswith(b"b OK")
         c.close()
-    px.wait_log("event=close", count=2)  # both sessions ended (their scans cancelled)
+    px.wait_log(f'user="{user}" event=close', count=2)  # both ended, their scans cancelled
     m = login(px, certs, user)
     m.select("INBOX", readonly=True)
     assert fetch_one(m, "(BODY.PEEK[])", 1) == big

@@ -20,6 +20,15 @@ Fixtures
                             default config (dicts merge, lists replace, None deletes a key).
                             After the test every proxy is stopped and the test ERRORs (teardown)
                             if Proxy.check_log() finds sanitizer/fatal lines or a bad exit.
+Helpers (wait for observable state; never sleep a fixed time for something to happen)
+  clients.py       LineClient / connect() (raw line client, plain or TLS: lines, literals,
+                   tagged IMAP responses, POP3 multi-line answers, timeouts that say what was
+                   awaited), tls_context(certs), wait_for(pred, timeout, interval, what=),
+                   wait_steady(read, quiet), rss_kb / fd_count / cpu_ticks / read_bytes,
+                   ctl(px, *args) (portcullis-ctl with the proxy's config)
+  Proxy            px.wait_log(pattern, timeout, after=px.log_mark(), count=1) → re.Match;
+                   px.wait_metric(name, labels, predicate= or value=, timeout) → value;
+                   px.metric(name, labels); px.wait_redis_ready()
 Options
   --keep-tmp          keep the work directories (logs, configs, maildirs) and print their path
   --proxy-binary=P    binary for proxy_factory (default build/portcullis)

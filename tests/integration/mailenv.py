@@ -35,6 +35,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import clients  # noqa: E402  (the directory of this file; stdlib only, no cycle)
+from clients import wait_for  # noqa: E402,F401  (re-exported)
+
 try:  # Debian python3-yaml (listed in deploy/deps.sh)
     import yaml  # type: ignore
 except ImportError:  # pragma: no cover
@@ -230,12 +235,7 @@ def make_workdir(path: Path | str) -> Path:
 
 def ssl_context(ca: Path | str | None = None, verify: bool = True) -> ssl.SSLContext:
     """Client context trusting the test CA (or verifying nothing with verify=False)."""
-    if not verify:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    return ssl.create_default_context(cafile=str(ca) if ca else None)
+    return clients.tls_context(ca, verify=verify)
 
 
 # --------------------------------------------------------------------------------------------
@@ -907,11 +907,8 @@ class Redis:
         self.pid = self.proc.pid
         try:
             wait_ports([self.port], self.proc, timeout, "redis-server", w / "redis.log")
-            deadline = time.monotonic() + timeout
-            while self.command("PING") != "PONG":
-                if time.monotonic() > deadline:
-                    raise EnvError("redis-server does not answer PING")
-                time.sleep(0.02)
+            wait_for(lambda: self.command("PING") == "PONG", timeout, interval=0.02,
+                     what="redis-server to answer PING")
         except Exception:
             self.stop()
             raise
@@ -1032,6 +1029,25 @@ def proxy_config(certs: Certs, dovecot: Dovecot | None = None,
     return deep_merge(cfg, overrides or {})
 
 
+_SAMPLE_RE = re.compile(r'^([A-Za-z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)')
+_LABEL_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text: str) -> dict[tuple[str, frozenset], float]:
+    """Prometheus text exposition → {(sample name, frozenset of (label, value)): value}."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE_RE.match(line)
+        if not m:
+            continue
+        labels = frozenset((k, v.replace('\\"', '"').replace("\\\\", "\\"))
+                           for k, v in _LABEL_RE.findall(m.group(2) or ""))
+        out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
 def to_yaml(cfg: dict) -> str:
     if yaml is not None:
         return yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True, default_flow_style=False,
@@ -1149,6 +1165,59 @@ class Proxy:
             return r.status, r.read().decode("utf-8", "replace")
         finally:
             c.close()
+
+    # ---- waiting for observable state (instead of sleeping)
+    def log_mark(self) -> int:
+        """The log's current length: pass it as wait_log(after=) to see only later lines."""
+        return len(self.log())
+
+    def wait_log(self, pattern: str | re.Pattern, timeout: float = 10.0, after: int = 0,
+                 count: int = 1) -> re.Match:
+        """Wait until the log (from offset `after`) holds `pattern` (a substring, or a compiled
+        regex) at least `count` times; return the last match. Fails with the log's tail."""
+        rx = pattern if isinstance(pattern, re.Pattern) else re.compile(re.escape(pattern))
+
+        def found():
+            ms = list(rx.finditer(self.log()[after:]))
+            return ms[count - 1] if len(ms) >= count else None
+        return wait_for(found, timeout, what=lambda: f"{rx.pattern!r} (x{count}) in the proxy "
+                        f"log; tail:\n{log_tail(self.log_path)}")
+
+    def metrics(self) -> dict[tuple[str, frozenset], float]:
+        """/metrics as {(sample name, frozenset of (label, value)): value}."""
+        status, body = self.http_get("/metrics")
+        if status != 200:
+            raise EnvError(f"/metrics: HTTP {status}")
+        return parse_metrics(body)
+
+    def metric(self, name: str, labels: dict | None = None, default: float = 0.0) -> float:
+        """One sample of /metrics (`default` when it is absent)."""
+        return self.metrics().get((name, frozenset((labels or {}).items())), default)
+
+    def wait_metric(self, name: str, labels: dict | None = None,
+                    predicate: Callable[[float], bool] | None = None,
+                    value: float | None = None, timeout: float = 10.0) -> float:
+        """Poll /metrics until the sample `name{labels}` equals `value` or satisfies
+        `predicate` (an absent sample counts as 0); return its value."""
+        if predicate is None:
+            if value is None:
+                raise ValueError("wait_metric needs value= or predicate=")
+            predicate = (lambda v: v == value)
+        seen = []
+
+        def ok():
+            v = self.metric(name, labels)
+            seen[:] = [v]
+            return (True, v) if predicate(v) else None
+        want = f"== {value:g}" if value is not None else "the predicate"
+        return wait_for(ok, timeout, what=lambda: f"metric {name}{labels or ''} {want} "
+                        f"(last {seen[0] if seen else None})")[1]
+
+    def wait_redis_ready(self, timeout: float = 10.0) -> float:
+        """Wait until every worker's Redis connections (command and subscriber) are ready."""
+        n = 2 * int((self.config or {}).get("workers", 1))
+        return self.wait_metric("portcullis_redis_connections_ready", predicate=lambda v: v >= n,
+                                timeout=timeout)
 
     def check_log(self) -> list[str]:
         """Problems: sanitizer reports, fatal/assert lines in the log, and abnormal exits."""

@@ -11,11 +11,11 @@ import poplib
 import re
 import signal
 import socket
-import ssl
 import time
 
 import pytest
 
+import clients
 import mailenv
 
 USERS = {f"user{i:02d}": f"pw-{i:02d}" for i in range(48)}
@@ -136,18 +136,15 @@ def test_failover_and_recovery(proxy_factory, env_tmp, certs):
         t0 = time.monotonic()
         assert which_backend(px, certs, on0[0]) == "dv1"
         assert time.monotonic() - t0 < 3
-        time.sleep(0.6)  # health checks mark dv0 down
-        assert "event=backend_down backend=dv0" in px.log()
+        px.wait_log("event=backend_down backend=dv0")  # health checks mark dv0 down
         for u in on0[:3]:
             assert which_backend(px, certs, u) == "dv1"
         for u in on1[:3]:  # nobody else moved
             assert which_backend(px, certs, u) == "dv1"
         # dv0 returns on the same ports with its maildirs: its users come back.
+        mark = px.log_mark()
         dvs[0].start(env_tmp / "dovecot-fo-0", users=USERS, ssl=False, ports=ports)
-        deadline = time.monotonic() + 5
-        while "event=backend_up backend=dv0" not in px.log() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert "event=backend_up backend=dv0" in px.log()
+        px.wait_log("event=backend_up backend=dv0", after=mark)
         for u in on0[:3]:
             assert which_backend(px, certs, u) == "dv0"
     finally:
@@ -157,12 +154,9 @@ def test_failover_and_recovery(proxy_factory, env_tmp, certs):
 
 def reload(px, cfg) -> None:
     px.config_path.write_text(mailenv.to_yaml(cfg))
-    n = px.log().count("event=reloaded")
+    mark = px.log_mark()
     os.kill(px.pid, signal.SIGHUP)
-    deadline = time.monotonic() + 5
-    while px.log().count("event=reloaded") == n and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert px.log().count("event=reloaded") > n, px.log()[-2000:]
+    px.wait_log("event=reloaded", after=mark)
 
 
 def test_drain_keeps_live_sessions(proxy_factory, pool, certs):
@@ -190,50 +184,27 @@ def test_drain_keeps_live_sessions(proxy_factory, pool, certs):
 # ------------------------------------------------------------------------------ PROXY protocol
 
 
-def tls_after_header(port, header: bytes, certs):
+def tls_after_header(port, header: bytes, certs) -> clients.LineClient:
     s = socket.create_connection((mailenv.LOCAL, port), timeout=15)
     s.sendall(header)
-    return mailenv.ssl_context(certs.ca).wrap_socket(s, server_hostname="localhost")
+    return clients.LineClient(None, clients.tls_context(certs), sock=s, timeout=15)
 
 
-def imap_login_raw(conn, user) -> bytes:
-    f = conn.makefile("rb")
-    greet = f.readline()
-    assert greet.startswith(b"* OK"), greet
-    conn.sendall(b'a LOGIN %s "%s"\r\n' % (user.encode(), USERS[user].encode()))
-    while True:
-        line = f.readline()
-        if line.startswith(b"a "):
-            return line
+def imap_login_raw(conn: clients.LineClient, user) -> bytes:
+    conn.greeting()
+    return conn.cmd(b"a", b'LOGIN %s "%s"' % (user.encode(), USERS[user].encode()))[-1]
 
 
 def closed_by_peer(s) -> bool:
     """The proxy closed without a word (FIN, or RST because our bytes went unread)."""
-    try:
-        return s.recv(100) == b""
-    except ConnectionResetError:
-        return True
+    return clients.LineClient(None, sock=s, timeout=5).closed()
 
 
-def wait_log(dv, needle, timeout=5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if needle in dv.log():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def wait_pool_log(pool, pattern, timeout=5.0) -> bool:
-    """Does some Dovecot of the pool log a line matching `pattern` within `timeout`? (Its log
-    lines arrive a little after the proxy's.)"""
-    deadline = time.monotonic() + timeout
-    while True:
-        if any(re.search(pattern, dv.log()) for dv in pool):
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
+def wait_pool_log(pool, pattern, timeout=10.0) -> bool:
+    """Wait until some Dovecot of the pool logs a line matching the regex `pattern` (its log
+    lines arrive a little after the proxy's); fails the test on timeout."""
+    return clients.wait_for(lambda: any(re.search(pattern, dv.log()) for dv in pool), timeout,
+                            what=f"{pattern!r} in a pool Dovecot's log")
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
@@ -258,7 +229,7 @@ def test_proxy_header_from_trusted_balancer(proxy_factory, pool, certs, version)
     # The proxy logs and decides with the balancer's client, and Dovecot (which trusts the
     # proxy) logs it as the remote IP from the forwarded ID.
     assert f"client={src}:40001" in px.log()
-    assert any(wait_log(dv, f"rip={src}") for dv in pool)
+    assert wait_pool_log(pool, re.escape(f"rip={src}"))
 
 
 def test_proxy_header_refused(proxy_factory, pool, certs):
@@ -304,7 +275,7 @@ def test_proxy_v2_to_backend_and_xclient(proxy_factory, pool, certs):
     conn = tls_after_header(port, b"PROXY TCP4 198.51.100.77 127.0.0.1 41000 993\r\n", certs)
     assert imap_login_raw(conn, "user11").startswith(b"a OK")
     conn.close()
-    assert any(wait_log(dv, "rip=198.51.100.77") for dv in pool)
+    assert wait_pool_log(pool, re.escape("rip=198.51.100.77"))
     # POP3 via the haproxy listener
     p = poplib.POP3_SSL(mailenv.LOCAL, px.port("pop3s"), context=mailenv.ssl_context(certs.ca),
                         timeout=15)
@@ -318,13 +289,12 @@ def pop3_session_after_header(port, header: bytes) -> None:
     """Plaintext POP3 after a PROXY header: greeting, USER/PASS as user13, QUIT, each +OK."""
     s = socket.create_connection((mailenv.LOCAL, port), timeout=15)
     s.sendall(header)
-    f = s.makefile("rb")
-    assert f.readline().startswith(b"+OK")
-    s.sendall(b"USER user13\r\nPASS pw-13\r\nQUIT\r\n")
-    assert f.readline().startswith(b"+OK")
-    assert f.readline().startswith(b"+OK")
-    assert f.readline().startswith(b"+OK")
-    s.close()
+    c = clients.LineClient(None, sock=s, timeout=15)
+    c.greeting(b"+OK")
+    c.send(b"USER user13\r\nPASS pw-13\r\nQUIT\r\n")
+    for _ in range(3):
+        assert c.line().startswith(b"+OK")
+    c.close()
 
 
 def test_pop3_xclient_forwards_client(proxy_factory, pool, certs):
@@ -336,7 +306,7 @@ def test_pop3_xclient_forwards_client(proxy_factory, pool, certs):
                                          "proxy_protocol": True}],
                        allow_plaintext_auth=True)
     pop3_session_after_header(port, b"PROXY TCP4 203.0.113.9 127.0.0.1 42000 110\r\n")
-    assert any(wait_log(dv, "rip=203.0.113.9") for dv in pool)
+    assert wait_pool_log(pool, re.escape("rip=203.0.113.9"))
     assert "client=203.0.113.9:42000" in px.log()
 
 
@@ -398,20 +368,20 @@ def redis_overrides(redis, pfx, **policy):
 
 
 def ctl(px, *args):
-    import subprocess
-    exe = mailenv.REPO / "build" / "portcullis-ctl"
-    r = subprocess.run([str(exe), "-c", str(px.config_path), *args], capture_output=True,
-                       text=True, timeout=10)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return r.stdout
+    return clients.ctl(px, *args).stdout
 
 
 def redis_ready(px):
-    # The workers connect to Redis right after start.
-    deadline = time.monotonic() + 5
-    while "event=redis_up conn=command" not in px.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.2)
+    # The workers connect to Redis right after start: wait for every connection of every one.
+    px.wait_redis_ready()
+
+
+def sess_keys(redis, pfx, user):
+    return redis.command("KEYS", f"{pfx}sess:{{{user}}}:*")
+
+
+def affinity(redis, pfx, user):
+    return redis.command("GET", f"{pfx}aff:{{{user}}}")
 
 
 def test_route_override_and_affinity(proxy_factory, pool, certs, redis):
@@ -426,7 +396,8 @@ def test_route_override_and_affinity(proxy_factory, pool, certs, redis):
     ctl(a, "route", user, other)
     assert which_backend(a, certs, user) == other
     ctl(a, "route", user, "-")
-    time.sleep(3.2)  # the recent affinity to `other` (affinity_ttl) passes: back to the hash
+    # the recent affinity to `other` (affinity_ttl) expires: back to the hash
+    clients.wait_for(lambda: affinity(redis, pfx, user) is None, 10, what="affinity expiry")
     assert which_backend(a, certs, user) == home
     # 2. Active affinity: while a session of the user lives on `home`, a second instance whose
     #    pool lost `home`'s weight balance (here: a new, heavier backend list order and weights
@@ -437,15 +408,16 @@ def test_route_override_and_affinity(proxy_factory, pool, certs, redis):
     weights = [1000 if dv.label == other else 1 for dv in pool]
     b = proxy_factory(backends=backends_for(pool, weights=weights), **redis_overrides(redis, pfx))
     redis_ready(b)
-    time.sleep(0.5)  # the live session's registry entry is written
+    clients.wait_for(lambda: sess_keys(redis, pfx, user), what="the live session's registry")
     assert which_backend(b, certs, user) == home
     assert "event=route kind=live_session" in b.log()
     live.logout()
     # 3. Recent affinity: after the last session ends, still `home` for affinity_ttl ...
-    time.sleep(0.5)
+    clients.wait_for(lambda: not sess_keys(redis, pfx, user), what="every session unregistered")
+    assert affinity(redis, pfx, user) == home
     assert which_backend(b, certs, user) == home
     # ... then the (changed) hash decides.
-    time.sleep(3.5)
+    clients.wait_for(lambda: affinity(redis, pfx, user) is None, 10, what="affinity expiry")
     assert which_backend(b, certs, user) == other
 
 
@@ -461,17 +433,12 @@ def test_ctl_drain(proxy_factory, pool, certs, redis):
     live.login(user, USERS[user])
     ctl(px, "drain", "dv2")
     ctl(px, "drain", "dv2-pop3")
-    deadline = time.monotonic() + 8
-    while "event=backend_drained backend=dv2 " not in px.log() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert "event=backend_drained backend=dv2 " in px.log()
+    px.wait_log("event=backend_drained backend=dv2 ")
     assert "dv2" in ctl(px, "drain")
     assert subject_backend(live) == "dv2"  # the live session goes on
     live.logout()
     assert which_backend(px, certs, user) in ("dv0", "dv1")
     ctl(px, "undrain", "dv2")
     ctl(px, "undrain", "dv2-pop3")
-    deadline = time.monotonic() + 8
-    while "event=backend_undrained backend=dv2 " not in px.log() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    px.wait_log("event=backend_undrained backend=dv2 ")
     assert which_backend(px, certs, user) == "dv2"

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+import clients
 import mailenv
 
 HOST = "127.0.0.1"
@@ -41,39 +42,14 @@ SAN_ENV = {"ASAN_OPTIONS": ":".join(filter(None, [os.environ.get("ASAN_OPTIONS",
 
 # ---------------------------------------------------------------------------------- /proc
 
-
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
-def cpu_ticks(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])          # utime + stime (fields 14, 15)
+rss_kb, cpu_ticks, read_bytes, sanitized = (clients.rss_kb, clients.cpu_ticks, clients.read_bytes,
+                                            clients.sanitized)
 
 
 def assert_no_spin(pid: int, ticks_before: int, secs: float) -> None:
     """A stalled relay waits in the kernel: at most 2% of one core over `secs`."""
     used_ms = (cpu_ticks(pid) - ticks_before) * 1000 // os.sysconf("SC_CLK_TCK")
     assert used_ms <= max(20, secs * 20), f"{used_ms} ms of CPU in {secs} s while stalled"
-
-
-def read_bytes(pid: int) -> int:
-    """Bytes the process has read from any descriptor (sockets included)."""
-    with open(f"/proc/{pid}/io") as f:
-        for line in f:
-            if line.startswith("rchar:"):
-                return int(line.split()[1])
-    raise AssertionError("no rchar")
-
-
-def sanitized(pid: int) -> bool:
-    with open(f"/proc/{pid}/maps") as f:
-        return "libasan" in f.read()
 
 
 def growth_limit_kb(pid: int) -> int:
@@ -106,73 +82,22 @@ class RssSampler:
 # ------------------------------------------------------------------------------ IMAP client
 
 
-class Client:
+class Client(clients.LineClient):
     """A minimal IMAP client over TLS that reads only when told to."""
 
     def __init__(self, port: int, ctx: ssl.SSLContext, rcvbuf: int | None = None):
-        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf:
-            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        raw.settimeout(30)
-        raw.connect((HOST, port))
-        self.s = ctx.wrap_socket(raw, server_hostname="localhost")
-        self.buf = bytearray()
-        greeting = self.readline()
+        super().__init__(port, ctx, host=HOST, timeout=30, rcvbuf=rcvbuf)
+        greeting = self.line()
         assert greeting.startswith(b"* OK"), greeting
-
-    def _fill(self) -> None:
-        chunk = self.s.recv(256 * 1024)
-        if not chunk:
-            raise EOFError("connection closed")
-        self.buf += chunk
-
-    def readline(self) -> bytes:
-        while True:
-            i = self.buf.find(b"\r\n")
-            if i >= 0:
-                line = bytes(self.buf[:i + 2])
-                del self.buf[:i + 2]
-                return line
-            self._fill()
-
-    def readexact(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            self._fill()
-        out = bytes(self.buf[:n])
-        del self.buf[:n]
-        return out
-
-    def send(self, data: bytes) -> None:
-        self.s.sendall(data)
-
-    def response(self, tag: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-        """Read until the tagged response; returns it and [(line, literal)] of the rest."""
-        items = []
-        while True:
-            line = self.readline()
-            lit = b""
-            m = re.search(rb"\{(\d+)\}\r\n$", line)
-            if m:
-                lit = self.readexact(int(m.group(1)))
-                line += self.readline()          # rest of the response after the literal
-            if line.startswith(tag + b" "):
-                return line, items
-            items.append((line, lit))
 
     def command(self, tag: bytes, text: bytes) -> tuple[bytes, list]:
         self.send(tag + b" " + text + b"\r\n")
-        return self.response(tag)
+        return self.tagged(tag)
 
     def login(self, user: str = USER, password: str = PASSWORD) -> None:
         ok, _ = self.command(b"L", b"LOGIN " + mailenv.imap_quote(user) + b" " +
                              mailenv.imap_quote(password))
         assert ok.startswith(b"L OK"), ok
-
-    def close(self) -> None:
-        try:
-            self.s.close()
-        except OSError:
-            pass
 
 
 def ctx_for(certs) -> ssl.SSLContext:
@@ -224,14 +149,14 @@ def test_stalled_fetch_does_not_buffer_mailbox(proxy_factory, big_dovecot, certs
     c.login()
     ok, _ = c.command(b"S", b"SELECT INBOX")
     assert ok.startswith(b"S OK")
-    time.sleep(0.2)
-    base_rss, base_read = rss_kb(proxy.pid), read_bytes(proxy.pid)
+    base_read = _wait_reads_stall(proxy.pid, quiet=0.2)  # the login's and SELECT's reads done
+    base_rss = rss_kb(proxy.pid)
 
     sampler = RssSampler(proxy.pid)
     c.send(b"F UID FETCH 1:* (UID BODY.PEEK[])\r\n")
     _wait_reads_stall(proxy.pid)        # the proxy stops reading from the backend
     ticks = cpu_ticks(proxy.pid)
-    time.sleep(1.0)                                   # stay stalled a while longer
+    time.sleep(1.0)  # behaviour under test: stay stalled 1 s, measuring the CPU it costs
     assert_no_spin(proxy.pid, ticks, 1.0)
     peak = sampler.stop()
     read_while_stalled = read_bytes(proxy.pid) - base_read
@@ -245,7 +170,7 @@ def test_stalled_fetch_does_not_buffer_mailbox(proxy_factory, big_dovecot, certs
 
     # the client resumes: every message arrives intact, then the session goes on
     sampler = RssSampler(proxy.pid)
-    ok, items = c.response(b"F")
+    ok, items = c.tagged(b"F")
     assert ok.startswith(b"F OK"), ok
     got = [lit for _, lit in items if lit]
     assert len(got) == BIG_COUNT
@@ -271,14 +196,14 @@ def test_one_byte_per_second_reader_of_a_50mb_message(proxy_factory, big_dovecot
     ok, _ = c.command(b"L", b'LOGIN "%s" "%s"' % (user.encode(), pw.encode()))
     assert ok.startswith(b"L OK"), ok
     assert c.command(b"S", b"EXAMINE INBOX")[0].startswith(b"S OK")
-    time.sleep(0.2)
-    base_rss, base_read = rss_kb(proxy.pid), read_bytes(proxy.pid)
+    base_read = _wait_reads_stall(proxy.pid, quiet=0.2)  # the login's and EXAMINE's reads done
+    base_rss = rss_kb(proxy.pid)
     sampler = RssSampler(proxy.pid)
     c.send(b"F FETCH 1 (BODY.PEEK[])\r\n")
     ticks = cpu_ticks(proxy.pid)
     for _ in range(6):                                # a byte a second
-        c.buf += c.s.recv(1)
-        time.sleep(1.0)
+        c.buf += c.sock.recv(1)
+        time.sleep(1.0)  # behaviour under test: the client reads one byte a second
     assert_no_spin(proxy.pid, ticks, 6.0)
     peak = sampler.stop()
     pulled = read_bytes(proxy.pid) - base_read
@@ -286,7 +211,7 @@ def test_one_byte_per_second_reader_of_a_50mb_message(proxy_factory, big_dovecot
           f"RSS {base_rss} kB -> peak {peak} kB")
     assert pulled < 10 * MB, pulled
     assert peak - base_rss < growth_limit_kb(proxy.pid), (base_rss, peak)
-    ok, items = c.response(b"F")                      # now at full speed
+    ok, items = c.tagged(b"F")                      # now at full speed
     assert ok.startswith(b"F OK"), ok
     got = [lit for _, lit in items if lit]
     assert got == [msg]
@@ -301,14 +226,12 @@ def test_client_vanishing_mid_stall_frees_everything(proxy_factory, big_dovecot,
     c.login()
     assert c.command(b"S", b"EXAMINE INBOX")[0].startswith(b"S OK")
     c.send(b"F UID FETCH 1:* (UID BODY.PEEK[])\r\n")
-    time.sleep(0.5)
-    c.s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    # mid-stall: the answer has started and stopped flowing (our receive queue stays full)
+    clients.wait_for(lambda: clients.unread_bytes(c.sock), what="the FETCH answer to flow")
+    clients.wait_steady(lambda: clients.unread_bytes(c.sock), quiet=0.3, what="the relay to stall")
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     c.close()                                            # RST with unread data
-    deadline = time.monotonic() + 5
-    while "event=close" not in proxy.log():
-        assert time.monotonic() < deadline, proxy.log()[-1500:]
-        time.sleep(0.05)
-    assert re.search(r'event=close reason="client (disconnected|error)"', proxy.log())
+    proxy.wait_log(re.compile(rf'user="{USER}" event=close reason="client (disconnected|error)"'))
     # the proxy still serves new sessions
     c = Client(proxy.port("imaps"), ctx_for(certs))
     c.login()
@@ -322,23 +245,15 @@ def _message_of(size: int, seed: int) -> bytes:
 
 def _backend_imap_pid(dv, user: str, after: int) -> int:
     """PID of the Dovecot imap process of the newest login of `user` (its log has mpid=)."""
-    deadline = time.monotonic() + 5
-    while True:
-        pids = re.findall(rf"Login: user=<{user}>.*?mpid=(\d+)", dv.log()[after:])
-        if pids:
-            return int(pids[-1])
-        assert time.monotonic() < deadline, "no Dovecot login line"
-        time.sleep(0.05)
+    pids = clients.wait_for(lambda: re.findall(rf"Login: user=<{user}>.*?mpid=(\d+)",
+                                               dv.log()[after:]), what="a Dovecot login line")
+    return int(pids[-1])
 
 
-def _wait_reads_stall(pid: int, quiet: float = 0.5, timeout: float = 10) -> None:
-    last, since, deadline = read_bytes(pid), time.monotonic(), time.monotonic() + timeout
-    while time.monotonic() - since < quiet:
-        assert time.monotonic() < deadline, "the proxy never stopped reading"
-        time.sleep(0.05)
-        now = read_bytes(pid)
-        if now != last:
-            last, since = now, time.monotonic()
+def _wait_reads_stall(pid: int, quiet: float = 0.5, timeout: float = 10) -> int:
+    """Wait until the proxy's read counter stays still for `quiet` s; return it."""
+    return clients.wait_steady(lambda: read_bytes(pid), quiet, timeout,
+                               what="the proxy to stop reading")
 
 
 def test_append_20mb_streams(proxy, big_dovecot, certs):
@@ -353,11 +268,10 @@ def test_append_20mb_streams(proxy, big_dovecot, certs):
     imap_pid = _backend_imap_pid(big_dovecot, USER, log_at)
     ok, _ = c.command(b"C", b"CREATE Upload")
     assert ok.startswith(b"C OK"), ok
-    time.sleep(0.2)
-    base = rss_kb(proxy.pid)
+    base = clients.wait_steady(lambda: rss_kb(proxy.pid), quiet=0.2, what="a settled RSS")
     sampler = RssSampler(proxy.pid)
     c.send(b"A APPEND Upload (\\Seen) {%d}\r\n" % len(msg))
-    cont = c.readline()
+    cont = c.line()
     assert cont.startswith(b"+"), cont
 
     sent = [0]
@@ -369,7 +283,7 @@ def test_append_20mb_streams(proxy, big_dovecot, certs):
             sent[0] = off + len(view[off:off + 64 * 1024])
         c.send(b"\r\n")
 
-    c.s.settimeout(60)
+    c.sock.settimeout(60)
     os.kill(imap_pid, signal.SIGSTOP)
     try:
         t = threading.Thread(target=upload, daemon=True)
@@ -377,7 +291,7 @@ def test_append_20mb_streams(proxy, big_dovecot, certs):
         # the proxy reads the client over TLS with read(2): /proc/PID/io shows it stall
         _wait_reads_stall(proxy.pid)
         ticks = cpu_ticks(proxy.pid)
-        time.sleep(0.5)
+        time.sleep(0.5)  # behaviour under test: stay stalled 0.5 s, measuring the CPU it costs
         assert_no_spin(proxy.pid, ticks, 0.5)
         stalled_at = sent[0]
         stall_peak = rss_kb(proxy.pid)
@@ -388,7 +302,7 @@ def test_append_20mb_streams(proxy, big_dovecot, certs):
         os.kill(imap_pid, signal.SIGCONT)
     t.join(60)
     assert not t.is_alive()
-    ok, _ = c.response(b"A")
+    ok, _ = c.tagged(b"A")
     peak = sampler.stop()
     assert ok.startswith(b"A OK"), ok
     print(f"APPEND {len(msg) / MB:.1f} MB: RSS {base} kB -> stalled {stall_peak} kB, "
@@ -408,25 +322,25 @@ def test_append_20mb_streams(proxy, big_dovecot, certs):
 
 
 def test_idle_sessions_cost_no_cpu(proxy, certs):
-    clients = []
+    idlers = []
     for i in range(5):
         c = Client(proxy.port("imaps"), ctx_for(certs))
         c.login()
         ok, _ = c.command(b"S", b"SELECT INBOX")
         assert ok.startswith(b"S OK")
         c.send(b"I IDLE\r\n")
-        assert c.readline().startswith(b"+ "), "no IDLE continuation"
-        clients.append(c)
-    time.sleep(0.3)
-    before = cpu_ticks(proxy.pid)
-    time.sleep(3.0)
+        assert c.line().startswith(b"+ "), "no IDLE continuation"
+        idlers.append(c)
+    # the IDLE starts' work is done: no CPU tick for 0.3 s; then measure 3 s of idling
+    before = clients.wait_steady(lambda: cpu_ticks(proxy.pid), quiet=0.3, what="no CPU use")
+    time.sleep(3.0)  # behaviour under test: the CPU that 3 s of open IDLE sessions cost
     used = cpu_ticks(proxy.pid) - before
     hz = os.sysconf("SC_CLK_TCK")
     print(f"5 IDLE sessions: {used} ticks ({used * 1000 // hz} ms CPU) in 3 s")
     assert used * 1000 // hz <= 30, f"{used} ticks of CPU while idle"
-    for c in clients:                      # the sessions are alive and answer
+    for c in idlers:                      # the sessions are alive and answer
         c.send(b"DONE\r\n")
-        ok, _ = c.response(b"I")
+        ok, _ = c.tagged(b"I")
         assert ok.startswith(b"I OK"), ok
         ok, _ = c.command(b"N", b"NOOP")
         assert ok.startswith(b"N OK")
@@ -456,13 +370,11 @@ def test_idle_tls_sessions_are_cheap(proxy_factory, big_dovecot, certs, backend_
 
     with ThreadPoolExecutor(8) as pool:
         warm = list(pool.map(open_one, range(20)))       # one-time costs out of the way
-        time.sleep(0.3)
-        base = rss_kb(px.pid)
+        base = clients.wait_steady(lambda: rss_kb(px.pid), quiet=0.3, what="a settled RSS")
         t0 = time.monotonic()
         many = list(pool.map(open_one, range(IDLE_SESSIONS)))
     took = time.monotonic() - t0
-    time.sleep(0.5)
-    after = rss_kb(px.pid)
+    after = clients.wait_steady(lambda: rss_kb(px.pid), quiet=0.3, what="a settled RSS")
     per = (after - base) / IDLE_SESSIONS
     print(f"{IDLE_SESSIONS} idle TLS sessions, backend TLS {backend_tls}: RSS {base} kB -> "
           f"{after} kB, {per:.1f} kB per session (opened in {took:.1f}s)")

@@ -10,10 +10,10 @@ import socket
 import ssl
 import subprocess
 import textwrap
-import time
 
 import pytest
 
+import clients
 import mailenv
 from mailenv import SEED_COUNT, TEST_USERS as USERS
 
@@ -142,13 +142,10 @@ def test_id_originating_ip_logged(dovecot, certs):
     assert wait_log(dovecot, r"Login: user=<bob>.*rip=192\.0\.2\.7")
 
 
-def wait_log(dovecot, pattern, timeout=5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if re.search(pattern, dovecot.log()):
-            return True
-        time.sleep(0.05)
-    return False
+def wait_log(dovecot, pattern, timeout=10.0):
+    """Wait until Dovecot's log matches the regex `pattern` (fails the test on timeout)."""
+    return clients.wait_for(lambda: re.search(pattern, dovecot.log()), timeout,
+                            what=f"{pattern!r} in Dovecot's log")
 
 
 # ---------------------------------------------------------------------------------- POP3
@@ -339,7 +336,7 @@ FAKE_PROXY = textwrap.dedent("""\
     {extra}
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
     while True:
-        time.sleep(1)
+        signal.pause()
     """)
 
 

@@ -5,30 +5,20 @@ proxy log shows a sanitizer report or an abnormal exit)."""
 
 from __future__ import annotations
 
-import imaplib
 import os
 import socket
-import ssl
 import struct
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
+import clients
 import mailenv
 from fakeimap import FakeImap
 
 
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
-def nfds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+rss_kb, nfds = clients.rss_kb, clients.fd_count
 
 
 def fake_backends(port: int) -> list[dict]:
@@ -36,38 +26,19 @@ def fake_backends(port: int) -> list[dict]:
             {"name": "fake-pop3", "protocol": "pop3", "host": mailenv.LOCAL, "port": port}]
 
 
-def tls_client(px, certs, timeout=10) -> ssl.SSLSocket:
-    s = socket.create_connection((mailenv.LOCAL, px.port("imaps")), timeout=timeout)
-    return mailenv.ssl_context(certs.ca).wrap_socket(s, server_hostname="localhost")
-
-
-def read_until(sock, needle: bytes, limit: int = 1 << 24) -> bytes:
-    out = b""
-    while needle not in out and len(out) < limit:
-        d = sock.recv(65536)
-        if not d:
-            break
-        out += d
-    return out
+def tls_client(px, certs, timeout=10) -> clients.LineClient:
+    return clients.connect(px.port("imaps"), certs, timeout=timeout)
 
 
 def read_all(sock, timeout=10) -> bytes:
-    sock.settimeout(timeout)
-    out = b""
-    try:
-        while True:
-            d = sock.recv(65536)
-            if not d:
-                return out
-            out += d
-    except (ConnectionResetError, ssl.SSLError):
-        return out
+    """Everything a raw socket receives until the peer closes (or resets)."""
+    return clients.LineClient(None, sock=sock).until_closed(timeout)
 
 
-def login(sock) -> None:
-    read_until(sock, b"\r\n")
-    sock.sendall(b"a LOGIN alice alicepw\r\n")
-    assert b"a OK" in read_until(sock, b"a OK")
+def login(c: clients.LineClient) -> None:
+    c.greeting()
+    c.send(b"a LOGIN alice alicepw\r\n")
+    assert b"a OK" in c.read_until(b"a OK")
 
 
 # ------------------------------------------------------------------------ backends misbehaving
@@ -79,18 +50,17 @@ def test_backend_killed_mid_fetch(proxy_factory, dovecot_factory, certs):
     px = proxy_factory(dovecot=dv)
     c = tls_client(px, certs)
     login(c)
-    c.sendall(b"b SELECT INBOX\r\nc FETCH 1 BODY.PEEK[]\r\n")
-    got = read_until(c, b"* 1 FETCH")
-    got += c.recv(65536)
+    c.send(b"b SELECT INBOX\r\nc FETCH 1 BODY.PEEK[]\r\n")
+    got = c.read_until(b"* 1 FETCH")
+    got += c.read_until(b"}\r\n") + c.read_exact(1)  # the literal has begun
     dv.stop()  # kills the imap process serving us, mid-literal
-    got += read_all(c)
+    got += c.until_closed()
     assert len(got) < 20_000_000  # the message could not have arrived whole
     c.close()
-    # The session is cleaned up and the proxy still serves others (via a healthy Dovecot).
-    time.sleep(0.3)
-    status, body = px.http_get("/metrics")
-    assert 'portcullis_connections_active{listener="imaps",protocol="imap"} 0' in body
-    assert "event=close" in px.log()
+    # The session is cleaned up.
+    px.wait_log('user="alice" event=close')
+    px.wait_metric("portcullis_connections_active", {"listener": "imaps", "protocol": "imap"},
+                   value=0)
 
 
 def test_backend_closes_at_boundary_gets_bye(proxy_factory, certs):
@@ -106,8 +76,8 @@ def test_backend_closes_at_boundary_gets_bye(proxy_factory, certs):
         px = proxy_factory(backends=fake_backends(fake.port), health={"enabled": False})
         c = tls_client(px, certs)
         login(c)
-        c.sendall(b"b NOOP\r\n")
-        out = read_all(c)
+        c.send(b"b NOOP\r\n")
+        out = c.until_closed()
         assert b"b OK noop\r\n" in out
         assert out.endswith(b"* BYE Backend connection lost.\r\n")
     finally:
@@ -127,13 +97,13 @@ def test_backend_breaks_framing(proxy_factory, certs, kind):
             conn.send(b"* 1 FETCH (X " + b"A" * 100_000 + b")\r\n")
         elif kind == "short_literal":  # announced 100, sends 10, then more responses
             conn.send(b"* 1 FETCH (BODY[] {100}\r\n0123456789)\r\n" + tag + b" OK done\r\n")
-            time.sleep(0.3)
+            time.sleep(0.3)  # the fake backend's behaviour: hang up 0.3 s after the lie
             return False
         elif kind == "long_literal":  # announced 10, sends 30
             conn.send(b"* 1 FETCH (BODY[] {10}\r\n" + b"x" * 30 + b")\r\n" + tag + b" OK\r\n")
         elif kind == "stall_in_literal":
             conn.send(b"* 1 FETCH (BODY[] {1000}\r\n" + b"y" * 10)
-            time.sleep(30)
+            time.sleep(30)  # the fake backend's behaviour: stall (a daemon thread: not waited for)
             return False
         return True
 
@@ -143,9 +113,9 @@ def test_backend_breaks_framing(proxy_factory, certs, kind):
                            limits={"imap_idle_timeout": "2s"})
         c = tls_client(px, certs, timeout=15)
         login(c)
-        c.sendall(b"f FETCH 1 BODY[]\r\n")
+        c.send(b"f FETCH 1 BODY[]\r\n")
         t0 = time.monotonic()
-        out = read_all(c, timeout=15)
+        out = c.until_closed(timeout=15)
         elapsed = time.monotonic() - t0
         assert elapsed < 10, f"{kind}: no answer within 10 s"
         if kind in ("garbage", "long_literal"):
@@ -158,7 +128,7 @@ def test_backend_breaks_framing(proxy_factory, certs, kind):
         c.close()
         # Still alive and serving.
         c2 = tls_client(px, certs)
-        assert read_until(c2, b"\r\n").startswith(b"* OK")
+        c2.greeting()
         c2.close()
     finally:
         fake.stop()
@@ -175,8 +145,9 @@ def test_ten_thousand_preauth_connections_leak_nothing(proxy_factory, certs):
         s = socket.create_connection((mailenv.LOCAL, port))
         s.recv(200)
         s.close()
-    time.sleep(0.5)
-    fds0, rss0 = nfds(px.pid), rss_kb(px.pid)
+    # the warm-up connections are closed and their fds given back: the counts settle
+    fds0, rss0 = clients.wait_steady(lambda: clients.proc_stats(px.pid), quiet=0.3,
+                                     what="settled fd and RSS counts")[::-1]
 
     def burst(n):
         for _ in range(n):
@@ -193,10 +164,7 @@ def test_ten_thousand_preauth_connections_leak_nothing(proxy_factory, certs):
         t.start()
     for t in threads:
         t.join()
-    deadline = time.monotonic() + 10
-    while nfds(px.pid) > fds0 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert nfds(px.pid) <= fds0
+    clients.wait_for(lambda: nfds(px.pid) <= fds0, 10, what=f"the fd count back to {fds0}")
     if not px.asan:  # under ASan the quarantine holds freed memory; LSan checks leaks at exit
         assert rss_kb(px.pid) - rss0 < 8 * 1024, (rss0, rss_kb(px.pid))
     assert px.log().count("event=connect listener=imap ") >= 10_000
@@ -242,7 +210,7 @@ def test_rst_mid_tls_record_and_handshake_garbage(proxy_factory, certs):
     # Half a TLS record, then RST.
     c = tls_client(px, certs)
     login(c)
-    sock = socket.socket(fileno=os.dup(c.fileno()))
+    sock = socket.socket(fileno=os.dup(c.sock.fileno()))
     sock.sendall(b"\x17\x03\x03\x40\x00" + b"\x00" * 100)  # record header claims 16 KB
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
@@ -257,8 +225,7 @@ def test_rst_mid_tls_record_and_handshake_garbage(proxy_factory, certs):
         except (ConnectionResetError, socket.timeout):
             pass
         s.close()
-    time.sleep(0.3)
-    assert "event=tls_failed" in px.log()
+    px.wait_log("event=tls_failed")
     c = tls_client(px, certs)
     login(c)
     c.close()
@@ -270,19 +237,19 @@ def test_odd_user_names_reach_the_backend_intact(proxy_factory, certs):
         px = proxy_factory(backends=fake_backends(fake.port), health={"enabled": False})
         for user in (b'we{i}rd"na\\me', "jürgen".encode(), b"x" * 1000):
             c = tls_client(px, certs)
-            read_until(c, b"\r\n")
-            c.sendall(b"a LOGIN {%d+}\r\n%s {2+}\r\npw\r\n" % (len(user), user))
-            assert b"a OK" in read_until(c, b"a OK")
+            c.greeting()
+            c.send(b"a LOGIN {%d+}\r\n%s {2+}\r\npw\r\n" % (len(user), user))
+            assert b"a OK" in c.read_until(b"a OK")
             c.close()
             assert fake.logins[-1][0] == user
         # CR/LF in a user name and a 1 MB user name are refused without reaching the backend.
         n = len(fake.logins)
         c = tls_client(px, certs)
-        read_until(c, b"\r\n")
-        c.sendall(b"a LOGIN {6+}\r\nab\r\ncd {2+}\r\npw\r\n")
-        assert read_until(c, b"\r\n").startswith(b"a NO")
-        c.sendall(b"b LOGIN {1048576}\r\n")
-        assert b"b BAD" in read_until(c, b"b BAD")
+        c.greeting()
+        c.send(b"a LOGIN {6+}\r\nab\r\ncd {2+}\r\npw\r\n")
+        assert c.line().startswith(b"a NO")
+        c.send(b"b LOGIN {1048576}\r\n")
+        assert b"b BAD" in c.read_until(b"b BAD")
         c.close()
         assert len(fake.logins) == n
         assert "\r" not in px.log().replace("\r\n", "\n")

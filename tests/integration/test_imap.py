@@ -22,6 +22,7 @@ import time
 
 import pytest
 
+import clients
 import mailenv
 
 LOCAL = mailenv.LOCAL
@@ -35,85 +36,9 @@ def ctx_for(certs) -> ssl.SSLContext:
     return mailenv.ssl_context(certs.ca)
 
 
-class Raw:
-    """A raw IMAP client (plain or TLS) that sees the exact bytes. Responses are returned whole,
-    literals included, with their CRLFs."""
-
-    def __init__(self, port: int, ctx: ssl.SSLContext | None = None, timeout: float = 10):
-        s = socket.create_connection((LOCAL, port), timeout=timeout)
-        self.sock = ctx.wrap_socket(s, server_hostname="localhost") if ctx else s
-        self.buf = b""
-
-    def starttls(self, ctx: ssl.SSLContext) -> None:
-        assert not self.buf, f"bytes left before TLS: {self.buf!r}"
-        self.sock = ctx.wrap_socket(self.sock, server_hostname="localhost")
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _fill(self) -> None:
-        d = self.sock.recv(65536)
-        if not d:
-            raise EOFError(f"closed; pending {self.buf!r}")
-        self.buf += d
-
-    def line(self) -> bytes:
-        while b"\n" not in self.buf:
-            self._fill()
-        i = self.buf.index(b"\n") + 1
-        line, self.buf = self.buf[:i], self.buf[i:]
-        return line
-
-    def response(self) -> bytes:
-        out = b""
-        while True:
-            line = self.line()
-            out += line
-            m = re.search(rb"\{(\d+)\+?\}\r\n$", line)
-            if not m or line.startswith(b"+"):
-                return out
-            n = int(m.group(1))
-            while len(self.buf) < n:
-                self._fill()
-            out += self.buf[:n]
-            self.buf = self.buf[n:]
-
-    def until_tag(self, tag: bytes) -> list[bytes]:
-        """Responses up to and including the one tagged `tag`."""
-        out = []
-        while True:
-            r = self.response()
-            out.append(r)
-            if r.startswith(tag + b" "):
-                return out
-
-    def cmd(self, tag: bytes, text: bytes) -> list[bytes]:
-        self.send(tag + b" " + text + b"\r\n")
-        return self.until_tag(tag)
-
-    def greeting(self) -> bytes:
-        g = self.line()
-        assert g.startswith(b"* OK"), g
-        return g
-
-    def rest_until_closed(self, timeout: float = 10) -> bytes:
-        """Everything until the peer closes (raises on timeout)."""
-        self.sock.settimeout(timeout)
-        while True:
-            try:
-                self._fill()
-            except EOFError:
-                break
-            except (ConnectionResetError, ssl.SSLError):
-                break
-        out, self.buf = self.buf, b""
-        return out
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+# A raw IMAP client (plain or TLS) that sees the exact bytes: responses are returned whole,
+# literals included, with their CRLFs.
+Raw = clients.LineClient
 
 
 def literal_plus(s: str | bytes) -> bytes:
@@ -142,21 +67,8 @@ def imap_starttls(px, certs, timeout: float = 15) -> imaplib.IMAP4:
     return m
 
 
-def wait_for(pred, timeout: float = 5.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
-
-
-def vm_rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+wait_for = clients.wait_for
+vm_rss_kb = clients.rss_kb
 
 
 def maildir_flags(dovecot, user: str, folder: str = "INBOX") -> list[str]:
@@ -525,23 +437,17 @@ def test_starttls_plaintext_in_later_segment_not_executed(px, certs):
     """Plaintext sent after STARTTLS in a later segment (before the client's ClientHello) is
     not taken as a TLS record stream to execute: the handshake fails or the bytes are dropped,
     and no login happens."""
-    s = socket.create_connection((LOCAL, px.port("imap")), timeout=5)
-    s.recv(4096)
-    s.sendall(b"a STARTTLS\r\n")
-    time.sleep(0.05)
-    s.sendall(b"b LOGIN alice alicepw\r\n")
-    data = b""
-    s.settimeout(3)
+    r = Raw(px.port("imap"), timeout=5)
+    r.greeting()
+    r.send(b"a STARTTLS\r\n")
+    assert r.line().startswith(b"a OK")  # the proxy now expects a ClientHello
+    r.send(b"b LOGIN alice alicepw\r\n")
     try:
-        while True:
-            d = s.recv(4096)
-            if not d:
-                break
-            data += d
-    except (socket.timeout, ConnectionResetError):
-        pass
-    s.close()
-    assert data.startswith(b"a OK") and b"b OK" not in data and b"b NO" not in data
+        data = r.until_closed(timeout=3)
+    except TimeoutError:
+        data = bytes(r.buf)
+    r.close()
+    assert b"b OK" not in data and b"b NO" not in data
     assert "event=login_start" not in px.log()
 
 
@@ -829,7 +735,7 @@ def test_literals_split_into_single_bytes(px, certs, fresh_user, dovecot):
     def trickle(data: bytes) -> None:
         for i in range(len(data)):
             r.send(data[i:i + 1])
-            time.sleep(0.002)
+            time.sleep(0.002)  # behaviour under test: one byte per TLS record and TCP read
 
     trickle(b"a EXAMINE {5}\r\n")
     assert r.line().startswith(b"+ ")

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import imaplib
 import os
+import select
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import clients
 import mailenv
 import malware
 
@@ -31,13 +32,37 @@ def val(m, name, **labels) -> float:
     return m.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+LISTENERS = (("imaps", "imap"), ("imap", "imap"), ("pop3s", "pop3"), ("pop3", "pop3"))
+
+
+def settled(px, probed: bool = False) -> dict:
+    """Wait until no connection is open on any listener and every session close has been
+    accounted for (and, with `probed`, every listener has counted the start-up port probe);
+    return that scrape. A close is accounted for once its `event=close` line is in the log: the
+    proxy writes it after the close's counters (active, closed, relayed bytes), so the log is
+    read first and the scrape must show exactly as many closes."""
+    def ok():
+        logged = px.log().count("event=close reason=")
+        m = scrape(px)
+        if any(val(m, "portcullis_connections_active", listener=li, protocol=pr)
+               for li, pr in LISTENERS):
+            return None
+        if logged != sum(val(m, "portcullis_sessions_closed_total", protocol=pr)
+                         for pr in ("imap", "pop3")):
+            return None
+        if probed and not all(val(m, "portcullis_connections_accepted_total", listener=li,
+                                  protocol=pr) for li, pr in LISTENERS):
+            return None
+        return m
+    return clients.wait_for(ok, 10, what="every connection closed and counted")
+
+
 def test_metrics_move_with_a_scripted_session(proxy_factory, dovecot, certs):
     px = proxy_factory()
     status, body = px.http_get("/healthz")
     assert (status, body) == (200, "ok\n")
     assert px.http_get("/nope")[0] == 404
-    time.sleep(0.3)  # let the start-up port probes be accepted and counted
-    before = scrape(px)
+    before = settled(px, probed=True)  # the start-up port probes accepted, counted and closed
     ctx = mailenv.ssl_context(certs.ca)
     m = imaplib.IMAP4_SSL(mailenv.LOCAL, px.port("imaps"), ssl_context=ctx, timeout=15)
     with pytest.raises(imaplib.IMAP4.error):
@@ -54,8 +79,7 @@ def test_metrics_move_with_a_scripted_session(proxy_factory, dovecot, certs):
     with pytest.raises(imaplib.IMAP4.error):
         plain.login("alice", "alicepw")  # refused before TLS
     plain.logout()
-    time.sleep(0.3)
-    after = scrape(px)
+    after = settled(px)
 
     def d(name, **labels):
         return val(after, name, **labels) - val(before, name, **labels)
@@ -86,10 +110,7 @@ def test_metrics_scan_policy_and_redis(proxy_factory, dovecot, certs, env_tmp, r
         scan={"enabled": True, "database_dir": str(db), "threads": 2, "tmpdir": str(env_tmp)},
         redis={"host": mailenv.LOCAL, "port": redis.port, "prefix": "ops-metrics:"},
         policy={"user_fail_limit": 100, "addr_fail_limit": 1000})
-    deadline = time.monotonic() + 10
-    while val(scrape(px), "portcullis_redis_connections_ready") < 1:
-        assert time.monotonic() < deadline, "Redis never became ready"
-        time.sleep(0.05)
+    px.wait_metric("portcullis_redis_connections_ready", predicate=lambda v: v >= 1)
     before = scrape(px)
     ctx = mailenv.ssl_context(certs.ca)
     m = imaplib.IMAP4_SSL(mailenv.LOCAL, px.port("imaps"), ssl_context=ctx, timeout=15)
@@ -100,8 +121,7 @@ def test_metrics_scan_policy_and_redis(proxy_factory, dovecot, certs, env_tmp, r
     m.logout()
     assert got_clean == clean
     assert b"X-Portcullis-Verdict: infected" in got_inf
-    time.sleep(0.3)
-    after = scrape(px)
+    after = settled(px)
 
     def d(name, **labels):
         return val(after, name, **labels) - val(before, name, **labels)
@@ -128,25 +148,19 @@ def test_reload_with_broken_config_keeps_serving(proxy_factory, certs):
     good = px.config_path.read_text()
     px.config_path.write_text(good + "\nbogus_key: 1\n")
     os.kill(px.pid, signal.SIGHUP)
-    deadline = time.monotonic() + 5
-    while "event=reload_failed" not in px.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert "event=reload_failed" in px.log()
+    px.wait_log("event=reload_failed")
     assert "bogus_key" in px.log()
     m = imaplib.IMAP4_SSL(mailenv.LOCAL, px.port("imaps"),
                           ssl_context=mailenv.ssl_context(certs.ca), timeout=15)
     m.login("alice", "alicepw")
     m.logout()
     # portcullis-ctl reload: the same, with the result in its exit status and output.
-    ctl = Path(px.binary).parent / "portcullis-ctl"
-    r = subprocess.run([str(ctl), "-c", str(px.config_path), "reload"], capture_output=True,
-                       text=True, timeout=60)
+    r = clients.ctl(px, "reload", check=False, timeout=60)
     assert r.returncode == 2, r  # ctl itself refuses to load the broken file
     assert "bogus_key" in r.stderr
     px.config_path.write_text(good)
     n = px.log().count("event=reloaded source=admin")
-    r = subprocess.run([str(ctl), "-c", str(px.config_path), "reload"], capture_output=True,
-                       text=True, timeout=60)
+    r = clients.ctl(px, "reload", check=False, timeout=60)
     assert (r.returncode, r.stdout) == (0, "reloaded\n"), r
     assert px.log().count("event=reloaded source=admin") == n + 1
     # A file that parses but cannot be applied (a certificate that does not exist): the
@@ -157,8 +171,7 @@ def test_reload_with_broken_config_keeps_serving(proxy_factory, certs):
     bad = px.config_path.parent / "unapplicable.yaml"
     bad.write_text(mailenv.to_yaml(cfg))
     px.config_path.write_text(bad.read_text())
-    r = subprocess.run([str(ctl), "-c", str(bad), "reload"], capture_output=True, text=True,
-                       timeout=60)
+    r = clients.ctl(px, "reload", check=False, config=bad, timeout=60)
     px.config_path.write_text(good)
     assert r.returncode in (1, 2), r
     assert "/nonexistent/cert.pem" in r.stderr, r
@@ -266,20 +279,18 @@ def test_sigterm_drains(proxy_factory, dovecot_factory, certs):
     idle.select("INBOX")
     # A raw client that fetches slowly, so the response is still in flight at SIGTERM.
     import socket
-    raw = ctx.wrap_socket(socket.create_connection((mailenv.LOCAL, px.port("imaps"))),
-                          server_hostname="localhost")
-    raw.settimeout(15)
-    f = raw.makefile("rb")
-    f.readline()
-    raw.sendall(b"a LOGIN alice alicepw\r\nb SELECT INBOX\r\nc FETCH 1 BODY.PEEK[]\r\n")
-    line = f.readline()
+    raw = clients.LineClient(px.port("imaps"), ctx, timeout=15)
+    raw.greeting()
+    raw.send(b"a LOGIN alice alicepw\r\nb SELECT INBOX\r\nc FETCH 1 BODY.PEEK[]\r\n")
+    line = raw.line()
     while not line.startswith(b"* 1 FETCH"):
-        line = f.readline()
+        line = raw.line()
     n = int(line.rsplit(b"{", 1)[1].split(b"}")[0])
-    got = f.read(100_000)
+    got = raw.read_exact(100_000)
     os.kill(px.pid, signal.SIGTERM)
-    time.sleep(0.5)
-    # The idle session was told and closed.
+    # The workers stop listening, and the idle session is told and closed.
+    clients.wait_for(lambda: not mailenv.port_open(px.port("imaps")), what="listeners closed")
+    clients.wait_for(lambda: select.select([idle.sock], [], [], 0)[0], what="BYE to the idle one")
     with pytest.raises((imaplib.IMAP4.abort, OSError)):
         idle.noop()
         idle.noop()
@@ -287,9 +298,9 @@ def test_sigterm_drains(proxy_factory, dovecot_factory, certs):
     with pytest.raises(OSError):
         socket.create_connection((mailenv.LOCAL, px.port("imaps")), timeout=2).recv(1)
     # The FETCH in flight completes.
-    got += f.read(n - len(got))
+    got += raw.read_exact(n - len(got))
     assert got == big
-    rest = f.readline() + f.readline()
+    rest = raw.line() + raw.line()
     assert b"c OK" in rest
     px.proc.wait(timeout=20)
     assert px.proc.returncode == 0

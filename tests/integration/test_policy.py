@@ -20,10 +20,10 @@ import ssl
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
+import clients
 import mailenv
 
 LOCAL = mailenv.LOCAL
@@ -97,27 +97,17 @@ def hgetall(redis, key: str) -> dict:
     return dict(zip(v[::2], v[1::2]))
 
 
-def wait_for(pred, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def ctl_binary(request) -> Path:
-    b = Path(request.config.getoption("--proxy-binary"))
-    if not b.is_absolute():
-        b = mailenv.REPO / b
-    return b.parent / "portcullis-ctl"
+wait_for = clients.wait_for
 
 
 def ctl(request, px, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([str(ctl_binary(request)), "-c", str(px.config_path), *args],
-                          capture_output=True, text=True, timeout=10)
+    return clients.ctl(px, *args, check=False)
+
+
+def redis_ms(redis) -> int:
+    """Redis's clock in ms (the policy scripts' `now`)."""
+    sec, usec = redis.command("TIME")
+    return int(sec) * 1000 + int(usec) // 1000
 
 
 def sigkill(px) -> None:
@@ -201,7 +191,8 @@ def test_lockout_across_instances_and_reset(proxy_factory, certs, redis):
     with pytest.raises(poplib.error_proto, match=r"SYS/TEMP"):
         pop3(b, certs, "Bob", USERS["bob"])  # user names compare case-insensitively
     assert "reason=locked_out scope=user" in b.log()
-    time.sleep(1.6)
+    until = int(hgetall(redis, pfx + "fail:{bob}")["until"])
+    wait_for(lambda: redis_ms(redis) > until, what="the lock-out's end")
     # the lock-out expired; three more failures: level 2, the lock doubles
     for _ in range(3):
         assert "[AUTHENTICATIONFAILED]" in imap_refused(a, certs, "bob", WRONG)
@@ -225,7 +216,11 @@ def test_token_bucket_refills(proxy_factory, certs, redis):
     assert "[UNAVAILABLE]" in imap_refused(a, certs, "carol")
     assert "reason=login_rate scope=user" in a.log()
     assert float(hgetall(redis, pfx + "rl:{carol}:login")["tok"]) < 1
-    time.sleep(3.1)
+
+    def refilled():  # the bucket script's arithmetic, on Redis's clock
+        b = hgetall(redis, pfx + "rl:{carol}:login")
+        return float(b["tok"]) + (redis_ms(redis) - int(b["ts"])) / 3000 >= 1
+    wait_for(refilled, 10, what="a token back in the bucket")
     imap(a, certs, "carol").logout()  # one token came back
     assert "[UNAVAILABLE]" in imap_refused(a, certs, "carol")
 
@@ -287,7 +282,9 @@ def test_registry_expires_after_sigkill(proxy_factory, certs, redis):
     b = proxy_factory(instance="B", **o)
     m = imap(a, certs, "alice")
     k = wait_for(lambda: keys(redis, pfx + "sess:{alice}:*"), what="registered")
-    time.sleep(0.7)  # heartbeats keep it alive past the TTL
+    # heartbeats keep it alive past the TTL: wait for one (it rewrites `heartbeat`)
+    hb0 = redis.command("HGET", k[0], "heartbeat")
+    wait_for(lambda: redis.command("HGET", k[0], "heartbeat") != hb0, what="a heartbeat")
     assert redis.command("EXISTS", k[0]) == 1
     assert "[LIMIT]" in imap_refused(b, certs)
     sigkill(a)
@@ -419,9 +416,10 @@ class Monitor:
         assert self.buf.startswith(b"+OK")
         self.buf = self.buf[self.buf.index(b"\r\n") + 2:]
 
-    def take(self, settle: float = 0.3) -> list[bytes]:
-        time.sleep(settle)
-        self.sock.settimeout(0.2)
+    def take(self, quiet: float = 0.5) -> list[bytes]:
+        """The commands seen until none came for `quiet` s (no other state tells that every
+        command of a step has been sent: a quiet period is what is asserted here)."""
+        self.sock.settimeout(quiet)
         try:
             while True:
                 d = self.sock.recv(65536)
@@ -431,7 +429,9 @@ class Monitor:
         except (socket.timeout, TimeoutError):
             pass
         lines, _, self.buf = self.buf.rpartition(b"\r\n")
-        return [l for l in lines.split(b"\r\n") if l and b" lua]" not in l]
+        # not the worker's periodic drain poll (SMEMBERS P drained, every 5 s): not per login
+        return [l for l in lines.split(b"\r\n") if l and b" lua]" not in l
+                and not re.search(rb'"SMEMBERS" "[^"]*drained"', l)]
 
     def close(self):
         self.sock.close()
@@ -446,7 +446,9 @@ def test_round_trips_per_login(proxy_factory, certs, redis, capsys):
     px = proxy_factory(workers=1, **overrides(redis.port, pfx, heartbeat="60s",
                                               session_ttl="120s"))
     imap(px, certs, "alice").logout()  # connection warm, scripts loaded
-    time.sleep(0.3)  # its unregistration is asynchronous
+    # its unregistration is asynchronous: the last of it is the recent-affinity SET
+    wait_for(lambda: not keys(redis, pfx + "sess:*") and
+             redis.command("EXISTS", pfx + "aff:{alice}"), what="unregistration")
     mon = Monitor(redis)
     try:
         m = imap(px, certs, "alice")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import poplib
+import re
 import socket
 import ssl
 import subprocess
@@ -17,6 +18,7 @@ import time
 
 import pytest
 
+import clients
 import mailenv
 
 POP_COUNT = 12  # messages in the POP3 test mailbox (module Dovecot)
@@ -63,65 +65,19 @@ def lines_to_bytes(lines: list[bytes]) -> bytes:
     return b"".join(line + b"\r\n" for line in lines)
 
 
-class Raw:
-    """A line-oriented raw POP3 client (plain or TLS) that sees the exact bytes."""
+class Raw(clients.LineClient):
+    """A line-oriented raw POP3 client (plain or TLS) that sees the exact bytes; line() strips
+    the CRLF."""
 
     def __init__(self, port: int, ctx: ssl.SSLContext | None = None, timeout: float = 15):
-        s = socket.create_connection((mailenv.LOCAL, port), timeout=timeout)
-        self.sock = ctx.wrap_socket(s, server_hostname="localhost") if ctx else s
-        self.buf = b""
-
-    def starttls(self, ctx: ssl.SSLContext) -> None:
-        assert not self.buf, f"bytes left before TLS: {self.buf!r}"
-        self.sock = ctx.wrap_socket(self.sock, server_hostname="localhost")
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _fill(self) -> bool:
-        d = self.sock.recv(65536)
-        if not d:
-            return False
-        self.buf += d
-        return True
+        super().__init__(port, ctx, timeout=timeout)
 
     def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            if not self._fill():
-                raise EOFError(f"closed; pending {self.buf!r}")
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
+        return self.read_until(b"\r\n")[:-2]
 
     def multi(self) -> bytes:
         """The raw body of a multi-line response up to and including the terminator."""
-        while b"\r\n.\r\n" not in b"\r\n" + self.buf:
-            if not self._fill():
-                raise EOFError("closed inside a multi-line response")
-        data = b"\r\n" + self.buf
-        i = data.index(b"\r\n.\r\n")
-        body = data[2:i + 5]
-        self.buf = data[i + 5:]
-        return body
-
-    def until_closed(self, timeout: float = 15) -> bytes:
-        self.sock.settimeout(timeout)
-        while self._fill():
-            pass
-        out, self.buf = self.buf, b""
-        return out
-
-    def closed(self, timeout: float = 5) -> bool:
-        self.sock.settimeout(timeout)
-        try:
-            return self.sock.recv(1) == b""
-        except (ConnectionResetError, ssl.SSLError):
-            return True
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        return self.pop3_body()
 
 
 def unstuff(body: bytes) -> bytes:
@@ -445,8 +401,11 @@ def test_dele_quit_deletes_and_rset_restores(proxy_factory, dovecot_factory, cer
     r.send(b"USER alice\r\nPASS alicepw\r\nDELE 1\r\n")
     r.line(), r.line()
     assert r.line().startswith(b"+OK")
+    mark = len(dv.log())
     r.close()
-    time.sleep(0.3)
+    # the backend session has ended (without UPDATE) before the maildir is looked at
+    clients.wait_for(lambda: re.search(r"pop3\(alice\).*Disconnected", dv.log()[mark:]),
+                     10, what="Dovecot's POP3 session of alice to end")
     assert dv.read_maildir("alice") == before
     # DELE then QUIT: deleted.
     p = pop3s(px, certs)
@@ -455,9 +414,7 @@ def test_dele_quit_deletes_and_rset_restores(proxy_factory, dovecot_factory, cer
     p.dele(2)
     p.dele(4)
     assert p.quit().startswith(b"+OK")
-    deadline = time.monotonic() + 5
-    while len(dv.read_maildir("alice")) != 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    clients.wait_for(lambda: len(dv.read_maildir("alice")) == 3, what="2 messages expunged")
     assert dv.read_maildir("alice") == [before[0], before[2], before[4]]
 
 

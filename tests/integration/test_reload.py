@@ -12,8 +12,8 @@ import re
 import signal
 import socket
 import threading
-import time
 
+import clients
 import mailenv
 import malware
 
@@ -94,7 +94,8 @@ def test_reload_under_load(proxy_factory, dovecot_factory, certs, env_tmp):
     for t in threads:
         t.start()
     try:
-        time.sleep(1.0)
+        clients.wait_for(lambda: results["ok"] >= 8 or results["errors"], 30,
+                         what="the clients' loop under way")
         cfg = dict(px.config)
         cfg["tls"] = dict(cfg["tls"], certificates=[
             {"cert": str(certs.server_rsa), "key": str(certs.server_rsa_key)},
@@ -103,15 +104,14 @@ def test_reload_under_load(proxy_factory, dovecot_factory, certs, env_tmp):
         px.config_path.write_text(mailenv.to_yaml(cfg))
         (db / "reload-under-load.ndb").write_text(
             "Portcullis.Test.ReloadUnderLoad:0:*:%s\n" % RELOAD_MARKER.hex())
-        n = px.log().count("event=reloaded")
+        mark = px.log_mark()
         os.kill(px.pid, signal.SIGHUP)
-        deadline = time.monotonic() + 30
-        while (px.log().count("event=reloaded") == n
-               or "event=scan_reload result=ok" not in px.log()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert px.log().count("event=reloaded") > n
-        assert "event=scan_reload result=ok" in px.log(), mailenv.log_tail(px.log_path)
-        time.sleep(1.0)
+        px.wait_log("event=reloaded", 30, after=mark)
+        px.wait_log("event=scan_reload result=ok", 30, after=mark)
+        # the load goes on after the reload: more sessions complete under the new config
+        at_reload = results["ok"]
+        clients.wait_for(lambda: (results["ok"] >= at_reload + 8 and results["ok"] > 20)
+                         or results["errors"], 30, what="sessions after the reload")
     finally:
         stop.set()
         for t in threads:

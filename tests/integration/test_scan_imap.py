@@ -16,13 +16,12 @@ import imaplib
 import re
 import ssl
 import subprocess
-import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
+import clients
 import mailenv
 import malware
 
@@ -31,9 +30,7 @@ PASSWORD = "scan-pw-1"
 
 
 def ctx(certs) -> ssl.SSLContext:
-    c = ssl.create_default_context(cafile=str(certs.ca))
-    c.check_hostname = False
-    return c
+    return clients.tls_context(certs)
 
 
 def filler(i: int) -> bytes:
@@ -366,7 +363,7 @@ def test_saturated_queue_does_not_block_noop(proxy_factory, dovecot, certs, scan
             typ, _ = other.noop()
             worst = max(worst, time.monotonic() - t)
             assert typ == "OK"
-            time.sleep(0.02)
+            time.sleep(0.02)  # behaviour under test: a NOOP every 20 ms, timed, while loaded
         assert [f.result() for f in futs] == [per] * nload
     other.logout()
     assert "event=scan_queue_full" in px.log()  # the queue really was saturated
@@ -382,27 +379,22 @@ def test_keepalive_between_responses(proxy_factory, dovecot, certs, scan_db, env
     big = mailenv.make_message(random.Random(7), 1, 8_000_000)
     dovecot.deliver(user, [big, filler(2)])
     px = scan_proxy(proxy_factory, scan_db, env_tmp, keepalive_interval="20ms")
-    import socket
-    s = ctx(certs).wrap_socket(socket.create_connection((HOST, px.port("imaps"))))
-    s.settimeout(30)
-    f = s.makefile("rb")
-    f.readline()
-    s.sendall(f"a LOGIN {user} {PASSWORD}\r\nb EXAMINE INBOX\r\n".encode())
-    while not f.readline().startswith(b"b OK"):
-        pass
-    s.sendall(b"c FETCH 1:2 (UID BODY.PEEK[])\r\n")
+    c = clients.connect(px.port("imaps"), certs, timeout=30)
+    c.greeting()
+    c.send(f"a LOGIN {user} {PASSWORD}\r\nb EXAMINE INBOX\r\n".encode())
+    assert c.until_tag(b"b")[-1].startswith(b"b OK")
+    c.send(b"c FETCH 1:2 (UID BODY.PEEK[])\r\n")
     lines, bodies = [], []
     while True:
-        line = f.readline()
-        assert line, "connection closed"
+        line = c.line()
         m = re.search(rb"\{(\d+)\}\r\n$", line)
         lines.append(line)
         if m:
-            bodies.append(f.read(int(m.group(1))))
+            bodies.append(c.read_exact(int(m.group(1))))
             continue
         if line.startswith(b"c "):
             break
-    s.close()
+    c.close()
     assert bodies == [big, filler(2)]
     kinds = [ln[:20] for ln in lines]
     assert b"* OK Still scanning\r\n" in lines, kinds
@@ -480,22 +472,18 @@ def test_client_gone_mid_collection(proxy_factory, dovecot, certs, scan_db, env_
     chunk waits for the second connection: nothing leaks (the sanitizer build checks), and
     the proxy serves the next session normally."""
     import random
-    import socket
     user = "scan-gone"
     dovecot.add_user(user, PASSWORD)
     big = mailenv.make_message(random.Random(11), 1, 6_000_000)
     dovecot.deliver(user, [big, malware.MESSAGES["base64"].data])
     px = scan_proxy(proxy_factory, scan_db, env_tmp)
     for cmd in (b"c FETCH 1 (BODY.PEEK[])\r\n", b"c UID FETCH 2 (BODY.PEEK[]<0.100>)\r\n"):
-        s = ctx(certs).wrap_socket(socket.create_connection((HOST, px.port("imaps"))))
-        s.settimeout(10)
-        f = s.makefile("rb")
-        f.readline()
-        s.sendall(f"a LOGIN {user} {PASSWORD}\r\nb SELECT INBOX\r\n".encode() + cmd)
-        while not f.readline().startswith(b"b OK"):
-            pass
-        s.close()
-    time.sleep(0.5)
+        c = clients.connect(px.port("imaps"), certs, timeout=10)
+        c.greeting()
+        c.send(f"a LOGIN {user} {PASSWORD}\r\nb SELECT INBOX\r\n".encode() + cmd)
+        assert c.until_tag(b"b")[-1].startswith(b"b OK")
+        c.close()
+    px.wait_log(f'user="{user}" event=close', count=2)  # both ended, their scans cancelled
     m = login(px, certs, user)
     m.select("INBOX", readonly=True)
     assert fetch_one(m, "(BODY.PEEK[])", 1) == big

@@ -20,13 +20,13 @@ import poplib
 import random
 import re
 import signal
-import socket
 import ssl
 import subprocess
 import time
 
 import pytest
 
+import clients
 import mailenv
 import malware
 
@@ -149,82 +149,38 @@ def assert_notice(got: bytes, orig: bytes, verdict: bytes = b"infected") -> None
     assert malware.EICAR not in got
 
 
-class Raw:
-    """A raw POP3-over-TLS client that sees the exact bytes."""
+class Raw(clients.LineClient):
+    """A raw POP3-over-TLS client that sees the exact bytes, logged in as `user`."""
 
     def __init__(self, port: int, certs, user: str, timeout: float = 30):
-        s = socket.create_connection((HOST, port), timeout=timeout)
-        self.s = ctx(certs).wrap_socket(s, server_hostname="localhost")
-        self.buf = b""
+        super().__init__(port, clients.tls_context(certs), host=HOST, timeout=timeout)
         assert self.line().startswith(b"+OK")
         self.send(f"USER {user}\r\nPASS {PASSWORD}\r\n".encode())
         assert self.line().startswith(b"+OK")
         assert self.line().startswith(b"+OK")
 
-    def send(self, data: bytes) -> None:
-        self.s.sendall(data)
-
-    def _fill(self) -> bool:
-        d = self.s.recv(65536)
-        if not d:
-            return False
-        self.buf += d
-        return True
-
     def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            if not self._fill():
-                raise EOFError(self.buf)
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line + b"\r\n"
+        return self.read_until(b"\r\n")
 
     def multi(self) -> bytes:
         """A whole multi-line response (status line to terminator), raw."""
-        first = self.line()
-        if not first.startswith(b"+OK"):
-            return first
-        while b"\r\n.\r\n" not in self.buf and not self.buf.startswith(b".\r\n"):
-            if not self._fill():
-                raise EOFError(self.buf)
-        if self.buf.startswith(b".\r\n"):
-            body, self.buf = b"", self.buf[3:]
-            return first + b".\r\n"
-        i = self.buf.index(b"\r\n.\r\n")
-        body, self.buf = self.buf[: i + 5], self.buf[i + 5:]
-        return first + body
-
-    def rest(self) -> bytes:
-        try:
-            while self._fill():
-                pass
-        except (OSError, ssl.SSLError):
-            pass
-        return self.buf
-
-    def close(self) -> None:
-        self.s.close()
+        return self.pop3_multiline()
 
 
 def raw_direct(dovecot, user: str, cmds: bytes) -> list[bytes]:
     """The same commands straight to Dovecot (plain port), raw responses."""
-    s = socket.create_connection((HOST, dovecot.ports["pop3"]), timeout=30)
-    f = s.makefile("rb")
-    f.readline()
-    s.sendall(f"USER {user}\r\nPASS {PASSWORD}\r\n".encode())
-    f.readline(), f.readline()
-    s.sendall(cmds)
+    s = clients.LineClient(dovecot.ports["pop3"], host=HOST, timeout=30)
+    s.greeting(b"+OK")
+    s.send(f"USER {user}\r\nPASS {PASSWORD}\r\n".encode())
+    s.line(), s.line()
+    s.send(cmds)
     out = []
     for c in cmds.split(b"\r\n")[:-1]:
-        first = f.readline()
-        resp = first
-        if first.startswith(b"+OK") and c.split()[0].upper() in (b"RETR", b"TOP"):
-            while True:
-                line = f.readline()
-                resp += line
-                if line == b".\r\n":
-                    break
-        out.append(resp)
-    s.sendall(b"QUIT\r\n")
+        if c.split()[0].upper() in (b"RETR", b"TOP"):
+            out.append(s.pop3_multiline())
+        else:
+            out.append(s.line())
+    s.send(b"QUIT\r\n")
     s.close()
     return out
 
@@ -417,10 +373,7 @@ def test_verdict_shared_between_instances_through_redis(proxy_factory, dovecot, 
     shared = {"redis": {"host": HOST, "port": redis.port, "prefix": pfx}}
 
     def ready(px):
-        deadline = time.time() + 10
-        while "portcullis_redis_connections_ready 0" in px.http_get("/metrics")[1]:
-            assert time.time() < deadline, "Redis never became ready"
-            time.sleep(0.05)
+        px.wait_redis_ready()
 
     a = scan_proxy(proxy_factory, scan_db, env_tmp, top=shared)
     b = scan_proxy(proxy_factory, scan_db, env_tmp, top=shared)
@@ -467,11 +420,11 @@ def test_signature_reload_under_open_session(proxy_factory, dovecot, env_tmp, ce
     with open(db / "portcullis-test.ndb", "a") as f:
         f.write("Portcullis.Test.Reload:0:*:%s\n" % marker.hex())
     os.kill(px.pid, signal.SIGHUP)
-    deadline = time.time() + 30
-    while "event=scan_reload result=ok" not in px.log():
-        assert time.time() < deadline, mailenv.log_tail(px.log_path)
-        p.noop()  # the session stays usable during the reload
-        time.sleep(0.1)
+    # the session stays usable during the reload: a NOOP at every poll
+    clients.wait_for(lambda: p.noop().startswith(b"+OK") and
+                     "event=scan_reload result=ok" in px.log(), 30, interval=0.1,
+                     what=lambda: "the signature reload; log tail:\n" +
+                     mailenv.log_tail(px.log_path))
     got = joined(p.retr(1)[1])
     v = header(got, b"X-Portcullis-Verdict")
     assert v and b"signature=Portcullis.Test.Reload.UNOFFICIAL" in v, got[:400]
@@ -560,7 +513,7 @@ def test_saturated_queue_never_blocks_other_sessions(proxy_factory, dovecot, sca
             t = time.monotonic()
             assert idle.noop().startswith(b"+OK")
             worst = max(worst, time.monotonic() - t)
-            time.sleep(0.05)
+            time.sleep(0.05)  # behaviour under test: a NOOP every 50 ms, timed, while loaded
         assert all(f.result() for f in futs)
     idle.quit()
     assert worst < 0.5, f"NOOP took {worst:.3f}s while the scan queue was saturated"
@@ -579,14 +532,10 @@ def test_client_gone_during_scan_and_budget_wait(proxy_factory, dovecot, scan_db
     for k in range(6):
         r = Raw(px.port("pop3s"), certs, user)
         r.send(b"".join(b"RETR %d\r\n" % (i + 1) for i in range(6)))
-        time.sleep(0.02 * k)
+        time.sleep(0.02 * k)  # behaviour under test: hang up at a different stage each time
         r.close()
     p = pop(px, certs, user)
     assert joined(p.retr(6)[1]) == layout[5][1]
     p.quit()
-    used = metrics(px)['portcullis_scan_budget_bytes{state="used"}']
-    deadline = time.time() + 10
-    while used and time.time() < deadline:  # running scans of closed sessions finish
-        time.sleep(0.1)
-        used = metrics(px)['portcullis_scan_budget_bytes{state="used"}']
-    assert used == 0, "memory budget leaked by closed sessions"
+    # running scans of closed sessions finish: the budget comes back whole
+    px.wait_metric("portcullis_scan_budget_bytes", {"state": "used"}, value=0)

@@ -27,6 +27,7 @@ import textwrap
 
 import pytest
 
+import clients
 import mailenv
 import malware
 
@@ -238,15 +239,21 @@ def test_transparent_service(topology, env_tmp, certs, tmp_path, family, source,
             assert "IP_TRANSPARENT unavailable" not in log  # TPROXY needs it on the listener
             assert "withheld" in out["imap_part"]
             # Two IMAP logins: the session's and the scan fetcher's, from the same source.
+            clients.wait_for(
+                lambda: len(re.findall(r"imap-login: .*Login: user=<tina>", dv.log())) >= 2,
+                what="two IMAP logins in Dovecot's log")
             assert len(re.findall(r"imap-login: .*Login: user=<tina>", dv.log())) == 2
             if source == "client":
                 # The backend's TCP peer is the client itself (for the fetcher too).
-                assert rip_logged(dv, f["client"])
+                # (Dovecot's log lines arrive a little after the proxy's)
+                assert clients.wait_for(lambda: rip_logged(dv, f["client"]),
+                                        what="the client's address in Dovecot's log")
                 assert not rip_logged(dv, f["proxy_b"])
             else:
                 # The proxy's address is not in this Dovecot's login_trusted_networks, so it
                 # ignores the forwarded ID/XCLIENT and logs the proxy as the remote IP.
-                assert rip_logged(dv, f["proxy_b"])
+                assert clients.wait_for(lambda: rip_logged(dv, f["proxy_b"]),
+                                        what="the proxy's address in Dovecot's log")
         finally:
             px.stop()
             assert px.check_log() == []

@@ -23,6 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "integration"))
+import clients  # noqa: E402
 import mailenv  # noqa: E402
 import malware  # noqa: E402
 
@@ -32,12 +33,7 @@ CLIENTS = int(os.environ.get("SOAK_CLIENTS", "6"))
 USERS = {f"soak{i}": f"soakpw{i}" for i in range(8)}
 
 
-def proc_stats(pid: int) -> tuple[int, int]:
-    rss = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1])
-    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+proc_stats = clients.proc_stats  # (RSS kB, open fds)
 
 
 class Counters:
@@ -125,7 +121,7 @@ def main() -> int:
     t0 = time.monotonic()
     try:
         while time.monotonic() - t0 < MINUTES * 60:
-            time.sleep(INTERVAL)
+            time.sleep(INTERVAL)  # the sampling period of the soak's RSS/fd series
             rss, fds = proc_stats(px.pid)
             with c.lock:
                 row = (round(time.monotonic() - t0), rss, fds, c.ok, len(c.errors))

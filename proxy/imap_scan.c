@@ -25,18 +25,19 @@
  *    literal bytes are dropped as they arrive. Verdicts are remembered per (mailbox,
  *    UIDVALIDITY, UID) so later chunks of the same message do not fetch it again.
  *
- * Output ordering. Bytes the relay released before a held response are in s->down's
- * [rpos, mark) and go first; a held response starts at `mark`, so what is before it always ends
- * at a response boundary. Our output blocks are installed as s->client.wbuf (`out`, a buf whose
- * storage is the block) only once s->down's sendable region and the client's ctl buffer are
- * empty, and while they are installed the down filter frames nothing: when the last block has
- * drained, wbuf goes back to s->down and the filter goes on. conn_flush() frees a drained wbuf's
- * storage, which is how a block's memory is returned.
+ * Output. A response put back (whole, or a part's head and replacement) is queued as blocks
+ * on the client conn (conn_queue, with the scan budget a block holds released when it is sent
+ * or dropped). A block goes out after every byte the relay released before it — a held response
+ * starts at s->down's mark, so that ends at a response boundary — and before every byte
+ * released after it. After putting a response back the down filter frames nothing until the
+ * blocks are out: it is called again on CONN_EV_DRAINED (never waiting for a client read).
  *
- * Keep-alive: while a response is held and nothing of it has been released, an untagged
- * "* OK Still scanning" goes to the client's ctl buffer every keepalive_interval: ctl is sent
- * after s->down's released bytes, which end at a response boundary, so it is always between
- * two responses. Nothing is released while ctl holds bytes.
+ * Keep-alive (imap_keepalive.c): while a response is held and nothing of it has been released,
+ * an untagged "* OK Still scanning" is queued every keepalive_interval.
+ *
+ * When the session ends (imap_scan_stop, the protocol's `stop`), the scan, the fetcher, the
+ * budget wait and the keep-alive are cancelled and a held response is dropped; the client is
+ * then between responses unless part of this one was released, so the BYE can follow.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,12 +50,6 @@
 #include "notice.h"
 #include "worker.h"
 #include <time.h>
-
-static void cut(struct buf *b, size_t off, size_t len)
-{
-    memmove(b->data + off, b->data + off + len, b->wpos - (off + len));
-    b->wpos -= (uint32_t)len;
-}
 
 static char *dup_bytes(const char *p, size_t n)
 {
@@ -158,14 +153,42 @@ bool imap_scan_login(struct session *s)
     if (st->sasl_b64)
         sc->sasl_b64 = strdup(st->sasl_b64);
     sc->part_memo = -1;
-    buf_init(&sc->out, 0);
-    ev_init(&sc->ka, NULL);
+    imap_keepalive_init(&sc->ka);
     st->sc = sc;
     return true;
 }
 
-static void out_release_all(struct session *s, struct imap_scan *sc);
-static void ka_stop(struct session *s);
+/* Forget the response being held: its text, message and verdict (with their budget). */
+static void drop_held(struct imap_scan *sc)
+{
+    free(sc->msg);
+    sc_budget_release(sc->msg_budget);
+    sc->msg = NULL;
+    sc->msg_budget = sc->msg_len = sc->msg_have = 0;
+    free(sc->text0);
+    free(sc->text1);
+    sc->text0 = sc->text1 = NULL;
+    sc->text0_len = sc->text1_len = sc->text1_cap = 0;
+    sc->nlits = 0;
+    free(sc->outcome.notice);
+    memset(&sc->outcome, 0, sizeof sc->outcome);
+    sc->have_outcome = sc->submitted = false;
+    sc->phase = SC_IDLE;
+    sc->resp_open = false;
+    sc->in_lit = false;
+}
+
+void imap_scan_stop(struct session *s)
+{
+    struct imap_scan *sc = imap_sc(s);
+    if (!sc)
+        return;
+    imap_keepalive_stop(&sc->ka);
+    sc_judge_cancel(&sc->judging);
+    sc_wait_cancel(&sc->bwait);
+    imap_fetcher_free(s);
+    drop_held(sc);
+}
 
 void imap_scan_free(struct session *s)
 {
@@ -173,21 +196,12 @@ void imap_scan_free(struct session *s)
     struct imap_scan *sc = st->sc;
     if (!sc)
         return;
-    ka_stop(s);
-    sc_judge_cancel(&sc->judging);
-    sc_wait_cancel(&sc->bwait);
-    imap_fetcher_free(s);
-    out_release_all(s, sc);
+    imap_scan_stop(s); /* (done by the protocol's stop already: memory only here) */
     wipe_free(&sc->pass, sc->pass_len);
     wipe_free(&sc->authz, 0);
     wipe_free(&sc->sasl_b64, 0);
     free(sc->mailbox);
     free(sc->pending_mailbox);
-    free(sc->msg); /* a message being collected or handed back, with its budget */
-    sc_budget_release(sc->msg_budget);
-    free(sc->text0);
-    free(sc->text1);
-    free(sc->outcome.notice);
     for (int i = 0; i < SC_MEMO_MAX; i++)
         memo_clear(&sc->memo[i]);
     free(sc);
@@ -284,133 +298,42 @@ static void note_other_response(struct imap_scan *sc, const struct imap_framer *
 
 /* ---- output blocks ---- */
 
-static void out_release_all(struct session *s, struct imap_scan *sc)
+static void block_sent(void *arg, size_t budget)
 {
-    (void)s;
-    if (sc->out_active && sc->out.data) {
-        buf_free(&sc->out);
-        if (sc->outi < sc->outn)
-            sc_budget_release(sc->outq[sc->outi].budget);
-        sc->outi++;
-    }
-    for (unsigned i = sc->outi; i < sc->outn; i++) {
-        free(sc->outq[i].data);
-        sc_budget_release(sc->outq[i].budget);
-    }
-    sc->outn = sc->outi = 0;
-    sc->out_active = false;
+    (void)arg;
+    sc_budget_release(budget);
 }
 
-/* Queue a block for the client. Takes `data` and its budget in every case: on a full queue they
- * are freed at once (the caller fails the session), so no error path leaks them. */
-static bool out_push(struct imap_scan *sc, char *data, size_t len, size_t budget)
+/* Queue a block for the client (after everything released so far). Takes `data` and its
+ * budget in every case: on failure they are freed at once (the caller fails the session). */
+static bool out_push(struct session *s, char *data, size_t len, size_t budget)
 {
-    if (sc->outn >= SC_OUT_MAX) {
+    if (!data || len == 0) {
         free(data);
         sc_budget_release(budget);
-        return false;
+        return data != NULL || len == 0;
     }
-    sc->outq[sc->outn++] = (struct sc_out){data, len, budget};
-    return true;
+    return conn_queue(&s->client, data, len, budget ? block_sent : NULL, NULL, budget);
 }
 
-/* Install the next non-empty block as the client's wbuf; false when none is left. */
-static bool out_next(struct session *s, struct imap_scan *sc)
+/* keep-alive: only while nothing of the held response has gone out */
+static bool ka_due(struct session *s)
 {
-    while (sc->outi < sc->outn) {
-        struct sc_out *o = &sc->outq[sc->outi];
-        if (o->len == 0) {
-            free(o->data);
-            sc_budget_release(o->budget);
-            sc->outi++;
-            continue;
-        }
-        sc->out.data = o->data;
-        sc->out.cap = (uint32_t)o->len;
-        sc->out.rpos = 0;
-        sc->out.mark = sc->out.wpos = (uint32_t)o->len;
-        o->data = NULL; /* now sc->out's (conn_flush frees it when drained) */
-        s->client.wbuf = &sc->out;
-        sc->out_active = true;
-        return true;
-    }
-    sc->outn = sc->outi = 0;
-    sc->out_active = false;
-    if (s->client.wbuf == &sc->out)
-        s->client.wbuf = &s->down;
-    return false;
-}
-
-/* May output be installed now without overtaking anything? */
-static bool can_output(struct session *s)
-{
-    return s->client.wbuf == &s->down && buf_sendable(&s->down) == 0 && buf_empty(&s->client.ctl);
-}
-
-/* Send the installed blocks. conn_flush() is called here, not only from the I/O callbacks:
- * a block that drains inside sess_pump() produces no write event, and nothing else would
- * install the next one. True while output is still in progress (the socket is full). */
-static bool out_pump(struct session *s, struct imap_scan *sc)
-{
-    for (;;) {
-        if (s->client.wbuf != &sc->out) {
-            /* The relay took wbuf back (error/close path): these blocks never go out. */
-            out_release_all(s, sc);
-            return false;
-        }
-        if (sc->out.data && sc->out.rpos != sc->out.wpos) {
-            conn_flush(&s->client);
-            if (s->client.error)
-                return true; /* sess_pump() closes the session */
-            if (sc->out.data && sc->out.rpos != sc->out.wpos)
-                return true; /* a write event calls the filter again */
-        }
-        buf_free(&sc->out);
-        sc_budget_release(sc->outq[sc->outi].budget);
-        sc->outi++;
-        if (!out_next(s, sc))
-            return false;
-    }
-}
-
-/* ---- keep-alive ---- */
-
-static void ka_cb(struct ev_loop *loop, ev_timer *t, int revents)
-{
-    (void)loop;
-    (void)revents;
-    struct session *s = t->data;
     struct imap_scan *sc = imap_sc(s);
-    if (s->closing || !sc || sc->resp_released || sc->out_active)
-        return;
-    if (sc->phase != SC_BUDGET && sc->phase != SC_COLLECT && sc->phase != SC_SUFFIX &&
-        sc->phase != SC_VERDICT_WAIT && sc->phase != SC_PART_WAIT)
-        return;
-    if (!buf_empty(&s->client.ctl) || s->client.wbuf != &s->down)
-        return;
-    conn_ctl_printf(&s->client, "* OK Still scanning\r\n");
-    sess_pump(s);
+    if (!sc || sc->resp_released)
+        return false;
+    return sc->phase == SC_BUDGET || sc->phase == SC_COLLECT || sc->phase == SC_SUFFIX ||
+           sc->phase == SC_VERDICT_WAIT || sc->phase == SC_PART_WAIT;
 }
 
 static void ka_start(struct session *s)
 {
-    struct imap_scan *sc = imap_sc(s);
-    double iv = (double)s->cfg->scan.keepalive_interval_ms / 1000.0;
-    if (sc->ka_on || iv <= 0)
-        return;
-    ev_timer_init(&sc->ka, ka_cb, iv, iv);
-    sc->ka.data = s;
-    ev_timer_start(s->worker->loop, &sc->ka);
-    sc->ka_on = true;
+    imap_keepalive_start(&imap_sc(s)->ka, s, ka_due);
 }
 
 static void ka_stop(struct session *s)
 {
-    struct imap_scan *sc = imap_sc(s);
-    if (sc && sc->ka_on) {
-        ev_timer_stop(s->worker->loop, &sc->ka);
-        sc->ka_on = false;
-    }
+    imap_keepalive_stop(&imap_sc(s)->ka);
 }
 
 /* ---- replacement text ---- */
@@ -495,11 +418,12 @@ static void judged_whole(struct session *s, void *arg, const struct sc_outcome *
     wake(s);
 }
 
+/* The session cannot go on: the held response is dropped (sess_end stops the scan), and as
+ * nothing of it went out the BYE follows what the client already has. */
 static void fail_session(struct session *s, const char *why)
 {
     sess_log(s, LOG_WARN, "event=scan_error error=\"%s\"", why);
-    s->proto->bye(s, "Internal error while scanning a message.");
-    sess_close_after_flush(s, why);
+    sess_end(s, why, "Internal error while scanning a message.");
 }
 
 /* The literal is complete: judge it (or, for an oversize message under `block`, only build
@@ -533,7 +457,36 @@ static void whole_complete(struct session *s)
     }
 }
 
-/* The response is all held: send it on, as it was or with the notice. */
+/* text1 with its content literals replaced by the notice's slices (same message); malloc'd. */
+static char *replace_text1(struct imap_scan *sc, const char *notice, size_t nlen, size_t *len_r)
+{
+    size_t cap = sc->text1_len + 64;
+    for (unsigned i = 0; i < sc->nlits; i++)
+        cap += 32 + nlen;
+    char *t1 = malloc(cap);
+    if (!t1)
+        return NULL;
+    size_t w = 0, r = 0, body_off = body_offset(notice, nlen);
+    for (unsigned i = 0; i < sc->nlits; i++) {
+        struct sc_lit *l = &sc->lits[i];
+        memcpy(t1 + w, sc->text1 + r, l->hdr_off - r);
+        w += l->hdr_off - r;
+        const char *rp;
+        size_t rn;
+        replacement(notice, nlen, body_off, sc->lit_len, l->kind, l->origin, l->len, &rp, &rn);
+        w += lit_hdr(t1 + w, 32, NULL, rn);
+        memcpy(t1 + w, rp, rn);
+        w += rn;
+        r = l->data_off + l->len;
+    }
+    if (sc->text1_len > r)
+        memcpy(t1 + w, sc->text1 + r, sc->text1_len - r);
+    w += sc->text1_len - r;
+    *len_r = w;
+    return t1;
+}
+
+/* The response is all held: queue it for the client, as it was or with the notice. */
 static void release_whole(struct session *s)
 {
     struct imap_scan *sc = imap_sc(s);
@@ -547,9 +500,9 @@ static void release_whole(struct session *s)
     }
     if (!o->replaced) {
         /* Not short-circuited: every push takes its block, queued or freed. */
-        ok = out_push(sc, sc->text0, sc->text0_len, 0);
-        ok = out_push(sc, sc->msg, sc->msg_len, sc->msg_budget) && ok;
-        ok = out_push(sc, sc->text1, sc->text1_len, 0) && ok;
+        ok = out_push(s, sc->text0, sc->text0_len, 0);
+        ok = out_push(s, sc->msg, sc->msg_len, sc->msg_budget) && ok;
+        ok = out_push(s, sc->text1, sc->text1_len, 0) && ok;
         sc->text0 = sc->msg = sc->text1 = NULL;
         sc->msg_budget = 0;
     } else {
@@ -558,60 +511,26 @@ static void release_whole(struct session *s)
         sc->msg = NULL;
         sc->msg_budget = 0;
         /* text0 ends in the literal header: rewrite its length */
-        size_t h = lit_hdr_start(sc->text0, sc->text0_len);
+        size_t h = lit_hdr_start(sc->text0, sc->text0_len), t1_len = 0;
         char *t0 = malloc(h + 32);
-        if (t0) {
+        size_t t0_len = t0 ? h + lit_hdr(t0 + h, 32, sc->text0 + h, o->notice_len) : 0;
+        if (t0)
             memcpy(t0, sc->text0, h);
-            size_t k = lit_hdr(t0 + h, 32, sc->text0 + h, o->notice_len);
-            ok = out_push(sc, t0, h + k, 0);
-        } else {
-            ok = false;
-        }
-        ok = out_push(sc, o->notice, o->notice_len, 0) && ok;
+        char *t1 = replace_text1(sc, o->notice, o->notice_len, &t1_len);
+        ok = t0 && t1;
+        ok = out_push(s, t0, t0_len, 0) && ok;
+        ok = out_push(s, o->notice, o->notice_len, 0) && ok;
         o->notice = NULL; /* the block owns it now; the memo has its own copy */
-        /* text1 with its content literals replaced too (same message) */
-        size_t cap = sc->text1_len + 64;
-        for (unsigned i = 0; i < sc->nlits; i++)
-            cap += 32 + sc->outq[1].len;
-        char *t1 = ok ? malloc(cap) : NULL;
-        if (t1) {
-            size_t w = 0, r = 0;
-            for (unsigned i = 0; i < sc->nlits; i++) {
-                struct sc_lit *l = &sc->lits[i];
-                memcpy(t1 + w, sc->text1 + r, l->hdr_off - r);
-                w += l->hdr_off - r;
-                const char *rp;
-                size_t rn;
-                replacement(sc->outq[1].data, sc->outq[1].len,
-                            body_offset(sc->outq[1].data, sc->outq[1].len), sc->lit_len, l->kind,
-                            l->origin, l->len, &rp, &rn);
-                w += lit_hdr(t1 + w, 32, NULL, rn);
-                memcpy(t1 + w, rp, rn);
-                w += rn;
-                r = l->data_off + l->len;
-            }
-            if (sc->text1_len > r)
-                memcpy(t1 + w, sc->text1 + r, sc->text1_len - r);
-            w += sc->text1_len - r;
-            ok = out_push(sc, t1, w, 0);
-        } else {
-            ok = false;
-        }
+        ok = out_push(s, t1, t1_len, 0) && ok;
         free(sc->text0);
         free(sc->text1);
         sc->text0 = sc->text1 = NULL;
     }
-    sc->text0_len = sc->text1_len = sc->text1_cap = 0;
-    sc->nlits = 0;
-    sc->have_outcome = false;
-    memset(&sc->outcome, 0, sizeof sc->outcome);
-    sc->phase = SC_IDLE;
+    drop_held(sc);                     /* (what is left: lengths and the verdict) */
+    imap_st(s)->down_part_out = false; /* the blocks end with the response */
     ka_stop(s);
-    if (!ok) {
+    if (!ok)
         fail_session(s, "out of memory");
-        return;
-    }
-    out_next(s, sc);
 }
 
 static void budget_granted(struct session *s);
@@ -622,7 +541,7 @@ static bool begin_collect(struct session *s)
     struct imap_state *st = imap_st(s);
     struct imap_scan *sc = st->sc;
     struct buf *b = &s->down;
-    sc->text0 = dup_bytes(b->data + b->mark, st->down_held);
+    sc->text0 = dup_bytes(buf_mptr(b), st->down_held);
     size_t want = sc->oversize_block ? NOTICE_HEADER_SCAN : (size_t)sc->lit_len;
     if (want > sc->lit_len)
         want = (size_t)sc->lit_len;
@@ -632,7 +551,7 @@ static bool begin_collect(struct session *s)
         return false;
     }
     sc->text0_len = st->down_held;
-    cut(b, b->mark, st->down_held);
+    buf_cut_held(b, 0, st->down_held);
     st->down_held = 0;
     sc->msg_len = want;
     sc->msg_have = 0;
@@ -797,8 +716,9 @@ static bool apply_part(struct session *s)
     }
     ka_stop(s);
     if (!replace) {
-        b->mark += (uint32_t)st->down_held;
+        buf_release(b, st->down_held);
         st->down_held = 0;
+        st->down_part_out = true;
         sc->resp_released = true;
         sc->phase = SC_PASS_LIT;
         return false;
@@ -809,7 +729,7 @@ static bool apply_part(struct session *s)
     if (!m)
         ol = sc->part_origin + sc->lit_len; /* unknown: treat this chunk as the last */
     replacement(notice, nlen, body_off, ol, sc->part_kind, sc->part_origin, sc->lit_len, &rp, &rn);
-    const char *held = b->data + b->mark;
+    const char *held = buf_mptr(b);
     size_t h = lit_hdr_start(held, st->down_held);
     char *blk = malloc(h + 32 + rn);
     if (!blk) {
@@ -822,40 +742,41 @@ static bool apply_part(struct session *s)
     memcpy(blk + w, rp, rn);
     w += rn;
     free(blocked.notice);
-    cut(b, b->mark, st->down_held);
+    buf_cut_held(b, 0, st->down_held);
     st->down_held = 0;
+    st->down_part_out = true;
     sc->resp_released = true;
     sc->phase = SC_DROP_LIT;
-    out_push(sc, blk, w, 0);
-    out_next(s, sc);
+    if (!out_push(s, blk, w, 0))
+        fail_session(s, "out of memory");
     return true;
 }
 
 /* ---- the hooks ---- */
 
+/* May the down filter frame more? Not while our blocks are being sent (CONN_EV_DRAINED brings
+ * it back) or while a response waits for its verdict or budget (the result brings it back). */
 static bool down_paused(struct session *s, struct imap_scan *sc)
 {
-    if (sc->out_active && out_pump(s, sc))
+    if (conn_queued_blocks(&s->client) > 0)
         return true;
     switch (sc->phase) {
     case SC_BUDGET:
         return true;
     case SC_VERDICT_WAIT:
-        if (!sc->have_outcome || !can_output(s))
+        if (!sc->have_outcome)
             return true;
         release_whole(s);
         break;
     case SC_PART_WAIT:
-        if (sc->part_rc == 2 || !can_output(s))
+        if (sc->part_rc == 2)
             return true;
         apply_part(s);
         break;
     default:
         return false;
     }
-    if (s->closing || s->state != SESS_RELAY)
-        return true;
-    return sc->out_active && out_pump(s, sc);
+    return s->closing || conn_queued_blocks(&s->client) > 0;
 }
 
 bool imap_scan_down_paused(struct session *s)
@@ -911,7 +832,7 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
         if (r == 1) {
             sc->phase = SC_HOLD;
             /* all of the response so far is held: tokenize it whole */
-            fi_feed(&sc->fi, b->data + b->mark, st->down_held);
+            fi_feed(&sc->fi, buf_mptr(b), st->down_held);
             lit_data = false;
             used = 0;
         }
@@ -925,8 +846,8 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
     }
 
     /* an untagged FETCH */
-    size_t end = b->mark + st->down_held;
-    const char *chunk = b->data + end - used;
+    size_t end = st->down_held; /* held offset of the end of this step's bytes */
+    const char *chunk = buf_mptr(b) + end - used;
     if (!lit_data && used)
         fi_feed(&sc->fi, chunk, used);
     bool mine = false;
@@ -938,8 +859,9 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
             if (st->down_held > SC_HOLD_LINE) {
                 /* A very long line: let its start go (only the literal header at its end may
                  * have to change). No keep-alive inside this response any more. */
-                b->mark += (uint32_t)(st->down_held - 64);
+                buf_release(b, st->down_held - 64);
                 st->down_held = 64;
+                st->down_part_out = true;
                 sc->resp_released = true;
             }
             mine = true;
@@ -963,7 +885,7 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
             sc->phase = SC_HOLD;
         break;
     case SC_DROP_LIT:
-        cut(b, end - used, used);
+        buf_cut_held(b, end - used, used);
         st->down_held -= used;
         if (ev == IMAP_FRAME_LITERAL_END)
             sc->phase = SC_HOLD;
@@ -974,7 +896,7 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
         size_t n = used < room ? used : room; /* oversize under block: keep only the head */
         memcpy(sc->msg + sc->msg_have, chunk, n);
         sc->msg_have += n;
-        cut(b, end - used, used);
+        buf_cut_held(b, end - used, used);
         st->down_held -= used;
         mine = true;
         if (ev == IMAP_FRAME_LITERAL_END) {
@@ -987,7 +909,7 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
         mine = true;
         if (!suffix_append(s, chunk, used))
             break;
-        cut(b, end - used, used);
+        buf_cut_held(b, end - used, used);
         st->down_held -= used;
         if (ev == IMAP_FRAME_LITERAL) {
             uint64_t origin;
@@ -1026,7 +948,14 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
 bool imap_scan_idle(struct session *s)
 {
     struct imap_scan *sc = imap_sc(s);
-    return !sc || (sc->phase == SC_IDLE && !sc->out_active && !sc->resp_open);
+    return !sc || (sc->phase == SC_IDLE && conn_queued_blocks(&s->client) == 0 && !sc->resp_open);
+}
+
+bool imap_scan_holding(struct session *s)
+{
+    struct imap_scan *sc = imap_sc(s);
+    return sc &&
+           (sc->phase == SC_BUDGET || sc->phase == SC_VERDICT_WAIT || sc->phase == SC_PART_WAIT);
 }
 
 /* ---- msgscan adapter ---- */

@@ -14,11 +14,11 @@
 
 #include "imap.h"
 #include "imap_fetchitem.h"
+#include "imap_keepalive.h"
 #include "msgscan.h"
 
 #define SC_MEMO_MAX    16         /* verdicts remembered per session for part/chunk fetches */
 #define SC_LITS_MAX    8          /* content literals after the first in one held response */
-#define SC_OUT_MAX     3          /* output blocks of one released response */
 #define SC_HOLD_LINE   (16 << 10) /* a FETCH line held longer than this starts to stream */
 #define SC_SUFFIX_MAX  (1 << 20)  /* bytes after the scanned literal held in one response */
 #define SC_MAILBOX_MAX 1024
@@ -78,12 +78,6 @@ enum sc_phase {
     SC_DROP_LIT,     /* dropping the original bytes of a replaced part/chunk */
 };
 
-struct sc_out {
-    char *data; /* owned */
-    size_t len;
-    size_t budget; /* bytes of memory budget this block holds */
-};
-
 struct imap_fetcher;
 
 struct imap_scan {
@@ -131,15 +125,8 @@ struct imap_scan {
     int part_rc;   /* fetcher result: 1 judged, 0 gone, -1 error; 2 pending */
     int part_memo; /* memo slot index of the verdict, or -1 */
 
-    /* output of a released response: installed as s->client.wbuf block by block */
-    struct sc_out outq[SC_OUT_MAX];
-    unsigned outn, outi;
-    struct buf out;
-    bool out_active;
-
-    /* keep-alive while a response is held */
-    ev_timer ka;
-    bool ka_on;
+    /* keep-alive while a response is held (imap_keepalive.c) */
+    struct imap_keepalive ka;
 
     struct sc_memo memo[SC_MEMO_MAX];
     unsigned memo_next;

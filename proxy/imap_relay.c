@@ -43,7 +43,8 @@ void imap_relay_inject(struct session *s, const char *text, size_t len)
 {
     struct imap_state *st = imap_st(s);
     if (!buf_append(&st->inject, text, len)) {
-        sess_close(s, "client output overflow");
+        /* Refusals piling up inside one long response: the client is not in step. */
+        sess_end(s, "client output overflow", "Too many commands refused.");
         return;
     }
     imap_relay_down(s);
@@ -71,6 +72,10 @@ void imap_relay_stop(struct session *s)
     st->down_stopped = true;
     buf_drop_held(&s->down); /* a response being held (or framed) is not delivered */
     st->down_held = 0;
+    /* Refusals already due go out now, or never (the client is inside a response). */
+    if (!st->down_part_out)
+        place_inject(s);
+    buf_clear(&st->inject);
 }
 
 bool imap_relay_holding(struct session *s)
@@ -178,7 +183,7 @@ static void literal_refused(struct session *s)
     }
     /* The client will not send it: what comes next is a new command. */
     if (!imap_framer_cancel_literal(&st->upf)) {
-        sess_close(s, "internal error: literal not cancellable");
+        sess_end(s, "internal error: literal not cancellable", "Internal error.");
         return;
     }
     st->up_in_literal = false;
@@ -204,7 +209,7 @@ static bool wait_for_continuation(struct session *s)
         const char *h = b->data ? buf_mptr(b) : NULL;
         size_t k = h && st->up_held >= 2 && h[st->up_held - 2] == '\r' ? 4 : 3;
         if (st->up_held < k || !h || h[st->up_held - k] != '+') {
-            sess_close(s, "internal error: literal header not held");
+            sess_end(s, "internal error: literal header not held", "Internal error.");
             return false;
         }
         buf_cut_held(b, st->up_held - k, 1);

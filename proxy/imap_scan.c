@@ -70,68 +70,7 @@ static void wipe_free(char **p, size_t len)
     }
 }
 
-/* ---- verdict memory (per session) ---- */
-
-static void memo_clear(struct sc_memo *m)
-{
-    free(m->mailbox);
-    free(m->notice);
-    memset(m, 0, sizeof *m);
-}
-
-int sc_memo_find(struct imap_scan *sc, const char *mailbox, uint32_t uidvalidity, uint64_t uid)
-{
-    if (!mailbox || !uid)
-        return -1;
-    for (int i = 0; i < SC_MEMO_MAX; i++) {
-        struct sc_memo *m = &sc->memo[i];
-        if (m->mailbox && m->uid == uid && m->uidvalidity == uidvalidity &&
-            strcmp(m->mailbox, mailbox) == 0)
-            return i;
-    }
-    return -1;
-}
-
-/* Where the body of a message starts (after the first empty line), or len. */
-static size_t body_offset(const char *p, size_t len)
-{
-    for (size_t i = 0; i + 3 < len; i++)
-        if (p[i] == '\r' && p[i + 1] == '\n' && p[i + 2] == '\r' && p[i + 3] == '\n')
-            return i + 4;
-    return len;
-}
-
-int sc_memo_store(struct imap_scan *sc, const char *mailbox, uint32_t uidvalidity, uint64_t uid,
-                  uint64_t orig_len, const struct sc_outcome *o)
-{
-    if (!mailbox || !uid)
-        return -1;
-    int i = sc_memo_find(sc, mailbox, uidvalidity, uid);
-    if (i < 0) {
-        i = (int)(sc->memo_next++ % SC_MEMO_MAX);
-    }
-    struct sc_memo *m = &sc->memo[i];
-    memo_clear(m);
-    m->mailbox = strdup(mailbox);
-    if (!m->mailbox)
-        return -1;
-    m->uidvalidity = uidvalidity;
-    m->uid = uid;
-    m->orig_len = orig_len;
-    m->replaced = o->replaced;
-    if (o->replaced) {
-        m->notice = dup_bytes(o->notice, o->notice_len);
-        if (!m->notice) {
-            memo_clear(m);
-            return -1;
-        }
-        m->notice_len = o->notice_len;
-        m->body_off = body_offset(m->notice, m->notice_len);
-    }
-    return i;
-}
-
-/* ---- login, mailbox tracking ---- */
+/* ---- login, stop ---- */
 
 bool imap_scan_login(struct session *s)
 {
@@ -203,97 +142,9 @@ void imap_scan_free(struct session *s)
     free(sc->mailbox);
     free(sc->pending_mailbox);
     for (int i = 0; i < SC_MEMO_MAX; i++)
-        memo_clear(&sc->memo[i]);
+        sc_memo_clear(&sc->memo[i]);
     free(sc);
     st->sc = NULL;
-}
-
-/* An astring (atom or quoted) at p; returns a malloc'd copy or NULL (literal, or malformed). */
-static char *parse_astring(const char *p, size_t len)
-{
-    if (len == 0)
-        return NULL;
-    if (p[0] == '"') {
-        char tmp[SC_MAILBOX_MAX];
-        size_t o = 0;
-        for (size_t i = 1; i < len; i++) {
-            if (p[i] == '\\' && i + 1 < len)
-                i++;
-            else if (p[i] == '"')
-                return dup_bytes(tmp, o);
-            if (o >= sizeof tmp)
-                return NULL;
-            tmp[o++] = p[i];
-        }
-        return NULL;
-    }
-    if (p[0] == '{')
-        return NULL;
-    size_t n = 0;
-    while (n < len && p[n] != ' ' && p[n] != '\r' && p[n] != '\n' && p[n] != '(')
-        n++;
-    return n ? dup_bytes(p, n) : NULL;
-}
-
-void imap_scan_command(struct session *s)
-{
-    struct imap_state *st = imap_st(s);
-    struct imap_scan *sc = st->sc;
-    if (!sc)
-        return;
-    const char *tag, *rest;
-    size_t tl, rl;
-    if (!imap_split_tag(st->upf.head, st->upf.head_len, &tag, &tl, &rest, &rl))
-        return;
-    size_t nl = 0;
-    while (nl < rl && rest[nl] != ' ' && rest[nl] != '\r' && rest[nl] != '\n')
-        nl++;
-    bool sel = (nl == 6 && strncasecmp(rest, "SELECT", 6) == 0) ||
-               (nl == 7 && strncasecmp(rest, "EXAMINE", 7) == 0);
-    bool unsel = (nl == 5 && strncasecmp(rest, "CLOSE", 5) == 0) ||
-                 (nl == 8 && strncasecmp(rest, "UNSELECT", 8) == 0);
-    if (!sel && !unsel)
-        return;
-    /* RFC 3501 6.3.1: a SELECT deselects at once, and a failed one leaves nothing selected. */
-    free(sc->mailbox);
-    sc->mailbox = NULL;
-    sc->uidvalidity = 0;
-    free(sc->pending_mailbox);
-    sc->pending_mailbox = NULL;
-    sc->pending_tag[0] = '\0';
-    if (!sel || nl + 1 >= rl)
-        return;
-    sc->pending_mailbox = parse_astring(rest + nl + 1, rl - nl - 1);
-    if (sc->pending_mailbox && strcasecmp(sc->pending_mailbox, "INBOX") == 0)
-        memcpy(sc->pending_mailbox, "INBOX", 5); /* RFC 3501 5.1: case-insensitive */
-    sc->pending_uidvalidity = 0;
-    memcpy(sc->pending_tag, tag, tl);
-    sc->pending_tag[tl] = '\0';
-}
-
-/* A whole response that is not an untagged FETCH: watch the SELECT/EXAMINE in flight. */
-static void note_other_response(struct imap_scan *sc, const struct imap_framer *f)
-{
-    if (!sc->pending_tag[0])
-        return;
-    const char *h = f->head;
-    size_t hl = f->head_len;
-    static const char uv[] = "* OK [UIDVALIDITY ";
-    if (hl > sizeof uv && strncasecmp(h, uv, sizeof uv - 1) == 0) {
-        sc->pending_uidvalidity = (uint32_t)strtoul(h + sizeof uv - 1, NULL, 10);
-        return;
-    }
-    size_t tl = strlen(sc->pending_tag);
-    if (hl > tl + 3 && memcmp(h, sc->pending_tag, tl) == 0 && h[tl] == ' ') {
-        if (strncasecmp(h + tl + 1, "OK", 2) == 0 && sc->pending_mailbox) {
-            sc->mailbox = sc->pending_mailbox;
-            sc->pending_mailbox = NULL;
-            sc->uidvalidity = sc->pending_uidvalidity;
-        }
-        free(sc->pending_mailbox);
-        sc->pending_mailbox = NULL;
-        sc->pending_tag[0] = '\0';
-    }
 }
 
 /* ---- output blocks ---- */
@@ -334,60 +185,6 @@ static void ka_start(struct session *s)
 static void ka_stop(struct session *s)
 {
     imap_keepalive_stop(&imap_sc(s)->ka);
-}
-
-/* ---- replacement text ---- */
-
-/* Where the literal header "{n}" / "~{n}" starts at the end of `p` (a line ending in it). */
-static size_t lit_hdr_start(const char *p, size_t len)
-{
-    size_t i = len;
-    while (i > 0 && p[i - 1] != '{')
-        i--;
-    if (i == 0)
-        return len;
-    return i - 1;
-}
-
-/* Write "{n}\r\n" (after a "~" when the original was a literal8) into out. */
-static size_t lit_hdr(char *out, size_t cap, const char *orig_hdr, size_t n)
-{
-    (void)orig_hdr;
-    int k = snprintf(out, cap, "{%zu}\r\n", n);
-    return k > 0 ? (size_t)k : 0;
-}
-
-/* The replacement bytes for a literal of `kind` at `origin` that had `len` bytes. PARTIAL of a
- * message of orig_len bytes: the same range of the notice, except that the original's last
- * chunk gets the rest of the notice (a notice longer than the message is then still whole
- * for a client that stops at the message's end); a part: the notice's text, sliced likewise. */
-static void replacement(const char *notice, size_t nlen, size_t body_off, uint64_t orig_len,
-                        enum fi_kind kind, uint64_t origin, uint64_t len, const char **p_r,
-                        size_t *n_r)
-{
-    const char *r = notice;
-    size_t rl = nlen;
-    if (kind == FI_PART) {
-        r = notice + body_off;
-        rl = nlen - body_off;
-    }
-    if (kind == FI_WHOLE || (kind == FI_PART && origin == 0)) {
-        *p_r = r;
-        *n_r = rl;
-        return;
-    }
-    if (origin >= rl || (kind == FI_PARTIAL && origin >= orig_len)) {
-        *p_r = r;
-        *n_r = 0;
-        return;
-    }
-    uint64_t end = origin + len;
-    if (kind == FI_PARTIAL && end >= orig_len)
-        end = rl;
-    if (end > rl)
-        end = rl;
-    *p_r = r + origin;
-    *n_r = (size_t)(end - origin);
 }
 
 /* ---- whole message in-band ---- */
@@ -466,15 +263,15 @@ static char *replace_text1(struct imap_scan *sc, const char *notice, size_t nlen
     char *t1 = malloc(cap);
     if (!t1)
         return NULL;
-    size_t w = 0, r = 0, body_off = body_offset(notice, nlen);
+    size_t w = 0, r = 0, body_off = sc_body_offset(notice, nlen);
     for (unsigned i = 0; i < sc->nlits; i++) {
         struct sc_lit *l = &sc->lits[i];
         memcpy(t1 + w, sc->text1 + r, l->hdr_off - r);
         w += l->hdr_off - r;
         const char *rp;
         size_t rn;
-        replacement(notice, nlen, body_off, sc->lit_len, l->kind, l->origin, l->len, &rp, &rn);
-        w += lit_hdr(t1 + w, 32, NULL, rn);
+        sc_replacement(notice, nlen, body_off, sc->lit_len, l->kind, l->origin, l->len, &rp, &rn);
+        w += sc_lit_hdr(t1 + w, 32, NULL, rn);
         memcpy(t1 + w, rp, rn);
         w += rn;
         r = l->data_off + l->len;
@@ -511,9 +308,9 @@ static void release_whole(struct session *s)
         sc->msg = NULL;
         sc->msg_budget = 0;
         /* text0 ends in the literal header: rewrite its length */
-        size_t h = lit_hdr_start(sc->text0, sc->text0_len), t1_len = 0;
+        size_t h = sc_lit_hdr_start(sc->text0, sc->text0_len), t1_len = 0;
         char *t0 = malloc(h + 32);
-        size_t t0_len = t0 ? h + lit_hdr(t0 + h, 32, sc->text0 + h, o->notice_len) : 0;
+        size_t t0_len = t0 ? h + sc_lit_hdr(t0 + h, 32, sc->text0 + h, o->notice_len) : 0;
         if (t0)
             memcpy(t0, sc->text0, h);
         char *t1 = replace_text1(sc, o->notice, o->notice_len, &t1_len);
@@ -710,7 +507,7 @@ static bool apply_part(struct session *s)
         if (replace) {
             notice = blocked.notice;
             nlen = blocked.notice_len;
-            body_off = body_offset(notice, nlen);
+            body_off = sc_body_offset(notice, nlen);
             orig_len = 0;
         }
     }
@@ -728,9 +525,10 @@ static bool apply_part(struct session *s)
     uint64_t ol = orig_len;
     if (!m)
         ol = sc->part_origin + sc->lit_len; /* unknown: treat this chunk as the last */
-    replacement(notice, nlen, body_off, ol, sc->part_kind, sc->part_origin, sc->lit_len, &rp, &rn);
+    sc_replacement(notice, nlen, body_off, ol, sc->part_kind, sc->part_origin, sc->lit_len, &rp,
+                   &rn);
     const char *held = buf_mptr(b);
-    size_t h = lit_hdr_start(held, st->down_held);
+    size_t h = sc_lit_hdr_start(held, st->down_held);
     char *blk = malloc(h + 32 + rn);
     if (!blk) {
         free(blocked.notice);
@@ -738,7 +536,7 @@ static bool apply_part(struct session *s)
         return true;
     }
     memcpy(blk, held, h);
-    size_t w = h + lit_hdr(blk + h, 32, held + h, rn);
+    size_t w = h + sc_lit_hdr(blk + h, 32, held + h, rn);
     memcpy(blk + w, rp, rn);
     w += rn;
     free(blocked.notice);
@@ -839,7 +637,7 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
     }
     if (sc->resp_fetch == 0) {
         if (ev == IMAP_FRAME_END) {
-            note_other_response(sc, f);
+            sc_note_other_response(sc, f);
             sc->resp_open = false;
         }
         return false;
@@ -920,7 +718,7 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
                     break;
                 }
                 sc->lits[sc->nlits++] = (struct sc_lit){
-                    .hdr_off = lit_hdr_start(sc->text1, sc->text1_len),
+                    .hdr_off = sc_lit_hdr_start(sc->text1, sc->text1_len),
                     .data_off = sc->text1_len,
                     .len = (size_t)f->literal_len,
                     .kind = k,

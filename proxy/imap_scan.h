@@ -142,10 +142,24 @@ static inline struct imap_scan *imap_sc(struct session *s)
     return imap_st(s)->sc;
 }
 
-/* imap_scan.c */
+/* imap_scan_memo.c: verdict memory, mailbox tracking, replacement slices */
 int sc_memo_find(struct imap_scan *sc, const char *mailbox, uint32_t uidvalidity, uint64_t uid);
 int sc_memo_store(struct imap_scan *sc, const char *mailbox, uint32_t uidvalidity, uint64_t uid,
                   uint64_t orig_len, const struct sc_outcome *o);
+void sc_memo_clear(struct sc_memo *m);
+/* A whole response that is not an untagged FETCH: watch the SELECT/EXAMINE in flight. */
+void sc_note_other_response(struct imap_scan *sc, const struct imap_framer *f);
+/* Where the body of a message starts (after the first empty line), or len. */
+size_t sc_body_offset(const char *p, size_t len);
+/* Where the literal header "{n}" / "~{n}" starts at the end of `p` (a line ending in it). */
+size_t sc_lit_hdr_start(const char *p, size_t len);
+/* Write "{n}\r\n" into out; returns its length. */
+size_t sc_lit_hdr(char *out, size_t cap, const char *orig_hdr, size_t n);
+/* The replacement bytes for a literal of `kind` at `origin` that had `len` bytes (see
+ * imap_scan_memo.c). */
+void sc_replacement(const char *notice, size_t nlen, size_t body_off, uint64_t orig_len,
+                    enum fi_kind kind, uint64_t origin, uint64_t len, const char **p_r,
+                    size_t *n_r);
 
 /* imap_fetcher.c — the second backend connection.
  * Fetch `UID FETCH uid (UID BODY.PEEK[])` (or `FETCH seq (UID BODY.PEEK[])` when uid is 0) from

@@ -178,3 +178,27 @@ def test_regress_14_multi_item_close_sends_bye(proxy_factory, dovecot, certs, en
     if b"\r\nf OK" not in out:
         assert out.endswith(b"* BYE Internal error while scanning a message.\r\n"), out[-300:]
         assert b" FETCH (" not in out  # nothing of the held response went out
+
+
+def test_regress_14_fetch_then_logout_pipelined(proxy_factory, dovecot, certs, env_tmp):
+    """FETCH and LOGOUT in one write: the backend answers both and hangs up while the FETCH
+    response is still held for its verdict. The session used to close at once (only POP3 had
+    `scan_hold`); the protocol's `holding` hook now keeps it until the response is out."""
+    user = "core-logout"
+    msgs = [multipart(i, 2 << 20) for i in range(2)] + [malware.MESSAGES[n].data for n in
+                                                        list(malware.MESSAGES)[:2]]
+    setup_user(dovecot, user, msgs)
+    px = scan_proxy(proxy_factory, env_tmp)
+    for n in range(1, len(msgs) + 1):
+        c = Client(px, certs, user)
+        out = c.pipeline(b"a FETCH %d (UID BODY.PEEK[])" % n, b"b LOGOUT", timeout=30)
+        assert b"\r\na OK" in out and b"* BYE" in out, out[-300:]
+        lit = out[out.index(b"{") + 1:]
+        size = int(lit[:lit.index(b"}")])
+        body = lit[lit.index(b"}\r\n") + 3:][:size]
+        assert len(body) == size
+        if n <= 2:
+            assert body == msgs[n - 1]
+        else:
+            assert b"X-Portcullis-Verdict: infected" in body
+        c.close()

@@ -1,8 +1,10 @@
 /*
  * imap_scan — private state shared by imap_scan.c (the FETCH content filter on the relay's
- * down direction) and imap_fetcher.c (the second backend connection that fetches a whole
- * message when the client asked for only a part or a byte range of it). The relay calls the
- * hooks declared in imap.h; nothing else includes this header.
+ * down direction), imap_scan_memo.c (verdict memory, mailbox tracking, notice slices),
+ * imap_keepalive.c (its keep-alive timer) and imap_fetcher.c (the second backend connection
+ * that fetches a whole message when the client asked for only a part or a byte range of it).
+ * The relay calls the hooks declared in imap.h; nothing else includes this header. Output goes
+ * to the client conn's block queue (conn.h), never into the relay buffers.
  */
 #ifndef PORTCULLIS_IMAP_SCAN_H
 #define PORTCULLIS_IMAP_SCAN_H

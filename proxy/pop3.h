@@ -87,6 +87,7 @@ struct pop3_state {
     bool relay_running;     /* re-entrance guard of the relay loop */
     bool down_part_out;     /* the client got part of the response being framed */
     bool down_stopped;      /* the session ends: nothing more is framed (pop3_relay_stop) */
+    bool quit_done;         /* the backend's +OK to QUIT went to the client */
     struct pop3_scan *scan; /* owned (pop3_scan.c): a RETR/TOP response held for the scanner */
 };
 

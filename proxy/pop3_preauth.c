@@ -108,7 +108,7 @@ static void pop3_bye(struct session *s, const char *text)
     /* Only on the way out (timeouts, shutdown, backend lost), after the relay stopped: the
      * session closes after this line. Inside a multi-line response that was partly sent it
      * would read as message text: then the close says it alone. */
-    if (s->logged_in && !pop3_relay_client_at_boundary(s))
+    if (s->logged_in && (!pop3_relay_client_at_boundary(s) || pop3_st(s)->quit_done))
         return;
     char line[512];
     int n = snprintf(line, sizeof line, "-ERR [SYS/TEMP] %s\r\n", text);

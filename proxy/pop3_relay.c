@@ -303,8 +303,10 @@ static bool filter_down(struct session *s)
         st->down_held = 0;
         st->down_part_out = ev != POP3_FRAME_END;
         if (ev == POP3_FRAME_END) {
-            if (st->cur.cmd == PC_QUIT && st->downf.status == POP3_STATUS_OK)
+            if (st->cur.cmd == PC_QUIT && st->downf.status == POP3_STATUS_OK) {
                 s->close_reason = "logout";
+                st->quit_done = true; /* the client has its goodbye: no farewell after it */
+            }
             st->cur_valid = false;
             st->down_holding = false;
         } else if (used == 0) {

@@ -202,3 +202,47 @@ def test_regress_14_fetch_then_logout_pipelined(proxy_factory, dovecot, certs, e
         else:
             assert b"X-Portcullis-Verdict: infected" in body
         c.close()
+
+
+def test_regress_14_pop3_large_cached_retr(proxy_factory, dovecot, certs, env_tmp):
+    """A 9 MB clean message RETR'd twice (the second time from the verdict cache), pipelined
+    with a small one and QUIT, over a slow-reading client: the response goes back out in blocks
+    generated as the client takes them (CONN_EV_WRITE / CONN_EV_DRAINED), byte-identical to
+    Dovecot's, then the next response and the QUIT answer. (It once stopped after 4.8 MB.)"""
+    user = "core-pop3big"
+    big = malware.crlf(malware.headers("core pop3 big", "Content-Type: text/plain\n") + "\n"
+                       + "".join(".dot line %07d\nplain line\n" % i for i in range(9 * 1024 * 1024 // 30)))
+    small = multipart(1)
+    setup_user(dovecot, user, [big, small])
+    px = scan_proxy(proxy_factory, env_tmp)
+    for rnd in range(2):
+        s = socket.create_connection((mailenv.LOCAL, px.port("pop3s")), timeout=60)
+        s = mailenv.ssl_context(certs.ca).wrap_socket(s, server_hostname="localhost")
+        s.sendall(f"USER {user}\r\nPASS {PASSWORD}\r\n".encode())
+        s.sendall(b"RETR 1\r\nRETR 2\r\nQUIT\r\n")
+        out = b""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 120:
+            try:
+                d = s.recv(65536 if rnd == 0 else 16384)
+            except socket.timeout:
+                break
+            if not d:
+                break
+            out += d
+            if rnd == 1 and len(out) < (4 << 20):
+                time.sleep(0.001)  # a slow reader for the first megabytes
+        s.close()
+        # greeting, USER, PASS, then RETR 1, RETR 2, QUIT
+        lines = out.split(b"\r\n", 3)
+        assert all(ln.startswith(b"+OK") for ln in lines[:3]), lines[:3]
+        rest = lines[3]
+        i = rest.index(b"\r\n.\r\n")
+        first = rest[:i + 5]
+        body = first.split(b"\r\n", 1)[1][:-3]
+        got = b"".join(ln[1:] if ln.startswith(b".") else ln
+                       for ln in body.splitlines(keepends=True))
+        assert got == big, (rnd, len(got), len(big))
+        tail = rest[i + 5:]
+        assert tail.startswith(b"+OK") and b"second part 1" in tail, tail[:200]
+        assert tail.rstrip(b"\r\n").rsplit(b"\r\n", 1)[-1].startswith(b"+OK"), tail[-200:]

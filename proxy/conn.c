@@ -329,6 +329,12 @@ static long flush_block(struct conn *c, struct conn_block *q)
     return total;
 }
 
+/* Bytes still to go before a block placed at `at`, `sent` having gone. */
+static size_t ahead(uint64_t at, uint64_t sent)
+{
+    return at > sent ? (size_t)(at - sent) : 0;
+}
+
 long conn_flush(struct conn *c)
 {
     if (c->fd < 0 || c->error || c->handshaking || c->connecting)
@@ -339,8 +345,8 @@ long conn_flush(struct conn *c)
         struct conn_block *q = c->qhead;
         /* The released relay bytes that go before the next block (all of them if none). */
         size_t want = c->wbuf ? buf_sendable(c->wbuf) : 0;
-        if (q && want > q->wbuf_at - c->wbuf_sent)
-            want = (size_t)(q->wbuf_at - c->wbuf_sent);
+        if (q && want > ahead(q->wbuf_at, c->wbuf_sent))
+            want = ahead(q->wbuf_at, c->wbuf_sent);
         if (want) {
             long n = flush_buf(c, c->wbuf, want);
             total += n;
@@ -355,8 +361,8 @@ long conn_flush(struct conn *c)
             buf_release_if_empty(c->wbuf);
         /* Then our own words queued before the block. */
         size_t cw = buf_len(&c->ctl);
-        if (q && cw > q->ctl_at - c->ctl_sent)
-            cw = (size_t)(q->ctl_at - c->ctl_sent);
+        if (q && cw > ahead(q->ctl_at, c->ctl_sent))
+            cw = ahead(q->ctl_at, c->ctl_sent);
         if (cw) {
             long n = flush_buf(c, &c->ctl, cw);
             total += n;
@@ -413,6 +419,11 @@ bool conn_queue(struct conn *c, char *data, size_t len, conn_block_done *done, v
     q->val = val;
     q->wbuf_at = c->wbuf_sent + (c->wbuf ? buf_sendable(c->wbuf) : 0);
     q->ctl_at = c->ctl_sent + buf_len(&c->ctl);
+    /* Never before an earlier block (bytes ahead of it may have been dropped meanwhile). */
+    if (c->qtail && q->wbuf_at < c->qtail->wbuf_at)
+        q->wbuf_at = c->qtail->wbuf_at;
+    if (c->qtail && q->ctl_at < c->qtail->ctl_at)
+        q->ctl_at = c->qtail->ctl_at;
     if (c->qtail)
         c->qtail->next = q;
     else

@@ -19,7 +19,10 @@
  *     or appended after it. So a filter may release bytes, queue a held response, and release
  *     the bytes after it, and the peer gets them in that order.
  * Without blocks, wbuf's sendable bytes go before ctl (a filter that appends to ctl must not
- * release more until ctl has drained — or use a block instead).
+ * release more until ctl has drained — or use a block instead). Released bytes are never
+ * dropped while blocks are queued (close paths drop only held bytes, buf_drop_held); if they
+ * were, the blocks would still go out in their own order, but not in order with later
+ * releases.
  *
  * Events: after a conn_flush() — from the I/O callback or called synchronously by the session —
  * leaves nothing queued (wbuf sendable region, ctl, blocks) after something was, the handler

@@ -200,6 +200,27 @@ static void test_dropped_bytes_do_not_hold_a_block(void **state)
     assert_int_equal(peer_read(f, out, sizeof out), 4);
 }
 
+/* Released bytes dropped under a queued block (a close path): the blocks still go, in their
+ * order, and nothing underflows (conn.h: order against later releases is not kept then). */
+static void test_block_after_drop_keeps_block_order(void **state)
+{
+    struct fx *f = *state;
+    release(f, "0123456789");
+    queue(f, "A", 0);
+    buf_clear(&f->wbuf); /* the ten bytes before A are gone */
+    release(f, "xy");
+    queue(f, "B", 0);
+    conn_flush(&f->c);
+    char out[16];
+    size_t n = peer_read(f, out, sizeof out);
+    assert_int_equal(n, 4);
+    const char *a = memchr(out, 'A', n), *b = memchr(out, 'B', n);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_true(a < b);
+    assert_int_equal(conn_pending_out(&f->c), 0);
+}
+
 static void test_close_releases_blocks(void **state)
 {
     struct fx *f = *state;
@@ -233,6 +254,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_no_drained_without_output, setup, teardown),
         cmocka_unit_test_setup_teardown(test_partial_then_loop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dropped_bytes_do_not_hold_a_block, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_block_after_drop_keeps_block_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_releases_blocks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_copy_and_empty, setup, teardown),
     };

@@ -13,9 +13,10 @@
  *  - Blocks are placed by position: a block records how many wbuf and ctl bytes (counted by
  *    wbuf_sent / ctl_sent) must go before it. When those bytes are gone without being sent (a
  *    buffer dropped on a close path), the block does not wait for them.
- *  - CONN_EV_DRAINED is owed (drained_due) from the flush that emptied the output until the
- *    handler has been called with it; conn_update() feeds the watcher an EV_CUSTOM event while
- *    it is owed, after any watcher restart (ev_io_stop() clears a fed event).
+ *  - CONN_EV_DRAINED is owed (drained_due) from the flush that emptied the output, when ctl
+ *    bytes or blocks were part of it (own_pending), until the handler has been called with it;
+ * conn_update() feeds the watcher an EV_CUSTOM event while it is owed, after any watcher restart
+ * (ev_io_stop() clears a fed event).
  *  - After SSL_read stops with bytes still decrypted inside OpenSSL (SSL_pending), the socket
  *    will not become readable for them: conn_update() feeds a read event to the watcher.
  */
@@ -83,7 +84,7 @@ void conn_close(struct conn *c)
     if (c->fd >= 0)
         ev_io_stop(c->loop, &c->io);
     c->events = 0;
-    c->drained_due = false;
+    c->drained_due = c->own_pending = false;
     queue_clear(c);
     if (c->ssl) {
         /* A clean end sends close_notify (one non-blocking attempt: the socket has room, and
@@ -339,7 +340,11 @@ long conn_flush(struct conn *c)
 {
     if (c->fd < 0 || c->error || c->handshaking || c->connecting)
         return 0;
-    bool had = conn_pending_out(c) > 0;
+    /* Only output of our own (ctl, blocks) is reported drained: a filter never waits for
+     * relayed bytes alone (their drain re-arms the other side's reads), and a relay that
+     * streams must not pay one more loop callback per buffer turn. */
+    if (buf_len(&c->ctl) || c->qcount)
+        c->own_pending = true;
     long total = 0;
     for (;;) {
         struct conn_block *q = c->qhead;
@@ -392,8 +397,10 @@ long conn_flush(struct conn *c)
     if (c->wipe_ctl && c->ctl.data && buf_empty(&c->ctl))
         OPENSSL_cleanse(c->ctl.data, c->ctl.cap);
     buf_release_if_empty(&c->ctl);
-    if (had && conn_pending_out(c) == 0)
+    if (c->own_pending && conn_pending_out(c) == 0) {
+        c->own_pending = false;
         c->drained_due = true;
+    }
     return total;
 }
 

@@ -25,10 +25,12 @@
  * releases.
  *
  * Events: after a conn_flush() — from the I/O callback or called synchronously by the session —
- * leaves nothing queued (wbuf sendable region, ctl, blocks) after something was, the handler
- * receives CONN_EV_DRAINED once, from the loop (conn_update() feeds the watcher an event, so a
- * flush inside sess_pump() is reported too). A filter that pauses until its output is out is
- * resumed by it; nothing depends on a later read.
+ * leaves nothing queued (wbuf sendable region, ctl, blocks) after output of our own (ctl bytes
+ * or blocks) was queued, the handler receives CONN_EV_DRAINED once, from the loop (conn_update()
+ * feeds the watcher an event, so a flush inside sess_pump() is reported too). A filter that
+ * pauses until its own output is out is resumed by it; nothing depends on a later read. (Relayed
+ * bytes alone raise no DRAINED: their drain re-arms the other side's reads, and a streaming
+ * relay should not pay a loop callback per buffer turn; CONN_EV_WRITE still reports them.)
  *
  * Watcher interest is derived from buffer state in conn_update(): a full rbuf stops reading —
  * that is the backpressure. A *wbuf that conn_flush() leaves empty is released
@@ -88,6 +90,7 @@ struct conn {
     bool write_wants_read; /* SSL_write returned WANT_READ */
     bool wipe_ctl;         /* ctl carries secrets (backend login): cleanse before freeing */
     bool drained_due;      /* output drained: CONN_EV_DRAINED not yet delivered */
+    bool own_pending;      /* ctl bytes or blocks queued since the last DRAINED */
     struct conn_block *qhead, *qtail; /* owned: queued blocks, oldest first */
     size_t qbytes;                    /* unsent bytes in queued blocks */
     unsigned qcount;                  /* queued blocks */

@@ -133,6 +133,7 @@ static void test_drained_survives_interest_change(void **state)
 {
     struct fx *f = *state;
     release(f, "abc");
+    assert_true(conn_ctl_append(&f->c, "* OK\r\n", 6));
     conn_flush(&f->c);
     conn_update(&f->c); /* feeds the event */
     f->c.reading = true;
@@ -144,6 +145,12 @@ static void test_drained_survives_interest_change(void **state)
 static void test_no_drained_without_output(void **state)
 {
     struct fx *f = *state;
+    conn_flush(&f->c);
+    conn_update(&f->c);
+    ev_run(f->loop, EVRUN_NOWAIT);
+    assert_int_equal(f->drained, 0);
+    /* relayed bytes alone: CONN_EV_WRITE's business, no DRAINED */
+    release(f, "relayed");
     conn_flush(&f->c);
     conn_update(&f->c);
     ev_run(f->loop, EVRUN_NOWAIT);

@@ -4,6 +4,7 @@
  */
 #include "buf.h"
 
+#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,13 @@ void buf_free(struct buf *b)
     free(b->data);
     b->data = NULL;
     b->rpos = b->mark = b->wpos = 0;
+}
+
+/* The invariant every verb keeps (a no-op under NDEBUG). */
+static inline void check(const struct buf *b)
+{
+    assert(b->rpos <= b->mark && b->mark <= b->wpos && b->wpos <= (b->data ? b->cap : 0u));
+    (void)b;
 }
 
 static void compact(struct buf *b)
@@ -75,11 +83,60 @@ bool buf_printf(struct buf *b, const char *fmt, ...)
 
 void buf_consume(struct buf *b, size_t n)
 {
+    assert(n <= buf_len(b));
     b->rpos += (uint32_t)n;
     if (b->mark < b->rpos)
         b->mark = b->rpos;
     if (b->rpos == b->wpos)
         b->rpos = b->mark = b->wpos = 0;
+    check(b);
+}
+
+void buf_commit(struct buf *b, size_t n)
+{
+    assert(b->data && n <= (size_t)(b->cap - b->wpos));
+    b->wpos += (uint32_t)n;
+    check(b);
+}
+
+void buf_release(struct buf *b, size_t n)
+{
+    assert(n <= buf_held(b));
+    b->mark += (uint32_t)n;
+    check(b);
+}
+
+void buf_cut_held(struct buf *b, size_t off, size_t n)
+{
+    assert(off + n <= buf_held(b));
+    if (!n)
+        return;
+    char *at = b->data + b->mark + off;
+    memmove(at, at + n, buf_held(b) - off - n);
+    b->wpos -= (uint32_t)n;
+    check(b);
+}
+
+void buf_drop_held(struct buf *b)
+{
+    b->wpos = b->mark;
+    check(b);
+}
+
+bool buf_insert(struct buf *b, const void *p, size_t n)
+{
+    if (n > buf_room(b))
+        return false;
+    if (!b->data && buf_reserve(b) < 0)
+        return false;
+    if (b->cap - b->wpos < n)
+        compact(b);
+    memmove(b->data + b->mark + n, b->data + b->mark, buf_held(b));
+    memcpy(b->data + b->mark, p, n);
+    b->mark += (uint32_t)n;
+    b->wpos += (uint32_t)n;
+    check(b);
+    return true;
 }
 
 void buf_clear(struct buf *b)

@@ -121,6 +121,10 @@ struct cfg_limits {
                                              process, exempt networks aside */
     size_t relay_buffer;                  /* default 64k: queued toward a peer before reads pause */
     uint64_t drain_timeout_ms;            /* default 30s: SIGTERM waits this long for sessions */
+    uint64_t closing_timeout_ms;          /* default 5s: a session ending on our side (timeout,
+                                             error, shutdown) sends its last words this long */
+    uint64_t backend_lost_timeout_ms;     /* default 10s: after the backend went away, the client
+                                             gets what it sent (and held verdicts) this long */
 };
 
 /* scan: — virus scanning of downloaded mail (docs/configuration.md, docs/scanning.md). */

@@ -10,6 +10,13 @@
  *    queue, which other sessions on this worker may have left dirty.
  *  - An SSL_write that returned WANT_* is repeated with the same length (retry_len); the buffer
  *    may have moved (SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER) but never shrinks meanwhile.
+ *  - Blocks are placed by position: a block records how many wbuf and ctl bytes (counted by
+ *    wbuf_sent / ctl_sent) must go before it. When those bytes are gone without being sent (a
+ *    buffer dropped on a close path), the block does not wait for them.
+ *  - CONN_EV_DRAINED is owed (drained_due) from the flush that emptied the output, when ctl
+ *    bytes or blocks were part of it (own_pending), until the handler has been called with it;
+ * conn_update() feeds the watcher an EV_CUSTOM event while it is owed, after any watcher restart
+ * (ev_io_stop() clears a fed event).
  *  - After SSL_read stops with bytes still decrypted inside OpenSSL (SSL_pending), the socket
  *    will not become readable for them: conn_update() feeds a read event to the watcher.
  */
@@ -20,11 +27,43 @@
 #include <openssl/err.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 static void io_cb(struct ev_loop *loop, ev_io *w, int revents);
+
+struct conn_block {
+    struct conn_block *next;
+    char *data; /* owned */
+    size_t len, off;
+    uint64_t wbuf_at, ctl_at; /* wbuf_sent / ctl_sent values this block waits for */
+    conn_block_done *done;
+    void *arg;
+    size_t val;
+};
+
+static void block_free(struct conn_block *q)
+{
+    free(q->data);
+    if (q->done)
+        q->done(q->arg, q->val);
+    free(q);
+}
+
+/* Drop every queued block (each one's `done` runs). */
+static void queue_clear(struct conn *c)
+{
+    while (c->qhead) {
+        struct conn_block *q = c->qhead;
+        c->qhead = q->next;
+        block_free(q);
+    }
+    c->qtail = NULL;
+    c->qbytes = 0;
+    c->qcount = 0;
+}
 
 void conn_init(struct conn *c, struct ev_loop *loop, int fd, conn_handler *h, void *owner,
                size_t ctl_cap)
@@ -41,9 +80,12 @@ void conn_init(struct conn *c, struct ev_loop *loop, int fd, conn_handler *h, vo
 
 void conn_close(struct conn *c)
 {
-    if (c->fd >= 0 && c->events)
+    /* Also when not started: ev_io_stop() clears an event fed to the watcher. */
+    if (c->fd >= 0)
         ev_io_stop(c->loop, &c->io);
     c->events = 0;
+    c->drained_due = c->own_pending = false;
+    queue_clear(c);
     if (c->ssl) {
         /* A clean end sends close_notify (one non-blocking attempt: the socket has room, and
          * nothing waits for the peer's reply), so peers can tell it from a truncation. */
@@ -86,6 +128,7 @@ void conn_start_tls(struct conn *c, SSL *ssl, bool server)
         SSL_set_connect_state(ssl);
     c->handshaking = true;
     c->read_wants_write = c->write_wants_read = false;
+    c->drained_due = false; /* (the answer before STARTTLS): the handshake reports itself */
     /* Start right away: a client's ClientHello may already be in the socket buffer, and our
      * own ClientHello must go out first.  Feed after conn_update(): ev_io_stop() there would
      * clear a pending fed event. */
@@ -174,7 +217,7 @@ long conn_read(struct conn *c)
         }
         if (room == 0)
             break;
-        char *dst = c->rbuf->data + c->rbuf->wpos;
+        char *dst = buf_wptr(c->rbuf);
         ssize_t n;
         if (c->ssl) {
             ERR_clear_error();
@@ -209,7 +252,7 @@ long conn_read(struct conn *c)
                 break;
             }
         }
-        c->rbuf->wpos += (uint32_t)n;
+        buf_commit(c->rbuf, (size_t)n);
         c->bytes_in += (uint64_t)n;
         total += n;
         /* A short plaintext read means the socket is drained; TLS reads return one record at
@@ -273,36 +316,138 @@ static long flush_buf(struct conn *c, struct buf *b, size_t limit)
     return total;
 }
 
+/* Send a block's unsent bytes; returns bytes sent (stops at "try later" or an error). */
+static long flush_block(struct conn *c, struct conn_block *q)
+{
+    long total = 0;
+    while (q->off < q->len) {
+        long n = send_chunk(c, q->data + q->off, q->len - q->off);
+        if (n <= 0)
+            break;
+        q->off += (size_t)n;
+        total += n;
+    }
+    return total;
+}
+
+/* Bytes still to go before a block placed at `at`, `sent` having gone. */
+static size_t ahead(uint64_t at, uint64_t sent)
+{
+    return at > sent ? (size_t)(at - sent) : 0;
+}
+
 long conn_flush(struct conn *c)
 {
     if (c->fd < 0 || c->error || c->handshaking || c->connecting)
         return 0;
+    /* Only output of our own (ctl, blocks) is reported drained: a filter never waits for
+     * relayed bytes alone (their drain re-arms the other side's reads), and a relay that
+     * streams must not pay one more loop callback per buffer turn. */
+    if (buf_len(&c->ctl) || c->qcount)
+        c->own_pending = true;
     long total = 0;
-    if (c->wbuf && buf_sendable(c->wbuf)) {
-        size_t want = buf_sendable(c->wbuf);
-        long n = flush_buf(c, c->wbuf, want);
-        total += n;
-        if ((size_t)n < want) {
-            c->bytes_out += (uint64_t)total;
-            return total;
+    for (;;) {
+        struct conn_block *q = c->qhead;
+        /* The released relay bytes that go before the next block (all of them if none). */
+        size_t want = c->wbuf ? buf_sendable(c->wbuf) : 0;
+        if (q && want > ahead(q->wbuf_at, c->wbuf_sent))
+            want = ahead(q->wbuf_at, c->wbuf_sent);
+        if (want) {
+            long n = flush_buf(c, c->wbuf, want);
+            total += n;
+            c->wbuf_sent += (uint64_t)n;
+            if ((size_t)n < want)
+                break;
         }
         /* Drained relay buffers go back to malloc: an idle session then holds no relay
          * memory (measured: -11 kB RSS and -128 kB heap per idle session, no throughput
          * cost). Only empty ones: a filter may still hold bytes after mark. */
-        buf_release_if_empty(c->wbuf);
+        if (c->wbuf)
+            buf_release_if_empty(c->wbuf);
+        /* Then our own words queued before the block. */
+        size_t cw = buf_len(&c->ctl);
+        if (q && cw > ahead(q->ctl_at, c->ctl_sent))
+            cw = ahead(q->ctl_at, c->ctl_sent);
+        if (cw) {
+            long n = flush_buf(c, &c->ctl, cw);
+            total += n;
+            c->ctl_sent += (uint64_t)n;
+            if ((size_t)n < cw)
+                break;
+        }
+        if (!q)
+            break;
+        /* What was to go before it is out, or gone (a buffer dropped): the block is next. */
+        if (c->wbuf_sent < q->wbuf_at)
+            c->wbuf_sent = q->wbuf_at;
+        if (c->ctl_sent < q->ctl_at)
+            c->ctl_sent = q->ctl_at;
+        size_t before = q->off;
+        total += flush_block(c, q);
+        c->qbytes -= q->off - before;
+        if (q->off < q->len)
+            break;
+        c->qhead = q->next;
+        if (!c->qhead)
+            c->qtail = NULL;
+        c->qcount--;
+        block_free(q);
     }
-    if (!buf_empty(&c->ctl))
-        total += flush_buf(c, &c->ctl, buf_len(&c->ctl));
     c->bytes_out += (uint64_t)total;
     if (c->wipe_ctl && c->ctl.data && buf_empty(&c->ctl))
         OPENSSL_cleanse(c->ctl.data, c->ctl.cap);
     buf_release_if_empty(&c->ctl);
+    if (c->own_pending && conn_pending_out(c) == 0) {
+        c->own_pending = false;
+        c->drained_due = true;
+    }
     return total;
 }
 
 size_t conn_pending_out(const struct conn *c)
 {
-    return (c->wbuf ? buf_sendable(c->wbuf) : 0) + buf_len(&c->ctl);
+    return (c->wbuf ? buf_sendable(c->wbuf) : 0) + buf_len(&c->ctl) + c->qbytes;
+}
+
+bool conn_queue(struct conn *c, char *data, size_t len, conn_block_done *done, void *arg,
+                size_t val)
+{
+    struct conn_block *q = calloc(1, sizeof *q);
+    if (!q) {
+        free(data);
+        if (done)
+            done(arg, val);
+        return false;
+    }
+    q->data = data;
+    q->len = len;
+    q->done = done;
+    q->arg = arg;
+    q->val = val;
+    q->wbuf_at = c->wbuf_sent + (c->wbuf ? buf_sendable(c->wbuf) : 0);
+    q->ctl_at = c->ctl_sent + buf_len(&c->ctl);
+    /* Never before an earlier block (bytes ahead of it may have been dropped meanwhile). */
+    if (c->qtail && q->wbuf_at < c->qtail->wbuf_at)
+        q->wbuf_at = c->qtail->wbuf_at;
+    if (c->qtail && q->ctl_at < c->qtail->ctl_at)
+        q->ctl_at = c->qtail->ctl_at;
+    if (c->qtail)
+        c->qtail->next = q;
+    else
+        c->qhead = q;
+    c->qtail = q;
+    c->qbytes += len;
+    c->qcount++;
+    return true;
+}
+
+bool conn_queue_copy(struct conn *c, const void *p, size_t len)
+{
+    char *d = malloc(len ? len : 1);
+    if (!d)
+        return false;
+    memcpy(d, p, len);
+    return conn_queue(c, d, len, NULL, NULL, 0);
 }
 
 bool conn_has_pending_input(const struct conn *c)
@@ -342,6 +487,8 @@ void conn_update(struct conn *c)
     /* After the restart: ev_io_stop() clears a pending fed event. */
     if (feed)
         ev_feed_event(c->loop, &c->io, EV_READ);
+    if (c->drained_due)
+        ev_feed_event(c->loop, &c->io, EV_CUSTOM);
 }
 
 bool conn_ctl_append(struct conn *c, const void *p, size_t len)
@@ -412,6 +559,10 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
     }
     if (c->error)
         events |= CONN_EV_READ;
+    if (c->drained_due) {
+        c->drained_due = false;
+        events |= CONN_EV_DRAINED;
+    }
     if (events)
         c->handler(c, events);
     if (c->fd >= 0)

@@ -8,11 +8,32 @@
  * read), and re-feeds reads while OpenSSL holds decrypted bytes the socket will never signal
  * (SSL_pending).
  *
- * Buffers: reads append to *rbuf (owned by the session). Writes send, in this order, the
- * sendable region [rpos, mark) of *wbuf (owned by the session: the other side's receive buffer,
- * so relayed bytes are never copied) and then `ctl`, the proxy's own output to this peer (owned
- * here). Watcher interest is derived from buffer state in conn_update(): a full rbuf stops
- * reading — that is the backpressure. A *wbuf that conn_flush() leaves empty is released
+ * Buffers: reads append to *rbuf (owned by the session). Output toward the peer comes from three
+ * places, sent as one ordered stream:
+ *   - the sendable region [rpos, mark) of *wbuf (owned by the session: the other side's receive
+ *     buffer, so relayed bytes are never copied);
+ *   - `ctl`, the proxy's own short output (greetings, pre-auth answers, BYE), owned here;
+ *   - a queue of owned blocks (conn_queue): held responses put back by a filter, notices,
+ *     keep-alives, the relay's own answers. Each block is placed where it was queued: after
+ *     every wbuf byte released and every ctl byte appended before it, before anything released
+ *     or appended after it. So a filter may release bytes, queue a held response, and release
+ *     the bytes after it, and the peer gets them in that order.
+ * Without blocks, wbuf's sendable bytes go before ctl (a filter that appends to ctl must not
+ * release more until ctl has drained — or use a block instead). Released bytes are never
+ * dropped while blocks are queued (close paths drop only held bytes, buf_drop_held); if they
+ * were, the blocks would still go out in their own order, but not in order with later
+ * releases.
+ *
+ * Events: after a conn_flush() — from the I/O callback or called synchronously by the session —
+ * leaves nothing queued (wbuf sendable region, ctl, blocks) after output of our own (ctl bytes
+ * or blocks) was queued, the handler receives CONN_EV_DRAINED once, from the loop (conn_update()
+ * feeds the watcher an event, so a flush inside sess_pump() is reported too). A filter that
+ * pauses until its own output is out is resumed by it; nothing depends on a later read. (Relayed
+ * bytes alone raise no DRAINED: their drain re-arms the other side's reads, and a streaming
+ * relay should not pay a loop callback per buffer turn; CONN_EV_WRITE still reports them.)
+ *
+ * Watcher interest is derived from buffer state in conn_update(): a full rbuf stops reading —
+ * that is the backpressure. A *wbuf that conn_flush() leaves empty is released
  * (buf_release_if_empty), so code must not keep pointers into a relay buffer across flushes.
  */
 #ifndef PORTCULLIS_CONN_H
@@ -36,7 +57,13 @@ enum {
     CONN_EV_WRITE = 2,     /* some output was sent (room freed in wbuf/ctl) */
     CONN_EV_HANDSHAKE = 4, /* the TLS handshake finished (or failed: error set) */
     CONN_EV_CONNECT = 8,   /* an outgoing connect finished (or failed: error set) */
+    CONN_EV_DRAINED = 16,  /* everything queued toward the peer has been written */
 };
+
+/* A queued block was sent or dropped (conn_close): called once, then the conn frees the
+ * block. `val` is the caller's (e.g. the scan budget the block holds). */
+typedef void conn_block_done(void *arg, size_t val);
+struct conn_block;
 
 struct conn {
     int fd; /* owned; -1 when closed */
@@ -62,6 +89,12 @@ struct conn {
     bool read_wants_write; /* SSL_read returned WANT_WRITE */
     bool write_wants_read; /* SSL_write returned WANT_READ */
     bool wipe_ctl;         /* ctl carries secrets (backend login): cleanse before freeing */
+    bool drained_due;      /* output drained: CONN_EV_DRAINED not yet delivered */
+    bool own_pending;      /* ctl bytes or blocks queued since the last DRAINED */
+    struct conn_block *qhead, *qtail; /* owned: queued blocks, oldest first */
+    size_t qbytes;                    /* unsent bytes in queued blocks */
+    unsigned qcount;                  /* queued blocks */
+    uint64_t wbuf_sent, ctl_sent;     /* bytes sent from wbuf / ctl: where blocks go between */
 };
 
 void conn_init(struct conn *c, struct ev_loop *loop, int fd, conn_handler *h, void *owner,
@@ -81,13 +114,29 @@ void conn_start_tls(struct conn *c, SSL *ssl, bool server);
 long conn_read(struct conn *c);
 /* Send what is queued. Returns bytes sent; sets error. */
 long conn_flush(struct conn *c);
-/* Bytes still queued toward this peer (sendable wbuf region plus ctl). */
+/* Bytes still queued toward this peer (sendable wbuf region, ctl, blocks). */
 size_t conn_pending_out(const struct conn *c);
 /* Recompute watcher interest from buffer state and flags. Call after any buffer change. */
 void conn_update(struct conn *c);
 /* Queue proxy output. Returns false if ctl is full (the caller treats that as fatal). */
 bool conn_ctl_append(struct conn *c, const void *p, size_t len);
 bool conn_ctl_printf(struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Queue a block of `len` bytes (`data` malloc'd) after everything queued so far. Ownership of
+ * `data` passes to the conn in every case: on failure (out of memory) it is freed and `done`
+ * called at once. `done` may be NULL. */
+bool conn_queue(struct conn *c, char *data, size_t len, conn_block_done *done, void *arg,
+                size_t val);
+/* Queue a copy of p[0 .. len). */
+bool conn_queue_copy(struct conn *c, const void *p, size_t len);
+/* Unsent bytes / number of queued blocks. */
+static inline size_t conn_queued_bytes(const struct conn *c)
+{
+    return c->qbytes;
+}
+static inline unsigned conn_queued_blocks(const struct conn *c)
+{
+    return c->qcount;
+}
 /* Is the TLS layer holding decrypted input the socket will not signal? */
 bool conn_has_pending_input(const struct conn *c);
 

@@ -81,6 +81,8 @@ struct imap_state {
     char up_tag[IMAP_TAG_MAX + 1]; /* tag of the open command ("" if it has none) */
     bool down_dropping;            /* the current backend response is swallowed (that "+") */
     bool backend_bye;              /* the backend sent an untagged BYE */
+    bool down_part_out;            /* the client got part of the response being framed */
+    bool down_stopped;             /* the session ends: nothing more is framed (imap_relay_stop) */
     struct buf inject;             /* our own responses waiting for a response boundary */
     struct imap_scan *sc;          /* FETCH content scanning (imap_scan.c), NULL when off */
 };
@@ -107,11 +109,20 @@ void imap_backend_event(struct session *s, int events);
 /* imap_relay.c */
 void imap_relay_up(struct session *s);
 void imap_relay_down(struct session *s);
+/* The session ends: drop what the down filter holds; a pending BYE goes at once if the client
+ * is between responses (protocol `stop`, with imap_scan_stop). */
+void imap_relay_stop(struct session *s);
+/* protocol `holding`: bytes not framed yet, or a response held for its verdict. */
+bool imap_relay_holding(struct session *s);
 /* imap_scan.c (issue 4): FETCH content scanning; all no-ops while st->sc is NULL.
  * login: set up scanning (st->sc) when this worker scans; the login's credentials then stay in
  * st->creds for the second connection (imap_fetcher.c). False: out of memory. */
 bool imap_scan_login(struct session *s);
+/* Cancel the scan, the fetcher, keep-alive and budget waits; drop a held response. */
+void imap_scan_stop(struct session *s);
 void imap_scan_free(struct session *s);
+/* A response is held for its verdict or budget (it will go out without new backend input). */
+bool imap_scan_holding(struct session *s);
 /* up filter: a client command was classified (head in st->upf) */
 void imap_scan_command(struct session *s);
 /* down filter: may it frame more? (false = paused: held response or our output in flight) */

@@ -85,12 +85,6 @@ static struct imap_fetcher *ft_of(struct session *s)
     return sc ? sc->fetcher : NULL;
 }
 
-static void cut(struct buf *b, size_t off, size_t len)
-{
-    memmove(b->data + off, b->data + off + len, b->wpos - (off + len));
-    b->wpos -= (uint32_t)len;
-}
-
 static void drop_msg(struct imap_fetcher *f)
 {
     free(f->msg);
@@ -504,12 +498,13 @@ static void ft_input(struct imap_fetcher *f)
 {
     struct buf *b = &f->in;
     while (f->state != FT_DEAD && !f->budget_wait) {
-        size_t from = b->rpos + f->held;
-        if (from >= b->wpos && !(f->in_lit && f->f.literal_left == 0))
+        /* (nothing is ever released in `in`: mark stays at rpos, held offsets start there) */
+        size_t from = f->held;
+        if (from >= buf_held(b) && !(f->in_lit && f->f.literal_left == 0))
             break;
         size_t used = 0;
         enum imap_frame_event ev =
-            imap_frame(&f->f, b->data ? b->data + from : "", b->wpos - from, &used);
+            imap_frame(&f->f, b->data ? buf_mptr(b) + from : "", buf_held(b) - from, &used);
         if (ev == IMAP_FRAME_ERROR) {
             fail(f, "backend protocol error");
             return;
@@ -518,11 +513,11 @@ static void ft_input(struct imap_fetcher *f)
             if (f->collecting) {
                 size_t room = f->msg_cap - f->msg_have;
                 size_t n = used < room ? used : room;
-                memcpy(f->msg + f->msg_have, b->data + from, n);
+                memcpy(f->msg + f->msg_have, buf_mptr(b) + from, n);
                 f->msg_have += n;
             }
             if (used)
-                cut(b, from, used);
+                buf_cut_held(b, from, used);
             if (ev == IMAP_FRAME_LITERAL_END) {
                 f->in_lit = false;
                 f->collecting = false;

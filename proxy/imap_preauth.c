@@ -100,6 +100,12 @@ static void free_parser_store(struct imap_state *st)
     }
 }
 
+static void imap_stop(struct session *s)
+{
+    imap_scan_stop(s); /* issue 4: scans, the fetcher, keep-alive, budget waits */
+    imap_relay_stop(s);
+}
+
 static void imap_destroy(struct session *s)
 {
     struct imap_state *st = imap_st(s);
@@ -115,12 +121,12 @@ static void imap_destroy(struct session *s)
 
 static void imap_bye(struct session *s, const char *text)
 {
-    if (s->state == SESS_RELAY && imap_st(s)->backend_bye)
+    if (s->logged_in && imap_st(s)->backend_bye)
         return; /* the client already has the backend's BYE */
     char line[512];
     int n = snprintf(line, sizeof line, "* BYE %s\r\n", text);
-    if (s->state == SESS_RELAY)
-        imap_relay_inject(s, line, (size_t)n);
+    if (s->logged_in)
+        imap_relay_inject(s, line, (size_t)n); /* at a response boundary (imap_relay.c) */
     else
         conn_ctl_append(&s->client, line, (size_t)n);
 }
@@ -602,5 +608,7 @@ const struct protocol imap_protocol = {
     .relay_down = imap_relay_down,
     .bye = imap_bye,
     .idle = imap_relay_idle,
+    .stop = imap_stop,
+    .holding = imap_relay_holding,
     .destroy = imap_destroy,
 };

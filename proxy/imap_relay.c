@@ -22,9 +22,14 @@
  *   - backend → client: CAPABILITY lists (untagged or in an OK response code) are rewritten
  *     without COMPRESS=*, STARTTLS and LOGINDISABLED; everything else streams. Literal contents
  *     are skipped by length.
- * Our own responses (BAD for a refused command, BYE) are queued in `inject` and moved to the
- * client's ctl buffer only at a response boundary; while ctl is not empty the down filter does
- * not release more, so the client never sees our bytes in the middle of a backend response.
+ * Our own responses (BAD for a refused command, BYE) wait in `inject` for a response boundary
+ * of the down stream and are then queued as a block on the client conn (conn_queue): the block
+ * goes out after every byte released before it and before every byte released after it, so
+ * the client never sees our bytes in the middle of a backend response, and the filter need not
+ * wait for it. (The login answer is in ctl, which goes after all released bytes: the down
+ * filter releases nothing at a boundary while ctl is not empty, and CONN_EV_DRAINED resumes
+ * it.) `down_part_out` says whether the client is inside a response that was partly sent:
+ * when the session ends (imap_relay_stop), a BYE is queued only if it is not.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,23 +40,51 @@
 #include "sess_event.h"
 #include "sess_policy.h"
 
-/* Remove `len` bytes at absolute offset `off` of the buffer (they are after mark). */
-static void cut(struct buf *b, size_t off, size_t len)
-{
-    if (!len || !b->data)
-        return;
-    memmove(b->data + off, b->data + off + len, b->wpos - (off + len));
-    b->wpos -= (uint32_t)len;
-}
-
 void imap_relay_inject(struct session *s, const char *text, size_t len)
 {
     struct imap_state *st = imap_st(s);
     if (!buf_append(&st->inject, text, len)) {
-        sess_close(s, "client output overflow");
+        /* Refusals piling up inside one long response: the client is not in step. */
+        sess_end(s, "client output overflow", "Too many commands refused.");
         return;
     }
     imap_relay_down(s);
+}
+
+/* The client is between two responses: what waits in inject goes out now (as a block, after
+ * everything released so far). */
+static void place_inject(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    if (buf_empty(&st->inject))
+        return;
+    bool ok = conn_queue_copy(&s->client, buf_rptr(&st->inject), buf_len(&st->inject));
+    buf_clear(&st->inject);
+    buf_release_if_empty(&st->inject);
+    if (!ok)
+        sess_close(s, "out of memory");
+}
+
+void imap_relay_stop(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    if (st->down_stopped)
+        return;
+    st->down_stopped = true;
+    buf_drop_held(&s->down); /* a response being held (or framed) is not delivered */
+    st->down_held = 0;
+    /* Refusals already due go out now, or never (the client is inside a response). */
+    if (!st->down_part_out)
+        place_inject(s);
+    buf_clear(&st->inject);
+}
+
+bool imap_relay_holding(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    if (st->down_stopped)
+        return false;
+    return buf_held(&s->down) > st->down_held || imap_scan_holding(s);
 }
 
 /* ---- client → backend ---- */
@@ -127,7 +160,7 @@ static void refuse(struct session *s, enum cmd_verdict v)
 static void release_up(struct buf *b, struct imap_state *st, size_t keep)
 {
     if (st->up_held > keep) {
-        b->mark += (uint32_t)(st->up_held - keep);
+        buf_release(b, st->up_held - keep);
         st->up_held = keep;
     }
 }
@@ -152,7 +185,7 @@ static void literal_refused(struct session *s)
     }
     /* The client will not send it: what comes next is a new command. */
     if (!imap_framer_cancel_literal(&st->upf)) {
-        sess_close(s, "internal error: literal not cancellable");
+        sess_end(s, "internal error: literal not cancellable", "Internal error.");
         return;
     }
     st->up_in_literal = false;
@@ -169,20 +202,19 @@ static bool wait_for_continuation(struct session *s)
     if (!st->up_tag[0]) {
         /* No tag to recognise the backend's answer by: we could not tell whether the literal
          * will be read as one, so the session cannot go on in step. */
-        s->proto->bye(s, "Literal on a command without a tag.");
-        sess_close_after_flush(s, "client protocol error");
+        sess_end(s, "client protocol error", "Literal on a command without a tag.");
         return false;
     }
     st->up_wait_was_plus = st->upf.literal_plus;
     if (st->upf.literal_plus) {
         /* The line ends "+}\r\n" or "+}\n", all of it held (release_up keeps 3 bytes back). */
-        size_t end = b->mark + st->up_held;
-        size_t k = b->data && st->up_held >= 2 && b->data[end - 2] == '\r' ? 4 : 3;
-        if (st->up_held < k || !b->data || b->data[end - k] != '+') {
-            sess_close(s, "internal error: literal header not held");
+        const char *h = b->data ? buf_mptr(b) : NULL;
+        size_t k = h && st->up_held >= 2 && h[st->up_held - 2] == '\r' ? 4 : 3;
+        if (st->up_held < k || !h || h[st->up_held - k] != '+') {
+            sess_end(s, "internal error: literal header not held", "Internal error.");
             return false;
         }
-        cut(b, end - k, 1);
+        buf_cut_held(b, st->up_held - k, 1);
         st->up_held--;
     }
     release_up(b, st, 0);
@@ -217,18 +249,17 @@ void imap_relay_up(struct session *s)
     st->in_relay_up = true;
     st->up_resume = false;
     while (!s->closing && s->state == SESS_RELAY && !st->up_wait_cont) {
-        size_t from = b->mark + st->up_held;
-        if (from >= b->wpos && !(st->up_in_literal && st->upf.literal_left == 0))
+        size_t from = st->up_held;
+        if (from >= buf_held(b) && !(st->up_in_literal && st->upf.literal_left == 0))
             break; /* (a {0} literal ends without bytes: one more call) */
         size_t used = 0;
-        const char *p = b->data ? b->data + from : "";
-        enum imap_frame_event ev = imap_frame(&st->upf, p, b->wpos - from, &used);
+        const char *p = b->data ? buf_mptr(b) + from : "";
+        enum imap_frame_event ev = imap_frame(&st->upf, p, buf_held(b) - from, &used);
         st->up_held += used;
         if (ev == IMAP_FRAME_ERROR) {
             char e[96];
             sess_log(s, LOG_INFO, "event=bad_command error=%s", log_qs(e, sizeof e, st->upf.error));
-            s->proto->bye(s, "Command line too long.");
-            sess_close_after_flush(s, "client protocol error");
+            sess_end(s, "client protocol error", "Command line too long.");
             break;
         }
         if (ev == IMAP_FRAME_LITERAL)
@@ -254,7 +285,7 @@ void imap_relay_up(struct session *s)
         }
         if (st->up_dropping) {
             /* Cut as we go: a refused command's literal may be larger than the buffer. */
-            cut(b, b->mark, st->up_held);
+            buf_cut_held(b, 0, st->up_held);
             st->up_held = 0;
             /* We answered BAD, not "+": the client will not send a synchronising literal. */
             if (ev == IMAP_FRAME_LITERAL && !st->upf.literal_plus &&
@@ -379,46 +410,65 @@ static int classify_response(const struct imap_framer *f, bool line_done)
     return -1;    /* need more of the head */
 }
 
+/* The backend broke framing: what was released still goes out, then our BYE — at once, even
+ * inside a response (the stream cannot be followed any further). */
+static void backend_broken(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    char e[96];
+    sess_log(s, LOG_WARN, "event=backend_protocol_error error=%s",
+             log_qs(e, sizeof e, st->downf.error));
+    s->proto->stop(s);
+    buf_clear(&st->inject);
+    static const char bye[] = "* BYE Backend protocol error.\r\n";
+    if (!conn_queue_copy(&s->client, bye, sizeof bye - 1)) {
+        sess_close(s, "out of memory");
+        return;
+    }
+    sess_backend_lost(s, "backend protocol error", NULL);
+}
+
+/* Let the held bytes of the response being framed go to the client. */
+static void release_down(struct session *s, bool response_end)
+{
+    struct imap_state *st = imap_st(s);
+    buf_release(&s->down, st->down_held);
+    st->down_held = 0;
+    st->down_part_out = !response_end;
+}
+
 static void relay_down_loop(struct session *s)
 {
     struct imap_state *st = imap_st(s);
     struct buf *b = &s->down;
-    while (!s->closing && (s->state == SESS_RELAY || s->state == SESS_CLOSING)) {
+    if (st->down_stopped) {
+        /* Nothing more is framed: our words go now if the client is between responses. */
+        if (!st->down_part_out)
+            place_inject(s);
+        buf_clear(&st->inject);
+        return;
+    }
+    while (!s->closing && (s->state == SESS_RELAY || s->state == SESS_CLOSING) &&
+           !st->down_stopped) {
         /* issue 4 (imap_scan.c): a response held for its verdict, or our output going out */
         if (st->sc && imap_scan_down_paused(s))
             break;
         if (imap_framer_at_boundary(&st->downf) && st->down_held == 0) {
-            if (!buf_empty(&st->inject)) {
-                if (!conn_ctl_append(&s->client, buf_rptr(&st->inject), buf_len(&st->inject))) {
-                    sess_close(s, "client output overflow");
-                    return;
-                }
-                buf_clear(&st->inject);
-                buf_release_if_empty(&st->inject);
-            }
+            place_inject(s);
+            if (s->closing)
+                return;
             if (!buf_empty(&s->client.ctl))
-                break; /* our own words go out first, at this boundary */
+                break; /* the login answer goes out first (ctl follows every released byte) */
         }
-        size_t from = b->mark + st->down_held;
-        if (from >= b->wpos)
+        size_t from = st->down_held;
+        if (from >= buf_held(b))
             break;
         size_t used = 0;
-        enum imap_frame_event ev = imap_frame(&st->downf, b->data + from, b->wpos - from, &used);
+        enum imap_frame_event ev =
+            imap_frame(&st->downf, buf_mptr(b) + from, buf_held(b) - from, &used);
         st->down_held += used;
         if (ev == IMAP_FRAME_ERROR) {
-            char e[96];
-            sess_log(s, LOG_WARN, "event=backend_protocol_error error=%s",
-                     log_qs(e, sizeof e, st->downf.error));
-            s->client.wbuf = &s->down; /* what was released still goes out */
-            buf_clear(&st->inject);
-            conn_ctl_printf(&s->client, "* BYE Backend protocol error.\r\n");
-            sess_set_state(s, SESS_CLOSING);
-            s->close_reason = "backend protocol error";
-            b->wpos = b->mark; /* drop the unreleased rest */
-            st->down_held = 0;
-            conn_close(&s->backend);
-            s->client.reading = false;
-            sess_set_deadline(s, 10.0);
+            backend_broken(s);
             return;
         }
         bool line_done = ev == IMAP_FRAME_LITERAL || ev == IMAP_FRAME_END;
@@ -440,9 +490,9 @@ static void relay_down_loop(struct session *s)
                     return;
             }
             if (c == 0 && ev == IMAP_FRAME_END) {
-                size_t nl = rewrite_caps(b->data + b->mark, st->down_held);
+                size_t nl = rewrite_caps(buf_mptr(b), st->down_held);
                 if (nl < st->down_held) {
-                    cut(b, b->mark + nl, st->down_held - nl);
+                    buf_cut_held(b, nl, st->down_held - nl);
                     st->down_held = nl;
                 }
             }
@@ -454,7 +504,7 @@ static void relay_down_loop(struct session *s)
             continue;
         }
         if (st->down_dropping) {
-            cut(b, b->mark, st->down_held);
+            buf_cut_held(b, 0, st->down_held);
             st->down_held = 0;
             if (ev == IMAP_FRAME_END) {
                 st->down_dropping = false;
@@ -462,8 +512,7 @@ static void relay_down_loop(struct session *s)
             }
             continue;
         }
-        b->mark += (uint32_t)st->down_held;
-        st->down_held = 0;
+        release_down(s, ev == IMAP_FRAME_END);
         if (ev == IMAP_FRAME_END)
             st->down_classified = false;
     }

@@ -25,18 +25,19 @@
  *    literal bytes are dropped as they arrive. Verdicts are remembered per (mailbox,
  *    UIDVALIDITY, UID) so later chunks of the same message do not fetch it again.
  *
- * Output ordering. Bytes the relay released before a held response are in s->down's
- * [rpos, mark) and go first; a held response starts at `mark`, so what is before it always ends
- * at a response boundary. Our output blocks are installed as s->client.wbuf (`out`, a buf whose
- * storage is the block) only once s->down's sendable region and the client's ctl buffer are
- * empty, and while they are installed the down filter frames nothing: when the last block has
- * drained, wbuf goes back to s->down and the filter goes on. conn_flush() frees a drained wbuf's
- * storage, which is how a block's memory is returned.
+ * Output. A response put back (whole, or a part's head and replacement) is queued as blocks
+ * on the client conn (conn_queue, with the scan budget a block holds released when it is sent
+ * or dropped). A block goes out after every byte the relay released before it — a held response
+ * starts at s->down's mark, so that ends at a response boundary — and before every byte
+ * released after it. After putting a response back the down filter frames nothing until the
+ * blocks are out: it is called again on CONN_EV_DRAINED (never waiting for a client read).
  *
- * Keep-alive: while a response is held and nothing of it has been released, an untagged
- * "* OK Still scanning" goes to the client's ctl buffer every keepalive_interval: ctl is sent
- * after s->down's released bytes, which end at a response boundary, so it is always between
- * two responses. Nothing is released while ctl holds bytes.
+ * Keep-alive (imap_keepalive.c): while a response is held and nothing of it has been released,
+ * an untagged "* OK Still scanning" is queued every keepalive_interval.
+ *
+ * When the session ends (imap_scan_stop, the protocol's `stop`), the scan, the fetcher, the
+ * budget wait and the keep-alive are cancelled and a held response is dropped; the client is
+ * then between responses unless part of this one was released, so the BYE can follow.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,12 +49,6 @@
 #include "worker.h"
 #include <time.h>
 
-static void cut(struct buf *b, size_t off, size_t len)
-{
-    memmove(b->data + off, b->data + off + len, b->wpos - (off + len));
-    b->wpos -= (uint32_t)len;
-}
-
 static char *dup_bytes(const char *p, size_t n)
 {
     char *d = malloc(n + 1);
@@ -64,68 +59,7 @@ static char *dup_bytes(const char *p, size_t n)
     return d;
 }
 
-/* ---- verdict memory (per session) ---- */
-
-static void memo_clear(struct sc_memo *m)
-{
-    free(m->mailbox);
-    free(m->notice);
-    memset(m, 0, sizeof *m);
-}
-
-int sc_memo_find(struct imap_scan *sc, const char *mailbox, uint32_t uidvalidity, uint64_t uid)
-{
-    if (!mailbox || !uid)
-        return -1;
-    for (int i = 0; i < SC_MEMO_MAX; i++) {
-        struct sc_memo *m = &sc->memo[i];
-        if (m->mailbox && m->uid == uid && m->uidvalidity == uidvalidity &&
-            strcmp(m->mailbox, mailbox) == 0)
-            return i;
-    }
-    return -1;
-}
-
-/* Where the body of a message starts (after the first empty line), or len. */
-static size_t body_offset(const char *p, size_t len)
-{
-    for (size_t i = 0; i + 3 < len; i++)
-        if (p[i] == '\r' && p[i + 1] == '\n' && p[i + 2] == '\r' && p[i + 3] == '\n')
-            return i + 4;
-    return len;
-}
-
-int sc_memo_store(struct imap_scan *sc, const char *mailbox, uint32_t uidvalidity, uint64_t uid,
-                  uint64_t orig_len, const struct msgscan_outcome *o)
-{
-    if (!mailbox || !uid)
-        return -1;
-    int i = sc_memo_find(sc, mailbox, uidvalidity, uid);
-    if (i < 0) {
-        i = (int)(sc->memo_next++ % SC_MEMO_MAX);
-    }
-    struct sc_memo *m = &sc->memo[i];
-    memo_clear(m);
-    m->mailbox = strdup(mailbox);
-    if (!m->mailbox)
-        return -1;
-    m->uidvalidity = uidvalidity;
-    m->uid = uid;
-    m->orig_len = orig_len;
-    m->replaced = o->replace;
-    if (o->replace) {
-        m->notice = dup_bytes(o->notice, o->notice_len);
-        if (!m->notice) {
-            memo_clear(m);
-            return -1;
-        }
-        m->notice_len = o->notice_len;
-        m->body_off = body_offset(m->notice, m->notice_len);
-    }
-    return i;
-}
-
-/* ---- login, mailbox tracking ---- */
+/* ---- login, stop ---- */
 
 bool imap_scan_login(struct session *s)
 {
@@ -138,14 +72,42 @@ bool imap_scan_login(struct session *s)
     if (!sc)
         return false;
     sc->part_memo = -1;
-    buf_init(&sc->out, 0);
-    ev_init(&sc->ka, NULL);
+    imap_keepalive_init(&sc->ka);
     st->sc = sc;
     return true;
 }
 
-static void out_release_all(struct session *s, struct imap_scan *sc);
-static void ka_stop(struct session *s);
+/* Forget the response being held: its text, message and verdict (with their budget). */
+static void drop_held(struct imap_scan *sc)
+{
+    free(sc->msg);
+    msgscan_budget_release(sc->msg_budget);
+    sc->msg = NULL;
+    sc->msg_budget = sc->msg_len = sc->msg_have = 0;
+    free(sc->text0);
+    free(sc->text1);
+    sc->text0 = sc->text1 = NULL;
+    sc->text0_len = sc->text1_len = sc->text1_cap = 0;
+    sc->nlits = 0;
+    msgscan_outcome_clear(&sc->outcome);
+    memset(&sc->outcome, 0, sizeof sc->outcome);
+    sc->have_outcome = sc->submitted = false;
+    sc->phase = SC_IDLE;
+    sc->resp_open = false;
+    sc->in_lit = false;
+}
+
+void imap_scan_stop(struct session *s)
+{
+    struct imap_scan *sc = imap_sc(s);
+    if (!sc)
+        return;
+    imap_keepalive_stop(&sc->ka);
+    msgscan_cancel(&sc->judging);
+    msgscan_wait_cancel(&sc->bwait);
+    imap_fetcher_free(s);
+    drop_held(sc);
+}
 
 void imap_scan_free(struct session *s)
 {
@@ -153,295 +115,53 @@ void imap_scan_free(struct session *s)
     struct imap_scan *sc = st->sc;
     if (!sc)
         return;
-    ka_stop(s);
-    msgscan_cancel(&sc->judging);
-    msgscan_wait_cancel(&sc->bwait);
-    imap_fetcher_free(s);
-    out_release_all(s, sc);
+    imap_scan_stop(s); /* (done by the protocol's stop already: memory only here) */
     free(sc->mailbox);
     free(sc->pending_mailbox);
-    free(sc->msg); /* a message being collected or handed back, with its budget */
-    msgscan_budget_release(sc->msg_budget);
-    free(sc->text0);
-    free(sc->text1);
-    msgscan_outcome_clear(&sc->outcome);
     for (int i = 0; i < SC_MEMO_MAX; i++)
-        memo_clear(&sc->memo[i]);
+        sc_memo_clear(&sc->memo[i]);
     free(sc);
     st->sc = NULL;
 }
 
-/* An astring (atom or quoted) at p; returns a malloc'd copy or NULL (literal, or malformed). */
-static char *parse_astring(const char *p, size_t len)
-{
-    if (len == 0)
-        return NULL;
-    if (p[0] == '"') {
-        char tmp[SC_MAILBOX_MAX];
-        size_t o = 0;
-        for (size_t i = 1; i < len; i++) {
-            if (p[i] == '\\' && i + 1 < len)
-                i++;
-            else if (p[i] == '"')
-                return dup_bytes(tmp, o);
-            if (o >= sizeof tmp)
-                return NULL;
-            tmp[o++] = p[i];
-        }
-        return NULL;
-    }
-    if (p[0] == '{')
-        return NULL;
-    size_t n = 0;
-    while (n < len && p[n] != ' ' && p[n] != '\r' && p[n] != '\n' && p[n] != '(')
-        n++;
-    return n ? dup_bytes(p, n) : NULL;
-}
-
-void imap_scan_command(struct session *s)
-{
-    struct imap_state *st = imap_st(s);
-    struct imap_scan *sc = st->sc;
-    if (!sc)
-        return;
-    const char *tag, *rest;
-    size_t tl, rl;
-    if (!imap_split_tag(st->upf.head, st->upf.head_len, &tag, &tl, &rest, &rl))
-        return;
-    size_t nl = 0;
-    while (nl < rl && rest[nl] != ' ' && rest[nl] != '\r' && rest[nl] != '\n')
-        nl++;
-    bool sel = (nl == 6 && strncasecmp(rest, "SELECT", 6) == 0) ||
-               (nl == 7 && strncasecmp(rest, "EXAMINE", 7) == 0);
-    bool unsel = (nl == 5 && strncasecmp(rest, "CLOSE", 5) == 0) ||
-                 (nl == 8 && strncasecmp(rest, "UNSELECT", 8) == 0);
-    if (!sel && !unsel)
-        return;
-    /* RFC 3501 6.3.1: a SELECT deselects at once, and a failed one leaves nothing selected. */
-    free(sc->mailbox);
-    sc->mailbox = NULL;
-    sc->uidvalidity = 0;
-    free(sc->pending_mailbox);
-    sc->pending_mailbox = NULL;
-    sc->pending_tag[0] = '\0';
-    if (!sel || nl + 1 >= rl)
-        return;
-    sc->pending_mailbox = parse_astring(rest + nl + 1, rl - nl - 1);
-    if (sc->pending_mailbox && strcasecmp(sc->pending_mailbox, "INBOX") == 0)
-        memcpy(sc->pending_mailbox, "INBOX", 5); /* RFC 3501 5.1: case-insensitive */
-    sc->pending_uidvalidity = 0;
-    memcpy(sc->pending_tag, tag, tl);
-    sc->pending_tag[tl] = '\0';
-}
-
-/* A whole response that is not an untagged FETCH: watch the SELECT/EXAMINE in flight. */
-static void note_other_response(struct imap_scan *sc, const struct imap_framer *f)
-{
-    if (!sc->pending_tag[0])
-        return;
-    const char *h = f->head;
-    size_t hl = f->head_len;
-    static const char uv[] = "* OK [UIDVALIDITY ";
-    if (hl > sizeof uv && strncasecmp(h, uv, sizeof uv - 1) == 0) {
-        sc->pending_uidvalidity = (uint32_t)strtoul(h + sizeof uv - 1, NULL, 10);
-        return;
-    }
-    size_t tl = strlen(sc->pending_tag);
-    if (hl > tl + 3 && memcmp(h, sc->pending_tag, tl) == 0 && h[tl] == ' ') {
-        if (strncasecmp(h + tl + 1, "OK", 2) == 0 && sc->pending_mailbox) {
-            sc->mailbox = sc->pending_mailbox;
-            sc->pending_mailbox = NULL;
-            sc->uidvalidity = sc->pending_uidvalidity;
-        }
-        free(sc->pending_mailbox);
-        sc->pending_mailbox = NULL;
-        sc->pending_tag[0] = '\0';
-    }
-}
-
 /* ---- output blocks ---- */
 
-static void out_release_all(struct session *s, struct imap_scan *sc)
+static void block_sent(void *arg, size_t budget)
 {
-    (void)s;
-    if (sc->out_active && sc->out.data) {
-        buf_free(&sc->out);
-        if (sc->outi < sc->outn)
-            msgscan_budget_release(sc->outq[sc->outi].budget);
-        sc->outi++;
-    }
-    for (unsigned i = sc->outi; i < sc->outn; i++) {
-        free(sc->outq[i].data);
-        msgscan_budget_release(sc->outq[i].budget);
-    }
-    sc->outn = sc->outi = 0;
-    sc->out_active = false;
+    (void)arg;
+    msgscan_budget_release(budget);
 }
 
-/* Queue a block for the client. Takes `data` and its budget in every case: on a full queue they
- * are freed at once (the caller fails the session), so no error path leaks them. */
-static bool out_push(struct imap_scan *sc, char *data, size_t len, size_t budget)
+/* Queue a block for the client (after everything released so far). Takes `data` and its
+ * budget in every case: on failure they are freed at once (the caller fails the session). */
+static bool out_push(struct session *s, char *data, size_t len, size_t budget)
 {
-    if (sc->outn >= SC_OUT_MAX) {
+    if (!data || len == 0) {
         free(data);
         msgscan_budget_release(budget);
-        return false;
+        return data != NULL || len == 0;
     }
-    sc->outq[sc->outn++] = (struct sc_out){data, len, budget};
-    return true;
+    return conn_queue(&s->client, data, len, budget ? block_sent : NULL, NULL, budget);
 }
 
-/* Install the next non-empty block as the client's wbuf; false when none is left. */
-static bool out_next(struct session *s, struct imap_scan *sc)
+/* keep-alive: only while nothing of the held response has gone out */
+static bool ka_due(struct session *s)
 {
-    while (sc->outi < sc->outn) {
-        struct sc_out *o = &sc->outq[sc->outi];
-        if (o->len == 0) {
-            free(o->data);
-            msgscan_budget_release(o->budget);
-            sc->outi++;
-            continue;
-        }
-        sc->out.data = o->data;
-        sc->out.cap = (uint32_t)o->len;
-        sc->out.rpos = 0;
-        sc->out.mark = sc->out.wpos = (uint32_t)o->len;
-        o->data = NULL; /* now sc->out's (conn_flush frees it when drained) */
-        s->client.wbuf = &sc->out;
-        sc->out_active = true;
-        return true;
-    }
-    sc->outn = sc->outi = 0;
-    sc->out_active = false;
-    if (s->client.wbuf == &sc->out)
-        s->client.wbuf = &s->down;
-    return false;
-}
-
-/* May output be installed now without overtaking anything? */
-static bool can_output(struct session *s)
-{
-    return s->client.wbuf == &s->down && buf_sendable(&s->down) == 0 && buf_empty(&s->client.ctl);
-}
-
-/* Send the installed blocks. conn_flush() is called here, not only from the I/O callbacks:
- * a block that drains inside sess_pump() produces no write event, and nothing else would
- * install the next one. True while output is still in progress (the socket is full). */
-static bool out_pump(struct session *s, struct imap_scan *sc)
-{
-    for (;;) {
-        if (s->client.wbuf != &sc->out) {
-            /* The relay took wbuf back (error/close path): these blocks never go out. */
-            out_release_all(s, sc);
-            return false;
-        }
-        if (sc->out.data && sc->out.rpos != sc->out.wpos) {
-            conn_flush(&s->client);
-            if (s->client.error)
-                return true; /* sess_pump() closes the session */
-            if (sc->out.data && sc->out.rpos != sc->out.wpos)
-                return true; /* a write event calls the filter again */
-        }
-        buf_free(&sc->out);
-        msgscan_budget_release(sc->outq[sc->outi].budget);
-        sc->outi++;
-        if (!out_next(s, sc))
-            return false;
-    }
-}
-
-/* ---- keep-alive ---- */
-
-static void ka_cb(struct ev_loop *loop, ev_timer *t, int revents)
-{
-    (void)loop;
-    (void)revents;
-    struct session *s = t->data;
     struct imap_scan *sc = imap_sc(s);
-    if (s->closing || !sc || sc->resp_released || sc->out_active)
-        return;
-    if (sc->phase != SC_BUDGET && sc->phase != SC_COLLECT && sc->phase != SC_SUFFIX &&
-        sc->phase != SC_VERDICT_WAIT && sc->phase != SC_PART_WAIT)
-        return;
-    if (!buf_empty(&s->client.ctl) || s->client.wbuf != &s->down)
-        return;
-    conn_ctl_printf(&s->client, "* OK Still scanning\r\n");
-    sess_pump(s);
+    if (!sc || sc->resp_released)
+        return false;
+    return sc->phase == SC_BUDGET || sc->phase == SC_COLLECT || sc->phase == SC_SUFFIX ||
+           sc->phase == SC_VERDICT_WAIT || sc->phase == SC_PART_WAIT;
 }
 
 static void ka_start(struct session *s)
 {
-    struct imap_scan *sc = imap_sc(s);
-    double iv = (double)s->cfg->scan.keepalive_interval_ms / 1000.0;
-    if (sc->ka_on || iv <= 0)
-        return;
-    ev_timer_init(&sc->ka, ka_cb, iv, iv);
-    sc->ka.data = s;
-    ev_timer_start(s->worker->loop, &sc->ka);
-    sc->ka_on = true;
+    imap_keepalive_start(&imap_sc(s)->ka, s, ka_due);
 }
 
 static void ka_stop(struct session *s)
 {
-    struct imap_scan *sc = imap_sc(s);
-    if (sc && sc->ka_on) {
-        ev_timer_stop(s->worker->loop, &sc->ka);
-        sc->ka_on = false;
-    }
-}
-
-/* ---- replacement text ---- */
-
-/* Where the literal header "{n}" / "~{n}" starts at the end of `p` (a line ending in it). */
-static size_t lit_hdr_start(const char *p, size_t len)
-{
-    size_t i = len;
-    while (i > 0 && p[i - 1] != '{')
-        i--;
-    if (i == 0)
-        return len;
-    return i - 1;
-}
-
-/* Write "{n}\r\n" (after a "~" when the original was a literal8) into out. */
-static size_t lit_hdr(char *out, size_t cap, const char *orig_hdr, size_t n)
-{
-    (void)orig_hdr;
-    int k = snprintf(out, cap, "{%zu}\r\n", n);
-    return k > 0 ? (size_t)k : 0;
-}
-
-/* The replacement bytes for a literal of `kind` at `origin` that had `len` bytes. PARTIAL of a
- * message of orig_len bytes: the same range of the notice, except that the original's last
- * chunk gets the rest of the notice (a notice longer than the message is then still whole
- * for a client that stops at the message's end); a part: the notice's text, sliced likewise. */
-static void replacement(const char *notice, size_t nlen, size_t body_off, uint64_t orig_len,
-                        enum fi_kind kind, uint64_t origin, uint64_t len, const char **p_r,
-                        size_t *n_r)
-{
-    const char *r = notice;
-    size_t rl = nlen;
-    if (kind == FI_PART) {
-        r = notice + body_off;
-        rl = nlen - body_off;
-    }
-    if (kind == FI_WHOLE || (kind == FI_PART && origin == 0)) {
-        *p_r = r;
-        *n_r = rl;
-        return;
-    }
-    if (origin >= rl || (kind == FI_PARTIAL && origin >= orig_len)) {
-        *p_r = r;
-        *n_r = 0;
-        return;
-    }
-    uint64_t end = origin + len;
-    if (kind == FI_PARTIAL && end >= orig_len)
-        end = rl;
-    if (end > rl)
-        end = rl;
-    *p_r = r + origin;
-    *n_r = (size_t)(end - origin);
+    imap_keepalive_stop(&imap_sc(s)->ka);
 }
 
 /* ---- whole message in-band ---- */
@@ -490,11 +210,12 @@ static void judged_whole(void *arg, struct msgscan_outcome *o)
     wake(s);
 }
 
+/* The session cannot go on: the held response is dropped (sess_end stops the scan), and as
+ * nothing of it went out the BYE follows what the client already has. */
 static void fail_session(struct session *s, const char *why)
 {
     sess_log(s, LOG_WARN, "event=scan_error error=\"%s\"", why);
-    s->proto->bye(s, "Internal error while scanning a message.");
-    sess_close_after_flush(s, why);
+    sess_end(s, why, "Internal error while scanning a message.");
 }
 
 /* The literal is complete: judge it (or, for an oversize message under `block`, only build
@@ -530,7 +251,36 @@ static void whole_complete(struct session *s)
     }
 }
 
-/* The response is all held: send it on, as it was or with the notice. */
+/* text1 with its content literals replaced by the notice's slices (same message); malloc'd. */
+static char *replace_text1(struct imap_scan *sc, const char *notice, size_t nlen, size_t *len_r)
+{
+    size_t cap = sc->text1_len + 64;
+    for (unsigned i = 0; i < sc->nlits; i++)
+        cap += 32 + nlen;
+    char *t1 = malloc(cap);
+    if (!t1)
+        return NULL;
+    size_t w = 0, r = 0, body_off = sc_body_offset(notice, nlen);
+    for (unsigned i = 0; i < sc->nlits; i++) {
+        struct sc_lit *l = &sc->lits[i];
+        memcpy(t1 + w, sc->text1 + r, l->hdr_off - r);
+        w += l->hdr_off - r;
+        const char *rp;
+        size_t rn;
+        sc_replacement(notice, nlen, body_off, sc->lit_len, l->kind, l->origin, l->len, &rp, &rn);
+        w += sc_lit_hdr(t1 + w, 32, NULL, rn);
+        memcpy(t1 + w, rp, rn);
+        w += rn;
+        r = l->data_off + l->len;
+    }
+    if (sc->text1_len > r)
+        memcpy(t1 + w, sc->text1 + r, sc->text1_len - r);
+    w += sc->text1_len - r;
+    *len_r = w;
+    return t1;
+}
+
+/* The response is all held: queue it for the client, as it was or with the notice. */
 static void release_whole(struct session *s)
 {
     struct imap_scan *sc = imap_sc(s);
@@ -544,9 +294,9 @@ static void release_whole(struct session *s)
     }
     if (!o->replace) {
         /* Not short-circuited: every push takes its block, queued or freed. */
-        ok = out_push(sc, sc->text0, sc->text0_len, 0);
-        ok = out_push(sc, sc->msg, sc->msg_len, sc->msg_budget) && ok;
-        ok = out_push(sc, sc->text1, sc->text1_len, 0) && ok;
+        ok = out_push(s, sc->text0, sc->text0_len, 0);
+        ok = out_push(s, sc->msg, sc->msg_len, sc->msg_budget) && ok;
+        ok = out_push(s, sc->text1, sc->text1_len, 0) && ok;
         sc->text0 = sc->msg = sc->text1 = NULL;
         sc->msg_budget = 0;
     } else {
@@ -555,60 +305,26 @@ static void release_whole(struct session *s)
         sc->msg = NULL;
         sc->msg_budget = 0;
         /* text0 ends in the literal header: rewrite its length */
-        size_t h = lit_hdr_start(sc->text0, sc->text0_len);
+        size_t h = sc_lit_hdr_start(sc->text0, sc->text0_len), t1_len = 0;
         char *t0 = malloc(h + 32);
-        if (t0) {
+        size_t t0_len = t0 ? h + sc_lit_hdr(t0 + h, 32, sc->text0 + h, o->notice_len) : 0;
+        if (t0)
             memcpy(t0, sc->text0, h);
-            size_t k = lit_hdr(t0 + h, 32, sc->text0 + h, o->notice_len);
-            ok = out_push(sc, t0, h + k, 0);
-        } else {
-            ok = false;
-        }
-        ok = out_push(sc, o->notice, o->notice_len, 0) && ok;
+        char *t1 = replace_text1(sc, o->notice, o->notice_len, &t1_len);
+        ok = t0 && t1;
+        ok = out_push(s, t0, t0_len, 0) && ok;
+        ok = out_push(s, o->notice, o->notice_len, 0) && ok;
         o->notice = NULL; /* the block owns it now; the memo has its own copy */
-        /* text1 with its content literals replaced too (same message) */
-        size_t cap = sc->text1_len + 64;
-        for (unsigned i = 0; i < sc->nlits; i++)
-            cap += 32 + sc->outq[1].len;
-        char *t1 = ok ? malloc(cap) : NULL;
-        if (t1) {
-            size_t w = 0, r = 0;
-            for (unsigned i = 0; i < sc->nlits; i++) {
-                struct sc_lit *l = &sc->lits[i];
-                memcpy(t1 + w, sc->text1 + r, l->hdr_off - r);
-                w += l->hdr_off - r;
-                const char *rp;
-                size_t rn;
-                replacement(sc->outq[1].data, sc->outq[1].len,
-                            body_offset(sc->outq[1].data, sc->outq[1].len), sc->lit_len, l->kind,
-                            l->origin, l->len, &rp, &rn);
-                w += lit_hdr(t1 + w, 32, NULL, rn);
-                memcpy(t1 + w, rp, rn);
-                w += rn;
-                r = l->data_off + l->len;
-            }
-            if (sc->text1_len > r)
-                memcpy(t1 + w, sc->text1 + r, sc->text1_len - r);
-            w += sc->text1_len - r;
-            ok = out_push(sc, t1, w, 0);
-        } else {
-            ok = false;
-        }
+        ok = out_push(s, t1, t1_len, 0) && ok;
         free(sc->text0);
         free(sc->text1);
         sc->text0 = sc->text1 = NULL;
     }
-    sc->text0_len = sc->text1_len = sc->text1_cap = 0;
-    sc->nlits = 0;
-    sc->have_outcome = false;
-    memset(&sc->outcome, 0, sizeof sc->outcome);
-    sc->phase = SC_IDLE;
+    drop_held(sc);                     /* (what is left: lengths and the verdict) */
+    imap_st(s)->down_part_out = false; /* the blocks end with the response */
     ka_stop(s);
-    if (!ok) {
+    if (!ok)
         fail_session(s, "out of memory");
-        return;
-    }
-    out_next(s, sc);
 }
 
 static void budget_granted(void *arg);
@@ -619,7 +335,7 @@ static bool begin_collect(struct session *s)
     struct imap_state *st = imap_st(s);
     struct imap_scan *sc = st->sc;
     struct buf *b = &s->down;
-    sc->text0 = dup_bytes(b->data + b->mark, st->down_held);
+    sc->text0 = dup_bytes(buf_mptr(b), st->down_held);
     size_t want = sc->oversize_block ? NOTICE_HEADER_SCAN : (size_t)sc->lit_len;
     if (want > sc->lit_len)
         want = (size_t)sc->lit_len;
@@ -629,7 +345,7 @@ static bool begin_collect(struct session *s)
         return false;
     }
     sc->text0_len = st->down_held;
-    cut(b, b->mark, st->down_held);
+    buf_cut_held(b, 0, st->down_held);
     st->down_held = 0;
     sc->msg_len = want;
     sc->msg_have = 0;
@@ -791,14 +507,15 @@ static bool apply_part(struct session *s)
         if (replace) {
             notice = blocked.notice;
             nlen = blocked.notice_len;
-            body_off = body_offset(notice, nlen);
+            body_off = sc_body_offset(notice, nlen);
             orig_len = 0;
         }
     }
     ka_stop(s);
     if (!replace) {
-        b->mark += (uint32_t)st->down_held;
+        buf_release(b, st->down_held);
         st->down_held = 0;
+        st->down_part_out = true;
         sc->resp_released = true;
         sc->phase = SC_PASS_LIT;
         return false;
@@ -808,9 +525,10 @@ static bool apply_part(struct session *s)
     uint64_t ol = orig_len;
     if (!m)
         ol = sc->part_origin + sc->lit_len; /* unknown: treat this chunk as the last */
-    replacement(notice, nlen, body_off, ol, sc->part_kind, sc->part_origin, sc->lit_len, &rp, &rn);
-    const char *held = b->data + b->mark;
-    size_t h = lit_hdr_start(held, st->down_held);
+    sc_replacement(notice, nlen, body_off, ol, sc->part_kind, sc->part_origin, sc->lit_len, &rp,
+                   &rn);
+    const char *held = buf_mptr(b);
+    size_t h = sc_lit_hdr_start(held, st->down_held);
     char *blk = malloc(h + 32 + rn);
     if (!blk) {
         msgscan_outcome_clear(&blocked);
@@ -818,44 +536,45 @@ static bool apply_part(struct session *s)
         return true;
     }
     memcpy(blk, held, h);
-    size_t w = h + lit_hdr(blk + h, 32, held + h, rn);
+    size_t w = h + sc_lit_hdr(blk + h, 32, held + h, rn);
     memcpy(blk + w, rp, rn);
     w += rn;
     msgscan_outcome_clear(&blocked);
-    cut(b, b->mark, st->down_held);
+    buf_cut_held(b, 0, st->down_held);
     st->down_held = 0;
+    st->down_part_out = true;
     sc->resp_released = true;
     sc->phase = SC_DROP_LIT;
-    out_push(sc, blk, w, 0);
-    out_next(s, sc);
+    if (!out_push(s, blk, w, 0))
+        fail_session(s, "out of memory");
     return true;
 }
 
 /* ---- the hooks ---- */
 
+/* May the down filter frame more? Not while our blocks are being sent (CONN_EV_DRAINED brings
+ * it back) or while a response waits for its verdict or budget (the result brings it back). */
 static bool down_paused(struct session *s, struct imap_scan *sc)
 {
-    if (sc->out_active && out_pump(s, sc))
+    if (conn_queued_blocks(&s->client) > 0)
         return true;
     switch (sc->phase) {
     case SC_BUDGET:
         return true;
     case SC_VERDICT_WAIT:
-        if (!sc->have_outcome || !can_output(s))
+        if (!sc->have_outcome)
             return true;
         release_whole(s);
         break;
     case SC_PART_WAIT:
-        if (sc->part_rc == 2 || !can_output(s))
+        if (sc->part_rc == 2)
             return true;
         apply_part(s);
         break;
     default:
         return false;
     }
-    if (s->closing || s->state != SESS_RELAY)
-        return true;
-    return sc->out_active && out_pump(s, sc);
+    return s->closing || conn_queued_blocks(&s->client) > 0;
 }
 
 bool imap_scan_down_paused(struct session *s)
@@ -911,22 +630,22 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
         if (r == 1) {
             sc->phase = SC_HOLD;
             /* all of the response so far is held: tokenize it whole */
-            fi_feed(&sc->fi, b->data + b->mark, st->down_held);
+            fi_feed(&sc->fi, buf_mptr(b), st->down_held);
             lit_data = false;
             used = 0;
         }
     }
     if (sc->resp_fetch == 0) {
         if (ev == IMAP_FRAME_END) {
-            note_other_response(sc, f);
+            sc_note_other_response(sc, f);
             sc->resp_open = false;
         }
         return false;
     }
 
     /* an untagged FETCH */
-    size_t end = b->mark + st->down_held;
-    const char *chunk = b->data + end - used;
+    size_t end = st->down_held; /* held offset of the end of this step's bytes */
+    const char *chunk = buf_mptr(b) + end - used;
     if (!lit_data && used)
         fi_feed(&sc->fi, chunk, used);
     bool mine = false;
@@ -938,8 +657,9 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
             if (st->down_held > SC_HOLD_LINE) {
                 /* A very long line: let its start go (only the literal header at its end may
                  * have to change). No keep-alive inside this response any more. */
-                b->mark += (uint32_t)(st->down_held - 64);
+                buf_release(b, st->down_held - 64);
                 st->down_held = 64;
+                st->down_part_out = true;
                 sc->resp_released = true;
             }
             mine = true;
@@ -963,7 +683,7 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
             sc->phase = SC_HOLD;
         break;
     case SC_DROP_LIT:
-        cut(b, end - used, used);
+        buf_cut_held(b, end - used, used);
         st->down_held -= used;
         if (ev == IMAP_FRAME_LITERAL_END)
             sc->phase = SC_HOLD;
@@ -974,7 +694,7 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
         size_t n = used < room ? used : room; /* oversize under block: keep only the head */
         memcpy(sc->msg + sc->msg_have, chunk, n);
         sc->msg_have += n;
-        cut(b, end - used, used);
+        buf_cut_held(b, end - used, used);
         st->down_held -= used;
         mine = true;
         if (ev == IMAP_FRAME_LITERAL_END) {
@@ -987,7 +707,7 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
         mine = true;
         if (!suffix_append(s, chunk, used))
             break;
-        cut(b, end - used, used);
+        buf_cut_held(b, end - used, used);
         st->down_held -= used;
         if (ev == IMAP_FRAME_LITERAL) {
             uint64_t origin;
@@ -998,7 +718,7 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
                     break;
                 }
                 sc->lits[sc->nlits++] = (struct sc_lit){
-                    .hdr_off = lit_hdr_start(sc->text1, sc->text1_len),
+                    .hdr_off = sc_lit_hdr_start(sc->text1, sc->text1_len),
                     .data_off = sc->text1_len,
                     .len = (size_t)f->literal_len,
                     .kind = k,
@@ -1026,7 +746,14 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
 bool imap_scan_idle(struct session *s)
 {
     struct imap_scan *sc = imap_sc(s);
-    return !sc || (sc->phase == SC_IDLE && !sc->out_active && !sc->resp_open);
+    return !sc || (sc->phase == SC_IDLE && conn_queued_blocks(&s->client) == 0 && !sc->resp_open);
+}
+
+bool imap_scan_holding(struct session *s)
+{
+    struct imap_scan *sc = imap_sc(s);
+    return sc &&
+           (sc->phase == SC_BUDGET || sc->phase == SC_VERDICT_WAIT || sc->phase == SC_PART_WAIT);
 }
 
 /* ---- logging ---- */

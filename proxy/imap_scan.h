@@ -1,8 +1,10 @@
 /*
  * imap_scan — private state shared by imap_scan.c (the FETCH content filter on the relay's
- * down direction) and imap_fetcher.c (the second backend connection that fetches a whole
- * message when the client asked for only a part or a byte range of it). The relay calls the
- * hooks declared in imap.h; nothing else includes this header.
+ * down direction), imap_scan_memo.c (verdict memory, mailbox tracking, notice slices),
+ * imap_keepalive.c (its keep-alive timer) and imap_fetcher.c (the second backend connection
+ * that fetches a whole message when the client asked for only a part or a byte range of it).
+ * The relay calls the hooks declared in imap.h; nothing else includes this header. Output goes
+ * to the client conn's block queue (conn.h), never into the relay buffers.
  */
 #ifndef PORTCULLIS_IMAP_SCAN_H
 #define PORTCULLIS_IMAP_SCAN_H
@@ -14,11 +16,11 @@
 
 #include "imap.h"
 #include "imap_fetchitem.h"
+#include "imap_keepalive.h"
 #include "msgscan.h"
 
 #define SC_MEMO_MAX    16         /* verdicts remembered per session for part/chunk fetches */
 #define SC_LITS_MAX    8          /* content literals after the first in one held response */
-#define SC_OUT_MAX     3          /* output blocks of one released response */
 #define SC_HOLD_LINE   (16 << 10) /* a FETCH line held longer than this starts to stream */
 #define SC_SUFFIX_MAX  (1 << 20)  /* bytes after the scanned literal held in one response */
 #define SC_MAILBOX_MAX 1024
@@ -54,12 +56,6 @@ enum sc_phase {
     SC_VERDICT_WAIT, /* the response is all in text0/msg/text1; waiting for the verdict */
     SC_PART_WAIT,    /* a part/chunk literal held in s->down; the fetcher is at work */
     SC_DROP_LIT,     /* dropping the original bytes of a replaced part/chunk */
-};
-
-struct sc_out {
-    char *data; /* owned */
-    size_t len;
-    size_t budget; /* bytes of memory budget this block holds */
 };
 
 struct imap_fetcher;
@@ -102,15 +98,8 @@ struct imap_scan {
     int part_rc;   /* fetcher result: 1 judged, 0 gone, -1 error; 2 pending */
     int part_memo; /* memo slot index of the verdict, or -1 */
 
-    /* output of a released response: installed as s->client.wbuf block by block */
-    struct sc_out outq[SC_OUT_MAX];
-    unsigned outn, outi;
-    struct buf out;
-    bool out_active;
-
-    /* keep-alive while a response is held */
-    ev_timer ka;
-    bool ka_on;
+    /* keep-alive while a response is held (imap_keepalive.c) */
+    struct imap_keepalive ka;
 
     struct sc_memo memo[SC_MEMO_MAX];
     unsigned memo_next;
@@ -126,10 +115,24 @@ static inline struct imap_scan *imap_sc(struct session *s)
     return imap_st(s)->sc;
 }
 
-/* imap_scan.c */
+/* imap_scan_memo.c: verdict memory, mailbox tracking, replacement slices */
 int sc_memo_find(struct imap_scan *sc, const char *mailbox, uint32_t uidvalidity, uint64_t uid);
 int sc_memo_store(struct imap_scan *sc, const char *mailbox, uint32_t uidvalidity, uint64_t uid,
                   uint64_t orig_len, const struct msgscan_outcome *o);
+void sc_memo_clear(struct sc_memo *m);
+/* A whole response that is not an untagged FETCH: watch the SELECT/EXAMINE in flight. */
+void sc_note_other_response(struct imap_scan *sc, const struct imap_framer *f);
+/* Where the body of a message starts (after the first empty line), or len. */
+size_t sc_body_offset(const char *p, size_t len);
+/* Where the literal header "{n}" / "~{n}" starts at the end of `p` (a line ending in it). */
+size_t sc_lit_hdr_start(const char *p, size_t len);
+/* Write "{n}\r\n" into out; returns its length. */
+size_t sc_lit_hdr(char *out, size_t cap, const char *orig_hdr, size_t n);
+/* The replacement bytes for a literal of `kind` at `origin` that had `len` bytes (see
+ * imap_scan_memo.c). */
+void sc_replacement(const char *notice, size_t nlen, size_t body_off, uint64_t orig_len,
+                    enum fi_kind kind, uint64_t origin, uint64_t len, const char **p_r,
+                    size_t *n_r);
 
 /* imap_fetcher.c — the second backend connection.
  * Fetch `UID FETCH uid (UID BODY.PEEK[])` (or `FETCH seq (UID BODY.PEEK[])` when uid is 0) from

@@ -22,6 +22,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "msgscan_metrics.h"
 #include "notice.h"
 #include "session.h"
 #include "worker.h"
@@ -45,16 +46,6 @@ static struct {
     atomic_ullong delivered, replaced, quarantined, quarantine_failed;
     atomic_ullong scanned_bytes, scan_us, reloads, reload_failures;
 } ctr;
-
-/* Engine time per scan, and the pool's queue as each job joins it (jobs waiting, itself
- * included): the two numbers that say whether scan.threads is enough. */
-static const double scan_secs_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                          0.25,  0.5,    1,     2.5,  5,     10};
-static struct metrics_hist scan_secs = {
-    .bounds = scan_secs_bounds, .nbounds = sizeof scan_secs_bounds / sizeof *scan_secs_bounds};
-static const double queue_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
-static struct metrics_hist queue_depth = {.bounds = queue_bounds,
-                                          .nbounds = sizeof queue_bounds / sizeof *queue_bounds};
 
 /* ---- per-worker state ---- */
 
@@ -164,8 +155,6 @@ static void reload_done(void *arg, bool ok, const char *error)
     ev_async_send(g_main_loop, &g_reload_async);
 }
 
-static void collect(struct buf *o, void *arg);
-
 bool msgscan_process_init(const struct config *cfg, struct ev_loop *main_loop, char **error_r)
 {
     *error_r = NULL;
@@ -186,7 +175,7 @@ bool msgscan_process_init(const struct config *cfg, struct ev_loop *main_loop, c
     ev_async_init(&g_reload_async, reload_logged);
     ev_async_start(main_loop, &g_reload_async);
     ev_unref(main_loop); /* the reload watcher alone must not keep the main loop running */
-    metrics_register(collect, NULL);
+    metrics_register(msgscan_metrics_render, NULL);
     char v[SCAN_VERSION_MAX];
     scanner_version(g_scanner, v, sizeof v);
     log_write(LOG_INFO, "event=scanner_ready engine=%s threads=%u queue=%u memory_budget=%zu", v,
@@ -231,6 +220,22 @@ bool msgscan_on(const struct session *s)
 
 /* ---- counters ---- */
 
+bool msgscan_engine_version(char *buf, size_t cap)
+{
+    if (!g_scanner)
+        return false;
+    scanner_version(g_scanner, buf, cap);
+    return true;
+}
+
+bool msgscan_pool_stats(struct pool_stats *st)
+{
+    if (!g_pool)
+        return false;
+    pool_get_stats(g_pool, st);
+    return true;
+}
+
 void msgscan_counters_get(struct msgscan_counters *c)
 {
     *c = (struct msgscan_counters){
@@ -251,109 +256,6 @@ void msgscan_counters_get(struct msgscan_counters *c)
         .reloads = atomic_load(&ctr.reloads),
         .reload_failures = atomic_load(&ctr.reload_failures),
     };
-}
-
-static void collect(struct buf *o, void *arg)
-{
-    (void)arg;
-    struct msgscan_counters c;
-    msgscan_counters_get(&c);
-    buf_printf(o, "# HELP portcullis_scan_verdicts_total Messages judged, by verdict.\n"
-                  "# TYPE portcullis_scan_verdicts_total counter\n");
-    buf_printf(o, "portcullis_scan_verdicts_total{verdict=\"clean\"} %llu\n",
-               (unsigned long long)c.clean);
-    buf_printf(o, "portcullis_scan_verdicts_total{verdict=\"infected\"} %llu\n",
-               (unsigned long long)c.infected);
-    buf_printf(o, "portcullis_scan_verdicts_total{verdict=\"oversize\"} %llu\n",
-               (unsigned long long)c.oversize);
-    buf_printf(o, "portcullis_scan_verdicts_total{verdict=\"error\"} %llu\n",
-               (unsigned long long)c.error);
-    buf_printf(o, "# HELP portcullis_scan_actions_total Judged messages by what the client "
-                  "got.\n# TYPE portcullis_scan_actions_total counter\n");
-    buf_printf(o, "portcullis_scan_actions_total{action=\"pass\"} %llu\n",
-               (unsigned long long)c.delivered);
-    buf_printf(o, "portcullis_scan_actions_total{action=\"block\"} %llu\n",
-               (unsigned long long)c.replaced);
-    buf_printf(o,
-               "# HELP portcullis_scan_scans_total Scans run by the engine.\n"
-               "# TYPE portcullis_scan_scans_total counter\n"
-               "portcullis_scan_scans_total %llu\n",
-               (unsigned long long)c.scanned);
-    buf_printf(o,
-               "# HELP portcullis_scan_cache_hits_total Verdicts served from the cache.\n"
-               "# TYPE portcullis_scan_cache_hits_total counter\n"
-               "portcullis_scan_cache_hits_total{cache=\"any\"} %llu\n"
-               "portcullis_scan_cache_hits_total{cache=\"remote\"} %llu\n",
-               (unsigned long long)c.cache_hits, (unsigned long long)c.remote_hits);
-    buf_printf(o,
-               "# HELP portcullis_scan_bytes_total Bytes scanned by the engine.\n"
-               "# TYPE portcullis_scan_bytes_total counter\n"
-               "portcullis_scan_bytes_total %llu\n",
-               (unsigned long long)c.scanned_bytes);
-    buf_printf(o,
-               "# HELP portcullis_scan_seconds_total Time spent in scans.\n"
-               "# TYPE portcullis_scan_seconds_total counter\n"
-               "portcullis_scan_seconds_total %.6f\n",
-               (double)c.scan_us / 1e6);
-    buf_printf(o,
-               "# HELP portcullis_scan_quarantined_total Originals written to quarantine.\n"
-               "# TYPE portcullis_scan_quarantined_total counter\n"
-               "portcullis_scan_quarantined_total{result=\"ok\"} %llu\n"
-               "portcullis_scan_quarantined_total{result=\"failed\"} %llu\n",
-               (unsigned long long)c.quarantined, (unsigned long long)c.quarantine_failed);
-    buf_printf(o,
-               "# HELP portcullis_scan_reloads_total Signature reloads.\n"
-               "# TYPE portcullis_scan_reloads_total counter\n"
-               "portcullis_scan_reloads_total{result=\"ok\"} %llu\n"
-               "portcullis_scan_reloads_total{result=\"failed\"} %llu\n",
-               (unsigned long long)c.reloads, (unsigned long long)c.reload_failures);
-    metrics_hist_render(o, "portcullis_scan_duration_seconds", "Engine time per scan.", &scan_secs);
-    metrics_hist_render(o, "portcullis_scan_queue_depth",
-                        "Scan jobs waiting in the pool when a job joins the queue (itself "
-                        "included).",
-                        &queue_depth);
-    if (g_scanner) {
-        /* "clamav-1.4.1/db-27500/sigs-8712345/fp-…" (scanner.h): the version string as an
-         * info label, and the database version and signature count as numbers to alert on. */
-        char v[160];
-        scanner_version(g_scanner, v, sizeof v);
-        unsigned long long db = 0, sigs = 0;
-        const char *p = strstr(v, "/db-");
-        if (p)
-            db = strtoull(p + 4, NULL, 10);
-        p = strstr(v, "/sigs-");
-        if (p)
-            sigs = strtoull(p + 6, NULL, 10);
-        char lv[200];
-        buf_printf(o,
-                   "# HELP portcullis_scan_engine_info The engine new scans use.\n"
-                   "# TYPE portcullis_scan_engine_info gauge\n"
-                   "portcullis_scan_engine_info{version=\"%s\"} 1\n"
-                   "# HELP portcullis_scan_database_version Version of the signature database "
-                   "(daily.cvd; 0 for unsigned databases only).\n"
-                   "# TYPE portcullis_scan_database_version gauge\n"
-                   "portcullis_scan_database_version %llu\n"
-                   "# HELP portcullis_scan_signatures Signatures loaded.\n"
-                   "# TYPE portcullis_scan_signatures gauge\n"
-                   "portcullis_scan_signatures %llu\n",
-                   metrics_label(lv, sizeof lv, v), db, sigs);
-    }
-    if (g_pool) {
-        struct pool_stats st;
-        pool_get_stats(g_pool, &st);
-        buf_printf(o,
-                   "# HELP portcullis_scan_queue Scan jobs waiting and running.\n"
-                   "# TYPE portcullis_scan_queue gauge\n"
-                   "portcullis_scan_queue{state=\"queued\"} %u\n"
-                   "portcullis_scan_queue{state=\"running\"} %u\n",
-                   st.queued, st.running);
-        buf_printf(o,
-                   "# HELP portcullis_scan_budget_bytes Bytes held for scanning.\n"
-                   "# TYPE portcullis_scan_budget_bytes gauge\n"
-                   "portcullis_scan_budget_bytes{state=\"used\"} %llu\n"
-                   "portcullis_scan_budget_bytes{state=\"limit\"} %llu\n",
-                   (unsigned long long)st.budget_used, (unsigned long long)st.budget);
-    }
 }
 
 /* ---- worker ---- */
@@ -749,7 +651,7 @@ static void submit(struct msgscan_req *r, unsigned flags)
         r->retries = 0;
         struct pool_stats st;
         pool_get_stats(g_pool, &st);
-        metrics_hist_observe(&queue_depth, st.queued);
+        msgscan_observe_queue(st.queued);
         return;
     }
     if (++r->retries > SUBMIT_RETRIES) {
@@ -838,7 +740,7 @@ static void on_job(void *arg, struct scan_job *job)
     atomic_fetch_add(&ctr.scanned, 1);
     atomic_fetch_add(&ctr.scanned_bytes, res->scanned_bytes ? res->scanned_bytes : r->len);
     atomic_fetch_add(&ctr.scan_us, res->elapsed_us);
-    metrics_hist_observe(&scan_secs, (double)res->elapsed_us / 1e6);
+    msgscan_observe_scan(res->elapsed_us);
     r->scan_us = res->elapsed_us;
     switch (res->verdict) {
     case SCAN_CLEAN:

@@ -80,6 +80,9 @@ struct pop3_state {
     size_t down_held;       /* bytes after s->down.mark framed but not yet released */
     bool down_holding;      /* the current response is held whole (CAPA rewrite) */
     bool relay_running;     /* re-entrance guard of the relay loop */
+    bool down_part_out;     /* the client got part of the response being framed */
+    bool down_stopped;      /* the session ends: nothing more is framed (pop3_relay_stop) */
+    bool quit_done;         /* the backend's +OK to QUIT went to the client */
     struct pop3_scan *scan; /* owned (pop3_scan.c): a RETR/TOP response held for the scanner */
 };
 
@@ -104,12 +107,16 @@ void pop3_relay_init(struct session *s);
 void pop3_relay_up(struct session *s);
 void pop3_relay_down(struct session *s);
 bool pop3_relay_idle(struct session *s);
-/* No response is being relayed to the client right now. */
-bool pop3_relay_at_boundary(struct session *s);
 /* Run the relay filters and push output (from callbacks outside the I/O path). */
 void pop3_relay_kick(struct session *s);
 /* The backend broke framing: -ERR to the client, end the session. */
 void pop3_relay_fail(struct session *s, const char *why);
+/* The session ends (protocol `stop`): drop a held response and what is not framed yet. */
+void pop3_relay_stop(struct session *s);
+/* protocol `holding`: bytes not framed yet, or a response held for its verdict / going out. */
+bool pop3_relay_holding(struct session *s);
+/* The client is between two responses (nothing of the current one was sent). */
+bool pop3_relay_client_at_boundary(struct session *s);
 
 /* pop3_scan.c — RETR/TOP content held for the scanner (docs/scanning.md, POP3).
  * begin: at the STATUS_LINE of a +OK RETR/TOP response (its status line is the down_held bytes
@@ -119,6 +126,8 @@ void pop3_relay_fail(struct session *s, const char *why);
  * over-size message streams, true with the framer mid-body and st->down_held pending). */
 bool pop3_scan_begin(struct session *s);
 bool pop3_scan_active(struct session *s);
+/* A held response waits for budget or verdict, or is being put back. */
+bool pop3_scan_holding(struct session *s);
 int pop3_scan_step(struct session *s);
 /* Drop a held response (backend protocol error, session end). */
 void pop3_scan_abort(struct session *s);

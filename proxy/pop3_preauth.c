@@ -76,10 +76,15 @@ static void free_store(struct pop3_state *st)
     }
 }
 
+static void pop3_stop(struct session *s)
+{
+    pop3_relay_stop(s); /* cancels a scan in flight, frees a held message (issue 4) */
+}
+
 static void pop3_destroy(struct session *s)
 {
     struct pop3_state *st = pop3_st(s);
-    pop3_scan_abort(s); /* cancels a scan in flight, frees a held message (issue 4) */
+    pop3_scan_abort(s); /* (stopped already: memory only) */
     pop3_forget_login(st);
     free_store(st);
     free(st);
@@ -93,9 +98,10 @@ static void pop3_greet(struct session *s)
 
 static void pop3_bye(struct session *s, const char *text)
 {
-    /* Only on the way out (timeouts, shutdown): the session closes after this line. Inside a
-     * multi-line response it would read as message text: then the close says it alone. */
-    if (s->state == SESS_RELAY && !pop3_relay_at_boundary(s))
+    /* Only on the way out (timeouts, shutdown, backend lost), after the relay stopped: the
+     * session closes after this line. Inside a multi-line response that was partly sent it
+     * would read as message text: then the close says it alone. */
+    if (s->logged_in && (!pop3_relay_client_at_boundary(s) || pop3_st(s)->quit_done))
         return;
     char line[512];
     int n = snprintf(line, sizeof line, "-ERR [SYS/TEMP] %s\r\n", text);
@@ -473,5 +479,7 @@ const struct protocol pop3_protocol = {
     .relay_down = pop3_relay_down,
     .bye = pop3_bye,
     .idle = pop3_relay_idle,
+    .stop = pop3_stop,
+    .holding = pop3_relay_holding,
     .destroy = pop3_destroy,
 };

@@ -12,8 +12,12 @@
  * connection costs nothing), and lines the parser rejects. Everything else is forwarded as is.
  *
  * Buffer discipline as in imap_relay.c: bytes after `mark` are held until the filter releases
- * them; our own answers go to the client's ctl buffer, which conn_flush() sends after the
- * released bytes, and nothing more is released while ctl is not empty.
+ * them (buf.h verbs); our own answers are queued at a response boundary as blocks on the client
+ * conn (conn_queue), which go out in order with the released bytes. The login answer is in
+ * ctl, which goes after all released bytes: nothing is released at a boundary while ctl is not
+ * empty, and CONN_EV_DRAINED resumes the filter. `down_part_out` says whether the client is
+ * inside a response that was partly sent: the farewell "-ERR" of an ending session is sent
+ * only when it is not.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,12 +30,6 @@
 #include "sess_policy.h"
 
 #define CAPA_HOLD_MAX 16384 /* a CAPA answer longer than this is passed on unfiltered */
-
-static void cut(struct buf *b, size_t off, size_t len)
-{
-    memmove(b->data + off, b->data + off + len, b->wpos - (off + len));
-    b->wpos -= (uint32_t)len;
-}
 
 void pop3_relay_init(struct session *s)
 {
@@ -112,19 +110,22 @@ static bool filter_up(struct session *s)
     struct buf *b = &s->up;
     bool progress = false;
     while (!s->closing && s->state == SESS_RELAY) {
-        size_t from = b->mark + st->up_held;
-        if (from >= b->wpos)
+        size_t from = st->up_held;
+        if (from >= buf_held(b))
             break;
         if (st->up_held == 0 && st->qlen >= POP3_QUEUE_MAX)
             break; /* enough outstanding: the client waits (its socket fills) */
         size_t used = 0;
-        enum pop3_cmd_result r = pop3_cmd_parse(&st->parser, b->data + from, b->wpos - from, &used);
+        enum pop3_cmd_result r =
+            pop3_cmd_parse(&st->parser, buf_mptr(b) + from, buf_held(b) - from, &used);
         st->up_held += used;
         progress = progress || used > 0;
         if (r == POP3_CMD_MORE) {
             if (st->up_held > s->cfg->limits.max_line) {
                 sess_log(s, LOG_INFO, "event=bad_command error=\"line too long\"");
-                conn_ctl_printf(&s->client, "-ERR Line too long.\r\n");
+                pop3_relay_stop(s); /* a held response is dropped: the answer can follow */
+                if (!st->down_part_out)
+                    conn_ctl_printf(&s->client, "-ERR Line too long.\r\n");
                 sess_close_after_flush(s, "client protocol error");
                 return false;
             }
@@ -151,9 +152,9 @@ static bool filter_up(struct session *s)
                                         .reason = e.why,
                                         .answer = e.local,
                                         .command = r == POP3_CMD_BAD ? "-" : st->parser.keyword});
-            cut(b, b->mark, st->up_held);
+            buf_cut_held(b, 0, st->up_held);
         } else {
-            b->mark += (uint32_t)st->up_held;
+            buf_release(b, st->up_held);
         }
         st->up_held = 0;
         push(st, e);
@@ -182,25 +183,48 @@ static size_t rewrite_capa(char *r, size_t len)
     return o;
 }
 
+/* The backend broke framing: what was released still goes out, then our -ERR — at once, even
+ * inside a response (the stream cannot be followed any further). */
 static void protocol_error(struct session *s, const char *why)
 {
-    struct pop3_state *st = pop3_st(s);
     char e[96];
     sess_log(s, LOG_WARN, "event=backend_protocol_error error=%s", log_qs(e, sizeof e, why));
-    pop3_scan_abort(s);
-    s->down.wpos = s->down.mark; /* what was released still goes out; drop the rest */
-    st->down_held = 0;
-    conn_ctl_printf(&s->client, "-ERR [SYS/TEMP] Backend protocol error.\r\n");
-    sess_set_state(s, SESS_CLOSING);
-    s->close_reason = "backend protocol error";
-    conn_close(&s->backend);
-    s->client.reading = false;
-    sess_set_deadline(s, 10.0);
+    pop3_relay_stop(s);
+    static const char err[] = "-ERR [SYS/TEMP] Backend protocol error.\r\n";
+    if (!conn_queue_copy(&s->client, err, sizeof err - 1)) {
+        sess_close(s, "out of memory");
+        return;
+    }
+    sess_backend_lost(s, "backend protocol error", NULL);
 }
 
 void pop3_relay_fail(struct session *s, const char *why)
 {
     protocol_error(s, why);
+}
+
+void pop3_relay_stop(struct session *s)
+{
+    struct pop3_state *st = pop3_st(s);
+    if (st->down_stopped)
+        return;
+    st->down_stopped = true;
+    pop3_scan_abort(s);
+    buf_drop_held(&s->down); /* a response being held (or framed) is not delivered */
+    st->down_held = 0;
+}
+
+bool pop3_relay_holding(struct session *s)
+{
+    struct pop3_state *st = pop3_st(s);
+    if (st->down_stopped)
+        return false;
+    return buf_held(&s->down) > st->down_held || pop3_scan_holding(s);
+}
+
+bool pop3_relay_client_at_boundary(struct session *s)
+{
+    return !pop3_st(s)->down_part_out;
 }
 
 /* Backend → client. Returns true if it made progress. */
@@ -209,7 +233,8 @@ static bool filter_down(struct session *s)
     struct pop3_state *st = pop3_st(s);
     struct buf *b = &s->down;
     bool progress = false;
-    while (!s->closing && (s->state == SESS_RELAY || s->state == SESS_CLOSING)) {
+    while (!s->closing && (s->state == SESS_RELAY || s->state == SESS_CLOSING) &&
+           !st->down_stopped) {
         if (st->scan && pop3_scan_active(s)) {
             /* A RETR/TOP response is held for the scanner: nothing else moves meanwhile. */
             int r = pop3_scan_step(s);
@@ -224,15 +249,18 @@ static bool filter_down(struct session *s)
             /* At a response boundary: our own answers that are due go out now, in order. */
             while (st->qlen && st->queue[st->qhead].kind == PQ_LOCAL) {
                 struct pop3_qent e = pop(st);
-                if (!conn_ctl_printf(&s->client, "-ERR %s\r\n", e.local)) {
-                    sess_close(s, "client output overflow");
+                char line[256];
+                int n = snprintf(line, sizeof line, "-ERR %s\r\n", e.local);
+                if (n < 0 || (size_t)n >= sizeof line ||
+                    !conn_queue_copy(&s->client, line, (size_t)n)) {
+                    sess_close(s, "out of memory");
                     return false;
                 }
                 progress = true;
             }
             if (!buf_empty(&s->client.ctl))
-                break;
-            if (b->mark >= b->wpos)
+                break; /* the login answer goes out first (ctl follows every released byte) */
+            if (buf_held(b) == 0)
                 break; /* nothing from the backend yet: the next response is decided then */
             if (st->qlen) {
                 st->cur = pop(st);
@@ -245,11 +273,12 @@ static bool filter_down(struct session *s)
             pop3_framer_expect(&st->downf, (enum pop3_resp_kind)st->cur.resp);
             progress = true;
         }
-        size_t from = b->mark + st->down_held;
-        if (from >= b->wpos)
+        size_t from = st->down_held;
+        if (from >= buf_held(b))
             break;
         size_t used = 0;
-        enum pop3_frame_event ev = pop3_frame(&st->downf, b->data + from, b->wpos - from, &used);
+        enum pop3_frame_event ev =
+            pop3_frame(&st->downf, buf_mptr(b) + from, buf_held(b) - from, &used);
         st->down_held += used;
         if (ev == POP3_FRAME_ERROR) {
             protocol_error(s, st->downf.error);
@@ -272,17 +301,20 @@ static bool filter_down(struct session *s)
             st->down_holding = false; /* too long to be a real CAPA: pass it on as it is */
         }
         if (st->down_holding && ev == POP3_FRAME_END && st->downf.status == POP3_STATUS_OK) {
-            size_t nl = rewrite_capa(b->data + b->mark, st->down_held);
+            size_t nl = rewrite_capa(buf_mptr(b), st->down_held);
             if (nl < st->down_held) {
-                cut(b, b->mark + nl, st->down_held - nl);
+                buf_cut_held(b, nl, st->down_held - nl);
                 st->down_held = nl;
             }
         }
-        b->mark += (uint32_t)st->down_held;
+        buf_release(b, st->down_held);
         st->down_held = 0;
+        st->down_part_out = ev != POP3_FRAME_END;
         if (ev == POP3_FRAME_END) {
-            if (st->cur.cmd == PC_QUIT && st->downf.status == POP3_STATUS_OK)
+            if (st->cur.cmd == PC_QUIT && st->downf.status == POP3_STATUS_OK) {
                 s->close_reason = "logout";
+                st->quit_done = true; /* the client has its goodbye: no farewell after it */
+            }
             st->cur_valid = false;
             st->down_holding = false;
         } else if (used == 0) {
@@ -335,10 +367,4 @@ bool pop3_relay_idle(struct session *s)
     struct pop3_state *st = pop3_st(s);
     return !st->cur_valid && st->qlen == 0 && st->up_held == 0 && st->down_held == 0 &&
            buf_empty(&s->up) && buf_empty(&s->down);
-}
-
-bool pop3_relay_at_boundary(struct session *s)
-{
-    struct pop3_state *st = pop3_st(s);
-    return !st->cur_valid && st->down_held == 0;
 }

@@ -4,11 +4,10 @@
  * From the +OK status line on, the response leaves s->down: the status line is copied, the
  * body is unstuffed into a message buffer (within the memory budget) and cut out of the relay
  * buffer, so the relay buffer keeps flowing from the backend however large the message is.
- * Responses after it wait, unframed: while the verdict is awaited and the response goes back out
- * they are parked beside it (at most one relay buffer) and the backend is not read, so there is
- * always room in s->down to put this one back.
+ * Responses after it wait in s->down, unframed (when it is full the backend is not read).
  *
- * The verdict decides what is put back, in place, at s->down.mark:
+ * The verdict decides what goes to the client, queued as blocks on the client conn
+ * (conn_queue: after every byte released before, before every byte released after):
  *   - delivered (clean, or passed): the status line and the body stuffed again exactly as it
  *     came (a "." doubled at a line start, line ends as sent, the backend's terminator): the
  *     bytes of a conforming server, byte for byte;
@@ -18,10 +17,12 @@
  * `pass` the part held so far goes out and the rest streams as usual; with `block` the head is
  * kept for the notice's header fields and the rest is dropped.
  *
- * Output is generated in chunks as room frees in s->down and flushed from here, since a chunk
- * that drains inside sess_pump() raises no write event. While a verdict is awaited or its
- * output is under way s->scan_hold keeps a closing session (backend gone after a pipelined
- * QUIT) alive until the response is out.
+ * Output is generated in chunks, at most PS_OUT_QUEUE bytes queued at a time; the relay calls
+ * the step again on CONN_EV_WRITE / CONN_EV_DRAINED of the client conn (also when the chunk
+ * drained inside sess_pump()). Once the last chunk is queued the relay frames the responses
+ * after this one. While a verdict is awaited or its output is under way pop3_scan_holding()
+ * keeps a closing session (backend gone after a pipelined QUIT) alive until the response is
+ * out (the protocol's `holding`).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,14 +34,15 @@
 #include "worker.h"
 
 #define PS_FEED_MAX  (16 << 10) /* framer input per collect step */
-#define PS_OUT_CHUNK (16 << 10) /* output generated per insertion */
+#define PS_OUT_CHUNK (16 << 10) /* output generated per block */
+#define PS_OUT_QUEUE (64 << 10) /* queued toward the client before generating more */
 
 enum ps_phase {
     PS_BUDGET,  /* waiting for memory budget; the body waits in s->down */
     PS_COLLECT, /* unstuffing the body into msg */
     PS_DROP,    /* over a limit under `block`: dropping the rest, head kept */
     PS_JUDGE,   /* the whole body is in msg; msgscan at work */
-    PS_OUTPUT,  /* putting the response back into s->down */
+    PS_OUTPUT,  /* queueing the response for the client, chunk by chunk */
 };
 
 struct ps_seg {
@@ -76,32 +78,7 @@ struct pop3_scan {
     char *out_owned; /* owned: a stuffed notice or an error line */
     bool stream_after;
     size_t pending; /* stream_after: framed bytes at mark, released after the output */
-    char *parked;   /* owned: bytes after this response (later responses, or the rest of a
-                       streaming one) moved out of s->down while it is judged and put back */
-    size_t parked_len;
-    char scratch[PS_OUT_CHUNK];
 };
-
-static void cut(struct buf *b, size_t off, size_t len)
-{
-    memmove(b->data + off, b->data + off + len, b->wpos - (off + len));
-    b->wpos -= (uint32_t)len;
-}
-
-/* Put n bytes in front of the held bytes, as sendable (n <= room). */
-static void insert(struct buf *b, const char *p, size_t n)
-{
-    if (b->cap - b->wpos < n) {
-        memmove(b->data, b->data + b->rpos, b->wpos - b->rpos);
-        b->mark -= b->rpos;
-        b->wpos -= b->rpos;
-        b->rpos = 0;
-    }
-    memmove(b->data + b->mark + n, b->data + b->mark, b->wpos - b->mark);
-    memcpy(b->data + b->mark, p, n);
-    b->mark += (uint32_t)n;
-    b->wpos += (uint32_t)n;
-}
 
 static struct msgscan_item item_of(struct pop3_scan *ps)
 {
@@ -120,32 +97,8 @@ static void ps_free(struct session *s)
     msgscan_budget_release(ps->reserve);
     free(ps->status);
     free(ps->out_owned);
-    free(ps->parked);
     free(ps);
     st->scan = NULL;
-    s->scan_hold = false;
-}
-
-/* Entering the verdict wait or the output: move what follows this response out of s->down, so
- * the buffer has room to put the response back even when later responses had filled it, and
- * stop reading the backend until it is back (bounded: at most one relay buffer is parked). */
-static bool park(struct session *s, struct pop3_scan *ps)
-{
-    struct buf *b = &s->down;
-    if (s->backend.fd >= 0)
-        s->backend.reading = false;
-    if (ps->parked || !b->data || b->wpos == b->mark)
-        return true;
-    size_t n = b->wpos - b->mark;
-    ps->parked = malloc(n);
-    if (!ps->parked) {
-        sess_close(s, "out of memory");
-        return false;
-    }
-    memcpy(ps->parked, b->data + b->mark, n);
-    ps->parked_len = n;
-    b->wpos = b->mark;
-    return true;
 }
 
 void pop3_scan_abort(struct session *s)
@@ -157,6 +110,12 @@ void pop3_scan_abort(struct session *s)
 bool pop3_scan_active(struct session *s)
 {
     return pop3_st(s)->scan != NULL;
+}
+
+bool pop3_scan_holding(struct session *s)
+{
+    struct pop3_scan *ps = pop3_st(s)->scan;
+    return ps && (ps->phase == PS_BUDGET || ps->phase == PS_JUDGE || ps->phase == PS_OUTPUT);
 }
 
 /* "+OK 1234 octets" (RFC 1939's example, what Dovecot and most servers send for RETR). */
@@ -195,12 +154,10 @@ static void fail_response(struct session *s, struct pop3_scan *ps, const char *t
     ps->iseg = 0;
     ps->stream_after = false;
     ps->phase = PS_OUTPUT;
-    s->scan_hold = true;
-    park(s, ps);
 }
 
 /* Output: the held status line, then the original body stuffed again, then the terminator. */
-static void output_original(struct session *s, struct pop3_scan *ps, bool with_term)
+static void output_original(struct pop3_scan *ps, bool with_term)
 {
     ps->seg[0] = (struct ps_seg){.p = ps->status, .len = ps->status_len};
     ps->seg[1] = (struct ps_seg){.p = ps->msg, .len = ps->len, .restuff = true};
@@ -209,8 +166,6 @@ static void output_original(struct session *s, struct pop3_scan *ps, bool with_t
     ps->iseg = 0;
     ps->bol = true;
     ps->phase = PS_OUTPUT;
-    s->scan_hold = true;
-    park(s, ps);
 }
 
 /* The notice's header and its first `lines` body lines (TOP). */
@@ -268,8 +223,6 @@ static void output_notice(struct session *s, struct pop3_scan *ps, char *notice,
     ps->iseg = 0;
     ps->stream_after = false;
     ps->phase = PS_OUTPUT;
-    s->scan_hold = true;
-    park(s, ps);
 }
 
 static void on_verdict(void *arg, struct msgscan_outcome *o)
@@ -296,7 +249,7 @@ static void on_verdict(void *arg, struct msgscan_outcome *o)
         ps->reserve = o->budget;
         o->msg = NULL;
         o->budget = 0;
-        output_original(s, ps, true);
+        output_original(ps, true);
     }
     pop3_relay_kick(s);
 }
@@ -350,9 +303,9 @@ bool pop3_scan_begin(struct session *s)
         sess_close(s, "out of memory");
         return true;
     }
-    memcpy(ps->status, b->data + b->mark, st->down_held);
+    memcpy(ps->status, buf_mptr(b), st->down_held);
     ps->status_len = st->down_held;
-    cut(b, b->mark, st->down_held);
+    buf_cut_held(b, 0, st->down_held);
     st->down_held = 0;
     pop3_unstuffer_init(&ps->u);
     size_t limit = cs->max_scan_size;
@@ -396,7 +349,7 @@ static void overflow(struct session *s, struct pop3_scan *ps, enum msgscan_verdi
                       : msgscan_unjudged(s, &it, NULL, 0, reason, &o);
         if (ok)
             msgscan_outcome_clear(&o);
-        output_original(s, ps, false); /* parks the pending bytes with the rest */
+        output_original(ps, false); /* the pending bytes follow it */
         ps->stream_after = true;
         ps->pending = pending;
         return;
@@ -404,7 +357,7 @@ static void overflow(struct session *s, struct pop3_scan *ps, enum msgscan_verdi
     ps->phase = PS_DROP;
     ps->give_kind = kind;
     ps->give_reason = reason;
-    cut(&s->down, s->down.mark, pending);
+    buf_cut_held(&s->down, 0, pending);
     if (ps->len > NOTICE_HEADER_SCAN)
         ps->len = NOTICE_HEADER_SCAN; /* the notice needs the header only */
 }
@@ -428,12 +381,6 @@ static void collected(struct session *s, struct pop3_scan *ps)
     ps->cap = 0;
     struct msgscan_item it = item_of(ps);
     ps->phase = PS_JUDGE;
-    s->scan_hold = true;
-    if (!park(s, ps)) {
-        free(m); /* the session is closing; the message and its budget are still ours */
-        msgscan_budget_release(budget);
-        return;
-    }
     ps->req = msgscan_judge(s, &it, m, ps->len, budget, on_verdict, s);
     if (!ps->req)
         fail_response(s, ps, "Out of memory.");
@@ -482,7 +429,7 @@ static int collect_step(struct session *s, struct pop3_scan *ps)
 {
     struct pop3_state *st = pop3_st(s);
     struct buf *b = &s->down;
-    size_t avail = b->wpos - b->mark;
+    size_t avail = buf_held(b);
     if (avail == 0)
         return 0;
     size_t allow = ps->reserve > ps->len ? ps->reserve - ps->len : 0;
@@ -499,7 +446,7 @@ static int collect_step(struct session *s, struct pop3_scan *ps)
         return 1;
     }
     size_t used = 0;
-    enum pop3_frame_event ev = pop3_frame(&st->downf, b->data + b->mark, feed, &used);
+    enum pop3_frame_event ev = pop3_frame(&st->downf, buf_mptr(b), feed, &used);
     if (ev == POP3_FRAME_ERROR) {
         pop3_relay_fail(s, st->downf.error);
         return -1;
@@ -511,13 +458,13 @@ static int collect_step(struct session *s, struct pop3_scan *ps)
         return 1;
     }
     size_t consumed = 0;
-    size_t n = pop3_unstuff(&ps->u, b->data + b->mark, used, ps->msg + ps->len, &consumed);
+    size_t n = pop3_unstuff(&ps->u, buf_mptr(b), used, ps->msg + ps->len, &consumed);
     if (end && st->downf.term_len <= used) {
         ps->term_len = st->downf.term_len;
-        memcpy(ps->term, b->data + b->mark + used - ps->term_len, ps->term_len);
+        memcpy(ps->term, buf_mptr(b) + used - ps->term_len, ps->term_len);
     }
     ps->len += n;
-    cut(b, b->mark, used);
+    buf_cut_held(b, 0, used);
     if (end) {
         collected(s, ps);
         return 1;
@@ -529,16 +476,16 @@ static int drop_step(struct session *s, struct pop3_scan *ps)
 {
     struct pop3_state *st = pop3_st(s);
     struct buf *b = &s->down;
-    size_t avail = b->wpos - b->mark;
+    size_t avail = buf_held(b);
     if (avail == 0)
         return 0;
     size_t used = 0;
-    enum pop3_frame_event ev = pop3_frame(&st->downf, b->data + b->mark, avail, &used);
+    enum pop3_frame_event ev = pop3_frame(&st->downf, buf_mptr(b), avail, &used);
     if (ev == POP3_FRAME_ERROR) {
         pop3_relay_fail(s, st->downf.error);
         return -1;
     }
-    cut(b, b->mark, used);
+    buf_cut_held(b, 0, used);
     if (ev != POP3_FRAME_END)
         return used > 0 ? 1 : 0;
     struct msgscan_item it = item_of(ps);
@@ -605,53 +552,36 @@ static void output_done(struct session *s, struct pop3_scan *ps)
         st->cur_valid = false;
         st->down_held = 0;
         st->down_holding = false;
+        st->down_part_out = false;
     }
-    if (s->backend.fd >= 0)
-        s->backend.reading = true;
 }
 
+/* Queue the next chunks of output, up to PS_OUT_QUEUE bytes toward the client. */
 static int output_step(struct session *s, struct pop3_scan *ps)
 {
-    struct buf *b = &s->down;
-    if (s->client.wbuf != b) {
-        /* The session is ending with its own last words only: this response is dropped. */
-        ps_free(s);
-        return 0;
-    }
-    for (;;) {
+    while (conn_queued_bytes(&s->client) < PS_OUT_QUEUE) {
         if (ps->iseg >= ps->nseg ||
             (ps->iseg == ps->nseg - 1 && ps->seg[ps->iseg].pos >= ps->seg[ps->iseg].len)) {
-            if (ps->parked) {
-                if (buf_room(b) < ps->parked_len)
-                    return 0; /* a write event brings us back when the client took more */
-                if (!buf_append(b, ps->parked, ps->parked_len)) {
-                    sess_close(s, "out of memory");
-                    return -1;
-                }
-            }
             output_done(s, ps);
             return 1;
         }
-        if (!b->data && buf_reserve(b) < 0) {
+        char *blk = malloc(PS_OUT_CHUNK);
+        if (!blk) {
             sess_close(s, "out of memory");
             return -1;
         }
-        size_t room = buf_room(b);
-        if (room == 0)
-            return 0;
-        size_t n = generate(ps, ps->scratch, room < PS_OUT_CHUNK ? room : PS_OUT_CHUNK);
-        if (n)
-            insert(b, ps->scratch, n);
-        conn_flush(&s->client);
-        if (s->client.error)
-            return 0; /* sess_pump() ends the session */
-        if (buf_sendable(b) > 0 && buf_room(b) == 0)
-            return 0; /* the client is slow: a write event brings us back */
-        if (!b->data && buf_reserve(b) < 0) {
+        size_t n = generate(ps, blk, PS_OUT_CHUNK);
+        if (n == 0) {
+            free(blk);
+            continue;
+        }
+        if (!conn_queue(&s->client, blk, n, NULL, NULL, 0)) {
             sess_close(s, "out of memory");
             return -1;
         }
+        pop3_st(s)->down_part_out = true;
     }
+    return 0; /* CONN_EV_WRITE / CONN_EV_DRAINED bring the relay back */
 }
 
 int pop3_scan_step(struct session *s)

@@ -25,17 +25,29 @@ struct protocol {
     void (*starttls_done)(struct session *s);
     /* Backend login phase: the backend conn connected, finished TLS, or has input in s->down. */
     void (*backend_event)(struct session *s, int events);
-    /* Relay filters: process new client bytes (s->up) / backend bytes (s->down), advancing the
-     * buffers' marks over what may be sent. Also called after output drained, so a filter that
-     * paused (held bytes, queued own output) can go on. */
+    /* Relay filters: process new client bytes (s->up) / backend bytes (s->down), releasing
+     * what may be sent (buf.h verbs) or queueing their own output (conn_queue). Also called on
+     * CONN_EV_WRITE and CONN_EV_DRAINED of the conn they write to, so a filter that paused for
+     * its output (held bytes put back, our own words in ctl) goes on when it is out. */
     void (*relay_up)(struct session *s);
     void (*relay_down)(struct session *s);
-    /* Queue a protocol-correct farewell to the client ("* BYE …" / "-ERR …"). */
+    /* Queue a protocol-correct farewell to the client ("* BYE …" / "-ERR …"). After login it
+     * goes at the next response boundary of what the client gets; after `stop` that is right
+     * after what was released — or nowhere, when the client is inside a response that was
+     * partly sent (a cut connection is then the only honest signal). */
     void (*bye)(struct session *s, const char *text);
     /* Relay: is the session at an idle point — no response in progress, no command waiting
      * for one — where a shutdown may end it without cutting anything? */
     bool (*idle)(struct session *s);
-    /* Free protocol state (wipe secrets). */
+    /* The session ends (sess_end, or at sess_close): cancel everything asynchronous — scans,
+     * the scan fetcher, keep-alive timers, budget waits — and drop responses held for a
+     * verdict. Idempotent; the state stays valid for `bye` and `destroy`. */
+    void (*stop)(struct session *s);
+    /* Relay, backend gone: has the down filter still something to deliver without new backend
+     * input (a response held for its verdict or being put back, bytes not framed yet)? A
+     * closing session waits for it (limits.backend_lost_timeout). */
+    bool (*holding)(struct session *s);
+    /* Free protocol state (wipe secrets). Only memory: `stop` has run. */
     void (*destroy)(struct session *s);
 };
 

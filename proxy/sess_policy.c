@@ -35,7 +35,8 @@ struct sess_pol {
     struct policy_sess *reg; /* registered (logged in) */
     bool checked;            /* a check was sent: a slot may be reserved */
     bool blocked_logged;
-    ev_timer deny; /* answers an address refusal from the loop */
+    ev_timer deny;  /* answers an address refusal from the loop */
+    ev_timer allow; /* allows a login without a policy object from the loop */
     sess_login_allowed *allowed;
     sess_login_refused *refused;
     char sid[128];
@@ -264,6 +265,18 @@ static void deny_cb(struct ev_loop *loop, ev_timer *t, int revents)
                "-ERR [AUTH] Access denied from your address.");
 }
 
+static void allow_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct session *s = t->data;
+    if (s->closing)
+        return;
+    s->pol->allowed(s);
+    if (!s->closing)
+        sess_pump(s);
+}
+
 void sess_login_check(struct session *s, sess_login_allowed *allowed, sess_login_refused *refused)
 {
     if (!s->pol) {
@@ -276,6 +289,8 @@ void sess_login_check(struct session *s, sess_login_allowed *allowed, sess_login
                  (unsigned long long)s->id);
         ev_init(&s->pol->deny, deny_cb);
         s->pol->deny.data = s;
+        ev_init(&s->pol->allow, allow_cb);
+        s->pol->allow.data = s;
     }
     struct sess_pol *sp = s->pol;
     sp->allowed = allowed;
@@ -292,7 +307,10 @@ void sess_login_check(struct session *s, sess_login_allowed *allowed, sess_login
         return;
     }
     if (!s->worker->policy) {
-        allowed(s); /* no policy object (out of memory at start): nothing to enforce */
+        /* No policy object (out of memory at start): nothing to enforce. Still from the loop,
+         * as the header promises: the caller is not done setting up the wait. */
+        ev_timer_set(&sp->allow, 0., 0.);
+        ev_timer_start(s->worker->loop, &sp->allow);
         return;
     }
     struct policy_limits l;
@@ -317,9 +335,7 @@ static void on_kick(void *arg)
     if (s->closing)
         return;
     sess_log(s, LOG_INFO, "event=kicked note=\"ended by an administrator\"");
-    s->proto->bye(s, "Session terminated by an administrator.");
-    if (!s->closing)
-        sess_close_after_flush(s, "kicked");
+    sess_end(s, "kicked", "Session terminated by an administrator.");
 }
 
 static uint64_t bytes_out(void *arg)
@@ -381,6 +397,7 @@ void sess_policy_close(struct session *s)
         return;
     s->pol = NULL;
     ev_timer_stop(s->worker->loop, &sp->deny);
+    ev_timer_stop(s->worker->loop, &sp->allow);
     policy_cancel(&sp->req);
     policy_route_cancel(&sp->route_req);
     /* Affinity outlives the session for policy.affinity_ttl: the user's next session, from

@@ -96,8 +96,7 @@ static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
             return;
         }
         sess_log(s, LOG_INFO, "event=timeout phase=idle");
-        s->proto->bye(s, "Autologout; idle for too long");
-        sess_close_after_flush(s, "idle timeout");
+        sess_end(s, "idle timeout", "Autologout; idle for too long");
         return;
     }
     switch (s->state) {
@@ -116,8 +115,7 @@ static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
         return;
     default:
         sess_log(s, LOG_INFO, "event=timeout phase=%s", s->action);
-        s->proto->bye(s, "Timeout; closing connection");
-        sess_close_after_flush(s, "timeout");
+        sess_end(s, "timeout", "Timeout; closing connection");
         return;
     }
 }
@@ -285,30 +283,37 @@ static void sess_begin(struct session *s)
     sess_pump(s);
 }
 
+/* Relay, closing after the backend went away: may the filters still deliver something? */
+static bool sess_holding(struct session *s)
+{
+    return s->logged_in && s->pstate && s->proto->holding && s->proto->holding(s);
+}
+
 void sess_pump(struct session *s)
 {
     if (s->closing)
         return;
-    /* The relay filters stop releasing backend bytes while our own words wait in ctl: once a
-     * flush here delivers them, let the down filter go on (no write event will say so). */
-    for (int round = 0; round < 8; round++) {
-        bool had_ctl = !buf_empty(&s->client.ctl);
-        if (conn_pending_out(&s->client))
-            conn_flush(&s->client);
-        if (s->state != SESS_RELAY || !had_ctl || !buf_empty(&s->client.ctl))
-            break;
-        s->proto->relay_down(s);
+    if (s->state == SESS_CLOSING && s->farewell && !sess_holding(s)) {
+        /* The filters have delivered all they could: what they still hold is cut, and the
+         * farewell goes after what the client got. */
+        const char *f = s->farewell;
+        s->farewell = NULL;
+        s->proto->stop(s);
+        s->proto->bye(s, f);
         if (s->closing)
             return;
     }
+    if (conn_pending_out(&s->client))
+        conn_flush(&s->client);
     if (s->backend.fd >= 0 && conn_pending_out(&s->backend))
         conn_flush(&s->backend);
-    if (s->client.error && s->state != SESS_CLOSING) {
-        sess_close(s, "client write error");
+    if (s->client.error) {
+        sess_close(s, s->state == SESS_CLOSING && s->close_reason ? s->close_reason
+                                                                  : "client write error");
         return;
     }
-    if (s->state == SESS_CLOSING && conn_pending_out(&s->client) == 0 &&
-        !(s->scan_hold && s->client.wbuf)) {
+    if (s->state == SESS_CLOSING && conn_pending_out(&s->client) == 0 && !s->farewell &&
+        !sess_holding(s)) {
         sess_close(s, s->close_reason);
         return;
     }
@@ -328,6 +333,10 @@ void sess_close(struct session *s, const char *reason)
         return;
     s->closing = true;
     s->close_reason = reason;
+    /* Scans, the scan fetcher, keep-alive timers and budget waits end now, not at free: their
+     * callbacks must not find a closed session still waiting. */
+    if (s->proto && s->pstate && s->proto->stop)
+        s->proto->stop(s);
     sess_policy_close(s); /* cancel a policy check, unregister (issue 5) */
     if (s->proxy_hdr_pending) {
         ev_io_stop(s->worker->loop, &s->pp_io);
@@ -383,17 +392,14 @@ void sess_drain_check(struct session *s)
         return;
     case SESS_PREAUTH:
     case SESS_STARTTLS:
-        s->proto->bye(s, "Server shutting down; please reconnect.");
-        sess_close_after_flush(s, "shutdown");
+        sess_end(s, "shutdown", "Server shutting down; please reconnect.");
         return;
     case SESS_BACKEND:
     case SESS_CLOSING:
         return; /* a login in progress finishes first; a closing session is on its way */
     case SESS_RELAY:
-        if (s->proto->idle && s->proto->idle(s) && conn_pending_out(&s->client) == 0) {
-            s->proto->bye(s, "Server shutting down; please reconnect.");
-            sess_close_after_flush(s, "shutdown");
-        }
+        if (s->proto->idle && s->proto->idle(s) && conn_pending_out(&s->client) == 0)
+            sess_end(s, "shutdown", "Server shutting down; please reconnect.");
         return;
     }
 }
@@ -406,25 +412,56 @@ void sess_drain(struct session *s)
 
 void sess_free(struct session *s)
 {
-    /* Here, not in sess_close(): the protocol code that closed the session may still be
-     * running on its state (e.g. wiping its parser after a command that closed). */
+    /* Memory only (proto->stop ran in sess_close). Here, not in sess_close(): the protocol
+     * code that closed the session may still be running on its state (e.g. wiping its parser
+     * after a command that closed). */
     if (s->proto && s->pstate)
         s->proto->destroy(s);
     free(s);
 }
 
-void sess_close_after_flush(struct session *s, const char *reason)
+void sess_end(struct session *s, const char *reason, const char *farewell)
 {
     if (s->closing)
         return;
+    /* Nothing more comes through the filters: what they hold is dropped; what they released
+     * (it ends at a response boundary, or the farewell is not sent) still goes out. */
+    if (s->pstate)
+        s->proto->stop(s);
+    s->client.reading = false;
+    if (s->backend.fd >= 0) {
+        conn_close(&s->backend);
+        s->backend.rbuf = &s->down;
+    }
+    buf_drop_held(&s->down);
     sess_set_state(s, SESS_CLOSING);
     s->close_reason = reason;
+    s->farewell = NULL;
+    if (farewell) {
+        s->proto->bye(s, farewell);
+        if (s->closing)
+            return;
+    }
+    sess_set_deadline(s, (double)s->cfg->limits.closing_timeout_ms / 1000.0);
+    sess_pump(s);
+}
+
+void sess_close_after_flush(struct session *s, const char *reason)
+{
+    sess_end(s, reason, NULL);
+}
+
+void sess_backend_lost(struct session *s, const char *reason, const char *farewell)
+{
+    if (s->closing || s->state == SESS_CLOSING)
+        return;
+    sess_set_state(s, SESS_CLOSING);
+    s->close_reason = reason;
+    s->farewell = farewell;
     s->client.reading = false;
-    if (s->backend.fd >= 0)
-        sess_backend_drop(s);
-    /* Only the proxy's own words go out now: stop relaying backend bytes. */
-    s->client.wbuf = NULL;
-    sess_set_deadline(s, 5.0);
+    conn_close(&s->backend);
+    s->backend.rbuf = &s->down;
+    sess_set_deadline(s, (double)s->cfg->limits.backend_lost_timeout_ms / 1000.0);
     sess_pump(s);
 }
 
@@ -525,8 +562,8 @@ static void client_handler(struct conn *c, int events)
             if (s->closing)
                 return;
         }
-        if (events & CONN_EV_WRITE) {
-            s->proto->relay_down(s); /* room freed: the down filter may go on */
+        if (events & (CONN_EV_WRITE | CONN_EV_DRAINED)) {
+            s->proto->relay_down(s); /* output went out: a paused down filter goes on */
             if (s->closing)
                 return;
         }
@@ -550,11 +587,15 @@ static void client_handler(struct conn *c, int events)
         }
         break;
     case SESS_CLOSING:
-        /* A held response still going out (scan_hold) is driven by the filter. */
-        if ((events & CONN_EV_WRITE) && s->scan_hold && s->client.wbuf) {
+        /* The backend is gone, but the down filter still has something for the client. */
+        if ((events & (CONN_EV_WRITE | CONN_EV_DRAINED)) && sess_holding(s)) {
             s->proto->relay_down(s);
             if (s->closing)
                 return;
+        }
+        if (c->error || (c->eof && conn_pending_out(c) == 0)) {
+            sess_close(s, s->close_reason ? s->close_reason : "client disconnected");
+            return;
         }
         break;
     }
@@ -580,7 +621,7 @@ static void backend_handler(struct conn *c, int events)
         if (s->closing)
             return;
     }
-    if (events & CONN_EV_WRITE) {
+    if (events & (CONN_EV_WRITE | CONN_EV_DRAINED)) {
         s->proto->relay_up(s);
         if (s->closing)
             return;
@@ -593,20 +634,14 @@ static void backend_handler(struct conn *c, int events)
                      log_qs(e, sizeof e, c->err));
         }
         s->proto->relay_down(s);
-        if (s->closing)
+        if (s->closing || s->state != SESS_RELAY)
             return;
-        /* An unexpected end: tell the client (the protocol sends it only at a response
-         * boundary, where it cannot be taken for message data). */
-        if (!s->close_reason)
-            s->proto->bye(s, "Backend connection lost.");
-        if (s->closing)
-            return;
-        sess_set_state(s, SESS_CLOSING);
-        if (!s->close_reason || c->error) /* keep "logout" set by the protocol */
-            s->close_reason = c->error ? "backend error" : "backend closed";
-        s->client.reading = false;
-        conn_close(&s->backend);
-        sess_set_deadline(s, 10.0);
+        /* An unexpected end gets a farewell; after LOGOUT (the protocol set the reason) none. */
+        const char *reason = c->error          ? "backend error"
+                             : s->close_reason ? s->close_reason
+                                               : "backend closed";
+        sess_backend_lost(s, reason, s->close_reason ? NULL : "Backend connection lost.");
+        return;
     }
     sess_pump(s);
 }

@@ -3,8 +3,23 @@
  *
  * The session owns both conns, the two relay buffers (up = client→backend, down =
  * backend→client), its timer and its runtime reference. State changes go through
- * sess_set_state(); every exit goes through sess_close(), which stops all I/O at once and
- * defers the free to the worker's ev_check watcher, so closing from inside any callback is safe.
+ * sess_set_state(); every exit goes through sess_close(), which stops all I/O at once, has the
+ * protocol cancel its asynchronous work (proto->stop) and defers the free to the worker's
+ * ev_check watcher, so closing from inside any callback is safe.
+ *
+ * Ending a session has three doors, each owning its side effects:
+ *   - sess_end(): we end it (timeout, error, shutdown). The protocol stops, the backend is
+ *     closed, the farewell follows what was already released, and the session closes when the
+ *     client has it (limits.closing_timeout at most).
+ *   - sess_backend_lost(): the backend went away. What the filters can still deliver (a
+ *     response held for its verdict, bytes not framed yet: proto->holding) goes out first, then
+ *     the farewell (limits.backend_lost_timeout at most).
+ *   - sess_close(): now, without a word (the peer is gone, or nothing can be said).
+ * The farewell ("* BYE" / "-ERR") is placed by the protocol at a response boundary of what the
+ * client received; inside a response that was partly sent there is none.
+ *
+ * Output never depends on a later read: a filter that waits for its output to drain is called
+ * again on CONN_EV_DRAINED (see conn.h), also when sess_pump() flushed it synchronously.
  */
 #ifndef PORTCULLIS_SESSION_H
 #define PORTCULLIS_SESSION_H
@@ -89,13 +104,12 @@ struct session {
     const char *close_reason;
     char action[24]; /* what the session is doing, for logs */
 
-    size_t lidx;       /* listener index, for metrics */
-    bool draining;     /* the process is shutting down: end at the next idle point */
-    bool addr_counted; /* holds a per-address connection slot */
-    unsigned scans;    /* messages judged (scanned or from the verdict cache) */
-    unsigned blocked;  /* messages replaced by a notice (infected or blocked) */
-    bool scan_hold;    /* a response is held for a verdict or being put back: a closing
-                          session (backend gone) waits for it (pop3_scan.c) */
+    size_t lidx;          /* listener index, for metrics */
+    bool draining;        /* the process is shutting down: end at the next idle point */
+    bool addr_counted;    /* holds a per-address connection slot */
+    unsigned scans;       /* messages judged (scanned or from the verdict cache) */
+    unsigned blocked;     /* messages replaced by a notice (infected or blocked) */
+    const char *farewell; /* static: said once the filters are done (sess_backend_lost) */
     uint32_t addr_slot;
     ev_io pp_io; /* reading a PROXY header (listener proxy_protocol) */
     bool proxy_hdr_pending;
@@ -115,8 +129,16 @@ void sess_drain(struct session *s);
 void sess_drain_check(struct session *s);
 /* Free a closed session (from the worker's graveyard, after the callbacks have returned). */
 void sess_free(struct session *s);
-/* Send what the client conn has queued, then close (BYE paths). */
+/* End the session from our side: proto->stop, the backend closed, `farewell` (NULL: none, the
+ * caller queued its own words) after what the client was already sent or released, then close
+ * once that is out (limits.closing_timeout at most). `reason` is static text for the summary. */
+void sess_end(struct session *s, const char *reason, const char *farewell);
+/* sess_end() without a farewell: the words are already queued (pre-auth answers). */
 void sess_close_after_flush(struct session *s, const char *reason);
+/* The backend closed or broke the connection (relay): stop reading the client, close the
+ * backend, let the filters deliver what they hold (proto->holding), then `farewell` (static, may
+ * be NULL), then close (limits.backend_lost_timeout at most). */
+void sess_backend_lost(struct session *s, const char *reason, const char *farewell);
 /* Arm the phase timer: fires `secs` from now unless re-armed. 0 disarms. */
 void sess_set_deadline(struct session *s, double secs);
 /* Relay: arm the idle timer (seconds) measured from the last client activity. */
@@ -140,7 +162,8 @@ void sess_backend_drop(struct session *s);
 void sess_client_start_tls(struct session *s);
 /* Enter relay: the protocol's filters take over both directions. */
 void sess_start_relay(struct session *s);
-/* Push queued output both ways and refresh watcher interest. */
+/* Push queued output both ways and refresh watcher interest; closes a closing session whose
+ * output is out. Never calls the filters (they run again on CONN_EV_DRAINED/WRITE). */
 void sess_pump(struct session *s);
 
 /* logfmt line prefixed with sess=, client=, user= */

@@ -35,6 +35,9 @@ static atomic_uint stub_started, stub_returned;
 static pthread_mutex_t stub_mu = PTHREAD_MUTEX_INITIALIZER;
 static char *stub_last;
 static size_t stub_last_len;
+/* The content of the last "@NOTICE@" matched (for "@SLICE:…@" later in the same run). */
+static char *g_notice;
+static size_t g_notice_len;
 
 static bool has(const char *buf, size_t len, const char *needle)
 {
@@ -210,6 +213,8 @@ int rh_group_teardown(void **state)
     g_loop = NULL;
     free(stub_last);
     stub_last = NULL;
+    free(g_notice);
+    g_notice = NULL;
     return 0;
 }
 
@@ -500,22 +505,6 @@ void rh_free(struct rh **hp)
 
 /* ---- notices ---- */
 
-/* An IMAP literal "{n}\r\n" + n bytes holding the signature at got; returns bytes used or 0. */
-static size_t match_imap_notice(const char *got, size_t len)
-{
-    if (len < 4 || got[0] != '{')
-        return 0;
-    char *end;
-    unsigned long n = strtoul(got + 1, &end, 10);
-    if (end == got + 1 || (size_t)(end - got) + 3 > len || end[0] != '}' || end[1] != '\r' ||
-        end[2] != '\n')
-        return 0;
-    size_t hdr = (size_t)(end - got) + 3;
-    if (hdr + n > len || n == 0 || !has(got + hdr, n, RH_SIGNATURE))
-        return 0;
-    return hdr + n;
-}
-
 /* A dot-stuffed POP3 body ending "\r\n.\r\n", holding the signature, with no bare "." line. */
 static size_t match_pop_notice(const char *got, size_t len)
 {
@@ -538,21 +527,101 @@ static size_t match_pop_notice(const char *got, size_t len)
     return n;
 }
 
+/* An IMAP literal header "{n}\r\n" at got: its length in *n_r; returns the header's size or 0. */
+static size_t literal_hdr(const char *got, size_t len, size_t *n_r)
+{
+    if (len < 4 || got[0] != '{')
+        return 0;
+    char *end;
+    unsigned long n = strtoul(got + 1, &end, 10);
+    if (end == got + 1 || (size_t)(end - got) + 3 > len || end[0] != '}' || end[1] != '\r' ||
+        end[2] != '\n')
+        return 0;
+    size_t hdr = (size_t)(end - got) + 3;
+    if (hdr + n > len)
+        return 0;
+    *n_r = n;
+    return hdr;
+}
+
+static size_t body_start(const char *p, size_t len)
+{
+    const char *e = memmem(p, len, "\r\n\r\n", 4);
+    return e ? (size_t)(e - p) + 4 : len;
+}
+
+/* Match one placeholder `name` (between the @s) at got; returns bytes used or 0. */
+static size_t match_placeholder(const char *name, size_t nl, const char *got, size_t len,
+                                const char **why)
+{
+    size_t n = 0, hdr;
+    if (nl == 6 && strncmp(name, "NOTICE", 6) == 0) {
+        hdr = literal_hdr(got, len, &n);
+        if (!hdr || n == 0 || !has(got + hdr, n, RH_SIGNATURE)) {
+            *why = "no infected-notice literal here";
+            return 0;
+        }
+        free(g_notice);
+        g_notice = malloc(n + 1);
+        memcpy(g_notice, got + hdr, n);
+        g_notice[n] = '\0';
+        g_notice_len = n;
+        return hdr + n;
+    }
+    if (nl == 7 && strncmp(name, "BLOCKED", 7) == 0) {
+        hdr = literal_hdr(got, len, &n);
+        if (!hdr || !has(got + hdr, n, "withheld") || has(got + hdr, n, RH_SIGNATURE)) {
+            *why = "no blocked-notice literal here";
+            return 0;
+        }
+        return hdr + n;
+    }
+    if (nl == 9 && strncmp(name, "POPNOTICE", 9) == 0) {
+        size_t u = match_pop_notice(got, len);
+        if (!u)
+            *why = "no POP3 notice here";
+        return u;
+    }
+    bool body = nl > 10 && strncmp(name, "BODYSLICE:", 10) == 0;
+    if (body || (nl > 6 && strncmp(name, "SLICE:", 6) == 0)) {
+        /* SLICE:o:n / BODYSLICE:o:n — a literal holding bytes [o, o+n) of the last notice (or
+         * of its body); n = 0: to the end */
+        char tmp[64];
+        snprintf(tmp, sizeof tmp, "%.*s", (int)nl, name);
+        unsigned long o = 0, k = 0;
+        sscanf(strchr(tmp, ':') + 1, "%lu:%lu", &o, &k);
+        if (!g_notice) {
+            *why = "SLICE before any NOTICE";
+            return 0;
+        }
+        size_t base = body ? body_start(g_notice, g_notice_len) : 0;
+        size_t avail = g_notice_len - base;
+        size_t from = o < avail ? o : avail;
+        size_t to = k == 0 || from + k > avail ? avail : from + k;
+        hdr = literal_hdr(got, len, &n);
+        if (!hdr || n != to - from || memcmp(got + hdr, g_notice + base + from, n) != 0) {
+            *why = "literal is not the expected slice of the notice";
+            return 0;
+        }
+        return hdr + n;
+    }
+    *why = "unknown placeholder";
+    return 0;
+}
+
 bool rh_match_notice(const char *pattern, const char *got, size_t got_len, const char **why)
 {
     size_t gi = 0;
     const char *p = pattern;
     while (*p) {
-        if (strncmp(p, "@NOTICE@", 8) == 0 || strncmp(p, "@POPNOTICE@", 11) == 0) {
-            bool imap = p[1] == 'N';
-            size_t u = imap ? match_imap_notice(got + gi, got_len - gi)
-                            : match_pop_notice(got + gi, got_len - gi);
-            if (!u) {
-                *why = imap ? "no IMAP notice literal here" : "no POP3 notice here";
+        const char *close = p[0] == '@' ? strchr(p + 1, '@') : NULL;
+        if (close && close > p + 1 && (p[1] >= 'A' && p[1] <= 'Z')) {
+            size_t u = match_placeholder(p + 1, (size_t)(close - p - 1), got + gi, got_len - gi,
+                                         why);
+            if (!u)
                 return false;
-            }
             gi += u;
-            p += imap ? 8 : 11;
+            p = close + 1;
             continue;
         }
         if (gi >= got_len || got[gi] != *p) {
@@ -615,6 +684,9 @@ static bool run_once(const struct rh_case *c, size_t mode)
             }
             break;
         }
+        case RH_C_WHOLE:
+            send_to(h, h->cfd, st->text, tl, 0);
+            break;
         case RH_EXPECT_C:
         case RH_EXPECT_B:
             got = st->op == RH_EXPECT_C ? rh_client_received(h, &got_len)

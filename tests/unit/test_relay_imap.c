@@ -122,11 +122,6 @@ CASE(t_idle_done, "IDLE, untagged updates, DONE",
      B("* 4 EXISTS\r\n* 1 RECENT\r\n"), EC("* 4 EXISTS\r\n* 1 RECENT\r\n"), C("DONE\r\n"),
      EB("DONE\r\n"), B("i OK Idle completed.\r\n"), EC("i OK Idle completed.\r\n"))
 
-CASE(t_backend_logout, "LOGOUT: the backend's BYE and OK reach the client, then the close",
-     C("z LOGOUT\r\n"), EB("z LOGOUT\r\n"),
-     B("* BYE Logging out\r\nz OK Logout completed.\r\n"), BEOF,
-     EC("* BYE Logging out\r\nz OK Logout completed.\r\n"), ECLOSED)
-
 CASE(t_backend_lost, "the backend goes away: one BYE at a response boundary, then the close",
      C("a NOOP\r\n"), EB("a NOOP\r\n"), B("* 2 EXISTS\r\n"), BEOF,
      EC("* 2 EXISTS\r\n* BYE Backend connection lost.\r\n"), ECLOSED)
@@ -173,7 +168,6 @@ int main(void)
         cmocka_unit_test(t_literal_zero),
         cmocka_unit_test(t_pipelined),
         cmocka_unit_test(t_idle_done),
-        cmocka_unit_test(t_backend_logout),
         cmocka_unit_test(t_backend_lost),
         cmocka_unit_test(t_client_gone),
         cmocka_unit_test(t_long_line),

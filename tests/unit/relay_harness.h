@@ -11,7 +11,9 @@
  *   - conn.c/buf.c: reads, flushes, watcher interest, on the socketpairs (AF_UNIX, no TLS);
  *   - the protocol modules: the login is cut short by calling the protocol's own "backend
  *     accepted the login" entry (imap_preauth_login_ok / pop3_preauth_login_ok), which enters
- *     relay exactly as after a real login (tagged OK / +OK to the client, then sess_start_relay);
+ *     relay exactly as after a real login (tagged OK / +OK to the client, then sess_start_relay).
+ *     Before it the client sends one pre-auth command the proxy answers itself (CAPABILITY /
+ *     CAPA), so the pre-auth parser state is a real session's;
  *   - msgscan.c + scanners/pool.c + scan.c: the pool threads, the ev_async hand-back, the
  *     per-worker verdict cache, notices (notice.c);
  *   - config.c: a snapshot loaded from RH_CONFIG (plain listeners, no TLS, scan on or off).

@@ -53,10 +53,12 @@ enum rh_proto { RH_IMAP, RH_POP3 };
 
 /* Scanner and config variants (one config snapshot each, built on first use). */
 enum rh_scan {
-    RH_SCAN_OFF,        /* scan.enabled: false */
-    RH_SCAN_ON,         /* defaults: error_action block, oversize_action pass */
-    RH_SCAN_SMALL_PASS, /* max_scan_size 1k, oversize pass */
-    RH_SCAN_SMALL_BLOCK /* max_scan_size 1k, oversize block */
+    RH_SCAN_OFF,         /* scan.enabled: false */
+    RH_SCAN_ON,          /* defaults: error_action block, oversize_action pass */
+    RH_SCAN_SMALL_PASS,  /* max_scan_size 1k, oversize pass */
+    RH_SCAN_SMALL_BLOCK, /* max_scan_size 1k, oversize block */
+    RH_SCAN_DOT_NOTICE,  /* a notice template whose lines start with "." (dot-stuffing) */
+    RH_SCAN_VARIANTS
 };
 
 /* One step of a case. */
@@ -73,14 +75,16 @@ enum rh_op {
      *   @SLICE:o:n@    a literal of bytes [o, o+n) of the remembered notice (n 0: to its end)
      *   @BODYSLICE:o:n@  the same within the notice's body (after its header)
      *   @POPNOTICE@    a dot-stuffed POP3 body up to and including "\r\n.\r\n" holding
-     *                  RH_SIGNATURE, every line CRLF-ended, no line a lone "." */
+     *                  RH_SIGNATURE, every line CRLF-ended, no line a lone "."
+     *   @POPBLOCKED@   the same for a notice without a signature (error/oversize)
+     *   @NUM@          one or more digits */
     RH_EXPECT_C_NOTICE,
-    RH_EXPECT_CLOSED,   /* the session has closed (both peers see EOF) */
-    RH_EXPECT_OPEN,     /* the session is still open */
-    RH_EXPECT_SCANNED,  /* the stub's last scanned message is exactly `text` */
-    RH_EXPECT_NSCANS,   /* `n` scans ran since the run started */
-    RH_B_EOF,           /* the backend closes its side */
-    RH_C_EOF,           /* the client closes its side */
+    RH_EXPECT_CLOSED,  /* the session has closed (both peers see EOF) */
+    RH_EXPECT_OPEN,    /* the session is still open */
+    RH_EXPECT_SCANNED, /* the stub's last scanned message is exactly `text` */
+    RH_EXPECT_NSCANS,  /* `n` scans ran since the run started */
+    RH_B_EOF,          /* the backend closes its side */
+    RH_C_EOF,          /* the client closes its side */
     RH_END,
 };
 
@@ -97,19 +101,58 @@ struct rh_case {
     const struct rh_step *steps; /* ends with RH_END */
 };
 
-#define C(t)         {RH_C, (t), 0}
-#define B(t)         {RH_B, (t), 0}
-#define CW(t)        {RH_C_WHOLE, (t), 0}
-#define EC(t)        {RH_EXPECT_C, (t), 0}
-#define EB(t)        {RH_EXPECT_B, (t), 0}
-#define ECN(t)       {RH_EXPECT_C_NOTICE, (t), 0}
-#define ECLOSED      {RH_EXPECT_CLOSED, NULL, 0}
-#define EOPEN        {RH_EXPECT_OPEN, NULL, 0}
-#define ESCANNED(t)  {RH_EXPECT_SCANNED, (t), 0}
-#define ENSCANS(k)   {RH_EXPECT_NSCANS, NULL, (k)}
-#define BEOF         {RH_B_EOF, NULL, 0}
-#define CEOF         {RH_C_EOF, NULL, 0}
-#define END          {RH_END, NULL, 0}
+#define C(t)                                                                                       \
+    {                                                                                              \
+        RH_C, (t), 0                                                                               \
+    }
+#define B(t)                                                                                       \
+    {                                                                                              \
+        RH_B, (t), 0                                                                               \
+    }
+#define CW(t)                                                                                      \
+    {                                                                                              \
+        RH_C_WHOLE, (t), 0                                                                         \
+    }
+#define EC(t)                                                                                      \
+    {                                                                                              \
+        RH_EXPECT_C, (t), 0                                                                        \
+    }
+#define EB(t)                                                                                      \
+    {                                                                                              \
+        RH_EXPECT_B, (t), 0                                                                        \
+    }
+#define ECN(t)                                                                                     \
+    {                                                                                              \
+        RH_EXPECT_C_NOTICE, (t), 0                                                                 \
+    }
+#define ECLOSED                                                                                    \
+    {                                                                                              \
+        RH_EXPECT_CLOSED, NULL, 0                                                                  \
+    }
+#define EOPEN                                                                                      \
+    {                                                                                              \
+        RH_EXPECT_OPEN, NULL, 0                                                                    \
+    }
+#define ESCANNED(t)                                                                                \
+    {                                                                                              \
+        RH_EXPECT_SCANNED, (t), 0                                                                  \
+    }
+#define ENSCANS(k)                                                                                 \
+    {                                                                                              \
+        RH_EXPECT_NSCANS, NULL, (k)                                                                \
+    }
+#define BEOF                                                                                       \
+    {                                                                                              \
+        RH_B_EOF, NULL, 0                                                                          \
+    }
+#define CEOF                                                                                       \
+    {                                                                                              \
+        RH_C_EOF, NULL, 0                                                                          \
+    }
+#define END                                                                                        \
+    {                                                                                              \
+        RH_END, NULL, 0                                                                            \
+    }
 
 /* Run one case: whole, byte by byte, and split at every byte boundary of each sending step.
  * Fails the cmocka test (with the mode, the step and both byte strings) on the first mismatch. */
@@ -128,6 +171,8 @@ void rh_backend_send(struct rh *h, const char *p, size_t len, size_t chunk);
 char *rh_client_received(struct rh *h, size_t *len_r);
 char *rh_backend_received(struct rh *h, size_t *len_r);
 bool rh_closed(struct rh *h);
+/* Run the loop until nothing moves (no bytes to either peer, no scan job queued or running). */
+void rh_settle(struct rh *h);
 struct session *rh_session(struct rh *h); /* NULL once closed */
 unsigned rh_scans(struct rh *h);          /* stub scans since rh_open */
 /* Close (if open), free the session, stop the worker's scan client, free `h`. */

@@ -13,16 +13,15 @@
 
 #include "relay_harness.c"
 
-#define CASE(fn, title, ...)                                                                      \
-    static void fn(void **state)                                                                  \
-    {                                                                                             \
-        (void)state;                                                                              \
-        static const struct rh_step steps[] = {__VA_ARGS__, END};                                 \
-        rh_run_case(&(struct rh_case){title, RH_IMAP, RH_SCAN_OFF, steps});                       \
+#define CASE(fn, title, ...)                                                                       \
+    static void fn(void **state)                                                                   \
+    {                                                                                              \
+        (void)state;                                                                               \
+        static const struct rh_step steps[] = {__VA_ARGS__, END};                                  \
+        rh_run_case(&(struct rh_case){title, RH_IMAP, RH_SCAN_OFF, steps});                        \
     }
 
-CASE(t_noop, "NOOP round trip",
-     C("a NOOP\r\n"), EB("a NOOP\r\n"), B("a OK NOOP completed.\r\n"),
+CASE(t_noop, "NOOP round trip", C("a NOOP\r\n"), EB("a NOOP\r\n"), B("a OK NOOP completed.\r\n"),
      EC("a OK NOOP completed.\r\n"), EOPEN)
 
 CASE(t_compress_refused, "COMPRESS refused with BAD, never reaches the backend",
@@ -30,8 +29,7 @@ CASE(t_compress_refused, "COMPRESS refused with BAD, never reaches the backend",
      EC("a BAD COMPRESS is not available through this proxy.\r\n"), C("b NOOP\r\n"),
      EB("b NOOP\r\n"), B("b OK\r\n"), EC("b OK\r\n"))
 
-CASE(t_compress_lowercase, "compress (any case) refused too",
-     C("x1 compress deflate\r\n"), EB(""),
+CASE(t_compress_lowercase, "compress (any case) refused too", C("x1 compress deflate\r\n"), EB(""),
      EC("x1 BAD COMPRESS is not available through this proxy.\r\n"))
 
 CASE(t_starttls_refused, "STARTTLS after login refused with BAD; the pipelined NOOP goes on",
@@ -39,10 +37,9 @@ CASE(t_starttls_refused, "STARTTLS after login refused with BAD; the pipelined N
      B("b OK done\r\n"), EC("b OK done\r\n"))
 
 CASE(t_refusal_waits_for_boundary, "our BAD never lands inside a backend response",
-     C("a FETCH 1 BODY[]\r\n"), EB("a FETCH 1 BODY[]\r\n"),
-     B("* 1 FETCH (BODY[] {10}\r\n01234"), EC("* 1 FETCH (BODY[] {10}\r\n01234"),
-     C("x COMPRESS DEFLATE\r\n"), EB(""), EC(""), B("56789)\r\n"),
-     EC("56789)\r\nx BAD COMPRESS is not available through this proxy.\r\n"),
+     C("a FETCH 1 BODY[]\r\n"), EB("a FETCH 1 BODY[]\r\n"), B("* 1 FETCH (BODY[] {10}\r\n01234"),
+     EC("* 1 FETCH (BODY[] {10}\r\n01234"), C("x COMPRESS DEFLATE\r\n"), EB(""), EC(""),
+     B("56789)\r\n"), EC("56789)\r\nx BAD COMPRESS is not available through this proxy.\r\n"),
      B("a OK FETCH done\r\n"), EC("a OK FETCH done\r\n"))
 
 CASE(t_capability_untagged, "untagged CAPABILITY loses COMPRESS, STARTTLS, LOGINDISABLED",
@@ -51,9 +48,8 @@ CASE(t_capability_untagged, "untagged CAPABILITY loses COMPRESS, STARTTLS, LOGIN
        "c OK done\r\n"),
      EC("* CAPABILITY IMAP4rev1 IDLE LITERAL+\r\nc OK done\r\n"))
 
-CASE(t_capability_code, "CAPABILITY in a tagged OK response code is rewritten",
-     C("c NOOP\r\n"), EB("c NOOP\r\n"),
-     B("c OK [CAPABILITY IMAP4rev1 COMPRESS=DEFLATE IDLE STARTTLS] done\r\n"),
+CASE(t_capability_code, "CAPABILITY in a tagged OK response code is rewritten", C("c NOOP\r\n"),
+     EB("c NOOP\r\n"), B("c OK [CAPABILITY IMAP4rev1 COMPRESS=DEFLATE IDLE STARTTLS] done\r\n"),
      EC("c OK [CAPABILITY IMAP4rev1 IDLE] done\r\n"))
 
 CASE(t_capability_clean_untouched, "a CAPABILITY with nothing to remove is byte-identical",
@@ -68,8 +64,10 @@ CASE(t_capability_in_literal, "CAPABILITY-looking text inside a literal is not r
 
 CASE(t_fetch_body_identical, "FETCH BODY[] streams byte-identical (scanning off)",
      C("f UID FETCH 7 (UID BODY.PEEK[])\r\n"), EB("f UID FETCH 7 (UID BODY.PEEK[])\r\n"),
-     B("* 1 FETCH (UID 7 BODY[] {24}\r\nSubject: hi\r\n\r\nhello\r\n\r\n)\r\nf OK Fetch completed.\r\n"),
-     EC("* 1 FETCH (UID 7 BODY[] {24}\r\nSubject: hi\r\n\r\nhello\r\n\r\n)\r\nf OK Fetch completed.\r\n"))
+     B("* 1 FETCH (UID 7 BODY[] {24}\r\nSubject: hi\r\n\r\nhello\r\n\r\n)\r\nf OK Fetch "
+       "completed.\r\n"),
+     EC("* 1 FETCH (UID 7 BODY[] {24}\r\nSubject: hi\r\n\r\nhello\r\n\r\n)\r\nf OK Fetch "
+        "completed.\r\n"))
 
 CASE(t_literal8_response, "a literal8 ~{n} in a response is skipped by length",
      C("b FETCH 1 BINARY[1]\r\n"), EB("b FETCH 1 BINARY[1]\r\n"),
@@ -83,24 +81,23 @@ CASE(t_sync_literal_plus, "{n}: the literal waits for the backend's \"+\", which
      EC("a OK [APPENDUID 1 9] Append completed.\r\n"))
 
 CASE(t_sync_literal_pipelined, "{n} bytes sent early are held until the backend's \"+\"",
-     C("a APPEND INBOX {5}\r\nhello\r\n"), EB("a APPEND INBOX {5}\r\n"),
-     B("+ OK\r\n"), EC("+ OK\r\n"), EB("hello\r\n"), B("a OK done\r\n"), EC("a OK done\r\n"))
+     C("a APPEND INBOX {5}\r\nhello\r\n"), EB("a APPEND INBOX {5}\r\n"), B("+ OK\r\n"),
+     EC("+ OK\r\n"), EB("hello\r\n"), B("a OK done\r\n"), EC("a OK done\r\n"))
 
 CASE(t_sync_literal_refused, "tagged NO to a {n}: the client's next bytes are a new command",
      C("a APPEND INBOX {5000000}\r\n"), EB("a APPEND INBOX {5000000}\r\n"),
      B("a NO [TOOBIG] Message too large\r\n"), EC("a NO [TOOBIG] Message too large\r\n"),
      C("b COMPRESS DEFLATE\r\nc NOOP\r\n"), EB("c NOOP\r\n"),
-     EC("b BAD COMPRESS is not available through this proxy.\r\n"), B("c OK\r\n"),
-     EC("c OK\r\n"))
+     EC("b BAD COMPRESS is not available through this proxy.\r\n"), B("c OK\r\n"), EC("c OK\r\n"))
 
 CASE(t_literal_plus_rewritten, "{n+} goes to the backend as {n}; its \"+\" is swallowed",
-     C("a APPEND INBOX {5+}\r\nhello\r\n"), EB("a APPEND INBOX {5}\r\n"), B("+ go\r\n"),
-     EC(""), EB("hello\r\n"), B("a OK appended\r\n"), EC("a OK appended\r\n"))
+     C("a APPEND INBOX {5+}\r\nhello\r\n"), EB("a APPEND INBOX {5}\r\n"), B("+ go\r\n"), EC(""),
+     EB("hello\r\n"), B("a OK appended\r\n"), EC("a OK appended\r\n"))
 
 CASE(t_literal_plus_refused_smuggle, "a refused {n+}: its bytes (a COMPRESS) never run",
      C("a XFOO {20+}\r\nc COMPRESS DEFLATE\r\n\r\n"), EB("a XFOO {20}\r\n"),
-     B("a BAD Unknown command\r\n"), EC("a BAD Unknown command\r\n"), EB(""),
-     C("b NOOP\r\n"), EB("b NOOP\r\n"), B("b OK\r\n"), EC("b OK\r\n"))
+     B("a BAD Unknown command\r\n"), EC("a BAD Unknown command\r\n"), EB(""), C("b NOOP\r\n"),
+     EB("b NOOP\r\n"), B("b OK\r\n"), EC("b OK\r\n"))
 
 CASE(t_literal_mid_command, "a literal in the middle of a command, then more arguments",
      C("s SELECT {5}\r\n"), EB("s SELECT {5}\r\n"), B("+ ok\r\n"), EC("+ ok\r\n"),
@@ -117,17 +114,23 @@ CASE(t_pipelined, "pipelined commands and their answers, in order",
      B("a OK\r\nb OK\r\n* 1 FETCH (UID 4 FLAGS (\\Seen))\r\nc OK\r\n"),
      EC("a OK\r\nb OK\r\n* 1 FETCH (UID 4 FLAGS (\\Seen))\r\nc OK\r\n"))
 
-CASE(t_idle_done, "IDLE, untagged updates, DONE",
-     C("i IDLE\r\n"), EB("i IDLE\r\n"), B("+ idling\r\n"), EC("+ idling\r\n"),
-     B("* 4 EXISTS\r\n* 1 RECENT\r\n"), EC("* 4 EXISTS\r\n* 1 RECENT\r\n"), C("DONE\r\n"),
-     EB("DONE\r\n"), B("i OK Idle completed.\r\n"), EC("i OK Idle completed.\r\n"))
+CASE(t_idle_done, "IDLE, untagged updates, DONE", C("i IDLE\r\n"), EB("i IDLE\r\n"),
+     B("+ idling\r\n"), EC("+ idling\r\n"), B("* 4 EXISTS\r\n* 1 RECENT\r\n"),
+     EC("* 4 EXISTS\r\n* 1 RECENT\r\n"), C("DONE\r\n"), EB("DONE\r\n"),
+     B("i OK Idle completed.\r\n"), EC("i OK Idle completed.\r\n"))
+
+CASE(t_backend_logout,
+     "LOGOUT: the backend BYE (split anywhere) and OK reach the client, no second BYE, then the "
+     "close",
+     C("z LOGOUT\r\n"), EB("z LOGOUT\r\n"), B("* BYE Logging out\r\nz OK Logout completed.\r\n"),
+     BEOF, EC("* BYE Logging out\r\nz OK Logout completed.\r\n"), ECLOSED)
 
 CASE(t_backend_lost, "the backend goes away: one BYE at a response boundary, then the close",
      C("a NOOP\r\n"), EB("a NOOP\r\n"), B("* 2 EXISTS\r\n"), BEOF,
      EC("* 2 EXISTS\r\n* BYE Backend connection lost.\r\n"), ECLOSED)
 
-CASE(t_client_gone, "the client goes away: the session closes", C("a NOOP\r\n"),
-     EB("a NOOP\r\n"), CEOF, ECLOSED)
+CASE(t_client_gone, "the client goes away: the session closes", C("a NOOP\r\n"), EB("a NOOP\r\n"),
+     CEOF, ECLOSED)
 
 CASE(t_long_line, "a response line longer than the head buffer streams unchanged",
      C("l LIST \"\" *\r\n"), EB("l LIST \"\" *\r\n"),
@@ -168,6 +171,7 @@ int main(void)
         cmocka_unit_test(t_literal_zero),
         cmocka_unit_test(t_pipelined),
         cmocka_unit_test(t_idle_done),
+        cmocka_unit_test(t_backend_logout),
         cmocka_unit_test(t_backend_lost),
         cmocka_unit_test(t_client_gone),
         cmocka_unit_test(t_long_line),

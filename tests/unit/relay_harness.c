@@ -232,8 +232,7 @@ struct rh {
     struct session *s; /* NULL once buried */
     int cfd, bfd;      /* our ends: the client, the backend */
     struct rx crx, brx;
-    unsigned started0, returned0;
-    unsigned long long scanned0;
+    unsigned started0; /* stub scans before this run */
 };
 
 static void reap(struct worker *w)
@@ -283,8 +282,8 @@ static void guard_cb(struct ev_loop *loop, ev_timer *t, int revents)
     (void)loop, (void)t, (void)revents;
 }
 
-/* Is a scan on its way: queued or running on a pool thread (read from the scan metrics: the
- * pool itself is msgscan's), or finished by the stub but not yet taken by the loop? */
+/* Is a scan job queued or running on a pool thread? Read from the scan metrics: the pool
+ * itself is msgscan's. */
 static unsigned long scan_metric(const char *text, const char *name)
 {
     const char *p = strstr(text, name);
@@ -293,8 +292,7 @@ static unsigned long scan_metric(const char *text, const char *name)
 
 static bool scan_pending(struct rh *h)
 {
-    /* First the pool (queued or running), then the stub's count: a job leaves `running` only
-     * after the stub returned, so one that finishes between the two reads is still seen. */
+    (void)h;
     struct buf b;
     buf_init(&b, 64 << 10);
     metrics_render(g_rt[RH_SCAN_ON]->cfg, &b);
@@ -306,21 +304,21 @@ static bool scan_pending(struct rh *h)
                   0;
     }
     buf_free(&b);
-    if (pending)
-        return true;
-    /* A scan the stub finished whose result the loop has not taken yet (msgscan counts a scan
-     * when its result reaches the loop). */
-    struct msgscan_counters c;
-    msgscan_counters_get(&c);
-    return atomic_load(&stub_returned) - h->returned0 > (unsigned)(c.scanned - h->scanned0);
+    return pending;
 }
 
-/* Run the loop until nothing moves: no bytes to either peer, no scan result on its way. A
- * result is waited for up to 10 s of wall time (the scan thread may not get a CPU at once on a
- * loaded machine; a blocking loop run may also return early for another watcher). */
+/* Run the loop until nothing moves: no bytes to either peer, no scan result on its way.
+ *
+ * The pool takes a job off `running` and sends the loop's ev_async under one lock, so a job
+ * seen neither queued nor running has its result signalled; the non-blocking runs after that
+ * check take it. Hence "settled" = two checks in a row find the pool idle with loop runs in
+ * between (a job that ends just before the first check is delivered before the second; one
+ * that its delivery submits is seen by the second). While the pool is busy, block on the loop
+ * for the ev_async, for at most 10 s of wall time (a scan thread may wait for a CPU on a
+ * loaded machine; a blocking run may also return early for another watcher). */
 static void settle(struct rh *h)
 {
-    int idle = 0;
+    int idle = 0, clear = 0;
     double deadline = 0;
     for (;;) {
         ev_run(g_loop, EVRUN_NOWAIT);
@@ -332,24 +330,29 @@ static void settle(struct rh *h)
             h->s = NULL;
         }
         if (moved) {
-            idle = 0;
+            idle = clear = 0;
             continue;
         }
         if (++idle < 3)
             continue;
-        if (!h->s || !h->w.scan || !scan_pending(h))
+        if (!h->s || !h->w.scan)
             return;
+        idle = 0;
+        if (!scan_pending(h)) {
+            if (++clear >= 2)
+                return;
+            continue;
+        }
+        clear = 0;
         if (deadline == 0)
             deadline = ev_time() + 10.0;
         else if (ev_time() > deadline)
             return; /* the expectations will report what is missing */
-        /* Block until the pool's ev_async (or anything) arrives; 1 ms guard. */
         ev_timer t;
         ev_timer_init(&t, guard_cb, 0.001, 0.);
         ev_timer_start(g_loop, &t);
         ev_run(g_loop, EVRUN_ONCE);
         ev_timer_stop(g_loop, &t);
-        idle = 0;
     }
 }
 
@@ -371,10 +374,6 @@ struct rh *rh_open(enum rh_proto proto, enum rh_scan scan)
     if (scan != RH_SCAN_OFF)
         assert_true(msgscan_worker_start(&h->w));
     h->started0 = atomic_load(&stub_started);
-    h->returned0 = atomic_load(&stub_returned);
-    struct msgscan_counters c;
-    msgscan_counters_get(&c);
-    h->scanned0 = c.scanned;
 
     struct rt *rt = g_rt[scan];
     const struct config *cfg = rt->cfg;

@@ -1,40 +1,52 @@
 /*
  * relay_harness — drive the authenticated relay (imap_relay, imap_scan, pop3_relay, pop3_scan,
  * msgscan) of one real session without a network: the client and the backend are the far ends
- * of two socketpairs held by the test, the scanner is a deterministic stub, and every case is
- * replayed whole, one byte at a time, and split at every byte boundary of each step.
+ * of two AF_UNIX socketpairs held by the test, the scanner is a deterministic stub, and every
+ * case is replayed whole, one byte at a time, and split once at every byte boundary of each
+ * sending step (rh_run_case). Include relay_harness.c (not this header alone) from a
+ * tests/unit/test_*.c: the Makefile builds each of those as its own binary.
+ *
+ * Why socketpairs and not fd -1: the issue 14 stalls live in the event wiring (sess_pump()
+ * flushing synchronously, no write event armed, the filter never re-run). With real sockets
+ * the real conn_flush()/conn_update()/handlers run and a stall shows as missing bytes; an
+ * emulated drain would encode the very behaviour under test.
  *
  * What is real (linked from build/libportcullis.a):
  *   - session.c: sess_accept() creates the session (greeting, client_handler/backend_handler,
- *     sess_pump, sess_close, sess_close_after_flush, the CLOSING path) — the real event wiring,
- *     so a filter that pauses and is never woken stalls here as it does in production;
- *   - conn.c/buf.c: reads, flushes, watcher interest, on the socketpairs (AF_UNIX, no TLS);
- *   - the protocol modules: the login is cut short by calling the protocol's own "backend
- *     accepted the login" entry (imap_preauth_login_ok / pop3_preauth_login_ok), which enters
- *     relay exactly as after a real login (tagged OK / +OK to the client, then sess_start_relay).
- *     Before it the client sends one pre-auth command the proxy answers itself (CAPABILITY /
- *     CAPA), so the pre-auth parser state is a real session's;
- *   - msgscan.c + scanners/pool.c + scan.c: the pool threads, the ev_async hand-back, the
- *     per-worker verdict cache, notices (notice.c);
- *   - config.c: a snapshot loaded from RH_CONFIG (plain listeners, no TLS, scan on or off).
+ *     sess_pump, sess_close, sess_close_after_flush, the CLOSING path);
+ *   - conn.c/buf.c: reads, flushes, watcher interest, on the socketpairs (no TLS);
+ *   - the protocol modules. The login is cut short: the client sends one pre-auth command the
+ *     proxy answers itself (CAPABILITY / CAPA: the pre-auth parser state is a real session's),
+ *     then rh_open() does what the backend login script does on the backend's OK — backend
+ *     conn fd set, state SESS_BACKEND — and calls the protocol's own "login accepted" entry
+ *     (imap_preauth_login_ok / pop3_preauth_login_ok), which answers the client and enters
+ *     relay through sess_start_relay(). That block of rh_open() is the one place that knows
+ *     how a backend conn is set up (the "dialer" work may move it);
+ *   - msgscan.c + scanners/pool.c + scan.c + notice.c: pool threads, the ev_async hand-back,
+ *     the per-worker verdict cache, notices;
+ *   - config.c/runtime.c: snapshots loaded from RH_CONFIG (plain listeners, scan variants).
  *
  * What is faked:
  *   - the scanner: scanner_clamav_new() is defined by the harness (a link seam: the test's
- *     definition is used and clamav.o is never pulled from the archive). Its scan() is
- *     rh_verdict(): INFECTED iff the message holds the EICAR string or RH_MARK_INFECTED, ERROR
- *     iff it holds RH_MARK_ERROR, else CLEAN. The last bytes it was given are kept for asserts;
- *   - the worker: a struct worker with the harness's loop, a `wake` async that frees buried
- *     sessions, and msgscan_worker_start/stop around each run (a fresh verdict cache per run);
- *     no listeners, no policy (s->pol stays NULL: no Redis, no limits);
- *   - the peers: the test writes the bytes a client / backend would send and reads what they
- *     would receive. rh_client_received() is the ONE place that knows how output reaches the
- *     client: it reads the client's socketpair end, so it does not depend on how the relay
- *     queues its output (wbuf, ctl, an output queue).
+ *     definition wins and clamav.o is never pulled from the archive), returning a scanner_ops
+ *     implementation whose scan() is the verdict function: INFECTED iff the message holds the
+ *     EICAR string or RH_MARK_INFECTED (signature RH_SIGNATURE), ERROR iff it holds
+ *     RH_MARK_ERROR, else CLEAN; engine "harness-stub-1". The last message scanned is kept;
+ *   - the worker: a struct worker with the harness's loop and a `wake` async that frees buried
+ *     sessions; msgscan_worker_start/stop around each run (a fresh verdict cache per run); no
+ *     listeners, no policy (s->pol NULL: no Redis, no limits);
+ *   - the peers: the test writes what a client / backend sends and reads what it receives.
+ *     rh_client_received() / rh_backend_received() are the ONE place that knows how output
+ *     reaches a peer: they read the socketpair, so they do not depend on how the relay queues
+ *     output (s->down's [rpos, mark), the conn's ctl, imap_scan's wbuf swap, pop3_scan's
+ *     insert, or an output queue with CONN_EV_DRAINED).
  *
- * Quiescence: after every write the harness runs the loop without blocking until nothing moves;
- * while a scan is on a pool thread or its result not yet taken by the loop, it blocks on the
- * loop (bounded) for the ev_async. A response that never comes is therefore reported as a
- * mismatch, never as a hang.
+ * Quiescence: after every write the loop runs without blocking until nothing moves and two
+ * checks in a row, with loop runs between them, find no scan job queued or running (the pool's
+ * numbers, read from the scan metrics; the pool signals a result under the same lock that takes
+ * a job off `running`). While a job is in the pool it blocks on the loop for the ev_async, for
+ * at most 10 s of wall time. A response that never comes is therefore reported as a mismatch,
+ * never as a hang.
  */
 #ifndef PORTCULLIS_RELAY_HARNESS_H
 #define PORTCULLIS_RELAY_HARNESS_H
@@ -51,7 +63,7 @@ struct session;
 
 enum rh_proto { RH_IMAP, RH_POP3 };
 
-/* Scanner and config variants (one config snapshot each, built on first use). */
+/* Scanner and config variants (one config snapshot each, built by rh_group_setup). */
 enum rh_scan {
     RH_SCAN_OFF,         /* scan.enabled: false */
     RH_SCAN_ON,          /* defaults: error_action block, oversize_action pass */

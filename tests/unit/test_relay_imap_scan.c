@@ -274,6 +274,21 @@ CASE(t_select_split_mailbox,
      B("* 2 FETCH (UID 8 BODY[]<0> {10}\r\nSubject: h)\r\ng OK\r\n"),
      EC("* 2 FETCH (UID 8 BODY[]<0> {10}\r\nSubject: h)\r\ng OK\r\n"))
 
+CASE(t_cached_pipelined,
+     "pipelined whole FETCHes of messages already judged (cache hits) in one burst", RH_SCAN_ON,
+     SEL, C("f UID FETCH 7:8 (UID BODY.PEEK[])\r\n"), EB("f UID FETCH 7:8 (UID BODY.PEEK[])\r\n"),
+     B("* 1 FETCH (UID 7 BODY[] {42}\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n)\r\n* 2 "
+       "FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nf OK\r\n"),
+     ECN("* 1 FETCH (UID 7 BODY[] @NOTICE@)\r\n* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: "
+         "hi\r\n\r\nhello world\r\n)\r\nf OK\r\n"),
+     C("g UID FETCH 7 (UID BODY.PEEK[])\r\nh UID FETCH 8 (UID BODY.PEEK[])\r\n"),
+     EB("g UID FETCH 7 (UID BODY.PEEK[])\r\nh UID FETCH 8 (UID BODY.PEEK[])\r\n"),
+     B("* 1 FETCH (UID 7 BODY[] {42}\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n)\r\ng "
+       "OK\r\n* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nh OK\r\n"),
+     ECN("* 1 FETCH (UID 7 BODY[] @NOTICE@)\r\ng OK\r\n* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: "
+         "hi\r\n\r\nhello world\r\n)\r\nh OK\r\n"),
+     ENSCANS(2))
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -304,6 +319,7 @@ int main(void)
         cmocka_unit_test(t_nil_body),
         cmocka_unit_test(t_append_not_scanned),
         cmocka_unit_test(t_select_split_mailbox),
+        cmocka_unit_test(t_cached_pipelined),
     };
     return cmocka_run_group_tests(tests, rh_group_setup, rh_group_teardown);
 }

@@ -179,6 +179,20 @@ CASE(t_uidl_list_untouched, "LIST/UIDL are not scanned", RH_SCAN_ON, C("UIDL\r\n
      EB("UIDL\r\nLIST 1\r\n"), B("+OK\r\n1 aaa\r\n.\r\n+OK 1 99\r\n"),
      EC("+OK\r\n1 aaa\r\n.\r\n+OK 1 99\r\n"), ENSCANS(0))
 
+CASE(t_cached_pipelined, "pipelined RETRs of messages already judged (cache hits) in one burst",
+     RH_SCAN_ON, C("RETR 1\r\nRETR 2\r\n"), EB("RETR 1\r\nRETR 2\r\n"),
+     B("+OK 28 octets\r\nSubject: hi\r\n\r\nhello world\r\n.\r\n+OK 42 octets\r\nSubject: "
+       "x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n.\r\n"),
+     ECN("+OK 28 octets\r\nSubject: hi\r\n\r\nhello world\r\n.\r\n+OK @NUM@ octets\r\n@POPNOTICE@"),
+     C("RETR 1\r\nRETR 2\r\nRETR 1\r\nSTAT\r\n"), EB("RETR 1\r\nRETR 2\r\nRETR 1\r\nSTAT\r\n"),
+     B("+OK 28 octets\r\nSubject: hi\r\n\r\nhello world\r\n.\r\n+OK 42 octets\r\nSubject: "
+       "x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n.\r\n+OK 28 octets\r\nSubject: hi\r\n\r\nhello "
+       "world\r\n.\r\n+OK 2 10\r\n"),
+     ECN("+OK 28 octets\r\nSubject: hi\r\n\r\nhello world\r\n.\r\n+OK @NUM@ "
+         "octets\r\n@POPNOTICE@+OK 28 octets\r\nSubject: hi\r\n\r\nhello world\r\n.\r\n+OK 2 "
+         "10\r\n"),
+     ENSCANS(2))
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -190,7 +204,7 @@ int main(void)
         cmocka_unit_test(t_oversize_pass_nohint), cmocka_unit_test(t_oversize_block),
         cmocka_unit_test(t_verdict_cache),        cmocka_unit_test(t_retr_then_quit),
         cmocka_unit_test(t_retr_lf_lines),        cmocka_unit_test(t_empty_body),
-        cmocka_unit_test(t_uidl_list_untouched),
+        cmocka_unit_test(t_uidl_list_untouched),  cmocka_unit_test(t_cached_pipelined),
     };
     return cmocka_run_group_tests(tests, rh_group_setup, rh_group_teardown);
 }

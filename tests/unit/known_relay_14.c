@@ -25,12 +25,13 @@
 
 #include "relay_harness.c"
 
-#define CASE(fn, title, scan, ...)                                                                 \
+#define CASE(fn, title, variant, ...)                                                              \
     static void fn(void **state)                                                                   \
     {                                                                                              \
         (void)state;                                                                               \
         static const struct rh_step steps[] = {__VA_ARGS__, END};                                  \
-        rh_run_case(&(struct rh_case){title, RH_IMAP, scan, steps});                               \
+        rh_run_case(                                                                               \
+            &(struct rh_case){.name = title, .proto = RH_IMAP, .scan = variant, .steps = steps});  \
     }
 
 #define SEL                                                                                        \

@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -233,6 +234,7 @@ struct rh {
     int cfd, bfd;      /* our ends: the client, the backend */
     struct rx crx, brx;
     unsigned started0; /* stub scans before this run */
+    bool slow;         /* the client reads RH_SLOW_READ bytes per loop run, small socket buffer */
 };
 
 static void reap(struct worker *w)
@@ -250,7 +252,8 @@ static void wake_cb(struct ev_loop *loop, ev_async *a, int revents)
     reap(a->data);
 }
 
-static void rx_read(int fd, struct rx *r, size_t *moved)
+/* Read what `fd` has (at most `max` bytes when max > 0: a slow reader). */
+static void rx_read(int fd, struct rx *r, size_t *moved, size_t max)
 {
     if (fd < 0 || r->eof)
         return;
@@ -260,10 +263,15 @@ static void rx_read(int fd, struct rx *r, size_t *moved)
             r->p = realloc(r->p, r->cap);
             assert_non_null(r->p);
         }
-        ssize_t n = read(fd, r->p + r->len, r->cap - r->len - 1);
+        size_t want = r->cap - r->len - 1;
+        if (max && want > max)
+            want = max;
+        ssize_t n = read(fd, r->p + r->len, want);
         if (n > 0) {
             r->len += (size_t)n;
             *moved += (size_t)n;
+            if (max)
+                break;
             continue;
         }
         if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
@@ -323,8 +331,8 @@ static void settle(struct rh *h)
     for (;;) {
         ev_run(g_loop, EVRUN_NOWAIT);
         size_t moved = 0;
-        rx_read(h->cfd, &h->crx, &moved);
-        rx_read(h->bfd, &h->brx, &moved);
+        rx_read(h->cfd, &h->crx, &moved, h->slow ? RH_SLOW_READ : 0);
+        rx_read(h->bfd, &h->brx, &moved, 0);
         if (h->w.graveyard) {
             reap(&h->w);
             h->s = NULL;
@@ -363,10 +371,11 @@ static void socketpair_nb(int sv[2])
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv), 0);
 }
 
-struct rh *rh_open(enum rh_proto proto, enum rh_scan scan)
+static struct rh *open_session(enum rh_proto proto, enum rh_scan scan, bool slow)
 {
     struct rh *h = calloc(1, sizeof *h);
     assert_non_null(h);
+    h->slow = slow;
     h->w.loop = g_loop;
     ev_async_init(&h->w.wake, wake_cb);
     h->w.wake.data = &h->w;
@@ -383,6 +392,12 @@ struct rh *rh_open(enum rh_proto proto, enum rh_scan scan)
     socketpair_nb(bsv);
     h->cfd = csv[1];
     h->bfd = bsv[1];
+    if (slow) {
+        /* the smallest send buffer the kernel allows: the proxy's writes to the client fill it
+         * and its write events (CONN_EV_WRITE) carry the rest */
+        int one = 1;
+        setsockopt(csv[0], SOL_SOCKET, SO_SNDBUF, &one, sizeof one);
+    }
     struct sockaddr_in peer = {.sin_family = AF_INET, .sin_port = htons(40000)};
     inet_pton(AF_INET, "192.0.2.7", &peer.sin_addr);
     atomic_fetch_add(&worker_connections, 1); /* the listener's count, given back at bury */
@@ -420,6 +435,11 @@ struct rh *rh_open(enum rh_proto proto, enum rh_scan scan)
     h->crx.checked = h->crx.len;
     h->brx.checked = h->brx.len;
     return h;
+}
+
+struct rh *rh_open(enum rh_proto proto, enum rh_scan scan)
+{
+    return open_session(proto, scan, false);
 }
 
 static void send_to(struct rh *h, int fd, const char *p, size_t len, size_t chunk)
@@ -525,6 +545,56 @@ void rh_free(struct rh **hp)
     free(h->brx.p);
     free(h);
     *hp = NULL;
+}
+
+/* ---- test data ---- */
+
+char *rh_message(size_t n, const char *extra)
+{
+    size_t cap = n + 512 + (extra ? strlen(extra) : 0);
+    char *m = malloc(cap);
+    assert_non_null(m);
+    int k = snprintf(m, cap, "From: a@example.org\r\nSubject: big one\r\n%s%s\r\n",
+                     extra ? extra : "", extra ? "\r\n" : "");
+    size_t o = (size_t)k;
+    for (unsigned line = 0; o + 72 < n; line++) {
+        for (unsigned i = 0; i < 70; i++)
+            m[o + i] = (char)('a' + (line * 7 + i) % 26);
+        if (line % 37 == 5)
+            m[o] = '.';
+        m[o + 70] = '\r';
+        m[o + 71] = '\n';
+        o += 72;
+    }
+    m[o] = '\0';
+    return m;
+}
+
+char *rh_stuff(const char *m)
+{
+    size_t n = strlen(m);
+    char *o = malloc(2 * n + 1);
+    assert_non_null(o);
+    size_t w = 0;
+    bool bol = true;
+    for (size_t i = 0; i < n; i++) {
+        if (bol && m[i] == '.')
+            o[w++] = '.';
+        o[w++] = m[i];
+        bol = m[i] == '\n';
+    }
+    o[w] = '\0';
+    return o;
+}
+
+char *rh_strf(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = NULL;
+    assert_true(vasprintf(&s, fmt, ap) >= 0);
+    va_end(ap);
+    return s;
 }
 
 /* ---- notices ---- */
@@ -699,9 +769,13 @@ static void show(const char *label, const char *p, size_t n)
     fputs(n > 4000 ? "...\"\n" : "\"\n", stderr);
 }
 
-/* "whole", "bytes" or "split@k" */
+#define MODE_SLOW ((size_t)-1) /* whole writes, a slow client reader */
+
+/* "whole", "bytes", "split@k" or "slow-reader" */
 static const char *mode_name(size_t mode, char *buf, size_t cap)
 {
+    if (mode == MODE_SLOW)
+        return "slow-reader";
     if (mode == 0)
         return "whole";
     if (mode == 1)
@@ -714,7 +788,7 @@ static const char *mode_name(size_t mode, char *buf, size_t cap)
  * split once, after byte k-1. Returns false (after printing) on a mismatch. */
 static bool run_once(const struct rh_case *c, size_t mode)
 {
-    struct rh *h = rh_open(c->proto, c->scan);
+    struct rh *h = open_session(c->proto, c->scan, mode == MODE_SLOW);
     char mbuf[32];
     const char *mn = mode_name(mode, mbuf, sizeof mbuf);
     bool ok = true;
@@ -728,7 +802,7 @@ static bool run_once(const struct rh_case *c, size_t mode)
         case RH_C:
         case RH_B: {
             int fd = st->op == RH_C ? h->cfd : h->bfd;
-            if (mode <= 1) {
+            if (mode <= 1 || mode == MODE_SLOW) {
                 send_to(h, fd, st->text, tl, mode == 1 ? 1 : 0);
             } else {
                 size_t k = mode - 1 < tl ? mode - 1 : tl;
@@ -816,9 +890,18 @@ void rh_run_case(const struct rh_case *c)
     for (const struct rh_step *st = c->steps; st->op != RH_END; st++)
         if ((st->op == RH_C || st->op == RH_B) && strlen(st->text) > maxlen)
             maxlen = strlen(st->text);
-    bool ok = run_once(c, 0) && run_once(c, 1);
-    for (size_t k = 1; ok && k < maxlen; k++)
-        ok = run_once(c, k + 1);
+    bool ok = run_once(c, 0) && run_once(c, MODE_SLOW);
+    if (c->big) {
+        /* a few splits only: near both ends and in the middle */
+        size_t ks[] = {1, 2, 7, maxlen / 2, maxlen - 2, maxlen - 1};
+        for (size_t i = 0; ok && i < sizeof ks / sizeof ks[0]; i++)
+            if (ks[i] >= 1 && ks[i] < maxlen)
+                ok = run_once(c, ks[i] + 1);
+    } else {
+        ok = ok && run_once(c, 1);
+        for (size_t k = 1; ok && k < maxlen; k++)
+            ok = run_once(c, k + 1);
+    }
     if (!ok)
         fail_msg("case \"%s\" failed (see above)", c->name);
 }

@@ -2,9 +2,9 @@
  * relay_harness — drive the authenticated relay (imap_relay, imap_scan, pop3_relay, pop3_scan,
  * msgscan) of one real session without a network: the client and the backend are the far ends
  * of two AF_UNIX socketpairs held by the test, the scanner is a deterministic stub, and every
- * case is replayed whole, one byte at a time, and split once at every byte boundary of each
- * sending step (rh_run_case). Include relay_harness.c (not this header alone) from a
- * tests/unit/test_*.c: the Makefile builds each of those as its own binary.
+ * case is replayed whole, with a slow client reader, one byte at a time, and split once at
+ * every byte boundary of each sending step (rh_run_case). Include relay_harness.c (not this header
+ * alone) from a tests/unit/test_*.c: the Makefile builds each of those as its own binary.
  *
  * Why socketpairs and not fd -1: the issue 14 stalls live in the event wiring (sess_pump()
  * flushing synchronously, no write event armed, the filter never re-run). With real sockets
@@ -111,7 +111,11 @@ struct rh_case {
     enum rh_proto proto;
     enum rh_scan scan;
     const struct rh_step *steps; /* ends with RH_END */
+    bool big; /* large messages: whole, slow reader and six splits only, not byte by byte */
 };
+
+/* Slow-reader mode: the client reads this much per loop run. */
+#define RH_SLOW_READ 256
 
 #define C(t)                                                                                       \
     {                                                                                              \
@@ -166,8 +170,11 @@ struct rh_case {
         RH_END, NULL, 0                                                                            \
     }
 
-/* Run one case: whole, byte by byte, and split at every byte boundary of each sending step.
- * Fails the cmocka test (with the mode, the step and both byte strings) on the first mismatch. */
+/* Run one case: whole; with a slow client reader (the proxy's send buffer to the client at its
+ * minimum, the client reading RH_SLOW_READ bytes per loop run, so output goes out on write
+ * events); byte by byte; and split once at every byte boundary of each sending step (the
+ * same k for every step). Fails the cmocka test (with the mode, the step and both byte
+ * strings) on the first mismatch. */
 void rh_run_case(const struct rh_case *c);
 
 /* Lower-level API, for cases that need custom checks. */
@@ -189,6 +196,14 @@ struct session *rh_session(struct rh *h); /* NULL once closed */
 unsigned rh_scans(struct rh *h);          /* stub scans since rh_open */
 /* Close (if open), free the session, stop the worker's scan client, free `h`. */
 void rh_free(struct rh **h);
+
+/* Test data: a message of about `n` bytes (header lines, `extra` (may be NULL) as one more
+ * header line, then 70-character CRLF lines, every 37th one starting with "."). malloc'd. */
+char *rh_message(size_t n, const char *extra);
+/* `m` dot-stuffed for POP3 (a "." at a line start doubled), malloc'd. */
+char *rh_stuff(const char *m);
+/* printf into a malloc'd string. */
+char *rh_strf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* The last message the stub scanner was given (malloc'd copy; NULL if none). */
 char *rh_last_scanned(size_t *len_r);

@@ -18,7 +18,8 @@
     {                                                                                              \
         (void)state;                                                                               \
         static const struct rh_step steps[] = {__VA_ARGS__, END};                                  \
-        rh_run_case(&(struct rh_case){title, RH_IMAP, RH_SCAN_OFF, steps});                        \
+        rh_run_case(&(struct rh_case){                                                             \
+            .name = title, .proto = RH_IMAP, .scan = RH_SCAN_OFF, .steps = steps});                \
     }
 
 CASE(t_noop, "NOOP round trip", C("a NOOP\r\n"), EB("a NOOP\r\n"), B("a OK NOOP completed.\r\n"),
@@ -148,6 +149,37 @@ CASE(t_long_line, "a response line longer than the head buffer streams unchanged
 CASE(t_bare_lf, "LF-only line ends are framed like CRLF", C("a NOOP\n"), EB("a NOOP\n"),
      B("a OK\n"), EC("a OK\n"))
 
+/* Large messages (over the 64k relay buffer both ways, so reads pause on a full buffer and
+ * output goes out on write events): whole, slow reader and six splits (rh_case.big). */
+static void t_big_fetch_and_append(void **state)
+{
+    (void)state;
+    char *m = rh_message(200000, NULL);
+    size_t n = strlen(m);
+    char *resp = rh_strf("* 1 FETCH (BODY[] {%zu}\r\n%s)\r\nf OK done\r\n", n, m);
+    char *app = rh_strf("a APPEND INBOX {%zu+}\r\n%s\r\n", n, m);
+    char *app_be = rh_strf("a APPEND INBOX {%zu}\r\n", n);
+    char *lit = rh_strf("%s\r\n", m);
+    const struct rh_step steps[] = {C("f FETCH 1 BODY[]\r\n"),
+                                    EB("f FETCH 1 BODY[]\r\n"),
+                                    B(resp),
+                                    EC(resp),
+                                    C(app),
+                                    EB(app_be),
+                                    B("+ go\r\n"),
+                                    EC(""),
+                                    EB(lit),
+                                    B("a OK appended\r\n"),
+                                    EC("a OK appended\r\n"),
+                                    END};
+    rh_run_case(&(struct rh_case){.name = "a 200 kB FETCH literal and a 200 kB APPEND literal",
+                                  .proto = RH_IMAP,
+                                  .scan = RH_SCAN_OFF,
+                                  .steps = steps,
+                                  .big = true});
+    free(m), free(resp), free(app), free(app_be), free(lit);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -176,6 +208,7 @@ int main(void)
         cmocka_unit_test(t_client_gone),
         cmocka_unit_test(t_long_line),
         cmocka_unit_test(t_bare_lf),
+        cmocka_unit_test(t_big_fetch_and_append),
     };
     return cmocka_run_group_tests(tests, rh_group_setup, rh_group_teardown);
 }

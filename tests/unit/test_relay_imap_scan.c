@@ -13,12 +13,13 @@
 
 #include "relay_harness.c"
 
-#define CASE(fn, title, scan, ...)                                                                 \
+#define CASE(fn, title, variant, ...)                                                              \
     static void fn(void **state)                                                                   \
     {                                                                                              \
         (void)state;                                                                               \
         static const struct rh_step steps[] = {__VA_ARGS__, END};                                  \
-        rh_run_case(&(struct rh_case){title, RH_IMAP, scan, steps});                               \
+        rh_run_case(                                                                               \
+            &(struct rh_case){.name = title, .proto = RH_IMAP, .scan = variant, .steps = steps});  \
     }
 
 #define SEL                                                                                        \
@@ -289,6 +290,38 @@ CASE(t_cached_pipelined,
          "hi\r\n\r\nhello world\r\n)\r\nh OK\r\n"),
      ENSCANS(2))
 
+/* Large messages (over the 64k relay buffer and the inline-hash limit): whole, slow reader
+ * and six splits (rh_case.big). */
+static void t_big_clean_and_infected(void **state)
+{
+    (void)state;
+    char *clean = rh_message(150000, NULL);
+    char *bad = rh_message(150000, RH_MARK_INFECTED ": 1");
+    char *r1 = rh_strf("* 1 FETCH (UID 8 BODY[] {%zu}\r\n%s)\r\nf OK\r\n", strlen(clean), clean);
+    char *r2 = rh_strf("* 2 FETCH (UID 7 BODY[] {%zu}\r\n%s FLAGS (\\Seen))\r\ng OK\r\n",
+                       strlen(bad), bad);
+    const struct rh_step steps[] = {
+        SEL,
+        C("f UID FETCH 8 (UID BODY.PEEK[])\r\n"),
+        EB("f UID FETCH 8 (UID BODY.PEEK[])\r\n"),
+        B(r1),
+        EC(r1),
+        ESCANNED(clean),
+        C("g UID FETCH 7 (UID BODY[])\r\n"),
+        EB("g UID FETCH 7 (UID BODY[])\r\n"),
+        B(r2),
+        ECN("* 2 FETCH (UID 7 BODY[] @NOTICE@ FLAGS (\\Seen))\r\ng OK\r\n"),
+        ENSCANS(2),
+        END};
+    rh_run_case(&(struct rh_case){.name = "150 kB messages: the clean one identical, the infected "
+                                          "one replaced",
+                                  .proto = RH_IMAP,
+                                  .scan = RH_SCAN_ON,
+                                  .steps = steps,
+                                  .big = true});
+    free(clean), free(bad), free(r1), free(r2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -320,6 +353,7 @@ int main(void)
         cmocka_unit_test(t_append_not_scanned),
         cmocka_unit_test(t_select_split_mailbox),
         cmocka_unit_test(t_cached_pipelined),
+        cmocka_unit_test(t_big_clean_and_infected),
     };
     return cmocka_run_group_tests(tests, rh_group_setup, rh_group_teardown);
 }

@@ -14,12 +14,13 @@
 
 #include "relay_harness.c"
 
-#define CASE(fn, title, scan, ...)                                                                 \
+#define CASE(fn, title, variant, ...)                                                              \
     static void fn(void **state)                                                                   \
     {                                                                                              \
         (void)state;                                                                               \
         static const struct rh_step steps[] = {__VA_ARGS__, END};                                  \
-        rh_run_case(&(struct rh_case){title, RH_POP3, scan, steps});                               \
+        rh_run_case(                                                                               \
+            &(struct rh_case){.name = title, .proto = RH_POP3, .scan = variant, .steps = steps});  \
     }
 
 CASE(t_stat, "STAT: a single-line answer", RH_SCAN_OFF, C("STAT\r\n"), EB("STAT\r\n"),
@@ -107,6 +108,28 @@ CASE(t_dot_line_edge, "body lines \". x\" and \"..\" and a lone \".\" in a TOP a
      EC("+OK\r\nA: b\r\n\r\n. x\r\n..\r\n.\r\n"), C("STAT\r\n"), EB("STAT\r\n"), B("+OK 0 0\r\n"),
      EC("+OK 0 0\r\n"))
 
+/* A large message (over the 64k relay buffer): whole, slow reader and six splits. */
+static void t_big_retr(void **state)
+{
+    (void)state;
+    char *m = rh_message(200000, NULL);
+    char *st = rh_stuff(m);
+    char *resp = rh_strf("+OK %zu octets\r\n%s.\r\n", strlen(m), st);
+    char *all = rh_strf("%s+OK 1 200000\r\n", resp);
+    const struct rh_step steps[] = {C("RETR 1\r\nSTAT\r\n"),
+                                    EB("RETR 1\r\nSTAT\r\n"),
+                                    B(resp),
+                                    B("+OK 1 200000\r\n"),
+                                    EC(all),
+                                    END};
+    rh_run_case(&(struct rh_case){.name = "a 200 kB dot-stuffed RETR streams byte-identical",
+                                  .proto = RH_POP3,
+                                  .scan = RH_SCAN_OFF,
+                                  .steps = steps,
+                                  .big = true});
+    free(m), free(st), free(resp), free(all);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -129,6 +152,7 @@ int main(void)
         cmocka_unit_test(t_backend_lost_mid_retr),
         cmocka_unit_test(t_client_gone),
         cmocka_unit_test(t_dot_line_edge),
+        cmocka_unit_test(t_big_retr),
     };
     return cmocka_run_group_tests(tests, rh_group_setup, rh_group_teardown);
 }

@@ -14,12 +14,13 @@
 
 #include "relay_harness.c"
 
-#define CASE(fn, title, scan, ...)                                                                 \
+#define CASE(fn, title, variant, ...)                                                              \
     static void fn(void **state)                                                                   \
     {                                                                                              \
         (void)state;                                                                               \
         static const struct rh_step steps[] = {__VA_ARGS__, END};                                  \
-        rh_run_case(&(struct rh_case){title, RH_POP3, scan, steps});                               \
+        rh_run_case(                                                                               \
+            &(struct rh_case){.name = title, .proto = RH_POP3, .scan = variant, .steps = steps});  \
     }
 
 CASE(t_retr_clean_identical, "RETR clean: byte-identical, scanned unstuffed", RH_SCAN_ON,
@@ -193,18 +194,56 @@ CASE(t_cached_pipelined, "pipelined RETRs of messages already judged (cache hits
          "10\r\n"),
      ENSCANS(2))
 
+/* Large messages (over the 64k relay buffer and the inline-hash limit): whole, slow reader
+ * and six splits (rh_case.big). */
+static void t_big_clean_and_infected(void **state)
+{
+    (void)state;
+    char *clean = rh_message(150000, NULL);
+    char *bad = rh_message(150000, RH_MARK_INFECTED ": 1");
+    char *sc = rh_stuff(clean), *sb = rh_stuff(bad);
+    char *r1 = rh_strf("+OK %zu octets\r\n%s.\r\n", strlen(clean), sc);
+    char *r2 = rh_strf("+OK %zu octets\r\n%s.\r\n", strlen(bad), sb);
+    const struct rh_step steps[] = {C("RETR 1\r\nRETR 2\r\nNOOP\r\n"),
+                                    EB("RETR 1\r\nRETR 2\r\nNOOP\r\n"),
+                                    B(r1),
+                                    EC(r1),
+                                    B(r2),
+                                    B("+OK\r\n"),
+                                    ECN("+OK @NUM@ octets\r\n@POPNOTICE@+OK\r\n"),
+                                    ENSCANS(2),
+                                    END};
+    rh_run_case(&(struct rh_case){.name = "150 kB RETRs: the clean one identical (stuffing "
+                                          "redone), the infected one replaced",
+                                  .proto = RH_POP3,
+                                  .scan = RH_SCAN_ON,
+                                  .steps = steps,
+                                  .big = true});
+    free(clean), free(bad), free(sc), free(sb), free(r1), free(r2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(t_retr_clean_identical), cmocka_unit_test(t_retr_infected),
-        cmocka_unit_test(t_retr_eicar),           cmocka_unit_test(t_retr_notice_restuffed),
-        cmocka_unit_test(t_top_infected),         cmocka_unit_test(t_top_clean),
-        cmocka_unit_test(t_retr_pipelined_mix),   cmocka_unit_test(t_retr_scan_error),
-        cmocka_unit_test(t_retr_err_passes),      cmocka_unit_test(t_oversize_pass_hint),
-        cmocka_unit_test(t_oversize_pass_nohint), cmocka_unit_test(t_oversize_block),
-        cmocka_unit_test(t_verdict_cache),        cmocka_unit_test(t_retr_then_quit),
-        cmocka_unit_test(t_retr_lf_lines),        cmocka_unit_test(t_empty_body),
-        cmocka_unit_test(t_uidl_list_untouched),  cmocka_unit_test(t_cached_pipelined),
+        cmocka_unit_test(t_retr_clean_identical),
+        cmocka_unit_test(t_retr_infected),
+        cmocka_unit_test(t_retr_eicar),
+        cmocka_unit_test(t_retr_notice_restuffed),
+        cmocka_unit_test(t_top_infected),
+        cmocka_unit_test(t_top_clean),
+        cmocka_unit_test(t_retr_pipelined_mix),
+        cmocka_unit_test(t_retr_scan_error),
+        cmocka_unit_test(t_retr_err_passes),
+        cmocka_unit_test(t_oversize_pass_hint),
+        cmocka_unit_test(t_oversize_pass_nohint),
+        cmocka_unit_test(t_oversize_block),
+        cmocka_unit_test(t_verdict_cache),
+        cmocka_unit_test(t_retr_then_quit),
+        cmocka_unit_test(t_retr_lf_lines),
+        cmocka_unit_test(t_empty_body),
+        cmocka_unit_test(t_uidl_list_untouched),
+        cmocka_unit_test(t_cached_pipelined),
+        cmocka_unit_test(t_big_clean_and_infected),
     };
     return cmocka_run_group_tests(tests, rh_group_setup, rh_group_teardown);
 }

@@ -32,7 +32,7 @@
 
 /* ---- the stub scanner (link seam for scanner_clamav_new) ---- */
 
-static atomic_uint stub_started, stub_returned;
+static atomic_uint stub_started; /* scans the stub was asked for (rh_scans) */
 static pthread_mutex_t stub_mu = PTHREAD_MUTEX_INITIALIZER;
 static char *stub_last;
 static size_t stub_last_len;
@@ -45,7 +45,7 @@ static bool has(const char *buf, size_t len, const char *needle)
     return memmem(buf, len, needle, strlen(needle)) != NULL;
 }
 
-/* The deterministic verdict function. */
+/* The deterministic verdict function (runs on a pool thread). */
 static void stub_scan(struct scanner *s, const char *buf, size_t len, struct scan_result *r)
 {
     (void)s;
@@ -73,7 +73,6 @@ static void stub_scan(struct scanner *s, const char *buf, size_t len, struct sca
     }
     stub_last_len = len;
     pthread_mutex_unlock(&stub_mu);
-    atomic_fetch_add(&stub_returned, 1);
 }
 
 static bool stub_reload(struct scanner *s, const struct scan_options *o, char **error_r)
@@ -128,6 +127,7 @@ char *rh_last_scanned(size_t *len_r)
     char *c = NULL;
     if (stub_last) {
         c = malloc(stub_last_len + 1);
+        assert_non_null(c);
         memcpy(c, stub_last, stub_last_len + 1);
         *len_r = stub_last_len;
     }
@@ -137,6 +137,9 @@ char *rh_last_scanned(size_t *len_r)
 
 /* ---- config snapshots, the loop ---- */
 
+/* Every variant has scan.enabled (the process-wide scanner and pool are set up once, from
+ * RH_SCAN_ON); RH_SCAN_OFF runs simply start no msgscan worker. database_dir only has to be
+ * readable: the stub loads nothing. No keep-alive lines within a test's time. */
 #define RH_CONFIG                                                                                  \
     "admin: {enabled: false}\n"                                                                    \
     "health: {enabled: false}\n"                                                                   \
@@ -222,6 +225,7 @@ int rh_group_teardown(void **state)
 
 /* ---- one session ---- */
 
+/* What one peer received: p[0, len), of which [0, checked) the expectations have seen. */
 struct rx {
     char *p;
     size_t len, cap, checked;

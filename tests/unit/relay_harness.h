@@ -65,7 +65,7 @@ enum rh_proto { RH_IMAP, RH_POP3 };
 
 /* Scanner and config variants (one config snapshot each, built by rh_group_setup). */
 enum rh_scan {
-    RH_SCAN_OFF,         /* scan.enabled: false */
+    RH_SCAN_OFF,         /* the worker does not scan (no msgscan worker: msgscan_on false) */
     RH_SCAN_ON,          /* defaults: error_action block, oversize_action pass */
     RH_SCAN_SMALL_PASS,  /* max_scan_size 1k, oversize pass */
     RH_SCAN_SMALL_BLOCK, /* max_scan_size 1k, oversize block */

@@ -645,8 +645,11 @@ static int output_step(struct session *s, struct pop3_scan *ps)
         conn_flush(&s->client);
         if (s->client.error)
             return 0; /* sess_pump() ends the session */
-        if (buf_sendable(b) > 0 && buf_room(b) == 0)
-            return 0; /* the client is slow: a write event brings us back */
+        /* Full, or too little room for the next piece (a restuffed line needs 2 bytes: with 1
+         * byte free generate() makes nothing and this loop spun forever on a slow client —
+         * found by the relay harness's slow reader): a write event brings us back. */
+        if (buf_sendable(b) > 0 && (buf_room(b) == 0 || n == 0))
+            return 0;
         if (!b->data && buf_reserve(b) < 0) {
             sess_close(s, "out of memory");
             return -1;

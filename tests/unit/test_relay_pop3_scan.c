@@ -222,6 +222,26 @@ static void t_big_clean_and_infected(void **state)
     free(clean), free(bad), free(sc), free(sb), free(r1), free(r2);
 }
 
+/* A slow client reading a large judged RETR (first scanned, then from the verdict cache): the
+ * output is regenerated as the client takes it. (With 1 byte of room left, output_step()
+ * could make nothing and spun forever on the worker thread.) */
+static void t_big_slow_client(void **state)
+{
+    (void)state;
+    char *m = rh_message(600000, NULL);
+    char *st = rh_stuff(m);
+    char *r = rh_strf("+OK %zu octets\r\n%s.\r\n", strlen(m), st);
+    const struct rh_step steps[] = {
+        C("RETR 1\r\n"), EB("RETR 1\r\n"), B(r), EC(r), C("RETR 1\r\n"), EB("RETR 1\r\n"), B(r),
+        EC(r),           ENSCANS(1),       END};
+    rh_run_case(&(struct rh_case){.name = "a 600 kB RETR, then again from the verdict cache",
+                                  .proto = RH_POP3,
+                                  .scan = RH_SCAN_ON,
+                                  .steps = steps,
+                                  .big = true});
+    free(m), free(st), free(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -244,6 +264,7 @@ int main(void)
         cmocka_unit_test(t_uidl_list_untouched),
         cmocka_unit_test(t_cached_pipelined),
         cmocka_unit_test(t_big_clean_and_infected),
+        cmocka_unit_test(t_big_slow_client),
     };
     return cmocka_run_group_tests(tests, rh_group_setup, rh_group_teardown);
 }

@@ -127,6 +127,12 @@ static enum cmd_verdict classify_command(const struct imap_framer *f, bool line_
         return CMD_REFUSE_COMPRESS;
     if (nl == 8 && strncasecmp(rest, "STARTTLS", 8) == 0)
         return CMD_REFUSE_STARTTLS;
+    /* The scanner reads the mailbox name from the head: a SELECT/EXAMINE is classified with
+     * its whole line, not as soon as its name is complete (found by the relay harness). */
+    bool sel = (nl == 6 && strncasecmp(rest, "SELECT", 6) == 0) ||
+               (nl == 7 && strncasecmp(rest, "EXAMINE", 7) == 0);
+    if (sel && !line_done && f->head_len < IMAP_HEAD_MAX)
+        return CMD_HOLD;
     return CMD_PASS;
 }
 
@@ -403,8 +409,13 @@ static int classify_response(const struct imap_framer *f, bool line_done)
     if (f->head_len >= 1 && f->head[0] == '+')
         return 1;
     if (f->head_len >= 3 && f->head[0] == '*' && f->head[1] == ' ' && f->head[2] != 'C' &&
-        f->head[2] != 'c')
+        f->head[2] != 'c') {
+        /* "* BYE" is recognised on its first 5 bytes (backend_bye): wait for them when the
+         * response may be one (found by the relay harness, feeding bytes one at a time). */
+        if ((f->head[2] == 'B' || f->head[2] == 'b') && f->head_len < 5 && !line_done)
+            return -1;
         return 1;
+    }
     if (line_done || f->head_len >= IMAP_HEAD_MAX)
         return 0; /* decide on the whole first line */
     return -1;    /* need more of the head */

@@ -79,6 +79,7 @@ struct pop3_state {
     size_t up_held;         /* bytes after s->up.mark parsed but not yet released */
     size_t down_held;       /* bytes after s->down.mark framed but not yet released */
     bool down_holding;      /* the current response is held whole (CAPA rewrite) */
+    bool down_status_hold;  /* a RETR/TOP status line is held until complete (scanner) */
     bool relay_running;     /* re-entrance guard of the relay loop */
     bool down_part_out;     /* the client got part of the response being framed */
     bool down_stopped;      /* the session ends: nothing more is framed (pop3_relay_stop) */

@@ -41,6 +41,7 @@ void pop3_relay_init(struct session *s)
     st->cur_valid = false;
     st->up_held = st->down_held = 0;
     st->down_holding = false;
+    st->down_status_hold = false;
 }
 
 static void push(struct pop3_state *st, struct pop3_qent e)
@@ -270,6 +271,8 @@ static bool filter_down(struct session *s)
             }
             st->cur_valid = true;
             st->down_holding = st->cur.cmd == PC_CAPA;
+            st->down_status_hold =
+                (st->cur.cmd == PC_RETR || st->cur.cmd == PC_TOP) && msgscan_on(s);
             pop3_framer_expect(&st->downf, (enum pop3_resp_kind)st->cur.resp);
             progress = true;
         }
@@ -285,13 +288,20 @@ static bool filter_down(struct session *s)
             return false;
         }
         progress = progress || used > 0;
-        if (ev == POP3_FRAME_STATUS_LINE && (st->cur.cmd == PC_RETR || st->cur.cmd == PC_TOP) &&
-            msgscan_on(s) && pop3_scan_begin(s)) {
-            if (s->closing)
-                return false;
-            progress = true;
-            continue;
+        if (ev == POP3_FRAME_STATUS_LINE && st->down_status_hold) {
+            st->down_status_hold = false;
+            if (pop3_scan_begin(s)) {
+                if (s->closing)
+                    return false;
+                progress = true;
+                continue;
+            }
         }
+        /* A status line the scanner takes (and may rewrite) is held until it is complete:
+         * released piecemeal, its start would go out as it came and the scanner would get
+         * only its tail (found by the relay harness, feeding bytes one at a time). */
+        if (st->down_status_hold && ev == POP3_FRAME_MORE)
+            continue;
         if (st->down_holding && ev != POP3_FRAME_END) {
             if (st->down_held <= CAPA_HOLD_MAX) {
                 if (used == 0)

@@ -1,0 +1,359 @@
+/*
+ * Unit tests for proxy/imap_scan.c (FETCH content scanning) through the relay harness: clean
+ * content byte-identical, infected content replaced by the notice with the right literal
+ * length, parts and chunks from the session's verdict memory, oversize and error actions.
+ * The stub scanner calls a message infected iff it holds RH_MARK_INFECTED or EICAR.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "relay_harness.c"
+
+#define CASE(fn, title, variant, ...)                                                              \
+    static void fn(void **state)                                                                   \
+    {                                                                                              \
+        (void)state;                                                                               \
+        static const struct rh_step steps[] = {__VA_ARGS__, END};                                  \
+        rh_run_case(                                                                               \
+            &(struct rh_case){.name = title, .proto = RH_IMAP, .scan = variant, .steps = steps});  \
+    }
+
+#define SEL                                                                                        \
+    CW("s SELECT INBOX\r\n"), EB("s SELECT INBOX\r\n"),                                            \
+        B("* 3 EXISTS\r\n* OK [UIDVALIDITY 1234] UIDs valid\r\ns OK [READ-WRITE] Select "          \
+          "done\r\n"),                                                                             \
+        EC("* 3 EXISTS\r\n* OK [UIDVALIDITY 1234] UIDs valid\r\ns OK [READ-WRITE] Select "         \
+           "done\r\n")
+
+CASE(t_clean_whole, "clean BODY[] is byte-identical and scanned as the literal", RH_SCAN_ON, SEL,
+     C("f UID FETCH 8 (UID BODY.PEEK[])\r\n"), EB("f UID FETCH 8 (UID BODY.PEEK[])\r\n"),
+     B("* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nf OK done\r\n"),
+     EC("* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nf OK done\r\n"),
+     ESCANNED("Subject: hi\r\n\r\nhello world\r\n"), ENSCANS(1))
+
+CASE(t_infected_whole, "infected BODY[] replaced by the notice with its literal length", RH_SCAN_ON,
+     SEL, C("f UID FETCH 7 (UID BODY.PEEK[])\r\n"), EB("f UID FETCH 7 (UID BODY.PEEK[])\r\n"),
+     B("* 1 FETCH (UID 7 BODY[] {42}\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n)\r\nf "
+       "OK done\r\n"),
+     ECN("* 1 FETCH (UID 7 BODY[] @NOTICE@)\r\nf OK done\r\n"),
+     ESCANNED("Subject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n"))
+
+CASE(t_eicar_rfc822, "RFC822 with the EICAR string replaced", RH_SCAN_ON, C("f FETCH 2 RFC822\r\n"),
+     EB("f FETCH 2 RFC822\r\n"),
+     B("* 2 FETCH (RFC822 {84}\r\nSubject: "
+       "e\r\n\r\nX5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*\r\n)\r\nf "
+       "OK done\r\n"),
+     ECN("* 2 FETCH (RFC822 @NOTICE@)\r\nf OK done\r\n"))
+
+CASE(t_items_around_literal, "items before and after the replaced literal are kept", RH_SCAN_ON,
+     SEL, C("f UID FETCH 7 (UID FLAGS RFC822.SIZE BODY.PEEK[])\r\n"),
+     EB("f UID FETCH 7 (UID FLAGS RFC822.SIZE BODY.PEEK[])\r\n"),
+     B("* 1 FETCH (UID 7 FLAGS (\\Seen) RFC822.SIZE 42 BODY[] {42}\r\nSubject: "
+       "x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n INTERNALDATE \"01-Jan-2026 00:00:00 "
+       "+0000\")\r\nf OK done\r\n"),
+     ECN("* 1 FETCH (UID 7 FLAGS (\\Seen) RFC822.SIZE 42 BODY[] @NOTICE@ INTERNALDATE "
+         "\"01-Jan-2026 00:00:00 +0000\")\r\nf OK done\r\n"))
+
+CASE(t_header_literal_not_scanned, "a header-section literal streams without a scan", RH_SCAN_ON,
+     SEL, C("h UID FETCH 7 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n"),
+     EB("h UID FETCH 7 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n"),
+     B("* 1 FETCH (UID 7 BODY[HEADER.FIELDS (SUBJECT)] {14}\r\nSubject: x\r\n\r\n)\r\nh OK\r\n"),
+     EC("* 1 FETCH (UID 7 BODY[HEADER.FIELDS (SUBJECT)] {14}\r\nSubject: x\r\n\r\n)\r\nh OK\r\n"),
+     ENSCANS(0))
+
+CASE(t_envelope_literal_then_body, "an ENVELOPE literal passes, the BODY[] after it is replaced",
+     RH_SCAN_ON, SEL, C("f UID FETCH 7 (ENVELOPE BODY.PEEK[])\r\n"),
+     EB("f UID FETCH 7 (ENVELOPE BODY.PEEK[])\r\n"),
+     B("* 1 FETCH (UID 7 ENVELOPE (NIL {5}\r\nhello NIL NIL NIL NIL NIL NIL NIL NIL) BODY[] "
+       "{42}\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n)\r\nf OK\r\n"),
+     ECN("* 1 FETCH (UID 7 ENVELOPE (NIL {5}\r\nhello NIL NIL NIL NIL NIL NIL NIL NIL) BODY[] "
+         "@NOTICE@)\r\nf OK\r\n"))
+
+CASE(t_two_messages, "FETCH 1:2: the clean one identical, the infected one replaced", RH_SCAN_ON,
+     SEL, C("f FETCH 1:2 (UID BODY.PEEK[])\r\n"), EB("f FETCH 1:2 (UID BODY.PEEK[])\r\n"),
+     B("* 1 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\n* 2 FETCH (UID 7 "
+       "BODY[] {42}\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n)\r\nf OK done\r\n"),
+     ECN("* 1 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\n* 2 FETCH (UID 7 "
+         "BODY[] @NOTICE@)\r\nf OK done\r\n"),
+     ENSCANS(2))
+
+CASE(t_order_kept, "responses after a held FETCH keep their order", RH_SCAN_ON, SEL,
+     C("f FETCH 1 (BODY.PEEK[])\r\n"), EB("f FETCH 1 (BODY.PEEK[])\r\n"),
+     B("* 1 FETCH (BODY[] {42}\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n)\r\n* 4 "
+       "EXISTS\r\n* 1 RECENT\r\nf OK done\r\n"),
+     ECN("* 1 FETCH (BODY[] @NOTICE@)\r\n* 4 EXISTS\r\n* 1 RECENT\r\nf OK done\r\n"))
+
+CASE(t_scan_error_blocked, "a scan error applies error_action block", RH_SCAN_ON, SEL,
+     C("f FETCH 3 BODY.PEEK[]\r\n"), EB("f FETCH 3 BODY.PEEK[]\r\n"),
+     B("* 3 FETCH (BODY[] {44}\r\nSubject: err\r\nX-Harness-Scan-Error: 1\r\n\r\nx\r\n)\r\nf "
+       "OK\r\n"),
+     ECN("* 3 FETCH (BODY[] @BLOCKED@)\r\nf OK\r\n"))
+
+CASE(t_oversize_pass, "over max_scan_size with oversize_action pass: streamed, not scanned",
+     RH_SCAN_SMALL_PASS, C("f FETCH 1 BODY.PEEK[]\r\n"), EB("f FETCH 1 BODY.PEEK[]\r\n"),
+     B("* 1 FETCH (BODY[] {1161}\r\nSubject: big\r\nX-Harness-Infected: "
+       "1\r\n\r\n0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef01"
+       "23456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abc"
+       "def0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef01234567"
+       "89abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef012"
+       "3456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd"
+       "ef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef012345678"
+       "9abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123"
+       "456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde"
+       "f0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789"
+       "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef01234"
+       "56789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+       "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789a"
+       "bcdef0123456789abcdef0123456789abcdef\r\n)\r\nf OK\r\n"),
+     EC("* 1 FETCH (BODY[] {1161}\r\nSubject: big\r\nX-Harness-Infected: "
+        "1\r\n\r\n0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0"
+        "123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789a"
+        "bcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef01234"
+        "56789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde"
+        "f0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef012345678"
+        "9abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef012"
+        "3456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abc"
+        "def0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456"
+        "789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0"
+        "123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789a"
+        "bcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef01234"
+        "56789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde"
+        "f0123456789abcdef0123456789abcdef0123456789abcdef\r\n)\r\nf OK\r\n"),
+     ENSCANS(0))
+
+CASE(t_oversize_block, "over max_scan_size with oversize_action block: a notice, no scan",
+     RH_SCAN_SMALL_BLOCK, C("f FETCH 1 BODY.PEEK[]\r\n"), EB("f FETCH 1 BODY.PEEK[]\r\n"),
+     B("* 1 FETCH (BODY[] {1161}\r\nSubject: big\r\nX-Harness-Infected: "
+       "1\r\n\r\n0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef01"
+       "23456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abc"
+       "def0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef01234567"
+       "89abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef012"
+       "3456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd"
+       "ef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef012345678"
+       "9abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123"
+       "456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde"
+       "f0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789"
+       "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef01234"
+       "56789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+       "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789a"
+       "bcdef0123456789abcdef0123456789abcdef\r\n)\r\nf OK\r\n"),
+     ECN("* 1 FETCH (BODY[] @BLOCKED@)\r\nf OK\r\n"), ENSCANS(0))
+
+CASE(t_small_under_limit, "under a small max_scan_size: still scanned and replaced",
+     RH_SCAN_SMALL_BLOCK, C("f FETCH 1 BODY.PEEK[]\r\n"), EB("f FETCH 1 BODY.PEEK[]\r\n"),
+     B("* 1 FETCH (BODY[] {42}\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n)\r\nf OK\r\n"),
+     ECN("* 1 FETCH (BODY[] @NOTICE@)\r\nf OK\r\n"), ENSCANS(1))
+
+CASE(t_verdict_cache, "the same message again: judged from the verdict cache, same answer",
+     RH_SCAN_ON, SEL, C("f UID FETCH 7 BODY.PEEK[]\r\n"), EB("f UID FETCH 7 BODY.PEEK[]\r\n"),
+     B("* 1 FETCH (UID 7 BODY[] {42}\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n)\r\nf "
+       "OK\r\n"),
+     ECN("* 1 FETCH (UID 7 BODY[] @NOTICE@)\r\nf OK\r\n"), C("g UID FETCH 9 BODY.PEEK[]\r\n"),
+     EB("g UID FETCH 9 BODY.PEEK[]\r\n"),
+     B("* 3 FETCH (UID 9 BODY[] {42}\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n)\r\ng "
+       "OK\r\n"),
+     ECN("* 3 FETCH (UID 9 BODY[] @NOTICE@)\r\ng OK\r\n"), ENSCANS(1))
+
+CASE(t_memo_partial_first, "a chunk of a judged infected message: the same range of its notice",
+     RH_SCAN_ON, SEL, C("f UID FETCH 7 (UID BODY.PEEK[])\r\n"),
+     EB("f UID FETCH 7 (UID BODY.PEEK[])\r\n"),
+     B("* 1 FETCH (UID 7 BODY[] {42}\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n)\r\nf "
+       "OK\r\n"),
+     ECN("* 1 FETCH (UID 7 BODY[] @NOTICE@)\r\nf OK\r\n"),
+     C("g UID FETCH 7 (UID BODY.PEEK[]<0.20>)\r\n"),
+     EB("g UID FETCH 7 (UID BODY.PEEK[]<0.20>)\r\n"),
+     B("* 1 FETCH (UID 7 BODY[]<0> {20}\r\nSubject: x\r\nX-Harnes)\r\ng OK\r\n"),
+     ECN("* 1 FETCH (UID 7 BODY[]<0> @SLICE:0:20@)\r\ng OK\r\n"), ENSCANS(1))
+
+CASE(t_memo_partial_last, "the last chunk of a judged infected message gets the rest of the notice",
+     RH_SCAN_ON, SEL, C("f UID FETCH 7 (UID BODY.PEEK[])\r\n"),
+     EB("f UID FETCH 7 (UID BODY.PEEK[])\r\n"),
+     B("* 1 FETCH (UID 7 BODY[] {42}\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n)\r\nf "
+       "OK\r\n"),
+     ECN("* 1 FETCH (UID 7 BODY[] @NOTICE@)\r\nf OK\r\n"),
+     C("g UID FETCH 7 (UID BODY.PEEK[]<20.100>)\r\n"),
+     EB("g UID FETCH 7 (UID BODY.PEEK[]<20.100>)\r\n"),
+     B("* 1 FETCH (UID 7 BODY[]<20> {22}\r\ns-Infected: 1\r\n\r\nbad\r\n)\r\ng OK\r\n"),
+     ECN("* 1 FETCH (UID 7 BODY[]<20> @SLICE:20:0@)\r\ng OK\r\n"), ENSCANS(1))
+
+CASE(t_memo_part, "a MIME part of a judged infected message: the notice text", RH_SCAN_ON, SEL,
+     C("f UID FETCH 7 (UID BODY.PEEK[])\r\n"), EB("f UID FETCH 7 (UID BODY.PEEK[])\r\n"),
+     B("* 1 FETCH (UID 7 BODY[] {42}\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n)\r\nf "
+       "OK\r\n"),
+     ECN("* 1 FETCH (UID 7 BODY[] @NOTICE@)\r\nf OK\r\n"),
+     C("g UID FETCH 7 (UID BODY.PEEK[1])\r\n"), EB("g UID FETCH 7 (UID BODY.PEEK[1])\r\n"),
+     B("* 1 FETCH (UID 7 BODY[1] {5}\r\nbad\r\n)\r\ng OK\r\n"),
+     ECN("* 1 FETCH (UID 7 BODY[1] @BODYSLICE:0:0@)\r\ng OK\r\n"), ENSCANS(1))
+
+CASE(t_memo_partial_clean, "a chunk of a judged clean message passes byte-identical", RH_SCAN_ON,
+     SEL, C("f UID FETCH 8 (UID BODY.PEEK[])\r\n"), EB("f UID FETCH 8 (UID BODY.PEEK[])\r\n"),
+     B("* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nf OK\r\n"),
+     EC("* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nf OK\r\n"),
+     C("g UID FETCH 8 (UID BODY.PEEK[]<0.10>)\r\n"),
+     EB("g UID FETCH 8 (UID BODY.PEEK[]<0.10>)\r\n"),
+     B("* 2 FETCH (UID 8 BODY[]<0> {10}\r\nSubject: h)\r\ng OK\r\n"),
+     EC("* 2 FETCH (UID 8 BODY[]<0> {10}\r\nSubject: h)\r\ng OK\r\n"), ENSCANS(1))
+
+CASE(t_part_unjudgeable_blocked,
+     "a part with no selected mailbox cannot be judged: error_action block", RH_SCAN_ON,
+     C("p FETCH 1 (BODY.PEEK[1])\r\n"), EB("p FETCH 1 (BODY.PEEK[1])\r\n"),
+     B("* 1 FETCH (BODY[1] {5}\r\nbad\r\n)\r\np OK\r\n"),
+     ECN("* 1 FETCH (BODY[1] @BLOCKED@)\r\np OK\r\n"), ENSCANS(0))
+
+CASE(t_failed_select_forgets, "a failed SELECT leaves nothing selected: the memo no longer applies",
+     RH_SCAN_ON, SEL, C("f UID FETCH 8 (UID BODY.PEEK[])\r\n"),
+     EB("f UID FETCH 8 (UID BODY.PEEK[])\r\n"),
+     B("* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nf OK\r\n"),
+     EC("* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nf OK\r\n"),
+     C("t SELECT Nope\r\n"), EB("t SELECT Nope\r\n"), B("t NO Mailbox doesn't exist\r\n"),
+     EC("t NO Mailbox doesn't exist\r\n"), C("g UID FETCH 8 (UID BODY.PEEK[]<0.10>)\r\n"),
+     EB("g UID FETCH 8 (UID BODY.PEEK[]<0.10>)\r\n"),
+     B("* 2 FETCH (UID 8 BODY[]<0> {10}\r\nSubject: h)\r\ng OK\r\n"),
+     ECN("* 2 FETCH (UID 8 BODY[]<0> @BLOCKED@)\r\ng OK\r\n"))
+
+CASE(t_flags_fetch_untouched, "a FETCH without content passes unchanged, no scan", RH_SCAN_ON, SEL,
+     C("f FETCH 1:2 (FLAGS UID)\r\n"), EB("f FETCH 1:2 (FLAGS UID)\r\n"),
+     B("* 1 FETCH (FLAGS (\\Seen) UID 7)\r\n* 2 FETCH (FLAGS () UID 8)\r\nf OK\r\n"),
+     EC("* 1 FETCH (FLAGS (\\Seen) UID 7)\r\n* 2 FETCH (FLAGS () UID 8)\r\nf OK\r\n"), ENSCANS(0))
+
+CASE(t_binary_literal8, "an infected BINARY[] literal8 is replaced", RH_SCAN_ON, SEL,
+     C("f FETCH 1 BINARY.PEEK[]\r\n"), EB("f FETCH 1 BINARY.PEEK[]\r\n"),
+     B("* 1 FETCH (BINARY[] ~{42}\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n)\r\nf "
+       "OK\r\n"),
+     ECN("* 1 FETCH (BINARY[] ~@NOTICE@)\r\nf OK\r\n"))
+
+CASE(t_second_content_literal,
+     "a second content literal of the replaced message gets the notice text", RH_SCAN_ON, SEL,
+     C("f UID FETCH 7 (BODY.PEEK[] BODY.PEEK[TEXT])\r\n"),
+     EB("f UID FETCH 7 (BODY.PEEK[] BODY.PEEK[TEXT])\r\n"),
+     B("* 1 FETCH (UID 7 BODY[] {42}\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n "
+       "BODY[TEXT] {5}\r\nbad\r\n)\r\nf OK\r\n"),
+     ECN("* 1 FETCH (UID 7 BODY[] @NOTICE@ BODY[TEXT] @BODYSLICE:0:0@)\r\nf OK\r\n"))
+
+CASE(t_clean_two_literals, "a clean message with two content literals is byte-identical",
+     RH_SCAN_ON, SEL, C("f UID FETCH 8 (BODY.PEEK[] BODY.PEEK[TEXT])\r\n"),
+     EB("f UID FETCH 8 (BODY.PEEK[] BODY.PEEK[TEXT])\r\n"),
+     B("* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n BODY[TEXT] "
+       "{13}\r\nhello world\r\n)\r\nf OK\r\n"),
+     EC("* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n BODY[TEXT] "
+        "{13}\r\nhello world\r\n)\r\nf OK\r\n"),
+     ENSCANS(1))
+
+CASE(t_pipelined_whole_fetches, "two pipelined whole-message FETCHes answered in one write",
+     RH_SCAN_ON, SEL, C("a FETCH 1 BODY.PEEK[]\r\nb FETCH 2 BODY.PEEK[]\r\n"),
+     EB("a FETCH 1 BODY.PEEK[]\r\nb FETCH 2 BODY.PEEK[]\r\n"),
+     B("* 1 FETCH (BODY[] {42}\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n)\r\na OK\r\n* "
+       "2 FETCH (BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nb OK\r\n"),
+     ECN("* 1 FETCH (BODY[] @NOTICE@)\r\na OK\r\n* 2 FETCH (BODY[] {28}\r\nSubject: "
+         "hi\r\n\r\nhello world\r\n)\r\nb OK\r\n"),
+     ENSCANS(2))
+
+CASE(t_nil_body, "BODY[] NIL (expunged meanwhile) passes", RH_SCAN_ON, SEL,
+     C("f FETCH 1 BODY.PEEK[]\r\n"), EB("f FETCH 1 BODY.PEEK[]\r\n"),
+     B("* 1 FETCH (BODY[] NIL)\r\nf OK\r\n"), EC("* 1 FETCH (BODY[] NIL)\r\nf OK\r\n"), ENSCANS(0))
+
+CASE(t_append_not_scanned, "an APPEND literal (client to backend) streams", RH_SCAN_ON, SEL,
+     C("a APPEND INBOX {42+}\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n\r\n"),
+     EB("a APPEND INBOX {42}\r\n"), B("+ go\r\n"),
+     EB("Subject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n\r\n"), B("a OK appended\r\n"),
+     EC("a OK appended\r\n"), ENSCANS(0))
+
+CASE(t_select_split_mailbox,
+     "a SELECT split anywhere (even after \"SELECT \") still names the mailbox: the memo applies",
+     RH_SCAN_ON, C("s SELECT INBOX\r\n"), EB("s SELECT INBOX\r\n"),
+     B("* 3 EXISTS\r\n* OK [UIDVALIDITY 1234] UIDs valid\r\ns OK [READ-WRITE] Select done\r\n"),
+     EC("* 3 EXISTS\r\n* OK [UIDVALIDITY 1234] UIDs valid\r\ns OK [READ-WRITE] Select done\r\n"),
+     C("f UID FETCH 8 (UID BODY.PEEK[])\r\n"), EB("f UID FETCH 8 (UID BODY.PEEK[])\r\n"),
+     B("* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nf OK\r\n"),
+     EC("* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nf OK\r\n"),
+     C("g UID FETCH 8 (UID BODY.PEEK[]<0.10>)\r\n"),
+     EB("g UID FETCH 8 (UID BODY.PEEK[]<0.10>)\r\n"),
+     B("* 2 FETCH (UID 8 BODY[]<0> {10}\r\nSubject: h)\r\ng OK\r\n"),
+     EC("* 2 FETCH (UID 8 BODY[]<0> {10}\r\nSubject: h)\r\ng OK\r\n"))
+
+CASE(t_cached_pipelined,
+     "pipelined whole FETCHes of messages already judged (cache hits) in one burst", RH_SCAN_ON,
+     SEL, C("f UID FETCH 7:8 (UID BODY.PEEK[])\r\n"), EB("f UID FETCH 7:8 (UID BODY.PEEK[])\r\n"),
+     B("* 1 FETCH (UID 7 BODY[] {42}\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n)\r\n* 2 "
+       "FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nf OK\r\n"),
+     ECN("* 1 FETCH (UID 7 BODY[] @NOTICE@)\r\n* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: "
+         "hi\r\n\r\nhello world\r\n)\r\nf OK\r\n"),
+     C("g UID FETCH 7 (UID BODY.PEEK[])\r\nh UID FETCH 8 (UID BODY.PEEK[])\r\n"),
+     EB("g UID FETCH 7 (UID BODY.PEEK[])\r\nh UID FETCH 8 (UID BODY.PEEK[])\r\n"),
+     B("* 1 FETCH (UID 7 BODY[] {42}\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n)\r\ng "
+       "OK\r\n* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nh OK\r\n"),
+     ECN("* 1 FETCH (UID 7 BODY[] @NOTICE@)\r\ng OK\r\n* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: "
+         "hi\r\n\r\nhello world\r\n)\r\nh OK\r\n"),
+     ENSCANS(2))
+
+/* Large messages (over the 64k relay buffer and the inline-hash limit): whole, slow reader
+ * and six splits (rh_case.big). */
+static void t_big_clean_and_infected(void **state)
+{
+    (void)state;
+    char *clean = rh_message(150000, NULL);
+    char *bad = rh_message(150000, RH_MARK_INFECTED ": 1");
+    char *r1 = rh_strf("* 1 FETCH (UID 8 BODY[] {%zu}\r\n%s)\r\nf OK\r\n", strlen(clean), clean);
+    char *r2 = rh_strf("* 2 FETCH (UID 7 BODY[] {%zu}\r\n%s FLAGS (\\Seen))\r\ng OK\r\n",
+                       strlen(bad), bad);
+    const struct rh_step steps[] = {
+        SEL,
+        C("f UID FETCH 8 (UID BODY.PEEK[])\r\n"),
+        EB("f UID FETCH 8 (UID BODY.PEEK[])\r\n"),
+        B(r1),
+        EC(r1),
+        ESCANNED(clean),
+        C("g UID FETCH 7 (UID BODY[])\r\n"),
+        EB("g UID FETCH 7 (UID BODY[])\r\n"),
+        B(r2),
+        ECN("* 2 FETCH (UID 7 BODY[] @NOTICE@ FLAGS (\\Seen))\r\ng OK\r\n"),
+        ENSCANS(2),
+        END};
+    rh_run_case(&(struct rh_case){.name = "150 kB messages: the clean one identical, the infected "
+                                          "one replaced",
+                                  .proto = RH_IMAP,
+                                  .scan = RH_SCAN_ON,
+                                  .steps = steps,
+                                  .big = true});
+    free(clean), free(bad), free(r1), free(r2);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(t_clean_whole),
+        cmocka_unit_test(t_infected_whole),
+        cmocka_unit_test(t_eicar_rfc822),
+        cmocka_unit_test(t_items_around_literal),
+        cmocka_unit_test(t_header_literal_not_scanned),
+        cmocka_unit_test(t_envelope_literal_then_body),
+        cmocka_unit_test(t_two_messages),
+        cmocka_unit_test(t_order_kept),
+        cmocka_unit_test(t_scan_error_blocked),
+        cmocka_unit_test(t_oversize_pass),
+        cmocka_unit_test(t_oversize_block),
+        cmocka_unit_test(t_small_under_limit),
+        cmocka_unit_test(t_verdict_cache),
+        cmocka_unit_test(t_memo_partial_first),
+        cmocka_unit_test(t_memo_partial_last),
+        cmocka_unit_test(t_memo_part),
+        cmocka_unit_test(t_memo_partial_clean),
+        cmocka_unit_test(t_part_unjudgeable_blocked),
+        cmocka_unit_test(t_failed_select_forgets),
+        cmocka_unit_test(t_flags_fetch_untouched),
+        cmocka_unit_test(t_binary_literal8),
+        cmocka_unit_test(t_second_content_literal),
+        cmocka_unit_test(t_clean_two_literals),
+        cmocka_unit_test(t_pipelined_whole_fetches),
+        cmocka_unit_test(t_nil_body),
+        cmocka_unit_test(t_append_not_scanned),
+        cmocka_unit_test(t_select_split_mailbox),
+        cmocka_unit_test(t_cached_pipelined),
+        cmocka_unit_test(t_big_clean_and_infected),
+    };
+    return cmocka_run_group_tests(tests, rh_group_setup, rh_group_teardown);
+}

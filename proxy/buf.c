@@ -69,16 +69,22 @@ bool buf_append(struct buf *b, const void *p, size_t len)
     return true;
 }
 
-bool buf_printf(struct buf *b, const char *fmt, ...)
+bool buf_vprintf(struct buf *b, const char *fmt, va_list ap)
 {
     char tmp[4096];
-    va_list ap;
-    va_start(ap, fmt);
     int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
     if (n < 0 || (size_t)n >= sizeof tmp)
         return false;
     return buf_append(b, tmp, (size_t)n);
+}
+
+bool buf_printf(struct buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    bool ok = buf_vprintf(b, fmt, ap);
+    va_end(ap);
+    return ok;
 }
 
 void buf_consume(struct buf *b, size_t n)

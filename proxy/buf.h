@@ -22,6 +22,7 @@
 #ifndef PORTCULLIS_BUF_H
 #define PORTCULLIS_BUF_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -80,6 +81,7 @@ long buf_reserve(struct buf *b);
 /* Append bytes; returns false (appending nothing) if they do not fit. */
 bool buf_append(struct buf *b, const void *p, size_t len);
 bool buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+bool buf_vprintf(struct buf *b, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 /* Consume n bytes from the front (n <= buf_len); mark follows if it would fall behind. */
 void buf_consume(struct buf *b, size_t n);
 /* Record n bytes written at buf_wptr() (n <= what buf_reserve returned). */

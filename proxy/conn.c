@@ -42,10 +42,13 @@ struct conn_block {
     conn_block_done *done;
     void *arg;
     size_t val;
+    bool copy; /* the proxy's own words (conn_queue_copy): counted in qcopy */
 };
 
-static void block_free(struct conn_block *q)
+static void block_free(struct conn *c, struct conn_block *q)
 {
+    if (q->copy)
+        c->qcopy -= q->len;
     free(q->data);
     if (q->done)
         q->done(q->arg, q->val);
@@ -58,7 +61,7 @@ static void queue_clear(struct conn *c)
     while (c->qhead) {
         struct conn_block *q = c->qhead;
         c->qhead = q->next;
-        block_free(q);
+        block_free(c, q);
     }
     c->qtail = NULL;
     c->qbytes = 0;
@@ -391,7 +394,7 @@ long conn_flush(struct conn *c)
         if (!c->qhead)
             c->qtail = NULL;
         c->qcount--;
-        block_free(q);
+        block_free(c, q);
     }
     c->bytes_out += (uint64_t)total;
     if (c->wipe_ctl && c->ctl.data && buf_empty(&c->ctl))
@@ -443,11 +446,19 @@ bool conn_queue(struct conn *c, char *data, size_t len, conn_block_done *done, v
 
 bool conn_queue_copy(struct conn *c, const void *p, size_t len)
 {
+    /* The proxy's own answers (refusals, BYE, keep-alives) are bounded like ctl was: a client
+     * that pipelines refused commands and never reads must not grow this queue without end. */
+    if (c->qcopy + len > c->ctl.cap)
+        return false;
     char *d = malloc(len ? len : 1);
     if (!d)
         return false;
     memcpy(d, p, len);
-    return conn_queue(c, d, len, NULL, NULL, 0);
+    if (!conn_queue(c, d, len, NULL, NULL, 0))
+        return false;
+    c->qtail->copy = true;
+    c->qcopy += len;
+    return true;
 }
 
 bool conn_has_pending_input(const struct conn *c)
@@ -498,14 +509,11 @@ bool conn_ctl_append(struct conn *c, const void *p, size_t len)
 
 bool conn_ctl_printf(struct conn *c, const char *fmt, ...)
 {
-    char tmp[4096];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    bool ok = buf_vprintf(&c->ctl, fmt, ap);
     va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof tmp)
-        return false;
-    return buf_append(&c->ctl, tmp, (size_t)n);
+    return ok;
 }
 
 static void finish_connect(struct conn *c)

@@ -93,6 +93,7 @@ struct conn {
     bool own_pending;      /* ctl bytes or blocks queued since the last DRAINED */
     struct conn_block *qhead, *qtail; /* owned: queued blocks, oldest first */
     size_t qbytes;                    /* unsent bytes in queued blocks */
+    size_t qcopy;                     /* bytes of queued conn_queue_copy blocks (<= ctl.cap) */
     unsigned qcount;                  /* queued blocks */
     uint64_t wbuf_sent, ctl_sent;     /* bytes sent from wbuf / ctl: where blocks go between */
 };
@@ -126,7 +127,8 @@ bool conn_ctl_printf(struct conn *c, const char *fmt, ...) __attribute__((format
  * called at once. `done` may be NULL. */
 bool conn_queue(struct conn *c, char *data, size_t len, conn_block_done *done, void *arg,
                 size_t val);
-/* Queue a copy of p[0 .. len). */
+/* Queue a copy of p[0 .. len): the proxy's own words. False when out of memory or when the
+ * copies queued and unsent would exceed the ctl capacity (a peer that does not read). */
 bool conn_queue_copy(struct conn *c, const void *p, size_t len);
 /* Unsent bytes / number of queued blocks. */
 static inline size_t conn_queued_bytes(const struct conn *c)

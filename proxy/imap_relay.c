@@ -61,8 +61,8 @@ static void place_inject(struct session *s)
     bool ok = conn_queue_copy(&s->client, buf_rptr(&st->inject), buf_len(&st->inject));
     buf_clear(&st->inject);
     buf_release_if_empty(&st->inject);
-    if (!ok)
-        sess_close(s, "out of memory");
+    if (!ok) /* out of memory, or a client that does not read its answers (conn_queue_copy) */
+        sess_close(s, "client output overflow");
 }
 
 void imap_relay_stop(struct session *s)

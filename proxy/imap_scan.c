@@ -49,16 +49,6 @@
 #include "worker.h"
 #include <time.h>
 
-static char *dup_bytes(const char *p, size_t n)
-{
-    char *d = malloc(n + 1);
-    if (d) {
-        memcpy(d, p, n);
-        d[n] = '\0';
-    }
-    return d;
-}
-
 /* ---- login, stop ---- */
 
 bool imap_scan_login(struct session *s)
@@ -335,7 +325,7 @@ static bool begin_collect(struct session *s)
     struct imap_state *st = imap_st(s);
     struct imap_scan *sc = st->sc;
     struct buf *b = &s->down;
-    sc->text0 = dup_bytes(buf_mptr(b), st->down_held);
+    sc->text0 = sc_dup_bytes(buf_mptr(b), st->down_held);
     size_t want = sc->oversize_block ? NOTICE_HEADER_SCAN : (size_t)sc->lit_len;
     if (want > sc->lit_len)
         want = (size_t)sc->lit_len;

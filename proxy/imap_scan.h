@@ -120,6 +120,7 @@ int sc_memo_find(struct imap_scan *sc, const char *mailbox, uint32_t uidvalidity
 int sc_memo_store(struct imap_scan *sc, const char *mailbox, uint32_t uidvalidity, uint64_t uid,
                   uint64_t orig_len, const struct msgscan_outcome *o);
 void sc_memo_clear(struct sc_memo *m);
+char *sc_dup_bytes(const char *p, size_t n);
 /* A whole response that is not an untagged FETCH: watch the SELECT/EXAMINE in flight. */
 void sc_note_other_response(struct imap_scan *sc, const struct imap_framer *f);
 /* Where the body of a message starts (after the first empty line), or len. */

@@ -12,7 +12,8 @@
 
 #include "imap_scan.h"
 
-static char *dup_bytes(const char *p, size_t n)
+/* A NUL-terminated malloc'd copy of p[0 .. n) (also used by imap_scan.c). */
+char *sc_dup_bytes(const char *p, size_t n)
 {
     char *d = malloc(n + 1);
     if (d) {
@@ -72,7 +73,7 @@ int sc_memo_store(struct imap_scan *sc, const char *mailbox, uint32_t uidvalidit
     m->orig_len = orig_len;
     m->replaced = o->replace;
     if (o->replace) {
-        m->notice = dup_bytes(o->notice, o->notice_len);
+        m->notice = sc_dup_bytes(o->notice, o->notice_len);
         if (!m->notice) {
             sc_memo_clear(m);
             return -1;
@@ -97,7 +98,7 @@ static char *parse_astring(const char *p, size_t len)
             if (p[i] == '\\' && i + 1 < len)
                 i++;
             else if (p[i] == '"')
-                return dup_bytes(tmp, o);
+                return sc_dup_bytes(tmp, o);
             if (o >= sizeof tmp)
                 return NULL;
             tmp[o++] = p[i];
@@ -109,7 +110,7 @@ static char *parse_astring(const char *p, size_t len)
     size_t n = 0;
     while (n < len && p[n] != ' ' && p[n] != '\r' && p[n] != '\n' && p[n] != '(')
         n++;
-    return n ? dup_bytes(p, n) : NULL;
+    return n ? sc_dup_bytes(p, n) : NULL;
 }
 
 void imap_scan_command(struct session *s)

@@ -254,7 +254,7 @@ static bool filter_down(struct session *s)
                 int n = snprintf(line, sizeof line, "-ERR %s\r\n", e.local);
                 if (n < 0 || (size_t)n >= sizeof line ||
                     !conn_queue_copy(&s->client, line, (size_t)n)) {
-                    sess_close(s, "out of memory");
+                    sess_close(s, "client output overflow"); /* or out of memory */
                     return false;
                 }
                 progress = true;

@@ -429,6 +429,7 @@ void sess_end(struct session *s, const char *reason, const char *farewell)
     if (s->pstate)
         s->proto->stop(s);
     s->client.reading = false;
+    backend_dial_cancel(&s->dial); /* a dial in flight must not report into a closing session */
     if (s->backend.fd >= 0) {
         conn_close(&s->backend);
         s->backend.rbuf = &s->down;
@@ -459,6 +460,7 @@ void sess_backend_lost(struct session *s, const char *reason, const char *farewe
     s->close_reason = reason;
     s->farewell = farewell;
     s->client.reading = false;
+    backend_dial_cancel(&s->dial);
     conn_close(&s->backend);
     s->backend.rbuf = &s->down;
     sess_set_deadline(s, (double)s->cfg->limits.backend_lost_timeout_ms / 1000.0);

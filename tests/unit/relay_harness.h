@@ -170,6 +170,13 @@ struct rh_case {
         RH_END, NULL, 0                                                                            \
     }
 
+/* A 1161-byte message the stub scanner calls infected (its marker header), larger than the
+ * RH_SCAN_SMALL_* variants' max_scan_size: the oversize cases of both protocols use it. */
+#define RH_HEX80 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+#define RH_BIG_MSG                                                                                 \
+    "Subject: big\r\nX-Harness-Infected: 1\r\n\r\n" RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80   \
+        RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 "\r\n"
+
 /* Run one case: whole; with a slow client reader (the proxy's send buffer to the client at its
  * minimum, the client reading RH_SLOW_READ bytes per loop run, so output goes out on write
  * events); byte by byte; and split once at every byte boundary of each sending step (the

@@ -95,52 +95,12 @@ CASE(t_scan_error_blocked, "a scan error applies error_action block", RH_SCAN_ON
 
 CASE(t_oversize_pass, "over max_scan_size with oversize_action pass: streamed, not scanned",
      RH_SCAN_SMALL_PASS, C("f FETCH 1 BODY.PEEK[]\r\n"), EB("f FETCH 1 BODY.PEEK[]\r\n"),
-     B("* 1 FETCH (BODY[] {1161}\r\nSubject: big\r\nX-Harness-Infected: "
-       "1\r\n\r\n0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef01"
-       "23456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abc"
-       "def0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef01234567"
-       "89abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef012"
-       "3456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd"
-       "ef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef012345678"
-       "9abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123"
-       "456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde"
-       "f0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789"
-       "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef01234"
-       "56789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
-       "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789a"
-       "bcdef0123456789abcdef0123456789abcdef\r\n)\r\nf OK\r\n"),
-     EC("* 1 FETCH (BODY[] {1161}\r\nSubject: big\r\nX-Harness-Infected: "
-        "1\r\n\r\n0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0"
-        "123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789a"
-        "bcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef01234"
-        "56789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde"
-        "f0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef012345678"
-        "9abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef012"
-        "3456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abc"
-        "def0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456"
-        "789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0"
-        "123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789a"
-        "bcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef01234"
-        "56789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde"
-        "f0123456789abcdef0123456789abcdef0123456789abcdef\r\n)\r\nf OK\r\n"),
-     ENSCANS(0))
+     B("* 1 FETCH (BODY[] {1161}\r\n" RH_BIG_MSG ")\r\nf OK\r\n"),
+     EC("* 1 FETCH (BODY[] {1161}\r\n" RH_BIG_MSG ")\r\nf OK\r\n"), ENSCANS(0))
 
 CASE(t_oversize_block, "over max_scan_size with oversize_action block: a notice, no scan",
      RH_SCAN_SMALL_BLOCK, C("f FETCH 1 BODY.PEEK[]\r\n"), EB("f FETCH 1 BODY.PEEK[]\r\n"),
-     B("* 1 FETCH (BODY[] {1161}\r\nSubject: big\r\nX-Harness-Infected: "
-       "1\r\n\r\n0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef01"
-       "23456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abc"
-       "def0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef01234567"
-       "89abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef012"
-       "3456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd"
-       "ef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef012345678"
-       "9abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123"
-       "456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde"
-       "f0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789"
-       "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef01234"
-       "56789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
-       "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789a"
-       "bcdef0123456789abcdef0123456789abcdef\r\n)\r\nf OK\r\n"),
+     B("* 1 FETCH (BODY[] {1161}\r\n" RH_BIG_MSG ")\r\nf OK\r\n"),
      ECN("* 1 FETCH (BODY[] @BLOCKED@)\r\nf OK\r\n"), ENSCANS(0))
 
 CASE(t_small_under_limit, "under a small max_scan_size: still scanned and replaced",
@@ -322,6 +282,62 @@ static void t_big_clean_and_infected(void **state)
     free(clean), free(bad), free(r1), free(r2);
 }
 
+/* Issue 14 (regressions, named test_regress_14_* in the integration tests): the stall. The
+ * verdict of a part or chunk was found at once (session memo, or "cannot be judged"); the
+ * filter paused because s->down still held the previous answer, sess_pump() flushed that
+ * answer synchronously and never ran the filter again, and no write event was armed: the
+ * second answer never reached the client. Failed in the "whole" mode (both answers in one
+ * backend read). Fixed by CONN_EV_DRAINED and the conn's ordered block queue. */
+
+CASE(t_regress_14_pipelined_parts_memo,
+     "issue 14 stall: two pipelined part fetches of a judged message", RH_SCAN_ON, SEL,
+     C("f UID FETCH 7 (UID BODY.PEEK[])\r\n"), EB("f UID FETCH 7 (UID BODY.PEEK[])\r\n"),
+     B("* 1 FETCH (UID 7 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nf OK\r\n"),
+     EC("* 1 FETCH (UID 7 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nf OK\r\n"),
+     C("c UID FETCH 7 (UID BODY.PEEK[1])\r\nd UID FETCH 7 (UID BODY.PEEK[TEXT])\r\n"),
+     EB("c UID FETCH 7 (UID BODY.PEEK[1])\r\nd UID FETCH 7 (UID BODY.PEEK[TEXT])\r\n"),
+     B("* 1 FETCH (UID 7 BODY[1] {13}\r\nhello world\r\n)\r\nc OK\r\n* 1 FETCH (UID 7 BODY[TEXT] "
+       "{13}\r\nhello world\r\n)\r\nd OK\r\n"),
+     EC("* 1 FETCH (UID 7 BODY[1] {13}\r\nhello world\r\n)\r\nc OK\r\n* 1 FETCH (UID 7 BODY[TEXT] "
+        "{13}\r\nhello world\r\n)\r\nd OK\r\n"),
+     ENSCANS(1))
+
+CASE(t_regress_14_pipelined_chunks_memo,
+     "issue 14 stall: pipelined <0.n> and <n.n> chunks of a judged infected message", RH_SCAN_ON,
+     SEL, C("f UID FETCH 7 (UID BODY.PEEK[])\r\n"), EB("f UID FETCH 7 (UID BODY.PEEK[])\r\n"),
+     B("* 1 FETCH (UID 7 BODY[] {42}\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n)\r\nf "
+       "OK\r\n"),
+     ECN("* 1 FETCH (UID 7 BODY[] @NOTICE@)\r\nf OK\r\n"),
+     C("c UID FETCH 7 (UID BODY.PEEK[]<0.20>)\r\nd UID FETCH 7 (UID BODY.PEEK[]<20.100>)\r\n"),
+     EB("c UID FETCH 7 (UID BODY.PEEK[]<0.20>)\r\nd UID FETCH 7 (UID BODY.PEEK[]<20.100>)\r\n"),
+     B("* 1 FETCH (UID 7 BODY[]<0> {20}\r\nSubject: x\r\nX-Harnes)\r\nc OK\r\n* 1 FETCH (UID 7 "
+       "BODY[]<20> {22}\r\ns-Infected: 1\r\n\r\nbad\r\n)\r\nd OK\r\n"),
+     ECN("* 1 FETCH (UID 7 BODY[]<0> @SLICE:0:20@)\r\nc OK\r\n* 1 FETCH (UID 7 BODY[]<20> "
+         "@SLICE:20:0@)\r\nd OK\r\n"),
+     ENSCANS(1))
+
+CASE(t_regress_14_refetch_two_messages,
+     "issue 14 stall: re-fetching parts of two messages already judged, in one burst", RH_SCAN_ON,
+     SEL, C("f UID FETCH 7:8 (UID BODY.PEEK[])\r\n"), EB("f UID FETCH 7:8 (UID BODY.PEEK[])\r\n"),
+     B("* 1 FETCH (UID 7 BODY[] {42}\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n)\r\n* 2 "
+       "FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nf OK\r\n"),
+     ECN("* 1 FETCH (UID 7 BODY[] @NOTICE@)\r\n* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: "
+         "hi\r\n\r\nhello world\r\n)\r\nf OK\r\n"),
+     C("g UID FETCH 7:8 (UID BODY.PEEK[1])\r\n"), EB("g UID FETCH 7:8 (UID BODY.PEEK[1])\r\n"),
+     B("* 1 FETCH (UID 7 BODY[1] {5}\r\nbad\r\n)\r\n* 2 FETCH (UID 8 BODY[1] {13}\r\nhello "
+       "world\r\n)\r\ng OK\r\n"),
+     ECN("* 1 FETCH (UID 7 BODY[1] @BODYSLICE:0:0@)\r\n* 2 FETCH (UID 8 BODY[1] {13}\r\nhello "
+         "world\r\n)\r\ng OK\r\n"),
+     ENSCANS(2))
+
+CASE(t_regress_14_pipelined_parts_unjudged,
+     "issue 14 stall: two pipelined parts that cannot be judged (no mailbox)", RH_SCAN_ON,
+     C("c FETCH 1 (BODY.PEEK[1])\r\nd FETCH 1 (BODY.PEEK[2])\r\n"),
+     EB("c FETCH 1 (BODY.PEEK[1])\r\nd FETCH 1 (BODY.PEEK[2])\r\n"),
+     B("* 1 FETCH (BODY[1] {5}\r\nbad\r\n)\r\nc OK\r\n* 1 FETCH (BODY[2] {5}\r\nbad\r\n)\r\nd "
+       "OK\r\n"),
+     ECN("* 1 FETCH (BODY[1] @BLOCKED@)\r\nc OK\r\n* 1 FETCH (BODY[2] @BLOCKED@)\r\nd OK\r\n"))
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -354,6 +370,10 @@ int main(void)
         cmocka_unit_test(t_select_split_mailbox),
         cmocka_unit_test(t_cached_pipelined),
         cmocka_unit_test(t_big_clean_and_infected),
+        cmocka_unit_test(t_regress_14_pipelined_parts_memo),
+        cmocka_unit_test(t_regress_14_pipelined_chunks_memo),
+        cmocka_unit_test(t_regress_14_refetch_two_messages),
+        cmocka_unit_test(t_regress_14_pipelined_parts_unjudged),
     };
     return cmocka_run_group_tests(tests, rh_group_setup, rh_group_teardown);
 }

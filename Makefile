@@ -139,7 +139,8 @@ bench: deps all
 TSAN_TESTS ?= tests/integration/test_pop3.py tests/integration/test_backends.py \
               tests/integration/test_reload.py
 tsan:
-	$(MAKE) --no-print-directory SANITIZE=thread build/tsan/portcullis build/tsan/tests/test_pool
+	$(MAKE) --no-print-directory SANITIZE=thread build/tsan/portcullis build/tsan/portcullis-ctl \
+	    build/tsan/tests/test_pool
 	TSAN_OPTIONS=halt_on_error=1 build/tsan/tests/test_pool 2>&1
 	$(PYTHON) -m pytest -ra -q -p no:cacheprovider $(TSAN_TESTS) \
 	    --proxy-binary=build/tsan/portcullis

@@ -289,6 +289,16 @@ void backend_dial_cancel(struct backend_dial *d)
 /* IP_TRANSPARENT + bind to the client's address, port 0: the kernel picks a free port (the
  * client's own may be in use toward the same backend). The return traffic must be routed back
  * through the proxy (docs/deployment-transparent.md). */
+socklen_t backend_addr_any_port(struct sockaddr_storage *a)
+{
+    if (a->ss_family == AF_INET6) {
+        ((struct sockaddr_in6 *)a)->sin6_port = 0;
+        return sizeof(struct sockaddr_in6);
+    }
+    ((struct sockaddr_in *)a)->sin_port = 0;
+    return sizeof(struct sockaddr_in);
+}
+
 static bool bind_client(struct backend_dial *d, int fd)
 {
     const struct sockaddr_storage *ca = d->client_sa;
@@ -303,14 +313,7 @@ static bool bind_client(struct backend_dial *d, int fd)
         return false;
     }
     struct sockaddr_storage src = *ca;
-    socklen_t len;
-    if (src.ss_family == AF_INET6) {
-        ((struct sockaddr_in6 *)&src)->sin6_port = 0;
-        len = sizeof(struct sockaddr_in6);
-    } else {
-        ((struct sockaddr_in *)&src)->sin_port = 0;
-        len = sizeof(struct sockaddr_in);
-    }
+    socklen_t len = backend_addr_any_port(&src);
     if (bind(fd, (struct sockaddr *)&src, len) < 0) {
         dial_logf(d, LOG_ERROR,
                   "event=backend_error backend=%s error=\"bind to client address: %s\"",

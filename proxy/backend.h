@@ -152,6 +152,10 @@ void backend_dial_fail(struct backend_dial *d, enum backend_dial_result r, const
  * backend failed", or the local cause); NULL after BACKEND_DIAL_OK. Static text. */
 const char *backend_dial_why(const struct backend_dial *d);
 
+/* Set the port of `a` to 0 (any) and return its length for bind(): the transparent source
+ * bind and transparent.c's local-address probe. */
+socklen_t backend_addr_any_port(struct sockaddr_storage *a);
+
 /* Write the PROXY v2 header for (client_sa → local_sa) on `fd` with one send(): on a freshly
  * connected socket, before any TLS, so it is the first bytes the backend sees; an empty send
  * buffer always takes its at most 232 bytes. Exposed for tests. */

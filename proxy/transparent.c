@@ -33,14 +33,7 @@ static uint16_t port_of(const struct sockaddr_storage *a)
 static bool is_local_address(const struct sockaddr_storage *a)
 {
     struct sockaddr_storage probe = *a;
-    socklen_t len;
-    if (probe.ss_family == AF_INET6) {
-        ((struct sockaddr_in6 *)&probe)->sin6_port = 0;
-        len = sizeof(struct sockaddr_in6);
-    } else {
-        ((struct sockaddr_in *)&probe)->sin_port = 0;
-        len = sizeof(struct sockaddr_in);
-    }
+    socklen_t len = backend_addr_any_port(&probe);
     int fd = socket(probe.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return true; /* cannot tell: assume the worst (a loop) */

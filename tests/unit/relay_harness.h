@@ -170,6 +170,17 @@ struct rh_case {
         RH_END, NULL, 0                                                                            \
     }
 
+/* One cmocka test function per case: the test files define CASE() with their protocol (and
+ * scan variant) over this. */
+#define RH_CASE(fn, title, proto_, variant, ...)                                                   \
+    static void fn(void **state)                                                                   \
+    {                                                                                              \
+        (void)state;                                                                               \
+        static const struct rh_step steps[] = {__VA_ARGS__, END};                                  \
+        rh_run_case(                                                                               \
+            &(struct rh_case){.name = title, .proto = proto_, .scan = variant, .steps = steps});   \
+    }
+
 /* A 1161-byte message the stub scanner calls infected (its marker header), larger than the
  * RH_SCAN_SMALL_* variants' max_scan_size: the oversize cases of both protocols use it. */
 #define RH_HEX80 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"

@@ -13,14 +13,7 @@
 
 #include "relay_harness.c"
 
-#define CASE(fn, title, ...)                                                                       \
-    static void fn(void **state)                                                                   \
-    {                                                                                              \
-        (void)state;                                                                               \
-        static const struct rh_step steps[] = {__VA_ARGS__, END};                                  \
-        rh_run_case(&(struct rh_case){                                                             \
-            .name = title, .proto = RH_IMAP, .scan = RH_SCAN_OFF, .steps = steps});                \
-    }
+#define CASE(fn, title, ...) RH_CASE(fn, title, RH_IMAP, RH_SCAN_OFF, __VA_ARGS__)
 
 CASE(t_noop, "NOOP round trip", C("a NOOP\r\n"), EB("a NOOP\r\n"), B("a OK NOOP completed.\r\n"),
      EC("a OK NOOP completed.\r\n"), EOPEN)

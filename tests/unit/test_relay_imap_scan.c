@@ -13,14 +13,7 @@
 
 #include "relay_harness.c"
 
-#define CASE(fn, title, variant, ...)                                                              \
-    static void fn(void **state)                                                                   \
-    {                                                                                              \
-        (void)state;                                                                               \
-        static const struct rh_step steps[] = {__VA_ARGS__, END};                                  \
-        rh_run_case(                                                                               \
-            &(struct rh_case){.name = title, .proto = RH_IMAP, .scan = variant, .steps = steps});  \
-    }
+#define CASE(fn, title, variant, ...) RH_CASE(fn, title, RH_IMAP, variant, __VA_ARGS__)
 
 #define SEL                                                                                        \
     CW("s SELECT INBOX\r\n"), EB("s SELECT INBOX\r\n"),                                            \

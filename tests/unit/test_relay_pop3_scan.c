@@ -14,14 +14,7 @@
 
 #include "relay_harness.c"
 
-#define CASE(fn, title, variant, ...)                                                              \
-    static void fn(void **state)                                                                   \
-    {                                                                                              \
-        (void)state;                                                                               \
-        static const struct rh_step steps[] = {__VA_ARGS__, END};                                  \
-        rh_run_case(                                                                               \
-            &(struct rh_case){.name = title, .proto = RH_POP3, .scan = variant, .steps = steps});  \
-    }
+#define CASE(fn, title, variant, ...) RH_CASE(fn, title, RH_POP3, variant, __VA_ARGS__)
 
 CASE(t_retr_clean_identical, "RETR clean: byte-identical, scanned unstuffed", RH_SCAN_ON,
      C("RETR 1\r\n"), EB("RETR 1\r\n"),

@@ -83,6 +83,25 @@ def login_select(c: Client, user: str) -> None:
     assert st.startswith(b"b OK"), st
 
 
+def tls_session(px, certs, user: str) -> Client:
+    """A client on the proxy's imaps port, logged in with INBOX selected."""
+    ctx = mailenv.ssl_context(certs.ca)
+    s = ctx.wrap_socket(socket.create_connection((mailenv.LOCAL, px.port("imaps")), timeout=30),
+                        server_hostname="localhost")
+    c = Client(s)
+    c.greeting()
+    login_select(c, user)
+    return c
+
+
+def fetch_part_withheld(c: Client) -> None:
+    """The fetcher could not judge the message: the part is withheld ("could not be
+    checked") and the command completes."""
+    body, st = c.cmd("c", "UID FETCH 1 (UID BODY.PEEK[2])")
+    assert st.startswith(b"c OK"), st
+    assert b"withheld" in body and b"could not be checked" in body, body[:400]
+
+
 def dovecot_logins(dovecot, user: str, rip: str) -> int:
     return sum(1 for ln in dovecot.log().splitlines()
                if "Login: user=<%s>" % user in ln and "rip=%s," % rip in ln)
@@ -221,18 +240,10 @@ def test_fetcher_connect_failure_counted_and_logged(proxy_factory, dovecot, cert
     # No active health checks: they would take the relay's one connection.
     px = proxy_factory(backends=bes, health={"enabled": False},
                        scan=scan_cfg(scan_db, env_tmp))
-    ctx = mailenv.ssl_context(certs.ca)
-    s = ctx.wrap_socket(socket.create_connection((mailenv.LOCAL, px.port("imaps")), timeout=30),
-                        server_hostname="localhost")
-    c = Client(s)
-    c.greeting()
-    login_select(c, user)
+    c = tls_session(px, certs, user)
     series = 'portcullis_backend_connect_failures_total{backend="once"}'
     assert metric(px, series) == 0
-    body, st = c.cmd("c", "UID FETCH 1 (UID BODY.PEEK[2])")
-    # Not judged: the part is withheld ("could not be checked"), the command completes.
-    assert st.startswith(b"c OK"), st
-    assert b"withheld" in body and b"could not be checked" in body, body[:400]
+    fetch_part_withheld(c)
     _, st = c.cmd("d", "NOOP")
     assert st.startswith(b"d OK"), st
     c.cmd("e", "LOGOUT")
@@ -258,15 +269,8 @@ def test_fetcher_tls_verify_failure_logged(proxy_factory, dovecot, certs, scan_d
     bes += [b for b in dovecot.backends(tls="none") if b["protocol"] == "pop3"]
     px = proxy_factory(backends=bes, health={"enabled": False},
                        scan=scan_cfg(scan_db, env_tmp))
-    ctx = mailenv.ssl_context(certs.ca)
-    s = ctx.wrap_socket(socket.create_connection((mailenv.LOCAL, px.port("imaps")), timeout=30),
-                        server_hostname="localhost")
-    c = Client(s)
-    c.greeting()
-    login_select(c, user)
-    body, st = c.cmd("c", "UID FETCH 1 (UID BODY.PEEK[2])")
-    assert st.startswith(b"c OK"), st
-    assert b"withheld" in body and b"could not be checked" in body, body[:400]
+    c = tls_session(px, certs, user)
+    fetch_part_withheld(c)
     c.cmd("e", "LOGOUT")
     c.close()
     log = px.log()

@@ -755,7 +755,7 @@ REFUSED = [
     b'URLFETCH "imap://adv@localhost/INBOX/;UID=2/;SECTION=1"',
     b'GENURLAUTH "imap://adv@localhost/INBOX/;UID=2;urlauth=anonymous" INTERNAL',
     b"COMPRESS DEFLATE",
-    b"NOTIFY SET (selected (MessageNew (BODY.PEEK[])))",
+    b"NOTIFY SET (selected (MessageNew (BODY.PEEK[]) MessageExpunge))",
     b"XPREVIEW 2",
 ]
 
@@ -805,7 +805,8 @@ def test_notify_unsolicited_fetch(px, certs, dovecot):
     """NOTIFY asking for BODY[] of new mail: refused, or the unsolicited FETCH is judged."""
     folder(dovecot, "Notify", [data_of("clean")])
     s = proxy_session(px, certs, select=b"SELECT Notify")
-    tagged, _ = s.cmd(b"NOTIFY SET (selected (MessageNew (UID BODY.PEEK[] BODY.PEEK[1])))")
+    tagged, _ = s.cmd(b"NOTIFY SET (selected (MessageNew (UID BODY.PEEK[] BODY.PEEK[1]) "
+                       b"MessageExpunge))")
     dovecot.deliver(USER, [data_of("plain"), data_of("base64")], folder="Notify")
     s.cmd(b"NOOP")
     s.drain(1.0)
@@ -973,6 +974,7 @@ def test_select_tricky_names(px, certs, dovecot, label, fs, wire):
     s.close()
     assert_no_eicar(bytes(s.rx))
     assert status(tagged) == b"OK", tagged
+    assert all(status(t) == b"OK" for t, _ in out), out
 
 
 # -------------------------------------------------------------- concurrent expunge (views)

@@ -178,6 +178,10 @@ build/fuzz/%: tests/fuzz/%.c build/fuzz/libportcullis.a
 	@mkdir -p $(dir $@)
 	$(Q)$(CLANG) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< build/fuzz/libportcullis.a $(LIBS)
 
+# The session-model harness drives a real session through the unit tests' relay harness
+# (tests/unit/relay_harness.c), which reports through cmocka.
+build/fuzz/fuzz_session: LIBS += -lcmocka
+
 fuzz-build: $(FUZZ_BIN)
 
 fuzz: deps fuzz-build

@@ -644,13 +644,15 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
     case SC_HOLD:
         if (ev == IMAP_FRAME_MORE) {
             sc->phase = SC_HOLD;
-            if (st->down_held > SC_HOLD_LINE) {
-                /* A very long line: let its start go (only the literal header at its end may
-                 * have to change). No keep-alive inside this response any more. */
-                buf_release(b, st->down_held - 64);
-                st->down_held = 64;
-                st->down_part_out = true;
-                sc->resp_released = true;
+            if (st->down_held > s->cfg->limits.relay_buffer - SC_HOLD_SLACK) {
+                /* Lines are framed without a cap after login (issue 15), but a FETCH response is
+                 * held until its content is judged, and no part of it streams unjudged: a
+                 * line too long to hold ends the session. */
+                sess_log(s, LOG_WARN, "event=refused reason=fetch_line_too_long held=%zu",
+                         st->down_held);
+                sess_end(s, "FETCH response line too long to scan",
+                         "FETCH response too long to scan.");
+                return true;
             }
             mine = true;
         } else if (ev == IMAP_FRAME_LITERAL) {

@@ -293,6 +293,16 @@ static bool filter_down(struct session *s)
             return false;
         }
         progress = progress || used > 0;
+        /* The bound is on the line's text (terminator excluded), decided the same way however
+         * the bytes arrive: while it is incomplete (one byte may be its CR) and once it is. */
+        if (st->down_status_hold && (ev == POP3_FRAME_MORE ? st->down_held > STATUS_HOLD_MAX + 1
+                                                           : st->downf.status_len > STATUS_HOLD_MAX)) {
+            /* Never streamed unjudged: the message behind it would go out unscanned. */
+            sess_log(s, LOG_WARN, "event=refused reason=status_line_too_long limit=%d",
+                     STATUS_HOLD_MAX);
+            protocol_error(s, "RETR/TOP status line too long to scan");
+            return false;
+        }
         if (ev == POP3_FRAME_STATUS_LINE && st->down_status_hold) {
             st->down_status_hold = false;
             if (pop3_scan_begin(s)) {
@@ -305,16 +315,8 @@ static bool filter_down(struct session *s)
         /* A status line the scanner takes (and may rewrite) is held until it is complete:
          * released piecemeal, its start would go out as it came and the scanner would get
          * only its tail (found by the relay harness, feeding bytes one at a time). */
-        if (st->down_status_hold && ev == POP3_FRAME_MORE) {
-            if (st->down_held > STATUS_HOLD_MAX) {
-                /* Never streamed unjudged: the message behind it would go out unscanned. */
-                sess_log(s, LOG_WARN, "event=refused reason=status_line_too_long limit=%d",
-                         STATUS_HOLD_MAX);
-                protocol_error(s, "RETR/TOP status line too long to scan");
-                return false;
-            }
+        if (st->down_status_hold && ev == POP3_FRAME_MORE)
             continue;
-        }
         if (st->down_holding && ev != POP3_FRAME_END) {
             if (st->down_held <= CAPA_HOLD_MAX) {
                 if (used == 0)

@@ -703,8 +703,8 @@ static enum imap_frame_event frame_text(struct imap_framer *f, const unsigned ch
             /* Fast path: skip ordinary bytes, but never past the line budget, so an endless
              * line is refused at the same byte however it is split. */
             const unsigned char *special = f->in_quote ? quote_special : text_special;
-            size_t budget = f->max_line == IMAP_LINE_UNLIMITED ? len - i
-                                                                : f->max_line + 1 - f->line_len;
+            size_t budget =
+                f->max_line == IMAP_LINE_UNLIMITED ? len - i : f->max_line + 1 - f->line_len;
             size_t lim = len - i < budget ? len : i + budget;
             size_t j = i;
             while (j < lim && !special[s[j]])

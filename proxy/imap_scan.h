@@ -21,8 +21,7 @@
 
 #define SC_MEMO_MAX    16         /* verdicts remembered per session for part/chunk fetches */
 #define SC_LITS_MAX    8          /* content literals after the first in one held response */
-#define SC_HOLD_SLACK  (4 << 10)  /* a held FETCH line may fill the relay buffer but this; a
-                                     longer one ends the session (issue 15: fail closed) */
+#define SC_HOLD_SLACK  (4 * 1024) /* a held FETCH line over relay_buffer - this ends it */
 #define SC_SUFFIX_MAX  (1 << 20)  /* bytes after the scanned literal held in one response */
 #define SC_MAILBOX_MAX 1024
 

@@ -295,8 +295,9 @@ static bool filter_down(struct session *s)
         progress = progress || used > 0;
         /* The bound is on the line's text (terminator excluded), decided the same way however
          * the bytes arrive: while it is incomplete (one byte may be its CR) and once it is. */
-        if (st->down_status_hold && (ev == POP3_FRAME_MORE ? st->down_held > STATUS_HOLD_MAX + 1
-                                                           : st->downf.status_len > STATUS_HOLD_MAX)) {
+        if (st->down_status_hold &&
+            (ev == POP3_FRAME_MORE ? st->down_held > STATUS_HOLD_MAX + 1
+                                   : st->downf.status_len > STATUS_HOLD_MAX)) {
             /* Never streamed unjudged: the message behind it would go out unscanned. */
             sess_log(s, LOG_WARN, "event=refused reason=status_line_too_long limit=%d",
                      STATUS_HOLD_MAX);

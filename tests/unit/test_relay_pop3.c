@@ -134,10 +134,20 @@ static void t_long_status_line(void **state)
     pad[200000] = '\0';
     char *err = rh_strf("-ERR Invalid message number: %s\r\n", pad);
     char *ok = rh_strf("+OK 1 %s\r\n", pad);
-    const struct rh_step steps[] = {C("LIST zzz\r\n"), EB("LIST zzz\r\n"),   B(err), EC(err),
-                                    C("UIDL 1\r\n"),   EB("UIDL 1\r\n"),     B(ok),  EC(ok),
-                                    C("NOOP\r\n"),     EB("NOOP\r\n"),       B("+OK\r\n"),
-                                    EC("+OK\r\n"),     EOPEN,                END};
+    const struct rh_step steps[] = {C("LIST zzz\r\n"),
+                                    EB("LIST zzz\r\n"),
+                                    B(err),
+                                    EC(err),
+                                    C("UIDL 1\r\n"),
+                                    EB("UIDL 1\r\n"),
+                                    B(ok),
+                                    EC(ok),
+                                    C("NOOP\r\n"),
+                                    EB("NOOP\r\n"),
+                                    B("+OK\r\n"),
+                                    EC("+OK\r\n"),
+                                    EOPEN,
+                                    END};
     rh_run_case(&(struct rh_case){.name = "200 kB status lines stream byte-identical",
                                   .proto = RH_POP3,
                                   .scan = RH_SCAN_OFF,

@@ -176,8 +176,8 @@ static void t_retr_status_too_long(void **state)
     assert_non_null(pad);
     memset(pad, 'o', 10000);
     pad[10000] = '\0';
-    char *resp = rh_strf("+OK 42 %s\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n.\r\n",
-                         pad);
+    char *resp =
+        rh_strf("+OK 42 %s\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n.\r\n", pad);
     const struct rh_step steps[] = {C("RETR 1\r\n"),
                                     EB("RETR 1\r\n"),
                                     B(resp),

@@ -22,7 +22,9 @@ import re
 import pytest
 
 import clients
+import mailenv
 import malware
+from fakeimap import FakeImap
 
 USER = "fidelity"
 PASSWORD = "fidelity-pw"
@@ -233,6 +235,51 @@ def test_maximal_preauth_id(mailbox, proxy, certs):
     p.close()
     # The proxy kept the client's ID (it forwards it to the backend with the login).
     assert "event=client_id" in proxy.log()
+
+
+QUOTED = re.compile(rb'"((?:[^"\\]|\\.)*)"|NIL')
+
+
+def test_forwarded_id_values_capped(proxy_factory, certs):
+    """The ID the proxy sends the backend at login holds the client's 30 pairs, every string at
+    most 1024 octets as written (RFC 2971), cut neither inside an escape nor inside a UTF-8
+    sequence; the client's own x-* fields are replaced by the proxy's."""
+    fake = FakeImap(lambda conn, tag, line: (conn.send(tag + b" OK\r\n"), True)[1])
+    try:
+        backends = [{"name": "fake-" + proto, "protocol": proto, "host": mailenv.LOCAL,
+                     "port": fake.port} for proto in ("imap", "pop3")]
+        px = proxy_factory(backends=backends,
+                           health={"enabled": False}, limits={"max_line": None})
+        # values of 1024 octets unescaped: quotes and backslashes push them over on the wire;
+        # "é" (2 octets) straddles the cut in one of them
+        vals = [(b'q"' * 512), (b"\\" * 512), (b"a" * 1023 + "é".encode()), b"v" * 1024]
+        pairs = [b'"x-originating-ip" "6.6.6.6"']
+        for k in range(29):
+            v = vals[k % len(vals)]
+            pairs.append(b'"f%02d" "%s"' % (k, v.replace(b"\\", b"\\\\").replace(b'"', b'\\"')))
+        c = clients.connect(px.port("imaps"), certs, timeout=30)
+        c.greeting()
+        r = c.cmd(b"i", b"ID (" + b" ".join(pairs) + b")")
+        assert tagged_status(r[-1]) == b"OK", r[-1]
+        r = c.cmd(b"l", b"LOGIN alice alicepw")
+        assert tagged_status(r[-1]) == b"OK", r[-1]
+        c.close()
+        assert len(fake.ids) == 1
+        idline = fake.ids[0]
+        strings = [m.group(1) for m in QUOTED.finditer(idline)]
+        fields = strings[0::2]
+        assert fields.count(b"x-originating-ip") == 1 and b"6.6.6.6" not in idline
+        assert [f for f in fields if f.startswith(b"f")] == [b"f%02d" % k for k in range(29)]
+        for s in strings:
+            assert len(s) <= 1024, len(s)
+            assert not re.search(rb'(^|[^\\])(\\\\)*\\$', s), s[-8:]  # no cut escape
+            s.decode()  # no cut UTF-8 sequence
+        got = dict(zip(fields, strings[1::2]))
+        assert got[b"f03"] == b"v" * 1024
+        assert got[b"f02"] == b"a" * 1023  # "é" would not fit whole
+        assert got[b"f00"] == b'q\\"' * 341 + b"q"  # 3 octets per pair as written
+    finally:
+        fake.stop()
 
 
 # ---- POP3

@@ -152,7 +152,7 @@ static const struct cfg_key limits_keys[] = {
                     1, DAY)},
     {CFG_K_DURATION("backend_login_timeout", struct cfg_limits, backend_login_timeout_ms, "30s", 1,
                     DAY)},
-    {CFG_K_SIZE("max_line", struct cfg_limits, max_line, "8k", KIB, MIB)},
+    {CFG_K_SIZE("max_line", struct cfg_limits, max_line, "64k", KIB, MIB)},
     {CFG_K_SIZE("max_preauth_literal", struct cfg_limits, max_preauth_literal, "8k", 1, MIB)},
     {CFG_K_UINT("max_bad_commands", struct cfg_limits, max_bad_commands, "10", 1, 1000)},
     {CFG_K_UINT("max_connections", struct cfg_limits, max_connections, "10000", 1, 1000000)},

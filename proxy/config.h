@@ -113,7 +113,9 @@ struct cfg_limits {
     uint64_t pop3_idle_timeout_ms;        /* default 10m (RFC 1939 >= 10 min) */
     uint64_t backend_connect_timeout_ms;  /* default 10s */
     uint64_t backend_login_timeout_ms;    /* default 30s: greeting, TLS, login answer */
-    size_t max_line;                      /* default 8k: one command/response line, no literals */
+    size_t max_line;                      /* default 64k: a line the proxy parses itself
+                                             (pre-auth, backend login, POP3 commands), no
+                                             literals; relayed lines after login: no cap */
     size_t max_preauth_literal;           /* default 8k: a literal before login */
     unsigned max_bad_commands;            /* default 10: then BYE */
     unsigned max_connections;             /* default 10000, whole process */

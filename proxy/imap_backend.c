@@ -54,16 +54,19 @@ static bool send_be(struct session *s, const void *p, size_t len)
 static bool sendf_be(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static bool sendf_be(struct session *s, const char *fmt, ...)
 {
-    char tmp[8192];
+    /* Heap, not a fixed array: the ID with a client's maximal RFC 2971 list is ~32 KB. */
+    char *line = NULL;
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    int n = vasprintf(&line, fmt, ap);
     va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof tmp) {
-        fail(s, false, "backend command too long");
+    if (n < 0) {
+        fail(s, false, "out of memory");
         return false;
     }
-    return send_be(s, tmp, (size_t)n);
+    bool ok = send_be(s, line, (size_t)n);
+    free(line);
+    return ok;
 }
 
 void imap_backend_start(struct session *s)

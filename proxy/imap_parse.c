@@ -40,7 +40,9 @@
  *     non-synchronising literal header is fatal instead: its literal bytes would otherwise be
  *     read as commands (nginx-tests mail_imap.t, nginx s->quit).
  *   - line_len never exceeds max_line + 1 (framer) / max_line (command parser); store_len never
- *     exceeds store_cap.
+ *     exceeds store_cap. A framer set to IMAP_LINE_UNLIMITED (the relay after login) counts
+ *     line_len but never refuses a line: it holds nothing of it but head[] and the few bytes of
+ *     state a literal header needs, so a line of any length streams through the caller.
  */
 #include "imap_parse.h"
 
@@ -701,7 +703,8 @@ static enum imap_frame_event frame_text(struct imap_framer *f, const unsigned ch
             /* Fast path: skip ordinary bytes, but never past the line budget, so an endless
              * line is refused at the same byte however it is split. */
             const unsigned char *special = f->in_quote ? quote_special : text_special;
-            size_t budget = f->max_line + 1 - f->line_len;
+            size_t budget =
+                f->max_line == IMAP_LINE_UNLIMITED ? len - i : f->max_line + 1 - f->line_len;
             size_t lim = len - i < budget ? len : i + budget;
             size_t j = i;
             while (j < lim && !special[s[j]])
@@ -716,7 +719,7 @@ static enum imap_frame_event frame_text(struct imap_framer *f, const unsigned ch
             /* A line may hold max_line bytes of text plus its CR. */
             bool cr = f->line_len > 0 && (i > 0 ? s[i - 1] == '\r' : f->prev_cr);
             head_capture(f, s, i);
-            if (f->line_len - (cr ? 1 : 0) > f->max_line) {
+            if (f->max_line != IMAP_LINE_UNLIMITED && f->line_len - (cr ? 1 : 0) > f->max_line) {
                 *consumed_r = i + 1;
                 return frame_error(f, "line too long");
             }
@@ -738,7 +741,7 @@ static enum imap_frame_event frame_text(struct imap_framer *f, const unsigned ch
             f->at_start = true;
             return IMAP_FRAME_END;
         }
-        if (f->line_len > f->max_line) {
+        if (f->max_line != IMAP_LINE_UNLIMITED && f->line_len > f->max_line) {
             head_capture(f, s, i);
             *consumed_r = i + 1;
             return frame_error(f, "line too long");

@@ -30,6 +30,8 @@
 #define IMAP_NAME_MAX 32  /* command names (upper-cased copy) */
 #define IMAP_ARGS_MAX 72  /* tokens per command: an ID list of 30 pairs plus parens fits */
 #define IMAP_HEAD_MAX 128 /* framer: first bytes kept of each command/response */
+/* imap_framer_init(): no cap on line length (the relay after login streams long lines) */
+#define IMAP_LINE_UNLIMITED SIZE_MAX
 
 /* ---------- 1. pre-auth command parser ---------- */
 
@@ -115,8 +117,9 @@ enum imap_frame_event {
                                literal_plus, literal_binary describe it; literal bytes follow */
     IMAP_FRAME_LITERAL_END, /* the last byte of the literal was consumed; the message continues */
     IMAP_FRAME_END,         /* a whole command/response ended (its final CRLF consumed) */
-    IMAP_FRAME_ERROR,       /* a line over max_line (without literals) or a malformed literal
-                               header (e.g. {99999999999999999999}); error says which */
+    IMAP_FRAME_ERROR,       /* a line over max_line (without literals; never with
+                               IMAP_LINE_UNLIMITED) or a malformed literal header (e.g.
+                               {99999999999999999999}); error says which */
 };
 
 struct imap_framer {
@@ -147,6 +150,9 @@ struct imap_framer {
     bool at_start;         /* the next byte starts a new command/response */
 };
 
+/* max_line: bytes of text per line (CRLF and literal contents excluded), or IMAP_LINE_UNLIMITED:
+ * the relay after login frames lines of any length (only head[] and the literal-header state
+ * are kept, so memory does not grow with the line). */
 void imap_framer_init(struct imap_framer *f, size_t max_line);
 /* Feed bytes; stops at the first event. In literal state it skips min(len, literal_left) bytes
  * at once. *consumed_r is how many bytes were used. After IMAP_FRAME_ERROR the framer is stuck

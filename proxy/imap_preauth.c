@@ -191,6 +191,40 @@ static void imap_starttls_done(struct session *s)
     (void)s;
 }
 
+/* The inside of a quoted string for `in`, at most `lim` octets as written (escapes counted, so
+ * the backend sees no string over RFC 2971's 1024 octets), without CR, LF or NUL, and cut
+ * before an incomplete UTF-8 sequence. Returns the octets written to `out`. */
+static size_t id_quote_body(char *out, size_t lim, const char *in, size_t len)
+{
+    size_t o = 0, j = 0;
+    for (; j < len; j++) {
+        unsigned char c = (unsigned char)in[j];
+        if (c == '\r' || c == '\n' || c == 0)
+            continue;
+        size_t w = c == '"' || c == '\\' ? 2 : 1;
+        if (o + w > lim)
+            break;
+        if (w == 2)
+            out[o++] = '\\';
+        out[o++] = (char)c;
+    }
+    if (j < len) {
+        /* Cut: drop a trailing multi-byte sequence that lost its continuation bytes. */
+        size_t k = o, cont = 0;
+        while (k > 0 && ((unsigned char)out[k - 1] & 0xC0) == 0x80 && cont < 3) {
+            k--;
+            cont++;
+        }
+        if (k > 0 && (unsigned char)out[k - 1] >= 0xC0) {
+            unsigned char lead = (unsigned char)out[k - 1];
+            size_t need = lead >= 0xF0 ? 3 : lead >= 0xE0 ? 2 : 1;
+            if (cont < need)
+                o = k - 1;
+        }
+    }
+    return o;
+}
+
 /* Re-serialise the client's ID list with our limits: quoted strings only, bounded, no CR/LF. */
 static void cmd_id(struct session *s, const char *tag)
 {
@@ -199,7 +233,9 @@ static void cmd_id(struct session *s, const char *tag)
     free(st->client_id);
     st->client_id = NULL;
     if (p->nargs >= 2 && p->args[0].type == IMAP_ARG_LIST_OPEN) {
-        size_t cap = 4096;
+        /* Room for 30 pairs at their caps on the wire: RFC 2971's maximal ID is forwarded
+         * whole (issue 15; it was dropped silently past ~4 KB). */
+        size_t cap = ID_MAX_PAIRS * (ID_FIELD_MAX + ID_VALUE_MAX + 8) + 1;
         char *out = malloc(cap);
         size_t o = 0;
         unsigned pairs = 0;
@@ -223,7 +259,7 @@ static void cmd_id(struct session *s, const char *tag)
                 size_t lim = part ? ID_VALUE_MAX : ID_FIELD_MAX;
                 bool nil = part && a->type == IMAP_ARG_ATOM && a->len == 3 &&
                            strncasecmp(ap, "NIL", 3) == 0;
-                if (o + 2 * lim + 8 > cap) {
+                if (o + lim + 8 > cap) {
                     ok = false;
                     break;
                 }
@@ -235,14 +271,7 @@ static void cmd_id(struct session *s, const char *tag)
                     continue;
                 }
                 out[o++] = '"';
-                for (size_t j = 0; j < a->len && j < lim; j++) {
-                    unsigned char c = (unsigned char)ap[j];
-                    if (c == '\r' || c == '\n' || c == 0)
-                        continue;
-                    if (c == '"' || c == '\\')
-                        out[o++] = '\\';
-                    out[o++] = (char)c;
-                }
+                o += id_quote_body(out + o, lim, ap, a->len);
                 out[o++] = '"';
             }
         }
@@ -592,8 +621,10 @@ void imap_preauth_login_ok(struct session *s)
         reply(s, "%s OK [CAPABILITY %s] Logged in", st->tag, st->post_caps);
     else
         reply(s, "%s OK Logged in", st->tag);
-    imap_framer_init(&st->upf, s->cfg->limits.max_line);
-    imap_framer_init(&st->downf, s->cfg->limits.max_line);
+    /* After login no line is held whole (issue 15): commands and responses of any length
+     * stream through the relay buffers; max_line is for what the proxy parses itself. */
+    imap_framer_init(&st->upf, IMAP_LINE_UNLIMITED);
+    imap_framer_init(&st->downf, IMAP_LINE_UNLIMITED);
     sess_start_relay(s);
 }
 

@@ -642,16 +642,19 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
     switch (sc->phase) {
     case SC_IDLE:
     case SC_HOLD:
+        /* Lines are framed without a cap after login (issue 15), but a FETCH response is held
+         * until its content is judged, and no part of it streams unjudged: text too long to
+         * hold ends the session. Counted without the line's LF, so the outcome does not
+         * depend on how the bytes arrive. */
+        if (st->down_held >
+            s->cfg->limits.relay_buffer - SC_HOLD_SLACK + (ev == IMAP_FRAME_MORE ? 0 : 1)) {
+            sess_log(s, LOG_WARN, "event=refused reason=fetch_line_too_long held=%zu",
+                     st->down_held);
+            sess_end(s, "FETCH response line too long to scan", "FETCH response too long to scan.");
+            return true;
+        }
         if (ev == IMAP_FRAME_MORE) {
             sc->phase = SC_HOLD;
-            if (st->down_held > SC_HOLD_LINE) {
-                /* A very long line: let its start go (only the literal header at its end may
-                 * have to change). No keep-alive inside this response any more. */
-                buf_release(b, st->down_held - 64);
-                st->down_held = 64;
-                st->down_part_out = true;
-                sc->resp_released = true;
-            }
             mine = true;
         } else if (ev == IMAP_FRAME_LITERAL) {
             uint64_t origin;

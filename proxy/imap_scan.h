@@ -21,7 +21,7 @@
 
 #define SC_MEMO_MAX    16         /* verdicts remembered per session for part/chunk fetches */
 #define SC_LITS_MAX    8          /* content literals after the first in one held response */
-#define SC_HOLD_LINE   (16 << 10) /* a FETCH line held longer than this starts to stream */
+#define SC_HOLD_SLACK  (4 * 1024) /* a held FETCH line over relay_buffer - this ends it */
 #define SC_SUFFIX_MAX  (1 << 20)  /* bytes after the scanned literal held in one response */
 #define SC_MAILBOX_MAX 1024
 

@@ -50,6 +50,8 @@
 #define POP3_KEYWORD_MAX 8
 #define POP3_ARGS_MAX    4   /* arguments kept in args[]; POP3 commands take at most two */
 #define POP3_HEAD_MAX    128 /* framer: first bytes of a status line kept in head[] */
+/* pop3_framer_init(): no cap on the status line (the relay after login streams long lines) */
+#define POP3_LINE_UNLIMITED SIZE_MAX
 
 /* ---------- 1. command-line parser ---------- */
 

@@ -30,12 +30,17 @@
 #include "sess_policy.h"
 
 #define CAPA_HOLD_MAX 16384 /* a CAPA answer longer than this is passed on unfiltered */
+/* A RETR/TOP status line is held whole for the scanner (it reads and may rewrite the octet
+ * count). Longer than this, the message cannot be judged: the session ends (fail closed). */
+#define STATUS_HOLD_MAX 8192
 
 void pop3_relay_init(struct session *s)
 {
     struct pop3_state *st = pop3_st(s);
     pop3_cmd_parser_init(&st->parser, st->store, st->store_cap, s->cfg->limits.max_line);
-    pop3_framer_init(&st->downf, s->cfg->limits.max_line);
+    /* Responses are framed without a cap on their status line (issue 15): it streams, except
+     * where the scanner holds one (STATUS_HOLD_MAX). Command lines are parsed: max_line. */
+    pop3_framer_init(&st->downf, POP3_LINE_UNLIMITED);
     /* The framer starts expecting a greeting; the first response is the first command's. */
     st->qhead = st->qlen = 0;
     st->cur_valid = false;
@@ -288,6 +293,17 @@ static bool filter_down(struct session *s)
             return false;
         }
         progress = progress || used > 0;
+        /* The bound is on the line's text (terminator excluded), decided the same way however
+         * the bytes arrive: while it is incomplete (one byte may be its CR) and once it is. */
+        if (st->down_status_hold &&
+            (ev == POP3_FRAME_MORE ? st->down_held > STATUS_HOLD_MAX + 1
+                                   : st->downf.status_len > STATUS_HOLD_MAX)) {
+            /* Never streamed unjudged: the message behind it would go out unscanned. */
+            sess_log(s, LOG_WARN, "event=refused reason=status_line_too_long limit=%d",
+                     STATUS_HOLD_MAX);
+            protocol_error(s, "RETR/TOP status line too long to scan");
+            return false;
+        }
         if (ev == POP3_FRAME_STATUS_LINE && st->down_status_hold) {
             st->down_status_hold = false;
             if (pop3_scan_begin(s)) {

@@ -159,7 +159,7 @@ static void against_framer(const uint8_t *data, size_t size, const struct outcom
     if (o->any_bad || o->ndone > MAX_CMDS)
         return;
     struct imap_framer f;
-    imap_framer_init(&f, 1 << 20);
+    imap_framer_init(&f, IMAP_LINE_UNLIMITED); /* as the relay frames after login */
     size_t off = 0;
     unsigned n = 0;
     while (off < size) {

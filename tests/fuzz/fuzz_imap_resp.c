@@ -10,7 +10,8 @@
  *    or a sticky ERROR, and never twice in a row;
  *  - the contract: MORE consumes everything, head_len <= IMAP_HEAD_MAX, literal_left counts
  *    down to 0 at LITERAL_END, at_boundary exactly after END.
- * Each input runs with a small max_line (to reach the limit) and a large one.
+ * Each input runs with a small max_line (to reach the limit), a large one and IMAP_LINE_UNLIMITED
+ * (the relay after login), which must never report a line as too long.
  */
 #include <stdbool.h>
 #include <stddef.h>
@@ -117,6 +118,8 @@ static void feed(size_t max_line, const uint8_t *data, size_t size, const size_t
             if (ev != IMAP_FRAME_END)
                 CHECK(!imap_framer_at_boundary(&f));
             record(o, &f, ev);
+            if (ev == IMAP_FRAME_ERROR && max_line == IMAP_LINE_UNLIMITED)
+                CHECK(strcmp(f.error, "line too long") != 0);
             if (ev == IMAP_FRAME_ERROR) {
                 stop = true;
                 break;
@@ -176,5 +179,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint64_t seed = fnv(0xcbf29ce484222325ULL, data, size);
     run_limit(20, data, size, seed);
     run_limit(8192, data, size, seed >> 9);
+    run_limit(IMAP_LINE_UNLIMITED, data, size, seed >> 17);
     return 0;
 }

@@ -191,6 +191,8 @@ static void trace_frame(const char *in, size_t len, size_t max_line, uint8_t pla
             check(f.head_len <= POP3_HEAD_MAX && f.head_len <= f.status_len, "head bounds");
             if (ev == POP3_FRAME_ERROR) {
                 check(f.error != NULL, "ERROR without error");
+                check(max_line != POP3_LINE_UNLIMITED || strcmp(f.error, "response line too long"),
+                      "unlimited framer refused a long line");
                 record(t, (int)ev, pos, fnv(h, f.error, strlen(f.error)));
                 size_t u2 = 1;
                 check(pop3_frame(&f, in, len, &u2) == POP3_FRAME_ERROR && u2 == 0, "stuck");
@@ -349,6 +351,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     fuzz_cmd(in, len, max_line, cap, split);
     fuzz_frame(in, len, max_line, plan, split);
+    fuzz_frame(in, len, POP3_LINE_UNLIMITED, plan, split); /* the relay after login */
     fuzz_stuff(in, len, split);
     return 0;
 }

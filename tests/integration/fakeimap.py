@@ -86,6 +86,7 @@ class FakeImap:
         self.port = self.lsock.getsockname()[1]
         self.conns: list[FakeConn] = []
         self.logins: list[tuple[bytes, ...]] = []
+        self.ids: list[bytes] = []  # the ID command lines received (literals as "<lit>")
         self._stop = False
         self._t = threading.Thread(target=self._accept, daemon=True)
         self._t.start()
@@ -110,6 +111,7 @@ class FakeImap:
                 tag, line, lits = cmd
                 word = line.split(b" ", 2)[1].upper() if b" " in line else b""
                 if word == b"ID":
+                    self.ids.append(line)
                     c.send(b'* ID ("name" "fake")\r\n' + tag + b" OK ID done\r\n")
                 elif word == b"CAPABILITY":
                     c.send(b"* CAPABILITY " + CAPS + b"\r\n" + tag + b" OK done\r\n")

@@ -144,7 +144,7 @@ static void test_defaults(void **state)
     assert_int_equal(lim->pop3_idle_timeout_ms, 10 * 60 * 1000);
     assert_int_equal(lim->backend_connect_timeout_ms, 10 * 1000);
     assert_int_equal(lim->backend_login_timeout_ms, 30 * 1000);
-    assert_int_equal(lim->max_line, 8192);
+    assert_int_equal(lim->max_line, 65536);
     assert_int_equal(lim->max_preauth_literal, 8192);
     assert_int_equal(lim->max_bad_commands, 10);
     assert_int_equal(lim->max_connections, 10000);
@@ -281,7 +281,7 @@ static void test_null_values(void **state)
     struct config *c = load_ok(MINIMAL "log:\nlimits: ~\ntls:\n  certificates:\n"
                                        "  ciphersuites: ~\ninstance: null\n");
     assert_int_equal(c->log_level, CFG_LOG_INFO);
-    assert_int_equal(c->limits.max_line, 8192);
+    assert_int_equal(c->limits.max_line, 65536);
     assert_null(c->tls.ciphersuites);
     assert_true(c->instance[0] != '\0');
     cfg_unref(&c);

@@ -471,6 +471,132 @@ static void test_literal_skip_one_step(void **state)
     free(big);
 }
 
+/* ---------- unlimited mode (after login: issue 15) ---------- */
+
+/* Feed `in` in random pieces (xorshift, fixed seed: reproducible) to an unlimited framer; the
+ * events must be exactly `want` (LITERAL n, LITERAL_END, END), and every byte must be consumed
+ * by the framer without anything being held: the relay streams what each call consumed. */
+static void frame_random_pieces(const char *in, size_t len, uint64_t seed, size_t maxpiece,
+                                const char *want)
+{
+    struct imap_framer f;
+    imap_framer_init(&f, IMAP_LINE_UNLIMITED);
+    struct trace *t = &got;
+    t->len = 0;
+    t->s[0] = '\0';
+    size_t off = 0;
+    uint64_t x = seed;
+    while (off < len) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        size_t piece = 1 + (size_t)(x % maxpiece);
+        if (piece > len - off)
+            piece = len - off;
+        char *chunk = malloc(piece);
+        assert_non_null(chunk);
+        memcpy(chunk, in + off, piece);
+        size_t coff = 0;
+        while (coff < piece) {
+            size_t used = 0;
+            enum imap_frame_event ev = imap_frame(&f, chunk + coff, piece - coff, &used);
+            assert_true(ev != IMAP_FRAME_ERROR);
+            coff += used;
+            if (ev == IMAP_FRAME_LITERAL)
+                trace_add(t, "LITERAL %llu\n", (unsigned long long)f.literal_len);
+            else if (ev == IMAP_FRAME_LITERAL_END)
+                trace_add(t, "LITERAL_END\n");
+            else if (ev == IMAP_FRAME_END)
+                trace_add(t, "END %u\n", f.nliterals);
+            else
+                assert_int_equal(coff, piece);
+        }
+        free(chunk);
+        off += piece;
+    }
+    expect_trace("random pieces", t, want);
+}
+
+/* A 1 MB line (a SEARCH answer, a UID STORE set) is framed whole, however it is split; its head
+ * is its first IMAP_HEAD_MAX bytes. A limited framer refuses the same line. */
+static void test_unlimited_1mb_line(void **state)
+{
+    (void)state;
+    size_t n = 1 << 20;
+    char *in = malloc(n + 32);
+    assert_non_null(in);
+    memcpy(in, "* SEARCH", 8);
+    for (size_t i = 8; i < n; i += 2)
+        memcpy(in + i, " 7", 2);
+    memcpy(in + n, "\r\na OK done\r\n", 13);
+    for (uint64_t seed = 1; seed <= 4; seed++)
+        frame_random_pieces(in, n + 13, seed * 0x9e3779b97f4a7c15ULL, 70000 / seed,
+                            "END 0\nEND 0\n");
+    struct imap_framer f;
+    size_t used;
+    imap_framer_init(&f, IMAP_LINE_UNLIMITED);
+    assert_int_equal(imap_frame(&f, in, n + 2, &used), IMAP_FRAME_END);
+    assert_int_equal(used, n + 2);
+    assert_int_equal(f.head_len, IMAP_HEAD_MAX);
+    assert_memory_equal(f.head, "* SEARCH 7 7", 12);
+    imap_framer_init(&f, 65536);
+    assert_int_equal(imap_frame(&f, in, n + 2, &used), IMAP_FRAME_ERROR);
+    free(in);
+}
+
+/* A literal header at the end of a long line is found however the line is split, also with
+ * "{", the digits and "}" split across reads, and quoted braces before it do not count. */
+static void test_unlimited_literal_after_long_line(void **state)
+{
+    (void)state;
+    size_t n = 300000;
+    char *in = malloc(n + 64);
+    assert_non_null(in);
+    memcpy(in, "* 1 FETCH (BODYSTRUCTURE (\"", 27);
+    memset(in + 27, 'q', n - 27);
+    memcpy(in + n - 6, "{9}x\" ", 6); /* a brace inside a quoted string: not a literal */
+    int k = snprintf(in + n, 64, "BODY[] {12345}\r\n");
+    size_t tot = n + (size_t)k;
+    char *all = malloc(tot + 12345 + 3);
+    assert_non_null(all);
+    memcpy(all, in, tot);
+    memset(all + tot, 'L', 12345);
+    memcpy(all + tot + 12345, ")\r\n", 3);
+    tot += 12345 + 3;
+    for (uint64_t seed = 1; seed <= 6; seed++)
+        frame_random_pieces(all, tot, seed * 0x2545f4914f6cdd1dULL, seed < 4 ? 7 : 50000,
+                            "LITERAL 12345\nLITERAL_END\nEND 1\n");
+    /* every split point of the header "{12345}\r\n" itself */
+    for (size_t cut = n; cut < n + (size_t)k; cut++) {
+        struct imap_framer f;
+        size_t used, u2;
+        imap_framer_init(&f, IMAP_LINE_UNLIMITED);
+        assert_int_equal(imap_frame(&f, all, cut, &used), IMAP_FRAME_MORE);
+        assert_int_equal(used, cut);
+        enum imap_frame_event ev = imap_frame(&f, all + cut, tot - cut, &u2);
+        assert_int_equal(ev, IMAP_FRAME_LITERAL);
+        assert_int_equal(f.literal_len, 12345);
+        assert_int_equal(cut + u2, n + (size_t)k);
+    }
+    free(all);
+    free(in);
+}
+
+/* Command direction: a 100 KB UID STORE set and a {n+} literal at the end of a long APPEND line. */
+static void test_unlimited_command_lines(void **state)
+{
+    (void)state;
+    size_t n = 100000;
+    char *in = malloc(n + 64);
+    assert_non_null(in);
+    memcpy(in, "a1 UID STORE 1", 14);
+    for (size_t i = 14; i < n; i += 2)
+        memcpy(in + i, ",9", 2);
+    int k = snprintf(in + n, 64, " +FLAGS (\\Flagged)\r\na2 X ~{3+}\r\nabc\r\n");
+    frame_random_pieces(in, n + (size_t)k, 77, 999, "END 0\nLITERAL 3\nLITERAL_END\nEND 1\n");
+    free(in);
+}
+
 /* The server refused a sync literal: the client's next bytes are a new command, not data. */
 static void test_cancel_literal(void **state)
 {
@@ -530,6 +656,9 @@ int main(void)
         cmocka_unit_test(test_head_incremental),
         cmocka_unit_test(test_literal_skip_one_step),
         cmocka_unit_test(test_cancel_literal),
+        cmocka_unit_test(test_unlimited_1mb_line),
+        cmocka_unit_test(test_unlimited_literal_after_long_line),
+        cmocka_unit_test(test_unlimited_command_lines),
     };
     return cmocka_run_group_tests_name("imap_frame", tests, NULL, NULL);
 }

@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -668,6 +669,63 @@ static void test_frame_head_truncated(void **state)
     assert_int_equal(f.status_len, POP3_HEAD_MAX - 1);
 }
 
+/* POP3_LINE_UNLIMITED (the relay after login): a 1 MB status line, fed in random pieces, ends
+ * in one END with its head and length right; a multi-line answer after it is framed as usual. */
+static void test_frame_unlimited(void **state)
+{
+    (void)state;
+    size_t n = 1 << 20;
+    const char tail[] = "\r\n+OK\r\n1 a\r\n.\r\n";
+    char *in = malloc(n + sizeof tail);
+    assert_non_null(in);
+    memcpy(in, "-ERR Invalid message number: ", 29);
+    memset(in + 29, 'z', n - 29);
+    memcpy(in + n, tail, sizeof tail);
+    size_t len = n + sizeof tail - 1;
+    for (uint64_t seed = 1; seed <= 4; seed++) {
+        struct pop3_framer f;
+        pop3_framer_init(&f, POP3_LINE_UNLIMITED);
+        uint64_t x = seed * 0x9e3779b97f4a7c15ULL;
+        size_t pos = 0, ends = 0;
+        while (pos < len) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            size_t piece = 1 + (size_t)(x % (seed == 1 ? 5 : 60000));
+            size_t end = pos + piece < len ? pos + piece : len;
+            while (pos < end) {
+                size_t used = 0;
+                enum pop3_frame_event ev = pop3_frame(&f, in + pos, end - pos, &used);
+                assert_true(ev != POP3_FRAME_ERROR);
+                pos += used;
+                if (ev == POP3_FRAME_END) {
+                    if (ends++ == 0) {
+                        assert_int_equal(pos, n + 2);
+                        assert_int_equal(f.status, POP3_STATUS_ERR);
+                        assert_int_equal(f.status_len, n);
+                        assert_int_equal(f.head_len, POP3_HEAD_MAX);
+                        assert_memory_equal(f.head, in, POP3_HEAD_MAX);
+                        assert_true(pop3_framer_expect(&f, POP3_RESP_MULTI));
+                    } else {
+                        assert_int_equal(f.body_len, 5);
+                    }
+                }
+                if (ev == POP3_FRAME_MORE && used < end - pos)
+                    break; /* "." held back: the next piece brings the byte after it */
+            }
+            if (pos < end)
+                continue; /* re-feed the held bytes with the next piece */
+        }
+        assert_int_equal(ends, 2);
+    }
+    /* The same line under a limit is refused. */
+    struct pop3_framer f;
+    size_t used;
+    pop3_framer_init(&f, 65536);
+    assert_int_equal(pop3_frame(&f, in, len, &used), POP3_FRAME_ERROR);
+    free(in);
+}
+
 /* Without expect(), responses are single lines; expect() only works at a boundary. */
 static void test_frame_expect_rules(void **state)
 {
@@ -913,6 +971,7 @@ int main(void)
         cmocka_unit_test(test_frame_errors),
         cmocka_unit_test(test_frame_head_truncated),
         cmocka_unit_test(test_frame_expect_rules),
+        cmocka_unit_test(test_frame_unlimited),
         cmocka_unit_test(test_resp_code),
         cmocka_unit_test(test_unstuff),
         cmocka_unit_test(test_unstuff_out_max),

@@ -173,10 +173,57 @@ static void t_big_fetch_and_append(void **state)
     free(m), free(resp), free(app), free(app_be), free(lit);
 }
 
+/* Issue 15: no line-length limit after login. A 100 KB command line (a UID STORE set) and one
+ * ending in a {n+} literal header reach the backend intact (the header rewritten to {n} as
+ * always), a 200 KB response line (a SEARCH answer) reaches the client intact; each is over the
+ * 64k relay buffer, so it streams in pieces and is never held whole. */
+static void t_long_lines(void **state)
+{
+    (void)state;
+    size_t n = 100000, r = 200000;
+    char *set = malloc(n + 1), *hits = malloc(r + 1);
+    assert_non_null(set);
+    assert_non_null(hits);
+    for (size_t i = 0; i < n; i += 5)
+        memcpy(set + i, i ? ",1234" : "11234", 5);
+    set[n] = '\0';
+    for (size_t i = 0; i < r; i += 5)
+        memcpy(hits + i, " 4321", 5);
+    hits[r] = '\0';
+    char *store = rh_strf("s UID STORE %s +FLAGS (\\Flagged)\r\n", set);
+    char *search = rh_strf("* SEARCH%s\r\nq OK done\r\n", hits);
+    char *app = rh_strf("a APPEND INBOX (%s) {5+}\r\nhello\r\n", set + 1);
+    char *app_be = rh_strf("a APPEND INBOX (%s) {5}\r\n", set + 1);
+    const struct rh_step steps[] = {C(store),
+                                    EB(store),
+                                    B("s OK stored\r\n"),
+                                    EC("s OK stored\r\n"),
+                                    C("q SEARCH ALL\r\n"),
+                                    EB("q SEARCH ALL\r\n"),
+                                    B(search),
+                                    EC(search),
+                                    C(app),
+                                    EB(app_be),
+                                    B("+ go\r\n"),
+                                    EC(""),
+                                    EB("hello\r\n"),
+                                    B("a OK appended\r\n"),
+                                    EC("a OK appended\r\n"),
+                                    EOPEN,
+                                    END};
+    rh_run_case(&(struct rh_case){.name = "100 kB command lines and a 200 kB response line",
+                                  .proto = RH_IMAP,
+                                  .scan = RH_SCAN_OFF,
+                                  .steps = steps,
+                                  .big = true});
+    free(set), free(hits), free(store), free(search), free(app), free(app_be);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(t_noop),
+        cmocka_unit_test(t_long_lines),
         cmocka_unit_test(t_compress_refused),
         cmocka_unit_test(t_compress_lowercase),
         cmocka_unit_test(t_starttls_refused),

@@ -275,6 +275,50 @@ static void t_big_clean_and_infected(void **state)
     free(clean), free(bad), free(r1), free(r2);
 }
 
+/* Issue 15: response lines are framed without a cap after login, but an untagged FETCH is held
+ * until its content is judged. One whose text before the literal fits the hold bound (relay
+ * buffer minus 4k: 60k) is delivered identical and scanned; a longer one ends the session
+ * without one byte of it — above all not the BODY[] literal, which was never judged. */
+static void t_long_fetch_lines(void **state)
+{
+    (void)state;
+    char *pad_ok = malloc(40001), *pad_long = malloc(70001);
+    assert_non_null(pad_ok);
+    assert_non_null(pad_long);
+    memset(pad_ok, 'p', 40000);
+    pad_ok[40000] = '\0';
+    memset(pad_long, 'p', 70000);
+    pad_long[70000] = '\0';
+    const char *msg = "Subject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n";
+    char *ok = rh_strf("* 2 FETCH (UID 8 BODYSTRUCTURE (\"text\" \"plain\" (\"name\" \"%s\") NIL "
+                       "NIL \"7bit\" 13 1) BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\n"
+                       "f OK\r\n",
+                       pad_ok);
+    char *bad = rh_strf("* 1 FETCH (UID 7 BODYSTRUCTURE (\"text\" \"plain\" (\"name\" \"%s\") NIL "
+                        "NIL \"7bit\" 13 1) BODY[] {%zu}\r\n%s)\r\ng OK\r\n",
+                        pad_long, strlen(msg), msg);
+    const struct rh_step steps[] = {SEL,
+                                    C("f UID FETCH 8 (UID BODYSTRUCTURE BODY.PEEK[])\r\n"),
+                                    EB("f UID FETCH 8 (UID BODYSTRUCTURE BODY.PEEK[])\r\n"),
+                                    B(ok),
+                                    EC(ok),
+                                    ESCANNED("Subject: hi\r\n\r\nhello world\r\n"),
+                                    C("g UID FETCH 7 (UID BODYSTRUCTURE BODY.PEEK[])\r\n"),
+                                    EB("g UID FETCH 7 (UID BODYSTRUCTURE BODY.PEEK[])\r\n"),
+                                    B(bad),
+                                    EC("* BYE FETCH response too long to scan.\r\n"),
+                                    ECLOSED,
+                                    ENSCANS(1),
+                                    END};
+    rh_run_case(&(struct rh_case){.name = "a 40 kB FETCH line held and passed; a 70 kB one fails "
+                                          "closed",
+                                  .proto = RH_IMAP,
+                                  .scan = RH_SCAN_ON,
+                                  .steps = steps,
+                                  .big = true});
+    free(pad_ok), free(pad_long), free(ok), free(bad);
+}
+
 /* Issue 14 (regressions, named test_regress_14_* in the integration tests): the stall. The
  * verdict of a part or chunk was found at once (session memo, or "cannot be judged"); the
  * filter paused because s->down still held the previous answer, sess_pump() flushed that
@@ -335,6 +379,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(t_clean_whole),
+        cmocka_unit_test(t_long_fetch_lines),
         cmocka_unit_test(t_infected_whole),
         cmocka_unit_test(t_eicar_rfc822),
         cmocka_unit_test(t_items_around_literal),

@@ -123,10 +123,44 @@ static void t_big_retr(void **state)
     free(m), free(st), free(resp), free(all);
 }
 
+/* Issue 15: response lines are framed without a cap after login. A 200 kB status line (over the
+ * 64k relay buffer: it streams in pieces) reaches the client intact, and the session goes on. */
+static void t_long_status_line(void **state)
+{
+    (void)state;
+    char *pad = malloc(200001);
+    assert_non_null(pad);
+    memset(pad, 'z', 200000);
+    pad[200000] = '\0';
+    char *err = rh_strf("-ERR Invalid message number: %s\r\n", pad);
+    char *ok = rh_strf("+OK 1 %s\r\n", pad);
+    const struct rh_step steps[] = {C("LIST zzz\r\n"),
+                                    EB("LIST zzz\r\n"),
+                                    B(err),
+                                    EC(err),
+                                    C("UIDL 1\r\n"),
+                                    EB("UIDL 1\r\n"),
+                                    B(ok),
+                                    EC(ok),
+                                    C("NOOP\r\n"),
+                                    EB("NOOP\r\n"),
+                                    B("+OK\r\n"),
+                                    EC("+OK\r\n"),
+                                    EOPEN,
+                                    END};
+    rh_run_case(&(struct rh_case){.name = "200 kB status lines stream byte-identical",
+                                  .proto = RH_POP3,
+                                  .scan = RH_SCAN_OFF,
+                                  .steps = steps,
+                                  .big = true});
+    free(pad), free(err), free(ok);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(t_stat),
+        cmocka_unit_test(t_long_status_line),
         cmocka_unit_test(t_list_multi),
         cmocka_unit_test(t_list_single_then_uidl),
         cmocka_unit_test(t_uidl_n),

@@ -166,10 +166,38 @@ static void t_big_slow_client(void **state)
     free(m), free(st), free(r);
 }
 
+/* Issue 15: a RETR status line is held whole for the scanner (it rewrites the octet count). One
+ * over the 8k hold bound ends the session before any of the message goes out: the relay never
+ * streams a RETR it cannot judge. */
+static void t_retr_status_too_long(void **state)
+{
+    (void)state;
+    char *pad = malloc(10001);
+    assert_non_null(pad);
+    memset(pad, 'o', 10000);
+    pad[10000] = '\0';
+    char *resp =
+        rh_strf("+OK 42 %s\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n.\r\n", pad);
+    const struct rh_step steps[] = {C("RETR 1\r\n"),
+                                    EB("RETR 1\r\n"),
+                                    B(resp),
+                                    EC("-ERR [SYS/TEMP] Backend protocol error.\r\n"),
+                                    ECLOSED,
+                                    ENSCANS(0),
+                                    END};
+    rh_run_case(&(struct rh_case){.name = "a RETR status line over the hold bound fails closed",
+                                  .proto = RH_POP3,
+                                  .scan = RH_SCAN_ON,
+                                  .steps = steps,
+                                  .big = true});
+    free(pad), free(resp);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(t_retr_clean_identical),
+        cmocka_unit_test(t_retr_status_too_long),
         cmocka_unit_test(t_retr_infected),
         cmocka_unit_test(t_retr_eicar),
         cmocka_unit_test(t_retr_notice_restuffed),

@@ -392,9 +392,10 @@ enum imap_allow_verdict imap_allow_command(const char *p, size_t len, bool line_
     struct cur c = {p, len, 0};
     const char *tag, *n;
     size_t tl, nl;
-    if (word(&c, &tag, &tl) < 0 || !eat(&c, ' ') || tl == 0) {
-        if (!line_done && len < 1024 && c.i >= c.len)
-            return IA_MORE;
+    int w = word(&c, &tag, &tl);
+    if (w < 0 && !line_done && len < 1024)
+        return IA_MORE;
+    if (w < 0 || !eat(&c, ' ') || tl == 0) {
         out->kind = IA_NOTAG; /* the server answers it BAD */
         return IA_PASS;
     }

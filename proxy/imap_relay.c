@@ -142,6 +142,9 @@ static enum cmd_verdict classify_command(struct session *s, bool line_done, bool
         int d = is_done_line(p, st->up_held);
         if (d < 0 && !line_done)
             return CMD_HOLD;
+        /* not DONE: wait for its tag (the BAD names it) */
+        if (d == 0 && !line_done && !memchr(p, ' ', st->up_held) && st->up_held <= IMAP_TAG_MAX)
+            return CMD_HOLD;
         return d > 0 ? CMD_PASS : CMD_IDLE_NOT_DONE;
     }
     enum imap_allow_verdict v = imap_allow_command(p, st->up_held, line_done, literal, c);
@@ -537,8 +540,13 @@ static enum resp_class classify_response(struct session *s, bool line_done)
 {
     struct imap_state *st = imap_st(s);
     const struct imap_framer *f = &st->downf;
-    if (f->head_len >= 1 && f->head[0] == '+')
+    if (f->head_len >= 1 && f->head[0] == '+') {
+        /* One with nothing pending ends the session: at the end of its line (bounded). */
+        bool pending = st->up_wait_cont || st->idle == RI_WAIT || st->idle == RI_ON;
+        if (!pending && !line_done && st->down_held < line_hold_max(s))
+            return RC_MORE;
         return RC_STREAM;
+    }
     /* issue 15: every capability list, whatever its length, is held whole and filtered */
     int caps = imap_allow_caps_response(buf_mptr(&s->down), st->down_held, line_done);
     if (caps > 0 && !line_done)

@@ -91,7 +91,7 @@ struct imap_state {
     size_t sel_lit_len;              /* ... so far */
     size_t sel_lit_want;             /* ... announced (<= IMAP_ALLOW_MAILBOX_MAX) */
     char sel_tag[IMAP_TAG_MAX + 1];  /* ... and its tag */
-    struct imap_scan *sc;          /* FETCH content scanning (imap_scan.c), NULL when off */
+    struct imap_scan *sc;            /* FETCH content scanning (imap_scan.c), NULL when off */
 };
 
 static inline struct imap_state *imap_st(struct session *s)

@@ -53,15 +53,46 @@ static bool has_prefix(const char *w, size_t wl, const char *pre)
 
 /* Post-login capabilities the proxy can inspect: they add commands it classifies below and
  * responses whose content the scanner does not need to see (or sees through FETCH). */
-static const char *const caps_exact[] = {
-    "IMAP4rev1", "LITERAL+", "LITERAL-", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE", "ID",
-    "UNSELECT", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "CREATE-SPECIAL-USE",
-    "ESEARCH", "SEARCHRES", "SORT", "SORT=DISPLAY", "ESORT", "CONDSTORE", "QUOTA", "QUOTASET",
-    "ACL", "METADATA", "METADATA-SERVER", "ENABLE", "WITHIN", "BINARY", "CATENATE",
-    "MULTIAPPEND", "UTF8=ACCEPT", "STATUS=SIZE", "SAVEDATE", "OBJECTID", "LOGIN-REFERRALS",
-    "MAILBOX-REFERRALS", "SEARCH=FUZZY", NULL};
-static const char *const caps_prefix[] = {"THREAD=", "RIGHTS=", "QUOTA=", "I18NLEVEL=",
-                                          "CONTEXT=", "APPENDLIMIT=", NULL};
+static const char *const caps_exact[] = {"IMAP4rev1",
+                                         "LITERAL+",
+                                         "LITERAL-",
+                                         "IDLE",
+                                         "NAMESPACE",
+                                         "UIDPLUS",
+                                         "MOVE",
+                                         "ID",
+                                         "UNSELECT",
+                                         "CHILDREN",
+                                         "LIST-EXTENDED",
+                                         "LIST-STATUS",
+                                         "SPECIAL-USE",
+                                         "CREATE-SPECIAL-USE",
+                                         "ESEARCH",
+                                         "SEARCHRES",
+                                         "SORT",
+                                         "SORT=DISPLAY",
+                                         "ESORT",
+                                         "CONDSTORE",
+                                         "QUOTA",
+                                         "QUOTASET",
+                                         "ACL",
+                                         "METADATA",
+                                         "METADATA-SERVER",
+                                         "ENABLE",
+                                         "WITHIN",
+                                         "BINARY",
+                                         "CATENATE",
+                                         "MULTIAPPEND",
+                                         "UTF8=ACCEPT",
+                                         "STATUS=SIZE",
+                                         "SAVEDATE",
+                                         "OBJECTID",
+                                         "LOGIN-REFERRALS",
+                                         "MAILBOX-REFERRALS",
+                                         "SEARCH=FUZZY",
+                                         NULL};
+static const char *const caps_prefix[] = {
+    "THREAD=", "RIGHTS=", "QUOTA=", "I18NLEVEL=", "CONTEXT=", "APPENDLIMIT=", NULL};
 /* Valid only in the proxy's own pre-login list (it runs the login itself). */
 static const char *const caps_preauth[] = {"SASL-IR", "STARTTLS", "LOGINDISABLED", NULL};
 
@@ -197,14 +228,14 @@ size_t imap_allow_caps_line(char *line, size_t len)
 
 /* Commands that pass on their name alone (RFC 3501 and the allowed extensions). */
 static const char *const cmds_pass[] = {
-    "CAPABILITY", "NOOP", "LOGOUT", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE",
-    "LIST", "LSUB", "STATUS", "APPEND", "CHECK", "EXPUNGE", "SEARCH", "STORE", "COPY", "MOVE",
-    "NAMESPACE", "ID", "GETQUOTA", "GETQUOTAROOT", "SETQUOTA", "GETACL", "SETACL", "DELETEACL",
-    "LISTRIGHTS", "MYRIGHTS", "GETMETADATA", "SETMETADATA", "SORT", "THREAD", "COMPARATOR",
-    "CANCELUPDATE", NULL};
+    "CAPABILITY",   "NOOP",        "LOGOUT", "CREATE", "DELETE",     "RENAME",       "SUBSCRIBE",
+    "UNSUBSCRIBE",  "LIST",        "LSUB",   "STATUS", "APPEND",     "CHECK",        "EXPUNGE",
+    "SEARCH",       "STORE",       "COPY",   "MOVE",   "NAMESPACE",  "ID",           "GETQUOTA",
+    "GETQUOTAROOT", "SETQUOTA",    "GETACL", "SETACL", "DELETEACL",  "LISTRIGHTS",   "MYRIGHTS",
+    "GETMETADATA",  "SETMETADATA", "SORT",   "THREAD", "COMPARATOR", "CANCELUPDATE", NULL};
 /* After "UID ". */
-static const char *const uid_pass[] = {"STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE",
-                                       "SORT",  "THREAD", NULL};
+static const char *const uid_pass[] = {"STORE",   "COPY", "MOVE",   "SEARCH",
+                                       "EXPUNGE", "SORT", "THREAD", NULL};
 
 static const char *refuse_name(const char *n, size_t nl, enum sess_reason *why)
 {
@@ -220,8 +251,7 @@ static const char *refuse_name(const char *n, size_t nl, enum sess_reason *why)
         *why = SR_ALREADY_LOGGED_IN;
         return "Already logged in.";
     }
-    if (word_is(n, nl, "URLFETCH") || word_is(n, nl, "GENURLAUTH") ||
-        word_is(n, nl, "RESETKEY")) {
+    if (word_is(n, nl, "URLFETCH") || word_is(n, nl, "GENURLAUTH") || word_is(n, nl, "RESETKEY")) {
         *why = SR_URLAUTH;
         return "URLAUTH is not available through this proxy.";
     }
@@ -457,9 +487,10 @@ enum imap_allow_verdict imap_allow_command(const char *p, size_t len, bool line_
 static size_t name_at(const struct cur *c)
 {
     size_t j = c->i;
-    while (j < c->len && ((c->p[j] >= 'A' && c->p[j] <= 'Z') || (c->p[j] >= 'a' && c->p[j] <= 'z') ||
-                          (c->p[j] >= '0' && c->p[j] <= '9') || c->p[j] == '.' || c->p[j] == '-' ||
-                          c->p[j] == '=' || c->p[j] == '_'))
+    while (j < c->len &&
+           ((c->p[j] >= 'A' && c->p[j] <= 'Z') || (c->p[j] >= 'a' && c->p[j] <= 'z') ||
+            (c->p[j] >= '0' && c->p[j] <= '9') || c->p[j] == '.' || c->p[j] == '-' ||
+            c->p[j] == '=' || c->p[j] == '_'))
         j++;
     return j - c->i;
 }
@@ -491,7 +522,8 @@ static bool section_text(struct cur *c, bool after_part)
 {
     size_t nl = name_at(c);
     const char *w = c->p + c->i;
-    if (word_is(w, nl, "HEADER") || word_is(w, nl, "TEXT") || (after_part && word_is(w, nl, "MIME"))) {
+    if (word_is(w, nl, "HEADER") || word_is(w, nl, "TEXT") ||
+        (after_part && word_is(w, nl, "MIME"))) {
         c->i += nl;
         return true;
     }
@@ -529,8 +561,9 @@ static bool partial(struct cur *c)
 
 /* Plain items (no section). */
 static const char *const fetch_plain[] = {
-    "FLAGS", "UID", "INTERNALDATE", "RFC822", "RFC822.HEADER", "RFC822.SIZE", "RFC822.TEXT",
-    "ENVELOPE", "BODY", "BODYSTRUCTURE", "MODSEQ", "EMAILID", "THREADID", "SAVEDATE", NULL};
+    "FLAGS",       "UID",         "INTERNALDATE", "RFC822",   "RFC822.HEADER",
+    "RFC822.SIZE", "RFC822.TEXT", "ENVELOPE",     "BODY",     "BODYSTRUCTURE",
+    "MODSEQ",      "EMAILID",     "THREADID",     "SAVEDATE", NULL};
 
 static bool fetch_att(struct cur *c, bool listed)
 {
@@ -579,8 +612,7 @@ const char *imap_allow_fetch_args(const char *p, size_t len, enum sess_reason *r
     }
     if (eat(&c, ' ')) {
         /* RFC 7162 modifiers: CHANGEDSINCE only (VANISHED needs QRESYNC, not offered). */
-        if (!eat(&c, '(') || match(&c, "CHANGEDSINCE ") != 1 || !number(&c, false) ||
-            !eat(&c, ')'))
+        if (!eat(&c, '(') || match(&c, "CHANGEDSINCE ") != 1 || !number(&c, false) || !eat(&c, ')'))
             return "FETCH modifier not supported by this proxy.";
     }
     return at_end(&c) ? NULL : bad_item;

@@ -157,8 +157,8 @@ static enum cmd_verdict classify_command(struct session *s, bool line_done, bool
     }
     const char *tag, *rest;
     size_t tl, rl;
-    if (v == IA_PASS && c->kind != IA_NOTAG && imap_split_tag(p, st->up_held, &tag, &tl, &rest, &rl) &&
-        tl > IMAP_TAG_MAX) {
+    if (v == IA_PASS && c->kind != IA_NOTAG &&
+        imap_split_tag(p, st->up_held, &tag, &tl, &rest, &rl) && tl > IMAP_TAG_MAX) {
         c->reason = SR_COMMAND_NOT_ALLOWED;
         c->text = "Tag too long for this proxy.";
         return CMD_REFUSE;
@@ -222,6 +222,9 @@ static void release_up(struct buf *b, struct imap_state *st, size_t keep)
 /* The current client command is over (or refused whole). */
 static void end_command(struct imap_state *st)
 {
+    /* a SELECT literal not collected (the backend refused it) names nothing later */
+    free(st->sel_lit);
+    st->sel_lit = NULL;
     st->up_classified = false;
     st->up_cmd_open = false;
     st->up_cmd_answered = false;

@@ -39,7 +39,8 @@ static void check_command(const char *p, size_t len)
     const char *lf = memchr(p, '\n', len);
     size_t ll = lf ? (size_t)(lf - p) + 1 : len;
     bool line_done = lf != NULL;
-    bool literal = ll >= 3 && p[ll - 1] == '\n' && (p[ll - 2] == '}' || (p[ll - 2] == '\r' && p[ll - 3] == '}'));
+    bool literal = ll >= 3 && p[ll - 1] == '\n' &&
+                   (p[ll - 2] == '}' || (p[ll - 2] == '\r' && p[ll - 3] == '}'));
     struct imap_allow_cmd whole, part;
     enum imap_allow_verdict w = imap_allow_command(p, ll, line_done, literal, &whole);
     if (w == IA_REFUSE)

@@ -103,8 +103,9 @@ static void test_caps_response_classify(void **state)
             assert_int_not_equal(imap_allow_caps_response(s, i, false), 0);
         assert_int_equal(imap_allow_caps_response(s, n, true), 1);
     }
-    const char *no[] = {"* 1 FETCH (BODY[] {5}\r\n", "a OK done\r\n", "* OK [UIDVALIDITY 1]\r\n",
-                        "+ idling\r\n", "* CAPABILITYX\r\n", "a OK [CAPABILITYX]\r\n"};
+    const char *no[] = {"* 1 FETCH (BODY[] {5}\r\n", "a OK done\r\n",
+                        "* OK [UIDVALIDITY 1]\r\n",  "+ idling\r\n",
+                        "* CAPABILITYX\r\n",         "a OK [CAPABILITYX]\r\n"};
     for (size_t k = 0; k < sizeof no / sizeof *no; k++)
         assert_int_equal(imap_allow_caps_response(no[k], strlen(no[k]), true), 0);
     assert_int_equal(imap_allow_caps_response("* 1 FETCH (", 11, false), 0);
@@ -146,10 +147,20 @@ static void test_commands(void **state)
 {
     (void)state;
     const char *pass[] = {
-        "a NOOP\r\n", "a LIST \"\" *\r\n", "a UID STORE 1:* +FLAGS (\\Seen)\r\n",
-        "a uid search all\r\n", "a IDLE\r\n", "a APPEND box {20}\r\n", "a ENABLE CONDSTORE\r\n",
-        "a ENABLE condstore UTF8=ACCEPT\r\n", "a MOVE 1 x\r\n", "a UID EXPUNGE 1\r\n",
-        "a GETQUOTAROOT INBOX\r\n", "a NAMESPACE\r\n", "a UNSELECT\r\n", "a ID NIL\r\n",
+        "a NOOP\r\n",
+        "a LIST \"\" *\r\n",
+        "a UID STORE 1:* +FLAGS (\\Seen)\r\n",
+        "a uid search all\r\n",
+        "a IDLE\r\n",
+        "a APPEND box {20}\r\n",
+        "a ENABLE CONDSTORE\r\n",
+        "a ENABLE condstore UTF8=ACCEPT\r\n",
+        "a MOVE 1 x\r\n",
+        "a UID EXPUNGE 1\r\n",
+        "a GETQUOTAROOT INBOX\r\n",
+        "a NAMESPACE\r\n",
+        "a UNSELECT\r\n",
+        "a ID NIL\r\n",
         "DONE\r\n", /* no tag: the server answers BAD */
     };
     for (size_t i = 0; i < sizeof pass / sizeof *pass; i++)
@@ -182,24 +193,38 @@ static void test_fetch_items(void **state)
 {
     (void)state;
     const char *pass[] = {
-        "a FETCH 1 (FLAGS UID)\r\n", "a FETCH 1:* ALL\r\n", "a UID FETCH 1,3:5 FAST\r\n",
-        "a FETCH 1 BODY[]\r\n", "a FETCH 1 (BODY.PEEK[1.2.MIME]<0.100>)\r\n",
+        "a FETCH 1 (FLAGS UID)\r\n",
+        "a FETCH 1:* ALL\r\n",
+        "a UID FETCH 1,3:5 FAST\r\n",
+        "a FETCH 1 BODY[]\r\n",
+        "a FETCH 1 (BODY.PEEK[1.2.MIME]<0.100>)\r\n",
         "a FETCH 1 (BODY.PEEK[HEADER.FIELDS (From \"To\" Subject)])\r\n",
         "a FETCH 1 (BODY[1.HEADER.FIELDS.NOT (X-Foo)] BODY[TEXT])\r\n",
         "a FETCH 1 (BINARY.PEEK[1]<5.10> BINARY.SIZE[2] BINARY[])\r\n",
         "a FETCH 1 (RFC822 RFC822.HEADER RFC822.SIZE RFC822.TEXT ENVELOPE BODYSTRUCTURE BODY)\r\n",
         "a FETCH $ (MODSEQ EMAILID THREADID SAVEDATE INTERNALDATE)\r\n",
-        "a FETCH 1:* (FLAGS) (CHANGEDSINCE 12345)\r\n", "a fetch 1 body.peek[header]\r\n",
+        "a FETCH 1:* (FLAGS) (CHANGEDSINCE 12345)\r\n",
+        "a fetch 1 body.peek[header]\r\n",
     };
     for (size_t i = 0; i < sizeof pass / sizeof *pass; i++)
         expect_pass(pass[i]);
     const char *bad[] = {
-        "a FETCH 1 (PREVIEW)\r\n", "a FETCH 1 (SNIPPET (FUZZY))\r\n", "a FETCH 1 PREVIEW\r\n",
-        "a UID FETCH 1 (FLAGS X-GM-MSGID)\r\n", "a FETCH 1 (BODY[FOO])\r\n",
-        "a FETCH 1 (BODY[MIME])\r\n", "a FETCH 1 (BINARY[TEXT])\r\n", "a FETCH 1 (BODY[0])\r\n",
-        "a FETCH 1 (BODY[]<0>)\r\n", "a FETCH 1 (FLAGS\r\n", "a FETCH 1 (FLAGS) (VANISHED)\r\n",
-        "a FETCH 1 (FLAGS) (CHANGEDSINCE 1 VANISHED)\r\n", "a FETCH 1 (ALL)\r\n",
-        "a FETCH 1 (BODYSTRUCTURE]\r\n", "a FETCH 1 (FLAGS )\r\n", "a FETCH 1 FLAGS UID\r\n",
+        "a FETCH 1 (PREVIEW)\r\n",
+        "a FETCH 1 (SNIPPET (FUZZY))\r\n",
+        "a FETCH 1 PREVIEW\r\n",
+        "a UID FETCH 1 (FLAGS X-GM-MSGID)\r\n",
+        "a FETCH 1 (BODY[FOO])\r\n",
+        "a FETCH 1 (BODY[MIME])\r\n",
+        "a FETCH 1 (BINARY[TEXT])\r\n",
+        "a FETCH 1 (BODY[0])\r\n",
+        "a FETCH 1 (BODY[]<0>)\r\n",
+        "a FETCH 1 (FLAGS\r\n",
+        "a FETCH 1 (FLAGS) (VANISHED)\r\n",
+        "a FETCH 1 (FLAGS) (CHANGEDSINCE 1 VANISHED)\r\n",
+        "a FETCH 1 (ALL)\r\n",
+        "a FETCH 1 (BODYSTRUCTURE]\r\n",
+        "a FETCH 1 (FLAGS )\r\n",
+        "a FETCH 1 FLAGS UID\r\n",
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
         expect_refused(bad[i], SR_FETCH_ITEM);
@@ -251,9 +276,12 @@ static void test_select(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_caps_list),   cmocka_unit_test(test_caps_lines),
-        cmocka_unit_test(test_caps_response_classify), cmocka_unit_test(test_commands),
-        cmocka_unit_test(test_fetch_items), cmocka_unit_test(test_select),
+        cmocka_unit_test(test_caps_list),
+        cmocka_unit_test(test_caps_lines),
+        cmocka_unit_test(test_caps_response_classify),
+        cmocka_unit_test(test_commands),
+        cmocka_unit_test(test_fetch_items),
+        cmocka_unit_test(test_select),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

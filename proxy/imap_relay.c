@@ -6,9 +6,15 @@
  * through are released by moving `mark`, and conn_flush() sends [rpos, mark) straight from the
  * receive buffer. A command or response is held (not released) only while the filter still has
  * to decide about it — at most its first line:
- *   - client → backend: COMPRESS (the proxy must see plaintext) and STARTTLS are refused here
- *     with BAD and never reach the backend; everything else streams, except that the last 3
- *     bytes of an unfinished line stay held (they may be the "+}\r" of a literal header).
+ *   - client → backend: every command is judged by the allow-lists of imap_allow.c (issue 15:
+ *     default deny) — on its name, or on its whole first line for FETCH (items), ENABLE and
+ *     SELECT/EXAMINE (the mailbox name, handed to imap_scan.c whole); refused ones get BAD and
+ *     never reach the backend; everything else streams, except that the last 3 bytes of an
+ *     unfinished line stay held (they may be the "+}\r" of a literal header).
+ *   - IDLE: after "tag IDLE" the client's bytes wait for the backend's "+"; then only DONE
+ *     passes, any other line is answered BAD and the proxy sends DONE itself.
+ *   - a "+" from the backend must match what is pending (a literal, an IDLE): else the
+ *     session ends as a backend protocol error.
  *   - literals: after a line announcing a synchronising literal {n} the client's next bytes are
  *     held until the backend answers. "+" → they stream as the literal. The command's tagged
  *     NO/BAD instead → the client will not send the literal (RFC 3501 7.5), so the framer
@@ -19,9 +25,10 @@
  *     them anyway: they are held until the "+" (which is swallowed: the client did not ask for
  *     it), or dropped with the rest of the command when the backend refuses it. Cost: one
  *     proxy↔backend round trip per literal; a large APPEND still streams once "+" is in.
- *   - backend → client: CAPABILITY lists (untagged or in an OK response code) are rewritten
- *     without COMPRESS=*, STARTTLS and LOGINDISABLED; everything else streams. Literal contents
- *     are skipped by length.
+ *   - backend → client: CAPABILITY lists ("* CAPABILITY", and "[CAPABILITY" codes of tagged or
+ *     untagged status responses) are held whole, whatever their length (bounded), and keep
+ *     only the allow-listed capabilities; everything else streams. Literal contents are
+ *     skipped by length.
  * Our own responses (BAD for a refused command, BYE) wait in `inject` for a response boundary
  * of the down stream and are then queued as a block on the client conn (conn_queue): the block
  * goes out after every byte released before it and before every byte released after it, so

@@ -107,33 +107,31 @@ CASE(t_enable_allowed, "ENABLE CONDSTORE passes", C("e ENABLE CONDSTORE\r\n"),
      EB("e ENABLE CONDSTORE\r\n"), B("* ENABLED CONDSTORE\r\ne OK\r\n"),
      EC("* ENABLED CONDSTORE\r\ne OK\r\n"))
 
-
 /* Scanning on: the mailbox a SELECT names is the one the memo and the scan fetcher use. A chunk
  * of a message judged clean passes only while the proxy knows the selected mailbox (else it
  * cannot be judged and is blocked: test_relay_imap_scan.c t_failed_select_forgets). */
 #define MEMO_STEPS                                                                                 \
-    C("f UID FETCH 8 (UID BODY.PEEK[])\r\n"), EB("f UID FETCH 8 (UID BODY.PEEK[])\r\n"),            \
-        B("* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nf OK\r\n"),       \
-        EC("* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nf OK\r\n"),      \
-        C("g UID FETCH 8 (UID BODY.PEEK[]<0.10>)\r\n"),                                              \
-        EB("g UID FETCH 8 (UID BODY.PEEK[]<0.10>)\r\n"),                                             \
-        B("* 2 FETCH (UID 8 BODY[]<0> {10}\r\nSubject: h)\r\ng OK\r\n"),                               \
+    C("f UID FETCH 8 (UID BODY.PEEK[])\r\n"), EB("f UID FETCH 8 (UID BODY.PEEK[])\r\n"),           \
+        B("* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nf OK\r\n"),      \
+        EC("* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nf OK\r\n"),     \
+        C("g UID FETCH 8 (UID BODY.PEEK[]<0.10>)\r\n"),                                            \
+        EB("g UID FETCH 8 (UID BODY.PEEK[]<0.10>)\r\n"),                                           \
+        B("* 2 FETCH (UID 8 BODY[]<0> {10}\r\nSubject: h)\r\ng OK\r\n"),                           \
         EC("* 2 FETCH (UID 8 BODY[]<0> {10}\r\nSubject: h)\r\ng OK\r\n")
 
 #define SELECTED "* OK [UIDVALIDITY 1234] UIDs valid\r\ns OK [READ-WRITE] Select done\r\n"
 
 #define LONG_NAME                                                                                  \
-    "\"a mailbox name with spaces and a \\\"quote\\\" that is much longer than the framer's "       \
+    "\"a mailbox name with spaces and a \\\"quote\\\" that is much longer than the framer's "      \
     "head of 128 bytes, so that no fixed-size copy can hold it whole\""
 
 RH_CASE(t_select_literal_name, "a SELECT whose name is a literal names the mailbox", RH_IMAP,
-        RH_SCAN_ON, C("s SELECT {11}\r\n"), EB("s SELECT {11}\r\n"), B("+ ok\r\n"),
-        EC("+ ok\r\n"), C("Other Box\"1\r\n"), EB("Other Box\"1\r\n"), B(SELECTED), EC(SELECTED),
-        MEMO_STEPS)
+        RH_SCAN_ON, C("s SELECT {11}\r\n"), EB("s SELECT {11}\r\n"), B("+ ok\r\n"), EC("+ ok\r\n"),
+        C("Other Box\"1\r\n"), EB("Other Box\"1\r\n"), B(SELECTED), EC(SELECTED), MEMO_STEPS)
 
 RH_CASE(t_select_long_quoted_name, "a quoted name longer than the head names the mailbox", RH_IMAP,
-        RH_SCAN_ON, C("s SELECT " LONG_NAME "\r\n"), EB("s SELECT " LONG_NAME "\r\n"),
-        B(SELECTED), EC(SELECTED), MEMO_STEPS)
+        RH_SCAN_ON, C("s SELECT " LONG_NAME "\r\n"), EB("s SELECT " LONG_NAME "\r\n"), B(SELECTED),
+        EC(SELECTED), MEMO_STEPS)
 
 RH_CASE(t_select_name_too_long, "a literal name over 1 KiB is refused, nothing selected", RH_IMAP,
         RH_SCAN_ON, C("s SELECT {1025}\r\n"), EB(""),

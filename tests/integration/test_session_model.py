@@ -214,6 +214,39 @@ def test_idle_smuggled_select(proxy_factory, dovecot, certs, scan_db, env_tmp):
     assert "event=refused reason=idle_not_done" in px.log()
 
 
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_idle_literal_framed_compress(proxy_factory, dovecot, certs, scan_db, env_tmp, pipelined):
+    """The issue's repro: during IDLE (or pipelined behind it, before its "+") a line announcing
+    a literal whose "data" is `COMPRESS DEFLATE`. Neither the line nor the COMPRESS may run."""
+    user = "model-idle-lit-%d" % pipelined
+    make_user(dovecot, user)
+    px = scan_proxy(proxy_factory, scan_db, env_tmp)
+    c = session(px, certs, user)
+    run(c, b"S", b"SELECT INBOX")
+    smuggle = b"b APPEND INBOX {20}\r\nc COMPRESS DEFLATE\r\n"
+    if pipelined:
+        c.send(b"i IDLE\r\n" + smuggle)
+        assert c.line().startswith(b"+")
+    else:
+        c.send(b"i IDLE\r\n")
+        assert c.line().startswith(b"+")
+        c.send(smuggle)
+    want = {b"b": b"b BAD Expected DONE.\r\n",
+            b"c": b"c BAD COMPRESS is not available through this proxy.\r\n"}
+    got = {}
+    while len(got) < 3:
+        line = c.line()
+        t = line.split(b" ", 1)[0]
+        if t in (b"b", b"c", b"i"):
+            got[t] = line
+    assert got[b"b"] == want[b"b"] and got[b"c"] == want[b"c"], got
+    assert got[b"i"].startswith(b"i OK"), got
+    line, _ = run(c, b"n", b"NOOP")
+    assert line.startswith(b"n OK"), line
+    assert_replaced(fetch_body(c, b"f"))
+    c.close()
+
+
 def test_idle_done_normal(proxy_factory, dovecot, certs, scan_db, env_tmp):
     user = "model-idle-ok"
     make_user(dovecot, user)

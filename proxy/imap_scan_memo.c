@@ -10,7 +10,11 @@
 #include <string.h>
 #include <strings.h>
 
+#include "imap_allow.h"
 #include "imap_scan.h"
+
+/* Every name the relay accepts fits the scan fetcher's quoting buffer (imap_fetcher.c). */
+_Static_assert(IMAP_ALLOW_MAILBOX_MAX <= SC_MAILBOX_MAX, "mailbox names the relay accepts");
 
 /* A NUL-terminated malloc'd copy of p[0 .. n) (also used by imap_scan.c). */
 char *sc_dup_bytes(const char *p, size_t n)

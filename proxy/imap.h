@@ -84,7 +84,14 @@ struct imap_state {
     bool down_part_out;            /* the client got part of the response being framed */
     bool down_stopped;             /* the session ends: nothing more is framed (imap_relay_stop) */
     struct buf inject;             /* our own responses waiting for a response boundary */
-    struct imap_scan *sc;          /* FETCH content scanning (imap_scan.c), NULL when off */
+    /* issue 15 session model (imap_allow.c) */
+    int idle;                        /* enum relay_idle in imap_relay.c */
+    char idle_tag[IMAP_TAG_MAX + 1]; /* tag of the IDLE command in progress */
+    char *sel_lit;                   /* SELECT/EXAMINE whose name is a literal: its bytes */
+    size_t sel_lit_len;              /* ... so far */
+    size_t sel_lit_want;             /* ... announced (<= IMAP_ALLOW_MAILBOX_MAX) */
+    char sel_tag[IMAP_TAG_MAX + 1];  /* ... and its tag */
+    struct imap_scan *sc;            /* FETCH content scanning (imap_scan.c), NULL when off */
 };
 
 static inline struct imap_state *imap_st(struct session *s)
@@ -123,8 +130,12 @@ void imap_scan_stop(struct session *s);
 void imap_scan_free(struct session *s);
 /* A response is held for its verdict or budget (it will go out without new backend input). */
 bool imap_scan_holding(struct session *s);
-/* up filter: a client command was classified (head in st->upf) */
-void imap_scan_command(struct session *s);
+/* up filter: a SELECT/EXAMINE with tag `tag` names mailbox `name` (owned, NUL-terminated; NULL
+ * if it could not be named): nothing is selected from now on; `name` becomes the selected
+ * mailbox at the tagged OK (imap_scan_memo.c). */
+void imap_scan_select(struct session *s, const char *tag, char *name);
+/* up filter: CLOSE/UNSELECT: nothing is selected from now on. */
+void imap_scan_unselect(struct session *s);
 /* down filter: may it frame more? (false = paused: held response or our output in flight) */
 bool imap_scan_down_paused(struct session *s);
 /* down filter, after each imap_frame() step of `used` bytes: true = the scan filter holds or
@@ -136,8 +147,8 @@ bool imap_scan_idle(struct session *s);
 bool imap_relay_idle(struct session *s);
 /* Queue a whole response line (with CRLF) for the client at the next response boundary. */
 void imap_relay_inject(struct session *s, const char *text, size_t len);
-/* Remove COMPRESS=*, STARTTLS, LOGINDISABLED (and, when `post_login`, AUTH=* and SASL-IR) from
- * a capability list in place; returns the new length. */
+/* Keep only the capabilities the proxy can inspect (imap_allow.c) in a list, in place; returns
+ * the new length. Before login the proxy's own STARTTLS, LOGINDISABLED, AUTH=*, SASL-IR pass. */
 size_t imap_filter_caps(char *caps, size_t len, bool post_login);
 
 #endif

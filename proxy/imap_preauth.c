@@ -58,9 +58,13 @@ static bool plaintext_refused(struct session *s)
 const char *imap_preauth_caps(struct session *s, char *buf, size_t cap)
 {
     bool starttls = s->listener->tls == CFG_TLS_STARTTLS && !s->client_tls;
-    snprintf(buf, cap, "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+%s%s",
-             starttls ? " STARTTLS" : "",
-             plaintext_refused(s) ? " LOGINDISABLED" : " AUTH=PLAIN AUTH=XOAUTH2 AUTH=OAUTHBEARER");
+    int n = snprintf(buf, cap, "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+%s%s",
+                     starttls ? " STARTTLS" : "",
+                     plaintext_refused(s) ? " LOGINDISABLED"
+                                          : " AUTH=PLAIN AUTH=XOAUTH2 AUTH=OAUTHBEARER");
+    /* issue 15: the same allow-list as every other list the client sees (imap_allow.c) */
+    if (n > 0 && (size_t)n < cap)
+        buf[imap_filter_caps(buf, (size_t)n, false)] = '\0';
     return buf;
 }
 
@@ -114,6 +118,7 @@ static void imap_destroy(struct session *s)
     free_parser_store(st);
     free(st->client_id);
     free(st->post_caps);
+    free(st->sel_lit);
     buf_free(&st->inject);
     free(st);
     s->pstate = NULL;

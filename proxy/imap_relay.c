@@ -6,9 +6,15 @@
  * through are released by moving `mark`, and conn_flush() sends [rpos, mark) straight from the
  * receive buffer. A command or response is held (not released) only while the filter still has
  * to decide about it — at most its first line:
- *   - client → backend: COMPRESS (the proxy must see plaintext) and STARTTLS are refused here
- *     with BAD and never reach the backend; everything else streams, except that the last 3
- *     bytes of an unfinished line stay held (they may be the "+}\r" of a literal header).
+ *   - client → backend: every command is judged by the allow-lists of imap_allow.c (issue 15:
+ *     default deny) — on its name, or on its whole first line for FETCH (items), ENABLE and
+ *     SELECT/EXAMINE (the mailbox name, handed to imap_scan.c whole); refused ones get BAD and
+ *     never reach the backend; everything else streams, except that the last 3 bytes of an
+ *     unfinished line stay held (they may be the "+}\r" of a literal header).
+ *   - IDLE: after "tag IDLE" the client's bytes wait for the backend's "+"; then only DONE
+ *     passes, any other line is answered BAD and the proxy sends DONE itself.
+ *   - a "+" from the backend must match what is pending (a literal, an IDLE): else the
+ *     session ends as a backend protocol error.
  *   - literals: after a line announcing a synchronising literal {n} the client's next bytes are
  *     held until the backend answers. "+" → they stream as the literal. The command's tagged
  *     NO/BAD instead → the client will not send the literal (RFC 3501 7.5), so the framer
@@ -19,9 +25,10 @@
  *     them anyway: they are held until the "+" (which is swallowed: the client did not ask for
  *     it), or dropped with the rest of the command when the backend refuses it. Cost: one
  *     proxy↔backend round trip per literal; a large APPEND still streams once "+" is in.
- *   - backend → client: CAPABILITY lists (untagged or in an OK response code) are rewritten
- *     without COMPRESS=*, STARTTLS and LOGINDISABLED; everything else streams. Literal contents
- *     are skipped by length.
+ *   - backend → client: CAPABILITY lists ("* CAPABILITY", and "[CAPABILITY" codes of tagged or
+ *     untagged status responses) are held whole, whatever their length (bounded), and keep
+ *     only the allow-listed capabilities; everything else streams. Literal contents are
+ *     skipped by length.
  * Our own responses (BAD for a refused command, BYE) wait in `inject` for a response boundary
  * of the down stream and are then queued as a block on the client conn (conn_queue): the block
  * goes out after every byte released before it and before every byte released after it, so
@@ -37,6 +44,7 @@
 #include <strings.h>
 
 #include "imap.h"
+#include "imap_allow.h"
 #include "sess_event.h"
 #include "sess_policy.h"
 
@@ -89,60 +97,109 @@ bool imap_relay_holding(struct session *s)
 
 /* ---- client → backend ---- */
 
+/* IDLE (RFC 2177) as the relay models it. */
+enum relay_idle {
+    RI_NONE,
+    RI_WAIT, /* "tag IDLE" went to the backend: the client's next bytes wait for "+" or the tag */
+    RI_ON,   /* the backend said "+": the only valid client line is DONE */
+    RI_DONE, /* DONE (the client's, or ours) went out: waiting for the tagged end */
+};
+
 enum cmd_verdict {
     CMD_PASS,
     CMD_HOLD,
-    CMD_REFUSE_COMPRESS,
-    CMD_REFUSE_STARTTLS,
-    CMD_REFUSE_VOLUME
+    CMD_REFUSE,        /* BAD, reason and text in the imap_allow_cmd */
+    CMD_REFUSE_VOLUME, /* NO [LIMIT] */
+    CMD_IDLE_NOT_DONE, /* a line other than DONE during IDLE: our DONE goes to the backend */
 };
 
-/* FETCH or UID FETCH (issue 5: refused while the user is over the download volume). */
-static bool is_fetch(const struct imap_framer *f)
+/* Most bytes of a first line held whole to judge it (FETCH, ENABLE, SELECT/EXAMINE). */
+static size_t line_hold_max(const struct session *s)
 {
-    const char *tag, *rest;
-    size_t tl, rl;
-    if (!imap_split_tag(f->head, f->head_len, &tag, &tl, &rest, &rl))
-        return false;
-    if (rl >= 4 && strncasecmp(rest, "UID ", 4) == 0) {
-        rest += 4;
-        rl -= 4;
-    }
-    return rl >= 5 && strncasecmp(rest, "FETCH", 5) == 0 && (rl == 5 || rest[5] == ' ');
+    size_t half = s->cfg->limits.relay_buffer / 2;
+    return half < 64 * 1024 ? half : 64 * 1024;
 }
 
-/* Decide from the head of a command ("tag SP name ..."); HOLD if the name is not complete. */
-static enum cmd_verdict classify_command(const struct imap_framer *f, bool line_done)
+/* During IDLE: is the held line DONE? 1 yes, 0 no, -1 still a prefix of it. */
+static int is_done_line(const char *p, size_t len)
 {
+    static const char done[] = "DONE\r\n";
+    size_t i = 0;
+    for (; i < len && i < 6; i++) {
+        char c = p[i];
+        if (i < 4 && c >= 'a' && c <= 'z')
+            c = (char)(c - 'a' + 'A');
+        if (i == 4 && c == '\n')
+            return len == 5 ? 1 : 0;
+        if (c != done[i])
+            return 0;
+    }
+    return i == 6 ? (len == 6 ? 1 : 0) : -1;
+}
+
+/* Decide from the held start of a command (the whole first line for the commands whose
+ * arguments are judged); HOLD until that is possible. */
+static enum cmd_verdict classify_command(struct session *s, bool line_done, bool literal,
+                                         struct imap_allow_cmd *c)
+{
+    struct imap_state *st = imap_st(s);
+    const char *p = s->up.data ? buf_mptr(&s->up) : "";
+    memset(c, 0, sizeof *c);
+    if (st->idle == RI_ON) {
+        int d = is_done_line(p, st->up_held);
+        if (d < 0 && !line_done)
+            return CMD_HOLD;
+        /* not DONE: wait for its tag (the BAD names it) */
+        if (d == 0 && !line_done && !memchr(p, ' ', st->up_held) && st->up_held <= IMAP_TAG_MAX)
+            return CMD_HOLD;
+        return d > 0 ? CMD_PASS : CMD_IDLE_NOT_DONE;
+    }
+    enum imap_allow_verdict v = imap_allow_command(p, st->up_held, line_done, literal, c);
+    if (v == IA_MORE) {
+        if (st->up_held < line_hold_max(s))
+            return CMD_HOLD;
+        c->reason = SR_COMMAND_TOO_LONG;
+        c->text = "Command line too long for this proxy.";
+        return CMD_REFUSE;
+    }
     const char *tag, *rest;
     size_t tl, rl;
-    if (!imap_split_tag(f->head, f->head_len, &tag, &tl, &rest, &rl))
-        return line_done || f->head_len >= IMAP_HEAD_MAX ? CMD_PASS : CMD_HOLD;
-    size_t nl = 0;
-    while (nl < rl && rest[nl] != ' ' && rest[nl] != '\r' && rest[nl] != '\n')
-        nl++;
-    if (nl == rl && !line_done && f->head_len < IMAP_HEAD_MAX)
-        return CMD_HOLD;
-    if (nl == 8 && strncasecmp(rest, "COMPRESS", 8) == 0)
-        return CMD_REFUSE_COMPRESS;
-    if (nl == 8 && strncasecmp(rest, "STARTTLS", 8) == 0)
-        return CMD_REFUSE_STARTTLS;
-    /* The scanner reads the mailbox name from the head: a SELECT/EXAMINE is classified with
-     * its whole line, not as soon as its name is complete (found by the relay harness). */
-    bool sel = (nl == 6 && strncasecmp(rest, "SELECT", 6) == 0) ||
-               (nl == 7 && strncasecmp(rest, "EXAMINE", 7) == 0);
-    if (sel && !line_done && f->head_len < IMAP_HEAD_MAX)
-        return CMD_HOLD;
+    if (v == IA_PASS && c->kind != IA_NOTAG &&
+        imap_split_tag(p, st->up_held, &tag, &tl, &rest, &rl) && tl > IMAP_TAG_MAX) {
+        c->reason = SR_COMMAND_NOT_ALLOWED;
+        c->text = "Tag too long for this proxy.";
+        return CMD_REFUSE;
+    }
+    if (v == IA_REFUSE)
+        return CMD_REFUSE;
+    if (c->kind == IA_IDLE) {
+        /* Judged whole: the client's next bytes wait from the end of this line. */
+        if (!line_done && st->up_held < line_hold_max(s))
+            return CMD_HOLD;
+        if (!line_done) {
+            c->reason = SR_COMMAND_TOO_LONG;
+            c->text = "Command line too long for this proxy.";
+            return CMD_REFUSE;
+        }
+        if (literal) {
+            c->reason = SR_COMMAND_NOT_ALLOWED;
+            c->text = "IDLE takes no arguments.";
+            return CMD_REFUSE;
+        }
+    }
+    if (c->kind == IA_FETCH && sess_policy_download_blocked(s))
+        return CMD_REFUSE_VOLUME;
     return CMD_PASS;
 }
 
-static void refuse(struct session *s, enum cmd_verdict v)
+static void refuse(struct session *s, enum cmd_verdict v, const struct imap_allow_cmd *c)
 {
     struct imap_state *st = imap_st(s);
     const char *tag, *rest;
     size_t tl, rl;
-    char line[IMAP_HEAD_MAX + 96];
-    if (!imap_split_tag(st->upf.head, st->upf.head_len, &tag, &tl, &rest, &rl)) {
+    char line[IMAP_TAG_MAX + 128];
+    const char *p = s->up.data ? buf_mptr(&s->up) : "";
+    if (!imap_split_tag(p, st->up_held, &tag, &tl, &rest, &rl) || tl > IMAP_TAG_MAX) {
         tag = "*";
         tl = 1;
     }
@@ -153,12 +210,10 @@ static void refuse(struct session *s, enum cmd_verdict v)
         imap_relay_inject(s, line, (size_t)k);
         return;
     }
-    int n = snprintf(line, sizeof line, "%.*s BAD %s\r\n", (int)tl, tag,
-                     v == CMD_REFUSE_COMPRESS ? "COMPRESS is not available through this proxy."
-                                              : "TLS is already active.");
-    sess_event(s, &(struct sess_event){
-                      .kind = SEV_REFUSED,
-                      .reason = v == CMD_REFUSE_COMPRESS ? SR_COMPRESS : SR_STARTTLS_AFTER_LOGIN});
+    enum sess_reason why = v == CMD_IDLE_NOT_DONE ? SR_IDLE_NOT_DONE : c->reason;
+    const char *text = v == CMD_IDLE_NOT_DONE ? "Expected DONE." : c->text;
+    int n = snprintf(line, sizeof line, "%.*s BAD %s\r\n", (int)tl, tag, text);
+    sess_event(s, &(struct sess_event){.kind = SEV_REFUSED, .reason = why});
     imap_relay_inject(s, line, (size_t)n);
 }
 
@@ -174,6 +229,9 @@ static void release_up(struct buf *b, struct imap_state *st, size_t keep)
 /* The current client command is over (or refused whole). */
 static void end_command(struct imap_state *st)
 {
+    /* a SELECT literal not collected (the backend refused it) names nothing later */
+    free(st->sel_lit);
+    st->sel_lit = NULL;
     st->up_classified = false;
     st->up_cmd_open = false;
     st->up_cmd_answered = false;
@@ -234,18 +292,99 @@ static bool wait_for_continuation(struct session *s)
     return true;
 }
 
-/* Remember the tag of the command that starts here. */
-static void open_command(struct imap_state *st)
+/* Remember the tag of the command that starts here (classify_command refused longer tags). */
+static void open_command(struct session *s)
 {
+    struct imap_state *st = imap_st(s);
     const char *tag, *rest;
     size_t tl, rl;
     st->up_cmd_open = true;
     st->up_cmd_answered = false;
     st->up_tag[0] = '\0';
-    if (imap_split_tag(st->upf.head, st->upf.head_len, &tag, &tl, &rest, &rl)) {
+    if (imap_split_tag(buf_mptr(&s->up), st->up_held, &tag, &tl, &rest, &rl) &&
+        tl <= IMAP_TAG_MAX) {
         memcpy(st->up_tag, tag, tl);
         st->up_tag[tl] = '\0';
     }
+}
+
+/* The selected mailbox (imap_scan.c judges by it): a SELECT/EXAMINE deselects at once
+ * (RFC 3501 6.3.1) and names its mailbox, which becomes current at the tagged OK. */
+static bool note_select(struct session *s, const struct imap_allow_cmd *c)
+{
+    struct imap_state *st = imap_st(s);
+    if (c->kind == IA_CLOSE) {
+        imap_scan_unselect(s);
+        return true;
+    }
+    if (c->kind != IA_SELECT)
+        return true;
+    if (c->mbox_literal) {
+        /* The name comes as the literal's bytes: collected as they pass (relay_up). */
+        free(st->sel_lit);
+        st->sel_lit = malloc(c->mbox_litlen + 1);
+        if (!st->sel_lit) {
+            sess_end(s, "out of memory", "Internal error.");
+            return false;
+        }
+        st->sel_lit_len = 0;
+        st->sel_lit_want = (size_t)c->mbox_litlen;
+        snprintf(st->sel_tag, sizeof st->sel_tag, "%s", st->up_tag);
+        imap_scan_unselect(s);
+        return true;
+    }
+    char *name = malloc(c->mbox_len + 1);
+    if (!name) {
+        sess_end(s, "out of memory", "Internal error.");
+        return false;
+    }
+    long n = imap_allow_mailbox(buf_mptr(&s->up) + c->mbox_off, c->mbox_len, name, c->mbox_len);
+    if (n < 0) { /* imap_allow_command checked it: cannot happen */
+        free(name);
+        name = NULL;
+    } else {
+        name[n] = '\0';
+    }
+    imap_scan_select(s, st->up_tag, name);
+    return true;
+}
+
+/* Literal bytes of a SELECT/EXAMINE name went by (`p`, `n` bytes); at its end, name it. */
+static void collect_select_literal(struct session *s, const char *p, size_t n, bool end)
+{
+    struct imap_state *st = imap_st(s);
+    if (!st->sel_lit)
+        return;
+    size_t room = st->sel_lit_want - st->sel_lit_len;
+    if (n > room)
+        n = room;
+    memcpy(st->sel_lit + st->sel_lit_len, p, n);
+    st->sel_lit_len += n;
+    if (!end)
+        return;
+    char *name = st->sel_lit;
+    st->sel_lit = NULL;
+    /* a NUL, CR or LF cannot be named on the scan fetcher's connection (a quoted string) */
+    if (memchr(name, '\0', st->sel_lit_len) || memchr(name, '\r', st->sel_lit_len) ||
+        memchr(name, '\n', st->sel_lit_len)) {
+        free(name);
+        name = NULL;
+    } else {
+        name[st->sel_lit_len] = '\0';
+        if (st->sel_lit_len == 5 && strncasecmp(name, "INBOX", 5) == 0)
+            memcpy(name, "INBOX", 5);
+    }
+    imap_scan_select(s, st->sel_tag, name);
+}
+
+/* A line other than DONE during IDLE: the backend gets our DONE (never that line) and the
+ * client a BAD; the IDLE's tagged end follows from the backend. */
+static void end_idle_ourselves(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    st->idle = RI_DONE;
+    if (!conn_queue_copy(&s->backend, "DONE\r\n", 6))
+        sess_end(s, "out of memory", "Internal error.");
 }
 
 void imap_relay_up(struct session *s)
@@ -254,7 +393,7 @@ void imap_relay_up(struct session *s)
     struct buf *b = &s->up;
     st->in_relay_up = true;
     st->up_resume = false;
-    while (!s->closing && s->state == SESS_RELAY && !st->up_wait_cont) {
+    while (!s->closing && s->state == SESS_RELAY && !st->up_wait_cont && st->idle != RI_WAIT) {
         size_t from = st->up_held;
         if (from >= buf_held(b) && !(st->up_in_literal && st->upf.literal_left == 0))
             break; /* (a {0} literal ends without bytes: one more call) */
@@ -268,23 +407,35 @@ void imap_relay_up(struct session *s)
             sess_end(s, "client protocol error", "Command line too long.");
             break;
         }
+        bool lit_bytes = st->up_in_literal;
         if (ev == IMAP_FRAME_LITERAL)
             st->up_in_literal = true;
         else if (ev == IMAP_FRAME_LITERAL_END)
             st->up_in_literal = false;
+        if (lit_bytes && !st->up_dropping)
+            collect_select_literal(s, p, used, ev == IMAP_FRAME_LITERAL_END);
         bool line_done = ev == IMAP_FRAME_LITERAL || ev == IMAP_FRAME_END;
         if (!st->up_classified) {
-            enum cmd_verdict v = classify_command(&st->upf, line_done);
-            if (v == CMD_PASS && is_fetch(&st->upf) && sess_policy_download_blocked(s))
-                v = CMD_REFUSE_VOLUME;
+            struct imap_allow_cmd c;
+            enum cmd_verdict v = classify_command(s, line_done, ev == IMAP_FRAME_LITERAL, &c);
             if (v == CMD_HOLD)
                 continue;
             st->up_classified = true;
-            open_command(st);
-            imap_scan_command(s); /* issue 4: SELECT/EXAMINE tracking */
-            if (v != CMD_PASS) {
+            open_command(s);
+            if (v == CMD_PASS && st->idle == RI_ON) {
+                st->idle = RI_DONE; /* the client's DONE */
+            } else if (v == CMD_PASS) {
+                if (c.kind == IA_IDLE) {
+                    st->idle = RI_WAIT; /* from the end of this line */
+                    snprintf(st->idle_tag, sizeof st->idle_tag, "%s", st->up_tag);
+                }
+                if (!note_select(s, &c))
+                    break;
+            } else {
                 st->up_dropping = true;
-                refuse(s, v);
+                if (v == CMD_IDLE_NOT_DONE)
+                    end_idle_ourselves(s);
+                refuse(s, v, &c);
                 if (s->closing)
                     break;
             }
@@ -315,6 +466,46 @@ void imap_relay_up(struct session *s)
     st->in_relay_up = false;
 }
 
+static void backend_broken(struct session *s, const char *why);
+
+/* A "+" from the backend: the go-ahead for what is pending — the literal whose line went out,
+ * or the IDLE. Anything else is a protocol error: the proxy cannot tell what the backend would
+ * read next. Returns false if the session ends. */
+static bool note_continuation(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    if (st->up_wait_cont) {
+        st->up_wait_cont = false;
+        st->up_resume = true;
+        st->down_dropping = st->up_wait_was_plus;
+        return true;
+    }
+    if (st->idle == RI_WAIT) {
+        st->idle = RI_ON;
+        st->up_resume = true;
+        return true;
+    }
+    if (st->idle == RI_ON)
+        return true; /* a server may repeat its "+" during IDLE (nothing else is pending) */
+    backend_broken(s, "continuation request with nothing pending");
+    return false;
+}
+
+/* A tagged response: the end of the IDLE in progress? */
+static void note_idle_end(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    const struct imap_framer *f = &st->downf;
+    const char *tag, *rest;
+    size_t tl, rl;
+    if (st->idle == RI_NONE || !imap_split_tag(f->head, f->head_len, &tag, &tl, &rest, &rl) ||
+        tl != strlen(st->idle_tag) || memcmp(tag, st->idle_tag, tl) != 0)
+        return;
+    if (st->idle == RI_WAIT)
+        st->up_resume = true; /* refused before its "+": what the client sent next is a command */
+    st->idle = RI_NONE;
+}
+
 /* A backend response begins while a client command is open: is it about that command? Called
  * once per response, when its head is known (a "+" at once, a tagged status at the end of its
  * first line). */
@@ -322,14 +513,8 @@ static void note_response(struct session *s)
 {
     struct imap_state *st = imap_st(s);
     const struct imap_framer *f = &st->downf;
-    if (f->head_len >= 1 && f->head[0] == '+') {
-        if (st->up_wait_cont) {
-            st->up_wait_cont = false;
-            st->up_resume = true;
-            st->down_dropping = st->up_wait_was_plus;
-        }
-        return;
-    }
+    if (f->head_len >= 1 && f->head[0] == '+')
+        return; /* note_continuation */
     const char *tag, *rest;
     size_t tl, rl;
     if (!st->up_tag[0] || !imap_split_tag(f->head, f->head_len, &tag, &tl, &rest, &rl) ||
@@ -349,86 +534,56 @@ static void note_response(struct session *s)
 
 size_t imap_filter_caps(char *caps, size_t len, bool post_login)
 {
-    (void)post_login;
-    size_t o = 0, i = 0;
-    while (i < len) {
-        while (i < len && caps[i] == ' ')
-            i++;
-        size_t j = i;
-        while (j < len && caps[j] != ' ')
-            j++;
-        size_t tl = j - i;
-        bool drop = (tl >= 9 && strncasecmp(caps + i, "COMPRESS=", 9) == 0) ||
-                    (tl == 8 && strncasecmp(caps + i, "STARTTLS", 8) == 0) ||
-                    (tl == 13 && strncasecmp(caps + i, "LOGINDISABLED", 13) == 0);
-        if (tl && !drop) {
-            if (o)
-                caps[o++] = ' ';
-            memmove(caps + o, caps + i, tl);
-            o += tl;
-        }
-        i = j;
-    }
-    return o;
+    return imap_allow_filter_caps(caps, len, !post_login);
 }
 
-/* Where the capability list of this response starts, if it is one: "* CAPABILITY …" or
- * "tag OK [CAPABILITY …]". Returns the offset of the list within the response, or 0. */
-static size_t caps_offset(const char *r, size_t len)
-{
-    if (len > 13 && strncasecmp(r, "* CAPABILITY ", 13) == 0)
-        return 13;
-    const char *sp = memchr(r, ' ', len);
-    if (!sp || r[0] == '*' || r[0] == '+')
-        return 0;
-    size_t at = (size_t)(sp - r) + 1;
-    if (len > at + 16 && strncasecmp(r + at, "OK [CAPABILITY ", 15) == 0)
-        return at + 15;
-    return 0;
-}
-
-/* Rewrite a held CAPABILITY response in place; returns its new length. */
-static size_t rewrite_caps(char *r, size_t len)
-{
-    size_t off = caps_offset(r, len);
-    if (!off)
-        return len;
-    size_t end = off;
-    while (end < len && r[end] != ']' && r[end] != '\r' && r[end] != '\n')
-        end++;
-    size_t nl = imap_filter_caps(r + off, end - off, true);
-    if (nl == end - off)
-        return len;
-    memmove(r + off + nl, r + end, len - end);
-    return len - (end - off - nl);
-}
+enum resp_class {
+    RC_TOO_LONG = -2, /* a capability line over line_hold_max */
+    RC_MORE = -1,     /* need more of the head */
+    RC_WHOLE = 0,     /* decide on the whole first line */
+    RC_STREAM = 1,    /* may stream before its first line is complete */
+    RC_CAPS = 2,      /* a whole capability line: filter it (imap_allow_caps_line) */
+};
 
 /* May this response stream before its first line is complete? */
-static int classify_response(const struct imap_framer *f, bool line_done)
+static enum resp_class classify_response(struct session *s, bool line_done)
 {
-    if (f->head_len >= 1 && f->head[0] == '+')
-        return 1;
-    if (f->head_len >= 3 && f->head[0] == '*' && f->head[1] == ' ' && f->head[2] != 'C' &&
-        f->head[2] != 'c') {
+    struct imap_state *st = imap_st(s);
+    const struct imap_framer *f = &st->downf;
+    if (f->head_len >= 1 && f->head[0] == '+') {
+        /* One with nothing pending ends the session: at the end of its line (bounded). */
+        bool pending = st->up_wait_cont || st->idle == RI_WAIT || st->idle == RI_ON;
+        if (!pending && !line_done && st->down_held < line_hold_max(s))
+            return RC_MORE;
+        return RC_STREAM;
+    }
+    /* issue 15: every capability list, whatever its length, is held whole and filtered */
+    int caps = imap_allow_caps_response(buf_mptr(&s->down), st->down_held, line_done);
+    if (caps > 0 && !line_done)
+        return st->down_held < line_hold_max(s) ? RC_MORE : RC_TOO_LONG;
+    if (caps > 0)
+        return RC_CAPS;
+    if (caps < 0)
+        return RC_MORE;
+    if (f->head_len >= 3 && f->head[0] == '*' && f->head[1] == ' ') {
         /* "* BYE" is recognised on its first 5 bytes (backend_bye): wait for them when the
          * response may be one (found by the relay harness, feeding bytes one at a time). */
         if ((f->head[2] == 'B' || f->head[2] == 'b') && f->head_len < 5 && !line_done)
-            return -1;
-        return 1;
+            return RC_MORE;
+        return RC_STREAM;
     }
     if (line_done || f->head_len >= IMAP_HEAD_MAX)
-        return 0; /* decide on the whole first line */
-    return -1;    /* need more of the head */
+        return RC_WHOLE; /* decide on the whole first line */
+    return RC_MORE;      /* need more of the head */
 }
 
 /* The backend broke framing: what was released still goes out, then our BYE — at once, even
  * inside a response (the stream cannot be followed any further). */
-static void backend_broken(struct session *s)
+static void backend_broken(struct session *s, const char *why)
 {
     struct imap_state *st = imap_st(s);
     char e[96];
-    sess_log(s, LOG_WARN, "event=backend_protocol_error error=%s",
-             log_qs(e, sizeof e, st->downf.error));
+    sess_log(s, LOG_WARN, "event=backend_protocol_error error=%s", log_qs(e, sizeof e, why));
     s->proto->stop(s);
     buf_clear(&st->inject);
     static const char bye[] = "* BYE Backend protocol error.\r\n";
@@ -479,13 +634,18 @@ static void relay_down_loop(struct session *s)
             imap_frame(&st->downf, buf_mptr(b) + from, buf_held(b) - from, &used);
         st->down_held += used;
         if (ev == IMAP_FRAME_ERROR) {
-            backend_broken(s);
+            backend_broken(s, st->downf.error);
             return;
         }
         bool line_done = ev == IMAP_FRAME_LITERAL || ev == IMAP_FRAME_END;
         if (!st->down_classified) {
-            int c = classify_response(&st->downf, line_done);
-            if (c < 0)
+            enum resp_class c = classify_response(s, line_done);
+            if (c == RC_TOO_LONG || (c == RC_CAPS && ev != IMAP_FRAME_END)) {
+                backend_broken(s, c == RC_TOO_LONG ? "capability list too long"
+                                                   : "literal in a capability list");
+                return;
+            }
+            if (c == RC_MORE)
                 continue;
             st->down_classified = true;
             /* The backend says goodbye itself (LOGOUT, its own shutdown): no second BYE. */
@@ -495,13 +655,19 @@ static void relay_down_loop(struct session *s)
                 if (!s->close_reason)
                     s->close_reason = "backend said BYE (logout)";
             }
+            if (st->downf.head_len >= 1 && st->downf.head[0] == '+') {
+                if (!note_continuation(s))
+                    return;
+            } else {
+                note_idle_end(s);
+            }
             if (st->up_cmd_open) {
                 note_response(s);
                 if (s->closing)
                     return;
             }
-            if (c == 0 && ev == IMAP_FRAME_END) {
-                size_t nl = rewrite_caps(buf_mptr(b), st->down_held);
+            if (c == RC_CAPS) {
+                size_t nl = imap_allow_caps_line(buf_mptr(b), st->down_held);
                 if (nl < st->down_held) {
                     buf_cut_held(b, nl, st->down_held - nl);
                     st->down_held = nl;

@@ -10,7 +10,11 @@
 #include <string.h>
 #include <strings.h>
 
+#include "imap_allow.h"
 #include "imap_scan.h"
+
+/* Every name the relay accepts fits the scan fetcher's quoting buffer (imap_fetcher.c). */
+_Static_assert(IMAP_ALLOW_MAILBOX_MAX <= SC_MAILBOX_MAX, "mailbox names the relay accepts");
 
 /* A NUL-terminated malloc'd copy of p[0 .. n) (also used by imap_scan.c). */
 char *sc_dup_bytes(const char *p, size_t n)
@@ -86,67 +90,49 @@ int sc_memo_store(struct imap_scan *sc, const char *mailbox, uint32_t uidvalidit
 
 /* ---- mailbox tracking ---- */
 
-/* An astring (atom or quoted) at p; returns a malloc'd copy or NULL (literal, or malformed). */
-static char *parse_astring(const char *p, size_t len)
+/* RFC 3501 6.3.1: a SELECT deselects at once, and a failed one leaves nothing selected. */
+void imap_scan_unselect(struct session *s)
 {
-    if (len == 0)
-        return NULL;
-    if (p[0] == '"') {
-        char tmp[SC_MAILBOX_MAX];
-        size_t o = 0;
-        for (size_t i = 1; i < len; i++) {
-            if (p[i] == '\\' && i + 1 < len)
-                i++;
-            else if (p[i] == '"')
-                return sc_dup_bytes(tmp, o);
-            if (o >= sizeof tmp)
-                return NULL;
-            tmp[o++] = p[i];
-        }
-        return NULL;
-    }
-    if (p[0] == '{')
-        return NULL;
-    size_t n = 0;
-    while (n < len && p[n] != ' ' && p[n] != '\r' && p[n] != '\n' && p[n] != '(')
-        n++;
-    return n ? sc_dup_bytes(p, n) : NULL;
-}
-
-void imap_scan_command(struct session *s)
-{
-    struct imap_state *st = imap_st(s);
-    struct imap_scan *sc = st->sc;
+    struct imap_scan *sc = imap_st(s)->sc;
     if (!sc)
         return;
-    const char *tag, *rest;
-    size_t tl, rl;
-    if (!imap_split_tag(st->upf.head, st->upf.head_len, &tag, &tl, &rest, &rl))
-        return;
-    size_t nl = 0;
-    while (nl < rl && rest[nl] != ' ' && rest[nl] != '\r' && rest[nl] != '\n')
-        nl++;
-    bool sel = (nl == 6 && strncasecmp(rest, "SELECT", 6) == 0) ||
-               (nl == 7 && strncasecmp(rest, "EXAMINE", 7) == 0);
-    bool unsel = (nl == 5 && strncasecmp(rest, "CLOSE", 5) == 0) ||
-                 (nl == 8 && strncasecmp(rest, "UNSELECT", 8) == 0);
-    if (!sel && !unsel)
-        return;
-    /* RFC 3501 6.3.1: a SELECT deselects at once, and a failed one leaves nothing selected. */
     free(sc->mailbox);
     sc->mailbox = NULL;
     sc->uidvalidity = 0;
     free(sc->pending_mailbox);
     sc->pending_mailbox = NULL;
     sc->pending_tag[0] = '\0';
-    if (!sel || nl + 1 >= rl)
-        return;
-    sc->pending_mailbox = parse_astring(rest + nl + 1, rl - nl - 1);
-    if (sc->pending_mailbox && strcasecmp(sc->pending_mailbox, "INBOX") == 0)
-        memcpy(sc->pending_mailbox, "INBOX", 5); /* RFC 3501 5.1: case-insensitive */
     sc->pending_uidvalidity = 0;
-    memcpy(sc->pending_tag, tag, tl);
-    sc->pending_tag[tl] = '\0';
+}
+
+/* The name was parsed whole by the relay (imap_allow_mailbox or the literal's bytes). */
+void imap_scan_select(struct session *s, const char *tag, char *name)
+{
+    struct imap_scan *sc = imap_st(s)->sc;
+    if (!sc) {
+        free(name);
+        return;
+    }
+    imap_scan_unselect(s);
+    if (!name || !tag[0] || strlen(tag) >= sizeof sc->pending_tag) {
+        free(name);
+        return;
+    }
+    sc->pending_mailbox = name;
+    memcpy(sc->pending_tag, tag, strlen(tag) + 1);
+}
+
+/* "n]" exactly, n a 32-bit number: the UIDVALIDITY response code's value. */
+static bool uidvalidity_value(const char *p, size_t len, uint32_t *v)
+{
+    uint64_t n = 0;
+    size_t i = 0;
+    while (i < len && p[i] >= '0' && p[i] <= '9' && n <= UINT32_MAX)
+        n = n * 10 + (uint64_t)(p[i++] - '0');
+    if (i == 0 || i >= len || p[i] != ']' || n == 0 || n > UINT32_MAX)
+        return false;
+    *v = (uint32_t)n;
+    return true;
 }
 
 /* A whole response that is not an untagged FETCH: watch the SELECT/EXAMINE in flight. */
@@ -158,12 +144,16 @@ void sc_note_other_response(struct imap_scan *sc, const struct imap_framer *f)
     size_t hl = f->head_len;
     static const char uv[] = "* OK [UIDVALIDITY ";
     if (hl > sizeof uv && strncasecmp(h, uv, sizeof uv - 1) == 0) {
-        sc->pending_uidvalidity = (uint32_t)strtoul(h + sizeof uv - 1, NULL, 10);
+        uint32_t v;
+        if (uidvalidity_value(h + sizeof uv - 1, hl - (sizeof uv - 1), &v))
+            sc->pending_uidvalidity = v;
         return;
     }
     size_t tl = strlen(sc->pending_tag);
     if (hl > tl + 3 && memcmp(h, sc->pending_tag, tl) == 0 && h[tl] == ' ') {
-        if (strncasecmp(h + tl + 1, "OK", 2) == 0 && sc->pending_mailbox) {
+        /* Current only at the tagged OK ("OK" exactly, not a longer word). */
+        if (strncasecmp(h + tl + 1, "OK", 2) == 0 && (h[tl + 3] == ' ' || h[tl + 3] == '\r') &&
+            sc->pending_mailbox) {
             sc->mailbox = sc->pending_mailbox;
             sc->pending_mailbox = NULL;
             sc->uidvalidity = sc->pending_uidvalidity;

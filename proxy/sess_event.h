@@ -52,6 +52,16 @@ enum sess_reason {
     SR_ALREADY_LOGGED_IN,
     SR_DOWNLOAD_LIMIT,
     SR_BAD_COMMAND,
+    /* SEV_REFUSED: after login, IMAP session model (imap_allow.c, issue 15) */
+    SR_COMMAND_NOT_ALLOWED,
+    SR_URLAUTH,
+    SR_NOTIFY,
+    SR_ENABLE,
+    SR_FETCH_ITEM,
+    SR_FETCH_LITERAL,
+    SR_COMMAND_TOO_LONG,
+    SR_IDLE_NOT_DONE,
+    SR_MAILBOX_NAME,
     /* SEV_LOGIN_REFUSED */
     SR_LOCKED_OUT,
     SR_LOGIN_RATE,

@@ -89,7 +89,7 @@ CASE(t_literal_plus_rewritten, "{n+} goes to the backend as {n}; its \"+\" is sw
      EB("hello\r\n"), B("a OK appended\r\n"), EC("a OK appended\r\n"))
 
 CASE(t_literal_plus_refused_smuggle, "a refused {n+}: its bytes (a COMPRESS) never run",
-     C("a XFOO {20+}\r\nc COMPRESS DEFLATE\r\n\r\n"), EB("a XFOO {20}\r\n"),
+     C("a APPEND x {20+}\r\nc COMPRESS DEFLATE\r\n\r\n"), EB("a APPEND x {20}\r\n"),
      B("a BAD Unknown command\r\n"), EC("a BAD Unknown command\r\n"), EB(""), C("b NOOP\r\n"),
      EB("b NOOP\r\n"), B("b OK\r\n"), EC("b OK\r\n"))
 

@@ -687,6 +687,13 @@ const struct fi_span *fi_spans(const struct fetch_items *f, unsigned *n_r)
     return f->spans;
 }
 
+bool fi_may_release(const struct fetch_items *f)
+{
+    if (f->err || f->nspans > 0)
+        return false;
+    return !((f->st == FS_QUOTED || f->st == FS_QESC) && content_here(f));
+}
+
 int fi_is_fetch(const char *head, size_t len, uint64_t *seq_r)
 {
     static const char word[] = " FETCH ";

@@ -117,6 +117,10 @@ const char *fi_error(const struct fetch_items *f);
 bool fi_quoted_content(const struct fetch_items *f);
 /* The spans of those strings (at most FI_SPANS_MAX; more set an error). */
 const struct fi_span *fi_spans(const struct fetch_items *f, unsigned *n_r);
+/* May the text fed so far go to the client before the response is complete? Not after an
+ * error, not once quoted content was seen, and not while inside a quoted string of content
+ * (its start would be gone before it is known to be content). */
+bool fi_may_release(const struct fetch_items *f);
 /* Is `head` (the first bytes of a response) an untagged FETCH? 1 yes (with *seq_r), 0 no,
  * -1 undecided (a prefix of one: need more bytes unless the line is complete). */
 int fi_is_fetch(const char *head, size_t len, uint64_t *seq_r);

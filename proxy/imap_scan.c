@@ -583,8 +583,9 @@ static char *nil_spans(struct session *s, size_t *len_r)
         size_t at = sp[i].off - base;
         memcpy(out + w, held + r, at - r);
         w += at - r;
-        memcpy(out + w, "NIL", 3); /* a span is at least 3 bytes: "x" */
-        w += 3;
+        static const char nil[3] = {'N', 'I', 'L'}; /* a span is at least 3 bytes: "x" */
+        memcpy(out + w, nil, sizeof nil);
+        w += sizeof nil;
         r = at + sp[i].len;
     }
     memcpy(out + w, held + r, st->down_held - r);

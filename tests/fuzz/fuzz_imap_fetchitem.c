@@ -1,8 +1,9 @@
 /*
  * libFuzzer harness for the FETCH response tokenizer (proxy/imap_fetchitem.c).
  *
- * Input: one byte choosing how to cut, then the response text as the relay feeds it (literal
- * headers "{n}\r\n" with no literal data after them).
+ * Input: one byte choosing how to cut (and, when odd, that the rest are choices for a response
+ * built from the grammar, see generate()), then the response text as the relay feeds it
+ * (literal headers "{n}\r\n" with no literal data after them).
  *
  * Properties checked, abort() on any violation:
  *  - split invariance: fed one byte at a time, whole (cut only where a literal header ends,
@@ -25,6 +26,177 @@
 #include <strings.h>
 
 #include "imap_fetchitem.h"
+
+/* ---- a generator: most random bytes are not a FETCH response, so half of the inputs are
+ * read as choices for one built from the grammar (valid or nearly: some choices are names,
+ * sections and values the tokenizer must treat as unknown or malformed) ---- */
+
+struct gen {
+    const uint8_t *d;
+    size_t n, i;
+    char *out;
+    size_t len, cap;
+};
+
+static unsigned pick(struct gen *g, unsigned k)
+{
+    unsigned v = g->i < g->n ? g->d[g->i++] : 0;
+    return k ? v % k : 0;
+}
+
+static void put(struct gen *g, const char *s)
+{
+    size_t l = strlen(s);
+    if (g->len + l >= g->cap)
+        return;
+    memcpy(g->out + g->len, s, l);
+    g->len += l;
+}
+
+static const char *const gen_names[] = {
+    "BODY",        "BODY.PEEK",     "BINARY",      "BINARY.PEEK",
+    "BINARY.SIZE", "RFC822",        "RFC822.TEXT", "RFC822.HEADER",
+    "RFC822.SIZE", "UID",           "FLAGS",       "INTERNALDATE",
+    "ENVELOPE",    "BODYSTRUCTURE", "MODSEQ",      "EMAILID",
+    "THREADID",    "SAVEDATE",      "PREVIEW",     "SNIPPET",
+    "X-GM-LABELS", "body",          "Uid",         "BODYSTRUCTUREXXXXXXXXXXX",
+    "X",           "BODY.PEEK.X",
+};
+static const char *const gen_atoms[] = {
+    "NIL",   "foo[",
+    "x]",    "\\Seen",
+    "123",   "[",
+    "]",     "nil",
+    "0",     "18446744073709551615",
+    "a[b]c", "BODY[]",
+    "$Junk", "99999999999999999999999",
+    "FUZZY",
+};
+static const char *const gen_quoted[] = {
+    "\"\"",     "\"x\"", "\"BODY[] {5}\"", "\"a\\\"b\"",
+    "\"\\\\\"", "\"(\"", "\"]\"",          "\"X5O!P%@AP[4\"",
+};
+static const char *const gen_kw[] = {
+    "",
+    "HEADER",
+    "HEADER.FIELDS",
+    "HEADER.FIELDS.NOT",
+    "TEXT",
+    "MIME",
+    "header.fields",
+    "X",
+    "HEADER.FIELDS.NOTXXXXXXXXXXXXXXXXX",
+};
+
+static void gen_value(struct gen *g, unsigned depth);
+
+static void gen_literal(struct gen *g)
+{
+    static const char *const l[] = {"{0}\r\n", "{5}\r\n", "~{12}\r\n", "{3+}\r\n"};
+    put(g, l[pick(g, 4)]);
+}
+
+static void gen_list(struct gen *g, unsigned depth)
+{
+    put(g, "(");
+    unsigned n = pick(g, 4);
+    bool prev_list = false;
+    for (unsigned i = 0; i < n; i++) {
+        bool list = depth < 4 && pick(g, 4) == 0;
+        if (i > 0 && !(prev_list && list && pick(g, 2)))
+            put(g, " ");
+        if (list)
+            gen_list(g, depth + 1);
+        else
+            gen_value(g, depth + 1);
+        prev_list = list;
+    }
+    put(g, ")");
+}
+
+static void gen_value(struct gen *g, unsigned depth)
+{
+    switch (pick(g, 5)) {
+    case 0:
+        put(g, gen_atoms[pick(g, sizeof gen_atoms / sizeof *gen_atoms)]);
+        break;
+    case 1:
+        put(g, gen_quoted[pick(g, sizeof gen_quoted / sizeof *gen_quoted)]);
+        break;
+    case 2:
+        gen_literal(g);
+        break;
+    case 3:
+        if (depth < 4) {
+            gen_list(g, depth);
+            break;
+        }
+        /* fall through */
+    default:
+        put(g, "NIL");
+        break;
+    }
+}
+
+static void gen_section(struct gen *g)
+{
+    char num[16];
+    put(g, "[");
+    unsigned parts = pick(g, 4) == 0 ? pick(g, 4) : 0;
+    for (unsigned i = 0; i < parts; i++) {
+        snprintf(num, sizeof num, "%s%u", i ? "." : "", pick(g, 4));
+        put(g, num);
+    }
+    const char *kw = gen_kw[pick(g, sizeof gen_kw / sizeof *gen_kw)];
+    if (*kw) {
+        if (parts)
+            put(g, ".");
+        put(g, kw);
+    }
+    if (pick(g, 3) == 0 || strncasecmp(kw, "HEADER.FIELDS", 13) == 0) {
+        put(g, " (");
+        unsigned n = pick(g, 3);
+        for (unsigned i = 0; i < n; i++) {
+            if (i)
+                put(g, " ");
+            switch (pick(g, 3)) {
+            case 0:
+                put(g, "FROM");
+                break;
+            case 1:
+                put(g, "\"x]\"");
+                break;
+            default:
+                gen_literal(g);
+                break;
+            }
+        }
+        put(g, ")");
+    }
+    put(g, "]");
+    if (pick(g, 3) == 0) {
+        snprintf(num, sizeof num, "<%u>", pick(g, 256));
+        put(g, num);
+    }
+}
+
+static size_t generate(const uint8_t *d, size_t n, char *out, size_t cap)
+{
+    struct gen g = {.d = d, .n = n, .out = out, .cap = cap};
+    put(&g, "* 1 FETCH (");
+    unsigned items = 1 + pick(&g, 6);
+    for (unsigned i = 0; i < items; i++) {
+        if (i)
+            put(&g, " ");
+        put(&g, gen_names[pick(&g, sizeof gen_names / sizeof *gen_names)]);
+        if (pick(&g, 2))
+            gen_section(&g);
+        put(&g, " ");
+        gen_value(&g, 0);
+    }
+    put(&g, ")\r\n");
+    return g.len;
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -562,6 +734,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint64_t seed = data[0] * 0x9E3779B97F4A7C15ULL + size;
     const char *t = (const char *)data + 1;
     size_t n = size - 1;
+    static char built[8192];
+    if (data[0] & 1) {
+        n = generate(data + 1, size - 1, built, sizeof built);
+        t = built;
+    }
     static size_t lit_end[8192];
     unsigned nle;
     static struct result a, b, ref;

@@ -19,12 +19,12 @@
 #include "imap_keepalive.h"
 #include "msgscan.h"
 
-#define SC_MEMO_MAX 16 /* verdicts remembered per session for part/chunk fetches */
-#define SC_LITS_MAX 8  /* content literals after the first in one held response */
-#define SC_HOLD_LINE                                                                               \
-    (16 << 10)                   /* a FETCH line held longer than this starts to stream (only      \
-                                    while nothing in it may be content: imap_scan.c) */
-#define SC_SUFFIX_MAX  (1 << 20) /* bytes after the scanned literal held in one response */
+/* SC_HOLD_LINE: a FETCH line held longer than this starts to stream, but only while nothing in
+ * it may be content (imap_scan.c: else the session ends). */
+#define SC_MEMO_MAX    16         /* verdicts remembered per session for part/chunk fetches */
+#define SC_LITS_MAX    8          /* content literals after the first in one held response */
+#define SC_HOLD_LINE   (16 << 10) /* a FETCH line held longer than this starts to stream */
+#define SC_SUFFIX_MAX  (1 << 20)  /* bytes after the scanned literal held in one response */
 #define SC_MAILBOX_MAX 1024
 
 /* How one message was judged, as the client is to see it. */

@@ -363,6 +363,16 @@ CASE(t_i15_quoted_part_unjudged, "a part sent as a quoted string, message unjudg
      B("* 1 FETCH (BODY[1] \"bad\" SNIPPET (FUZZY \"a \\\"b\\\" c\") FLAGS (\\Seen))\r\np OK\r\n"),
      EC("* 1 FETCH (BODY[1] NIL SNIPPET (FUZZY NIL) FLAGS (\\Seen))\r\np OK\r\n"), ENSCANS(0))
 
+CASE(t_i15_quoted_after_header_literal,
+     "PREVIEW after a header literal of a blocked message: the literal streams, the string is NIL",
+     RH_SCAN_ON, SEL, JUDGE_7_INFECTED, C("g UID FETCH 7 (BODY.PEEK[HEADER] PREVIEW)\r\n"),
+     EB("g UID FETCH 7 (BODY.PEEK[HEADER] PREVIEW)\r\n"),
+     B("* 1 FETCH (UID 7 BODY[HEADER] {12}\r\nSubject: x\r\n PREVIEW \"bad\" FLAGS (a[))\r\ng "
+       "OK\r\n"),
+     ECN("* 1 FETCH (UID 7 BODY[HEADER] {12}\r\nSubject: x\r\n PREVIEW NIL FLAGS (a[))\r\ng "
+         "OK\r\n"),
+     ENSCANS(1))
+
 CASE(t_i15_quoted_clean, "quoted content of a judged clean message is byte-identical", RH_SCAN_ON,
      SEL, C("f UID FETCH 8 (UID BODY.PEEK[])\r\n"), EB("f UID FETCH 8 (UID BODY.PEEK[])\r\n"),
      B("* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nf OK\r\n"),
@@ -391,6 +401,7 @@ int main(void)
         cmocka_unit_test(t_i15_keyword_brackets_part),
         cmocka_unit_test(t_i15_quoted_preview_blocked),
         cmocka_unit_test(t_i15_quoted_part_unjudged),
+        cmocka_unit_test(t_i15_quoted_after_header_literal),
         cmocka_unit_test(t_i15_quoted_clean),
         cmocka_unit_test(t_i15_quoted_then_literal_blocked),
         cmocka_unit_test(t_i15_unparsable_blocked),

@@ -437,6 +437,32 @@ static void test_malformed(void **state)
     }
 }
 
+/* What a relay may let go of a long line before the response is complete. */
+static void test_may_release(void **state)
+{
+    (void)state;
+    struct fetch_items f;
+    static const struct {
+        const char *text;
+        bool ok;
+    } cases[] = {
+        {"* 1 FETCH (FLAGS (foo[) ENVELOPE (\"a long subj", true},
+        {"* 1 FETCH (BODYSTRUCTURE ((\"text\" \"plain\" (\"name\" \"x", true},
+        {"* 1 FETCH (PREVIEW \"the start of the body", false},
+        {"* 1 FETCH (BODY[1] \"a part", false},
+        {"* 1 FETCH (X-FOO (a \"b", false},
+        {"* 1 FETCH (PREVIEW \"x\" ENVELOPE (\"a", false},
+        {"* 1 FETCH (FLAGS (y() ENVELOPE (\"a", false},
+        {"* 1 FETCH (PREVIEW \"\" ENVELOPE (\"a", true},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        fi_init(&f);
+        fi_feed(&f, cases[i].text, strlen(cases[i].text));
+        if (fi_may_release(&f) != cases[i].ok)
+            fail_msg("fi_may_release wrong for: %s", cases[i].text);
+    }
+}
+
 static void test_is_fetch(void **state)
 {
     (void)state;
@@ -469,6 +495,7 @@ int main(void)
         cmocka_unit_test(test_quoted_content_spans),
         cmocka_unit_test(test_uid_after_literal),
         cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_may_release),
         cmocka_unit_test(test_is_fetch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

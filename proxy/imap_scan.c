@@ -540,6 +540,100 @@ static bool apply_part(struct session *s)
     return true;
 }
 
+/* ---- quoted content and unparsable text (issue 15) ----
+ *
+ * A content item whose value is a quoted string (PREVIEW, SNIPPET, any unknown item, a small
+ * BODY[1] sent as "...") carries message text without a literal, and text the tokenizer could
+ * not parse may carry anything. Such a response passes only when its message was judged clean.
+ * Held whole (no literal in it): it is judged like a part at its end and, if not clean, each
+ * quoted content string is replaced with NIL (unparsable text: the response is dropped).
+ * Mixed with a literal, or too long to hold: not clean means the session ends (fail closed). */
+
+/* The message of the held part was judged, and judged clean. */
+static bool judged_clean(const struct imap_scan *sc)
+{
+    return sc->part_rc == 1 && sc->part_memo >= 0 && !sc->memo[sc->part_memo].replaced;
+}
+
+static void refuse_unparsed(struct session *s, const char *why)
+{
+    sess_log(s, LOG_INFO, "event=refused reason=fetch_content_unjudged error=\"%s\"", why);
+    sess_end(s, why, "FETCH response carries content the proxy cannot replace.");
+}
+
+/* The held response (all of it in s->down, all of it fed to the tokenizer) with every quoted
+ * content string replaced by NIL; malloc'd, NULL if a span is not inside the held text. */
+static char *nil_spans(struct session *s, size_t *len_r)
+{
+    struct imap_state *st = imap_st(s);
+    struct imap_scan *sc = st->sc;
+    const char *held = buf_mptr(&s->down);
+    size_t base = sc->fi.off - st->down_held; /* fed offset of the first held byte */
+    unsigned n;
+    const struct fi_span *sp = fi_spans(&sc->fi, &n);
+    char *out = malloc(st->down_held + 1);
+    if (!out)
+        return NULL;
+    size_t w = 0, r = 0;
+    for (unsigned i = 0; i < n; i++) {
+        if (sp[i].off < base + r || sp[i].off + sp[i].len > base + st->down_held) {
+            free(out);
+            return NULL;
+        }
+        size_t at = sp[i].off - base;
+        memcpy(out + w, held + r, at - r);
+        w += at - r;
+        static const char nil[3] = {'N', 'I', 'L'}; /* a span is at least 3 bytes: "x" */
+        memcpy(out + w, nil, sizeof nil);
+        w += sizeof nil;
+        r = at + sp[i].len;
+    }
+    memcpy(out + w, held + r, st->down_held - r);
+    *len_r = w + st->down_held - r;
+    return out;
+}
+
+/* The verdict for a held response with quoted content (or unparsable text) is in. */
+static void apply_quoted(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    struct imap_scan *sc = st->sc;
+    struct buf *b = &s->down;
+    sc->quoted_wait = false;
+    sc->phase = SC_IDLE;
+    ka_stop(s);
+    if (judged_clean(sc)) {
+        buf_release(b, st->down_held);
+        st->down_held = 0;
+        st->down_part_out = false;
+        return;
+    }
+    char q[SC_MAILBOX_MAX + 8];
+    const char *mb = sc->mailbox ? log_q(q, sizeof q, sc->mailbox, strlen(sc->mailbox)) : "-";
+    size_t len = 0;
+    char *text = fi_error(&sc->fi) ? NULL : nil_spans(s, &len);
+    if (!text && !fi_error(&sc->fi)) {
+        refuse_unparsed(s, "quoted content outside the held FETCH response");
+        return;
+    }
+    sess_log(s, LOG_INFO,
+             "event=refused reason=fetch_quoted_content mailbox=%s uid=%llu seq=%llu "
+             "action=%s judged=%s",
+             mb, (unsigned long long)sc->fi.uid, (unsigned long long)sc->seq, text ? "nil" : "drop",
+             sc->part_rc == 1 ? "blocked" : "unjudged");
+    buf_cut_held(b, 0, st->down_held);
+    st->down_held = 0;
+    if (!text) {
+        /* unparsable: nothing of it can be shown to be free of the content */
+        if (sc->resp_released)
+            refuse_unparsed(s, "unparsable FETCH response partly sent");
+        return;
+    }
+    st->down_part_out = false;
+    if (!out_push(s, text, len, 0))
+        fail_session(s, "out of memory");
+}
+
 /* ---- the hooks ---- */
 
 /* May the down filter frame more? Not while our blocks are being sent (CONN_EV_DRAINED brings
@@ -554,12 +648,20 @@ static bool down_paused(struct session *s, struct imap_scan *sc)
     case SC_VERDICT_WAIT:
         if (!sc->have_outcome)
             return true;
-        release_whole(s);
+        if (sc->suffix_strict && sc->outcome.replace)
+            refuse_unparsed(s, "quoted content or unparsable text after a blocked message");
+        else
+            release_whole(s);
         break;
     case SC_PART_WAIT:
         if (sc->part_rc == 2)
             return true;
-        apply_part(s);
+        if (sc->quoted_wait)
+            apply_quoted(s);
+        else if (sc->part_strict && !judged_clean(sc))
+            refuse_unparsed(s, "quoted content or unparsable text before a blocked part");
+        else
+            apply_part(s);
         break;
     default:
         return false;
@@ -590,6 +692,14 @@ bool imap_scan_frame(struct session *s, enum imap_frame_event ev, size_t used)
     return r;
 }
 
+static void log_unparsed(struct session *s, struct imap_scan *sc)
+{
+    const char *e = fi_error(&sc->fi);
+    if (e)
+        sess_log(s, LOG_INFO, "event=fetch_unparsed error=\"%s\" seq=%llu", e,
+                 (unsigned long long)sc->seq);
+}
+
 static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_event ev,
                        size_t used)
 {
@@ -607,6 +717,7 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
         sc->resp_fetch = -1;
         sc->resp_released = false;
         sc->phase = SC_IDLE;
+        sc->quoted_wait = sc->part_strict = sc->suffix_strict = false;
         fi_init(&sc->fi);
     }
     if (sc->resp_fetch < 0) {
@@ -647,7 +758,16 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
          * hold ends the session. Counted without the line's LF, so the outcome does not
          * depend on how the bytes arrive. */
         if (st->down_held >
-            s->cfg->limits.relay_buffer - SC_HOLD_SLACK + (ev == IMAP_FRAME_MORE ? 0 : 1)) {
+                s->cfg->limits.relay_buffer - SC_HOLD_SLACK + (ev == IMAP_FRAME_MORE ? 0 : 1) &&
+            ev == IMAP_FRAME_MORE && fi_may_release(&sc->fi)) {
+            /* Nothing held may be content yet to be judged (the tokenizer proves it): let the
+             * start go, keep the tail (a literal header at its end may have to change). */
+            buf_release(b, st->down_held - 64);
+            st->down_held = 64;
+            st->down_part_out = true;
+            sc->resp_released = true;
+        } else if (st->down_held >
+                   s->cfg->limits.relay_buffer - SC_HOLD_SLACK + (ev == IMAP_FRAME_MORE ? 0 : 1)) {
             sess_log(s, LOG_WARN, "event=refused reason=fetch_line_too_long held=%zu",
                      st->down_held);
             sess_end(s, "FETCH response line too long to scan", "FETCH response too long to scan.");
@@ -659,7 +779,14 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
         } else if (ev == IMAP_FRAME_LITERAL) {
             uint64_t origin;
             enum fi_kind k = fi_literal_kind(&sc->fi, &origin);
-            if (k == FI_WHOLE) {
+            if (fi_error(&sc->fi) || fi_quoted_content(&sc->fi)) {
+                /* the held text may carry content itself: judged on the whole message, and
+                 * it passes only if that is clean (else the session ends) */
+                log_unparsed(s, sc);
+                sc->part_strict = true;
+                start_part(s, k == FI_NONE ? FI_PART : k, origin);
+                mine = true;
+            } else if (k == FI_WHOLE) {
                 mine = start_whole(s);
             } else if (k == FI_PARTIAL || k == FI_PART) {
                 start_part(s, k, origin);
@@ -668,8 +795,14 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
                 sc->phase = SC_PASS_LIT;
                 sc->resp_released = true;
             }
+        } else if (ev == IMAP_FRAME_END && (fi_error(&sc->fi) || fi_quoted_content(&sc->fi))) {
+            /* held whole: judged like a part, then released or rewritten (apply_quoted) */
+            log_unparsed(s, sc);
+            start_part(s, FI_PART, 0);
+            sc->quoted_wait = true;
+            mine = true;
         }
-        /* END: no content in it; all of it goes */
+        /* END without content: all of it goes */
         break;
     case SC_PASS_LIT:
         if (ev == IMAP_FRAME_LITERAL_END)
@@ -721,6 +854,8 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
         } else if (ev == IMAP_FRAME_END) {
             sc->phase = SC_VERDICT_WAIT;
         }
+        if (fi_error(&sc->fi) || fi_quoted_content(&sc->fi))
+            sc->suffix_strict = true; /* text1 cannot be rewritten: pass only clean */
         break;
     case SC_BUDGET:
     case SC_VERDICT_WAIT:

@@ -19,6 +19,8 @@
 #include "imap_keepalive.h"
 #include "msgscan.h"
 
+/* SC_HOLD_LINE: a FETCH line held longer than this starts to stream, but only while nothing in
+ * it may be content (imap_scan.c: else the session ends). */
 #define SC_MEMO_MAX    16         /* verdicts remembered per session for part/chunk fetches */
 #define SC_LITS_MAX    8          /* content literals after the first in one held response */
 #define SC_HOLD_SLACK  (4 * 1024) /* a held FETCH line over relay_buffer - this ends it */
@@ -97,6 +99,10 @@ struct imap_scan {
     uint64_t part_origin;
     int part_rc;   /* fetcher result: 1 judged, 0 gone, -1 error; 2 pending */
     int part_memo; /* memo slot index of the verdict, or -1 */
+    /* issue 15: quoted content and unparsable text (imap_fetchitem.c) */
+    bool quoted_wait;   /* SC_PART_WAIT for a whole held response with quoted content */
+    bool part_strict;   /* the held text before this part may carry content: pass only clean */
+    bool suffix_strict; /* the same for the rest of a response held with a whole message */
 
     /* keep-alive while a response is held (imap_keepalive.c) */
     struct imap_keepalive ka;

@@ -375,11 +375,81 @@ CASE(t_regress_14_pipelined_parts_unjudged,
        "OK\r\n"),
      ECN("* 1 FETCH (BODY[1] @BLOCKED@)\r\nc OK\r\n* 1 FETCH (BODY[2] @BLOCKED@)\r\nd OK\r\n"))
 
+/* ---- issue 15: the FETCH response tokenizer ---- */
+
+#define JUDGE_7_INFECTED                                                                           \
+    C("f UID FETCH 7 (UID BODY.PEEK[])\r\n"), EB("f UID FETCH 7 (UID BODY.PEEK[])\r\n"),           \
+        B("* 1 FETCH (UID 7 BODY[] {42}\r\nSubject: x\r\nX-Harness-Infected: "                     \
+          "1\r\n\r\nbad\r\n)\r\n"                                                                  \
+          "f OK\r\n"),                                                                             \
+        ECN("* 1 FETCH (UID 7 BODY[] @NOTICE@)\r\nf OK\r\n")
+
+CASE(t_i15_keyword_bracket_whole, "a keyword foo[ in FLAGS before BODY[]: still scanned, replaced",
+     RH_SCAN_ON, SEL, C("f UID FETCH 7 (FLAGS BODY.PEEK[])\r\n"),
+     EB("f UID FETCH 7 (FLAGS BODY.PEEK[])\r\n"),
+     B("* 1 FETCH (UID 7 FLAGS (foo[) BODY[] {42}\r\nSubject: x\r\nX-Harness-Infected: "
+       "1\r\n\r\nbad\r\n)\r\nf OK\r\n"),
+     ECN("* 1 FETCH (UID 7 FLAGS (foo[) BODY[] @NOTICE@)\r\nf OK\r\n"), ENSCANS(1))
+
+CASE(t_i15_keyword_brackets_part, "keywords x] and y[ before BODY[1]: judged as a part", RH_SCAN_ON,
+     C("p FETCH 1 (FLAGS BODY.PEEK[1])\r\n"), EB("p FETCH 1 (FLAGS BODY.PEEK[1])\r\n"),
+     B("* 1 FETCH (FLAGS (\\Seen x] y[) BODY[1] {5}\r\nbad\r\n)\r\np OK\r\n"),
+     ECN("* 1 FETCH (FLAGS (\\Seen x] y[) BODY[1] @BLOCKED@)\r\np OK\r\n"), ENSCANS(0))
+
+CASE(t_i15_quoted_preview_blocked, "PREVIEW \"...\" of a blocked message: the string becomes NIL",
+     RH_SCAN_ON, SEL, JUDGE_7_INFECTED, C("g UID FETCH 7 (PREVIEW)\r\n"),
+     EB("g UID FETCH 7 (PREVIEW)\r\n"), B("* 1 FETCH (UID 7 PREVIEW \"bad text\")\r\ng OK\r\n"),
+     ECN("* 1 FETCH (UID 7 PREVIEW NIL)\r\ng OK\r\n"), ENSCANS(1))
+
+CASE(t_i15_quoted_part_unjudged, "a part sent as a quoted string, message unjudgeable: NIL",
+     RH_SCAN_ON, C("p FETCH 1 (BODY.PEEK[1] SNIPPET (FUZZY))\r\n"),
+     EB("p FETCH 1 (BODY.PEEK[1] SNIPPET (FUZZY))\r\n"),
+     B("* 1 FETCH (BODY[1] \"bad\" SNIPPET (FUZZY \"a \\\"b\\\" c\") FLAGS (\\Seen))\r\np OK\r\n"),
+     EC("* 1 FETCH (BODY[1] NIL SNIPPET (FUZZY NIL) FLAGS (\\Seen))\r\np OK\r\n"), ENSCANS(0))
+
+CASE(t_i15_quoted_after_header_literal,
+     "PREVIEW after a header literal of a blocked message: the literal streams, the string is NIL",
+     RH_SCAN_ON, SEL, JUDGE_7_INFECTED, C("g UID FETCH 7 (BODY.PEEK[HEADER] PREVIEW)\r\n"),
+     EB("g UID FETCH 7 (BODY.PEEK[HEADER] PREVIEW)\r\n"),
+     B("* 1 FETCH (UID 7 BODY[HEADER] {12}\r\nSubject: x\r\n PREVIEW \"bad\" FLAGS (a[))\r\ng "
+       "OK\r\n"),
+     ECN("* 1 FETCH (UID 7 BODY[HEADER] {12}\r\nSubject: x\r\n PREVIEW NIL FLAGS (a[))\r\ng "
+         "OK\r\n"),
+     ENSCANS(1))
+
+CASE(t_i15_quoted_clean, "quoted content of a judged clean message is byte-identical", RH_SCAN_ON,
+     SEL, C("f UID FETCH 8 (UID BODY.PEEK[])\r\n"), EB("f UID FETCH 8 (UID BODY.PEEK[])\r\n"),
+     B("* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nf OK\r\n"),
+     EC("* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nf OK\r\n"),
+     C("g UID FETCH 8 (PREVIEW)\r\n"), EB("g UID FETCH 8 (PREVIEW)\r\n"),
+     B("* 2 FETCH (PREVIEW \"hello world\" UID 8)\r\ng OK\r\n"),
+     EC("* 2 FETCH (PREVIEW \"hello world\" UID 8)\r\ng OK\r\n"), ENSCANS(1))
+
+CASE(t_i15_quoted_then_literal_blocked,
+     "quoted content before a literal of a blocked message: the session ends, nothing leaks",
+     RH_SCAN_ON, SEL, JUDGE_7_INFECTED, C("g UID FETCH 7 (PREVIEW BODY.PEEK[HEADER])\r\n"),
+     EB("g UID FETCH 7 (PREVIEW BODY.PEEK[HEADER])\r\n"),
+     B("* 1 FETCH (UID 7 PREVIEW \"bad text\" BODY[HEADER] {12}\r\n"), /* ends here */
+     EC("* BYE FETCH response carries content the proxy cannot replace.\r\n"), ECLOSED)
+
+CASE(t_i15_unparsable_blocked,
+     "an unparsable FETCH (\"(\" in FLAGS) of a blocked message is dropped", RH_SCAN_ON, SEL,
+     JUDGE_7_INFECTED, C("g UID FETCH 7 (FLAGS)\r\n"), EB("g UID FETCH 7 (FLAGS)\r\n"),
+     B("* 1 FETCH (UID 7 FLAGS (y() PREVIEW \"bad\"))\r\ng OK\r\n"), EC("g OK\r\n"), ENSCANS(1))
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(t_clean_whole),
         cmocka_unit_test(t_long_fetch_lines),
+        cmocka_unit_test(t_i15_keyword_bracket_whole),
+        cmocka_unit_test(t_i15_keyword_brackets_part),
+        cmocka_unit_test(t_i15_quoted_preview_blocked),
+        cmocka_unit_test(t_i15_quoted_part_unjudged),
+        cmocka_unit_test(t_i15_quoted_after_header_literal),
+        cmocka_unit_test(t_i15_quoted_clean),
+        cmocka_unit_test(t_i15_quoted_then_literal_blocked),
+        cmocka_unit_test(t_i15_unparsable_blocked),
         cmocka_unit_test(t_infected_whole),
         cmocka_unit_test(t_eicar_rfc822),
         cmocka_unit_test(t_items_around_literal),

@@ -133,6 +133,16 @@ static enum cmd_verdict classify_command(const struct imap_framer *f, bool line_
                (nl == 7 && strncasecmp(rest, "EXAMINE", 7) == 0);
     if (sel && !line_done && f->head_len < IMAP_HEAD_MAX)
         return CMD_HOLD;
+    /* "UID FETCH" is told from "UID STORE" by its second word (issue 15: a FETCH line is held
+     * whole; the download limit refuses FETCH): wait for it. */
+    if (nl == 3 && strncasecmp(rest, "UID", 3) == 0 && !line_done &&
+        f->head_len < IMAP_HEAD_MAX) {
+        size_t w = nl + 1;
+        while (w < rl && rest[w] != ' ' && rest[w] != '\r' && rest[w] != '\n')
+            w++;
+        if (w >= rl)
+            return CMD_HOLD;
+    }
     return CMD_PASS;
 }
 

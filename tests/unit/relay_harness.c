@@ -688,6 +688,27 @@ static size_t match_placeholder(const char *name, size_t nl, const char *got, si
         }
         return u;
     }
+    if (nl == 10 && strncmp(name, "NOTICETEXT", 10) == 0) {
+        /* the text of an infected notice (a part of a replaced message whose notice the
+         * client never saw whole): the signature named, no header block before it */
+        hdr = literal_hdr(got, len, &n);
+        if (!hdr || !has(got + hdr, n, RH_SIGNATURE) || !has(got + hdr, n, "withheld") ||
+            (n >= 5 && strncmp(got + hdr, "From:", 5) == 0)) {
+            *why = "no infected-notice text literal here";
+            return 0;
+        }
+        return hdr + n;
+    }
+    if (nl > 9 && strncmp(name, "CLEANLIT:", 9) == 0) {
+        /* CLEANLIT:n — a literal of exactly n bytes holding no infected content */
+        unsigned long k = strtoul(name + 9, NULL, 10);
+        hdr = literal_hdr(got, len, &n);
+        if (!hdr || n != k || has(got + hdr, n, RH_MARK_INFECTED) || has(got + hdr, n, "EICAR")) {
+            *why = "no clean literal of that length here";
+            return 0;
+        }
+        return hdr + n;
+    }
     if (nl == 3 && strncmp(name, "NUM", 3) == 0) {
         size_t u = 0;
         while (u < len && got[u] >= '0' && got[u] <= '9')

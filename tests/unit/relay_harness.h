@@ -89,7 +89,9 @@ enum rh_op {
      *   @POPNOTICE@    a dot-stuffed POP3 body up to and including "\r\n.\r\n" holding
      *                  RH_SIGNATURE, every line CRLF-ended, no line a lone "."
      *   @POPBLOCKED@   the same for a notice without a signature (error/oversize)
-     *   @NUM@          one or more digits */
+     *   @NUM@          one or more digits
+     *   @NOTICETEXT@   a literal holding an infected notice's text (no header block)
+     *   @CLEANLIT:n@   a literal of exactly n bytes with no infected content */
     RH_EXPECT_C_NOTICE,
     RH_EXPECT_CLOSED,  /* the session has closed (both peers see EOF) */
     RH_EXPECT_OPEN,    /* the session is still open */

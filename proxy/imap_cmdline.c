@@ -129,9 +129,10 @@ static bool section_is_header(const char *sec, size_t n)
 }
 
 static const char *const content_free[] = {
-    "ENVELOPE", "FLAGS",     "INTERNALDATE", "RFC822.HEADER", "RFC822.SIZE",   "BODY",
-    "BODYSTRUCTURE", "UID",  "MODSEQ",       "EMAILID",       "THREADID",      "SAVEDATE",
-    "X-GM-MSGID",    "X-GM-THRID", "X-GM-LABELS", NULL,
+    "ENVELOPE",    "FLAGS",      "INTERNALDATE",  "RFC822.HEADER",
+    "RFC822.SIZE", "BODY",       "BODYSTRUCTURE", "UID",
+    "MODSEQ",      "EMAILID",    "THREADID",      "SAVEDATE",
+    "X-GM-MSGID",  "X-GM-THRID", "X-GM-LABELS",   NULL,
 };
 
 /* One fetch-att: sets whole/part in `out`. */

@@ -129,8 +129,7 @@ enum pf_line imap_prefetch_line(struct session *s, const char *line, size_t len,
     if (rc == ICL_BAD) {
         const char *tag, *rest;
         size_t tl = 0, rl;
-        if (!imap_split_tag(imap_st(s)->upf.head, imap_st(s)->upf.head_len, &tag, &tl, &rest,
-                            &rl))
+        if (!imap_split_tag(imap_st(s)->upf.head, imap_st(s)->upf.head_len, &tag, &tl, &rest, &rl))
             tl = 0;
         refuse_line(s, tag, tl,
                     "BAD FETCH with a literal, or one this proxy cannot parse, is not accepted.",

@@ -135,8 +135,7 @@ static enum cmd_verdict classify_command(const struct imap_framer *f, bool line_
         return CMD_HOLD;
     /* "UID FETCH" is told from "UID STORE" by its second word (issue 15: a FETCH line is held
      * whole; the download limit refuses FETCH): wait for it. */
-    if (nl == 3 && strncasecmp(rest, "UID", 3) == 0 && !line_done &&
-        f->head_len < IMAP_HEAD_MAX) {
+    if (nl == 3 && strncasecmp(rest, "UID", 3) == 0 && !line_done && f->head_len < IMAP_HEAD_MAX) {
         size_t w = nl + 1;
         while (w < rl && rest[w] != ' ' && rest[w] != '\r' && rest[w] != '\n')
             w++;
@@ -277,8 +276,8 @@ static bool hold_fetch_line(struct session *s, enum imap_frame_event ev)
     if (ev == IMAP_FRAME_MORE && !too_long)
         return true;
     st->up_hold_line = false;
-    enum pf_line r = imap_prefetch_line(s, buf_mptr(b), st->up_held,
-                                        too_long || ev == IMAP_FRAME_LITERAL);
+    enum pf_line r =
+        imap_prefetch_line(s, buf_mptr(b), st->up_held, too_long || ev == IMAP_FRAME_LITERAL);
     if (r == PF_LINE_REFUSED)
         st->up_dropping = true;
     else if (r == PF_LINE_PASS)

@@ -307,8 +307,9 @@ static void pcj_judged(struct session *s)
         char *line = malloc(fn + 48);
         int k = line ? snprintf(line, fn + 48, "* %llu FETCH (%.*s)\r\n",
                                 (unsigned long long)sc->seq, (int)fn, fp)
-                     : 0;
-        ok = line && k > 0 && out_push(s, line, (size_t)k, 0);
+                     : -1;
+        /* out_push takes the block in every case (queued or freed) */
+        ok = line && k > 0 ? out_push(s, line, (size_t)k, 0) : (free(line), false);
     }
     drop_held(sc);
     imap_st(s)->down_part_out = false;
@@ -719,8 +720,7 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
             enum fi_kind k = fi_literal_kind(&sc->fi, &origin);
             if (sc->resp_pcj && (k != FI_WHOLE || sc->pf_count >= sc->pf_max)) {
                 if (k == FI_WHOLE && sc->pf_count++ == sc->pf_max)
-                    sess_log(s, LOG_WARN,
-                             "event=prefetch_limit max=%lu action=unjudged",
+                    sess_log(s, LOG_WARN, "event=prefetch_limit max=%lu action=unjudged",
                              sc->pf_max);
                 drop_resp(s);
                 mine = true;

@@ -109,7 +109,7 @@ struct imap_scan {
     uint64_t part_origin;
     uint64_t part_uid;    /* the message the part belongs to (0: unknown) */
     const char *part_why; /* NULL: judged (in the memo under part_uid); else why not */
-    bool resp_pcj; /* this FETCH response answers our own FETCH: judged, never sent */
+    bool resp_pcj;        /* this FETCH response answers our own FETCH: judged, never sent */
 
     /* keep-alive while a response is held (imap_keepalive.c) */
     struct imap_keepalive ka;
@@ -119,21 +119,21 @@ struct imap_scan {
 
     /* same-connection judging (imap_prefetch.c) */
     enum pf_state pf;
-    unsigned out_cmds;     /* client commands sent whose tagged answer has not come */
-    unsigned pf_n;         /* n of the last PCJ<n> */
+    unsigned out_cmds;               /* client commands sent whose tagged answer has not come */
+    unsigned pf_n;                   /* n of the last PCJ<n> */
     char held_tag[IMAP_TAG_MAX + 1]; /* the held command: the map is valid until its answer */
-    char *pf_set;          /* owned: the held command's sequence set, verbatim */
-    bool pf_uid;           /* ... of a UID FETCH */
-    bool pf_failed;        /* our FETCH was answered NO/BAD: its parts are unjudged */
-    unsigned long pf_count; /* FETCH responses of our FETCH so far */
-    bool map_valid;         /* `map` is the view of the command being answered */
+    char *pf_set;                    /* owned: the held command's sequence set, verbatim */
+    bool pf_uid;                     /* ... of a UID FETCH */
+    bool pf_failed;                  /* our FETCH was answered NO/BAD: its parts are unjudged */
+    unsigned long pf_count;          /* FETCH responses of our FETCH so far */
+    bool map_valid;                  /* `map` is the view of the command being answered */
     struct pf_map_ent *map;
     size_t map_len, map_cap;
     unsigned long pf_max; /* scan.max_prefetch_messages */
 
-    struct msgscan_wait bwait;    /* budget for a whole message held in-band */
-    struct msgscan_req *judging;  /* its scan, NULL when none */
-    bool busy;                    /* inside a relay hook: results are picked up there */
+    struct msgscan_wait bwait;   /* budget for a whole message held in-band */
+    struct msgscan_req *judging; /* its scan, NULL when none */
+    bool busy;                   /* inside a relay hook: results are picked up there */
 };
 
 static inline struct imap_scan *imap_sc(struct session *s)

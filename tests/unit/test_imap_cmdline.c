@@ -38,7 +38,7 @@ static void t_parts(void **state)
     expect("a FETCH 1 RFC822.TEXT\r\n", ICL_FETCH, false, true);
     expect("a FETCH 1 (BINARY.PEEK[2])\r\n", ICL_FETCH, false, true);
     expect("a FETCH 1 (BINARY[2]<5.10>)\r\n", ICL_FETCH, false, true);
-    expect("a FETCH 1 (PREVIEW)\r\n", ICL_FETCH, false, true);        /* unknown: default deny */
+    expect("a FETCH 1 (PREVIEW)\r\n", ICL_FETCH, false, true); /* unknown: default deny */
     /* an item with arguments the parser does not model: refused, never guessed */
     expect("a FETCH 1 (SNIPPET (FUZZY))\r\n", ICL_BAD, false, false);
     expect("a FETCH 1 (X-FOO[1])\r\n", ICL_FETCH, false, true);
@@ -125,9 +125,8 @@ static void t_set_each(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(t_parts),     cmocka_unit_test(t_whole_and_free),
-        cmocka_unit_test(t_shape),     cmocka_unit_test(t_bad),
-        cmocka_unit_test(t_set_each),
+        cmocka_unit_test(t_parts), cmocka_unit_test(t_whole_and_free), cmocka_unit_test(t_shape),
+        cmocka_unit_test(t_bad),   cmocka_unit_test(t_set_each),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

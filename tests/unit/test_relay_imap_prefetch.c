@@ -23,15 +23,15 @@
         EC("* 3 EXISTS\r\n* OK [UIDVALIDITY 1234] UIDs valid\r\ns OK [READ-WRITE] Select "         \
            "done\r\n")
 
-#define CLEAN_MSG "Subject: hi\r\n\r\nhello world\r\n" /* 28 bytes */
+#define CLEAN_MSG "Subject: hi\r\n\r\nhello world\r\n"                 /* 28 bytes */
 #define BAD_MSG   "Subject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n" /* 42 bytes */
 
 CASE(t_seq_part_clean, "a part by seq: judged on our FETCH, then released byte-identical", SEL,
      C("p FETCH 2 (BODY.PEEK[1])\r\n"), EB("PCJ1 FETCH 2 (UID BODY.PEEK[])\r\n"), EC(""),
      B("* 2 FETCH (UID 8 BODY[] {28}\r\n" CLEAN_MSG ")\r\nPCJ1 OK Fetch completed.\r\n"), EC(""),
-     EB("p FETCH 2 (BODY.PEEK[1])\r\n"), B("* 2 FETCH (BODY[1] {13}\r\nhello world\r\n)\r\np OK\r\n"),
-     EC("* 2 FETCH (BODY[1] {13}\r\nhello world\r\n)\r\np OK\r\n"), ESCANNED(CLEAN_MSG),
-     ENSCANS(1))
+     EB("p FETCH 2 (BODY.PEEK[1])\r\n"),
+     B("* 2 FETCH (BODY[1] {13}\r\nhello world\r\n)\r\np OK\r\n"),
+     EC("* 2 FETCH (BODY[1] {13}\r\nhello world\r\n)\r\np OK\r\n"), ESCANNED(CLEAN_MSG), ENSCANS(1))
 
 CASE(t_seq_part_infected, "a part by seq of an infected message: the notice text", SEL,
      C("p FETCH 1 (BODY.PEEK[1])\r\n"), EB("PCJ1 FETCH 1 (UID BODY.PEEK[])\r\n"),
@@ -74,12 +74,13 @@ CASE(t_pipelined_order, "commands pipelined behind a held FETCH wait, then go on
      EC("* 2 FETCH (BODY[1] {13}\r\nhello world\r\n)\r\np OK\r\nn OK\r\n* 2 FETCH (FLAGS "
         "())\r\nq OK\r\n"))
 
-CASE(t_waits_for_outstanding, "our FETCH waits until the client's earlier command is answered",
-     SEL, C("n NOOP\r\n"), EB("n NOOP\r\n"), C("p FETCH 2 (BODY.PEEK[1])\r\n"), EB(""),
+CASE(t_waits_for_outstanding, "our FETCH waits until the client's earlier command is answered", SEL,
+     C("n NOOP\r\n"), EB("n NOOP\r\n"), C("p FETCH 2 (BODY.PEEK[1])\r\n"), EB(""),
      B("* 4 EXISTS\r\nn OK\r\n"), EC("* 4 EXISTS\r\nn OK\r\n"),
      EB("PCJ1 FETCH 2 (UID BODY.PEEK[])\r\n"),
      B("* 2 FETCH (UID 8 BODY[] {28}\r\n" CLEAN_MSG ")\r\nPCJ1 OK\r\n"),
-     EB("p FETCH 2 (BODY.PEEK[1])\r\n"), B("* 2 FETCH (BODY[1] {13}\r\nhello world\r\n)\r\np OK\r\n"),
+     EB("p FETCH 2 (BODY.PEEK[1])\r\n"),
+     B("* 2 FETCH (BODY[1] {13}\r\nhello world\r\n)\r\np OK\r\n"),
      EC("* 2 FETCH (BODY[1] {13}\r\nhello world\r\n)\r\np OK\r\n"))
 
 CASE(t_prefetch_fails_blocked, "our FETCH answered NO: the part is unjudged and blocked", SEL,
@@ -119,7 +120,8 @@ CASE(t_uid_not_in_prefetch_blocked, "a part whose UID our FETCH did not judge is
 CASE(t_map_ends_with_command, "the seq map is the held command's only: a later seq part re-fetches",
      SEL, C("p FETCH 1 (BODY.PEEK[1])\r\n"), EB("PCJ1 FETCH 1 (UID BODY.PEEK[])\r\n"),
      B("* 1 FETCH (UID 8 BODY[] {28}\r\n" CLEAN_MSG ")\r\nPCJ1 OK\r\n"),
-     EB("p FETCH 1 (BODY.PEEK[1])\r\n"), B("* 1 FETCH (BODY[1] {13}\r\nhello world\r\n)\r\np OK\r\n"),
+     EB("p FETCH 1 (BODY.PEEK[1])\r\n"),
+     B("* 1 FETCH (BODY[1] {13}\r\nhello world\r\n)\r\np OK\r\n"),
      EC("* 1 FETCH (BODY[1] {13}\r\nhello world\r\n)\r\np OK\r\n"), C("x EXPUNGE\r\n"),
      EB("x EXPUNGE\r\n"), B("* 1 EXPUNGE\r\nx OK\r\n"), EC("* 1 EXPUNGE\r\nx OK\r\n"),
      C("q FETCH 1 (BODY.PEEK[1])\r\n"), EB("PCJ2 FETCH 1 (UID BODY.PEEK[])\r\n"),
@@ -130,7 +132,8 @@ CASE(t_map_ends_with_command, "the seq map is the held command's only: a later s
 CASE(t_uid_memo_no_refetch, "a UID part of a message judged in this selection: no second fetch",
      SEL, C("p UID FETCH 7 (BODY.PEEK[1])\r\n"), EB("PCJ1 UID FETCH 7 (UID BODY.PEEK[])\r\n"),
      B("* 1 FETCH (UID 7 BODY[] {42}\r\n" BAD_MSG ")\r\nPCJ1 OK\r\n"),
-     EB("p UID FETCH 7 (BODY.PEEK[1])\r\n"), B("* 1 FETCH (UID 7 BODY[1] {5}\r\nbad\r\n)\r\np OK\r\n"),
+     EB("p UID FETCH 7 (BODY.PEEK[1])\r\n"),
+     B("* 1 FETCH (UID 7 BODY[1] {5}\r\nbad\r\n)\r\np OK\r\n"),
      ECN("* 1 FETCH (UID 7 BODY[1] @NOTICETEXT@)\r\np OK\r\n"),
      C("q UID FETCH 7 (BODY.PEEK[2])\r\n"), EB("q UID FETCH 7 (BODY.PEEK[2])\r\n"),
      B("* 1 FETCH (UID 7 BODY[2] {5}\r\nbad\r\n)\r\nq OK\r\n"),
@@ -139,22 +142,24 @@ CASE(t_uid_memo_no_refetch, "a UID part of a message judged in this selection: n
 CASE(t_reselect_forgets, "after a new SELECT the memo is gone: the UID is fetched again", SEL,
      C("p UID FETCH 7 (BODY.PEEK[1])\r\n"), EB("PCJ1 UID FETCH 7 (UID BODY.PEEK[])\r\n"),
      B("* 1 FETCH (UID 7 BODY[] {28}\r\n" CLEAN_MSG ")\r\nPCJ1 OK\r\n"),
-     EB("p UID FETCH 7 (BODY.PEEK[1])\r\n"), B("p OK\r\n"), EC("p OK\r\n"),
-     C("t SELECT Other\r\n"), EB("t SELECT Other\r\n"), B("t OK [READ-WRITE] done\r\n"),
-     EC("t OK [READ-WRITE] done\r\n"), C("q UID FETCH 7 (BODY.PEEK[1])\r\n"),
-     EB("PCJ2 UID FETCH 7 (UID BODY.PEEK[])\r\n"), B("PCJ2 OK\r\n"),
-     EB("q UID FETCH 7 (BODY.PEEK[1])\r\n"))
+     EB("p UID FETCH 7 (BODY.PEEK[1])\r\n"), B("p OK\r\n"), EC("p OK\r\n"), C("t SELECT Other\r\n"),
+     EB("t SELECT Other\r\n"), B("t OK [READ-WRITE] done\r\n"), EC("t OK [READ-WRITE] done\r\n"),
+     C("q UID FETCH 7 (BODY.PEEK[1])\r\n"), EB("PCJ2 UID FETCH 7 (UID BODY.PEEK[])\r\n"),
+     B("PCJ2 OK\r\n"), EB("q UID FETCH 7 (BODY.PEEK[1])\r\n"))
 
 CASE(t_unparsable_fetch_bad, "a FETCH the proxy cannot parse is refused with BAD, not forwarded",
-     SEL, C("p FETCH 1 (BODY.PEEK[1]\r\n"), EC("p BAD FETCH with a literal, or one this proxy cannot parse, is not accepted.\r\n"), EB(""), C("n NOOP\r\n"),
-     EB("n NOOP\r\n"))
+     SEL, C("p FETCH 1 (BODY.PEEK[1]\r\n"),
+     EC("p BAD FETCH with a literal, or one this proxy cannot parse, is not accepted.\r\n"), EB(""),
+     C("n NOOP\r\n"), EB("n NOOP\r\n"))
 
 CASE(t_fetch_literal_bad, "a FETCH line with a literal is refused with BAD; the next command goes",
-     SEL, C("p FETCH 1 (BODY.PEEK[HEADER.FIELDS ({7}\r\n"), EC("p BAD FETCH with a literal, or one this proxy cannot parse, is not accepted.\r\n"), EB(""),
+     SEL, C("p FETCH 1 (BODY.PEEK[HEADER.FIELDS ({7}\r\n"),
+     EC("p BAD FETCH with a literal, or one this proxy cannot parse, is not accepted.\r\n"), EB(""),
      C("n NOOP\r\n"), EB("n NOOP\r\n"))
 
 CASE(t_too_many_refused, "an explicit set over max_prefetch_messages: NO [LIMIT], not forwarded",
-     SEL, C("p FETCH 1:1001 (BODY.PEEK[1])\r\n"), EC("p NO [LIMIT] Too many messages in one part fetch; fetch fewer at a time.\r\n"), EB(""))
+     SEL, C("p FETCH 1:1001 (BODY.PEEK[1])\r\n"),
+     EC("p NO [LIMIT] Too many messages in one part fetch; fetch fewer at a time.\r\n"), EB(""))
 
 CASE(t_whole_only_not_held, "a whole-message FETCH is not held (judged in-band)", SEL,
      C("f FETCH 2 (FLAGS BODY.PEEK[])\r\n"), EB("f FETCH 2 (FLAGS BODY.PEEK[])\r\n"))
@@ -167,26 +172,16 @@ CASE(t_header_only_not_held, "header sections and ALL are not held", SEL,
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(t_seq_part_clean),
-        cmocka_unit_test(t_seq_part_infected),
-        cmocka_unit_test(t_uid_part_infected),
-        cmocka_unit_test(t_seq_partial_infected),
-        cmocka_unit_test(t_seq_map_by_position),
-        cmocka_unit_test(t_pipelined_order),
-        cmocka_unit_test(t_waits_for_outstanding),
-        cmocka_unit_test(t_prefetch_fails_blocked),
-        cmocka_unit_test(t_untagged_forwarded),
-        cmocka_unit_test(t_merged_flags_forwarded),
-        cmocka_unit_test(t_nil_body_dropped),
-        cmocka_unit_test(t_uid_not_in_prefetch_blocked),
-        cmocka_unit_test(t_map_ends_with_command),
-        cmocka_unit_test(t_uid_memo_no_refetch),
-        cmocka_unit_test(t_reselect_forgets),
-        cmocka_unit_test(t_unparsable_fetch_bad),
-        cmocka_unit_test(t_fetch_literal_bad),
-        cmocka_unit_test(t_too_many_refused),
-        cmocka_unit_test(t_whole_only_not_held),
-        cmocka_unit_test(t_header_only_not_held),
+        cmocka_unit_test(t_seq_part_clean),        cmocka_unit_test(t_seq_part_infected),
+        cmocka_unit_test(t_uid_part_infected),     cmocka_unit_test(t_seq_partial_infected),
+        cmocka_unit_test(t_seq_map_by_position),   cmocka_unit_test(t_pipelined_order),
+        cmocka_unit_test(t_waits_for_outstanding), cmocka_unit_test(t_prefetch_fails_blocked),
+        cmocka_unit_test(t_untagged_forwarded),    cmocka_unit_test(t_merged_flags_forwarded),
+        cmocka_unit_test(t_nil_body_dropped),      cmocka_unit_test(t_uid_not_in_prefetch_blocked),
+        cmocka_unit_test(t_map_ends_with_command), cmocka_unit_test(t_uid_memo_no_refetch),
+        cmocka_unit_test(t_reselect_forgets),      cmocka_unit_test(t_unparsable_fetch_bad),
+        cmocka_unit_test(t_fetch_literal_bad),     cmocka_unit_test(t_too_many_refused),
+        cmocka_unit_test(t_whole_only_not_held),   cmocka_unit_test(t_header_only_not_held),
     };
     return cmocka_run_group_tests(tests, rh_group_setup, rh_group_teardown);
 }

@@ -162,6 +162,7 @@ static const char *const scan_extra[] = {
     [RH_SCAN_SMALL_PASS] = "  max_scan_size: 1k\n  oversize_action: pass\n",
     [RH_SCAN_SMALL_BLOCK] = "  max_scan_size: 1k\n  oversize_action: block\n",
     [RH_SCAN_DOT_NOTICE] = "  notice_template: \".withheld: %signature%\\n.\\n..\\nend\\n\"\n",
+    [RH_SCAN_PREFETCH2] = "  max_prefetch_messages: 2\n",
 };
 
 static struct rt *g_rt[RH_SCAN_VARIANTS];

@@ -70,6 +70,7 @@ enum rh_scan {
     RH_SCAN_SMALL_PASS,  /* max_scan_size 1k, oversize pass */
     RH_SCAN_SMALL_BLOCK, /* max_scan_size 1k, oversize block */
     RH_SCAN_DOT_NOTICE,  /* a notice template whose lines start with "." (dot-stuffing) */
+    RH_SCAN_PREFETCH2,   /* max_prefetch_messages 2 (issue 15) */
     RH_SCAN_VARIANTS
 };
 

@@ -169,6 +169,24 @@ CASE(t_header_only_not_held, "header sections and ALL are not held", SEL,
      EB("f FETCH 1:* (BODY.PEEK[HEADER.FIELDS (From \"To\")] BODY.PEEK[1.MIME] ENVELOPE)\r\n"),
      C("g FETCH 1 ALL\r\n"), EB("g FETCH 1 ALL\r\n"))
 
+RH_CASE(t_prefetch_limit, "past max_prefetch_messages our FETCH's answers are dropped unjudged",
+        RH_IMAP, RH_SCAN_PREFETCH2, SEL, C("p FETCH 1:* (BODY.PEEK[1])\r\n"),
+        EB("PCJ1 FETCH 1:* (UID BODY.PEEK[])\r\n"),
+        B("* 1 FETCH (UID 7 BODY[] {28}\r\n" CLEAN_MSG
+          ")\r\n* 2 FETCH (UID 8 BODY[] {28}\r\n" CLEAN_MSG
+          ")\r\n* 3 FETCH (UID 9 BODY[] {28}\r\n" CLEAN_MSG ")\r\nPCJ1 OK\r\n"),
+        EC(""), EB("p FETCH 1:* (BODY.PEEK[1])\r\n"),
+        B("* 1 FETCH (BODY[1] {13}\r\nhello world\r\n)\r\n* 2 FETCH (BODY[1] {13}\r\nhello "
+          "world\r\n)\r\n* 3 FETCH (BODY[1] {13}\r\nhello world\r\n)\r\np OK\r\n"),
+        ECN("* 1 FETCH (BODY[1] {13}\r\nhello world\r\n)\r\n* 2 FETCH (BODY[1] {13}\r\nhello "
+            "world\r\n)\r\n* 3 FETCH (BODY[1] @BLOCKED@)\r\np OK\r\n"),
+        ENSCANS(1))
+
+RH_CASE(t_prefetch_limit_up_front, "an explicit set over the limit is refused before anything",
+        RH_IMAP, RH_SCAN_PREFETCH2, SEL, C("p FETCH 1:3 (BODY.PEEK[1])\r\n"),
+        EC("p NO [LIMIT] Too many messages in one part fetch; fetch fewer at a time.\r\n"), EB(""),
+        C("q FETCH 1:2 (BODY.PEEK[1])\r\n"), EB("PCJ1 FETCH 1:2 (UID BODY.PEEK[])\r\n"))
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -182,6 +200,7 @@ int main(void)
         cmocka_unit_test(t_reselect_forgets),      cmocka_unit_test(t_unparsable_fetch_bad),
         cmocka_unit_test(t_fetch_literal_bad),     cmocka_unit_test(t_too_many_refused),
         cmocka_unit_test(t_whole_only_not_held),   cmocka_unit_test(t_header_only_not_held),
+        cmocka_unit_test(t_prefetch_limit),        cmocka_unit_test(t_prefetch_limit_up_front),
     };
     return cmocka_run_group_tests(tests, rh_group_setup, rh_group_teardown);
 }

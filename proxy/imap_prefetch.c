@@ -112,6 +112,7 @@ static void pf_maybe_send(struct session *s)
     sc->pf_failed = false;
     sc->map_len = 0;
     sc->map_valid = false;
+    sc->map_stale = false;
     if (!conn_queue(&s->backend, cmd, (size_t)n, NULL, NULL, 0)) {
         sess_end(s, "out of memory", "Internal error.");
         return;
@@ -201,7 +202,7 @@ bool pf_tagged_end(struct session *s, const struct imap_framer *f)
         }
         sc->pf_failed = !ok;
         sc->pf = PF_NONE;
-        sc->map_valid = true;
+        sc->map_valid = !sc->map_stale;
         imap_relay_release_held(s);
         imap_prefetch_sent(s);
         return true;
@@ -212,6 +213,37 @@ bool pf_tagged_end(struct session *s, const struct imap_framer *f)
         sc->map_valid = false; /* the command the map was made for is over */
     pf_maybe_send(s);
     return false;
+}
+
+void pf_note_untagged(struct imap_scan *sc, const struct imap_framer *f)
+{
+    /* "* n EXPUNGE" moves sequence numbers as it does for the client, which reads it in the
+     * same order: the map follows (RFC 3501 forbids it during a FETCH by sequence number, not
+     * during a UID FETCH). "* VANISHED" names UIDs, not positions: the map is void. */
+    const char *h = f->head;
+    size_t n = f->head_len, i = 2;
+    if (n < 3 || h[0] != '*' || h[1] != ' ' || (sc->pf != PF_SENT && !sc->map_valid))
+        return;
+    if (n >= 11 && strncasecmp(h + 2, "VANISHED ", 9) == 0) {
+        sc->map_valid = false;
+        sc->map_stale = sc->pf == PF_SENT;
+        return;
+    }
+    uint64_t seq = 0;
+    while (i < n && h[i] >= '0' && h[i] <= '9' && seq < UINT32_MAX)
+        seq = seq * 10 + (uint64_t)(h[i++] - '0');
+    if (i == 2 || n < i + 8 || strncasecmp(h + i, " EXPUNGE", 8) != 0)
+        return;
+    size_t w = 0;
+    for (size_t r = 0; r < sc->map_len; r++) {
+        if (sc->map[r].seq == seq)
+            continue;
+        sc->map[w] = sc->map[r];
+        if (sc->map[w].seq > seq)
+            sc->map[w].seq--;
+        w++;
+    }
+    sc->map_len = w;
 }
 
 void pf_map_add(struct imap_scan *sc, uint64_t seq, uint64_t uid)

@@ -686,6 +686,8 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
         if (ev == IMAP_FRAME_END) {
             if (!ours)
                 sc_note_other_response(sc, f);
+            if (!tagged)
+                pf_note_untagged(sc, f);
             sc->resp_open = false;
             if (tagged)
                 pf_tagged_end(s, f);

@@ -127,6 +127,7 @@ struct imap_scan {
     bool pf_failed;                  /* our FETCH was answered NO/BAD: its parts are unjudged */
     unsigned long pf_count;          /* FETCH responses of our FETCH so far */
     bool map_valid;                  /* `map` is the view of the command being answered */
+    bool map_stale;                  /* an EXPUNGE/VANISHED came during our FETCH: no map */
     struct pf_map_ent *map;
     size_t map_len, map_cap;
     unsigned long pf_max; /* scan.max_prefetch_messages */
@@ -168,6 +169,9 @@ void sc_replacement(const char *notice, size_t nlen, size_t body_off, uint64_t o
 bool pf_tagged_end(struct session *s, const struct imap_framer *f);
 /* Is this tagged response ours (head known)? */
 bool pf_tagged_is_ours(struct session *s, const struct imap_framer *f);
+/* An untagged response that is not a FETCH ended (head in f): EXPUNGE moves the map's
+ * sequence numbers as it does the client's, VANISHED voids it. */
+void pf_note_untagged(struct imap_scan *sc, const struct imap_framer *f);
 /* A judged response of our FETCH: remember seq → uid for the held command. */
 void pf_map_add(struct imap_scan *sc, uint64_t seq, uint64_t uid);
 /* The UID of `seq` in the view of the command being answered (0: unknown). */

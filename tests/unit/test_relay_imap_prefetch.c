@@ -169,6 +169,24 @@ CASE(t_header_only_not_held, "header sections and ALL are not held", SEL,
      EB("f FETCH 1:* (BODY.PEEK[HEADER.FIELDS (From \"To\")] BODY.PEEK[1.MIME] ENVELOPE)\r\n"),
      C("g FETCH 1 ALL\r\n"), EB("g FETCH 1 ALL\r\n"))
 
+CASE(t_expunge_in_uid_prefetch_moves_map,
+     "an EXPUNGE during our UID FETCH moves the map as it moves the client's view", SEL,
+     C("p UID FETCH 7:8 (BODY.PEEK[1])\r\n"), EB("PCJ1 UID FETCH 7:8 (UID BODY.PEEK[])\r\n"),
+     B("* 1 FETCH (UID 7 BODY[] {28}\r\n" CLEAN_MSG ")\r\n* 2 FETCH (UID 8 BODY[] {42}\r\n" BAD_MSG
+       ")\r\n* 1 EXPUNGE\r\nPCJ1 OK\r\n"),
+     EC("* 1 EXPUNGE\r\n"), EB("p UID FETCH 7:8 (BODY.PEEK[1])\r\n"),
+     B("* 1 FETCH (BODY[1] {5}\r\nbad\r\n UID 8)\r\np OK\r\n"),
+     ECN("* 1 FETCH (BODY[1] @NOTICETEXT@ UID 8)\r\np OK\r\n"))
+
+CASE(t_vanished_in_prefetch_voids_map,
+     "a VANISHED during our UID FETCH: a response without UID is not judged by the map", SEL,
+     C("p UID FETCH 7:8 (BODY.PEEK[1])\r\n"), EB("PCJ1 UID FETCH 7:8 (UID BODY.PEEK[])\r\n"),
+     B("* 1 FETCH (UID 7 BODY[] {28}\r\n" CLEAN_MSG
+       ")\r\n* 2 FETCH (UID 8 BODY[] {28}\r\n" CLEAN_MSG ")\r\n* VANISHED 7\r\nPCJ1 OK\r\n"),
+     EC("* VANISHED 7\r\n"), EB("p UID FETCH 7:8 (BODY.PEEK[1])\r\n"),
+     B("* 1 FETCH (BODY[1] {13}\r\nhello world\r\n UID 8)\r\np OK\r\n"),
+     ECN("* 1 FETCH (BODY[1] @BLOCKED@ UID 8)\r\np OK\r\n"))
+
 RH_CASE(t_prefetch_limit, "past max_prefetch_messages our FETCH's answers are dropped unjudged",
         RH_IMAP, RH_SCAN_PREFETCH2, SEL, C("p FETCH 1:* (BODY.PEEK[1])\r\n"),
         EB("PCJ1 FETCH 1:* (UID BODY.PEEK[])\r\n"),
@@ -190,17 +208,30 @@ RH_CASE(t_prefetch_limit_up_front, "an explicit set over the limit is refused be
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(t_seq_part_clean),        cmocka_unit_test(t_seq_part_infected),
-        cmocka_unit_test(t_uid_part_infected),     cmocka_unit_test(t_seq_partial_infected),
-        cmocka_unit_test(t_seq_map_by_position),   cmocka_unit_test(t_pipelined_order),
-        cmocka_unit_test(t_waits_for_outstanding), cmocka_unit_test(t_prefetch_fails_blocked),
-        cmocka_unit_test(t_untagged_forwarded),    cmocka_unit_test(t_merged_flags_forwarded),
-        cmocka_unit_test(t_nil_body_dropped),      cmocka_unit_test(t_uid_not_in_prefetch_blocked),
-        cmocka_unit_test(t_map_ends_with_command), cmocka_unit_test(t_uid_memo_no_refetch),
-        cmocka_unit_test(t_reselect_forgets),      cmocka_unit_test(t_unparsable_fetch_bad),
-        cmocka_unit_test(t_fetch_literal_bad),     cmocka_unit_test(t_too_many_refused),
-        cmocka_unit_test(t_whole_only_not_held),   cmocka_unit_test(t_header_only_not_held),
-        cmocka_unit_test(t_prefetch_limit),        cmocka_unit_test(t_prefetch_limit_up_front),
+        cmocka_unit_test(t_seq_part_clean),
+        cmocka_unit_test(t_seq_part_infected),
+        cmocka_unit_test(t_uid_part_infected),
+        cmocka_unit_test(t_seq_partial_infected),
+        cmocka_unit_test(t_seq_map_by_position),
+        cmocka_unit_test(t_pipelined_order),
+        cmocka_unit_test(t_waits_for_outstanding),
+        cmocka_unit_test(t_prefetch_fails_blocked),
+        cmocka_unit_test(t_untagged_forwarded),
+        cmocka_unit_test(t_merged_flags_forwarded),
+        cmocka_unit_test(t_nil_body_dropped),
+        cmocka_unit_test(t_uid_not_in_prefetch_blocked),
+        cmocka_unit_test(t_map_ends_with_command),
+        cmocka_unit_test(t_uid_memo_no_refetch),
+        cmocka_unit_test(t_reselect_forgets),
+        cmocka_unit_test(t_unparsable_fetch_bad),
+        cmocka_unit_test(t_fetch_literal_bad),
+        cmocka_unit_test(t_too_many_refused),
+        cmocka_unit_test(t_whole_only_not_held),
+        cmocka_unit_test(t_header_only_not_held),
+        cmocka_unit_test(t_expunge_in_uid_prefetch_moves_map),
+        cmocka_unit_test(t_vanished_in_prefetch_voids_map),
+        cmocka_unit_test(t_prefetch_limit),
+        cmocka_unit_test(t_prefetch_limit_up_front),
     };
     return cmocka_run_group_tests(tests, rh_group_setup, rh_group_teardown);
 }

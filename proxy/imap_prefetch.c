@@ -184,6 +184,16 @@ bool pf_tagged_is_ours(struct session *s, const struct imap_framer *f)
     return head_tag_is(f, tag);
 }
 
+bool pf_tagged_may_be_ours(struct session *s, const struct imap_framer *f)
+{
+    struct imap_scan *sc = imap_sc(s);
+    if (sc->pf != PF_SENT)
+        return false;
+    char tag[24];
+    int tl = snprintf(tag, sizeof tag, "PCJ%u ", sc->pf_n);
+    return f->head_len < (size_t)tl && memcmp(f->head, tag, f->head_len) == 0;
+}
+
 bool pf_tagged_end(struct session *s, const struct imap_framer *f)
 {
     struct imap_state *st = imap_st(s);

@@ -678,6 +678,8 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
     if (sc->resp_fetch == 0) {
         bool tagged = f->head_len > 0 && f->head[0] != '*' && f->head[0] != '+';
         bool ours = tagged && pf_tagged_is_ours(s, f);
+        if (tagged && !ours && ev == IMAP_FRAME_MORE && pf_tagged_may_be_ours(s, f))
+            return true; /* held until its tag is complete */
         if (ours) {
             /* our FETCH's tagged answer: swallowed whole, however it arrives */
             buf_cut_held(b, 0, st->down_held);

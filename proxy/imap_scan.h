@@ -169,6 +169,8 @@ void sc_replacement(const char *notice, size_t nlen, size_t body_off, uint64_t o
 bool pf_tagged_end(struct session *s, const struct imap_framer *f);
 /* Is this tagged response ours (head known)? */
 bool pf_tagged_is_ours(struct session *s, const struct imap_framer *f);
+/* Could it still be, once more of its head is in (a line that streams)? */
+bool pf_tagged_may_be_ours(struct session *s, const struct imap_framer *f);
 /* An untagged response that is not a FETCH ended (head in f): EXPUNGE moves the map's
  * sequence numbers as it does the client's, VANISHED voids it. */
 void pf_note_untagged(struct imap_scan *sc, const struct imap_framer *f);

@@ -42,7 +42,7 @@ static char g_reload_err[256];
 
 static struct {
     atomic_ullong judged, scanned, cache_hits, remote_hits;
-    atomic_ullong clean, infected, oversize, error;
+    atomic_ullong clean, infected, oversize, error, limit;
     atomic_ullong delivered, replaced, quarantined, quarantine_failed;
     atomic_ullong scanned_bytes, scan_us, reloads, reload_failures;
 } ctr;
@@ -247,6 +247,7 @@ void msgscan_counters_get(struct msgscan_counters *c)
         .infected = atomic_load(&ctr.infected),
         .oversize = atomic_load(&ctr.oversize),
         .error = atomic_load(&ctr.error),
+        .limit = atomic_load(&ctr.limit),
         .delivered = atomic_load(&ctr.delivered),
         .replaced = atomic_load(&ctr.replaced),
         .quarantined = atomic_load(&ctr.quarantined),
@@ -440,7 +441,7 @@ void msgscan_wait_cancel(struct msgscan_wait *w)
 
 static const char *verdict_name(enum msgscan_verdict v)
 {
-    static const char *n[] = {"clean", "infected", "oversize", "error"};
+    static const char *n[] = {"clean", "infected", "oversize", "error", "limit"};
     return n[v];
 }
 
@@ -463,6 +464,9 @@ static bool decide(struct session *s, struct msgscan_outcome *o, const char *ori
     case MSGSCAN_ERROR:
         o->replace = cs->error_action == CFG_SCAN_BLOCK;
         break;
+    case MSGSCAN_LIMIT:
+        o->replace = cs->limits_action == CFG_SCAN_BLOCK;
+        break;
     }
     if (!o->replace)
         return true;
@@ -471,7 +475,12 @@ static bool decide(struct session *s, struct msgscan_outcome *o, const char *ori
     struct notice_params np = {
         .verdict = o->verdict == MSGSCAN_INFECTED ? NOTICE_INFECTED : NOTICE_BLOCKED,
         .signature = o->verdict == MSGSCAN_INFECTED ? o->signature : NULL,
-        .reason_code = o->verdict == MSGSCAN_OVERSIZE ? "oversize" : "scan-error",
+        .reason_code = o->verdict == MSGSCAN_OVERSIZE ? "oversize"
+                       : o->verdict == MSGSCAN_LIMIT  ? "limit"
+                                                      : "scan-error",
+        .reason_text = o->verdict == MSGSCAN_LIMIT
+                           ? "it is nested or built in a way the scanner cannot fully inspect"
+                           : NULL,
         .ref = o->ref,
         .tmpl = cs->notice_template,
         .date_fallback = date,
@@ -484,7 +493,7 @@ static void count_and_log(struct session *s, const char *proto, const char *wher
                           const char *extra)
 {
     atomic_fetch_add(&ctr.judged, 1);
-    atomic_ullong *by[] = {&ctr.clean, &ctr.infected, &ctr.oversize, &ctr.error};
+    atomic_ullong *by[] = {&ctr.clean, &ctr.infected, &ctr.oversize, &ctr.error, &ctr.limit};
     atomic_fetch_add(by[o->verdict], 1);
     atomic_fetch_add(o->replace ? &ctr.replaced : &ctr.delivered, 1);
     if (o->cached)
@@ -751,6 +760,9 @@ static void on_job(void *arg, struct scan_job *job)
         break;
     case SCAN_OVERSIZE:
         r->verdict = MSGSCAN_OVERSIZE;
+        break;
+    case SCAN_LIMIT:
+        r->verdict = MSGSCAN_LIMIT;
         break;
     default:
         r->verdict = MSGSCAN_ERROR;

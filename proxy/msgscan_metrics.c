@@ -47,6 +47,8 @@ void msgscan_metrics_render(struct buf *o, void *arg)
                (unsigned long long)c.oversize);
     buf_printf(o, "portcullis_scan_verdicts_total{verdict=\"error\"} %llu\n",
                (unsigned long long)c.error);
+    buf_printf(o, "portcullis_scan_verdicts_total{verdict=\"limit\"} %llu\n",
+               (unsigned long long)c.limit);
     buf_printf(o, "# HELP portcullis_scan_actions_total Judged messages by what the client "
                   "got.\n# TYPE portcullis_scan_actions_total counter\n");
     buf_printf(o, "portcullis_scan_actions_total{action=\"pass\"} %llu\n",

@@ -54,6 +54,9 @@ static void stub_scan(struct scanner *s, const char *buf, size_t len, struct sca
     if (has(buf, len, RH_EICAR) || has(buf, len, RH_MARK_INFECTED)) {
         r->verdict = SCAN_INFECTED;
         snprintf(r->signature, sizeof r->signature, "%s", RH_SIGNATURE);
+    } else if (has(buf, len, RH_MARK_LIMIT)) {
+        r->verdict = SCAN_LIMIT;
+        snprintf(r->signature, sizeof r->signature, "Heuristics.Limits.Exceeded.MaxRecursion");
     } else if (has(buf, len, RH_MARK_ERROR)) {
         r->verdict = SCAN_ERROR;
         snprintf(r->signature, sizeof r->signature, "stub error");
@@ -162,6 +165,7 @@ static const char *const scan_extra[] = {
     [RH_SCAN_SMALL_PASS] = "  max_scan_size: 1k\n  oversize_action: pass\n",
     [RH_SCAN_SMALL_BLOCK] = "  max_scan_size: 1k\n  oversize_action: block\n",
     [RH_SCAN_DOT_NOTICE] = "  notice_template: \".withheld: %signature%\\n.\\n..\\nend\\n\"\n",
+    [RH_SCAN_LIMITS_PASS] = "  limits_action: pass\n",
 };
 
 static struct rt *g_rt[RH_SCAN_VARIANTS];

@@ -78,6 +78,7 @@ static void judge(struct rh *h, const char *m, struct got *g)
 #define CLEAN_MSG "Subject: hello\r\n\r\nnothing to see\r\n"
 #define BAD_MSG   "Subject: bad\r\n" RH_MARK_INFECTED ": yes\r\n\r\nbody\r\n"
 #define ERR_MSG   "Subject: err\r\n" RH_MARK_ERROR ": yes\r\n\r\nbody\r\n"
+#define LIMIT_MSG "Subject: deep\r\n" RH_MARK_LIMIT ": yes\r\n\r\nbody\r\n"
 
 static void t_clean_original_back(void **state)
 {
@@ -127,6 +128,45 @@ static void t_error_blocks(void **state)
     assert_true(g.replace); /* error_action: block (default) */
     assert_non_null(g.notice);
     assert_non_null(memmem(g.notice, g.notice_len, "scan-error", 10));
+    got_free(&g);
+    rh_free(&h);
+}
+
+/* A structural limit (recursion, files, scan time...) is its own verdict with its own action,
+ * default block — never oversize_action (issue 15). */
+static void t_limit_blocks_by_default(void **state)
+{
+    (void)state;
+    struct rh *h = rh_open(RH_IMAP, RH_SCAN_ON); /* oversize_action pass */
+    struct got g = {0};
+    struct msgscan_counters c0, c1;
+    msgscan_counters_get(&c0);
+    judge(h, LIMIT_MSG, &g);
+    msgscan_counters_get(&c1);
+    assert_int_equal(g.verdict, MSGSCAN_LIMIT);
+    assert_true(g.replace);
+    assert_null(g.msg);
+    assert_non_null(g.notice);
+    assert_non_null(memmem(g.notice, g.notice_len, "reason=limit", 12));
+    assert_null(memmem(g.notice, g.notice_len, "oversize", 8));
+    assert_int_equal(c1.limit - c0.limit, 1);
+    assert_int_equal(c1.oversize - c0.oversize, 0);
+    assert_int_equal(c1.replaced - c0.replaced, 1);
+    got_free(&g);
+    rh_free(&h);
+}
+
+static void t_limit_pass_when_configured(void **state)
+{
+    (void)state;
+    struct rh *h = rh_open(RH_IMAP, RH_SCAN_LIMITS_PASS);
+    struct got g = {0};
+    judge(h, LIMIT_MSG, &g);
+    assert_int_equal(g.verdict, MSGSCAN_LIMIT);
+    assert_false(g.replace);
+    assert_non_null(g.msg);
+    assert_memory_equal(g.msg, LIMIT_MSG, strlen(LIMIT_MSG));
+    assert_null(g.notice);
     got_free(&g);
     rh_free(&h);
 }
@@ -438,6 +478,8 @@ int main(void)
         cmocka_unit_test(t_clean_original_back),
         cmocka_unit_test(t_infected_notice),
         cmocka_unit_test(t_error_blocks),
+        cmocka_unit_test(t_limit_blocks_by_default),
+        cmocka_unit_test(t_limit_pass_when_configured),
         cmocka_unit_test(t_cache_hit_deferred_same_ref),
         cmocka_unit_test(t_cache_per_worker),
         cmocka_unit_test(t_cancel_no_callback),

@@ -198,6 +198,8 @@ struct msgscan_counters {
     uint64_t quarantined, quarantine_failed;
     uint64_t scanned_bytes, scan_us; /* bytes given to libclamav, time in scans */
     uint64_t reloads, reload_failures;
+    uint64_t notice_scans;   /* notices scanned before delivery */
+    uint64_t notice_minimal; /* notices replaced by the minimal one (matched or not scanned) */
 };
 void msgscan_counters_get(struct msgscan_counters *c);
 

@@ -57,9 +57,9 @@ struct out {
 
 static void put(struct out *o, const char *s, size_t n)
 {
-    if (o->oom)
+    if (o->oom || n == 0)
         return;
-    if (o->len + n + 1 > o->cap) {
+    if (!o->p || o->len + n + 1 > o->cap) {
         size_t cap = o->cap ? o->cap : 1024;
         while (cap < o->len + n + 1)
             cap *= 2;

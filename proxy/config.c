@@ -182,6 +182,7 @@ static const struct cfg_key scan_keys[] = {
     {CFG_K_OPTSTR("tmpdir", struct cfg_scan, tmpdir, ""), .flags = CFG_RESTART},
     {CFG_K_ENUM("oversize_action", struct cfg_scan, oversize_action, "pass", scan_action_values)},
     {CFG_K_ENUM("error_action", struct cfg_scan, error_action, "block", scan_action_values)},
+    {CFG_K_ENUM("limits_action", struct cfg_scan, limits_action, "block", scan_action_values)},
     {CFG_K_SIZE("memory_budget", struct cfg_scan, memory_budget, "256M", MIB, 64 * GIB),
      .flags = CFG_RESTART},
     {CFG_K_ENUM("reload", struct cfg_scan, reload, "concurrent", scan_reload_values)},

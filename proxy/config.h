@@ -145,7 +145,8 @@ struct cfg_scan {
     uint64_t scan_timeout_ms; /* default 60s: libclamav's own time limit per scan */
     char *tmpdir;             /* owned or NULL = $TMPDIR; a private 0700 dir is made in it */
     enum cfg_scan_action oversize_action; /* default pass */
-    enum cfg_scan_action error_action;    /* default block (errors and timeouts) */
+    enum cfg_scan_action error_action;    /* default block (engine errors) */
+    enum cfg_scan_action limits_action;   /* default block: recursion, files, scan time, ... */
     size_t memory_budget;                 /* default 256M: bytes held for scanning, whole process */
     enum cfg_scan_reload reload;          /* default concurrent */
     uint64_t keepalive_interval_ms;       /* default 15s: IMAP "* OK" while a response is held */

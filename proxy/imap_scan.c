@@ -257,7 +257,7 @@ static char *replace_text1(struct imap_scan *sc, const char *notice, size_t nlen
         w += l->hdr_off - r;
         const char *rp;
         size_t rn;
-        sc_replacement(notice, nlen, body_off, sc->lit_len, l->kind, l->origin, l->len, &rp, &rn);
+        sc_replacement(notice, nlen, body_off, l->kind, l->ranged, l->origin, l->len, &rp, &rn);
         w += sc_lit_hdr(t1 + w, 32, NULL, rn);
         memcpy(t1 + w, rp, rn);
         w += rn;
@@ -438,6 +438,7 @@ static void start_part(struct session *s, enum fi_kind kind, uint64_t origin)
     struct imap_scan *sc = st->sc;
     sc->part_kind = kind;
     sc->part_origin = origin;
+    sc->part_ranged = sc_item_ranged(kind, &sc->fi);
     sc->lit_len = st->downf.literal_len;
     sc->phase = SC_PART_WAIT;
     int i = sc_memo_find(sc, sc->mailbox, sc->uidvalidity, sc->fi.uid);
@@ -476,13 +477,11 @@ static bool apply_part(struct session *s)
     struct msgscan_outcome blocked = {0};
     const char *notice = NULL;
     size_t nlen = 0, body_off = 0;
-    uint64_t orig_len = 0;
     if (m) {
         replace = m->replaced;
         notice = m->notice;
         nlen = m->notice_len;
         body_off = m->body_off;
-        orig_len = m->orig_len;
     } else {
         /* The whole message could not be judged: error_action (msgscan logs it). */
         char where[MSGSCAN_WHERE_MAX];
@@ -498,7 +497,6 @@ static bool apply_part(struct session *s)
             notice = blocked.notice;
             nlen = blocked.notice_len;
             body_off = sc_body_offset(notice, nlen);
-            orig_len = 0;
         }
     }
     ka_stop(s);
@@ -512,11 +510,8 @@ static bool apply_part(struct session *s)
     }
     const char *rp;
     size_t rn;
-    uint64_t ol = orig_len;
-    if (!m)
-        ol = sc->part_origin + sc->lit_len; /* unknown: treat this chunk as the last */
-    sc_replacement(notice, nlen, body_off, ol, sc->part_kind, sc->part_origin, sc->lit_len, &rp,
-                   &rn);
+    sc_replacement(notice, nlen, body_off, sc->part_kind, sc->part_ranged, sc->part_origin,
+                   sc->lit_len, &rp, &rn);
     const char *held = buf_mptr(b);
     size_t h = sc_lit_hdr_start(held, st->down_held);
     char *blk = malloc(h + 32 + rn);
@@ -848,6 +843,7 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
                     .data_off = sc->text1_len,
                     .len = (size_t)f->literal_len,
                     .kind = k,
+                    .ranged = sc_item_ranged(k, &sc->fi),
                     .origin = origin,
                 };
             }

@@ -45,6 +45,7 @@ struct sc_lit {
     size_t data_off; /* in text1: its first byte */
     size_t len;
     enum fi_kind kind;
+    bool ranged; /* sc_item_ranged() */
     uint64_t origin;
 };
 
@@ -97,6 +98,7 @@ struct imap_scan {
     /* part/chunk held in s->down */
     enum fi_kind part_kind;
     uint64_t part_origin;
+    bool part_ranged; /* sc_item_ranged() */
     int part_rc;   /* fetcher result: 1 judged, 0 gone, -1 error; 2 pending */
     int part_memo; /* memo slot index of the verdict, or -1 */
     /* issue 15: quoted content and unparsable text (imap_fetchitem.c) */
@@ -135,11 +137,16 @@ size_t sc_body_offset(const char *p, size_t len);
 size_t sc_lit_hdr_start(const char *p, size_t len);
 /* Write "{n}\r\n" into out; returns its length. */
 size_t sc_lit_hdr(char *out, size_t cap, const char *orig_hdr, size_t n);
-/* The replacement bytes for a literal of `kind` at `origin` that had `len` bytes (see
- * imap_scan_memo.c). */
-void sc_replacement(const char *notice, size_t nlen, size_t body_off, uint64_t orig_len,
-                    enum fi_kind kind, uint64_t origin, uint64_t len, const char **p_r,
-                    size_t *n_r);
+/* Is the literal just announced (fi_literal_kind() gave `kind`) a byte range? PARTIAL always;
+ * PART when its name ends in "<o>", or when the name was cut (then unknown: default deny). */
+bool sc_item_ranged(enum fi_kind kind, const struct fetch_items *f);
+/* The replacement for a content literal of `kind` that the server answered with `len` bytes.
+ * Source: the notice (WHOLE, PARTIAL) or the notice's text from body_off (PART). Not ranged:
+ * the whole source. Ranged (PARTIAL, or a PART with <origin>): exactly the source's bytes
+ * [origin, origin + len) clipped to its end; nothing ({0}) when origin is at or past its end.
+ * A ranged replacement is never longer than `len`. Pure. */
+void sc_replacement(const char *notice, size_t nlen, size_t body_off, enum fi_kind kind,
+                    bool ranged, uint64_t origin, uint64_t len, const char **p_r, size_t *n_r);
 
 /* imap_fetcher.c — the second backend connection.
  * Fetch `UID FETCH uid (UID BODY.PEEK[])` (or `FETCH seq (UID BODY.PEEK[])` when uid is 0) from

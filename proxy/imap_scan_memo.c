@@ -185,34 +185,49 @@ size_t sc_lit_hdr(char *out, size_t cap, const char *orig_hdr, size_t n)
     return k > 0 ? (size_t)k : 0;
 }
 
-/* The replacement bytes for a literal of `kind` at `origin` that had `len` bytes. PARTIAL of a
- * message of orig_len bytes: the same range of the notice, except that the original's last
- * chunk gets the rest of the notice (a notice longer than the message is then still whole
- * for a client that stops at the message's end); a part: the notice's text, sliced likewise. */
-void sc_replacement(const char *notice, size_t nlen, size_t body_off, uint64_t orig_len,
-                    enum fi_kind kind, uint64_t origin, uint64_t len, const char **p_r, size_t *n_r)
+/* Does the literal just announced carry a byte range ("<o>" after the section)? A whole
+ * message range (PARTIAL) always does. A part's name that the tokenizer had to cut cannot show
+ * it: default deny, it counts as ranged (the replacement is then never longer than the
+ * server's literal). */
+bool sc_item_ranged(enum fi_kind kind, const struct fetch_items *f)
+{
+    if (kind == FI_PARTIAL)
+        return true;
+    if (kind != FI_PART)
+        return false;
+    if (f->lit_name_cut)
+        return true;
+    return f->lit_name_len > 0 && f->lit_name[f->lit_name_len - 1] == '>';
+}
+
+/* The replacement bytes for a content literal that the server sent with `len` bytes (see
+ * imap_scan.h for the contract). The source is the notice (WHOLE, PARTIAL) or its text, from
+ * body_off (PART). Not ranged: all of the source. Ranged: exactly [origin, origin + len) of the
+ * source, clipped to its end, and empty when origin is at or past its end — so a replacement is
+ * never longer than what the server answered, and consecutive chunks of a notice put together
+ * give the notice (cut at the original's size when the notice is the longer one). */
+void sc_replacement(const char *notice, size_t nlen, size_t body_off, enum fi_kind kind,
+                    bool ranged, uint64_t origin, uint64_t len, const char **p_r, size_t *n_r)
 {
     const char *r = notice;
     size_t rl = nlen;
     if (kind == FI_PART) {
+        if (body_off > nlen)
+            body_off = nlen;
         r = notice + body_off;
         rl = nlen - body_off;
     }
-    if (kind == FI_WHOLE || (kind == FI_PART && origin == 0)) {
+    if (!ranged && kind != FI_PARTIAL) {
         *p_r = r;
         *n_r = rl;
         return;
     }
-    if (origin >= rl || (kind == FI_PARTIAL && origin >= orig_len)) {
-        *p_r = r;
+    if (origin >= rl) {
+        *p_r = r + rl;
         *n_r = 0;
         return;
     }
-    uint64_t end = origin + len;
-    if (kind == FI_PARTIAL && end >= orig_len)
-        end = rl;
-    if (end > rl)
-        end = rl;
+    uint64_t room = rl - origin;
     *p_r = r + origin;
-    *n_r = (size_t)(end - origin);
+    *n_r = (size_t)(len < room ? len : room);
 }

@@ -8,6 +8,13 @@
  * with it (scan_job_take_buffer() brings it back), so the budget that covers it is released
  * exactly once, by whoever frees it.
  *
+ * A notice is scanned too before it is delivered (issue 15: a notice shows decoded text of the
+ * original's header): finish() builds it, submits notice_scan_buffer() as a pool job like any
+ * scan (never on the loop), and a notice that is not clean is replaced by the minimal notice.
+ * Only then is the verdict logged and delivered. Notices built synchronously
+ * (msgscan_oversize/msgscan_unjudged) cannot wait for a scan: they show nothing of the
+ * original's text (NOTICE_DESCRIBE).
+ *
  * The per-worker verdict cache is an LRU of MSGSCAN_CACHE_MAX entries with a TTL
  * (scan.verdict_cache_ttl), touched only by its loop: no locks. Process-wide state (scanner,
  * pool, counters) is created before the workers start and freed after they stopped.
@@ -42,9 +49,10 @@ static char g_reload_err[256];
 
 static struct {
     atomic_ullong judged, scanned, cache_hits, remote_hits;
-    atomic_ullong clean, infected, oversize, error;
+    atomic_ullong clean, infected, oversize, error, limit;
     atomic_ullong delivered, replaced, quarantined, quarantine_failed;
     atomic_ullong scanned_bytes, scan_us, reloads, reload_failures;
+    atomic_ullong notice_scans, notice_minimal;
 } ctr;
 
 /* ---- per-worker state ---- */
@@ -94,6 +102,11 @@ struct msgscan_req {
     char ref[SCAN_REF_MAX];
     time_t date;
     int quarantine; /* 0 not asked, 1 written, -1 failed */
+    /* the notice being scanned before delivery (finish → notice job → deliver) */
+    struct msgscan_outcome out; /* owns out.notice; out.msg stays NULL until deliver */
+    char *nbuf;                 /* notice_scan_buffer(), while no job has it */
+    size_t nbuf_len;
+    char notice_hit[SCAN_SIGNATURE_MAX]; /* why the minimal notice was sent; "" = not */
     char quarantine_error[256];
     uint64_t scan_us;
     unsigned retries; /* failed submits in a row */
@@ -247,6 +260,7 @@ void msgscan_counters_get(struct msgscan_counters *c)
         .infected = atomic_load(&ctr.infected),
         .oversize = atomic_load(&ctr.oversize),
         .error = atomic_load(&ctr.error),
+        .limit = atomic_load(&ctr.limit),
         .delivered = atomic_load(&ctr.delivered),
         .replaced = atomic_load(&ctr.replaced),
         .quarantined = atomic_load(&ctr.quarantined),
@@ -255,6 +269,8 @@ void msgscan_counters_get(struct msgscan_counters *c)
         .scan_us = atomic_load(&ctr.scan_us),
         .reloads = atomic_load(&ctr.reloads),
         .reload_failures = atomic_load(&ctr.reload_failures),
+        .notice_scans = atomic_load(&ctr.notice_scans),
+        .notice_minimal = atomic_load(&ctr.notice_minimal),
     };
 }
 
@@ -440,14 +456,14 @@ void msgscan_wait_cancel(struct msgscan_wait *w)
 
 static const char *verdict_name(enum msgscan_verdict v)
 {
-    static const char *n[] = {"clean", "infected", "oversize", "error"};
+    static const char *n[] = {"clean", "infected", "oversize", "error", "limit"};
     return n[v];
 }
 
 /* Fill the action part of *o from its verdict and the session's settings; builds the notice
  * from `orig` when the message is replaced. False: out of memory (o->notice NULL). */
 static bool decide(struct session *s, struct msgscan_outcome *o, const char *orig, size_t len,
-                   time_t date)
+                   time_t date, enum notice_mode mode)
 {
     const struct cfg_scan *cs = &s->cfg->scan;
     switch (o->verdict) {
@@ -463,6 +479,9 @@ static bool decide(struct session *s, struct msgscan_outcome *o, const char *ori
     case MSGSCAN_ERROR:
         o->replace = cs->error_action == CFG_SCAN_BLOCK;
         break;
+    case MSGSCAN_LIMIT:
+        o->replace = cs->limits_action == CFG_SCAN_BLOCK;
+        break;
     }
     if (!o->replace)
         return true;
@@ -471,10 +490,16 @@ static bool decide(struct session *s, struct msgscan_outcome *o, const char *ori
     struct notice_params np = {
         .verdict = o->verdict == MSGSCAN_INFECTED ? NOTICE_INFECTED : NOTICE_BLOCKED,
         .signature = o->verdict == MSGSCAN_INFECTED ? o->signature : NULL,
-        .reason_code = o->verdict == MSGSCAN_OVERSIZE ? "oversize" : "scan-error",
+        .reason_code = o->verdict == MSGSCAN_OVERSIZE ? "oversize"
+                       : o->verdict == MSGSCAN_LIMIT  ? "limit"
+                                                      : "scan-error",
+        .reason_text = o->verdict == MSGSCAN_LIMIT
+                           ? "it is nested or built in a way the scanner cannot fully inspect"
+                           : NULL,
         .ref = o->ref,
         .tmpl = cs->notice_template,
         .date_fallback = date,
+        .mode = mode,
     };
     return notice_build(&np, orig ? orig : "", orig ? len : 0, &o->notice, &o->notice_len);
 }
@@ -484,7 +509,7 @@ static void count_and_log(struct session *s, const char *proto, const char *wher
                           const char *extra)
 {
     atomic_fetch_add(&ctr.judged, 1);
-    atomic_ullong *by[] = {&ctr.clean, &ctr.infected, &ctr.oversize, &ctr.error};
+    atomic_ullong *by[] = {&ctr.clean, &ctr.infected, &ctr.oversize, &ctr.error, &ctr.limit};
     atomic_fetch_add(by[o->verdict], 1);
     atomic_fetch_add(o->replace ? &ctr.replaced : &ctr.delivered, 1);
     if (o->cached)
@@ -521,7 +546,8 @@ static bool judge_sync(struct session *s, const struct msgscan_item *it, const c
     memset(o, 0, sizeof *o);
     o->verdict = v;
     snprintf(o->signature, sizeof o->signature, "%s", reason);
-    bool ok = decide(s, o, head, head_len, time(NULL));
+    /* No scan of this notice can be awaited here: it shows nothing of the original's text. */
+    bool ok = decide(s, o, head, head_len, time(NULL), NOTICE_DESCRIBE);
     count_and_log(s, it->proto, it->where, o, size, 0, NULL);
     return ok;
 }
@@ -546,6 +572,8 @@ static void req_free(struct msgscan_req *r)
         free(r->msg);
         msgscan_budget_release(r->budget);
     }
+    free(r->out.notice);
+    free(r->nbuf);
     free(r);
 }
 
@@ -565,17 +593,12 @@ static bool dead(struct msgscan_req *r)
     return true;
 }
 
-/* Deliver the verdict and free the request. */
-static void finish(struct msgscan_req *r)
+/* Log, count, hand r->out to the caller and free the request. */
+static void deliver(struct msgscan_req *r)
 {
     struct session *s = r->s;
-    struct msgscan_outcome o = {.verdict = r->verdict, .cached = r->cached};
-    snprintf(o.signature, sizeof o.signature, "%s", r->signature);
-    snprintf(o.ref, sizeof o.ref, "%s", r->ref);
-    if (!decide(s, &o, r->msg, r->len, r->date)) {
-        /* No memory for a notice: the caller ends the session (replace without notice). */
-        o.verdict = MSGSCAN_ERROR;
-    }
+    struct msgscan_outcome o = r->out;
+    r->out.notice = NULL;
     if (!o.replace) {
         o.msg = r->msg;
         o.len = r->len;
@@ -583,13 +606,19 @@ static void finish(struct msgscan_req *r)
         r->msg = NULL;
         r->budget = 0;
     }
-    char extra[320] = "";
+    char extra[640] = "";
+    size_t xl = 0;
     if (r->quarantine > 0)
-        snprintf(extra, sizeof extra, " quarantine=%s", r->ref);
+        xl = (size_t)snprintf(extra, sizeof extra, " quarantine=%s", r->ref);
     else if (r->quarantine < 0) {
         char q[280];
-        snprintf(extra, sizeof extra, " quarantine=failed quarantine_error=%s",
-                 log_qs(q, sizeof q, r->quarantine_error));
+        xl = (size_t)snprintf(extra, sizeof extra, " quarantine=failed quarantine_error=%s",
+                              log_qs(q, sizeof q, r->quarantine_error));
+    }
+    if (r->notice_hit[0] && xl < sizeof extra) {
+        char q[SCAN_SIGNATURE_MAX + 8];
+        snprintf(extra + xl, sizeof extra - xl, " notice=minimal notice_match=%s",
+                 log_qs(q, sizeof q, r->notice_hit));
     }
     count_and_log(s, r->proto, r->where, &o, r->len, (ev_now(r->ws->loop) - r->started) * 1000.0,
                   extra);
@@ -598,6 +627,102 @@ static void finish(struct msgscan_req *r)
     req_free(r);
     done(arg, &o);
     msgscan_outcome_clear(&o);
+}
+
+/* The notice matched (or could not be scanned): the fixed minimal one instead. */
+static void notice_minimal(struct msgscan_req *r, const char *why)
+{
+    snprintf(r->notice_hit, sizeof r->notice_hit, "%s", why && why[0] ? why : "unknown");
+    atomic_fetch_add(&ctr.notice_minimal, 1);
+    free(r->out.notice);
+    r->out.notice = NULL;
+    r->out.notice_len = 0;
+    if (!decide(r->s, &r->out, NULL, 0, r->date, NOTICE_MINIMAL))
+        r->out.verdict = MSGSCAN_ERROR; /* no memory: the caller ends the session */
+}
+
+static void on_notice_job(void *arg, struct scan_job *job)
+{
+    struct msgscan_req *r = arg;
+    r->job = NULL;
+    r->step = RS_NONE;
+    size_t l, b;
+    free(scan_job_take_buffer(job, &l, &b));
+    if (dead(r))
+        return;
+    atomic_fetch_add(&ctr.notice_scans, 1);
+    if (!job->scanned)
+        notice_minimal(r, "not scanned");
+    else if (job->result.verdict != SCAN_CLEAN) /* infected, or not judged: default deny */
+        notice_minimal(r, job->result.signature[0] ? job->result.signature
+                                                   : scan_verdict_name(job->result.verdict));
+    deliver(r);
+}
+
+static void notice_submit(struct msgscan_req *r);
+
+static void on_notice_slot(struct pool_waiter *w)
+{
+    struct msgscan_req *r = (struct msgscan_req *)((char *)w - offsetof(struct msgscan_req, slot));
+    r->step = RS_NONE;
+    if (!dead(r))
+        notice_submit(r);
+}
+
+/* The notice's scan on the pool, like a message's (a full queue: wait for a slot). */
+static void notice_submit(struct msgscan_req *r)
+{
+    struct scan_request rq = {
+        .scanner = g_scanner,
+        .flags = SCAN_JOB_SCAN,
+        .buf = r->nbuf,
+        .len = r->nbuf_len,
+    };
+    r->job = scan_submit(r->ws->pc, &rq, on_notice_job, r);
+    if (r->job) {
+        r->nbuf = NULL;
+        r->step = RS_JOB;
+        r->retries = 0;
+        return;
+    }
+    if (++r->retries > SUBMIT_RETRIES) {
+        free(r->nbuf);
+        r->nbuf = NULL;
+        notice_minimal(r, "cannot queue the notice scan");
+        deliver(r);
+        return;
+    }
+    r->step = RS_SLOT;
+    pool_slot_wait(r->ws->pc, &r->slot, on_notice_slot);
+}
+
+/* The verdict is known (never called from the starter's stack): decide, scan the notice if
+ * there is one, deliver. */
+static void finish(struct msgscan_req *r)
+{
+    struct msgscan_outcome *o = &r->out;
+    *o = (struct msgscan_outcome){.verdict = r->verdict, .cached = r->cached};
+    snprintf(o->signature, sizeof o->signature, "%s", r->signature);
+    snprintf(o->ref, sizeof o->ref, "%s", r->ref);
+    if (!decide(r->s, o, r->msg, r->len, r->date, NOTICE_FULL)) {
+        /* No memory for a notice: the caller ends the session (replace without notice). */
+        o->verdict = MSGSCAN_ERROR;
+    }
+    if (!o->replace || !o->notice) {
+        deliver(r);
+        return;
+    }
+    if (!notice_scan_buffer(o->notice, o->notice_len, r->msg, r->len, &r->nbuf, &r->nbuf_len)) {
+        notice_minimal(r, "out of memory");
+        deliver(r);
+        return;
+    }
+    /* The original is not delivered: let it and its budget go now. */
+    free(r->msg);
+    msgscan_budget_release(r->budget);
+    r->msg = NULL;
+    r->budget = 0;
+    notice_submit(r);
 }
 
 static void defer_cb(struct ev_loop *loop, ev_timer *t, int revents)
@@ -751,6 +876,9 @@ static void on_job(void *arg, struct scan_job *job)
         break;
     case SCAN_OVERSIZE:
         r->verdict = MSGSCAN_OVERSIZE;
+        break;
+    case SCAN_LIMIT:
+        r->verdict = MSGSCAN_LIMIT;
         break;
     default:
         r->verdict = MSGSCAN_ERROR;

@@ -12,7 +12,8 @@
  *   3. on a miss, a scan job on the pool (a full queue waits for a slot with pool_slot_wait: the
  *      relay is paused anyway, its response being held);
  *   4. the verdict becomes an action: clean → the original; infected → the notice; libclamav's
- *      limits (oversize) → scan.oversize_action; errors/timeouts → scan.error_action. One logfmt
+ *      size limits (oversize) → scan.oversize_action; every other limit (recursion, files,
+ *      scan time, ...) → scan.limits_action; errors → scan.error_action. One logfmt
  *      line per verdict, counters, optional quarantine (on the scan thread).
  *
  * What it does not do: frame protocols, hold relay buffers, acquire the budget for the caller's
@@ -96,8 +97,10 @@ void msgscan_wait_cancel(struct msgscan_wait *w);
 enum msgscan_verdict {
     MSGSCAN_CLEAN,
     MSGSCAN_INFECTED,
-    MSGSCAN_OVERSIZE, /* over max_scan_size, or a libclamav limit stopped the scan */
-    MSGSCAN_ERROR,    /* engine error, scan timeout, out of memory */
+    MSGSCAN_OVERSIZE, /* over max_scan_size, or libclamav's MaxScanSize/MaxFileSize */
+    MSGSCAN_ERROR,    /* engine error, out of memory */
+    MSGSCAN_LIMIT,    /* any other libclamav limit: recursion, files, scan time, email parser
+                         limits, unknown Limits.* names (scan_limit_kind) */
 };
 
 /* What the relay is told. The receiver may take `msg` (then it owns the buffer and the `budget`
@@ -190,11 +193,13 @@ struct msgscan_counters {
     uint64_t scanned;    /* scans run by libclamav */
     uint64_t cache_hits; /* verdicts from the cache (local or remote) */
     uint64_t remote_hits;
-    uint64_t clean, infected, oversize, error; /* by verdict */
-    uint64_t delivered, replaced;              /* by action: original / notice */
+    uint64_t clean, infected, oversize, error, limit; /* by verdict */
+    uint64_t delivered, replaced;                     /* by action: original / notice */
     uint64_t quarantined, quarantine_failed;
     uint64_t scanned_bytes, scan_us; /* bytes given to libclamav, time in scans */
     uint64_t reloads, reload_failures;
+    uint64_t notice_scans;   /* notices scanned before delivery */
+    uint64_t notice_minimal; /* notices replaced by the minimal one (matched or not scanned) */
 };
 void msgscan_counters_get(struct msgscan_counters *c);
 

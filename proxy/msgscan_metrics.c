@@ -47,6 +47,17 @@ void msgscan_metrics_render(struct buf *o, void *arg)
                (unsigned long long)c.oversize);
     buf_printf(o, "portcullis_scan_verdicts_total{verdict=\"error\"} %llu\n",
                (unsigned long long)c.error);
+    buf_printf(o, "portcullis_scan_verdicts_total{verdict=\"limit\"} %llu\n",
+               (unsigned long long)c.limit);
+    buf_printf(o,
+               "# HELP portcullis_scan_notice_scans_total Notices scanned before delivery.\n"
+               "# TYPE portcullis_scan_notice_scans_total counter\n"
+               "portcullis_scan_notice_scans_total %llu\n"
+               "# HELP portcullis_scan_notice_minimal_total Notices replaced by the minimal "
+               "notice (matched a signature or could not be scanned).\n"
+               "# TYPE portcullis_scan_notice_minimal_total counter\n"
+               "portcullis_scan_notice_minimal_total %llu\n",
+               (unsigned long long)c.notice_scans, (unsigned long long)c.notice_minimal);
     buf_printf(o, "# HELP portcullis_scan_actions_total Judged messages by what the client "
                   "got.\n# TYPE portcullis_scan_actions_total counter\n");
     buf_printf(o, "portcullis_scan_actions_total{action=\"pass\"} %llu\n",

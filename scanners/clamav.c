@@ -9,7 +9,9 @@
  * Traps this file exists to avoid (shared/libs-notes.md, measured):
  *  - over-limit content comes back CL_CLEAN unless GENERAL_HEURISTICS + HEURISTIC_EXCEEDS_MAX
  *    are on; then it is CL_VIRUS "Heuristics.Limits.Exceeded.*", or CL_VIRUS with a NULL name
- *    for an over-size top-level file (pitfall 1). Those map to SCAN_OVERSIZE (scan time: ERROR);
+ *    for an over-size top-level file (pitfall 1). Size limits map to SCAN_OVERSIZE, every other
+ *    limit (recursion, files, scan time, email parser limits, unknown names) to SCAN_LIMIT
+ *    (scan_limit_kind);
  *  - a message whose first header is unknown to libclamav's magic table can be typed as plain
  *    text and its attachments never decoded (pitfall 2): every scan sees a synthetic
  *    "Received:" line first, served by a pread callback over prefix + buffer (no copy);
@@ -334,15 +336,15 @@ static void set_name(struct scan_result *r, const char *name)
     snprintf(r->signature, sizeof r->signature, "%s", name ? name : "");
 }
 
-/* Classify a CL_VIRUS answer. Limit heuristics are "not judged", not "infected": the
- * configured over-size action decides; the scan-time limit is a timeout (error action). */
+/* Classify a CL_VIRUS answer. Limit heuristics are "not judged", not "infected": size limits
+ * follow the over-size action, every other limit the limits action (scan_limit_kind). */
 static void classify_virus(struct scan_result *r, const char *name)
 {
     if (!name) {
-        r->verdict = SCAN_OVERSIZE;
+        r->verdict = scan_limit_kind(NULL);
         set_name(r, LIMITS_PREFIX ".MaxFileSize");
     } else if (strncmp(name, LIMITS_PREFIX, sizeof LIMITS_PREFIX - 1) == 0) {
-        r->verdict = strstr(name, "MaxScanTime") ? SCAN_ERROR : SCAN_OVERSIZE;
+        r->verdict = scan_limit_kind(name);
         set_name(r, name);
     } else {
         r->verdict = SCAN_INFECTED;
@@ -399,10 +401,13 @@ static void cav_scan(struct scanner *s, const char *buf, size_t len, struct scan
             } else if (rc == CL_VIRUS) {
                 classify_virus(r, virname); /* copies the name while we hold the engine */
             } else if (rc == CL_ETIMEOUT) {
-                r->verdict = SCAN_ERROR;
-                set_name(r, "timeout");
-            } else if (rc == CL_EMAXSIZE || rc == CL_EMAXFILES || rc == CL_EMAXREC) {
+                r->verdict = SCAN_LIMIT; /* scan_timeout_ms: a structural limit, not an error */
+                set_name(r, LIMITS_PREFIX ".MaxScanTime");
+            } else if (rc == CL_EMAXSIZE) {
                 r->verdict = SCAN_OVERSIZE;
+                set_name(r, cl_strerror(rc));
+            } else if (rc == CL_EMAXFILES || rc == CL_EMAXREC) {
+                r->verdict = SCAN_LIMIT;
                 set_name(r, cl_strerror(rc));
             } else {
                 r->verdict = SCAN_ERROR;

@@ -4,8 +4,9 @@
  * Header handling follows RFC 5322: the header section ends at the first empty line; a field
  * is `name ":" value`; a line starting with SP or HTAB continues the previous field (unfolding
  * = removing the CRLF before that whitespace, section 3.2.2). Names compare case-insensitively.
- * Peer bytes are never trusted to be well formed: bare CR, NUL and other control bytes are
- * dropped, lines may end in LF alone, and a message without an empty line is all header.
+ * Peer bytes are never trusted to be well formed: lines may end in LF alone, and a message
+ * without an empty line is all header. No byte of a field value is copied: rfc2047.c decodes
+ * it to checked text and encodes that again; the Date is parsed and printed by us.
  */
 #include "notice.h"
 
@@ -17,7 +18,21 @@
 
 #include <openssl/evp.h>
 
+#include "rfc2047.h"
+
 #define LINE_MAX_OCTETS 998 /* RFC 5322 2.1.1, CRLF excluded */
+
+/* NOTICE_MINIMAL: fixed, nothing of the original. */
+static const char minimal_template[] =
+    "This message was withheld by the mail security gateway because %reason%.\n"
+    "\n"
+    "    Threat:     %signature%\n"
+    "    Reference:  %ref%\n"
+    "\n"
+    "Contact your IT security team and quote the reference above.\n";
+
+static const char our_from[] = "Portcullis <portcullis@localhost>";
+static const char our_addr[] = "<portcullis@localhost>";
 
 const char notice_default_template[] =
     "This message was withheld by the mail security gateway because %reason%.\n"
@@ -42,9 +57,9 @@ struct out {
 
 static void put(struct out *o, const char *s, size_t n)
 {
-    if (o->oom)
+    if (o->oom || n == 0)
         return;
-    if (o->len + n + 1 > o->cap) {
+    if (!o->p || o->len + n + 1 > o->cap) {
         size_t cap = o->cap ? o->cap : 1024;
         while (cap < o->len + n + 1)
             cap *= 2;
@@ -72,8 +87,12 @@ enum field { F_FROM, F_TO, F_DATE, F_SUBJECT, F_MSGID, F_COUNT };
 static const char *const field_names[F_COUNT] = {"From", "To", "Date", "Subject", "Message-ID"};
 
 struct fields {
-    char v[F_COUNT][NOTICE_FIELD_MAX + 1];
+    char raw[F_COUNT][NOTICE_RAW_MAX]; /* unfolded value as received (CR/LF kept), capped */
+    size_t raw_len[F_COUNT];
     bool have[F_COUNT];
+    char text[F_COUNT][NOTICE_HEADER_TEXT + 1]; /* decoded display text (rfc2047.h) */
+    size_t text_len[F_COUNT];
+    bool clean[F_COUNT]; /* nothing but printable text in it */
 };
 
 /* Length of the header section: up to (excluding) the first empty line, or all of it. */
@@ -99,36 +118,6 @@ static size_t utf8_cut(const char *s, size_t n)
     while (k > 0 && ((unsigned char)s[k] & 0xC0) == 0x80)
         k--;
     return k;
-}
-
-/* Append one unfolded field value: WSP runs kept as they are, controls dropped, HTAB -> SP,
- * bounded at NOTICE_FIELD_MAX. */
-static void store_value(char *dst, const char *v, size_t n)
-{
-    size_t o = 0;
-    bool cut = false;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)v[i];
-        if (c == '\t')
-            c = ' ';
-        else if (c < 0x20 || c == 0x7f)
-            continue;
-        if (o == NOTICE_FIELD_MAX) {
-            dst[o] = (char)c; /* the first byte left out decides where utf8_cut stops */
-            cut = true;
-            break;
-        }
-        dst[o++] = (char)c;
-    }
-    if (cut)
-        o = utf8_cut(dst, o);
-    while (o > 0 && dst[o - 1] == ' ')
-        o--;
-    size_t start = 0;
-    while (start < o && dst[start] == ' ')
-        start++;
-    memmove(dst, dst + start, o - start);
-    dst[o - start] = '\0';
 }
 
 static void parse_fields(const char *m, size_t len, struct fields *f)
@@ -157,10 +146,16 @@ static void parse_fields(const char *m, size_t len, struct fields *f)
             if (f->have[k] || strlen(field_names[k]) != nlen ||
                 strncasecmp(m + start, field_names[k], nlen) != 0)
                 continue;
-            /* Unfolding = dropping CR/LF; store_value drops every control byte. */
+            /* Unfolding happens in r2047_decode (CR/LF are whitespace there). */
             const char *v = colon + 1;
-            store_value(f->v[k], v, (size_t)((m + end) - v));
+            size_t vl = (size_t)((m + end) - v);
+            if (vl > NOTICE_RAW_MAX)
+                vl = NOTICE_RAW_MAX;
+            memcpy(f->raw[k], v, vl);
+            f->raw_len[k] = vl;
             f->have[k] = true;
+            f->text_len[k] =
+                r2047_decode(f->raw[k], vl, f->text[k], NOTICE_HEADER_TEXT, &f->clean[k]);
         }
     }
 }
@@ -295,57 +290,147 @@ static void put_field(struct out *o, const char *name, const char *value)
     puts_(o, "\r\n");
 }
 
+/* A field with our encoded-words (rfc2047.h); `fallback` (ours, plain ASCII) when the decoded
+ * text is empty. */
+static void put_encoded(struct out *o, const char *name, const char *text, size_t n,
+                        const char *trailer, const char *fallback)
+{
+    if (n == 0) {
+        put_field(o, name, fallback);
+        return;
+    }
+    char buf[R2047_FIELD_CAP];
+    size_t k = r2047_field(name, text, n, trailer, buf, sizeof buf);
+    if (k)
+        put(o, buf, k);
+    else
+        put_field(o, name, fallback); /* not reached: the text is capped below the limit */
+}
+
+/* The original's Date, parsed and printed again by us (RFC 5322 3.3, with or without the day
+ * name and the seconds; a trailing comment such as "(UTC)" allowed). False: none we can read. */
+static bool parse_date(const char *t, char *out, size_t cap)
+{
+    static const char *const fmts[] = {"%a, %d %b %Y %H:%M:%S %z", "%d %b %Y %H:%M:%S %z",
+                                       "%a, %d %b %Y %H:%M %z", "%d %b %Y %H:%M %z"};
+    for (size_t i = 0; i < sizeof fmts / sizeof fmts[0]; i++) {
+        struct tm tm;
+        memset(&tm, 0, sizeof tm);
+        const char *end = strptime(t, fmts[i], &tm);
+        if (!end)
+            continue;
+        while (*end == ' ')
+            end++;
+        if (*end == '(') {
+            const char *close = strchr(end, ')');
+            end = close ? close + 1 : end;
+        }
+        if (*end != '\0' || tm.tm_year < 0 || tm.tm_year > 8099)
+            continue;
+        long off = tm.tm_gmtoff / 60;
+        if (off < -1439 || off > 1439)
+            continue;
+        char day[32];
+        if (strftime(day, sizeof day, "%a, %d %b %Y %H:%M:%S", &tm) == 0)
+            continue;
+        snprintf(out, cap, "%s %c%02ld%02ld", day, off < 0 ? '-' : '+', labs(off) / 60,
+                 labs(off) % 60);
+        return true;
+    }
+    return false;
+}
+
+/* How the body shows one original field (see notice.h). */
+static void describe(const struct fields *f, int k, bool show, const char *none, char *out,
+                     size_t cap)
+{
+    if (!f->have[k]) {
+        snprintf(out, cap, "%s", none);
+        return;
+    }
+    if (show && f->clean[k]) {
+        size_t n = f->text_len[k];
+        if (n == 0) {
+            snprintf(out, cap, "%s", none);
+            return;
+        }
+        bool cut = n > NOTICE_SHOW_MAX;
+        if (cut)
+            n = utf8_cut(f->text[k], NOTICE_SHOW_MAX);
+        snprintf(out, cap, "%.*s%s", (int)n, f->text[k], cut ? "..." : "");
+        return;
+    }
+    unsigned char sha[SHA256_LEN];
+    char hex[2 * SHA256_LEN + 1];
+    notice_sha256(f->raw[k], f->raw_len[k], sha);
+    notice_hex(sha, 8, hex);
+    snprintf(out, cap, "(%zu bytes, sha256 %s)", f->raw_len[k], hex);
+}
+
 bool notice_build(const struct notice_params *np, const char *orig, size_t orig_len, char **out_r,
                   size_t *len_r)
 {
     *out_r = NULL;
     *len_r = 0;
-    struct fields *f = malloc(sizeof *f);
+    struct fields *f = calloc(1, sizeof *f);
     if (!f)
         return false;
-    parse_fields(orig ? orig : "", orig ? orig_len : 0, f);
+    enum notice_mode mode = np->mode;
+    if (mode != NOTICE_MINIMAL)
+        parse_fields(orig ? orig : "", orig ? orig_len : 0, f);
 
     bool infected = np->verdict == NOTICE_INFECTED;
     const char *sig = np->signature && np->signature[0] ? np->signature : NULL;
     const char *ref = np->ref && np->ref[0] ? np->ref : "none";
-    char fallback[64];
-    const char *date = fallback;
-    if (f->have[F_DATE]) {
-        date = f->v[F_DATE];
-    } else {
+    char date[96];
+    if (!f->have[F_DATE] || !parse_date(f->text[F_DATE], date, sizeof date)) {
         struct tm tm;
         time_t t = np->date_fallback;
         gmtime_r(&t, &tm);
-        strftime(fallback, sizeof fallback, "%a, %d %b %Y %H:%M:%S +0000", &tm);
+        strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S +0000", &tm);
     }
     const char *reason = np->reason_text ? np->reason_text
                          : infected      ? "it contains malware"
                                          : "it could not be checked for malware";
 
     /* The body first: its 8-bit content decides the transfer encoding. */
+    bool show = mode == NOTICE_FULL;
+    char subj[NOTICE_SHOW_MAX + 64], from[NOTICE_SHOW_MAX + 64], to[NOTICE_SHOW_MAX + 64],
+        mid[NOTICE_SHOW_MAX + 64];
+    describe(f, F_SUBJECT, show, "(no subject)", subj, sizeof subj);
+    describe(f, F_FROM, show, "(unknown)", from, sizeof from);
+    describe(f, F_TO, show, "(unknown)", to, sizeof to);
+    describe(f, F_MSGID, show, "(none)", mid, sizeof mid);
     struct out body = {0};
     const struct subst subs[] = {
         {"signature", sig ? sig : "-"},
         {"ref", ref},
-        {"subject", f->have[F_SUBJECT] ? f->v[F_SUBJECT] : "(no subject)"},
-        {"from", f->have[F_FROM] ? f->v[F_FROM] : "(unknown)"},
-        {"to", f->have[F_TO] ? f->v[F_TO] : "(unknown)"},
+        {"subject", subj},
+        {"from", from},
+        {"to", to},
         {"date", date},
-        {"message_id", f->have[F_MSGID] ? f->v[F_MSGID] : "(none)"},
+        {"message_id", mid},
         {"reason", reason},
         {"verdict", infected ? "infected" : "blocked"},
     };
-    const char *tmpl = np->tmpl && np->tmpl[0] ? np->tmpl : notice_default_template;
+    const char *tmpl = mode == NOTICE_MINIMAL    ? minimal_template
+                       : np->tmpl && np->tmpl[0] ? np->tmpl
+                                                 : notice_default_template;
     expand_template(&body, tmpl, subs, sizeof subs / sizeof subs[0]);
 
     struct out o = {0};
-    put_field(&o, "From", f->have[F_FROM] ? f->v[F_FROM] : "Portcullis <portcullis@localhost>");
-    if (f->have[F_TO])
-        put_field(&o, "To", f->v[F_TO]);
-    put_field(&o, "Date", date);
-    put_field(&o, "Subject", f->have[F_SUBJECT] ? f->v[F_SUBJECT] : "(no subject)");
-    if (f->have[F_MSGID])
-        put_field(&o, "Message-ID", f->v[F_MSGID]);
+    if (show) {
+        put_encoded(&o, "From", f->text[F_FROM], f->text_len[F_FROM], our_addr, our_from);
+        if (f->text_len[F_TO])
+            put_encoded(&o, "To", f->text[F_TO], f->text_len[F_TO], ":;", "");
+        put_field(&o, "Date", date);
+        put_encoded(&o, "Subject", f->text[F_SUBJECT], f->text_len[F_SUBJECT], NULL,
+                    "(no subject)");
+    } else {
+        put_field(&o, "From", our_from);
+        put_field(&o, "Date", date);
+        put_field(&o, "Subject", "Message withheld by the mail security gateway");
+    }
     put_field(&o, "MIME-Version", "1.0");
     put_field(&o, "Content-Type", "text/plain; charset=utf-8");
     put_field(&o, "Content-Transfer-Encoding",
@@ -370,6 +455,34 @@ bool notice_build(const struct notice_params *np, const char *orig, size_t orig_
         return false;
     }
     *out_r = o.p;
+    *len_r = o.len;
+    return true;
+}
+
+bool notice_scan_buffer(const char *notice, size_t nlen, const char *orig, size_t orig_len,
+                        char **buf_r, size_t *len_r)
+{
+    *buf_r = NULL;
+    *len_r = 0;
+    struct fields *f = calloc(1, sizeof *f);
+    if (!f)
+        return false;
+    parse_fields(orig ? orig : "", orig ? orig_len : 0, f);
+    struct out o = {0};
+    put(&o, notice, nlen);
+    puts_(&o, "\r\n");
+    for (int k = 0; k < F_COUNT; k++) {
+        if (!f->have[k])
+            continue;
+        put(&o, f->text[k], f->text_len[k]);
+        puts_(&o, "\r\n");
+    }
+    free(f);
+    if (o.oom || !o.p) {
+        free(o.p);
+        return false;
+    }
+    *buf_r = o.p;
     *len_r = o.len;
     return true;
 }

@@ -158,6 +158,24 @@ const char *scan_verdict_name(enum scan_verdict v)
         return "oversize";
     case SCAN_ERROR:
         return "error";
+    case SCAN_LIMIT:
+        return "limit";
     }
     return "unknown";
+}
+
+enum scan_verdict scan_limit_kind(const char *name)
+{
+    static const char prefix[] = "Heuristics.Limits.Exceeded.";
+    /* Only exact names: "MaxScanSizeFoo" or a suffix on a size name is not a size limit. */
+    static const char *const size_limits[] = {"MaxScanSize", "MaxFileSize"};
+    if (!name)
+        return SCAN_OVERSIZE;
+    if (strncmp(name, prefix, sizeof prefix - 1) != 0)
+        return SCAN_LIMIT;
+    const char *kind = name + sizeof prefix - 1;
+    for (size_t i = 0; i < sizeof size_limits / sizeof size_limits[0]; i++)
+        if (strcmp(kind, size_limits[i]) == 0)
+            return SCAN_OVERSIZE;
+    return SCAN_LIMIT;
 }

@@ -23,8 +23,10 @@
 enum scan_verdict {
     SCAN_CLEAN,    /* scanned completely, nothing found */
     SCAN_INFECTED, /* a signature matched: result.signature names it */
-    SCAN_OVERSIZE, /* a size/count/recursion limit stopped the scan: not judged */
-    SCAN_ERROR,    /* engine error, scan timeout or no engine: not judged */
+    SCAN_OVERSIZE, /* a size limit (max_scan_size, max_file_size) stopped the scan: not judged */
+    SCAN_ERROR,    /* engine error or no engine: not judged */
+    SCAN_LIMIT,    /* any other limit (recursion, file count, scan time, libclamav's email
+                      parser limits, unknown ones) stopped the scan: not judged */
 };
 
 enum scan_reload_mode {
@@ -45,7 +47,7 @@ struct scan_options {
     uint64_t max_file_size;   /* bytes, one extracted part or archive member */
     unsigned max_recursion;   /* archive / MIME nesting depth */
     unsigned max_files;       /* parts/members per message */
-    uint64_t scan_timeout_ms; /* libclamav's own time limit; exceeded = SCAN_ERROR "timeout" */
+    uint64_t scan_timeout_ms; /* libclamav's own time limit; exceeded = SCAN_LIMIT */
     enum scan_reload_mode reload_mode;
     bool disable_cache; /* libclamav's clean-file cache off (benchmarks; pitfall 6) */
     scan_log_fn *log;   /* may be NULL */
@@ -133,5 +135,12 @@ uint64_t scanner_generation(struct scanner *s);
 void scanner_destroy(struct scanner **s);
 
 const char *scan_verdict_name(enum scan_verdict v);
+
+/* What kind of limit a libclamav limit heuristic ("Heuristics.Limits.Exceeded.*") names:
+ * SCAN_OVERSIZE for the size limits the operator sets as sizes (MaxScanSize, MaxFileSize),
+ * SCAN_LIMIT for every other name — the structural ones (MaxRecursion, MaxFiles, MaxScanTime,
+ * the Email* parser limits) and any name this build does not know (default deny). NULL (what
+ * libclamav reports for an over-size top-level file) is MaxFileSize. Pure. */
+enum scan_verdict scan_limit_kind(const char *name);
 
 #endif

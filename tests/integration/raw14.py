@@ -360,16 +360,12 @@ def masked_equal(got: bytes, notice: bytes, start: int) -> bool:
 
 
 def notice_slice_ok(got: bytes, notice: bytes, orig_len: int, origin: int, count: int) -> bool:
-    """The chunk rule of docs/scanning.md: a replaced chunk <origin.count> is
-    notice[origin:origin+count]; the original's last chunk gets the rest of the notice; chunks
-    past the original's end are empty."""
-    if origin >= orig_len:
-        return got == b""
+    """The chunk rule of docs/scanning.md (issue 15): a replaced chunk <origin.count> is exactly
+    notice[origin:origin+len], len being what the server answered (the original's bytes in that
+    range): never longer than the server's literal, empty past the notice's end."""
+    server = max(0, min(count, orig_len - origin))
     start = min(origin, len(notice))
-    if origin + count >= orig_len:
-        want = len(notice) - start
-    else:
-        want = len(notice[start: start + count])
+    want = len(notice[start: start + server])
     return len(got) == want and masked_equal(got, notice, start)
 
 

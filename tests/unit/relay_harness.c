@@ -49,11 +49,18 @@ static bool has(const char *buf, size_t len, const char *needle)
 static void stub_scan(struct scanner *s, const char *buf, size_t len, struct scan_result *r)
 {
     (void)s;
-    atomic_fetch_add(&stub_started, 1);
+    /* msgscan scans every notice before it is sent: judged like anything else, but not counted
+     * as a message scan nor kept as "the last message scanned". */
+    bool notice = has(buf, len, "\r\nX-Portcullis-Verdict: ");
+    if (!notice)
+        atomic_fetch_add(&stub_started, 1);
     memset(r, 0, sizeof *r);
     if (has(buf, len, RH_EICAR) || has(buf, len, RH_MARK_INFECTED)) {
         r->verdict = SCAN_INFECTED;
         snprintf(r->signature, sizeof r->signature, "%s", RH_SIGNATURE);
+    } else if (has(buf, len, RH_MARK_LIMIT)) {
+        r->verdict = SCAN_LIMIT;
+        snprintf(r->signature, sizeof r->signature, "Heuristics.Limits.Exceeded.MaxRecursion");
     } else if (has(buf, len, RH_MARK_ERROR)) {
         r->verdict = SCAN_ERROR;
         snprintf(r->signature, sizeof r->signature, "stub error");
@@ -64,6 +71,8 @@ static void stub_scan(struct scanner *s, const char *buf, size_t len, struct sca
     r->generation = 1;
     r->scanned_bytes = len;
     r->elapsed_us = 1;
+    if (notice)
+        return;
     pthread_mutex_lock(&stub_mu);
     free(stub_last);
     stub_last = malloc(len + 1);
@@ -162,6 +171,7 @@ static const char *const scan_extra[] = {
     [RH_SCAN_SMALL_PASS] = "  max_scan_size: 1k\n  oversize_action: pass\n",
     [RH_SCAN_SMALL_BLOCK] = "  max_scan_size: 1k\n  oversize_action: block\n",
     [RH_SCAN_DOT_NOTICE] = "  notice_template: \".withheld: %signature%\\n.\\n..\\nend\\n\"\n",
+    [RH_SCAN_LIMITS_PASS] = "  limits_action: pass\n",
 };
 
 static struct rt *g_rt[RH_SCAN_VARIANTS];

@@ -31,7 +31,7 @@
  *     definition wins and clamav.o is never pulled from the archive), returning a scanner_ops
  *     implementation whose scan() is the verdict function: INFECTED iff the message holds the
  *     EICAR string or RH_MARK_INFECTED (signature RH_SIGNATURE), ERROR iff it holds
- *     RH_MARK_ERROR, else CLEAN; engine "harness-stub-1". The last message scanned is kept;
+ *     RH_MARK_ERROR, LIMIT (MaxRecursion) iff it holds RH_MARK_LIMIT, else CLEAN; engine "harness-stub-1". The last message scanned is kept;
  *   - the worker: a struct worker with the harness's loop and a `wake` async that frees buried
  *     sessions; msgscan_worker_start/stop around each run (a fresh verdict cache per run); no
  *     listeners, no policy (s->pol NULL: no Redis, no limits);
@@ -59,6 +59,7 @@ struct session;
 #define RH_EICAR         "X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 #define RH_MARK_INFECTED "X-Harness-Infected"
 #define RH_MARK_ERROR    "X-Harness-Scan-Error"
+#define RH_MARK_LIMIT    "X-Harness-Scan-Limit" /* LIMIT Heuristics.Limits.Exceeded.MaxRecursion */
 #define RH_SIGNATURE     "Harness.Test.Marker"
 
 enum rh_proto { RH_IMAP, RH_POP3 };
@@ -70,6 +71,7 @@ enum rh_scan {
     RH_SCAN_SMALL_PASS,  /* max_scan_size 1k, oversize pass */
     RH_SCAN_SMALL_BLOCK, /* max_scan_size 1k, oversize block */
     RH_SCAN_DOT_NOTICE,  /* a notice template whose lines start with "." (dot-stuffing) */
+    RH_SCAN_LIMITS_PASS, /* limits_action pass */
     RH_SCAN_VARIANTS
 };
 

@@ -78,6 +78,7 @@ static void judge(struct rh *h, const char *m, struct got *g)
 #define CLEAN_MSG "Subject: hello\r\n\r\nnothing to see\r\n"
 #define BAD_MSG   "Subject: bad\r\n" RH_MARK_INFECTED ": yes\r\n\r\nbody\r\n"
 #define ERR_MSG   "Subject: err\r\n" RH_MARK_ERROR ": yes\r\n\r\nbody\r\n"
+#define LIMIT_MSG "Subject: deep\r\n" RH_MARK_LIMIT ": yes\r\n\r\nbody\r\n"
 
 static void t_clean_original_back(void **state)
 {
@@ -111,7 +112,9 @@ static void t_infected_notice(void **state)
     assert_non_null(g.notice);
     assert_non_null(memmem(g.notice, g.notice_len, RH_SIGNATURE, strlen(RH_SIGNATURE)));
     assert_non_null(memmem(g.notice, g.notice_len, g.ref, strlen(g.ref)));
-    assert_non_null(memmem(g.notice, g.notice_len, "Subject: bad", 12));
+    /* the subject: our encoded-word in the header, the decoded text in the body */
+    assert_non_null(memmem(g.notice, g.notice_len, "Subject: =?utf-8?B?YmFk?=", 25));
+    assert_non_null(memmem(g.notice, g.notice_len, "Subject:    bad\r\n", 17));
     assert_int_equal(rh_session(h)->blocked, 1);
     got_free(&g);
     rh_free(&h);
@@ -127,6 +130,83 @@ static void t_error_blocks(void **state)
     assert_true(g.replace); /* error_action: block (default) */
     assert_non_null(g.notice);
     assert_non_null(memmem(g.notice, g.notice_len, "scan-error", 10));
+    got_free(&g);
+    rh_free(&h);
+}
+
+/* A structural limit (recursion, files, scan time...) is its own verdict with its own action,
+ * default block — never oversize_action (issue 15). */
+static void t_limit_blocks_by_default(void **state)
+{
+    (void)state;
+    struct rh *h = rh_open(RH_IMAP, RH_SCAN_ON); /* oversize_action pass */
+    struct got g = {0};
+    struct msgscan_counters c0, c1;
+    msgscan_counters_get(&c0);
+    judge(h, LIMIT_MSG, &g);
+    msgscan_counters_get(&c1);
+    assert_int_equal(g.verdict, MSGSCAN_LIMIT);
+    assert_true(g.replace);
+    assert_null(g.msg);
+    assert_non_null(g.notice);
+    assert_non_null(memmem(g.notice, g.notice_len, "reason=limit", 12));
+    assert_null(memmem(g.notice, g.notice_len, "oversize", 8));
+    assert_int_equal(c1.limit - c0.limit, 1);
+    assert_int_equal(c1.oversize - c0.oversize, 0);
+    assert_int_equal(c1.replaced - c0.replaced, 1);
+    got_free(&g);
+    rh_free(&h);
+}
+
+/* The notice shows decoded header text, so it is scanned before it is sent; one that matches
+ * (here: a Subject, RFC 2047-encoded, that decodes to the stub's marker) is replaced by the
+ * minimal notice: nothing of the original, not even the encoded form. */
+static void t_notice_scanned_minimal(void **state)
+{
+    (void)state;
+    struct rh *h = rh_open(RH_IMAP, RH_SCAN_ON);
+    struct got g = {0};
+    struct msgscan_counters c0, c1;
+    msgscan_counters_get(&c0);
+    /* "X-Harness-Infected" in base64: invisible to a raw scan of the original header */
+    const char *m =
+        "Subject: =?utf-8?B?WC1IYXJuZXNzLUluZmVjdGVk?=\r\nFrom: a@b\r\n\r\n" RH_EICAR "\r\n";
+    judge(h, m, &g);
+    msgscan_counters_get(&c1);
+    assert_int_equal(g.verdict, MSGSCAN_INFECTED);
+    assert_true(g.replace);
+    assert_non_null(g.notice);
+    assert_null(memmem(g.notice, g.notice_len, "WC1IYXJuZXNzLUluZmVjdGVk", 24));
+    assert_null(memmem(g.notice, g.notice_len, RH_MARK_INFECTED, strlen(RH_MARK_INFECTED)));
+    assert_null(memmem(g.notice, g.notice_len, "a@b", 3));
+    assert_non_null(memmem(g.notice, g.notice_len, g.ref, strlen(g.ref)));
+    assert_int_equal(c1.notice_scans - c0.notice_scans, 1);
+    assert_int_equal(c1.notice_minimal - c0.notice_minimal, 1);
+    assert_int_equal(rh_scans(h), 1); /* the message; the notice's scan is not a message scan */
+    got_free(&g);
+
+    /* an ordinary infected message: its notice is scanned and clean, sent as built */
+    msgscan_counters_get(&c0);
+    judge(h, BAD_MSG, &g);
+    msgscan_counters_get(&c1);
+    assert_int_equal(c1.notice_scans - c0.notice_scans, 1);
+    assert_int_equal(c1.notice_minimal - c0.notice_minimal, 0);
+    assert_non_null(memmem(g.notice, g.notice_len, "Subject:    bad", 15));
+    got_free(&g);
+    rh_free(&h);
+}
+
+static void t_limit_pass_when_configured(void **state)
+{
+    (void)state;
+    struct rh *h = rh_open(RH_IMAP, RH_SCAN_LIMITS_PASS);
+    struct got g = {0};
+    judge(h, LIMIT_MSG, &g);
+    assert_int_equal(g.verdict, MSGSCAN_LIMIT);
+    assert_false(g.replace);
+    assert_non_null(g.msg);
+    assert_memory_equal(g.msg, LIMIT_MSG, strlen(LIMIT_MSG));
+    assert_null(g.notice);
     got_free(&g);
     rh_free(&h);
 }
@@ -221,7 +301,11 @@ static void t_oversize_block_notice_from_head(void **state)
     assert_int_equal(o.verdict, MSGSCAN_OVERSIZE);
     assert_true(o.replace);
     assert_non_null(o.notice);
-    assert_non_null(memmem(o.notice, o.notice_len, "the big one", 11));
+    /* built without a scan of it: nothing of the original's text, only sizes and hashes */
+    assert_null(memmem(o.notice, o.notice_len, "the big one", 11));
+    assert_null(memmem(o.notice, o.notice_len, "a@example.org", 13));
+    assert_non_null(
+        memmem(o.notice, o.notice_len, "(14 bytes, sha256 ", 18)); /* " the big one\r\n" */
     assert_non_null(memmem(o.notice, o.notice_len, "oversize", 8));
     msgscan_outcome_clear(&o);
     assert_null(o.notice);
@@ -438,6 +522,9 @@ int main(void)
         cmocka_unit_test(t_clean_original_back),
         cmocka_unit_test(t_infected_notice),
         cmocka_unit_test(t_error_blocks),
+        cmocka_unit_test(t_limit_blocks_by_default),
+        cmocka_unit_test(t_limit_pass_when_configured),
+        cmocka_unit_test(t_notice_scanned_minimal),
         cmocka_unit_test(t_cache_hit_deferred_same_ref),
         cmocka_unit_test(t_cache_per_worker),
         cmocka_unit_test(t_cancel_no_callback),

@@ -18,6 +18,7 @@
 
 #include "notice.h"
 #include "quarantine.h"
+#include "rfc2047.h"
 
 static const char ORIG[] = "Return-Path: <alice@example.org>\r\n"
                            "Received: from x by y; Mon, 6 Jan 2025 10:00:00 +0000\r\n"
@@ -58,11 +59,15 @@ static void assert_well_formed(const char *m, size_t len)
     }
     assert_true(len >= 2 && m[len - 2] == '\r' && m[len - 1] == '\n');
     assert_false(in_header);
-    /* Every header line is a field. */
+    /* Every header line is a field or a continuation line. */
     const char *end = strstr(m, "\r\n\r\n");
     assert_non_null(end);
     for (const char *p = m; p < end;) {
         const char *nl = strstr(p, "\r\n");
+        if (p > m && (*p == ' ' || *p == '\t')) {
+            p = nl + 2;
+            continue;
+        }
         const char *colon = memchr(p, ':', (size_t)(nl - p));
         assert_non_null(colon);
         assert_true(colon > p);
@@ -72,7 +77,7 @@ static void assert_well_formed(const char *m, size_t len)
     }
 }
 
-/* The value of header `name` in the notice (exact line match), or NULL. */
+/* The value of header `name` in the notice (its first line only, exact name), or NULL. */
 static char *header(const char *m, const char *name)
 {
     static char buf[2048];
@@ -91,6 +96,60 @@ static char *header(const char *m, const char *name)
     return NULL;
 }
 
+/* The whole field `name` (with its continuation lines, CRLFs kept) or NULL. */
+static char *field_raw(const char *m, const char *name)
+{
+    static char buf[4096];
+    const char *end = strstr(m, "\r\n\r\n") + 2;
+    size_t nl = strlen(name);
+    for (const char *p = m; p < end;) {
+        const char *eol = strstr(p, "\r\n");
+        if (strncmp(p, name, nl) == 0 && p[nl] == ':') {
+            const char *q = eol + 2;
+            while (q < end && (*q == ' ' || *q == '\t'))
+                q = strstr(q, "\r\n") + 2;
+            size_t vl = (size_t)(q - (p + nl + 1));
+            memcpy(buf, p + nl + 1, vl);
+            buf[vl] = '\0';
+            return buf;
+        }
+        p = eol + 2;
+    }
+    return NULL;
+}
+
+/* The field's value as a reader sees it: unfolded and its encoded-words decoded. */
+static char *field_text(const char *m, const char *name)
+{
+    static char out[4096];
+    char *raw = field_raw(m, name);
+    if (!raw)
+        return NULL;
+    r2047_decode(raw, strlen(raw), out, sizeof out - 1, NULL);
+    return out;
+}
+
+/* Our header lines: printable US-ASCII, every encoded-word at most 75 characters, lines at most
+ * 78 octets (except X-Portcullis-Verdict, which holds only our own tokens: <= 998). */
+static void assert_header_strict(const char *m)
+{
+    const char *end = strstr(m, "\r\n\r\n");
+    for (const char *p = m; p < end;) {
+        const char *eol = strstr(p, "\r\n");
+        size_t n = (size_t)(eol - p);
+        assert_true(n <= (strncmp(p, "X-Portcullis-Verdict:", 21) == 0 ? 998 : 78));
+        for (size_t i = 0; i < n; i++)
+            assert_true(p[i] >= 0x20 && p[i] < 0x7f);
+        for (const char *w = strstr(p, "=?utf-8?B?"); w && w < eol;) {
+            const char *we = strstr(w + 10, "?=");
+            assert_non_null(we);
+            assert_true(we + 2 - w <= 75);
+            w = strstr(we, "=?utf-8?B?");
+        }
+        p = eol + 2;
+    }
+}
+
 static char *build(const struct notice_params *np, const char *orig, size_t len, size_t *len_r)
 {
     char *out = NULL;
@@ -98,6 +157,7 @@ static char *build(const struct notice_params *np, const char *orig, size_t len,
     assert_non_null(out);
     assert_int_equal(strlen(out), *len_r);
     assert_well_formed(out, *len_r);
+    assert_header_strict(out);
     return out;
 }
 
@@ -109,11 +169,16 @@ static void test_infected_notice(void **state)
                                .ref = "20250106-a1b2c3d4e5f6"};
     size_t len;
     char *n = build(&np, ORIG, sizeof ORIG - 1, &len);
-    assert_string_equal(header(n, "From"), "Alice Sender <alice@example.org>");
-    assert_string_equal(header(n, "To"), "Bob <bob@example.com>, Carol <carol@example.com>");
+    /* Our encoded-words, our address; the original's bytes nowhere in the header. */
+    assert_string_equal(field_raw(n, "From"),
+                        " =?utf-8?B?QWxpY2UgU2VuZGVyIDxhbGljZUBleGFtcGxlLm9yZz4=?=\r\n"
+                        " <portcullis@localhost>\r\n");
+    assert_string_equal(field_text(n, "From"),
+                        "Alice Sender <alice@example.org> <portcullis@localhost>");
+    assert_string_equal(field_raw(n, "Subject"), " =?utf-8?B?SW52b2ljZSBmb3IgSmFudWFyeQ==?=\r\n");
+    assert_string_equal(field_text(n, "To"), "Bob <bob@example.com>, Carol <carol@example.com> :;");
     assert_string_equal(header(n, "Date"), "Mon, 06 Jan 2025 10:00:00 +0000");
-    assert_string_equal(header(n, "Subject"), "Invoice  for January");
-    assert_string_equal(header(n, "Message-ID"), "<abc123@example.org>");
+    assert_null(header(n, "Message-ID")); /* a notice is not the original message */
     assert_string_equal(header(n, "MIME-Version"), "1.0");
     assert_string_equal(header(n, "Content-Type"), "text/plain; charset=utf-8");
     assert_string_equal(header(n, "Content-Transfer-Encoding"), "7bit");
@@ -123,11 +188,14 @@ static void test_infected_notice(void **state)
     /* Fields not in the list are not copied. */
     assert_null(header(n, "Return-Path"));
     assert_null(header(n, "Received"));
-    const char *body = strstr(n, "\r\n\r\n") + 4;
+    const char *end = strstr(n, "\r\n\r\n");
+    assert_null(memmem(n, (size_t)(end - n), "alice@example.org", 17));
+    const char *body = end + 4;
     assert_non_null(strstr(body, "because it contains malware."));
     assert_non_null(strstr(body, "Threat:     Portcullis.Test.EICAR-NDB.UNOFFICIAL\r\n"));
     assert_non_null(strstr(body, "Reference:  20250106-a1b2c3d4e5f6\r\n"));
-    assert_non_null(strstr(body, "Subject:    Invoice  for January\r\n"));
+    assert_non_null(strstr(body, "Subject:    Invoice for January\r\n"));
+    assert_non_null(strstr(body, "From:       Alice Sender <alice@example.org>\r\n"));
     assert_null(strstr(body, "not a header"));
     free(n);
 }
@@ -150,7 +218,7 @@ static void test_blocked_and_template(void **state)
                               "sig=- ref=R1 100% sure %unknown% Alice Sender "
                               "<alice@example.org>|Bob <bob@example.com>, Carol "
                               "<carol@example.com>|Mon, 06 Jan 2025 10:00:00 "
-                              "+0000|<abc123@example.org>|Invoice  for January\r\nend 50%\r\n");
+                              "+0000|<abc123@example.org>|Invoice for January\r\nend 50%\r\n");
     free(n);
 }
 
@@ -176,17 +244,23 @@ static void test_missing_headers(void **state)
     free(n);
     n = build(&np, NULL, 0, &len);
     free(n);
-    static const char lf[] = "subject: lower case\nFROM:x@y\n\nbody\n";
+    static const char lf[] = "subject: lower case\nFROM:x@y\nDate: junk\n\nbody\n";
     np.date_fallback = 1736157600; /* 2025-01-06 10:00:00 UTC */
     n = build(&np, lf, sizeof lf - 1, &len);
-    assert_string_equal(header(n, "Subject"), "lower case");
-    assert_string_equal(header(n, "From"), "x@y");
-    assert_string_equal(header(n, "Date"), "Mon, 06 Jan 2025 10:00:00 +0000");
+    assert_string_equal(field_text(n, "Subject"), "lower case");
+    assert_string_equal(field_text(n, "From"), "x@y <portcullis@localhost>");
+    assert_string_equal(header(n, "Date"), "Mon, 06 Jan 2025 10:00:00 +0000"); /* junk: ours */
+    free(n);
+    /* Dates are printed by us: other forms and zones, a comment. */
+    static const char d2[] = "Date: 6 Jan 2025 10:00 -0130 (weird)\r\n\r\n";
+    n = build(&np, d2, sizeof d2 - 1, &len);
+    assert_string_equal(header(n, "Date"), "Mon, 06 Jan 2025 10:00:00 -0130");
     free(n);
 }
 
-/* A 5000-byte folded Subject of 2-byte UTF-8 characters: cut to at most NOTICE_FIELD_MAX bytes,
- * on a character boundary, still one line. A header with no empty line after it: all header. */
+/* A 5000-byte folded Subject of 2-byte UTF-8 characters: decoded, capped at NOTICE_HEADER_TEXT
+ * octets on a character boundary, encoded in words that never split a character. A header with
+ * no empty line after it: all header. */
 static void test_long_folded_header(void **state)
 {
     (void)state;
@@ -204,11 +278,11 @@ static void test_long_folded_header(void **state)
     struct notice_params np = {.verdict = NOTICE_INFECTED, .signature = "S", .ref = "R"};
     size_t len;
     char *n = build(&np, orig, o, &len);
-    const char *subj = header(n, "Subject");
+    const char *subj = field_text(n, "Subject");
     assert_non_null(subj);
     size_t sl = strlen(subj);
-    assert_true(sl <= NOTICE_FIELD_MAX);
-    assert_true(sl >= NOTICE_FIELD_MAX - 40);
+    assert_true(sl <= NOTICE_HEADER_TEXT);
+    assert_true(sl >= NOTICE_HEADER_TEXT - 4);
     /* Valid UTF-8 throughout: pairs of c3 a9, with single spaces where folds were. */
     for (size_t i = 0; i < sl;) {
         if (subj[i] == ' ') {
@@ -220,8 +294,19 @@ static void test_long_folded_header(void **state)
         assert_int_equal((unsigned char)subj[i + 1], 0xa9);
         i += 2;
     }
-    assert_string_equal(header(n, "To"), "t@u");
+    /* each encoded-word decodes alone to whole characters */
+    char *raw = field_raw(n, "Subject");
+    for (char *w = strstr(raw, "=?utf-8?B?"); w; w = strstr(w + 2, "=?utf-8?B?")) {
+        char *we = strstr(w + 10, "?=");
+        char one[128];
+        bool clean;
+        r2047_decode(w, (size_t)(we + 2 - w), one, sizeof one - 1, &clean);
+        assert_true(clean);
+    }
+    assert_string_equal(field_text(n, "To"), "t@u :;");
     assert_string_equal(header(n, "Content-Transfer-Encoding"), "8bit"); /* é in the body */
+    const char *body = strstr(n, "\r\n\r\n") + 4;
+    assert_non_null(strstr(body, "...\r\n")); /* the body shows NOTICE_SHOW_MAX octets */
     free(n);
     free(orig);
 }
@@ -236,11 +321,164 @@ static void test_injection(void **state)
     size_t len;
     char *n = build(&np, orig, sizeof orig - 1, &len);
     assert_null(header(n, "Bcc"));
-    assert_string_equal(header(n, "Subject"), "hiBcc: evil@x");
-    assert_string_equal(header(n, "From"), "a@b");
+    assert_string_equal(field_text(n, "Subject"), "hi Bcc: evil@x");
+    assert_string_equal(field_text(n, "From"), "a@b <portcullis@localhost>");
     assert_string_equal(header(n, "X-Portcullis-Verdict"),
                         "infected; signature=\"Evil; ref=fakeBcc: x@y \\\"q\\\"\"; ref=R");
+    /* a From that held control bytes is described, not shown, in the body */
+    const char *body = strstr(n, "\r\n\r\n") + 4;
+    assert_non_null(strstr(body, "From:       (8 bytes, sha256 "));
     free(n);
+}
+
+#define EICAR_STR "X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+
+/* EICAR in header fields, raw and RFC 2047-encoded: the notice never holds it whole (the header
+ * has our encoded-words, the body at most NOTICE_SHOW_MAX < 68 octets), and the scan buffer
+ * holds it decoded, where a scanner finds it. */
+static void test_no_raw_header_bytes(void **state)
+{
+    (void)state;
+    static const char *const origs[] = {
+        "From: a@b\r\nSubject: " EICAR_STR "\r\n\r\nx\r\n",
+        /* base64 of EICAR */
+        "Subject: =?us-ascii?B?WDVPIVAlQEFQWzRcUFpYNTQoUF4pN0NDKTd9JEVJQ0FSLVNUQU5EQVJELUFOVElW"
+        "SVJVUy1URVNULUZJTEUhJEgrSCo=?=\r\n\r\n",
+        "Subject: =?us-ascii?Q?X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H"
+        "+H*?=\r\n\r\n",
+        "From: \"" EICAR_STR "\" <e@x>\r\n\r\n",
+        "To: a@b, \"" EICAR_STR "\" <e@x>, c@d\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof origs / sizeof origs[0]; i++) {
+        struct notice_params np = {.verdict = NOTICE_INFECTED, .signature = "S", .ref = "R"};
+        size_t len;
+        char *n = build(&np, origs[i], strlen(origs[i]), &len);
+        assert_null(memmem(n, len, EICAR_STR, 68));
+        assert_null(memmem(n, len, EICAR_STR, 61)); /* not even 61 octets of it */
+        char *sb;
+        size_t sbl;
+        assert_true(notice_scan_buffer(n, len, origs[i], strlen(origs[i]), &sb, &sbl));
+        assert_true(sbl > len && memcmp(sb, n, len) == 0);
+        assert_non_null(memmem(sb + len, sbl - len, EICAR_STR, 68));
+        free(sb);
+        free(n);
+    }
+}
+
+/* DESCRIBE and MINIMAL: nothing of the original's text. */
+static void test_modes(void **state)
+{
+    (void)state;
+    struct notice_params np = {.verdict = NOTICE_INFECTED,
+                               .signature = "Sig",
+                               .ref = "R9",
+                               .tmpl = "%subject% %from% %to% %message_id% %date%",
+                               .date_fallback = 1736157600};
+    size_t len;
+    np.mode = NOTICE_DESCRIBE;
+    char *n = build(&np, ORIG, sizeof ORIG - 1, &len);
+    assert_null(memmem(n, len, "Invoice", 7));
+    assert_null(memmem(n, len, "alice", 5));
+    assert_null(memmem(n, len, "abc123", 6));
+    assert_string_equal(header(n, "From"), "Portcullis <portcullis@localhost>");
+    assert_null(header(n, "To"));
+    const char *d = n;
+    int described = 0;
+    while ((d = strstr(d, " bytes, sha256 ")) != NULL) {
+        described++;
+        d++;
+    }
+    assert_int_equal(described, 4); /* subject, from, to, message-id */
+    assert_string_equal(header(n, "Date"), "Mon, 06 Jan 2025 10:00:00 +0000"); /* parsed */
+    free(n);
+    np.mode = NOTICE_MINIMAL;
+    n = build(&np, ORIG, sizeof ORIG - 1, &len);
+    assert_null(memmem(n, len, "Invoice", 7));
+    assert_null(memmem(n, len, "alice", 5));
+    assert_null(memmem(n, len, "sha256", 6));
+    assert_non_null(memmem(n, len, "Reference:  R9", 14));
+    assert_non_null(memmem(n, len, "Threat:     Sig", 15));
+    assert_string_equal(header(n, "Date"), "Mon, 06 Jan 2025 10:00:00 +0000"); /* fallback */
+    assert_string_equal(header(n, "X-Portcullis-Verdict"), "infected; signature=Sig; ref=R9");
+    free(n);
+}
+
+static void test_r2047_decode(void **state)
+{
+    (void)state;
+    char out[256];
+    bool clean;
+    static const struct {
+        const char *in, *want;
+        bool clean;
+    } v[] = {
+        {"plain text", "plain text", true},
+        {"  lots \t of\r\n  space  ", "lots of space", true},
+        {"=?utf-8?B?SGVsbG8=?= =?UTF-8?q?_W=C3=B6rld?=", "Hello W\xc3\xb6rld", true},
+        {"=?iso-8859-1?Q?J=FCrgen?= x", "J\xc3\xbcrgen x", true},
+        {"=?utf-8*en?B?aGk=?=", "hi", true},
+        {"a =?utf-8?B?aGk=?= b", "a hi b", true},
+        {"=?utf-8?X?bad?= =?utf-8?B?aGk=?=", "=?utf-8?X?bad?= hi", true},
+        {"=?utf-8?B?aGk", "=?utf-8?B?aGk", true},
+        {"=?koi8-r?B?4uXr?=", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd", false}, /* not UTF-8 */
+        {"a\x01"
+         "b\x7f"
+         "c",
+         "abc", false},
+        {"=?utf-8?Q?a=00b?=", "ab", false},
+        {"x\xe2\x80\xaey", "xy", false},                 /* U+202E RIGHT-TO-LEFT OVERRIDE */
+        {"\xc0\xaf", "\xef\xbf\xbd\xef\xbf\xbd", false}, /* overlong */
+        {"\xef\xbf\xbd", "\xef\xbf\xbd", true},          /* a real U+FFFD */
+    };
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        size_t n = r2047_decode(v[i].in, strlen(v[i].in), out, sizeof out - 1, &clean);
+        if (strcmp(out, v[i].want) != 0 || n != strlen(v[i].want) || clean != v[i].clean)
+            fail_msg("case %zu: got \"%s\" clean=%d", i, out, clean);
+    }
+    /* cap on a character boundary */
+    size_t n = r2047_decode("\xc3\xa9\xc3\xa9\xc3\xa9", 6, out, 5, &clean);
+    assert_int_equal(n, 4);
+    assert_string_equal(out, "\xc3\xa9\xc3\xa9");
+}
+
+static void test_r2047_field(void **state)
+{
+    (void)state;
+    char out[R2047_FIELD_CAP];
+    size_t n = r2047_field("Subject", "hi", 2, NULL, out, sizeof out);
+    assert_string_equal(out, "Subject: =?utf-8?B?aGk=?=\r\n");
+    assert_int_equal(n, strlen(out));
+    n = r2047_field("From", "", 0, "<a@b>", out, sizeof out);
+    assert_string_equal(out, "From: <a@b>\r\n");
+    /* too small a buffer, too long a text */
+    assert_int_equal(r2047_field("Subject", "hi", 2, NULL, out, 10), 0);
+    char big[R2047_TEXT_MAX + 2];
+    memset(big, 'a', sizeof big);
+    assert_int_equal(r2047_field("Subject", big, sizeof big, NULL, out, sizeof out), 0);
+    /* every length up to the maximum, ASCII and 3-byte characters: lines <= 78, words <= 75,
+     * and decoding the unfolded field gives the text back */
+    for (int k = 0; k < 2; k++) {
+        for (size_t len = 1; len <= R2047_TEXT_MAX; len += (len < 100 ? 1 : 37)) {
+            size_t tl = 0;
+            while (tl + 3 <= len) {
+                memcpy(big + tl, k ? "\xe2\x82\xac" : "abc", 3);
+                tl += 3;
+            }
+            if (tl == 0)
+                continue;
+            n = r2047_field("Subject", big, tl, k ? ":;" : NULL, out, sizeof out);
+            assert_true(n > 0);
+            char msg[R2047_FIELD_CAP + 8];
+            snprintf(msg, sizeof msg, "%s\r\n", out);
+            assert_header_strict(msg);
+            char back[R2047_FIELD_CAP];
+            r2047_decode(out + 8, n - 8, back, sizeof back - 1, NULL);
+            if (k)
+                assert_true(strlen(back) == tl + 3 && memcmp(back, big, tl) == 0);
+            else
+                assert_true(strlen(back) == tl && memcmp(back, big, tl) == 0);
+        }
+    }
 }
 
 static void test_deterministic_and_bounded(void **state)
@@ -313,10 +551,18 @@ static void test_quarantine(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_infected_notice), cmocka_unit_test(test_blocked_and_template),
-        cmocka_unit_test(test_missing_headers), cmocka_unit_test(test_long_folded_header),
-        cmocka_unit_test(test_injection),       cmocka_unit_test(test_deterministic_and_bounded),
-        cmocka_unit_test(test_sha256),          cmocka_unit_test(test_quarantine),
+        cmocka_unit_test(test_infected_notice),
+        cmocka_unit_test(test_blocked_and_template),
+        cmocka_unit_test(test_missing_headers),
+        cmocka_unit_test(test_long_folded_header),
+        cmocka_unit_test(test_injection),
+        cmocka_unit_test(test_deterministic_and_bounded),
+        cmocka_unit_test(test_sha256),
+        cmocka_unit_test(test_quarantine),
+        cmocka_unit_test(test_no_raw_header_bytes),
+        cmocka_unit_test(test_modes),
+        cmocka_unit_test(test_r2047_decode),
+        cmocka_unit_test(test_r2047_field),
     };
     return cmocka_run_group_tests_name("notice", tests, NULL, NULL);
 }

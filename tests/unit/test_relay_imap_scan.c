@@ -122,7 +122,8 @@ CASE(t_memo_partial_first, "a chunk of a judged infected message: the same range
      B("* 1 FETCH (UID 7 BODY[]<0> {20}\r\nSubject: x\r\nX-Harnes)\r\ng OK\r\n"),
      ECN("* 1 FETCH (UID 7 BODY[]<0> @SLICE:0:20@)\r\ng OK\r\n"), ENSCANS(1))
 
-CASE(t_memo_partial_last, "the last chunk of a judged infected message gets the rest of the notice",
+CASE(t_memo_partial_last,
+     "the last chunk of a judged infected message: the same range, never longer than the server's",
      RH_SCAN_ON, SEL, C("f UID FETCH 7 (UID BODY.PEEK[])\r\n"),
      EB("f UID FETCH 7 (UID BODY.PEEK[])\r\n"),
      B("* 1 FETCH (UID 7 BODY[] {42}\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n)\r\nf "
@@ -131,7 +132,7 @@ CASE(t_memo_partial_last, "the last chunk of a judged infected message gets the 
      C("g UID FETCH 7 (UID BODY.PEEK[]<20.100>)\r\n"),
      EB("g UID FETCH 7 (UID BODY.PEEK[]<20.100>)\r\n"),
      B("* 1 FETCH (UID 7 BODY[]<20> {22}\r\ns-Infected: 1\r\n\r\nbad\r\n)\r\ng OK\r\n"),
-     ECN("* 1 FETCH (UID 7 BODY[]<20> @SLICE:20:0@)\r\ng OK\r\n"), ENSCANS(1))
+     ECN("* 1 FETCH (UID 7 BODY[]<20> @SLICE:20:22@)\r\ng OK\r\n"), ENSCANS(1))
 
 CASE(t_memo_part, "a MIME part of a judged infected message: the notice text", RH_SCAN_ON, SEL,
      C("f UID FETCH 7 (UID BODY.PEEK[])\r\n"), EB("f UID FETCH 7 (UID BODY.PEEK[])\r\n"),
@@ -141,6 +142,19 @@ CASE(t_memo_part, "a MIME part of a judged infected message: the notice text", R
      C("g UID FETCH 7 (UID BODY.PEEK[1])\r\n"), EB("g UID FETCH 7 (UID BODY.PEEK[1])\r\n"),
      B("* 1 FETCH (UID 7 BODY[1] {5}\r\nbad\r\n)\r\ng OK\r\n"),
      ECN("* 1 FETCH (UID 7 BODY[1] @BODYSLICE:0:0@)\r\ng OK\r\n"), ENSCANS(1))
+
+CASE(t_memo_part_range,
+     "a byte range of a part of a judged infected message: that range of the "
+     "notice text, no longer than the server's literal (issue 15)",
+     RH_SCAN_ON, SEL, C("f UID FETCH 7 (UID BODY.PEEK[])\r\n"),
+     EB("f UID FETCH 7 (UID BODY.PEEK[])\r\n"),
+     B("* 1 FETCH (UID 7 BODY[] {42}\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n)\r\nf "
+       "OK\r\n"),
+     ECN("* 1 FETCH (UID 7 BODY[] @NOTICE@)\r\nf OK\r\n"),
+     C("g UID FETCH 7 (UID BODY.PEEK[1]<1.3>)\r\n"),
+     EB("g UID FETCH 7 (UID BODY.PEEK[1]<1.3>)\r\n"),
+     B("* 1 FETCH (UID 7 BODY[1]<1> {3}\r\nad\r)\r\ng OK\r\n"),
+     ECN("* 1 FETCH (UID 7 BODY[1]<1> @BODYSLICE:1:3@)\r\ng OK\r\n"), ENSCANS(1))
 
 CASE(t_memo_partial_clean, "a chunk of a judged clean message passes byte-identical", RH_SCAN_ON,
      SEL, C("f UID FETCH 8 (UID BODY.PEEK[])\r\n"), EB("f UID FETCH 8 (UID BODY.PEEK[])\r\n"),
@@ -166,7 +180,8 @@ CASE(t_failed_select_forgets, "a failed SELECT leaves nothing selected: the memo
      EC("t NO Mailbox doesn't exist\r\n"), C("g UID FETCH 8 (UID BODY.PEEK[]<0.10>)\r\n"),
      EB("g UID FETCH 8 (UID BODY.PEEK[]<0.10>)\r\n"),
      B("* 2 FETCH (UID 8 BODY[]<0> {10}\r\nSubject: h)\r\ng OK\r\n"),
-     ECN("* 2 FETCH (UID 8 BODY[]<0> @BLOCKED@)\r\ng OK\r\n"))
+     /* the first 10 bytes of the blocked notice (From: is ours: no original header here) */
+     ECN("* 2 FETCH (UID 8 BODY[]<0> {10}\r\nFrom: Port)\r\ng OK\r\n"))
 
 CASE(t_flags_fetch_untouched, "a FETCH without content passes unchanged, no scan", RH_SCAN_ON, SEL,
      C("f FETCH 1:2 (FLAGS UID)\r\n"), EB("f FETCH 1:2 (FLAGS UID)\r\n"),
@@ -350,7 +365,7 @@ CASE(t_regress_14_pipelined_chunks_memo,
      B("* 1 FETCH (UID 7 BODY[]<0> {20}\r\nSubject: x\r\nX-Harnes)\r\nc OK\r\n* 1 FETCH (UID 7 "
        "BODY[]<20> {22}\r\ns-Infected: 1\r\n\r\nbad\r\n)\r\nd OK\r\n"),
      ECN("* 1 FETCH (UID 7 BODY[]<0> @SLICE:0:20@)\r\nc OK\r\n* 1 FETCH (UID 7 BODY[]<20> "
-         "@SLICE:20:0@)\r\nd OK\r\n"),
+         "@SLICE:20:22@)\r\nd OK\r\n"),
      ENSCANS(1))
 
 CASE(t_regress_14_refetch_two_messages,
@@ -465,6 +480,7 @@ int main(void)
         cmocka_unit_test(t_memo_partial_first),
         cmocka_unit_test(t_memo_partial_last),
         cmocka_unit_test(t_memo_part),
+        cmocka_unit_test(t_memo_part_range),
         cmocka_unit_test(t_memo_partial_clean),
         cmocka_unit_test(t_part_unjudgeable_blocked),
         cmocka_unit_test(t_failed_select_forgets),

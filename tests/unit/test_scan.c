@@ -1,9 +1,9 @@
 /*
  * Unit tests for scanners/clamav.c with the real libclamav and a real (generated) signature
  * database: every infected variant from tests/integration/malware.py is detected under the
- * right name, every near miss is clean, limits give SCAN_OVERSIZE (not CL_CLEAN), the
- * synthetic Received: prefix is what makes an unknown-first-header message scan as mail, and
- * reloads swap engines while a scan still holds the old one.
+ * right name, every near miss is clean, size limits give SCAN_OVERSIZE and other limits SCAN_LIMIT
+ * (not CL_CLEAN), the synthetic Received: prefix is what makes an unknown-first-header message scan
+ * as mail, and reloads swap engines while a scan still holds the old one.
  *
  * clamav.c is included so that the reload tests can stop a scan inside libclamav (a pre-scan
  * callback set on the engine before any scan) and so observe a scan holding the old engine.
@@ -239,7 +239,8 @@ static void test_oversize_message(void **state)
 }
 
 /* libclamav's own limits: without EXCEEDS_MAX these return CL_CLEAN (pitfall 1). A part larger
- * than max_file_size, and nesting deeper than max_recursion, must come back OVERSIZE. */
+ * than max_file_size must come back OVERSIZE (a size limit), nesting deeper than max_recursion
+ * LIMIT (a structural limit, issue 15: its own action, default block). */
 static void test_engine_limits_are_oversize(void **state)
 {
     (void)state;
@@ -249,7 +250,7 @@ static void test_engine_limits_are_oversize(void **state)
     struct scan_result r;
     const struct msg *zip = find_msg("zip_base64");
     scanner_scan(s, zip->data, zip->len, &r);
-    assert_int_equal(r.verdict, SCAN_OVERSIZE);
+    assert_int_equal(r.verdict, SCAN_LIMIT);
     assert_string_equal(r.signature, "Heuristics.Limits.Exceeded.MaxRecursion");
     scanner_destroy(&s);
 
@@ -275,6 +276,55 @@ static void test_engine_limits_are_oversize(void **state)
     assert_true(strncmp(r.signature, "Heuristics.Limits.Exceeded", 26) == 0);
     free(big);
     scanner_destroy(&s);
+}
+
+/* Every limit heuristic libclamav 1.4 can report (strings of libclamav.so), by kind: only the
+ * two size limits the operator sets as sizes are "oversize"; everything else, and any name we
+ * do not know, is a structural limit (default deny). */
+static void test_limit_kinds(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *name;
+        enum scan_verdict kind;
+    } table[] = {
+        {"Heuristics.Limits.Exceeded.MaxScanSize", SCAN_OVERSIZE},
+        {"Heuristics.Limits.Exceeded.MaxFileSize", SCAN_OVERSIZE},
+        {NULL, SCAN_OVERSIZE}, /* CL_VIRUS without a name: an over-size top-level file */
+        {"Heuristics.Limits.Exceeded.MaxRecursion", SCAN_LIMIT},
+        {"Heuristics.Limits.Exceeded.MaxFiles", SCAN_LIMIT},
+        {"Heuristics.Limits.Exceeded.MaxScanTime", SCAN_LIMIT},
+        {"Heuristics.Limits.Exceeded.EmailHeaderBytes", SCAN_LIMIT},
+        {"Heuristics.Limits.Exceeded.EmailHeaders", SCAN_LIMIT},
+        {"Heuristics.Limits.Exceeded.EmailLineFoldCnt", SCAN_LIMIT},
+        {"Heuristics.Limits.Exceeded.EmailMIMEArguments", SCAN_LIMIT},
+        {"Heuristics.Limits.Exceeded.EmailMIMEPartsPerMessage", SCAN_LIMIT},
+        /* unknown or malformed: structural */
+        {"Heuristics.Limits.Exceeded.SomethingNew", SCAN_LIMIT},
+        {"Heuristics.Limits.Exceeded.MaxScanSizeX", SCAN_LIMIT},
+        {"Heuristics.Limits.Exceeded.maxscansize", SCAN_LIMIT},
+        {"Heuristics.Limits.Exceeded.", SCAN_LIMIT},
+        {"Heuristics.Limits.Exceeded", SCAN_LIMIT},
+        {"", SCAN_LIMIT},
+    };
+    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
+        if (scan_limit_kind(table[i].name) != table[i].kind)
+            fail_msg("%s: kind %d, want %d", table[i].name ? table[i].name : "(null)",
+                     (int)scan_limit_kind(table[i].name), (int)table[i].kind);
+    }
+    /* classify_virus keeps the name and applies the kind */
+    struct scan_result r;
+    memset(&r, 0, sizeof r);
+    classify_virus(&r, "Heuristics.Limits.Exceeded.EmailMIMEPartsPerMessage");
+    assert_int_equal(r.verdict, SCAN_LIMIT);
+    assert_string_equal(r.signature, "Heuristics.Limits.Exceeded.EmailMIMEPartsPerMessage");
+    classify_virus(&r, NULL);
+    assert_int_equal(r.verdict, SCAN_OVERSIZE);
+    classify_virus(&r, "Heuristics.Limits.Exceeded.MaxScanSize");
+    assert_int_equal(r.verdict, SCAN_OVERSIZE);
+    classify_virus(&r, SIG);
+    assert_int_equal(r.verdict, SCAN_INFECTED);
+    assert_string_equal(scan_verdict_name(SCAN_LIMIT), "limit");
 }
 
 /* A message just under max_scan_size whose attachment decodes to most of its size must still
@@ -717,6 +767,7 @@ int main(void)
         cmocka_unit_test(test_prefixed_pread),
         cmocka_unit_test(test_oversize_message),
         cmocka_unit_test(test_engine_limits_are_oversize),
+        cmocka_unit_test(test_limit_kinds),
         cmocka_unit_test(test_large_attachment_within_limit),
         cmocka_unit_test(test_bad_database),
         cmocka_unit_test(test_work_dir),

@@ -56,6 +56,7 @@ static void test_scan_defaults(void **state)
     assert_int_equal(s->scan_timeout_ms, 60000);
     assert_null(s->tmpdir);
     assert_int_equal(s->oversize_action, CFG_SCAN_PASS);
+    assert_int_equal(s->limits_action, CFG_SCAN_BLOCK); /* issue 15: structural limits deny */
     assert_int_equal(s->error_action, CFG_SCAN_BLOCK);
     assert_int_equal(s->memory_budget, 256u << 20);
     assert_int_equal(s->reload, CFG_SCAN_RELOAD_CONCURRENT);
@@ -82,6 +83,7 @@ static void test_scan_all_keys(void **state)
                                     "  scan_timeout: 1500ms\n"
                                     "  tmpdir: /run/pc\n"
                                     "  oversize_action: block\n"
+                                    "  limits_action: pass\n"
                                     "  error_action: pass\n"
                                     "  memory_budget: 2M\n"
                                     "  reload: lowmem\n"
@@ -107,6 +109,7 @@ static void test_scan_all_keys(void **state)
     assert_int_equal(s->scan_timeout_ms, 1500);
     assert_string_equal(s->tmpdir, "/run/pc");
     assert_int_equal(s->oversize_action, CFG_SCAN_BLOCK);
+    assert_int_equal(s->limits_action, CFG_SCAN_PASS);
     assert_int_equal(s->error_action, CFG_SCAN_PASS);
     assert_int_equal(s->memory_budget, 2u << 20);
     assert_int_equal(s->reload, CFG_SCAN_RELOAD_LOWMEM);

@@ -54,7 +54,11 @@ struct ps_seg {
 struct pop3_scan {
     enum ps_phase phase;
     enum pop3_qcmd cmd;
-    uint32_t lines; /* TOP */
+    uint32_t msgno;
+    uint32_t lines;            /* TOP: the client's k */
+    bool top_all;              /* TOP sent for the whole message: cut to `lines` on the way out */
+    bool top_pass;             /* PS_DROP of a top_all TOP under `pass`: the held head is cut */
+    enum pop3_verdict probe_v; /* PC_PROBE: the verdict, given to the relay once "output" */
     char where[MSGSCAN_WHERE_MAX];
     char *status; /* owned: the status line, line end included */
     size_t status_len;
@@ -156,11 +160,44 @@ static void fail_response(struct session *s, struct pop3_scan *ps, const char *t
     ps->phase = PS_OUTPUT;
 }
 
-/* Output: the held status line, then the original body stuffed again, then the terminator. */
+/* Where `TOP n k` ends a message (unstuffed, as the server sends it with TOP n <all>): the
+ * header through its first empty line (CRLF or LF alone; a message that starts with one has an
+ * empty header; one without any is all header), then k lines. Dovecot cuts the same way, on the
+ * CRLF-normalised message it sends (tests/integration/test_pop3_guarantee.py compares them). */
+static size_t top_cut(const char *m, size_t len, uint32_t lines)
+{
+    size_t pos = 0;
+    for (;;) {
+        if (pos >= len)
+            return len;
+        if (m[pos] == '\n') {
+            pos++;
+            break;
+        }
+        if (m[pos] == '\r' && pos + 1 < len && m[pos + 1] == '\n') {
+            pos += 2;
+            break;
+        }
+        const char *lf = memchr(m + pos, '\n', len - pos);
+        if (!lf)
+            return len;
+        pos = (size_t)(lf - m) + 1;
+    }
+    for (uint32_t i = 0; i < lines && pos < len; i++) {
+        const char *lf = memchr(m + pos, '\n', len - pos);
+        pos = lf ? (size_t)(lf - m) + 1 : len;
+    }
+    return pos;
+}
+
+/* Output: the held status line, then the original body stuffed again, then the terminator.
+ * A TOP sent for the whole message goes out cut to the client's k lines (a cut ends at a line
+ * end, so the terminator follows directly). */
 static void output_original(struct pop3_scan *ps, bool with_term)
 {
+    size_t len = ps->top_all ? top_cut(ps->msg, ps->len, ps->lines) : ps->len;
     ps->seg[0] = (struct ps_seg){.p = ps->status, .len = ps->status_len};
-    ps->seg[1] = (struct ps_seg){.p = ps->msg, .len = ps->len, .restuff = true};
+    ps->seg[1] = (struct ps_seg){.p = ps->msg, .len = len, .restuff = true};
     ps->seg[2] = (struct ps_seg){.p = ps->term, .len = with_term ? ps->term_len : 0};
     ps->nseg = 3;
     ps->iseg = 0;
@@ -168,18 +205,18 @@ static void output_original(struct pop3_scan *ps, bool with_term)
     ps->phase = PS_OUTPUT;
 }
 
-/* The notice's header and its first `lines` body lines (TOP). */
-static size_t top_cut(const char *n, size_t len, uint32_t lines)
+/* A probe's answer is its verdict, for the relay; nothing goes to the client from here. */
+static void output_probe(struct pop3_scan *ps, enum pop3_verdict v)
 {
-    const char *h = memmem(n, len, "\r\n\r\n", 4);
-    if (!h)
-        return len;
-    size_t pos = (size_t)(h - n) + 4;
-    for (uint32_t i = 0; i < lines && pos < len; i++) {
-        const char *lf = memchr(n + pos, '\n', len - pos);
-        pos = lf ? (size_t)(lf - n) + 1 : len;
-    }
-    return pos;
+    free(ps->msg);
+    ps->msg = NULL;
+    msgscan_budget_release(ps->reserve);
+    ps->reserve = 0;
+    ps->probe_v = v;
+    ps->nseg = 0;
+    ps->iseg = 0;
+    ps->stream_after = false;
+    ps->phase = PS_OUTPUT;
 }
 
 /* Output: the status line (octet count rewritten) and the stuffed notice. Takes `notice`. */
@@ -235,7 +272,11 @@ static void on_verdict(void *arg, struct msgscan_outcome *o)
     if (s->closing)
         return;                                 /* msgscan frees the outcome */
     s->last_activity = ev_now(s->worker->loop); /* the idle timer counts from the verdict */
-    if (o->replace) {
+    if (!o->replace || o->notice)
+        pop3_verdict_set(s, ps->msgno, o->replace ? PV_BLOCKED : PV_CLEAN);
+    if (ps->cmd == PC_PROBE && (!o->replace || o->notice)) {
+        output_probe(ps, o->replace ? PV_BLOCKED : PV_CLEAN);
+    } else if (o->replace) {
         if (!o->notice) {
             fail_response(s, ps, "This message cannot be checked now; try again later.");
         } else {
@@ -277,8 +318,12 @@ bool pop3_scan_begin(struct session *s)
     }
     st->scan = ps;
     ps->cmd = (enum pop3_qcmd)st->cur.cmd;
+    ps->msgno = st->cur.msgno;
     ps->lines = st->cur.lines;
-    if (ps->cmd == PC_TOP)
+    ps->top_all = st->cur.top_all;
+    if (ps->cmd == PC_PROBE)
+        snprintf(ps->where, sizeof ps->where, "msg=%u command=DELE", st->cur.msgno);
+    else if (ps->cmd == PC_TOP)
         snprintf(ps->where, sizeof ps->where, "msg=%u command=TOP lines=%u", st->cur.msgno,
                  st->cur.lines);
     else
@@ -341,6 +386,16 @@ static void overflow(struct session *s, struct pop3_scan *ps, enum msgscan_verdi
     const struct cfg_scan *cs = &s->cfg->scan;
     bool pass =
         (kind == MSGSCAN_OVERSIZE ? cs->oversize_action : cs->error_action) == CFG_SCAN_PASS;
+    if (pass && (ps->cmd == PC_PROBE || ps->top_all)) {
+        /* A probe delivers nothing, and a TOP must not stream the whole message: the rest is
+         * dropped; the TOP answer is the held head cut to k lines (drop_step). */
+        ps->phase = PS_DROP;
+        ps->give_kind = kind;
+        ps->give_reason = reason;
+        ps->top_pass = true;
+        buf_cut_held(&s->down, 0, pending);
+        return;
+    }
     if (pass) {
         struct msgscan_item it = item_of(ps);
         struct msgscan_outcome o;
@@ -494,6 +549,33 @@ static int drop_step(struct session *s, struct pop3_scan *ps)
     bool ok = ps->give_kind == MSGSCAN_OVERSIZE
                   ? msgscan_oversize(s, &it, ps->msg, ps->len, size, &o)
                   : msgscan_unjudged(s, &it, ps->msg, ps->len, ps->give_reason, &o);
+    if (ps->top_pass) {
+        /* `pass`: what RETR would deliver unscanned. A probe lets the DELE through; a TOP
+         * gets its k lines from the held head (complete lines only: what lies past
+         * max_scan_size was dropped). */
+        msgscan_outcome_clear(&o);
+        pop3_verdict_set(s, ps->msgno, PV_CLEAN);
+        if (ps->cmd == PC_PROBE) {
+            output_probe(ps, PV_CLEAN);
+            return 1;
+        }
+        size_t cut = top_cut(ps->msg, ps->len, ps->lines);
+        while (cut > 0 && ps->msg[cut - 1] != '\n')
+            cut--;
+        ps->len = cut;
+        ps->top_all = false;
+        memcpy(ps->term, ".\r\n", 3);
+        ps->term_len = 3;
+        output_original(ps, true);
+        return 1;
+    }
+    if (ok && o.notice)
+        pop3_verdict_set(s, ps->msgno, PV_BLOCKED);
+    if (ok && o.notice && ps->cmd == PC_PROBE) {
+        msgscan_outcome_clear(&o);
+        output_probe(ps, PV_BLOCKED);
+        return 1;
+    }
     if (!ok || !o.notice) {
         msgscan_outcome_clear(&o);
         fail_response(s, ps, "Out of memory.");
@@ -545,15 +627,19 @@ static void output_done(struct session *s, struct pop3_scan *ps)
     struct pop3_state *st = pop3_st(s);
     bool stream = ps->stream_after;
     size_t pending = ps->pending;
+    bool probe = ps->cmd == PC_PROBE;
+    uint32_t msgno = ps->msgno;
+    enum pop3_verdict v = ps->probe_v;
     ps_free(s);
     if (stream) {
         st->down_held = pending; /* the framer is mid-body: the rest streams */
     } else {
         st->cur_valid = false;
         st->down_held = 0;
-        st->down_holding = false;
         st->down_part_out = false;
     }
+    if (probe)
+        pop3_probe_done(s, msgno, v, NULL, 0); /* PV_UNKNOWN: the -ERR went out instead */
 }
 
 /* Queue the next chunks of output, up to PS_OUT_QUEUE bytes toward the client. */

@@ -31,6 +31,7 @@ static const struct {
     [SR_ALREADY_LOGGED_IN] = {"already_logged_in", LOG_INFO, false},
     [SR_DOWNLOAD_LIMIT] = {"download_limit", LOG_INFO, false},
     [SR_BAD_COMMAND] = {"bad_command", LOG_INFO, false},
+    [SR_COMMAND_NOT_ALLOWED] = {"command_not_allowed", LOG_INFO, false},
     [SR_LOCKED_OUT] = {"locked_out", LOG_INFO, true},
     [SR_LOGIN_RATE] = {"login_rate", LOG_INFO, true},
     [SR_SESSION_LIMIT] = {"session_limit", LOG_INFO, true},
@@ -141,6 +142,9 @@ const char *sess_event_format(const struct sess_event *e, char *out, size_t cap)
             break;
         case SR_MAX_CONNECTIONS_PER_ADDRESS:
             put(out, cap, &o, " limit=%llu", e->n);
+            break;
+        case SR_COMMAND_NOT_ALLOWED:
+            put(out, cap, &o, " command=%s", str(e->command));
             break;
         case SR_TOO_MANY_BAD_COMMANDS:
             put(out, cap, &o, " count=%llu", e->n);

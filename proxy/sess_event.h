@@ -52,6 +52,7 @@ enum sess_reason {
     SR_ALREADY_LOGGED_IN,
     SR_DOWNLOAD_LIMIT,
     SR_BAD_COMMAND,
+    SR_COMMAND_NOT_ALLOWED, /* POP3 after login: not on the allow-list */
     /* SEV_LOGIN_REFUSED */
     SR_LOCKED_OUT,
     SR_LOGIN_RATE,

@@ -323,13 +323,14 @@ static bool filter_up(struct session *s)
 
 /* CAPA after login: a capability line is passed on only when the proxy models what it
  * announces (docs/protocols.md, POP3). Dropped: STLS and SASL/USER (TLS and login are the
- * proxy's business, and over by now), UTF8 and LANG (their commands are refused), and every
- * capability the proxy does not know. PIPELINING stays: the relay queues and frames pipelined
- * commands. Informational ones (EXPIRE, LOGIN-DELAY, IMPLEMENTATION) stay. */
+ * proxy's business, and over by now; AUTH-RESP-CODE with them), UTF8 and LANG (their commands
+ * are refused), and every capability the proxy does not know. CAPA (Dovecot lists it) stays.
+ * PIPELINING stays: the relay queues and frames pipelined commands. Informational ones (EXPIRE,
+ * LOGIN-DELAY, IMPLEMENTATION) stay. */
 static bool capa_allowed(const char *l, size_t len)
 {
-    static const char *const keep[] = {"TOP",    "UIDL",        "RESP-CODES",    "PIPELINING",
-                                       "EXPIRE", "LOGIN-DELAY", "IMPLEMENTATION"};
+    static const char *const keep[] = {"CAPA",       "TOP",    "UIDL",        "RESP-CODES",
+                                       "PIPELINING", "EXPIRE", "LOGIN-DELAY", "IMPLEMENTATION"};
     size_t n = 0;
     while (n < len && l[n] != ' ' && l[n] != '\r' && l[n] != '\n')
         n++;
@@ -515,6 +516,18 @@ static bool filter_down(struct session *s)
                     break;
             }
             continue;
+        }
+        if (st->top_streaming) {
+            /* A TOP over max_scan_size under `pass` (pop3_scan.c): the body streams, cut
+             * after the client's k lines; the backend's terminator ends it. */
+            size_t body = st->down_held - (ev == POP3_FRAME_END ? st->downf.term_len : 0);
+            size_t keep = st->topcut.done ? 0 : pop3_topcut_feed(&st->topcut, buf_mptr(b), body);
+            if (keep < body) {
+                buf_cut_held(b, keep, body - keep);
+                st->down_held -= body - keep;
+            }
+            if (ev == POP3_FRAME_END)
+                st->top_streaming = false;
         }
         buf_release(b, st->down_held);
         st->down_held = 0;

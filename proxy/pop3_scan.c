@@ -160,34 +160,46 @@ static void fail_response(struct session *s, struct pop3_scan *ps, const char *t
     ps->phase = PS_OUTPUT;
 }
 
-/* Where `TOP n k` ends a message (unstuffed, as the server sends it with TOP n <all>): the
- * header through its first empty line (CRLF or LF alone; a message that starts with one has an
- * empty header; one without any is all header), then k lines. Dovecot cuts the same way, on the
- * CRLF-normalised message it sends (tests/integration/test_pop3_guarantee.py compares them). */
+void pop3_topcut_init(struct pop3_topcut *c, uint32_t lines)
+{
+    *c = (struct pop3_topcut){.left = lines, .bol = true};
+}
+
+size_t pop3_topcut_feed(struct pop3_topcut *c, const char *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n && !c->done) {
+        if (!c->in_body) {
+            char ch = p[i++];
+            if (ch == '\n') {
+                if (c->bol || c->cr_only) {
+                    c->in_body = true;
+                    c->done = c->left == 0;
+                }
+                c->bol = true;
+                c->cr_only = false;
+            } else {
+                c->cr_only = c->bol && ch == '\r';
+                c->bol = false;
+            }
+            continue;
+        }
+        const char *lf = memchr(p + i, '\n', n - i);
+        if (!lf)
+            return n;
+        i = (size_t)(lf - p) + 1;
+        c->done = --c->left == 0;
+    }
+    return i;
+}
+
+/* The length of the TOP answer within a whole (unstuffed) message or notice. Dovecot cuts the
+ * same way (tests/integration/test_pop3_guarantee.py compares them). */
 static size_t top_cut(const char *m, size_t len, uint32_t lines)
 {
-    size_t pos = 0;
-    for (;;) {
-        if (pos >= len)
-            return len;
-        if (m[pos] == '\n') {
-            pos++;
-            break;
-        }
-        if (m[pos] == '\r' && pos + 1 < len && m[pos + 1] == '\n') {
-            pos += 2;
-            break;
-        }
-        const char *lf = memchr(m + pos, '\n', len - pos);
-        if (!lf)
-            return len;
-        pos = (size_t)(lf - m) + 1;
-    }
-    for (uint32_t i = 0; i < lines && pos < len; i++) {
-        const char *lf = memchr(m + pos, '\n', len - pos);
-        pos = lf ? (size_t)(lf - m) + 1 : len;
-    }
-    return pos;
+    struct pop3_topcut c;
+    pop3_topcut_init(&c, lines);
+    return pop3_topcut_feed(&c, m, len);
 }
 
 /* Output: the held status line, then the original body stuffed again, then the terminator.
@@ -386,9 +398,14 @@ static void overflow(struct session *s, struct pop3_scan *ps, enum msgscan_verdi
     const struct cfg_scan *cs = &s->cfg->scan;
     bool pass =
         (kind == MSGSCAN_OVERSIZE ? cs->oversize_action : cs->error_action) == CFG_SCAN_PASS;
-    if (pass && (ps->cmd == PC_PROBE || ps->top_all)) {
-        /* A probe delivers nothing, and a TOP must not stream the whole message: the rest is
-         * dropped; the TOP answer is the held head cut to k lines (drop_step). */
+    struct pop3_topcut tc;
+    if (ps->top_all) {
+        pop3_topcut_init(&tc, ps->lines);
+        pop3_topcut_feed(&tc, ps->msg, ps->len);
+    }
+    if (pass && (ps->cmd == PC_PROBE || (ps->top_all && tc.done))) {
+        /* A probe delivers nothing; a TOP whose k lines are all held is cut from them
+         * (drop_step), the rest of the message dropped. */
         ps->phase = PS_DROP;
         ps->give_kind = kind;
         ps->give_reason = reason;
@@ -407,6 +424,11 @@ static void overflow(struct session *s, struct pop3_scan *ps, enum msgscan_verdi
         output_original(ps, false); /* the pending bytes follow it */
         ps->stream_after = true;
         ps->pending = pending;
+        if (ps->top_all) {
+            /* The rest streams, cut to the client's k lines by the relay. */
+            pop3_st(s)->topcut = tc;
+            pop3_st(s)->top_streaming = true;
+        }
         return;
     }
     ps->phase = PS_DROP;
@@ -551,8 +573,7 @@ static int drop_step(struct session *s, struct pop3_scan *ps)
                   : msgscan_unjudged(s, &it, ps->msg, ps->len, ps->give_reason, &o);
     if (ps->top_pass) {
         /* `pass`: what RETR would deliver unscanned. A probe lets the DELE through; a TOP
-         * gets its k lines from the held head (complete lines only: what lies past
-         * max_scan_size was dropped). */
+         * gets its k lines, all in the held head (overflow()). */
         msgscan_outcome_clear(&o);
         pop3_verdict_set(s, ps->msgno, PV_CLEAN);
         if (ps->cmd == PC_PROBE) {

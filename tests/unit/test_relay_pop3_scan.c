@@ -83,6 +83,23 @@ CASE(t_top_judged_whole, "TOP n 1 of a message infected after line 1: the notice
 CASE(t_top_err, "TOP of a missing message: the backend's -ERR", RH_SCAN_ON, C("TOP 9 1\r\n"),
      EB(TOP_ALL(9)), B("-ERR There's no message 9.\r\n"), EC("-ERR There's no message 9.\r\n"))
 
+CASE(t_top_oversize_pass_stream,
+     "TOP over max_scan_size with pass, k past the held head: the rest streams, cut at k",
+     RH_SCAN_SMALL_PASS, C("TOP 1 13\r\n"), EB(TOP_ALL(1)),
+     B("+OK\r\nSubject: big\r\n\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n" RH_HEX80
+       "\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n" RH_HEX80
+       "\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n..dot\r\n" RH_HEX80 "\r\n" RH_HEX80
+       "\r\nlast\r\n.\r\n"),
+     EC("+OK\r\nSubject: big\r\n\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n" RH_HEX80
+        "\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n" RH_HEX80
+        "\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n..dot\r\n.\r\n"),
+     C("TOP 1 1000\r\n"), EB(TOP_ALL(1)),
+     B("+OK\r\nSubject: big\r\n\r\n" RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80
+           RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 "\r\n..\r\nend\r\n.\r\n"),
+     EC("+OK\r\nSubject: big\r\n\r\n" RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80
+            RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80
+        "\r\n..\r\nend\r\n.\r\n"))
+
 CASE(t_dele_after_blocked_retr, "DELE of a message replaced by the notice is not passed on",
      RH_SCAN_ON, C("RETR 2\r\n"), EB("RETR 2\r\n"),
      B("+OK 44 octets\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\n..bad\r\n.\r\n"),
@@ -275,6 +292,7 @@ int main(void)
         cmocka_unit_test(t_dele_probe_scan_error),
         cmocka_unit_test(t_dele_probe_after_pipelined_retr),
         cmocka_unit_test(t_top_oversize_pass),
+        cmocka_unit_test(t_top_oversize_pass_stream),
         cmocka_unit_test(t_retr_pipelined_mix),
         cmocka_unit_test(t_retr_scan_error),
         cmocka_unit_test(t_retr_err_passes),

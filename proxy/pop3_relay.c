@@ -7,9 +7,18 @@
  * framer how the next response ends, so a pipelined burst is framed exactly however its bytes
  * are split — and a RETR/TOP body is always known as one unit, which is what the scanner hooks.
  *
- * Refused here, answered in order with the backend's responses: STLS (TLS is set up once, at
- * the proxy), USER/PASS/AUTH/APOP (already logged in; keeping a stray password off the backend
- * connection costs nothing), and lines the parser rejects. Everything else is forwarded as is.
+ * Default deny: only the commands the proxy models are forwarded (the allow-list in classify(),
+ * with strictly checked numbers); everything else is refused here, answered in order with the
+ * backend's responses: STLS (TLS is set up once, at the proxy), USER/PASS/AUTH/APOP (already
+ * logged in; keeping a stray password off the backend connection costs nothing), unknown or
+ * unmodelled commands, bad arguments, and lines the parser rejects. CAPA answers keep only the
+ * capabilities the proxy models (capa_filter()).
+ *
+ * With scanning on, two commands are sent as the proxy's own (issue 15, docs/scanning.md):
+ * TOP n k goes out as "TOP n 2147483647", so the message is judged whole and pop3_scan cuts the
+ * answer to k lines; DELE of a message the scanner blocked is answered "+OK Kept ..." and not
+ * sent, and DELE of a message not judged yet becomes a probe (our TOP, its answer kept from the
+ * client) after which the DELE is sent or answered; client lines after a probe wait for it.
  *
  * Buffer discipline as in imap_relay.c: bytes after `mark` are held until the filter releases
  * them (buf.h verbs); our own answers are queued at a response boundary as blocks on the client

@@ -13,6 +13,11 @@
  *     bytes of a conforming server, byte for byte;
  *   - replaced: the status line (a RETR's octet count rewritten to the notice's size) and the
  *     stuffed notice; for TOP n k, the notice's header and its first k body lines.
+ * A TOP is asked of the backend for the whole message (pop3_relay.c) and judged whole; the
+ * delivered original is cut to the client's k lines (top_cut / pop3_topcut), byte-identical to
+ * the server's own TOP n k. A DELE probe (PC_PROBE) is judged the same way but outputs nothing:
+ * its verdict goes to pop3_probe_done(). Every verdict is remembered per message number
+ * (pop3_verdict_set) for a later DELE.
  * Over max_scan_size (from the RETR status line's octet count, or while collecting): with
  * `pass` the part held so far goes out and the rest streams as usual; with `block` the head is
  * kept for the notice's header fields and the rest is dropped.

@@ -500,7 +500,8 @@ static bool filter_down(struct session *s)
             char line[POP3_HEAD_MAX + 3];
             size_t n = st->downf.head_len;
             memcpy(line, st->downf.head, n);
-            memcpy(line + n, "\r\n", 2);
+            line[n] = '\r';
+            line[n + 1] = '\n';
             buf_cut_held(b, 0, st->down_held);
             st->down_held = 0;
             st->cur_valid = false;

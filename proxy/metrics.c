@@ -181,6 +181,10 @@ void metrics_render(const struct config *cfg, struct buf *o)
            "STARTTLS/STLS commands with pipelined plaintext behind them (discarded).");
     buf_printf(o, "portcullis_starttls_injections_total %llu\n",
                (unsigned long long)atomic_load(&metrics.starttls_injections));
+    header(o, "portcullis_pop3_dele_withheld_total", "counter",
+           "POP3 DELE of a message the scanner blocked, kept on the server (not passed on).");
+    buf_printf(o, "portcullis_pop3_dele_withheld_total %llu\n",
+               (unsigned long long)atomic_load(&metrics.pop3_dele_withheld));
 
     static const char *decisions[MP__COUNT] = {"allow", "locked", "rate", "sessions",
                                                "unavailable"};

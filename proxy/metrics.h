@@ -41,6 +41,7 @@ struct metrics {
     atomic_ullong bytes_to_backend[2];
     atomic_ullong sessions_closed[2];
     atomic_ullong starttls_injections;
+    atomic_ullong pop3_dele_withheld;   /* DELE of a blocked message answered, not passed on */
     atomic_ullong policy[MP__COUNT][2]; /* [decision][scope: 0 user, 1 address] */
     atomic_ullong policy_degraded;      /* decisions taken without Redis (local limits) */
 };

@@ -27,13 +27,37 @@ enum pop3_bstate {
     PB_AUTH,     /* AUTH sent; waiting for +OK/-ERR (or an error challenge) */
 };
 
+/* Where `TOP n k` ends a message, found as its bytes go by (stuffed or not: an empty line and
+ * a line end are the same either way): the header through its first empty line (CRLF or a bare
+ * LF; a message that starts with one has an empty header, one without any is all header), then
+ * k lines. Dovecot cuts the same way on the CRLF-normalised message it sends. */
+struct pop3_topcut {
+    uint32_t left; /* body lines still to pass */
+    bool in_body;  /* the header's empty line has passed */
+    bool bol;      /* the next byte starts a line */
+    bool cr_only;  /* the current line so far is a lone CR */
+    bool done;     /* the cut point was reached: nothing more belongs to the answer */
+};
+
 /* What the relay knows about one command the backend has not answered yet. */
 enum pop3_qkind {
     PQ_FORWARD, /* forwarded; the backend answers it */
     PQ_LOCAL,   /* refused by the proxy; `local` holds our one-line answer */
 };
 
-enum pop3_qcmd { PC_OTHER, PC_RETR, PC_TOP, PC_CAPA, PC_QUIT };
+/* PC_PROBE: the proxy's own "TOP n 2147483647", sent in place of a client's DELE of a message
+ * not judged yet in this session; its answer never reaches the client (pop3_scan.c). */
+enum pop3_qcmd { PC_OTHER, PC_RETR, PC_TOP, PC_CAPA, PC_QUIT, PC_DELE, PC_PROBE };
+
+/* What the session knows about a message number (numbers are stable for a POP3 session:
+ * RFC 1939 5, deleted messages keep theirs until UPDATE). */
+enum pop3_verdict { PV_UNKNOWN, PV_CLEAN, PV_BLOCKED };
+#define POP3_VERDICT_MAX (1u << 18) /* numbers remembered (2 bits each); above: probed again */
+
+/* The line count the proxy sends for a client's TOP (and for a DELE probe): the whole message,
+ * so that it is judged whole and the proxy cuts the client's k lines itself. RFC 1939 only asks
+ * for a non-negative number; 2^31-1 fits a server's signed 32-bit int. */
+#define POP3_TOP_ALL "2147483647"
 
 struct pop3_qent {
     uint8_t kind;      /* enum pop3_qkind */
@@ -41,6 +65,8 @@ struct pop3_qent {
     uint8_t cmd;       /* enum pop3_qcmd */
     uint32_t msgno;    /* RETR/TOP message number (for the scanner and the logs) */
     uint32_t lines;    /* TOP: body lines asked for (a replacement notice is cut to them) */
+    bool top_all;      /* TOP sent as "TOP n 2147483647": the proxy cuts the answer to `lines` */
+    bool ok;           /* PQ_LOCAL: the answer is "+OK <local>" (a withheld DELE), not -ERR */
     const char *local; /* PQ_LOCAL: static answer text, without "-ERR " and CRLF */
     uint8_t why;       /* PQ_LOCAL: enum sess_reason, for the refusal's event */
 };
@@ -76,14 +102,19 @@ struct pop3_state {
     unsigned qhead, qlen;
     struct pop3_qent cur; /* the command whose response is being framed */
     bool cur_valid;
-    size_t up_held;         /* bytes after s->up.mark parsed but not yet released */
-    size_t down_held;       /* bytes after s->down.mark framed but not yet released */
-    bool down_holding;      /* the current response is held whole (CAPA rewrite) */
-    bool down_status_hold;  /* a RETR/TOP status line is held until complete (scanner) */
-    bool relay_running;     /* re-entrance guard of the relay loop */
-    bool down_part_out;     /* the client got part of the response being framed */
-    bool down_stopped;      /* the session ends: nothing more is framed (pop3_relay_stop) */
-    bool quit_done;         /* the backend's +OK to QUIT went to the client */
+    size_t up_held;        /* bytes after s->up.mark parsed but not yet released */
+    size_t down_held;      /* bytes after s->down.mark framed but not yet released */
+    bool down_status_hold; /* a RETR/TOP status line is held until complete (scanner) */
+    bool relay_running;    /* re-entrance guard of the relay loop */
+    bool down_part_out;    /* the client got part of the response being framed */
+    bool down_stopped;     /* the session ends: nothing more is framed (pop3_relay_stop) */
+    bool quit_done;        /* the backend's +OK to QUIT went to the client */
+    bool capa_first;       /* CAPA being filtered: its status line is not decided yet */
+    bool probe_wait;       /* a DELE probe is out: client commands after it wait for it */
+    bool top_streaming;    /* a TOP over max_scan_size under `pass` streams, cut by topcut */
+    struct pop3_topcut topcut;
+    uint8_t *verdicts;      /* 2 bits per message number (enum pop3_verdict); grown on demand */
+    uint32_t verdicts_n;    /* message numbers the array covers */
     struct pop3_scan *scan; /* owned (pop3_scan.c): a RETR/TOP response held for the scanner */
 };
 
@@ -132,5 +163,18 @@ bool pop3_scan_holding(struct session *s);
 int pop3_scan_step(struct session *s);
 /* Drop a held response (backend protocol error, session end). */
 void pop3_scan_abort(struct session *s);
+
+void pop3_topcut_init(struct pop3_topcut *c, uint32_t lines);
+/* How many of the n bytes belong to the answer (all of them until `done`). */
+size_t pop3_topcut_feed(struct pop3_topcut *c, const char *p, size_t n);
+
+/* pop3_relay.c — per-message verdicts of this session, and the end of a DELE probe. */
+enum pop3_verdict pop3_verdict_get(struct session *s, uint32_t msgno);
+void pop3_verdict_set(struct session *s, uint32_t msgno, enum pop3_verdict v);
+/* The probe for the client's `DELE msgno` ended: `v` decides whether the DELE goes to the
+ * backend (PV_CLEAN) or is answered "+OK Kept ..." (PV_BLOCKED); with `err` (a one-line
+ * answer, CRLF included: the backend's -ERR to the probe, or ours) the client gets that. */
+void pop3_probe_done(struct session *s, uint32_t msgno, enum pop3_verdict v, const char *err,
+                     size_t err_len);
 
 #endif

@@ -87,6 +87,7 @@ static void pop3_destroy(struct session *s)
     pop3_scan_abort(s); /* (stopped already: memory only) */
     pop3_forget_login(st);
     free_store(st);
+    free(st->verdicts);
     free(st);
     s->pstate = NULL;
 }

@@ -13,6 +13,11 @@
  *     bytes of a conforming server, byte for byte;
  *   - replaced: the status line (a RETR's octet count rewritten to the notice's size) and the
  *     stuffed notice; for TOP n k, the notice's header and its first k body lines.
+ * A TOP is asked of the backend for the whole message (pop3_relay.c) and judged whole; the
+ * delivered original is cut to the client's k lines (top_cut / pop3_topcut), byte-identical to
+ * the server's own TOP n k. A DELE probe (PC_PROBE) is judged the same way but outputs nothing:
+ * its verdict goes to pop3_probe_done(). Every verdict is remembered per message number
+ * (pop3_verdict_set) for a later DELE.
  * Over max_scan_size (from the RETR status line's octet count, or while collecting): with
  * `pass` the part held so far goes out and the rest streams as usual; with `block` the head is
  * kept for the notice's header fields and the rest is dropped.
@@ -54,7 +59,11 @@ struct ps_seg {
 struct pop3_scan {
     enum ps_phase phase;
     enum pop3_qcmd cmd;
-    uint32_t lines; /* TOP */
+    uint32_t msgno;
+    uint32_t lines;            /* TOP: the client's k */
+    bool top_all;              /* TOP sent for the whole message: cut to `lines` on the way out */
+    bool top_pass;             /* PS_DROP of a top_all TOP under `pass`: the held head is cut */
+    enum pop3_verdict probe_v; /* PC_PROBE: the verdict, given to the relay once "output" */
     char where[MSGSCAN_WHERE_MAX];
     char *status; /* owned: the status line, line end included */
     size_t status_len;
@@ -156,11 +165,56 @@ static void fail_response(struct session *s, struct pop3_scan *ps, const char *t
     ps->phase = PS_OUTPUT;
 }
 
-/* Output: the held status line, then the original body stuffed again, then the terminator. */
+void pop3_topcut_init(struct pop3_topcut *c, uint32_t lines)
+{
+    *c = (struct pop3_topcut){.left = lines, .bol = true};
+}
+
+size_t pop3_topcut_feed(struct pop3_topcut *c, const char *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n && !c->done) {
+        if (!c->in_body) {
+            char ch = p[i++];
+            if (ch == '\n') {
+                if (c->bol || c->cr_only) {
+                    c->in_body = true;
+                    c->done = c->left == 0;
+                }
+                c->bol = true;
+                c->cr_only = false;
+            } else {
+                c->cr_only = c->bol && ch == '\r';
+                c->bol = false;
+            }
+            continue;
+        }
+        const char *lf = memchr(p + i, '\n', n - i);
+        if (!lf)
+            return n;
+        i = (size_t)(lf - p) + 1;
+        c->done = --c->left == 0;
+    }
+    return i;
+}
+
+/* The length of the TOP answer within a whole (unstuffed) message or notice. Dovecot cuts the
+ * same way (tests/integration/test_pop3_guarantee.py compares them). */
+static size_t top_cut(const char *m, size_t len, uint32_t lines)
+{
+    struct pop3_topcut c;
+    pop3_topcut_init(&c, lines);
+    return pop3_topcut_feed(&c, m, len);
+}
+
+/* Output: the held status line, then the original body stuffed again, then the terminator.
+ * A TOP sent for the whole message goes out cut to the client's k lines (a cut ends at a line
+ * end, so the terminator follows directly). */
 static void output_original(struct pop3_scan *ps, bool with_term)
 {
+    size_t len = ps->top_all ? top_cut(ps->msg, ps->len, ps->lines) : ps->len;
     ps->seg[0] = (struct ps_seg){.p = ps->status, .len = ps->status_len};
-    ps->seg[1] = (struct ps_seg){.p = ps->msg, .len = ps->len, .restuff = true};
+    ps->seg[1] = (struct ps_seg){.p = ps->msg, .len = len, .restuff = true};
     ps->seg[2] = (struct ps_seg){.p = ps->term, .len = with_term ? ps->term_len : 0};
     ps->nseg = 3;
     ps->iseg = 0;
@@ -168,18 +222,18 @@ static void output_original(struct pop3_scan *ps, bool with_term)
     ps->phase = PS_OUTPUT;
 }
 
-/* The notice's header and its first `lines` body lines (TOP). */
-static size_t top_cut(const char *n, size_t len, uint32_t lines)
+/* A probe's answer is its verdict, for the relay; nothing goes to the client from here. */
+static void output_probe(struct pop3_scan *ps, enum pop3_verdict v)
 {
-    const char *h = memmem(n, len, "\r\n\r\n", 4);
-    if (!h)
-        return len;
-    size_t pos = (size_t)(h - n) + 4;
-    for (uint32_t i = 0; i < lines && pos < len; i++) {
-        const char *lf = memchr(n + pos, '\n', len - pos);
-        pos = lf ? (size_t)(lf - n) + 1 : len;
-    }
-    return pos;
+    free(ps->msg);
+    ps->msg = NULL;
+    msgscan_budget_release(ps->reserve);
+    ps->reserve = 0;
+    ps->probe_v = v;
+    ps->nseg = 0;
+    ps->iseg = 0;
+    ps->stream_after = false;
+    ps->phase = PS_OUTPUT;
 }
 
 /* Output: the status line (octet count rewritten) and the stuffed notice. Takes `notice`. */
@@ -235,7 +289,11 @@ static void on_verdict(void *arg, struct msgscan_outcome *o)
     if (s->closing)
         return;                                 /* msgscan frees the outcome */
     s->last_activity = ev_now(s->worker->loop); /* the idle timer counts from the verdict */
-    if (o->replace) {
+    if (!o->replace || o->notice)
+        pop3_verdict_set(s, ps->msgno, o->replace ? PV_BLOCKED : PV_CLEAN);
+    if (ps->cmd == PC_PROBE && (!o->replace || o->notice)) {
+        output_probe(ps, o->replace ? PV_BLOCKED : PV_CLEAN);
+    } else if (o->replace) {
         if (!o->notice) {
             fail_response(s, ps, "This message cannot be checked now; try again later.");
         } else {
@@ -277,8 +335,12 @@ bool pop3_scan_begin(struct session *s)
     }
     st->scan = ps;
     ps->cmd = (enum pop3_qcmd)st->cur.cmd;
+    ps->msgno = st->cur.msgno;
     ps->lines = st->cur.lines;
-    if (ps->cmd == PC_TOP)
+    ps->top_all = st->cur.top_all;
+    if (ps->cmd == PC_PROBE)
+        snprintf(ps->where, sizeof ps->where, "msg=%u command=DELE", st->cur.msgno);
+    else if (ps->cmd == PC_TOP)
         snprintf(ps->where, sizeof ps->where, "msg=%u command=TOP lines=%u", st->cur.msgno,
                  st->cur.lines);
     else
@@ -341,6 +403,21 @@ static void overflow(struct session *s, struct pop3_scan *ps, enum msgscan_verdi
     const struct cfg_scan *cs = &s->cfg->scan;
     bool pass =
         (kind == MSGSCAN_OVERSIZE ? cs->oversize_action : cs->error_action) == CFG_SCAN_PASS;
+    struct pop3_topcut tc;
+    if (ps->top_all) {
+        pop3_topcut_init(&tc, ps->lines);
+        pop3_topcut_feed(&tc, ps->msg, ps->len);
+    }
+    if (pass && (ps->cmd == PC_PROBE || (ps->top_all && tc.done))) {
+        /* A probe delivers nothing; a TOP whose k lines are all held is cut from them
+         * (drop_step), the rest of the message dropped. */
+        ps->phase = PS_DROP;
+        ps->give_kind = kind;
+        ps->give_reason = reason;
+        ps->top_pass = true;
+        buf_cut_held(&s->down, 0, pending);
+        return;
+    }
     if (pass) {
         struct msgscan_item it = item_of(ps);
         struct msgscan_outcome o;
@@ -352,6 +429,11 @@ static void overflow(struct session *s, struct pop3_scan *ps, enum msgscan_verdi
         output_original(ps, false); /* the pending bytes follow it */
         ps->stream_after = true;
         ps->pending = pending;
+        if (ps->top_all) {
+            /* The rest streams, cut to the client's k lines by the relay. */
+            pop3_st(s)->topcut = tc;
+            pop3_st(s)->top_streaming = true;
+        }
         return;
     }
     ps->phase = PS_DROP;
@@ -494,6 +576,32 @@ static int drop_step(struct session *s, struct pop3_scan *ps)
     bool ok = ps->give_kind == MSGSCAN_OVERSIZE
                   ? msgscan_oversize(s, &it, ps->msg, ps->len, size, &o)
                   : msgscan_unjudged(s, &it, ps->msg, ps->len, ps->give_reason, &o);
+    if (ps->top_pass) {
+        /* `pass`: what RETR would deliver unscanned. A probe lets the DELE through; a TOP
+         * gets its k lines, all in the held head (overflow()). */
+        msgscan_outcome_clear(&o);
+        pop3_verdict_set(s, ps->msgno, PV_CLEAN);
+        if (ps->cmd == PC_PROBE) {
+            output_probe(ps, PV_CLEAN);
+            return 1;
+        }
+        size_t cut = top_cut(ps->msg, ps->len, ps->lines);
+        while (cut > 0 && ps->msg[cut - 1] != '\n')
+            cut--;
+        ps->len = cut;
+        ps->top_all = false;
+        memcpy(ps->term, ".\r\n", 3);
+        ps->term_len = 3;
+        output_original(ps, true);
+        return 1;
+    }
+    if (ok && o.notice)
+        pop3_verdict_set(s, ps->msgno, PV_BLOCKED);
+    if (ok && o.notice && ps->cmd == PC_PROBE) {
+        msgscan_outcome_clear(&o);
+        output_probe(ps, PV_BLOCKED);
+        return 1;
+    }
     if (!ok || !o.notice) {
         msgscan_outcome_clear(&o);
         fail_response(s, ps, "Out of memory.");
@@ -545,15 +653,19 @@ static void output_done(struct session *s, struct pop3_scan *ps)
     struct pop3_state *st = pop3_st(s);
     bool stream = ps->stream_after;
     size_t pending = ps->pending;
+    bool probe = ps->cmd == PC_PROBE;
+    uint32_t msgno = ps->msgno;
+    enum pop3_verdict v = ps->probe_v;
     ps_free(s);
     if (stream) {
         st->down_held = pending; /* the framer is mid-body: the rest streams */
     } else {
         st->cur_valid = false;
         st->down_held = 0;
-        st->down_holding = false;
         st->down_part_out = false;
     }
+    if (probe)
+        pop3_probe_done(s, msgno, v, NULL, 0); /* PV_UNKNOWN: the -ERR went out instead */
 }
 
 /* Queue the next chunks of output, up to PS_OUT_QUEUE bytes toward the client. */

@@ -151,6 +151,9 @@ const char *sess_event_format(const struct sess_event *e, char *out, size_t cap)
         case SR_MAX_CONNECTIONS_PER_ADDRESS:
             put(out, cap, &o, " limit=%llu", e->n);
             break;
+        case SR_COMMAND_NOT_ALLOWED:
+            put(out, cap, &o, " command=%s", str(e->command));
+            break;
         case SR_TOO_MANY_BAD_COMMANDS:
             put(out, cap, &o, " count=%llu", e->n);
             break;

@@ -53,7 +53,7 @@ enum sess_reason {
     SR_DOWNLOAD_LIMIT,
     SR_BAD_COMMAND,
     /* SEV_REFUSED: after login, IMAP session model (imap_allow.c, issue 15) */
-    SR_COMMAND_NOT_ALLOWED,
+    SR_COMMAND_NOT_ALLOWED, /* IMAP and POP3 after login: not on the allow-list */
     SR_URLAUTH,
     SR_NOTIFY,
     SR_ENABLE,

@@ -357,8 +357,11 @@ def test_pipelined_burst_matches_direct(pproxy, popdv, certs):
     direct = run(popdv.ports["pop3s"], mailenv.ssl_context(verify=False))
     proxied = run(pproxy.port("pop3s"), ctx_for(certs))
     slow = run(pproxy.port("pop3s"), ctx_for(certs), byte_by_byte=True)
-    # CAPA differs only by what the proxy filters (STLS is never relayed).
-    assert proxied == direct.replace(b"STLS\r\n", b"")
+    # CAPA differs only by what the proxy filters (STLS is never relayed, AUTH-RESP-CODE is
+    # stripped after login), and the proxy answers a bad argument itself (docs/protocols.md).
+    assert proxied == (direct.replace(b"STLS\r\n", b"").replace(b"AUTH-RESP-CODE\r\n", b"")
+                       .replace(b"-ERR Noise after message number:  2\r\n",
+                                b"-ERR Wrong number of arguments.\r\n"))
     assert slow == proxied
 
 

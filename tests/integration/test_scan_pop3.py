@@ -265,13 +265,18 @@ def test_pipelined_retrs_infected_in_middle_then_quit(proxy_factory, dovecot, sc
 def test_top(proxy_factory, dovecot, scan_db, env_tmp, certs):
     user = new_user(dovecot)
     px = scan_proxy(proxy_factory, scan_db, env_tmp)
-    cmds = (b"TOP %d 0\r\n" % NUM["plain"] + b"TOP %d 3\r\n" % NUM["near_plain"]
-            + b"TOP %d 5\r\n" % NUM["big_clean"])
+    cmds = (b"TOP %d 3\r\n" % NUM["near_plain"] + b"TOP %d 5\r\n" % NUM["big_clean"])
     want = raw_direct(dovecot, user, cmds)
     r = Raw(px.port("pop3s"), certs, user)
     r.send(cmds)
-    for w in want:  # the header of an infected message is clean: identical
+    for w in want:
         assert r.multi() == w
+    # TOP is judged on the whole message (issue 15): even TOP n 0 of an infected message,
+    # whose header alone is clean, is the notice (its header).
+    r.send(b"TOP %d 0\r\n" % NUM["plain"])
+    got = unstuff(r.multi())
+    assert_notice(got, malware.MESSAGES["plain"].data)
+    assert got.endswith(b"\r\n\r\n")
     # TOP n k of an infected message: the notice's header and its first k body lines.
     r.send(b"TOP %d 3\r\n" % NUM["plain"])  # EICAR is body line 3
     got = unstuff(r.multi())

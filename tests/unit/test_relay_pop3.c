@@ -46,9 +46,47 @@ CASE(t_top_multi, "TOP n k: multi-line", RH_SCAN_OFF, C("TOP 1 1\r\n"), EB("TOP 
      B("+OK\r\nSubject: hi\r\n\r\nline one\r\n.\r\n"),
      EC("+OK\r\nSubject: hi\r\n\r\nline one\r\n.\r\n"))
 
-CASE(t_capa_rewritten, "CAPA loses STLS", RH_SCAN_OFF, C("CAPA\r\n"), EB("CAPA\r\n"),
-     B("+OK Capability list follows\r\nTOP\r\nUIDL\r\nSTLS\r\nPIPELINING\r\nSASL PLAIN\r\n.\r\n"),
-     EC("+OK Capability list follows\r\nTOP\r\nUIDL\r\nPIPELINING\r\nSASL PLAIN\r\n.\r\n"))
+CASE(t_capa_rewritten, "CAPA keeps only what the proxy models: STLS, SASL, USER dropped",
+     RH_SCAN_OFF, C("CAPA\r\n"), EB("CAPA\r\n"),
+     B("+OK Capability list follows\r\nTOP\r\nUIDL\r\nSTLS\r\nPIPELINING\r\nSASL PLAIN\r\n"
+       "USER\r\n.\r\n"),
+     EC("+OK Capability list follows\r\nTOP\r\nUIDL\r\nPIPELINING\r\n.\r\n"))
+
+CASE(t_capa_unknown_dropped,
+     "CAPA: UTF8, LANG, unknown and stuffed lines dropped; kept ones as sent", RH_SCAN_OFF,
+     C("CAPA\r\n"), EB("CAPA\r\n"),
+     B("+OK\r\nUTF8 USER\r\nLANG\r\nX-FANCY\r\nRESP-CODES\r\nEXPIRE NEVER\r\nlogin-delay "
+       "900\r\nIMPLEMENTATION Dovecot\r\nAUTH-RESP-CODE\r\nTOPX\r\n...\r\n.\r\n"),
+     EC("+OK\r\nRESP-CODES\r\nEXPIRE NEVER\r\nlogin-delay 900\r\nIMPLEMENTATION Dovecot\r\n.\r\n"),
+     EOPEN)
+
+CASE(t_capa_err, "CAPA answered -ERR: one line", RH_SCAN_OFF, C("CAPA\r\nNOOP\r\n"),
+     EB("CAPA\r\nNOOP\r\n"), B("-ERR no\r\n+OK\r\n"), EC("-ERR no\r\n+OK\r\n"))
+
+CASE(t_not_allowed, "commands off the allow-list are refused, in order, never forwarded",
+     RH_SCAN_OFF, C("XTND XMIT\r\nUTF8\r\nLAST\r\nLANG\r\nXCLIENT ADDR=1.2.3.4\r\nNOOP\r\n"),
+     EB("NOOP\r\n"), B("+OK\r\n"),
+     EC("-ERR Command not allowed.\r\n-ERR Command not allowed.\r\n-ERR Command not allowed.\r\n"
+        "-ERR Command not allowed.\r\n-ERR Command not allowed.\r\n+OK\r\n"))
+
+CASE(t_strict_numbers, "message numbers and line counts are strict decimal: else -ERR here",
+     RH_SCAN_OFF,
+     C("RETR 1x\r\nRETR -1\r\nRETR 1 2\r\nRETR 99999999999\r\nRETR 0\r\nRETR 01\r\nRETR\r\n"
+       "RETR +1\r\nTOP 1\r\nTOP 1 -1\r\nTOP 1 1 1\r\nDELE 4294967296\r\nLIST \r\nSTAT 1\r\n"
+       "UIDL 1 2\r\nNOOP x\r\nRETR  1\r\nLIST 4294967295\r\n"),
+     EB("LIST 4294967295\r\n"), B("-ERR There's no message 4294967295.\r\n"),
+     EC("-ERR Invalid message number.\r\n-ERR Invalid message number.\r\n"
+        "-ERR Wrong number of arguments.\r\n-ERR Invalid message number.\r\n"
+        "-ERR Invalid message number.\r\n-ERR Invalid message number.\r\n"
+        "-ERR Wrong number of arguments.\r\n-ERR Invalid message number.\r\n"
+        "-ERR Wrong number of arguments.\r\n-ERR Invalid number of lines.\r\n"
+        "-ERR Wrong number of arguments.\r\n-ERR Invalid message number.\r\n"
+        "-ERR Invalid message number.\r\n-ERR Wrong number of arguments.\r\n"
+        "-ERR Wrong number of arguments.\r\n-ERR Wrong number of arguments.\r\n"
+        "-ERR Wrong number of arguments.\r\n-ERR There's no message 4294967295.\r\n"))
+
+CASE(t_dele_scan_off, "DELE passes when scanning is off", RH_SCAN_OFF, C("DELE 1\r\n"),
+     EB("DELE 1\r\n"), B("+OK Marked to be deleted.\r\n"), EC("+OK Marked to be deleted.\r\n"))
 
 CASE(t_capa_untouched, "CAPA without STLS is byte-identical", RH_SCAN_OFF, C("CAPA\r\n"),
      EB("CAPA\r\n"), B("+OK\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\n.\r\n"),
@@ -168,6 +206,11 @@ int main(void)
         cmocka_unit_test(t_retr_err_single),
         cmocka_unit_test(t_top_multi),
         cmocka_unit_test(t_capa_rewritten),
+        cmocka_unit_test(t_capa_unknown_dropped),
+        cmocka_unit_test(t_capa_err),
+        cmocka_unit_test(t_not_allowed),
+        cmocka_unit_test(t_strict_numbers),
+        cmocka_unit_test(t_dele_scan_off),
         cmocka_unit_test(t_capa_untouched),
         cmocka_unit_test(t_pipelining),
         cmocka_unit_test(t_stls_refused),

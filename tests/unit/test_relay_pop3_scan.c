@@ -39,14 +39,115 @@ CASE(t_retr_notice_restuffed, "a notice with \".\" line starts is dot-stuffed on
      B("+OK 44 octets\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\n..bad\r\n.\r\n"),
      ECN("+OK @NUM@ octets\r\n@POPNOTICE@"))
 
+/* TOP n k is sent as TOP n 2147483647: judged on the whole message, cut by the proxy. */
+#define TOP_ALL(n) "TOP " #n " 2147483647\r\n"
+#define KEPT                                                                                       \
+    "+OK Kept on the mail server: this message was withheld by the mail security gateway.\r\n"
+
 CASE(t_top_infected, "TOP of an infected message: the notice header and k body lines", RH_SCAN_ON,
-     C("TOP 1 0\r\n"), EB("TOP 1 0\r\n"),
+     C("TOP 1 0\r\n"), EB(TOP_ALL(1)),
      B("+OK\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\n..bad\r\n.\r\n"),
      ECN("+OK\r\n@POPNOTICE@"))
 
-CASE(t_top_clean, "TOP of a clean message: byte-identical", RH_SCAN_ON, C("TOP 1 2\r\n"),
-     EB("TOP 1 2\r\n"), B("+OK\r\nSubject: hi\r\n\r\nline one\r\n..dotted\r\n...\r\n.\r\n"),
-     EC("+OK\r\nSubject: hi\r\n\r\nline one\r\n..dotted\r\n...\r\n.\r\n"))
+CASE(t_top_clean, "TOP of a clean message: cut to k lines, dot-stuffing kept", RH_SCAN_ON,
+     C("TOP 1 2\r\n"), EB(TOP_ALL(1)),
+     B("+OK\r\nSubject: hi\r\n\r\nline one\r\n..dotted\r\n...\r\nmore\r\n.\r\n"),
+     EC("+OK\r\nSubject: hi\r\n\r\nline one\r\n..dotted\r\n.\r\n"),
+     ESCANNED("Subject: hi\r\n\r\nline one\r\n.dotted\r\n..\r\nmore\r\n"))
+
+CASE(t_top_zero_lines, "TOP n 0: the header and the empty line", RH_SCAN_ON, C("TOP 3 0\r\n"),
+     EB(TOP_ALL(3)), B("+OK\r\nSubject: hi\r\nTo: b\r\n\r\nline one\r\n.\r\n"),
+     EC("+OK\r\nSubject: hi\r\nTo: b\r\n\r\n.\r\n"))
+
+CASE(t_top_more_than_body, "TOP with k past the end: the whole message", RH_SCAN_ON,
+     C("TOP 1 1000\r\n"), EB(TOP_ALL(1)), B("+OK\r\nSubject: hi\r\n\r\na\r\n..\r\nb\r\n.\r\n"),
+     EC("+OK\r\nSubject: hi\r\n\r\na\r\n..\r\nb\r\n.\r\n"))
+
+CASE(t_top_no_body, "TOP of a message without an empty line: all header", RH_SCAN_ON,
+     C("TOP 1 0\r\n"), EB(TOP_ALL(1)), B("+OK\r\nFrom: a@b\r\nSubject: nobody\r\n.\r\n"),
+     EC("+OK\r\nFrom: a@b\r\nSubject: nobody\r\n.\r\n"))
+
+CASE(t_top_empty_header, "TOP of a message that starts with an empty line", RH_SCAN_ON,
+     C("TOP 1 1\r\n"), EB(TOP_ALL(1)), B("+OK\r\n\r\nbody only\r\nx\r\n.\r\n"),
+     EC("+OK\r\n\r\nbody only\r\n.\r\n"))
+
+CASE(t_top_lf_header_end, "TOP of a message whose header ends in a bare LF", RH_SCAN_ON,
+     C("TOP 1 1\r\n"), EB(TOP_ALL(1)), B("+OK\r\nSubject: lf\n\nl1\nl2\n.\r\n"),
+     EC("+OK\r\nSubject: lf\n\nl1\n.\r\n"))
+
+CASE(t_top_judged_whole, "TOP n 1 of a message infected after line 1: the notice, not line 1",
+     RH_SCAN_ON, C("TOP 1 1\r\n"), EB(TOP_ALL(1)),
+     B("+OK\r\nSubject: x\r\n\r\nharmless first line\r\nX-Harness-Infected: 1\r\n.\r\n"),
+     ECN("+OK\r\n@POPNOTICE@"), ENSCANS(1))
+
+CASE(t_top_err, "TOP of a missing message: the backend's -ERR", RH_SCAN_ON, C("TOP 9 1\r\n"),
+     EB(TOP_ALL(9)), B("-ERR There's no message 9.\r\n"), EC("-ERR There's no message 9.\r\n"))
+
+CASE(t_top_oversize_pass_stream,
+     "TOP over max_scan_size with pass, k past the held head: the rest streams, cut at k",
+     RH_SCAN_SMALL_PASS, C("TOP 1 13\r\n"), EB(TOP_ALL(1)),
+     B("+OK\r\nSubject: big\r\n\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n" RH_HEX80
+       "\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n" RH_HEX80
+       "\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n..dot\r\n" RH_HEX80 "\r\n" RH_HEX80
+       "\r\nlast\r\n.\r\n"),
+     EC("+OK\r\nSubject: big\r\n\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n" RH_HEX80
+        "\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n" RH_HEX80
+        "\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n" RH_HEX80 "\r\n..dot\r\n.\r\n"),
+     C("TOP 1 1000\r\n"), EB(TOP_ALL(1)),
+     B("+OK\r\nSubject: big\r\n\r\n" RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80
+           RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 "\r\n..\r\nend\r\n.\r\n"),
+     EC("+OK\r\nSubject: big\r\n\r\n" RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80
+            RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80
+        "\r\n..\r\nend\r\n.\r\n"))
+
+CASE(t_dele_after_blocked_retr, "DELE of a message replaced by the notice is not passed on",
+     RH_SCAN_ON, C("RETR 2\r\n"), EB("RETR 2\r\n"),
+     B("+OK 44 octets\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\n..bad\r\n.\r\n"),
+     ECN("+OK @NUM@ octets\r\n@POPNOTICE@"), C("DELE 2\r\nNOOP\r\n"), EB("NOOP\r\n"), B("+OK\r\n"),
+     EC(KEPT "+OK\r\n"), ENSCANS(1))
+
+CASE(t_dele_after_clean_retr, "DELE of a clean message goes to the backend", RH_SCAN_ON,
+     C("RETR 1\r\n"), EB("RETR 1\r\n"), B("+OK 13 octets\r\nSubject: hi\r\n\r\n.\r\n"),
+     EC("+OK 13 octets\r\nSubject: hi\r\n\r\n.\r\n"), C("DELE 1\r\n"), EB("DELE 1\r\n"),
+     B("+OK Marked to be deleted.\r\n"), EC("+OK Marked to be deleted.\r\n"), ENSCANS(1))
+
+CASE(t_dele_after_blocked_top, "TOP judged infected: DELE kept too", RH_SCAN_ON, C("TOP 2 0\r\n"),
+     EB(TOP_ALL(2)), B("+OK\r\nSubject: x\r\n\r\nok\r\nX-Harness-Infected: 1\r\n.\r\n"),
+     ECN("+OK\r\n@POPNOTICE@"), C("DELE 2\r\n"), EC(KEPT), EB(""))
+
+CASE(t_dele_probe_infected,
+     "DELE of a message never downloaded: judged with our own TOP, withheld, nothing leaks",
+     RH_SCAN_ON, C("DELE 5\r\nSTAT\r\n"), EB(TOP_ALL(5)),
+     B("+OK\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\n..bad\r\n.\r\n"), EB("STAT\r\n"),
+     B("+OK 5 300\r\n"), EC(KEPT "+OK 5 300\r\n"), ENSCANS(1), C("DELE 5\r\n"), EC(KEPT), EB(""),
+     ENSCANS(1))
+
+CASE(t_dele_probe_clean, "DELE of a clean message never downloaded: probed, then passed on",
+     RH_SCAN_ON, C("DELE 1\r\nLIST\r\n"), EB(TOP_ALL(1)),
+     B("+OK\r\nSubject: hi\r\n\r\nline one\r\n.\r\n"), EB("DELE 1\r\nLIST\r\n"),
+     B("+OK Marked to be deleted.\r\n+OK 0 messages:\r\n.\r\n"),
+     EC("+OK Marked to be deleted.\r\n+OK 0 messages:\r\n.\r\n"), ENSCANS(1))
+
+CASE(t_dele_probe_err, "DELE probe answered -ERR: that is the DELE's answer", RH_SCAN_ON,
+     C("DELE 9\r\nNOOP\r\n"), EB(TOP_ALL(9)), B("-ERR There's no message 9.\r\n"), EB("NOOP\r\n"),
+     B("+OK\r\n"), EC("-ERR There's no message 9.\r\n+OK\r\n"), ENSCANS(0))
+
+CASE(t_dele_probe_scan_error, "DELE probe that cannot be judged (error_action block): kept",
+     RH_SCAN_ON, C("DELE 3\r\n"), EB(TOP_ALL(3)),
+     B("+OK\r\nSubject: e\r\nX-Harness-Scan-Error: 1\r\n\r\nx\r\n.\r\n"), EC(KEPT), EB(""))
+
+CASE(t_dele_probe_after_pipelined_retr, "RETR and DELE pipelined: the DELE is probed, in order",
+     RH_SCAN_ON, C("RETR 2\r\nDELE 2\r\nQUIT\r\n"), EB("RETR 2\r\n" TOP_ALL(2)),
+     B("+OK 44 octets\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\n..bad\r\n.\r\n"
+       "+OK\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\n..bad\r\n.\r\n"),
+     ECN("+OK @NUM@ octets\r\n@POPNOTICE@" KEPT), EB("QUIT\r\n"))
+
+CASE(t_top_oversize_pass, "TOP over max_scan_size with pass: the k lines, not the whole message",
+     RH_SCAN_SMALL_PASS, C("TOP 1 1\r\n"), EB(TOP_ALL(1)),
+     B("+OK\r\nSubject: big\r\n\r\nshort one\r\n" RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80
+           RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80 RH_HEX80
+       "\r\n.\r\n"),
+     EC("+OK\r\nSubject: big\r\n\r\nshort one\r\n.\r\n"))
 
 CASE(t_retr_pipelined_mix, "pipelined RETR clean, RETR infected, LIST: each framed and judged",
      RH_SCAN_ON, C("RETR 1\r\nRETR 2\r\nLIST\r\n"), EB("RETR 1\r\nRETR 2\r\nLIST\r\n"),
@@ -203,6 +304,23 @@ int main(void)
         cmocka_unit_test(t_retr_notice_restuffed),
         cmocka_unit_test(t_top_infected),
         cmocka_unit_test(t_top_clean),
+        cmocka_unit_test(t_top_zero_lines),
+        cmocka_unit_test(t_top_more_than_body),
+        cmocka_unit_test(t_top_no_body),
+        cmocka_unit_test(t_top_empty_header),
+        cmocka_unit_test(t_top_lf_header_end),
+        cmocka_unit_test(t_top_judged_whole),
+        cmocka_unit_test(t_top_err),
+        cmocka_unit_test(t_dele_after_blocked_retr),
+        cmocka_unit_test(t_dele_after_clean_retr),
+        cmocka_unit_test(t_dele_after_blocked_top),
+        cmocka_unit_test(t_dele_probe_infected),
+        cmocka_unit_test(t_dele_probe_clean),
+        cmocka_unit_test(t_dele_probe_err),
+        cmocka_unit_test(t_dele_probe_scan_error),
+        cmocka_unit_test(t_dele_probe_after_pipelined_retr),
+        cmocka_unit_test(t_top_oversize_pass),
+        cmocka_unit_test(t_top_oversize_pass_stream),
         cmocka_unit_test(t_retr_pipelined_mix),
         cmocka_unit_test(t_retr_scan_error),
         cmocka_unit_test(t_retr_err_passes),

@@ -195,9 +195,9 @@ bool sc_item_ranged(enum fi_kind kind, const struct fetch_items *f)
         return true;
     if (kind != FI_PART)
         return false;
-    if (f->lit_name_cut)
-        return true;
-    return f->lit_name_len > 0 && f->lit_name[f->lit_name_len - 1] == '>';
+    /* the item whose value the literal is (the tokenizer's item state lasts until the next
+     * item): an origin, a cut name or an unknown item */
+    return f->has_origin || f->name_cut || f->item_unknown;
 }
 
 /* The replacement bytes for a content literal that the server sent with `len` bytes (see

@@ -152,7 +152,8 @@ const char *sess_event_format(const struct sess_event *e, char *out, size_t cap)
             put(out, cap, &o, " limit=%llu", e->n);
             break;
         case SR_COMMAND_NOT_ALLOWED:
-            put(out, cap, &o, " command=%s", str(e->command));
+            if (e->command) /* POP3 names the keyword; IMAP logs its own line */
+                put(out, cap, &o, " command=%s", e->command);
             break;
         case SR_TOO_MANY_BAD_COMMANDS:
             put(out, cap, &o, " count=%llu", e->n);

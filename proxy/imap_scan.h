@@ -99,8 +99,8 @@ struct imap_scan {
     enum fi_kind part_kind;
     uint64_t part_origin;
     bool part_ranged; /* sc_item_ranged() */
-    int part_rc;   /* fetcher result: 1 judged, 0 gone, -1 error; 2 pending */
-    int part_memo; /* memo slot index of the verdict, or -1 */
+    int part_rc;      /* fetcher result: 1 judged, 0 gone, -1 error; 2 pending */
+    int part_memo;    /* memo slot index of the verdict, or -1 */
     /* issue 15: quoted content and unparsable text (imap_fetchitem.c) */
     bool quoted_wait;   /* SC_PART_WAIT for a whole held response with quoted content */
     bool part_strict;   /* the held text before this part may carry content: pass only clean */

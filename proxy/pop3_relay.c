@@ -42,7 +42,7 @@
 /* A RETR/TOP status line is held whole for the scanner (it reads and may rewrite the octet
  * count). Longer than this, the message cannot be judged: the session ends (fail closed). */
 #define STATUS_HOLD_MAX 8192
-#define CAPA_LINE_MAX 4096 /* a CAPA line longer than this is a backend protocol error */
+#define CAPA_LINE_MAX   4096 /* a CAPA line longer than this is a backend protocol error */
 
 /* The answer to a withheld DELE. +OK: the client asked for the message to go and may not
  * retry; the words say what happens, as the notice does ("it is still on the mail server",

@@ -312,6 +312,13 @@ static void t_long_fetch_lines(void **state)
     char *bad = rh_strf("* 1 FETCH (UID 7 BODYSTRUCTURE (\"text\" \"plain\" (\"name\" \"%s\") NIL "
                         "NIL \"7bit\" 13 1) BODY[] {%zu}\r\n%s)\r\ng OK\r\n",
                         pad_long, strlen(msg), msg);
+    /* The long text before the literal holds no content (the tokenizer proves it): its start
+     * streams and the literal is still judged. Quoted content over the hold bound cannot be
+     * proven harmless: the session ends, nothing of it goes out. */
+    char *bad_out = rh_strf("* 1 FETCH (UID 7 BODYSTRUCTURE (\"text\" \"plain\" (\"name\" \"%s\") "
+                            "NIL NIL \"7bit\" 13 1) BODY[] @NOTICE@)\r\ng OK\r\n",
+                            pad_long);
+    char *quoted = rh_strf("* 1 FETCH (UID 7 PREVIEW \"%s\")\r\nh OK\r\n", pad_long);
     const struct rh_step steps[] = {SEL,
                                     C("f UID FETCH 8 (UID BODYSTRUCTURE BODY.PEEK[])\r\n"),
                                     EB("f UID FETCH 8 (UID BODYSTRUCTURE BODY.PEEK[])\r\n"),
@@ -321,17 +328,22 @@ static void t_long_fetch_lines(void **state)
                                     C("g UID FETCH 7 (UID BODYSTRUCTURE BODY.PEEK[])\r\n"),
                                     EB("g UID FETCH 7 (UID BODYSTRUCTURE BODY.PEEK[])\r\n"),
                                     B(bad),
+                                    ECN(bad_out),
+                                    C("h UID FETCH 7 (FLAGS)\r\n"),
+                                    EB("h UID FETCH 7 (FLAGS)\r\n"),
+                                    B(quoted),
                                     EC("* BYE FETCH response too long to scan.\r\n"),
                                     ECLOSED,
-                                    ENSCANS(1),
+                                    ENSCANS(2),
                                     END};
-    rh_run_case(&(struct rh_case){.name = "a 40 kB FETCH line held and passed; a 70 kB one fails "
-                                          "closed",
+    rh_run_case(&(struct rh_case){.name = "a 40 kB FETCH line held and passed; a 70 kB one "
+                                          "streams its proven non-content start; 70 kB of quoted "
+                                          "content fails closed",
                                   .proto = RH_IMAP,
                                   .scan = RH_SCAN_ON,
                                   .steps = steps,
                                   .big = true});
-    free(pad_ok), free(pad_long), free(ok), free(bad);
+    free(pad_ok), free(pad_long), free(ok), free(bad), free(bad_out), free(quoted);
 }
 
 /* Issue 14 (regressions, named test_regress_14_* in the integration tests): the stall. The
@@ -412,20 +424,19 @@ CASE(t_i15_keyword_brackets_part, "keywords x] and y[ before BODY[1]: judged as 
      ECN("* 1 FETCH (FLAGS (\\Seen x] y[) BODY[1] @BLOCKED@)\r\np OK\r\n"), ENSCANS(0))
 
 CASE(t_i15_quoted_preview_blocked, "PREVIEW \"...\" of a blocked message: the string becomes NIL",
-     RH_SCAN_ON, SEL, JUDGE_7_INFECTED, C("g UID FETCH 7 (PREVIEW)\r\n"),
-     EB("g UID FETCH 7 (PREVIEW)\r\n"), B("* 1 FETCH (UID 7 PREVIEW \"bad text\")\r\ng OK\r\n"),
+     RH_SCAN_ON, SEL, JUDGE_7_INFECTED, C("g UID FETCH 7 (FLAGS)\r\n"),
+     EB("g UID FETCH 7 (FLAGS)\r\n"), B("* 1 FETCH (UID 7 PREVIEW \"bad text\")\r\ng OK\r\n"),
      ECN("* 1 FETCH (UID 7 PREVIEW NIL)\r\ng OK\r\n"), ENSCANS(1))
 
 CASE(t_i15_quoted_part_unjudged, "a part sent as a quoted string, message unjudgeable: NIL",
-     RH_SCAN_ON, C("p FETCH 1 (BODY.PEEK[1] SNIPPET (FUZZY))\r\n"),
-     EB("p FETCH 1 (BODY.PEEK[1] SNIPPET (FUZZY))\r\n"),
+     RH_SCAN_ON, C("p FETCH 1 (BODY.PEEK[1])\r\n"), EB("p FETCH 1 (BODY.PEEK[1])\r\n"),
      B("* 1 FETCH (BODY[1] \"bad\" SNIPPET (FUZZY \"a \\\"b\\\" c\") FLAGS (\\Seen))\r\np OK\r\n"),
      EC("* 1 FETCH (BODY[1] NIL SNIPPET (FUZZY NIL) FLAGS (\\Seen))\r\np OK\r\n"), ENSCANS(0))
 
 CASE(t_i15_quoted_after_header_literal,
      "PREVIEW after a header literal of a blocked message: the literal streams, the string is NIL",
-     RH_SCAN_ON, SEL, JUDGE_7_INFECTED, C("g UID FETCH 7 (BODY.PEEK[HEADER] PREVIEW)\r\n"),
-     EB("g UID FETCH 7 (BODY.PEEK[HEADER] PREVIEW)\r\n"),
+     RH_SCAN_ON, SEL, JUDGE_7_INFECTED, C("g UID FETCH 7 (BODY.PEEK[HEADER])\r\n"),
+     EB("g UID FETCH 7 (BODY.PEEK[HEADER])\r\n"),
      B("* 1 FETCH (UID 7 BODY[HEADER] {12}\r\nSubject: x\r\n PREVIEW \"bad\" FLAGS (a[))\r\ng "
        "OK\r\n"),
      ECN("* 1 FETCH (UID 7 BODY[HEADER] {12}\r\nSubject: x\r\n PREVIEW NIL FLAGS (a[))\r\ng "
@@ -436,14 +447,14 @@ CASE(t_i15_quoted_clean, "quoted content of a judged clean message is byte-ident
      SEL, C("f UID FETCH 8 (UID BODY.PEEK[])\r\n"), EB("f UID FETCH 8 (UID BODY.PEEK[])\r\n"),
      B("* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nf OK\r\n"),
      EC("* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nf OK\r\n"),
-     C("g UID FETCH 8 (PREVIEW)\r\n"), EB("g UID FETCH 8 (PREVIEW)\r\n"),
+     C("g UID FETCH 8 (FLAGS)\r\n"), EB("g UID FETCH 8 (FLAGS)\r\n"),
      B("* 2 FETCH (PREVIEW \"hello world\" UID 8)\r\ng OK\r\n"),
      EC("* 2 FETCH (PREVIEW \"hello world\" UID 8)\r\ng OK\r\n"), ENSCANS(1))
 
 CASE(t_i15_quoted_then_literal_blocked,
      "quoted content before a literal of a blocked message: the session ends, nothing leaks",
-     RH_SCAN_ON, SEL, JUDGE_7_INFECTED, C("g UID FETCH 7 (PREVIEW BODY.PEEK[HEADER])\r\n"),
-     EB("g UID FETCH 7 (PREVIEW BODY.PEEK[HEADER])\r\n"),
+     RH_SCAN_ON, SEL, JUDGE_7_INFECTED, C("g UID FETCH 7 (BODY.PEEK[HEADER])\r\n"),
+     EB("g UID FETCH 7 (BODY.PEEK[HEADER])\r\n"),
      B("* 1 FETCH (UID 7 PREVIEW \"bad text\" BODY[HEADER] {12}\r\n"), /* ends here */
      EC("* BYE FETCH response carries content the proxy cannot replace.\r\n"), ECLOSED)
 

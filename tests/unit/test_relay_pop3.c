@@ -172,8 +172,8 @@ static void t_long_status_line(void **state)
     pad[200000] = '\0';
     char *err = rh_strf("-ERR Invalid message number: %s\r\n", pad);
     char *ok = rh_strf("+OK 1 %s\r\n", pad);
-    const struct rh_step steps[] = {C("LIST zzz\r\n"),
-                                    EB("LIST zzz\r\n"),
+    const struct rh_step steps[] = {C("LIST 99\r\n"),
+                                    EB("LIST 99\r\n"),
                                     B(err),
                                     EC(err),
                                     C("UIDL 1\r\n"),

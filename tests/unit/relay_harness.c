@@ -33,6 +33,7 @@
 /* ---- the stub scanner (link seam for scanner_clamav_new) ---- */
 
 static atomic_uint stub_started; /* scans the stub was asked for (rh_scans) */
+static atomic_uint stub_all;     /* every stub call, notices included (settle) */
 static pthread_mutex_t stub_mu = PTHREAD_MUTEX_INITIALIZER;
 static char *stub_last;
 static size_t stub_last_len;
@@ -52,6 +53,7 @@ static void stub_scan(struct scanner *s, const char *buf, size_t len, struct sca
     /* msgscan scans every notice before it is sent: judged like anything else, but not counted
      * as a message scan nor kept as "the last message scanned". */
     bool notice = has(buf, len, "\r\nX-Portcullis-Verdict: ");
+    atomic_fetch_add(&stub_all, 1);
     if (!notice)
         atomic_fetch_add(&stub_started, 1);
     memset(r, 0, sizeof *r);
@@ -341,6 +343,7 @@ static bool scan_pending(struct rh *h)
 static void settle(struct rh *h)
 {
     int idle = 0, clear = 0;
+    unsigned calls0 = atomic_load(&stub_all);
     double deadline = 0;
     for (;;) {
         ev_run(g_loop, EVRUN_NOWAIT);
@@ -360,7 +363,13 @@ static void settle(struct rh *h)
         if (!h->s || !h->w.scan)
             return;
         idle = 0;
+        /* A verdict can submit another job (the notice's own scan) from the loop: settled only
+         * when no stub call started between the two idle checks either. */
+        unsigned calls = atomic_load(&stub_all);
         if (!scan_pending(h)) {
+            if (clear > 0 && calls != calls0)
+                clear = 0;
+            calls0 = calls;
             if (++clear >= 2)
                 return;
             continue;

@@ -14,7 +14,7 @@
  * workers' connect failures write it.
  *
  * The dialer (struct backend_dial) is the one way a worker opens a connection to a backend: the
- * session's login connection (IMAP, POP3) and the scan fetcher's second connection alike. It
+ * session's login connection (IMAP, POP3; issue 15 removed the scan fetcher's second one). It
  * does socket + TCP_NODELAY, the transparent source bind (IP_TRANSPARENT, leave from the client's
  * address), the non-blocking connect under a timeout, the PROXY v2 header, implicit TLS with
  * certificate verification, the failure log lines (event=backend_connect_failed,

@@ -178,6 +178,8 @@ static const struct cfg_key scan_keys[] = {
     {CFG_K_SIZE("max_file_size", struct cfg_scan, max_file_size, "25M", KIB, 4 * GIB - 1)},
     {CFG_K_UINT("max_recursion", struct cfg_scan, max_recursion, "16", 1, 64)},
     {CFG_K_UINT("max_files", struct cfg_scan, max_files, "10000", 1, 1000000)},
+    {CFG_K_UINT("max_prefetch_messages", struct cfg_scan, max_prefetch_messages, "1000", 1,
+                1000000)},
     {CFG_K_DURATION("scan_timeout", struct cfg_scan, scan_timeout_ms, "60s", 1, HOUR)},
     {CFG_K_OPTSTR("tmpdir", struct cfg_scan, tmpdir, ""), .flags = CFG_RESTART},
     {CFG_K_ENUM("oversize_action", struct cfg_scan, oversize_action, "pass", scan_action_values)},

@@ -153,6 +153,7 @@ struct cfg_scan {
     char *quarantine_dir;                 /* owned or NULL = no quarantine */
     char *notice_template;                /* owned or NULL = built-in template; may hold LF */
     uint64_t verdict_cache_ttl_ms;        /* default 1d */
+    unsigned max_prefetch_messages;       /* default 1000: messages one part FETCH may judge */
 };
 
 /* redis: — shared policy state (docs/redis.md). Absent: local in-memory limits only. The

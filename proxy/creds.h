@@ -1,8 +1,9 @@
 /*
  * creds — the credentials of one login, from the client's command to the backend's: decoded once
  * (IMAP LOGIN or POP3 USER+PASS, or a SASL initial response), replayed to the backend (LOGIN
- * literals, USER/PASS, or a SASL initial response built here) and wiped when freed. IMAP, POP3
- * and the IMAP scan fetcher's second connection all log in from a struct creds.
+ * literals, USER/PASS, or a SASL initial response built here) and wiped when freed. IMAP and
+ * POP3 log in from a struct creds and wipe it once the backend has answered the login (nothing
+ * after login needs it: parts are judged on the same connection, no backend is re-dialled).
  *
  * PLAIN (RFC 4616) is decoded into user, password and authzid; XOAUTH2 and OAUTHBEARER
  * (RFC 7628) payloads are only read for the user name and kept opaque (as the base64 received)

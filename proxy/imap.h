@@ -39,8 +39,7 @@ struct imap_state {
     /* the login in progress */
     char tag[IMAP_TAG_MAX + 1]; /* the client's tag of LOGIN/AUTHENTICATE */
     enum creds_mech mech;       /* named by AUTHENTICATE, for its SASL response */
-    struct creds creds;         /* the login's credentials; after login kept only for the scan
-                                   fetcher's second connection (wiped at close) */
+    struct creds creds;         /* the login's credentials (wiped at login and on failure) */
     char *client_id;            /* the client's ID parameters, re-serialised, or NULL */
     double preauth_deadline;    /* absolute; restored after a failed backend login */
 
@@ -68,6 +67,7 @@ struct imap_state {
     bool up_classified; /* the current client command has been looked at */
     bool down_classified;
     bool up_dropping;      /* the current client command is refused: drop it whole */
+    bool up_hold_line;     /* a FETCH line is held whole for imap_prefetch_line (issue 15) */
     bool up_in_literal;    /* the up framer is inside a literal's bytes */
     bool up_cmd_open;      /* a client command is being relayed (classified, not yet ended) */
     bool up_cmd_answered;  /* ... and the backend already answered its tag (a server may
@@ -122,10 +122,9 @@ void imap_relay_stop(struct session *s);
 /* protocol `holding`: bytes not framed yet, or a response held for its verdict. */
 bool imap_relay_holding(struct session *s);
 /* imap_scan.c (issue 4): FETCH content scanning; all no-ops while st->sc is NULL.
- * login: set up scanning (st->sc) when this worker scans; the login's credentials then stay in
- * st->creds for the second connection (imap_fetcher.c). False: out of memory. */
+ * login: set up scanning (st->sc) when this worker scans. False: out of memory. */
 bool imap_scan_login(struct session *s);
-/* Cancel the scan, the fetcher, keep-alive and budget waits; drop a held response. */
+/* Cancel the scan, keep-alive and budget waits; drop a held response. */
 void imap_scan_stop(struct session *s);
 void imap_scan_free(struct session *s);
 /* A response is held for its verdict or budget (it will go out without new backend input). */
@@ -143,6 +142,22 @@ bool imap_scan_down_paused(struct session *s);
 bool imap_scan_frame(struct session *s, enum imap_frame_event ev, size_t used);
 /* nothing held or being sent for scanning */
 bool imap_scan_idle(struct session *s);
+/* imap_prefetch.c (issue 15): parts are judged on the whole message fetched first on this
+ * connection. A client command was classified: must its whole line be held and parsed? */
+bool imap_prefetch_wants_line(struct session *s);
+enum pf_line {
+    PF_LINE_PASS,    /* forward it */
+    PF_LINE_HELD,    /* held: the proxy fetches first; the up filter stops until released */
+    PF_LINE_REFUSED, /* answered BAD/NO (injected): drop the command */
+};
+/* The held line is complete (`bad`: it announced a literal or grew too long to hold). */
+enum pf_line imap_prefetch_line(struct session *s, const char *line, size_t len, bool bad);
+/* A client command went to the backend: outstanding until its tagged answer. */
+void imap_prefetch_sent(struct session *s);
+/* A client command is held: frame no more client bytes. */
+bool imap_prefetch_up_blocked(struct session *s);
+/* imap_relay.c: the held command goes to the backend now (called by imap_prefetch.c). */
+void imap_relay_release_held(struct session *s);
 /* imap_idle.c */
 bool imap_relay_idle(struct session *s);
 /* Queue a whole response line (with CRLF) for the client at the next response boundary. */

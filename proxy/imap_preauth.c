@@ -106,7 +106,7 @@ static void free_parser_store(struct imap_state *st)
 
 static void imap_stop(struct session *s)
 {
-    imap_scan_stop(s); /* issue 4: scans, the fetcher, keep-alive, budget waits */
+    imap_scan_stop(s); /* issue 4: scans, keep-alive, budget waits */
     imap_relay_stop(s);
 }
 
@@ -615,10 +615,9 @@ void imap_preauth_login_ok(struct session *s)
         sess_close(s, "out of memory");
         return;
     }
-    /* The scan fetcher's second connection logs in with the same credentials (issue 4): they
-     * stay, until the session ends, only while scanning is on. */
-    if (!st->sc)
-        forget_login(st);
+    /* Nothing needs the credentials after login (issue 15: parts are judged on this
+     * connection; a backend is never re-dialled once logged in): wiped now. */
+    forget_login(st);
     sess_login_result(s, true, false); /* issue 5: register the session */
     free_parser_store(st);
     sess_event(s, &(struct sess_event){.kind = SEV_LOGIN, .name = s->be->name, .mech = mech});

@@ -232,6 +232,7 @@ static void end_command(struct imap_state *st)
     /* a SELECT literal not collected (the backend refused it) names nothing later */
     free(st->sel_lit);
     st->sel_lit = NULL;
+    st->up_hold_line = false;
     st->up_classified = false;
     st->up_cmd_open = false;
     st->up_cmd_answered = false;
@@ -387,13 +388,41 @@ static void end_idle_ourselves(struct session *s)
         sess_end(s, "out of memory", "Internal error.");
 }
 
+void imap_relay_release_held(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    release_up(&s->up, st, 0);
+    end_command(st);
+    st->up_resume = true;
+}
+
+/* issue 15: a FETCH line is held whole, then imap_prefetch_line decides. Returns true when
+ * the loop is to go on to the next step (held, or still growing). */
+static bool hold_fetch_line(struct session *s, enum imap_frame_event ev)
+{
+    struct imap_state *st = imap_st(s);
+    struct buf *b = &s->up;
+    bool too_long = ev == IMAP_FRAME_MORE && st->up_held + 64 >= b->cap;
+    if (ev == IMAP_FRAME_MORE && !too_long)
+        return true;
+    st->up_hold_line = false;
+    enum pf_line r =
+        imap_prefetch_line(s, buf_mptr(b), st->up_held, too_long || ev == IMAP_FRAME_LITERAL);
+    if (r == PF_LINE_REFUSED)
+        st->up_dropping = true;
+    else if (r == PF_LINE_PASS)
+        imap_prefetch_sent(s);
+    return r == PF_LINE_HELD;
+}
+
 void imap_relay_up(struct session *s)
 {
     struct imap_state *st = imap_st(s);
     struct buf *b = &s->up;
     st->in_relay_up = true;
     st->up_resume = false;
-    while (!s->closing && s->state == SESS_RELAY && !st->up_wait_cont && st->idle != RI_WAIT) {
+    while (!s->closing && s->state == SESS_RELAY && !st->up_wait_cont && st->idle != RI_WAIT &&
+           !imap_prefetch_up_blocked(s)) {
         size_t from = st->up_held;
         if (from >= buf_held(b) && !(st->up_in_literal && st->upf.literal_left == 0))
             break; /* (a {0} literal ends without bytes: one more call) */
@@ -431,6 +460,10 @@ void imap_relay_up(struct session *s)
                 }
                 if (!note_select(s, &c))
                     break;
+                if (imap_prefetch_wants_line(s))
+                    st->up_hold_line = true; /* judged whole by imap_prefetch_line */
+                else
+                    imap_prefetch_sent(s);
             } else {
                 st->up_dropping = true;
                 if (v == CMD_IDLE_NOT_DONE)
@@ -440,6 +473,10 @@ void imap_relay_up(struct session *s)
                     break;
             }
         }
+        if (st->up_hold_line && hold_fetch_line(s, ev))
+            continue;
+        if (s->closing)
+            break;
         if (st->up_dropping) {
             /* Cut as we go: a refused command's literal may be larger than the buffer. */
             buf_cut_held(b, 0, st->up_held);

@@ -18,12 +18,16 @@
  *    length rewritten, the notice, text1 (later content literals of the same response
  *    replaced too). Over max_scan_size: oversize_action (pass streams it without holding).
  *  - a part or a byte range (BODY[1], BODY[TEXT], BODY[]<o>, RFC822.TEXT, BINARY[2]): judged
- *    on the whole message, which the second connection (imap_fetcher.c) fetches with
- *    BODY.PEEK[] and scans once. The response stays held in s->down meanwhile (its literal can
- *    be larger than the buffer: it is not needed). Clean: released. Replaced: the held text
- *    goes out with the literal length rewritten, then the replacement slice, and the original
- *    literal bytes are dropped as they arrive. Verdicts are remembered per (mailbox,
- *    UIDVALIDITY, UID) so later chunks of the same message do not fetch it again.
+ *    on the whole message, which the proxy fetched (BODY.PEEK[]) and scanned on this same
+ *    connection just before it let the client's command go (imap_prefetch.c). The verdict is
+ *    in the memo (the current selection's verdicts by UID); the UID comes from the response,
+ *    or from the seq → UID map of our own FETCH, which saw the client's view. A part whose
+ *    message is not in the memo is unjudged (error_action). Clean: released byte-identical.
+ *    Replaced: the held text goes out with the literal length rewritten, then the
+ *    replacement slice, and the original literal bytes are dropped as they arrive.
+ *  - a response to our own FETCH (resp_pcj): judged like a whole message, its verdict kept in
+ *    the memo, never sent; a FLAGS item the server merged into it goes to the client as
+ *    `* n FETCH (FLAGS (...))`. Our tagged answer is swallowed (imap_prefetch.c).
  *
  * Output. A response put back (whole, or a part's head and replacement) is queued as blocks
  * on the client conn (conn_queue, with the scan budget a block holds released when it is sent
@@ -35,7 +39,7 @@
  * Keep-alive (imap_keepalive.c): while a response is held and nothing of it has been released,
  * an untagged "* OK Still scanning" is queued every keepalive_interval.
  *
- * When the session ends (imap_scan_stop, the protocol's `stop`), the scan, the fetcher, the
+ * When the session ends (imap_scan_stop, the protocol's `stop`), the scan, the
  * budget wait and the keep-alive are cancelled and a held response is dropped; the client is
  * then between responses unless part of this one was released, so the BYE can follow.
  */
@@ -61,7 +65,8 @@ bool imap_scan_login(struct session *s)
     struct imap_scan *sc = calloc(1, sizeof *sc);
     if (!sc)
         return false;
-    sc->part_memo = -1;
+    sc->pf_max = s->cfg->scan.max_prefetch_messages;
+    sc->memo_max = 2 * sc->pf_max; /* one prefetch + what the client fetched whole since */
     imap_keepalive_init(&sc->ka);
     st->sc = sc;
     return true;
@@ -95,7 +100,6 @@ void imap_scan_stop(struct session *s)
     imap_keepalive_stop(&sc->ka);
     msgscan_cancel(&sc->judging);
     msgscan_wait_cancel(&sc->bwait);
-    imap_fetcher_free(s);
     drop_held(sc);
 }
 
@@ -108,8 +112,8 @@ void imap_scan_free(struct session *s)
     imap_scan_stop(s); /* (done by the protocol's stop already: memory only here) */
     free(sc->mailbox);
     free(sc->pending_mailbox);
-    for (int i = 0; i < SC_MEMO_MAX; i++)
-        sc_memo_clear(&sc->memo[i]);
+    sc_memo_reset(sc);
+    pf_free(sc);
     free(sc);
     st->sc = NULL;
 }
@@ -270,13 +274,61 @@ static char *replace_text1(struct imap_scan *sc, const char *notice, size_t nlen
     return t1;
 }
 
+/* The FLAGS item in a response of our own FETCH ("FLAGS (" up to ")"; flags hold no
+ * parentheses): the server told it to this connection, so the client must get it. */
+static bool find_flags(const char *t, size_t n, const char **p_r, size_t *n_r)
+{
+    for (size_t i = 0; i + 7 <= n; i++) {
+        if (strncasecmp(t + i, "FLAGS (", 7) != 0 || (i > 0 && t[i - 1] != ' ' && t[i - 1] != '('))
+            continue;
+        const char *e = memchr(t + i + 7, ')', n - i - 7);
+        if (!e)
+            return false;
+        *p_r = t + i;
+        *n_r = (size_t)(e + 1 - (t + i));
+        return true;
+    }
+    return false;
+}
+
+/* A response of our own FETCH is judged (verdict in the memo): remember seq → UID, pass on a
+ * merged FLAGS item, drop the rest. */
+static void pcj_judged(struct session *s)
+{
+    struct imap_scan *sc = imap_sc(s);
+    if (sc->fi.uid)
+        pf_map_add(sc, sc->seq, sc->fi.uid);
+    const char *fp = NULL;
+    size_t fn = 0;
+    if (!(sc->text0 && find_flags(sc->text0, sc->text0_len, &fp, &fn)) && sc->text1)
+        find_flags(sc->text1, sc->text1_len, &fp, &fn);
+    bool ok = true;
+    if (fp) {
+        char *line = malloc(fn + 48);
+        int k = line ? snprintf(line, fn + 48, "* %llu FETCH (%.*s)\r\n",
+                                (unsigned long long)sc->seq, (int)fn, fp)
+                     : -1;
+        /* out_push takes the block in every case (queued or freed) */
+        ok = line && k > 0 ? out_push(s, line, (size_t)k, 0) : (free(line), false);
+    }
+    drop_held(sc);
+    imap_st(s)->down_part_out = false;
+    ka_stop(s);
+    if (!ok)
+        fail_session(s, "out of memory");
+}
+
 /* The response is all held: queue it for the client, as it was or with the notice. */
 static void release_whole(struct session *s)
 {
     struct imap_scan *sc = imap_sc(s);
     struct msgscan_outcome *o = &sc->outcome;
-    if (sc->mailbox && sc->fi.uid && !sc->oversize_block)
-        sc_memo_store(sc, sc->mailbox, sc->uidvalidity, sc->fi.uid, sc->lit_len, o);
+    if (sc->fi.uid && (!sc->oversize_block || sc->resp_pcj))
+        sc_memo_store(sc, sc->fi.uid, sc->lit_len, o);
+    if (sc->resp_pcj) {
+        pcj_judged(s);
+        return;
+    }
     bool ok = true;
     if (!o->replace && !sc->msg) {
         fail_session(s, "scan returned no message");
@@ -354,6 +406,15 @@ static void budget_granted(void *arg)
         wake(s);
 }
 
+/* A response of our own FETCH that is not judged: dropped to its end (SC_DROP_RESP). */
+static void drop_resp(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    buf_cut_held(&s->down, 0, st->down_held);
+    st->down_held = 0;
+    st->sc->phase = SC_DROP_RESP;
+}
+
 /* A whole-message literal was announced. Returns true if the bytes are ours (held/moved). */
 static bool start_whole(struct session *s)
 {
@@ -369,8 +430,19 @@ static bool start_whole(struct session *s)
             struct msgscan_outcome o = {0};
             sc_where(where, sizeof where, sc->mailbox, sc->fi.uid, sc->seq);
             struct msgscan_item item = {.proto = "imap", .where = where};
-            if (msgscan_oversize(s, &item, NULL, 0, sc->lit_len, &o))
+            bool judged = msgscan_oversize(s, &item, NULL, 0, sc->lit_len, &o);
+            if (judged && sc->resp_pcj) {
+                /* our own FETCH: its parts pass as the whole would (oversize_action pass) */
+                sc_memo_store(sc, sc->fi.uid, sc->lit_len, &o);
+                if (sc->fi.uid)
+                    pf_map_add(sc, sc->seq, sc->fi.uid);
+            }
+            if (judged)
                 msgscan_outcome_clear(&o);
+            if (sc->resp_pcj) {
+                drop_resp(s);
+                return true;
+            }
             sc->phase = SC_PASS_LIT;
             sc->resp_released = true;
             return false;
@@ -421,17 +493,8 @@ static bool suffix_append(struct session *s, const char *p, size_t n)
 
 /* ---- parts and chunks ---- */
 
-static void part_fetched(struct session *s, int rc, int memo)
-{
-    struct imap_scan *sc = imap_sc(s);
-    if (!sc || sc->phase != SC_PART_WAIT)
-        return;
-    sc->part_rc = rc;
-    sc->part_memo = memo;
-    wake(s);
-}
-
-/* A part/chunk literal was announced: decide now from memory or ask the fetcher. */
+/* A part/chunk literal was announced: its verdict is the memo's, for the UID the response
+ * names or, without one, the UID our own FETCH saw at that sequence number. */
 static void start_part(struct session *s, enum fi_kind kind, uint64_t origin)
 {
     struct imap_state *st = imap_st(s);
@@ -441,28 +504,12 @@ static void start_part(struct session *s, enum fi_kind kind, uint64_t origin)
     sc->part_ranged = sc_item_ranged(kind, &sc->fi);
     sc->lit_len = st->downf.literal_len;
     sc->phase = SC_PART_WAIT;
-    int i = sc_memo_find(sc, sc->mailbox, sc->uidvalidity, sc->fi.uid);
-    if (i >= 0) {
-        char q[SC_MAILBOX_MAX + 8];
-        sess_log(s, LOG_DEBUG, "event=scan_memo mailbox=%s uid=%llu",
-                 log_q(q, sizeof q, sc->mailbox, strlen(sc->mailbox)),
-                 (unsigned long long)sc->fi.uid);
-        sc->part_rc = 1;
-        sc->part_memo = i;
-        return;
-    }
-    if (!sc->mailbox) {
-        sc->part_rc = -1; /* no mailbox we could name to the second connection */
-        sc->part_memo = -1;
-        return;
-    }
-    sc->part_rc = 2;
-    ka_start(s);
-    if (!imap_fetcher_request(s, sc->mailbox, sc->uidvalidity, sc->fi.uid, sc->fi.uid ? 0 : sc->seq,
-                              part_fetched)) {
-        sc->part_rc = -1;
-        sc->part_memo = -1;
-    }
+    sc->part_uid = sc->fi.uid ? sc->fi.uid : pf_map_uid(sc, sc->seq);
+    sc->part_why = NULL;
+    if (!sc->part_uid)
+        sc->part_why = "message-not-identified";
+    else if (!sc_memo_find(sc, sc->part_uid))
+        sc->part_why = sc->pf_failed ? "prefetch-failed" : "message-not-judged";
 }
 
 /* The verdict for the held part is in (and output may start): apply it. Returns true while
@@ -472,7 +519,12 @@ static bool apply_part(struct session *s)
     struct imap_state *st = imap_st(s);
     struct imap_scan *sc = st->sc;
     struct buf *b = &s->down;
-    struct sc_memo *m = sc->part_rc == 1 && sc->part_memo >= 0 ? &sc->memo[sc->part_memo] : NULL;
+    struct sc_memo *m = sc->part_why ? NULL : sc_memo_find(sc, sc->part_uid);
+    const char *why = sc->part_why ? sc->part_why : "message-not-judged";
+    if (m && m->replaced && !m->notice) {
+        m = NULL; /* its notice could not be kept */
+        why = "out-of-memory";
+    }
     bool replace;
     struct msgscan_outcome blocked = {0};
     const char *notice = NULL;
@@ -485,10 +537,9 @@ static bool apply_part(struct session *s)
     } else {
         /* The whole message could not be judged: error_action (msgscan logs it). */
         char where[MSGSCAN_WHERE_MAX];
-        sc_where(where, sizeof where, sc->mailbox, sc->fi.uid, sc->seq);
+        sc_where(where, sizeof where, sc->mailbox, sc->part_uid, sc->seq);
         struct msgscan_item item = {.proto = "imap", .where = where};
-        if (!msgscan_unjudged(s, &item, NULL, 0,
-                              sc->part_rc == 0 ? "message-not-found" : "fetch-failed", &blocked)) {
+        if (!msgscan_unjudged(s, &item, NULL, 0, why, &blocked)) {
             fail_session(s, "out of memory");
             return true;
         }
@@ -545,9 +596,10 @@ static bool apply_part(struct session *s)
  * Mixed with a literal, or too long to hold: not clean means the session ends (fail closed). */
 
 /* The message of the held part was judged, and judged clean. */
-static bool judged_clean(const struct imap_scan *sc)
+static bool judged_clean(struct imap_scan *sc)
 {
-    return sc->part_rc == 1 && sc->part_memo >= 0 && !sc->memo[sc->part_memo].replaced;
+    const struct sc_memo *m = sc->part_why ? NULL : sc_memo_find(sc, sc->part_uid);
+    return m && !m->replaced;
 }
 
 static void refuse_unparsed(struct session *s, const char *why)
@@ -615,7 +667,7 @@ static void apply_quoted(struct session *s)
              "event=refused reason=fetch_quoted_content mailbox=%s uid=%llu seq=%llu "
              "action=%s judged=%s",
              mb, (unsigned long long)sc->fi.uid, (unsigned long long)sc->seq, text ? "nil" : "drop",
-             sc->part_rc == 1 ? "blocked" : "unjudged");
+             !sc->part_why && sc_memo_find(sc, sc->part_uid) ? "blocked" : "unjudged");
     buf_cut_held(b, 0, st->down_held);
     st->down_held = 0;
     if (!text) {
@@ -649,8 +701,6 @@ static bool down_paused(struct session *s, struct imap_scan *sc)
             release_whole(s);
         break;
     case SC_PART_WAIT:
-        if (sc->part_rc == 2)
-            return true;
         if (sc->quoted_wait)
             apply_quoted(s);
         else if (sc->part_strict && !judged_clean(sc))
@@ -723,6 +773,7 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
         if (r < 0)
             return true; /* hold until we know */
         sc->resp_fetch = r;
+        sc->resp_pcj = r == 1 && sc->pf == PF_SENT;
         if (r == 1) {
             sc->phase = SC_HOLD;
             /* all of the response so far is held: tokenize it whole */
@@ -732,11 +783,25 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
         }
     }
     if (sc->resp_fetch == 0) {
-        if (ev == IMAP_FRAME_END) {
-            sc_note_other_response(sc, f);
-            sc->resp_open = false;
+        bool tagged = f->head_len > 0 && f->head[0] != '*' && f->head[0] != '+';
+        bool ours = tagged && pf_tagged_is_ours(s, f);
+        if (tagged && !ours && ev == IMAP_FRAME_MORE && pf_tagged_may_be_ours(s, f))
+            return true; /* held until its tag is complete */
+        if (ours) {
+            /* our FETCH's tagged answer: swallowed whole, however it arrives */
+            buf_cut_held(b, 0, st->down_held);
+            st->down_held = 0;
         }
-        return false;
+        if (ev == IMAP_FRAME_END) {
+            if (!ours)
+                sc_note_other_response(sc, f);
+            if (!tagged)
+                pf_note_untagged(sc, f);
+            sc->resp_open = false;
+            if (tagged)
+                pf_tagged_end(s, f);
+        }
+        return ours;
     }
 
     /* an untagged FETCH */
@@ -751,7 +816,12 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
         /* Lines are framed without a cap after login (issue 15), but a FETCH response is held
          * until its content is judged, and no part of it streams unjudged: text too long to
          * hold ends the session. Counted without the line's LF, so the outcome does not
-         * depend on how the bytes arrive. */
+         * depend on how the bytes arrive. An answer to our own FETCH is never released: over
+         * SC_HOLD_LINE it is dropped and its messages stay unjudged. */
+        if (sc->resp_pcj && st->down_held > SC_HOLD_LINE) {
+            drop_resp(s);
+            return true;
+        }
         if (st->down_held >
                 s->cfg->limits.relay_buffer - SC_HOLD_SLACK + (ev == IMAP_FRAME_MORE ? 0 : 1) &&
             ev == IMAP_FRAME_MORE && fi_may_release(&sc->fi)) {
@@ -774,7 +844,13 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
         } else if (ev == IMAP_FRAME_LITERAL) {
             uint64_t origin;
             enum fi_kind k = fi_literal_kind(&sc->fi, &origin);
-            if (fi_error(&sc->fi) || fi_quoted_content(&sc->fi)) {
+            if (sc->resp_pcj && (k != FI_WHOLE || sc->pf_count >= sc->pf_max)) {
+                if (k == FI_WHOLE && sc->pf_count++ == sc->pf_max)
+                    sess_log(s, LOG_WARN, "event=prefetch_limit max=%lu action=unjudged",
+                             sc->pf_max);
+                drop_resp(s);
+                mine = true;
+            } else if (fi_error(&sc->fi) || fi_quoted_content(&sc->fi)) {
                 /* the held text may carry content itself: judged on the whole message, and
                  * it passes only if that is clean (else the session ends) */
                 log_unparsed(s, sc);
@@ -782,6 +858,8 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
                 start_part(s, k == FI_NONE ? FI_PART : k, origin);
                 mine = true;
             } else if (k == FI_WHOLE) {
+                if (sc->resp_pcj)
+                    sc->pf_count++;
                 mine = start_whole(s);
             } else if (k == FI_PARTIAL || k == FI_PART) {
                 start_part(s, k, origin);
@@ -797,7 +875,19 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
             sc->quoted_wait = true;
             mine = true;
         }
-        /* END without content: all of it goes */
+        /* END: no content in it; all of it goes, unless it answers our own FETCH (an
+         * unsolicited FETCH, FLAGS only, goes on) */
+        if (ev == IMAP_FRAME_END && sc->resp_pcj &&
+            memmem(buf_mptr(b), st->down_held, "BODY[", 5)) {
+            buf_cut_held(b, 0, st->down_held);
+            st->down_held = 0;
+            mine = true;
+        }
+        break;
+    case SC_DROP_RESP:
+        buf_cut_held(b, 0, st->down_held);
+        st->down_held = 0;
+        mine = true;
         break;
     case SC_PASS_LIT:
         if (ev == IMAP_FRAME_LITERAL_END)
@@ -861,7 +951,7 @@ static bool scan_frame(struct session *s, struct imap_scan *sc, enum imap_frame_
     }
     if (ev == IMAP_FRAME_END) {
         sc->resp_open = false;
-        if (sc->phase == SC_HOLD || sc->phase == SC_PASS_LIT)
+        if (sc->phase == SC_HOLD || sc->phase == SC_PASS_LIT || sc->phase == SC_DROP_RESP)
             sc->phase = SC_IDLE;
     }
     return mine;

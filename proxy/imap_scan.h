@@ -1,8 +1,9 @@
 /*
  * imap_scan — private state shared by imap_scan.c (the FETCH content filter on the relay's
  * down direction), imap_scan_memo.c (verdict memory, mailbox tracking, notice slices),
- * imap_keepalive.c (its keep-alive timer) and imap_fetcher.c (the second backend connection
- * that fetches a whole message when the client asked for only a part or a byte range of it).
+ * imap_keepalive.c (its keep-alive timer) and imap_prefetch.c (judging parts and byte ranges:
+ * the whole message is fetched first on the same backend connection, between the client's
+ * commands).
  * The relay calls the hooks declared in imap.h; nothing else includes this header. Output goes
  * to the client conn's block queue (conn.h), never into the relay buffers.
  */
@@ -19,24 +20,35 @@
 #include "imap_keepalive.h"
 #include "msgscan.h"
 
-/* SC_HOLD_LINE: a FETCH line held longer than this starts to stream, but only while nothing in
- * it may be content (imap_scan.c: else the session ends). */
-#define SC_MEMO_MAX    16         /* verdicts remembered per session for part/chunk fetches */
-#define SC_LITS_MAX    8          /* content literals after the first in one held response */
-#define SC_HOLD_SLACK  (4 * 1024) /* a held FETCH line over relay_buffer - this ends it */
-#define SC_SUFFIX_MAX  (1 << 20)  /* bytes after the scanned literal held in one response */
+#define SC_HOLD_LINE   (16 * 1024) /* an answer to our own FETCH longer than this is dropped */
+#define SC_LITS_MAX    8           /* content literals after the first in one held response */
+#define SC_HOLD_SLACK  (4 * 1024)  /* a held FETCH line over relay_buffer - this ends it */
+#define SC_SUFFIX_MAX  (1 << 20)   /* bytes after the scanned literal held in one response */
 #define SC_MAILBOX_MAX 1024
 
-/* How one message was judged, as the client is to see it. */
+/* How one message of the selected mailbox was judged, as the client is to see it. The memo
+ * holds the verdicts of the current selection only (cleared when a SELECT, EXAMINE, CLOSE or
+ * UNSELECT completes), so the UID alone names the message: the UIDVALIDITY cannot change
+ * within one selection. */
 struct sc_memo {
-    char *mailbox;        /* owned; NULL = free slot */
-    uint32_t uidvalidity; /* 0 when unknown */
-    uint64_t uid;
+    uint64_t uid;  /* 0 = free slot */
     bool replaced; /* the client gets `notice` instead of the message */
     char *notice;  /* owned when replaced */
     size_t notice_len;
     size_t body_off;   /* where the notice's text (body) starts: replacement for parts */
     uint64_t orig_len; /* size of the original message */
+};
+
+/* The proxy's own FETCH on the client's connection (imap_prefetch.c). */
+enum pf_state {
+    PF_NONE, /* no client command held */
+    PF_WAIT, /* a client FETCH is held until no client command is outstanding */
+    PF_SENT, /* our PCJ<n> FETCH is outstanding: its FETCH responses are judged, not sent */
+};
+
+/* seq → UID as our FETCH saw them: the view of the held client command that follows it */
+struct pf_map_ent {
+    uint64_t seq, uid;
 };
 
 /* A content literal after the scanned one, inside the held rest of the response. */
@@ -57,11 +69,10 @@ enum sc_phase {
     SC_COLLECT,      /* moving the literal's bytes out of s->down into msg */
     SC_SUFFIX,       /* moving the rest of the response into text1 (scan running) */
     SC_VERDICT_WAIT, /* the response is all in text0/msg/text1; waiting for the verdict */
-    SC_PART_WAIT,    /* a part/chunk literal held in s->down; the fetcher is at work */
+    SC_PART_WAIT,    /* a part/chunk literal held in s->down; its verdict is applied next */
     SC_DROP_LIT,     /* dropping the original bytes of a replaced part/chunk */
+    SC_DROP_RESP,    /* dropping a response of our own FETCH (not judged) to its end */
 };
-
-struct imap_fetcher;
 
 struct imap_scan {
     /* mailbox tracking (client's SELECT/EXAMINE) */
@@ -99,23 +110,38 @@ struct imap_scan {
     enum fi_kind part_kind;
     uint64_t part_origin;
     bool part_ranged; /* sc_item_ranged() */
-    int part_rc;      /* fetcher result: 1 judged, 0 gone, -1 error; 2 pending */
-    int part_memo;    /* memo slot index of the verdict, or -1 */
     /* issue 15: quoted content and unparsable text (imap_fetchitem.c) */
-    bool quoted_wait;   /* SC_PART_WAIT for a whole held response with quoted content */
-    bool part_strict;   /* the held text before this part may carry content: pass only clean */
-    bool suffix_strict; /* the same for the rest of a response held with a whole message */
+    bool quoted_wait;     /* SC_PART_WAIT for a whole held response with quoted content */
+    bool part_strict;     /* the held text before this part may carry content: pass only clean */
+    bool suffix_strict;   /* the same for the rest of a response held with a whole message */
+    uint64_t part_uid;    /* the message the part belongs to (0: unknown) */
+    const char *part_why; /* NULL: judged (in the memo under part_uid); else why not */
+    bool resp_pcj;        /* this FETCH response answers our own FETCH: judged, never sent */
 
     /* keep-alive while a response is held (imap_keepalive.c) */
     struct imap_keepalive ka;
 
-    struct sc_memo memo[SC_MEMO_MAX];
-    unsigned memo_next;
+    struct sc_memo *memo; /* open-addressing hash by UID; memo_cap slots (power of two) */
+    size_t memo_cap, memo_count, memo_max;
 
-    struct imap_fetcher *fetcher; /* owned (imap_fetcher.c) */
-    struct msgscan_wait bwait;    /* budget for a whole message held in-band */
-    struct msgscan_req *judging;  /* its scan, NULL when none */
-    bool busy;                    /* inside a relay hook: results are picked up there */
+    /* same-connection judging (imap_prefetch.c) */
+    enum pf_state pf;
+    unsigned out_cmds;               /* client commands sent whose tagged answer has not come */
+    unsigned pf_n;                   /* n of the last PCJ<n> */
+    char held_tag[IMAP_TAG_MAX + 1]; /* the held command: the map is valid until its answer */
+    char *pf_set;                    /* owned: the held command's sequence set, verbatim */
+    bool pf_uid;                     /* ... of a UID FETCH */
+    bool pf_failed;                  /* our FETCH was answered NO/BAD: its parts are unjudged */
+    unsigned long pf_count;          /* FETCH responses of our FETCH so far */
+    bool map_valid;                  /* `map` is the view of the command being answered */
+    bool map_stale;                  /* an EXPUNGE/VANISHED came during our FETCH: no map */
+    struct pf_map_ent *map;
+    size_t map_len, map_cap;
+    unsigned long pf_max; /* scan.max_prefetch_messages */
+
+    struct msgscan_wait bwait;   /* budget for a whole message held in-band */
+    struct msgscan_req *judging; /* its scan, NULL when none */
+    bool busy;                   /* inside a relay hook: results are picked up there */
 };
 
 static inline struct imap_scan *imap_sc(struct session *s)
@@ -124,10 +150,12 @@ static inline struct imap_scan *imap_sc(struct session *s)
 }
 
 /* imap_scan_memo.c: verdict memory, mailbox tracking, replacement slices */
-int sc_memo_find(struct imap_scan *sc, const char *mailbox, uint32_t uidvalidity, uint64_t uid);
-int sc_memo_store(struct imap_scan *sc, const char *mailbox, uint32_t uidvalidity, uint64_t uid,
-                  uint64_t orig_len, const struct msgscan_outcome *o);
-void sc_memo_clear(struct sc_memo *m);
+struct sc_memo *sc_memo_find(struct imap_scan *sc, uint64_t uid);
+/* NULL when the memo is full (memo_max) or out of memory: the message is then unjudged for
+ * later parts. */
+struct sc_memo *sc_memo_store(struct imap_scan *sc, uint64_t uid, uint64_t orig_len,
+                              const struct msgscan_outcome *o);
+void sc_memo_reset(struct imap_scan *sc);
 char *sc_dup_bytes(const char *p, size_t n);
 /* A whole response that is not an untagged FETCH: watch the SELECT/EXAMINE in flight. */
 void sc_note_other_response(struct imap_scan *sc, const struct imap_framer *f);
@@ -148,15 +176,21 @@ bool sc_item_ranged(enum fi_kind kind, const struct fetch_items *f);
 void sc_replacement(const char *notice, size_t nlen, size_t body_off, enum fi_kind kind,
                     bool ranged, uint64_t origin, uint64_t len, const char **p_r, size_t *n_r);
 
-/* imap_fetcher.c — the second backend connection.
- * Fetch `UID FETCH uid (UID BODY.PEEK[])` (or `FETCH seq (UID BODY.PEEK[])` when uid is 0) from
- * `mailbox` (EXAMINE, read-only) and judge it; `done` runs later on the loop, exactly once,
- * unless the session closes first: rc 1 = judged (memo slot in *memo_r), 0 = no such message,
- * -1 = error. Returns false when a request is already in flight. */
-typedef void fetcher_done_fn(struct session *s, int rc, int memo);
-bool imap_fetcher_request(struct session *s, const char *mailbox, uint32_t uidvalidity,
-                          uint64_t uid, uint64_t seq, fetcher_done_fn *done);
-void imap_fetcher_free(struct session *s);
+/* imap_prefetch.c — down side: a tagged response (head in st->downf) ended; true = it was
+ * the answer to our own FETCH (swallowed by the caller). */
+bool pf_tagged_end(struct session *s, const struct imap_framer *f);
+/* Is this tagged response ours (head known)? */
+bool pf_tagged_is_ours(struct session *s, const struct imap_framer *f);
+/* Could it still be, once more of its head is in (a line that streams)? */
+bool pf_tagged_may_be_ours(struct session *s, const struct imap_framer *f);
+/* An untagged response that is not a FETCH ended (head in f): EXPUNGE moves the map's
+ * sequence numbers as it does the client's, VANISHED voids it. */
+void pf_note_untagged(struct imap_scan *sc, const struct imap_framer *f);
+/* A judged response of our FETCH: remember seq → uid for the held command. */
+void pf_map_add(struct imap_scan *sc, uint64_t seq, uint64_t uid);
+/* The UID of `seq` in the view of the command being answered (0: unknown). */
+uint64_t pf_map_uid(const struct imap_scan *sc, uint64_t seq);
+void pf_free(struct imap_scan *sc);
 
 /* imap_scan.c: logfmt fragment naming a message for msgscan: mailbox="…" uid=N (or seq=N).
  * Both files call msgscan_* directly, as pop3_scan.c does. */

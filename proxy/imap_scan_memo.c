@@ -1,8 +1,8 @@
 /*
  * imap_scan_memo — what the FETCH scanner (imap_scan.c) remembers and derives per session: the
- * mailbox the client selected (SELECT/EXAMINE tracking, so the second connection can name it),
- * the verdicts of messages already judged (so later parts and chunks of one message are not
- * fetched and scanned again), and the slices of a notice that stand in for a replaced part or
+ * mailbox the client selected (SELECT/EXAMINE tracking, for the log), the verdicts of the
+ * messages of the current selection already judged (parts and chunks are decided from them),
+ * and the slices of a notice that stand in for a replaced part or
  * byte range. No I/O and no buffers of the relay: plain functions on struct imap_scan.
  */
 #include <stdio.h>
@@ -27,26 +27,37 @@ char *sc_dup_bytes(const char *p, size_t n)
     return d;
 }
 
-/* ---- verdict memory (per session) ---- */
+/* ---- verdict memory (per selection) ---- */
 
-void sc_memo_clear(struct sc_memo *m)
+static void memo_free_ent(struct sc_memo *m)
 {
-    free(m->mailbox);
     free(m->notice);
     memset(m, 0, sizeof *m);
 }
 
-int sc_memo_find(struct imap_scan *sc, const char *mailbox, uint32_t uidvalidity, uint64_t uid)
+void sc_memo_reset(struct imap_scan *sc)
 {
-    if (!mailbox || !uid)
-        return -1;
-    for (int i = 0; i < SC_MEMO_MAX; i++) {
-        struct sc_memo *m = &sc->memo[i];
-        if (m->mailbox && m->uid == uid && m->uidvalidity == uidvalidity &&
-            strcmp(m->mailbox, mailbox) == 0)
-            return i;
-    }
-    return -1;
+    for (size_t i = 0; i < sc->memo_cap; i++)
+        memo_free_ent(&sc->memo[i]);
+    free(sc->memo);
+    sc->memo = NULL;
+    sc->memo_cap = sc->memo_count = 0;
+}
+
+static size_t memo_slot(const struct sc_memo *tab, size_t cap, uint64_t uid)
+{
+    size_t i = (size_t)(uid * 0x9E3779B97F4A7C15ULL) & (cap - 1);
+    while (tab[i].uid && tab[i].uid != uid)
+        i = (i + 1) & (cap - 1);
+    return i;
+}
+
+struct sc_memo *sc_memo_find(struct imap_scan *sc, uint64_t uid)
+{
+    if (!uid || !sc->memo)
+        return NULL;
+    struct sc_memo *m = &sc->memo[memo_slot(sc->memo, sc->memo_cap, uid)];
+    return m->uid == uid ? m : NULL;
 }
 
 /* Where the body of a message starts (after the first empty line), or len. */
@@ -58,34 +69,50 @@ size_t sc_body_offset(const char *p, size_t len)
     return len;
 }
 
-int sc_memo_store(struct imap_scan *sc, const char *mailbox, uint32_t uidvalidity, uint64_t uid,
-                  uint64_t orig_len, const struct msgscan_outcome *o)
+/* Keep the table at most half full: double it (rehashing) when it would not be. */
+static bool memo_grow(struct imap_scan *sc)
 {
-    if (!mailbox || !uid)
-        return -1;
-    int i = sc_memo_find(sc, mailbox, uidvalidity, uid);
-    if (i < 0) {
-        i = (int)(sc->memo_next++ % SC_MEMO_MAX);
+    if ((sc->memo_count + 1) * 2 <= sc->memo_cap)
+        return true;
+    size_t ncap = sc->memo_cap ? sc->memo_cap * 2 : 64;
+    struct sc_memo *t = calloc(ncap, sizeof *t);
+    if (!t)
+        return false;
+    for (size_t i = 0; i < sc->memo_cap; i++)
+        if (sc->memo[i].uid)
+            t[memo_slot(t, ncap, sc->memo[i].uid)] = sc->memo[i];
+    free(sc->memo);
+    sc->memo = t;
+    sc->memo_cap = ncap;
+    return true;
+}
+
+struct sc_memo *sc_memo_store(struct imap_scan *sc, uint64_t uid, uint64_t orig_len,
+                              const struct msgscan_outcome *o)
+{
+    if (!uid)
+        return NULL;
+    struct sc_memo *m = sc_memo_find(sc, uid);
+    if (!m) {
+        if (sc->memo_count >= sc->memo_max || !memo_grow(sc))
+            return NULL;
+        m = &sc->memo[memo_slot(sc->memo, sc->memo_cap, uid)];
+        sc->memo_count++;
     }
-    struct sc_memo *m = &sc->memo[i];
-    sc_memo_clear(m);
-    m->mailbox = strdup(mailbox);
-    if (!m->mailbox)
-        return -1;
-    m->uidvalidity = uidvalidity;
+    memo_free_ent(m);
     m->uid = uid;
     m->orig_len = orig_len;
     m->replaced = o->replace;
     if (o->replace) {
         m->notice = sc_dup_bytes(o->notice, o->notice_len);
         if (!m->notice) {
-            sc_memo_clear(m);
-            return -1;
+            /* keep the slot as "replaced, no notice": apply_part then blocks it */
+            return NULL;
         }
         m->notice_len = o->notice_len;
         m->body_off = sc_body_offset(m->notice, m->notice_len);
     }
-    return i;
+    return m;
 }
 
 /* ---- mailbox tracking ---- */
@@ -103,6 +130,7 @@ void imap_scan_unselect(struct session *s)
     sc->pending_mailbox = NULL;
     sc->pending_tag[0] = '\0';
     sc->pending_uidvalidity = 0;
+    sc_memo_reset(sc); /* UIDs of no selection: a part still in flight is blocked (safe) */
 }
 
 /* The name was parsed whole by the relay (imap_allow_mailbox or the literal's bytes). */
@@ -151,6 +179,7 @@ void sc_note_other_response(struct imap_scan *sc, const struct imap_framer *f)
     }
     size_t tl = strlen(sc->pending_tag);
     if (hl > tl + 3 && memcmp(h, sc->pending_tag, tl) == 0 && h[tl] == ' ') {
+        sc_memo_reset(sc); /* a new selection (or none): its UIDs are other messages */
         /* Current only at the tagged OK ("OK" exactly, not a longer word). */
         if (strncasecmp(h + tl + 1, "OK", 2) == 0 && (h[tl + 3] == ' ' || h[tl + 3] == '\r') &&
             sc->pending_mailbox) {

@@ -40,7 +40,7 @@ struct protocol {
      * for one — where a shutdown may end it without cutting anything? */
     bool (*idle)(struct session *s);
     /* The session ends (sess_end, or at sess_close): cancel everything asynchronous — scans,
-     * the scan fetcher, keep-alive timers, budget waits — and drop responses held for a
+     * keep-alive timers, budget waits — and drop responses held for a
      * verdict. Idempotent; the state stays valid for `bye` and `destroy`. */
     void (*stop)(struct session *s);
     /* Relay, backend gone: has the down filter still something to deliver without new backend

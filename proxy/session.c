@@ -333,7 +333,7 @@ void sess_close(struct session *s, const char *reason)
         return;
     s->closing = true;
     s->close_reason = reason;
-    /* Scans, the scan fetcher, keep-alive timers and budget waits end now, not at free: their
+    /* Scans, keep-alive timers and budget waits end now, not at free: their
      * callbacks must not find a closed session still waiting. */
     if (s->proto && s->pstate && s->proto->stop)
         s->proto->stop(s);

@@ -643,12 +643,13 @@ class Dovecot:
               key: Path | str | None = None, ports: dict[str, int] | None = None,
               timeout: float = 10.0, failure_delay: str = "0",
               extra_conf: str = "", netns: str | None = None,
-              listen: str = LOCAL) -> "Dovecot":
+              listen: str = LOCAL, max_userip_connections: int = 1000) -> "Dovecot":
         """Write WORKDIR/dovecot.conf and run `dovecot -F -c` (foreground, so the Popen PID is
         the master). ssl=True needs cert/key (e.g. Certs.backend / backend_key) and enables
         STARTTLS on the plain ports plus imaps/pop3s. `ports` may fix some ports.
         failure_delay: auth_failure_delay (Dovecot's default is "2 secs"; tests use 0).
-        extra_conf: text appended to dovecot.conf (e.g. "mail_plugins = zlib imap_zlib")."""
+        extra_conf: text appended to dovecot.conf (e.g. "mail_plugins = zlib imap_zlib").
+        max_userip_connections: IMAP's mail_max_userip_connections (per user and address)."""
         if os.geteuid() != 0:
             raise EnvError("Dovecot needs root (it drops to portcullis-mail/dovenull itself)")
         if not (imap or pop3):
@@ -673,6 +674,9 @@ class Dovecot:
             protocols=" ".join(x for x, on in (("imap", imap), ("pop3", pop3)) if on),
             uid=self.uid, gid=self.gid, min_avail=2 if imap else 0, failure_delay=failure_delay,
             **{k: v for k, v in self.ports.items()})
+        conf = conf.replace("protocol imap {\n  mail_max_userip_connections = 1000\n",
+                            "protocol imap {\n  mail_max_userip_connections = %d\n"
+                            % max_userip_connections, 1)
         if not ssl:
             conf = re.sub(r"  inet_listener (imaps|pop3s) \{\n.*?\n  \}\n", "", conf, flags=re.S)
         if not imap:

@@ -124,7 +124,8 @@ def test_regress_14_pipelined_parts_one_write(proxy_factory, dovecot, certs, sca
 
 
 # Defect (issue 14): the same stall with "`<0.4096>` and `<4096.4096>` chunks" of one message
-# in one write: the first chunk's verdict comes from the second connection, the second chunk
+# in one write: the first chunk's verdict came from the second connection (now: the proxy's
+# own fetch on the same connection), the second chunk
 # finds it in the session memo and waits for output room that no event ever reports.
 def test_regress_14_pipelined_partial_chunks(proxy_factory, dovecot, certs, scan_db, env_tmp):
     user, _ = part_user(dovecot)

@@ -6,7 +6,7 @@ the proxy every infected message must arrive as the notice (X-Portcullis-Verdict
 original Subject/From/Message-ID), every clean one byte-identical — whole fetches (RFC822,
 BODY[], BODY.PEEK[], UID FETCH), several messages in one FETCH, Thunderbird-style chunked
 partial fetches, single-part fetches — and the mailbox must be unchanged afterwards (flags, UIDs,
-count; the proxy's own fetches on its second connection never set \\Seen).
+count; the proxy's own fetches (BODY.PEEK[] on the client's connection) never set \\Seen).
 """
 
 from __future__ import annotations
@@ -237,21 +237,21 @@ def test_chunked_and_part_fetches(proxy_factory, dovecot, certs, scan_db, env_tm
     # header-only sections pass as they are, even for an infected message
     hdr = fetch_one(m, "(BODY.PEEK[HEADER])", b64, uid=True)
     assert hdr == malware.MESSAGES["base64"].data.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
-    # a message delivered after the second connection opened its view is found too
+    # a message delivered after login is found too
     dovecot.deliver(user, [malware.MESSAGES["nested_rfc822"].data])
     typ, _ = m.noop()
     assert typ == "OK"
     new_uid = len(LAYOUT) + 1
-    got = chunked(m, new_uid, 333)  # not judged yet: the second connection fetches it
+    got = chunked(m, new_uid, 333)  # not judged yet: the proxy fetches it whole first
     assert_notice(got, malware.MESSAGES["nested_rfc822"].data)
     assert REF.sub(b"", fetch_one(m, "(UID BODY.PEEK[])", new_uid, uid=True)) == \
         REF.sub(b"", got)
     m.logout()
-    # the proxy's own fetches (second connection, EXAMINE + BODY.PEEK) changed nothing
+    # the proxy's own fetches (BODY.PEEK on the same connection) changed nothing
     before.append((new_uid, b""))
     assert flags_direct(dovecot, user) == before
     assert all(b"\\Seen" not in f for _, f in before)
-    assert "event=scan_fetch_failed" not in px.log()
+    assert "event=prefetch_failed" not in px.log()
 
 
 # ------------------------------------------------------------------------- other clients
@@ -451,7 +451,7 @@ def test_oversize_action(proxy_factory, dovecot, certs, scan_db, env_tmp, action
     m.select("INBOX", readonly=True)
     whole = fetch_one(m, "(UID BODY.PEEK[])", 1, uid=True)
     m.logout()
-    m = login(px, certs, user)  # a new session: the chunks go through the second connection
+    m = login(px, certs, user)  # a new session: the chunks are judged on a prefetch
     m.select("INBOX", readonly=True)
     chunks = chunked(m, 1, 1000)
     assert_notice(fetch_one(m, "(BODY.PEEK[])", 2), small)  # small ones are still scanned
@@ -469,7 +469,7 @@ def test_oversize_action(proxy_factory, dovecot, certs, scan_db, env_tmp, action
 
 def test_client_gone_mid_collection(proxy_factory, dovecot, certs, scan_db, env_tmp):
     """A client that hangs up while its message is being collected for the scan, or while a
-    chunk waits for the second connection: nothing leaks (the sanitizer build checks), and
+    chunk waits for the proxy's own fetch: nothing leaks (the sanitizer build checks), and
     the proxy serves the next session normally."""
     import random
     user = "scan-gone"

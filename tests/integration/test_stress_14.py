@@ -167,7 +167,7 @@ def verify(stats: Stats, box: Box, uid: int, item: str, got: bytes, who: str) ->
                        f"notice ({len(got)} bytes: {got[:120]!r})")
             return
         if not ref.infected:
-            # a clean message may only be blocked (a scan error: expunged under the fetcher)
+            # a clean message may only be blocked (a scan error)
             if b"X-Portcullis-Verdict: blocked" not in got:
                 stats.fail(f"{who}: UID {uid}: clean message replaced: {got[:300]!r}")
                 return

@@ -174,6 +174,7 @@ static const char *const scan_extra[] = {
     [RH_SCAN_SMALL_BLOCK] = "  max_scan_size: 1k\n  oversize_action: block\n",
     [RH_SCAN_DOT_NOTICE] = "  notice_template: \".withheld: %signature%\\n.\\n..\\nend\\n\"\n",
     [RH_SCAN_LIMITS_PASS] = "  limits_action: pass\n",
+    [RH_SCAN_PREFETCH2] = "  max_prefetch_messages: 2\n",
 };
 
 static struct rt *g_rt[RH_SCAN_VARIANTS];
@@ -707,6 +708,27 @@ static size_t match_placeholder(const char *name, size_t nl, const char *got, si
             return 0;
         }
         return u;
+    }
+    if (nl == 10 && strncmp(name, "NOTICETEXT", 10) == 0) {
+        /* the text of an infected notice (a part of a replaced message whose notice the
+         * client never saw whole): the signature named, no header block before it */
+        hdr = literal_hdr(got, len, &n);
+        if (!hdr || !has(got + hdr, n, RH_SIGNATURE) || !has(got + hdr, n, "withheld") ||
+            (n >= 5 && strncmp(got + hdr, "From:", 5) == 0)) {
+            *why = "no infected-notice text literal here";
+            return 0;
+        }
+        return hdr + n;
+    }
+    if (nl > 9 && strncmp(name, "CLEANLIT:", 9) == 0) {
+        /* CLEANLIT:n — a literal of exactly n bytes holding no infected content */
+        unsigned long k = strtoul(name + 9, NULL, 10);
+        hdr = literal_hdr(got, len, &n);
+        if (!hdr || n != k || has(got + hdr, n, RH_MARK_INFECTED) || has(got + hdr, n, "EICAR")) {
+            *why = "no clean literal of that length here";
+            return 0;
+        }
+        return hdr + n;
     }
     if (nl == 3 && strncmp(name, "NUM", 3) == 0) {
         size_t u = 0;

@@ -31,7 +31,8 @@
  *     definition wins and clamav.o is never pulled from the archive), returning a scanner_ops
  *     implementation whose scan() is the verdict function: INFECTED iff the message holds the
  *     EICAR string or RH_MARK_INFECTED (signature RH_SIGNATURE), ERROR iff it holds
- *     RH_MARK_ERROR, LIMIT (MaxRecursion) iff it holds RH_MARK_LIMIT, else CLEAN; engine "harness-stub-1". The last message scanned is kept;
+ *     RH_MARK_ERROR, LIMIT (MaxRecursion) iff it holds RH_MARK_LIMIT, else CLEAN; engine
+ * "harness-stub-1". The last message scanned is kept;
  *   - the worker: a struct worker with the harness's loop and a `wake` async that frees buried
  *     sessions; msgscan_worker_start/stop around each run (a fresh verdict cache per run); no
  *     listeners, no policy (s->pol NULL: no Redis, no limits);
@@ -72,6 +73,7 @@ enum rh_scan {
     RH_SCAN_SMALL_BLOCK, /* max_scan_size 1k, oversize block */
     RH_SCAN_DOT_NOTICE,  /* a notice template whose lines start with "." (dot-stuffing) */
     RH_SCAN_LIMITS_PASS, /* limits_action pass */
+    RH_SCAN_PREFETCH2,   /* max_prefetch_messages 2 (issue 15) */
     RH_SCAN_VARIANTS
 };
 
@@ -91,7 +93,9 @@ enum rh_op {
      *   @POPNOTICE@    a dot-stuffed POP3 body up to and including "\r\n.\r\n" holding
      *                  RH_SIGNATURE, every line CRLF-ended, no line a lone "."
      *   @POPBLOCKED@   the same for a notice without a signature (error/oversize)
-     *   @NUM@          one or more digits */
+     *   @NUM@          one or more digits
+     *   @NOTICETEXT@   a literal holding an infected notice's text (no header block)
+     *   @CLEANLIT:n@   a literal of exactly n bytes with no infected content */
     RH_EXPECT_C_NOTICE,
     RH_EXPECT_CLOSED,  /* the session has closed (both peers see EOF) */
     RH_EXPECT_OPEN,    /* the session is still open */

@@ -166,8 +166,9 @@ CASE(t_memo_partial_clean, "a chunk of a judged clean message passes byte-identi
      EC("* 2 FETCH (UID 8 BODY[]<0> {10}\r\nSubject: h)\r\ng OK\r\n"), ENSCANS(1))
 
 CASE(t_part_unjudgeable_blocked,
-     "a part with no selected mailbox cannot be judged: error_action block", RH_SCAN_ON,
-     C("p FETCH 1 (BODY.PEEK[1])\r\n"), EB("p FETCH 1 (BODY.PEEK[1])\r\n"),
+     "a part whose whole message the backend would not give us: error_action block", RH_SCAN_ON,
+     C("p FETCH 1 (BODY.PEEK[1])\r\n"), EB("PCJ1 FETCH 1 (UID BODY.PEEK[])\r\n"),
+     B("PCJ1 BAD No mailbox selected.\r\n"), EB("p FETCH 1 (BODY.PEEK[1])\r\n"),
      B("* 1 FETCH (BODY[1] {5}\r\nbad\r\n)\r\np OK\r\n"),
      ECN("* 1 FETCH (BODY[1] @BLOCKED@)\r\np OK\r\n"), ENSCANS(0))
 
@@ -178,6 +179,7 @@ CASE(t_failed_select_forgets, "a failed SELECT leaves nothing selected: the memo
      EC("* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nf OK\r\n"),
      C("t SELECT Nope\r\n"), EB("t SELECT Nope\r\n"), B("t NO Mailbox doesn't exist\r\n"),
      EC("t NO Mailbox doesn't exist\r\n"), C("g UID FETCH 8 (UID BODY.PEEK[]<0.10>)\r\n"),
+     EB("PCJ1 UID FETCH 8 (UID BODY.PEEK[])\r\n"), B("PCJ1 BAD No mailbox selected.\r\n"),
      EB("g UID FETCH 8 (UID BODY.PEEK[]<0.10>)\r\n"),
      B("* 2 FETCH (UID 8 BODY[]<0> {10}\r\nSubject: h)\r\ng OK\r\n"),
      /* the first 10 bytes of the blocked notice (From: is ours: no original header here) */
@@ -197,6 +199,9 @@ CASE(t_binary_literal8, "an infected BINARY[] literal8 is replaced", RH_SCAN_ON,
 CASE(t_second_content_literal,
      "a second content literal of the replaced message gets the notice text", RH_SCAN_ON, SEL,
      C("f UID FETCH 7 (BODY.PEEK[] BODY.PEEK[TEXT])\r\n"),
+     EB("PCJ1 UID FETCH 7 (UID BODY.PEEK[])\r\n"),
+     B("* 1 FETCH (UID 7 BODY[] {42}\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n)\r\n"
+       "PCJ1 OK\r\n"),
      EB("f UID FETCH 7 (BODY.PEEK[] BODY.PEEK[TEXT])\r\n"),
      B("* 1 FETCH (UID 7 BODY[] {42}\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n "
        "BODY[TEXT] {5}\r\nbad\r\n)\r\nf OK\r\n"),
@@ -204,7 +209,9 @@ CASE(t_second_content_literal,
 
 CASE(t_clean_two_literals, "a clean message with two content literals is byte-identical",
      RH_SCAN_ON, SEL, C("f UID FETCH 8 (BODY.PEEK[] BODY.PEEK[TEXT])\r\n"),
-     EB("f UID FETCH 8 (BODY.PEEK[] BODY.PEEK[TEXT])\r\n"),
+     EB("PCJ1 UID FETCH 8 (UID BODY.PEEK[])\r\n"),
+     B("* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n)\r\nPCJ1 OK\r\n"),
+     EC(""), EB("f UID FETCH 8 (BODY.PEEK[] BODY.PEEK[TEXT])\r\n"),
      B("* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n BODY[TEXT] "
        "{13}\r\nhello world\r\n)\r\nf OK\r\n"),
      EC("* 2 FETCH (UID 8 BODY[] {28}\r\nSubject: hi\r\n\r\nhello world\r\n BODY[TEXT] "
@@ -397,10 +404,12 @@ CASE(t_regress_14_refetch_two_messages,
 CASE(t_regress_14_pipelined_parts_unjudged,
      "issue 14 stall: two pipelined parts that cannot be judged (no mailbox)", RH_SCAN_ON,
      C("c FETCH 1 (BODY.PEEK[1])\r\nd FETCH 1 (BODY.PEEK[2])\r\n"),
-     EB("c FETCH 1 (BODY.PEEK[1])\r\nd FETCH 1 (BODY.PEEK[2])\r\n"),
-     B("* 1 FETCH (BODY[1] {5}\r\nbad\r\n)\r\nc OK\r\n* 1 FETCH (BODY[2] {5}\r\nbad\r\n)\r\nd "
-       "OK\r\n"),
-     ECN("* 1 FETCH (BODY[1] @BLOCKED@)\r\nc OK\r\n* 1 FETCH (BODY[2] @BLOCKED@)\r\nd OK\r\n"))
+     EB("PCJ1 FETCH 1 (UID BODY.PEEK[])\r\n"), B("PCJ1 BAD No mailbox selected.\r\n"),
+     EB("c FETCH 1 (BODY.PEEK[1])\r\n"), B("* 1 FETCH (BODY[1] {5}\r\nbad\r\n)\r\nc OK\r\n"),
+     ECN("* 1 FETCH (BODY[1] @BLOCKED@)\r\nc OK\r\n"), EB("PCJ2 FETCH 1 (UID BODY.PEEK[])\r\n"),
+     B("PCJ2 BAD No mailbox selected.\r\n"), EB("d FETCH 1 (BODY.PEEK[2])\r\n"),
+     B("* 1 FETCH (BODY[2] {5}\r\nbad\r\n)\r\nd OK\r\n"),
+     ECN("* 1 FETCH (BODY[2] @BLOCKED@)\r\nd OK\r\n"))
 
 /* ---- issue 15: the FETCH response tokenizer ---- */
 

@@ -148,14 +148,13 @@ CASE(t_reselect_forgets, "after a new SELECT the memo is gone: the UID is fetche
      B("PCJ2 OK\r\n"), EB("q UID FETCH 7 (BODY.PEEK[1])\r\n"))
 
 CASE(t_unparsable_fetch_bad, "a FETCH the proxy cannot parse is refused with BAD, not forwarded",
-     SEL, C("p FETCH 1 (BODY.PEEK[1]\r\n"),
-     EC("p BAD FETCH with a literal, or one this proxy cannot parse, is not accepted.\r\n"), EB(""),
-     C("n NOOP\r\n"), EB("n NOOP\r\n"))
+     SEL, C("p FETCH 1 (BODY.PEEK[1]\r\n"), EC("p BAD FETCH item not supported by this proxy.\r\n"),
+     EB(""), C("n NOOP\r\n"), EB("n NOOP\r\n"))
 
 CASE(t_fetch_literal_bad, "a FETCH line with a literal is refused with BAD; the next command goes",
      SEL, C("p FETCH 1 (BODY.PEEK[HEADER.FIELDS ({7}\r\n"),
-     EC("p BAD FETCH with a literal, or one this proxy cannot parse, is not accepted.\r\n"), EB(""),
-     C("n NOOP\r\n"), EB("n NOOP\r\n"))
+     EC("p BAD Literal in FETCH not supported by this proxy.\r\n"), EB(""), C("n NOOP\r\n"),
+     EB("n NOOP\r\n"))
 
 CASE(t_too_many_refused, "an explicit set over max_prefetch_messages: NO [LIMIT], not forwarded",
      SEL, C("p FETCH 1:1001 (BODY.PEEK[1])\r\n"),

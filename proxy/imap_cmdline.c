@@ -117,6 +117,8 @@ static bool section_is_header(const char *sec, size_t n)
             break;
         i = j + 1;
     }
+    if (i > 0)
+        return false; /* a nested message's header is attacker content: judged as a part */
     const char *t = sec + i;
     size_t tl = n - i;
     if (tl == 4 && strncasecmp(t, "MIME", 4) == 0)
@@ -167,8 +169,8 @@ static bool parse_att(struct cur *c, struct icl_fetch *out)
             out->part = true; /* unknown sectioned item: default deny */
             return true;
         }
-        if (sl == 0 && !partial)
-            out->whole = true;
+        if (sl == 0 && !partial && !binary)
+            out->whole = true; /* BINARY[] is decoded by the server: judged on BODY[] */
         else if (!(body && sl > 0 && section_is_header(sec, sl)))
             out->part = true;
         return true;

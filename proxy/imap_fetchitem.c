@@ -211,7 +211,9 @@ static void item_begin(struct fetch_items *f)
         else if (binsize)
             set_item(f, T_NUMBER, FI_NONE);
         else
-            set_item(f, T_NSTRING, f->sec_parts ? FI_PART : f->has_origin ? FI_PARTIAL : FI_WHOLE);
+            /* BINARY[] is the server's decoding, not the message: a whole-file hash of an
+             * attachment no longer matches it. Judged on BODY[] like a part. */
+            set_item(f, T_NSTRING, FI_PART);
         return;
     }
     if (f->sec_parts > 0) {

@@ -50,14 +50,17 @@ static void t_whole_and_free(void **state)
     (void)state;
     expect("a FETCH 1:* (UID BODY.PEEK[])\r\n", ICL_FETCH, true, false);
     expect("a FETCH 1 RFC822\r\n", ICL_FETCH, true, false);
-    expect("a FETCH 1 (BINARY.PEEK[])\r\n", ICL_FETCH, true, false);
+    expect("a FETCH 1 (BINARY.PEEK[])\r\n", ICL_FETCH, false, true); /* decoded: judged on BODY[] */
     expect("a FETCH 1:* (FLAGS UID RFC822.SIZE INTERNALDATE ENVELOPE BODYSTRUCTURE BODY)\r\n",
            ICL_FETCH, false, false);
     expect("a FETCH 1 (BODY.PEEK[HEADER.FIELDS (From \"To\" \"X)]\")])\r\n", ICL_FETCH, false,
            false);
+    /* a nested message's header is attacker content: a part */
     expect("a FETCH 1 (BODY.PEEK[HEADER.FIELDS.NOT (Subject)] BODY.PEEK[1.MIME])\r\n", ICL_FETCH,
-           false, false);
+           false, true);
     expect("a FETCH 1 (BODY.PEEK[2.HEADER] RFC822.HEADER BINARY.SIZE[2])\r\n", ICL_FETCH, false,
+           true);
+    expect("a FETCH 1 (BODY.PEEK[HEADER] RFC822.HEADER BINARY.SIZE[2])\r\n", ICL_FETCH, false,
            false);
     expect("a FETCH 1 ALL\r\n", ICL_FETCH, false, false);
     expect("a FETCH 1 fast\r\n", ICL_FETCH, false, false);

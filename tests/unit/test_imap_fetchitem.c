@@ -142,7 +142,8 @@ static void test_whole(void **state)
     (void)state;
     assert_int_equal(kind_of("* 1 FETCH (BODY[] {12}\r\n", NULL), FI_WHOLE);
     assert_int_equal(kind_of("* 1 FETCH (RFC822 {12}\r\n", NULL), FI_WHOLE);
-    assert_int_equal(kind_of("* 1 FETCH (BINARY[] ~{12}\r\n", NULL), FI_WHOLE);
+    assert_int_equal(kind_of("* 1 FETCH (BINARY[] ~{12}\r\n", NULL),
+                     FI_PART); /* BINARY[] is the server's decoding: judged on BODY[] */
     assert_int_equal(kind_of("* 1 FETCH (BODY.PEEK[] {12}\r\n", NULL), FI_WHOLE);
     const char *t = "* 7 FETCH (UID 42 FLAGS (\\Seen \\Answered) body[] {3}\r\n";
     struct res r = feed(t);
@@ -164,7 +165,7 @@ static void test_partial_and_parts(void **state)
     uint64_t o;
     assert_int_equal(kind_of("* 1 FETCH (UID 3 BODY[]<65536> {100}\r\n", &o), FI_PARTIAL);
     assert_int_equal(o, 65536);
-    assert_int_equal(kind_of("* 1 FETCH (BINARY[]<10> ~{100}\r\n", &o), FI_PARTIAL);
+    assert_int_equal(kind_of("* 1 FETCH (BINARY[]<10> ~{100}\r\n", &o), FI_PART);
     assert_int_equal(o, 10);
     assert_int_equal(kind_of("* 1 FETCH (BODY[2] {100}\r\n", &o), FI_PART);
     assert_int_equal(o, 0);

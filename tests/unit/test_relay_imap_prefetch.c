@@ -164,8 +164,8 @@ CASE(t_whole_only_not_held, "a whole-message FETCH is not held (judged in-band)"
      C("f FETCH 2 (FLAGS BODY.PEEK[])\r\n"), EB("f FETCH 2 (FLAGS BODY.PEEK[])\r\n"))
 
 CASE(t_header_only_not_held, "header sections and ALL are not held", SEL,
-     C("f FETCH 1:* (BODY.PEEK[HEADER.FIELDS (From \"To\")] BODY.PEEK[1.MIME] ENVELOPE)\r\n"),
-     EB("f FETCH 1:* (BODY.PEEK[HEADER.FIELDS (From \"To\")] BODY.PEEK[1.MIME] ENVELOPE)\r\n"),
+     C("f FETCH 1:* (BODY.PEEK[HEADER.FIELDS (From \"To\")] ENVELOPE)\r\n"),
+     EB("f FETCH 1:* (BODY.PEEK[HEADER.FIELDS (From \"To\")] ENVELOPE)\r\n"),
      C("g FETCH 1 ALL\r\n"), EB("g FETCH 1 ALL\r\n"))
 
 CASE(t_expunge_in_uid_prefetch_moves_map,

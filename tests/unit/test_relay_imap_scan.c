@@ -190,11 +190,11 @@ CASE(t_flags_fetch_untouched, "a FETCH without content passes unchanged, no scan
      B("* 1 FETCH (FLAGS (\\Seen) UID 7)\r\n* 2 FETCH (FLAGS () UID 8)\r\nf OK\r\n"),
      EC("* 1 FETCH (FLAGS (\\Seen) UID 7)\r\n* 2 FETCH (FLAGS () UID 8)\r\nf OK\r\n"), ENSCANS(0))
 
-CASE(t_binary_literal8, "an infected BINARY[] literal8 is replaced", RH_SCAN_ON, SEL,
-     C("f FETCH 1 BINARY.PEEK[]\r\n"), EB("f FETCH 1 BINARY.PEEK[]\r\n"),
+CASE(t_binary_literal8, "a BINARY[] literal8 nobody judged (the server's decoding) is blocked",
+     RH_SCAN_ON, SEL, C("f FETCH 1 (FLAGS)\r\n"), EB("f FETCH 1 (FLAGS)\r\n"),
      B("* 1 FETCH (BINARY[] ~{42}\r\nSubject: x\r\nX-Harness-Infected: 1\r\n\r\nbad\r\n)\r\nf "
        "OK\r\n"),
-     ECN("* 1 FETCH (BINARY[] ~@NOTICE@)\r\nf OK\r\n"))
+     ECN("* 1 FETCH (BINARY[] ~@BLOCKED@)\r\nf OK\r\n"))
 
 CASE(t_second_content_literal,
      "a second content literal of the replaced message gets the notice text", RH_SCAN_ON, SEL,

@@ -301,8 +301,9 @@ def pop3_script(c: clients.LineClient, script: list[tuple[bytes, bool]]) -> list
 
 
 def test_pop3_long_answers(mailbox, proxy, certs):
-    junk = b"x" * 2000  # Dovecot's own POP3 input limit is about 2 KB
-    script = [(b"STAT", False), (b"LIST", True), (b"UIDL", True), (b"LIST " + junk, False),
+    # (a long "LIST <junk>" is refused by the proxy's strict numbers now, before Dovecot;
+    # long status lines are covered by the relay harness: test_relay_pop3 t_long_status_line)
+    script = [(b"STAT", False), (b"LIST", True), (b"UIDL", True),
               (b"UIDL %d" % N, False), (b"NOOP", False)]
     d = clients.LineClient(mailbox.ports["pop3"], timeout=30)
     pop3_login(d)

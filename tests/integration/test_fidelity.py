@@ -320,4 +320,3 @@ def test_pop3_long_answers(mailbox, proxy, certs):
     for (cmd, _), a, b in zip(script, direct, proxied):
         assert a == b, (cmd[:40], a[:200], b[:200])
     assert direct[1].count(b"\r\n") == N + 2 and len(direct[2]) > 8192
-    assert direct[3].startswith(b"-ERR") and len(direct[3]) > 2000, direct[3][:100]

@@ -426,7 +426,8 @@ def test_several_content_items_in_one_response(proxy_factory, dovecot, certs, sc
         if malware.MESSAGES[name].infected:
             assert_notice(lits[0], malware.MESSAGES[name].data)
             assert b"withheld" in lits[1] and b"X-Portcullis-Verdict" not in lits[1]
-            assert REF.sub(b"", lits[2]) == REF.sub(b"", lits[0])
+            # BINARY[] is the server's decoding: judged on BODY[] like a part (issue 15)
+            assert b"withheld" in lits[2] and b"X-Portcullis-Verdict" not in lits[2]
         else:
             assert lits == want
     direct.logout()

@@ -646,8 +646,10 @@ static void ref_classify(struct ref *p, const char *name, bool has_sec, const ch
         else if (binsize)
             p->type = T_NUMBER;
         else {
+            /* BINARY[] is the server's decoding: judged on BODY[] like a part, never as the
+             * whole message (a whole-file hash would not match the decoded bytes). */
             p->type = T_NSTRING;
-            p->kind = parts ? FI_PART : has_origin ? FI_PARTIAL : FI_WHOLE;
+            p->kind = FI_PART;
         }
         return;
     }

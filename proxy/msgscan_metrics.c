@@ -130,11 +130,13 @@ void msgscan_metrics_render(struct buf *o, void *arg)
     struct pool_stats st;
     if (msgscan_pool_stats(&st)) {
         buf_printf(o,
-                   "# HELP portcullis_scan_queue Scan jobs waiting and running.\n"
+                   "# HELP portcullis_scan_queue Scan jobs waiting, running, and finished but "
+                   "not yet delivered to their session's loop.\n"
                    "# TYPE portcullis_scan_queue gauge\n"
                    "portcullis_scan_queue{state=\"queued\"} %u\n"
-                   "portcullis_scan_queue{state=\"running\"} %u\n",
-                   st.queued, st.running);
+                   "portcullis_scan_queue{state=\"running\"} %u\n"
+                   "portcullis_scan_queue{state=\"done\"} %u\n",
+                   st.queued, st.running, st.done);
         buf_printf(o,
                    "# HELP portcullis_scan_budget_bytes Bytes held for scanning.\n"
                    "# TYPE portcullis_scan_budget_bytes gauge\n"

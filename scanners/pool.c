@@ -41,6 +41,7 @@ struct pool {
     unsigned nthreads;
     struct job_list queue;
     unsigned nqueued, queue_max, running, nclients;
+    unsigned ndone; /* on some client's done list: finished, not yet handed to its loop */
     bool stop;
     uint64_t budget, used;
     struct waiter_list budget_waiters; /* FIFO */
@@ -139,6 +140,7 @@ static void finish_job(struct pool_job *j)
 {
     j->state = POOL_JOB_DONE;
     job_push(&j->client->done, j);
+    j->client->p->ndone++;
     ev_async_send(j->client->loop, &j->client->async);
 }
 
@@ -250,9 +252,10 @@ static void client_drain(struct ev_loop *loop, ev_async *w, int revents)
         pthread_mutex_lock(&p->mu);
         struct pool_job *j = c->done.head;
         struct pool_waiter *wt = j ? NULL : c->granted.head;
-        if (j)
+        if (j) {
             job_unlink(&c->done, j);
-        else if (wt) {
+            p->ndone--;
+        } else if (wt) {
             waiter_unlink(&c->granted, wt);
             wt->state = POOL_WAITER_IDLE;
         }
@@ -319,6 +322,7 @@ void pool_client_free(struct pool_client **cp)
             p->cancelled++;
             j->state = POOL_JOB_DONE;
             job_push(&c->done, j);
+            p->ndone++;
             freed_slots = true;
         }
     }
@@ -343,8 +347,10 @@ void pool_client_free(struct pool_client **cp)
     for (;;) {
         pthread_mutex_lock(&p->mu);
         struct pool_job *j = c->done.head;
-        if (j)
+        if (j) {
             job_unlink(&c->done, j);
+            p->ndone--;
+        }
         pthread_mutex_unlock(&p->mu);
         if (!j)
             break;
@@ -490,6 +496,7 @@ void pool_get_stats(struct pool *p, struct pool_stats *st)
     st->threads = p->nthreads;
     st->queued = p->nqueued;
     st->running = p->running;
+    st->done = p->ndone;
     st->queue_max = p->queue_max;
     st->budget = p->budget;
     st->budget_used = p->used;

@@ -111,6 +111,7 @@ void pool_waiter_cancel(struct pool_waiter *w);
 
 struct pool_stats {
     unsigned threads, queued, running, queue_max;
+    unsigned done; /* finished, verdict not yet delivered on its loop */
     uint64_t budget, budget_used;
     uint64_t submitted, rejected_full, completed, cancelled;
 };

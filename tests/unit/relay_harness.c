@@ -325,7 +325,8 @@ static bool scan_pending(struct rh *h)
     if (b.data) {
         b.data[b.wpos < b.cap ? b.wpos : b.cap - 1] = '\0';
         pending = scan_metric(b.data, "portcullis_scan_queue{state=\"queued\"} ") +
-                      scan_metric(b.data, "portcullis_scan_queue{state=\"running\"} ") >
+                      scan_metric(b.data, "portcullis_scan_queue{state=\"running\"} ") +
+                      scan_metric(b.data, "portcullis_scan_queue{state=\"done\"} ") >
                   0;
     }
     buf_free(&b);

@@ -167,16 +167,18 @@ install: all
 
 # libFuzzer: the library sources are rebuilt with clang and the fuzzer sanitizers.
 FUZZ_CFLAGS := -std=c11 -g -O1 -fsanitize=fuzzer-no-link,address,undefined -D_GNU_SOURCE \
-               -Iproxy -Ipolicy -Iscanners -DPORTCULLIS_FUZZ
-build/fuzz/lib/%.o: %.c
+               -Iproxy -Ipolicy -Iscanners -DPORTCULLIS_FUZZ -MMD -MP
+# -MMD: a changed header rebuilds the harness objects (a stale pool.o once wrote past a
+# caller's older struct pool_stats and the smoke run reported a crash that was not there).
+FUZZ_LIB_OBJ := $(patsubst %.c,build/fuzz/lib/%.o,$(LIB_SRC))
+$(FUZZ_LIB_OBJ): build/fuzz/lib/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(Q)$(CLANG) $(FUZZ_CFLAGS) -c -o $@ $<
-FUZZ_LIB_OBJ := $(patsubst %.c,build/fuzz/lib/%.o,$(LIB_SRC))
 build/fuzz/libportcullis.a: $(FUZZ_LIB_OBJ)
 	$(Q)rm -f $@ && ar rcs $@ $^
-build/fuzz/%: tests/fuzz/%.c build/fuzz/libportcullis.a
+$(FUZZ_BIN): build/fuzz/%: tests/fuzz/%.c build/fuzz/libportcullis.a
 	@mkdir -p $(dir $@)
-	$(Q)$(CLANG) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< build/fuzz/libportcullis.a $(LIBS)
+	$(Q)$(CLANG) $(FUZZ_CFLAGS) -MF $@.d -fsanitize=fuzzer -o $@ $< build/fuzz/libportcullis.a $(LIBS)
 
 # The session-model harness drives a real session through the unit tests' relay harness
 # (tests/unit/relay_harness.c), which reports through cmocka.

@@ -174,6 +174,7 @@ static const struct cfg_key scan_keys[] = {
     {CFG_K_STRING("database_dir", struct cfg_scan, database_dir, "/var/lib/clamav")},
     {CFG_K_UINT("threads", struct cfg_scan, threads, "0", 0, 256), .flags = CFG_RESTART},
     {CFG_K_UINT("queue", struct cfg_scan, queue, "256", 1, 100000), .flags = CFG_RESTART},
+    {CFG_K_UINT("thread_nice", struct cfg_scan, thread_nice, "5", 0, 19), .flags = CFG_RESTART},
     {CFG_K_SIZE("max_scan_size", struct cfg_scan, max_scan_size, "25M", KIB, 4 * GIB - 1)},
     {CFG_K_SIZE("max_file_size", struct cfg_scan, max_file_size, "25M", KIB, 4 * GIB - 1)},
     {CFG_K_UINT("max_recursion", struct cfg_scan, max_recursion, "16", 1, 64)},

@@ -138,6 +138,7 @@ struct cfg_scan {
     char *database_dir;       /* owned; default /var/lib/clamav */
     unsigned threads;         /* scan threads; 0 in the file = cores, resolved at load */
     unsigned queue;           /* default 256: scan jobs waiting for a thread */
+    unsigned thread_nice;     /* default 5: scan threads' nice, relative to the process */
     size_t max_scan_size;     /* default 25M: larger messages are not scanned */
     size_t max_file_size;     /* default 25M: one extracted part/member */
     unsigned max_recursion;   /* default 16: archive/MIME nesting */

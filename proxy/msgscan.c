@@ -178,6 +178,7 @@ bool msgscan_process_init(const struct config *cfg, struct ev_loop *main_loop, c
     g_scanner = scanner_clamav_new(&o, error_r);
     if (!g_scanner)
         return false;
+    pool_set_thread_nice((int)cfg->scan.thread_nice);
     g_pool = pool_new(cfg->scan.threads ? cfg->scan.threads : 1, cfg->scan.queue,
                       cfg->scan.memory_budget, error_r);
     if (!g_pool) {

@@ -19,11 +19,16 @@
  */
 #include "pool.h"
 
+#include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 struct job_list {
     struct pool_job *head, *tail;
@@ -146,9 +151,39 @@ static void finish_job(struct pool_job *j)
 
 /* ---- scan threads ------------------------------------------------------------------------ */
 
+static int g_thread_nice;
+
+void pool_set_thread_nice(int nice)
+{
+    g_thread_nice = nice < 0 ? 0 : nice > 19 ? 19 : nice;
+}
+
+/* A scan thread is CPU-bound for milliseconds to seconds; the event loops that feed it and
+ * deliver its verdicts wake for microseconds. At equal priority a loop woken by a verdict waits
+ * behind the scans for its CPU, and while it waits no next message is framed and submitted:
+ * the scan threads then idle in turn (measured in `make bench`, docs/benchmarks.md). So each
+ * scan thread marks itself SCHED_BATCH and lowers its own priority (Linux: nice is per
+ * thread). Best effort: a refusal leaves the thread as it was. */
+static void lower_priority(void)
+{
+#ifdef SCHED_BATCH
+    struct sched_param sp = {0};
+    (void)pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp);
+#endif
+    if (g_thread_nice > 0) {
+        errno = 0;
+        int cur = getpriority(PRIO_PROCESS, 0);
+        if (cur != -1 || errno == 0) {
+            int want = cur + g_thread_nice > 19 ? 19 : cur + g_thread_nice;
+            (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), want);
+        }
+    }
+}
+
 static void *worker_main(void *arg)
 {
     struct pool *p = arg;
+    lower_priority();
     pthread_mutex_lock(&p->mu);
     for (;;) {
         while (!p->stop && !p->queue.head)

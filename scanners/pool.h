@@ -68,6 +68,10 @@ struct pool_waiter {
     enum pool_waiter_state state;
 };
 
+/* The nice value scan threads give themselves (relative to the process, 0..19), read by
+ * threads that pool_new() starts after the call. Set once, before the first pool_new(). */
+void pool_set_thread_nice(int nice);
+
 /* Start `threads` scan threads. queue_max >= 1 jobs may wait beyond the running ones; `budget`
  * bytes may be held for scanning at once. NULL + *error_r (malloc'd) on failure. */
 struct pool *pool_new(unsigned threads, unsigned queue_max, uint64_t budget, char **error_r)

@@ -48,6 +48,24 @@ uint64_t scanner_generation(struct scanner *s)
     return s->ops->generation(s);
 }
 
+void scanner_health(struct scanner *s, struct scanner_health *h)
+{
+    s->ops->health(s, h);
+}
+
+bool scanner_canary(struct scanner *s)
+{
+    return s->ops->canary(s);
+}
+
+bool scanner_health_suspect(const struct scanner_health *h, int64_t date)
+{
+    for (unsigned i = 0; i < h->nsuspect && i < SCAN_SUSPECT_MAX; i++)
+        if (date >= h->suspect[i].from && date <= h->suspect[i].to)
+            return true;
+    return false;
+}
+
 /* What the reload thread needs; owns copies of the option strings. */
 struct reload_arg {
     struct scanner *s;

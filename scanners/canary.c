@@ -133,8 +133,8 @@ static void zip_stored(struct sb *z, const char *data, size_t n)
     le32(z, (uint32_t)cdlen), le32(z, (uint32_t)cd), le16(z, 0);
 }
 
-static void attachment(struct sb *b, const char *ctype, const char *fname,
-                       const unsigned char *d, size_t n)
+static void attachment(struct sb *b, const char *ctype, const char *fname, const unsigned char *d,
+                       size_t n)
 {
     puts_(b, HEAD);
     puts_(b, "Content-Type: multipart/mixed; boundary=\"pcb1\"\r\n\r\n"
@@ -182,8 +182,7 @@ bool canary_build(struct canary_msg out[CANARY_VARIANTS])
             struct sb z = {.ok = true};
             zip_stored(&z, CANARY_PAYLOAD, plen);
             if (z.ok)
-                attachment(&b, "application/zip", "canary.zip", (const unsigned char *)z.p,
-                           z.len);
+                attachment(&b, "application/zip", "canary.zip", (const unsigned char *)z.p, z.len);
             else
                 b.ok = false;
             free(z.p);

@@ -91,9 +91,9 @@ struct cav {
     pthread_mutex_t hmu;
     pthread_cond_t hcv; /* wakes the canary thread: stop, kick */
     struct scanner_health h;
-    _Atomic bool broken;  /* h.ok == false, readable by scans without hmu */
-    int64_t last_ok;      /* wall-clock second of the last passing canary */
-    bool kick, stop;      /* canary thread: run soon / exit */
+    _Atomic bool broken; /* h.ok == false, readable by scans without hmu */
+    int64_t last_ok;     /* wall-clock second of the last passing canary */
+    bool kick, stop;     /* canary thread: run soon / exit */
     bool thread_started;
     pthread_t thread;
     pthread_mutex_t canary_mu; /* one canary run at a time */
@@ -292,8 +292,8 @@ static bool work_dir_check(struct cav *c, uint64_t need, char *why, size_t cap)
             return false;
         }
         if (mkdir(c->work_dir, 0700) != 0 && errno != EEXIST) {
-            whyf(why, cap, "work directory %s is gone and cannot be made again: %s",
-                     c->work_dir, strerror(errno));
+            whyf(why, cap, "work directory %s is gone and cannot be made again: %s", c->work_dir,
+                 strerror(errno));
             return false;
         }
         cav_log(c, 2, "scan work directory %s was missing: made again", c->work_dir);
@@ -307,8 +307,8 @@ static bool work_dir_check(struct cav *c, uint64_t need, char *why, size_t cap)
         return false;
     }
     if ((st.st_mode & 07777) != 0700 && chmod(c->work_dir, 0700) != 0) {
-        whyf(why, cap, "work directory %s has mode %04o and cannot be repaired: %s",
-                 c->work_dir, (unsigned)(st.st_mode & 07777), strerror(errno));
+        whyf(why, cap, "work directory %s has mode %04o and cannot be repaired: %s", c->work_dir,
+             (unsigned)(st.st_mode & 07777), strerror(errno));
         return false;
     }
     if (access(c->work_dir, W_OK | X_OK) != 0) {
@@ -328,10 +328,10 @@ static bool work_dir_check(struct cav *c, uint64_t need, char *why, size_t cap)
     uint64_t want = atomic_load(&c->work_min_free) + need;
     if (avail == 0 || avail < want || (vf.f_files > 0 && vf.f_favail == 0)) {
         whyf(why, cap,
-                 "work directory %s: filesystem full (%llu bytes and %llu inodes free, "
-                 "%llu bytes needed)",
-                 c->work_dir, (unsigned long long)avail, (unsigned long long)vf.f_favail,
-                 (unsigned long long)(want ? want : 1));
+             "work directory %s: filesystem full (%llu bytes and %llu inodes free, "
+             "%llu bytes needed)",
+             c->work_dir, (unsigned long long)avail, (unsigned long long)vf.f_favail,
+             (unsigned long long)(want ? want : 1));
         return false;
     }
     return true;
@@ -500,8 +500,7 @@ static void classify_virus(struct scan_result *r, const char *name)
 }
 
 /* One scan. `canary`: the canary's own scans, which run even while the scanner is broken. */
-static void scan_one(struct cav *c, const char *buf, size_t len, struct scan_result *r,
-                     bool canary)
+static void scan_one(struct cav *c, const char *buf, size_t len, struct scan_result *r, bool canary)
 {
     memset(r, 0, sizeof *r);
     uint64_t t0 = now_us();
@@ -727,7 +726,8 @@ static void *canary_thread(void *p)
         /* The least gap first (a burst of faults must not make the canary run all the time). */
         while (!c->stop && pthread_cond_timedwait(&c->hcv, &c->hmu, &least) != ETIMEDOUT)
             ;
-        while (!c->stop && !c->kick && pthread_cond_timedwait(&c->hcv, &c->hmu, &until) != ETIMEDOUT)
+        while (!c->stop && !c->kick &&
+               pthread_cond_timedwait(&c->hcv, &c->hmu, &until) != ETIMEDOUT)
             ;
         if (c->stop)
             break;

@@ -90,13 +90,13 @@ struct scanner;
  * the last passing canary before a failure to the recovery) must not be trusted from a cache. */
 #define SCAN_SUSPECT_MAX 4
 struct scanner_health {
-    bool ok;                      /* false: broken, every verdict is SCAN_ERROR */
-    char why[256];                /* when broken: the failing check */
-    uint64_t epoch;               /* +1 each time the scanner turns broken */
+    bool ok;        /* false: broken, every verdict is SCAN_ERROR */
+    char why[256];  /* when broken: the failing check */
+    uint64_t epoch; /* +1 each time the scanner turns broken */
     uint64_t canary_runs, canary_failures, work_dir_errors, engine_errors;
-    unsigned nsuspect;            /* windows below, oldest first */
+    unsigned nsuspect; /* windows below, oldest first */
     struct {
-        int64_t from, to;         /* wall-clock seconds, inclusive; to = INT64_MAX while open */
+        int64_t from, to; /* wall-clock seconds, inclusive; to = INT64_MAX while open */
     } suspect[SCAN_SUSPECT_MAX];
 };
 

@@ -68,8 +68,12 @@ static int group_setup(void **state)
     if (system(cmd) != 0)
         return -1;
     snprintf(dbdir, sizeof dbdir, "%s/db", tmp);
-    static const char *names[] = {"plain",          "base64",           "zip_base64",
-                                  "nested_rfc822",  "quoted_printable", "qp_attachment",
+    static const char *names[] = {"plain",
+                                  "base64",
+                                  "zip_base64",
+                                  "nested_rfc822",
+                                  "quoted_printable",
+                                  "qp_attachment",
                                   "unknown_first_header"};
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
         char path[256];
@@ -89,7 +93,9 @@ static int group_teardown(void **state)
         free(infected[i]);
     char cmd[400];
     /* A failed mount test may have left its mount behind. */
-    snprintf(cmd, sizeof cmd, "for d in %s/portcullis-scan.* %s/tmpfs; do umount $d 2>/dev/null; done; rm -rf %s", tmp, tmp, tmp);
+    snprintf(cmd, sizeof cmd,
+             "for d in %s/portcullis-scan.* %s/tmpfs; do umount $d 2>/dev/null; done; rm -rf %s",
+             tmp, tmp, tmp);
     return system(cmd) == 0 ? 0 : -1;
 }
 

@@ -303,7 +303,7 @@ static bool work_dir_check(struct cav *c, uint64_t need, char *why, size_t cap)
         }
     }
     if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid()) {
-        whyf(why, cap, "work directory %s is not a directory of ours", c->work_dir);
+        whyf(why, cap, "work directory not a directory of ours: %s", c->work_dir);
         return false;
     }
     if ((st.st_mode & 07777) != 0700 && chmod(c->work_dir, 0700) != 0) {
@@ -312,7 +312,7 @@ static bool work_dir_check(struct cav *c, uint64_t need, char *why, size_t cap)
         return false;
     }
     if (access(c->work_dir, W_OK | X_OK) != 0) {
-        whyf(why, cap, "work directory %s is not writable: %s", c->work_dir, strerror(errno));
+        whyf(why, cap, "work directory not writable (%s): %s", strerror(errno), c->work_dir);
         return false;
     }
     struct statvfs vf;
@@ -321,17 +321,17 @@ static bool work_dir_check(struct cav *c, uint64_t need, char *why, size_t cap)
         return false;
     }
     if (vf.f_flag & ST_RDONLY) {
-        whyf(why, cap, "work directory %s is on a read-only filesystem", c->work_dir);
+        whyf(why, cap, "work directory on a read-only filesystem: %s", c->work_dir);
         return false;
     }
     uint64_t avail = (uint64_t)vf.f_bavail * (uint64_t)vf.f_frsize;
     uint64_t want = atomic_load(&c->work_min_free) + need;
     if (avail == 0 || avail < want || (vf.f_files > 0 && vf.f_favail == 0)) {
         whyf(why, cap,
-             "work directory %s: filesystem full (%llu bytes and %llu inodes free, "
-             "%llu bytes needed)",
-             c->work_dir, (unsigned long long)avail, (unsigned long long)vf.f_favail,
-             (unsigned long long)(want ? want : 1));
+             "work directory filesystem full (%llu bytes and %llu inodes free, %llu "
+             "needed): %s",
+             (unsigned long long)avail, (unsigned long long)vf.f_favail,
+             (unsigned long long)(want ? want : 1), c->work_dir);
         return false;
     }
     return true;

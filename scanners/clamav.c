@@ -675,7 +675,8 @@ static bool cav_canary(struct scanner *s)
     for (int i = 0; ok && i < CANARY_VARIANTS; i++) {
         struct scan_result r;
         scan_one(c, m[i].data, m[i].len, &r, true);
-        if (r.verdict != SCAN_INFECTED || strncmp(r.signature, CANARY_SIG, strlen(CANARY_SIG))) {
+        if (r.verdict != SCAN_INFECTED ||
+            strncmp(r.signature, CANARY_SIG, strlen(CANARY_SIG)) != 0) {
             snprintf(why, sizeof why, "variant=%s verdict=%s detail=%s", m[i].name,
                      scan_verdict_name(r.verdict), r.signature[0] ? r.signature : "-");
             ok = false;

@@ -13,6 +13,7 @@
 #include "buf.h"
 #include "log.h"
 #include "metrics.h"
+#include "msgscan.h"
 #include "runtime.h"
 
 #define ADMIN_REQ_MAX  4096
@@ -129,9 +130,19 @@ static void handle(struct admin_client *c)
                 buf_len(&b));
         buf_free(&b);
     } else if (strcmp(path, "/healthz") == 0) {
-        char body[128];
+        char body[400];
         bool ok = atomic_load(&healthy);
-        int n = snprintf(body, sizeof body, "%s\n", ok ? "ok" : health_why);
+        struct scanner_health sh;
+        int n;
+        if (ok && msgscan_scanner_health(&sh) && !sh.ok) {
+            /* Fail closed: a scanner that misses its canary blocks (error_action) everything:
+             * the load balancer should send the traffic elsewhere. */
+            ok = false;
+            n = snprintf(body, sizeof body, "scanner broken: canary not detected: %.300s\n",
+                         sh.why);
+        } else {
+            n = snprintf(body, sizeof body, "%s\n", ok ? "ok" : health_why);
+        }
         respond(c, ok ? 200 : 503, "text/plain", body, (size_t)n);
     } else {
         respond(c, 404, "text/plain", "not found\n", 10);

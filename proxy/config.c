@@ -193,6 +193,8 @@ static const struct cfg_key scan_keys[] = {
     {CFG_K_OPTSTR("notice_template", struct cfg_scan, notice_template, ""), .flags = CFG_MULTILINE},
     {CFG_K_DURATION("verdict_cache_ttl", struct cfg_scan, verdict_cache_ttl_ms, "1d", SEC,
                     30 * DAY)},
+    {CFG_K_DURATION("canary_interval", struct cfg_scan, canary_interval_ms, "5m", SEC, DAY)},
+    {CFG_K_SIZE("tmpdir_min_free", struct cfg_scan, tmpdir_min_free, "1M", 0, 64 * GIB)},
     {CFG_K_END},
 };
 static const struct cfg_table scan_table = {.keys = scan_keys, .check = scan_check};

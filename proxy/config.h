@@ -153,6 +153,8 @@ struct cfg_scan {
     char *quarantine_dir;                 /* owned or NULL = no quarantine */
     char *notice_template;                /* owned or NULL = built-in template; may hold LF */
     uint64_t verdict_cache_ttl_ms;        /* default 1d */
+    uint64_t canary_interval_ms;          /* default 5m: scanner self-test period */
+    size_t tmpdir_min_free;               /* default 1M: free space the work dir needs */
     unsigned max_prefetch_messages;       /* default 1000: messages one part FETCH may judge */
 };
 

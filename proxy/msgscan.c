@@ -16,7 +16,12 @@
  * original's text (NOTICE_DESCRIBE).
  *
  * The per-worker verdict cache is an LRU of MSGSCAN_CACHE_MAX entries with a TTL
- * (scan.verdict_cache_ttl), touched only by its loop: no locks. Process-wide state (scanner,
+ * (scan.verdict_cache_ttl), touched only by its loop: no locks. Failing closed (issue 16): a
+ * verdict produced while the scanner is broken (its canary not detected) is an error and never
+ * cached; a clean verdict is cached only when the scanner's health epoch did not move during
+ * its scan; a cached clean verdict (local or Redis) is ignored while the scanner is broken and
+ * when it is dated inside a suspect window (scanner.h), so verdicts a silently failing engine
+ * gave before the canary caught it are judged again. Process-wide state (scanner,
  * pool, counters) is created before the workers start and freed after they stopped.
  */
 #include "msgscan.h"
@@ -122,6 +127,20 @@ static void scanner_log(void *arg, int level, const char *msg)
     log_write((enum log_level)level, "event=scanner msg=%s", log_qs(q, sizeof q, msg));
 }
 
+/* The scanner's canary changed state (scan thread or reload thread). */
+static void scanner_health_changed(void *arg, bool ok, const char *why)
+{
+    (void)arg;
+    char q[600];
+    if (ok)
+        log_write(LOG_INFO, "event=scan_canary_ok note=\"scanner judges again\"");
+    else
+        log_write(LOG_ERROR,
+                  "event=scan_canary_failed reason=%s note=\"every verdict is an error until "
+                  "the canary passes\"",
+                  log_qs(q, sizeof q, why));
+}
+
 static void options_from(const struct cfg_scan *c, struct scan_options *o)
 {
     *o = (struct scan_options){
@@ -135,6 +154,9 @@ static void options_from(const struct cfg_scan *c, struct scan_options *o)
         .reload_mode =
             c->reload == CFG_SCAN_RELOAD_LOWMEM ? SCAN_RELOAD_LOWMEM : SCAN_RELOAD_CONCURRENT,
         .log = scanner_log,
+        .work_min_free = c->tmpdir_min_free,
+        .canary_interval_ms = c->canary_interval_ms,
+        .health = scanner_health_changed,
     };
 }
 
@@ -239,6 +261,25 @@ bool msgscan_engine_version(char *buf, size_t cap)
         return false;
     scanner_version(g_scanner, buf, cap);
     return true;
+}
+
+bool msgscan_scanner_health(struct scanner_health *h)
+{
+    if (!g_scanner)
+        return false;
+    scanner_health(g_scanner, h);
+    return true;
+}
+
+/* May a cached verdict dated `date` be used? Infected: always (a match is a match). Clean: not
+ * while the scanner is broken, nor from a suspect window. */
+static bool cached_trusted(enum msgscan_verdict v, time_t date)
+{
+    if (v != MSGSCAN_CLEAN)
+        return true;
+    struct scanner_health h;
+    scanner_health(g_scanner, &h);
+    return h.ok && !scanner_health_suspect(&h, (int64_t)date);
 }
 
 bool msgscan_pool_stats(struct pool_stats *st)
@@ -809,7 +850,8 @@ static void on_remote(void *arg, const struct msgscan_cached *hit)
     r->step = RS_NONE;
     if (dead(r))
         return;
-    if (hit && (hit->verdict == MSGSCAN_CLEAN || hit->verdict == MSGSCAN_INFECTED)) {
+    if (hit && (hit->verdict == MSGSCAN_CLEAN || hit->verdict == MSGSCAN_INFECTED) &&
+        cached_trusted(hit->verdict, hit->date)) {
         atomic_fetch_add(&ctr.remote_hits, 1);
         cache_put(r->ws, r->sha, r->engine, hit,
                   (double)r->s->cfg->scan.verdict_cache_ttl_ms / 1000.0);
@@ -825,6 +867,10 @@ static void step_lookup(struct msgscan_req *r, bool sync)
 {
     scanner_version(g_scanner, r->engine, sizeof r->engine);
     struct ms_entry *e = cache_find(r->ws, r->sha, r->engine);
+    if (e && !cached_trusted(e->v.verdict, e->v.date)) {
+        entry_drop(r->ws, e);
+        e = NULL;
+    }
     if (e) {
         have_cached(r, &e->v);
         if (sync)
@@ -898,7 +944,12 @@ static void on_job(void *arg, struct scan_job *job)
         }
     }
     r->have_verdict = true;
-    if (r->verdict == MSGSCAN_CLEAN || r->verdict == MSGSCAN_INFECTED) {
+    struct scanner_health h;
+    scanner_health(g_scanner, &h);
+    /* Never cache what a scanner found broken since (or during) the scan said is clean. */
+    bool trusted = r->verdict == MSGSCAN_INFECTED ||
+                   (r->verdict == MSGSCAN_CLEAN && h.ok && h.epoch == res->epoch);
+    if (trusted) {
         struct msgscan_cached c = {.verdict = r->verdict, .date = r->date};
         snprintf(c.signature, sizeof c.signature, "%s", r->signature);
         snprintf(c.ref, sizeof c.ref, "%s", r->ref);

@@ -202,5 +202,7 @@ struct msgscan_counters {
     uint64_t notice_minimal; /* notices replaced by the minimal one (matched or not scanned) */
 };
 void msgscan_counters_get(struct msgscan_counters *c);
+/* The scanner's canary state (scanner.h); false when scanning is off. Any thread. */
+bool msgscan_scanner_health(struct scanner_health *h);
 
 #endif

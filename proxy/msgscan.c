@@ -86,6 +86,7 @@ struct msgscan_req {
     char where[MSGSCAN_WHERE_MAX];
     char *msg; /* owned while no job has it */
     size_t len, budget;
+    pool_owner owner; /* the session's, for releases after it is gone */
     unsigned char sha[SHA256_LEN];
     bool hashed;
     char engine[SCAN_VERSION_MAX];
@@ -428,10 +429,10 @@ enum msgscan_budget_rc msgscan_budget_acquire(struct session *s, size_t bytes,
 {
     struct msgscan_worker *ws = s->worker->scan;
     if (!ws)
-        return MSGSCAN_BUDGET_OK; /* nothing is accounted without a scanner */
+        return MSGSCAN_BUDGET_TOO_BIG; /* no scanner here: nothing may be held for one */
     w->cb = cb;
     w->arg = arg;
-    switch (pool_budget_acquire(ws->pc, bytes, &w->pw, budget_granted)) {
+    switch (pool_budget_acquire_as(ws->pc, msgscan_owner(s), bytes, &w->pw, budget_granted)) {
     case POOL_BUDGET_OK:
         return MSGSCAN_BUDGET_OK;
     case POOL_BUDGET_WAIT:
@@ -441,10 +442,26 @@ enum msgscan_budget_rc msgscan_budget_acquire(struct session *s, size_t bytes,
     }
 }
 
-void msgscan_budget_release(size_t bytes)
+void msgscan_budget_release(pool_owner owner, size_t bytes)
 {
     if (bytes && g_pool)
-        pool_budget_release(g_pool, bytes);
+        pool_budget_release_as(g_pool, owner, bytes);
+}
+
+/* FNV-1a of the login name, folded to 32 bits (0 is kept for "no user"); the session's id in
+ * the low half (0 is kept for "no session"). A collision only makes two users share a share. */
+pool_owner msgscan_owner(const struct session *s)
+{
+    uint32_t u = 0, id = (uint32_t)s->id ? (uint32_t)s->id : 1;
+    if (s->user && s->user[0]) {
+        uint64_t h = 1469598103934665603ull;
+        for (const unsigned char *p = (const unsigned char *)s->user; *p; p++)
+            h = (h ^ *p) * 1099511628211ull;
+        u = (uint32_t)(h ^ (h >> 32));
+        if (!u)
+            u = 1;
+    }
+    return POOL_OWNER(u, id);
 }
 
 void msgscan_wait_cancel(struct msgscan_wait *w)
@@ -531,7 +548,7 @@ void msgscan_outcome_clear(struct msgscan_outcome *o)
 {
     if (o->msg) {
         free(o->msg);
-        msgscan_budget_release(o->budget);
+        msgscan_budget_release(o->owner, o->budget);
         o->msg = NULL;
         o->budget = 0;
     }
@@ -570,7 +587,7 @@ static void req_free(struct msgscan_req *r)
 {
     if (r->msg) {
         free(r->msg);
-        msgscan_budget_release(r->budget);
+        msgscan_budget_release(r->owner, r->budget);
     }
     free(r->out.notice);
     free(r->nbuf);
@@ -586,7 +603,7 @@ static bool dead(struct msgscan_req *r)
     r->step = RS_NONE;
     if (r->msg) {
         free(r->msg);
-        msgscan_budget_release(r->budget);
+        msgscan_budget_release(r->owner, r->budget);
         r->msg = NULL;
         r->budget = 0;
     }
@@ -603,6 +620,7 @@ static void deliver(struct msgscan_req *r)
         o.msg = r->msg;
         o.len = r->len;
         o.budget = r->budget;
+        o.owner = r->owner;
         r->msg = NULL;
         r->budget = 0;
     }
@@ -677,6 +695,7 @@ static void notice_submit(struct msgscan_req *r)
         .flags = SCAN_JOB_SCAN,
         .buf = r->nbuf,
         .len = r->nbuf_len,
+        .owner = r->owner,
     };
     r->job = scan_submit(r->ws->pc, &rq, on_notice_job, r);
     if (r->job) {
@@ -693,7 +712,7 @@ static void notice_submit(struct msgscan_req *r)
         return;
     }
     r->step = RS_SLOT;
-    pool_slot_wait(r->ws->pc, &r->slot, on_notice_slot);
+    pool_slot_wait_as(r->ws->pc, r->owner, &r->slot, on_notice_slot);
 }
 
 /* The verdict is known (never called from the starter's stack): decide, scan the notice if
@@ -719,7 +738,7 @@ static void finish(struct msgscan_req *r)
     }
     /* The original is not delivered: let it and its budget go now. */
     free(r->msg);
-    msgscan_budget_release(r->budget);
+    msgscan_budget_release(r->owner, r->budget);
     r->msg = NULL;
     r->budget = 0;
     notice_submit(r);
@@ -765,6 +784,7 @@ static void submit(struct msgscan_req *r, unsigned flags)
         .buf = r->msg,
         .len = r->len,
         .budget = r->budget,
+        .owner = r->owner,
         .quarantine_dir = (flags & SCAN_JOB_SCAN) ? cs->quarantine_dir : NULL,
     };
     r->job_flags = flags;
@@ -789,7 +809,7 @@ static void submit(struct msgscan_req *r, unsigned flags)
     if (r->retries == 1)
         sess_log(r->s, LOG_DEBUG, "event=scan_queue_full %s", r->where);
     r->step = RS_SLOT;
-    pool_slot_wait(r->ws->pc, &r->slot, on_slot);
+    pool_slot_wait_as(r->ws->pc, r->owner, &r->slot, on_slot);
 }
 
 static void have_cached(struct msgscan_req *r, const struct msgscan_cached *c)
@@ -922,10 +942,11 @@ struct msgscan_req *msgscan_judge(struct session *s, const struct msgscan_item *
     struct msgscan_req *r = ws ? calloc(1, sizeof *r) : NULL;
     if (!r) {
         free(msg);
-        msgscan_budget_release(budget);
+        msgscan_budget_release(msgscan_owner(s), budget);
         return NULL;
     }
     r->s = s;
+    r->owner = msgscan_owner(s);
     r->ws = ws;
     r->proto = it->proto;
     snprintf(r->where, sizeof r->where, "%s", it->where ? it->where : "");

@@ -100,6 +100,7 @@ void imap_scan_stop(struct session *s)
     if (!sc)
         return;
     imap_keepalive_stop(&sc->ka);
+    scan_held_stop(&sc->held);
     msgscan_cancel(&sc->judging);
     scan_grant_cancel(&sc->grant); /* waiting or granted: the bytes go back now */
     drop_held(sc);
@@ -131,6 +132,20 @@ static void block_sent(void *arg, size_t budget)
     msgscan_budget_release((pool_owner)(uintptr_t)arg, budget);
 }
 
+static bool out_holding(struct session *s)
+{
+    return conn_queued_blocks(&s->client) > 0;
+}
+
+/* The client has not read our blocks for scan.held_timeout: their budget is everyone's. */
+static bool out_expired(struct session *s)
+{
+    sess_log(s, LOG_INFO, "event=refused reason=held_timeout queued_bytes=%zu",
+             conn_queued_bytes(&s->client));
+    sess_end(s, "held_timeout", "Response not read in time; closing.");
+    return true;
+}
+
 /* Queue a block for the client (after everything released so far). Takes `data` and its
  * budget in every case: on failure they are freed at once (the caller fails the session). */
 static bool out_push(struct session *s, char *data, size_t len, size_t budget)
@@ -141,6 +156,8 @@ static bool out_push(struct session *s, char *data, size_t len, size_t budget)
         msgscan_budget_release(owner, budget);
         return data != NULL || len == 0;
     }
+    if (budget)
+        scan_held_arm(&imap_sc(s)->held, s, out_holding, out_expired);
     return conn_queue(&s->client, data, len, budget ? block_sent : NULL,
                       (void *)(uintptr_t)owner, budget);
 }

@@ -142,6 +142,7 @@ struct imap_scan {
 
     struct scan_grant grant;     /* budget for a whole message held in-band */
     pool_owner owner;            /* the session's budget shares (msgscan_owner) */
+    struct scan_held held;       /* our blocks (with their budget) the client does not read */
     struct msgscan_req *judging; /* its scan, NULL when none */
     bool busy;                   /* inside a relay hook: results are picked up there */
 };

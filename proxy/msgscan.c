@@ -185,6 +185,11 @@ bool msgscan_process_init(const struct config *cfg, struct ev_loop *main_loop, c
         scanner_destroy(&g_scanner);
         return false;
     }
+    pool_set_shares(g_pool, &(struct pool_shares){
+                                .per_user = cfg->scan.budget_per_user_bytes,
+                                .per_session = cfg->scan.budget_per_session_bytes,
+                                .queue_per_user = cfg->scan.queue_per_user_jobs,
+                            });
     g_main_loop = main_loop;
     ev_async_init(&g_reload_async, reload_logged);
     ev_async_start(main_loop, &g_reload_async);
@@ -192,8 +197,13 @@ bool msgscan_process_init(const struct config *cfg, struct ev_loop *main_loop, c
     metrics_register(msgscan_metrics_render, NULL);
     char v[SCAN_VERSION_MAX];
     scanner_version(g_scanner, v, sizeof v);
-    log_write(LOG_INFO, "event=scanner_ready engine=%s threads=%u queue=%u memory_budget=%zu", v,
-              cfg->scan.threads, cfg->scan.queue, cfg->scan.memory_budget);
+    log_write(LOG_INFO,
+              "event=scanner_ready engine=%s threads=%u queue=%u memory_budget=%zu "
+              "budget_per_user=%llu budget_per_session=%llu queue_per_user=%u",
+              v, cfg->scan.threads, cfg->scan.queue, cfg->scan.memory_budget,
+              (unsigned long long)cfg->scan.budget_per_user_bytes,
+              (unsigned long long)cfg->scan.budget_per_session_bytes,
+              cfg->scan.queue_per_user_jobs);
     return true;
 }
 

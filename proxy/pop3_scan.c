@@ -76,6 +76,7 @@ struct pop3_scan {
     size_t reserve, want; /* budget held for msg / asked for */
     struct scan_grant grant; /* the first reservation, while it is asked for */
     pool_owner owner;        /* the session's budget shares (msgscan_owner) */
+    struct scan_held held;   /* the output (holding budget) the client does not read */
     enum msgscan_verdict give_kind; /* PS_DROP: why */
     const char *give_reason;
     char term[4];
@@ -103,6 +104,7 @@ static void ps_free(struct session *s)
         return;
     msgscan_cancel(&ps->req);
     scan_grant_cancel(&ps->grant);
+    scan_held_stop(&ps->held);
     free(ps->msg);
     msgscan_budget_release(ps->owner, ps->reserve);
     free(ps->status);
@@ -211,8 +213,24 @@ static size_t top_cut(const char *m, size_t len, uint32_t lines)
 /* Output: the held status line, then the original body stuffed again, then the terminator.
  * A TOP sent for the whole message goes out cut to the client's k lines (a cut ends at a line
  * end, so the terminator follows directly). */
-static void output_original(struct pop3_scan *ps, bool with_term)
+static bool out_holding(struct session *s)
 {
+    struct pop3_scan *ps = pop3_st(s)->scan;
+    return ps && ps->phase == PS_OUTPUT && ps->reserve > 0;
+}
+
+/* The client has not read the scanned message for scan.held_timeout: its budget is everyone's. */
+static bool out_expired(struct session *s)
+{
+    sess_log(s, LOG_INFO, "event=refused reason=held_timeout %s", pop3_st(s)->scan->where);
+    sess_end(s, "held_timeout", "Response not read in time; closing.");
+    return true;
+}
+
+static void output_original(struct session *s, struct pop3_scan *ps, bool with_term)
+{
+    if (ps->reserve)
+        scan_held_arm(&ps->held, s, out_holding, out_expired);
     size_t len = ps->top_all ? top_cut(ps->msg, ps->len, ps->lines) : ps->len;
     ps->seg[0] = (struct ps_seg){.p = ps->status, .len = ps->status_len};
     ps->seg[1] = (struct ps_seg){.p = ps->msg, .len = len, .restuff = true};
@@ -308,7 +326,7 @@ static void on_verdict(void *arg, struct msgscan_outcome *o)
         ps->reserve = o->budget;
         o->msg = NULL;
         o->budget = 0;
-        output_original(ps, true);
+        output_original(s, ps, true);
     }
     pop3_relay_kick(s);
 }
@@ -428,7 +446,7 @@ static void overflow(struct session *s, struct pop3_scan *ps, enum msgscan_verdi
                       : msgscan_unjudged(s, &it, NULL, 0, reason, &o);
         if (ok)
             msgscan_outcome_clear(&o);
-        output_original(ps, false); /* the pending bytes follow it */
+        output_original(s, ps, false); /* the pending bytes follow it */
         ps->stream_after = true;
         ps->pending = pending;
         if (ps->top_all) {
@@ -593,7 +611,7 @@ static int drop_step(struct session *s, struct pop3_scan *ps)
         ps->top_all = false;
         memcpy(ps->term, ".\r\n", 3);
         ps->term_len = 3;
-        output_original(ps, true);
+        output_original(s, ps, true);
         return 1;
     }
     if (ok && o.notice)

@@ -4,6 +4,7 @@
 #include <assert.h>
 
 #include "session.h"
+#include "log.h"
 
 static void granted(void *arg)
 {
@@ -65,4 +66,51 @@ void scan_grant_cancel(struct scan_grant *g)
     case SCAN_GRANT_IDLE:
         break;
     }
+}
+
+/* ---- held output ---- */
+
+static void held_check(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    struct scan_held *h = t->data;
+    struct session *s = h->s;
+    if (s->closing || !h->holding(s)) {
+        scan_held_stop(h);
+        return;
+    }
+    ev_tstamp now = ev_now(loop);
+    if (s->client.bytes_out != h->last_out) { /* the client reads: not held */
+        h->last_out = s->client.bytes_out;
+        h->since = now;
+        return;
+    }
+    double limit = (double)s->cfg->scan.held_timeout_ms / 1000.0;
+    if (now - h->since >= limit) {
+        scan_held_stop(h);
+        h->expire(s);
+    }
+}
+
+void scan_held_arm(struct scan_held *h, struct session *s, scan_held_fn *holding,
+                   scan_held_fn *expire)
+{
+    if (h->s && ev_is_active(&h->t))
+        return;
+    double limit = (double)s->cfg->scan.held_timeout_ms / 1000.0;
+    double every = limit / 4 < 0.05 ? 0.05 : limit / 4 > 5 ? 5 : limit / 4;
+    h->s = s;
+    h->holding = holding;
+    h->expire = expire;
+    h->last_out = s->client.bytes_out;
+    h->since = ev_now(s->client.loop);
+    ev_timer_init(&h->t, held_check, every, every);
+    h->t.data = h;
+    ev_timer_start(s->client.loop, &h->t);
+}
+
+void scan_held_stop(struct scan_held *h)
+{
+    if (h->s)
+        ev_timer_stop(h->s->client.loop, &h->t);
 }

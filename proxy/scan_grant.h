@@ -21,8 +21,10 @@
 #ifndef PORTCULLIS_SCAN_GRANT_H
 #define PORTCULLIS_SCAN_GRANT_H
 
+#include <ev.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "msgscan.h"
 
@@ -56,5 +58,25 @@ void scan_grant_release(struct scan_grant *g);
 /* Whatever the state: WAITING stops waiting (a grant on its way is given back), GRANTED gives
  * the bytes back; IDLE is a no-op. For a session's stop. */
 void scan_grant_cancel(struct scan_grant *g);
+
+/* ---- held output: a client that does not read what holds budget ----
+ *
+ * A scanned response put back for the client keeps its budget until it is written. A client
+ * that does not read would keep it forever (issue 16: 13 such sessions of one user held the
+ * whole budget). While `holding(s)` says budget waits on the client, this watchdog looks at the
+ * client conn's bytes_out; with no progress for scan.held_timeout it calls `expire(s)` (which
+ * ends the session: the budget is given back when its output is dropped). */
+typedef bool scan_held_fn(struct session *s);
+struct scan_held {
+    ev_timer t; /* private */
+    struct session *s;
+    scan_held_fn *holding, *expire;
+    uint64_t last_out;
+    ev_tstamp since;
+};
+/* Start watching (no-op while already watching). */
+void scan_held_arm(struct scan_held *h, struct session *s, scan_held_fn *holding,
+                   scan_held_fn *expire);
+void scan_held_stop(struct scan_held *h);
 
 #endif

@@ -463,8 +463,8 @@ static bool scan_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *obj)
     uint64_t q = 0;
     if (!parse_share(ctx, "scan.budget_per_user", s->budget_per_user, s->memory_budget, true,
                      s->max_scan_size, &s->budget_per_user_bytes) ||
-        !parse_share(ctx, "scan.budget_per_session", s->budget_per_session, s->memory_budget,
-                     true, s->max_scan_size, &s->budget_per_session_bytes) ||
+        !parse_share(ctx, "scan.budget_per_session", s->budget_per_session, s->memory_budget, true,
+                     s->max_scan_size, &s->budget_per_session_bytes) ||
         !parse_share(ctx, "scan.queue_per_user", s->queue_per_user, s->queue, false, 1, &q))
         return false;
     s->queue_per_user_jobs = q > s->queue ? s->queue : (unsigned)q;

@@ -158,8 +158,8 @@ struct cfg_scan {
      * size / count; "0" = no limit) and resolved at load (a budget share is at least one
      * max_scan_size message, a queue share at least one job). */
     char *budget_per_user, *budget_per_session, *queue_per_user; /* owned */
-    uint64_t budget_per_user_bytes, budget_per_session_bytes;     /* resolved; 0 = no limit */
-    unsigned queue_per_user_jobs;                                 /* resolved; 0 = no limit */
+    uint64_t budget_per_user_bytes, budget_per_session_bytes;    /* resolved; 0 = no limit */
+    unsigned queue_per_user_jobs;                                /* resolved; 0 = no limit */
     uint64_t held_timeout_ms; /* default 60s: scanned output the client does not read */
 };
 

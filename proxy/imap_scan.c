@@ -67,7 +67,7 @@ bool imap_scan_login(struct session *s)
         return false;
     sc->pf_max = s->cfg->scan.max_prefetch_messages;
     sc->memo_max = 2 * sc->pf_max; /* one prefetch + what the client fetched whole since */
-    sc->owner = msgscan_owner(s);    /* logged in: the user is known */
+    sc->owner = msgscan_owner(s);  /* logged in: the user is known */
     imap_keepalive_init(&sc->ka);
     st->sc = sc;
     return true;
@@ -158,8 +158,8 @@ static bool out_push(struct session *s, char *data, size_t len, size_t budget)
     }
     if (budget)
         scan_held_arm(&imap_sc(s)->held, s, out_holding, out_expired);
-    return conn_queue(&s->client, data, len, budget ? block_sent : NULL,
-                      (void *)(uintptr_t)owner, budget);
+    return conn_queue(&s->client, data, len, budget ? block_sent : NULL, (void *)(uintptr_t)owner,
+                      budget);
 }
 
 /* keep-alive: only while nothing of the held response has gone out */

@@ -117,7 +117,7 @@ struct msgscan_outcome {
     size_t len;
     size_t budget;
     pool_owner owner; /* whose share `budget` counts against */
-    char *notice; /* malloc'd RFC 5322 notice (when replace) */
+    char *notice;     /* malloc'd RFC 5322 notice (when replace) */
     size_t notice_len;
     char signature[SCAN_SIGNATURE_MAX]; /* infected: the signature; else why ("" when clean) */
     char ref[SCAN_REF_MAX];             /* reference id (notice, quarantine, log); "" if clean */

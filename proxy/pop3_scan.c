@@ -73,10 +73,10 @@ struct pop3_scan {
     struct pop3_unstuffer u;
     char *msg; /* owned: unstuffed body */
     size_t len, cap;
-    size_t reserve, want; /* budget held for msg / asked for */
-    struct scan_grant grant; /* the first reservation, while it is asked for */
-    pool_owner owner;        /* the session's budget shares (msgscan_owner) */
-    struct scan_held held;   /* the output (holding budget) the client does not read */
+    size_t reserve, want;           /* budget held for msg / asked for */
+    struct scan_grant grant;        /* the first reservation, while it is asked for */
+    pool_owner owner;               /* the session's budget shares (msgscan_owner) */
+    struct scan_held held;          /* the output (holding budget) the client does not read */
     enum msgscan_verdict give_kind; /* PS_DROP: why */
     const char *give_reason;
     char term[4];

@@ -42,8 +42,8 @@ struct acct {
     unsigned jobs, refs;
     struct acct *next;
 };
-#define ACCT_USER (1ull << 32)
-#define ACCT_SESS (2ull << 32)
+#define ACCT_USER    (1ull << 32)
+#define ACCT_SESS    (2ull << 32)
 #define ACCT_BUCKETS 256
 
 struct pool {
@@ -558,8 +558,8 @@ bool pool_submit(struct pool_client *c, struct pool_job *j, pool_work_fn *work, 
     return pool_submit_as(c, 0, j, work, done);
 }
 
-bool pool_submit_as(struct pool_client *c, pool_owner owner, struct pool_job *j,
-                    pool_work_fn *work, pool_done_fn *done)
+bool pool_submit_as(struct pool_client *c, pool_owner owner, struct pool_job *j, pool_work_fn *work,
+                    pool_done_fn *done)
 {
     struct pool *p = c->p;
     pthread_mutex_lock(&p->mu);

@@ -146,9 +146,9 @@ struct pool_stats {
     unsigned done; /* finished, verdict not yet delivered on its loop */
     uint64_t budget, budget_used;
     uint64_t submitted, rejected_full, completed, cancelled;
-    unsigned accounts;              /* users and sessions holding budget, jobs or waiting */
-    uint64_t share_waits;           /* budget requests that waited for their owner's share */
-    uint64_t rejected_share;        /* submits refused for the user's queue share */
+    unsigned accounts;       /* users and sessions holding budget, jobs or waiting */
+    uint64_t share_waits;    /* budget requests that waited for their owner's share */
+    uint64_t rejected_share; /* submits refused for the user's queue share */
 };
 void pool_get_stats(struct pool *p, struct pool_stats *st);
 

@@ -77,9 +77,10 @@ def test_other_user_not_starved_by_13_held_responses(proxy_factory, dovecot, sca
         for d in deaf:
             d.fetch_and_stall()
         # the greedy user holds its share (a quarter of the budget); the rest of its sessions wait
-        px.wait_metric("portcullis_scan_budget_bytes", {"state": "used"},
-                       predicate=lambda v: v >= 3 * BIG, timeout=30)
+        held = px.wait_metric("portcullis_scan_budget_bytes", {"state": "used"},
+                              predicate=lambda v: v >= 2.5 * BIG, timeout=30)
         time.sleep(1.0)
+        assert held <= 16 * 1024 * 1024, held  # budget_per_user: 25% of 64M
         m = login(px, certs, other)
         m.select("INBOX")
         t = time.monotonic()

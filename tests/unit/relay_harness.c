@@ -409,8 +409,7 @@ static void socketpair_nb(int sv[2])
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv), 0);
 }
 
-static struct rh *open_session(enum rh_proto proto, enum rh_scan scan, bool slow,
-                                const char *user)
+static struct rh *open_session(enum rh_proto proto, enum rh_scan scan, bool slow, const char *user)
 {
     struct rh *h = calloc(1, sizeof *h);
     assert_non_null(h);

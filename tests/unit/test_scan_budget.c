@@ -68,7 +68,10 @@ static void fetch_start(struct rh *h, unsigned uid, const struct big *b, size_t 
     char cmd[64];
     snprintf(cmd, sizeof cmd, "f UID FETCH %u (UID BODY.PEEK[])\r\n", uid);
     rh_client_send(h, cmd, strlen(cmd), 0);
-    { size_t n_; free(rh_backend_received(h, &n_)); }
+    {
+        size_t n_;
+        free(rh_backend_received(h, &n_));
+    }
     char *head = rh_strf("* 1 FETCH (UID %u BODY[] {%zu}\r\n", uid, b->len);
     rh_backend_send(h, head, strlen(head), 0);
     free(head);
@@ -237,7 +240,10 @@ static void t_kill_pop3(void **state)
                        rh_open_as(RH_POP3, RH_SCAN_ON, "u3")};
     for (int i = 0; i < 3; i++) {
         rh_client_send(h[i], "RETR 1\r\n", 8, 0);
-        { size_t n_; free(rh_backend_received(h[i], &n_)); }
+        {
+            size_t n_;
+            free(rh_backend_received(h[i], &n_));
+        }
         rh_backend_send(h[i], status, strlen(status), 0);
         rh_backend_send(h[i], stuffed, 1000, 0);
     }
@@ -280,15 +286,18 @@ static void t_other_user_not_starved(void **state)
     fetch_start(o, 9, &small, small.len);
     size_t n = 0;
     char *got = rh_client_received(o, &n);
-    char *want = rh_strf("* 1 FETCH (UID 9 BODY[] {%zu}\r\n%s)\r\nf OK done\r\n", small.len,
-                         small.msg);
+    char *want =
+        rh_strf("* 1 FETCH (UID 9 BODY[] {%zu}\r\n%s)\r\nf OK done\r\n", small.len, small.msg);
     assert_string_equal(got, want);
     free(got);
     free(want);
 
     /* the greedy user's first response completes: its next one is granted */
     fetch_rest(a[0], &b, 1000);
-    { size_t n_; free(rh_client_received(a[0], &n_)); }
+    {
+        size_t n_;
+        free(rh_client_received(a[0], &n_));
+    }
     rh_settle(a[1]);
     assert_int_equal(imap_sc(a[1]->s)->phase, SC_COLLECT);
     assert_int_equal(imap_sc(a[2]->s)->phase, SC_BUDGET);
@@ -323,10 +332,16 @@ static void t_held_timeout(void **state)
     h = rh_open_as(RH_IMAP, RH_SCAN_ON, "u1");
     fetch_start(h, 1, &b, b.len);
     for (int i = 0; i < 10; i++) {
-        { size_t n_; free(rh_client_received(h, &n_)); }
+        {
+            size_t n_;
+            free(rh_client_received(h, &n_));
+        }
         run_for(0.1);
     }
-    { size_t n_; free(rh_client_received(h, &n_)); }
+    {
+        size_t n_;
+        free(rh_client_received(h, &n_));
+    }
     assert_non_null(h->s);
     assert_false(h->s->closing);
     rh_free(&h);

@@ -189,6 +189,12 @@ static const struct cfg_key scan_keys[] = {
      .flags = CFG_RESTART},
     {CFG_K_ENUM("reload", struct cfg_scan, reload, "concurrent", scan_reload_values)},
     {CFG_K_DURATION("keepalive_interval", struct cfg_scan, keepalive_interval_ms, "15s", 1, HOUR)},
+    {CFG_K_STRING("budget_per_user", struct cfg_scan, budget_per_user, "25%"),
+     .flags = CFG_RESTART},
+    {CFG_K_STRING("budget_per_session", struct cfg_scan, budget_per_session, "10%"),
+     .flags = CFG_RESTART},
+    {CFG_K_STRING("queue_per_user", struct cfg_scan, queue_per_user, "25%"), .flags = CFG_RESTART},
+    {CFG_K_DURATION("held_timeout", struct cfg_scan, held_timeout_ms, "60s", SEC / 10, HOUR)},
     {CFG_K_OPTSTR("quarantine_dir", struct cfg_scan, quarantine_dir, "")},
     {CFG_K_OPTSTR("notice_template", struct cfg_scan, notice_template, ""), .flags = CFG_MULTILINE},
     {CFG_K_DURATION("verdict_cache_ttl", struct cfg_scan, verdict_cache_ttl_ms, "1d", SEC,
@@ -413,6 +419,37 @@ static bool backend_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *ob
 /* A message is held whole while it is scanned, so the budget must fit the largest one. The
  * database is only checked for readability here: loading it takes seconds to minutes and
  * belongs to the scanner (`-t` must stay fast). */
+/* A share: "N%" of `whole`, or an absolute value (a size when `size`, else a count); "0" = no
+ * limit. A non-zero share is raised to `floor`. */
+static bool parse_share(struct cfg_ctx *ctx, const char *key, const char *s, uint64_t whole,
+                        bool size, uint64_t floor, uint64_t *v_r)
+{
+    uint64_t v = 0;
+    size_t n = strlen(s);
+    bool ok;
+    if (n > 1 && s[n - 1] == '%') {
+        char num[16];
+        ok = n - 1 < sizeof num;
+        if (ok) {
+            memcpy(num, s, n - 1);
+            num[n - 1] = '\0';
+            ok = cfg_parse_uint(num, &v) && v <= 100;
+        }
+        v = ok ? (uint64_t)((double)whole * (double)v / 100.0) : 0;
+        if (ok && v == 0 && s[0] != '0')
+            v = 1;
+    } else {
+        ok = size ? cfg_parse_size(s, &v) : cfg_parse_uint(s, &v);
+    }
+    if (!ok)
+        return cfg_fail(ctx, cfg_find(ctx, key), "%s: expected a %s or a percentage (\"25%%\")",
+                        key, size ? "size" : "count");
+    if (v && v < floor)
+        v = floor;
+    *v_r = v;
+    return true;
+}
+
 static bool scan_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *obj)
 {
     (void)node;
@@ -425,6 +462,14 @@ static bool scan_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *obj)
         return cfg_fail(ctx, cfg_find(ctx, "scan.memory_budget"),
                         "scan.memory_budget (%zu) is smaller than scan.max_scan_size (%zu)",
                         s->memory_budget, s->max_scan_size);
+    uint64_t q = 0;
+    if (!parse_share(ctx, "scan.budget_per_user", s->budget_per_user, s->memory_budget, true,
+                     s->max_scan_size, &s->budget_per_user_bytes) ||
+        !parse_share(ctx, "scan.budget_per_session", s->budget_per_session, s->memory_budget, true,
+                     s->max_scan_size, &s->budget_per_session_bytes) ||
+        !parse_share(ctx, "scan.queue_per_user", s->queue_per_user, s->queue, false, 1, &q))
+        return false;
+    s->queue_per_user_jobs = q > s->queue ? s->queue : (unsigned)q;
     if (s->enabled)
         return check_readable(ctx, "scan.database_dir", "signature database", s->database_dir);
     return true;

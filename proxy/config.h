@@ -156,6 +156,13 @@ struct cfg_scan {
     uint64_t canary_interval_ms;          /* default 5m: scanner self-test period */
     size_t tmpdir_min_free;               /* default 1M: free space the work dir needs */
     unsigned max_prefetch_messages;       /* default 1000: messages one part FETCH may judge */
+    /* Fairness (docs/scanning.md): shares of memory_budget and queue, as written ("25%" or a
+     * size / count; "0" = no limit) and resolved at load (a budget share is at least one
+     * max_scan_size message, a queue share at least one job). */
+    char *budget_per_user, *budget_per_session, *queue_per_user; /* owned */
+    uint64_t budget_per_user_bytes, budget_per_session_bytes;    /* resolved; 0 = no limit */
+    unsigned queue_per_user_jobs;                                /* resolved; 0 = no limit */
+    uint64_t held_timeout_ms; /* default 60s: scanned output the client does not read */
 };
 
 /* redis: — shared policy state (docs/redis.md). Absent: local in-memory limits only. The

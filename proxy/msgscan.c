@@ -91,6 +91,7 @@ struct msgscan_req {
     char where[MSGSCAN_WHERE_MAX];
     char *msg; /* owned while no job has it */
     size_t len, budget;
+    pool_owner owner; /* the session's, for releases after it is gone */
     unsigned char sha[SHA256_LEN];
     bool hashed;
     char engine[SCAN_VERSION_MAX];
@@ -206,6 +207,11 @@ bool msgscan_process_init(const struct config *cfg, struct ev_loop *main_loop, c
         scanner_destroy(&g_scanner);
         return false;
     }
+    pool_set_shares(g_pool, &(struct pool_shares){
+                                .per_user = cfg->scan.budget_per_user_bytes,
+                                .per_session = cfg->scan.budget_per_session_bytes,
+                                .queue_per_user = cfg->scan.queue_per_user_jobs,
+                            });
     g_main_loop = main_loop;
     ev_async_init(&g_reload_async, reload_logged);
     ev_async_start(main_loop, &g_reload_async);
@@ -213,8 +219,13 @@ bool msgscan_process_init(const struct config *cfg, struct ev_loop *main_loop, c
     metrics_register(msgscan_metrics_render, NULL);
     char v[SCAN_VERSION_MAX];
     scanner_version(g_scanner, v, sizeof v);
-    log_write(LOG_INFO, "event=scanner_ready engine=%s threads=%u queue=%u memory_budget=%zu", v,
-              cfg->scan.threads, cfg->scan.queue, cfg->scan.memory_budget);
+    log_write(LOG_INFO,
+              "event=scanner_ready engine=%s threads=%u queue=%u memory_budget=%zu "
+              "budget_per_user=%llu budget_per_session=%llu queue_per_user=%u",
+              v, cfg->scan.threads, cfg->scan.queue, cfg->scan.memory_budget,
+              (unsigned long long)cfg->scan.budget_per_user_bytes,
+              (unsigned long long)cfg->scan.budget_per_session_bytes,
+              cfg->scan.queue_per_user_jobs);
     return true;
 }
 
@@ -469,10 +480,10 @@ enum msgscan_budget_rc msgscan_budget_acquire(struct session *s, size_t bytes,
 {
     struct msgscan_worker *ws = s->worker->scan;
     if (!ws)
-        return MSGSCAN_BUDGET_OK; /* nothing is accounted without a scanner */
+        return MSGSCAN_BUDGET_TOO_BIG; /* no scanner here: nothing may be held for one */
     w->cb = cb;
     w->arg = arg;
-    switch (pool_budget_acquire(ws->pc, bytes, &w->pw, budget_granted)) {
+    switch (pool_budget_acquire_as(ws->pc, msgscan_owner(s), bytes, &w->pw, budget_granted)) {
     case POOL_BUDGET_OK:
         return MSGSCAN_BUDGET_OK;
     case POOL_BUDGET_WAIT:
@@ -482,10 +493,26 @@ enum msgscan_budget_rc msgscan_budget_acquire(struct session *s, size_t bytes,
     }
 }
 
-void msgscan_budget_release(size_t bytes)
+void msgscan_budget_release(pool_owner owner, size_t bytes)
 {
     if (bytes && g_pool)
-        pool_budget_release(g_pool, bytes);
+        pool_budget_release_as(g_pool, owner, bytes);
+}
+
+/* FNV-1a of the login name, folded to 32 bits (0 is kept for "no user"); the session's id in
+ * the low half (0 is kept for "no session"). A collision only makes two users share a share. */
+pool_owner msgscan_owner(const struct session *s)
+{
+    uint32_t u = 0, id = (uint32_t)s->id ? (uint32_t)s->id : 1;
+    if (s->user && s->user[0]) {
+        uint64_t h = 1469598103934665603ull;
+        for (const unsigned char *p = (const unsigned char *)s->user; *p; p++)
+            h = (h ^ *p) * 1099511628211ull;
+        u = (uint32_t)(h ^ (h >> 32));
+        if (!u)
+            u = 1;
+    }
+    return POOL_OWNER(u, id);
 }
 
 void msgscan_wait_cancel(struct msgscan_wait *w)
@@ -572,7 +599,7 @@ void msgscan_outcome_clear(struct msgscan_outcome *o)
 {
     if (o->msg) {
         free(o->msg);
-        msgscan_budget_release(o->budget);
+        msgscan_budget_release(o->owner, o->budget);
         o->msg = NULL;
         o->budget = 0;
     }
@@ -611,7 +638,7 @@ static void req_free(struct msgscan_req *r)
 {
     if (r->msg) {
         free(r->msg);
-        msgscan_budget_release(r->budget);
+        msgscan_budget_release(r->owner, r->budget);
     }
     free(r->out.notice);
     free(r->nbuf);
@@ -627,7 +654,7 @@ static bool dead(struct msgscan_req *r)
     r->step = RS_NONE;
     if (r->msg) {
         free(r->msg);
-        msgscan_budget_release(r->budget);
+        msgscan_budget_release(r->owner, r->budget);
         r->msg = NULL;
         r->budget = 0;
     }
@@ -644,6 +671,7 @@ static void deliver(struct msgscan_req *r)
         o.msg = r->msg;
         o.len = r->len;
         o.budget = r->budget;
+        o.owner = r->owner;
         r->msg = NULL;
         r->budget = 0;
     }
@@ -718,6 +746,7 @@ static void notice_submit(struct msgscan_req *r)
         .flags = SCAN_JOB_SCAN,
         .buf = r->nbuf,
         .len = r->nbuf_len,
+        .owner = r->owner,
     };
     r->job = scan_submit(r->ws->pc, &rq, on_notice_job, r);
     if (r->job) {
@@ -734,7 +763,7 @@ static void notice_submit(struct msgscan_req *r)
         return;
     }
     r->step = RS_SLOT;
-    pool_slot_wait(r->ws->pc, &r->slot, on_notice_slot);
+    pool_slot_wait_as(r->ws->pc, r->owner, &r->slot, on_notice_slot);
 }
 
 /* The verdict is known (never called from the starter's stack): decide, scan the notice if
@@ -760,7 +789,7 @@ static void finish(struct msgscan_req *r)
     }
     /* The original is not delivered: let it and its budget go now. */
     free(r->msg);
-    msgscan_budget_release(r->budget);
+    msgscan_budget_release(r->owner, r->budget);
     r->msg = NULL;
     r->budget = 0;
     notice_submit(r);
@@ -806,6 +835,7 @@ static void submit(struct msgscan_req *r, unsigned flags)
         .buf = r->msg,
         .len = r->len,
         .budget = r->budget,
+        .owner = r->owner,
         .quarantine_dir = (flags & SCAN_JOB_SCAN) ? cs->quarantine_dir : NULL,
     };
     r->job_flags = flags;
@@ -830,7 +860,7 @@ static void submit(struct msgscan_req *r, unsigned flags)
     if (r->retries == 1)
         sess_log(r->s, LOG_DEBUG, "event=scan_queue_full %s", r->where);
     r->step = RS_SLOT;
-    pool_slot_wait(r->ws->pc, &r->slot, on_slot);
+    pool_slot_wait_as(r->ws->pc, r->owner, &r->slot, on_slot);
 }
 
 static void have_cached(struct msgscan_req *r, const struct msgscan_cached *c)
@@ -973,10 +1003,11 @@ struct msgscan_req *msgscan_judge(struct session *s, const struct msgscan_item *
     struct msgscan_req *r = ws ? calloc(1, sizeof *r) : NULL;
     if (!r) {
         free(msg);
-        msgscan_budget_release(budget);
+        msgscan_budget_release(msgscan_owner(s), budget);
         return NULL;
     }
     r->s = s;
+    r->owner = msgscan_owner(s);
     r->ws = ws;
     r->proto = it->proto;
     snprintf(r->where, sizeof r->where, "%s", it->where ? it->where : "");

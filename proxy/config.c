@@ -212,6 +212,10 @@ static const struct cfg_key admin_keys[] = {
     {CFG_K_BOOL("enabled", struct cfg_admin, enabled, "true"), .flags = CFG_RESTART},
     {CFG_K_ADDR("bind", struct cfg_admin, bind, addr, addrlen, "127.0.0.1:9190"),
      .flags = CFG_RESTART},
+    {CFG_K_DURATION("idle_timeout", struct cfg_admin, idle_timeout_ms, "5s", 100, HOUR),
+     .flags = CFG_RESTART},
+    {CFG_K_UINT("max_connections", struct cfg_admin, max_connections, "64", 2, 10000),
+     .flags = CFG_RESTART},
     {CFG_K_END},
 };
 static const struct cfg_table admin_table = {.size = sizeof(struct cfg_admin), .keys = admin_keys};

@@ -96,6 +96,8 @@ struct cfg_admin {
     char *bind;   /* owned; default "127.0.0.1:9190" (loopback: no auth) */
     struct sockaddr_storage addr;
     socklen_t addrlen;
+    uint64_t idle_timeout_ms; /* default 5s: to send the request and take the answer */
+    unsigned max_connections; /* default 64; when full the oldest idle one is evicted */
 };
 
 /* health: — active checks of every backend from the main thread (docs/backends.md). */

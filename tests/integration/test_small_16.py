@@ -1,0 +1,50 @@
+"""Issue 16, the smaller items: the admin listener under a flood of idle connections, the log
+writer thread, start-up failures that exit without leaks."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import mailenv
+
+
+def test_admin_healthz_under_idle_flood(proxy_factory):
+    """64 idle TCP connections to the admin port (the old limit was 32, refused beyond): /healthz
+    still answers at once, and the idle ones are closed after admin.idle_timeout."""
+    px = proxy_factory(admin={"idle_timeout": "2s", "max_connections": 16})
+    assert px.http_get("/healthz") == (200, "ok\n")
+    idle = []
+    try:
+        for _ in range(64):
+            s = socket.create_connection((mailenv.LOCAL, px.admin_port), timeout=5)
+            idle.append(s)
+        t0 = time.monotonic()
+        for _ in range(5):
+            assert px.http_get("/healthz", timeout=2) == (200, "ok\n")
+        assert time.monotonic() - t0 < 2.0
+        # Every idle connection is closed by the proxy: evicted or timed out (2 s).
+        deadline = time.monotonic() + 6
+        for s in idle:
+            s.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                assert s.recv(1) == b""
+            except ConnectionResetError:
+                pass
+    finally:
+        for s in idle:
+            s.close()
+    assert px.http_get("/healthz") == (200, "ok\n")
+
+
+def test_admin_slow_request_keeps_its_slot_until_timeout(proxy_factory):
+    """A connection that sends part of a request is closed after the idle timeout, not kept."""
+    px = proxy_factory(admin={"idle_timeout": "1s"})
+    s = socket.create_connection((mailenv.LOCAL, px.admin_port), timeout=5)
+    try:
+        s.sendall(b"GET /healthz HTTP/1.1\r\n")
+        t0 = time.monotonic()
+        assert s.recv(1) == b""
+        assert 0.5 < time.monotonic() - t0 < 4
+    finally:
+        s.close()

@@ -78,6 +78,8 @@ static const struct cfg_key log_keys[] = {
     {CFG_K_ENUM("level", struct config, log_level, "info", log_level_values)},
     {CFG_K_OPTSTR("file", struct config, log_file, "")},
     {CFG_K_BOOL("syslog", struct config, log_syslog, "false")},
+    {CFG_K_SIZE("queue_size", struct config, log_queue_size, "1M", 64 * KIB, GIB),
+     .flags = CFG_RESTART},
     {CFG_K_END},
 };
 static const struct cfg_table log_table = {.keys = log_keys};

@@ -220,6 +220,8 @@ struct config {
     enum cfg_log_level log_level; /* log.level, default info */
     char *log_file;               /* log.file, owned or NULL = stderr */
     bool log_syslog;              /* log.syslog: to syslog (facility mail) instead */
+    size_t log_queue_size;        /* log.queue_size, default 1M: lines waiting for the writer
+                                     thread (restart); beyond it lines are dropped and counted */
 
     struct cfg_listener *listeners; /* owned array, at least one */
     size_t nlisteners;

@@ -222,6 +222,12 @@ int main(int argc, char **argv)
     sigdelset(&all, SIGABRT);
     sigset_t old;
     pthread_sigmask(SIG_BLOCK, &all, &old);
+    /* Every line from here on goes through the writer thread; at exit (every path) it writes
+     * what is queued. */
+    if (log_writer_start(cfg->log_queue_size))
+        atexit(log_writer_stop);
+    else
+        log_write(LOG_WARN, "event=log_writer_failed note=\"lines are written synchronously\"");
 
     raise_nofile(cfg->limits.max_connections);
     /* Memory holds passwords in flight and mail being scanned: never write it to a core file. */

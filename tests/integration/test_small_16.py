@@ -48,3 +48,50 @@ def test_admin_slow_request_keeps_its_slot_until_timeout(proxy_factory):
         assert 0.5 < time.monotonic() - t0 < 4
     finally:
         s.close()
+
+
+def _start_fails(proxy_factory, **kw):
+    """Start the proxy with a config that fails at start-up; it must exit 1 with no sanitizer
+    report (under make SANITIZE=1, LeakSanitizer checks every allocation at exit)."""
+    px = proxy_factory(wait=False, **kw)
+    rc = px.proc.wait(timeout=30)
+    px.pid = None  # exited on purpose: not a stop() problem
+    problems = [p for p in px.check_log()]
+    assert rc == 1, px.log()[-2000:]
+    assert not problems, "\n".join(problems) + "\n" + px.log()[-4000:]
+    return px
+
+
+def test_startup_failure_listener_port_in_use(proxy_factory):
+    busy = socket.socket()
+    busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    busy.bind((mailenv.LOCAL, 0))
+    busy.listen(1)
+    try:
+        px = _start_fails(proxy_factory, ports={"pop3": busy.getsockname()[1]})
+        assert "bind" in px.log()
+    finally:
+        busy.close()
+
+
+def test_startup_failure_admin_port_in_use(proxy_factory):
+    busy = socket.socket()
+    busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    busy.bind((mailenv.LOCAL, 0))
+    busy.listen(1)
+    try:
+        _start_fails(proxy_factory, admin={"bind": f"{mailenv.LOCAL}:{busy.getsockname()[1]}"})
+    finally:
+        busy.close()
+
+
+def test_startup_failure_bad_certificate(proxy_factory, tmp_path):
+    bad = tmp_path / "bad.pem"
+    bad.write_text("-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n")
+    _start_fails(proxy_factory, tls={"certificates": [{"cert": str(bad), "key": str(bad)}]})
+
+
+def test_startup_failure_bad_signatures_dir(proxy_factory, tmp_path):
+    empty = tmp_path / "no-signatures"
+    empty.mkdir()
+    _start_fails(proxy_factory, scan={"enabled": True, "database_dir": str(empty)})

@@ -3,10 +3,22 @@ writer thread, start-up failures that exit without leaks."""
 
 from __future__ import annotations
 
+import os
+import re
 import socket
 import time
 
+import pytest
+
 import mailenv
+import malware
+
+
+@pytest.fixture(scope="module")
+def scan_db(env_tmp):
+    d = env_tmp / "scan-db-small16"
+    malware.write_db(str(d))
+    return d
 
 
 def test_admin_healthz_under_idle_flood(proxy_factory):
@@ -95,3 +107,24 @@ def test_startup_failure_bad_signatures_dir(proxy_factory, tmp_path):
     empty = tmp_path / "no-signatures"
     empty.mkdir()
     _start_fails(proxy_factory, scan={"enabled": True, "database_dir": str(empty)})
+
+
+def test_failed_engine_reload_reports_the_limits_in_effect(proxy_factory, scan_db, env_tmp,
+                                                            tmp_path):
+    """A reload whose engine cannot load: the old engine keeps serving with its old limits, and
+    the log says so explicitly (part=scanner, the limits in effect), not the configuration's."""
+    import signal
+    px = proxy_factory(scan={"enabled": True, "database_dir": str(scan_db), "threads": 1,
+                             "tmpdir": str(env_tmp), "max_scan_size": "10M"})
+    px.wait_log("event=scanner_ready")
+    empty = tmp_path / "empty-db"
+    empty.mkdir()
+    cfg = mailenv.deep_merge(px.config, {"scan": {"database_dir": str(empty),
+                                                  "max_scan_size": "2M"}})
+    px.config_path.write_text(mailenv.to_yaml(cfg))
+    mark = px.log_mark()
+    os.kill(px.pid, signal.SIGHUP)
+    m = px.wait_log(re.compile(r"event=reload_failed part=scanner .*max_scan_size=(\d+)"),
+                    after=mark, timeout=60)
+    assert int(m.group(1)) == 10 * 1024 * 1024
+    assert px.http_get("/healthz")[0] in (200, 503)

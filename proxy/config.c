@@ -78,6 +78,8 @@ static const struct cfg_key log_keys[] = {
     {CFG_K_ENUM("level", struct config, log_level, "info", log_level_values)},
     {CFG_K_OPTSTR("file", struct config, log_file, "")},
     {CFG_K_BOOL("syslog", struct config, log_syslog, "false")},
+    {CFG_K_SIZE("queue_size", struct config, log_queue_size, "1M", 64 * KIB, GIB),
+     .flags = CFG_RESTART},
     {CFG_K_END},
 };
 static const struct cfg_table log_table = {.keys = log_keys};
@@ -219,6 +221,10 @@ static const struct cfg_table health_table = {.size = sizeof(struct cfg_health),
 static const struct cfg_key admin_keys[] = {
     {CFG_K_BOOL("enabled", struct cfg_admin, enabled, "true"), .flags = CFG_RESTART},
     {CFG_K_ADDR("bind", struct cfg_admin, bind, addr, addrlen, "127.0.0.1:9190"),
+     .flags = CFG_RESTART},
+    {CFG_K_DURATION("idle_timeout", struct cfg_admin, idle_timeout_ms, "5s", 100, HOUR),
+     .flags = CFG_RESTART},
+    {CFG_K_UINT("max_connections", struct cfg_admin, max_connections, "64", 2, 10000),
      .flags = CFG_RESTART},
     {CFG_K_END},
 };

@@ -96,6 +96,8 @@ struct cfg_admin {
     char *bind;   /* owned; default "127.0.0.1:9190" (loopback: no auth) */
     struct sockaddr_storage addr;
     socklen_t addrlen;
+    uint64_t idle_timeout_ms; /* default 5s: to send the request and take the answer */
+    unsigned max_connections; /* default 64; when full the oldest idle one is evicted */
 };
 
 /* health: — active checks of every backend from the main thread (docs/backends.md). */
@@ -227,6 +229,8 @@ struct config {
     enum cfg_log_level log_level; /* log.level, default info */
     char *log_file;               /* log.file, owned or NULL = stderr */
     bool log_syslog;              /* log.syslog: to syslog (facility mail) instead */
+    size_t log_queue_size;        /* log.queue_size, default 1M: lines waiting for the writer
+                                     thread (restart); beyond it lines are dropped and counted */
 
     struct cfg_listener *listeners; /* owned array, at least one */
     size_t nlisteners;

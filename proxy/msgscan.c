@@ -51,6 +51,16 @@ static ev_async g_reload_async;
 static pthread_mutex_t g_reload_mu = PTHREAD_MUTEX_INITIALIZER;
 static bool g_reload_ok;
 static char g_reload_err[256];
+/* issue 16: the engine limits in effect are the last engine's that loaded; a reload that
+ * fails keeps the old engine with its old limits while the published configuration names the
+ * new ones. Main thread only: `g_limits` in effect, `g_limits_asked` by the running reload. */
+struct engine_limits {
+    size_t max_scan_size, max_file_size;
+    unsigned max_recursion, max_files;
+    uint64_t scan_timeout_ms;
+};
+static struct engine_limits g_limits, g_limits_asked;
+static bool g_limits_asked_set;
 
 static struct {
     atomic_ullong judged, scanned, cache_hits, remote_hits;
@@ -161,6 +171,12 @@ static void options_from(const struct cfg_scan *c, struct scan_options *o)
     };
 }
 
+static struct engine_limits limits_of(const struct cfg_scan *c)
+{
+    return (struct engine_limits){c->max_scan_size, c->max_file_size, c->max_recursion,
+                                  c->max_files, c->scan_timeout_ms};
+}
+
 static void reload_logged(struct ev_loop *loop, ev_async *a, int revents)
 {
     (void)loop, (void)a, (void)revents;
@@ -171,12 +187,26 @@ static void reload_logged(struct ev_loop *loop, ev_async *a, int revents)
     pthread_mutex_unlock(&g_reload_mu);
     char v[SCAN_VERSION_MAX], q[300];
     scanner_version(g_scanner, v, sizeof v);
-    if (ok)
+    if (ok) {
+        if (g_limits_asked_set)
+            g_limits = g_limits_asked;
         log_write(LOG_INFO, "event=scan_reload result=ok engine=%s generation=%llu", v,
                   (unsigned long long)scanner_generation(g_scanner));
-    else
+    } else {
         log_write(LOG_ERROR, "event=scan_reload result=failed error=%s engine=%s",
                   log_qs(q, sizeof q, err), v);
+        /* Say exactly what applies: the rest of the new configuration is in effect, the
+         * engine and its limits are the old ones (not the configuration's). */
+        const struct engine_limits *l = &g_limits;
+        log_write(LOG_ERROR,
+                  "event=reload_failed part=scanner reason=%s engine=%s max_scan_size=%zu "
+                  "max_file_size=%zu max_recursion=%u max_files=%u scan_timeout_ms=%llu "
+                  "note=\"the old engine and its limits stay; the rest of the configuration "
+                  "applies\"",
+                  log_qs(q, sizeof q, err), v, l->max_scan_size, l->max_file_size, l->max_recursion,
+                  l->max_files, (unsigned long long)l->scan_timeout_ms);
+    }
+    g_limits_asked_set = false;
 }
 
 /* On the reload thread. */
@@ -213,6 +243,7 @@ bool msgscan_process_init(const struct config *cfg, struct ev_loop *main_loop, c
                                 .queue_per_user = cfg->scan.queue_per_user_jobs,
                             });
     g_main_loop = main_loop;
+    g_limits = limits_of(&cfg->scan);
     ev_async_init(&g_reload_async, reload_logged);
     ev_async_start(main_loop, &g_reload_async);
     ev_unref(main_loop); /* the reload watcher alone must not keep the main loop running */
@@ -236,12 +267,17 @@ void msgscan_reload(const struct config *cfg)
     struct scan_options o;
     if (cfg)
         options_from(&cfg->scan, &o);
-    if (!scanner_reload_async(g_scanner, cfg ? &o : NULL, reload_done, NULL))
+    if (!scanner_reload_async(g_scanner, cfg ? &o : NULL, reload_done, NULL)) {
         log_write(LOG_WARN, "event=scan_reload result=skipped note=\"a reload is already "
                             "running\"");
-    else
-        log_write(LOG_INFO, "event=scan_reload result=started database_dir=%s",
-                  cfg ? cfg->scan.database_dir : "(unchanged)");
+        return;
+    }
+    if (cfg) {
+        g_limits_asked = limits_of(&cfg->scan);
+        g_limits_asked_set = true;
+    }
+    log_write(LOG_INFO, "event=scan_reload result=started database_dir=%s",
+              cfg ? cfg->scan.database_dir : "(unchanged)");
 }
 
 void msgscan_process_fini(void)

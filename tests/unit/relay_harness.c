@@ -369,6 +369,9 @@ static void settle(struct rh *h)
             reap(&h->w);
             h->s = NULL;
         }
+        /* Closed outside the loop (a test calling sess_end): wake_cb may have reaped it. */
+        if (!h->w.sessions)
+            h->s = NULL;
         if (moved) {
             idle = clear = 0;
             continue;

@@ -595,6 +595,7 @@ void policy_login_failed(struct policy *p, const struct policy_limits *lim,
     struct local_login lk;
     local_keys(&k, &lk);
     uint64_t now = now_ms(p);
+    p->wb_lim = *lim;
     bool user_sent = send_ufail(p, lim, &k);
     bool addr_sent = !k.has_addr || send_afail(p, lim, &k);
     /* Count it here in any case (the outage table must be fed); what Redis did not get is kept
@@ -614,6 +615,7 @@ void pol_login_ok(struct policy *p, const struct policy_limits *lim, const struc
 {
     struct local_login lk;
     local_keys(k, &lk);
+    p->wb_lim = *lim;
     bool sent = false;
     struct ukeys uk;
     if (rds_ready(p->cmd) && user_keys(p, k, &uk)) {

@@ -176,9 +176,12 @@ bool pol_scope_keys(struct policy *p, const struct policy_limits *lim, const str
                     struct pol_keys *k)
 {
     rl_user_key(w->user ? w->user : "", lim->fold_case, k->user, sizeof k->user);
-    if (!w->addr || !rl_addr_key(w->addr, lim->v4_prefix, lim->v6_prefix, k->net, sizeof k->net))
+    /* An exempt address (webmail, NAT) has no network of its own: its logins count against
+     * the per-user ceiling only, and it never becomes a known network. */
+    if (w->addr_exempt || !w->addr ||
+        !rl_addr_key(w->addr, lim->v4_prefix, lim->v6_prefix, k->net, sizeof k->net))
         k->net[0] = '\0';
-    k->has_addr = !w->addr_exempt && k->net[0];
+    k->has_addr = k->net[0] != '\0';
     snprintf(k->addr, sizeof k->addr, "%s", k->has_addr ? k->net : "");
     snprintf(k->sid, sizeof k->sid, "%s", w->sid ? w->sid : "");
     (void)p;

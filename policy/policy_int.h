@@ -17,7 +17,7 @@ struct pol_keys {
     char user[3 * RL_USER_MAX + 1];
     char addr[RL_ADDR_MAX]; /* address scope ("" when exempt or none) */
     bool has_addr;
-    char net[RL_ADDR_MAX]; /* the user's network, exempt or not ("" = no address) */
+    char net[RL_ADDR_MAX]; /* the user's network: the same as addr (kept apart for clarity) */
     char sid[POL_SID_MAX + 1];
 };
 

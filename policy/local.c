@@ -17,7 +17,7 @@
 #include "policy.h"
 #include "ratelimit.h"
 
-#define PROBE 16
+#define PROBE        16
 #define PEND_BUSY_MS 1000 /* retry-after when the attempts in flight fill the allowance */
 
 struct local_ent {
@@ -32,8 +32,8 @@ struct local_ent {
     uint64_t fail_expires;
     unsigned pend; /* attempts reserved, result not yet known */
     uint64_t pend_ts;
-    unsigned dirty_n; /* failures Redis has not seen */
-    bool dirty;       /* waiting for the write-back */
+    unsigned dirty_n;        /* failures Redis has not seen */
+    bool dirty;              /* waiting for the write-back */
     char key[LOCAL_KEY_MAX]; /* "" when too long to write back */
 };
 

@@ -623,10 +623,15 @@ void pol_login_ok(struct policy *p, const struct policy_limits *lim, const struc
     struct ukeys uk;
     if (rds_ready(p->cmd) && user_keys(p, k, &uk)) {
         char ttl[24], max[24];
-        const char *argv[] = {uk.k[1], uk.k[2], uk.k[3], uk.k[4], k->sid, k->net,
-                              num(ttl, sizeof ttl, lim->known_ttl_ms ? lim->known_ttl_ms
-                                                                     : 30ULL * 86400000),
-                              num(max, sizeof max, lim->known_max)};
+        const char *argv[] = {
+            uk.k[1],
+            uk.k[2],
+            uk.k[3],
+            uk.k[4],
+            k->sid,
+            k->net,
+            num(ttl, sizeof ttl, lim->known_ttl_ms ? lim->known_ttl_ms : 30ULL * 86400000),
+            num(max, sizeof max, lim->known_max)};
         sent = send_result(p, &p->s_ok, 4, 8, argv, result_ctx(p, k, LOCAL_OK, true));
     }
     if (k->has_addr) {
@@ -651,8 +656,8 @@ void pol_release_keys(struct policy *p, const struct pol_keys *k, const struct p
         const char *kind, *tag, *suffix;
         bool on;
     } set[] = {
-        {"conn", k->user, "", true},     {"pend", k->user, "", true},
-        {"pend", k->user, net, true},    {"conn", k->addr, "", k->has_addr},
+        {"conn", k->user, "", true},        {"pend", k->user, "", true},
+        {"pend", k->user, net, true},       {"conn", k->addr, "", k->has_addr},
         {"pend", k->addr, "", k->has_addr},
     };
     for (size_t i = 0; i < sizeof set / sizeof set[0]; i++) {
@@ -718,19 +723,19 @@ static void writeback(struct policy *p)
         if (w->kind == 'a')
             snprintf(kk, sizeof kk, "%s", kf); /* one slot per script */
         char add[24], lvl[24], left[24], lim[24], win[24], lock[24], lmax[24], kttl[24], kmax[24];
-        const char *argv[] = {kf,
-                              kk,
-                              num(add, sizeof add, w->kind == 'k' ? 0 : w->add),
-                              num(lvl, sizeof lvl, w->kind == 'k' ? 0 : w->level),
-                              num(left, sizeof left, w->kind == 'k' ? 0 : w->left_ms),
-                              num(lim, sizeof lim, limit),
-                              num(win, sizeof win, l->fail_window_ms ? l->fail_window_ms : 900000),
-                              num(lock, sizeof lock, l->lockout_ms ? l->lockout_ms : 60000),
-                              num(lmax, sizeof lmax, l->lockout_max_ms ? l->lockout_max_ms : 3600000),
-                              w->kind == 'k' ? w->net : "",
-                              num(kttl, sizeof kttl, l->known_ttl_ms ? l->known_ttl_ms
-                                                                     : 30ULL * 86400000),
-                              num(kmax, sizeof kmax, l->known_max)};
+        const char *argv[] = {
+            kf,
+            kk,
+            num(add, sizeof add, w->kind == 'k' ? 0 : w->add),
+            num(lvl, sizeof lvl, w->kind == 'k' ? 0 : w->level),
+            num(left, sizeof left, w->kind == 'k' ? 0 : w->left_ms),
+            num(lim, sizeof lim, limit),
+            num(win, sizeof win, l->fail_window_ms ? l->fail_window_ms : 900000),
+            num(lock, sizeof lock, l->lockout_ms ? l->lockout_ms : 60000),
+            num(lmax, sizeof lmax, l->lockout_max_ms ? l->lockout_max_ms : 3600000),
+            w->kind == 'k' ? w->net : "",
+            num(kttl, sizeof kttl, l->known_ttl_ms ? l->known_ttl_ms : 30ULL * 86400000),
+            num(kmax, sizeof kmax, l->known_max)};
         size_t lens[12];
         for (int j = 0; j < 12; j++)
             lens[j] = strlen(argv[j]);

@@ -31,7 +31,7 @@ struct policy {
     struct rds_script s_check, s_fail, s_sess, s_touch, s_close, s_route;
     struct rds_script s_ucheck, s_ufail, s_ok, s_merge;
     ev_timer writeback;           /* merges the outage table into Redis once it is back */
-    struct policy_limits wb_lim; /* the limits of the last check (for the write-back) */
+    struct policy_limits wb_lim;  /* the limits of the last check (for the write-back) */
     struct policy_req *reqs;      /* checks in flight (owned) */
     struct policy_sess *sessions; /* registered sessions (owned by their callers' handles) */
     unsigned nsessions;

@@ -129,8 +129,8 @@ bool rl_key(char *out, size_t cap, const char *prefix, const char *kind, const c
     "  local level = tonumber(h[2]) or 0\n"                                                        \
     "  if n >= limit then\n"                                                                       \
     "    level = level + 1\n"                                                                      \
-    "    local lock = math.min(lock0 * 2 ^ math.min(level - 1, 30), lockmax)\n"                   \
-    "    redis.call('HSET', key, 'n', 0, 'level', level, 'until', tostring(now + lock))\n"        \
+    "    local lock = math.min(lock0 * 2 ^ math.min(level - 1, 30), lockmax)\n"                    \
+    "    redis.call('HSET', key, 'n', 0, 'level', level, 'until', tostring(now + lock))\n"         \
     "    redis.call('PEXPIRE', key, lock + window)\n"                                              \
     "    return lock\n"                                                                            \
     "  end\n"                                                                                      \
@@ -150,7 +150,7 @@ bool rl_key(char *out, size_t cap, const char *prefix, const char *kind, const c
     "  local u = tonumber(h[2] or '0') or 0\n"                                                     \
     "  if u > now then return u - now end\n"                                                       \
     "  redis.call('ZREMRANGEBYSCORE', pend, '-inf', now - pttl)\n"                                 \
-    "  if (tonumber(h[1]) or 0) + redis.call('ZCARD', pend) >= limit then return 1000 end\n"      \
+    "  if (tonumber(h[1]) or 0) + redis.call('ZCARD', pend) >= limit then return 1000 end\n"       \
     "  return 0\n"                                                                                 \
     "end\n"
 
@@ -161,7 +161,7 @@ bool rl_key(char *out, size_t cap, const char *prefix, const char *kind, const c
     "  local tok = tonumber(b[1]) or burst\n"                                                      \
     "  local ts = tonumber(b[2]) or now\n"                                                         \
     "  if now > ts then tok = math.min(burst, tok + (now - ts) / interval) end\n"                  \
-    "  if tok < 1 then return math.ceil((1 - tok) * interval) end\n"                              \
+    "  if tok < 1 then return math.ceil((1 - tok) * interval) end\n"                               \
     "  tok = tok - 1\n"                                                                            \
     "  redis.call('HSET', key, 'tok', tostring(tok), 'ts', tostring(now))\n"                       \
     "  redis.call('PEXPIRE', key, math.ceil((burst - tok) * interval) + 1000)\n"                   \
@@ -216,8 +216,7 @@ const struct rl_script_text rl_lua_check = {
  * record refused, 0 the user's; detail of an allowed answer = 1 when A is known. */
 const struct rl_script_text rl_lua_ucheck = {
     "ucheck",
-    "-- portcullis ucheck v1\n" LUA_NOW LUA_FULL LUA_BUCKET LUA_CAP
-    "local a = ARGV[2]\n"
+    "-- portcullis ucheck v1\n" LUA_NOW LUA_FULL LUA_BUCKET LUA_CAP "local a = ARGV[2]\n"
     "local pttl = tonumber(ARGV[9])\n"
     "local ulimit = tonumber(ARGV[7])\n"
     "local plimit = a ~= '' and tonumber(ARGV[8]) or 0\n"
@@ -253,8 +252,7 @@ const struct rl_script_text rl_lua_ucheck = {
  * lockout_max_ms. Turns the reservation into a failure. */
 const struct rl_script_text rl_lua_fail = {
     "fail",
-    "-- portcullis fail v2\n" LUA_NOW LUA_BUMP
-    "redis.call('ZREM', KEYS[2], ARGV[1])\n"
+    "-- portcullis fail v2\n" LUA_NOW LUA_BUMP "redis.call('ZREM', KEYS[2], ARGV[1])\n"
     "redis.call('ZREM', KEYS[3], ARGV[1])\n"
     "local lock = bump(KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),\n"
     "                  tonumber(ARGV[5]))\n"
@@ -268,8 +266,7 @@ const struct rl_script_text rl_lua_fail = {
  * {user lock ms, pair lock ms}. */
 const struct rl_script_text rl_lua_ufail = {
     "ufail",
-    "-- portcullis ufail v1\n" LUA_NOW LUA_BUMP
-    "redis.call('ZREM', KEYS[3], ARGV[1])\n"
+    "-- portcullis ufail v1\n" LUA_NOW LUA_BUMP "redis.call('ZREM', KEYS[3], ARGV[1])\n"
     "redis.call('ZREM', KEYS[4], ARGV[1])\n"
     "redis.call('ZREM', KEYS[5], ARGV[1])\n"
     "local w, l0, lm = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])\n"

@@ -139,7 +139,6 @@ static void test_local_bounded(void **state)
     local_free(&t);
 }
 
-
 /* The lock-out model on the process-wide table (docs/redis.md "Lock-out model"). */
 static const struct policy_limits model = {.user_fail_limit = 6,
                                            .pair_fail_limit = 3,
@@ -658,7 +657,6 @@ static void test_policy_scripts(void **state)
     ev_loop_destroy(loop);
 }
 
-
 static struct sockaddr_in v4(const char *ip)
 {
     struct sockaddr_in a = {.sin_family = AF_INET};
@@ -728,8 +726,8 @@ static void test_policy_lockout_model(void **state)
     char sids[20][8];
     for (int i = 0; i < 20; i++) {
         snprintf(sids[i], sizeof sids[i], "e%d", i);
-        we[i] = (struct policy_who){.user = "victim", .addr = (struct sockaddr *)&evil,
-                                    .sid = sids[i]};
+        we[i] =
+            (struct policy_who){.user = "victim", .addr = (struct sockaddr *)&evil, .sid = sids[i]};
         vs[i].result = (enum policy_result) - 1;
         rq[i] = policy_check_login(i % 2 ? p2 : p1, &l, &we[i], on_verdict, &vs[i]);
         assert_non_null(rq[i]);
@@ -811,12 +809,10 @@ int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest pure[] = {
-        cmocka_unit_test(test_user_key),      cmocka_unit_test(test_addr_key),
-        cmocka_unit_test(test_local_bucket),  cmocka_unit_test(test_local_lockout),
-        cmocka_unit_test(test_local_bounded),
-        cmocka_unit_test(test_local_pair_and_known),
-        cmocka_unit_test(test_local_reservation),
-        cmocka_unit_test(test_local_shared_threads),
+        cmocka_unit_test(test_user_key),          cmocka_unit_test(test_addr_key),
+        cmocka_unit_test(test_local_bucket),      cmocka_unit_test(test_local_lockout),
+        cmocka_unit_test(test_local_bounded),     cmocka_unit_test(test_local_pair_and_known),
+        cmocka_unit_test(test_local_reservation), cmocka_unit_test(test_local_shared_threads),
         cmocka_unit_test(test_local_take),
     };
     const struct CMUnitTest live[] = {

@@ -237,7 +237,8 @@ def test_redis_outage_process_wide_table_and_writeback(proxy_factory, certs, env
         assert rec["level"] == "1" and int(rec["until"]) > redis_ms(r) + 3_000_000
         assert int(r.command("PTTL", rec_key)) > 3_000_000
         assert "event=policy_writeback" in px.log()
-        # now Redis decides (not degraded) and keeps the lock-out
+        # now Redis decides (not degraded) and keeps the lock-out: once both workers are back
+        wait_for(lambda: redis_ups(px) >= 4, what="both workers reconnected")
         mark2 = px.log_mark()
         assert b"[UNAVAILABLE]" in login(px, certs, ATTACKER_NET, "alice", USERS["alice"])
         px.wait_log("reason=locked_out scope=user_network", after=mark2)

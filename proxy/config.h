@@ -201,7 +201,11 @@ struct cfg_policy {
     uint64_t user_login_interval_ms;   /* default 6s per token */
     unsigned addr_login_burst;         /* default 30 */
     uint64_t addr_login_interval_ms;   /* default 2s */
-    unsigned user_fail_limit;          /* default 5 (0 = no lock-out) */
+    unsigned user_fail_limit;          /* default 100: per-user ceiling (0 = none) */
+    unsigned user_addr_fail_limit;     /* default 5: per (user, network) (0 = none) */
+    uint64_t known_addr_ttl_ms;        /* default 30d: a network stays known after a login */
+    unsigned known_addr_max;           /* default 16 networks per user (0 = none known) */
+    uint64_t pending_ttl_ms;           /* default 1m: reserved attempt without a result */
     unsigned addr_fail_limit;          /* default 20 */
     uint64_t fail_window_ms;           /* default 15m */
     uint64_t lockout_ms;               /* default 1m, doubling per lock-out, up to */

@@ -54,10 +54,9 @@ static const char MSG[] = "From: a@example.org\r\nSubject: t\r\n"
 
 /* Content item forms: %s is the literal or quoted value. */
 static const char *const items[] = {
-    "BODY[]",        "BODY.PEEK[]",   "BODY[1]",    "BODY[TEXT]",   "BINARY[1]",
-    "BODY[]<0>",     "RFC822",        "X-UNKNOWN",  "BODY[2.TEXT]", "RFC822.TEXT",
-    "BODY[1.MIME]",  "BINARY[]",      "BODY[2]",    "PREVIEW",      "BODY[HEADER]",
-    "BODY[1]<5>",
+    "BODY[]",  "BODY.PEEK[]", "BODY[1]",      "BODY[TEXT]",  "BINARY[1]",    "BODY[]<0>",
+    "RFC822",  "X-UNKNOWN",   "BODY[2.TEXT]", "RFC822.TEXT", "BODY[1.MIME]", "BINARY[]",
+    "BODY[2]", "PREVIEW",     "BODY[HEADER]", "BODY[1]<5>",
 };
 static const char *const decor[] = {
     "",
@@ -228,8 +227,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             const char *m = whole ? MSG : MSG_BODY;
             size_t ml = whole ? sizeof MSG - 1 : sizeof MSG_BODY - 1;
             if ((arg & 0x60) == 0x60)
-                out_fmt(&v, "* %u FETCH (%s%s \"X5O!P%%@AP[4\\\\PZX54(P^)7CC)7}$" EICAR_MARK
-                            "!$H+H*\")\r\n",
+                out_fmt(&v,
+                        "* %u FETCH (%s%s \"X5O!P%%@AP[4\\\\PZX54(P^)7CC)7}$" EICAR_MARK
+                        "!$H+H*\")\r\n",
                         num, d, it);
             else
                 out_fmt(&v, "* %u FETCH (%s%s %s{%zu}\r\n%s)\r\n", num, d, it,

@@ -16,7 +16,9 @@
  * The marker is placed by the harness only inside literals of FETCH content items (or an
  * unknown item, or a quoted string), always at a line boundary of the server stream: raw
  * server lines are made harmless for framing (no '{', so no literal can swallow the next
- * response; CRLF appended), and an input holding "EICAR" anywhere is skipped (a client tag or
+ * response; CRLF appended). Top-level header sections (BODY[HEADER], RFC822.HEADER) are passed
+ * unscanned by design (docs/scanning.md), so the harness never puts the marker there. An input
+ * holding "EICAR" anywhere is skipped (a client tag or
  * raw line echoed back must not produce a false positive). Then:
  *  - the client never receives "EICAR-STANDARD-ANTIVIRUS-TEST-FILE" (raw or within an escaped
  *    quoted string): it gets the notice, a refusal, or nothing;
@@ -54,9 +56,9 @@ static const char MSG[] = "From: a@example.org\r\nSubject: t\r\n"
 
 /* Content item forms: %s is the literal or quoted value. */
 static const char *const items[] = {
-    "BODY[]",  "BODY.PEEK[]", "BODY[1]",      "BODY[TEXT]",  "BINARY[1]",    "BODY[]<0>",
-    "RFC822",  "X-UNKNOWN",   "BODY[2.TEXT]", "RFC822.TEXT", "BODY[1.MIME]", "BINARY[]",
-    "BODY[2]", "PREVIEW",     "BODY[HEADER]", "BODY[1]<5>",
+    "BODY[]",  "BODY.PEEK[]", "BODY[1]",        "BODY[TEXT]",  "BINARY[1]",    "BODY[]<0>",
+    "RFC822",  "X-UNKNOWN",   "BODY[2.TEXT]",   "RFC822.TEXT", "BODY[1.MIME]", "BINARY[]",
+    "BODY[2]", "PREVIEW",     "BODY[2.HEADER]", "BODY[1]<5>",
 };
 static const char *const decor[] = {
     "",

@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "admin_http.h"
 #include "buf.h"
 #include "log.h"
 #include "metrics.h"
@@ -97,14 +98,12 @@ static void respond(struct admin_client *c, int code, const char *ctype, const c
 
 static void handle(struct admin_client *c)
 {
-    char method[8], path[256];
-    if (sscanf(c->req, "%7s %255s", method, path) != 2) {
+    struct admin_http_req rq;
+    if (admin_parse_request(c->req, c->len, &rq) != ADMIN_HTTP_OK) {
         respond(c, 400, "text/plain", "bad request\n", 12);
         return;
     }
-    char *q = strchr(path, '?');
-    if (q)
-        *q = '\0';
+    const char *method = rq.method, *path = rq.path;
     if (strcmp(path, "/reload") == 0) {
         /* POST only: a crawler or a browser prefetch must not reload anything. */
         if (strcmp(method, "POST") != 0 || !reload_fn) {

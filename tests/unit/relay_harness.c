@@ -578,6 +578,9 @@ void rh_free(struct rh **hp)
     struct rh *h = *hp;
     if (!h)
         return;
+    /* Closed outside settle() (a test's sess_close): wake_cb may already have reaped it. */
+    if (!h->w.sessions)
+        h->s = NULL;
     if (h->s && !h->s->closing)
         sess_close(h->s, "harness end");
     reap(&h->w);

@@ -580,7 +580,9 @@ static void scan_one(struct cav *c, const char *buf, size_t len, struct scan_res
                 r->verdict = SCAN_ERROR;
                 set_name(r, cl_strerror(rc));
             }
-            if (watch.error && r->verdict != SCAN_INFECTED) {
+            /* A time-out cuts the work short and libclamav logs the interrupted steps as errors:
+             * that is the limit itself (limits_action), not a failed temp file. */
+            if (watch.error && r->verdict != SCAN_INFECTED && rc != CL_ETIMEOUT) {
                 /* libclamav failed part of the work (a temp file) and went on: a clean (or
                  * limit) answer proves nothing. An infected one stands: something matched. */
                 snprintf(why, sizeof why, "libclamav: %s", watch.first);

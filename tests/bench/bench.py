@@ -4,6 +4,7 @@ backend alone, on loopback, with the C load generator build/pcbench (issue 8).
 
     python3 tests/bench/bench.py [--build build] [--only login,fetch,...] [--no-docs]
     BENCH_QUICK=1 ...     one repetition, short runs, small idle counts (~2 minutes)
+    BENCH_SCAN_NICE=n ... the scan scenario with scan.thread_nice n (default: the config's, 5)
 
 What runs (all servers on 127.0.0.1, free ports, the same ECDSA P-256 certificate):
   - Dovecot (tests/integration/mailenv.py) with a generated corpus: per user 106 text messages
@@ -69,7 +70,7 @@ P = dict(
 )
 LOGIN_CONC = 16
 MAXCONN = 9900  # connections per proxy process; main() fits it under RLIMIT_NOFILE
-FETCH_CONC = int(os.environ.get("BENCH_FETCH_CONC", "4"))
+FETCH_CONC = 4
 POP3_CONC = 4
 MIXED_CONC = 8
 PASSWORD = "benchpw"
@@ -241,7 +242,9 @@ class Portcullis(Server):
             "health": {"enabled": False},
         }
         if scan_db:
-            over["scan"] = {"enabled": True, "database_dir": str(scan_db), "threads": int(os.environ.get("BENCH_SCAN_THREADS", "2")), **({"thread_nice": int(os.environ["BENCH_SCAN_NICE"])} if os.environ.get("BENCH_SCAN_NICE") else {})}
+            over["scan"] = {"enabled": True, "database_dir": str(scan_db), "threads": 2}
+            if os.environ.get("BENCH_SCAN_NICE"):  # A/B of scan.thread_nice
+                over["scan"]["thread_nice"] = int(os.environ["BENCH_SCAN_NICE"])
         cfg = mailenv.proxy_config(certs, backends=backends, overrides=over)
         if not pop3_be:
             cfg["listeners"] = [l for l in cfg["listeners"] if l["protocol"] == "imap"]

@@ -8,6 +8,7 @@ import select
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -204,7 +205,10 @@ def test_privileges_dropped(proxy_factory, certs, env_tmp):
     root without it, it refuses to run."""
     px = proxy_factory(run_as_root=False, user=mailenv.MAIL_USER)
     pw = __import__("pwd").getpwnam(mailenv.MAIL_USER)
-    tids = os.listdir(f"/proc/{px.pid}/task")
+    # the listeners are bound (what the factory waits for) before the workers start
+    deadline = time.monotonic() + 10
+    while len(tids := os.listdir(f"/proc/{px.pid}/task")) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert len(tids) >= 3  # main + 2 workers
     for tid in tids:
         status = Path(f"/proc/{px.pid}/task/{tid}/status").read_text()

@@ -5,6 +5,7 @@
 #   make test SANITIZE=1 the same under ASan+UBSan (objects in build/san)
 #   make demo            Redis + Dovecot + Portcullis on 127.0.0.1, prints how to connect
 #   make fuzz            libFuzzer harnesses, FUZZ_SECONDS each (default 60)
+#   make soak            30-minute soak with faults (SOAK_SECONDS to shorten)
 #   make format | format-check | lint
 #
 # Unit tests link tests/unit/test_X.c against build/libportcullis.a: the linker pulls in only the
@@ -145,8 +146,10 @@ tsan:
 	$(PYTHON) -m pytest -ra -q -p no:cacheprovider $(TSAN_TESTS) \
 	    --proxy-binary=build/tsan/portcullis
 
-# Soak: mixed IMAP/POP3 traffic with infected mail for SOAK_MINUTES (default 10), RSS, fds and
-# errors sampled over time; fails if they grow. Not part of make test.
+# Soak (docs/testing.md): mixed IMAP/POP3 traffic with infected mail for SOAK_SECONDS (default
+# 1800) with faults every SOAK_FAULT_EVERY s (scan tmpdir removed, Redis killed, Dovecot
+# restarted, SIGHUP); fails on RSS/fd growth, budget not back to 0, or any infected message
+# delivered. Writes build/soak/results.json. Not part of make test.
 soak: deps all
 	$(PYTHON) tests/soak/soak.py
 
@@ -182,7 +185,7 @@ $(FUZZ_BIN): build/fuzz/%: tests/fuzz/%.c build/fuzz/libportcullis.a
 
 # The session-model harness drives a real session through the unit tests' relay harness
 # (tests/unit/relay_harness.c), which reports through cmocka.
-build/fuzz/fuzz_session: LIBS += -lcmocka
+build/fuzz/fuzz_session build/fuzz/fuzz_relay_imap build/fuzz/fuzz_relay_pop3: LIBS += -lcmocka
 
 fuzz-build: $(FUZZ_BIN)
 

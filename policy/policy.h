@@ -8,10 +8,11 @@
  * end policy_session_close(). A session that ends between check and result calls
  * policy_release(). Static allow/deny lists are the caller's (they need no state).
  *
- * Redis unavailable (down, slow, not configured): fail open — the same limits from an in-memory
- * table per worker (local.c) — or fail closed — POLICY_UNAVAILABLE at once. Writes that cannot
- * be sent (failure counts, registry) are dropped; heartbeats rebuild the registry when Redis is
- * back. Nothing here blocks and no callback runs from inside the call that started it.
+ * Redis unavailable (down, slow, not configured): fail open — the same limits from one
+ * in-memory table per process, shared by the workers (local.c) — or fail closed —
+ * POLICY_UNAVAILABLE at once. Failures, lock-outs and known networks that could not be written
+ * are kept in that table and merged into Redis when it is back; heartbeats rebuild the registry.
+ * Nothing here blocks and no callback runs from inside the call that started it.
  */
 #ifndef PORTCULLIS_POLICY_H
 #define PORTCULLIS_POLICY_H
@@ -47,6 +48,10 @@ struct policy_limits {
     unsigned user_burst, addr_burst;             /* token buckets; 0 = off */
     uint64_t user_interval_ms, addr_interval_ms; /* one token back per interval */
     unsigned user_fail_limit, addr_fail_limit;   /* failures before lock-out; 0 = off */
+    unsigned pair_fail_limit;                    /* per (user, network); 0 = off */
+    uint64_t known_ttl_ms;                       /* a network stays known this long */
+    unsigned known_max;                          /* known networks kept per user; 0 = none */
+    uint64_t pend_ttl_ms; /* a reserved attempt without result is dropped after this */
     uint64_t fail_window_ms, lockout_ms, lockout_max_ms;
     unsigned user_max_sessions, addr_max_sessions; /* 0 = no cap */
     uint64_t download_limit, download_window_ms;   /* bytes per window; 0 = off */
@@ -67,7 +72,9 @@ enum policy_result {
     POLICY_SESSIONS,    /* concurrent-session cap reached */
     POLICY_UNAVAILABLE, /* Redis unavailable and fail_mode closed */
 };
-enum policy_scope { POLICY_SCOPE_USER, POLICY_SCOPE_ADDR };
+/* USER: the per-user ceiling (or bucket, session cap); ADDR: the client address across users;
+ * PAIR: the user from this network (docs/redis.md "Lock-out model"). */
+enum policy_scope { POLICY_SCOPE_USER, POLICY_SCOPE_ADDR, POLICY_SCOPE_PAIR };
 
 struct policy_verdict {
     enum policy_result result;
@@ -100,8 +107,8 @@ struct policy_req *policy_check_login(struct policy *p, const struct policy_limi
  * policy_release() or its TTL. */
 void policy_cancel(struct policy_req **r);
 
-/* The backend refused the credentials: count a failure (user and address scope), release the
- * reservation. */
+/* The backend refused the credentials: count a failure ((user, network), user and address
+ * scope), turning the check's reservation into it. */
 void policy_login_failed(struct policy *p, const struct policy_limits *lim,
                          const struct policy_who *w);
 /* Release a reservation (login refused or abandoned after the check). */
@@ -114,7 +121,8 @@ struct policy_sess_info {
     const char *protocol; /* "imap" / "pop3" */
     uint64_t started;     /* unix time, seconds */
 };
-/* Logged in: reset the user's failures, register the session (hash + sets), heartbeat it until
+/* Logged in: release the reservation, clear the (user, network) failures, remember the network
+ * as known, register the session (hash + sets), heartbeat it until
  * policy_session_close(). NULL only on out of memory. */
 struct policy_sess *policy_session_open(struct policy *p, const struct policy_limits *lim,
                                         const struct policy_who *w,

@@ -15,8 +15,9 @@
 /* The scope tags of one login: escaped user, aggregated address (or none), session id. */
 struct pol_keys {
     char user[3 * RL_USER_MAX + 1];
-    char addr[RL_ADDR_MAX];
+    char addr[RL_ADDR_MAX]; /* address scope ("" when exempt or none) */
     bool has_addr;
+    char net[RL_ADDR_MAX]; /* the user's network: the same as addr (kept apart for clarity) */
     char sid[POL_SID_MAX + 1];
 };
 
@@ -26,8 +27,11 @@ struct policy {
     char prefix[65];
     struct rds *cmd;         /* owned; NULL without Redis */
     struct rds *sub;         /* owned; the kick channel */
-    struct local_tab *local; /* owned */
+    struct local_tab *local; /* the process-wide table (one reference) */
     struct rds_script s_check, s_fail, s_sess, s_touch, s_close, s_route;
+    struct rds_script s_ucheck, s_ufail, s_ok, s_merge;
+    ev_timer writeback;           /* merges the outage table into Redis once it is back */
+    struct policy_limits wb_lim;  /* the limits of the last check (for the write-back) */
     struct policy_req *reqs;      /* checks in flight (owned) */
     struct policy_sess *sessions; /* registered sessions (owned by their callers' handles) */
     unsigned nsessions;
@@ -46,6 +50,8 @@ struct policy_req {
     bool no_answer;              /* a scope had no usable answer: the fail mode decides */
     struct policy_verdict v;     /* from Redis */
     struct policy_verdict local; /* from the local table */
+    struct local_login lk;       /* its keys (point into `k`) */
+    bool local_reserved;         /* the local table reserved the attempt */
     ev_timer timer;              /* delivers the verdict (tarpit or next iteration) */
     struct policy_req *prev, *next;
 };
@@ -55,6 +61,8 @@ bool pol_scope_keys(struct policy *p, const struct policy_limits *lim, const str
 bool pol_key(struct policy *p, char *out, size_t cap, const char *kind, const char *tag,
              const char *suffix);
 void pol_release_keys(struct policy *p, const struct pol_keys *k, const struct policy_who *w);
+/* A login succeeded (sessions.c at registration): release, clear, remember the network. */
+void pol_login_ok(struct policy *p, const struct policy_limits *lim, const struct pol_keys *k);
 
 /* sessions.c */
 void pol_sessions_init(struct policy *p);

@@ -7,6 +7,10 @@
  * Keys (P = configured prefix):
  *   P rl:{U}:login     P rl:{ip:A}:login   token bucket (hash: tok, ts)
  *   P fail:{U}         P fail:{ip:A}       failed logins (hash: n, level, until)
+ *   P fail:{U}:A                           failed logins of the user from network A
+ *   P pend:{U} P pend:{U}:A P pend:{ip:A}  attempts reserved, result not yet known (zset)
+ *   P known:{U}                            networks the user logged in from (zset A -> ms)
+ *   P rl:{U}:login:A                       the user's token bucket on a known network
  *   P conn:{U}         P conn:{ip:A}       live sessions (zset: session id -> heartbeat ms)
  *   P sess:{U}:<sid>                       session registry (hash)
  *   P rl:{U}:bytes                         download volume in the current window
@@ -53,10 +57,19 @@ struct rl_script_text {
     const char *name;
     const char *text;
 };
-/* check: lock-out, session cap (reserving a slot), token bucket -> {code, detail} */
+/* check (address scope): lock-out incl. attempts in flight, session cap, token bucket;
+ * reserves the attempt -> {code, detail, 0} */
 extern const struct rl_script_text rl_lua_check;
-/* fail: release the reservation, count a failure, lock out with doubling back-off -> {n, lock} */
+/* ucheck (user scope): the (user, network) record, the per-user ceiling unless the network is
+ * known, session cap, bucket; reserves the attempt -> {code, detail, which} */
+extern const struct rl_script_text rl_lua_ucheck;
+/* fail / ufail: turn the reservation into a failure, lock out with doubling back-off */
 extern const struct rl_script_text rl_lua_fail;
+extern const struct rl_script_text rl_lua_ufail;
+/* ok: release the reservation, clear the (user, network) record, remember the network */
+extern const struct rl_script_text rl_lua_ok;
+/* merge: add counts and lock-outs of the outage table (write-back) */
+extern const struct rl_script_text rl_lua_merge;
 /* sess: register / heartbeat a live session (user scope) -> download bytes in the window */
 extern const struct rl_script_text rl_lua_sess;
 /* touch: keep a session in a per-address set -> 1 */

@@ -80,7 +80,7 @@ struct rds_script {
 void rds_script_init(struct rds_script *s, const char *name, const char *text);
 /* Load `s` (SCRIPT LOAD) at every (re)connect, before the connection counts as ready. `s` must
  * outlive the connection. Call right after rds_new(). */
-#define RDS_MAX_SCRIPTS 8
+#define RDS_MAX_SCRIPTS 12
 bool rds_preload(struct rds *r, const struct rds_script *s);
 
 /* Send a command (binary-safe argv). NULL = not sent (not ready, too many pending, OOM): the

@@ -186,14 +186,14 @@ struct policy_sess *policy_session_open(struct policy *p, const struct policy_li
     s->bytes = bytes;
     s->arg = arg;
     s->flushed = bytes ? bytes(arg) : 0;
-    local_reset(p->local, s->k.user, (uint64_t)(ev_now(p->loop) * 1000.0));
+    pol_login_ok(p, lim, &s->k);
     s->next = p->sessions;
     if (p->sessions)
         p->sessions->prev = s;
     p->sessions = s;
     if (p->nsessions++ == 0)
         ev_timer_again(p->loop, &p->heartbeat);
-    send_sess(s, true);
+    send_sess(s, false);
     return s;
 }
 

@@ -10,20 +10,25 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "admin_http.h"
 #include "buf.h"
 #include "log.h"
 #include "metrics.h"
+#include "msgscan.h"
 #include "runtime.h"
 
 #define ADMIN_REQ_MAX  4096
-#define ADMIN_CLIENTS  32
-#define ADMIN_TIMEOUT  5.0
 #define ADMIN_BODY_MAX (1024 * 1024)
 
+/* Connections are bounded (admin.max_connections) and each has admin.idle_timeout to send its
+ * request and take its answer. When every slot is taken, a new connection evicts the oldest one
+ * still waiting for its request (issue 16: 32 idle connections used to lock /healthz out until
+ * they timed out, and a load balancer pulled the instance): a probe always gets through. */
 struct admin_client {
     ev_io io;
     ev_timer timer;
     int fd;
+    ev_tstamp since; /* accepted at */
     char req[ADMIN_REQ_MAX];
     size_t len;
     char *out; /* response being written (owned) */
@@ -33,7 +38,9 @@ struct admin_client {
 static struct ev_loop *aloop;
 static ev_io listen_io;
 static int listen_fd = -1;
-static struct admin_client *clients[ADMIN_CLIENTS];
+static struct admin_client **clients;
+static unsigned nclients_max;
+static double idle_timeout;
 static atomic_bool healthy;
 static const char *health_why = "starting";
 static admin_reload_fn *reload_fn;
@@ -55,7 +62,7 @@ static void client_free(struct admin_client *c)
     ev_timer_stop(aloop, &c->timer);
     close(c->fd);
     free(c->out);
-    for (int i = 0; i < ADMIN_CLIENTS; i++)
+    for (unsigned i = 0; i < nclients_max; i++)
         if (clients[i] == c)
             clients[i] = NULL;
     free(c);
@@ -91,14 +98,12 @@ static void respond(struct admin_client *c, int code, const char *ctype, const c
 
 static void handle(struct admin_client *c)
 {
-    char method[8], path[256];
-    if (sscanf(c->req, "%7s %255s", method, path) != 2) {
+    struct admin_http_req rq;
+    if (admin_parse_request(c->req, c->len, &rq) != ADMIN_HTTP_OK) {
         respond(c, 400, "text/plain", "bad request\n", 12);
         return;
     }
-    char *q = strchr(path, '?');
-    if (q)
-        *q = '\0';
+    const char *method = rq.method, *path = rq.path;
     if (strcmp(path, "/reload") == 0) {
         /* POST only: a crawler or a browser prefetch must not reload anything. */
         if (strcmp(method, "POST") != 0 || !reload_fn) {
@@ -129,9 +134,19 @@ static void handle(struct admin_client *c)
                 buf_len(&b));
         buf_free(&b);
     } else if (strcmp(path, "/healthz") == 0) {
-        char body[128];
+        char body[400];
         bool ok = atomic_load(&healthy);
-        int n = snprintf(body, sizeof body, "%s\n", ok ? "ok" : health_why);
+        struct scanner_health sh;
+        int n;
+        if (ok && msgscan_scanner_health(&sh) && !sh.ok) {
+            /* Fail closed: a scanner that misses its canary blocks (error_action) everything:
+             * the load balancer should send the traffic elsewhere. */
+            ok = false;
+            n = snprintf(body, sizeof body, "scanner broken: canary not detected: %.300s\n",
+                         sh.why);
+        } else {
+            n = snprintf(body, sizeof body, "%s\n", ok ? "ok" : health_why);
+        }
         respond(c, ok ? 200 : 503, "text/plain", body, (size_t)n);
     } else {
         respond(c, 404, "text/plain", "not found\n", 10);
@@ -172,29 +187,48 @@ static void timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
     client_free(t->data);
 }
 
+/* A free slot, making one when all are taken: the oldest connection still reading its request
+ * goes (one being answered is about to finish); -1 only if every one is being answered. */
+static int free_slot(void)
+{
+    int oldest = -1;
+    for (unsigned i = 0; i < nclients_max; i++) {
+        if (!clients[i])
+            return (int)i;
+        if (!clients[i]->out && (oldest < 0 || clients[i]->since < clients[oldest]->since))
+            oldest = (int)i;
+    }
+    if (oldest >= 0) {
+        log_write(LOG_DEBUG, "event=admin_evicted reason=connections_full limit=%u", nclients_max);
+        client_free(clients[oldest]);
+    }
+    return oldest;
+}
+
 static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)revents;
-    int fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0)
-        return;
-    int slot = -1;
-    for (int i = 0; i < ADMIN_CLIENTS && slot < 0; i++)
-        if (!clients[i])
-            slot = i;
-    struct admin_client *c = slot >= 0 ? calloc(1, sizeof *c) : NULL;
-    if (!c) {
-        close(fd); /* too many admin clients at once: the scraper retries */
-        return;
+    /* Several per wakeup: a burst of idle connections must not keep a probe in the backlog. */
+    for (int k = 0; k < 16; k++) {
+        int fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            return;
+        int slot = free_slot();
+        struct admin_client *c = slot >= 0 ? calloc(1, sizeof *c) : NULL;
+        if (!c) {
+            close(fd); /* every slot is answering a request: the scraper retries */
+            continue;
+        }
+        clients[slot] = c;
+        c->fd = fd;
+        c->since = ev_now(loop);
+        ev_io_init(&c->io, client_cb, fd, EV_READ);
+        c->io.data = c;
+        ev_io_start(loop, &c->io);
+        ev_timer_init(&c->timer, timeout_cb, idle_timeout, 0.);
+        c->timer.data = c;
+        ev_timer_start(loop, &c->timer);
     }
-    clients[slot] = c;
-    c->fd = fd;
-    ev_io_init(&c->io, client_cb, fd, EV_READ);
-    c->io.data = c;
-    ev_io_start(loop, &c->io);
-    ev_timer_init(&c->timer, timeout_cb, ADMIN_TIMEOUT, 0.);
-    c->timer.data = c;
-    ev_timer_start(loop, &c->timer);
 }
 
 bool admin_start(struct ev_loop *loop, const struct config *cfg, char **error_r)
@@ -203,6 +237,13 @@ bool admin_start(struct ev_loop *loop, const struct config *cfg, char **error_r)
     aloop = loop;
     if (!cfg->admin.enabled)
         return true;
+    nclients_max = cfg->admin.max_connections;
+    idle_timeout = (double)cfg->admin.idle_timeout_ms / 1000.0;
+    clients = calloc(nclients_max, sizeof *clients);
+    if (!clients) {
+        *error_r = strdup("admin listener: out of memory");
+        return false;
+    }
     int fd = socket(cfg->admin.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
@@ -212,6 +253,8 @@ bool admin_start(struct ev_loop *loop, const struct config *cfg, char **error_r)
             *error_r = NULL;
         if (fd >= 0)
             close(fd);
+        free(clients);
+        clients = NULL;
         return false;
     }
     listen_fd = fd;
@@ -228,7 +271,10 @@ void admin_stop(void)
     ev_io_stop(aloop, &listen_io);
     close(listen_fd);
     listen_fd = -1;
-    for (int i = 0; i < ADMIN_CLIENTS; i++)
+    for (unsigned i = 0; i < nclients_max; i++)
         if (clients[i])
             client_free(clients[i]);
+    free(clients);
+    clients = NULL;
+    nclients_max = 0;
 }

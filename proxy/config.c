@@ -78,6 +78,8 @@ static const struct cfg_key log_keys[] = {
     {CFG_K_ENUM("level", struct config, log_level, "info", log_level_values)},
     {CFG_K_OPTSTR("file", struct config, log_file, "")},
     {CFG_K_BOOL("syslog", struct config, log_syslog, "false")},
+    {CFG_K_SIZE("queue_size", struct config, log_queue_size, "1M", 64 * KIB, GIB),
+     .flags = CFG_RESTART},
     {CFG_K_END},
 };
 static const struct cfg_table log_table = {.keys = log_keys};
@@ -190,10 +192,18 @@ static const struct cfg_key scan_keys[] = {
      .flags = CFG_RESTART},
     {CFG_K_ENUM("reload", struct cfg_scan, reload, "concurrent", scan_reload_values)},
     {CFG_K_DURATION("keepalive_interval", struct cfg_scan, keepalive_interval_ms, "15s", 1, HOUR)},
+    {CFG_K_STRING("budget_per_user", struct cfg_scan, budget_per_user, "25%"),
+     .flags = CFG_RESTART},
+    {CFG_K_STRING("budget_per_session", struct cfg_scan, budget_per_session, "10%"),
+     .flags = CFG_RESTART},
+    {CFG_K_STRING("queue_per_user", struct cfg_scan, queue_per_user, "25%"), .flags = CFG_RESTART},
+    {CFG_K_DURATION("held_timeout", struct cfg_scan, held_timeout_ms, "60s", SEC / 10, HOUR)},
     {CFG_K_OPTSTR("quarantine_dir", struct cfg_scan, quarantine_dir, "")},
     {CFG_K_OPTSTR("notice_template", struct cfg_scan, notice_template, ""), .flags = CFG_MULTILINE},
     {CFG_K_DURATION("verdict_cache_ttl", struct cfg_scan, verdict_cache_ttl_ms, "1d", SEC,
                     30 * DAY)},
+    {CFG_K_DURATION("canary_interval", struct cfg_scan, canary_interval_ms, "5m", SEC, DAY)},
+    {CFG_K_SIZE("tmpdir_min_free", struct cfg_scan, tmpdir_min_free, "1M", 0, 64 * GIB)},
     {CFG_K_END},
 };
 static const struct cfg_table scan_table = {.keys = scan_keys, .check = scan_check};
@@ -212,6 +222,10 @@ static const struct cfg_table health_table = {.size = sizeof(struct cfg_health),
 static const struct cfg_key admin_keys[] = {
     {CFG_K_BOOL("enabled", struct cfg_admin, enabled, "true"), .flags = CFG_RESTART},
     {CFG_K_ADDR("bind", struct cfg_admin, bind, addr, addrlen, "127.0.0.1:9190"),
+     .flags = CFG_RESTART},
+    {CFG_K_DURATION("idle_timeout", struct cfg_admin, idle_timeout_ms, "5s", 100, HOUR),
+     .flags = CFG_RESTART},
+    {CFG_K_UINT("max_connections", struct cfg_admin, max_connections, "64", 2, 10000),
      .flags = CFG_RESTART},
     {CFG_K_END},
 };
@@ -318,7 +332,11 @@ static const struct cfg_key policy_keys[] = {
     {CFG_K_UINT("addr_login_burst", struct cfg_policy, addr_login_burst, "30", 0, 100000)},
     {CFG_K_DURATION("addr_login_interval", struct cfg_policy, addr_login_interval_ms, "2s", 1,
                     DAY)},
-    {CFG_K_UINT("user_fail_limit", struct cfg_policy, user_fail_limit, "5", 0, 100000)},
+    {CFG_K_UINT("user_fail_limit", struct cfg_policy, user_fail_limit, "100", 0, 1000000)},
+    {CFG_K_UINT("user_addr_fail_limit", struct cfg_policy, user_addr_fail_limit, "5", 0, 100000)},
+    {CFG_K_DURATION("known_addr_ttl", struct cfg_policy, known_addr_ttl_ms, "30d", SEC, 365 * DAY)},
+    {CFG_K_UINT("known_addr_max", struct cfg_policy, known_addr_max, "16", 0, 1000)},
+    {CFG_K_DURATION("pending_ttl", struct cfg_policy, pending_ttl_ms, "1m", SEC, HOUR)},
     {CFG_K_UINT("addr_fail_limit", struct cfg_policy, addr_fail_limit, "20", 0, 100000)},
     {CFG_K_DURATION("fail_window", struct cfg_policy, fail_window_ms, "15m", 100, DAY)},
     {CFG_K_DURATION("lockout", struct cfg_policy, lockout_ms, "1m", 100, DAY)},
@@ -412,6 +430,37 @@ static bool backend_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *ob
 /* A message is held whole while it is scanned, so the budget must fit the largest one. The
  * database is only checked for readability here: loading it takes seconds to minutes and
  * belongs to the scanner (`-t` must stay fast). */
+/* A share: "N%" of `whole`, or an absolute value (a size when `size`, else a count); "0" = no
+ * limit. A non-zero share is raised to `floor`. */
+static bool parse_share(struct cfg_ctx *ctx, const char *key, const char *s, uint64_t whole,
+                        bool size, uint64_t floor, uint64_t *v_r)
+{
+    uint64_t v = 0;
+    size_t n = strlen(s);
+    bool ok;
+    if (n > 1 && s[n - 1] == '%') {
+        char num[16];
+        ok = n - 1 < sizeof num;
+        if (ok) {
+            memcpy(num, s, n - 1);
+            num[n - 1] = '\0';
+            ok = cfg_parse_uint(num, &v) && v <= 100;
+        }
+        v = ok ? (uint64_t)((double)whole * (double)v / 100.0) : 0;
+        if (ok && v == 0 && s[0] != '0')
+            v = 1;
+    } else {
+        ok = size ? cfg_parse_size(s, &v) : cfg_parse_uint(s, &v);
+    }
+    if (!ok)
+        return cfg_fail(ctx, cfg_find(ctx, key), "%s: expected a %s or a percentage (\"25%%\")",
+                        key, size ? "size" : "count");
+    if (v && v < floor)
+        v = floor;
+    *v_r = v;
+    return true;
+}
+
 static bool scan_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *obj)
 {
     (void)node;
@@ -424,6 +473,14 @@ static bool scan_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *obj)
         return cfg_fail(ctx, cfg_find(ctx, "scan.memory_budget"),
                         "scan.memory_budget (%zu) is smaller than scan.max_scan_size (%zu)",
                         s->memory_budget, s->max_scan_size);
+    uint64_t q = 0;
+    if (!parse_share(ctx, "scan.budget_per_user", s->budget_per_user, s->memory_budget, true,
+                     s->max_scan_size, &s->budget_per_user_bytes) ||
+        !parse_share(ctx, "scan.budget_per_session", s->budget_per_session, s->memory_budget, true,
+                     s->max_scan_size, &s->budget_per_session_bytes) ||
+        !parse_share(ctx, "scan.queue_per_user", s->queue_per_user, s->queue, false, 1, &q))
+        return false;
+    s->queue_per_user_jobs = q > s->queue ? s->queue : (unsigned)q;
     if (s->enabled)
         return check_readable(ctx, "scan.database_dir", "signature database", s->database_dir);
     return true;

@@ -96,6 +96,8 @@ struct cfg_admin {
     char *bind;   /* owned; default "127.0.0.1:9190" (loopback: no auth) */
     struct sockaddr_storage addr;
     socklen_t addrlen;
+    uint64_t idle_timeout_ms; /* default 5s: to send the request and take the answer */
+    unsigned max_connections; /* default 64; when full the oldest idle one is evicted */
 };
 
 /* health: — active checks of every backend from the main thread (docs/backends.md). */
@@ -154,7 +156,16 @@ struct cfg_scan {
     char *quarantine_dir;                 /* owned or NULL = no quarantine */
     char *notice_template;                /* owned or NULL = built-in template; may hold LF */
     uint64_t verdict_cache_ttl_ms;        /* default 1d */
+    uint64_t canary_interval_ms;          /* default 5m: scanner self-test period */
+    size_t tmpdir_min_free;               /* default 1M: free space the work dir needs */
     unsigned max_prefetch_messages;       /* default 1000: messages one part FETCH may judge */
+    /* Fairness (docs/scanning.md): shares of memory_budget and queue, as written ("25%" or a
+     * size / count; "0" = no limit) and resolved at load (a budget share is at least one
+     * max_scan_size message, a queue share at least one job). */
+    char *budget_per_user, *budget_per_session, *queue_per_user; /* owned */
+    uint64_t budget_per_user_bytes, budget_per_session_bytes;    /* resolved; 0 = no limit */
+    unsigned queue_per_user_jobs;                                /* resolved; 0 = no limit */
+    uint64_t held_timeout_ms; /* default 60s: scanned output the client does not read */
 };
 
 /* redis: — shared policy state (docs/redis.md). Absent: local in-memory limits only. The
@@ -191,7 +202,11 @@ struct cfg_policy {
     uint64_t user_login_interval_ms;   /* default 6s per token */
     unsigned addr_login_burst;         /* default 30 */
     uint64_t addr_login_interval_ms;   /* default 2s */
-    unsigned user_fail_limit;          /* default 5 (0 = no lock-out) */
+    unsigned user_fail_limit;          /* default 100: per-user ceiling (0 = none) */
+    unsigned user_addr_fail_limit;     /* default 5: per (user, network) (0 = none) */
+    uint64_t known_addr_ttl_ms;        /* default 30d: a network stays known after a login */
+    unsigned known_addr_max;           /* default 16 networks per user (0 = none known) */
+    uint64_t pending_ttl_ms;           /* default 1m: reserved attempt without a result */
     unsigned addr_fail_limit;          /* default 20 */
     uint64_t fail_window_ms;           /* default 15m */
     uint64_t lockout_ms;               /* default 1m, doubling per lock-out, up to */
@@ -219,6 +234,8 @@ struct config {
     enum cfg_log_level log_level; /* log.level, default info */
     char *log_file;               /* log.file, owned or NULL = stderr */
     bool log_syslog;              /* log.syslog: to syslog (facility mail) instead */
+    size_t log_queue_size;        /* log.queue_size, default 1M: lines waiting for the writer
+                                     thread (restart); beyond it lines are dropped and counted */
 
     struct cfg_listener *listeners; /* owned array, at least one */
     size_t nlisteners;

@@ -614,8 +614,9 @@ static enum resp_class classify_response(struct session *s, bool line_done)
     return RC_MORE;      /* need more of the head */
 }
 
-/* The backend broke framing: what was released still goes out, then our BYE — at once, even
- * inside a response (the stream cannot be followed any further). */
+/* The backend broke framing: what was released still goes out, then our BYE — at once if the
+ * client is between responses. Inside a response that was partly sent (issue 16) a BYE would be
+ * spliced into the backend's line or literal: the session closes without one. */
 static void backend_broken(struct session *s, const char *why)
 {
     struct imap_state *st = imap_st(s);
@@ -624,7 +625,7 @@ static void backend_broken(struct session *s, const char *why)
     s->proto->stop(s);
     buf_clear(&st->inject);
     static const char bye[] = "* BYE Backend protocol error.\r\n";
-    if (!conn_queue_copy(&s->client, bye, sizeof bye - 1)) {
+    if (!st->down_part_out && !conn_queue_copy(&s->client, bye, sizeof bye - 1)) {
         sess_close(s, "out of memory");
         return;
     }

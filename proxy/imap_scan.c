@@ -67,6 +67,7 @@ bool imap_scan_login(struct session *s)
         return false;
     sc->pf_max = s->cfg->scan.max_prefetch_messages;
     sc->memo_max = 2 * sc->pf_max; /* one prefetch + what the client fetched whole since */
+    sc->owner = msgscan_owner(s);  /* logged in: the user is known */
     imap_keepalive_init(&sc->ka);
     st->sc = sc;
     return true;
@@ -75,8 +76,9 @@ bool imap_scan_login(struct session *s)
 /* Forget the response being held: its text, message and verdict (with their budget). */
 static void drop_held(struct imap_scan *sc)
 {
+    scan_grant_cancel(&sc->grant); /* a budget wait for it ends with it */
     free(sc->msg);
-    msgscan_budget_release(sc->msg_budget);
+    msgscan_budget_release(sc->owner, sc->msg_budget);
     sc->msg = NULL;
     sc->msg_budget = sc->msg_len = sc->msg_have = 0;
     free(sc->text0);
@@ -98,8 +100,9 @@ void imap_scan_stop(struct session *s)
     if (!sc)
         return;
     imap_keepalive_stop(&sc->ka);
+    scan_held_stop(&sc->held);
     msgscan_cancel(&sc->judging);
-    msgscan_wait_cancel(&sc->bwait);
+    scan_grant_cancel(&sc->grant); /* waiting or granted: the bytes go back now */
     drop_held(sc);
 }
 
@@ -120,22 +123,43 @@ void imap_scan_free(struct session *s)
 
 /* ---- output blocks ---- */
 
+/* The block's owner travels in `arg` (a pool_owner is an integer that fits a pointer): the
+ * block may be dropped after the session's state is gone. */
+_Static_assert(sizeof(uintptr_t) >= sizeof(pool_owner), "pool_owner fits in a pointer");
+
 static void block_sent(void *arg, size_t budget)
 {
-    (void)arg;
-    msgscan_budget_release(budget);
+    msgscan_budget_release((pool_owner)(uintptr_t)arg, budget);
+}
+
+static bool out_holding(struct session *s)
+{
+    return conn_queued_blocks(&s->client) > 0;
+}
+
+/* The client has not read our blocks for scan.held_timeout: their budget is everyone's. */
+static bool out_expired(struct session *s)
+{
+    sess_log(s, LOG_INFO, "event=refused reason=held_timeout queued_bytes=%zu",
+             conn_queued_bytes(&s->client));
+    sess_end(s, "held_timeout", "Response not read in time; closing.");
+    return true;
 }
 
 /* Queue a block for the client (after everything released so far). Takes `data` and its
  * budget in every case: on failure they are freed at once (the caller fails the session). */
 static bool out_push(struct session *s, char *data, size_t len, size_t budget)
 {
+    pool_owner owner = imap_sc(s)->owner;
     if (!data || len == 0) {
         free(data);
-        msgscan_budget_release(budget);
+        msgscan_budget_release(owner, budget);
         return data != NULL || len == 0;
     }
-    return conn_queue(&s->client, data, len, budget ? block_sent : NULL, NULL, budget);
+    if (budget)
+        scan_held_arm(&imap_sc(s)->held, s, out_holding, out_expired);
+    return conn_queue(&s->client, data, len, budget ? block_sent : NULL, (void *)(uintptr_t)owner,
+                      budget);
 }
 
 /* keep-alive: only while nothing of the held response has gone out */
@@ -228,7 +252,7 @@ static void whole_complete(struct session *s)
         struct msgscan_outcome o = {0};
         bool ok = msgscan_oversize(s, &item, m, len, sc->lit_len, &o);
         free(m);
-        msgscan_budget_release(budget);
+        msgscan_budget_release(sc->owner, budget);
         if (!ok) {
             fail_session(s, "out of memory");
             return;
@@ -343,7 +367,7 @@ static void release_whole(struct session *s)
         sc->msg_budget = 0;
     } else {
         free(sc->msg);
-        msgscan_budget_release(sc->msg_budget);
+        msgscan_budget_release(sc->owner, sc->msg_budget);
         sc->msg = NULL;
         sc->msg_budget = 0;
         /* text0 ends in the literal header: rewrite its length */
@@ -369,7 +393,7 @@ static void release_whole(struct session *s)
         fail_session(s, "out of memory");
 }
 
-static void budget_granted(void *arg);
+static bool budget_granted(void *arg, struct scan_grant *g);
 
 /* Take the held response text out of s->down into text0 and start collecting the literal. */
 static bool begin_collect(struct session *s)
@@ -395,15 +419,18 @@ static bool begin_collect(struct session *s)
     return true;
 }
 
-static void budget_granted(void *arg)
+/* The grant arrived. A session closing, or no longer waiting for it, gives it back (returns
+ * false: scan_grant releases it here — issue 16's leak was this early return keeping it). */
+static bool budget_granted(void *arg, struct scan_grant *g)
 {
     struct session *s = arg;
     struct imap_scan *sc = imap_sc(s);
     if (s->closing || !sc || sc->phase != SC_BUDGET)
-        return;
-    sc->msg_budget = sc->oversize_block ? NOTICE_HEADER_SCAN : (size_t)sc->lit_len;
+        return false;
+    sc->msg_budget = scan_grant_take(g);
     if (begin_collect(s))
         wake(s);
+    return true;
 }
 
 /* A response of our own FETCH that is not judged: dropped to its end (SC_DROP_RESP). */
@@ -452,7 +479,7 @@ static bool start_whole(struct session *s)
     size_t need = sc->oversize_block ? NOTICE_HEADER_SCAN : (size_t)sc->lit_len;
     if (need > sc->lit_len)
         need = (size_t)sc->lit_len;
-    enum msgscan_budget_rc rc = msgscan_budget_acquire(s, need, &sc->bwait, budget_granted, s);
+    enum msgscan_budget_rc rc = scan_grant_acquire(&sc->grant, s, need, budget_granted, s);
     ka_start(s);
     if (rc == MSGSCAN_BUDGET_TOO_BIG) {
         fail_session(s, "message larger than the scan memory budget");
@@ -462,7 +489,7 @@ static bool start_whole(struct session *s)
         sc->phase = SC_BUDGET; /* held in s->down; nothing framed until the grant */
         return true;
     }
-    sc->msg_budget = need;
+    sc->msg_budget = scan_grant_take(&sc->grant);
     begin_collect(s);
     return true;
 }

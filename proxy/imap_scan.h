@@ -19,6 +19,7 @@
 #include "imap_fetchitem.h"
 #include "imap_keepalive.h"
 #include "msgscan.h"
+#include "scan_grant.h"
 
 #define SC_HOLD_LINE   (16 * 1024) /* an answer to our own FETCH longer than this is dropped */
 #define SC_LITS_MAX    8           /* content literals after the first in one held response */
@@ -139,7 +140,9 @@ struct imap_scan {
     size_t map_len, map_cap;
     unsigned long pf_max; /* scan.max_prefetch_messages */
 
-    struct msgscan_wait bwait;   /* budget for a whole message held in-band */
+    struct scan_grant grant;     /* budget for a whole message held in-band */
+    pool_owner owner;            /* the session's budget shares (msgscan_owner) */
+    struct scan_held held;       /* our blocks (with their budget) the client does not read */
     struct msgscan_req *judging; /* its scan, NULL when none */
     bool busy;                   /* inside a relay hook: results are picked up there */
 };

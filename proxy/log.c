@@ -4,10 +4,14 @@
  * one is installed; a line in flight on the old fd still completes).
  */
 #include "log.h"
+#include "log_queue.h"
 #include "log_syslog.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -21,6 +25,15 @@ static atomic_int log_fd = 2;
 static atomic_bool log_to_syslog;
 static atomic_int log_threshold = LOG_INFO;
 static char log_path[1024];
+/* The fd is swapped and the old one closed under fd_mu, which every write holds: no write goes
+ * to a closed (or reused) descriptor. */
+static pthread_mutex_t fd_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* issue 16: the writer thread (log_writer_start); before it starts and after it stops, lines
+ * are written synchronously. */
+static struct logq lq;
+static pthread_t lw_thread;
+static atomic_bool lw_on;
 
 const char *log_level_name(enum log_level level)
 {
@@ -53,9 +66,11 @@ bool log_open(enum log_level level, const char *file)
 {
     atomic_store(&log_threshold, (int)level);
     if (!file || !*file) {
+        pthread_mutex_lock(&fd_mu);
         int old = atomic_exchange(&log_fd, 2);
         if (old != 2)
             close(old);
+        pthread_mutex_unlock(&fd_mu);
         log_path[0] = '\0';
         return true;
     }
@@ -63,9 +78,11 @@ bool log_open(enum log_level level, const char *file)
     if (fd < 0)
         return false;
     snprintf(log_path, sizeof log_path, "%s", file);
+    pthread_mutex_lock(&fd_mu);
     int old = atomic_exchange(&log_fd, fd);
     if (old != 2)
         close(old);
+    pthread_mutex_unlock(&fd_mu);
     return true;
 }
 
@@ -81,9 +98,11 @@ bool log_reopen(void)
     int fd = open_file(log_path);
     if (fd < 0)
         return false;
+    pthread_mutex_lock(&fd_mu);
     int old = atomic_exchange(&log_fd, fd);
     if (old != 2)
         close(old);
+    pthread_mutex_unlock(&fd_mu);
     return true;
 }
 
@@ -92,18 +111,149 @@ bool log_enabled(enum log_level level)
     return (int)level >= atomic_load(&log_threshold);
 }
 
+static void fd_write(const char *p, size_t len)
+{
+    pthread_mutex_lock(&fd_mu);
+    int fd = atomic_load(&log_fd);
+    while (len > 0) {
+        ssize_t w = write(fd, p, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            break;
+        p += w;
+        len -= (size_t)w;
+    }
+    pthread_mutex_unlock(&fd_mu);
+}
+
+/* One line (with "ts=… " and no newline) to syslog or the fd. */
+static void emit(int level, char *line, size_t len)
+{
+    if (atomic_load(&log_to_syslog)) {
+        /* syslog stamps time and host itself: send the logfmt fields after ts=. */
+        line[len] = '\0';
+        const char *body = memchr(line, ' ', len);
+        log_syslog_write(level, body ? body + 1 : line);
+        return;
+    }
+    line[len++] = '\n';
+    fd_write(line, len);
+}
+
+static size_t stamp(char *line, size_t cap, enum log_level level)
+{
+    struct timeval tv;
+    struct tm tm;
+    gettimeofday(&tv, NULL);
+    gmtime_r(&tv.tv_sec, &tm);
+    int n = snprintf(line, cap, "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03dZ level=%s ",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     (int)(tv.tv_usec / 1000), log_level_name(level));
+    return n > 0 ? (size_t)n : 0;
+}
+
+#define LW_BATCH (64 * 1024)
+
+/* The writer: takes what is queued (in order) into one batch per wakeup and writes it with one
+ * write(2); lines dropped meanwhile are reported once it has caught up. */
+static void *lw_main(void *arg)
+{
+    (void)arg;
+    char *batch = malloc(LW_BATCH + LOG_LINE_MAX + 2);
+    char rec[LOG_LINE_MAX + 2];
+    pthread_mutex_lock(&lq.mu);
+    for (;;) {
+        while (lq.len == 0 && !lq.stop)
+            pthread_cond_wait(&lq.cv, &lq.mu);
+        if (lq.len == 0 && lq.stop)
+            break;
+        size_t bl = 0;
+        int level;
+        long n;
+        bool sys = atomic_load(&log_to_syslog);
+        while (bl < LW_BATCH && (n = logq_pop_locked(&lq, &level, rec, LOG_LINE_MAX)) >= 0) {
+            if (sys || !batch) {
+                pthread_mutex_unlock(&lq.mu);
+                emit(level, rec, (size_t)n);
+                pthread_mutex_lock(&lq.mu);
+                continue;
+            }
+            memcpy(batch + bl, rec, (size_t)n);
+            bl += (size_t)n;
+            batch[bl++] = '\n';
+        }
+        uint64_t dropped = lq.len == 0 ? lq.dropped : 0;
+        if (dropped)
+            lq.dropped = 0;
+        pthread_mutex_unlock(&lq.mu);
+        if (bl)
+            fd_write(batch, bl);
+        if (dropped) {
+            size_t k = stamp(rec, sizeof rec, LOG_WARN);
+            int m = snprintf(rec + k, sizeof rec - k - 1,
+                             "event=log_dropped count=%llu note=\"log queue full\"",
+                             (unsigned long long)dropped);
+            emit(LOG_WARN, rec, k + (m > 0 ? (size_t)m : 0));
+        }
+        pthread_mutex_lock(&lq.mu);
+    }
+    pthread_mutex_unlock(&lq.mu);
+    free(batch);
+    return NULL;
+}
+
+bool log_writer_start(size_t queue_bytes)
+{
+    if (atomic_load(&lw_on))
+        return true;
+    if (!logq_init(&lq, queue_bytes))
+        return false;
+    /* The writer takes no process signal (the main loop handles them). */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int e = pthread_create(&lw_thread, NULL, lw_main, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (e != 0) {
+        logq_fini(&lq);
+        return false;
+    }
+    atomic_store(&lw_on, true);
+    return true;
+}
+
+void log_writer_stop(void)
+{
+    if (!atomic_load(&lw_on))
+        return;
+    pthread_mutex_lock(&lq.mu);
+    lq.stop = true;
+    pthread_cond_signal(&lq.cv);
+    pthread_mutex_unlock(&lq.mu);
+    pthread_join(lw_thread, NULL); /* it exits only with the queue empty: nothing is lost */
+    atomic_store(&lw_on, false);
+    /* A line queued between the writer's last look and lw_on going false. */
+    char rec[LOG_LINE_MAX + 2];
+    int level;
+    long n;
+    pthread_mutex_lock(&lq.mu);
+    while ((n = logq_pop_locked(&lq, &level, rec, LOG_LINE_MAX)) >= 0)
+        emit(level, rec, (size_t)n);
+    pthread_mutex_unlock(&lq.mu);
+}
+
+unsigned long long log_dropped_total(void)
+{
+    return atomic_load(&lw_on) ? (unsigned long long)logq_dropped_total(&lq) : 0;
+}
+
 void log_write(enum log_level level, const char *fmt, ...)
 {
     if (!log_enabled(level))
         return;
     char line[LOG_LINE_MAX];
-    struct timeval tv;
-    struct tm tm;
-    gettimeofday(&tv, NULL);
-    gmtime_r(&tv.tv_sec, &tm);
-    int n = snprintf(line, sizeof line, "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03dZ level=%s ",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                     (int)(tv.tv_usec / 1000), log_level_name(level));
+    int n = (int)stamp(line, sizeof line, level);
     va_list ap;
     va_start(ap, fmt);
     int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
@@ -119,25 +269,13 @@ void log_write(enum log_level level, const char *fmt, ...)
     } else {
         len = (size_t)n + (size_t)m;
     }
-    if (atomic_load(&log_to_syslog)) {
-        /* syslog stamps time and host itself: send the logfmt fields after ts=. */
-        line[len] = '\0';
-        const char *body = memchr(line, ' ', len);
-        log_syslog_write((int)level, body ? body + 1 : line);
+    /* Never blocks on the destination: queued for the writer thread (dropped and counted when
+     * its queue is full). */
+    if (atomic_load(&lw_on)) {
+        logq_push(&lq, (int)level, line, len);
         return;
     }
-    line[len++] = '\n';
-    int fd = atomic_load(&log_fd);
-    const char *p = line;
-    while (len > 0) {
-        ssize_t w = write(fd, p, len);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            break;
-        p += w;
-        len -= (size_t)w;
-    }
+    emit((int)level, line, len);
 }
 
 /* Length of a valid UTF-8 sequence starting at s (1..4), or 0 if invalid. */

@@ -26,6 +26,15 @@ void log_set_level(enum log_level level);
 bool log_reopen(void);
 bool log_enabled(enum log_level level);
 
+/* issue 16: from log_writer_start() on, log_write() only queues the line (bounded by
+ * `queue_bytes`; a line that does not fit is dropped and counted, and the writer logs
+ * "event=log_dropped count=N" once it has caught up) and a dedicated thread writes it: no
+ * worker blocks on a slow disk or syslog. log_writer_stop() writes everything queued and joins
+ * the thread (at exit); lines are then written synchronously again. */
+bool log_writer_start(size_t queue_bytes);
+void log_writer_stop(void);
+unsigned long long log_dropped_total(void); /* portcullis_log_dropped_total */
+
 /* Writes "ts=… level=… " followed by the formatted key=value pairs and a newline. */
 void log_write(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -2,6 +2,7 @@
  * metrics — counters and their Prometheus text exposition (see metrics.h).
  */
 #include "metrics.h"
+#include "log.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -173,6 +174,9 @@ void metrics_render(const struct config *cfg, struct buf *o)
             o, "portcullis_relayed_bytes_total{protocol=\"%s\",direction=\"to_backend\"} %llu\n",
             proto_name(p), (unsigned long long)atomic_load(&metrics.bytes_to_backend[p]));
     }
+    header(o, "portcullis_log_dropped_total", "counter",
+           "Log lines dropped because the log writer's queue was full.");
+    buf_printf(o, "portcullis_log_dropped_total %llu\n", log_dropped_total());
     header(o, "portcullis_sessions_closed_total", "counter", "Client sessions ended.");
     for (int p = 0; p < 2; p++)
         buf_printf(o, "portcullis_sessions_closed_total{protocol=\"%s\"} %llu\n", proto_name(p),

@@ -16,7 +16,12 @@
  * original's text (NOTICE_DESCRIBE).
  *
  * The per-worker verdict cache is an LRU of MSGSCAN_CACHE_MAX entries with a TTL
- * (scan.verdict_cache_ttl), touched only by its loop: no locks. Process-wide state (scanner,
+ * (scan.verdict_cache_ttl), touched only by its loop: no locks. Failing closed (issue 16): a
+ * verdict produced while the scanner is broken (its canary not detected) is an error and never
+ * cached; a clean verdict is cached only when the scanner's health epoch did not move during
+ * its scan; a cached clean verdict (local or Redis) is ignored while the scanner is broken and
+ * when it is dated inside a suspect window (scanner.h), so verdicts a silently failing engine
+ * gave before the canary caught it are judged again. Process-wide state (scanner,
  * pool, counters) is created before the workers start and freed after they stopped.
  */
 #include "msgscan.h"
@@ -46,6 +51,16 @@ static ev_async g_reload_async;
 static pthread_mutex_t g_reload_mu = PTHREAD_MUTEX_INITIALIZER;
 static bool g_reload_ok;
 static char g_reload_err[256];
+/* issue 16: the engine limits in effect are the last engine's that loaded; a reload that
+ * fails keeps the old engine with its old limits while the published configuration names the
+ * new ones. Main thread only: `g_limits` in effect, `g_limits_asked` by the running reload. */
+struct engine_limits {
+    size_t max_scan_size, max_file_size;
+    unsigned max_recursion, max_files;
+    uint64_t scan_timeout_ms;
+};
+static struct engine_limits g_limits, g_limits_asked;
+static bool g_limits_asked_set;
 
 static struct {
     atomic_ullong judged, scanned, cache_hits, remote_hits;
@@ -86,6 +101,7 @@ struct msgscan_req {
     char where[MSGSCAN_WHERE_MAX];
     char *msg; /* owned while no job has it */
     size_t len, budget;
+    pool_owner owner; /* the session's, for releases after it is gone */
     unsigned char sha[SHA256_LEN];
     bool hashed;
     char engine[SCAN_VERSION_MAX];
@@ -122,6 +138,20 @@ static void scanner_log(void *arg, int level, const char *msg)
     log_write((enum log_level)level, "event=scanner msg=%s", log_qs(q, sizeof q, msg));
 }
 
+/* The scanner's canary changed state (scan thread or reload thread). */
+static void scanner_health_changed(void *arg, bool ok, const char *why)
+{
+    (void)arg;
+    char q[600];
+    if (ok)
+        log_write(LOG_INFO, "event=scan_canary_ok note=\"scanner judges again\"");
+    else
+        log_write(LOG_ERROR,
+                  "event=scan_canary_failed reason=%s note=\"every verdict is an error until "
+                  "the canary passes\"",
+                  log_qs(q, sizeof q, why));
+}
+
 static void options_from(const struct cfg_scan *c, struct scan_options *o)
 {
     *o = (struct scan_options){
@@ -135,7 +165,16 @@ static void options_from(const struct cfg_scan *c, struct scan_options *o)
         .reload_mode =
             c->reload == CFG_SCAN_RELOAD_LOWMEM ? SCAN_RELOAD_LOWMEM : SCAN_RELOAD_CONCURRENT,
         .log = scanner_log,
+        .work_min_free = c->tmpdir_min_free,
+        .canary_interval_ms = c->canary_interval_ms,
+        .health = scanner_health_changed,
     };
+}
+
+static struct engine_limits limits_of(const struct cfg_scan *c)
+{
+    return (struct engine_limits){c->max_scan_size, c->max_file_size, c->max_recursion,
+                                  c->max_files, c->scan_timeout_ms};
 }
 
 static void reload_logged(struct ev_loop *loop, ev_async *a, int revents)
@@ -148,12 +187,26 @@ static void reload_logged(struct ev_loop *loop, ev_async *a, int revents)
     pthread_mutex_unlock(&g_reload_mu);
     char v[SCAN_VERSION_MAX], q[300];
     scanner_version(g_scanner, v, sizeof v);
-    if (ok)
+    if (ok) {
+        if (g_limits_asked_set)
+            g_limits = g_limits_asked;
         log_write(LOG_INFO, "event=scan_reload result=ok engine=%s generation=%llu", v,
                   (unsigned long long)scanner_generation(g_scanner));
-    else
+    } else {
         log_write(LOG_ERROR, "event=scan_reload result=failed error=%s engine=%s",
                   log_qs(q, sizeof q, err), v);
+        /* Say exactly what applies: the rest of the new configuration is in effect, the
+         * engine and its limits are the old ones (not the configuration's). */
+        const struct engine_limits *l = &g_limits;
+        log_write(LOG_ERROR,
+                  "event=reload_failed part=scanner reason=%s engine=%s max_scan_size=%zu "
+                  "max_file_size=%zu max_recursion=%u max_files=%u scan_timeout_ms=%llu "
+                  "note=\"the old engine and its limits stay; the rest of the configuration "
+                  "applies\"",
+                  log_qs(q, sizeof q, err), v, l->max_scan_size, l->max_file_size, l->max_recursion,
+                  l->max_files, (unsigned long long)l->scan_timeout_ms);
+    }
+    g_limits_asked_set = false;
 }
 
 /* On the reload thread. */
@@ -185,15 +238,26 @@ bool msgscan_process_init(const struct config *cfg, struct ev_loop *main_loop, c
         scanner_destroy(&g_scanner);
         return false;
     }
+    pool_set_shares(g_pool, &(struct pool_shares){
+                                .per_user = cfg->scan.budget_per_user_bytes,
+                                .per_session = cfg->scan.budget_per_session_bytes,
+                                .queue_per_user = cfg->scan.queue_per_user_jobs,
+                            });
     g_main_loop = main_loop;
+    g_limits = limits_of(&cfg->scan);
     ev_async_init(&g_reload_async, reload_logged);
     ev_async_start(main_loop, &g_reload_async);
     ev_unref(main_loop); /* the reload watcher alone must not keep the main loop running */
     metrics_register(msgscan_metrics_render, NULL);
     char v[SCAN_VERSION_MAX];
     scanner_version(g_scanner, v, sizeof v);
-    log_write(LOG_INFO, "event=scanner_ready engine=%s threads=%u queue=%u memory_budget=%zu", v,
-              cfg->scan.threads, cfg->scan.queue, cfg->scan.memory_budget);
+    log_write(LOG_INFO,
+              "event=scanner_ready engine=%s threads=%u queue=%u memory_budget=%zu "
+              "budget_per_user=%llu budget_per_session=%llu queue_per_user=%u",
+              v, cfg->scan.threads, cfg->scan.queue, cfg->scan.memory_budget,
+              (unsigned long long)cfg->scan.budget_per_user_bytes,
+              (unsigned long long)cfg->scan.budget_per_session_bytes,
+              cfg->scan.queue_per_user_jobs);
     return true;
 }
 
@@ -204,12 +268,17 @@ void msgscan_reload(const struct config *cfg)
     struct scan_options o;
     if (cfg)
         options_from(&cfg->scan, &o);
-    if (!scanner_reload_async(g_scanner, cfg ? &o : NULL, reload_done, NULL))
+    if (!scanner_reload_async(g_scanner, cfg ? &o : NULL, reload_done, NULL)) {
         log_write(LOG_WARN, "event=scan_reload result=skipped note=\"a reload is already "
                             "running\"");
-    else
-        log_write(LOG_INFO, "event=scan_reload result=started database_dir=%s",
-                  cfg ? cfg->scan.database_dir : "(unchanged)");
+        return;
+    }
+    if (cfg) {
+        g_limits_asked = limits_of(&cfg->scan);
+        g_limits_asked_set = true;
+    }
+    log_write(LOG_INFO, "event=scan_reload result=started database_dir=%s",
+              cfg ? cfg->scan.database_dir : "(unchanged)");
 }
 
 void msgscan_process_fini(void)
@@ -240,6 +309,25 @@ bool msgscan_engine_version(char *buf, size_t cap)
         return false;
     scanner_version(g_scanner, buf, cap);
     return true;
+}
+
+bool msgscan_scanner_health(struct scanner_health *h)
+{
+    if (!g_scanner)
+        return false;
+    scanner_health(g_scanner, h);
+    return true;
+}
+
+/* May a cached verdict dated `date` be used? Infected: always (a match is a match). Clean: not
+ * while the scanner is broken, nor from a suspect window. */
+static bool cached_trusted(enum msgscan_verdict v, time_t date)
+{
+    if (v != MSGSCAN_CLEAN)
+        return true;
+    struct scanner_health h;
+    scanner_health(g_scanner, &h);
+    return h.ok && !scanner_health_suspect(&h, (int64_t)date);
 }
 
 bool msgscan_pool_stats(struct pool_stats *st)
@@ -429,10 +517,10 @@ enum msgscan_budget_rc msgscan_budget_acquire(struct session *s, size_t bytes,
 {
     struct msgscan_worker *ws = s->worker->scan;
     if (!ws)
-        return MSGSCAN_BUDGET_OK; /* nothing is accounted without a scanner */
+        return MSGSCAN_BUDGET_TOO_BIG; /* no scanner here: nothing may be held for one */
     w->cb = cb;
     w->arg = arg;
-    switch (pool_budget_acquire(ws->pc, bytes, &w->pw, budget_granted)) {
+    switch (pool_budget_acquire_as(ws->pc, msgscan_owner(s), bytes, &w->pw, budget_granted)) {
     case POOL_BUDGET_OK:
         return MSGSCAN_BUDGET_OK;
     case POOL_BUDGET_WAIT:
@@ -442,10 +530,26 @@ enum msgscan_budget_rc msgscan_budget_acquire(struct session *s, size_t bytes,
     }
 }
 
-void msgscan_budget_release(size_t bytes)
+void msgscan_budget_release(pool_owner owner, size_t bytes)
 {
     if (bytes && g_pool)
-        pool_budget_release(g_pool, bytes);
+        pool_budget_release_as(g_pool, owner, bytes);
+}
+
+/* FNV-1a of the login name, folded to 32 bits (0 is kept for "no user"); the session's id in
+ * the low half (0 is kept for "no session"). A collision only makes two users share a share. */
+pool_owner msgscan_owner(const struct session *s)
+{
+    uint32_t u = 0, id = (uint32_t)s->id ? (uint32_t)s->id : 1;
+    if (s->user && s->user[0]) {
+        uint64_t h = 1469598103934665603ull;
+        for (const unsigned char *p = (const unsigned char *)s->user; *p; p++)
+            h = (h ^ *p) * 1099511628211ull;
+        u = (uint32_t)(h ^ (h >> 32));
+        if (!u)
+            u = 1;
+    }
+    return POOL_OWNER(u, id);
 }
 
 void msgscan_wait_cancel(struct msgscan_wait *w)
@@ -532,7 +636,7 @@ void msgscan_outcome_clear(struct msgscan_outcome *o)
 {
     if (o->msg) {
         free(o->msg);
-        msgscan_budget_release(o->budget);
+        msgscan_budget_release(o->owner, o->budget);
         o->msg = NULL;
         o->budget = 0;
     }
@@ -571,7 +675,7 @@ static void req_free(struct msgscan_req *r)
 {
     if (r->msg) {
         free(r->msg);
-        msgscan_budget_release(r->budget);
+        msgscan_budget_release(r->owner, r->budget);
     }
     free(r->out.notice);
     free(r->nbuf);
@@ -587,7 +691,7 @@ static bool dead(struct msgscan_req *r)
     r->step = RS_NONE;
     if (r->msg) {
         free(r->msg);
-        msgscan_budget_release(r->budget);
+        msgscan_budget_release(r->owner, r->budget);
         r->msg = NULL;
         r->budget = 0;
     }
@@ -604,6 +708,7 @@ static void deliver(struct msgscan_req *r)
         o.msg = r->msg;
         o.len = r->len;
         o.budget = r->budget;
+        o.owner = r->owner;
         r->msg = NULL;
         r->budget = 0;
     }
@@ -678,6 +783,7 @@ static void notice_submit(struct msgscan_req *r)
         .flags = SCAN_JOB_SCAN,
         .buf = r->nbuf,
         .len = r->nbuf_len,
+        .owner = r->owner,
     };
     r->job = scan_submit(r->ws->pc, &rq, on_notice_job, r);
     if (r->job) {
@@ -694,7 +800,7 @@ static void notice_submit(struct msgscan_req *r)
         return;
     }
     r->step = RS_SLOT;
-    pool_slot_wait(r->ws->pc, &r->slot, on_notice_slot);
+    pool_slot_wait_as(r->ws->pc, r->owner, &r->slot, on_notice_slot);
 }
 
 /* The verdict is known (never called from the starter's stack): decide, scan the notice if
@@ -720,7 +826,7 @@ static void finish(struct msgscan_req *r)
     }
     /* The original is not delivered: let it and its budget go now. */
     free(r->msg);
-    msgscan_budget_release(r->budget);
+    msgscan_budget_release(r->owner, r->budget);
     r->msg = NULL;
     r->budget = 0;
     notice_submit(r);
@@ -766,6 +872,7 @@ static void submit(struct msgscan_req *r, unsigned flags)
         .buf = r->msg,
         .len = r->len,
         .budget = r->budget,
+        .owner = r->owner,
         .quarantine_dir = (flags & SCAN_JOB_SCAN) ? cs->quarantine_dir : NULL,
     };
     r->job_flags = flags;
@@ -790,7 +897,7 @@ static void submit(struct msgscan_req *r, unsigned flags)
     if (r->retries == 1)
         sess_log(r->s, LOG_DEBUG, "event=scan_queue_full %s", r->where);
     r->step = RS_SLOT;
-    pool_slot_wait(r->ws->pc, &r->slot, on_slot);
+    pool_slot_wait_as(r->ws->pc, r->owner, &r->slot, on_slot);
 }
 
 static void have_cached(struct msgscan_req *r, const struct msgscan_cached *c)
@@ -810,7 +917,8 @@ static void on_remote(void *arg, const struct msgscan_cached *hit)
     r->step = RS_NONE;
     if (dead(r))
         return;
-    if (hit && (hit->verdict == MSGSCAN_CLEAN || hit->verdict == MSGSCAN_INFECTED)) {
+    if (hit && (hit->verdict == MSGSCAN_CLEAN || hit->verdict == MSGSCAN_INFECTED) &&
+        cached_trusted(hit->verdict, hit->date)) {
         atomic_fetch_add(&ctr.remote_hits, 1);
         cache_put(r->ws, r->sha, r->engine, hit,
                   (double)r->s->cfg->scan.verdict_cache_ttl_ms / 1000.0);
@@ -826,6 +934,10 @@ static void step_lookup(struct msgscan_req *r, bool sync)
 {
     scanner_version(g_scanner, r->engine, sizeof r->engine);
     struct ms_entry *e = cache_find(r->ws, r->sha, r->engine);
+    if (e && !cached_trusted(e->v.verdict, e->v.date)) {
+        entry_drop(r->ws, e);
+        e = NULL;
+    }
     if (e) {
         have_cached(r, &e->v);
         if (sync)
@@ -899,7 +1011,12 @@ static void on_job(void *arg, struct scan_job *job)
         }
     }
     r->have_verdict = true;
-    if (r->verdict == MSGSCAN_CLEAN || r->verdict == MSGSCAN_INFECTED) {
+    struct scanner_health h;
+    scanner_health(g_scanner, &h);
+    /* Never cache what a scanner found broken since (or during) the scan said is clean. */
+    bool trusted = r->verdict == MSGSCAN_INFECTED ||
+                   (r->verdict == MSGSCAN_CLEAN && h.ok && h.epoch == res->epoch);
+    if (trusted) {
         struct msgscan_cached c = {.verdict = r->verdict, .date = r->date};
         snprintf(c.signature, sizeof c.signature, "%s", r->signature);
         snprintf(c.ref, sizeof c.ref, "%s", r->ref);
@@ -923,10 +1040,11 @@ struct msgscan_req *msgscan_judge(struct session *s, const struct msgscan_item *
     struct msgscan_req *r = ws ? calloc(1, sizeof *r) : NULL;
     if (!r) {
         free(msg);
-        msgscan_budget_release(budget);
+        msgscan_budget_release(msgscan_owner(s), budget);
         return NULL;
     }
     r->s = s;
+    r->owner = msgscan_owner(s);
     r->ws = ws;
     r->proto = it->proto;
     snprintf(r->where, sizeof r->where, "%s", it->where ? it->where : "");

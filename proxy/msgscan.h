@@ -87,8 +87,11 @@ enum msgscan_budget_rc {
 enum msgscan_budget_rc msgscan_budget_acquire(struct session *s, size_t bytes,
                                               struct msgscan_wait *w, msgscan_wait_fn *cb,
                                               void *arg);
-/* Give back bytes acquired earlier (any amount up to what is held). */
-void msgscan_budget_release(size_t bytes);
+/* Give back bytes acquired earlier by `owner` (any amount up to what it holds). */
+void msgscan_budget_release(pool_owner owner, size_t bytes);
+/* The session's key for the budget and queue shares (its user's and its own); constant for the
+ * session once logged in (scanning starts after login). */
+pool_owner msgscan_owner(const struct session *s);
 /* No callback afterwards; bytes granted but not yet delivered go back. No-op when idle. */
 void msgscan_wait_cancel(struct msgscan_wait *w);
 
@@ -113,7 +116,8 @@ struct msgscan_outcome {
     char *msg;    /* the original (when !replace; may be NULL for msgscan_oversize) */
     size_t len;
     size_t budget;
-    char *notice; /* malloc'd RFC 5322 notice (when replace) */
+    pool_owner owner; /* whose share `budget` counts against */
+    char *notice;     /* malloc'd RFC 5322 notice (when replace) */
     size_t notice_len;
     char signature[SCAN_SIGNATURE_MAX]; /* infected: the signature; else why ("" when clean) */
     char ref[SCAN_REF_MAX];             /* reference id (notice, quarantine, log); "" if clean */
@@ -202,5 +206,7 @@ struct msgscan_counters {
     uint64_t notice_minimal; /* notices replaced by the minimal one (matched or not scanned) */
 };
 void msgscan_counters_get(struct msgscan_counters *c);
+/* The scanner's canary state (scanner.h); false when scanning is off. Any thread. */
+bool msgscan_scanner_health(struct scanner_health *h);
 
 #endif

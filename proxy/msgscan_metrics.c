@@ -127,6 +127,29 @@ void msgscan_metrics_render(struct buf *o, void *arg)
                    "portcullis_scan_signatures %llu\n",
                    metrics_label(lv, sizeof lv, v), db, sigs);
     }
+    struct scanner_health h;
+    if (msgscan_scanner_health(&h)) {
+        buf_printf(o,
+                   "# HELP portcullis_scan_canary_ok 1 while the scanner's canary is detected; "
+                   "0: the scanner is broken and every verdict is an error.\n"
+                   "# TYPE portcullis_scan_canary_ok gauge\n"
+                   "portcullis_scan_canary_ok %d\n"
+                   "# HELP portcullis_scan_canary_runs_total Canary scans (every variant).\n"
+                   "# TYPE portcullis_scan_canary_runs_total counter\n"
+                   "portcullis_scan_canary_runs_total %llu\n"
+                   "# HELP portcullis_scan_canary_failures_total Canary runs with a variant not "
+                   "detected.\n"
+                   "# TYPE portcullis_scan_canary_failures_total counter\n"
+                   "portcullis_scan_canary_failures_total %llu\n"
+                   "# HELP portcullis_scan_faults_total Scans refused or turned into errors by a "
+                   "fault: an unusable work directory, or an error libclamav reported.\n"
+                   "# TYPE portcullis_scan_faults_total counter\n"
+                   "portcullis_scan_faults_total{kind=\"work_dir\"} %llu\n"
+                   "portcullis_scan_faults_total{kind=\"engine\"} %llu\n",
+                   h.ok ? 1 : 0, (unsigned long long)h.canary_runs,
+                   (unsigned long long)h.canary_failures, (unsigned long long)h.work_dir_errors,
+                   (unsigned long long)h.engine_errors);
+    }
     struct pool_stats st;
     if (msgscan_pool_stats(&st)) {
         buf_printf(o,

@@ -380,15 +380,18 @@ static long capa_filter(struct session *s)
     }
 }
 
-/* The backend broke framing: what was released still goes out, then our -ERR — at once, even
- * inside a response (the stream cannot be followed any further). */
+/* The backend broke framing: what was released still goes out, then our -ERR — at once if the
+ * client is between responses (the stream cannot be followed any further). */
 static void protocol_error(struct session *s, const char *why)
 {
+    struct pop3_state *st = pop3_st(s);
     char e[96];
     sess_log(s, LOG_WARN, "event=backend_protocol_error error=%s", log_qs(e, sizeof e, why));
     pop3_relay_stop(s);
+    /* Inside a multi-line answer that was partly sent the -ERR would read as one of its lines
+     * (issue 16): the close says it alone. */
     static const char err[] = "-ERR [SYS/TEMP] Backend protocol error.\r\n";
-    if (!conn_queue_copy(&s->client, err, sizeof err - 1)) {
+    if (!st->down_part_out && !conn_queue_copy(&s->client, err, sizeof err - 1)) {
         sess_close(s, "out of memory");
         return;
     }

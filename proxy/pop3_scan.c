@@ -36,6 +36,7 @@
 #include "msgscan.h"
 #include "notice.h"
 #include "pop3.h"
+#include "scan_grant.h"
 #include "worker.h"
 
 #define PS_FEED_MAX  (16 << 10) /* framer input per collect step */
@@ -72,9 +73,10 @@ struct pop3_scan {
     struct pop3_unstuffer u;
     char *msg; /* owned: unstuffed body */
     size_t len, cap;
-    size_t reserve, want; /* budget held for msg / asked for */
-    struct msgscan_wait wait;
-    bool waiting;
+    size_t reserve, want;           /* budget held for msg / asked for */
+    struct scan_grant grant;        /* the first reservation, while it is asked for */
+    pool_owner owner;               /* the session's budget shares (msgscan_owner) */
+    struct scan_held held;          /* the output (holding budget) the client does not read */
     enum msgscan_verdict give_kind; /* PS_DROP: why */
     const char *give_reason;
     char term[4];
@@ -101,9 +103,10 @@ static void ps_free(struct session *s)
     if (!ps)
         return;
     msgscan_cancel(&ps->req);
-    msgscan_wait_cancel(&ps->wait);
+    scan_grant_cancel(&ps->grant);
+    scan_held_stop(&ps->held);
     free(ps->msg);
-    msgscan_budget_release(ps->reserve);
+    msgscan_budget_release(ps->owner, ps->reserve);
     free(ps->status);
     free(ps->out_owned);
     free(ps);
@@ -150,7 +153,7 @@ static void fail_response(struct session *s, struct pop3_scan *ps, const char *t
 {
     free(ps->msg);
     ps->msg = NULL;
-    msgscan_budget_release(ps->reserve);
+    msgscan_budget_release(ps->owner, ps->reserve);
     ps->reserve = 0;
     free(ps->out_owned);
     if (asprintf(&ps->out_owned, "-ERR [SYS/TEMP] %s\r\n", text) < 0) {
@@ -210,8 +213,24 @@ static size_t top_cut(const char *m, size_t len, uint32_t lines)
 /* Output: the held status line, then the original body stuffed again, then the terminator.
  * A TOP sent for the whole message goes out cut to the client's k lines (a cut ends at a line
  * end, so the terminator follows directly). */
-static void output_original(struct pop3_scan *ps, bool with_term)
+static bool out_holding(struct session *s)
 {
+    struct pop3_scan *ps = pop3_st(s)->scan;
+    return ps && ps->phase == PS_OUTPUT && ps->reserve > 0;
+}
+
+/* The client has not read the scanned message for scan.held_timeout: its budget is everyone's. */
+static bool out_expired(struct session *s)
+{
+    sess_log(s, LOG_INFO, "event=refused reason=held_timeout %s", pop3_st(s)->scan->where);
+    sess_end(s, "held_timeout", "Response not read in time; closing.");
+    return true;
+}
+
+static void output_original(struct session *s, struct pop3_scan *ps, bool with_term)
+{
+    if (ps->reserve)
+        scan_held_arm(&ps->held, s, out_holding, out_expired);
     size_t len = ps->top_all ? top_cut(ps->msg, ps->len, ps->lines) : ps->len;
     ps->seg[0] = (struct ps_seg){.p = ps->status, .len = ps->status_len};
     ps->seg[1] = (struct ps_seg){.p = ps->msg, .len = len, .restuff = true};
@@ -227,7 +246,7 @@ static void output_probe(struct pop3_scan *ps, enum pop3_verdict v)
 {
     free(ps->msg);
     ps->msg = NULL;
-    msgscan_budget_release(ps->reserve);
+    msgscan_budget_release(ps->owner, ps->reserve);
     ps->reserve = 0;
     ps->probe_v = v;
     ps->nseg = 0;
@@ -243,7 +262,7 @@ static void output_notice(struct session *s, struct pop3_scan *ps, char *notice,
         nlen = top_cut(notice, nlen, ps->lines);
     free(ps->msg);
     ps->msg = NULL;
-    msgscan_budget_release(ps->reserve);
+    msgscan_budget_release(ps->owner, ps->reserve);
     ps->reserve = 0;
     char *out = malloc(POP3_STUFF_OUT_MAX(nlen) + POP3_STUFF_FINISH_MAX);
     if (!out) {
@@ -307,21 +326,22 @@ static void on_verdict(void *arg, struct msgscan_outcome *o)
         ps->reserve = o->budget;
         o->msg = NULL;
         o->budget = 0;
-        output_original(ps, true);
+        output_original(s, ps, true);
     }
     pop3_relay_kick(s);
 }
 
-static void budget_granted(void *arg)
+/* The grant arrived; a closing session gives it back at once (scan_grant releases it). */
+static bool budget_granted(void *arg, struct scan_grant *g)
 {
     struct session *s = arg;
     struct pop3_scan *ps = pop3_st(s)->scan;
-    ps->waiting = false;
-    ps->reserve = ps->want;
-    if (s->closing)
-        return; /* the session's destroy releases it */
+    if (s->closing || !ps || ps->phase != PS_BUDGET)
+        return false;
+    ps->reserve = scan_grant_take(g);
     ps->phase = PS_COLLECT;
     pop3_relay_kick(s);
+    return true;
 }
 
 bool pop3_scan_begin(struct session *s)
@@ -378,13 +398,13 @@ bool pop3_scan_begin(struct session *s)
             ps->hint + ps->hint / 16 + 4096 < limit ? ps->hint + ps->hint / 16 + 4096 : limit;
     else
         ps->want = limit;
-    switch (msgscan_budget_acquire(s, ps->want, &ps->wait, budget_granted, s)) {
+    ps->owner = msgscan_owner(s);
+    switch (scan_grant_acquire(&ps->grant, s, ps->want, budget_granted, s)) {
     case MSGSCAN_BUDGET_OK:
-        ps->reserve = ps->want;
+        ps->reserve = scan_grant_take(&ps->grant);
         ps->phase = PS_COLLECT;
         break;
     case MSGSCAN_BUDGET_WAIT:
-        ps->waiting = true;
         ps->phase = PS_BUDGET;
         sess_log(s, LOG_DEBUG, "event=scan_budget_wait %s bytes=%zu", ps->where, ps->want);
         break;
@@ -426,7 +446,7 @@ static void overflow(struct session *s, struct pop3_scan *ps, enum msgscan_verdi
                       : msgscan_unjudged(s, &it, NULL, 0, reason, &o);
         if (ok)
             msgscan_outcome_clear(&o);
-        output_original(ps, false); /* the pending bytes follow it */
+        output_original(s, ps, false); /* the pending bytes follow it */
         ps->stream_after = true;
         ps->pending = pending;
         if (ps->top_all) {
@@ -449,7 +469,7 @@ static void collected(struct session *s, struct pop3_scan *ps)
 {
     size_t budget = ps->len;
     if (ps->reserve > budget)
-        msgscan_budget_release(ps->reserve - budget);
+        msgscan_budget_release(ps->owner, ps->reserve - budget);
     else
         budget = ps->reserve;
     ps->reserve = 0;
@@ -496,14 +516,13 @@ static bool reserve_more(struct session *s, struct pop3_scan *ps)
         ps->reserve * 2 > ps->reserve + (1 << 20) ? ps->reserve * 2 : ps->reserve + (1 << 20);
     if (nr > limit)
         nr = limit;
-    struct msgscan_wait w = {0};
-    enum msgscan_budget_rc rc = msgscan_budget_acquire(s, nr - ps->reserve, &w, NULL, NULL);
+    struct scan_grant g = {0};
+    enum msgscan_budget_rc rc = scan_grant_acquire(&g, s, nr - ps->reserve, NULL, NULL);
     if (rc == MSGSCAN_BUDGET_OK) {
-        ps->reserve = nr;
+        ps->reserve += scan_grant_take(&g);
         return true;
     }
-    if (rc == MSGSCAN_BUDGET_WAIT)
-        msgscan_wait_cancel(&w);
+    scan_grant_cancel(&g); /* a wait is not kept: no callback ever runs for it */
     return false;
 }
 
@@ -592,7 +611,7 @@ static int drop_step(struct session *s, struct pop3_scan *ps)
         ps->top_all = false;
         memcpy(ps->term, ".\r\n", 3);
         ps->term_len = 3;
-        output_original(ps, true);
+        output_original(s, ps, true);
         return 1;
     }
     if (ok && o.notice)

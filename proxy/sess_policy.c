@@ -128,6 +128,10 @@ static void limits(const struct config *cfg, struct policy_limits *l)
         .user_interval_ms = p->user_login_interval_ms,
         .addr_interval_ms = p->addr_login_interval_ms,
         .user_fail_limit = p->user_fail_limit,
+        .pair_fail_limit = p->user_addr_fail_limit,
+        .known_ttl_ms = p->known_addr_ttl_ms,
+        .known_max = p->known_addr_max,
+        .pend_ttl_ms = p->pending_ttl_ms,
         .addr_fail_limit = p->addr_fail_limit,
         .fail_window_ms = p->fail_window_ms,
         .lockout_ms = p->lockout_ms,
@@ -210,7 +214,9 @@ static void on_verdict(void *arg, const struct policy_verdict *v)
     s->pol->checked = false; /* the policy released what the check may have reserved */
     sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_REFUSED,
                                        .reason = refusal_reason(v->result),
-                                       .scope = v->scope == POLICY_SCOPE_USER ? "user" : "address",
+                                       .scope = v->scope == POLICY_SCOPE_USER   ? "user"
+                                                : v->scope == POLICY_SCOPE_PAIR ? "user_network"
+                                                                                : "address",
                                        .n = v->retry_ms,
                                        .degraded = v->degraded});
     switch (v->result) {

@@ -296,6 +296,19 @@ bool worker_start(struct worker *w)
     return pthread_create(&w->thread, NULL, worker_main, w) == 0;
 }
 
+void worker_unbind(struct worker *w)
+{
+    for (size_t i = 0; i < w->nlisteners; i++)
+        if (w->listeners[i].fd >= 0)
+            close(w->listeners[i].fd);
+    free(w->listeners);
+    w->listeners = NULL;
+    w->nlisteners = 0;
+    if (w->loop)
+        ev_loop_destroy(w->loop);
+    w->loop = NULL;
+}
+
 void worker_stop(struct worker *w)
 {
     atomic_store(&w->stop, true);

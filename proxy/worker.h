@@ -52,6 +52,8 @@ bool worker_start(struct worker *w);
 void worker_drain(struct worker *w);
 /* Ask a worker to stop (closes its sessions) and join it. */
 void worker_stop(struct worker *w);
+/* Start-up failed before worker_start(): what worker_bind() made (issue 16: no leak at exit). */
+void worker_unbind(struct worker *w);
 
 void worker_add_session(struct worker *w, struct session *s);
 void worker_bury_session(struct worker *w, struct session *s);

@@ -18,7 +18,15 @@
  *  - only some parsers enabled misses packed/OLE2/PDF content (pitfall 3): parse = ~0;
  *  - decoded parts are written under CL_ENGINE_TMPDIR even for memory scans (pitfall 4): each
  *    scanner gets a private 0700 directory, removed on destroy;
- *  - virname points into the engine (pitfall 7): copied before the reference is dropped.
+ *  - virname points into the engine (pitfall 7): copied before the reference is dropped;
+ *  - a work dir that is removed, read-only or on a full filesystem makes libclamav answer
+ *    CL_CLEAN for infected mail (issue 16, measured with 1.4: removed or read-only: 7 of 7
+ *    EICAR forms clean, each with a CL_MSG_ERROR "Can't create temporary directory"; full
+ *    tmpfs: 5 of 7 clean and nothing logged). So a scan counts only if (a) the work dir passed
+ *    work_dir_check() just before (repaired when it can be), (b) libclamav logged no error on
+ *    this thread during the scan (tl_watch), and (c) the canary (canary.h) passes: it runs at
+ *    start, after every reload, every canary_interval and soon after any fault; while it fails
+ *    the scanner is broken and every scan answers SCAN_ERROR (fail closed).
  *
  * Limits are engine settings, which libclamav forbids changing on an engine in use, so new
  * limits take effect with the next reload (a fresh engine).
@@ -35,11 +43,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <clamav.h>
 #include <openssl/evp.h>
+
+#include "canary.h"
 
 /* Any header libclamav's magic table types as mail (libclamav filetypes_int.h). */
 static const char MAIL_PREFIX[] = "Received: by portcullis\r\n";
@@ -51,6 +62,8 @@ static const char MAIL_PREFIX[] = "Received: by portcullis\r\n";
  * 35 MiB. The message-size check is ours (max_scan_size); the engine gets room for extraction. */
 #define SCANSIZE_FACTOR 4
 #define MAX_DB_FILES    4096 /* files fingerprinted in a database directory */
+#define CANARY_RETRY_MS 2000 /* canary period while broken, and the least gap between runs */
+#define CANARY_DB_NAME  "portcullis-canary.ndb"
 
 struct cav {
     struct scanner base;
@@ -70,6 +83,20 @@ struct cav {
     uint64_t max_scan_size;     /* copy readable without reload_mu (scan threads) */
     _Atomic(scan_log_fn *) log; /* readable from any thread */
     void *_Atomic log_arg;
+    _Atomic(scan_health_fn *) health_fn;
+    _Atomic uint64_t work_min_free;
+    _Atomic uint64_t canary_interval_ms;
+
+    /* Canary state (scanner.h struct scanner_health), guarded by hmu. */
+    pthread_mutex_t hmu;
+    pthread_cond_t hcv; /* wakes the canary thread: stop, kick */
+    struct scanner_health h;
+    _Atomic bool broken; /* h.ok == false, readable by scans without hmu */
+    int64_t last_ok;     /* wall-clock second of the last passing canary */
+    bool kick, stop;     /* canary thread: run soon / exit */
+    bool thread_started;
+    pthread_t thread;
+    pthread_mutex_t canary_mu; /* one canary run at a time */
 };
 
 /* ---- logging ------------------------------------------------------------------------------ */
@@ -93,10 +120,27 @@ static void cav_log(struct cav *c, int level, const char *fmt, ...)
     fn(atomic_load(&c->log_arg), level, msg);
 }
 
+/* Set on a scan thread while libclamav scans for it: an error message during the scan means the
+ * scan did not demonstrably run (its temp files failed), whatever it returns. libclamav calls
+ * the message hook on the scanning thread. */
+struct scan_watch {
+    bool error;
+    char first[160]; /* the first error message */
+};
+static _Thread_local struct scan_watch *tl_watch;
+
 static void clam_msg(enum cl_msg severity, const char *fullmsg, const char *msg, void *context)
 {
     (void)fullmsg;
     (void)context;
+    struct scan_watch *w = tl_watch;
+    if (w && severity == CL_MSG_ERROR && !w->error) {
+        w->error = true;
+        size_t n = msg ? strlen(msg) : 0;
+        while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+            n--;
+        snprintf(w->first, sizeof w->first, "%.*s", (int)n, msg ? msg : "");
+    }
     struct cav *c = atomic_load(&msg_target);
     if (!c || severity == CL_MSG_INFO_VERBOSE || !msg)
         return;
@@ -220,6 +264,79 @@ static bool db_fingerprint(const char *dir, char hex[13], char **error_r)
     return true;
 }
 
+/* ---- work directory ---------------------------------------------------------------------- */
+
+static void health_note(struct cav *c, bool work_dir);
+
+/* snprintf for reasons (paths may be long: cut, never an error). */
+static void whyf(char *why, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void whyf(char *why, size_t cap, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, cap, fmt, ap);
+    va_end(ap);
+}
+
+/* Is the work dir usable for a scan of `need` bytes? Repairs what it safely can: a missing dir
+ * is made again (0700), our own dir with other modes gets 0700 back. Anything else (something
+ * not ours in its place, a read-only or full filesystem, a parent we cannot write) is a
+ * failure: the scan must not run, because libclamav would answer CL_CLEAN. Cheap (lstat,
+ * access, statvfs): runs before every scan, on the scan thread. */
+static bool work_dir_check(struct cav *c, uint64_t need, char *why, size_t cap)
+{
+    struct stat st;
+    if (lstat(c->work_dir, &st) != 0) {
+        if (errno != ENOENT) {
+            whyf(why, cap, "work directory %s: %s", c->work_dir, strerror(errno));
+            return false;
+        }
+        if (mkdir(c->work_dir, 0700) != 0 && errno != EEXIST) {
+            whyf(why, cap, "work directory %s is gone and cannot be made again: %s", c->work_dir,
+                 strerror(errno));
+            return false;
+        }
+        cav_log(c, 2, "scan work directory %s was missing: made again", c->work_dir);
+        if (lstat(c->work_dir, &st) != 0) {
+            whyf(why, cap, "work directory %s: %s", c->work_dir, strerror(errno));
+            return false;
+        }
+    }
+    if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid()) {
+        whyf(why, cap, "work directory not a directory of ours: %s", c->work_dir);
+        return false;
+    }
+    if ((st.st_mode & 07777) != 0700 && chmod(c->work_dir, 0700) != 0) {
+        whyf(why, cap, "work directory %s has mode %04o and cannot be repaired: %s", c->work_dir,
+             (unsigned)(st.st_mode & 07777), strerror(errno));
+        return false;
+    }
+    if (access(c->work_dir, W_OK | X_OK) != 0) {
+        whyf(why, cap, "work directory not writable (%s): %s", strerror(errno), c->work_dir);
+        return false;
+    }
+    struct statvfs vf;
+    if (statvfs(c->work_dir, &vf) != 0) {
+        whyf(why, cap, "work directory %s: statvfs: %s", c->work_dir, strerror(errno));
+        return false;
+    }
+    if (vf.f_flag & ST_RDONLY) {
+        whyf(why, cap, "work directory on a read-only filesystem: %s", c->work_dir);
+        return false;
+    }
+    uint64_t avail = (uint64_t)vf.f_bavail * (uint64_t)vf.f_frsize;
+    uint64_t want = atomic_load(&c->work_min_free) + need;
+    if (avail == 0 || avail < want || (vf.f_files > 0 && vf.f_favail == 0)) {
+        whyf(why, cap,
+             "work directory filesystem full (%llu bytes and %llu inodes free, %llu "
+             "needed): %s",
+             (unsigned long long)avail, (unsigned long long)vf.f_favail,
+             (unsigned long long)(want ? want : 1), c->work_dir);
+        return false;
+    }
+    return true;
+}
+
 /* ---- engine ------------------------------------------------------------------------------ */
 
 static bool set_num(struct cl_engine *e, enum cl_engine_field f, long long v, char **error_r)
@@ -236,6 +353,34 @@ static long long clamp32(uint64_t v)
 {
     /* libclamav keeps these limits in 32-bit fields. */
     return v > UINT32_MAX ? (long long)UINT32_MAX : (long long)v;
+}
+
+/* The canary's signature, in every engine: written to the work dir (cl_load wants a file whose
+ * name says its type), loaded, removed. */
+static bool load_canary(struct cav *c, struct cl_engine *e, unsigned *sigs, char **error_r)
+{
+    char why[256];
+    if (!work_dir_check(c, 0, why, sizeof why)) {
+        *error_r = errorf("canary signature: %s", why);
+        return false;
+    }
+    char line[512], path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/" CANARY_DB_NAME, c->work_dir);
+    int fd = canary_ndb(line, sizeof line)
+                 ? open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600)
+                 : -1;
+    size_t n = strlen(line);
+    bool ok = fd >= 0 && write(fd, line, n) == (ssize_t)n;
+    if (fd >= 0 && close(fd) != 0)
+        ok = false;
+    cl_error_t rc = ok ? cl_load(path, e, sigs, CL_DB_STDOPT) : CL_EWRITE;
+    int err = errno;
+    (void)unlink(path);
+    if (!ok || rc != CL_SUCCESS) {
+        *error_r = errorf("canary signature %s: %s", path, ok ? cl_strerror(rc) : strerror(err));
+        return false;
+    }
+    return true;
 }
 
 /* Build and compile an engine. Blocking (seconds to minutes with the official databases). */
@@ -276,6 +421,8 @@ static struct cl_engine *engine_build(struct cav *c, const struct scan_options *
             ok = false;
         }
     }
+    if (ok)
+        ok = load_canary(c, e, &sigs, error_r);
     if (ok) {
         cl_error_t rc = cl_engine_compile(e);
         if (rc != CL_SUCCESS) {
@@ -333,7 +480,7 @@ static uint64_t now_us(void)
 
 static void set_name(struct scan_result *r, const char *name)
 {
-    snprintf(r->signature, sizeof r->signature, "%s", name ? name : "");
+    whyf(r->signature, sizeof r->signature, "%s", name ? name : ""); /* cut to fit */
 }
 
 /* Classify a CL_VIRUS answer. Limit heuristics are "not judged", not "infected": size limits
@@ -352,9 +499,9 @@ static void classify_virus(struct scan_result *r, const char *name)
     }
 }
 
-static void cav_scan(struct scanner *s, const char *buf, size_t len, struct scan_result *r)
+/* One scan. `canary`: the canary's own scans, which run even while the scanner is broken. */
+static void scan_one(struct cav *c, const char *buf, size_t len, struct scan_result *r, bool canary)
 {
-    struct cav *c = (struct cav *)s;
     memset(r, 0, sizeof *r);
     uint64_t t0 = now_us();
 
@@ -370,13 +517,29 @@ static void cav_scan(struct scanner *s, const char *buf, size_t len, struct scan
     r->generation = c->generation;
     uint64_t max = c->max_scan_size;
     pthread_mutex_unlock(&c->mu);
+    pthread_mutex_lock(&c->hmu);
+    r->epoch = c->h.epoch;
+    pthread_mutex_unlock(&c->hmu);
 
     if (!e) {
         r->verdict = SCAN_ERROR;
         set_name(r, "no engine (signature load failed)");
         return;
     }
-    if (len > max) {
+    char why[SCAN_SIGNATURE_MAX + 256];
+    struct scan_watch watch = {0};
+    if (!canary && atomic_load(&c->broken)) {
+        /* Fail closed: the canary is not detected, so no verdict of this engine counts. */
+        r->verdict = SCAN_ERROR;
+        set_name(r, "scanner broken: canary not detected");
+    } else if (len <= max && !work_dir_check(c, len, why, sizeof why)) {
+        r->verdict = SCAN_ERROR;
+        set_name(r, why);
+        if (!canary) {
+            cav_log(c, 3, "scan refused: %s", why);
+            health_note(c, true);
+        }
+    } else if (len > max) {
         r->verdict = SCAN_OVERSIZE;
         set_name(r, "size");
     } else {
@@ -392,7 +555,9 @@ static void cav_scan(struct scanner *s, const char *buf, size_t len, struct scan
             so.heuristic = CL_SCAN_HEURISTIC_EXCEEDS_MAX;
             const char *virname = NULL;
             unsigned long scanned = 0;
+            tl_watch = &watch;
             cl_error_t rc = cl_scanmap_callback(map, NULL, &virname, &scanned, e, &so, NULL);
+            tl_watch = NULL;
             cl_fmap_close(map);
             /* libclamav counts in CL_COUNT_PRECISION (4096-byte) units. */
             r->scanned_bytes = (uint64_t)scanned * CL_COUNT_PRECISION;
@@ -410,8 +575,21 @@ static void cav_scan(struct scanner *s, const char *buf, size_t len, struct scan
                 r->verdict = SCAN_LIMIT;
                 set_name(r, cl_strerror(rc));
             } else {
+                /* CL_ETMPDIR, CL_ETMPFILE, CL_EWRITE, CL_ECREAT, CL_EOPEN, CL_EMEM, ...: every
+                 * code not handled above is an error, never a verdict. */
                 r->verdict = SCAN_ERROR;
                 set_name(r, cl_strerror(rc));
+            }
+            /* A time-out cuts the work short and libclamav logs the interrupted steps as errors:
+             * that is the limit itself (limits_action), not a failed temp file. */
+            if (watch.error && r->verdict != SCAN_INFECTED && rc != CL_ETIMEOUT) {
+                /* libclamav failed part of the work (a temp file) and went on: a clean (or
+                 * limit) answer proves nothing. An infected one stands: something matched. */
+                snprintf(why, sizeof why, "libclamav: %s", watch.first);
+                r->verdict = SCAN_ERROR;
+                set_name(r, why);
+                if (!canary)
+                    health_note(c, false);
             }
         }
     }
@@ -423,6 +601,147 @@ static void cav_scan(struct scanner *s, const char *buf, size_t len, struct scan
     r->elapsed_us = now_us() - t0;
 }
 
+static void cav_scan(struct scanner *s, const char *buf, size_t len, struct scan_result *r)
+{
+    scan_one((struct cav *)s, buf, len, r, false);
+}
+
+/* ---- canary ------------------------------------------------------------------------------ */
+
+static int64_t wall_now(void)
+{
+    return (int64_t)time(NULL);
+}
+
+/* A scan found a fault (work dir, libclamav error): count it and have the canary run soon, so
+ * the scanner is marked broken without waiting for the next period. */
+static void health_note(struct cav *c, bool work_dir)
+{
+    pthread_mutex_lock(&c->hmu);
+    if (work_dir)
+        c->h.work_dir_errors++;
+    else
+        c->h.engine_errors++;
+    c->kick = true;
+    pthread_cond_signal(&c->hcv);
+    pthread_mutex_unlock(&c->hmu);
+}
+
+/* Record one canary result; returns whether the state changed. Opens a suspect window at the
+ * last passing canary when the scanner turns broken (verdicts since then may be false) and
+ * closes it when it recovers. Called with hmu held. */
+static bool health_record(struct cav *c, bool ok, const char *why)
+{
+    struct scanner_health *h = &c->h;
+    int64_t now = wall_now();
+    h->canary_runs++;
+    if (ok) {
+        c->last_ok = now;
+        if (h->ok)
+            return false;
+        h->ok = true;
+        h->why[0] = '\0';
+        if (h->nsuspect > 0)
+            h->suspect[h->nsuspect - 1].to = now;
+        atomic_store(&c->broken, false);
+        return true;
+    }
+    h->canary_failures++;
+    snprintf(h->why, sizeof h->why, "%s", why);
+    if (!h->ok)
+        return false;
+    h->ok = false;
+    h->epoch++;
+    atomic_store(&c->broken, true);
+    if (h->nsuspect == SCAN_SUSPECT_MAX) {
+        /* Merge the two oldest: a wider window only costs scans. */
+        h->suspect[1].from = h->suspect[0].from;
+        memmove(&h->suspect[0], &h->suspect[1], sizeof h->suspect[0] * (SCAN_SUSPECT_MAX - 1));
+        h->nsuspect--;
+    }
+    h->suspect[h->nsuspect].from = c->last_ok;
+    h->suspect[h->nsuspect].to = INT64_MAX;
+    h->nsuspect++;
+    return true;
+}
+
+static bool cav_canary(struct scanner *s)
+{
+    struct cav *c = (struct cav *)s;
+    pthread_mutex_lock(&c->canary_mu);
+    struct canary_msg m[CANARY_VARIANTS];
+    char why[256] = "";
+    bool ok = canary_build(m);
+    if (!ok)
+        snprintf(why, sizeof why, "out of memory building the canary");
+    for (int i = 0; ok && i < CANARY_VARIANTS; i++) {
+        struct scan_result r;
+        scan_one(c, m[i].data, m[i].len, &r, true);
+        if (r.verdict != SCAN_INFECTED ||
+            strncmp(r.signature, CANARY_SIG, strlen(CANARY_SIG)) != 0) {
+            snprintf(why, sizeof why, "variant=%s verdict=%s detail=%s", m[i].name,
+                     scan_verdict_name(r.verdict), r.signature[0] ? r.signature : "-");
+            ok = false;
+        }
+    }
+    if (m[0].data)
+        canary_free(m);
+    pthread_mutex_lock(&c->hmu);
+    bool changed = health_record(c, ok, why);
+    pthread_mutex_unlock(&c->hmu);
+    if (changed) {
+        scan_health_fn *fn = atomic_load(&c->health_fn);
+        if (fn)
+            fn(atomic_load(&c->log_arg), ok, why);
+    }
+    pthread_mutex_unlock(&c->canary_mu);
+    return ok;
+}
+
+static void cav_health(struct scanner *s, struct scanner_health *h)
+{
+    struct cav *c = (struct cav *)s;
+    pthread_mutex_lock(&c->hmu);
+    *h = c->h;
+    pthread_mutex_unlock(&c->hmu);
+}
+
+/* Runs the canary every canary_interval (CANARY_RETRY_MS while broken), and soon after a scan
+ * reported a fault, but never more often than every CANARY_RETRY_MS. */
+static void *canary_thread(void *p)
+{
+    struct cav *c = p;
+    pthread_mutex_lock(&c->hmu);
+    for (;;) {
+        uint64_t ms = atomic_load(&c->canary_interval_ms);
+        if (!c->h.ok && (ms == 0 || ms > CANARY_RETRY_MS))
+            ms = CANARY_RETRY_MS;
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        struct timespec least = until;
+        least.tv_sec += CANARY_RETRY_MS / 1000;
+        until.tv_sec += (time_t)(ms ? ms / 1000 : 86400);
+        until.tv_nsec += (long)(ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        /* The least gap first (a burst of faults must not make the canary run all the time). */
+        while (!c->stop && pthread_cond_timedwait(&c->hcv, &c->hmu, &least) != ETIMEDOUT)
+            ;
+        while (!c->stop && !c->kick &&
+               pthread_cond_timedwait(&c->hcv, &c->hmu, &until) != ETIMEDOUT)
+            ;
+        if (c->stop)
+            break;
+        c->kick = false;
+        pthread_mutex_unlock(&c->hmu);
+        (void)cav_canary(&c->base);
+        pthread_mutex_lock(&c->hmu);
+    }
+    pthread_mutex_unlock(&c->hmu);
+    return NULL;
+}
 /* ---- lifecycle --------------------------------------------------------------------------- */
 
 static bool opts_adopt(struct cav *c, const struct scan_options *o, char **error_r)
@@ -443,6 +762,9 @@ static bool opts_adopt(struct cav *c, const struct scan_options *o, char **error
     c->opts.tmpdir = NULL; /* fixed at creation */
     atomic_store(&c->log, o->log);
     atomic_store(&c->log_arg, o->log_arg);
+    atomic_store(&c->health_fn, o->health);
+    atomic_store(&c->work_min_free, o->work_min_free);
+    atomic_store(&c->canary_interval_ms, o->canary_interval_ms);
     return true;
 }
 
@@ -535,6 +857,8 @@ static bool cav_reload(struct scanner *s, const struct scan_options *o, char **e
         cav_log(c, 1, "signatures reloaded: %s (generation %llu)", c->version,
                 (unsigned long long)c->generation);
     pthread_mutex_unlock(&c->reload_mu);
+    /* After every reload, failed ones too (a low-memory reload may have left no engine). */
+    (void)cav_canary(s);
     return ok;
 }
 
@@ -580,12 +904,22 @@ static void cav_destroy(struct scanner *s)
     struct cav *c = (struct cav *)s;
     struct cav *self = c;
     atomic_compare_exchange_strong(&msg_target, &self, NULL);
+    if (c->thread_started) {
+        pthread_mutex_lock(&c->hmu);
+        c->stop = true;
+        pthread_cond_broadcast(&c->hcv);
+        pthread_mutex_unlock(&c->hmu);
+        pthread_join(c->thread, NULL);
+    }
     if (c->engine)
         cl_engine_free(c->engine);
     if (c->work_dir[0])
         remove_work_dir(c->work_dir);
     free(c->database_dir);
     pthread_mutex_destroy(&c->reload_mu);
+    pthread_mutex_destroy(&c->canary_mu);
+    pthread_cond_destroy(&c->hcv);
+    pthread_mutex_destroy(&c->hmu);
     pthread_cond_destroy(&c->cv);
     pthread_mutex_destroy(&c->mu);
     scanner_base_fini(&c->base);
@@ -598,6 +932,8 @@ static const struct scanner_ops cav_ops = {
     .reload = cav_reload,
     .version = cav_version,
     .generation = cav_generation,
+    .health = cav_health,
+    .canary = cav_canary,
     .destroy = cav_destroy,
 };
 
@@ -622,6 +958,15 @@ struct scanner *scanner_clamav_new(const struct scan_options *o, char **error_r)
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->cv, NULL);
     pthread_mutex_init(&c->reload_mu, NULL);
+    pthread_mutex_init(&c->hmu, NULL);
+    pthread_mutex_init(&c->canary_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&c->hcv, &ca);
+    pthread_condattr_destroy(&ca);
+    c->h.ok = true; /* until the first canary, run below before anything is scanned */
+    c->last_ok = wall_now();
     snprintf(c->version, sizeof c->version, "none");
 
     /* mkdtemp creates the directory 0700: decoded attachments are readable by us only. */
@@ -647,5 +992,14 @@ struct scanner *scanner_clamav_new(const struct scan_options *o, char **error_r)
         return NULL;
     }
     install(c, e, version, true);
+    /* The first canary before the first scan; a failure leaves the scanner broken (every
+     * verdict an error) rather than stopping the service. */
+    (void)cav_canary(&c->base);
+    if (pthread_create(&c->thread, NULL, canary_thread, c) != 0) {
+        *error_r = errorf("cannot start the canary thread");
+        cav_destroy(&c->base);
+        return NULL;
+    }
+    c->thread_started = true;
     return &c->base;
 }

@@ -19,6 +19,7 @@
  */
 #include "pool.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
@@ -38,6 +39,18 @@ struct waiter_list {
     struct pool_waiter *head, *tail;
 };
 
+/* One user's or one session's share in use. Exists while it holds bytes or jobs or has a
+ * waiter (`refs`), so a grant or a release never has to allocate. */
+struct acct {
+    uint64_t key; /* ACCT_USER|user32 or ACCT_SESS|sess32 */
+    uint64_t used;
+    unsigned jobs, refs;
+    struct acct *next;
+};
+#define ACCT_USER    (1ull << 32)
+#define ACCT_SESS    (2ull << 32)
+#define ACCT_BUCKETS 256
+
 struct pool {
     pthread_mutex_t mu;
     pthread_cond_t work_cv; /* queue non-empty or stop */
@@ -52,6 +65,10 @@ struct pool {
     struct waiter_list budget_waiters; /* FIFO */
     struct waiter_list slot_waiters;   /* FIFO */
     uint64_t submitted, rejected_full, completed, cancelled;
+    struct pool_shares shares;
+    struct acct *accts[ACCT_BUCKETS];
+    unsigned naccts;
+    uint64_t share_waits, rejected_share;
 };
 
 struct pool_client {
@@ -113,6 +130,150 @@ static void waiter_unlink(struct waiter_list *l, struct pool_waiter *w)
     w->next = w->prev = NULL;
 }
 
+/* ---- share accounts (caller holds mu) ---------------------------------------------------- */
+
+static uint64_t user_key(pool_owner o)
+{
+    return (o >> 32) ? ACCT_USER | (o >> 32) : 0;
+}
+
+static uint64_t sess_key(pool_owner o)
+{
+    return (uint32_t)o ? ACCT_SESS | (uint32_t)o : 0;
+}
+
+static struct acct **acct_slot(struct pool *p, uint64_t key)
+{
+    struct acct **a = &p->accts[(key ^ (key >> 8) ^ (key >> 32)) % ACCT_BUCKETS];
+    while (*a && (*a)->key != key)
+        a = &(*a)->next;
+    return a;
+}
+
+static struct acct *acct_find(struct pool *p, uint64_t key)
+{
+    return key ? *acct_slot(p, key) : NULL;
+}
+
+/* Take a reference on `key`'s account, creating it. False only when out of memory. */
+static bool acct_ref(struct pool *p, uint64_t key)
+{
+    if (!key)
+        return true;
+    struct acct **a = acct_slot(p, key);
+    if (!*a) {
+        if (!(*a = calloc(1, sizeof **a)))
+            return false;
+        (*a)->key = key;
+        p->naccts++;
+    }
+    (*a)->refs++;
+    return true;
+}
+
+static void acct_unref(struct pool *p, uint64_t key)
+{
+    if (!key)
+        return;
+    struct acct **a = acct_slot(p, key), *x = *a;
+    assert(x && x->refs > 0);
+    if (!x || --x->refs > 0)
+        return;
+    assert(x->used == 0 && x->jobs == 0);
+    *a = x->next;
+    free(x);
+    p->naccts--;
+}
+
+static bool owner_ref(struct pool *p, pool_owner o)
+{
+    if (!acct_ref(p, user_key(o)))
+        return false;
+    if (!acct_ref(p, sess_key(o))) {
+        acct_unref(p, user_key(o));
+        return false;
+    }
+    return true;
+}
+
+static void owner_unref(struct pool *p, pool_owner o)
+{
+    acct_unref(p, sess_key(o));
+    acct_unref(p, user_key(o));
+}
+
+/* Would `bytes` more put the owner over a share? Holding nothing, one request always fits. */
+static bool over_share(struct pool *p, pool_owner o, size_t bytes)
+{
+    struct acct *u = acct_find(p, user_key(o)), *s = acct_find(p, sess_key(o));
+    if (p->shares.per_user && u && u->used > 0 && u->used + bytes > p->shares.per_user)
+        return true;
+    if (p->shares.per_session && s && s->used > 0 && s->used + bytes > p->shares.per_session)
+        return true;
+    return false;
+}
+
+/* Budget moves to (`sign` > 0) or from the owner: the pool's total and both accounts. A grant
+ * takes one reference per account, which its release gives back with the last byte... so the
+ * accounts count bytes only, and the reference is held by `used > 0` itself. */
+static void charge(struct pool *p, pool_owner o, size_t bytes)
+{
+    p->used += bytes;
+    uint64_t keys[2] = {user_key(o), sess_key(o)};
+    for (int i = 0; i < 2; i++) {
+        if (!keys[i])
+            continue;
+        struct acct *a = acct_find(p, keys[i]);
+        assert(a); /* the caller holds a reference */
+        if (a->used == 0)
+            a->refs++; /* held bytes keep the account */
+        a->used += bytes;
+    }
+}
+
+static void uncharge(struct pool *p, pool_owner o, size_t bytes)
+{
+    assert(bytes <= p->used); /* a release of budget never acquired */
+    p->used = bytes > p->used ? 0 : p->used - bytes;
+    uint64_t keys[2] = {user_key(o), sess_key(o)};
+    for (int i = 0; i < 2; i++) {
+        struct acct *a = acct_find(p, keys[i]);
+        if (!keys[i])
+            continue;
+        assert(a && a->used >= bytes); /* more than this owner holds */
+        if (!a || a->used == 0)
+            continue;
+        a->used = bytes > a->used ? 0 : a->used - bytes;
+        if (a->used == 0)
+            acct_unref(p, keys[i]);
+    }
+}
+
+/* Queue share: the user's jobs queued or running. */
+static bool over_queue_share(struct pool *p, pool_owner o)
+{
+    struct acct *u = acct_find(p, user_key(o));
+    return p->shares.queue_per_user && u && u->jobs >= p->shares.queue_per_user;
+}
+
+static void job_count(struct pool *p, struct pool_job *j, int delta)
+{
+    uint64_t k = user_key(j->owner);
+    if (!k)
+        return;
+    if (delta > 0) {
+        acct_ref(p, k); /* cannot fail: the submitter holds a reference */
+        acct_find(p, k)->jobs++;
+    } else {
+        struct acct *a = acct_find(p, k);
+        assert(a && a->jobs > 0);
+        if (a && a->jobs > 0) {
+            a->jobs--;
+            acct_unref(p, k);
+        }
+    }
+}
+
 /* ---- grants (caller holds mu) ------------------------------------------------------------ */
 
 static void deliver_waiter(struct pool_waiter *w)
@@ -122,27 +283,47 @@ static void deliver_waiter(struct pool_waiter *w)
     ev_async_send(w->client->loop, &w->client->async);
 }
 
+/* FIFO among the waiters within their share: the first one that does not fit the budget stops
+ * the grants (large requests are not starved); one over its owner's share is skipped (it waits
+ * for its owner's own releases, and holds nobody up). */
 static void grant_budget(struct pool *p)
 {
-    struct pool_waiter *w;
-    while ((w = p->budget_waiters.head) != NULL && p->used + w->bytes <= p->budget) {
+    for (struct pool_waiter *w = p->budget_waiters.head, *next; w; w = next) {
+        next = w->next;
+        if (over_share(p, w->owner, w->bytes))
+            continue;
+        if (p->used + w->bytes > p->budget)
+            break;
         waiter_unlink(&p->budget_waiters, w);
-        p->used += w->bytes;
+        charge(p, w->owner, w->bytes);
+        owner_unref(p, w->owner); /* the waiter's reference; the bytes hold their own */
         deliver_waiter(w);
     }
 }
 
+/* The first slot waiter whose user is within its queue share. */
 static void grant_slot(struct pool *p)
 {
-    struct pool_waiter *w = p->slot_waiters.head;
-    if (w && p->nqueued < p->queue_max) {
+    if (p->nqueued >= p->queue_max)
+        return;
+    for (struct pool_waiter *w = p->slot_waiters.head; w; w = w->next) {
+        if (over_queue_share(p, w->owner))
+            continue;
         waiter_unlink(&p->slot_waiters, w);
+        owner_unref(p, w->owner);
         deliver_waiter(w);
+        return;
     }
 }
 
 static void finish_job(struct pool_job *j)
 {
+    struct pool *p = j->client->p;
+    if (j->state == POOL_JOB_QUEUED || j->state == POOL_JOB_RUNNING) {
+        job_count(p, j, -1);
+        if (p->shares.queue_per_user && user_key(j->owner))
+            grant_slot(p); /* the user's queue share may have room again */
+    }
     j->state = POOL_JOB_DONE;
     job_push(&j->client->done, j);
     j->client->p->ndone++;
@@ -269,6 +450,13 @@ void pool_free(struct pool **pp)
     for (unsigned i = 0; i < p->nthreads; i++)
         pthread_join(p->threads[i], NULL);
     free(p->threads);
+    for (unsigned b = 0; b < ACCT_BUCKETS; b++) { /* none left when every client was freed */
+        while (p->accts[b]) {
+            struct acct *a = p->accts[b];
+            p->accts[b] = a->next;
+            free(a);
+        }
+    }
     pthread_cond_destroy(&p->idle_cv);
     pthread_cond_destroy(&p->work_cv);
     pthread_mutex_destroy(&p->mu);
@@ -334,10 +522,10 @@ static void drop_waiters_of(struct pool *p, struct waiter_list *l, struct pool_c
         next = w->next;
         if (w->client == c) {
             waiter_unlink(l, w);
+            owner_unref(p, w->owner);
             w->state = POOL_WAITER_IDLE;
         }
     }
-    (void)p;
 }
 
 void pool_client_free(struct pool_client **cp)
@@ -354,6 +542,7 @@ void pool_client_free(struct pool_client **cp)
         if (j->client == c) {
             job_unlink(&p->queue, j);
             p->nqueued--;
+            job_count(p, j, -1);
             j->cancelled = true;
             p->cancelled++;
             j->state = POOL_JOB_DONE;
@@ -368,7 +557,7 @@ void pool_client_free(struct pool_client **cp)
         struct pool_waiter *w = c->granted.head;
         waiter_unlink(&c->granted, w);
         if (w->kind == POOL_WAIT_BUDGET)
-            p->used -= w->bytes;
+            uncharge(p, w->owner, w->bytes);
         w->state = POOL_WAITER_IDLE;
     }
     grant_budget(p);
@@ -402,6 +591,12 @@ void pool_client_free(struct pool_client **cp)
 
 bool pool_submit(struct pool_client *c, struct pool_job *j, pool_work_fn *work, pool_done_fn *done)
 {
+    return pool_submit_as(c, 0, j, work, done);
+}
+
+bool pool_submit_as(struct pool_client *c, pool_owner owner, struct pool_job *j, pool_work_fn *work,
+                    pool_done_fn *done)
+{
     struct pool *p = c->p;
     pthread_mutex_lock(&p->mu);
     if (p->stop || p->nqueued >= p->queue_max) {
@@ -409,6 +604,14 @@ bool pool_submit(struct pool_client *c, struct pool_job *j, pool_work_fn *work, 
         pthread_mutex_unlock(&p->mu);
         return false;
     }
+    if (over_queue_share(p, owner) || !acct_ref(p, user_key(owner))) {
+        p->rejected_share++;
+        pthread_mutex_unlock(&p->mu);
+        return false;
+    }
+    j->owner = owner;
+    job_count(p, j, +1);
+    acct_unref(p, user_key(owner)); /* the job's count holds its own reference */
     j->work = work;
     j->done = done;
     j->client = c;
@@ -448,54 +651,101 @@ void pool_cancel(struct pool_job *j)
 
 /* ---- budget and slot waiters ------------------------------------------------------------- */
 
+void pool_set_shares(struct pool *p, const struct pool_shares *sh)
+{
+    pthread_mutex_lock(&p->mu);
+    p->shares = *sh;
+    pthread_mutex_unlock(&p->mu);
+}
+
 enum pool_budget_rc pool_budget_acquire(struct pool_client *c, size_t bytes, struct pool_waiter *w,
                                         pool_waiter_fn *cb)
+{
+    return pool_budget_acquire_as(c, 0, bytes, w, cb);
+}
+
+/* Queue the request behind the others and run the grant rule once: granted at once means OK
+ * (taken back off the client's granted list: no callback), else it waits. One rule for both. */
+enum pool_budget_rc pool_budget_acquire_as(struct pool_client *c, pool_owner owner, size_t bytes,
+                                           struct pool_waiter *w, pool_waiter_fn *cb)
 {
     struct pool *p = c->p;
     if (bytes > p->budget)
         return POOL_BUDGET_TOO_BIG;
+    assert(w->state == POOL_WAITER_IDLE); /* one request per waiter at a time */
     pthread_mutex_lock(&p->mu);
-    if (!p->budget_waiters.head && p->used + bytes <= p->budget) {
-        p->used += bytes;
+    if (!owner_ref(p, owner)) {
         pthread_mutex_unlock(&p->mu);
-        return POOL_BUDGET_OK;
+        return POOL_BUDGET_TOO_BIG;
     }
     w->cb = cb;
     w->bytes = bytes;
+    w->owner = owner;
     w->client = c;
     w->kind = POOL_WAIT_BUDGET;
     w->state = POOL_WAITER_WAITING;
     waiter_push(&p->budget_waiters, w);
+    grant_budget(p);
+    enum pool_budget_rc rc = POOL_BUDGET_WAIT;
+    if (w->state == POOL_WAITER_GRANTED) {
+        waiter_unlink(&c->granted, w); /* (the async wake-up finds nothing for it) */
+        w->state = POOL_WAITER_IDLE;
+        rc = POOL_BUDGET_OK;
+    } else if (over_share(p, owner, bytes)) {
+        p->share_waits++;
+    }
     pthread_mutex_unlock(&p->mu);
-    return POOL_BUDGET_WAIT;
+    return rc;
 }
 
 void pool_budget_release(struct pool *p, size_t bytes)
 {
+    pool_budget_release_as(p, 0, bytes);
+}
+
+void pool_budget_release_as(struct pool *p, pool_owner owner, size_t bytes)
+{
     if (bytes == 0)
         return;
     pthread_mutex_lock(&p->mu);
-    p->used = bytes > p->used ? 0 : p->used - bytes;
+    uncharge(p, owner, bytes);
     grant_budget(p);
     pthread_mutex_unlock(&p->mu);
 }
 
+uint64_t pool_budget_held(struct pool *p, pool_owner owner)
+{
+    pthread_mutex_lock(&p->mu);
+    struct acct *a = acct_find(p, user_key(owner));
+    if (!a)
+        a = acct_find(p, sess_key(owner));
+    uint64_t n = a ? a->used : 0;
+    pthread_mutex_unlock(&p->mu);
+    return n;
+}
+
 void pool_slot_wait(struct pool_client *c, struct pool_waiter *w, pool_waiter_fn *cb)
+{
+    pool_slot_wait_as(c, 0, w, cb);
+}
+
+void pool_slot_wait_as(struct pool_client *c, pool_owner owner, struct pool_waiter *w,
+                       pool_waiter_fn *cb)
 {
     struct pool *p = c->p;
     pthread_mutex_lock(&p->mu);
     w->cb = cb;
     w->bytes = 0;
+    w->owner = 0;
     w->client = c;
     w->kind = POOL_WAIT_SLOT;
+    if (owner_ref(p, owner))
+        w->owner = owner; /* else: no queue share for it (out of memory), still a slot */
     /* A slot may have freed between the failed submit and this call: then answer at once
      * (still through the loop, never from inside this call). */
-    if (p->nqueued < p->queue_max && !p->slot_waiters.head) {
-        deliver_waiter(w);
-    } else {
-        w->state = POOL_WAITER_WAITING;
-        waiter_push(&p->slot_waiters, w);
-    }
+    w->state = POOL_WAITER_WAITING;
+    waiter_push(&p->slot_waiters, w);
+    grant_slot(p);
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -508,6 +758,7 @@ void pool_waiter_cancel(struct pool_waiter *w)
     if (w->state == POOL_WAITER_WAITING) {
         bool budget = w->kind == POOL_WAIT_BUDGET;
         waiter_unlink(budget ? &p->budget_waiters : &p->slot_waiters, w);
+        owner_unref(p, w->owner);
         /* The waiters behind this one may fit now. */
         if (budget)
             grant_budget(p);
@@ -516,7 +767,7 @@ void pool_waiter_cancel(struct pool_waiter *w)
     } else if (w->state == POOL_WAITER_GRANTED) {
         waiter_unlink(&w->client->granted, w);
         if (w->kind == POOL_WAIT_BUDGET) {
-            p->used -= w->bytes;
+            uncharge(p, w->owner, w->bytes);
             grant_budget(p);
         } else {
             grant_slot(p);
@@ -540,5 +791,8 @@ void pool_get_stats(struct pool *p, struct pool_stats *st)
     st->rejected_full = p->rejected_full;
     st->completed = p->completed;
     st->cancelled = p->cancelled;
+    st->accounts = p->naccts;
+    st->share_waits = p->share_waits;
+    st->rejected_share = p->rejected_share;
     pthread_mutex_unlock(&p->mu);
 }

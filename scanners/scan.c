@@ -40,7 +40,7 @@ static void job_free(struct scan_job *j)
     if (j->buf) {
         free(j->buf);
         if (j->budget)
-            pool_budget_release(j->pool, j->budget);
+            pool_budget_release_as(j->pool, j->owner, j->budget);
     }
     free(j->quarantine_dir);
     free(j);
@@ -96,11 +96,12 @@ struct scan_job *scan_submit(struct pool_client *c, const struct scan_request *r
     j->buf = rq->buf;
     j->len = rq->len;
     j->budget = rq->budget;
+    j->owner = rq->owner;
     if (rq->ref && rq->ref[0])
         snprintf(j->ref, sizeof j->ref, "%s", rq->ref);
     else
         scan_ref_new(j->ref);
-    if (!pool_submit(c, &j->pj, job_work, job_done)) {
+    if (!pool_submit_as(c, j->owner, &j->pj, job_work, job_done)) {
         j->buf = NULL; /* still the caller's */
         free(j->quarantine_dir);
         free(j);

@@ -43,6 +43,7 @@ struct scan_request {
     size_t len;
     size_t budget;              /* bytes acquired for buf with pool_budget_acquire; the job
                                    releases them when it frees buf (0: none) */
+    pool_owner owner;           /* whose shares the budget and the job count against */
     const char *quarantine_dir; /* NULL: no quarantine; copied */
     const char *ref;            /* reference id to use; NULL: a new one (scan_ref_new) */
 };
@@ -64,6 +65,7 @@ struct scan_job {
     char *buf; /* owned until taken */
     size_t len;
     size_t budget;
+    pool_owner owner;
     char ref[SCAN_REF_MAX]; /* reference id: notice, quarantine file, logs */
     bool hashed;
     unsigned char sha256[SHA256_LEN];

@@ -48,6 +48,30 @@ uint64_t scanner_generation(struct scanner *s)
     return s->ops->generation(s);
 }
 
+/* An implementation without a canary (test stubs) is always healthy. */
+void scanner_health(struct scanner *s, struct scanner_health *h)
+{
+    if (s->ops->health) {
+        s->ops->health(s, h);
+        return;
+    }
+    memset(h, 0, sizeof *h);
+    h->ok = true;
+}
+
+bool scanner_canary(struct scanner *s)
+{
+    return s->ops->canary ? s->ops->canary(s) : true;
+}
+
+bool scanner_health_suspect(const struct scanner_health *h, int64_t date)
+{
+    for (unsigned i = 0; i < h->nsuspect && i < SCAN_SUSPECT_MAX; i++)
+        if (date >= h->suspect[i].from && date <= h->suspect[i].to)
+            return true;
+    return false;
+}
+
 /* What the reload thread needs; owns copies of the option strings. */
 struct reload_arg {
     struct scanner *s;

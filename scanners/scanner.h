@@ -39,6 +39,11 @@ enum scan_reload_mode {
  * 1 info, 2 warn, 3 error (the numbering of proxy/log.h). */
 typedef void scan_log_fn(void *arg, int level, const char *msg);
 
+/* Canary state changes (scanner_health): `ok` false = the scanner turned broken, `why` says
+ * why; true = the canary passed again. Called from the thread that ran the canary (never a
+ * loop); must be thread-safe. */
+typedef void scan_health_fn(void *arg, bool ok, const char *why);
+
 struct scan_options {
     const char *database_dir; /* signature files (.cvd/.cld/.ndb/.hdb/...) or one file */
     const char *tmpdir;       /* parent of the private 0700 work dir; NULL = $TMPDIR or /tmp */
@@ -52,6 +57,10 @@ struct scan_options {
     bool disable_cache; /* libclamav's clean-file cache off (benchmarks; pitfall 6) */
     scan_log_fn *log;   /* may be NULL */
     void *log_arg;
+    uint64_t work_min_free;      /* bytes the work dir's filesystem must have free beyond the
+                                    message's size before a scan (0 = only "not full") */
+    uint64_t canary_interval_ms; /* canary period (0 = only at start and after reloads) */
+    scan_health_fn *health;      /* may be NULL; shares log_arg */
 };
 
 #define SCAN_SIGNATURE_MAX 128
@@ -66,11 +75,30 @@ struct scan_result {
     /* The engine that judged (scanner_version() of that engine). Cache verdicts under this. */
     char engine_version[SCAN_VERSION_MAX];
     uint64_t generation; /* reload generation of that engine: 1 at init, +1 per reload */
+    uint64_t epoch;      /* scanner_health().epoch when the scan started: a verdict whose epoch
+                            is no longer current was produced by a scanner since found broken */
     uint64_t scanned_bytes;
     uint64_t elapsed_us;
 };
 
 struct scanner;
+
+/* Failing closed (docs/scanning.md): a scan counts only if the engine demonstrably works. A
+ * canary (built-in signature, one message per encoding the scanner handles) is scanned at
+ * start, after every reload and every canary_interval; while it is not detected the scanner is
+ * broken and every scan answers SCAN_ERROR. Clean verdicts dated inside a suspect window (from
+ * the last passing canary before a failure to the recovery) must not be trusted from a cache. */
+#define SCAN_SUSPECT_MAX 4
+struct scanner_health {
+    bool ok;        /* false: broken, every verdict is SCAN_ERROR */
+    char why[256];  /* when broken: the failing check */
+    uint64_t epoch; /* +1 each time the scanner turns broken */
+    uint64_t canary_runs, canary_failures, work_dir_errors, engine_errors;
+    unsigned nsuspect; /* windows below, oldest first */
+    struct {
+        int64_t from, to; /* wall-clock seconds, inclusive; to = INT64_MAX while open */
+    } suspect[SCAN_SUSPECT_MAX];
+};
 
 /* Implementation table. Every function may be called from any thread unless noted. */
 struct scanner_ops {
@@ -79,6 +107,8 @@ struct scanner_ops {
     bool (*reload)(struct scanner *s, const struct scan_options *o, char **error_r);
     void (*version)(struct scanner *s, char *buf, size_t cap);
     uint64_t (*generation)(struct scanner *s);
+    void (*health)(struct scanner *s, struct scanner_health *h);
+    bool (*canary)(struct scanner *s);
     void (*destroy)(struct scanner *s);
 };
 
@@ -129,6 +159,14 @@ bool scanner_reload_async(struct scanner *s, const struct scan_options *o,
 void scanner_version(struct scanner *s, char *buf, size_t cap);
 /* 1 after init, +1 per successful reload. */
 uint64_t scanner_generation(struct scanner *s);
+
+/* Current canary state. Any thread. */
+void scanner_health(struct scanner *s, struct scanner_health *h);
+/* Is a clean verdict dated `date` (wall-clock seconds) inside a suspect window of `h`? */
+bool scanner_health_suspect(const struct scanner_health *h, int64_t date);
+/* Scan the canary now (blocking; a scan thread or the reload thread, never a loop). True when
+ * every variant was detected. Updates the state and calls the health hook on a change. */
+bool scanner_canary(struct scanner *s);
 
 /* Waits for a running async reload, frees the engine (scans must have ended), removes the work
  * dir, NULLs *s. NULL-safe. */

@@ -123,6 +123,37 @@ static int run_kick(struct ctl *c, int argc, char **argv)
     return rc;
 }
 
+/* DEL every key matching `prefix` + "*" (the prefix's glob characters escaped). */
+static long long del_matching(struct ctl *c, const char *prefix)
+{
+    char match[2 * RL_KEY_MAX + 2], cursor[32] = "0";
+    size_t o = 0;
+    for (const char *q = prefix; *q && o + 3 < sizeof match; q++) {
+        if (strchr("*?[]\\", *q))
+            match[o++] = '\\';
+        match[o++] = *q;
+    }
+    match[o++] = '*';
+    match[o] = '\0';
+    long long n = 0;
+    do {
+        redisReply *r = cmd(c, 6, (const char *[]){"SCAN", cursor, "MATCH", match, "COUNT", "500"});
+        if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+            freeReplyObject(r);
+            return n;
+        }
+        snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
+        const redisReply *keys = r->element[1];
+        for (size_t i = 0; i < keys->elements; i++) {
+            redisReply *d = cmd(c, 2, (const char *[]){"DEL", keys->element[i]->str});
+            n += d->type == REDIS_REPLY_INTEGER ? d->integer : 0;
+            freeReplyObject(d);
+        }
+        freeReplyObject(r);
+    } while (strcmp(cursor, "0") != 0);
+    return n;
+}
+
 static int run_unlock(struct ctl *c, int argc, char **argv)
 {
     (void)argc;
@@ -134,8 +165,16 @@ static int run_unlock(struct ctl *c, int argc, char **argv)
         !rl_key(kb, sizeof kb, c->prefix, "rl", tag, ":login"))
         return 1;
     redisReply *r = cmd(c, 3, (const char *[]){"DEL", kf, kb});
-    printf("unlock %s %s: %lld key(s) removed\n", addr ? "address" : "user", tag, r->integer);
+    long long n = r->integer;
     freeReplyObject(r);
+    if (!addr) {
+        /* the user's (user, network) records and their buckets: fail:{U}:A, rl:{U}:login:A */
+        char pf[RL_KEY_MAX + 2], pb[RL_KEY_MAX + 2];
+        snprintf(pf, sizeof pf, "%s:", kf);
+        snprintf(pb, sizeof pb, "%s:", kb);
+        n += del_matching(c, pf) + del_matching(c, pb);
+    }
+    printf("unlock %s %s: %lld key(s) removed\n", addr ? "address" : "user", tag, n);
     return 0;
 }
 

@@ -1127,7 +1127,19 @@ class Proxy:
         return self.workdir / "portcullis.log"
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """The proxy's log so far. Lines are written by a writer thread (log.queue_size) a
+        moment after the event: wait until the file stops growing (20 ms quiet, 0.5 s at most),
+        so a line logged before the client saw the answer is there."""
+        if not self.log_path.exists():
+            return ""
+        deadline = time.monotonic() + 0.5
+        size, quiet = self.log_path.stat().st_size, 0
+        while quiet < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+            now = self.log_path.stat().st_size
+            quiet = quiet + 1 if now == size else 0
+            size = now
+        return self.log_path.read_text(errors="replace")
 
     @property
     def asan(self) -> bool:

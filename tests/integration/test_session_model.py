@@ -344,4 +344,4 @@ def test_mailbox_names(dovecot_factory, proxy_factory, certs, scan_db, env_tmp):
     line, _ = run(c, b"z", b"SELECT " + b"q" * 1100)
     assert line.startswith(b"z BAD"), line
     c.close()
-    assert "event=refused reason=mailbox_name" in px.log()
+    px.wait_log("event=refused reason=mailbox_name")

@@ -167,9 +167,15 @@ char *rh_last_scanned(size_t *len_r)
     "  threads: 1\n"                                                                               \
     "  keepalive_interval: 1h\n"
 
+/* More scan: keys for RH_SCAN_ON (the process-wide pool is sized from that variant): a test
+ * file that needs a small budget or shares defines it before including this file. */
+#ifndef RH_CONFIG_EXTRA
+#define RH_CONFIG_EXTRA ""
+#endif
+
 static const char *const scan_extra[] = {
     [RH_SCAN_OFF] = "",
-    [RH_SCAN_ON] = "",
+    [RH_SCAN_ON] = RH_CONFIG_EXTRA,
     [RH_SCAN_SMALL_PASS] = "  max_scan_size: 1k\n  oversize_action: pass\n",
     [RH_SCAN_SMALL_BLOCK] = "  max_scan_size: 1k\n  oversize_action: block\n",
     [RH_SCAN_DOT_NOTICE] = "  notice_template: \".withheld: %signature%\\n.\\n..\\nend\\n\"\n",
@@ -252,7 +258,13 @@ struct rh {
     struct rx crx, brx;
     unsigned started0; /* stub scans before this run */
     bool slow;         /* the client reads RH_SLOW_READ bytes per loop run, small socket buffer */
+    bool deaf;         /* the client reads nothing (rh_client_deaf) */
 };
+
+void rh_client_deaf(struct rh *h, bool deaf)
+{
+    h->deaf = deaf;
+}
 
 static void reap(struct worker *w)
 {
@@ -350,12 +362,16 @@ static void settle(struct rh *h)
     for (;;) {
         ev_run(g_loop, EVRUN_NOWAIT);
         size_t moved = 0;
-        rx_read(h->cfd, &h->crx, &moved, h->slow ? RH_SLOW_READ : 0);
+        if (!h->deaf)
+            rx_read(h->cfd, &h->crx, &moved, h->slow ? RH_SLOW_READ : 0);
         rx_read(h->bfd, &h->brx, &moved, 0);
         if (h->w.graveyard) {
             reap(&h->w);
             h->s = NULL;
         }
+        /* Closed outside the loop (a test calling sess_end): wake_cb may have reaped it. */
+        if (!h->w.sessions)
+            h->s = NULL;
         if (moved) {
             idle = clear = 0;
             continue;
@@ -396,7 +412,7 @@ static void socketpair_nb(int sv[2])
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv), 0);
 }
 
-static struct rh *open_session(enum rh_proto proto, enum rh_scan scan, bool slow)
+static struct rh *open_session(enum rh_proto proto, enum rh_scan scan, bool slow, const char *user)
 {
     struct rh *h = calloc(1, sizeof *h);
     assert_non_null(h);
@@ -440,7 +456,7 @@ static struct rh *open_session(enum rh_proto proto, enum rh_scan scan, bool slow
     assert_non_null(h->s);
 
     /* The backend accepted the login: what imap_backend.c / pop3_backend.c do on its OK. */
-    s->user = strdup("alice");
+    s->user = strdup(user);
     s->be = &cfg->backends[li];
     s->be_index = li;
     s->backend.fd = bsv[0];
@@ -464,7 +480,12 @@ static struct rh *open_session(enum rh_proto proto, enum rh_scan scan, bool slow
 
 struct rh *rh_open(enum rh_proto proto, enum rh_scan scan)
 {
-    return open_session(proto, scan, false);
+    return open_session(proto, scan, false, "alice");
+}
+
+struct rh *rh_open_as(enum rh_proto proto, enum rh_scan scan, const char *user)
+{
+    return open_session(proto, scan, false, user);
 }
 
 static void send_to(struct rh *h, int fd, const char *p, size_t len, size_t chunk)
@@ -557,6 +578,9 @@ void rh_free(struct rh **hp)
     struct rh *h = *hp;
     if (!h)
         return;
+    /* Closed outside settle() (a test's sess_close): wake_cb may already have reaped it. */
+    if (!h->w.sessions)
+        h->s = NULL;
     if (h->s && !h->s->closing)
         sess_close(h->s, "harness end");
     reap(&h->w);
@@ -835,7 +859,7 @@ static const char *mode_name(size_t mode, char *buf, size_t cap)
  * split once, after byte k-1. Returns false (after printing) on a mismatch. */
 static bool run_once(const struct rh_case *c, size_t mode)
 {
-    struct rh *h = open_session(c->proto, c->scan, mode == MODE_SLOW);
+    struct rh *h = open_session(c->proto, c->scan, mode == MODE_SLOW, "alice");
     char mbuf[32];
     const char *mn = mode_name(mode, mbuf, sizeof mbuf);
     bool ok = true;

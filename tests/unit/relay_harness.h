@@ -205,6 +205,10 @@ void rh_run_case(const struct rh_case *c);
 struct rh;
 /* A session in relay (login done, greeting and login answer already read and discarded). */
 struct rh *rh_open(enum rh_proto proto, enum rh_scan scan);
+/* A client that stops (true) or resumes reading: its output stays in the proxy (held). */
+void rh_client_deaf(struct rh *h, bool deaf);
+/* The same, logged in as `user` (rh_open: "alice"). */
+struct rh *rh_open_as(enum rh_proto proto, enum rh_scan scan, const char *user);
 /* Send bytes from the client / backend in chunks of at most `chunk` (0 = whole), settling the
  * loop after each chunk. */
 void rh_client_send(struct rh *h, const char *p, size_t len, size_t chunk);

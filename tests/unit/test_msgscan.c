@@ -21,6 +21,7 @@ struct got {
     bool replace, cached;
     char *msg, *notice;
     size_t len, budget, notice_len;
+    pool_owner owner;
     char signature[SCAN_SIGNATURE_MAX];
     char ref[SCAN_REF_MAX];
 };
@@ -38,6 +39,7 @@ static void on_done(void *arg, struct msgscan_outcome *o)
     g->msg = o->msg;
     g->len = o->len;
     g->budget = o->budget;
+    g->owner = o->owner;
     o->msg = NULL;
     o->budget = 0;
     g->notice = o->notice;
@@ -49,7 +51,7 @@ static void got_free(struct got *g)
 {
     if (g->msg) {
         free(g->msg);
-        msgscan_budget_release(g->budget);
+        msgscan_budget_release(g->owner, g->budget);
     }
     free(g->notice);
     memset(g, 0, sizeof *g);
@@ -334,7 +336,7 @@ static void t_budget(void **state)
     memset(&w, 0, sizeof w);
     assert_int_equal(msgscan_budget_acquire(rh_session(h), 4096, &w, NULL, NULL),
                      MSGSCAN_BUDGET_OK);
-    msgscan_budget_release(4096);
+    msgscan_budget_release(msgscan_owner(rh_session(h)), 4096);
     /* more than the whole scan.memory_budget (256M) can never be granted */
     assert_int_equal(msgscan_budget_acquire(rh_session(h), (size_t)1 << 40, &w, NULL, NULL),
                      MSGSCAN_BUDGET_TOO_BIG);

@@ -3,6 +3,7 @@
  * client (EVALSHA, NOSCRIPT fallback, timeouts, reconnect) and the Lua scripts through
  * policy_check_login()/policy_login_failed(). */
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <netinet/in.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -135,6 +136,179 @@ static void test_local_bounded(void **state)
     for (int i = 0; i < 5; i++)
         local_check(t, k, 1000, 5, 1000, 5, &d);
     assert_int_equal(local_check(t, k, 1000, 5, 1000, 5, &d), RL_RATE);
+    local_free(&t);
+}
+
+/* The lock-out model on the process-wide table (docs/redis.md "Lock-out model"). */
+static const struct policy_limits model = {.user_fail_limit = 6,
+                                           .pair_fail_limit = 3,
+                                           .addr_fail_limit = 0,
+                                           .fail_window_ms = 60000,
+                                           .lockout_ms = 10000,
+                                           .lockout_max_ms = 10000,
+                                           .known_ttl_ms = 100000,
+                                           .known_max = 4,
+                                           .pend_ttl_ms = 5000};
+
+static int lcheck(struct local_tab *t, const char *net, uint64_t now, enum local_scope *sc)
+{
+    uint64_t d;
+    struct local_login k = {"victim", net, net};
+    return local_login_check(t, &k, &model, now, sc, &d);
+}
+
+static void lfail(struct local_tab *t, const char *net, uint64_t now)
+{
+    struct local_login k = {"victim", net, net};
+    local_login_done(t, &k, &model, now, LOCAL_FAILED, true);
+}
+
+static void test_local_pair_and_known(void **state)
+{
+    (void)state;
+    struct local_tab *t = local_new(256);
+    enum local_scope sc;
+    const char *home = "ip:198.51.100.7/32", *evil = "ip:203.0.113.9/32";
+    /* the victim logs in from home: home becomes known */
+    assert_int_equal(lcheck(t, home, 100, &sc), RL_OK);
+    local_login_done(t, &(struct local_login){"victim", home, home}, &model, 101, LOCAL_OK, true);
+    /* three failures from evil lock (victim, evil) only */
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(lcheck(t, evil, 200 + i, &sc), RL_OK);
+        lfail(t, evil, 200 + i);
+    }
+    assert_int_equal(lcheck(t, evil, 300, &sc), RL_LOCKED);
+    assert_int_equal(sc, LOCAL_SCOPE_PAIR);
+    assert_int_equal(lcheck(t, home, 300, &sc), RL_OK);
+    local_login_done(t, &(struct local_login){"victim", home, home}, &model, 301, LOCAL_OK, true);
+    /* rotating networks: the ceiling (6) locks the user on unknown networks, never at home */
+    char net[64];
+    for (int i = 0; i < 3; i++) {
+        snprintf(net, sizeof net, "ip:192.0.2.%d/32", i);
+        assert_int_equal(lcheck(t, net, 400 + i, &sc), RL_OK);
+        lfail(t, net, 400 + i);
+    }
+    assert_int_equal(lcheck(t, "ip:192.0.2.99/32", 500, &sc), RL_LOCKED);
+    assert_int_equal(sc, LOCAL_SCOPE_USER);
+    assert_int_equal(lcheck(t, home, 500, &sc), RL_OK);
+    local_login_done(t, &(struct local_login){"victim", home, home}, &model, 501, LOCAL_RELEASE,
+                     true);
+    /* failures from home count against home's own record (3) */
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(lcheck(t, home, 600 + i, &sc), RL_OK);
+        lfail(t, home, 600 + i);
+    }
+    assert_int_equal(lcheck(t, home, 700, &sc), RL_LOCKED);
+    assert_int_equal(sc, LOCAL_SCOPE_PAIR);
+    /* the ceiling's window ends: unknown networks may try again */
+    assert_int_equal(lcheck(t, "ip:192.0.2.1/32", 200000, &sc), RL_OK);
+    local_free(&t);
+}
+
+static void test_local_reservation(void **state)
+{
+    (void)state;
+    struct local_tab *t = local_new(64);
+    enum local_scope sc;
+    const char *n = "ip:203.0.113.1/32";
+    /* 20 attempts in flight: only the pair limit (3) pass the check */
+    int ok = 0;
+    for (int i = 0; i < 20; i++)
+        ok += lcheck(t, n, 1000, &sc) == RL_OK;
+    assert_int_equal(ok, 3);
+    /* one comes back as released: one more may go */
+    local_login_done(t, &(struct local_login){"victim", n, n}, &model, 1001, LOCAL_RELEASE, true);
+    assert_int_equal(lcheck(t, n, 1002, &sc), RL_OK);
+    assert_int_equal(lcheck(t, n, 1002, &sc), RL_LOCKED);
+    /* reservations whose result never came expire after pend_ttl */
+    assert_int_equal(lcheck(t, n, 1002 + 5001, &sc), RL_OK);
+    local_free(&t);
+}
+
+struct hammer {
+    struct local_tab *t;
+    int allowed;
+};
+
+static void *hammer_run(void *arg)
+{
+    struct hammer *h = arg;
+    enum local_scope sc;
+    for (int i = 0; i < 200; i++) {
+        if (lcheck(h->t, "ip:203.0.113.2/32", 5000, &sc) == RL_OK) {
+            h->allowed++;
+            lfail(h->t, "ip:203.0.113.2/32", 5000);
+        }
+    }
+    return NULL;
+}
+
+/* Four threads (workers) on the one process-wide table: the limit holds for all of them. */
+static void test_local_shared_threads(void **state)
+{
+    (void)state;
+    struct local_tab *t = local_shared_get(1024);
+    struct local_tab *t2 = local_shared_get(16);
+    assert_ptr_equal(t, t2);
+    local_shared_put(&t2);
+    assert_null(t2);
+    struct hammer h[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        h[i] = (struct hammer){t, 0};
+        assert_int_equal(pthread_create(&th[i], NULL, hammer_run, &h[i]), 0);
+    }
+    int total = 0;
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        total += h[i].allowed;
+    }
+    assert_int_equal(total, 3);
+    local_shared_put(&t);
+}
+
+static void test_local_take(void **state)
+{
+    (void)state;
+    struct local_tab *t = local_new(64);
+    enum local_scope sc;
+    const char *n = "ip:2001:db8:1:2::/64";
+    struct local_login k = {"victim", n, n};
+    /* synced results are not written back */
+    assert_int_equal(lcheck(t, n, 10, &sc), RL_OK);
+    local_login_done(t, &k, &model, 11, LOCAL_FAILED, true);
+    assert_int_equal(local_unsynced(t), 0);
+    /* two failures Redis never saw, the second starts no lock-out yet (limit 3, one synced) */
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(lcheck(t, n, 20, &sc), RL_OK);
+        local_login_done(t, &k, &model, 21, LOCAL_FAILED, false);
+    }
+    struct local_wb wb[8];
+    size_t got = local_take(t, 30, wb, 8);
+    assert_int_equal(got, 2); /* the user's ceiling and (user, network); address limit 0 */
+    bool seen_p = false, seen_u = false;
+    for (size_t i = 0; i < got; i++) {
+        assert_int_equal(wb[i].add, 2);
+        assert_string_equal(wb[i].user, "victim");
+        if (wb[i].kind == 'p') {
+            seen_p = true;
+            assert_string_equal(wb[i].net, n); /* split at the first ':' after the user */
+            assert_true(wb[i].left_ms > 0 && wb[i].left_ms <= 10000); /* 3rd failure: locked */
+            assert_int_equal(wb[i].level, 1);
+        } else {
+            seen_u = wb[i].kind == 'u';
+        }
+    }
+    assert_true(seen_p && seen_u);
+    assert_int_equal(local_take(t, 31, wb, 8), 0); /* handed out once */
+    /* a lost answer (local_login_unsynced) and a success while Redis was away */
+    local_login_unsynced(t, &(struct local_login){NULL, "", n}, 40, LOCAL_FAILED);
+    assert_int_equal(local_unsynced(t), 0); /* no address record: nothing to mark */
+    local_login_done(t, &k, &model, 41, LOCAL_OK, false);
+    got = local_take(t, 42, wb, 8);
+    assert_int_equal(got, 1);
+    assert_int_equal(wb[0].kind, 'k');
+    assert_string_equal(wb[0].net, n);
     local_free(&t);
 }
 
@@ -483,17 +657,168 @@ static void test_policy_scripts(void **state)
     ev_loop_destroy(loop);
 }
 
+static struct sockaddr_in v4(const char *ip)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    inet_pton(AF_INET, ip, &a.sin_addr);
+    return a;
+}
+
+static long long redis_int(const char *fmt, ...)
+{
+    redisContext *c = sync_conn();
+    assert_non_null(c);
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    long long v = -1;
+    if (r && r->type == REDIS_REPLY_INTEGER)
+        v = r->integer;
+    else if (r && r->type == REDIS_REPLY_STRING)
+        v = atoll(r->str);
+    freeReplyObject(r);
+    redisFree(c);
+    return v;
+}
+
+/* The lock-out model against Redis, with two policy objects on one loop standing for two
+ * workers of one process (they share the process-wide table). */
+static void test_policy_lockout_model(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct policy_conf pc = {.use_redis = true,
+                             .redis = opts(),
+                             .prefix = "lm:",
+                             .heartbeat_ms = 1000,
+                             .session_ttl_ms = 3000,
+                             .local_entries = 1000};
+    struct policy *p1 = policy_new(loop, &pc), *p2 = policy_new(loop, &pc);
+    bool never = false;
+    run_until(loop, &never, 0.3);
+    assert_true(policy_redis_up(p1) && policy_redis_up(p2));
+    struct policy_limits l = {.v4_prefix = 32,
+                              .v6_prefix = 64,
+                              .user_fail_limit = 10,
+                              .pair_fail_limit = 3,
+                              .fail_window_ms = 60000,
+                              .lockout_ms = 5000,
+                              .lockout_max_ms = 5000,
+                              .known_ttl_ms = 100000,
+                              .known_max = 4,
+                              .pend_ttl_ms = 5000};
+    struct sockaddr_in home = v4("198.51.100.7"), evil = v4("203.0.113.9"), away = v4("192.0.2.50");
+    struct policy_who wh = {.user = "victim", .addr = (struct sockaddr *)&home, .sid = "h1"};
+    /* the victim logs in from home: home becomes known */
+    assert_int_equal(check(loop, p1, &l, &wh).result, POLICY_ALLOW);
+    struct policy_sess_info info = {"198.51.100.7:1", "be1", "ut", "imap", 1};
+    struct policy_sess *ps = policy_session_open(p1, &l, &wh, &info, NULL, NULL, NULL);
+    run_until(loop, &never, 0.1);
+    assert_true(redis_int("ZSCORE lm:known:{victim} ip:198.51.100.7/32") > 0);
+    assert_int_equal(redis_int("ZCARD lm:pend:{victim}:ip:198.51.100.7/32"), 0); /* released */
+    policy_session_close(&ps);
+
+    /* 20 wrong attempts from evil at once, spread over both workers: 3 get through */
+    struct policy_verdict vs[20];
+    struct policy_req *rq[20];
+    struct policy_who we[20];
+    char sids[20][8];
+    for (int i = 0; i < 20; i++) {
+        snprintf(sids[i], sizeof sids[i], "e%d", i);
+        we[i] =
+            (struct policy_who){.user = "victim", .addr = (struct sockaddr *)&evil, .sid = sids[i]};
+        vs[i].result = (enum policy_result) - 1;
+        rq[i] = policy_check_login(i % 2 ? p2 : p1, &l, &we[i], on_verdict, &vs[i]);
+        assert_non_null(rq[i]);
+    }
+    int done = 0, allowed = 0;
+    ev_tstamp end = ev_time() + 3;
+    while (done < 20 && ev_time() < end) {
+        ev_now_update(loop);
+        ev_run(loop, EVRUN_NOWAIT);
+        usleep(1000);
+        done = 0;
+        for (int i = 0; i < 20; i++)
+            done += (int)vs[i].result != -1;
+    }
+    assert_int_equal(done, 20);
+    for (int i = 0; i < 20; i++)
+        allowed += vs[i].result == POLICY_ALLOW;
+    assert_int_equal(allowed, 3);
+    assert_int_equal(redis_int("ZCARD lm:pend:{victim}:ip:203.0.113.9/32"), 3);
+    for (int i = 0; i < 20; i++)
+        if (vs[i].result == POLICY_ALLOW)
+            policy_login_failed(i % 2 ? p2 : p1, &l, &we[i]);
+    run_until(loop, &never, 0.1);
+    assert_int_equal(redis_int("ZCARD lm:pend:{victim}:ip:203.0.113.9/32"), 0);
+    struct policy_verdict v = check(loop, p2, &l, &we[0]);
+    assert_int_equal(v.result, POLICY_LOCKED);
+    assert_int_equal(v.scope, POLICY_SCOPE_PAIR);
+    assert_false(v.degraded);
+    assert_true(redis_int("HGET lm:fail:{victim}:ip:203.0.113.9/32 until") > 0);
+    assert_int_equal(redis_int("HGET lm:fail:{victim} n"), 3);
+    /* the victim at home is not locked out */
+    wh.sid = "h2";
+    assert_int_equal(check(loop, p2, &l, &wh).result, POLICY_ALLOW);
+    policy_release(p2, &l, &wh);
+
+    /* Redis down: the process-wide table counts for both workers */
+    stop_redis();
+    run_until(loop, &never, 0.3);
+    struct policy_who wa = {.user = "victim", .addr = (struct sockaddr *)&away, .sid = "a1"};
+    for (int i = 0; i < 3; i++) {
+        struct policy *pw = i % 2 ? p2 : p1;
+        v = check(loop, pw, &l, &wa);
+        assert_int_equal(v.result, POLICY_ALLOW);
+        assert_true(v.degraded);
+        policy_login_failed(pw, &l, &wa);
+    }
+    v = check(loop, p2, &l, &wa);
+    assert_int_equal(v.result, POLICY_LOCKED);
+    assert_int_equal(v.scope, POLICY_SCOPE_PAIR);
+    assert_true(v.degraded);
+    v = check(loop, p1, &l, &wa);
+    assert_int_equal(v.result, POLICY_LOCKED);
+    /* home still works (the table remembered it as known) */
+    wh.sid = "h3";
+    v = check(loop, p1, &l, &wh);
+    assert_int_equal(v.result, POLICY_ALLOW);
+    assert_true(v.degraded);
+    policy_release(p1, &l, &wh);
+
+    /* Redis back (empty): the outage's failures and lock-out are written back, once */
+    assert_true(start_redis());
+    end = ev_time() + 3;
+    while (redis_int("EXISTS lm:fail:{victim}:ip:192.0.2.50/32") != 1 && ev_time() < end)
+        run_until(loop, &never, 0.05);
+    run_until(loop, &never, 1.2); /* a second worker's timer finds nothing more */
+    long long until = redis_int("HGET lm:fail:{victim}:ip:192.0.2.50/32 until");
+    assert_true(until > 0);
+    assert_int_equal(redis_int("HGET lm:fail:{victim}:ip:192.0.2.50/32 level"), 1);
+    assert_int_equal(redis_int("HGET lm:fail:{victim} n"), 3);
+    v = check(loop, p2, &l, &wa);
+    assert_int_equal(v.result, POLICY_LOCKED);
+    assert_false(v.degraded);
+    policy_free(&p1);
+    policy_free(&p2);
+    ev_loop_destroy(loop);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest pure[] = {
-        cmocka_unit_test(test_user_key),      cmocka_unit_test(test_addr_key),
-        cmocka_unit_test(test_local_bucket),  cmocka_unit_test(test_local_lockout),
-        cmocka_unit_test(test_local_bounded),
+        cmocka_unit_test(test_user_key),          cmocka_unit_test(test_addr_key),
+        cmocka_unit_test(test_local_bucket),      cmocka_unit_test(test_local_lockout),
+        cmocka_unit_test(test_local_bounded),     cmocka_unit_test(test_local_pair_and_known),
+        cmocka_unit_test(test_local_reservation), cmocka_unit_test(test_local_shared_threads),
+        cmocka_unit_test(test_local_take),
     };
     const struct CMUnitTest live[] = {
         cmocka_unit_test(test_rds_eval_noscript_timeout_reconnect),
         cmocka_unit_test(test_policy_scripts),
+        cmocka_unit_test(test_policy_lockout_model),
     };
     int rc = cmocka_run_group_tests_name("policy", pure, NULL, NULL);
     rc += cmocka_run_group_tests_name("policy_redis", live, setup_redis, teardown_redis);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -347,6 +348,98 @@ static void test_budget(void **state)
     pool_free(&p);
 }
 
+/* Shares: a user over its share waits without holding up another user; one request always
+ * fits an owner holding nothing; the accounts go away with the last byte. */
+static void test_budget_shares(void **state)
+{
+    (void)state;
+    struct pool *p = new_pool(1, 8, 100);
+    pool_set_shares(p, &(struct pool_shares){.per_user = 30, .per_session = 0});
+    struct pool_client *c = pool_client_new(p, EV_DEFAULT);
+    pool_owner a1 = POOL_OWNER(1, 1), a2 = POOL_OWNER(1, 2), b1 = POOL_OWNER(2, 3);
+    struct bwait x = {0}, y = {0}, z = {0}, big = {0};
+    assert_int_equal(pool_budget_acquire_as(c, a1, 20, &x.w, on_budget), POOL_BUDGET_OK);
+    /* user 1 at 20 of 30: another 20 is over its share */
+    assert_int_equal(pool_budget_acquire_as(c, a2, 20, &y.w, on_budget), POOL_BUDGET_WAIT);
+    /* user 2 is not held up behind it */
+    assert_int_equal(pool_budget_acquire_as(c, b1, 50, &z.w, on_budget), POOL_BUDGET_OK);
+    assert_int_equal(pool_budget_held(p, a1), 20);
+    assert_int_equal(pool_budget_held(p, b1), 50);
+    /* user 1 gives back: its waiter is granted (on the loop) */
+    grant_order = 0;
+    grants_wanted = 1;
+    pool_budget_release_as(p, a1, 20);
+    run_loop(10);
+    assert_int_equal(y.order, 1);
+    assert_int_equal(pool_budget_held(p, a2), 20);
+    pool_budget_release_as(p, a2, 20);
+    pool_budget_release_as(p, b1, 50);
+    /* one request larger than the share fits an owner that holds nothing */
+    assert_int_equal(pool_budget_acquire_as(c, a1, 90, &big.w, on_budget), POOL_BUDGET_OK);
+    pool_budget_release_as(p, a1, 90);
+    struct pool_stats st;
+    pool_get_stats(p, &st);
+    assert_int_equal(st.budget_used, 0);
+    assert_int_equal(st.accounts, 0);
+    assert_true(st.share_waits >= 1);
+    pool_client_free(&c);
+    pool_free(&p);
+}
+
+static void noop_work(struct pool_job *j)
+{
+    (void)j;
+    usleep(50000);
+}
+
+static void noop_done(struct pool_job *j, bool cancelled)
+{
+    (void)j, (void)cancelled;
+}
+
+/* Queue share: a user with its share of jobs queued or running is refused (it waits for a
+ * slot); another user is not. */
+static void test_queue_share(void **state)
+{
+    (void)state;
+    struct pool *p = new_pool(1, 8, 100);
+    pool_set_shares(p, &(struct pool_shares){.queue_per_user = 1});
+    struct pool_client *c = pool_client_new(p, EV_DEFAULT);
+    struct pool_job j[3];
+    memset(j, 0, sizeof j);
+    assert_true(pool_submit_as(c, POOL_OWNER(1, 1), &j[0], noop_work, noop_done));
+    assert_false(pool_submit_as(c, POOL_OWNER(1, 2), &j[1], noop_work, noop_done));
+    assert_true(pool_submit_as(c, POOL_OWNER(2, 3), &j[2], noop_work, noop_done));
+    struct pool_stats st;
+    pool_get_stats(p, &st);
+    assert_int_equal(st.rejected_share, 1);
+    pool_client_free(&c); /* waits for the running ones */
+    pool_get_stats(p, &st);
+    assert_int_equal(st.accounts, 0);
+    pool_free(&p);
+}
+
+/* Releasing budget never acquired (or twice) aborts debug builds: the tests catch it. */
+static void test_double_release_aborts(void **state)
+{
+    (void)state;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct pool *p = new_pool(1, 8, 100);
+        struct pool_client *c = pool_client_new(p, EV_DEFAULT);
+        struct bwait x = {0};
+        if (pool_budget_acquire_as(c, POOL_OWNER(1, 1), 10, &x.w, on_budget) != POOL_BUDGET_OK)
+            _exit(2);
+        pool_budget_release_as(p, POOL_OWNER(1, 1), 10);
+        pool_budget_release_as(p, POOL_OWNER(1, 1), 10); /* the second time */
+        _exit(0);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -362,6 +455,9 @@ int main(void)
         cmocka_unit_test(test_cancel_done_not_delivered),
         cmocka_unit_test(test_client_free_cancels),
         cmocka_unit_test(test_budget),
+        cmocka_unit_test(test_budget_shares),
+        cmocka_unit_test(test_queue_share),
+        cmocka_unit_test(test_double_release_aborts),
     };
     return cmocka_run_group_tests_name("pool", tests, setup, NULL);
 }

@@ -672,13 +672,23 @@ static bool cav_canary(struct scanner *s)
     struct canary_msg m[CANARY_VARIANTS];
     char why[256] = "";
     bool ok = canary_build(m);
+    bool timed_out = false;
     if (!ok)
         snprintf(why, sizeof why, "out of memory building the canary");
-    for (int i = 0; ok && i < CANARY_VARIANTS; i++) {
+    for (int i = 0; ok && !timed_out && i < CANARY_VARIANTS; i++) {
         struct scan_result r;
         scan_one(c, m[i].data, m[i].len, &r, true);
-        if (r.verdict != SCAN_INFECTED ||
-            strncmp(r.signature, CANARY_SIG, strlen(CANARY_SIG)) != 0) {
+        if (r.verdict == SCAN_LIMIT && strstr(r.signature, "MaxScanTime")) {
+            /* The admin's scan_timeout cut the canary short: that proves nothing either way
+             * (the scans it would judge end as the same limit, under limits_action), so the
+             * state stays as it was and the canary tries again at its next run. */
+            snprintf(why, sizeof why,
+                     "variant=%s timed out (scan_timeout shorter than the "
+                     "canary needs)",
+                     m[i].name);
+            timed_out = true;
+        } else if (r.verdict != SCAN_INFECTED ||
+                   strncmp(r.signature, CANARY_SIG, strlen(CANARY_SIG)) != 0) {
             snprintf(why, sizeof why, "variant=%s verdict=%s detail=%s", m[i].name,
                      scan_verdict_name(r.verdict), r.signature[0] ? r.signature : "-");
             ok = false;
@@ -686,6 +696,11 @@ static bool cav_canary(struct scanner *s)
     }
     if (m[0].data)
         canary_free(m);
+    if (ok && timed_out) {
+        cav_log(c, 2, "scan canary inconclusive: %s", why);
+        pthread_mutex_unlock(&c->canary_mu);
+        return false;
+    }
     pthread_mutex_lock(&c->hmu);
     bool changed = health_record(c, ok, why);
     pthread_mutex_unlock(&c->hmu);

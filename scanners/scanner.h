@@ -165,7 +165,8 @@ void scanner_health(struct scanner *s, struct scanner_health *h);
 /* Is a clean verdict dated `date` (wall-clock seconds) inside a suspect window of `h`? */
 bool scanner_health_suspect(const struct scanner_health *h, int64_t date);
 /* Scan the canary now (blocking; a scan thread or the reload thread, never a loop). True when
- * every variant was detected. Updates the state and calls the health hook on a change. */
+ * every variant was detected. Updates the state and calls the health hook on a change; a canary
+ * cut short by scan_timeout_ms is inconclusive (false, the state stays as it was). */
 bool scanner_canary(struct scanner *s);
 
 /* Waits for a running async reload, frees the engine (scans must have ended), removes the work

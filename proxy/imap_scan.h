@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "imap.h"
 #include "imap_fetchitem.h"
@@ -38,6 +39,7 @@ struct sc_memo {
     size_t notice_len;
     size_t body_off;   /* where the notice's text (body) starts: replacement for parts */
     uint64_t orig_len; /* size of the original message */
+    time_t at;         /* when it was judged: a clean verdict is re-checked against the canary */
 };
 
 /* The proxy's own FETCH on the client's connection (imap_prefetch.c). */

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "imap_allow.h"
 #include "imap_scan.h"
@@ -52,12 +53,24 @@ static size_t memo_slot(const struct sc_memo *tab, size_t cap, uint64_t uid)
     return i;
 }
 
-struct sc_memo *sc_memo_find(struct imap_scan *sc, uint64_t uid)
+static struct sc_memo *memo_lookup(struct imap_scan *sc, uint64_t uid)
 {
     if (!uid || !sc->memo)
         return NULL;
     struct sc_memo *m = &sc->memo[memo_slot(sc->memo, sc->memo_cap, uid)];
     return m->uid == uid ? m : NULL;
+}
+
+/* A clean verdict counts only while the canary vouches for it (issue 16): once the scanner is
+ * found broken, a clean verdict from the suspect window is as if never reached, so the part is
+ * judged again (prefetched and scanned) rather than passed on the word of a failing engine. A
+ * replaced one always stands. */
+struct sc_memo *sc_memo_find(struct imap_scan *sc, uint64_t uid)
+{
+    struct sc_memo *m = memo_lookup(sc, uid);
+    if (m && !m->replaced && !msgscan_clean_trusted(m->at))
+        return NULL;
+    return m;
 }
 
 /* Where the body of a message starts (after the first empty line), or len. */
@@ -92,7 +105,7 @@ struct sc_memo *sc_memo_store(struct imap_scan *sc, uint64_t uid, uint64_t orig_
 {
     if (!uid)
         return NULL;
-    struct sc_memo *m = sc_memo_find(sc, uid);
+    struct sc_memo *m = memo_lookup(sc, uid);
     if (!m) {
         if (sc->memo_count >= sc->memo_max || !memo_grow(sc))
             return NULL;
@@ -102,6 +115,7 @@ struct sc_memo *sc_memo_store(struct imap_scan *sc, uint64_t uid, uint64_t orig_
     memo_free_ent(m);
     m->uid = uid;
     m->orig_len = orig_len;
+    m->at = time(NULL);
     m->replaced = o->replace;
     if (o->replace) {
         m->notice = sc_dup_bytes(o->notice, o->notice_len);

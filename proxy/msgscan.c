@@ -330,6 +330,11 @@ static bool cached_trusted(enum msgscan_verdict v, time_t date)
     return h.ok && !scanner_health_suspect(&h, (int64_t)date);
 }
 
+bool msgscan_clean_trusted(time_t date)
+{
+    return !g_scanner || cached_trusted(MSGSCAN_CLEAN, date);
+}
+
 bool msgscan_pool_stats(struct pool_stats *st)
 {
     if (!g_pool)

@@ -31,6 +31,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
+#include <time.h>
 
 #include "pool.h"
 #include "scan.h"
@@ -208,5 +209,8 @@ struct msgscan_counters {
 void msgscan_counters_get(struct msgscan_counters *c);
 /* The scanner's canary state (scanner.h); false when scanning is off. Any thread. */
 bool msgscan_scanner_health(struct scanner_health *h);
+/* May a clean verdict reached at wall-clock `date` still be trusted? Not while the scanner is
+ * broken, nor when `date` is inside a suspect window (scanner.h). Any thread. */
+bool msgscan_clean_trusted(time_t date);
 
 #endif

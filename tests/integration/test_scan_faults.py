@@ -267,3 +267,51 @@ def test_clean_verdict_from_before_the_alarm_is_not_trusted(proxy_factory, dovec
         got = fetch_all(px, certs, user, [victim])
         assert_never_delivered(got, verdicts=(b"infected",))
     assert redis.command("GET", poisoned).startswith("v1 I"), "the rescan overwrote the entry"
+
+
+def test_session_memo_clean_verdict_from_before_the_alarm_is_not_trusted(
+        proxy_factory, dovecot, scan_db, scan_tmpfs, certs, redis):
+    """The same false "clean" as above, but remembered by an open session (its memo of the
+    selection's verdicts, which decides parts without a new scan). After the canary caught the
+    fault, a part of that message fetched on the same connection is judged again: replaced."""
+    user = new_user(dovecot)
+    pfx = f"sf-memo-{os.getpid()}:"
+    px = start(proxy_factory, scan_db, scan_tmpfs, redis, pfx)
+    fetch_all(px, certs, user, ["clean"])
+    keys = redis.command("KEYS", pfx + "vc:*")
+    assert len(keys) == 1, keys
+    engine = keys[0].split("}:", 1)[1]
+    victim = "base64"
+    orig = malware.MESSAGES[victim].data
+    sha = hashlib.sha256(orig).hexdigest()
+    redis.command("SET", f"{pfx}vc:{{{sha}}}:{engine}", f"v1 C {int(time.time())} - -",
+                  "PX", "600000")
+    m = imaplib.IMAP4_SSL(HOST, px.port("imaps"), ssl_context=mailenv.ssl_context(certs.ca),
+                          timeout=30)
+    try:
+        m.login(user, PASSWORD)
+        m.select("INBOX", readonly=True)
+        typ, data = m.uid("FETCH", str(UID[victim]), "(BODY.PEEK[])")
+        assert typ == "OK" and data[0][1] == orig  # the fault's false clean, now in the memo
+        mark = px.log_mark()
+        wd = work_dir(scan_tmpfs)
+        ro_bind(wd)
+        try:
+            assert_never_delivered(fetch_all(px, certs, user, ["zip_base64"]))
+            px.wait_log("event=scan_canary_failed", after=mark, timeout=15)
+        finally:
+            run("umount", str(wd))
+        px.wait_log("event=scan_canary_ok", after=mark, timeout=15)
+        typ, data = m.uid("FETCH", str(UID[victim]), "(BODY.PEEK[TEXT])")
+        assert typ == "OK", (typ, data)
+        text = orig.split(b"\r\n\r\n", 1)[1]
+        got = data[0][1]
+        assert got != text, "a part was passed on the memo's untrusted clean verdict"
+        assert b"withheld by the mail security gateway because it contains malware" in got, \
+            got[:300]
+        m.logout()
+    finally:
+        try:
+            m.shutdown()
+        except OSError:
+            pass

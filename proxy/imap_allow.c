@@ -100,6 +100,15 @@ bool imap_allow_cap(const char *tok, size_t len, bool preauth)
 {
     if (len == 0)
         return false;
+    /* A capability is an atom (RFC 3501 capability = atom): a token with a control byte, a
+     * space-less line end or a literal ("THREAD={3}\r\nabc" inside a backend's list) would
+     * otherwise pass on its prefix and end up spliced into the proxy's own tagged OK to the
+     * client (found by fuzz_backend_login's harness). */
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)tok[i];
+        if (c <= 0x20 || c >= 0x7f || strchr("(){%*\"\\]", c))
+            return false;
+    }
     if (in_list(tok, len, caps_exact))
         return true;
     for (const char *const *p = caps_prefix; *p; p++)

@@ -266,8 +266,13 @@ static void login_done(struct session *s)
     struct imap_state *st = imap_st(s);
     st->bstate = IB_NONE;
     s->backend.wipe_ctl = false;
-    if (s->backend.ctl.data)
+    /* A backend that answered before all of our login was flushed (its answer pipelined
+     * ahead): the rest is not sent. Cleansed in place, it went out as NUL bytes ahead of the
+     * client's first command (found by fuzz_backend_login). */
+    if (s->backend.ctl.data) {
         OPENSSL_cleanse(s->backend.ctl.data, s->backend.ctl.cap);
+        buf_clear(&s->backend.ctl);
+    }
     imap_preauth_login_ok(s);
 }
 

@@ -283,8 +283,13 @@ static void handle_response(struct session *s, enum pop3_status status, const ch
         }
         st->bstate = PB_NONE;
         s->backend.wipe_ctl = false;
-        if (s->backend.ctl.data)
+        /* A backend that answered before all of our login was flushed (its answer pipelined
+         * ahead): the rest is not sent. Cleansed in place, it went out as NUL bytes ahead of the
+         * client's first command (found by fuzz_backend_login). */
+        if (s->backend.ctl.data) {
             OPENSSL_cleanse(s->backend.ctl.data, s->backend.ctl.cap);
+            buf_clear(&s->backend.ctl);
+        }
         pop3_preauth_login_ok(s, line, len);
         return;
     default:

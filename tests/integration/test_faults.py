@@ -257,3 +257,105 @@ def test_odd_user_names_reach_the_backend_intact(proxy_factory, certs):
         assert "\r" not in px.log().replace("\r\n", "\n")
     finally:
         fake.stop()
+
+
+class ScriptedBackend:
+    """A backend that sends `script` as soon as it is connected (answers pipelined ahead of the
+    commands they answer), then records every byte it receives; `after(conn, got)` may answer
+    more once `got` holds a given command."""
+
+    def __init__(self, script: bytes, answers: dict[bytes, bytes] | None = None):
+        self.script = script
+        self.answers = answers or {}
+        self.got = b""
+        self.lsock = socket.socket()
+        self.lsock.bind((mailenv.LOCAL, 0))
+        self.lsock.listen(4)
+        self.port = self.lsock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        try:
+            s, _ = self.lsock.accept()
+        except OSError:
+            return
+        with s:
+            s.sendall(self.script)
+            done: set[bytes] = set()
+            while True:
+                try:
+                    d = s.recv(65536)
+                except OSError:
+                    return
+                if not d:
+                    return
+                self.got += d
+                for k, v in self.answers.items():
+                    if k in self.got and k not in done:
+                        done.add(k)
+                        s.sendall(v)
+
+    def stop(self) -> None:
+        self.lsock.close()
+
+
+def test_login_answered_ahead_sends_no_wiped_bytes(proxy_factory, certs):
+    """A backend that answers the whole login before it was sent (greeting, capabilities and
+    the tagged OK in one write): the proxy's unsent login commands are dropped, not sent as the
+    NUL bytes they were wiped to (found by fuzz_backend_login)."""
+    be = ScriptedBackend(b"* OK [CAPABILITY IMAP4rev1 LITERAL+ AUTH=PLAIN] hi\r\n"
+                         b"L OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n",
+                         {b"b NOOP\r\n": b"b OK noop\r\n"})
+    try:
+        px = proxy_factory(backends=fake_backends(be.port), health={"enabled": False})
+        c = tls_client(px, certs)
+        c.greeting()
+        c.send(b"a LOGIN alice alicepw\r\n")
+        assert c.line().startswith(b"a OK")
+        c.send(b"b NOOP\r\n")
+        assert c.line() == b"b OK noop\r\n"
+        c.close()
+        assert b"\0" not in be.got, be.got
+        assert be.got.endswith(b"b NOOP\r\n")
+    finally:
+        be.stop()
+
+
+def test_pop3_login_answered_ahead_sends_no_wiped_bytes(proxy_factory, certs):
+    be = ScriptedBackend(b"+OK hi\r\n+OK caps\r\nUSER\r\n.\r\n+OK\r\n+OK Logged in.\r\n",
+                         {b"NOOP\r\n": b"+OK noop\r\n"})
+    try:
+        px = proxy_factory(backends=fake_backends(be.port), health={"enabled": False})
+        c = clients.connect(px.port("pop3s"), certs, timeout=10)
+        c.greeting(b"+OK")
+        c.send(b"USER alice\r\n")
+        assert c.line() == b"+OK\r\n"
+        c.send(b"PASS alicepw\r\n")
+        assert c.line() == b"+OK Logged in.\r\n"
+        c.send(b"NOOP\r\n")
+        assert c.line() == b"+OK noop\r\n"
+        c.close()
+        assert b"\0" not in be.got, be.got
+    finally:
+        be.stop()
+
+
+def test_backend_caps_cannot_inject_into_login_answer(proxy_factory, certs):
+    """A capability that is no atom (a literal, a bare CR) in the backend's post-login list is
+    dropped: it used to pass on its prefix (THREAD=, QUOTA=) into the proxy's own tagged OK,
+    where its line end split the answer (found with fuzz_backend_login's harness)."""
+    be = ScriptedBackend(b"* OK [CAPABILITY IMAP4rev1 LITERAL+ AUTH=PLAIN] hi\r\n",
+                         {b"alicepw": b"* CAPABILITY IMAP4rev1 QUOTA=x\rA\r\n"
+                                      b"L OK [CAPABILITY IMAP4rev1 THREAD={9}\r\n* BYE now] x\r\n",
+                          b"b NOOP\r\n": b"b OK noop\r\n"})
+    try:
+        px = proxy_factory(backends=fake_backends(be.port), health={"enabled": False})
+        c = tls_client(px, certs)
+        c.greeting()
+        c.send(b"a LOGIN alice alicepw\r\n")
+        assert c.line() == b"a OK [CAPABILITY IMAP4rev1] Logged in\r\n"
+        c.send(b"b NOOP\r\n")
+        assert c.line() == b"b OK noop\r\n"
+        c.close()
+    finally:
+        be.stop()

@@ -53,6 +53,14 @@ static void test_caps_list(void **state)
     assert_false(imap_allow_cap("THREAD=", 7, false)); /* a prefix alone is no capability */
     assert_true(imap_allow_cap("imap4REV1", 9, false));
     assert_false(imap_allow_cap("COMPRESS=DEFLATE", 16, true));
+    /* not atoms: a backend's list must not smuggle a line end or a literal in a prefixed cap */
+    assert_false(imap_allow_cap("THREAD={3}\r\nabc", 16, false));
+    assert_false(imap_allow_cap("QUOTA=x\rA", 9, false));
+    assert_false(imap_allow_cap("THREAD=a\0b", 10, false));
+    assert_false(imap_allow_cap("THREAD=a]", 9, false));
+    char q[] = "IMAP4rev1 THREAD={3}\r\nabc QUOTA=RES-STORAGE";
+    q[imap_allow_filter_caps(q, strlen(q), false)] = '\0';
+    assert_string_equal(q, "IMAP4rev1 QUOTA=RES-STORAGE");
 }
 
 static void test_caps_lines(void **state)

@@ -185,7 +185,8 @@ $(FUZZ_BIN): build/fuzz/%: tests/fuzz/%.c build/fuzz/libportcullis.a
 
 # The session-model harness drives a real session through the unit tests' relay harness
 # (tests/unit/relay_harness.c), which reports through cmocka.
-build/fuzz/fuzz_session build/fuzz/fuzz_relay_imap build/fuzz/fuzz_relay_pop3: LIBS += -lcmocka
+build/fuzz/fuzz_session build/fuzz/fuzz_relay_imap build/fuzz/fuzz_relay_pop3 \
+    build/fuzz/fuzz_backend_login: LIBS += -lcmocka
 
 fuzz-build: $(FUZZ_BIN)
 

@@ -3,8 +3,9 @@
 One user's 13 sessions fetch a large message and do not read the answer; another user's small
 fetch must still complete within 2 s (the per-user share), clients that close mid-fetch leave
 no budget behind (/metrics `used` returns to 0), and a response not read for
-scan.held_timeout ends its session (`reason=held_timeout`). The budget is scaled down
-(64 MiB, 5 MiB messages) so that 13 held responses would exceed it without the shares.
+scan.held_timeout ends its session (`reason=held_timeout`): an IMAP FETCH, a POP3 RETR. The
+budget is scaled down (64 MiB, 5 MiB messages) so that 13 held responses would exceed it
+without the shares.
 """
 
 from __future__ import annotations
@@ -108,5 +109,58 @@ def test_held_response_ended_after_timeout(proxy_factory, dovecot, scan_db, env_
                        predicate=lambda v: v > 0, timeout=30)
         px.wait_metric("portcullis_scan_budget_bytes", {"state": "used"}, value=0, timeout=20)
         assert "reason=held_timeout" in px.log()
+    finally:
+        d.close()
+
+
+class DeafPop3:
+    """A POP3-over-TLS client that logs in, sends RETR and then never reads (small receive
+    buffer): the proxy holds the scanned message for it."""
+
+    def __init__(self, port: int, certs, user: str):
+        raw = socket.create_connection((HOST, port), timeout=30)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.s = mailenv.ssl_context(certs.ca).wrap_socket(raw, server_hostname="localhost")
+        self.got = b""
+        self._until(b"+OK")
+        self.s.sendall(b"USER %s\r\n" % user.encode())
+        self._until(b"+OK")
+        self.s.sendall(b"PASS %s\r\n" % PASSWORD.encode())
+        self._until(b"+OK")
+
+    def _until(self, marker: bytes) -> None:
+        """Read up to and including the next line holding `marker` (a line at a time: nothing
+        after it is read)."""
+        while True:
+            while b"\r\n" not in self.got:
+                d = self.s.recv(1)
+                assert d, self.got
+                self.got += d
+            line, self.got = self.got.split(b"\r\n", 1)
+            assert not line.startswith(b"-ERR"), line
+            if marker in line:
+                return
+
+    def retr_and_stall(self, n: int) -> None:
+        self.s.sendall(b"RETR %d\r\n" % n)
+
+    def close(self) -> None:
+        try:
+            self.s.close()
+        except OSError:
+            pass
+
+
+def test_pop3_held_response_ended_after_timeout(proxy_factory, dovecot, scan_db, env_tmp,
+                                                certs):  # noqa: F811
+    user = new_user(dovecot, [("big", filler(4, BIG), False)])
+    px = fair_proxy(proxy_factory, scan_db, env_tmp, held_timeout="2s")
+    d = DeafPop3(px.port("pop3s"), certs, user)
+    try:
+        d.retr_and_stall(1)
+        px.wait_metric("portcullis_scan_budget_bytes", {"state": "used"},
+                       predicate=lambda v: v > 0, timeout=30)
+        px.wait_metric("portcullis_scan_budget_bytes", {"state": "used"}, value=0, timeout=20)
+        assert "event=refused reason=held_timeout" in px.log()
     finally:
         d.close()

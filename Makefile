@@ -106,7 +106,7 @@ ifeq ($(SANITIZE),1)
 STRESS_ENV := STRESS14_SECONDS=10
 endif
 integration: $(BIN)
-	$(STRESS_ENV) $(PYTHON) -m pytest -ra -p no:cacheprovider tests/integration --proxy-binary=$(BIN) \
+	$(STRESS_ENV) $(PYTHON) -m pytest -ra --durations=15 -p no:cacheprovider tests/integration --proxy-binary=$(BIN) \
 	    $(PYTEST_ARGS)
 
 test: deps

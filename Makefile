@@ -36,7 +36,7 @@ CPPFLAGS += -D_GNU_SOURCE -Iproxy -Ipolicy -Iscanners
 CFLAGS   += -std=c11 $(WARN) $(OPT) $(SANFLAGS) -fno-strict-aliasing -MMD -MP
 LDFLAGS  += $(SANFLAGS)
 # hiredis: never its pkg-config -I (libs-notes pitfall 10); libev has no .pc (pitfall 15).
-LIBS     := -lev -lclamav $(shell pkg-config --libs openssl yaml-0.1 2>/dev/null || echo -lssl -lcrypto -lyaml) \
+LIBS     := -lev -lclamav -lldap -llber $(shell pkg-config --libs openssl yaml-0.1 2>/dev/null || echo -lssl -lcrypto -lyaml) \
             -lhiredis -lpthread -lm
 
 ifeq ($(V),1)

@@ -59,7 +59,7 @@ FUZZ_SECONDS ?= 60
 .PHONY: all deps test unit integration demo demo-stop fuzz fuzz-build format format-check lint \
         clean bench bench-build deb install tsan soak
 
-all: $(BIN) $(BUILD)/portcullis-ctl $(BUILD)/pcbench
+all: $(BIN) $(BUILD)/portcullis-ctl $(BUILD)/pcbench $(BUILD)/ldl_driver
 
 # Keep the unit-test objects make would otherwise delete as intermediates.
 .SECONDARY:
@@ -79,6 +79,11 @@ $(BIN): $(BUILD)/proxy/main.o $(LIBA)
 
 # Admin tool (issue 5): talks to Redis only; subcommands in a table in tools/portcullis-ctl.c.
 $(BUILD)/portcullis-ctl: $(BUILD)/tools/portcullis-ctl.o $(LIBA)
+	@[ "$(V)" = 1 ] || echo "  LINK    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $< $(LIBA) $(LIBS)
+
+# Issue 17: drives the LDAP lookup source against the slapd fixture (tests/integration/slapd.py).
+$(BUILD)/ldl_driver: $(BUILD)/tests/integration/ldl_driver.o $(LIBA)
 	@[ "$(V)" = 1 ] || echo "  LINK    $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $< $(LIBA) $(LIBS)
 
@@ -194,7 +199,7 @@ fuzz: deps fuzz-build
 	@bash tests/fuzz/run.sh $(FUZZ_SECONDS)
 
 SRC_ALL := $(wildcard proxy/*.[ch] policy/*.[ch] scanners/*.[ch] tools/*.c tests/unit/*.c tests/fuzz/*.c \
-                      tests/bench/*.c)
+                      tests/bench/*.c tests/integration/*.c)
 format:
 	clang-format -i $(SRC_ALL)
 

@@ -7,7 +7,7 @@
 #   1. dpkg-query checks the package list below; only if something is missing it runs
 #      `apt-get update` + `apt-get install -y --no-install-recommends <missing>`.
 #      While installing, a temporary /usr/sbin/policy-rc.d (exit 101) stops the package scripts
-#      from starting the system dovecot/redis-server services (only if no policy-rc.d exists
+#      from starting the system dovecot/redis-server/slapd services (only if no policy-rc.d exists
 #      already; it is removed afterwards). The tests never use the system instances anyway:
 #      they run private Dovecot/Redis processes on free 127.0.0.1 ports with their own
 #      config and directories (tests/integration/mailenv.py), so a running system instance
@@ -19,8 +19,8 @@ set -euo pipefail
 
 PACKAGES=(
     build-essential pkg-config clang llvm libclang-rt-14-dev clang-format clang-tidy cppcheck
-    libev-dev libssl-dev libyaml-dev libhiredis-dev libclamav-dev libcmocka-dev
-    redis-server dovecot-core dovecot-imapd dovecot-pop3d
+    libev-dev libssl-dev libyaml-dev libhiredis-dev libclamav-dev libcmocka-dev libldap-dev
+    redis-server dovecot-core dovecot-imapd dovecot-pop3d slapd ldap-utils
     python3 python3-pytest python3-prometheus-client python3-yaml
     isync fetchmail curl openssl clamav-testfiles iproute2 iptables zip procps
 )

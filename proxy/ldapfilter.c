@@ -54,6 +54,10 @@ bool ldl_template_check(const char *tmpl, const char **error_r)
         return false;
     }
     for (const char *p = tmpl; *p != '\0'; p++) {
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) {
+            *error_r = "filter has a control character";
+            return false;
+        }
         if (*p == '%') {
             p++;
             if (*p != 'u' && *p != 'n' && *p != 'd' && *p != '%') {

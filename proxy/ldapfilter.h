@@ -31,7 +31,8 @@ bool ldl_escape(char *out, size_t cap, size_t *pos, const char *in, size_t len);
 /*
  * Validates a filter template: "%u" (whole user, escaped), "%n" (local part: before the last
  * '@'), "%d" (domain: after the last '@', empty if none), "%%" (a literal '%'); any other '%'
- * is an error. The template's literal text must have balanced parentheses and start with '('.
+ * is an error. The template's literal text must have balanced parentheses, start with '(' and
+ * hold no control characters.
  * Returns true or sets *error_r to a static message.
  */
 bool ldl_template_check(const char *tmpl, const char **error_r);

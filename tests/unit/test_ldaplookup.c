@@ -87,7 +87,7 @@ static void test_template_check_errors(void **state)
 {
     const char *err = NULL;
     const char *bad[] = {"uid=%u", "(uid=%x)", "(uid=%u", "(uid=%u))", "(uid=%)", "(cn=\\zz)",
-                         "(cn=\\2)", "", NULL};
+                         "(cn=\\2)", "(cn=a\tb)", "", NULL};
     (void)state;
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err = NULL;

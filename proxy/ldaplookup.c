@@ -52,18 +52,18 @@ struct ldl_conn {
 };
 
 struct ldl_req {
-    struct ldl_pool *pool;  /* owner */
-    struct ldl_req *prev;   /* on pool->queue, pool->inflight or pool->done */
+    struct ldl_pool *pool; /* owner */
+    struct ldl_req *prev;  /* on pool->queue, pool->inflight or pool->done */
     struct ldl_req *next;
-    bool queued, inflight;  /* which list (neither: done) */
-    bool done;              /* answer known, on pool->done; the timer delivers it */
-    struct ldl_conn *conn;  /* inflight: the connection */
-    int msgid;              /* inflight: LDAP message id */
-    ev_timer timer;         /* deadline, then zero-delay delivery */
-    ldl_cb *cb;             /* the caller's */
-    void *arg;              /* the caller's */
-    unsigned entries;       /* entries seen */
-    struct ldl_answer ans;  /* filled when done; strings point into the buffers below */
+    bool queued, inflight; /* which list (neither: done) */
+    bool done;             /* answer known, on pool->done; the timer delivers it */
+    struct ldl_conn *conn; /* inflight: the connection */
+    int msgid;             /* inflight: LDAP message id */
+    ev_timer timer;        /* deadline, then zero-delay delivery */
+    ldl_cb *cb;            /* the caller's */
+    void *arg;             /* the caller's */
+    unsigned entries;      /* entries seen */
+    struct ldl_answer ans; /* filled when done; strings point into the buffers below */
     char host[LDL_HOST_MAX + 1];
     char reason[LDL_REASON_MAX];
     char filter[LDL_FILTER_MAX];
@@ -71,15 +71,15 @@ struct ldl_req {
 
 struct ldl_pool {
     unsigned magic;
-    struct ev_loop *loop; /* borrowed */
+    struct ev_loop *loop;  /* borrowed */
     struct ldl_config cfg; /* strings point into `strings` */
     char *strings;         /* owned: one block holding every config string */
     size_t password_len;   /* to wipe it */
     struct ldl_conn conns[LDL_CONNS_MAX];
-    unsigned next_conn; /* round robin */
-    ev_async wake;      /* helpers → loop */
+    unsigned next_conn;                                   /* round robin */
+    ev_async wake;                                        /* helpers → loop */
     struct ldl_req *queue, *queue_tail, *inflight, *done; /* requests, owned */
-    unsigned pending;   /* requests alive (for max_pending) */
+    unsigned pending;                                     /* requests alive (for max_pending) */
     char last_err[LDL_REASON_MAX];
 };
 
@@ -163,8 +163,8 @@ static void req_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         /* Deadline: abandon the search so the server stops working on it. */
         if (r->inflight && r->conn->ld != NULL)
             ldap_abandon_ext(r->conn->ld, r->msgid, NULL, NULL);
-        req_finish(r, LDL_ERROR, r->queued ? "timeout waiting for an LDAP connection"
-                                           : "LDAP search timed out");
+        req_finish(r, LDL_ERROR,
+                   r->queued ? "timeout waiting for an LDAP connection" : "LDAP search timed out");
         return;
     }
     ev_timer_stop(loop, w);
@@ -242,8 +242,8 @@ static void *conn_thread(void *arg)
             cred.bv_val = (char *)cfg->bind_password;
             cred.bv_len = strlen(cfg->bind_password);
         }
-        rc = ldap_sasl_bind_s(ld, cfg->bind_dn ? cfg->bind_dn : "", LDAP_SASL_SIMPLE, &cred,
-                              NULL, NULL, NULL);
+        rc = ldap_sasl_bind_s(ld, cfg->bind_dn ? cfg->bind_dn : "", LDAP_SASL_SIMPLE, &cred, NULL,
+                              NULL, NULL);
     }
     if (rc != LDAP_SUCCESS)
         set_err(c, "bind", rc, ld);
@@ -482,8 +482,8 @@ static void send_search(struct ldl_conn *c, struct ldl_req *r)
     int rc;
 
     /* sizelimit 2: enough to tell "one" from "ambiguous" without pulling a whole subtree. */
-    rc = ldap_search_ext(c->ld, p->cfg.base, scopes[p->cfg.scope], r->filter, attrs, 0, NULL,
-                         NULL, &limit, 2, &r->msgid);
+    rc = ldap_search_ext(c->ld, p->cfg.base, scopes[p->cfg.scope], r->filter, attrs, 0, NULL, NULL,
+                         &limit, 2, &r->msgid);
     if (rc != LDAP_SUCCESS) {
         req_finish(r, LDL_ERROR, "LDAP connection lost while sending");
         conn_down(c, "search", rc);
@@ -510,8 +510,7 @@ static void dispatch(struct ldl_pool *p)
 
 /* ---- public API --------------------------------------------------------------------------- */
 
-struct ldl_req *ldl_lookup(struct ldl_pool *p, const char *user, size_t ulen, ldl_cb *cb,
-                           void *arg)
+struct ldl_req *ldl_lookup(struct ldl_pool *p, const char *user, size_t ulen, ldl_cb *cb, void *arg)
 {
     struct ldl_req *r = calloc(1, sizeof *r);
     struct ldl_conn *c;
@@ -579,7 +578,7 @@ unsigned ldl_pool_ready(const struct ldl_pool *p)
 /* Copies the config strings into one block so the pool outlives the caller's config. */
 static bool copy_config(struct ldl_pool *p, const struct ldl_config *c)
 {
-    const char **fields[] = {&p->cfg.uri,     &p->cfg.ca_file, &p->cfg.cert_file,
+    const char **fields[] = {&p->cfg.uri,      &p->cfg.ca_file, &p->cfg.cert_file,
                              &p->cfg.key_file, &p->cfg.bind_dn, &p->cfg.bind_password,
                              &p->cfg.base,     &p->cfg.filter,  &p->cfg.attr};
     size_t total = 0, off = 0;

@@ -86,8 +86,8 @@ static void test_template_expand(void **state)
 static void test_template_check_errors(void **state)
 {
     const char *err = NULL;
-    const char *bad[] = {"uid=%u", "(uid=%x)", "(uid=%u", "(uid=%u))", "(uid=%)", "(cn=\\zz)",
-                         "(cn=\\2)", "(cn=a\tb)", "", NULL};
+    const char *bad[] = {"uid=%u",    "(uid=%x)", "(uid=%u",   "(uid=%u))", "(uid=%)",
+                         "(cn=\\zz)", "(cn=\\2)", "(cn=a\tb)", "",          NULL};
     (void)state;
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err = NULL;
@@ -130,8 +130,9 @@ static void test_parse_host_ok(void **state)
 
 static void test_parse_host_bad(void **state)
 {
-    const char *bad[] = {"", ":143", "h:", "h:0", "h:65536", "h:14a", "h:123456", "a b",
-                         "2001:db8::1", "[::1", "[::1]x", "h\n", "[]:1", "h/x", "u@h"};
+    const char *bad[] = {"",       ":143",     "h:",   "h:0",         "h:65536",
+                         "h:14a",  "h:123456", "a b",  "2001:db8::1", "[::1",
+                         "[::1]x", "h\n",      "[]:1", "h/x",         "u@h"};
     char h[LDL_HOST_MAX + 1];
     char longv[LDL_HOST_MAX + 2];
     unsigned p;

@@ -604,7 +604,8 @@ static bool copy_config(struct ldl_pool *p, const struct ldl_config *c)
 
 static bool check_config(const struct ldl_config *c, const char **error_r)
 {
-    if (c->uri == NULL || (strncmp(c->uri, "ldap://", 7) != 0 && strncmp(c->uri, "ldaps://", 8))) {
+    if (c->uri == NULL ||
+        (strncmp(c->uri, "ldap://", 7) != 0 && strncmp(c->uri, "ldaps://", 8) != 0)) {
         *error_r = "ldap uri must start with ldap:// or ldaps://";
         return false;
     }
@@ -665,6 +666,17 @@ struct ldl_pool *ldl_pool_new(struct ev_loop *loop, const struct ldl_config *c,
     return p;
 }
 
+/* Frees a whole request list without callbacks (ldl_pool_free only). */
+static void drop_list(struct ldl_pool *p, struct ldl_req *r)
+{
+    while (r != NULL) {
+        struct ldl_req *next = r->next;
+        ev_timer_stop(p->loop, &r->timer);
+        free(r);
+        r = next;
+    }
+}
+
 void ldl_pool_free(struct ldl_pool **pp)
 {
     struct ldl_pool *p = *pp;
@@ -673,18 +685,11 @@ void ldl_pool_free(struct ldl_pool **pp)
     *pp = NULL;
     if (p->magic != LDL_MAGIC)
         abort();
-    while (p->queue != NULL) {
-        struct ldl_req *r = p->queue;
-        ldl_cancel(&r);
-    }
-    while (p->inflight != NULL) {
-        struct ldl_req *r = p->inflight;
-        ldl_cancel(&r);
-    }
-    while (p->done != NULL) {
-        struct ldl_req *r = p->done;
-        ldl_cancel(&r);
-    }
+    /* No abandon needed for in-flight searches: the connections are unbound below. */
+    drop_list(p, p->queue);
+    drop_list(p, p->inflight);
+    drop_list(p, p->done);
+    p->queue = p->queue_tail = p->inflight = p->done = NULL;
     for (unsigned i = 0; i < p->cfg.max_conns; i++) {
         struct ldl_conn *c = &p->conns[i];
         if (c->state == CONN_CONNECTING) {

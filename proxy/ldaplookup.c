@@ -18,7 +18,6 @@
  */
 #include "ldaplookup.h"
 
-#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -634,13 +633,23 @@ static bool check_config(const struct ldl_config *c, const char **error_r)
     return ldl_template_check(c->filter, error_r);
 }
 
+/* libldap initialises its global state on first use; do that once here, before several workers'
+ * helper threads can race into it. */
+static void global_init(void)
+{
+    int v = 0;
+    ldap_get_option(NULL, LDAP_OPT_PROTOCOL_VERSION, &v);
+}
+
 struct ldl_pool *ldl_pool_new(struct ev_loop *loop, const struct ldl_config *c,
                               const char **error_r)
 {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
     struct ldl_pool *p;
 
     if (!check_config(c, error_r))
         return NULL;
+    pthread_once(&once, global_init);
     p = calloc(1, sizeof *p);
     if (p == NULL || !copy_config(p, c)) {
         free(p);

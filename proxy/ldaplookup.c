@@ -235,6 +235,10 @@ static void *conn_thread(void *arg)
         goto out;
     }
     if (cfg->sasl_external) {
+        /* An empty initial response (authzid = the certificate's identity). bv_val must not be
+         * NULL: libldap then omits the credentials field and slapd's Cyrus SASL asks for a
+         * second round ("SASL bind in progress"). */
+        cred.bv_val = (char *)"";
         rc = ldap_sasl_bind_s(ld, NULL, "EXTERNAL", &cred, NULL, NULL, NULL);
     } else {
         if (cfg->bind_password != NULL) {

@@ -11,7 +11,8 @@ an auxiliary class next to inetOrgPerson): the attribute sendmail/Postfix LDAP r
 uses, so an existing directory often has it; no custom schema is needed.
 
 Tree (suffix dc=portcullis,dc=test):
-  cn=reader,ou=system        bind DN (password READER_PW); the only identity allowed to read
+  cn=reader,ou=system        bind DN (password READER_PW); with the TLS client certificate
+                             CLIENT_DN (SASL EXTERNAL) the only identities allowed to read
   uid=userNNNN,ou=people     N_USERS users; mailHost by NNNN % 3 from BACKENDS
   uid=admin                  an ordinary user (the injection tests must not find it)
   uid=nohost                 a user without mailHost
@@ -38,6 +39,8 @@ N_USERS = 1200
 # The three kinds of answer the routing chain must understand: host, host:port, pool entry name.
 BACKENDS = ("imap-a.example.test", "127.0.0.2:1143", "backend-c")
 SCHEMAS = ("core", "cosine", "inetorgperson", "nis", "misc")
+# SASL EXTERNAL: slapd takes the client certificate's subject as the bind identity.
+CLIENT_DN = "cn=ldl-client"
 
 
 def user_host(i: int) -> str:
@@ -68,6 +71,23 @@ def _ldif(n_users: int) -> str:
     out.append(person("dup", "dup-a.example.test"))
     out.append(person("dup", "dup-b.example.test", ou="other"))
     return "\n".join(out)
+
+
+def make_client_cert(d: Path, certs) -> tuple[Path, Path]:
+    """A TLS client certificate (subject CLIENT_DN, clientAuth) signed by the test CA."""
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "client.cnf").write_text(
+        "[req]\ndistinguished_name = dn\nprompt = no\nx509_extensions = ext\n"
+        "[dn]\nCN = ldl-client\n[ext]\nbasicConstraints = critical,CA:FALSE\n"
+        "keyUsage = critical,digitalSignature\nextendedKeyUsage = clientAuth\n")
+    r = subprocess.run(["openssl", "req", "-x509", "-new", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-config", "client.cnf",
+                        "-CA", str(certs.ca), "-CAkey", str(certs.ca_key), "-days", "30",
+                        "-keyout", "client.key", "-out", "client.pem"],
+                       cwd=d, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"openssl: {r.stderr}")
+    return d / "client.pem", d / "client.key"
 
 
 class Slapd:
@@ -107,7 +127,8 @@ rootdn "cn=admin,{SUFFIX}"
 directory {d}/db
 index uid eq
 access to attrs=userPassword by anonymous auth by * none
-access to * by dn.exact="{BIND_DN}" read by * none
+TLSVerifyClient allow
+access to * by dn.exact="{BIND_DN}" read by dn.exact="{CLIENT_DN}" read by * none
 """)
 
     def start(self, timeout: float = 10.0) -> "Slapd":

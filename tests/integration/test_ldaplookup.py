@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import slapd as slapd_mod
-from slapd import BIND_DN, READER_PW, SUFFIX, Slapd, user_host
+from slapd import BIND_DN, READER_PW, SUFFIX, Slapd, make_client_cert, user_host
 
 
 @pytest.fixture(scope="session")
@@ -162,6 +161,19 @@ def test_ldap_tls_verified(make_driver, slapd, certs, mode):
     assert ans[0] == "ERROR", ans
     logs = bad.close()
     assert "event=ldap_connect_failed" in logs, logs
+
+
+@pytest.mark.parametrize("mode", ["ldaps", "starttls"])
+def test_ldap_sasl_external_client_cert(make_driver, slapd, certs, env_tmp, mode):
+    cert, key = make_client_cert(env_tmp / "ldap-client", certs)
+    uri = slapd.ldaps_uri if mode == "ldaps" else slapd.uri
+    d = make_driver(LDL_URI=uri, LDL_STARTTLS=int(mode == "starttls"), LDL_SASL_EXTERNAL=1,
+                    LDL_CERT=cert, LDL_KEY=key, LDL_BIND_DN="", LDL_BIND_PW="")
+    expect_host(d.lookup("user0007"), user_host(7))
+    # The same bind without the certificate has no identity: it can read nothing.
+    anon = make_driver(LDL_URI=uri, LDL_STARTTLS=int(mode == "starttls"), LDL_BIND_DN="",
+                       LDL_BIND_PW="")
+    assert anon.lookup("user0007")[0] == "NOTFOUND"
 
 
 def test_ldap_wrong_password_is_an_error(make_driver):

@@ -18,6 +18,8 @@
  */
 #include "ldaplookup.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -30,7 +32,7 @@
 #include "log.h"
 
 #define LDL_MAGIC      0x4c444c50u /* "LDLP" */
-#define LDL_FILTER_MAX 1024        /* expanded filter; a longer one is a NOT_FOUND */
+#define LDL_FILTER_MAX 2048        /* expanded filter: 3 x max_user_len (512) + template */
 #define LDL_CONNS_MAX  16
 #define LDL_REASON_MAX 160
 
@@ -403,6 +405,15 @@ static void conn_ready(struct ldl_conn *c)
 
     if (ldap_get_option(c->ld, LDAP_OPT_DESC, &fd) != LDAP_OPT_SUCCESS || fd < 0) {
         snprintf(c->err, sizeof c->err, "no socket after bind");
+        ldap_unbind_ext(c->ld, NULL, NULL);
+        c->ld = NULL;
+        conn_schedule(c);
+        return;
+    }
+    /* From here on no libldap call may wait for the peer: a full send buffer makes libldap
+     * park the request (LDAP_REQST_WRITING) and finish writing in a later ldap_result(). */
+    if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) != 0) {
+        snprintf(c->err, sizeof c->err, "fcntl O_NONBLOCK: %s", strerror(errno));
         ldap_unbind_ext(c->ld, NULL, NULL);
         c->ld = NULL;
         conn_schedule(c);

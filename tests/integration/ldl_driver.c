@@ -3,7 +3,8 @@
  *
  * Config from the environment (LDL_URI, LDL_BASE, LDL_FILTER, LDL_ATTR, LDL_BIND_DN, LDL_BIND_PW,
  * LDL_CA, LDL_CERT, LDL_KEY, LDL_STARTTLS=1, LDL_SASL_EXTERNAL=1, LDL_TIMEOUT,
- * LDL_CONNECT_TIMEOUT, LDL_BACKOFF_MIN, LDL_BACKOFF_MAX, LDL_MAX_CONNS). Commands on stdin, one
+ * LDL_CONNECT_TIMEOUT, LDL_BACKOFF_MIN, LDL_BACKOFF_MAX, LDL_MAX_CONNS, LDL_MAX_PENDING,
+ * LDL_MAX_USER_LEN). Commands on stdin, one
  * per line; the user is hex-encoded so that any byte (NUL included) can be sent:
  *   lookup ID HEXUSER   → "ID FOUND host port ms" | "ID NOTFOUND ms reason" | "ID ERROR ms reason"
  *   cancel ID HEXUSER   → "ID CANCELLED" (a callback for it later prints "ID BUG callback after
@@ -148,6 +149,8 @@ int main(void)
     c.backoff_min = atof(env("LDL_BACKOFF_MIN", "0.1"));
     c.backoff_max = atof(env("LDL_BACKOFF_MAX", "10"));
     c.max_conns = (unsigned)atoi(env("LDL_MAX_CONNS", "2"));
+    c.max_pending = (unsigned)atoi(env("LDL_MAX_PENDING", "1024"));
+    c.max_user_len = (unsigned)atoi(env("LDL_MAX_USER_LEN", "256"));
     pool = ldl_pool_new(loop, &c, &err);
     if (pool == NULL) {
         fprintf(stderr, "ldl_driver: %s\n", err);

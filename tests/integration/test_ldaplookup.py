@@ -11,6 +11,7 @@ import os
 import select
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -206,6 +207,37 @@ def test_ldap_hung_server_times_out(make_driver, slapd):
     assert ans[0] == "ERROR" and "timed out" in ans[2], ans
     assert 0.4 < took < 1.5, took
     expect_host(d.lookup("user0001"), user_host(1))
+
+
+def test_ldap_hung_server_many_pending_time_out_on_time(make_driver, slapd):
+    """2 000 searches with 500-byte names of '*' (escaped: ~1.5 KB each, ~3 MB) to a stopped
+    slapd: every one is answered ERROR at its deadline, none is lost, and the pool recovers.
+    (Loopback buffers here absorb even 6 MB, so this does not prove that a full send buffer
+    cannot block; the socket is O_NONBLOCK after the bind for that, see conn_ready().)"""
+    n = 2000
+    d = make_driver(LDL_TIMEOUT="1", LDL_MAX_CONNS=1, LDL_MAX_PENDING=n, LDL_MAX_USER_LEN=512)
+    d.wait_ready(1)
+    os.kill(slapd.proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        # Send from a thread: the driver's answers (a pipe) must be read meanwhile.
+        sender = threading.Thread(
+            target=lambda: [d.send("lookup", f"{i:04d}" + "*" * 496) for i in range(n)])
+        sender.start()
+        answers = [d.line(timeout=5).split(" ", 3) for _ in range(n)]
+        sender.join()
+        sent = time.monotonic() - t0
+        took = time.monotonic() - t0
+    finally:
+        os.kill(slapd.proc.pid, signal.SIGCONT)
+    assert all(a[1] == "ERROR" for a in answers), [a for a in answers if a[1] != "ERROR"][:3]
+    assert took < 2.5, (sent, took)
+    assert len({a[0] for a in answers}) == n
+    d.wait_ready(1, timeout=5)
+    deadline = time.monotonic() + 5
+    while (ans := d.lookup("user0001"))[0] != "FOUND" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    expect_host(ans, user_host(1))
 
 
 def test_ldap_down_then_restarted_reconnects(make_driver, slapd):

@@ -22,6 +22,19 @@
 
 #include "ldaplookup.h"
 
+/*
+ * LeakSanitizer: libldap 2.5.13's GnuTLS backend (tls_g.c, tlsg_ctx_init) never frees the key
+ * and certificates it loads for a client certificate (gnutls_certificate_set_x509_key copies
+ * them): ~14 KB per connection that uses cert_file/key_file, inside libgnutls. Not ours to fix
+ * here; everything else stays checked.
+ */
+const char *__lsan_default_suppressions(void);
+const char *__lsan_default_suppressions(void)
+{
+    return "leak:gnutls_x509_privkey_init\nleak:gnutls_x509_crt_init\n"
+           "leak:gnutls_x509_privkey_import\nleak:gnutls_x509_crt_list_import\n";
+}
+
 struct job {
     char id[32];
     double t0;

@@ -158,6 +158,27 @@ access to * by dn.exact="{BIND_DN}" read by dn.exact="{CLIENT_DN}" read by * non
                 time.sleep(0.02)
         raise RuntimeError("slapd did not listen in time")
 
+    def pause(self) -> None:
+        """SIGSTOP, then wait until every thread has stopped: kill() returns before a thread
+        busy on another core stops, and it could still answer one more request."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        task = Path(f"/proc/{self.proc.pid}/task")
+        while time.monotonic() < deadline:
+            states = []
+            for t in task.iterdir():
+                try:
+                    states.append((t / "stat").read_text().rsplit(")", 1)[1].split()[0])
+                except (OSError, IndexError):
+                    pass
+            if states and all(st in "Tt" for st in states):
+                return
+            time.sleep(0.005)
+        raise RuntimeError("slapd did not stop")
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc is None:
             return

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import subprocess
 import threading
 import time
@@ -197,13 +196,13 @@ def test_ldap_cancel_never_calls_back(make_driver):
 def test_ldap_hung_server_times_out(make_driver, slapd):
     d = make_driver(LDL_TIMEOUT="0.5")
     d.wait_ready(2)
-    os.kill(slapd.proc.pid, signal.SIGSTOP)
+    slapd.pause()
     try:
         t0 = time.monotonic()
         ans = d.lookup("user0001", timeout=3)
         took = time.monotonic() - t0
     finally:
-        os.kill(slapd.proc.pid, signal.SIGCONT)
+        slapd.resume()
     assert ans[0] == "ERROR" and "timed out" in ans[2], ans
     assert 0.4 < took < 1.5, took
     expect_host(d.lookup("user0001"), user_host(1))
@@ -217,7 +216,7 @@ def test_ldap_hung_server_many_pending_time_out_on_time(make_driver, slapd):
     n = 2000
     d = make_driver(LDL_TIMEOUT="1", LDL_MAX_CONNS=1, LDL_MAX_PENDING=n, LDL_MAX_USER_LEN=512)
     d.wait_ready(1)
-    os.kill(slapd.proc.pid, signal.SIGSTOP)
+    slapd.pause()
     try:
         t0 = time.monotonic()
         # Send from a thread: the driver's answers (a pipe) must be read meanwhile.
@@ -229,7 +228,7 @@ def test_ldap_hung_server_many_pending_time_out_on_time(make_driver, slapd):
         sent = time.monotonic() - t0
         took = time.monotonic() - t0
     finally:
-        os.kill(slapd.proc.pid, signal.SIGCONT)
+        slapd.resume()
     assert all(a[1] == "ERROR" for a in answers), [a for a in answers if a[1] != "ERROR"][:3]
     assert took < 2.5, (sent, took)
     assert len({a[0] for a in answers}) == n

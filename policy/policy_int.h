@@ -36,7 +36,7 @@ struct policy {
     struct policy_sess *sessions; /* registered sessions (owned by their callers' handles) */
     unsigned nsessions;
     ev_timer heartbeat;
-    ev_timer drain_poll; /* route.c: reads `P drained` every 5 s */
+    ev_timer drain_poll; /* route.c: reads `P drained` every conf.drain_poll_ms */
 };
 
 struct policy_req {

@@ -350,6 +350,8 @@ static const struct cfg_key policy_keys[] = {
     {CFG_K_SIZE("download_limit", struct cfg_policy, download_limit, "0", 0, UINT64_C(1) << 50)},
     {CFG_K_DURATION("download_window", struct cfg_policy, download_window_ms, "1h", SEC, 30 * DAY)},
     {CFG_K_DURATION("affinity_ttl", struct cfg_policy, affinity_ttl_ms, "10m", 0, 7 * DAY)},
+    {CFG_K_DURATION("drain_poll", struct cfg_policy, drain_poll_ms, "5s", 100, MIN),
+     .flags = CFG_RESTART},
     {CFG_K_UINT("local_entries", struct cfg_policy, local_entries, "10000", 16, 10000000),
      .flags = CFG_RESTART},
     {CFG_K_END},

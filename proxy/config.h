@@ -218,6 +218,8 @@ struct cfg_policy {
     size_t download_limit;             /* default 0 = none; bytes per window per user */
     uint64_t download_window_ms;       /* default 1h */
     uint64_t affinity_ttl_ms; /* default 10m: user → backend kept after the last session */
+    uint64_t drain_poll_ms;   /* default 5s (restart): how often `P drained` (portcullis-ctl
+                                 drain) is read; a drain takes effect within this time */
     unsigned local_entries;   /* default 10000 (restart) */
 };
 

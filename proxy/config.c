@@ -301,7 +301,7 @@ static const struct cfg_key redis_keys[] = {
     {CFG_K_PORT("port", struct cfg_redis, port, "6379"), .flags = CFG_RESTART},
     {CFG_K_OPTSTR("socket", struct cfg_redis, socket, ""), .flags = CFG_RESTART},
     {CFG_K_OPTSTR("username", struct cfg_redis, username, ""), .flags = CFG_RESTART},
-    {CFG_K_OPTSTR("password", struct cfg_redis, password, ""), .flags = CFG_RESTART},
+    {CFG_K_OPTSTR("password", struct cfg_redis, password, ""), .flags = CFG_RESTART | CFG_SECRET},
     {CFG_K_UINT("db", struct cfg_redis, db, "0", 0, 1000), .flags = CFG_RESTART},
     {CFG_K_STRING("prefix", struct cfg_redis, prefix, "pc:"), .flags = CFG_RESTART},
     {CFG_K_DURATION("connect_timeout", struct cfg_redis, connect_timeout_ms, "1s", 10, MIN),
@@ -381,6 +381,11 @@ static const struct cfg_key top_keys[] = {
     {CFG_K_END},
 };
 static const struct cfg_table config_table = {.keys = top_keys, .check = config_check};
+
+const struct cfg_table *cfg_schema(void)
+{
+    return &config_table;
+}
 
 /* ---- checks a table cannot express ------------------------------------------------------- */
 

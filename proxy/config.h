@@ -263,6 +263,10 @@ struct config *cfg_load(const char *path, char **error_r) __attribute__((warn_un
 struct config *cfg_load_string(const char *text, size_t len, const char *name, char **error_r)
     __attribute__((warn_unused_result));
 
+/* The schema cfg_load() maps with (cfg_map.h): for walking its keys (cfg_walk.h). */
+struct cfg_table;
+const struct cfg_table *cfg_schema(void);
+
 struct config *cfg_ref(struct config *c);
 /* Drops a reference; frees the snapshot at zero and sets *c to NULL. NULL-safe. */
 void cfg_unref(struct config **c);

@@ -212,6 +212,25 @@ static bool raise_nofile(unsigned max_conn)
     return true;
 }
 
+/* `-t`: what start checks after loading the file, except binding. The privileges are really
+ * dropped (the process exits right after), so the signature files and scan.tmpdir are checked
+ * as the user that will scan, and the engine is built as start builds it (as long as start
+ * takes). Lines below warn are not wanted on a check's output. */
+static bool check_start(const struct config *cfg, char **error_r)
+{
+    log_set_level(LOG_WARN);
+    if (!privdrop(cfg, error_r))
+        return false;
+    if (!msgscan_check(cfg, error_r)) {
+        char *e = *error_r;
+        if (asprintf(error_r, "scanner: %s", e ? e : "cannot start") < 0)
+            *error_r = NULL;
+        free(e);
+        return false;
+    }
+    return true;
+}
+
 int main(int argc, char **argv)
 {
     bool test_only = false;
@@ -244,8 +263,14 @@ int main(int argc, char **argv)
         return 1;
     }
     if (test_only) {
-        printf("portcullis: configuration %s is valid\n", config_path);
+        bool ok = check_start(rt->cfg, &err);
         rt_unref(&rt);
+        if (!ok) {
+            fprintf(stderr, "portcullis: %s\n", err ? err : "the configuration cannot start");
+            free(err);
+            return 1;
+        }
+        printf("portcullis: configuration %s is valid\n", config_path);
         return 0;
     }
     const struct config *cfg = rt->cfg;

@@ -120,9 +120,12 @@ static bool reload(const char *source, char *why, size_t cap)
         log_write(LOG_WARN, "event=reload_partial more=%u note=\"more restart-only keys changed\"",
                   changes - RELOAD_PARTIAL_MAX);
     msgscan_reload(rt->cfg); /* off the loop; the result is logged when it is done */
+    char instance[128];
+    snprintf(instance, sizeof instance, "%s", rt->cfg->instance);
     rt_publish(rt);
     rt_unref(&cur);
-    log_write(LOG_INFO, "event=reloaded source=%s config=%s", source, config_path);
+    log_write(LOG_INFO, "event=reloaded source=%s instance=%s config=%s", source, LOG_QS(instance),
+              config_path);
     return true;
 }
 
@@ -189,7 +192,7 @@ static void on_usr1(struct ev_loop *loop, ev_signal *w, int revents)
     (void)w;
     (void)revents;
     if (!log_reopen())
-        log_write(LOG_ERROR, "event=log_reopen_failed error=\"%s\"", strerror(errno));
+        log_write(LOG_ERROR, "event=log_reopen_failed error=%s", LOG_QS(strerror(errno)));
 }
 
 /* Enough descriptors for max_connections sessions (client + backend each) plus slack. */
@@ -319,7 +322,7 @@ int main(int argc, char **argv)
         nbound = i + 1; /* a half-bound worker is unbound too */
         if (!worker_bind(&workers[i], cfg, &err)) {
             fprintf(stderr, "portcullis: %s\n", err ? err : "cannot bind");
-            log_write(LOG_ERROR, "event=bind_failed error=\"%s\"", err ? err : "?");
+            log_write(LOG_ERROR, "event=bind_failed error=%s", LOG_QS(err ? err : "?"));
             goto fail;
         }
     }
@@ -327,19 +330,19 @@ int main(int argc, char **argv)
     admin_set_reload(admin_reload);
     if (!admin_start(loop, cfg, &err)) {
         fprintf(stderr, "portcullis: %s\n", err ? err : "cannot bind the admin listener");
-        log_write(LOG_ERROR, "event=bind_failed error=\"%s\"", err ? err : "?");
+        log_write(LOG_ERROR, "event=bind_failed error=%s", LOG_QS(err ? err : "?"));
         goto fail;
     }
     /* Everything privileged is done: sockets are bound, files opened. */
     if (!privdrop(cfg, &err)) {
         fprintf(stderr, "portcullis: %s\n", err ? err : "cannot drop privileges");
-        log_write(LOG_ERROR, "event=privdrop_failed error=\"%s\"", err ? err : "?");
+        log_write(LOG_ERROR, "event=privdrop_failed error=%s", LOG_QS(err ? err : "?"));
         goto fail;
     }
     /* After the privilege drop: the scanner's private work dir must be the scanning user's. */
     if (!msgscan_process_init(cfg, loop, &err)) {
         fprintf(stderr, "portcullis: scanner: %s\n", err ? err : "cannot start");
-        log_write(LOG_ERROR, "event=scanner_failed error=\"%s\"", err ? err : "?");
+        log_write(LOG_ERROR, "event=scanner_failed error=%s", LOG_QS(err ? err : "?"));
         goto fail;
     }
     scanner_up = true;
@@ -360,8 +363,8 @@ int main(int argc, char **argv)
                   cfg->listeners[i].tls == CFG_TLS_IMPLICIT   ? "implicit"
                   : cfg->listeners[i].tls == CFG_TLS_STARTTLS ? "starttls"
                                                               : "none");
-    log_write(LOG_INFO, "event=started version=%s workers=%u config=%s", PORTCULLIS_VERSION,
-              nworkers, config_path);
+    log_write(LOG_INFO, "event=started version=%s instance=%s workers=%u config=%s",
+              PORTCULLIS_VERSION, LOG_QS(cfg->instance), nworkers, config_path);
     rt_unref(&rt);
     admin_set_healthy(true, "ok");
 

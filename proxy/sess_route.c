@@ -132,9 +132,9 @@ static bool next_candidate(struct session *s, const char *err)
         return false;
     const char *from = s->be->name;
     s->be_try++;
-    sess_log(s, LOG_INFO, "event=backend_retry from=%s to=%s reason=\"%s\"", from,
+    sess_log(s, LOG_INFO, "event=backend_retry from=%s to=%s reason=%s", from,
              s->cfg->backends[s->be_cand[s->be_try]].name,
-             err && strcmp(err, "timeout") == 0 ? "connect timeout" : "connect failed");
+             LOG_QS(err && strcmp(err, "timeout") == 0 ? "connect timeout" : "connect failed"));
     dial_candidate(s);
     return true;
 }

@@ -587,8 +587,9 @@ void imap_preauth_login_failed(struct session *s, enum imap_login_fail how, cons
         reply(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed.", st->tag);
     } else if (how == IMAP_LF_MECH) {
         /* Not "authentication failed": a client would take its token for bad and refresh it. */
-        sess_event(s, &(struct sess_event){
-                          .kind = SEV_LOGIN_FAILED, .fail = SLF_MECHANISM_UNSUPPORTED, .text = why});
+        sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_FAILED,
+                                           .fail = SLF_MECHANISM_UNSUPPORTED,
+                                           .text = why});
         reply(s, "%s NO [CANNOT] Unsupported authentication mechanism.", st->tag);
     } else {
         sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_UNAVAILABLE, .text = why});

@@ -76,7 +76,8 @@ static void restart_change(void *arg, const char *path, const struct cfg_key *k,
     log_write(LOG_WARN,
               "event=reload_partial key=%s running=%s file=%s note=\"needs a restart; the "
               "running value stays\"",
-              path, log_qs(qa, sizeof qa, secret ? "(secret)" : cfg_walk_value(k, a, va, sizeof va)),
+              path,
+              log_qs(qa, sizeof qa, secret ? "(secret)" : cfg_walk_value(k, a, va, sizeof va)),
               log_qs(qb, sizeof qb, secret ? "(secret)" : cfg_walk_value(k, b, vb, sizeof vb)));
 }
 

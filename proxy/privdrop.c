@@ -40,8 +40,7 @@ static bool keep_net_admin(void)
 
 /* The root rules and the user and group lookups; *drop_r says whether there is a user to
  * become (false: unprivileged, or root with run_as_root). */
-static bool plan(const struct config *cfg, bool *drop_r, uid_t *uid_r, gid_t *gid_r,
-                 char **error_r)
+static bool plan(const struct config *cfg, bool *drop_r, uid_t *uid_r, gid_t *gid_r, char **error_r)
 {
     *error_r = NULL;
     *drop_r = false;

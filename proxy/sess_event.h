@@ -85,8 +85,8 @@ struct sess_event {
     enum sess_ev kind;
     enum sess_reason reason;   /* SEV_REFUSED, SEV_LOGIN_REFUSED */
     enum sess_login_fail fail; /* SEV_LOGIN_FAILED */
-    const char *text;        /* error= (bad PROXY header), the backend's reason (login_failed),
-                                detail= (backend_unavailable) */
+    const char *text;          /* error= (bad PROXY header), the backend's reason (login_failed),
+                                  detail= (backend_unavailable) */
     const char *answer;   /* SEV_REFUSED after login (POP3): the answer, logged as answer="…" */
     const char *command;  /* ... and the command it answered ("-" when unparsable) */
     const char *name;     /* listener= (untrusted PROXY), backend= (login), client= (max conn) */

@@ -97,10 +97,10 @@ struct session {
     uint16_t client_port;
     struct sockaddr_storage client_sa;
     struct sockaddr_storage local_sa;
-    char *user;      /* owned, NUL-terminated, set at login */
+    char *user;        /* owned, NUL-terminated, set at login */
     char *failed_user; /* owned or NULL: the user of the last login that failed or was refused
                           (sess_forget_user), named on the close line */
-    bool client_tls; /* the client side is encrypted */
+    bool client_tls;   /* the client side is encrypted */
     bool closing;
     bool logged_in;
     const char *close_reason;

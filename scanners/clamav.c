@@ -387,11 +387,10 @@ static bool load_canary(struct cav *c, struct cl_engine *e, unsigned *sigs, char
  * .info, .cfg and .ign files alone hold no signatures.) */
 static bool is_db_file(const char *name)
 {
-    static const char *const ext[] = {"cvd", "cld",  "cud",  "hdb", "hsb", "hdu", "hsu", "mdb",
-                                      "msb", "mdu",  "msu",  "ndb", "ndu", "ldb", "ldu", "sdb",
-                                      "zmd", "rmd",  "idb",  "fp",  "sfp", "gdb", "pdb", "wdb",
-                                      "cdb", "crb",  "cat",  "ftm", "yar", "yara", "pwdb", "imp",
-                                      "cbc"};
+    static const char *const ext[] = {
+        "cvd", "cld", "cud", "hdb", "hsb", "hdu", "hsu", "mdb",  "msb",  "mdu", "msu",
+        "ndb", "ndu", "ldb", "ldu", "sdb", "zmd", "rmd", "idb",  "fp",   "sfp", "gdb",
+        "pdb", "wdb", "cdb", "crb", "cat", "ftm", "yar", "yara", "pwdb", "imp", "cbc"};
     const char *dot = strrchr(name, '.');
     if (!dot || dot == name)
         return false;

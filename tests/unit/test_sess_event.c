@@ -239,9 +239,8 @@ static void test_logins(void **state)
                 "event=login_failed reason=credentials_refused detail=\"backend refused the "
                 "credentials\"",
                 LOG_INFO);
-    struct sess_event mech = {.kind = SEV_LOGIN_FAILED,
-                              .fail = SLF_MECHANISM_UNSUPPORTED,
-                              .text = "say \"no\" \\ here"};
+    struct sess_event mech = {
+        .kind = SEV_LOGIN_FAILED, .fail = SLF_MECHANISM_UNSUPPORTED, .text = "say \"no\" \\ here"};
     expect_text(&mech,
                 "event=login_failed reason=mechanism_unsupported detail=\"say \\\"no\\\" "
                 "\\\\ here\"",

@@ -261,6 +261,20 @@ bool msgscan_process_init(const struct config *cfg, struct ev_loop *main_loop, c
     return true;
 }
 
+bool msgscan_check(const struct config *cfg, char **error_r)
+{
+    *error_r = NULL;
+    if (!cfg->scan.enabled)
+        return true;
+    struct scan_options o;
+    options_from(&cfg->scan, &o);
+    struct scanner *sc = scanner_clamav_new(&o, error_r);
+    if (!sc)
+        return false;
+    scanner_destroy(&sc);
+    return true;
+}
+
 void msgscan_reload(const struct config *cfg)
 {
     if (!g_scanner)

@@ -50,6 +50,10 @@ struct worker;
  * databases) and start the pool. Call after the privilege drop (the scanner's work dir must
  * belong to the user that scans) and before the workers start. `main_loop` receives reload
  * results. Without scan.enabled: nothing, true. */
+/* `portcullis -t`: what msgscan_process_init would check, and nothing kept: the engine is built
+ * from the signature files (as long as start takes) in a work dir under scan.tmpdir, then freed.
+ * Without scan.enabled: true. */
+bool msgscan_check(const struct config *cfg, char **error_r) __attribute__((warn_unused_result));
 bool msgscan_process_init(const struct config *cfg, struct ev_loop *main_loop, char **error_r)
     __attribute__((warn_unused_result));
 /* SIGHUP: reload the signatures off the loop with the scan settings of `cfg` (NULL: the ones in

@@ -100,6 +100,7 @@ void sess_policy_worker_start(struct worker *w)
         .fail_closed = r->fail_mode == CFG_FAIL_CLOSED,
         .heartbeat_ms = cfg->policy.heartbeat_ms,
         .session_ttl_ms = cfg->policy.session_ttl_ms,
+        .drain_poll_ms = cfg->policy.drain_poll_ms,
         .local_entries = cfg->policy.local_entries,
     };
     w->policy = policy_new(w->loop, &pc);

@@ -327,6 +327,15 @@ void sess_pump(struct session *s)
         conn_update(&s->backend);
 }
 
+void sess_forget_user(struct session *s)
+{
+    if (!s->user)
+        return;
+    free(s->failed_user);
+    s->failed_user = s->user;
+    s->user = NULL;
+}
+
 void sess_close(struct session *s, const char *reason)
 {
     if (s->closing)
@@ -360,11 +369,15 @@ void sess_close(struct session *s, const char *reason)
     }
     struct ev_loop *loop = s->worker->loop;
     ev_timer_stop(loop, &s->timer);
+    if (!s->user && s->failed_user) { /* the close line of a session whose login failed */
+        s->user = s->failed_user;
+        s->failed_user = NULL;
+    }
     double dur = ev_now(loop) - s->started;
     sess_log(s, LOG_INFO,
-             "event=close reason=\"%s\" duration=%.3f bytes_in=%llu bytes_out=%llu "
+             "event=close reason=%s duration=%.3f bytes_in=%llu bytes_out=%llu "
              "backend=%s backend_bytes_in=%llu backend_bytes_out=%llu scans=%u blocked=%u",
-             reason ? reason : "?", dur, (unsigned long long)s->client.bytes_in,
+             LOG_QS(reason ? reason : "?"), dur, (unsigned long long)s->client.bytes_in,
              (unsigned long long)s->client.bytes_out, s->be ? s->be->name : "-",
              (unsigned long long)s->backend.bytes_in, (unsigned long long)s->backend.bytes_out,
              s->scans, s->blocked);
@@ -373,10 +386,10 @@ void sess_close(struct session *s, const char *reason)
     conn_close(&s->backend);
     buf_free(&s->up);
     buf_free(&s->down);
-    if (s->user) {
-        free(s->user);
-        s->user = NULL;
-    }
+    free(s->user);
+    s->user = NULL;
+    free(s->failed_user);
+    s->failed_user = NULL;
     rt_unref(&s->rt);
     s->cfg = NULL;
     worker_bury_session(s->worker, s);

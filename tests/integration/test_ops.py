@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import imaplib
 import os
+import re
 import select
 import shutil
 import signal
@@ -151,6 +152,10 @@ def test_reload_with_broken_config_keeps_serving(proxy_factory, certs):
     os.kill(px.pid, signal.SIGHUP)
     px.wait_log("event=reload_failed")
     assert "bogus_key" in px.log()
+    # issue 18: the error's quotes are escaped: the line is logfmt, the value one field
+    line = next(l for l in px.log().splitlines() if "event=reload_failed" in l)
+    assert 'unknown key \\"bogus_key\\"' in line, line
+    assert re.fullmatch(r'(?:[\w.]+=(?:"(?:[^"\\]|\\.)*"|[^\s"=]*)(?: |$))+', line), line
     m = imaplib.IMAP4_SSL(mailenv.LOCAL, px.port("imaps"),
                           ssl_context=mailenv.ssl_context(certs.ca), timeout=15)
     m.login("alice", "alicepw")

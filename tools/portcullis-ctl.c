@@ -43,7 +43,8 @@ struct ctl {
     bool fold;
     unsigned v4_prefix, v6_prefix;
     bool json; /* --json: listings as JSON */
-    int timeout; /* seconds an admin request may take */
+    int timeout;       /* seconds an admin request may take */
+    const char *admin; /* --admin ADDRESS: the admin listener, without reading the file */
 };
 
 struct ctl_cmd {
@@ -427,24 +428,77 @@ static int run_undrain(struct ctl *c, int argc, char **argv)
     return run_drain_set(c, argc, argv, false);
 }
 
-/* One HTTP request to the local instance's admin listener (admin.bind of the configuration):
- * exit 0 only on 200, with the answer's body on stdout; otherwise the body on stderr, 1. */
+/* A decimal option value in [lo, hi], or -1 (atoi took "abc" as 0). */
+static int opt_int(const char *v, int lo, int hi)
+{
+    char *end;
+    long n = strtol(v, &end, 10);
+    return end != v && !*end && n >= lo && n <= hi ? (int)n : -1;
+}
+
+/* "127.0.0.1:9190" or "[::1]:9190" (numeric, as admin.bind) into *ss; false if it is not. */
+static bool parse_admin_addr(const char *text, struct sockaddr_storage *ss, socklen_t *len)
+{
+    char host[INET6_ADDRSTRLEN + 2];
+    const char *colon = strrchr(text, ':');
+    int port = colon ? opt_int(colon + 1, 1, 65535) : -1;
+    size_t hl = colon ? (size_t)(colon - text) : 0;
+    if (port < 0 || hl == 0 || hl >= sizeof host)
+        return false;
+    memcpy(host, text, hl);
+    host[hl] = '\0';
+    memset(ss, 0, sizeof *ss);
+    struct sockaddr_in *v4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)port);
+        *len = sizeof *v4;
+        return true;
+    }
+    if (hl > 2 && host[0] == '[' && host[hl - 1] == ']') {
+        host[hl - 1] = '\0';
+        if (inet_pton(AF_INET6, host + 1, &v6->sin6_addr) == 1) {
+            v6->sin6_family = AF_INET6;
+            v6->sin6_port = htons((uint16_t)port);
+            *len = sizeof *v6;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* One HTTP request to the local instance's admin listener (--admin, else admin.bind of the
+ * configuration): exit 0 only on 200, with the answer's body on stdout; otherwise the body on
+ * stderr, 1. */
 static int admin_post(const struct ctl *c, const char *path)
 {
-    const struct config *cfg = c->cfg;
-    if (!cfg->admin.enabled) {
+    struct sockaddr_storage ss;
+    socklen_t sslen = 0;
+    const char *bind = c->admin;
+    if (bind) {
+        if (!parse_admin_addr(bind, &ss, &sslen)) {
+            fprintf(stderr, "portcullis-ctl: --admin: '%s' is not ADDRESS:PORT (numeric, as "
+                            "admin.bind)\n", bind);
+            return 2;
+        }
+    } else if (!c->cfg->admin.enabled) {
         fprintf(stderr,
                 "portcullis-ctl: the admin listener is disabled in %s (admin.enabled): use "
                 "SIGHUP (systemctl reload portcullis)\n",
                 c->cfg_path);
         return 2;
+    } else {
+        bind = c->cfg->admin.bind;
+        ss = c->cfg->admin.addr;
+        sslen = c->cfg->admin.addrlen;
     }
-    int fd = socket(cfg->admin.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct timeval tv = {c->timeout, 0};
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0 ||
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0 ||
-        connect(fd, (const struct sockaddr *)&cfg->admin.addr, cfg->admin.addrlen) < 0) {
-        fprintf(stderr, "portcullis-ctl: cannot reach the admin listener %s: %s\n", cfg->admin.bind,
+        connect(fd, (const struct sockaddr *)&ss, sslen) < 0) {
+        fprintf(stderr, "portcullis-ctl: cannot reach the admin listener %s: %s\n", bind,
                 strerror(errno));
         if (fd >= 0)
             close(fd);
@@ -467,7 +521,7 @@ static int admin_post(const struct ctl *c, const char *path)
         return 0;
     }
     if (n == 0)
-        fprintf(stderr, "portcullis-ctl: %s: no answer from %s%s%s\n", path + 1, cfg->admin.bind,
+        fprintf(stderr, "portcullis-ctl: %s: no answer from %s%s%s\n", path + 1, bind,
                 err ? ": " : "", err == EAGAIN ? "timed out (--timeout)" : err ? strerror(err) : "");
     else
         fprintf(stderr, "portcullis-ctl: %s", *body ? body : resp);
@@ -519,6 +573,9 @@ static void usage(FILE *f)
                "  -j, --json          sessions, drain: JSON on stdout\n"
                "  -T, --timeout SEC   reload, reload-signatures: wait this long (default 30, "
                "300)\n"
+               "  -a, --admin ADDR    reload, reload-signatures: this admin listener "
+               "(ADDRESS:PORT),\n"
+               "                      without reading FILE (freshclam's OnUpdateExecute)\n"
                "  -V, --version       print the version    -h, --help    print this help\n"
                "\nThe Redis password comes from redis.password in FILE or "
                "$PORTCULLIS_REDIS_PASSWORD.\n"
@@ -531,29 +588,22 @@ static const struct option long_opts[] = {
     {"port", required_argument, NULL, 'p'},   {"socket", required_argument, NULL, 's'},
     {"user", required_argument, NULL, 'u'},   {"db", required_argument, NULL, 'n'},
     {"prefix", required_argument, NULL, 'P'}, {"json", no_argument, NULL, 'j'},
-    {"timeout", required_argument, NULL, 'T'}, {"version", no_argument, NULL, 'V'},
+    {"timeout", required_argument, NULL, 'T'}, {"admin", required_argument, NULL, 'a'},
+    {"version", no_argument, NULL, 'V'},
     {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
 };
 
 struct ctl_opts {
-    const char *file, *host, *sock, *user, *prefix;
+    const char *file, *host, *sock, *user, *prefix, *admin;
     int port, db, timeout;
     bool json;
 };
-
-/* A decimal option value in [lo, hi], or -1 (atoi took "abc" as 0). */
-static int opt_int(const char *v, int lo, int hi)
-{
-    char *end;
-    long n = strtol(v, &end, 10);
-    return end != v && !*end && n >= lo && n <= hi ? (int)n : -1;
-}
 
 /* -1: exit 2 (usage on stderr); 0: exit 0 (help or version printed); 1: go on. */
 static int parse_opts(int argc, char **argv, struct ctl_opts *o)
 {
     int opt;
-    while ((opt = getopt_long(argc, argv, "+c:H:p:s:u:n:P:jT:Vh", long_opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "+c:H:p:s:u:n:P:jT:a:Vh", long_opts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             o->file = optarg;
@@ -584,6 +634,9 @@ static int parse_opts(int argc, char **argv, struct ctl_opts *o)
         case 'T':
             if ((o->timeout = opt_int(optarg, 1, 86400)) < 0)
                 return -1;
+            break;
+        case 'a':
+            o->admin = optarg;
             break;
         case 'V':
             printf("portcullis-ctl %s\n", PORTCULLIS_VERSION);
@@ -656,8 +709,12 @@ int main(int argc, char **argv)
     /* Always the configuration: it names the Redis, the key prefix, the backends ctl checks
      * names against and the admin listener. The default file too: an unreadable one is an
      * error naming it, never a silent fall-back to a Redis on localhost with other keys. */
+    struct ctl c = {.cfg_path = o.file ? o.file : DEFAULT_CONFIG, .json = o.json,
+                    .admin = o.admin};
+    c.timeout = o.timeout ? o.timeout : cc->run == run_reload_signatures ? 300 : 30;
+    if (o.admin && !cc->redis && !o.file) /* e.g. as freshclam's user, who cannot read FILE */
+        return cc->run(&c, nargs, argv + optind + 1);
     char *err = NULL;
-    struct ctl c = {.cfg_path = o.file ? o.file : DEFAULT_CONFIG, .json = o.json};
     c.cfg = cfg_load(c.cfg_path, &err);
     if (!c.cfg) {
         fprintf(stderr, "portcullis-ctl: %s%s\n", err ? err : "cannot load the configuration ",
@@ -669,7 +726,6 @@ int main(int argc, char **argv)
     c.fold = c.cfg->policy.user_case_insensitive;
     c.v4_prefix = c.cfg->policy.ipv4_prefix;
     c.v6_prefix = c.cfg->policy.ipv6_prefix;
-    c.timeout = o.timeout ? o.timeout : cc->run == run_reload_signatures ? 300 : 30;
     if (cc->redis)
         redis_open(&c, &o);
     int rc = cc->run(&c, nargs, argv + optind + 1);

@@ -156,7 +156,9 @@ def test_reload_signatures(proxy_factory, dovecot, env_tmp, certs):
     assert fetch() == tagged
     with open(db / "portcullis-test.ndb", "a") as f:
         f.write("Portcullis.Test.CtlReload:0:*:%s\n" % marker.hex())
-    r = ctl(px, "reload-signatures", timeout=60)
+    # as freshclam's OnUpdateExecute runs it: --admin, no configuration file read
+    r = subprocess.run([str(clients.ctl_binary(px)), "--admin", px.config["admin"]["bind"],
+                        "reload-signatures"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.startswith("signatures reloaded: engine="), r
     got = fetch()
     assert marker not in got and b"Portcullis.Test.CtlReload.UNOFFICIAL" in got, got[:600]

@@ -1,5 +1,6 @@
 /*
- * admin — /metrics and /healthz over a minimal HTTP server on the main loop (see admin.h).
+ * admin — /metrics, /healthz, /reload and /reload-signatures over a minimal HTTP server on the
+ * main loop (see admin.h).
  */
 #include "admin.h"
 
@@ -103,10 +104,10 @@ static void respond(struct admin_client *c, int code, const char *ctype, const c
 static void sigs_reloaded(bool ok, const char *error, const char *engine)
 {
     char body[600];
-    int n = ok ? snprintf(body, sizeof body, "signatures reloaded: engine=%s\n", engine)
-               : snprintf(body, sizeof body,
-                          "signature reload failed: %s (engine=%s stays in service)\n", error,
-                          engine);
+    int n =
+        ok ? snprintf(body, sizeof body, "signatures reloaded: engine=%s\n", engine)
+           : snprintf(body, sizeof body,
+                      "signature reload failed: %s (engine=%s stays in service)\n", error, engine);
     size_t len = (size_t)n < sizeof body ? (size_t)n : sizeof body - 1;
     for (unsigned i = 0; i < nclients_max; i++) {
         struct admin_client *c = clients[i];

@@ -42,7 +42,7 @@ struct ctl {
     const char *prefix;
     bool fold;
     unsigned v4_prefix, v6_prefix;
-    bool json; /* --json: listings as JSON */
+    bool json;         /* --json: listings as JSON */
     int timeout;       /* seconds an admin request may take */
     const char *admin; /* --admin ADDRESS: the admin listener, without reading the file */
 };
@@ -134,8 +134,8 @@ static void print_session(const struct ctl *c, const redisReply *h, time_t now, 
 {
     long long started = field_num(h, "started"), bytes = field_num(h, "bytes");
     if (c->json) {
-        static const char *const strs[] = {"id", "user", "client", "backend", "instance",
-                                           "protocol"};
+        static const char *const strs[] = {"id",      "user",     "client",
+                                           "backend", "instance", "protocol"};
         printf("%s\n  {", n ? "," : "");
         for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
             printf("%s\"%s\": ", i ? ", " : "", strs[i]);
@@ -224,8 +224,8 @@ static int run_sessions(struct ctl *c, int argc, char **argv)
     if (c->json)
         printf("[");
     else
-        printf("%-28s %-20s %-24s %-12s %-12s %-5s %-32s %s\n", "ID", "USER", "CLIENT",
-               "BACKEND", "INSTANCE", "PROTO", "STARTED (UTC, AGE)", "BYTES");
+        printf("%-28s %-20s %-24s %-12s %-12s %-5s %-32s %s\n", "ID", "USER", "CLIENT", "BACKEND",
+               "INSTANCE", "PROTO", "STARTED (UTC, AGE)", "BYTES");
     unsigned n = scan_sessions(c, match, time(NULL), print_session);
     if (c->json)
         printf("%s]\n", n ? "\n" : "");
@@ -271,8 +271,7 @@ static int run_kick(struct ctl *c, int argc, char **argv)
                 argv[0], n, chan);
         return 1;
     }
-    printf("kick %s: %u session(s); delivered to %lld worker connection(s)\n", argv[0], n,
-           heard);
+    printf("kick %s: %u session(s); delivered to %lld worker connection(s)\n", argv[0], n, heard);
     return 0;
 }
 
@@ -478,8 +477,10 @@ static int admin_post(const struct ctl *c, const char *path)
     const char *bind = c->admin;
     if (bind) {
         if (!parse_admin_addr(bind, &ss, &sslen)) {
-            fprintf(stderr, "portcullis-ctl: --admin: '%s' is not ADDRESS:PORT (numeric, as "
-                            "admin.bind)\n", bind);
+            fprintf(stderr,
+                    "portcullis-ctl: --admin: '%s' is not ADDRESS:PORT (numeric, as "
+                    "admin.bind)\n",
+                    bind);
             return 2;
         }
     } else if (!c->cfg->admin.enabled) {
@@ -522,7 +523,10 @@ static int admin_post(const struct ctl *c, const char *path)
     }
     if (n == 0)
         fprintf(stderr, "portcullis-ctl: %s: no answer from %s%s%s\n", path + 1, bind,
-                err ? ": " : "", err == EAGAIN ? "timed out (--timeout)" : err ? strerror(err) : "");
+                err ? ": " : "",
+                err == EAGAIN ? "timed out (--timeout)"
+                : err         ? strerror(err)
+                              : "");
     else
         fprintf(stderr, "portcullis-ctl: %s", *body ? body : resp);
     return 1;
@@ -544,7 +548,8 @@ static int run_reload_signatures(struct ctl *c, int argc, char **argv)
 }
 
 static const struct ctl_cmd commands[] = {
-    {"sessions", 0, 1, true, "sessions [USER]", "list live sessions of every instance", run_sessions},
+    {"sessions", 0, 1, true, "sessions [USER]", "list live sessions of every instance",
+     run_sessions},
     {"kick", 1, 1, true, "kick USER|SESSION-ID", "end those sessions wherever they are", run_kick},
     {"unlock", 1, 1, true, "unlock USER|ADDRESS", "clear a lock-out and the login-rate bucket",
      run_unlock},
@@ -584,13 +589,19 @@ static void usage(FILE *f)
 }
 
 static const struct option long_opts[] = {
-    {"config", required_argument, NULL, 'c'}, {"host", required_argument, NULL, 'H'},
-    {"port", required_argument, NULL, 'p'},   {"socket", required_argument, NULL, 's'},
-    {"user", required_argument, NULL, 'u'},   {"db", required_argument, NULL, 'n'},
-    {"prefix", required_argument, NULL, 'P'}, {"json", no_argument, NULL, 'j'},
-    {"timeout", required_argument, NULL, 'T'}, {"admin", required_argument, NULL, 'a'},
+    {"config", required_argument, NULL, 'c'},
+    {"host", required_argument, NULL, 'H'},
+    {"port", required_argument, NULL, 'p'},
+    {"socket", required_argument, NULL, 's'},
+    {"user", required_argument, NULL, 'u'},
+    {"db", required_argument, NULL, 'n'},
+    {"prefix", required_argument, NULL, 'P'},
+    {"json", no_argument, NULL, 'j'},
+    {"timeout", required_argument, NULL, 'T'},
+    {"admin", required_argument, NULL, 'a'},
     {"version", no_argument, NULL, 'V'},
-    {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
 };
 
 struct ctl_opts {
@@ -666,9 +677,8 @@ static void redis_open(struct ctl *c, const struct ctl_opts *o)
     struct timeval tv = {2, 0};
     c->rc = sock ? redisConnectUnixWithTimeout(sock, tv) : redisConnectWithTimeout(host, port, tv);
     if (!c->rc || c->rc->err) {
-        fprintf(stderr, "portcullis-ctl: cannot connect to redis %s%s%d: %s\n",
-                sock ? sock : host, sock ? "" : ":", sock ? 0 : port,
-                c->rc ? c->rc->errstr : "out of memory");
+        fprintf(stderr, "portcullis-ctl: cannot connect to redis %s%s%d: %s\n", sock ? sock : host,
+                sock ? "" : ":", sock ? 0 : port, c->rc ? c->rc->errstr : "out of memory");
         exit(2);
     }
     redisSetTimeout(c->rc, tv);
@@ -709,8 +719,7 @@ int main(int argc, char **argv)
     /* Always the configuration: it names the Redis, the key prefix, the backends ctl checks
      * names against and the admin listener. The default file too: an unreadable one is an
      * error naming it, never a silent fall-back to a Redis on localhost with other keys. */
-    struct ctl c = {.cfg_path = o.file ? o.file : DEFAULT_CONFIG, .json = o.json,
-                    .admin = o.admin};
+    struct ctl c = {.cfg_path = o.file ? o.file : DEFAULT_CONFIG, .json = o.json, .admin = o.admin};
     c.timeout = o.timeout ? o.timeout : cc->run == run_reload_signatures ? 300 : 30;
     if (o.admin && !cc->redis && !o.file) /* e.g. as freshclam's user, who cannot read FILE */
         return cc->run(&c, nargs, argv + optind + 1);

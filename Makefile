@@ -227,10 +227,10 @@ format-check:
 
 # Both cores: clang-tidy per batch of files (xargs fails if any batch does), cppcheck -j2.
 lint:
-	printf '%s\n' $(LIB_SRC) proxy/main.c | \
+	printf '%s\n' $(LIB_SRC) proxy/main.c tools/portcullis-ctl.c | \
 	    xargs -P2 -n6 sh -c 'clang-tidy --quiet "$$@" -- $(CPPFLAGS) -std=c11' clang-tidy
 	cppcheck -j2 --quiet --error-exitcode=1 --enable=warning,portability,performance \
-	    --inline-suppr --suppress=missingIncludeSystem $(CPPFLAGS) proxy policy scanners
+	    --inline-suppr --suppress=missingIncludeSystem $(CPPFLAGS) proxy policy scanners tools
 
 clean:
 	rm -rf build

@@ -107,18 +107,31 @@ static long long field_num(const redisReply *h, const char *name)
     return errno || end == v || *end || n < 0 ? -1 : n;
 }
 
-/* "2026-12-05T21:14:03Z (3h07m)": when (UTC) and how long ago, for STARTED. */
-static void human_time(char *out, size_t cap, long long epoch, time_t now)
+/* Unix time → "2026-12-05T21:14:03Z" (ISO 8601, UTC); "" when there is none. */
+static void iso_utc(char out[32], long long epoch)
 {
     struct tm tm;
     time_t t = (time_t)epoch;
-    if (epoch < 0 || !gmtime_r(&t, &tm)) {
+    out[0] = '\0';
+    if (epoch >= 0 && gmtime_r(&t, &tm))
+        strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static long long age_of(long long epoch, time_t now)
+{
+    return epoch >= 0 && (long long)now > epoch ? (long long)now - epoch : 0;
+}
+
+/* "2026-12-05T21:14:03Z (3h07m)": when (UTC) and how long ago, for STARTED. */
+static void human_time(char *out, size_t cap, long long epoch, time_t now)
+{
+    char iso[32], age[32];
+    iso_utc(iso, epoch);
+    if (!iso[0]) {
         snprintf(out, cap, "-");
         return;
     }
-    char iso[32], age[32];
-    strftime(iso, sizeof iso, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    long long a = now > t ? (long long)(now - t) : 0;
+    long long a = age_of(epoch, now);
     if (a < 60)
         snprintf(age, sizeof age, "%llds", a);
     else if (a < 3600)
@@ -141,14 +154,11 @@ static void print_session(const struct ctl *c, const redisReply *h, time_t now, 
             printf("%s\"%s\": ", i ? ", " : "", strs[i]);
             json_str(stdout, field(h, strs[i]));
         }
-        char iso[32] = "";
-        struct tm tm;
-        time_t t = (time_t)started;
-        if (started >= 0 && gmtime_r(&t, &tm))
-            strftime(iso, sizeof iso, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        char iso[32];
+        iso_utc(iso, started);
         printf(", \"started\": %lld, \"started_iso\": \"%s\", \"age_seconds\": %lld, "
                "\"bytes\": %lld}",
-               started, iso, started >= 0 && now > t ? (long long)(now - t) : 0, bytes);
+               started, iso, age_of(started, now), bytes);
         return;
     }
     char when[80];
@@ -360,7 +370,7 @@ static int run_route(struct ctl *c, int argc, char **argv)
     redisReply *r;
     if (argc == 1) {
         r = cmd(c, 2, (const char *[]){"GET", key});
-        printf("route %s: %s\n", argv[0], r->type == REDIS_REPLY_STRING ? r->str : "(hash)");
+        printf("route %s: %s\n", argv[0], r->type == REDIS_REPLY_STRING ? r->str : "(none)");
     } else if (strcmp(argv[1], "-") == 0) {
         r = cmd(c, 2, (const char *[]){"DEL", key});
         printf("route %s: cleared\n", argv[0]);

@@ -68,7 +68,9 @@ def test_ctl_refuses_unknown_targets(proxy_factory, redis):
     assert redis.command("SCARD", pfx + "drained") == 0
     # the real names still work, and the drained listing has a JSON form
     assert ctl(px, "route", "alice", backend).returncode == 0
+    assert ctl(px, "route", "alice").stdout == f"route alice: {backend}\n"
     assert ctl(px, "route", "alice", "-").returncode == 0
+    assert ctl(px, "route", "alice").stdout == "route alice: (none)\n"
     assert ctl(px, "drain", backend).returncode == 0
     assert json.loads(ctl(px, "--json", "drain").stdout) == [backend]
     assert ctl(px, "undrain", backend).returncode == 0

@@ -102,6 +102,8 @@ def convert(src: str, args) -> str:
                  "--description")
     out.append('.TH "%s" "%s" "" "Portcullis %s" "Portcullis Manual"'
                % (name.upper(), section, args.version))
+    # No hyphenation: key names and paths (limits.drain_timeout) must stay searchable.
+    out += [".nh", ".ad l"]
     out += [".SH NAME", "%s \\- %s" % (esc(name).replace("-", r"\-"), inline(desc))]
     # Text before the first section (a doc's introduction) is the DESCRIPTION.
     rest = [x for x in lines[i:] if x.strip()]

@@ -7,6 +7,7 @@
 #   make fuzz            libFuzzer harnesses, FUZZ_SECONDS each (default 60)
 #   make soak            30-minute soak with faults (SOAK_SECONDS to shorten)
 #   make format | format-check | lint
+#   make man             man pages portcullis(8), portcullis-ctl(8), portcullis.yaml(5) in build/man
 #
 # Unit tests link tests/unit/test_X.c against build/libportcullis.a: the linker pulls in only the
 # modules a test uses, so each test binary holds its module and what that module really needs.
@@ -57,7 +58,7 @@ FUZZ_BIN := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
 FUZZ_SECONDS ?= 60
 
 .PHONY: all deps test unit integration demo demo-stop fuzz fuzz-build format format-check lint \
-        clean bench bench-build deb install tsan soak
+        clean bench bench-build deb install tsan soak man
 
 all: $(BIN) $(BUILD)/portcullis-ctl $(BUILD)/pcbench
 
@@ -157,6 +158,29 @@ soak: deps all
 deb: all
 	@bash deploy/mkdeb.sh $(BUILD) $(BUILD)
 
+# Man pages (issue 18), one source each: docs/man/*.md for the two commands, and the
+# configuration reference docs/configuration.md itself for portcullis.yaml(5), so the page can
+# never disagree with the doc. tools/md2man.py says why it is not pandoc. The packaging installs
+# build/man/*.
+MANDIR      ?= build/man
+MAN_VERSION := $(shell sed -n 's/^\#define PORTCULLIS_VERSION "\(.*\)"/\1/p' proxy/version.h)
+MAN_PAGES   := $(MANDIR)/portcullis.8 $(MANDIR)/portcullis-ctl.8 $(MANDIR)/portcullis.yaml.5
+
+man: $(MAN_PAGES)
+
+$(MANDIR)/%.8: docs/man/%.8.md tools/md2man.py proxy/version.h
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  MAN     $@"
+	$(Q)$(PYTHON) tools/md2man.py --version $(MAN_VERSION) $< > $@.tmp && mv $@.tmp $@
+
+$(MANDIR)/portcullis.yaml.5: docs/configuration.md tools/md2man.py proxy/version.h
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  MAN     $@"
+	$(Q)$(PYTHON) tools/md2man.py --version $(MAN_VERSION) --name portcullis.yaml --section 5 \
+	    --description "configuration file of the Portcullis IMAP/POP3 proxy" \
+	    --stop-at "For developers" \
+	    --see-also "portcullis(8), portcullis-ctl(8), clamd.conf(5)" $< > $@.tmp && mv $@.tmp $@
+
 PREFIX  ?= /usr/local
 DESTDIR ?=
 install: all
@@ -203,10 +227,10 @@ format-check:
 
 # Both cores: clang-tidy per batch of files (xargs fails if any batch does), cppcheck -j2.
 lint:
-	printf '%s\n' $(LIB_SRC) proxy/main.c | \
+	printf '%s\n' $(LIB_SRC) proxy/main.c tools/portcullis-ctl.c | \
 	    xargs -P2 -n6 sh -c 'clang-tidy --quiet "$$@" -- $(CPPFLAGS) -std=c11' clang-tidy
 	cppcheck -j2 --quiet --error-exitcode=1 --enable=warning,portability,performance \
-	    --inline-suppr --suppress=missingIncludeSystem $(CPPFLAGS) proxy policy scanners
+	    --inline-suppr --suppress=missingIncludeSystem $(CPPFLAGS) proxy policy scanners tools
 
 clean:
 	rm -rf build

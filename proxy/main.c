@@ -30,19 +30,29 @@
 #include "privdrop.h"
 #include "runtime.h"
 #include "tls.h"
+#include "version.h"
 #include "worker.h"
-
-#define PORTCULLIS_VERSION "0.1.0"
 
 static const char *config_path = "/etc/portcullis/portcullis.yaml";
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: portcullis [-t] [-c FILE]\n"
-               "  -c FILE  configuration (default /etc/portcullis/portcullis.yaml)\n"
-               "  -t       check the configuration and exit\n"
-               "  -V       print the version\n");
+               "  -c, --config FILE  configuration (default /etc/portcullis/portcullis.yaml)\n"
+               "  -t, --test         check the configuration and exit\n"
+               "  -V, --version      print the version and exit\n"
+               "  -h, --help         print this help and exit\n"
+               "Signals: HUP reloads, TERM/INT drain and stop, USR1 reopens the log file.\n"
+               "See portcullis(8), portcullis.yaml(5), portcullis-ctl(8).\n");
 }
+
+static const struct option long_opts[] = {
+    {"config", required_argument, NULL, 'c'},
+    {"test", no_argument, NULL, 't'},
+    {"version", no_argument, NULL, 'V'},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
 
 static struct rt *load(const char *path, char **error_r)
 {
@@ -239,7 +249,7 @@ int main(int argc, char **argv)
 {
     bool test_only = false;
     int opt;
-    while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:tVh", long_opts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             config_path = optarg;
@@ -257,6 +267,12 @@ int main(int argc, char **argv)
             usage(stderr);
             return 2;
         }
+    }
+    if (optind < argc) { /* `portcullis foo.yaml` would otherwise run the default file */
+        fprintf(stderr, "portcullis: unexpected argument '%s' (the file goes after -c)\n",
+                argv[optind]);
+        usage(stderr);
+        return 2;
     }
     tls_global_init();
     char *err = NULL;

@@ -179,8 +179,7 @@ static void send_xclient_or_login(struct session *s)
     struct pop3_state *st = pop3_st(s);
     if (st->be_xclient || st->be_xclient_greeting) {
         st->bstate = PB_XCLIENT;
-        sendf_be(s, "XCLIENT ADDR=%s PORT=%u SESSION=S-%llu\r\n", s->client_ip, s->client_port,
-                 (unsigned long long)s->id);
+        sendf_be(s, "XCLIENT ADDR=%s PORT=%u SESSION=%s\r\n", s->client_ip, s->client_port, s->sid);
         return;
     }
     send_credentials(s);

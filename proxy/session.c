@@ -10,10 +10,13 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "addrcap.h"
@@ -26,6 +29,31 @@
 #include "worker.h"
 
 static _Atomic uint64_t next_session_id = 1;
+
+/* One id per session, the same in every log line (sess=), in the Redis registry (what
+ * `portcullis-ctl sessions` lists and `kick` takes) and at the backend (IMAP ID
+ * x-session-ext-id, XCLIENT SESSION=): S-<process>-<n>. <process> is 32 random bits drawn once
+ * per process, so ids stay unique across the instances and restarts that share one Redis (the
+ * registry keys on them); <n> counts this process's sessions, so a log read in order still
+ * shows S-…-1, S-…-2. */
+static uint32_t process_tag;
+static pthread_once_t process_tag_once = PTHREAD_ONCE_INIT;
+
+static void process_tag_init(void)
+{
+    if (getrandom(&process_tag, sizeof process_tag, 0) != (ssize_t)sizeof process_tag) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        process_tag = (uint32_t)ts.tv_nsec ^ (uint32_t)ts.tv_sec ^ ((uint32_t)getpid() << 16);
+    }
+}
+
+static void sess_id_init(struct session *s)
+{
+    pthread_once(&process_tag_once, process_tag_init);
+    s->id = atomic_fetch_add(&next_session_id, 1);
+    snprintf(s->sid, sizeof s->sid, "S-%08x-%llu", process_tag, (unsigned long long)s->id);
+}
 
 static void client_handler(struct conn *c, int events);
 static void backend_handler(struct conn *c, int events);
@@ -43,10 +71,10 @@ void sess_log(struct session *s, enum log_level lvl, const char *fmt, ...)
     char uq[300], client[LOG_HOSTPORT_MAX];
     log_hostport(client, sizeof client, s->client_ip, s->client_port);
     if (s->user)
-        log_write(lvl, "sess=S-%llu client=%s user=%s %s", (unsigned long long)s->id, client,
+        log_write(lvl, "sess=%s client=%s user=%s %s", s->sid[0] ? s->sid : "-", client,
                   log_qs(uq, sizeof uq, s->user), msg);
     else
-        log_write(lvl, "sess=S-%llu client=%s %s", (unsigned long long)s->id, client, msg);
+        log_write(lvl, "sess=%s client=%s %s", s->sid[0] ? s->sid : "-", client, msg);
 }
 
 void sess_set_state(struct session *s, enum sess_state st)
@@ -190,7 +218,7 @@ bool sess_accept(struct worker *w, int fd, const struct cfg_listener *l, struct 
         close(fd);
         return false;
     }
-    s->id = atomic_fetch_add(&next_session_id, 1);
+    sess_id_init(s);
     s->worker = w;
     s->rt = rt_ref(rt);
     s->cfg = rt->cfg;

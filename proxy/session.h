@@ -60,8 +60,12 @@ enum sess_state {
     SESS_CLOSING,       /* flushing the last words to the client, then close */
 };
 
+/* "S-" + 8 hex digits + "-" + a 64-bit counter + NUL */
+#define SESS_ID_MAX 32
+
 struct session {
     uint64_t id;
+    char sid[SESS_ID_MAX]; /* S-<process>-<id>: the one id of logs, registry and backend */
     struct worker *worker;
     struct rt *rt;                       /* reference held for the whole session */
     const struct config *cfg;            /* rt->cfg */

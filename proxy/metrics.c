@@ -154,8 +154,8 @@ void metrics_whist_observe(struct metrics_whist *h, int worker, double v)
                               memory_order_relaxed);
 }
 
-static void whist_lines(struct buf *o, const char *name, const char *labels,
-                        struct metrics_whist *h)
+void metrics_whist_render(struct buf *o, const char *name, const char *labels,
+                          struct metrics_whist *h)
 {
     unsigned long long b[METRICS_HIST_MAX + 1] = {0}, sum = 0;
     for (size_t w = 0; w < METRICS_WORKERS; w++) {
@@ -275,7 +275,7 @@ void metrics_render(const struct config *cfg, struct buf *o)
     for (int p = 0; p < 2; p++) {
         char l[32];
         snprintf(l, sizeof l, "protocol=\"%s\"", proto_name(p));
-        whist_lines(o, "portcullis_session_duration_seconds", l, &session_secs[p]);
+        metrics_whist_render(o, "portcullis_session_duration_seconds", l, &session_secs[p]);
     }
     header(o, "portcullis_login_duration_seconds", "histogram",
            "Logins answered (logged in, refused by the backend, or backend unavailable), by "
@@ -283,7 +283,7 @@ void metrics_render(const struct config *cfg, struct buf *o)
     for (int p = 0; p < 2; p++) {
         char l[32];
         snprintf(l, sizeof l, "protocol=\"%s\"", proto_name(p));
-        whist_lines(o, "portcullis_login_duration_seconds", l, &login_secs[p]);
+        metrics_whist_render(o, "portcullis_login_duration_seconds", l, &login_secs[p]);
     }
     header(o, "portcullis_starttls_injections_total", "counter",
            "STARTTLS/STLS commands with pipelined plaintext behind them (discarded).");

@@ -71,6 +71,10 @@ struct metrics_whist {
     struct metrics_whist_shard shard[METRICS_WORKERS];
 };
 void metrics_whist_observe(struct metrics_whist *h, int worker, double v);
+/* The _bucket/_sum/_count lines (no # HELP/TYPE) of the shards' sum; `labels` ("k=\"v\"", may
+ * be "") go before `le`. */
+void metrics_whist_render(struct buf *o, const char *name, const char *labels,
+                          struct metrics_whist *h);
 
 /* A login command answered (the backend logged the user in, refused, or could not be reached):
  * seconds since the client's command arrived. `proto` is CFG_PROTO_*; `worker` the caller's. */

@@ -199,6 +199,17 @@ static void header(struct buf *o, const char *name, const char *type, const char
     buf_printf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* A histogram family with one series per protocol (h[CFG_PROTO_*]). */
+static void proto_hist(struct buf *o, const char *name, const char *help, struct metrics_whist *h)
+{
+    header(o, name, "histogram", help);
+    for (int p = 0; p < 2; p++) {
+        char l[32];
+        snprintf(l, sizeof l, "protocol=\"%s\"", proto_name(p));
+        metrics_whist_render(o, name, l, &h[p]);
+    }
+}
+
 /* Served certificates, as loaded by the published runtime (tls.c reads them at load/reload). */
 static void certificates(struct buf *o, const struct rt *rt)
 {
@@ -270,21 +281,12 @@ void metrics_render(const struct config *cfg, struct buf *o)
     for (int p = 0; p < 2; p++)
         buf_printf(o, "portcullis_sessions_closed_total{protocol=\"%s\"} %llu\n", proto_name(p),
                    (unsigned long long)atomic_load(&metrics.sessions_closed[p]));
-    header(o, "portcullis_session_duration_seconds", "histogram",
-           "Client sessions ended, by how long they lasted (accept to close).");
-    for (int p = 0; p < 2; p++) {
-        char l[32];
-        snprintf(l, sizeof l, "protocol=\"%s\"", proto_name(p));
-        metrics_whist_render(o, "portcullis_session_duration_seconds", l, &session_secs[p]);
-    }
-    header(o, "portcullis_login_duration_seconds", "histogram",
-           "Logins answered (logged in, refused by the backend, or backend unavailable), by "
-           "the time from the client's command to the answer.");
-    for (int p = 0; p < 2; p++) {
-        char l[32];
-        snprintf(l, sizeof l, "protocol=\"%s\"", proto_name(p));
-        metrics_whist_render(o, "portcullis_login_duration_seconds", l, &login_secs[p]);
-    }
+    proto_hist(o, "portcullis_session_duration_seconds",
+               "Client sessions ended, by how long they lasted (accept to close).", session_secs);
+    proto_hist(o, "portcullis_login_duration_seconds",
+               "Logins answered (logged in, refused by the backend, or backend unavailable), by "
+               "the time from the client's command to the answer.",
+               login_secs);
     header(o, "portcullis_starttls_injections_total", "counter",
            "STARTTLS/STLS commands with pipelined plaintext behind them (discarded).");
     buf_printf(o, "portcullis_starttls_injections_total %llu\n",

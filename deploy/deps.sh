@@ -23,7 +23,7 @@ PACKAGES=(
     redis-server dovecot-core dovecot-imapd dovecot-pop3d
     python3 python3-pytest python3-prometheus-client python3-yaml
     isync fetchmail curl openssl clamav-testfiles iproute2 iptables zip procps
-    prometheus
+    prometheus # only for promtool: test_metrics.py runs `promtool check metrics` on /metrics
 )
 MAIL_USER=portcullis-mail
 

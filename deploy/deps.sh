@@ -24,6 +24,7 @@ PACKAGES=(
     python3 python3-pytest python3-prometheus-client python3-yaml
     isync fetchmail curl openssl clamav-testfiles iproute2 iptables zip procps
     groff-base man-db
+    prometheus # only for promtool: test_metrics.py runs `promtool check metrics` on /metrics
 )
 MAIL_USER=portcullis-mail
 

@@ -27,6 +27,7 @@
 #include "admin.h"
 #include "msgscan.h"
 #include "health.h"
+#include "metrics_proc.h"
 #include "privdrop.h"
 #include "runtime.h"
 #include "tls.h"
@@ -121,6 +122,7 @@ static bool reload(const char *source, char *why, size_t cap)
         snprintf(why, cap, "%s", err ? err : "?");
         free(err);
         rt_unref(&cur);
+        metrics_config_reloaded(false);
         msgscan_reload(NULL); /* signatures still reload, with the scan settings in use */
         return false;
     }
@@ -135,6 +137,7 @@ static bool reload(const char *source, char *why, size_t cap)
     snprintf(instance, sizeof instance, "%s", rt->cfg->instance);
     rt_publish(rt);
     rt_unref(&cur);
+    metrics_config_reloaded(true);
     log_write(LOG_INFO, "event=reloaded source=%s instance=%s config=%s", source, LOG_QS(instance),
               config_path);
     return true;
@@ -294,6 +297,7 @@ int main(int argc, char **argv)
         return 0;
     }
     const struct config *cfg = rt->cfg;
+    metrics_proc_start(PORTCULLIS_VERSION);
     log_use_syslog(cfg->log_syslog);
     if (!log_open((enum log_level)cfg->log_level, cfg->log_file)) {
         fprintf(stderr, "portcullis: cannot open log file %s: %s\n", cfg->log_file,

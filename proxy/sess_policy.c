@@ -35,8 +35,9 @@ struct sess_pol {
     struct policy_sess *reg; /* registered (logged in) */
     bool checked;            /* a check was sent: a slot may be reserved */
     bool blocked_logged;
-    ev_timer deny;  /* answers an address refusal from the loop */
-    ev_timer allow; /* allows a login without a policy object from the loop */
+    ev_tstamp login_at; /* the login command arrived (0: none in flight), for the histogram */
+    ev_timer deny;      /* answers an address refusal from the loop */
+    ev_timer allow;     /* allows a login without a policy object from the loop */
     sess_login_allowed *allowed;
     sess_login_refused *refused;
     char sid[128];
@@ -295,6 +296,7 @@ void sess_login_check(struct session *s, sess_login_allowed *allowed, sess_login
         s->pol->allow.data = s;
     }
     struct sess_pol *sp = s->pol;
+    sp->login_at = ev_now(s->worker->loop);
     sp->allowed = allowed;
     sp->refused = refused;
     const struct cfg_policy *p = &s->cfg->policy;
@@ -350,6 +352,11 @@ void sess_login_result(struct session *s, bool ok, bool auth_failure)
 {
     struct sess_pol *sp = s->pol;
     struct policy *p = s->worker->policy;
+    if (sp && sp->login_at > 0) {
+        metrics_observe_login(s->worker->id, s->listener->protocol,
+                              ev_now(s->worker->loop) - sp->login_at);
+        sp->login_at = 0;
+    }
     if (!sp || !p || !s->user)
         return;
     struct policy_limits l;

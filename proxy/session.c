@@ -390,7 +390,9 @@ void sess_close(struct session *s, const char *reason)
         s->addr_counted = false;
     }
     int mp = s->listener->protocol == CFG_PROTO_POP3;
+    double dur = ev_now(s->worker->loop) - s->started;
     atomic_fetch_add(&metrics.sessions_closed[mp], 1);
+    metrics_observe_session(s->worker->id, s->listener->protocol, dur);
     if (s->logged_in) {
         atomic_fetch_add(&metrics.bytes_to_client[mp], s->client.bytes_out);
         atomic_fetch_add(&metrics.bytes_to_backend[mp], s->backend.bytes_out);
@@ -401,7 +403,6 @@ void sess_close(struct session *s, const char *reason)
         s->user = s->failed_user;
         s->failed_user = NULL;
     }
-    double dur = ev_now(loop) - s->started;
     sess_log(s, LOG_INFO,
              "event=close reason=%s duration=%.3f bytes_in=%llu bytes_out=%llu "
              "backend=%s backend_bytes_in=%llu backend_bytes_out=%llu scans=%u blocked=%u",

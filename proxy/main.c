@@ -8,6 +8,10 @@
  * SIGHUP reloads the configuration: a new snapshot and new TLS contexts are built and published
  * only if everything validates; sessions in flight keep theirs. Listeners and the worker count
  * are not reloadable (a changed value is logged and ignored). SIGTERM/SIGINT stop the process.
+ *
+ * Under systemd (Type=notify) the main thread reports READY=1 once listening, RELOADING=1 and
+ * READY=1 around a reload, STOPPING=1 when the drain starts. sd_notify() is one datagram to
+ * $NOTIFY_SOCKET, and does nothing when that is unset.
  */
 #include <errno.h>
 #include <ev.h>
@@ -18,6 +22,8 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -56,6 +62,11 @@ static struct rt *load(const char *path, char **error_r)
  * failure `why` gets the reason and the old configuration stays. */
 static bool reload(const char *source, char *why, size_t cap)
 {
+    /* MONOTONIC_USEC lets systemd match this message to the reload it asked for (sd_notify(3)). */
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
+               (unsigned long long)now.tv_sec * 1000000ULL + (unsigned long long)now.tv_nsec / 1000);
     char *err = NULL;
     struct rt *cur = rt_current();
     struct rt *rt = load(config_path, &err);
@@ -67,6 +78,7 @@ static bool reload(const char *source, char *why, size_t cap)
         free(err);
         rt_unref(&cur);
         msgscan_reload(NULL); /* signatures still reload, with the scan settings in use */
+        sd_notify(0, "READY=1\nSTATUS=reload failed, old configuration kept");
         return false;
     }
     if (rt->cfg->nlisteners != cur->cfg->nlisteners || rt->cfg->workers != cur->cfg->workers)
@@ -77,6 +89,7 @@ static bool reload(const char *source, char *why, size_t cap)
     rt_publish(rt);
     rt_unref(&cur);
     log_write(LOG_INFO, "event=reloaded source=%s config=%s", source, config_path);
+    sd_notify(0, "READY=1\nSTATUS=running");
     return true;
 }
 
@@ -124,6 +137,7 @@ static void on_stop(struct ev_loop *loop, ev_signal *w, int revents)
         return;
     }
     draining = true;
+    sd_notify(0, "STOPPING=1");
     struct rt *rt = rt_current();
     double timeout = rt ? (double)rt->cfg->limits.drain_timeout_ms / 1000.0 : 0;
     rt_unref(&rt);
@@ -293,6 +307,7 @@ int main(int argc, char **argv)
               nworkers, config_path);
     rt_unref(&rt);
     admin_set_healthy(true, "ok");
+    sd_notify(0, "READY=1\nSTATUS=running");
 
     ev_signal sig_hup, sig_term, sig_int, sig_usr1;
     ev_signal_init(&sig_hup, on_reload, SIGHUP);

@@ -180,9 +180,11 @@ soak: deps all
 # again in build/pkg with the hardening flags above, never from the dev or sanitizer objects.
 # Man pages (build/man, `make man`) are packaged when they have been built.
 PKG_BUILD := build/pkg
+# (`make -n man` fails while this Makefile has no man target: then the package has no pages.)
 deb:
 	$(MAKE) --no-print-directory BUILD=$(PKG_BUILD) DEB_HARDENING=1 SANITIZE= \
 	    $(PKG_BUILD)/portcullis $(PKG_BUILD)/portcullis-ctl
+	@if $(MAKE) -n man >/dev/null 2>&1; then $(MAKE) --no-print-directory man; fi
 	@bash deploy/mkdeb.sh $(PKG_BUILD) build
 
 PREFIX  ?= /usr/local

@@ -66,7 +66,8 @@ static bool reload(const char *source, char *why, size_t cap)
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
-               (unsigned long long)now.tv_sec * 1000000ULL + (unsigned long long)now.tv_nsec / 1000);
+               (unsigned long long)now.tv_sec * 1000000ULL +
+                   (unsigned long long)now.tv_nsec / 1000);
     char *err = NULL;
     struct rt *cur = rt_current();
     struct rt *rt = load(config_path, &err);

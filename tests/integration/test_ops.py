@@ -5,7 +5,6 @@ from __future__ import annotations
 import imaplib
 import os
 import select
-import shutil
 import signal
 import subprocess
 import time

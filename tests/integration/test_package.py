@@ -219,6 +219,16 @@ def test_deb_install_run_rotate_purge(deb):
         assert "event=started" in rotated.read_text()
         assert log.stat().st_uid == pw.pw_uid and log.read_text() == ""
         proc.send_signal(signal.SIGUSR1)
+
+        def reopened():
+            for fd in Path(f"/proc/{proc.pid}/fd").iterdir():
+                try:
+                    if os.readlink(fd) == str(log):
+                        return True
+                except FileNotFoundError:  # closed meanwhile
+                    pass
+            return False
+        clients.wait_for(reopened, what="log.file reopened after SIGUSR1")
         proc.send_signal(signal.SIGHUP)
         clients.wait_for(lambda: "event=reloaded" in log.read_text(), what="reopened log")
         proc.send_signal(signal.SIGTERM)

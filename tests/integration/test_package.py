@@ -254,3 +254,21 @@ def test_deb_install_run_rotate_purge(deb):
             proc.wait()
         purge()
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
+
+
+def test_deb_purge_keeps_a_replaced_certificate(deb):
+    """Purge removes the self-signed pair postinst generated, never a pair put in its place."""
+    path, _ = deb
+    clean_machine()
+    try:
+        run("dpkg", "-i", path)
+        cert = Path("/etc/portcullis/cert.pem")
+        mine = cert.read_text().replace("\n", "\n\n", 1)  # another file, as a renewal would be
+        cert.write_text(mine)
+        r = run("dpkg", "--purge", "portcullis")
+        assert "keeping /etc/portcullis/key.pem and cert.pem" in r.stdout + r.stderr
+        assert cert.read_text() == mine and Path("/etc/portcullis/key.pem").exists()
+        assert sorted(os.listdir("/etc/portcullis")) == ["cert.pem", "key.pem"]
+        assert not os.path.lexists("/var/lib/portcullis")
+    finally:
+        clean_machine()

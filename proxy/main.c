@@ -9,6 +9,10 @@
  * only if everything validates; sessions in flight keep theirs. Keys marked restart-only in the
  * schema (listeners, workers, user, redis connection, ...) are not applied: each changed one is
  * logged as event=reload_partial. The log file is reopened. SIGTERM/SIGINT stop the process.
+ *
+ * Under systemd (Type=notify) the main thread reports READY=1 once listening, RELOADING=1 and
+ * READY=1 around a reload, STOPPING=1 when the drain starts. sd_notify() is one datagram to
+ * $NOTIFY_SOCKET, and does nothing when that is unset.
  */
 #include <errno.h>
 #include <ev.h>
@@ -19,6 +23,8 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cfg_walk.h"
@@ -111,6 +117,12 @@ static void reload_log(const struct config *cfg)
  * failure `why` gets the reason and the old configuration stays. */
 static bool reload(const char *source, char *why, size_t cap)
 {
+    /* MONOTONIC_USEC lets systemd match this message to the reload it asked for (sd_notify(3)). */
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
+               (unsigned long long)now.tv_sec * 1000000ULL +
+                   (unsigned long long)now.tv_nsec / 1000);
     char *err = NULL;
     struct rt *cur = rt_current();
     struct rt *rt = load(config_path, &err);
@@ -124,6 +136,7 @@ static bool reload(const char *source, char *why, size_t cap)
         rt_unref(&cur);
         metrics_config_reloaded(false);
         msgscan_reload(NULL); /* signatures still reload, with the scan settings in use */
+        sd_notify(0, "READY=1\nSTATUS=reload failed, old configuration kept");
         return false;
     }
     reload_log(rt->cfg); /* first: what this reload says goes to the new destination */
@@ -140,6 +153,7 @@ static bool reload(const char *source, char *why, size_t cap)
     metrics_config_reloaded(true);
     log_write(LOG_INFO, "event=reloaded source=%s instance=%s config=%s", source, LOG_QS(instance),
               config_path);
+    sd_notify(0, "READY=1\nSTATUS=running");
     return true;
 }
 
@@ -187,6 +201,7 @@ static void on_stop(struct ev_loop *loop, ev_signal *w, int revents)
         return;
     }
     draining = true;
+    sd_notify(0, "STOPPING=1");
     struct rt *rt = rt_current();
     double timeout = rt ? (double)rt->cfg->limits.drain_timeout_ms / 1000.0 : 0;
     rt_unref(&rt);
@@ -388,6 +403,7 @@ int main(int argc, char **argv)
               PORTCULLIS_VERSION, LOG_QS(cfg->instance), nworkers, config_path);
     rt_unref(&rt);
     admin_set_healthy(true, "ok");
+    sd_notify(0, "READY=1\nSTATUS=running");
 
     ev_signal sig_hup, sig_term, sig_int, sig_usr1;
     ev_signal_init(&sig_hup, on_reload, SIGHUP);

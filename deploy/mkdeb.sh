@@ -14,9 +14,9 @@ man_dir=${MAN_DIR:-$root/build/man}
 
 # The changelog names the package version; it must carry the version the binary reports.
 version=$(dpkg-parsechangelog -l "$meta/changelog" -S Version)
-upstream=$(sed -n 's/^#define PORTCULLIS_VERSION "\(.*\)"/\1/p' "$root/proxy/main.c")
+upstream=$(sed -n 's/^#define PORTCULLIS_VERSION "\(.*\)"/\1/p' "$root/proxy/version.h")
 if [ "${version%-*}" != "$upstream" ]; then
-    echo "mkdeb: deploy/debian/changelog is at $version, proxy/main.c at $upstream:" \
+    echo "mkdeb: deploy/debian/changelog is at $version, proxy/version.h at $upstream:" \
          "add a changelog entry (dch -v $upstream-1)" >&2
     exit 1
 fi

@@ -172,7 +172,7 @@ def test_deb_install_run_rotate_purge(deb):
         assert key.read_bytes() == key_before
         st = Path("/etc/portcullis/portcullis.yaml").stat()
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, pw.pw_gid, 0o640)
-        # ExecStartPre: the shipped configuration validates as the service user.
+        # ExecReload (-t): the shipped configuration validates as the service user.
         t = run(*as_unit("/usr/sbin/portcullis", "-t", "-c", "/etc/portcullis/portcullis.yaml"))
         assert "is valid" in t.stdout
         # What systemd makes before ExecStart: StateDirectory=, RuntimeDirectory=, LogsDirectory=.

@@ -291,7 +291,7 @@ static void finish(struct policy_req *r)
          * refused: give it back. */
         struct policy_who w = {.user = NULL, .sid = r->k.sid};
         if (r->local_reserved)
-            local_login_done(p->local, &r->lk, &r->lim, now_ms(p), LOCAL_RELEASE, true);
+            local_login_done(p->local, &r->lk, &r->lim, now_ms(p), LOCAL_RELEASE, true, NULL);
         pol_release_keys(p, &r->k, &w);
     }
     double delay = 0;
@@ -515,6 +515,28 @@ static struct result_ctx *result_ctx(struct policy *p, const struct pol_keys *k,
     return c;
 }
 
+/* event=lockout lines, one per scope that started a lock-out (ms > 0). Who: the user as sent and
+ * the client network ("ip:" dropped: the form `portcullis-ctl unlock` and the docs use). */
+static void log_lockouts(const char *name, const char *net, long long user_ms, long long pair_ms,
+                         long long addr_ms, const char *suffix)
+{
+    char q[3 * RL_USER_MAX + 8];
+    if (strncmp(net, "ip:", 3) == 0)
+        net += 3;
+    if (!net[0])
+        net = "-";
+    plog_q(q, sizeof q, name, strlen(name));
+    if (user_ms > 0)
+        plog(PLOG_INFO, "event=lockout scope=user user=%s network=%s duration_ms=%lld%s", q, net,
+             user_ms, suffix);
+    if (pair_ms > 0)
+        plog(PLOG_INFO, "event=lockout scope=user_network user=%s network=%s duration_ms=%lld%s", q,
+             net, pair_ms, suffix);
+    if (addr_ms > 0)
+        plog(PLOG_INFO, "event=lockout scope=address network=%s user=%s duration_ms=%lld%s", net, q,
+             addr_ms, suffix);
+}
+
 static void result_reply(void *arg, const redisReply *rep)
 {
     struct result_ctx *c = arg;
@@ -532,22 +554,10 @@ static void result_reply(void *arg, const redisReply *rep)
         rep->element[0]->type == REDIS_REPLY_INTEGER &&
         rep->element[1]->type == REDIS_REPLY_INTEGER) {
         long long a = rep->element[0]->integer, b = rep->element[1]->integer;
-        /* Who: the user as sent and the client network ("ip:" dropped: the form
-         * `portcullis-ctl unlock` and the docs use). */
-        char q[3 * RL_USER_MAX + 8];
-        const char *net = strncmp(c->net, "ip:", 3) == 0 ? c->net + 3 : c->net;
-        if (!net[0])
-            net = "-";
-        plog_q(q, sizeof q, c->name, strlen(c->name));
-        if (c->user_scope && a > 0)
-            plog(PLOG_INFO, "event=lockout scope=user user=%s network=%s duration_ms=%lld", q, net,
-                 a);
-        if (c->user_scope && b > 0)
-            plog(PLOG_INFO, "event=lockout scope=user_network user=%s network=%s duration_ms=%lld",
-                 q, net, b);
-        if (!c->user_scope && b > 0)
-            plog(PLOG_INFO, "event=lockout scope=address network=%s user=%s duration_ms=%lld", net,
-                 q, b);
+        if (c->user_scope)
+            log_lockouts(c->name, c->net, a, b, 0, "");
+        else
+            log_lockouts(c->name, c->net, 0, 0, b, "");
     }
     free(c);
 }
@@ -619,15 +629,21 @@ void policy_login_failed(struct policy *p, const struct policy_limits *lim,
     bool addr_sent = !k.has_addr || send_afail(p, lim, &k);
     /* Count it here in any case (the outage table must be fed); what Redis did not get is kept
      * for the write-back, per scope. */
+    struct local_locks locks;
     if (user_sent == addr_sent) {
-        local_login_done(p->local, &lk, lim, now, LOCAL_FAILED, user_sent);
+        local_login_done(p->local, &lk, lim, now, LOCAL_FAILED, user_sent, &locks);
     } else {
-        local_login_done(p->local, &lk, lim, now, LOCAL_FAILED, true);
+        local_login_done(p->local, &lk, lim, now, LOCAL_FAILED, true, &locks);
         struct local_login part = {.user = user_sent ? NULL : lk.user,
                                    .net = user_sent ? "" : lk.net,
                                    .addr = addr_sent ? NULL : lk.addr};
         local_login_unsynced(p->local, &part, now, LOCAL_FAILED);
     }
+    /* A scope Redis got logs its lock-out from the script's answer (result_reply); one decided by
+     * the outage table alone is logged here, the same line with source=local. */
+    log_lockouts(k.name, k.net, user_sent ? 0 : (long long)locks.user,
+                 user_sent ? 0 : (long long)locks.pair, addr_sent ? 0 : (long long)locks.addr,
+                 " source=local");
 }
 
 void pol_login_ok(struct policy *p, const struct policy_limits *lim, const struct pol_keys *k)
@@ -658,7 +674,7 @@ void pol_login_ok(struct policy *p, const struct policy_limits *lim, const struc
             rds_call(p->cmd, 3, argv, lens, NULL, NULL);
         }
     }
-    local_login_done(p->local, &lk, lim, now_ms(p), LOCAL_OK, sent);
+    local_login_done(p->local, &lk, lim, now_ms(p), LOCAL_OK, sent, NULL);
 }
 
 void pol_release_keys(struct policy *p, const struct pol_keys *k, const struct policy_who *w)
@@ -692,7 +708,7 @@ void policy_release(struct policy *p, const struct policy_limits *lim, const str
     pol_scope_keys(p, lim, w, &k);
     struct local_login lk;
     local_keys(&k, &lk);
-    local_login_done(p->local, &lk, lim, now_ms(p), LOCAL_RELEASE, true);
+    local_login_done(p->local, &lk, lim, now_ms(p), LOCAL_RELEASE, true, NULL);
     pol_release_keys(p, &k, w);
 }
 

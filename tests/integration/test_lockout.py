@@ -12,6 +12,7 @@ attempts through cannot hide them.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import threading
@@ -228,6 +229,9 @@ def test_redis_outage_process_wide_table_and_writeback(proxy_factory, certs, env
         assert mismatches(dovecot, "alice", mark) == 5
         log = px.log()
         assert "degraded=yes" in log
+        # the outage table's lock-out is logged like Redis's, naming who (issue 18)
+        assert re.search(r'event=lockout scope=user_network user="?alice"? '
+                         r'network=127\.0\.0\.2/32 duration_ms=\d+ source=local', log), log[-3000:]
         # Redis is back (empty, no persistence): the outage's counts are written back
         r = mailenv.Redis().start(rdir, port=port)
         rec_key = pfx + "fail:{alice}:ip:127.0.0.2/32"

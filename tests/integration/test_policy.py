@@ -207,7 +207,7 @@ def test_lockout_across_instances_and_reset(proxy_factory, certs, redis):
     # user who tried
     for px, ev in ((a, "login_failed"), (b, "login_refused")):
         log = px.log()
-        sids = set(re.findall(rf"sess=(S-\d+) [^\n]*event={ev} ", log))
+        sids = set(re.findall(rf"sess=(S-[0-9a-f]+-\d+) [^\n]*event={ev} ", log))
         assert sids, ev
         for sid in sids:
             close = re.search(rf"sess={sid} [^\n]*event=close [^\n]*", log)

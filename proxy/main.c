@@ -26,6 +26,7 @@
 #include "msgscan.h"
 #include "health.h"
 #include "privdrop.h"
+#include "route_maps.h"
 #include "runtime.h"
 #include "tls.h"
 #include "worker.h"
@@ -65,8 +66,9 @@ static bool reload(const char *source, char *why, size_t cap)
                   source, err ? err : "?");
         snprintf(why, cap, "%s", err ? err : "?");
         free(err);
-        rt_unref(&cur);
         msgscan_reload(NULL); /* signatures still reload, with the scan settings in use */
+        route_maps_reload(cur->cfg); /* so do routing maps (issue 17), off the loop */
+        rt_unref(&cur);
         return false;
     }
     if (rt->cfg->nlisteners != cur->cfg->nlisteners || rt->cfg->workers != cur->cfg->workers)
@@ -74,6 +76,7 @@ static bool reload(const char *source, char *why, size_t cap)
     log_set_level((enum log_level)rt->cfg->log_level);
     log_use_syslog(rt->cfg->log_syslog);
     msgscan_reload(rt->cfg); /* off the loop; the result is logged when it is done */
+    route_maps_reload(rt->cfg); /* issue 17: a loader thread; a bad map keeps the old one */
     rt_publish(rt);
     rt_unref(&cur);
     log_write(LOG_INFO, "event=reloaded source=%s config=%s", source, config_path);
@@ -197,7 +200,16 @@ int main(int argc, char **argv)
         free(err);
         return 1;
     }
+    /* Routing maps (issue 17) load here, before any worker: a bad map is a start-up error. */
+    if (!route_maps_load(rt->cfg, &err)) {
+        fprintf(stderr, "portcullis: %s\n", err ? err : "cannot load the routing maps");
+        free(err);
+        rt_unref(&rt);
+        route_maps_stop();
+        return 1;
+    }
     if (test_only) {
+        route_maps_stop();
         printf("portcullis: configuration %s is valid\n", config_path);
         rt_unref(&rt);
         return 0;
@@ -313,6 +325,7 @@ int main(int argc, char **argv)
         worker_stop(&workers[i]);
     free(workers);
     msgscan_process_fini(); /* after the workers: no session holds a scan any more */
+    route_maps_stop();
     struct rt *last = rt_current();
     rt_publish(NULL);
     rt_unref(&last);
@@ -328,6 +341,7 @@ fail:
     free(workers);
     if (scanner_up)
         msgscan_process_fini();
+    route_maps_stop();
     struct rt *pub = rt_current();
     rt_publish(NULL);
     rt_unref(&pub);

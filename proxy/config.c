@@ -399,8 +399,8 @@ static bool routing_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *ob
             if (strcmp(l->name, r->lookups[j].name) == 0) {
                 snprintf(path, sizeof path, "routing.lookups[%zu].name", i);
                 return cfg_fail(ctx, cfg_find(ctx, path),
-                                "duplicate lookup name \"%s\" (also routing.lookups[%zu])",
-                                l->name, j);
+                                "duplicate lookup name \"%s\" (also routing.lookups[%zu])", l->name,
+                                j);
             }
         }
         if (l->type == CFG_LOOKUP_MAP) {
@@ -409,8 +409,8 @@ static bool routing_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *ob
                 return cfg_fail(ctx, cfg_find(ctx, path), "lookup %s: type map needs a file",
                                 l->name);
             if (access(l->file, R_OK) != 0)
-                return cfg_fail(ctx, cfg_find(ctx, path), "lookup %s: cannot read %s: %s",
-                                l->name, cfg_quote(q, sizeof q, l->file), strerror(errno));
+                return cfg_fail(ctx, cfg_find(ctx, path), "lookup %s: cannot read %s: %s", l->name,
+                                cfg_quote(q, sizeof q, l->file), strerror(errno));
         }
     }
     const char *ca = r->dynamic_backend.tls_ca;
@@ -429,13 +429,12 @@ static const struct cfg_key routing_keys[] = {
     {CFG_K_DURATION("negative_ttl", struct cfg_routing, negative_ttl_ms, "30s", 1, DAY)},
     {CFG_K_UINT("cache_entries", struct cfg_routing, cache_entries, "10000", 0, 10000000)},
     {CFG_K_SIZE("map_max_size", struct cfg_routing, map_max_size, "512M", 1, 4 * GIB - 2)},
-    {CFG_K_UINT("map_max_entries", struct cfg_routing, map_max_entries, "5000000", 1,
-                100000000)},
+    {CFG_K_UINT("map_max_entries", struct cfg_routing, map_max_entries, "5000000", 1, 100000000)},
     {CFG_K_UINT("map_max_backends", struct cfg_routing, map_max_backends, "4096", 1, 1000000)},
     {CFG_K_UINT("max_dynamic_backends", struct cfg_routing, max_dynamic_backends, "64", 1, 4096),
      .flags = CFG_RESTART},
-    {CFG_K_DURATION("dynamic_idle_timeout", struct cfg_routing, dynamic_idle_timeout_ms, "10m",
-                    SEC, 30 * DAY)},
+    {CFG_K_DURATION("dynamic_idle_timeout", struct cfg_routing, dynamic_idle_timeout_ms, "10m", SEC,
+                    30 * DAY)},
     {CFG_K_MAP("dynamic_backend", struct cfg_routing, dynamic_backend, &dynamic_backend_table)},
     {CFG_K_END},
 };

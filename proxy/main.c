@@ -66,7 +66,7 @@ static bool reload(const char *source, char *why, size_t cap)
                   source, err ? err : "?");
         snprintf(why, cap, "%s", err ? err : "?");
         free(err);
-        msgscan_reload(NULL); /* signatures still reload, with the scan settings in use */
+        msgscan_reload(NULL);        /* signatures still reload, with the scan settings in use */
         route_maps_reload(cur->cfg); /* so do routing maps (issue 17), off the loop */
         rt_unref(&cur);
         return false;
@@ -75,7 +75,7 @@ static bool reload(const char *source, char *why, size_t cap)
         log_write(LOG_WARN, "event=reload_partial note=\"listeners and workers need a restart\"");
     log_set_level((enum log_level)rt->cfg->log_level);
     log_use_syslog(rt->cfg->log_syslog);
-    msgscan_reload(rt->cfg); /* off the loop; the result is logged when it is done */
+    msgscan_reload(rt->cfg);    /* off the loop; the result is logged when it is done */
     route_maps_reload(rt->cfg); /* issue 17: a loader thread; a bad map keeps the old one */
     rt_publish(rt);
     rt_unref(&cur);

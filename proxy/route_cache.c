@@ -12,9 +12,9 @@
 #include "cfg_map.h"
 
 struct centry {
-    struct centry *hnext;            /* bucket chain */
-    struct centry *prev, *next;      /* LRU: head = most recent */
-    char *user;                      /* owned key (folded when fold_case) */
+    struct centry *hnext;       /* bucket chain */
+    struct centry *prev, *next; /* LRU: head = most recent */
+    char *user;                 /* owned key (folded when fold_case) */
     size_t bucket;
     double expires;
     enum route_status status;
@@ -91,6 +91,14 @@ static void lru_front(struct route_cache *c, struct centry *e)
         c->tail = e;
 }
 
+static void free_entry(struct centry *e)
+{
+    free(e->user);
+    free((char *)e->target.text);
+    free((char *)e->target.host);
+    free(e);
+}
+
 static void drop(struct route_cache *c, struct centry *e)
 {
     struct centry **pp = &c->buckets[e->bucket];
@@ -98,10 +106,7 @@ static void drop(struct route_cache *c, struct centry *e)
         pp = &(*pp)->hnext;
     *pp = e->hnext;
     lru_unlink(c, e);
-    free(e->user);
-    free((char *)e->target.text);
-    free((char *)e->target.host);
-    free(e);
+    free_entry(e);
     c->n--;
 }
 
@@ -175,8 +180,15 @@ void route_cache_put(struct route_cache *c, const char *user, const struct route
 
 void route_cache_flush(struct route_cache *c)
 {
-    while (c && c->head)
-        drop(c, c->head);
+    if (!c)
+        return;
+    for (struct centry *e = c->head, *next; e; e = next) {
+        next = e->next;
+        free_entry(e);
+    }
+    memset(c->buckets, 0, (c->mask + 1) * sizeof *c->buckets);
+    c->head = c->tail = NULL;
+    c->n = 0;
 }
 
 size_t route_cache_size(const struct route_cache *c)

@@ -181,8 +181,7 @@ static void remember(struct route_chain *c, const char *user, bool cacheable,
 /* Ask sources from *idx on until one answers FOUND/ERROR now, all said NOT_FOUND (1, *a), or
  * one is pending (0, *sreq_r). */
 static int walk(struct route_chain *c, const struct route_query *q, size_t *idx, bool *cacheable,
-                struct route_answer *a, struct route_req **sreq_r, route_answer_fn *cb,
-                void *arg)
+                struct route_answer *a, struct route_req **sreq_r, route_answer_fn *cb, void *arg)
 {
     for (; *idx < c->nsrc; (*idx)++) {
         struct route_source *src = c->src[*idx];
@@ -260,8 +259,7 @@ static void on_timeout(struct ev_loop *loop, ev_timer *t, int revents)
     if (r->sreq)
         src->ops->cancel(r->sreq);
     r->sreq = NULL;
-    struct route_answer a = {
-        .status = ROUTE_ERROR, .source = src->conf->name, .reason = "timeout"};
+    struct route_answer a = {.status = ROUTE_ERROR, .source = src->conf->name, .reason = "timeout"};
     finish(r, &a);
 }
 

@@ -51,7 +51,7 @@ struct route_dyn *route_dyn_acquire(const char *host, uint16_t port,
         slots = calloc(max, sizeof *slots);
         nslots = slots ? max : 0;
     }
-    for (unsigned i = 0; i < nslots && !found; i++) {
+    for (unsigned i = 0; slots && i < nslots && !found; i++) {
         struct route_dyn *d = &slots[i];
         if (d->used && d->refs == 0 && now - d->last_used > idle)
             d->used = false; /* idle too long: forgotten */
@@ -93,7 +93,7 @@ void route_dyn_release(struct route_dyn **dp)
 void route_dyn_foreach(void (*fn)(void *arg, const struct route_dyn *d), void *arg)
 {
     pthread_mutex_lock(&lock);
-    for (unsigned i = 0; i < nslots; i++)
+    for (unsigned i = 0; slots && i < nslots; i++)
         if (slots[i].used)
             fn(arg, &slots[i]);
     pthread_mutex_unlock(&lock);

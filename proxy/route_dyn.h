@@ -21,13 +21,13 @@
 #include "backend.h"
 
 struct route_dyn {
-    char name[300];                 /* "host:port": logs and metrics */
-    struct sockaddr_storage addr;   /* with the port */
+    char name[300];               /* "host:port": logs and metrics */
+    struct sockaddr_storage addr; /* with the port */
     socklen_t addrlen;
-    struct backend_state st;        /* health and live sessions */
-    unsigned refs;                  /* sessions holding it (under the mutex) */
-    double last_used;               /* monotonic seconds of the last release */
-    bool used;                      /* the slot holds a backend */
+    struct backend_state st; /* health and live sessions */
+    unsigned refs;           /* sessions holding it (under the mutex) */
+    double last_used;        /* monotonic seconds of the last release */
+    bool used;               /* the slot holds a backend */
 };
 
 /* The record of host:port (addr: resolved, its port ignored), created if needed. `max` and

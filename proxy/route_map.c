@@ -237,8 +237,9 @@ static bool parse_line(struct parser *p, char *s)
     char b[80];
     bool star = klen == 1 && key[0] == '*';
     if (!star && !valid_key(key, klen))
-        return perr(p, "invalid user or @domain \"%s\" (1..%d bytes, no control bytes, one @ "
-                       "in a domain entry)",
+        return perr(p,
+                    "invalid user or @domain \"%s\" (1..%d bytes, no control bytes, one @ "
+                    "in a domain entry)",
                     shown(b, sizeof b, key), ROUTE_MAP_KEY_MAX);
     if (!valid_target(target, tlen))
         return perr(p, "invalid backend \"%s\" (a pool entry name, host or host:port)",
@@ -424,8 +425,9 @@ bool route_map_bind(struct route_map *m, const struct config *cfg, char **error_
             continue;
         char host[ROUTE_MAP_KEY_MAX + 1];
         if (!split_hostport(t->text, host, sizeof host, &t->port)) {
-            if (asprintf(error_r, "%s:%u: backend \"%s\": not a pool entry, and not host, "
-                                  "host:port or [v6]:port",
+            if (asprintf(error_r,
+                         "%s:%u: backend \"%s\": not a pool entry, and not host, "
+                         "host:port or [v6]:port",
                          m->name, t->line, t->text) < 0)
                 *error_r = NULL;
             return false;
@@ -436,10 +438,10 @@ bool route_map_bind(struct route_map *m, const struct config *cfg, char **error_
         if (rc != 0 || !res) {
             if (res)
                 freeaddrinfo(res);
-            if (asprintf(error_r, "%s:%u: backend \"%s\": not a pool entry, and %s does not "
-                                  "resolve: %s",
-                         m->name, t->line, t->text, host, rc ? gai_strerror(rc) : "no address") <
-                0)
+            if (asprintf(error_r,
+                         "%s:%u: backend \"%s\": not a pool entry, and %s does not "
+                         "resolve: %s",
+                         m->name, t->line, t->text, host, rc ? gai_strerror(rc) : "no address") < 0)
                 *error_r = NULL;
             return false;
         }
@@ -462,8 +464,7 @@ static const struct route_target *find(const struct route_map *m, const char *ke
     uint64_t h = key_hash(key, m->fold_case);
     uint32_t tag = (uint32_t)(h >> 32);
     for (size_t i = h & m->mask; m->slots[i].key; i = (i + 1) & m->mask)
-        if (m->slots[i].hash == tag &&
-            key_equal(m->arena + m->slots[i].key - 1, key, m->fold_case))
+        if (m->slots[i].hash == tag && key_equal(m->arena + m->slots[i].key - 1, key, m->fold_case))
             return &m->targets[m->slots[i].target];
     return NULL;
 }

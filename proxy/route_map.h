@@ -32,8 +32,8 @@
 
 #include "config.h"
 
-#define ROUTE_MAP_KEY_MAX    255 /* bytes in a user, `@domain` or target */
-#define ROUTE_MAP_NO_TARGET  UINT32_MAX
+#define ROUTE_MAP_KEY_MAX   255 /* bytes in a user, `@domain` or target */
+#define ROUTE_MAP_NO_TARGET UINT32_MAX
 
 struct route_map_limits {
     size_t max_size;    /* bytes of file text */

@@ -149,8 +149,7 @@ static enum sess_lookup_route dynamic(struct session *s, const char **why_r)
     sl->dyn = route_dyn_acquire(t->host, port, &t->addr, t->addrlen, r->max_dynamic_backends,
                                 (double)r->dynamic_idle_timeout_ms / 1000.);
     if (!sl->dyn)
-        return failed(s, "too many dynamic backends in use (routing.max_dynamic_backends)",
-                      why_r);
+        return failed(s, "too many dynamic backends in use (routing.max_dynamic_backends)", why_r);
     const struct cfg_dynamic_backend *db = &r->dynamic_backend;
     snprintf(sl->be_name, sizeof sl->be_name, "%s", sl->dyn->name);
     snprintf(sl->be_host, sizeof sl->be_host, "%s", t->host);
@@ -198,8 +197,9 @@ enum sess_lookup_route sess_lookup_apply(struct session *s, size_t *idx_r, const
         const struct cfg_backend *b = &s->cfg->backends[idx];
         struct backend_state *st = s->rt->be_state[idx];
         if (b->drain || (st && atomic_load(&st->admin_drain))) {
-            sess_log(s, LOG_WARN, "event=route_lookup source=%s rule=%s backend=%s "
-                                  "action=refuse reason=draining",
+            sess_log(s, LOG_WARN,
+                     "event=route_lookup source=%s rule=%s backend=%s "
+                     "action=refuse reason=draining",
                      sl->source, sl->rule, b->name);
             *why_r = "the user's backend is draining";
             return SL_REFUSE_TEMP;

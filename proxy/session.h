@@ -40,7 +40,7 @@
 #include "runtime.h"
 
 struct worker;
-struct sess_pol; /* sess_policy.c */
+struct sess_pol;    /* sess_policy.c */
 struct sess_lookup; /* sess_lookup.c */
 
 /* Backends tried per login: the user's first choice, then one failover. */

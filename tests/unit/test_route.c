@@ -23,13 +23,12 @@
 static const struct route_map_limits LIM = {
     .max_size = 1 << 20, .max_entries = 100, .max_targets = 8, .fold_case = true};
 
-static struct route_map *parse(const char *text, const struct route_map_limits *lim,
-                               char **err)
+static struct route_map *parse(const char *text, const struct route_map_limits *lim, char **err)
 {
     size_t n = strlen(text);
     char *buf = malloc(n + 1);
     assert_non_null(buf);
-    memcpy(buf, text, n);
+    memcpy(buf, text, n + 1);
     return route_map_parse(buf, n, "t.map", lim ? lim : &LIM, err);
 }
 
@@ -172,8 +171,8 @@ static void test_map_bind(void **state)
     assert_int_equal(t->port, 0);
     route_map_unref(&m);
 
-    static const char *bad[] = {"x 192.0.2.1:0\n", "x 192.0.2.1:70000\n", "x [::1\n",
-                                "x [::1]x\n", "x a:b\n"};
+    static const char *bad[] = {"x 192.0.2.1:0\n", "x 192.0.2.1:70000\n", "x [::1\n", "x [::1]x\n",
+                                "x a:b\n"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         m = parse(bad[i], NULL, &err);
         assert_non_null(m);
@@ -193,7 +192,8 @@ static void test_cache_lru_ttl(void **state)
     (void)state;
     struct route_cache *c = route_cache_new(2, true);
     struct route_target t = {.text = "b1", .pool = true};
-    struct route_answer found = {.status = ROUTE_FOUND, .source = "m", .rule = "user", .target = &t};
+    struct route_answer found = {
+        .status = ROUTE_FOUND, .source = "m", .rule = "user", .target = &t};
     struct route_answer none = {.status = ROUTE_NOT_FOUND, .source = "", .rule = "none"};
     struct route_answer err = {.status = ROUTE_ERROR, .source = "m", .reason = "down"};
     struct route_answer a;
@@ -233,7 +233,7 @@ struct fake_req {
 struct fake_source {
     struct route_source base;
     int started, cancelled;
-    double delay;            /* answer after this long */
+    double delay;             /* answer after this long */
     enum route_status status; /* what it answers */
     struct route_target target;
     struct fake_req *pending;
@@ -287,9 +287,11 @@ static void fake_free(struct route_source *src)
     free(src);
 }
 
-static const struct route_source_ops fake_ops = {
-    .type = "fake", .cacheable = true, .start = fake_start, .cancel = fake_cancel,
-    .free = fake_free};
+static const struct route_source_ops fake_ops = {.type = "fake",
+                                                 .cacheable = true,
+                                                 .start = fake_start,
+                                                 .cancel = fake_cancel,
+                                                 .free = fake_free};
 
 struct got {
     int calls;
@@ -455,8 +457,7 @@ static void test_chain_map_swap(void **state)
     fputs("zed b1\n", f);
     fclose(f);
     route_maps_reload(cfg);
-    for (int i = 0; i < 200 && lookup_now(c, "zed", &a, &req, &g) == 1 &&
-                    a.status != ROUTE_FOUND;
+    for (int i = 0; i < 200 && lookup_now(c, "zed", &a, &req, &g) == 1 && a.status != ROUTE_FOUND;
          i++)
         usleep(10 * 1000);
     assert_int_equal(a.status, ROUTE_FOUND);

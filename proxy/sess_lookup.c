@@ -84,20 +84,22 @@ static void on_answer(void *arg, const struct route_answer *a)
 
 bool sess_lookup_start(struct session *s, sess_lookup_done *done)
 {
+    struct sess_lookup *sl = s->lookup;
+    if (sl) { /* a login attempt before this one in the session: forget its answer */
+        route_chain_cancel(&sl->req);
+        free((char *)sl->target.text);
+        free((char *)sl->target.host);
+        route_dyn_release(&sl->dyn);
+        memset(sl, 0, sizeof *sl);
+    }
     if (s->cfg->routing.nlookups == 0 || s->listener->transparent)
         return false;
     bool pinned = false;
     const char *kind = NULL;
     if (sess_route_backend(s, &pinned, &kind) && pinned)
         return false; /* an administrator's override goes first: no lookup */
-    if (!s->lookup && !(s->lookup = calloc(1, sizeof *s->lookup)))
+    if (!sl && !(sl = s->lookup = calloc(1, sizeof *s->lookup)))
         return false; /* no memory: the hash decides, as without lookups */
-    struct sess_lookup *sl = s->lookup;
-    route_chain_cancel(&sl->req);
-    free((char *)sl->target.text);
-    free((char *)sl->target.host);
-    route_dyn_release(&sl->dyn);
-    memset(sl, 0, sizeof *sl);
     sl->done = done;
     struct route_chain *c = chain_for(s);
     struct route_answer a;

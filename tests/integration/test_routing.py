@@ -245,3 +245,27 @@ def test_lookup_error_unavailable_not_counted(proxy_factory, pool, certs, env_tm
     with pytest.raises(imaplib.IMAP4.error, match="UNAVAILABLE"):
         m.login(b, USERS[b])
     m.logout()
+
+
+def test_admin_override_beats_map_and_map_beats_affinity(proxy_factory, pool, certs, env_tmp,
+                                                         redis):
+    """Precedence (docs/routing.md): `portcullis-ctl route` > the map > affinity > hash."""
+    import uuid
+    pfx = "rt" + uuid.uuid4().hex[:6] + ":"
+    mapfile = env_tmp / "route-override.map"
+    write_map(mapfile, pool)
+    px = proxy_factory(backends=pool_backends(pool),
+                       redis={"host": mailenv.LOCAL, "port": redis.port, "prefix": pfx,
+                              "connect_timeout": "300ms", "command_timeout": "300ms"},
+                       policy={"affinity_ttl": "1m"}, health={"enabled": False},
+                       routing=routing(mapfile))
+    px.wait_redis_ready()
+    user = "u0123"  # the map says dv0
+    clients.ctl(px, "route", user, "dv1")
+    assert which_backend(px, certs, user) == "dv1"
+    assert "event=route kind=override backend=dv1" in px.log()
+    clients.ctl(px, "route", user, "-")
+    # The override's session left a recent affinity to dv1; the map still wins over it.
+    clients.wait_for(lambda: redis.command("GET", f"{pfx}aff:{{{user}}}") == "dv1",
+                     what="the affinity record")
+    assert which_backend(px, certs, user) == "dv0"

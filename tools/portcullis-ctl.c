@@ -6,7 +6,8 @@
  *     sessions [user]          list live sessions (all instances)
  *     kick <user|session-id>   end those sessions wherever they are (publishes on P kick)
  *     unlock <user|address>    clear a lock-out and the login-rate bucket
- *     route, drain, undrain    routing overrides and backend drain (docs/redis.md)
+ *     route, drain, undrain    routing overrides and backend drain (docs/redis.md); route show
+ *                              <user>: override, affinity and lookups (docs/routing.md)
  *     reload                   the exception: asks the local instance (POST /reload on the
  *                              admin listener of FILE, default /etc/portcullis/portcullis.yaml)
  *                              to reload as SIGHUP does, and reports the result
@@ -31,12 +32,14 @@
 
 #include "config.h"
 #include "ratelimit.h"
+#include "route_explain.h"
 
 struct ctl {
     redisContext *rc;
     const char *prefix;
     bool fold;
     unsigned v4_prefix, v6_prefix;
+    const struct config *cfg; /* -c FILE, or NULL */
 };
 
 struct ctl_cmd {
@@ -178,10 +181,35 @@ static int run_unlock(struct ctl *c, int argc, char **argv)
     return 0;
 }
 
+/* route show <user> (issue 17): the pin, the affinity, and what the routing lookups of -c FILE
+ * say (route_explain.c). */
+static int run_route_show(struct ctl *c, const char *user)
+{
+    char tag[3 * RL_USER_MAX + 1], key[RL_KEY_MAX], akey[RL_KEY_MAX];
+    rl_user_key(user, c->fold, tag, sizeof tag);
+    if (!rl_key(key, sizeof key, c->prefix, "route", tag, "") ||
+        !rl_key(akey, sizeof akey, c->prefix, "aff", tag, ""))
+        return 1;
+    redisReply *r = cmd(c, 2, (const char *[]){"GET", key});
+    redisReply *a = cmd(c, 2, (const char *[]){"GET", akey});
+    const char *pin = r->type == REDIS_REPLY_STRING ? r->str : NULL;
+    printf("override: %s\naffinity: %s\n", pin ? pin : "-",
+           a->type == REDIS_REPLY_STRING ? a->str : "-");
+    if (c->cfg)
+        route_explain(stdout, c->cfg, user, pin);
+    else
+        printf("lookups: give -c FILE to see them\n");
+    freeReplyObject(r);
+    freeReplyObject(a);
+    return 0;
+}
+
 /* route <user> <backend|server>: pin the user (no TTL, no failover); route <user> -: unpin;
  * route <user>: show the pin. Every instance reads it at the user's next login. */
 static int run_route(struct ctl *c, int argc, char **argv)
 {
+    if (argc == 2 && strcmp(argv[0], "show") == 0)
+        return run_route_show(c, argv[1]);
     char tag[3 * RL_USER_MAX + 1], key[RL_KEY_MAX];
     rl_user_key(argv[0], c->fold, tag, sizeof tag);
     if (!rl_key(key, sizeof key, c->prefix, "route", tag, ""))
@@ -235,7 +263,7 @@ static const struct ctl_cmd commands[] = {
     {"sessions", 0, 1, "sessions [user]", run_sessions},
     {"kick", 1, 1, "kick <user|session-id>", run_kick},
     {"unlock", 1, 1, "unlock <user|address>", run_unlock},
-    {"route", 1, 2, "route <user> [<backend|server> | -]", run_route},
+    {"route", 1, 2, "route <user> [<backend|server> | -] | route show <user>", run_route},
     {"drain", 0, 1, "drain [<backend>]", run_drain},
     {"undrain", 1, 1, "undrain <backend>", run_undrain},
 };
@@ -373,6 +401,7 @@ int main(int argc, char **argv)
         .fold = cfg ? cfg->policy.user_case_insensitive : true,
         .v4_prefix = cfg ? cfg->policy.ipv4_prefix : 32,
         .v6_prefix = cfg ? cfg->policy.ipv6_prefix : 64,
+        .cfg = cfg,
     };
     const char *password = getenv("PORTCULLIS_REDIS_PASSWORD");
     if (!password && r)

@@ -261,7 +261,13 @@ def test_admin_override_beats_map_and_map_beats_affinity(proxy_factory, pool, ce
                        routing=routing(mapfile))
     px.wait_redis_ready()
     user = "u0123"  # the map says dv0
+    out = clients.ctl(px, "route", "show", user).stdout
+    assert "override: -" in out
+    assert "lookup users (map " in out and "found rule=user backend=dv0 (pool entry)" in out
+    assert "decision: backend dv0 (lookup users" in out
     clients.ctl(px, "route", user, "dv1")
+    assert "decision: backend dv1 (the administrator's override" in clients.ctl(
+        px, "route", "show", user).stdout
     assert which_backend(px, certs, user) == "dv1"
     assert "event=route kind=override backend=dv1" in px.log()
     clients.ctl(px, "route", user, "-")
@@ -269,3 +275,6 @@ def test_admin_override_beats_map_and_map_beats_affinity(proxy_factory, pool, ce
     clients.wait_for(lambda: redis.command("GET", f"{pfx}aff:{{{user}}}") == "dv1",
                      what="the affinity record")
     assert which_backend(px, certs, user) == "dv0"
+    out = clients.ctl(px, "route", "show", "nobody@nowhere.test").stdout
+    assert "lookup users (map " in out and ": not found" in out
+    assert "decision: no lookup knows the user: affinity, then the hash" in out

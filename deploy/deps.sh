@@ -19,10 +19,14 @@ set -euo pipefail
 
 PACKAGES=(
     build-essential pkg-config clang llvm libclang-rt-14-dev clang-format clang-tidy cppcheck
-    libev-dev libssl-dev libyaml-dev libhiredis-dev libclamav-dev libcmocka-dev
+    libev-dev libssl-dev libyaml-dev libhiredis-dev libclamav-dev libcmocka-dev libsystemd-dev
+    # the package (make deb, test_package.py): lint, hardening-check, the logrotate file
+    lintian devscripts logrotate
     redis-server dovecot-core dovecot-imapd dovecot-pop3d
     python3 python3-pytest python3-prometheus-client python3-yaml
     isync fetchmail curl openssl clamav-testfiles iproute2 iptables zip procps
+    groff-base man-db
+    prometheus # only for promtool: test_metrics.py runs `promtool check metrics` on /metrics
 )
 MAIL_USER=portcullis-mail
 

@@ -176,6 +176,7 @@ bool pol_scope_keys(struct policy *p, const struct policy_limits *lim, const str
                     struct pol_keys *k)
 {
     rl_user_key(w->user ? w->user : "", lim->fold_case, k->user, sizeof k->user);
+    snprintf(k->name, sizeof k->name, "%s", w->user ? w->user : "");
     /* An exempt address (webmail, NAT) has no network of its own: its logins count against
      * the per-user ceiling only, and it never becomes a known network. */
     if (w->addr_exempt || !w->addr ||
@@ -493,6 +494,7 @@ struct result_ctx {
     enum local_outcome o;
     bool user_scope;
     char user[3 * RL_USER_MAX + 1];
+    char name[RL_USER_MAX + 1]; /* as sent: who a lock-out is logged for */
     char net[RL_ADDR_MAX];
     double now;
 };
@@ -507,6 +509,7 @@ static struct result_ctx *result_ctx(struct policy *p, const struct pol_keys *k,
     c->o = o;
     c->user_scope = user_scope;
     snprintf(c->user, sizeof c->user, "%s", k->user);
+    snprintf(c->name, sizeof c->name, "%s", k->name);
     snprintf(c->net, sizeof c->net, "%s", user_scope ? k->net : k->addr);
     c->now = ev_now(p->loop);
     return c;
@@ -529,12 +532,22 @@ static void result_reply(void *arg, const redisReply *rep)
         rep->element[0]->type == REDIS_REPLY_INTEGER &&
         rep->element[1]->type == REDIS_REPLY_INTEGER) {
         long long a = rep->element[0]->integer, b = rep->element[1]->integer;
+        /* Who: the user as sent and the client network ("ip:" dropped: the form
+         * `portcullis-ctl unlock` and the docs use). */
+        char q[3 * RL_USER_MAX + 8];
+        const char *net = strncmp(c->net, "ip:", 3) == 0 ? c->net + 3 : c->net;
+        if (!net[0])
+            net = "-";
+        plog_q(q, sizeof q, c->name, strlen(c->name));
         if (c->user_scope && a > 0)
-            plog(PLOG_INFO, "event=lockout scope=user duration_ms=%lld", a);
+            plog(PLOG_INFO, "event=lockout scope=user user=%s network=%s duration_ms=%lld", q, net,
+                 a);
         if (c->user_scope && b > 0)
-            plog(PLOG_INFO, "event=lockout scope=user_network duration_ms=%lld", b);
+            plog(PLOG_INFO, "event=lockout scope=user_network user=%s network=%s duration_ms=%lld",
+                 q, net, b);
         if (!c->user_scope && b > 0)
-            plog(PLOG_INFO, "event=lockout scope=address duration_ms=%lld", b);
+            plog(PLOG_INFO, "event=lockout scope=address network=%s user=%s duration_ms=%lld", net,
+                 q, b);
     }
     free(c);
 }

@@ -37,6 +37,7 @@ struct policy_conf {
     bool fail_closed;        /* Redis unavailable: refuse logins */
     uint64_t heartbeat_ms;   /* registry refresh */
     uint64_t session_ttl_ms; /* a session not heart-beaten for this long is gone */
+    uint64_t drain_poll_ms;  /* how often the admin drain set is read (0 = 5 s) */
     size_t local_entries;    /* in-memory table size */
 };
 

@@ -15,7 +15,8 @@
 /* The scope tags of one login: escaped user, aggregated address (or none), session id. */
 struct pol_keys {
     char user[3 * RL_USER_MAX + 1];
-    char addr[RL_ADDR_MAX]; /* address scope ("" when exempt or none) */
+    char name[RL_USER_MAX + 1]; /* the user as sent (cut), for log lines */
+    char addr[RL_ADDR_MAX];     /* address scope ("" when exempt or none) */
     bool has_addr;
     char net[RL_ADDR_MAX]; /* the user's network: the same as addr (kept apart for clarity) */
     char sid[POL_SID_MAX + 1];
@@ -36,7 +37,7 @@ struct policy {
     struct policy_sess *sessions; /* registered sessions (owned by their callers' handles) */
     unsigned nsessions;
     ev_timer heartbeat;
-    ev_timer drain_poll; /* route.c: reads `P drained` every 5 s */
+    ev_timer drain_poll; /* route.c: reads `P drained` every conf.drain_poll_ms */
 };
 
 struct policy_req {

@@ -164,7 +164,8 @@ void pol_route_start(struct policy *p)
 {
     if (!p->cmd)
         return;
-    ev_timer_init(&p->drain_poll, drain_poll, 0.2, 5.0);
+    double every = p->conf.drain_poll_ms ? (double)p->conf.drain_poll_ms / 1000.0 : 5.0;
+    ev_timer_init(&p->drain_poll, drain_poll, 0.2, every);
     p->drain_poll.data = p;
     ev_timer_start(p->loop, &p->drain_poll);
 }

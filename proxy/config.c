@@ -301,7 +301,7 @@ static const struct cfg_key redis_keys[] = {
     {CFG_K_PORT("port", struct cfg_redis, port, "6379"), .flags = CFG_RESTART},
     {CFG_K_OPTSTR("socket", struct cfg_redis, socket, ""), .flags = CFG_RESTART},
     {CFG_K_OPTSTR("username", struct cfg_redis, username, ""), .flags = CFG_RESTART},
-    {CFG_K_OPTSTR("password", struct cfg_redis, password, ""), .flags = CFG_RESTART},
+    {CFG_K_OPTSTR("password", struct cfg_redis, password, ""), .flags = CFG_RESTART | CFG_SECRET},
     {CFG_K_UINT("db", struct cfg_redis, db, "0", 0, 1000), .flags = CFG_RESTART},
     {CFG_K_STRING("prefix", struct cfg_redis, prefix, "pc:"), .flags = CFG_RESTART},
     {CFG_K_DURATION("connect_timeout", struct cfg_redis, connect_timeout_ms, "1s", 10, MIN),
@@ -350,6 +350,8 @@ static const struct cfg_key policy_keys[] = {
     {CFG_K_SIZE("download_limit", struct cfg_policy, download_limit, "0", 0, UINT64_C(1) << 50)},
     {CFG_K_DURATION("download_window", struct cfg_policy, download_window_ms, "1h", SEC, 30 * DAY)},
     {CFG_K_DURATION("affinity_ttl", struct cfg_policy, affinity_ttl_ms, "10m", 0, 7 * DAY)},
+    {CFG_K_DURATION("drain_poll", struct cfg_policy, drain_poll_ms, "5s", 100, MIN),
+     .flags = CFG_RESTART},
     {CFG_K_UINT("local_entries", struct cfg_policy, local_entries, "10000", 16, 10000000),
      .flags = CFG_RESTART},
     {CFG_K_END},
@@ -464,6 +466,11 @@ static const struct cfg_key top_keys[] = {
     {CFG_K_END},
 };
 static const struct cfg_table config_table = {.keys = top_keys, .check = config_check};
+
+const struct cfg_table *cfg_schema(void)
+{
+    return &config_table;
+}
 
 /* ---- checks a table cannot express ------------------------------------------------------- */
 

@@ -218,6 +218,8 @@ struct cfg_policy {
     size_t download_limit;             /* default 0 = none; bytes per window per user */
     uint64_t download_window_ms;       /* default 1h */
     uint64_t affinity_ttl_ms; /* default 10m: user → backend kept after the last session */
+    uint64_t drain_poll_ms;   /* default 5s (restart): how often `P drained` (portcullis-ctl
+                                 drain) is read; a drain takes effect within this time */
     unsigned local_entries;   /* default 10000 (restart) */
 };
 
@@ -299,6 +301,10 @@ struct config *cfg_load(const char *path, char **error_r) __attribute__((warn_un
 /* The same from a string (tests, fuzzing); `name` is used in messages. */
 struct config *cfg_load_string(const char *text, size_t len, const char *name, char **error_r)
     __attribute__((warn_unused_result));
+
+/* The schema cfg_load() maps with (cfg_map.h): for walking its keys (cfg_walk.h). */
+struct cfg_table;
+const struct cfg_table *cfg_schema(void);
 
 struct config *cfg_ref(struct config *c);
 /* Drops a reference; frees the snapshot at zero and sets *c to NULL. NULL-safe. */

@@ -153,9 +153,9 @@ static void send_id(struct session *s)
     if (!sendf_be(s,
                   "I ID (%s%s\"x-originating-ip\" \"%s\" \"x-originating-port\" \"%u\" "
                   "\"x-connected-ip\" \"%s\" \"x-connected-port\" \"%u\" "
-                  "\"x-session-ext-id\" \"S-%llu\")\r\n",
+                  "\"x-session-ext-id\" \"%s\")\r\n",
                   st->client_id ? st->client_id : "", st->client_id ? " " : "", s->client_ip,
-                  s->client_port, lip, lport, (unsigned long long)s->id))
+                  s->client_port, lip, lport, s->sid))
         return;
     st->id_pending = true;
 }

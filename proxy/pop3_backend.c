@@ -27,12 +27,23 @@ static void fail_code(struct session *s, bool auth, const char *code, const char
     struct pop3_state *st = pop3_st(s);
     st->bstate = PB_NONE;
     s->backend.wipe_ctl = false;
-    pop3_preauth_login_failed(s, auth, code, why);
+    pop3_preauth_login_failed(s, auth, SLF_CREDENTIALS_REFUSED, code, why);
 }
 
 static void fail(struct session *s, bool auth, const char *why)
 {
     fail_code(s, auth, NULL, why);
+}
+
+/* The client's SASL mechanism is not offered by the backend: answered (and counted) as a
+ * refused login, logged as what it is. */
+static void fail_mech(struct session *s)
+{
+    struct pop3_state *st = pop3_st(s);
+    st->bstate = PB_NONE;
+    s->backend.wipe_ctl = false;
+    pop3_preauth_login_failed(s, true, SLF_MECHANISM_UNSUPPORTED, NULL,
+                              "backend does not offer this SASL mechanism");
 }
 
 static bool send_be(struct session *s, const void *p, size_t len)
@@ -147,7 +158,7 @@ static void send_credentials(struct session *s)
     case CREDS_XOAUTH2:
     case CREDS_OAUTHBEARER:
         if (!(c->mech == CREDS_XOAUTH2 ? st->be_sasl_xoauth2 : st->be_sasl_oauthbearer)) {
-            fail(s, true, "backend does not offer this SASL mechanism");
+            fail_mech(s);
             return;
         }
         break;
@@ -168,8 +179,7 @@ static void send_xclient_or_login(struct session *s)
     struct pop3_state *st = pop3_st(s);
     if (st->be_xclient || st->be_xclient_greeting) {
         st->bstate = PB_XCLIENT;
-        sendf_be(s, "XCLIENT ADDR=%s PORT=%u SESSION=S-%llu\r\n", s->client_ip, s->client_port,
-                 (unsigned long long)s->id);
+        sendf_be(s, "XCLIENT ADDR=%s PORT=%u SESSION=%s\r\n", s->client_ip, s->client_port, s->sid);
         return;
     }
     send_credentials(s);

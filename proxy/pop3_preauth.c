@@ -207,8 +207,7 @@ static void login_refused(struct session *s, const char *answer)
 {
     pop3_forget_login(pop3_st(s));
     pop3_reply(s, "%s", answer);
-    free(s->user);
-    s->user = NULL;
+    sess_forget_user(s);
     if (!count_bad(s))
         return;
     s->client.reading = true;
@@ -426,22 +425,21 @@ static void pop3_client_input(struct session *s)
 
 /* ---- results of the backend login (from pop3_backend.c) ---- */
 
-void pop3_preauth_login_failed(struct session *s, bool auth_failure, const char *code,
-                               const char *why)
+void pop3_preauth_login_failed(struct session *s, bool auth_failure, enum sess_login_fail fail,
+                               const char *code, const char *why)
 {
     struct pop3_state *st = pop3_st(s);
     sess_backend_drop(s);
     pop3_forget_login(st);
     if (auth_failure) {
-        sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_FAILED, .text = why});
+        sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_FAILED, .fail = fail, .text = why});
         pop3_reply(s, "-ERR [%s] Authentication failed.", code ? code : "AUTH");
     } else {
         sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_UNAVAILABLE, .text = why});
         pop3_reply(s, "-ERR [SYS/TEMP] Backend server unavailable; try again later.");
     }
     sess_login_result(s, false, auth_failure); /* issue 5: count the failure */
-    free(s->user);
-    s->user = NULL;
+    sess_forget_user(s);
     sess_set_state(s, SESS_PREAUTH);
     double left = st->preauth_deadline - ev_now(s->worker->loop);
     sess_set_deadline(s, left > 0.5 ? left : 0.5);

@@ -35,8 +35,9 @@ struct sess_pol {
     struct policy_sess *reg; /* registered (logged in) */
     bool checked;            /* a check was sent: a slot may be reserved */
     bool blocked_logged;
-    ev_timer deny;  /* answers an address refusal from the loop */
-    ev_timer allow; /* allows a login without a policy object from the loop */
+    ev_tstamp login_at; /* the login command arrived (0: none in flight), for the histogram */
+    ev_timer deny;      /* answers an address refusal from the loop */
+    ev_timer allow;     /* allows a login without a policy object from the loop */
     sess_login_allowed *allowed;
     sess_login_refused *refused;
     char sid[128];
@@ -47,8 +48,7 @@ struct sess_pol {
     char route_backend[128];
 };
 
-static uint32_t process_nonce;
-static pthread_once_t nonce_once = PTHREAD_ONCE_INIT;
+static pthread_once_t hooks_once = PTHREAD_ONCE_INIT;
 
 static void plog_sink(enum plog_level level, const char *line)
 {
@@ -60,20 +60,17 @@ static int plog_on(enum plog_level level)
     return log_enabled((enum log_level)level);
 }
 
-/* Session ids must be unique across instances and restarts: instance name, a per-process
- * nonce, the process-local counter. */
-static void init_nonce(void)
+/* Process-wide hooks of the policy library, set once by the first worker. (The registry's
+ * session id is the session's own, s->sid: unique across instances and restarts.) */
+static void init_hooks(void)
 {
     policy_set_drained_handler(backend_set_admin_drained);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    process_nonce = (uint32_t)ts.tv_nsec ^ (uint32_t)ts.tv_sec ^ ((uint32_t)getpid() << 16);
     plog_set(plog_sink, plog_on);
 }
 
 void sess_policy_worker_start(struct worker *w)
 {
-    pthread_once(&nonce_once, init_nonce);
+    pthread_once(&hooks_once, init_hooks);
     struct rt *rt = rt_current();
     const struct config *cfg = rt->cfg;
     const struct cfg_redis *r = &cfg->redis;
@@ -100,6 +97,7 @@ void sess_policy_worker_start(struct worker *w)
         .fail_closed = r->fail_mode == CFG_FAIL_CLOSED,
         .heartbeat_ms = cfg->policy.heartbeat_ms,
         .session_ttl_ms = cfg->policy.session_ttl_ms,
+        .drain_poll_ms = cfg->policy.drain_poll_ms,
         .local_entries = cfg->policy.local_entries,
     };
     w->policy = policy_new(w->loop, &pc);
@@ -291,14 +289,14 @@ void sess_login_check(struct session *s, sess_login_allowed *allowed, sess_login
             sess_close(s, "out of memory");
             return;
         }
-        snprintf(s->pol->sid, sizeof s->pol->sid, "%s-%08x-%llu", s->cfg->instance, process_nonce,
-                 (unsigned long long)s->id);
+        snprintf(s->pol->sid, sizeof s->pol->sid, "%s", s->sid); /* the log's sess= */
         ev_init(&s->pol->deny, deny_cb);
         s->pol->deny.data = s;
         ev_init(&s->pol->allow, allow_cb);
         s->pol->allow.data = s;
     }
     struct sess_pol *sp = s->pol;
+    sp->login_at = ev_now(s->worker->loop);
     sp->allowed = allowed;
     sp->refused = refused;
     const struct cfg_policy *p = &s->cfg->policy;
@@ -354,6 +352,11 @@ void sess_login_result(struct session *s, bool ok, bool auth_failure)
 {
     struct sess_pol *sp = s->pol;
     struct policy *p = s->worker->policy;
+    if (sp && sp->login_at > 0) {
+        metrics_observe_login(s->worker->id, s->listener->protocol,
+                              ev_now(s->worker->loop) - sp->login_at);
+        sp->login_at = 0;
+    }
     if (!sp || !p || !s->user)
         return;
     struct policy_limits l;

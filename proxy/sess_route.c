@@ -52,13 +52,16 @@ static void apply_route(struct session *s)
         return;
     int idx = sess_route_pool_index(s, want);
     const struct cfg_backend *b = idx >= 0 ? &s->cfg->backends[idx] : NULL;
-    bool usable = b && !b->drain &&
-                  (pinned || !s->rt->be_state[idx] || atomic_load(&s->rt->be_state[idx]->up));
+    const struct backend_state *st = b ? s->rt->be_state[idx] : NULL;
+    /* A drain (the file's, or portcullis-ctl's through Redis) beats every route: "no new
+     * sessions" holds for users with an override or an affinity there too. */
+    bool drained = b && (b->drain || (st && atomic_load(&st->admin_drain)));
+    bool usable = b && !drained && (pinned || !st || atomic_load(&st->up));
     if (!usable) {
         sess_log(s, LOG_INFO, "event=route_ignored kind=%s backend=%s reason=%s", kind, want,
-                 !b         ? "not_in_pool"
-                 : b->drain ? "draining"
-                            : "down");
+                 !b        ? "not_in_pool"
+                 : drained ? "draining"
+                           : "down");
         return;
     }
     size_t out[SESS_BE_CANDIDATES];
@@ -131,9 +134,9 @@ static bool next_candidate(struct session *s, const char *err)
         return false;
     const char *from = s->be->name;
     s->be_try++;
-    sess_log(s, LOG_INFO, "event=backend_retry from=%s to=%s reason=\"%s\"", from,
+    sess_log(s, LOG_INFO, "event=backend_retry from=%s to=%s reason=%s", from,
              s->cfg->backends[s->be_cand[s->be_try]].name,
-             err && strcmp(err, "timeout") == 0 ? "connect timeout" : "connect failed");
+             LOG_QS(err && strcmp(err, "timeout") == 0 ? "connect timeout" : "connect failed"));
     dial_candidate(s);
     return true;
 }

@@ -59,8 +59,8 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                log_write(LOG_ERROR, "event=accept_paused worker=%d error=\"%s\"", w->id,
-                          strerror(errno));
+                log_write(LOG_ERROR, "event=accept_paused worker=%d error=%s", w->id,
+                          LOG_QS(strerror(errno)));
                 set_listeners(w, false);
                 ev_timer_set(&w->accept_retry, 0.1, 0.);
                 ev_timer_start(w->loop, &w->accept_retry);

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# run.sh SECONDS — run every built libFuzzer target build/fuzz/fuzz_* for SECONDS each.
+# run.sh SECONDS — run every built libFuzzer target build/fuzz/fuzz_* for SECONDS each,
+# FUZZ_JOBS (default: the number of cores) at a time.
 #
 # Each target starts from its checked-in seeds tests/fuzz/corpus/<name>, copied into the scratch
 # corpus build/fuzz/corpus-work/<name> (new inputs land there, never in git), with the
@@ -27,9 +28,10 @@ if [ ${#targets[@]} -eq 0 ]; then
     exit 2
 fi
 
-failed=()
-summary=()
-for bin in "${targets[@]}"; do
+# One target: fuzz it and write its summary line (and the first line of a failure report) to
+# $out/NAME.result; the last word of the first line is OK or FAILED.
+fuzz_one() {
+    local bin=$1 name seeds work art log dict rc execs cov ncorp crash line
     name=$(basename "$bin")
     seeds=tests/fuzz/corpus/$name
     work=$out/corpus-work/$name
@@ -46,8 +48,8 @@ for bin in "${targets[@]}"; do
     fuzz_pop3*) dict=tests/fuzz/pop3.dict ;;
     fuzz_backend_login) dict=tests/fuzz/backend_login.dict ;;
     esac
-    args=(-max_total_time="$secs" -timeout=25 -rss_limit_mb=2048 -print_final_stats=1
-          -artifact_prefix="$art/")
+    local args=(-max_total_time="$secs" -timeout=25 -rss_limit_mb=2048 -print_final_stats=1
+                -artifact_prefix="$art/")
     [ -n "$dict" ] && [ -f "$dict" ] && args+=(-dict="$dict")
 
     echo "== $name (${secs}s${dict:+, dict $(basename "$dict")})"
@@ -61,12 +63,35 @@ for bin in "${targets[@]}"; do
     else
         crash=$(sed -n 's/.*Test unit written to //p' "$log" | tail -1)
         line="$name: FAILED rc=$rc ${crash:+reproducer=$crash} (log: $log)"
-        grep -m1 -E 'check failed|invariance broken|runtime error|^==[0-9]+==ERROR|SUMMARY|deadly signal' "$log" |
-            sed 's/^/    /'
-        failed+=("$name")
+        line+=$'\n'$(grep -m1 -E 'check failed|invariance broken|runtime error|^==[0-9]+==ERROR|SUMMARY|deadly signal' "$log" |
+            sed 's/^/    /')
     fi
+    printf '%s\n' "$line" >"$out/$name.result"
     echo "$line"
-    summary+=("$line")
+}
+
+# Targets run FUZZ_JOBS at a time (default: one per core): each libFuzzer process is
+# single-threaded, and CI's smoke run must fit its 20 minutes.
+jobs=${FUZZ_JOBS:-$(nproc)}
+for bin in "${targets[@]}"; do
+    rm -f "$out/$(basename "$bin").result"
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do
+        wait -n
+    done
+    fuzz_one "$bin" &
+done
+wait
+
+failed=()
+summary=()
+for bin in "${targets[@]}"; do
+    name=$(basename "$bin")
+    line=$(cat "$out/$name.result" 2>/dev/null || echo "$name: FAILED (no result)")
+    case $(head -1 <<<"$line") in
+    "$name: OK "*) ;;
+    *) failed+=("$name") ;;
+    esac
+    summary+=("$(head -1 <<<"$line")")
 done
 
 echo "== fuzz summary"

@@ -198,6 +198,23 @@ def test_lockout_across_instances_and_reset(proxy_factory, certs, redis):
     with pytest.raises(poplib.error_proto, match=r"SYS/TEMP"):
         pop3(b, certs, "Bob", USERS["bob"])  # user names compare case-insensitively
     assert "reason=locked_out scope=user_network" in b.log()
+    # issue 18: the logs say who. The lock-out names the user and the network ...
+    a.wait_log('event=lockout scope=user_network user="bob" network=127.0.0.1/32 duration_ms=')
+    # ... a failed login's reason is a token, the words are detail= ...
+    assert ('event=login_failed reason=credentials_refused detail="backend refused the '
+            'credentials"') in a.log()
+    # ... and the close line of a session whose login failed (a) or was refused (b) names the
+    # user who tried
+    for px, ev in ((a, "login_failed"), (b, "login_refused")):
+        log = px.log()
+        sids = set(re.findall(rf"sess=(S-\d+) [^\n]*event={ev} ", log))
+        assert sids, ev
+        for sid in sids:
+            close = re.search(rf"sess={sid} [^\n]*event=close [^\n]*", log)
+            assert close and re.search(r'user="[bB]ob"', close.group(0)), \
+                (ev, close and close.group(0))
+    # instance: is named where docs/configuration.md says
+    assert re.search(r"event=started [^\n]*instance=\"A\"", a.log())
     until = int(hgetall(redis, rec)["until"])
     wait_for(lambda: redis_ms(redis) > until, what="the lock-out's end")
     # the lock-out expired; three more failures: level 2, the lock doubles

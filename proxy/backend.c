@@ -407,6 +407,7 @@ const char *backend_dial_why(const struct backend_dial *d)
     case BACKEND_DIAL_TLS:
         return "TLS to backend failed";
     case BACKEND_DIAL_LOCAL:
+    case BACKEND_DIAL_REFUSED:
         break;
     }
     return d->err ? d->err : "cannot set up the backend connection";

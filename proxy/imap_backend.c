@@ -431,7 +431,7 @@ void imap_backend_event(struct session *s, int events)
         if (!(events & SESS_EV_DIALED))
             return;
         if (s->dial.result != BACKEND_DIAL_OK) {
-            fail(s, false, backend_dial_why(&s->dial));
+            fail(s, s->dial.result == BACKEND_DIAL_REFUSED, backend_dial_why(&s->dial));
             return;
         }
         c->reading = true;

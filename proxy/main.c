@@ -35,6 +35,7 @@
 #include "health.h"
 #include "metrics_proc.h"
 #include "privdrop.h"
+#include "route_maps.h"
 #include "runtime.h"
 #include "tls.h"
 #include "version.h"
@@ -133,6 +134,7 @@ static bool reload(const char *source, char *why, size_t cap)
                   log_qs(q, sizeof q, err ? err : "?"));
         snprintf(why, cap, "%s", err ? err : "?");
         free(err);
+        route_maps_reload(cur->cfg); /* so do routing maps (issue 17), off the loop */
         rt_unref(&cur);
         metrics_config_reloaded(false);
         msgscan_reload(NULL); /* signatures still reload, with the scan settings in use */
@@ -145,7 +147,8 @@ static bool reload(const char *source, char *why, size_t cap)
     if (changes > RELOAD_PARTIAL_MAX)
         log_write(LOG_WARN, "event=reload_partial more=%u note=\"more restart-only keys changed\"",
                   changes - RELOAD_PARTIAL_MAX);
-    msgscan_reload(rt->cfg); /* off the loop; the result is logged when it is done */
+    msgscan_reload(rt->cfg);    /* off the loop; the result is logged when it is done */
+    route_maps_reload(rt->cfg); /* issue 17: a loader thread; a bad map keeps the old one */
     char instance[128];
     snprintf(instance, sizeof instance, "%s", rt->cfg->instance);
     rt_publish(rt);
@@ -300,7 +303,16 @@ int main(int argc, char **argv)
         free(err);
         return 1;
     }
+    /* Routing maps (issue 17) load here, before any worker: a bad map is a start-up error. */
+    if (!route_maps_load(rt->cfg, &err)) {
+        fprintf(stderr, "portcullis: %s\n", err ? err : "cannot load the routing maps");
+        free(err);
+        rt_unref(&rt);
+        route_maps_stop();
+        return 1;
+    }
     if (test_only) {
+        route_maps_stop();
         bool ok = check_start(rt->cfg, &err);
         rt_unref(&rt);
         if (!ok) {
@@ -424,6 +436,7 @@ int main(int argc, char **argv)
         worker_stop(&workers[i]);
     free(workers);
     msgscan_process_fini(); /* after the workers: no session holds a scan any more */
+    route_maps_stop();
     struct rt *last = rt_current();
     rt_publish(NULL);
     rt_unref(&last);
@@ -439,6 +452,7 @@ fail:
     free(workers);
     if (scanner_up)
         msgscan_process_fini();
+    route_maps_stop();
     struct rt *pub = rt_current();
     rt_publish(NULL);
     rt_unref(&pub);

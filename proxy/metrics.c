@@ -11,6 +11,7 @@
 #include "backend.h"
 #include "metrics_proc.h"
 #include "redis.h"
+#include "route_dyn.h"
 #include "runtime.h"
 #include "tls.h"
 
@@ -194,6 +195,33 @@ static const char *proto_name(int p)
     return p == CFG_PROTO_POP3 ? "pop3" : "imap";
 }
 
+/* One sample of a backend family for a dynamic backend (route_dyn.h). */
+enum dyn_family { DYN_UP, DYN_ACTIVE, DYN_FAILURES };
+struct dyn_emit {
+    struct buf *o;
+    enum dyn_family family;
+};
+
+static void dyn_line(void *arg, const struct route_dyn *d)
+{
+    const struct dyn_emit *e = arg;
+    const struct backend_state *st = &d->st;
+    switch (e->family) {
+    case DYN_UP:
+        buf_printf(e->o, "portcullis_backend_up{backend=\"%s\"} %d\n", d->name,
+                   atomic_load(&st->up) ? 1 : 0);
+        break;
+    case DYN_ACTIVE:
+        buf_printf(e->o, "portcullis_backend_sessions_active{backend=\"%s\"} %u\n", d->name,
+                   atomic_load(&st->active));
+        break;
+    case DYN_FAILURES:
+        buf_printf(e->o, "portcullis_backend_connect_failures_total{backend=\"%s\"} %llu\n",
+                   d->name, (unsigned long long)atomic_load(&st->connect_failures));
+        break;
+    }
+}
+
 static void header(struct buf *o, const char *name, const char *type, const char *help)
 {
     buf_printf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
@@ -331,7 +359,8 @@ void metrics_render(const struct config *cfg, struct buf *o)
            "Redis connections established (first connect and reconnects).");
     buf_printf(o, "portcullis_redis_connects_total %llu\n", (unsigned long long)rs.connects);
 
-    /* Backends: health and sessions, from the process-wide table via the published runtime. */
+    /* Backends: health and sessions, from the process-wide table via the published runtime,
+     * then the dynamic backends routing lookups named (issue 17) in each family. */
     struct rt *rt = rt_current();
     if (rt) {
         header(o, "portcullis_backend_up", "gauge", "1 when the backend takes new sessions.");
@@ -339,17 +368,20 @@ void metrics_render(const struct config *cfg, struct buf *o)
             buf_printf(o, "portcullis_backend_up{backend=\"%s\"} %d\n", rt->cfg->backends[i].name,
                        atomic_load(&rt->be_state[i]->up) && !rt->cfg->backends[i].drain &&
                            !atomic_load(&rt->be_state[i]->admin_drain));
+        route_dyn_foreach(dyn_line, &(struct dyn_emit){o, DYN_UP});
         header(o, "portcullis_backend_sessions_active", "gauge",
                "Relayed sessions open now on the backend.");
         for (size_t i = 0; i < rt->cfg->nbackends; i++)
             buf_printf(o, "portcullis_backend_sessions_active{backend=\"%s\"} %u\n",
                        rt->cfg->backends[i].name, atomic_load(&rt->be_state[i]->active));
+        route_dyn_foreach(dyn_line, &(struct dyn_emit){o, DYN_ACTIVE});
         header(o, "portcullis_backend_connect_failures_total", "counter",
                "Failed session connects to the backend.");
         for (size_t i = 0; i < rt->cfg->nbackends; i++)
             buf_printf(o, "portcullis_backend_connect_failures_total{backend=\"%s\"} %llu\n",
                        rt->cfg->backends[i].name,
                        (unsigned long long)atomic_load(&rt->be_state[i]->connect_failures));
+        route_dyn_foreach(dyn_line, &(struct dyn_emit){o, DYN_FAILURES});
         certificates(o, rt);
         rt_unref(&rt);
     }

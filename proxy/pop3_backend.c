@@ -376,7 +376,7 @@ void pop3_backend_event(struct session *s, int events)
         if (!(events & SESS_EV_DIALED))
             return;
         if (s->dial.result != BACKEND_DIAL_OK) {
-            fail(s, false, backend_dial_why(&s->dial));
+            fail(s, s->dial.result == BACKEND_DIAL_REFUSED, backend_dial_why(&s->dial));
             return;
         }
         c->reading = true;

@@ -24,6 +24,7 @@
 #include "metrics.h"
 #include "proxy_proto.h"
 #include "sess_event.h"
+#include "sess_lookup.h"
 #include "sess_policy.h"
 #include "tls.h"
 #include "worker.h"
@@ -413,6 +414,7 @@ void sess_close(struct session *s, const char *reason)
     conn_close(&s->client);
     backend_dial_cancel(&s->dial);
     conn_close(&s->backend);
+    sess_lookup_close(s); /* after the dial: it may hold a dynamic backend (issue 17) */
     buf_free(&s->up);
     buf_free(&s->down);
     free(s->user);
@@ -459,6 +461,7 @@ void sess_free(struct session *s)
      * after a command that closed). */
     if (s->proto && s->pstate)
         s->proto->destroy(s);
+    sess_lookup_free(s);
     free(s);
 }
 

@@ -40,7 +40,8 @@
 #include "runtime.h"
 
 struct worker;
-struct sess_pol; /* sess_policy.c */
+struct sess_pol;    /* sess_policy.c */
+struct sess_lookup; /* sess_lookup.c */
 
 /* Backends tried per login: the user's first choice, then one failover. */
 #define SESS_BE_CANDIDATES 2
@@ -121,6 +122,7 @@ struct session {
     bool proxy_hdr_pending;
 
     struct sess_pol *pol;        /* owned by sess_policy.c: login check, registry entry */
+    struct sess_lookup *lookup;  /* owned by sess_lookup.c: routing lookup (issue 17) */
     struct session *prev, *next; /* worker's list */
 };
 
@@ -159,6 +161,9 @@ void sess_set_idle(struct session *s, double secs);
  * reaches the protocol as backend_event(s, SESS_EV_DIALED), never before this returns; on
  * success the login deadline (backend_login_timeout, counted from the TCP connect) is armed. */
 void sess_backend_connect(struct session *s);
+/* The pool member of this session's protocol that `name` designates (a backend name of either
+ * protocol, or a server), or -1 (sess_route.c). */
+int sess_route_pool_index(const struct session *s, const char *name);
 /* sess_route.c: start TLS on the connected backend now (after the login script's STARTTLS/STLS
  * was accepted), verifying it as configured; the outcome arrives as SESS_EV_DIALED. */
 void sess_backend_start_tls(struct session *s);

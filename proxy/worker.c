@@ -25,6 +25,7 @@
 #include "runtime.h"
 #include "session.h"
 #include "sess_event.h"
+#include "sess_lookup.h"
 #include "sess_policy.h"
 
 atomic_uint worker_connections;
@@ -288,6 +289,7 @@ static void *worker_main(void *arg)
     reap_cb(w->loop, &w->reap, 0);
     msgscan_worker_stop(w); /* after the sessions: their scan requests are cancelled */
     sess_policy_worker_stop(w);
+    sess_lookup_worker_stop(w);
     return NULL;
 }
 

@@ -5,7 +5,8 @@
  *     sessions [USER]          list live sessions (all instances); --json for scripts
  *     kick USER|SESSION-ID     end those sessions wherever they are (publishes on P kick)
  *     unlock USER|ADDRESS      clear a lock-out and the login-rate bucket
- *     route, drain, undrain    routing overrides and backend drain (docs/redis.md)
+ *     route, drain, undrain    routing overrides and backend drain (docs/redis.md); route show
+ *                              USER: override, affinity and routing lookups (docs/routing.md)
  * Two are the exception and ask the local instance (POST on the admin listener of FILE):
  *     reload                   reload as SIGHUP does, and report the result
  *     reload-signatures        reload the virus signatures only (freshclam's hook)
@@ -33,6 +34,7 @@
 
 #include "config.h"
 #include "ratelimit.h"
+#include "route_explain.h"
 #include "version.h"
 
 struct ctl {
@@ -361,8 +363,30 @@ static int not_in_pool(const struct ctl *c, const char *what, const char *name)
  * route <user>: show the pin. Every instance reads it at the user's next login. The name is
  * checked against this configuration's pool: an instance ignores a route to a backend it does
  * not have (event=route_ignored reason=not_in_pool), so accepting one would only hide a typo. */
+/* route show USER (issue 17): the pin, the affinity, and what the routing lookups of FILE say
+ * (route_explain.c). */
+static int run_route_show(struct ctl *c, const char *user)
+{
+    char tag[3 * RL_USER_MAX + 1], key[RL_KEY_MAX], akey[RL_KEY_MAX];
+    rl_user_key(user, c->fold, tag, sizeof tag);
+    if (!rl_key(key, sizeof key, c->prefix, "route", tag, "") ||
+        !rl_key(akey, sizeof akey, c->prefix, "aff", tag, ""))
+        return 1;
+    redisReply *r = cmd(c, 2, (const char *[]){"GET", key});
+    redisReply *a = cmd(c, 2, (const char *[]){"GET", akey});
+    const char *pin = r->type == REDIS_REPLY_STRING ? r->str : NULL;
+    printf("override: %s\naffinity: %s\n", pin ? pin : "-",
+           a->type == REDIS_REPLY_STRING ? a->str : "-");
+    route_explain(stdout, c->cfg, user, pin);
+    freeReplyObject(r);
+    freeReplyObject(a);
+    return 0;
+}
+
 static int run_route(struct ctl *c, int argc, char **argv)
 {
+    if (argc == 2 && strcmp(argv[0], "show") == 0)
+        return run_route_show(c, argv[1]);
     char tag[3 * RL_USER_MAX + 1], key[RL_KEY_MAX];
     rl_user_key(argv[0], c->fold, tag, sizeof tag);
     if (!rl_key(key, sizeof key, c->prefix, "route", tag, ""))
@@ -563,8 +587,8 @@ static const struct ctl_cmd commands[] = {
     {"kick", 1, 1, true, "kick USER|SESSION-ID", "end those sessions wherever they are", run_kick},
     {"unlock", 1, 1, true, "unlock USER|ADDRESS", "clear a lock-out and the login-rate bucket",
      run_unlock},
-    {"route", 1, 2, true, "route USER [BACKEND|SERVER|-]", "pin a user (- unpins; none shows)",
-     run_route},
+    {"route", 1, 2, true, "route USER [BACKEND|SERVER|-] | route show USER",
+     "pin a user (- unpins; none shows); show: explain the user's route", run_route},
     {"drain", 0, 1, true, "drain [BACKEND]", "no new sessions on it (none: list drained)",
      run_drain},
     {"undrain", 1, 1, true, "undrain BACKEND", "take new sessions again", run_undrain},

@@ -110,8 +110,9 @@ static void drain_done(struct ah_client *c)
     while ((m = curl_multi_info_read(c->multi, &left))) {
         if (m->msg != CURLMSG_DONE)
             continue;
-        struct ah_req *r = NULL;
-        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+        char *priv = NULL;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, &priv);
+        struct ah_req *r = (struct ah_req *)priv;
         if (!r)
             continue;
         CURLcode rc = m->data.result;
@@ -382,6 +383,8 @@ struct ah_req *ah_lookup(struct ah_client *c, const struct ah_query *q, ah_done_
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->hdrs);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    /* never through a proxy picked up from the daemon's environment (http_proxy & co.) */
+    curl_easy_setopt(e, CURLOPT_PROXY, "");
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)c->cfg.timeout_ms);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)c->cfg.connect_timeout_ms);
@@ -421,12 +424,17 @@ void ah_client_free(struct ah_client **cp)
     struct ah_client *c = *cp;
     if (!c)
         return;
-    while (c->reqs)
-        req_free(c->reqs);
+    /* walk with saved successors: each free unlinks the head it is given */
+    for (struct ah_req *r = c->reqs, *next; r; r = next) {
+        next = r->next;
+        req_free(r);
+    }
     ev_timer_stop(c->loop, &c->timer);
     curl_multi_cleanup(c->multi); /* closes cached connections (may REMOVE sockets) */
-    while (c->socks)
-        sock_free(c, c->socks);
+    for (struct ah_sock *s = c->socks, *next; s; s = next) {
+        next = s->next;
+        sock_free(c, s);
+    }
     free(c);
     *cp = NULL;
 }

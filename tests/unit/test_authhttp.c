@@ -325,33 +325,35 @@ static void live_concurrent(void **state)
     ah_client_free(&c);
 }
 
+/* One lookup of `user` at `path` on a fresh client; the answer is left in *l. */
+static void live_one(struct live *l, const char *path, unsigned timeout_ms, const char *user)
+{
+    struct ah_client *c = live_client(l, path, timeout_ms);
+    struct ah_query q = query(user);
+    assert_non_null(ah_lookup(c, &q, on_done, l));
+    assert_int_equal(live_run(l, 3.0), 1);
+    ah_client_free(&c);
+}
+
 static void live_timeout(void **state)
 {
     (void)state;
     struct live l;
-    struct ah_client *c = live_client(&l, "/auth", 300);
-    struct ah_query q = query("slow");
     ev_tstamp t0 = ev_time();
-    assert_non_null(ah_lookup(c, &q, on_done, &l));
-    assert_int_equal(live_run(&l, 3.0), 1);
+    live_one(&l, "/auth", 300, "slow");
     assert_int_equal(l.r.status, AH_ERROR);
     assert_string_equal(l.msg, "timeout");
     assert_true(ev_time() - t0 < 1.5);
-    ah_client_free(&c);
 }
 
 static void live_http500(void **state)
 {
     (void)state;
     struct live l;
-    struct ah_client *c = live_client(&l, "/status/500", 2000);
-    struct ah_query q = query("alice");
-    assert_non_null(ah_lookup(c, &q, on_done, &l));
-    assert_int_equal(live_run(&l, 3.0), 1);
+    live_one(&l, "/status/500", 2000, "alice");
     assert_int_equal(l.r.status, AH_ERROR);
     assert_int_equal(l.r.http_status, 500);
     assert_string_equal(l.msg, "HTTP status is not 200");
-    ah_client_free(&c);
 }
 
 /* AH_LIVE_URL points at a closed port for this case. */
@@ -359,14 +361,10 @@ static void live_refused(void **state)
 {
     (void)state;
     struct live l;
-    struct ah_client *c = live_client(&l, "/auth", 2000);
-    struct ah_query q = query("alice");
-    assert_non_null(ah_lookup(c, &q, on_done, &l));
-    assert_int_equal(live_run(&l, 3.0), 1);
+    live_one(&l, "/auth", 2000, "alice");
     assert_int_equal(l.r.status, AH_ERROR);
     assert_int_equal(l.r.http_status, 0);
     assert_true(strlen(l.msg) > 0);
-    ah_client_free(&c);
 }
 
 /* A cancelled lookup never calls back; the client stays usable. */

@@ -100,8 +100,6 @@ static void req_free(struct ah_req *r)
     free(r);
 }
 
-static void run_action(struct ah_client *c, curl_socket_t fd, int ev_bitmask);
-
 /* Finished transfers: classify, call back, free. */
 static void drain_done(struct ah_client *c)
 {

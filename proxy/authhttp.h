@@ -166,7 +166,8 @@ struct ah_req *ah_lookup(struct ah_client *c, const struct ah_query *q, ah_done_
 /* Stop a pending lookup: its callback will not be called. NULL-safe. */
 void ah_cancel(struct ah_req *req);
 
-/* Cancel every pending lookup (no callbacks), close connections, free. NULL-safe; *c = NULL. */
+/* Cancel every pending lookup (no callbacks), close connections, free. NULL-safe; *c = NULL.
+ * Not from inside an ah_done_fn of this client. */
 void ah_client_free(struct ah_client **c);
 
 /* Number of lookups in flight (for metrics and tests). */

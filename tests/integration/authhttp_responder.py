@@ -8,7 +8,7 @@ recorded (what the client sent is observable).
     r = Responder({"alice": Answer(server="127.0.0.1", port=1143)}).start()
     r.url("/auth") ... r.connections, r.requests ... r.stop()
 
-Paths: any path answers from the table; "/status/NNN" answers HTTP NNN; the user "slow" (or
+Responder(table, tls=(cert, key)) serves https. Paths: any path answers from the table; "/status/NNN" answers HTTP NNN; the user "slow" (or
 Answer(delay=s)) sleeps before answering. Unknown users get "Invalid login or password" with
 Auth-Wait: 1. Run as a script for manual use: `authhttp_responder.py PORT`.
 """
@@ -16,6 +16,7 @@ Auth-Wait: 1. Run as a script for manual use: `authhttp_responder.py PORT`.
 from __future__ import annotations
 
 import http.server
+import ssl
 import sys
 import threading
 import time
@@ -83,13 +84,20 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 class Responder:
-    def __init__(self, table: dict[str, Answer], host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, table: dict[str, Answer], host: str = "127.0.0.1", port: int = 0,
+                 tls: tuple[str, str] | None = None):
         self.table = dict(table)
         self.lock = threading.Lock()
         self.connections = 0
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.httpd = _Server((host, port), _Handler)
         self.httpd.owner = self
+        self.scheme = "http"
+        if tls:  # (cert, key): https, the handshake done by the accepting thread
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+            self.scheme = "https"
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever,
                                        kwargs={"poll_interval": 0.05}, daemon=True)
@@ -103,7 +111,7 @@ class Responder:
         self.httpd.server_close()
 
     def url(self, path: str = "/auth") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def reset(self) -> None:
         with self.lock:

@@ -47,8 +47,11 @@ def live(request):
     if not binary.exists():
         pytest.skip(f"{binary} not built (make {binary.relative_to(mailenv.REPO)})")
 
-    def run(case: str, url: str) -> subprocess.CompletedProcess:
+    def run(case: str, url: str, ca: Path | None = None) -> subprocess.CompletedProcess:
         env = dict(os.environ, AH_LIVE_URL=url, AH_LIVE_CASE=case)
+        env.pop("AH_LIVE_CA", None)
+        if ca:
+            env["AH_LIVE_CA"] = str(ca)
         p = subprocess.run([str(binary)], env=env, capture_output=True, text=True, timeout=30)
         out = p.stdout + p.stderr
         assert p.returncode == 0 and "PASSED" in out and "1 test(s) run" in out, out
@@ -89,7 +92,23 @@ def test_authhttp_http500(responder, live):
 
 
 def test_authhttp_refused(live):
-    live("live_refused", f"http://127.0.0.1:{mailenv.free_port()}")
+    live("live_transport_error", f"http://127.0.0.1:{mailenv.free_port()}")
+
+
+def test_authhttp_https(certs, live):
+    """https with verification: the lookups succeed (over one kept-alive TLS connection) with the
+    test CA as ca_file, and fail as a transport error without it (system store)."""
+    r = Responder({"alice": Answer(server="127.0.0.1", port=1143, user="master*alice",
+                                   password="masterpw")},
+                  tls=(str(certs.server), str(certs.server_key))).start()
+    try:
+        live("live_keepalive", f"https://127.0.0.1:{r.port}", ca=certs.ca)
+        assert len(r.requests) == 5 and r.connections == 1
+        r.reset()
+        live("live_transport_error", f"https://127.0.0.1:{r.port}")
+        assert r.requests == []
+    finally:
+        r.stop()
 
 
 def test_authhttp_cancel(responder, live):

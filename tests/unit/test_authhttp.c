@@ -5,6 +5,7 @@
  *
  *   build/tests/test_authhttp                         parser tests
  *   AH_LIVE_URL=http://127.0.0.1:P AH_LIVE_CASE=name   one live case (see live_cases below)
+ *   AH_LIVE_CA=ca.pem                                  CA file for an https:// AH_LIVE_URL
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -248,6 +249,7 @@ static struct ah_client *live_client(struct live *l, const char *path, unsigned 
     cfg.timeout_ms = timeout_ms;
     static const char *const extra[] = {"X-Auth-Key: secret_string", NULL};
     cfg.headers = extra;
+    cfg.ca_file = getenv("AH_LIVE_CA"); /* https responders: the test CA */
     const char *err = NULL;
     struct ah_client *c = ah_client_new(l->loop, &cfg, &err);
     assert_non_null(c);
@@ -356,8 +358,9 @@ static void live_http500(void **state)
     assert_string_equal(l.msg, "HTTP status is not 200");
 }
 
-/* AH_LIVE_URL points at a closed port for this case. */
-static void live_refused(void **state)
+/* A transport failure: AH_LIVE_URL at a closed port, or an https responder whose certificate
+ * does not verify (no AH_LIVE_CA). */
+static void live_transport_error(void **state)
 {
     (void)state;
     struct live l;
@@ -398,9 +401,9 @@ int main(void)
         snprintf(live_url, sizeof(live_url), "%s", url);
         const char *want = getenv("AH_LIVE_CASE");
         const struct CMUnitTest live_cases[] = {
-            cmocka_unit_test(live_keepalive), cmocka_unit_test(live_concurrent),
-            cmocka_unit_test(live_timeout),   cmocka_unit_test(live_http500),
-            cmocka_unit_test(live_refused),   cmocka_unit_test(live_cancel),
+            cmocka_unit_test(live_keepalive),       cmocka_unit_test(live_concurrent),
+            cmocka_unit_test(live_timeout),         cmocka_unit_test(live_http500),
+            cmocka_unit_test(live_transport_error), cmocka_unit_test(live_cancel),
         };
         if (want && *want)
             cmocka_set_test_filter(want);

@@ -54,7 +54,7 @@ CFLAGS   += -std=c11 $(WARN) $(OPT) $(SANFLAGS) -fno-strict-aliasing -MMD -MP
 LDFLAGS  += $(SANFLAGS)
 # hiredis: never its pkg-config -I (libs-notes pitfall 10); libev has no .pc (pitfall 15).
 LIBS     := -lev -lclamav $(shell pkg-config --libs openssl yaml-0.1 2>/dev/null || echo -lssl -lcrypto -lyaml) \
-            -lhiredis -lpthread -lm
+            -lhiredis -lcurl -lpthread -lm
 # libsystemd for sd_notify (Type=notify), linked into the daemon only: nothing in the library or
 # the tests uses it.
 SYSTEMD_LIBS := $(shell pkg-config --libs libsystemd 2>/dev/null || echo -lsystemd)

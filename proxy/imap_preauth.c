@@ -18,6 +18,7 @@
 #include <strings.h>
 
 #include "imap.h"
+#include "login_refusal.h"
 #include "worker.h"
 #include "sess_event.h"
 #include "sess_policy.h"
@@ -576,6 +577,8 @@ static void imap_client_input(struct session *s)
 
 /* ---- results of the backend login (from imap_backend.c) ---- */
 
+static void login_failed_tail(struct session *s);
+
 void imap_preauth_login_failed(struct session *s, enum imap_login_fail how, const char *why)
 {
     struct imap_state *st = imap_st(s);
@@ -596,6 +599,25 @@ void imap_preauth_login_failed(struct session *s, enum imap_login_fail how, cons
         reply(s, "%s NO [UNAVAILABLE] Backend server unavailable; try again later.", st->tag);
     }
     sess_login_result(s, false, how == IMAP_LF_AUTH); /* issue 5: count the failure */
+    login_failed_tail(s);
+}
+
+void imap_preauth_login_refused(struct session *s, const char *code, const char *text)
+{
+    struct imap_state *st = imap_st(s);
+    sess_backend_drop(s);
+    forget_login(st);
+    char why[LR_CODE_MAX + 40];
+    snprintf(why, sizeof why, "backend refused the login: %s", code);
+    sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_UNAVAILABLE, .text = why});
+    reply(s, "%s NO [%s] %s", st->tag, code, text[0] ? text : "Login refused by the server.");
+    sess_login_result(s, false, false); /* not a wrong password: released, never counted */
+    login_failed_tail(s);
+}
+
+static void login_failed_tail(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
     sess_forget_user(s);
     sess_set_state(s, SESS_PREAUTH);
     double left = st->preauth_deadline - ev_now(s->worker->loop);

@@ -130,6 +130,9 @@ void pop3_reply(struct session *s, const char *fmt, ...) __attribute__((format(p
  * backend was unavailable. */
 void pop3_preauth_login_failed(struct session *s, bool auth_failure, enum sess_login_fail fail,
                                const char *code, const char *why);
+/* The backend refused the login with a code that is not about the password (login_refusal.h):
+ * "-ERR [code] text" to the client, not counted toward the lock-out. */
+void pop3_preauth_login_refused(struct session *s, const char *code, const char *text);
 void pop3_preauth_login_ok(struct session *s, const char *text, size_t len);
 void pop3_forget_login(struct pop3_state *st);
 

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "login_refusal.h"
 #include "pop3.h"
 
 static void fail_code(struct session *s, bool auth, const char *code, const char *why)
@@ -200,20 +201,25 @@ static void after_capa(struct session *s)
     send_xclient_or_login(s);
 }
 
-/* The backend's response code for a refused login, if it is one worth passing on. */
-static const char *login_code(const char *line, size_t len)
+/* The backend answered the user name or the credentials with -ERR: a wrong password is
+ * counted; a code that is not about the password is passed on and not counted
+ * (login_refusal.h). The answer is logged for the operator. */
+static void refused(struct session *s, const char *line, size_t len)
 {
-    const char *code;
-    size_t cl;
-    if (!pop3_resp_code(line, len, &code, &cl))
-        return NULL;
-    if (pop3_resp_code_is(code, cl, "IN-USE"))
-        return "IN-USE";
-    if (pop3_resp_code_is(code, cl, "LOGIN-DELAY"))
-        return "LOGIN-DELAY";
-    if (pop3_resp_code_is(code, cl, "SYS"))
-        return "SYS/TEMP";
-    return NULL;
+    struct lr_refusal r;
+    lr_pop3(line, len, &r);
+    char q[300];
+    sess_log(s, LOG_INFO, "event=backend_login_refused code=%s counted=%s answer=%s",
+             r.code[0] ? r.code : "-", r.kind == LR_CREDENTIALS ? "yes" : "no",
+             log_q(q, sizeof q, line, len));
+    struct pop3_state *st = pop3_st(s);
+    st->bstate = PB_NONE;
+    s->backend.wipe_ctl = false;
+    if (r.kind == LR_PASS_ON)
+        pop3_preauth_login_refused(s, r.code, r.text);
+    else
+        pop3_preauth_login_failed(s, true, SLF_CREDENTIALS_REFUSED, NULL,
+                                  "backend refused the credentials");
 }
 
 /* One whole response: its status line (without the line end) and, for CAPA, its body. */
@@ -264,7 +270,7 @@ static void handle_response(struct session *s, enum pop3_status status, const ch
         return;
     case PB_USER:
         if (!ok) {
-            fail_code(s, true, login_code(line, len), "backend refused the user name");
+            refused(s, line, len);
             return;
         }
         st->bstate = PB_PASS;
@@ -285,10 +291,7 @@ static void handle_response(struct session *s, enum pop3_status status, const ch
             return;
         }
         if (!ok) {
-            char q[200];
-            sess_log(s, LOG_DEBUG, "event=backend_login_refused answer=%s",
-                     log_q(q, sizeof q, line, len));
-            fail_code(s, true, login_code(line, len), "backend refused the credentials");
+            refused(s, line, len);
             return;
         }
         st->bstate = PB_NONE;

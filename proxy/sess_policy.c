@@ -41,9 +41,7 @@ struct sess_pol {
     sess_login_allowed *allowed;
     sess_login_refused *refused;
     char sid[128];
-    /* routing, looked up alongside the check (policy/route.c) */
-    struct policy_route_req *route_req;
-    bool verdict_ok; /* the check allowed the login; waiting for the route */
+    /* routing, answered by the check itself (policy/route.c) */
     enum policy_route_kind route_kind;
     char route_backend[128];
 };
@@ -200,15 +198,13 @@ static void on_verdict(void *arg, const struct policy_verdict *v)
         if (v->degraded)
             sess_log(s, LOG_DEBUG,
                      "event=policy_degraded note=\"local limits (Redis unavailable)\"");
-        s->pol->verdict_ok = true;
-        if (s->pol->route_req)
-            return; /* the route answer (same round trip) continues */
+        s->pol->route_kind = v->route_kind;
+        snprintf(s->pol->route_backend, sizeof s->pol->route_backend, "%s", v->route_backend);
         s->pol->allowed(s);
         if (!s->closing)
             sess_pump(s);
         return;
     }
-    policy_route_cancel(&s->pol->route_req);
     s->pol->checked = false; /* the policy released what the check may have reserved */
     sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_REFUSED,
                                        .reason = refusal_reason(v->result),
@@ -231,20 +227,6 @@ static void on_verdict(void *arg, const struct policy_verdict *v)
                "-ERR [SYS/TEMP] Too many login attempts; try again later.");
         break;
     }
-}
-
-static void on_route(void *arg, enum policy_route_kind kind, const char *backend)
-{
-    struct session *s = arg;
-    struct sess_pol *sp = s->pol;
-    sp->route_req = NULL;
-    sp->route_kind = kind;
-    snprintf(sp->route_backend, sizeof sp->route_backend, "%s", backend);
-    if (s->closing || !sp->verdict_ok)
-        return; /* refused, or the verdict is still to come (it continues then) */
-    sp->allowed(s);
-    if (!s->closing)
-        sess_pump(s);
 }
 
 const char *sess_route_backend(struct session *s, bool *pinned_r, const char **kind_r)
@@ -322,12 +304,9 @@ void sess_login_check(struct session *s, sess_login_allowed *allowed, sess_login
     limits(s->cfg, &l);
     who(s, &w);
     sp->checked = true;
-    sp->verdict_ok = false;
     sp->route_kind = POLICY_ROUTE_NONE;
     sp->route_backend[0] = '\0';
-    policy_route_cancel(&sp->route_req);
-    if (!s->listener->transparent)
-        sp->route_req = policy_route_lookup(s->worker->policy, &l, s->user, on_route, s);
+    w.route = !s->listener->transparent;
     sp->req = policy_check_login(s->worker->policy, &l, &w, on_verdict, s);
     if (!sp->req)
         sess_close(s, "out of memory");
@@ -408,15 +387,10 @@ void sess_policy_close(struct session *s)
     ev_timer_stop(s->worker->loop, &sp->deny);
     ev_timer_stop(s->worker->loop, &sp->allow);
     policy_cancel(&sp->req);
-    policy_route_cancel(&sp->route_req);
     /* Affinity outlives the session for policy.affinity_ttl: the user's next session, from
-     * any device and any instance, goes to the same server. */
-    if (s->logged_in && s->be && s->be_index >= 0 && s->worker->policy && s->user && s->cfg) {
-        struct policy_limits al;
-        limits(s->cfg, &al);
-        policy_affinity_set(s->worker->policy, &al, s->user, s->be->name,
-                            s->cfg->policy.affinity_ttl_ms);
-    }
+     * any device and any instance, goes to the same server (written by the close script). */
+    if (s->logged_in && s->be && s->be_index >= 0 && s->cfg)
+        policy_session_affinity(sp->reg, s->be->name, s->cfg->policy.affinity_ttl_ms);
     policy_session_close(&sp->reg);
     if (sp->checked && s->worker->policy && s->user && s->cfg) {
         struct policy_limits l;

@@ -169,6 +169,7 @@ bool pol_scope_keys(struct policy *p, const struct policy_limits *lim, const str
                     struct pol_keys *k)
 {
     rl_user_key(w->user ? w->user : "", lim->fold_case, k->user, sizeof k->user);
+    snprintf(k->name, sizeof k->name, "%s", w->user ? w->user : "");
     /* An exempt address (webmail, NAT) has no network of its own: its logins count against
      * the per-user ceiling only, and it never becomes a known network. */
     if (w->addr_exempt || !w->addr ||

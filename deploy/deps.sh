@@ -19,10 +19,17 @@ set -euo pipefail
 
 PACKAGES=(
     build-essential pkg-config clang llvm libclang-rt-14-dev clang-format clang-tidy cppcheck
-    libev-dev libssl-dev libyaml-dev libhiredis-dev libclamav-dev libcmocka-dev libldap-dev
-    redis-server dovecot-core dovecot-imapd dovecot-pop3d slapd ldap-utils
+    libev-dev libssl-dev libyaml-dev libhiredis-dev libclamav-dev libcmocka-dev libsystemd-dev
+    libcurl4-openssl-dev # proxy/authhttp.c: the auth_http lookup (libcurl multi on the loop)
+    # the package (make deb, test_package.py): lint, hardening-check, the logrotate file
+    lintian devscripts logrotate
+    redis-server dovecot-core dovecot-imapd dovecot-pop3d
+    libldap-dev slapd ldap-utils # proxy/ldaplookup.c; test_ldaplookup.py runs a private slapd
     python3 python3-pytest python3-prometheus-client python3-yaml
     isync fetchmail curl openssl clamav-testfiles iproute2 iptables zip procps
+    groff-base man-db
+    prometheus # only for promtool: test_metrics.py runs `promtool check metrics` on /metrics
+    nginx libnginx-mod-mail # test_authhttp.py: nginx's mail proxy against the auth_http responder
 )
 MAIL_USER=portcullis-mail
 

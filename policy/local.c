@@ -358,8 +358,12 @@ int local_login_check(struct local_tab *t, const struct local_login *k,
 
 void local_login_done(struct local_tab *t, const struct local_login *k,
                       const struct policy_limits *l, uint64_t now, enum local_outcome o,
-                      bool synced)
+                      bool synced, struct local_locks *locks_r)
 {
+    struct local_locks none;
+    if (!locks_r)
+        locks_r = &none;
+    *locks_r = (struct local_locks){0};
     struct keys ks;
     make_keys(k, &ks);
     pthread_mutex_lock(&t->mu);
@@ -375,10 +379,12 @@ void local_login_done(struct local_tab *t, const struct local_login *k,
         struct local_ent *all[] = {u, p, a};
         unsigned lim[] = {l->user_fail_limit, ks.has_net ? l->pair_fail_limit : 0,
                           l->addr_fail_limit};
+        uint64_t *lock[] = {&locks_r->user, &locks_r->pair, &locks_r->addr};
         for (int i = 0; i < 3; i++) {
             if (!all[i] || !lim[i])
                 continue;
-            bump(all[i], now, lim[i], l->fail_window_ms, l->lockout_ms, l->lockout_max_ms);
+            *lock[i] =
+                bump(all[i], now, lim[i], l->fail_window_ms, l->lockout_ms, l->lockout_max_ms);
             if (!synced)
                 mark_dirty(t, all[i], 1);
         }

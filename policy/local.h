@@ -52,10 +52,14 @@ int local_login_check(struct local_tab *t, const struct local_login *k,
 enum local_outcome { LOCAL_FAILED, LOCAL_OK, LOCAL_RELEASE };
 /* The result of a reserved attempt: a failure is counted (lock-outs as `fail`), a success
  * clears the (user, network) failures and remembers the network, a release only returns the
- * reservation. `synced` false: Redis did not get it, keep it for the write-back. */
+ * reservation. `synced` false: Redis did not get it, keep it for the write-back. locks_r
+ * (may be NULL) gets the lock-outs a failure started here. */
+struct local_locks {
+    uint64_t user, pair, addr; /* lock-out started by this failure (ms), 0 = none */
+};
 void local_login_done(struct local_tab *t, const struct local_login *k,
                       const struct policy_limits *l, uint64_t now, enum local_outcome o,
-                      bool synced);
+                      bool synced, struct local_locks *locks_r);
 /* A result already counted here whose Redis write was lost: keep it for the write-back. */
 void local_login_unsynced(struct local_tab *t, const struct local_login *k, uint64_t now,
                           enum local_outcome o);

@@ -3,17 +3,15 @@
  * registry and kicks are in sessions.c, keys and scripts in ratelimit.c, the fallback table in
  * local.c, the connection in redis.c.
  *
- * A login check sends two EVALSHA, user scope (rl_lua_ucheck: the (user, network) record, the
- * per-user ceiling unless the network is known, bucket, cap) and address scope (rl_lua_check),
- * back to back on the worker's connection: one network round trip. Each script reserves the
- * attempt when it allows it, so attempts racing on any worker or instance never overrun a
- * limit; the result (policy_login_failed, pol_login_ok, policy_release) turns the reservation
- * into a failure or drops it. The first refusal wins (user scope before address scope); a
- * scope that allowed while the other refused gets its reservation back. If either has no
- * answer (not sent, timeout, connection lost, script error), the check is decided by the fail
- * mode: closed → UNAVAILABLE, open → the process-wide local table's answer. Refusals are
- * answered after the tarpit delay; an allowed or unavailable answer goes out on the next loop
- * iteration.
+ * A login check is one EVALSHA (rl_lua_login: the (user, network) record, the per-user ceiling
+ * unless the network is known, cap, bucket, then the address scope, then the route): one
+ * command, one round trip. The script reserves the attempt only when every scope allowed it, so
+ * attempts racing on any worker or instance never overrun a limit and a refused one spends
+ * nothing; the result (policy_login_failed, the registration in sessions.c, policy_release)
+ * turns the reservation into a failure or drops it, again one script each. If it has no answer
+ * (not sent, timeout, connection lost, script error), the check is decided by the fail mode: closed
+ * → UNAVAILABLE, open → the process-wide local table's answer. Refusals are answered after the
+ * tarpit delay; an allowed or unavailable answer goes out on the next loop iteration.
  *
  * Write-back: results Redis did not get are marked in the local table; a 1 s timer (and the
  * reconnect) takes them (each exactly once, across workers) and merges them (rl_lua_merge).
@@ -75,14 +73,11 @@ struct policy *policy_new(struct ev_loop *loop, const struct policy_conf *c)
         free(p);
         return NULL;
     }
-    rds_script_init(&p->s_check, rl_lua_check.name, rl_lua_check.text);
+    rds_script_init(&p->s_login, rl_lua_login.name, rl_lua_login.text);
     rds_script_init(&p->s_fail, rl_lua_fail.name, rl_lua_fail.text);
+    rds_script_init(&p->s_release, rl_lua_release.name, rl_lua_release.text);
     rds_script_init(&p->s_sess, rl_lua_sess.name, rl_lua_sess.text);
-    rds_script_init(&p->s_touch, rl_lua_touch.name, rl_lua_touch.text);
     rds_script_init(&p->s_close, rl_lua_close.name, rl_lua_close.text);
-    rds_script_init(&p->s_ucheck, rl_lua_ucheck.name, rl_lua_ucheck.text);
-    rds_script_init(&p->s_ufail, rl_lua_ufail.name, rl_lua_ufail.text);
-    rds_script_init(&p->s_ok, rl_lua_ok.name, rl_lua_ok.text);
     rds_script_init(&p->s_merge, rl_lua_merge.name, rl_lua_merge.text);
     ev_timer_init(&p->writeback, writeback_cb, 1., 1.);
     p->writeback.data = p;
@@ -97,14 +92,12 @@ struct policy *policy_new(struct ev_loop *loop, const struct policy_conf *c)
             policy_free(&p);
             return NULL;
         }
-        const struct rds_script *all[] = {&p->s_check, &p->s_fail,  &p->s_sess,
-                                          &p->s_touch, &p->s_close, &p->s_ucheck,
-                                          &p->s_ufail, &p->s_ok,    &p->s_merge};
+        const struct rds_script *all[] = {&p->s_login, &p->s_fail,  &p->s_release,
+                                          &p->s_sess,  &p->s_close, &p->s_merge};
         for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
             rds_preload(p->cmd, all[i]);
         ev_timer_start(loop, &p->writeback);
     }
-    pol_route_init(p);
     pol_route_start(p);
     pol_sessions_init(p);
     return p;
@@ -176,6 +169,7 @@ bool pol_scope_keys(struct policy *p, const struct policy_limits *lim, const str
                     struct pol_keys *k)
 {
     rl_user_key(w->user ? w->user : "", lim->fold_case, k->user, sizeof k->user);
+    snprintf(k->name, sizeof k->name, "%s", w->user ? w->user : "");
     /* An exempt address (webmail, NAT) has no network of its own: its logins count against
      * the per-user ceiling only, and it never becomes a known network. */
     if (w->addr_exempt || !w->addr ||
@@ -214,8 +208,7 @@ void policy_cancel(struct policy_req **rp)
         return;
     struct policy_req *r = *rp;
     *rp = NULL;
-    rds_cancel(&r->sub[0]);
-    rds_cancel(&r->sub[1]);
+    rds_cancel(&r->sub);
     ev_timer_stop(r->p->loop, &r->timer);
     req_unlink(r);
     free(r);
@@ -286,12 +279,13 @@ static void finish(struct policy_req *r)
         }
     }
     if (r->v.result != POLICY_ALLOW) {
-        /* One scope (or the local table) may have reserved the attempt before the other
-         * refused: give it back. */
+        /* The local table may have reserved the attempt: give it back. */
         struct policy_who w = {.user = NULL, .sid = r->k.sid};
         if (r->local_reserved)
-            local_login_done(p->local, &r->lk, &r->lim, now_ms(p), LOCAL_RELEASE, true);
-        pol_release_keys(p, &r->k, &w);
+            local_login_done(p->local, &r->lk, &r->lim, now_ms(p), LOCAL_RELEASE, true, NULL);
+        /* A refusal from Redis reserved nothing there; a lost answer may have. */
+        if (r->no_answer)
+            pol_release_keys(p, &r->k, &w);
     }
     double delay = 0;
     if (r->v.result != POLICY_ALLOW && r->v.result != POLICY_UNAVAILABLE)
@@ -300,37 +294,37 @@ static void finish(struct policy_req *r)
     ev_timer_start(p->loop, &r->timer);
 }
 
-static void check_reply(struct policy_req *r, int scope, const redisReply *rep)
+static bool int_at(const redisReply *rep, size_t i)
 {
-    r->sub[scope] = NULL;
-    r->waiting--;
-    if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements < 3 ||
-        rep->element[0]->type != REDIS_REPLY_INTEGER ||
-        rep->element[1]->type != REDIS_REPLY_INTEGER ||
-        rep->element[2]->type != REDIS_REPLY_INTEGER) {
+    return rep->element[i]->type == REDIS_REPLY_INTEGER;
+}
+
+/* {code, detail, scope, route kind, route backend} (rl_lua_login). */
+static void login_reply(void *arg, const redisReply *rep)
+{
+    struct policy_req *r = arg;
+    r->sub = NULL;
+    if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements < 5 || !int_at(rep, 0) ||
+        !int_at(rep, 1) || !int_at(rep, 2) || !int_at(rep, 3) ||
+        rep->element[4]->type != REDIS_REPLY_STRING) {
         r->no_answer = true;
     } else if (rep->element[0]->integer != RL_OK) {
-        /* user scope wins a tie: it is the more specific refusal */
-        if (r->v.result == POLICY_ALLOW || scope == POLICY_SCOPE_USER) {
-            r->v.result = from_code(rep->element[0]->integer);
-            r->v.scope = (enum policy_scope)scope;
-            if (scope == POLICY_SCOPE_USER && rep->element[2]->integer == 1)
-                r->v.scope = POLICY_SCOPE_PAIR;
-            r->v.retry_ms = r->v.result == POLICY_SESSIONS ? 0 : (uint64_t)rep->element[1]->integer;
+        long long sc = rep->element[2]->integer;
+        r->v.result = from_code(rep->element[0]->integer);
+        r->v.scope = sc == 1 ? POLICY_SCOPE_PAIR : sc == 2 ? POLICY_SCOPE_ADDR : POLICY_SCOPE_USER;
+        r->v.retry_ms = r->v.result == POLICY_SESSIONS ? 0 : (uint64_t)rep->element[1]->integer;
+    } else {
+        long long k = rep->element[3]->integer;
+        const redisReply *be = rep->element[4];
+        if (r->route && k >= 1 && k <= 3 && be->len > 0 && be->len < sizeof r->v.route_backend) {
+            r->v.route_kind = k == 1   ? POLICY_ROUTE_OVERRIDE
+                              : k == 2 ? POLICY_ROUTE_LIVE
+                                       : POLICY_ROUTE_RECENT;
+            memcpy(r->v.route_backend, be->str, be->len);
+            r->v.route_backend[be->len] = '\0';
         }
     }
-    if (r->waiting == 0)
-        finish(r);
-}
-
-static void user_reply(void *arg, const redisReply *rep)
-{
-    check_reply(arg, POLICY_SCOPE_USER, rep);
-}
-
-static void addr_reply(void *arg, const redisReply *rep)
-{
-    check_reply(arg, POLICY_SCOPE_ADDR, rep);
+    finish(r);
 }
 
 static char *num(char *buf, size_t cap, uint64_t v)
@@ -344,14 +338,9 @@ static uint64_t pend_ttl(const struct policy_limits *l)
     return l->pend_ttl_ms ? l->pend_ttl_ms : 60000;
 }
 
-/* The user-scope keys: fail:{U}, fail:{U}:A, pend:{U}, pend:{U}:A, known:{U}, rl:{U}:login,
- * rl:{U}:login:A, conn:{U}. Without a network the (user, network) keys get a suffix no
- * network has (":-"): the scripts never touch them then (pair limit 0). */
-#define UKEYS 8
-struct ukeys {
-    char k[UKEYS][RL_KEY_MAX];
-};
-static bool user_keys(struct policy *p, const struct pol_keys *k, struct ukeys *o)
+/* The user-scope keys (enum POL_FAIL_U...). Without a network the (user, network) keys get a
+ * suffix no network has (":-"): the scripts never touch them then (pair limit 0). */
+bool pol_user_keys(struct policy *p, const struct pol_keys *k, struct pol_ukeys *o)
 {
     char net[RL_ADDR_MAX + 2], login[RL_ADDR_MAX + 10];
     snprintf(net, sizeof net, ":%s", k->net[0] ? k->net : "-");
@@ -359,66 +348,71 @@ static bool user_keys(struct policy *p, const struct pol_keys *k, struct ukeys *
     /* `o` is output only; cppcheck 2.10 takes o->k[0] passed to pol_key() for a read of
      * the caller's uninitialised struct (a false positive). */
     // cppcheck-suppress uninitvar
-    return pol_key(p, o->k[0], RL_KEY_MAX, "fail", k->user, "") &&
-           pol_key(p, o->k[1], RL_KEY_MAX, "fail", k->user, net) &&
-           pol_key(p, o->k[2], RL_KEY_MAX, "pend", k->user, "") &&
-           pol_key(p, o->k[3], RL_KEY_MAX, "pend", k->user, net) &&
-           pol_key(p, o->k[4], RL_KEY_MAX, "known", k->user, "") &&
-           pol_key(p, o->k[5], RL_KEY_MAX, "rl", k->user, ":login") &&
-           pol_key(p, o->k[6], RL_KEY_MAX, "rl", k->user, login) &&
-           pol_key(p, o->k[7], RL_KEY_MAX, "conn", k->user, "");
+    return pol_key(p, o->k[POL_FAIL_U], RL_KEY_MAX, "fail", k->user, "") &&
+           pol_key(p, o->k[POL_FAIL_UA], RL_KEY_MAX, "fail", k->user, net) &&
+           pol_key(p, o->k[POL_PEND_U], RL_KEY_MAX, "pend", k->user, "") &&
+           pol_key(p, o->k[POL_PEND_UA], RL_KEY_MAX, "pend", k->user, net) &&
+           pol_key(p, o->k[POL_KNOWN_U], RL_KEY_MAX, "known", k->user, "") &&
+           pol_key(p, o->k[POL_RL_U], RL_KEY_MAX, "rl", k->user, ":login") &&
+           pol_key(p, o->k[POL_RL_UA], RL_KEY_MAX, "rl", k->user, login) &&
+           pol_key(p, o->k[POL_CONN_U], RL_KEY_MAX, "conn", k->user, "");
 }
 
-static struct rds_req *send_ucheck(struct policy *p, struct policy_req *r)
+uint64_t pol_known_ttl(const struct policy_limits *l)
 {
-    struct ukeys tk;
-    if (!user_keys(p, &r->k, &tk))
+    return l->known_ttl_ms ? l->known_ttl_ms : 30ULL * 86400000;
+}
+
+/* The login script: 10 keys (user scope, route, affinity), 14 with an address. */
+static struct rds_req *send_login(struct policy *p, struct policy_req *r)
+{
+    struct pol_ukeys uk;
+    char kr[RL_KEY_MAX], ka[RL_KEY_MAX], ks[RL_KEY_MAX];
+    char af[RL_KEY_MAX], ab[RL_KEY_MAX], ac[RL_KEY_MAX], ap[RL_KEY_MAX];
+    const char *tag = r->k.addr;
+    if (!pol_user_keys(p, &r->k, &uk) || !pol_key(p, kr, sizeof kr, "route", r->k.user, "") ||
+        !pol_key(p, ka, sizeof ka, "aff", r->k.user, "") ||
+        !pol_key(p, ks, sizeof ks, "sess", r->k.user, ":"))
         return NULL;
-    char burst[24], interval[24], maxs[24], stale[24], ul[24], pl[24], pt[24];
-    const char *argv[UKEYS + 9];
-    size_t lens[UKEYS + 9];
-    for (int i = 0; i < UKEYS; i++)
-        argv[i] = tk.k[i];
+    if (r->k.has_addr && (!pol_key(p, af, sizeof af, "fail", tag, "") ||
+                          !pol_key(p, ab, sizeof ab, "rl", tag, ":login") ||
+                          !pol_key(p, ac, sizeof ac, "conn", tag, "") ||
+                          !pol_key(p, ap, sizeof ap, "pend", tag, "")))
+        return NULL;
+    char ub[24], ui[24], um[24], stale[24], ul[24], pl[24], pt[24], abu[24], ai[24], am[24], al[24];
+    const char *argv[28];
+    size_t lens[28];
+    int n = 0;
+    for (int i = 0; i < POL_UKEYS; i++)
+        argv[n++] = uk.k[i];
+    argv[n++] = kr;
+    argv[n++] = ka;
+    if (r->k.has_addr) {
+        argv[n++] = af;
+        argv[n++] = ab;
+        argv[n++] = ac;
+        argv[n++] = ap;
+    }
+    int nkeys = n;
     const char *args[] = {r->k.sid,
                           r->k.net,
-                          num(burst, sizeof burst, r->lim.user_burst),
-                          num(interval, sizeof interval, r->lim.user_interval_ms),
-                          num(maxs, sizeof maxs, r->lim.user_max_sessions),
+                          num(ub, sizeof ub, r->lim.user_burst),
+                          num(ui, sizeof ui, r->lim.user_interval_ms),
+                          num(um, sizeof um, r->lim.user_max_sessions),
                           num(stale, sizeof stale, p->conf.session_ttl_ms),
                           num(ul, sizeof ul, r->lim.user_fail_limit),
                           num(pl, sizeof pl, r->lim.pair_fail_limit),
-                          num(pt, sizeof pt, pend_ttl(&r->lim))};
-    for (int i = 0; i < 9; i++)
-        argv[UKEYS + i] = args[i];
-    for (int i = 0; i < UKEYS + 9; i++)
+                          num(pt, sizeof pt, pend_ttl(&r->lim)),
+                          r->route ? ks : "",
+                          num(abu, sizeof abu, r->lim.addr_burst),
+                          num(ai, sizeof ai, r->lim.addr_interval_ms),
+                          num(am, sizeof am, r->lim.addr_max_sessions),
+                          num(al, sizeof al, r->lim.addr_fail_limit)};
+    for (size_t i = 0; i < sizeof args / sizeof args[0]; i++)
+        argv[n++] = args[i];
+    for (int i = 0; i < n; i++)
         lens[i] = strlen(argv[i]);
-    return rds_eval(p->cmd, &p->s_ucheck, UKEYS, UKEYS + 9, argv, lens, user_reply, r);
-}
-
-static struct rds_req *send_acheck(struct policy *p, struct policy_req *r)
-{
-    const char *tag = r->k.addr;
-    char kf[RL_KEY_MAX], kb[RL_KEY_MAX], kc[RL_KEY_MAX], kp[RL_KEY_MAX];
-    if (!pol_key(p, kf, sizeof kf, "fail", tag, "") ||
-        !pol_key(p, kb, sizeof kb, "rl", tag, ":login") ||
-        !pol_key(p, kc, sizeof kc, "conn", tag, "") || !pol_key(p, kp, sizeof kp, "pend", tag, ""))
-        return NULL;
-    char burst[24], interval[24], maxs[24], stale[24], flimit[24], pt[24];
-    const char *argv[] = {kf,
-                          kb,
-                          kc,
-                          kp,
-                          r->k.sid,
-                          num(burst, sizeof burst, r->lim.addr_burst),
-                          num(interval, sizeof interval, r->lim.addr_interval_ms),
-                          num(maxs, sizeof maxs, r->lim.addr_max_sessions),
-                          num(stale, sizeof stale, p->conf.session_ttl_ms),
-                          num(flimit, sizeof flimit, r->lim.addr_fail_limit),
-                          num(pt, sizeof pt, pend_ttl(&r->lim))};
-    size_t lens[11];
-    for (int i = 0; i < 11; i++)
-        lens[i] = strlen(argv[i]);
-    return rds_eval(p->cmd, &p->s_check, 4, 11, argv, lens, addr_reply, r);
+    return rds_eval(p->cmd, &p->s_login, nkeys, n, argv, lens, login_reply, r);
 }
 
 static void local_keys(const struct pol_keys *k, struct local_login *lk)
@@ -440,11 +434,12 @@ static void local_decide(struct policy *p, struct policy_req *r)
         enum policy_scope ps = sc == LOCAL_SCOPE_ADDR   ? POLICY_SCOPE_ADDR
                                : sc == LOCAL_SCOPE_PAIR ? POLICY_SCOPE_PAIR
                                                         : POLICY_SCOPE_USER;
-        r->local = (struct policy_verdict){from_code(c), ps, d, true};
+        r->local = (struct policy_verdict){
+            .result = from_code(c), .scope = ps, .retry_ms = d, .degraded = true};
         return;
     }
     r->local_reserved = true;
-    r->local = (struct policy_verdict){POLICY_ALLOW, POLICY_SCOPE_USER, 0, true};
+    r->local = (struct policy_verdict){.result = POLICY_ALLOW, .degraded = true};
 }
 
 struct policy_req *policy_check_login(struct policy *p, const struct policy_limits *lim,
@@ -457,6 +452,7 @@ struct policy_req *policy_check_login(struct policy *p, const struct policy_limi
     r->cb = cb;
     r->arg = arg;
     r->lim = *lim;
+    r->route = w->route;
     p->wb_lim = *lim;
     pol_scope_keys(p, lim, w, &r->k);
     ev_init(&r->timer, deliver_cb);
@@ -471,14 +467,8 @@ struct policy_req *policy_check_login(struct policy *p, const struct policy_limi
         finish(r);
         return r;
     }
-    r->waiting = 1 + r->k.has_addr;
-    r->sub[0] = send_ucheck(p, r);
-    if (r->k.has_addr)
-        r->sub[1] = send_acheck(p, r);
-    if (!r->sub[0] || (r->k.has_addr && !r->sub[1])) {
-        rds_cancel(&r->sub[0]);
-        rds_cancel(&r->sub[1]);
-        r->waiting = 0;
+    r->sub = send_login(p, r);
+    if (!r->sub) {
         r->no_answer = true;
         finish(r);
     }
@@ -487,29 +477,38 @@ struct policy_req *policy_check_login(struct policy *p, const struct policy_limi
 
 /* ---- results -------------------------------------------------------------------------------- */
 
-/* A result sent to Redis: if its answer is lost, the local table keeps it for the write-back. */
+/* A failure sent to Redis: if its answer is lost, the local table keeps it for the write-back
+ * (both scopes: one script carries both). */
 struct result_ctx {
     struct local_tab *local; /* the process-wide table (outlives every worker's policy) */
-    enum local_outcome o;
-    bool user_scope;
     char user[3 * RL_USER_MAX + 1];
+    char name[RL_USER_MAX + 1]; /* the user as sent, for the lock-out line */
     char net[RL_ADDR_MAX];
+    char addr[RL_ADDR_MAX];
+    bool has_addr;
     double now;
 };
 
-static struct result_ctx *result_ctx(struct policy *p, const struct pol_keys *k,
-                                     enum local_outcome o, bool user_scope)
+/* event=lockout lines, one per scope that started a lock-out (ms > 0). Who: the user as sent and
+ * the client network ("ip:" dropped: the form `portcullis-ctl unlock` and the docs use). */
+static void log_lockouts(const char *name, const char *net, long long user_ms, long long pair_ms,
+                         long long addr_ms, const char *suffix)
 {
-    struct result_ctx *c = malloc(sizeof *c);
-    if (!c)
-        return NULL;
-    c->local = p->local;
-    c->o = o;
-    c->user_scope = user_scope;
-    snprintf(c->user, sizeof c->user, "%s", k->user);
-    snprintf(c->net, sizeof c->net, "%s", user_scope ? k->net : k->addr);
-    c->now = ev_now(p->loop);
-    return c;
+    char q[3 * RL_USER_MAX + 8];
+    if (strncmp(net, "ip:", 3) == 0)
+        net += 3;
+    if (!net[0])
+        net = "-";
+    plog_q(q, sizeof q, name, strlen(name));
+    if (user_ms > 0)
+        plog(PLOG_INFO, "event=lockout scope=user user=%s network=%s duration_ms=%lld%s", q, net,
+             user_ms, suffix);
+    if (pair_ms > 0)
+        plog(PLOG_INFO, "event=lockout scope=user_network user=%s network=%s duration_ms=%lld%s", q,
+             net, pair_ms, suffix);
+    if (addr_ms > 0)
+        plog(PLOG_INFO, "event=lockout scope=address network=%s user=%s duration_ms=%lld%s", net, q,
+             addr_ms, suffix);
 }
 
 static void result_reply(void *arg, const redisReply *rep)
@@ -518,79 +517,71 @@ static void result_reply(void *arg, const redisReply *rep)
     if (!rep || rep->type == REDIS_REPLY_ERROR) {
         /* No answer (timeout, connection lost): Redis may or may not have it. Counting it
          * again at the write-back errs on the side of the victim's attacker being slower. */
-        struct local_login lk = {.user = c->user_scope ? c->user : NULL,
-                                 .net = c->user_scope ? c->net : "",
-                                 .addr = c->user_scope ? NULL : c->net};
-        local_login_unsynced(c->local, &lk, (uint64_t)(c->now * 1000.0), c->o);
+        struct local_login lk = {
+            .user = c->user, .net = c->net, .addr = c->has_addr ? c->addr : NULL};
+        local_login_unsynced(c->local, &lk, (uint64_t)(c->now * 1000.0), LOCAL_FAILED);
         free(c);
         return;
     }
-    if (c->o == LOCAL_FAILED && rep->type == REDIS_REPLY_ARRAY && rep->elements >= 2 &&
-        rep->element[0]->type == REDIS_REPLY_INTEGER &&
-        rep->element[1]->type == REDIS_REPLY_INTEGER) {
-        long long a = rep->element[0]->integer, b = rep->element[1]->integer;
-        if (c->user_scope && a > 0)
-            plog(PLOG_INFO, "event=lockout scope=user duration_ms=%lld", a);
-        if (c->user_scope && b > 0)
-            plog(PLOG_INFO, "event=lockout scope=user_network duration_ms=%lld", b);
-        if (!c->user_scope && b > 0)
-            plog(PLOG_INFO, "event=lockout scope=address duration_ms=%lld", b);
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements >= 3 && int_at(rep, 0) && int_at(rep, 1) &&
+        int_at(rep, 2)) {
+        long long u = rep->element[0]->integer, pr = rep->element[1]->integer;
+        long long a = rep->element[2]->integer;
+        log_lockouts(c->name, c->net, u, pr, 0, "");
+        log_lockouts(c->name, c->addr, 0, 0, a, "");
     }
     free(c);
 }
 
-/* Send a result script; false when it was not sent (the caller keeps it unsynced). */
-static bool send_result(struct policy *p, const struct rds_script *s, int nkeys, int argc,
-                        const char **argv, struct result_ctx *c)
+/* Both scopes in one script (rl_lua_fail); false when it was not sent. */
+static bool send_fail(struct policy *p, const struct policy_limits *lim, const struct pol_keys *k)
 {
-    size_t lens[24];
-    for (int i = 0; i < argc; i++)
-        lens[i] = strlen(argv[i]);
+    struct pol_ukeys uk;
+    char af[RL_KEY_MAX], ac[RL_KEY_MAX], ap[RL_KEY_MAX];
+    if (!rds_ready(p->cmd) || !pol_user_keys(p, k, &uk))
+        return false;
+    if (k->has_addr && (!pol_key(p, af, sizeof af, "fail", k->addr, "") ||
+                        !pol_key(p, ac, sizeof ac, "conn", k->addr, "") ||
+                        !pol_key(p, ap, sizeof ap, "pend", k->addr, "")))
+        return false;
+    struct result_ctx *c = malloc(sizeof *c);
     if (!c)
-        return rds_eval(p->cmd, s, nkeys, argc, argv, lens, NULL, NULL) != NULL;
-    if (rds_eval(p->cmd, s, nkeys, argc, argv, lens, result_reply, c))
+        return false;
+    c->local = p->local;
+    snprintf(c->user, sizeof c->user, "%s", k->user);
+    snprintf(c->name, sizeof c->name, "%s", k->name);
+    snprintf(c->net, sizeof c->net, "%s", k->net);
+    snprintf(c->addr, sizeof c->addr, "%s", k->addr);
+    c->has_addr = k->has_addr;
+    c->now = ev_now(p->loop);
+    char ul[24], pl[24], win[24], lock[24], lmax[24], al[24];
+    const char *argv[16];
+    size_t lens[16];
+    int n = 0;
+    argv[n++] = uk.k[POL_FAIL_U];
+    argv[n++] = uk.k[POL_FAIL_UA];
+    argv[n++] = uk.k[POL_PEND_U];
+    argv[n++] = uk.k[POL_PEND_UA];
+    argv[n++] = uk.k[POL_CONN_U];
+    if (k->has_addr) {
+        argv[n++] = af;
+        argv[n++] = ac;
+        argv[n++] = ap;
+    }
+    int nkeys = n;
+    argv[n++] = k->sid;
+    argv[n++] = num(ul, sizeof ul, lim->user_fail_limit);
+    argv[n++] = num(pl, sizeof pl, k->net[0] ? lim->pair_fail_limit : 0);
+    argv[n++] = num(win, sizeof win, lim->fail_window_ms);
+    argv[n++] = num(lock, sizeof lock, lim->lockout_ms);
+    argv[n++] = num(lmax, sizeof lmax, lim->lockout_max_ms);
+    argv[n++] = num(al, sizeof al, lim->addr_fail_limit);
+    for (int i = 0; i < n; i++)
+        lens[i] = strlen(argv[i]);
+    if (rds_eval(p->cmd, &p->s_fail, nkeys, n, argv, lens, result_reply, c))
         return true;
     free(c);
     return false;
-}
-
-static bool send_ufail(struct policy *p, const struct policy_limits *lim, const struct pol_keys *k)
-{
-    struct ukeys uk;
-    if (!rds_ready(p->cmd) || !user_keys(p, k, &uk))
-        return false;
-    char ul[24], pl[24], win[24], lock[24], lmax[24];
-    const char *argv[] = {uk.k[0],
-                          uk.k[1],
-                          uk.k[2],
-                          uk.k[3],
-                          uk.k[7],
-                          k->sid,
-                          num(ul, sizeof ul, lim->user_fail_limit),
-                          num(pl, sizeof pl, k->net[0] ? lim->pair_fail_limit : 0),
-                          num(win, sizeof win, lim->fail_window_ms),
-                          num(lock, sizeof lock, lim->lockout_ms),
-                          num(lmax, sizeof lmax, lim->lockout_max_ms)};
-    return send_result(p, &p->s_ufail, 5, 11, argv, result_ctx(p, k, LOCAL_FAILED, true));
-}
-
-static bool send_afail(struct policy *p, const struct policy_limits *lim, const struct pol_keys *k)
-{
-    char kf[RL_KEY_MAX], kc[RL_KEY_MAX], kp[RL_KEY_MAX];
-    if (!rds_ready(p->cmd) || !pol_key(p, kf, sizeof kf, "fail", k->addr, "") ||
-        !pol_key(p, kc, sizeof kc, "conn", k->addr, "") ||
-        !pol_key(p, kp, sizeof kp, "pend", k->addr, ""))
-        return false;
-    char limit[24], window[24], lock[24], lmax[24];
-    const char *argv[] = {kf,
-                          kc,
-                          kp,
-                          k->sid,
-                          num(limit, sizeof limit, lim->addr_fail_limit),
-                          num(window, sizeof window, lim->fail_window_ms),
-                          num(lock, sizeof lock, lim->lockout_ms),
-                          num(lmax, sizeof lmax, lim->lockout_max_ms)};
-    return send_result(p, &p->s_fail, 3, 8, argv, result_ctx(p, k, LOCAL_FAILED, false));
 }
 
 void policy_login_failed(struct policy *p, const struct policy_limits *lim,
@@ -600,52 +591,18 @@ void policy_login_failed(struct policy *p, const struct policy_limits *lim,
     pol_scope_keys(p, lim, w, &k);
     struct local_login lk;
     local_keys(&k, &lk);
-    uint64_t now = now_ms(p);
     p->wb_lim = *lim;
-    bool user_sent = send_ufail(p, lim, &k);
-    bool addr_sent = !k.has_addr || send_afail(p, lim, &k);
-    /* Count it here in any case (the outage table must be fed); what Redis did not get is kept
-     * for the write-back, per scope. */
-    if (user_sent == addr_sent) {
-        local_login_done(p->local, &lk, lim, now, LOCAL_FAILED, user_sent);
-    } else {
-        local_login_done(p->local, &lk, lim, now, LOCAL_FAILED, true);
-        struct local_login part = {.user = user_sent ? NULL : lk.user,
-                                   .net = user_sent ? "" : lk.net,
-                                   .addr = addr_sent ? NULL : lk.addr};
-        local_login_unsynced(p->local, &part, now, LOCAL_FAILED);
+    /* Counted here in any case (the outage table must be fed); unsynced when not sent. */
+    bool sent = send_fail(p, lim, &k);
+    struct local_locks locks;
+    local_login_done(p->local, &lk, lim, now_ms(p), LOCAL_FAILED, sent, &locks);
+    /* Sent: the script's answer logs the lock-outs (result_reply). Not sent: the outage table
+     * decided them, and says so with the same lines plus source=local. */
+    if (!sent) {
+        log_lockouts(k.name, k.net, (long long)locks.user, (long long)locks.pair, 0,
+                     " source=local");
+        log_lockouts(k.name, k.addr, 0, 0, (long long)locks.addr, " source=local");
     }
-}
-
-void pol_login_ok(struct policy *p, const struct policy_limits *lim, const struct pol_keys *k)
-{
-    struct local_login lk;
-    local_keys(k, &lk);
-    p->wb_lim = *lim;
-    bool sent = false;
-    struct ukeys uk;
-    if (rds_ready(p->cmd) && user_keys(p, k, &uk)) {
-        char ttl[24], max[24];
-        const char *argv[] = {
-            uk.k[1],
-            uk.k[2],
-            uk.k[3],
-            uk.k[4],
-            k->sid,
-            k->net,
-            num(ttl, sizeof ttl, lim->known_ttl_ms ? lim->known_ttl_ms : 30ULL * 86400000),
-            num(max, sizeof max, lim->known_max)};
-        sent = send_result(p, &p->s_ok, 4, 8, argv, result_ctx(p, k, LOCAL_OK, true));
-    }
-    if (k->has_addr) {
-        char kp[RL_KEY_MAX];
-        if (pol_key(p, kp, sizeof kp, "pend", k->addr, "")) {
-            const char *argv[] = {"ZREM", kp, k->sid};
-            size_t lens[] = {4, strlen(kp), strlen(k->sid)};
-            rds_call(p->cmd, 3, argv, lens, NULL, NULL);
-        }
-    }
-    local_login_done(p->local, &lk, lim, now_ms(p), LOCAL_OK, sent);
 }
 
 void pol_release_keys(struct policy *p, const struct pol_keys *k, const struct policy_who *w)
@@ -663,14 +620,20 @@ void pol_release_keys(struct policy *p, const struct pol_keys *k, const struct p
         {"pend", k->user, net, true},       {"conn", k->addr, "", k->has_addr},
         {"pend", k->addr, "", k->has_addr},
     };
+    char keys[5][RL_KEY_MAX];
+    const char *argv[6];
+    size_t lens[6];
+    int n = 0;
     for (size_t i = 0; i < sizeof set / sizeof set[0]; i++) {
-        char kc[RL_KEY_MAX];
-        if (!set[i].on || !pol_key(p, kc, sizeof kc, set[i].kind, set[i].tag, set[i].suffix))
+        if (!set[i].on || !pol_key(p, keys[n], RL_KEY_MAX, set[i].kind, set[i].tag, set[i].suffix))
             continue;
-        const char *argv[] = {"ZREM", kc, k->sid};
-        size_t lens[] = {4, strlen(kc), strlen(k->sid)};
-        rds_call(p->cmd, 3, argv, lens, NULL, NULL);
+        argv[n] = keys[n];
+        n++;
     }
+    argv[n++] = k->sid;
+    for (int i = 0; i < n; i++)
+        lens[i] = strlen(argv[i]);
+    rds_eval(p->cmd, &p->s_release, n - 1, n, argv, lens, NULL, NULL); /* one command */
 }
 
 void policy_release(struct policy *p, const struct policy_limits *lim, const struct policy_who *w)
@@ -679,7 +642,7 @@ void policy_release(struct policy *p, const struct policy_limits *lim, const str
     pol_scope_keys(p, lim, w, &k);
     struct local_login lk;
     local_keys(&k, &lk);
-    local_login_done(p->local, &lk, lim, now_ms(p), LOCAL_RELEASE, true);
+    local_login_done(p->local, &lk, lim, now_ms(p), LOCAL_RELEASE, true, NULL);
     pol_release_keys(p, &k, w);
 }
 

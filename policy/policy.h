@@ -3,10 +3,10 @@
  * calls (through proxy/sess_policy.c). Never includes proxy/ headers: sessions are an opaque
  * `void *arg` plus callbacks.
  *
- * Per login: policy_check_login() (lock-out, login rate, session cap — user and address scope,
- * one pipelined round trip), then either policy_login_failed() or policy_session_open(); at the
- * end policy_session_close(). A session that ends between check and result calls
- * policy_release(). Static allow/deny lists are the caller's (they need no state).
+ * Per login: policy_check_login() (lock-out, login rate, session cap — user and address scope —
+ * and the route: one script, one round trip), then either policy_login_failed() or
+ * policy_session_open(); at the end policy_session_close(). A session that ends between check and
+ * result calls policy_release(). Static allow/deny lists are the caller's (they need no state).
  *
  * Redis unavailable (down, slow, not configured): fail open — the same limits from one
  * in-memory table per process, shared by the workers (local.c) — or fail closed —
@@ -37,6 +37,7 @@ struct policy_conf {
     bool fail_closed;        /* Redis unavailable: refuse logins */
     uint64_t heartbeat_ms;   /* registry refresh */
     uint64_t session_ttl_ms; /* a session not heart-beaten for this long is gone */
+    uint64_t drain_poll_ms;  /* how often the admin drain set is read (0 = 5 s) */
     size_t local_entries;    /* in-memory table size */
 };
 
@@ -63,6 +64,7 @@ struct policy_who {
     const struct sockaddr *addr; /* may be NULL (no per-address limits) */
     bool addr_exempt;            /* per-address limits do not apply */
     const char *sid;             /* this session's registry id (<= 128 bytes) */
+    bool route;                  /* also look up the route (policy_verdict.route_*) */
 };
 
 enum policy_result {
@@ -76,11 +78,22 @@ enum policy_result {
  * PAIR: the user from this network (docs/redis.md "Lock-out model"). */
 enum policy_scope { POLICY_SCOPE_USER, POLICY_SCOPE_ADDR, POLICY_SCOPE_PAIR };
 
+enum policy_route_kind {
+    POLICY_ROUTE_NONE,     /* Redis knows nothing (or is not there): hash the user */
+    POLICY_ROUTE_OVERRIDE, /* route:{U}, set by an administrator: no failover */
+    POLICY_ROUTE_LIVE,     /* the backend of a live session of the user (any instance) */
+    POLICY_ROUTE_RECENT,   /* aff:{U}: the backend of the user's last session */
+};
+
 struct policy_verdict {
     enum policy_result result;
     enum policy_scope scope;
     uint64_t retry_ms;
     bool degraded; /* decided without Redis */
+    /* With policy_who.route, an allowed check also says where Redis would send the user
+     * (POLICY_ROUTE_NONE without an answer from Redis): same script, same round trip. */
+    enum policy_route_kind route_kind;
+    char route_backend[128];
 };
 
 /* Called exactly once (unless cancelled), never synchronously; `v` valid during the call. */
@@ -140,27 +153,13 @@ void policy_kick(struct policy *p, const char *msg, size_t len);
 
 /* ---- routing (route.c) ---- */
 
-enum policy_route_kind {
-    POLICY_ROUTE_NONE,     /* Redis knows nothing (or is not there): hash the user */
-    POLICY_ROUTE_OVERRIDE, /* route:{U}, set by an administrator: no failover */
-    POLICY_ROUTE_LIVE,     /* the backend of a live session of the user (any instance) */
-    POLICY_ROUTE_RECENT,   /* aff:{U}: the backend of the user's last session */
-};
-struct policy_route_req;
-/* `backend` is a backend name ("" with NONE); valid during the call only. Runs on the loop,
- * never before policy_route_lookup() returns, never after policy_route_cancel(). */
-typedef void policy_route_cb(void *arg, enum policy_route_kind kind, const char *backend);
-/* NULL when Redis is not configured or not connected (the caller hashes at once). */
-struct policy_route_req *policy_route_lookup(struct policy *p, const struct policy_limits *lim,
-                                             const char *user, policy_route_cb *cb, void *arg);
-void policy_route_cancel(struct policy_route_req **q);
 /* Backends drained by an administrator (the Redis set `P drained`, read every 5 s by each
  * worker): the handler gets the whole current set; process-wide, set once at start. */
 typedef void policy_drained_cb(const char **names, size_t n);
 void policy_set_drained_handler(policy_drained_cb *cb);
-/* Remember the user's backend for `ttl_ms` after their sessions end (fire and forget). */
-void policy_affinity_set(struct policy *p, const struct policy_limits *lim, const char *user,
-                         const char *backend, uint64_t ttl_ms);
+/* Remember `backend` as the user's for `ttl_ms` after this session ends: sent with the
+ * unregistration (policy_session_close). NULL-safe. */
+void policy_session_affinity(struct policy_sess *ps, const char *backend, uint64_t ttl_ms);
 
 /* ---- plain values (kv.c): GET / SET PX of `<prefix><kind>:{<tag>}<suffix>` ---- */
 #define POLICY_KV_KEY_MAX 320

@@ -15,7 +15,8 @@
 /* The scope tags of one login: escaped user, aggregated address (or none), session id. */
 struct pol_keys {
     char user[3 * RL_USER_MAX + 1];
-    char addr[RL_ADDR_MAX]; /* address scope ("" when exempt or none) */
+    char name[RL_USER_MAX + 1]; /* the user as sent (cut), for log lines */
+    char addr[RL_ADDR_MAX];     /* address scope ("" when exempt or none) */
     bool has_addr;
     char net[RL_ADDR_MAX]; /* the user's network: the same as addr (kept apart for clarity) */
     char sid[POL_SID_MAX + 1];
@@ -28,15 +29,14 @@ struct policy {
     struct rds *cmd;         /* owned; NULL without Redis */
     struct rds *sub;         /* owned; the kick channel */
     struct local_tab *local; /* the process-wide table (one reference) */
-    struct rds_script s_check, s_fail, s_sess, s_touch, s_close, s_route;
-    struct rds_script s_ucheck, s_ufail, s_ok, s_merge;
+    struct rds_script s_login, s_fail, s_release, s_sess, s_close, s_merge;
     ev_timer writeback;           /* merges the outage table into Redis once it is back */
     struct policy_limits wb_lim;  /* the limits of the last check (for the write-back) */
     struct policy_req *reqs;      /* checks in flight (owned) */
     struct policy_sess *sessions; /* registered sessions (owned by their callers' handles) */
     unsigned nsessions;
     ev_timer heartbeat;
-    ev_timer drain_poll; /* route.c: reads `P drained` every 5 s */
+    ev_timer drain_poll; /* route.c: reads `P drained` every conf.drain_poll_ms */
 };
 
 struct policy_req {
@@ -45,8 +45,8 @@ struct policy_req {
     void *arg;
     struct policy_limits lim;
     struct pol_keys k;
-    struct rds_req *sub[2]; /* user, address scope checks in flight */
-    int waiting;
+    struct rds_req *sub;         /* the login script in flight */
+    bool route;                  /* the route was asked for */
     bool no_answer;              /* a scope had no usable answer: the fail mode decides */
     struct policy_verdict v;     /* from Redis */
     struct policy_verdict local; /* from the local table */
@@ -61,12 +61,26 @@ bool pol_scope_keys(struct policy *p, const struct policy_limits *lim, const str
 bool pol_key(struct policy *p, char *out, size_t cap, const char *kind, const char *tag,
              const char *suffix);
 void pol_release_keys(struct policy *p, const struct pol_keys *k, const struct policy_who *w);
-/* A login succeeded (sessions.c at registration): release, clear, remember the network. */
-void pol_login_ok(struct policy *p, const struct policy_limits *lim, const struct pol_keys *k);
+/* The user-scope keys of the login-path scripts, in their KEYS order (policy.c). */
+enum {
+    POL_FAIL_U,
+    POL_FAIL_UA,
+    POL_PEND_U,
+    POL_PEND_UA,
+    POL_KNOWN_U,
+    POL_RL_U,
+    POL_RL_UA,
+    POL_CONN_U,
+    POL_UKEYS
+};
+struct pol_ukeys {
+    char k[POL_UKEYS][RL_KEY_MAX];
+};
+bool pol_user_keys(struct policy *p, const struct pol_keys *k, struct pol_ukeys *o);
+uint64_t pol_known_ttl(const struct policy_limits *l);
 
 /* sessions.c */
 void pol_sessions_init(struct policy *p);
-void pol_route_init(struct policy *p); /* route.c: the route script, after p->cmd exists */
 void pol_route_start(struct policy *p);
 void pol_route_stop(struct policy *p);
 void pol_sessions_done(struct policy *p);

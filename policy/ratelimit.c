@@ -154,14 +154,18 @@ bool rl_key(char *out, size_t cap, const char *prefix, const char *kind, const c
     "  return 0\n"                                                                                 \
     "end\n"
 
+/* take(key, burst, interval, commit): the time until a token is there (0 = one is); with
+ * `commit` the token is taken. The login script peeks every bucket first and takes only when
+ * every scope allowed, so a refused attempt spends no token anywhere. */
 #define LUA_BUCKET                                                                                 \
-    "local function take(key, burst, interval)\n"                                                  \
+    "local function take(key, burst, interval, commit)\n"                                          \
     "  if burst <= 0 then return 0 end\n"                                                          \
     "  local b = redis.call('HMGET', key, 'tok', 'ts')\n"                                          \
     "  local tok = tonumber(b[1]) or burst\n"                                                      \
     "  local ts = tonumber(b[2]) or now\n"                                                         \
     "  if now > ts then tok = math.min(burst, tok + (now - ts) / interval) end\n"                  \
     "  if tok < 1 then return math.ceil((1 - tok) * interval) end\n"                               \
+    "  if not commit then return 0 end\n"                                                          \
     "  tok = tok - 1\n"                                                                            \
     "  redis.call('HSET', key, 'tok', tostring(tok), 'ts', tostring(now))\n"                       \
     "  redis.call('PEXPIRE', key, math.ceil((burst - tok) * interval) + 1000)\n"                   \
@@ -178,120 +182,103 @@ bool rl_key(char *out, size_t cap, const char *prefix, const char *kind, const c
     "  return 0\n"                                                                                 \
     "end\n"
 
-/* Address scope. KEYS: fail, bucket, conn, pend. ARGV: sid, burst, interval_ms, max_sessions,
- * stale_ms, fail_limit, pend_ttl_ms.
- * Order matters: a locked-out or capped client does not spend a token, and the attempt is
- * reserved (session id into the pending set and the session set) only when everything passed,
- * so neither the failure limit nor the cap can be overrun by attempts racing on any instance. */
-const struct rl_script_text rl_lua_check = {
-    "check",
-    "-- portcullis check v2\n" LUA_NOW LUA_FULL LUA_BUCKET LUA_CAP
-    "local maxs = tonumber(ARGV[4])\n"
-    "local stale = tonumber(ARGV[5])\n"
-    "local flimit = tonumber(ARGV[6])\n"
-    "local pttl = tonumber(ARGV[7])\n"
-    "local l = full(KEYS[1], KEYS[4], flimit, pttl)\n"
-    "if l > 0 then return {1, l, 0} end\n"
-    "local c = capped(KEYS[3], ARGV[1], maxs, stale)\n"
-    "if c > 0 then return {3, c, 0} end\n"
-    "local r = take(KEYS[2], tonumber(ARGV[2]), tonumber(ARGV[3]))\n"
-    "if r > 0 then return {2, r, 0} end\n"
-    "if flimit > 0 then\n"
-    "  redis.call('ZADD', KEYS[4], now, ARGV[1])\n"
-    "  redis.call('PEXPIRE', KEYS[4], pttl)\n"
-    "end\n"
-    "if maxs > 0 then\n"
-    "  redis.call('ZADD', KEYS[3], now, ARGV[1])\n"
-    "  redis.call('PEXPIRE', KEYS[3], stale * 2)\n"
-    "end\n"
-    "return {0, 0, 0}\n",
-};
-
-/* User scope (docs/redis.md "Lock-out model"). KEYS: fail:{U}, fail:{U}:A, pend:{U},
- * pend:{U}:A, known:{U}, rl:{U}:login, rl:{U}:login:A, conn:{U}. ARGV: sid, A ("" = no
- * address), burst, interval_ms, max_sessions, stale_ms, user_limit, pair_limit, pend_ttl_ms.
- * A is a known network of the user (a member of known:{U}: a login succeeded from it) -> only
- * the (user, A) record and bucket decide; otherwise the (user, A) record, then the per-user
- * ceiling, then the user's bucket. Returns {code, detail, which}: which = 1 when the (user, A)
- * record refused, 0 the user's; detail of an allowed answer = 1 when A is known. */
-const struct rl_script_text rl_lua_ucheck = {
-    "ucheck",
-    "-- portcullis ucheck v1\n" LUA_NOW LUA_FULL LUA_BUCKET LUA_CAP "local a = ARGV[2]\n"
+/* The login check, one script for both scopes (docs/redis.md "Lock-out model", "Scripts").
+ * KEYS: 1 fail:{U}, 2 fail:{U}:A, 3 pend:{U}, 4 pend:{U}:A, 5 known:{U}, 6 rl:{U}:login,
+ * 7 rl:{U}:login:A, 8 conn:{U}, 9 route:{U}, 10 aff:{U}, and with an address 11 fail:{A},
+ * 12 rl:{A}:login, 13 conn:{A}, 14 pend:{A}.
+ * ARGV: 1 sid, 2 A ("" = none), 3 user burst, 4 user interval ms, 5 user max sessions,
+ * 6 session_ttl ms, 7 user limit, 8 pair limit, 9 pend ttl ms, 10 "P sess:{U}:" ("" = no route
+ * lookup), 11 address burst, 12 address interval ms, 13 address max sessions, 14 address limit.
+ * A is a known network of the user (a member of known:{U}) -> the ceiling is not checked.
+ * Order: the user scope (its record, ceiling, cap, bucket), then the address scope; the first
+ * refusal answers, so the user scope wins a tie. Only when everything passed are the tokens
+ * taken and the attempt reserved (pend sets, conn sets): attempts racing on any instance never
+ * overrun a limit, and a refused one spends nothing. Then the route (override > live session
+ * > recent affinity).
+ * Returns {code, detail, scope, route kind, route backend}: code 0 allowed, 1 locked out
+ * (detail = ms), 2 rate (ms), 3 session cap (n); scope 0 user, 1 (user, network), 2 address;
+ * route kind 0 none, 1 override, 2 live session, 3 recent. */
+const struct rl_script_text rl_lua_login = {
+    "login",
+    "-- portcullis login v1\n" LUA_NOW LUA_FULL LUA_BUCKET LUA_CAP "local a = ARGV[2]\n"
     "local pttl = tonumber(ARGV[9])\n"
     "local ulimit = tonumber(ARGV[7])\n"
     "local plimit = a ~= '' and tonumber(ARGV[8]) or 0\n"
+    "local umax, stale = tonumber(ARGV[5]), tonumber(ARGV[6])\n"
+    "local ub, ui = tonumber(ARGV[3]), tonumber(ARGV[4])\n"
+    "local has_addr = #KEYS >= 14\n"
     "local known = a ~= '' and redis.call('ZSCORE', KEYS[5], a) ~= false\n"
+    "local ubk = known and KEYS[7] or KEYS[6]\n"
     "local l = full(KEYS[2], KEYS[4], plimit, pttl)\n"
-    "if l > 0 then return {1, l, 1} end\n"
+    "if l > 0 then return {1, l, 1, 0, ''} end\n"
     "if not known then\n"
     "  l = full(KEYS[1], KEYS[3], ulimit, pttl)\n"
-    "  if l > 0 then return {1, l, 0} end\n"
+    "  if l > 0 then return {1, l, 0, 0, ''} end\n"
     "end\n"
-    "local maxs = tonumber(ARGV[5])\n"
-    "local stale = tonumber(ARGV[6])\n"
-    "local c = capped(KEYS[8], ARGV[1], maxs, stale)\n"
-    "if c > 0 then return {3, c, 0} end\n"
-    "local r = take(known and KEYS[7] or KEYS[6], tonumber(ARGV[3]), tonumber(ARGV[4]))\n"
-    "if r > 0 then return {2, r, known and 1 or 0} end\n"
-    "if plimit > 0 then\n"
-    "  redis.call('ZADD', KEYS[4], now, ARGV[1])\n"
-    "  redis.call('PEXPIRE', KEYS[4], pttl)\n"
+    "local c = capped(KEYS[8], ARGV[1], umax, stale)\n"
+    "if c > 0 then return {3, c, 0, 0, ''} end\n"
+    "local r = take(ubk, ub, ui, false)\n"
+    "if r > 0 then return {2, r, 0, 0, ''} end\n"
+    "local ab, ai, amax, alimit = 0, 1, 0, 0\n"
+    "if has_addr then\n"
+    "  ab, ai = tonumber(ARGV[11]), tonumber(ARGV[12])\n"
+    "  amax, alimit = tonumber(ARGV[13]), tonumber(ARGV[14])\n"
+    "  l = full(KEYS[11], KEYS[14], alimit, pttl)\n"
+    "  if l > 0 then return {1, l, 2, 0, ''} end\n"
+    "  c = capped(KEYS[13], ARGV[1], amax, stale)\n"
+    "  if c > 0 then return {3, c, 2, 0, ''} end\n"
+    "  r = take(KEYS[12], ab, ai, false)\n"
+    "  if r > 0 then return {2, r, 2, 0, ''} end\n"
+    "  take(KEYS[12], ab, ai, true)\n"
     "end\n"
-    "if ulimit > 0 and not known then\n"
-    "  redis.call('ZADD', KEYS[3], now, ARGV[1])\n"
-    "  redis.call('PEXPIRE', KEYS[3], pttl)\n"
+    "take(ubk, ub, ui, true)\n"
+    "local function reserve(key, ttl)\n"
+    "  redis.call('ZADD', key, now, ARGV[1])\n"
+    "  redis.call('PEXPIRE', key, ttl)\n"
     "end\n"
-    "if maxs > 0 then\n"
-    "  redis.call('ZADD', KEYS[8], now, ARGV[1])\n"
-    "  redis.call('PEXPIRE', KEYS[8], stale * 2)\n"
+    "if plimit > 0 then reserve(KEYS[4], pttl) end\n"
+    "if ulimit > 0 and not known then reserve(KEYS[3], pttl) end\n"
+    "if umax > 0 then reserve(KEYS[8], stale * 2) end\n"
+    "if alimit > 0 then reserve(KEYS[14], pttl) end\n"
+    "if amax > 0 then reserve(KEYS[13], stale * 2) end\n"
+    "if ARGV[10] == '' then return {0, 0, 0, 0, ''} end\n"
+    "local rt = redis.call('GET', KEYS[9])\n"
+    "if rt then return {0, 0, 0, 1, rt} end\n"
+    "local live = redis.call('ZRANGEBYSCORE', KEYS[8], now - stale, '+inf')\n"
+    "for _, sid in ipairs(live) do\n"
+    "  local be = redis.call('HGET', ARGV[10] .. sid, 'backend')\n"
+    "  if be and be ~= '-' then return {0, 0, 0, 2, be} end\n"
     "end\n"
-    "return {0, known and 1 or 0, 0}\n",
+    "rt = redis.call('GET', KEYS[10])\n"
+    "if rt then return {0, 0, 0, 3, rt} end\n"
+    "return {0, 0, 0, 0, ''}\n",
 };
 
-/* Address scope. KEYS: fail, conn, pend. ARGV: sid, fail_limit, window_ms, lockout_ms,
- * lockout_max_ms. Turns the reservation into a failure. */
+/* A wrong password, both scopes. KEYS: 1 fail:{U}, 2 fail:{U}:A, 3 pend:{U}, 4 pend:{U}:A,
+ * 5 conn:{U}, and with an address 6 fail:{A}, 7 conn:{A}, 8 pend:{A}. ARGV: 1 sid, 2 user limit,
+ * 3 pair limit (0 = no network), 4 window ms, 5 lockout ms, 6 lockout max ms, 7 address limit.
+ * Turns the reservations into failures (a failure from a known network still counts toward the
+ * ceiling: it is not checked there, but unknown networks are) -> {user lock ms, pair lock ms,
+ * address lock ms}. */
 const struct rl_script_text rl_lua_fail = {
     "fail",
-    "-- portcullis fail v2\n" LUA_NOW LUA_BUMP "redis.call('ZREM', KEYS[2], ARGV[1])\n"
-    "redis.call('ZREM', KEYS[3], ARGV[1])\n"
-    "local lock = bump(KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),\n"
-    "                  tonumber(ARGV[5]))\n"
-    "return {0, lock}\n",
-};
-
-/* User scope. KEYS: fail:{U}, fail:{U}:A, pend:{U}, pend:{U}:A, conn:{U}. ARGV: sid,
- * user_limit, pair_limit (0 = no address), window_ms, lockout_ms, lockout_max_ms.
- * Turns the reservation into a failure on both records (a failure from a known network still
- * counts toward the ceiling: it is not checked there, but unknown networks are) ->
- * {user lock ms, pair lock ms}. */
-const struct rl_script_text rl_lua_ufail = {
-    "ufail",
-    "-- portcullis ufail v1\n" LUA_NOW LUA_BUMP "redis.call('ZREM', KEYS[3], ARGV[1])\n"
-    "redis.call('ZREM', KEYS[4], ARGV[1])\n"
-    "redis.call('ZREM', KEYS[5], ARGV[1])\n"
+    "-- portcullis fail v3\n" LUA_NOW LUA_BUMP "for i = 3, #KEYS do\n"
+    "  if i ~= 6 then redis.call('ZREM', KEYS[i], ARGV[1]) end\n"
+    "end\n"
     "local w, l0, lm = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])\n"
     "local pl = bump(KEYS[2], tonumber(ARGV[3]), w, l0, lm)\n"
     "local ul = bump(KEYS[1], tonumber(ARGV[2]), w, l0, lm)\n"
-    "return {ul, pl}\n",
+    "local al = 0\n"
+    "if #KEYS >= 8 then al = bump(KEYS[6], tonumber(ARGV[7]), w, l0, lm) end\n"
+    "return {ul, pl, al}\n",
 };
 
-/* A successful login. KEYS: fail:{U}:A, pend:{U}, pend:{U}:A, known:{U}. ARGV: sid, A ("" = no
- * address), known_ttl_ms, known_max. Releases the reservation, forgets the (user, A) failures
- * and remembers A as known (score = now); the set keeps the known_max most recent networks.
- * The per-user ceiling is not reset: a success from one place does not give a distributed
- * guesser a fresh allowance everywhere else. */
-const struct rl_script_text rl_lua_ok = {
-    "ok",
-    "-- portcullis ok v1\n" LUA_NOW "redis.call('ZREM', KEYS[2], ARGV[1])\n"
-    "redis.call('ZREM', KEYS[3], ARGV[1])\n"
-    "if ARGV[2] == '' then return 0 end\n"
-    "redis.call('DEL', KEYS[1])\n"
-    "local max = tonumber(ARGV[4])\n"
-    "if max <= 0 then return 0 end\n"
-    "redis.call('ZADD', KEYS[4], now, ARGV[2])\n"
-    "local n = redis.call('ZCARD', KEYS[4])\n"
-    "if n > max then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, n - max - 1) end\n"
-    "redis.call('PEXPIRE', KEYS[4], ARGV[3])\n"
+/* A login refused elsewhere or abandoned after the check: drop its reservations.
+ * KEYS: the sets (conn, pend) it may be in. ARGV: sid. */
+const struct rl_script_text rl_lua_release = {
+    "release",
+    "-- portcullis release v1\n"
+    "for _, k in ipairs(KEYS) do redis.call('ZREM', k, ARGV[1]) end\n"
     "return 1\n",
 };
 
@@ -328,45 +315,68 @@ const struct rl_script_text rl_lua_merge = {
     "return {n, u}\n",
 };
 
-/* KEYS: fail (unused), conn, sess, bytes. ARGV: sid, ttl_ms, unused, bytes_delta,
- * window_ms (0 = no volume limit), then the registry hash as field/value pairs.
- * The whole hash is rewritten at every heartbeat, so a Redis that lost its data (restart
- * without persistence) has every live session back within one heartbeat. */
+/* Register (at login) and heartbeat a live session. KEYS: 1 conn:{U}, 2 sess:{U}:<sid>,
+ * 3 rl:{U}:bytes, 4 fail:{U}:A, 5 pend:{U}, 6 pend:{U}:A, 7 known:{U}, and with an address
+ * 8 conn:{A}, 9 pend:{A}. ARGV: 1 sid, 2 session_ttl ms, 3 "1" at login, 4 bytes delta,
+ * 5 window ms (0 = no volume limit), 6 A ("" = none), 7 known_ttl ms, 8 known_max, then the
+ * registry hash as field/value pairs.
+ * At login it is also the login's result: the reservations are released, the (user, A)
+ * failures forgotten and A remembered as known (score = now; the known_max most recent kept).
+ * The per-user ceiling is not reset: a success from one place does not give a distributed
+ * guesser a fresh allowance everywhere else. The whole hash is rewritten at every heartbeat, so
+ * a Redis that lost its data has every live session back within one heartbeat.
+ * -> the user's download total in the window. */
 const struct rl_script_text rl_lua_sess = {
     "sess",
-    "-- portcullis sess v2\n" LUA_NOW "local ttl = tonumber(ARGV[2])\n"
-    "redis.call('ZADD', KEYS[2], now, ARGV[1])\n"
-    "redis.call('PEXPIRE', KEYS[2], ttl * 2)\n"
-    "if #ARGV > 5 then redis.call('HSET', KEYS[3], unpack(ARGV, 6)) end\n"
-    "redis.call('HSET', KEYS[3], 'heartbeat', tostring(now))\n"
-    "redis.call('PEXPIRE', KEYS[3], ttl)\n"
+    "-- portcullis sess v3\n" LUA_NOW "local ttl = tonumber(ARGV[2])\n"
+    "local sid = ARGV[1]\n"
+    "redis.call('ZADD', KEYS[1], now, sid)\n"
+    "redis.call('PEXPIRE', KEYS[1], ttl * 2)\n"
+    "if #KEYS >= 9 then\n"
+    "  redis.call('ZADD', KEYS[8], now, sid)\n"
+    "  redis.call('PEXPIRE', KEYS[8], ttl * 2)\n"
+    "end\n"
+    "if #ARGV > 8 then redis.call('HSET', KEYS[2], unpack(ARGV, 9)) end\n"
+    "redis.call('HSET', KEYS[2], 'heartbeat', tostring(now))\n"
+    "redis.call('PEXPIRE', KEYS[2], ttl)\n"
+    "if ARGV[3] == '1' then\n"
+    "  redis.call('ZREM', KEYS[5], sid)\n"
+    "  redis.call('ZREM', KEYS[6], sid)\n"
+    "  if #KEYS >= 9 then redis.call('ZREM', KEYS[9], sid) end\n"
+    "  local a, max = ARGV[6], tonumber(ARGV[8])\n"
+    "  if a ~= '' then\n"
+    "    redis.call('DEL', KEYS[4])\n"
+    "    if max > 0 then\n"
+    "      redis.call('ZADD', KEYS[7], now, a)\n"
+    "      local n = redis.call('ZCARD', KEYS[7])\n"
+    "      if n > max then redis.call('ZREMRANGEBYRANK', KEYS[7], 0, n - max - 1) end\n"
+    "      redis.call('PEXPIRE', KEYS[7], ARGV[7])\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
     "local total = 0\n"
     "local d = tonumber(ARGV[4])\n"
     "if tonumber(ARGV[5]) > 0 then\n"
     "  if d > 0 then\n"
-    "    total = redis.call('INCRBY', KEYS[4], d)\n"
-    "    if redis.call('PTTL', KEYS[4]) < 0 then redis.call('PEXPIRE', KEYS[4], ARGV[5]) end\n"
+    "    total = redis.call('INCRBY', KEYS[3], d)\n"
+    "    if redis.call('PTTL', KEYS[3]) < 0 then redis.call('PEXPIRE', KEYS[3], ARGV[5]) end\n"
     "  else\n"
-    "    total = tonumber(redis.call('GET', KEYS[4]) or '0') or 0\n"
+    "    total = tonumber(redis.call('GET', KEYS[3]) or '0') or 0\n"
     "  end\n"
     "end\n"
     "return total\n",
 };
 
-/* KEYS: conn. ARGV: sid, ttl_ms. */
-const struct rl_script_text rl_lua_touch = {
-    "touch",
-    "-- portcullis touch v1\n" LUA_NOW "redis.call('ZADD', KEYS[1], now, ARGV[1])\n"
-    "redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)\n"
-    "return 1\n",
-};
-
-/* KEYS: conn, sess, bytes. ARGV: sid, bytes_delta, window_ms (0 = no volume limit). */
+/* Unregister. KEYS: 1 conn:{U}, 2 sess:{U}:<sid>, 3 rl:{U}:bytes, 4 aff:{U}, and with an
+ * address 5 conn:{A}. ARGV: 1 sid, 2 bytes delta, 3 window ms (0 = no volume limit),
+ * 4 backend for the recent affinity ("" = none), 5 affinity ttl ms. -> the download total. */
 const struct rl_script_text rl_lua_close = {
     "close",
-    "-- portcullis close v1\n"
+    "-- portcullis close v2\n"
     "redis.call('ZREM', KEYS[1], ARGV[1])\n"
+    "if #KEYS >= 5 then redis.call('ZREM', KEYS[5], ARGV[1]) end\n"
     "redis.call('DEL', KEYS[2])\n"
+    "if ARGV[4] ~= '' then redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[5]) end\n"
     "local d = tonumber(ARGV[2])\n"
     "if tonumber(ARGV[3]) > 0 and d > 0 then\n"
     "  local total = redis.call('INCRBY', KEYS[3], d)\n"

@@ -16,8 +16,8 @@
  *   P rl:{U}:bytes                         download volume in the current window
  *   P kick                                 admin channel (user or session id)
  * U is the escaped user name (rl_user_key), A the aggregated client network (rl_addr_key). Every
- * key of one scope shares a hash tag, so each script touches a single cluster slot; user and
- * address scopes are separate scripts, pipelined.
+ * key of one scope shares a hash tag. The login-path scripts touch the user's slot and the
+ * address's slot together (one command per step; docs/redis.md "Redis Cluster").
  */
 #ifndef PORTCULLIS_RATELIMIT_H
 #define PORTCULLIS_RATELIMIT_H
@@ -57,24 +57,18 @@ struct rl_script_text {
     const char *name;
     const char *text;
 };
-/* check (address scope): lock-out incl. attempts in flight, session cap, token bucket;
- * reserves the attempt -> {code, detail, 0} */
-extern const struct rl_script_text rl_lua_check;
-/* ucheck (user scope): the (user, network) record, the per-user ceiling unless the network is
- * known, session cap, bucket; reserves the attempt -> {code, detail, which} */
-extern const struct rl_script_text rl_lua_ucheck;
-/* fail / ufail: turn the reservation into a failure, lock out with doubling back-off */
+/* login: both scopes' limits and lock-outs, then the reservation and the route, in one
+ * script -> {code, detail, scope, route kind, route backend} */
+extern const struct rl_script_text rl_lua_login;
+/* fail: turn the reservations into failures, lock out with doubling back-off */
 extern const struct rl_script_text rl_lua_fail;
-extern const struct rl_script_text rl_lua_ufail;
-/* ok: release the reservation, clear the (user, network) record, remember the network */
-extern const struct rl_script_text rl_lua_ok;
+/* release: drop the reservations of a login refused elsewhere or abandoned */
+extern const struct rl_script_text rl_lua_release;
 /* merge: add counts and lock-outs of the outage table (write-back) */
 extern const struct rl_script_text rl_lua_merge;
-/* sess: register / heartbeat a live session (user scope) -> download bytes in the window */
+/* sess: register (with the login's result) / heartbeat a session -> download bytes */
 extern const struct rl_script_text rl_lua_sess;
-/* touch: keep a session in a per-address set -> 1 */
-extern const struct rl_script_text rl_lua_touch;
-/* close: unregister a session (user scope) -> download bytes in the window */
+/* close: unregister a session, remember its backend -> download bytes in the window */
 extern const struct rl_script_text rl_lua_close;
 
 /* Result codes of the check script. */

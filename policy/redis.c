@@ -111,6 +111,8 @@ static void drop(struct rds *r, const char *why, bool free_ctx)
 {
     redisAsyncContext *ac = r->ac;
     bool was_ready = r->state == RDS_READY;
+    char q[256];
+    why = why ? why : "";
     r->ac = NULL;
     r->state = RDS_DOWN;
     if (was_ready)
@@ -118,11 +120,12 @@ static void drop(struct rds *r, const char *why, bool free_ctx)
     ev_timer_stop(r->loop, &r->connect_to);
     COUNT(r, failures);
     if (!r->logged_down) {
-        plog(PLOG_WARN, "event=redis_down conn=%s error=\"%s\" fail=%s", r->what, why,
-             was_ready ? "lost" : "connect");
+        plog(PLOG_WARN, "event=redis_down conn=%s error=%s fail=%s", r->what,
+             plog_q(q, sizeof q, why, strlen(why)), was_ready ? "lost" : "connect");
         r->logged_down = true;
     } else {
-        plog(PLOG_DEBUG, "event=redis_retry_failed conn=%s error=\"%s\"", r->what, why);
+        plog(PLOG_DEBUG, "event=redis_retry_failed conn=%s error=%s", r->what,
+             plog_q(q, sizeof q, why, strlen(why)));
     }
     if (ac && free_ctx)
         redisAsyncFree(ac); /* pending requests are answered NULL from here */

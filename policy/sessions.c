@@ -36,8 +36,11 @@ struct policy_sess {
     uint64_t flushed;     /* bytes already sent to Redis */
     uint64_t known_total; /* the user's window total in the last answer */
     uint64_t inflight;    /* bytes sent with the refresh in flight, not yet in known_total */
-    struct rds_req *hb;   /* user-scope script in flight */
-    bool kicked;          /* marked by a kick message, callback not yet run */
+    struct rds_req *hb;   /* the sess script in flight */
+    bool opening;         /* that script is the registration (carries the login's result) */
+    char *aff;            /* owned: backend remembered at close (NULL = none) */
+    uint64_t aff_ttl_ms;
+    bool kicked; /* marked by a kick message, callback not yet run */
     struct policy_sess *prev, *next;
 };
 
@@ -67,6 +70,14 @@ static void sess_reply(void *arg, const redisReply *rep)
     struct policy_sess *s = arg;
     s->hb = NULL;
     s->inflight = 0;
+    if (s->opening && (!rep || rep->type == REDIS_REPLY_ERROR)) {
+        /* The login's result may not have reached Redis: the write-back makes the network
+         * known there (local_login_unsynced). */
+        struct local_login lk = {
+            .user = s->k.user, .net = s->k.net, .addr = s->k.has_addr ? s->k.addr : NULL};
+        local_login_unsynced(s->p->local, &lk, (uint64_t)(ev_now(s->p->loop) * 1000.0), LOCAL_OK);
+    }
+    s->opening = false;
     if (rep && rep->type == REDIS_REPLY_INTEGER)
         s->known_total = (uint64_t)rep->integer;
 }
@@ -77,33 +88,51 @@ static char *num(char *buf, size_t cap, uint64_t v)
     return buf;
 }
 
-/* Register or refresh: the user-scope script and the address set. */
-static void send_sess(struct policy_sess *s, bool reset)
+/* Register (`opening`: with the login's result) or refresh: one script for both scopes.
+ * False when it was not sent. */
+static bool send_sess(struct policy_sess *s, bool opening)
 {
     struct policy *p = s->p;
-    if (!rds_ready(p->cmd))
-        return;
-    char kf[RL_KEY_MAX], kc[RL_KEY_MAX], ks[RL_KEY_MAX], kb[RL_KEY_MAX];
+    if (!rds_ready(p->cmd) || s->hb)
+        return false; /* a refresh still out carries fresh enough data */
+    struct pol_ukeys uk;
+    char kc[RL_KEY_MAX], ks[RL_KEY_MAX], kb[RL_KEY_MAX], ac[RL_KEY_MAX], ap[RL_KEY_MAX];
     char suffix[POL_SID_MAX + 2];
     snprintf(suffix, sizeof suffix, ":%s", s->k.sid);
-    if (!pol_key(p, kf, sizeof kf, "fail", s->k.user, "") ||
-        !pol_key(p, kc, sizeof kc, "conn", s->k.user, "") ||
+    if (!pol_user_keys(p, &s->k, &uk) || !pol_key(p, kc, sizeof kc, "conn", s->k.user, "") ||
         !pol_key(p, ks, sizeof ks, "sess", s->k.user, suffix) ||
         !pol_key(p, kb, sizeof kb, "rl", s->k.user, ":bytes"))
-        return;
+        return false;
+    if (s->k.has_addr && (!pol_key(p, ac, sizeof ac, "conn", s->k.addr, "") ||
+                          !pol_key(p, ap, sizeof ap, "pend", s->k.addr, "")))
+        return false;
     uint64_t cur = s->bytes ? s->bytes(s->arg) : s->flushed;
     uint64_t delta = cur > s->flushed ? cur - s->flushed : 0;
     bool counting = s->lim.download_limit > 0;
-    char ttl[24], d[24], win[24], started[24], total[24];
-    const char *argv[] = {kf,
-                          kc,
-                          ks,
-                          kb,
-                          s->k.sid,
+    char ttl[24], d[24], win[24], kttl[24], kmax[24], started[24], total[24];
+    const char *argv[40];
+    size_t lens[40];
+    int n = 0;
+    argv[n++] = kc;
+    argv[n++] = ks;
+    argv[n++] = kb;
+    argv[n++] = uk.k[POL_FAIL_UA];
+    argv[n++] = uk.k[POL_PEND_U];
+    argv[n++] = uk.k[POL_PEND_UA];
+    argv[n++] = uk.k[POL_KNOWN_U];
+    if (s->k.has_addr) {
+        argv[n++] = ac;
+        argv[n++] = ap;
+    }
+    int nkeys = n;
+    const char *args[] = {s->k.sid,
                           num(ttl, sizeof ttl, p->conf.session_ttl_ms),
-                          reset ? "1" : "0",
+                          opening ? "1" : "0",
                           num(d, sizeof d, counting ? delta : 0),
                           num(win, sizeof win, counting ? s->lim.download_window_ms : 0),
+                          s->k.net,
+                          num(kttl, sizeof kttl, pol_known_ttl(&s->lim)),
+                          num(kmax, sizeof kmax, s->lim.known_max),
                           "user",
                           s->user,
                           "client",
@@ -120,25 +149,17 @@ static void send_sess(struct policy_sess *s, bool reset)
                           num(total, sizeof total, cur),
                           "id",
                           s->k.sid};
-    enum { N = sizeof argv / sizeof argv[0] };
-    size_t lens[N];
-    for (int i = 0; i < N; i++)
+    for (size_t i = 0; i < sizeof args / sizeof args[0]; i++)
+        argv[n++] = args[i];
+    for (int i = 0; i < n; i++)
         lens[i] = strlen(argv[i]);
-    if (s->hb)
-        return; /* the previous refresh is still out: it carries fresh enough data */
-    s->hb = rds_eval(p->cmd, &p->s_sess, 4, N, argv, lens, sess_reply, s);
-    if (s->hb) {
-        s->flushed = cur;
-        s->inflight = counting ? delta : 0;
-    }
-    if (s->k.has_addr) {
-        char ka[RL_KEY_MAX];
-        if (!pol_key(p, ka, sizeof ka, "conn", s->k.addr, ""))
-            return;
-        const char *aargv[] = {ka, s->k.sid, ttl};
-        size_t alens[] = {strlen(ka), strlen(s->k.sid), strlen(ttl)};
-        rds_eval(p->cmd, &p->s_touch, 1, 3, aargv, alens, NULL, NULL);
-    }
+    s->hb = rds_eval(p->cmd, &p->s_sess, nkeys, n, argv, lens, sess_reply, s);
+    if (!s->hb)
+        return false;
+    s->opening = opening;
+    s->flushed = cur;
+    s->inflight = counting ? delta : 0;
+    return true;
 }
 
 static void heartbeat_cb(struct ev_loop *loop, ev_timer *t, int revents)
@@ -186,14 +207,20 @@ struct policy_sess *policy_session_open(struct policy *p, const struct policy_li
     s->bytes = bytes;
     s->arg = arg;
     s->flushed = bytes ? bytes(arg) : 0;
-    pol_login_ok(p, lim, &s->k);
     s->next = p->sessions;
     if (p->sessions)
         p->sessions->prev = s;
     p->sessions = s;
     if (p->nsessions++ == 0)
         ev_timer_again(p->loop, &p->heartbeat);
-    send_sess(s, false);
+    /* One script registers the session and records the login's result (reservations released,
+     * the (user, network) failures forgotten, the network known). */
+    struct local_login lk = {
+        .user = s->k.user, .net = s->k.net, .addr = s->k.has_addr ? s->k.addr : NULL};
+    p->wb_lim = *lim;
+    bool sent = send_sess(s, true);
+    local_login_done(p->local, &lk, lim, (uint64_t)(ev_now(p->loop) * 1000.0), LOCAL_OK, sent,
+                     NULL);
     return s;
 }
 
@@ -214,45 +241,62 @@ void policy_session_close(struct policy_sess **sp)
             s->next->prev = s->prev;
         if (--p->nsessions == 0)
             ev_timer_stop(p->loop, &p->heartbeat);
-        char kc[RL_KEY_MAX], ks[RL_KEY_MAX], kb[RL_KEY_MAX], suffix[POL_SID_MAX + 2];
+        char kc[RL_KEY_MAX], ks[RL_KEY_MAX], kb[RL_KEY_MAX], ka[RL_KEY_MAX], kac[RL_KEY_MAX];
+        char suffix[POL_SID_MAX + 2];
         snprintf(suffix, sizeof suffix, ":%s", s->k.sid);
         uint64_t cur = s->bytes ? s->bytes(s->arg) : s->flushed;
-        char d[24], win[24];
+        char d[24], win[24], attl[24];
         bool counting = s->lim.download_limit > 0;
         if (pol_key(p, kc, sizeof kc, "conn", s->k.user, "") &&
             pol_key(p, ks, sizeof ks, "sess", s->k.user, suffix) &&
-            pol_key(p, kb, sizeof kb, "rl", s->k.user, ":bytes")) {
+            pol_key(p, kb, sizeof kb, "rl", s->k.user, ":bytes") &&
+            pol_key(p, ka, sizeof ka, "aff", s->k.user, "") &&
+            (!s->k.has_addr || pol_key(p, kac, sizeof kac, "conn", s->k.addr, ""))) {
+            /* One script: both session sets, the hash, the byte count, the recent affinity. */
             const char *argv[] = {
                 kc,
                 ks,
                 kb,
+                ka,
+                kac,
                 s->k.sid,
                 num(d, sizeof d, counting && cur > s->flushed ? cur - s->flushed : 0),
-                num(win, sizeof win, counting ? s->lim.download_window_ms : 0)};
-            size_t lens[6];
-            for (int i = 0; i < 6; i++)
-                lens[i] = strlen(argv[i]);
-            rds_eval(p->cmd, &p->s_close, 3, 6, argv, lens, NULL, NULL);
-        }
-        if (s->k.has_addr) {
-            struct policy_who w = {.sid = s->k.sid};
-            struct pol_keys only = s->k;
-            /* the user-scope member went with the close script */
-            char ka[RL_KEY_MAX];
-            if (pol_key(p, ka, sizeof ka, "conn", only.addr, "")) {
-                const char *argv[] = {"ZREM", ka, s->k.sid};
-                size_t lens[] = {4, strlen(ka), strlen(s->k.sid)};
-                rds_call(p->cmd, 3, argv, lens, NULL, NULL);
+                num(win, sizeof win, counting ? s->lim.download_window_ms : 0),
+                s->aff ? s->aff : "",
+                num(attl, sizeof attl, s->aff_ttl_ms)};
+            int nkeys = s->k.has_addr ? 5 : 4;
+            const char **av = argv;
+            size_t lens[10];
+            if (!s->k.has_addr) {
+                argv[4] = argv[5]; /* no address set: shift the arguments down */
+                argv[5] = argv[6];
+                argv[6] = argv[7];
+                argv[7] = argv[8];
+                argv[8] = argv[9];
             }
-            (void)w;
+            int n = nkeys + 5;
+            for (int i = 0; i < n; i++)
+                lens[i] = strlen(av[i]);
+            if (rds_ready(p->cmd))
+                rds_eval(p->cmd, &p->s_close, nkeys, n, av, lens, NULL, NULL);
         }
     }
+    free(s->aff);
     free(s->user);
     free(s->client);
     free(s->backend);
     free(s->instance);
     free(s->protocol);
     free(s);
+}
+
+void policy_session_affinity(struct policy_sess *s, const char *backend, uint64_t ttl_ms)
+{
+    if (!s || !backend || !ttl_ms)
+        return;
+    free(s->aff);
+    s->aff = strdup(backend);
+    s->aff_ttl_ms = ttl_ms;
 }
 
 bool policy_session_over_volume(struct policy_sess *s)

@@ -1,5 +1,6 @@
 /*
- * admin — /metrics and /healthz over a minimal HTTP server on the main loop (see admin.h).
+ * admin — /metrics, /healthz, /reload and /reload-signatures over a minimal HTTP server on the
+ * main loop (see admin.h).
  */
 #include "admin.h"
 
@@ -33,6 +34,7 @@ struct admin_client {
     size_t len;
     char *out; /* response being written (owned) */
     size_t out_len, out_off;
+    bool sigs_wait; /* POST /reload-signatures: answered when the reload ends */
 };
 
 static struct ev_loop *aloop;
@@ -74,6 +76,7 @@ static void respond(struct admin_client *c, int code, const char *ctype, const c
     const char *reason = code == 200   ? "OK"
                          : code == 404 ? "Not Found"
                          : code == 405 ? "Method Not Allowed"
+                         : code == 409 ? "Conflict"
                          : code == 500 ? "Internal Server Error"
                          : code == 503 ? "Service Unavailable"
                                        : "Bad Request";
@@ -96,6 +99,50 @@ static void respond(struct admin_client *c, int code, const char *ctype, const c
     ev_io_start(aloop, &c->io);
 }
 
+/* The signature reload ended (main loop): answer every request waiting for it. A request
+ * evicted or timed out meanwhile is simply gone; the reload itself is not cancelled. */
+static void sigs_reloaded(bool ok, const char *error, const char *engine)
+{
+    char body[600];
+    int n =
+        ok ? snprintf(body, sizeof body, "signatures reloaded: engine=%s\n", engine)
+           : snprintf(body, sizeof body,
+                      "signature reload failed: %s (engine=%s stays in service)\n", error, engine);
+    size_t len = (size_t)n < sizeof body ? (size_t)n : sizeof body - 1;
+    for (unsigned i = 0; i < nclients_max; i++) {
+        struct admin_client *c = clients[i];
+        if (c && c->sigs_wait) {
+            c->sigs_wait = false;
+            ev_timer_set(&c->timer, idle_timeout, 0.);
+            ev_timer_start(aloop, &c->timer);
+            respond(c, ok ? 200 : 500, "text/plain", body, len);
+        }
+    }
+}
+
+/* POST /reload-signatures: the engine only, concurrently with scanning (as SIGHUP reloads it),
+ * without reading the configuration again. The answer waits for the result; loading the
+ * official databases takes tens of seconds, longer than admin.idle_timeout, so the request's
+ * timer is off meanwhile (the reload always ends, on its thread). */
+static void reload_signatures(struct admin_client *c)
+{
+    const char *why;
+    switch (msgscan_reload_signatures(sigs_reloaded)) {
+    case MSGSCAN_RELOAD_OFF:
+        why = "scanning is not enabled (scan.enabled)\n";
+        respond(c, 409, "text/plain", why, strlen(why));
+        return;
+    case MSGSCAN_RELOAD_BUSY:
+        why = "a signature reload is already running: try again\n";
+        respond(c, 503, "text/plain", why, strlen(why));
+        return;
+    case MSGSCAN_RELOAD_STARTED:
+        break;
+    }
+    c->sigs_wait = true;
+    ev_timer_stop(aloop, &c->timer);
+}
+
 static void handle(struct admin_client *c)
 {
     struct admin_http_req rq;
@@ -104,6 +151,13 @@ static void handle(struct admin_client *c)
         return;
     }
     const char *method = rq.method, *path = rq.path;
+    if (strcmp(path, "/reload-signatures") == 0) {
+        if (strcmp(method, "POST") != 0)
+            respond(c, 405, "text/plain", "POST only\n", 10);
+        else
+            reload_signatures(c);
+        return;
+    }
     if (strcmp(path, "/reload") == 0) {
         /* POST only: a crawler or a browser prefetch must not reload anything. */
         if (strcmp(method, "POST") != 0 || !reload_fn) {

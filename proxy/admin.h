@@ -1,9 +1,11 @@
 /*
  * admin — the admin HTTP listener on the main thread's loop: GET /metrics (Prometheus text
  * format), GET /healthz (200 "ok" when the listeners are up and, with scanning enabled, the
- * engine is loaded; 503 otherwise) and POST /reload (what SIGHUP does, with the result in the
- * answer: `portcullis-ctl reload`). HTTP/1.0-style: one request per connection, bounded request
- * size and time, never blocks a worker loop.
+ * engine is loaded; 503 otherwise), POST /reload (what SIGHUP does, with the result in the
+ * answer: `portcullis-ctl reload`) and POST /reload-signatures (the scanning engine only,
+ * answered when the new engine is in service: `portcullis-ctl reload-signatures`).
+ * HTTP/1.0-style: one request per connection, bounded request size and time, never blocks a
+ * worker loop.
  */
 #ifndef PORTCULLIS_ADMIN_H
 #define PORTCULLIS_ADMIN_H

@@ -197,9 +197,9 @@ static void tls_failed(struct backend_dial *d, const char *err)
     long vr = c->ssl ? SSL_get_verify_result(c->ssl) : X509_V_OK;
     char q[200];
     /* verify="…" quoted: the text has spaces */
-    dial_logf(d, LOG_WARN, "event=backend_tls_failed backend=%s error=%s verify=\"%s\"",
-              d->be->name, log_qs(q, sizeof q, err),
-              vr == X509_V_OK ? "ok" : X509_verify_cert_error_string(vr));
+    dial_logf(d, LOG_WARN, "event=backend_tls_failed backend=%s error=%s verify=%s", d->be->name,
+              log_qs(q, sizeof q, err),
+              LOG_QS(vr == X509_V_OK ? "ok" : X509_verify_cert_error_string(vr)));
     finish(d, BACKEND_DIAL_TLS, err);
 }
 
@@ -345,8 +345,8 @@ void backend_dial_start(struct backend_dial *d)
     d->err = NULL;
     d->connected_at = 0;
     if (fd < 0) {
-        dial_logf(d, LOG_ERROR, "event=backend_error backend=%s error=\"%s\"", be->name,
-                  strerror(err));
+        dial_logf(d, LOG_ERROR, "event=backend_error backend=%s error=%s", be->name,
+                  LOG_QS(strerror(err)));
         fail_later(d, BACKEND_DIAL_LOCAL, "cannot open a socket");
         return;
     }
@@ -407,6 +407,7 @@ const char *backend_dial_why(const struct backend_dial *d)
     case BACKEND_DIAL_TLS:
         return "TLS to backend failed";
     case BACKEND_DIAL_LOCAL:
+    case BACKEND_DIAL_REFUSED:
         break;
     }
     return d->err ? d->err : "cannot set up the backend connection";

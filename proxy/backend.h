@@ -97,6 +97,8 @@ enum backend_dial_result {
     BACKEND_DIAL_TLS,     /* TLS handshake failed or timed out (verification included) */
     BACKEND_DIAL_LOCAL,   /* our side: no socket, source bind refused, no SSL object, or
                              nothing to dial (backend_dial_fail) */
+    BACKEND_DIAL_REFUSED, /* nothing to dial because the user is refused (a routing lookup
+                             does not know them, issue 17): a failed login, counted */
 };
 
 struct backend_dial;

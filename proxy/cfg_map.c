@@ -149,6 +149,11 @@ static void fmt_value(char *buf, size_t cap, enum cfg_type type, uint64_t v)
     snprintf(buf, cap, "%llu", (unsigned long long)v);
 }
 
+void cfg_fmt_value(char *buf, size_t cap, enum cfg_type type, uint64_t v)
+{
+    fmt_value(buf, cap, type, v);
+}
+
 /* ---- errors and navigation --------------------------------------------------------------- */
 
 const char *cfg_quote(char *buf, size_t cap, const char *s)

@@ -62,6 +62,7 @@ enum cfg_type {
 /* Key flags. */
 #define CFG_RESTART   1u /* a changed value takes effect only on restart, not on reload */
 #define CFG_MULTILINE 2u /* CFG_STRING/OPTSTR: LF and TAB allowed (text templates) */
+#define CFG_SECRET    4u /* never shown (logs of a changed value print "(secret)") */
 
 struct cfg_enum {
     const char *name;
@@ -144,5 +145,7 @@ const char *cfg_quote(char *buf, size_t cap, const char *s);
 /* Same parsers the mapper uses, for other modules and tests. Whole-token, overflow-checked. */
 bool cfg_parse_uint(const char *s, uint64_t *v_r);
 bool cfg_parse_bool(const char *s, bool *v_r);
+/* A CFG_SIZE/CFG_DURATION/CFG_UINT value in the unit a user would write ("64k", "30s", "5"). */
+void cfg_fmt_value(char *buf, size_t cap, enum cfg_type type, uint64_t v);
 
 #endif

@@ -301,7 +301,7 @@ static const struct cfg_key redis_keys[] = {
     {CFG_K_PORT("port", struct cfg_redis, port, "6379"), .flags = CFG_RESTART},
     {CFG_K_OPTSTR("socket", struct cfg_redis, socket, ""), .flags = CFG_RESTART},
     {CFG_K_OPTSTR("username", struct cfg_redis, username, ""), .flags = CFG_RESTART},
-    {CFG_K_OPTSTR("password", struct cfg_redis, password, ""), .flags = CFG_RESTART},
+    {CFG_K_OPTSTR("password", struct cfg_redis, password, ""), .flags = CFG_RESTART | CFG_SECRET},
     {CFG_K_UINT("db", struct cfg_redis, db, "0", 0, 1000), .flags = CFG_RESTART},
     {CFG_K_STRING("prefix", struct cfg_redis, prefix, "pc:"), .flags = CFG_RESTART},
     {CFG_K_DURATION("connect_timeout", struct cfg_redis, connect_timeout_ms, "1s", 10, MIN),
@@ -350,11 +350,97 @@ static const struct cfg_key policy_keys[] = {
     {CFG_K_SIZE("download_limit", struct cfg_policy, download_limit, "0", 0, UINT64_C(1) << 50)},
     {CFG_K_DURATION("download_window", struct cfg_policy, download_window_ms, "1h", SEC, 30 * DAY)},
     {CFG_K_DURATION("affinity_ttl", struct cfg_policy, affinity_ttl_ms, "10m", 0, 7 * DAY)},
+    {CFG_K_DURATION("drain_poll", struct cfg_policy, drain_poll_ms, "5s", 100, MIN),
+     .flags = CFG_RESTART},
     {CFG_K_UINT("local_entries", struct cfg_policy, local_entries, "10000", 16, 10000000),
      .flags = CFG_RESTART},
     {CFG_K_END},
 };
 static const struct cfg_table policy_table = {.keys = policy_keys, .check = policy_check};
+
+/* ---- routing: (issue 17; docs/routing.md) ------------------------------------------------ */
+
+_Static_assert(sizeof(enum cfg_lookup_type) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum cfg_route_else) == sizeof(int), "enum size");
+static const struct cfg_enum lookup_type_values[] = {{"map", CFG_LOOKUP_MAP}, {NULL, 0}};
+static const struct cfg_enum route_unknown_values[] = {
+    {"hash", CFG_ROUTE_HASH}, {"refuse", CFG_ROUTE_REFUSE}, {NULL, 0}};
+static const struct cfg_enum route_on_error_values[] = {
+    {"fallback", CFG_ROUTE_HASH}, {"refuse", CFG_ROUTE_REFUSE}, {NULL, 0}};
+
+static const struct cfg_key lookup_keys[] = {
+    {CFG_K_NAME("name", struct cfg_lookup, name, NULL)},
+    {CFG_K_ENUM("type", struct cfg_lookup, type, NULL, lookup_type_values)},
+    {CFG_K_OPTSTR("file", struct cfg_lookup, file, "")},
+    {CFG_K_DURATION("timeout", struct cfg_lookup, timeout_ms, "2s", 1, MIN)},
+    {CFG_K_END},
+};
+static const struct cfg_table lookup_table = {.size = sizeof(struct cfg_lookup),
+                                              .keys = lookup_keys};
+
+static const struct cfg_key dynamic_backend_keys[] = {
+    {CFG_K_ENUM("tls", struct cfg_dynamic_backend, tls, "none", tls_mode_values)},
+    {CFG_K_OPTSTR("tls_ca", struct cfg_dynamic_backend, tls_ca, "")},
+    {CFG_K_OPTSTR("tls_sni", struct cfg_dynamic_backend, tls_sni, "")},
+    {CFG_K_BOOL("tls_verify", struct cfg_dynamic_backend, tls_verify, "true")},
+    {CFG_K_BOOL("proxy_protocol", struct cfg_dynamic_backend, proxy_protocol, "false")},
+    {CFG_K_UINT("imap_port", struct cfg_dynamic_backend, imap_port, "0", 0, 65535)},
+    {CFG_K_UINT("pop3_port", struct cfg_dynamic_backend, pop3_port, "0", 0, 65535)},
+    {CFG_K_END},
+};
+static const struct cfg_table dynamic_backend_table = {.keys = dynamic_backend_keys};
+
+static bool routing_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *obj)
+{
+    (void)node;
+    struct cfg_routing *r = obj;
+    char path[64], q[160];
+    for (size_t i = 0; i < r->nlookups; i++) {
+        const struct cfg_lookup *l = &r->lookups[i];
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(l->name, r->lookups[j].name) == 0) {
+                snprintf(path, sizeof path, "routing.lookups[%zu].name", i);
+                return cfg_fail(ctx, cfg_find(ctx, path),
+                                "duplicate lookup name \"%s\" (also routing.lookups[%zu])", l->name,
+                                j);
+            }
+        }
+        if (l->type == CFG_LOOKUP_MAP) {
+            snprintf(path, sizeof path, "routing.lookups[%zu].file", i);
+            if (!l->file)
+                return cfg_fail(ctx, cfg_find(ctx, path), "lookup %s: type map needs a file",
+                                l->name);
+            if (access(l->file, R_OK) != 0)
+                return cfg_fail(ctx, cfg_find(ctx, path), "lookup %s: cannot read %s: %s", l->name,
+                                cfg_quote(q, sizeof q, l->file), strerror(errno));
+        }
+    }
+    const char *ca = r->dynamic_backend.tls_ca;
+    if (ca && access(ca, R_OK) != 0)
+        return cfg_fail(ctx, cfg_find(ctx, "routing.dynamic_backend.tls_ca"),
+                        "routing.dynamic_backend.tls_ca: cannot read %s: %s",
+                        cfg_quote(q, sizeof q, ca), strerror(errno));
+    return true;
+}
+
+static const struct cfg_key routing_keys[] = {
+    {CFG_K_SEQ("lookups", struct cfg_routing, lookups, nlookups, &lookup_table, 0, 16)},
+    {CFG_K_ENUM("unknown", struct cfg_routing, unknown, "hash", route_unknown_values)},
+    {CFG_K_ENUM("on_error", struct cfg_routing, on_error, "fallback", route_on_error_values)},
+    {CFG_K_DURATION("cache_ttl", struct cfg_routing, cache_ttl_ms, "5m", 1, DAY)},
+    {CFG_K_DURATION("negative_ttl", struct cfg_routing, negative_ttl_ms, "30s", 1, DAY)},
+    {CFG_K_UINT("cache_entries", struct cfg_routing, cache_entries, "10000", 0, 10000000)},
+    {CFG_K_SIZE("map_max_size", struct cfg_routing, map_max_size, "512M", 1, 4 * GIB - 2)},
+    {CFG_K_UINT("map_max_entries", struct cfg_routing, map_max_entries, "5000000", 1, 100000000)},
+    {CFG_K_UINT("map_max_backends", struct cfg_routing, map_max_backends, "4096", 1, 1000000)},
+    {CFG_K_UINT("max_dynamic_backends", struct cfg_routing, max_dynamic_backends, "64", 1, 4096),
+     .flags = CFG_RESTART},
+    {CFG_K_DURATION("dynamic_idle_timeout", struct cfg_routing, dynamic_idle_timeout_ms, "10m", SEC,
+                    30 * DAY)},
+    {CFG_K_MAP("dynamic_backend", struct cfg_routing, dynamic_backend, &dynamic_backend_table)},
+    {CFG_K_END},
+};
+static const struct cfg_table routing_table = {.keys = routing_keys, .check = routing_check};
 
 static const struct cfg_key top_keys[] = {
     {CFG_K_UINT("workers", struct config, workers, "0", 0, MAX_WORKERS), .flags = CFG_RESTART},
@@ -376,9 +462,15 @@ static const struct cfg_key top_keys[] = {
     {CFG_K_MAP("scan", struct config, scan, &scan_table)},
     {CFG_K_MAP("redis", struct config, redis, &redis_table)},
     {CFG_K_MAP("policy", struct config, policy, &policy_table)},
+    {CFG_K_MAP("routing", struct config, routing, &routing_table)},
     {CFG_K_END},
 };
 static const struct cfg_table config_table = {.keys = top_keys, .check = config_check};
+
+const struct cfg_table *cfg_schema(void)
+{
+    return &config_table;
+}
 
 /* ---- checks a table cannot express ------------------------------------------------------- */
 

@@ -218,7 +218,47 @@ struct cfg_policy {
     size_t download_limit;             /* default 0 = none; bytes per window per user */
     uint64_t download_window_ms;       /* default 1h */
     uint64_t affinity_ttl_ms; /* default 10m: user → backend kept after the last session */
+    uint64_t drain_poll_ms;   /* default 5s (restart): how often `P drained` (portcullis-ctl
+                                 drain) is read; a drain takes effect within this time */
     unsigned local_entries;   /* default 10000 (restart) */
+};
+
+/* routing: — per-user routing lookups (issue 17, docs/routing.md). */
+enum cfg_lookup_type { CFG_LOOKUP_MAP };
+/* What to do when no lookup knows the user (unknown) or a lookup failed (on_error). */
+enum cfg_route_else { CFG_ROUTE_HASH, CFG_ROUTE_REFUSE };
+
+struct cfg_lookup {
+    char *name;                /* owned; unique among lookups (logs, metrics) */
+    enum cfg_lookup_type type; /* map (LDAP and auth_http come later) */
+    char *file;                /* owned or NULL: map file path (type map) */
+    uint64_t timeout_ms;       /* default 2s: an asynchronous source's answer */
+};
+
+/* The settings a backend named by a lookup as host[:port] is dialled with. */
+struct cfg_dynamic_backend {
+    enum cfg_tls_mode tls;         /* default none */
+    char *tls_ca;                  /* owned or NULL = system CA store */
+    char *tls_sni;                 /* owned or NULL = the host when it is a name */
+    bool tls_verify;               /* default true */
+    bool proxy_protocol;           /* default false */
+    unsigned imap_port, pop3_port; /* 0 (default) = 143/110, or 993/995 with implicit TLS */
+};
+
+struct cfg_routing {
+    struct cfg_lookup *lookups; /* owned array, tried in order; empty = hash only */
+    size_t nlookups;
+    enum cfg_route_else unknown;      /* default hash */
+    enum cfg_route_else on_error;     /* default fallback (= hash) */
+    uint64_t cache_ttl_ms;            /* default 5m: a found answer, per worker */
+    uint64_t negative_ttl_ms;         /* default 30s: a not-found answer */
+    unsigned cache_entries;           /* default 10000 per worker (0 = no cache) */
+    size_t map_max_size;              /* default 512M: bytes of one map file */
+    unsigned map_max_entries;         /* default 5000000 */
+    unsigned map_max_backends;        /* default 4096 distinct targets in one map */
+    unsigned max_dynamic_backends;    /* default 64 at once, whole process (restart) */
+    uint64_t dynamic_idle_timeout_ms; /* default 10m: an unused dynamic backend is forgotten */
+    struct cfg_dynamic_backend dynamic_backend;
 };
 
 struct config {
@@ -250,8 +290,9 @@ struct config {
     struct cfg_cidr *trusted;
     size_t ntrusted;
     struct cfg_scan scan;
-    struct cfg_redis redis;   /* issue 5 */
-    struct cfg_policy policy; /* issue 5 */
+    struct cfg_redis redis;     /* issue 5 */
+    struct cfg_policy policy;   /* issue 5 */
+    struct cfg_routing routing; /* issue 17 */
 };
 
 /* Parse `path`. On success returns a snapshot with refs == 1. On failure returns NULL and sets
@@ -260,6 +301,10 @@ struct config *cfg_load(const char *path, char **error_r) __attribute__((warn_un
 /* The same from a string (tests, fuzzing); `name` is used in messages. */
 struct config *cfg_load_string(const char *text, size_t len, const char *name, char **error_r)
     __attribute__((warn_unused_result));
+
+/* The schema cfg_load() maps with (cfg_map.h): for walking its keys (cfg_walk.h). */
+struct cfg_table;
+const struct cfg_table *cfg_schema(void);
 
 struct config *cfg_ref(struct config *c);
 /* Drops a reference; frees the snapshot at zero and sets *c to NULL. NULL-safe. */

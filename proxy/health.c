@@ -53,11 +53,11 @@ static void finish(struct check *k, bool ok, const char *why)
     } else {
         atomic_store(&st->oks, 0);
         unsigned f = atomic_fetch_add(&st->fails, 1) + 1;
-        log_write(LOG_DEBUG, "event=health_check_failed backend=%s error=\"%s\" count=%u", st->name,
-                  why, f);
+        log_write(LOG_DEBUG, "event=health_check_failed backend=%s error=%s count=%u", st->name,
+                  LOG_QS(why), f);
         if (f >= cfg->health.fall && atomic_exchange(&st->up, false))
-            log_write(LOG_WARN, "event=backend_down backend=%s reason=\"%s\" count=%u", st->name,
-                      why, f);
+            log_write(LOG_WARN, "event=backend_down backend=%s reason=%s count=%u", st->name,
+                      LOG_QS(why), f);
     }
     rt_unref(&k->rt);
 }

@@ -106,6 +106,9 @@ enum imap_login_fail {
     IMAP_LF_MECH,        /* the backend does not offer the client's SASL mechanism: NO [CANNOT] */
 };
 void imap_preauth_login_failed(struct session *s, enum imap_login_fail how, const char *why);
+/* The backend refused the login with a code that is not about the password (login_refusal.h):
+ * "<tag> NO [code] text" to the client, not counted toward the lock-out. */
+void imap_preauth_login_refused(struct session *s, const char *code, const char *text);
 void imap_preauth_login_ok(struct session *s);
 const char *imap_preauth_caps(struct session *s, char *buf, size_t cap);
 

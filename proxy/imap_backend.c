@@ -24,6 +24,7 @@
 #include <strings.h>
 
 #include "imap.h"
+#include "login_refusal.h"
 
 static void fail(struct session *s, bool auth, const char *why)
 {
@@ -31,6 +32,30 @@ static void fail(struct session *s, bool auth, const char *why)
     st->bstate = IB_NONE;
     s->backend.wipe_ctl = false;
     imap_preauth_login_failed(s, auth ? IMAP_LF_AUTH : IMAP_LF_UNAVAILABLE, why);
+}
+
+/* The backend answered our login with NO or BAD: a wrong password is counted and answered as
+ * AUTHENTICATIONFAILED; any other refusal (TLS required, account expired, server busy) is
+ * passed on with the backend's own code and text and not counted (login_refusal.h). The
+ * backend's answer is logged: it is what an operator needs to see (it never carries the
+ * password: that went in literals the backend does not echo). */
+static void refused(struct session *s, const char *status, size_t slen)
+{
+    struct imap_state *st = imap_st(s);
+    struct lr_refusal r;
+    lr_imap(status, slen, &r);
+    char q[300];
+    sess_log(s, LOG_INFO, "event=backend_login_refused code=%s counted=%s answer=%s",
+             r.code[0] ? r.code : "-", r.kind == LR_CREDENTIALS ? "yes" : "no",
+             log_q(q, sizeof q, status, slen));
+    st->bstate = IB_NONE;
+    s->backend.wipe_ctl = false;
+    if (r.kind == LR_PASS_ON)
+        imap_preauth_login_refused(s, r.code, r.text);
+    else if (r.kind == LR_CREDENTIALS)
+        imap_preauth_login_failed(s, IMAP_LF_AUTH, "backend refused the credentials");
+    else
+        imap_preauth_login_failed(s, IMAP_LF_UNAVAILABLE, "backend answered the login with BAD");
 }
 
 /* The client chose a SASL mechanism this backend does not offer: not a credentials failure. */
@@ -153,9 +178,9 @@ static void send_id(struct session *s)
     if (!sendf_be(s,
                   "I ID (%s%s\"x-originating-ip\" \"%s\" \"x-originating-port\" \"%u\" "
                   "\"x-connected-ip\" \"%s\" \"x-connected-port\" \"%u\" "
-                  "\"x-session-ext-id\" \"S-%llu\")\r\n",
+                  "\"x-session-ext-id\" \"%s\")\r\n",
                   st->client_id ? st->client_id : "", st->client_id ? " " : "", s->client_ip,
-                  s->client_port, lip, lport, (unsigned long long)s->id))
+                  s->client_port, lip, lport, s->sid))
         return;
     st->id_pending = true;
 }
@@ -353,10 +378,7 @@ static void handle_response(struct session *s, const char *line, size_t len)
         }
         if (tagged(line, len, 'L', &status, &slen)) {
             if (!status_is(status, slen, "OK")) {
-                char q[200];
-                sess_log(s, LOG_DEBUG, "event=backend_login_refused answer=%s",
-                         log_q(q, sizeof q, status, slen));
-                fail(s, true, "backend refused the credentials");
+                refused(s, status, slen);
                 return;
             }
             if (slen > 4 && status[3] == '[' && caps_in(status + 4, slen - 4, &caps, &clen))
@@ -431,7 +453,7 @@ void imap_backend_event(struct session *s, int events)
         if (!(events & SESS_EV_DIALED))
             return;
         if (s->dial.result != BACKEND_DIAL_OK) {
-            fail(s, false, backend_dial_why(&s->dial));
+            fail(s, s->dial.result == BACKEND_DIAL_REFUSED, backend_dial_why(&s->dial));
             return;
         }
         c->reading = true;

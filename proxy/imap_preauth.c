@@ -18,6 +18,7 @@
 #include <strings.h>
 
 #include "imap.h"
+#include "login_refusal.h"
 #include "worker.h"
 #include "sess_event.h"
 #include "sess_policy.h"
@@ -316,8 +317,7 @@ static void login_refused(struct session *s, const char *answer)
     struct imap_state *st = imap_st(s);
     forget_login(st);
     reply(s, "%s %s", st->tag, answer);
-    free(s->user);
-    s->user = NULL;
+    sess_forget_user(s);
     if (!count_bad(s))
         return;
     s->client.reading = true;
@@ -577,25 +577,48 @@ static void imap_client_input(struct session *s)
 
 /* ---- results of the backend login (from imap_backend.c) ---- */
 
+static void login_failed_tail(struct session *s);
+
 void imap_preauth_login_failed(struct session *s, enum imap_login_fail how, const char *why)
 {
     struct imap_state *st = imap_st(s);
     sess_backend_drop(s);
     forget_login(st);
     if (how == IMAP_LF_AUTH) {
-        sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_FAILED, .text = why});
+        sess_event(s, &(struct sess_event){
+                          .kind = SEV_LOGIN_FAILED, .fail = SLF_CREDENTIALS_REFUSED, .text = why});
         reply(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed.", st->tag);
     } else if (how == IMAP_LF_MECH) {
         /* Not "authentication failed": a client would take its token for bad and refresh it. */
-        sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_FAILED, .text = why});
+        sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_FAILED,
+                                           .fail = SLF_MECHANISM_UNSUPPORTED,
+                                           .text = why});
         reply(s, "%s NO [CANNOT] Unsupported authentication mechanism.", st->tag);
     } else {
         sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_UNAVAILABLE, .text = why});
         reply(s, "%s NO [UNAVAILABLE] Backend server unavailable; try again later.", st->tag);
     }
     sess_login_result(s, false, how == IMAP_LF_AUTH); /* issue 5: count the failure */
-    free(s->user);
-    s->user = NULL;
+    login_failed_tail(s);
+}
+
+void imap_preauth_login_refused(struct session *s, const char *code, const char *text)
+{
+    struct imap_state *st = imap_st(s);
+    sess_backend_drop(s);
+    forget_login(st);
+    char why[LR_CODE_MAX + 40];
+    snprintf(why, sizeof why, "backend refused the login: %s", code);
+    sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_UNAVAILABLE, .text = why});
+    reply(s, "%s NO [%s] %s", st->tag, code, text[0] ? text : "Login refused by the server.");
+    sess_login_result(s, false, false); /* not a wrong password: released, never counted */
+    login_failed_tail(s);
+}
+
+static void login_failed_tail(struct session *s)
+{
+    struct imap_state *st = imap_st(s);
+    sess_forget_user(s);
     sess_set_state(s, SESS_PREAUTH);
     double left = st->preauth_deadline - ev_now(s->worker->loop);
     sess_set_deadline(s, left > 0.5 ? left : 0.5);

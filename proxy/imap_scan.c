@@ -232,7 +232,7 @@ static void judged_whole(void *arg, struct msgscan_outcome *o)
  * nothing of it went out the BYE follows what the client already has. */
 static void fail_session(struct session *s, const char *why)
 {
-    sess_log(s, LOG_WARN, "event=scan_error error=\"%s\"", why);
+    sess_log(s, LOG_WARN, "event=scan_error error=%s", LOG_QS(why));
     sess_end(s, why, "Internal error while scanning a message.");
 }
 
@@ -631,7 +631,7 @@ static bool judged_clean(struct imap_scan *sc)
 
 static void refuse_unparsed(struct session *s, const char *why)
 {
-    sess_log(s, LOG_INFO, "event=refused reason=fetch_content_unjudged error=\"%s\"", why);
+    sess_log(s, LOG_INFO, "event=refused reason=fetch_content_unjudged error=%s", LOG_QS(why));
     sess_end(s, why, "FETCH response carries content the proxy cannot replace.");
 }
 
@@ -768,7 +768,7 @@ static void log_unparsed(struct session *s, struct imap_scan *sc)
 {
     const char *e = fi_error(&sc->fi);
     if (e)
-        sess_log(s, LOG_INFO, "event=fetch_unparsed error=\"%s\" seq=%llu", e,
+        sess_log(s, LOG_INFO, "event=fetch_unparsed error=%s seq=%llu", LOG_QS(e),
                  (unsigned long long)sc->seq);
 }
 

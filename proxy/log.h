@@ -44,6 +44,10 @@ void log_write(enum log_level level, const char *fmt, ...) __attribute__((format
 const char *log_q(char *buf, size_t cap, const char *s, size_t len);
 /* log_q for a NUL-terminated string (NULL prints as ""). */
 const char *log_qs(char *buf, size_t cap, const char *s);
+/* log_qs into a buffer of its own (a compound literal, alive for the enclosing block): for a
+ * free-text value in place, `log_write(l, "error=%s", LOG_QS(why))`. */
+#define LOG_QS_MAX 512
+#define LOG_QS(s)  log_qs((char[LOG_QS_MAX]){0}, LOG_QS_MAX, (s))
 
 /* "ip:port", with an IPv6 address in brackets ("[2001:db8::2]:143"): unbracketed, a reader could
  * not tell where the address ends. LOG_HOSTPORT_MAX fits any numeric address. Returns `buf`. */

@@ -6,8 +6,13 @@
  *   portcullis -t -c FILE     check the configuration (and load its certificates) and exit
  *
  * SIGHUP reloads the configuration: a new snapshot and new TLS contexts are built and published
- * only if everything validates; sessions in flight keep theirs. Listeners and the worker count
- * are not reloadable (a changed value is logged and ignored). SIGTERM/SIGINT stop the process.
+ * only if everything validates; sessions in flight keep theirs. Keys marked restart-only in the
+ * schema (listeners, workers, user, redis connection, ...) are not applied: each changed one is
+ * logged as event=reload_partial. The log file is reopened. SIGTERM/SIGINT stop the process.
+ *
+ * Under systemd (Type=notify) the main thread reports READY=1 once listening, RELOADING=1 and
+ * READY=1 around a reload, STOPPING=1 when the drain starts. sd_notify() is one datagram to
+ * $NOTIFY_SOCKET, and does nothing when that is unset.
  */
 #include <errno.h>
 #include <ev.h>
@@ -18,29 +23,44 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "cfg_walk.h"
 #include "config.h"
 #include "log.h"
 #include "admin.h"
 #include "msgscan.h"
 #include "health.h"
+#include "metrics_proc.h"
 #include "privdrop.h"
+#include "route_maps.h"
 #include "runtime.h"
 #include "tls.h"
+#include "version.h"
 #include "worker.h"
-
-#define PORTCULLIS_VERSION "0.1.0"
 
 static const char *config_path = "/etc/portcullis/portcullis.yaml";
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: portcullis [-t] [-c FILE]\n"
-               "  -c FILE  configuration (default /etc/portcullis/portcullis.yaml)\n"
-               "  -t       check the configuration and exit\n"
-               "  -V       print the version\n");
+               "  -c, --config FILE  configuration (default /etc/portcullis/portcullis.yaml)\n"
+               "  -t, --test         check the configuration and exit\n"
+               "  -V, --version      print the version and exit\n"
+               "  -h, --help         print this help and exit\n"
+               "Signals: HUP reloads, TERM/INT drain and stop, USR1 reopens the log file.\n"
+               "See portcullis(8), portcullis.yaml(5), portcullis-ctl(8).\n");
 }
+
+static const struct option long_opts[] = {
+    {"config", required_argument, NULL, 'c'},
+    {"test", no_argument, NULL, 't'},
+    {"version", no_argument, NULL, 'V'},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
 
 static struct rt *load(const char *path, char **error_r)
 {
@@ -52,31 +72,91 @@ static struct rt *load(const char *path, char **error_r)
     return rt;
 }
 
+/* What a reload cannot apply is said, key by key: a changed listener `bind` that silently kept
+ * the old address would look like a reload that worked. At most this many lines per reload. */
+#define RELOAD_PARTIAL_MAX 32
+
+static void restart_change(void *arg, const char *path, const struct cfg_key *k, const void *a,
+                           const void *b)
+{
+    unsigned *n = arg;
+    if ((*n)++ >= RELOAD_PARTIAL_MAX)
+        return;
+    if (k->type == CFG_SEQ) {
+        log_write(LOG_WARN,
+                  "event=reload_partial key=%s change=entries_added_or_removed "
+                  "note=\"needs a restart; the running entries stay\"",
+                  path);
+        return;
+    }
+    char va[512], vb[512], qa[600], qb[600];
+    bool secret = k->flags & CFG_SECRET;
+    log_write(LOG_WARN,
+              "event=reload_partial key=%s running=%s file=%s note=\"needs a restart; the "
+              "running value stays\"",
+              path,
+              log_qs(qa, sizeof qa, secret ? "(secret)" : cfg_walk_value(k, a, va, sizeof va)),
+              log_qs(qb, sizeof qb, secret ? "(secret)" : cfg_walk_value(k, b, vb, sizeof vb)));
+}
+
+/* log.file / log.level / log.syslog take effect at once. The file is opened again even when
+ * its name did not change: SIGHUP after a rotation (logrotate's postrotate) moves to the new
+ * file, as SIGUSR1 does. On failure the old destination stays, and the log says so. */
+static void reload_log(const struct config *cfg)
+{
+    log_use_syslog(cfg->log_syslog);
+    if (!log_open((enum log_level)cfg->log_level, cfg->log_file)) {
+        char q[300], e[160];
+        log_write(LOG_ERROR,
+                  "event=reload_partial key=log.file file=%s error=%s note=\"cannot open it; "
+                  "lines go on to the old destination\"",
+                  log_qs(q, sizeof q, cfg->log_file), log_qs(e, sizeof e, strerror(errno)));
+    }
+}
+
 /* SIGHUP and `portcullis-ctl reload` (POST /reload on the admin listener), main thread. On
  * failure `why` gets the reason and the old configuration stays. */
 static bool reload(const char *source, char *why, size_t cap)
 {
+    /* MONOTONIC_USEC lets systemd match this message to the reload it asked for (sd_notify(3)). */
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
+               (unsigned long long)now.tv_sec * 1000000ULL +
+                   (unsigned long long)now.tv_nsec / 1000);
     char *err = NULL;
     struct rt *cur = rt_current();
     struct rt *rt = load(config_path, &err);
     if (!rt) {
+        char q[LOG_LINE_MAX / 2];
         log_write(LOG_ERROR,
-                  "event=reload_failed source=%s error=\"%s\" note=\"old configuration kept\"",
-                  source, err ? err : "?");
+                  "event=reload_failed source=%s error=%s note=\"old configuration kept\"", source,
+                  log_qs(q, sizeof q, err ? err : "?"));
         snprintf(why, cap, "%s", err ? err : "?");
         free(err);
+        route_maps_reload(cur->cfg); /* so do routing maps (issue 17), off the loop */
         rt_unref(&cur);
+        metrics_config_reloaded(false);
         msgscan_reload(NULL); /* signatures still reload, with the scan settings in use */
+        sd_notify(0, "READY=1\nSTATUS=reload failed, old configuration kept");
         return false;
     }
-    if (rt->cfg->nlisteners != cur->cfg->nlisteners || rt->cfg->workers != cur->cfg->workers)
-        log_write(LOG_WARN, "event=reload_partial note=\"listeners and workers need a restart\"");
-    log_set_level((enum log_level)rt->cfg->log_level);
-    log_use_syslog(rt->cfg->log_syslog);
-    msgscan_reload(rt->cfg); /* off the loop; the result is logged when it is done */
+    reload_log(rt->cfg); /* first: what this reload says goes to the new destination */
+    unsigned changes = 0;
+    cfg_walk_diff(cfg_schema(), cur->cfg, rt->cfg, CFG_RESTART, restart_change, &changes);
+    if (changes > RELOAD_PARTIAL_MAX)
+        log_write(LOG_WARN, "event=reload_partial more=%u note=\"more restart-only keys changed\"",
+                  changes - RELOAD_PARTIAL_MAX);
+    msgscan_reload(rt->cfg);    /* off the loop; the result is logged when it is done */
+    route_maps_reload(rt->cfg); /* issue 17: a loader thread; a bad map keeps the old one */
+    char instance[128];
+    snprintf(instance, sizeof instance, "%s", rt->cfg->instance);
     rt_publish(rt);
     rt_unref(&cur);
-    log_write(LOG_INFO, "event=reloaded source=%s config=%s", source, config_path);
+    metrics_config_reloaded(true);
+    log_write(LOG_INFO, "event=reloaded source=%s instance=%s config=%s", source, LOG_QS(instance),
+              config_path);
+    sd_notify(0, "READY=1\nSTATUS=running");
     return true;
 }
 
@@ -124,6 +204,7 @@ static void on_stop(struct ev_loop *loop, ev_signal *w, int revents)
         return;
     }
     draining = true;
+    sd_notify(0, "STOPPING=1");
     struct rt *rt = rt_current();
     double timeout = rt ? (double)rt->cfg->limits.drain_timeout_ms / 1000.0 : 0;
     rt_unref(&rt);
@@ -143,7 +224,7 @@ static void on_usr1(struct ev_loop *loop, ev_signal *w, int revents)
     (void)w;
     (void)revents;
     if (!log_reopen())
-        log_write(LOG_ERROR, "event=log_reopen_failed error=\"%s\"", strerror(errno));
+        log_write(LOG_ERROR, "event=log_reopen_failed error=%s", LOG_QS(strerror(errno)));
 }
 
 /* Enough descriptors for max_connections sessions (client + backend each) plus slack. */
@@ -166,11 +247,30 @@ static bool raise_nofile(unsigned max_conn)
     return true;
 }
 
+/* `-t`: what start checks after loading the file, except binding. The privileges are really
+ * dropped (the process exits right after), so the signature files and scan.tmpdir are checked
+ * as the user that will scan, and the engine is built as start builds it (as long as start
+ * takes). Lines below warn are not wanted on a check's output. */
+static bool check_start(const struct config *cfg, char **error_r)
+{
+    log_set_level(LOG_WARN);
+    if (!privdrop(cfg, error_r))
+        return false;
+    if (!msgscan_check(cfg, error_r)) {
+        char *e = *error_r;
+        if (asprintf(error_r, "scanner: %s", e ? e : "cannot start") < 0)
+            *error_r = NULL;
+        free(e);
+        return false;
+    }
+    return true;
+}
+
 int main(int argc, char **argv)
 {
     bool test_only = false;
     int opt;
-    while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:tVh", long_opts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             config_path = optarg;
@@ -189,6 +289,12 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    if (optind < argc) { /* `portcullis foo.yaml` would otherwise run the default file */
+        fprintf(stderr, "portcullis: unexpected argument '%s' (the file goes after -c)\n",
+                argv[optind]);
+        usage(stderr);
+        return 2;
+    }
     tls_global_init();
     char *err = NULL;
     struct rt *rt = load(config_path, &err);
@@ -197,12 +303,28 @@ int main(int argc, char **argv)
         free(err);
         return 1;
     }
-    if (test_only) {
-        printf("portcullis: configuration %s is valid\n", config_path);
+    /* Routing maps (issue 17) load here, before any worker: a bad map is a start-up error. */
+    if (!route_maps_load(rt->cfg, &err)) {
+        fprintf(stderr, "portcullis: %s\n", err ? err : "cannot load the routing maps");
+        free(err);
         rt_unref(&rt);
+        route_maps_stop();
+        return 1;
+    }
+    if (test_only) {
+        route_maps_stop();
+        bool ok = check_start(rt->cfg, &err);
+        rt_unref(&rt);
+        if (!ok) {
+            fprintf(stderr, "portcullis: %s\n", err ? err : "the configuration cannot start");
+            free(err);
+            return 1;
+        }
+        printf("portcullis: configuration %s is valid\n", config_path);
         return 0;
     }
     const struct config *cfg = rt->cfg;
+    metrics_proc_start(PORTCULLIS_VERSION);
     log_use_syslog(cfg->log_syslog);
     if (!log_open((enum log_level)cfg->log_level, cfg->log_file)) {
         fprintf(stderr, "portcullis: cannot open log file %s: %s\n", cfg->log_file,
@@ -248,7 +370,7 @@ int main(int argc, char **argv)
         nbound = i + 1; /* a half-bound worker is unbound too */
         if (!worker_bind(&workers[i], cfg, &err)) {
             fprintf(stderr, "portcullis: %s\n", err ? err : "cannot bind");
-            log_write(LOG_ERROR, "event=bind_failed error=\"%s\"", err ? err : "?");
+            log_write(LOG_ERROR, "event=bind_failed error=%s", LOG_QS(err ? err : "?"));
             goto fail;
         }
     }
@@ -256,19 +378,19 @@ int main(int argc, char **argv)
     admin_set_reload(admin_reload);
     if (!admin_start(loop, cfg, &err)) {
         fprintf(stderr, "portcullis: %s\n", err ? err : "cannot bind the admin listener");
-        log_write(LOG_ERROR, "event=bind_failed error=\"%s\"", err ? err : "?");
+        log_write(LOG_ERROR, "event=bind_failed error=%s", LOG_QS(err ? err : "?"));
         goto fail;
     }
     /* Everything privileged is done: sockets are bound, files opened. */
     if (!privdrop(cfg, &err)) {
         fprintf(stderr, "portcullis: %s\n", err ? err : "cannot drop privileges");
-        log_write(LOG_ERROR, "event=privdrop_failed error=\"%s\"", err ? err : "?");
+        log_write(LOG_ERROR, "event=privdrop_failed error=%s", LOG_QS(err ? err : "?"));
         goto fail;
     }
     /* After the privilege drop: the scanner's private work dir must be the scanning user's. */
     if (!msgscan_process_init(cfg, loop, &err)) {
         fprintf(stderr, "portcullis: scanner: %s\n", err ? err : "cannot start");
-        log_write(LOG_ERROR, "event=scanner_failed error=\"%s\"", err ? err : "?");
+        log_write(LOG_ERROR, "event=scanner_failed error=%s", LOG_QS(err ? err : "?"));
         goto fail;
     }
     scanner_up = true;
@@ -289,10 +411,11 @@ int main(int argc, char **argv)
                   cfg->listeners[i].tls == CFG_TLS_IMPLICIT   ? "implicit"
                   : cfg->listeners[i].tls == CFG_TLS_STARTTLS ? "starttls"
                                                               : "none");
-    log_write(LOG_INFO, "event=started version=%s workers=%u config=%s", PORTCULLIS_VERSION,
-              nworkers, config_path);
+    log_write(LOG_INFO, "event=started version=%s instance=%s workers=%u config=%s",
+              PORTCULLIS_VERSION, LOG_QS(cfg->instance), nworkers, config_path);
     rt_unref(&rt);
     admin_set_healthy(true, "ok");
+    sd_notify(0, "READY=1\nSTATUS=running");
 
     ev_signal sig_hup, sig_term, sig_int, sig_usr1;
     ev_signal_init(&sig_hup, on_reload, SIGHUP);
@@ -313,6 +436,7 @@ int main(int argc, char **argv)
         worker_stop(&workers[i]);
     free(workers);
     msgscan_process_fini(); /* after the workers: no session holds a scan any more */
+    route_maps_stop();
     struct rt *last = rt_current();
     rt_publish(NULL);
     rt_unref(&last);
@@ -328,6 +452,7 @@ fail:
     free(workers);
     if (scanner_up)
         msgscan_process_fini();
+    route_maps_stop();
     struct rt *pub = rt_current();
     rt_publish(NULL);
     rt_unref(&pub);

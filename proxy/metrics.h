@@ -57,6 +57,31 @@ struct metrics_hist {
     atomic_ullong count;
     atomic_ullong sum_micro; /* sum of observations ×1e6 (values are small, non-negative) */
 };
+/* A histogram kept per worker (METRICS_WORKERS shards, one cache line apart): each shard has
+ * one writer, its worker thread, so an observation is a plain relaxed load and store, no locked
+ * instruction and no line shared between workers; the exposition sums the shards. */
+#define METRICS_WORKERS 64
+struct metrics_whist_shard {
+    _Alignas(64) atomic_ullong bucket[METRICS_HIST_MAX + 1]; /* non-cumulative */
+    atomic_ullong sum_micro;
+};
+struct metrics_whist {
+    const double *bounds;
+    size_t nbounds; /* <= METRICS_HIST_MAX */
+    struct metrics_whist_shard shard[METRICS_WORKERS];
+};
+void metrics_whist_observe(struct metrics_whist *h, int worker, double v);
+/* The _bucket/_sum/_count lines (no # HELP/TYPE) of the shards' sum; `labels` ("k=\"v\"", may
+ * be "") go before `le`. */
+void metrics_whist_render(struct buf *o, const char *name, const char *labels,
+                          struct metrics_whist *h);
+
+/* A login command answered (the backend logged the user in, refused, or could not be reached):
+ * seconds since the client's command arrived. `proto` is CFG_PROTO_*; `worker` the caller's. */
+void metrics_observe_login(int worker, int proto, double secs);
+/* A session closed, `secs` after it was accepted. */
+void metrics_observe_session(int worker, int proto, double secs);
+
 /* `v` escaped for a label value (\\, \", \n), truncated to fit `cap`; returns `out`. */
 const char *metrics_label(char *out, size_t cap, const char *v);
 

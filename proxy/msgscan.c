@@ -51,6 +51,7 @@ static ev_async g_reload_async;
 static pthread_mutex_t g_reload_mu = PTHREAD_MUTEX_INITIALIZER;
 static bool g_reload_ok;
 static char g_reload_err[256];
+static msgscan_reloaded_fn *g_reload_notify; /* main loop: who asked for the running reload */
 /* issue 16: the engine limits in effect are the last engine's that loaded; a reload that
  * fails keeps the old engine with its old limits while the published configuration names the
  * new ones. Main thread only: `g_limits` in effect, `g_limits_asked` by the running reload. */
@@ -207,6 +208,10 @@ static void reload_logged(struct ev_loop *loop, ev_async *a, int revents)
                   l->max_files, (unsigned long long)l->scan_timeout_ms);
     }
     g_limits_asked_set = false;
+    msgscan_reloaded_fn *notify = g_reload_notify;
+    g_reload_notify = NULL;
+    if (notify)
+        notify(ok, err, v);
 }
 
 /* On the reload thread. */
@@ -261,6 +266,20 @@ bool msgscan_process_init(const struct config *cfg, struct ev_loop *main_loop, c
     return true;
 }
 
+bool msgscan_check(const struct config *cfg, char **error_r)
+{
+    *error_r = NULL;
+    if (!cfg->scan.enabled)
+        return true;
+    struct scan_options o;
+    options_from(&cfg->scan, &o);
+    struct scanner *sc = scanner_clamav_new(&o, error_r);
+    if (!sc)
+        return false;
+    scanner_destroy(&sc);
+    return true;
+}
+
 void msgscan_reload(const struct config *cfg)
 {
     if (!g_scanner)
@@ -279,6 +298,19 @@ void msgscan_reload(const struct config *cfg)
     }
     log_write(LOG_INFO, "event=scan_reload result=started database_dir=%s",
               cfg ? cfg->scan.database_dir : "(unchanged)");
+}
+
+enum msgscan_reload_rc msgscan_reload_signatures(msgscan_reloaded_fn *done)
+{
+    if (!g_scanner)
+        return MSGSCAN_RELOAD_OFF;
+    /* NULL options: the engine's settings stay the ones in use, only the database is read
+     * again (the configuration file is not: that is SIGHUP's job). */
+    if (!scanner_reload_async(g_scanner, NULL, reload_done, NULL))
+        return MSGSCAN_RELOAD_BUSY;
+    g_reload_notify = done;
+    log_write(LOG_INFO, "event=scan_reload result=started source=admin note=\"signatures only\"");
+    return MSGSCAN_RELOAD_STARTED;
 }
 
 void msgscan_process_fini(void)

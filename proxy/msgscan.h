@@ -50,11 +50,26 @@ struct worker;
  * databases) and start the pool. Call after the privilege drop (the scanner's work dir must
  * belong to the user that scans) and before the workers start. `main_loop` receives reload
  * results. Without scan.enabled: nothing, true. */
+/* `portcullis -t`: what msgscan_process_init would check, and nothing kept: the engine is built
+ * from the signature files (as long as start takes) in a work dir under scan.tmpdir, then freed.
+ * Without scan.enabled: true. */
+bool msgscan_check(const struct config *cfg, char **error_r) __attribute__((warn_unused_result));
 bool msgscan_process_init(const struct config *cfg, struct ev_loop *main_loop, char **error_r)
     __attribute__((warn_unused_result));
 /* SIGHUP: reload the signatures off the loop with the scan settings of `cfg` (NULL: the ones in
  * use). The result is logged on the main loop (event=scan_reload). */
 void msgscan_reload(const struct config *cfg);
+/* `portcullis-ctl reload-signatures` (POST /reload-signatures): read the signature database
+ * again off the loop with the engine settings in use, leaving the configuration alone. When
+ * STARTED, `done` runs once on the main loop with the result and the engine version then in
+ * service (the old one after a failure); nothing is called back otherwise. */
+typedef void msgscan_reloaded_fn(bool ok, const char *error, const char *engine);
+enum msgscan_reload_rc {
+    MSGSCAN_RELOAD_STARTED,
+    MSGSCAN_RELOAD_BUSY, /* a reload (SIGHUP's or another request's) is running */
+    MSGSCAN_RELOAD_OFF,  /* scanning is not enabled */
+};
+enum msgscan_reload_rc msgscan_reload_signatures(msgscan_reloaded_fn *done);
 /* After every worker stopped: stop the pool, free the engine. */
 void msgscan_process_fini(void);
 /* Scanning was enabled at start (scan.enabled is restart-only). */

@@ -12,6 +12,7 @@
 
 #include "creds.h"
 #include "pop3_parse.h"
+#include "sess_event.h"
 #include "session.h"
 
 enum pop3_bstate {
@@ -125,8 +126,13 @@ static inline struct pop3_state *pop3_st(struct session *s)
 
 /* pop3_preauth.c */
 void pop3_reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void pop3_preauth_login_failed(struct session *s, bool auth_failure, const char *code,
-                               const char *why);
+/* auth_failure: the login was refused (`fail` says how; counted as a failed login) — else the
+ * backend was unavailable. */
+void pop3_preauth_login_failed(struct session *s, bool auth_failure, enum sess_login_fail fail,
+                               const char *code, const char *why);
+/* The backend refused the login with a code that is not about the password (login_refusal.h):
+ * "-ERR [code] text" to the client, not counted toward the lock-out. */
+void pop3_preauth_login_refused(struct session *s, const char *code, const char *text);
 void pop3_preauth_login_ok(struct session *s, const char *text, size_t len);
 void pop3_forget_login(struct pop3_state *st);
 

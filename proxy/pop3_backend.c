@@ -20,6 +20,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "login_refusal.h"
 #include "pop3.h"
 
 static void fail_code(struct session *s, bool auth, const char *code, const char *why)
@@ -27,12 +28,23 @@ static void fail_code(struct session *s, bool auth, const char *code, const char
     struct pop3_state *st = pop3_st(s);
     st->bstate = PB_NONE;
     s->backend.wipe_ctl = false;
-    pop3_preauth_login_failed(s, auth, code, why);
+    pop3_preauth_login_failed(s, auth, SLF_CREDENTIALS_REFUSED, code, why);
 }
 
 static void fail(struct session *s, bool auth, const char *why)
 {
     fail_code(s, auth, NULL, why);
+}
+
+/* The client's SASL mechanism is not offered by the backend: answered (and counted) as a
+ * refused login, logged as what it is. */
+static void fail_mech(struct session *s)
+{
+    struct pop3_state *st = pop3_st(s);
+    st->bstate = PB_NONE;
+    s->backend.wipe_ctl = false;
+    pop3_preauth_login_failed(s, true, SLF_MECHANISM_UNSUPPORTED, NULL,
+                              "backend does not offer this SASL mechanism");
 }
 
 static bool send_be(struct session *s, const void *p, size_t len)
@@ -147,7 +159,7 @@ static void send_credentials(struct session *s)
     case CREDS_XOAUTH2:
     case CREDS_OAUTHBEARER:
         if (!(c->mech == CREDS_XOAUTH2 ? st->be_sasl_xoauth2 : st->be_sasl_oauthbearer)) {
-            fail(s, true, "backend does not offer this SASL mechanism");
+            fail_mech(s);
             return;
         }
         break;
@@ -168,8 +180,7 @@ static void send_xclient_or_login(struct session *s)
     struct pop3_state *st = pop3_st(s);
     if (st->be_xclient || st->be_xclient_greeting) {
         st->bstate = PB_XCLIENT;
-        sendf_be(s, "XCLIENT ADDR=%s PORT=%u SESSION=S-%llu\r\n", s->client_ip, s->client_port,
-                 (unsigned long long)s->id);
+        sendf_be(s, "XCLIENT ADDR=%s PORT=%u SESSION=%s\r\n", s->client_ip, s->client_port, s->sid);
         return;
     }
     send_credentials(s);
@@ -190,20 +201,25 @@ static void after_capa(struct session *s)
     send_xclient_or_login(s);
 }
 
-/* The backend's response code for a refused login, if it is one worth passing on. */
-static const char *login_code(const char *line, size_t len)
+/* The backend answered the user name or the credentials with -ERR: a wrong password is
+ * counted; a code that is not about the password is passed on and not counted
+ * (login_refusal.h). The answer is logged for the operator. */
+static void refused(struct session *s, const char *line, size_t len)
 {
-    const char *code;
-    size_t cl;
-    if (!pop3_resp_code(line, len, &code, &cl))
-        return NULL;
-    if (pop3_resp_code_is(code, cl, "IN-USE"))
-        return "IN-USE";
-    if (pop3_resp_code_is(code, cl, "LOGIN-DELAY"))
-        return "LOGIN-DELAY";
-    if (pop3_resp_code_is(code, cl, "SYS"))
-        return "SYS/TEMP";
-    return NULL;
+    struct lr_refusal r;
+    lr_pop3(line, len, &r);
+    char q[300];
+    sess_log(s, LOG_INFO, "event=backend_login_refused code=%s counted=%s answer=%s",
+             r.code[0] ? r.code : "-", r.kind == LR_CREDENTIALS ? "yes" : "no",
+             log_q(q, sizeof q, line, len));
+    struct pop3_state *st = pop3_st(s);
+    st->bstate = PB_NONE;
+    s->backend.wipe_ctl = false;
+    if (r.kind == LR_PASS_ON)
+        pop3_preauth_login_refused(s, r.code, r.text);
+    else
+        pop3_preauth_login_failed(s, true, SLF_CREDENTIALS_REFUSED, NULL,
+                                  "backend refused the credentials");
 }
 
 /* One whole response: its status line (without the line end) and, for CAPA, its body. */
@@ -254,7 +270,7 @@ static void handle_response(struct session *s, enum pop3_status status, const ch
         return;
     case PB_USER:
         if (!ok) {
-            fail_code(s, true, login_code(line, len), "backend refused the user name");
+            refused(s, line, len);
             return;
         }
         st->bstate = PB_PASS;
@@ -275,10 +291,7 @@ static void handle_response(struct session *s, enum pop3_status status, const ch
             return;
         }
         if (!ok) {
-            char q[200];
-            sess_log(s, LOG_DEBUG, "event=backend_login_refused answer=%s",
-                     log_q(q, sizeof q, line, len));
-            fail_code(s, true, login_code(line, len), "backend refused the credentials");
+            refused(s, line, len);
             return;
         }
         st->bstate = PB_NONE;
@@ -366,7 +379,7 @@ void pop3_backend_event(struct session *s, int events)
         if (!(events & SESS_EV_DIALED))
             return;
         if (s->dial.result != BACKEND_DIAL_OK) {
-            fail(s, false, backend_dial_why(&s->dial));
+            fail(s, s->dial.result == BACKEND_DIAL_REFUSED, backend_dial_why(&s->dial));
             return;
         }
         c->reading = true;

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "login_refusal.h"
 #include "pop3.h"
 #include "sess_event.h"
 #include "sess_policy.h"
@@ -207,8 +208,7 @@ static void login_refused(struct session *s, const char *answer)
 {
     pop3_forget_login(pop3_st(s));
     pop3_reply(s, "%s", answer);
-    free(s->user);
-    s->user = NULL;
+    sess_forget_user(s);
     if (!count_bad(s))
         return;
     s->client.reading = true;
@@ -426,22 +426,42 @@ static void pop3_client_input(struct session *s)
 
 /* ---- results of the backend login (from pop3_backend.c) ---- */
 
-void pop3_preauth_login_failed(struct session *s, bool auth_failure, const char *code,
-                               const char *why)
+static void login_failed_tail(struct session *s);
+
+void pop3_preauth_login_failed(struct session *s, bool auth_failure, enum sess_login_fail fail,
+                               const char *code, const char *why)
 {
     struct pop3_state *st = pop3_st(s);
     sess_backend_drop(s);
     pop3_forget_login(st);
     if (auth_failure) {
-        sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_FAILED, .text = why});
+        sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_FAILED, .fail = fail, .text = why});
         pop3_reply(s, "-ERR [%s] Authentication failed.", code ? code : "AUTH");
     } else {
         sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_UNAVAILABLE, .text = why});
         pop3_reply(s, "-ERR [SYS/TEMP] Backend server unavailable; try again later.");
     }
     sess_login_result(s, false, auth_failure); /* issue 5: count the failure */
-    free(s->user);
-    s->user = NULL;
+    login_failed_tail(s);
+}
+
+void pop3_preauth_login_refused(struct session *s, const char *code, const char *text)
+{
+    struct pop3_state *st = pop3_st(s);
+    sess_backend_drop(s);
+    pop3_forget_login(st);
+    char why[LR_CODE_MAX + 40];
+    snprintf(why, sizeof why, "backend refused the login: %s", code);
+    sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_UNAVAILABLE, .text = why});
+    pop3_reply(s, "-ERR [%s] %s", code, text[0] ? text : "Login refused by the server.");
+    sess_login_result(s, false, false); /* not a wrong password: released, never counted */
+    login_failed_tail(s);
+}
+
+static void login_failed_tail(struct session *s)
+{
+    struct pop3_state *st = pop3_st(s);
+    sess_forget_user(s);
     sess_set_state(s, SESS_PREAUTH);
     double left = st->preauth_deadline - ev_now(s->worker->loop);
     sess_set_deadline(s, left > 0.5 ? left : 0.5);

@@ -38,16 +38,17 @@ static bool keep_net_admin(void)
     return true;
 }
 
-bool privdrop(const struct config *cfg, char **error_r)
+/* The root rules and the user and group lookups; *drop_r says whether there is a user to
+ * become (false: unprivileged, or root with run_as_root). */
+static bool plan(const struct config *cfg, bool *drop_r, uid_t *uid_r, gid_t *gid_r, char **error_r)
 {
     *error_r = NULL;
+    *drop_r = false;
     if (geteuid() != 0)
         return true; /* started unprivileged (systemd User=, or a developer): nothing to drop */
     if (!cfg->user || !cfg->user[0]) {
-        if (cfg->run_as_root) {
-            log_write(LOG_WARN, "event=running_as_root note=\"run_as_root: true\"");
+        if (cfg->run_as_root)
             return true;
-        }
         *error_r = strdup("refusing to run as root: set `user:` (or run_as_root: true)");
         return false;
     }
@@ -55,13 +56,38 @@ bool privdrop(const struct config *cfg, char **error_r)
     struct passwd *pw = getpwnam(cfg->user);
     if (!pw)
         return fail(error_r, "unknown user", cfg->user);
-    gid_t gid = pw->pw_gid;
+    *uid_r = pw->pw_uid;
+    *gid_r = pw->pw_gid;
     if (cfg->group && cfg->group[0]) {
         errno = 0;
         struct group *gr = getgrnam(cfg->group);
         if (!gr)
             return fail(error_r, "unknown group", cfg->group);
-        gid = gr->gr_gid;
+        *gid_r = gr->gr_gid;
+    }
+    *drop_r = true;
+    return true;
+}
+
+bool privdrop_check(const struct config *cfg, char **error_r)
+{
+    bool drop;
+    uid_t uid;
+    gid_t gid;
+    return plan(cfg, &drop, &uid, &gid, error_r);
+}
+
+bool privdrop(const struct config *cfg, char **error_r)
+{
+    bool drop;
+    uid_t uid = 0;
+    gid_t gid = 0;
+    if (!plan(cfg, &drop, &uid, &gid, error_r))
+        return false;
+    if (!drop) {
+        if (geteuid() == 0)
+            log_write(LOG_WARN, "event=running_as_root note=\"run_as_root: true\"");
+        return true;
     }
     bool need_net_admin = false;
     for (size_t i = 0; i < cfg->nlisteners; i++)
@@ -72,7 +98,7 @@ bool privdrop(const struct config *cfg, char **error_r)
         return fail(error_r, "setgroups", NULL);
     if (setresgid(gid, gid, gid) != 0)
         return fail(error_r, "setresgid", cfg->group);
-    if (setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid) != 0)
+    if (setresuid(uid, uid, uid) != 0)
         return fail(error_r, "setresuid", cfg->user);
     if (need_net_admin && !keep_net_admin())
         return fail(error_r, "capset(CAP_NET_ADMIN)", NULL);
@@ -83,6 +109,6 @@ bool privdrop(const struct config *cfg, char **error_r)
         return fail(error_r, "privileges could be regained", NULL);
     }
     log_write(LOG_INFO, "event=privileges_dropped user=%s uid=%u gid=%u net_admin=%d", cfg->user,
-              (unsigned)pw->pw_uid, (unsigned)gid, need_net_admin);
+              (unsigned)uid, (unsigned)gid, need_net_admin);
     return true;
 }

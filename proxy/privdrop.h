@@ -13,5 +13,8 @@
 
 /* Call on the main thread before any other thread exists. */
 bool privdrop(const struct config *cfg, char **error_r);
+/* What privdrop() would refuse (root rules, unknown user or group), without changing anything:
+ * for `portcullis -t`. Only as root, as privdrop(): unprivileged there is nothing to check. */
+bool privdrop_check(const struct config *cfg, char **error_r);
 
 #endif

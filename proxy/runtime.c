@@ -70,6 +70,15 @@ struct rt *rt_build(struct config *cfg, char **error_r)
             goto fail;
         }
     }
+    const struct cfg_dynamic_backend *db = &cfg->routing.dynamic_backend;
+    if (cfg->routing.nlookups && db->tls != CFG_TLS_NONE) {
+        char name[] = "routing.dynamic_backend";
+        struct cfg_backend tb = {
+            .name = name, .tls = db->tls, .tls_ca = db->tls_ca, .tls_verify = db->tls_verify};
+        rt->dyn_ctx = tls_client_ctx_new(&tb, error_r);
+        if (!rt->dyn_ctx)
+            goto fail;
+    }
     return rt;
 fail:
     rt_unref(&rt);
@@ -94,6 +103,7 @@ void rt_unref(struct rt **rtp)
         free(rt->backend_ctx);
     }
     free(rt->be_state);
+    SSL_CTX_free(rt->dyn_ctx);
     if (rt->listener_be_ctx) {
         for (size_t i = 0; i < rt->cfg->nlisteners; i++)
             SSL_CTX_free(rt->listener_be_ctx[i]);

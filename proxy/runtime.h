@@ -25,6 +25,8 @@ struct rt {
     SSL_CTX **listener_be_ctx;       /* owned; [i] for transparent listener i with backend TLS */
     struct backend_state **be_state; /* owned array; [i] for cfg->backends[i] (process-wide
                                         health records, not owned) */
+    SSL_CTX *dyn_ctx; /* owned or NULL: toward backends a routing lookup names by host (issue
+                         17), from routing.dynamic_backend */
 };
 
 /* Build from a loaded config (takes its own reference). NULL and *error_r on failure. */

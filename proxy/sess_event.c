@@ -65,6 +65,15 @@ const char *sess_reason_name(enum sess_reason r)
     return (unsigned)r < SR__COUNT ? reasons[r].name : reasons[SR_NONE].name;
 }
 
+const char *sess_login_fail_name(enum sess_login_fail f)
+{
+    static const char *const names[SLF__COUNT] = {
+        [SLF_CREDENTIALS_REFUSED] = "credentials_refused",
+        [SLF_MECHANISM_UNSUPPORTED] = "mechanism_unsupported",
+    };
+    return (unsigned)f < SLF__COUNT ? names[f] : names[SLF_CREDENTIALS_REFUSED];
+}
+
 static bool has_reason(enum sess_ev k)
 {
     return k == SEV_REFUSED || k == SEV_LOGIN_REFUSED;
@@ -132,15 +141,15 @@ const char *sess_event_format(const struct sess_event *e, char *out, size_t cap)
     switch (e->kind) {
     case SEV_REFUSED:
         if (e->answer) {
-            /* A refusal after login is logged with the words the client got. */
-            put(out, cap, &o, " reason=\"%s\" command=%s", e->answer,
+            /* A refusal after login: the words the client got, beside the reason's token. */
+            put(out, cap, &o, " reason=%s answer=%s command=%s", rn, LOG_QS(e->answer),
                 e->command ? e->command : "-");
             break;
         }
         put(out, cap, &o, " reason=%s", rn);
         switch (e->reason) {
         case SR_BAD_PROXY_HEADER:
-            put(out, cap, &o, " error=\"%s\"", str(e->text));
+            put(out, cap, &o, " error=%s", LOG_QS(str(e->text)));
             break;
         case SR_PROXY_HEADER_FROM_UNTRUSTED:
             put(out, cap, &o, " listener=%s", str(e->name));
@@ -172,10 +181,11 @@ const char *sess_event_format(const struct sess_event *e, char *out, size_t cap)
         put(out, cap, &o, " backend=%s mech=%s", str(e->name), str(e->mech));
         break;
     case SEV_LOGIN_FAILED:
-        put(out, cap, &o, " reason=\"%s\"", str(e->text));
+        put(out, cap, &o, " reason=%s detail=%s", sess_login_fail_name(e->fail),
+            LOG_QS(str(e->text)));
         break;
     case SEV_LOGIN_UNAVAILABLE:
-        put(out, cap, &o, " reason=backend_unavailable detail=\"%s\"", str(e->text));
+        put(out, cap, &o, " reason=backend_unavailable detail=%s", LOG_QS(str(e->text)));
         break;
     case SEV_STARTTLS_INJECTION:
         put(out, cap, &o, " discarded_bytes=%llu", e->n);

@@ -25,7 +25,8 @@ enum sess_ev {
     SEV_REFUSED,            /* event=refused: the proxy refused a command or a connection */
     SEV_LOGIN_REFUSED,      /* event=login_refused: the login policy refused (no backend) */
     SEV_LOGIN,              /* event=login: logged in at the backend */
-    SEV_LOGIN_FAILED,       /* event=login_failed reason="…": the backend refused the login */
+    SEV_LOGIN_FAILED,       /* event=login_failed reason=<sess_login_fail> detail="…": the
+                               backend refused the login */
     SEV_LOGIN_UNAVAILABLE,  /* event=login_failed reason=backend_unavailable: no backend */
     SEV_STARTTLS_INJECTION, /* event=starttls_injection: plaintext pipelined behind STARTTLS */
     SEV__COUNT
@@ -71,14 +72,22 @@ enum sess_reason {
     SR__COUNT
 };
 
+/* Why SEV_LOGIN_FAILED: a fixed set of tokens (docs/operations.md), the words go to detail=. */
+enum sess_login_fail {
+    SLF_CREDENTIALS_REFUSED,   /* the backend answered NO to the login */
+    SLF_MECHANISM_UNSUPPORTED, /* the backend does not offer the client's SASL mechanism */
+    SLF__COUNT
+};
+
 /* One event. Only `kind` and `reason` decide the counters; the other fields are for the log
  * line (pointers valid during the call). */
 struct sess_event {
     enum sess_ev kind;
-    enum sess_reason reason; /* SEV_REFUSED, SEV_LOGIN_REFUSED */
-    const char *text;        /* error= (bad PROXY header), the backend's reason (login_failed),
-                                detail= (backend_unavailable) */
-    const char *answer;   /* SEV_REFUSED after login (POP3): the answer, logged as reason="…" */
+    enum sess_reason reason;   /* SEV_REFUSED, SEV_LOGIN_REFUSED */
+    enum sess_login_fail fail; /* SEV_LOGIN_FAILED */
+    const char *text;          /* error= (bad PROXY header), the backend's reason (login_failed),
+                                  detail= (backend_unavailable) */
+    const char *answer;   /* SEV_REFUSED after login (POP3): the answer, logged as answer="…" */
     const char *command;  /* ... and the command it answered ("-" when unparsable) */
     const char *name;     /* listener= (untrusted PROXY), backend= (login), client= (max conn) */
     const char *mech;     /* SEV_LOGIN: mech= */
@@ -98,5 +107,7 @@ enum log_level sess_event_level(const struct sess_event *e);
 void sess_event_count(const struct sess_event *e, int proto);
 /* The name of a reason: its log value and its portcullis_refusals_total label. */
 const char *sess_reason_name(enum sess_reason r);
+/* The reason= token of a SEV_LOGIN_FAILED (out of range: credentials_refused). */
+const char *sess_login_fail_name(enum sess_login_fail f);
 
 #endif

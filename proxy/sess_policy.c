@@ -35,20 +35,18 @@ struct sess_pol {
     struct policy_sess *reg; /* registered (logged in) */
     bool checked;            /* a check was sent: a slot may be reserved */
     bool blocked_logged;
-    ev_timer deny;  /* answers an address refusal from the loop */
-    ev_timer allow; /* allows a login without a policy object from the loop */
+    ev_tstamp login_at; /* the login command arrived (0: none in flight), for the histogram */
+    ev_timer deny;      /* answers an address refusal from the loop */
+    ev_timer allow;     /* allows a login without a policy object from the loop */
     sess_login_allowed *allowed;
     sess_login_refused *refused;
     char sid[128];
-    /* routing, looked up alongside the check (policy/route.c) */
-    struct policy_route_req *route_req;
-    bool verdict_ok; /* the check allowed the login; waiting for the route */
+    /* routing, answered by the check itself (policy/route.c) */
     enum policy_route_kind route_kind;
     char route_backend[128];
 };
 
-static uint32_t process_nonce;
-static pthread_once_t nonce_once = PTHREAD_ONCE_INIT;
+static pthread_once_t hooks_once = PTHREAD_ONCE_INIT;
 
 static void plog_sink(enum plog_level level, const char *line)
 {
@@ -60,20 +58,17 @@ static int plog_on(enum plog_level level)
     return log_enabled((enum log_level)level);
 }
 
-/* Session ids must be unique across instances and restarts: instance name, a per-process
- * nonce, the process-local counter. */
-static void init_nonce(void)
+/* Process-wide hooks of the policy library, set once by the first worker. (The registry's
+ * session id is the session's own, s->sid: unique across instances and restarts.) */
+static void init_hooks(void)
 {
     policy_set_drained_handler(backend_set_admin_drained);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    process_nonce = (uint32_t)ts.tv_nsec ^ (uint32_t)ts.tv_sec ^ ((uint32_t)getpid() << 16);
     plog_set(plog_sink, plog_on);
 }
 
 void sess_policy_worker_start(struct worker *w)
 {
-    pthread_once(&nonce_once, init_nonce);
+    pthread_once(&hooks_once, init_hooks);
     struct rt *rt = rt_current();
     const struct config *cfg = rt->cfg;
     const struct cfg_redis *r = &cfg->redis;
@@ -100,6 +95,7 @@ void sess_policy_worker_start(struct worker *w)
         .fail_closed = r->fail_mode == CFG_FAIL_CLOSED,
         .heartbeat_ms = cfg->policy.heartbeat_ms,
         .session_ttl_ms = cfg->policy.session_ttl_ms,
+        .drain_poll_ms = cfg->policy.drain_poll_ms,
         .local_entries = cfg->policy.local_entries,
     };
     w->policy = policy_new(w->loop, &pc);
@@ -202,15 +198,13 @@ static void on_verdict(void *arg, const struct policy_verdict *v)
         if (v->degraded)
             sess_log(s, LOG_DEBUG,
                      "event=policy_degraded note=\"local limits (Redis unavailable)\"");
-        s->pol->verdict_ok = true;
-        if (s->pol->route_req)
-            return; /* the route answer (same round trip) continues */
+        s->pol->route_kind = v->route_kind;
+        snprintf(s->pol->route_backend, sizeof s->pol->route_backend, "%s", v->route_backend);
         s->pol->allowed(s);
         if (!s->closing)
             sess_pump(s);
         return;
     }
-    policy_route_cancel(&s->pol->route_req);
     s->pol->checked = false; /* the policy released what the check may have reserved */
     sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_REFUSED,
                                        .reason = refusal_reason(v->result),
@@ -233,20 +227,6 @@ static void on_verdict(void *arg, const struct policy_verdict *v)
                "-ERR [SYS/TEMP] Too many login attempts; try again later.");
         break;
     }
-}
-
-static void on_route(void *arg, enum policy_route_kind kind, const char *backend)
-{
-    struct session *s = arg;
-    struct sess_pol *sp = s->pol;
-    sp->route_req = NULL;
-    sp->route_kind = kind;
-    snprintf(sp->route_backend, sizeof sp->route_backend, "%s", backend);
-    if (s->closing || !sp->verdict_ok)
-        return; /* refused, or the verdict is still to come (it continues then) */
-    sp->allowed(s);
-    if (!s->closing)
-        sess_pump(s);
 }
 
 const char *sess_route_backend(struct session *s, bool *pinned_r, const char **kind_r)
@@ -291,14 +271,14 @@ void sess_login_check(struct session *s, sess_login_allowed *allowed, sess_login
             sess_close(s, "out of memory");
             return;
         }
-        snprintf(s->pol->sid, sizeof s->pol->sid, "%s-%08x-%llu", s->cfg->instance, process_nonce,
-                 (unsigned long long)s->id);
+        snprintf(s->pol->sid, sizeof s->pol->sid, "%s", s->sid); /* the log's sess= */
         ev_init(&s->pol->deny, deny_cb);
         s->pol->deny.data = s;
         ev_init(&s->pol->allow, allow_cb);
         s->pol->allow.data = s;
     }
     struct sess_pol *sp = s->pol;
+    sp->login_at = ev_now(s->worker->loop);
     sp->allowed = allowed;
     sp->refused = refused;
     const struct cfg_policy *p = &s->cfg->policy;
@@ -324,12 +304,9 @@ void sess_login_check(struct session *s, sess_login_allowed *allowed, sess_login
     limits(s->cfg, &l);
     who(s, &w);
     sp->checked = true;
-    sp->verdict_ok = false;
     sp->route_kind = POLICY_ROUTE_NONE;
     sp->route_backend[0] = '\0';
-    policy_route_cancel(&sp->route_req);
-    if (!s->listener->transparent)
-        sp->route_req = policy_route_lookup(s->worker->policy, &l, s->user, on_route, s);
+    w.route = !s->listener->transparent;
     sp->req = policy_check_login(s->worker->policy, &l, &w, on_verdict, s);
     if (!sp->req)
         sess_close(s, "out of memory");
@@ -354,6 +331,11 @@ void sess_login_result(struct session *s, bool ok, bool auth_failure)
 {
     struct sess_pol *sp = s->pol;
     struct policy *p = s->worker->policy;
+    if (sp && sp->login_at > 0) {
+        metrics_observe_login(s->worker->id, s->listener->protocol,
+                              ev_now(s->worker->loop) - sp->login_at);
+        sp->login_at = 0;
+    }
     if (!sp || !p || !s->user)
         return;
     struct policy_limits l;
@@ -405,15 +387,10 @@ void sess_policy_close(struct session *s)
     ev_timer_stop(s->worker->loop, &sp->deny);
     ev_timer_stop(s->worker->loop, &sp->allow);
     policy_cancel(&sp->req);
-    policy_route_cancel(&sp->route_req);
     /* Affinity outlives the session for policy.affinity_ttl: the user's next session, from
-     * any device and any instance, goes to the same server. */
-    if (s->logged_in && s->be && s->be_index >= 0 && s->worker->policy && s->user && s->cfg) {
-        struct policy_limits al;
-        limits(s->cfg, &al);
-        policy_affinity_set(s->worker->policy, &al, s->user, s->be->name,
-                            s->cfg->policy.affinity_ttl_ms);
-    }
+     * any device and any instance, goes to the same server (written by the close script). */
+    if (s->logged_in && s->be && s->be_index >= 0 && s->cfg)
+        policy_session_affinity(sp->reg, s->be->name, s->cfg->policy.affinity_ttl_ms);
     policy_session_close(&sp->reg);
     if (sp->checked && s->worker->policy && s->user && s->cfg) {
         struct policy_limits l;

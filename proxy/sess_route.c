@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "sess_lookup.h"
 #include "sess_policy.h"
 #include "session.h"
 #include "worker.h"
@@ -24,9 +25,10 @@ static const char *server_of(const struct cfg_backend *b)
     return b->server ? b->server : b->name;
 }
 
-/* The pool member of this session's protocol that Redis' answer names: a backend name (of
- * either protocol: a user's POP3 session follows their IMAP session's server) or a server. */
-static int route_index(const struct session *s, const char *name)
+/* The pool member of this session's protocol that Redis' answer (or a routing lookup) names:
+ * a backend name (of either protocol: a user's POP3 session follows their IMAP session's
+ * server) or a server. */
+int sess_route_pool_index(const struct session *s, const char *name)
 {
     const struct config *cfg = s->cfg;
     const char *srv = name;
@@ -48,15 +50,18 @@ static void apply_route(struct session *s)
     const char *want = sess_route_backend(s, &pinned, &kind);
     if (!want)
         return;
-    int idx = route_index(s, want);
+    int idx = sess_route_pool_index(s, want);
     const struct cfg_backend *b = idx >= 0 ? &s->cfg->backends[idx] : NULL;
-    bool usable = b && !b->drain &&
-                  (pinned || !s->rt->be_state[idx] || atomic_load(&s->rt->be_state[idx]->up));
+    const struct backend_state *st = b ? s->rt->be_state[idx] : NULL;
+    /* A drain (the file's, or portcullis-ctl's through Redis) beats every route: "no new
+     * sessions" holds for users with an override or an affinity there too. */
+    bool drained = b && (b->drain || (st && atomic_load(&st->admin_drain)));
+    bool usable = b && !drained && (pinned || !st || atomic_load(&st->up));
     if (!usable) {
         sess_log(s, LOG_INFO, "event=route_ignored kind=%s backend=%s reason=%s", kind, want,
-                 !b         ? "not_in_pool"
-                 : b->drain ? "draining"
-                            : "down");
+                 !b        ? "not_in_pool"
+                 : drained ? "draining"
+                           : "down");
         return;
     }
     size_t out[SESS_BE_CANDIDATES];
@@ -129,9 +134,9 @@ static bool next_candidate(struct session *s, const char *err)
         return false;
     const char *from = s->be->name;
     s->be_try++;
-    sess_log(s, LOG_INFO, "event=backend_retry from=%s to=%s reason=\"%s\"", from,
+    sess_log(s, LOG_INFO, "event=backend_retry from=%s to=%s reason=%s", from,
              s->cfg->backends[s->be_cand[s->be_try]].name,
-             err && strcmp(err, "timeout") == 0 ? "connect timeout" : "connect failed");
+             LOG_QS(err && strcmp(err, "timeout") == 0 ? "connect timeout" : "connect failed"));
     dial_candidate(s);
     return true;
 }
@@ -154,6 +159,8 @@ static void dial_done(struct backend_dial *d)
         sess_pump(s);
 }
 
+static void connect_routed(struct session *s);
+
 void sess_backend_connect(struct session *s)
 {
     s->be_try = 0;
@@ -169,9 +176,52 @@ void sess_backend_connect(struct session *s)
         }
         return;
     }
+    /* Issue 17: the routing lookups (sess_lookup.c) answer first, maybe from a later turn. */
+    if (!sess_lookup_start(s, connect_routed))
+        connect_routed(s);
+}
+
+/* Dial what the lookup chose (pinned: the mailbox lives there), or refuse the login. False:
+ * the lookup leaves it to affinity and the hash. */
+static bool apply_lookup(struct session *s)
+{
+    size_t idx = 0;
+    const char *why = NULL;
+    switch (sess_lookup_apply(s, &idx, &why)) {
+    case SL_HASH:
+        return false;
+    case SL_POOL:
+        s->be_cand[0] = idx;
+        s->be_ncand = 1;
+        s->be_pinned = true;
+        dial_candidate(s);
+        return true;
+    case SL_DYNAMIC:
+        s->be_ncand = 1;
+        s->be_pinned = true;
+        dial(s);
+        return true;
+    case SL_REFUSE_AUTH:
+        sess_set_state(s, SESS_BACKEND);
+        sess_set_deadline(s, 0);
+        backend_dial_fail(dialer(s), BACKEND_DIAL_REFUSED, why);
+        return true;
+    case SL_REFUSE_TEMP:
+        break;
+    }
+    sess_set_state(s, SESS_BACKEND);
+    sess_set_deadline(s, 0);
+    backend_dial_fail(dialer(s), BACKEND_DIAL_LOCAL, why);
+    return true;
+}
+
+static void connect_routed(struct session *s)
+{
     s->be_ncand = backend_candidates(s->cfg, s->rt->be_state, s->listener->protocol,
                                      s->user ? s->user : "", s->be_cand, SESS_BE_CANDIDATES);
     apply_route(s);
+    if (apply_lookup(s))
+        return;
     if (s->be_ncand == 0) {
         sess_log(s, LOG_ERROR, "event=backend_error error=\"no backend available\"");
         sess_set_state(s, SESS_BACKEND);

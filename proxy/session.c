@@ -10,10 +10,13 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "addrcap.h"
@@ -21,11 +24,37 @@
 #include "metrics.h"
 #include "proxy_proto.h"
 #include "sess_event.h"
+#include "sess_lookup.h"
 #include "sess_policy.h"
 #include "tls.h"
 #include "worker.h"
 
 static _Atomic uint64_t next_session_id = 1;
+
+/* One id per session, the same in every log line (sess=), in the Redis registry (what
+ * `portcullis-ctl sessions` lists and `kick` takes) and at the backend (IMAP ID
+ * x-session-ext-id, XCLIENT SESSION=): S-<process>-<n>. <process> is 32 random bits drawn once
+ * per process, so ids stay unique across the instances and restarts that share one Redis (the
+ * registry keys on them); <n> counts this process's sessions, so a log read in order still
+ * shows S-…-1, S-…-2. */
+static uint32_t process_tag;
+static pthread_once_t process_tag_once = PTHREAD_ONCE_INIT;
+
+static void process_tag_init(void)
+{
+    if (getrandom(&process_tag, sizeof process_tag, 0) != (ssize_t)sizeof process_tag) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        process_tag = (uint32_t)ts.tv_nsec ^ (uint32_t)ts.tv_sec ^ ((uint32_t)getpid() << 16);
+    }
+}
+
+static void sess_id_init(struct session *s)
+{
+    pthread_once(&process_tag_once, process_tag_init);
+    s->id = atomic_fetch_add(&next_session_id, 1);
+    snprintf(s->sid, sizeof s->sid, "S-%08x-%llu", process_tag, (unsigned long long)s->id);
+}
 
 static void client_handler(struct conn *c, int events);
 static void backend_handler(struct conn *c, int events);
@@ -43,10 +72,10 @@ void sess_log(struct session *s, enum log_level lvl, const char *fmt, ...)
     char uq[300], client[LOG_HOSTPORT_MAX];
     log_hostport(client, sizeof client, s->client_ip, s->client_port);
     if (s->user)
-        log_write(lvl, "sess=S-%llu client=%s user=%s %s", (unsigned long long)s->id, client,
+        log_write(lvl, "sess=%s client=%s user=%s %s", s->sid[0] ? s->sid : "-", client,
                   log_qs(uq, sizeof uq, s->user), msg);
     else
-        log_write(lvl, "sess=S-%llu client=%s %s", (unsigned long long)s->id, client, msg);
+        log_write(lvl, "sess=%s client=%s %s", s->sid[0] ? s->sid : "-", client, msg);
 }
 
 void sess_set_state(struct session *s, enum sess_state st)
@@ -190,7 +219,7 @@ bool sess_accept(struct worker *w, int fd, const struct cfg_listener *l, struct 
         close(fd);
         return false;
     }
-    s->id = atomic_fetch_add(&next_session_id, 1);
+    sess_id_init(s);
     s->worker = w;
     s->rt = rt_ref(rt);
     s->cfg = rt->cfg;
@@ -327,6 +356,15 @@ void sess_pump(struct session *s)
         conn_update(&s->backend);
 }
 
+void sess_forget_user(struct session *s)
+{
+    if (!s->user)
+        return;
+    free(s->failed_user);
+    s->failed_user = s->user;
+    s->user = NULL;
+}
+
 void sess_close(struct session *s, const char *reason)
 {
     if (s->closing)
@@ -353,30 +391,36 @@ void sess_close(struct session *s, const char *reason)
         s->addr_counted = false;
     }
     int mp = s->listener->protocol == CFG_PROTO_POP3;
+    double dur = ev_now(s->worker->loop) - s->started;
     atomic_fetch_add(&metrics.sessions_closed[mp], 1);
+    metrics_observe_session(s->worker->id, s->listener->protocol, dur);
     if (s->logged_in) {
         atomic_fetch_add(&metrics.bytes_to_client[mp], s->client.bytes_out);
         atomic_fetch_add(&metrics.bytes_to_backend[mp], s->backend.bytes_out);
     }
     struct ev_loop *loop = s->worker->loop;
     ev_timer_stop(loop, &s->timer);
-    double dur = ev_now(loop) - s->started;
+    if (!s->user && s->failed_user) { /* the close line of a session whose login failed */
+        s->user = s->failed_user;
+        s->failed_user = NULL;
+    }
     sess_log(s, LOG_INFO,
-             "event=close reason=\"%s\" duration=%.3f bytes_in=%llu bytes_out=%llu "
+             "event=close reason=%s duration=%.3f bytes_in=%llu bytes_out=%llu "
              "backend=%s backend_bytes_in=%llu backend_bytes_out=%llu scans=%u blocked=%u",
-             reason ? reason : "?", dur, (unsigned long long)s->client.bytes_in,
+             LOG_QS(reason ? reason : "?"), dur, (unsigned long long)s->client.bytes_in,
              (unsigned long long)s->client.bytes_out, s->be ? s->be->name : "-",
              (unsigned long long)s->backend.bytes_in, (unsigned long long)s->backend.bytes_out,
              s->scans, s->blocked);
     conn_close(&s->client);
     backend_dial_cancel(&s->dial);
     conn_close(&s->backend);
+    sess_lookup_close(s); /* after the dial: it may hold a dynamic backend (issue 17) */
     buf_free(&s->up);
     buf_free(&s->down);
-    if (s->user) {
-        free(s->user);
-        s->user = NULL;
-    }
+    free(s->user);
+    s->user = NULL;
+    free(s->failed_user);
+    s->failed_user = NULL;
     rt_unref(&s->rt);
     s->cfg = NULL;
     worker_bury_session(s->worker, s);
@@ -417,6 +461,7 @@ void sess_free(struct session *s)
      * after a command that closed). */
     if (s->proto && s->pstate)
         s->proto->destroy(s);
+    sess_lookup_free(s);
     free(s);
 }
 

@@ -40,7 +40,8 @@
 #include "runtime.h"
 
 struct worker;
-struct sess_pol; /* sess_policy.c */
+struct sess_pol;    /* sess_policy.c */
+struct sess_lookup; /* sess_lookup.c */
 
 /* Backends tried per login: the user's first choice, then one failover. */
 #define SESS_BE_CANDIDATES 2
@@ -60,8 +61,12 @@ enum sess_state {
     SESS_CLOSING,       /* flushing the last words to the client, then close */
 };
 
+/* "S-" + 8 hex digits + "-" + a 64-bit counter + NUL */
+#define SESS_ID_MAX 32
+
 struct session {
     uint64_t id;
+    char sid[SESS_ID_MAX]; /* S-<process>-<id>: the one id of logs, registry and backend */
     struct worker *worker;
     struct rt *rt;                       /* reference held for the whole session */
     const struct config *cfg;            /* rt->cfg */
@@ -97,8 +102,10 @@ struct session {
     uint16_t client_port;
     struct sockaddr_storage client_sa;
     struct sockaddr_storage local_sa;
-    char *user;      /* owned, NUL-terminated, set at login */
-    bool client_tls; /* the client side is encrypted */
+    char *user;        /* owned, NUL-terminated, set at login */
+    char *failed_user; /* owned or NULL: the user of the last login that failed or was refused
+                          (sess_forget_user), named on the close line */
+    bool client_tls;   /* the client side is encrypted */
     bool closing;
     bool logged_in;
     const char *close_reason;
@@ -115,6 +122,7 @@ struct session {
     bool proxy_hdr_pending;
 
     struct sess_pol *pol;        /* owned by sess_policy.c: login check, registry entry */
+    struct sess_lookup *lookup;  /* owned by sess_lookup.c: routing lookup (issue 17) */
     struct session *prev, *next; /* worker's list */
 };
 
@@ -124,6 +132,9 @@ bool sess_accept(struct worker *w, int fd, const struct cfg_listener *l, struct 
 void sess_set_state(struct session *s, enum sess_state st);
 /* End the session: stops I/O now, frees later. `reason` is static text for the summary line. */
 void sess_close(struct session *s, const char *reason);
+/* A login failed or was refused: s->user is cleared (the dialogue goes on as before login),
+ * and kept as failed_user, so the session's close line still says who tried. */
+void sess_forget_user(struct session *s);
 /* Shutdown: end the session at its next idle point (pre-auth ones at once, with a BYE). */
 void sess_drain(struct session *s);
 void sess_drain_check(struct session *s);
@@ -150,6 +161,9 @@ void sess_set_idle(struct session *s, double secs);
  * reaches the protocol as backend_event(s, SESS_EV_DIALED), never before this returns; on
  * success the login deadline (backend_login_timeout, counted from the TCP connect) is armed. */
 void sess_backend_connect(struct session *s);
+/* The pool member of this session's protocol that `name` designates (a backend name of either
+ * protocol, or a server), or -1 (sess_route.c). */
+int sess_route_pool_index(const struct session *s, const char *name);
 /* sess_route.c: start TLS on the connected backend now (after the login script's STARTTLS/STLS
  * was accepted), verifying it as configured; the outcome arrives as SESS_EV_DIALED. */
 void sess_backend_start_tls(struct session *s);

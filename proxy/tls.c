@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <arpa/inet.h>
 
 #define TICKET_REC  80
@@ -37,6 +38,7 @@ struct sni_entry {
 struct tls_server {
     SSL_CTX **ctx; /* ctx[0] default */
     size_t nctx;
+    struct tls_cert_info *info; /* [i] for ctx[i], read at build time for /metrics */
     struct sni_entry *names;
     size_t nnames;
     struct ticket_key keys[TICKET_MAXK];
@@ -224,6 +226,40 @@ static bool load_ticket_keys(struct tls_server *ts, const char *path, char **err
     return true;
 }
 
+/* Expiry of what a client gets from this context: the earliest notAfter of the leaf and the
+ * chain in its file (an intermediate that expires first breaks clients just the same). Read
+ * here, once per load/reload, so a scrape costs nothing and shows the certificate in use, not
+ * the file on disk. */
+static void cert_info(SSL_CTX *ctx, const char *file, struct tls_cert_info *out)
+{
+    out->file = file;
+    out->subject[0] = '\0';
+    out->not_after = 0;
+    X509 *leaf = SSL_CTX_get0_certificate(ctx);
+    if (!leaf)
+        return;
+    BIO *b = BIO_new(BIO_s_mem());
+    if (b) {
+        if (X509_NAME_print_ex(b, X509_get_subject_name(leaf), 0, XN_FLAG_RFC2253) >= 0) {
+            int n = BIO_read(b, out->subject, (int)sizeof out->subject - 1);
+            out->subject[n > 0 ? n : 0] = '\0';
+        }
+        BIO_free(b);
+    }
+    STACK_OF(X509) *chain = NULL;
+    SSL_CTX_get0_chain_certs(ctx, &chain);
+    int nchain = chain ? sk_X509_num(chain) : 0; /* sk_X509_num(NULL) is -1 */
+    for (int i = -1; i < nchain; i++) {
+        const ASN1_TIME *t = X509_get0_notAfter(i < 0 ? leaf : sk_X509_value(chain, i));
+        struct tm tm;
+        if (!t || ASN1_TIME_to_tm(t, &tm) != 1)
+            continue;
+        int64_t when = (int64_t)timegm(&tm);
+        if (out->not_after == 0 || when < out->not_after)
+            out->not_after = when;
+    }
+}
+
 static SSL_CTX *server_ctx(const struct cfg_tls *cfg, const struct cfg_cert *cert, char **error_r)
 {
     SSL_CTX *x = SSL_CTX_new(TLS_server_method());
@@ -273,12 +309,14 @@ struct tls_server *tls_server_new(const struct cfg_tls *cfg, char **error_r)
         return NULL;
     }
     ts->ctx = calloc(cfg->ncerts, sizeof *ts->ctx);
-    if (!ts->ctx)
+    ts->info = calloc(cfg->ncerts, sizeof *ts->info);
+    if (!ts->ctx || !ts->info)
         goto fail;
     for (size_t i = 0; i < cfg->ncerts; i++) {
         ts->ctx[i] = server_ctx(cfg, &cfg->certs[i], error_r);
         if (!ts->ctx[i])
             goto fail;
+        cert_info(ts->ctx[i], cfg->certs[i].cert, &ts->info[i]);
         ts->nctx++;
         SSL_CTX_set_ex_data(ts->ctx[i], ts_index, ts);
         if (!collect_names(ts, ts->ctx[i]))
@@ -307,12 +345,19 @@ void tls_server_free(struct tls_server **tsp)
     for (size_t i = 0; i < ts->nctx; i++)
         SSL_CTX_free(ts->ctx[i]);
     free(ts->ctx);
+    free(ts->info);
     for (size_t i = 0; i < ts->nnames; i++)
         free(ts->names[i].name);
     free(ts->names);
     OPENSSL_cleanse(ts->keys, sizeof ts->keys);
     free(ts);
     *tsp = NULL;
+}
+
+size_t tls_server_certs(const struct tls_server *ts, const struct tls_cert_info **info_r)
+{
+    *info_r = ts ? ts->info : NULL;
+    return ts ? ts->nctx : 0;
 }
 
 SSL *tls_server_ssl(struct tls_server *ts)

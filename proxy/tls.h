@@ -19,6 +19,7 @@
 
 #include <openssl/ssl.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "config.h"
 
@@ -27,6 +28,17 @@ struct tls_server;
 /* Build the server contexts. Returns NULL and a malloc'd *error_r on failure. */
 struct tls_server *tls_server_new(const struct cfg_tls *cfg, char **error_r);
 void tls_server_free(struct tls_server **ts);
+/* One served certificate as loaded (for /metrics): its file (the config's string, valid while
+ * the snapshot is), the leaf's subject (RFC 2253) and the earliest notAfter of the leaf and its
+ * chain, in seconds since the epoch (0: unreadable). */
+struct tls_cert_info {
+    const char *file;
+    char subject[256];
+    int64_t not_after;
+};
+/* The certificates of `ts` in configuration order (0 and NULL for NULL). */
+size_t tls_server_certs(const struct tls_server *ts, const struct tls_cert_info **info_r);
+
 /* New server-side SSL object on the default context (SNI may switch it during the handshake). */
 SSL *tls_server_ssl(struct tls_server *ts);
 

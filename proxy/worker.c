@@ -25,6 +25,7 @@
 #include "runtime.h"
 #include "session.h"
 #include "sess_event.h"
+#include "sess_lookup.h"
 #include "sess_policy.h"
 
 atomic_uint worker_connections;
@@ -58,8 +59,8 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                log_write(LOG_ERROR, "event=accept_paused worker=%d error=\"%s\"", w->id,
-                          strerror(errno));
+                log_write(LOG_ERROR, "event=accept_paused worker=%d error=%s", w->id,
+                          LOG_QS(strerror(errno)));
                 set_listeners(w, false);
                 ev_timer_set(&w->accept_retry, 0.1, 0.);
                 ev_timer_start(w->loop, &w->accept_retry);
@@ -288,6 +289,7 @@ static void *worker_main(void *arg)
     reap_cb(w->loop, &w->reap, 0);
     msgscan_worker_stop(w); /* after the sessions: their scan requests are cancelled */
     sess_policy_worker_stop(w);
+    sess_lookup_worker_stop(w);
     return NULL;
 }
 

@@ -15,6 +15,7 @@
 struct session;
 struct policy;
 struct msgscan_worker;
+struct route_chain;
 
 struct worker_listener {
     ev_io io;
@@ -38,6 +39,7 @@ struct worker {
     atomic_bool stop;
     struct policy *policy;       /* owned: Redis connections and local limits (sess_policy.c) */
     struct msgscan_worker *scan; /* owned (msgscan.c): pool client, verdict cache; NULL = off */
+    struct route_chain *route;   /* owned (sess_lookup.c): routing lookups, NULL until used */
     atomic_bool drain; /* shutdown requested: stop accepting, end sessions at idle points */
     bool draining;     /* (worker thread) drain started */
 };

@@ -383,12 +383,54 @@ static bool load_canary(struct cav *c, struct cl_engine *e, unsigned *sigs, char
     return true;
 }
 
+/* Is `name` a signature database libclamav loads from a directory? (libclamav's CLI_DBEXT list;
+ * .info, .cfg and .ign files alone hold no signatures.) */
+static bool is_db_file(const char *name)
+{
+    static const char *const ext[] = {
+        "cvd", "cld", "cud", "hdb", "hsb", "hdu", "hsu", "mdb",  "msb",  "mdu", "msu",
+        "ndb", "ndu", "ldb", "ldu", "sdb", "zmd", "rmd", "idb",  "fp",   "sfp", "gdb",
+        "pdb", "wdb", "cdb", "crb", "cat", "ftm", "yar", "yara", "pwdb", "imp", "cbc"};
+    const char *dot = strrchr(name, '.');
+    if (!dot || dot == name)
+        return false;
+    for (size_t i = 0; i < sizeof ext / sizeof ext[0]; i++)
+        if (strcmp(dot + 1, ext[i]) == 0)
+            return true;
+    return false;
+}
+
+/* A directory without one signature file: cl_load() would only say "Can't open file or
+ * directory" about a directory that is there. Say what is missing and where it comes from. */
+static bool has_db_files(const char *dir, char **error_r)
+{
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        return true; /* a single file, or an error db_fingerprint reported */
+    DIR *d = opendir(dir);
+    if (!d) {
+        *error_r = errorf("scan.database_dir %s: %s", dir, strerror(errno));
+        return false;
+    }
+    bool found = false;
+    struct dirent *de;
+    while (!found && (de = readdir(d)) != NULL)
+        found = de->d_name[0] != '.' && is_db_file(de->d_name);
+    closedir(d);
+    if (!found)
+        *error_r = errorf("scan.database_dir %s holds no signature files (.cvd, .cld, .ndb, .hdb, "
+                          "…): run freshclam (package clamav-freshclam) to download the ClamAV "
+                          "databases, or turn scanning off (scan.enabled: false)",
+                          dir);
+    return found;
+}
+
 /* Build and compile an engine. Blocking (seconds to minutes with the official databases). */
 static struct cl_engine *engine_build(struct cav *c, const struct scan_options *o, char *version_r,
                                       size_t cap, char **error_r)
 {
     char fp[13];
-    if (!db_fingerprint(o->database_dir, fp, error_r))
+    if (!db_fingerprint(o->database_dir, fp, error_r) || !has_db_files(o->database_dir, error_r))
         return NULL;
     struct cl_engine *e = cl_engine_new();
     if (!e) {
@@ -413,11 +455,16 @@ static struct cl_engine *engine_build(struct cav *c, const struct scan_options *
     if (ok) {
         cl_error_t rc = cl_load(o->database_dir, e, &sigs, CL_DB_STDOPT);
         if (rc != CL_SUCCESS) {
-            *error_r = errorf("cl_load(%s): %s", o->database_dir, cl_strerror(rc));
+            *error_r = errorf("scan.database_dir %s: the signatures cannot be loaded: %s (a "
+                              "damaged or partial download? run freshclam again)",
+                              o->database_dir, cl_strerror(rc));
             ok = false;
         } else if (sigs == 0) {
             /* An engine without signatures would call everything clean. */
-            *error_r = errorf("cl_load(%s): no signatures found", o->database_dir);
+            *error_r = errorf("scan.database_dir %s: no signatures found in its files: run "
+                              "freshclam (package clamav-freshclam) to download the ClamAV "
+                              "databases",
+                              o->database_dir);
             ok = false;
         }
     }

@@ -4,6 +4,8 @@ backend alone, on loopback, with the C load generator build/pcbench (issue 8).
 
     python3 tests/bench/bench.py [--build build] [--only login,fetch,...] [--no-docs]
     BENCH_QUICK=1 ...     one repetition, short runs, small idle counts (~2 minutes)
+    BENCH_REDIS=1 ...     Portcullis with a redis-server (policy + registry); its CPU is counted
+                          with the proxy's (issue 19: a deployment pays for it)
     BENCH_SCAN_NICE=n ... the scan scenario with scan.thread_nice n (default: the config's, 5)
 
 What runs (all servers on 127.0.0.1, free ports, the same ECDSA P-256 certificate):
@@ -245,6 +247,14 @@ class Portcullis(Server):
             over["scan"] = {"enabled": True, "database_dir": str(scan_db), "threads": 2}
             if os.environ.get("BENCH_SCAN_NICE"):  # A/B of scan.thread_nice
                 over["scan"]["thread_nice"] = int(os.environ["BENCH_SCAN_NICE"])
+        self.redis = None
+        if os.environ.get("BENCH_REDIS"):
+            # Issue 19: a deployment pays for redis-server too. Its CPU is counted with the
+            # proxy's (pids()); limits high enough never to refuse, so every script runs whole.
+            self.redis = mailenv.Redis().start(Path(workdir) / "redis")
+            over["redis"] = {"host": mailenv.LOCAL, "port": self.redis.port}
+            over["policy"] = {"user_login_burst": 100000, "addr_login_burst": 100000,
+                              "user_max_sessions": 100000, "addr_max_sessions": 1000000}
         cfg = mailenv.proxy_config(certs, backends=backends, overrides=over)
         if not pop3_be:
             cfg["listeners"] = [l for l in cfg["listeners"] if l["protocol"] == "imap"]
@@ -256,12 +266,18 @@ class Portcullis(Server):
         return self
 
     def pids(self) -> list[int]:
-        return [self.pid] if self.pid and mailenv.pid_alive(self.pid) else []
+        out = [self.pid] if self.pid and mailenv.pid_alive(self.pid) else []
+        if getattr(self, "redis", None) and self.redis.pid:
+            out.append(self.redis.pid)
+        return out
 
     def stop(self) -> None:
         if self.pid:
             self.px.stop(10)
             self.pid = None
+        if getattr(self, "redis", None):
+            self.redis.stop()
+            self.redis = None
 
 
 class StandIn(Server):

@@ -5,8 +5,9 @@
 # Each target starts from its checked-in seeds tests/fuzz/corpus/<name>, copied into the scratch
 # corpus build/fuzz/corpus-work/<name> (new inputs land there, never in git), with the
 # dictionary tests/fuzz/<proto>.dict when one exists (imap.dict for fuzz_imap_*, pop3.dict for
-# fuzz_pop3*, backend_login.dict for fuzz_backend_login, ldap.dict for fuzz_ldap*). Crash/leak/timeout reproducers go to
-# build/fuzz/artifacts/<name>/.
+# fuzz_pop3*, backend_login.dict for fuzz_backend_login, authhttp.dict for fuzz_authhttp,
+# ldap.dict for fuzz_ldap*).
+# Crash/leak/timeout reproducers go to build/fuzz/artifacts/<name>/.
 # Prints one summary line per target; exits non-zero if any target failed, naming it.
 # FUZZ_BUILD=dir uses targets (and scratch dirs) under dir instead of build/fuzz.
 set -u
@@ -47,6 +48,7 @@ fuzz_one() {
     fuzz_imap_*) dict=tests/fuzz/imap.dict ;;
     fuzz_pop3*) dict=tests/fuzz/pop3.dict ;;
     fuzz_backend_login) dict=tests/fuzz/backend_login.dict ;;
+    fuzz_authhttp) dict=tests/fuzz/authhttp.dict ;;
     fuzz_ldap*) dict=tests/fuzz/ldap.dict ;;
     esac
     local args=(-max_total_time="$secs" -timeout=25 -rss_limit_mb=2048 -print_final_stats=1

@@ -1182,6 +1182,25 @@ class Proxy:
         finally:
             c.close()
 
+    def wait_healthy(self, timeout: float = 10.0) -> None:
+        """Wait until GET /healthz answers 200 (listeners bound, workers started, the scan
+        engine loaded): readiness without connecting to a listener, so a TLS listener sees no
+        half-open probe (start(wait=False) first). Fails early if the process exits."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise EnvError(f"portcullis exited with status {self.proc.returncode} before it "
+                               f"was healthy; log tail:\n{log_tail(self.log_path)}")
+            try:
+                if self.http_get("/healthz", timeout=1.0)[0] == 200:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise EnvError(f"portcullis: /healthz not 200 after {timeout:.0f}s; log tail:\n"
+                               f"{log_tail(self.log_path)}")
+            time.sleep(0.05)
+
     # ---- waiting for observable state (instead of sleeping)
     def log_mark(self) -> int:
         """The log's current length: pass it as wait_log(after=) to see only later lines."""
@@ -1248,6 +1267,28 @@ class Proxy:
 
 DEMO_USERS = {"demo": "demo", "demo2": "demo2pw"}
 DEMO_PORTS = {"imaps": 10993, "imap": 10143, "pop3s": 10995, "pop3": 10110}
+DEMO_ADMIN_PORT = 10190
+DEMO_MESSAGES = 20  # generated messages in demo's INBOX; the EICAR test message comes after
+
+
+def demo_proxy_config(d: Path, certs: Certs, dv: Dovecot, r: "Redis", ports: dict[str, int],
+                      admin_port: int) -> dict:
+    """The demo's proxy: the test config with what a deployment turns on — the login policy at
+    its defaults and the session registry in the demo's Redis, scanning with the generated
+    EICAR test signature — and the admin listener on a known port."""
+    import malware  # beside this file; only the demo needs it here
+    db = d / "signatures"
+    malware.write_db(str(db))
+    scan_tmp = make_workdir(d / "scan-tmp")
+    return proxy_config(certs, dv, ports=ports, overrides={
+        "instance": "demo",
+        "log": {"level": "info"},
+        "policy": None,  # defaults: rate limits, lock-out, session caps
+        "redis": {"host": LOCAL, "port": r.port, "prefix": "demo:"},
+        "scan": {"enabled": True, "database_dir": str(db), "threads": 1,
+                 "tmpdir": str(scan_tmp)},
+        "admin": {"bind": f"{LOCAL}:{admin_port}"},
+    })
 
 
 def _demo_state(d: Path) -> dict:
@@ -1310,8 +1351,13 @@ def demo_start(dir: str, no_proxy: bool = False) -> int:
                              key=certs.backend_key)
         state["dovecot"] = {"pid": dv.pid, "ports": dv.ports, "exe": ["dovecot"]}
         save()
+        import malware
         for i, u in enumerate(DEMO_USERS):
-            dv.deliver(u, gen_messages(20 if i == 0 else 5, seed=100 + i, to=f"{u}@example.test"))
+            msgs = gen_messages(DEMO_MESSAGES if i == 0 else 5, seed=100 + i,
+                                to=f"{u}@example.test")
+            if i == 0:  # UID DEMO_MESSAGES + 1: what the scanner blocks
+                msgs.append(malware.MESSAGES["plain"].data)
+            dv.deliver(u, msgs)
     except Exception as e:
         print(f"demo: {e}", file=sys.stderr)
         _demo_stop_pids(state)
@@ -1319,13 +1365,16 @@ def demo_start(dir: str, no_proxy: bool = False) -> int:
         return 1
 
     ports = {k: (v if port_is_free(v) else free_port()) for k, v in DEMO_PORTS.items()}
+    admin_port = DEMO_ADMIN_PORT if port_is_free(DEMO_ADMIN_PORT) else free_port()
     proxy_ports = None
     if not no_proxy:
-        cfg = proxy_config(certs, dv, ports=ports,
-                           overrides={"instance": "demo", "log": {"level": "info"}})
+        cfg = demo_proxy_config(d, certs, dv, r, ports, admin_port)
         px = Proxy()
         try:
-            px.start(d / "proxy", cfg, binary=binary)
+            # Ready when /healthz says so: a TCP probe of the implicit-TLS ports would show up
+            # as failed handshakes (event=tls_failed) in the demo's log and metrics.
+            px.start(d / "proxy", cfg, binary=binary, wait=False)
+            px.wait_healthy(timeout=20)
         except EnvError as e:
             print(f"demo: Portcullis failed to start: {e}", file=sys.stderr)
             for line in _demo_stop_pids(state):
@@ -1334,7 +1383,8 @@ def demo_start(dir: str, no_proxy: bool = False) -> int:
             return 1
         exe = Path(binary).name
         state["proxy"] = {"pid": px.pid, "ports": px.ports, "exe": [exe, "portcullis"],
-                          "log": str(px.log_path), "config": str(px.config_path)}
+                          "admin_port": admin_port, "log": str(px.log_path),
+                          "config": str(px.config_path)}
         save()
         proxy_ports = px.ports
 
@@ -1353,12 +1403,22 @@ def demo_start(dir: str, no_proxy: bool = False) -> int:
         print(f'  curl --cacert {ca} "imaps://127.0.0.1:{p["imaps"]}/INBOX" -u demo:demo')
         print(f'  curl --cacert {ca} "imaps://127.0.0.1:{p["imaps"]}/INBOX?ALL" -u demo:demo')
         print(f'  curl --cacert {ca} "imaps://127.0.0.1:{p["imaps"]}/INBOX;UID=1" -u demo:demo')
+        print(f"Message {DEMO_MESSAGES + 1} carries the EICAR test string: you get Portcullis' "
+              "notice instead:")
+        print(f'  curl --cacert {ca} "imaps://127.0.0.1:{p["imaps"]}/INBOX;UID={DEMO_MESSAGES + 1}"'
+              ' -u demo:demo')
+        print(f'  curl --cacert {ca} "pop3s://127.0.0.1:{p["pop3s"]}/{DEMO_MESSAGES + 1}" '
+              '-u demo:demo')
+        print("Other commands:")
         print(f'  curl --cacert {ca} --ssl-reqd "imap://127.0.0.1:{p["imap"]}/INBOX?ALL" '
               '-u demo:demo')
         print(f'  curl --cacert {ca} "pop3s://127.0.0.1:{p["pop3s"]}/" -u demo:demo')
         print(f'  curl --cacert {ca} "pop3s://127.0.0.1:{p["pop3s"]}/1" -u demo:demo')
         print(f'  curl --cacert {ca} --ssl-reqd "pop3://127.0.0.1:{p["pop3"]}/" -u demo:demo')
         print(f'  openssl s_client -quiet -CAfile {ca} -connect 127.0.0.1:{p["imaps"]}')
+        print(f"  Admin: curl http://127.0.0.1:{admin_port}/metrics  (and /healthz); "
+              f"live sessions: redis-cli -p {r.port} --scan --pattern 'demo:sess:*'")
+        print(f"  Log: tail -f {rel}/proxy/portcullis.log")
     else:
         print("  Portcullis: not started (--no-proxy); Dovecot directly:")
         print(f'  curl --cacert {ca} "imaps://127.0.0.1:{dv.ports["imaps"]}/INBOX" -u demo:demo')

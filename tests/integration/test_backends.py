@@ -423,23 +423,40 @@ def test_route_override_and_affinity(proxy_factory, pool, certs, redis):
 
 
 def test_ctl_drain(proxy_factory, pool, certs, redis):
+    """`portcullis-ctl drain` takes a backend out for new sessions on every instance within the
+    documented time (policy.drain_poll), also for a user whose recent affinity (aff:{user})
+    points there."""
     import uuid
     pfx = "d" + uuid.uuid4().hex[:6] + ":"
-    px = proxy_factory(backends=backends_for(pool), **redis_overrides(redis, pfx,
-                                                                     affinity_ttl="0s"))
+    over = redis_overrides(redis, pfx, affinity_ttl="60s", drain_poll="500ms")
+    px = proxy_factory(backends=backends_for(pool), **over)
+    px2 = proxy_factory(backends=backends_for(pool), **over)
     redis_ready(px)
+    redis_ready(px2)
     user = next(u for u in USERS if which_backend(px, certs, u) == "dv2")
     live = imaplib.IMAP4_SSL(mailenv.LOCAL, px.port("imaps"),
                              ssl_context=mailenv.ssl_context(certs.ca), timeout=15)
     live.login(user, USERS[user])
+    marks = (px.log_mark(), px2.log_mark())
+    t0 = time.monotonic()
     ctl(px, "drain", "dv2")
     ctl(px, "drain", "dv2-pop3")
-    px.wait_log("event=backend_drained backend=dv2 ")
+    for p, mark in zip((px, px2), marks):
+        p.wait_log("event=backend_drained backend=dv2 ", timeout=5, after=mark)
+    assert time.monotonic() - t0 < 1.5  # within drain_poll (+ ctl and log latency), everywhere
     assert "dv2" in ctl(px, "drain")
     assert subject_backend(live) == "dv2"  # the live session goes on
     live.logout()
-    assert which_backend(px, certs, user) in ("dv0", "dv1")
+    clients.wait_for(lambda: not sess_keys(redis, pfx, user), what="the session unregistered")
+    assert affinity(redis, pfx, user) == "dv2"  # a recent affinity to the drained backend ...
+    for p in (px, px2):  # ... is not followed, on either instance
+        moved = which_backend(p, certs, user)
+        assert moved in ("dv0", "dv1")
+    assert "event=route_ignored kind=recent_session backend=dv2 reason=draining" in px.log()
     ctl(px, "undrain", "dv2")
     ctl(px, "undrain", "dv2-pop3")
     px.wait_log("event=backend_undrained backend=dv2 ")
+    # the user now lives on `moved` (affinity follows the last session); without it, back home
+    assert which_backend(px, certs, user) == moved
+    redis.command("DEL", f"{pfx}aff:{{{user}}}")
     assert which_backend(px, certs, user) == "dv2"

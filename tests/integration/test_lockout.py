@@ -12,6 +12,7 @@ attempts through cannot hide them.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import threading
@@ -228,6 +229,9 @@ def test_redis_outage_process_wide_table_and_writeback(proxy_factory, certs, env
         assert mismatches(dovecot, "alice", mark) == 5
         log = px.log()
         assert "degraded=yes" in log
+        # the outage table's lock-out is logged like Redis's, naming who (issue 18)
+        assert re.search(r'event=lockout scope=user_network user="?alice"? '
+                         r'network=127\.0\.0\.2/32 duration_ms=\d+ source=local', log), log[-3000:]
         # Redis is back (empty, no persistence): the outage's counts are written back
         r = mailenv.Redis().start(rdir, port=port)
         rec_key = pfx + "fail:{alice}:ip:127.0.0.2/32"
@@ -245,3 +249,33 @@ def test_redis_outage_process_wide_table_and_writeback(proxy_factory, certs, env
         assert "degraded=yes" not in px.log()[mark2:]
     finally:
         r.stop()
+
+
+def test_backend_privacy_required_is_passed_on_and_never_counted(proxy_factory, dovecot_factory,
+                                                                 certs, redis):
+    """Issue 17 item 5: a real Dovecot with `ssl = required`, reached in plaintext, refuses even
+    the right password with NO [PRIVACYREQUIRED]. Six such logins must each get the backend's
+    own code (not AUTHENTICATIONFAILED) and leave the lock-out records untouched: before the
+    fix the fifth locked the user out."""
+    # The proxy connects from 127.0.0.1 to 127.0.0.3: not the same address and not a trusted
+    # network, so Dovecot does not count the connection as secured.
+    dv = dovecot_factory(extra_conf="ssl = required\nlogin_trusted_networks =\n",
+                         listen="127.0.0.1, 127.0.0.3")
+    backends = dv.backends(tls="none")
+    for b in backends:
+        b["host"] = "127.0.0.3"
+    pfx = prefix()
+    px = proxy_factory(dovecot=dv, backends=backends, **config(redis.port, pfx))
+    wait_for(lambda: redis_ups(px) >= 2, what="both workers connected to redis")
+    for _ in range(6):
+        out = login(px, certs, VICTIM_NET, "alice", USERS["alice"])
+        assert out.startswith(b"a NO [PRIVACYREQUIRED] "), out
+        assert b"Plaintext authentication disallowed" in out, out
+    assert redis.command("EXISTS", pfx + "fail:{alice}", pfx + "fail:{alice}:ip:127.0.0.1/32",
+                         pfx + "fail:{ip:127.0.0.1/32}") == 0
+    wait_for(lambda: not redis.command("ZCARD", pfx + "pend:{alice}:ip:127.0.0.1/32"),
+             what="reservations released")
+    log = px.log()
+    assert log.count("event=backend_login_refused code=PRIVACYREQUIRED counted=no") == 6
+    assert "Plaintext authentication disallowed" in log  # the backend's text, for the operator
+    assert "event=lockout" not in log

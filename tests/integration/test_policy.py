@@ -198,6 +198,23 @@ def test_lockout_across_instances_and_reset(proxy_factory, certs, redis):
     with pytest.raises(poplib.error_proto, match=r"SYS/TEMP"):
         pop3(b, certs, "Bob", USERS["bob"])  # user names compare case-insensitively
     assert "reason=locked_out scope=user_network" in b.log()
+    # issue 18: the logs say who. The lock-out names the user and the network ...
+    a.wait_log('event=lockout scope=user_network user="bob" network=127.0.0.1/32 duration_ms=')
+    # ... a failed login's reason is a token, the words are detail= ...
+    assert ('event=login_failed reason=credentials_refused detail="backend refused the '
+            'credentials"') in a.log()
+    # ... and the close line of a session whose login failed (a) or was refused (b) names the
+    # user who tried
+    for px, ev in ((a, "login_failed"), (b, "login_refused")):
+        log = px.log()
+        sids = set(re.findall(rf"sess=(S-[0-9a-f]+-\d+) [^\n]*event={ev} ", log))
+        assert sids, ev
+        for sid in sids:
+            close = re.search(rf"sess={sid} [^\n]*event=close [^\n]*", log)
+            assert close and re.search(r'user="[bB]ob"', close.group(0)), \
+                (ev, close and close.group(0))
+    # instance: is named where docs/configuration.md says
+    assert re.search(r"event=started [^\n]*instance=\"A\"", a.log())
     until = int(hgetall(redis, rec)["until"])
     wait_for(lambda: redis_ms(redis) > until, what="the lock-out's end")
     # the lock-out expired; three more failures: level 2, the lock doubles
@@ -468,16 +485,52 @@ def test_round_trips_per_login(proxy_factory, certs, redis, capsys):
     with capsys.disabled():
         print(f"\n[redis] per login: {command_names(login)}; per logout: "
               f"{command_names(logout)}")
-    # check (user + address scope) and the route lookup (override > live session > affinity),
-    # pipelined: one round trip before the backend login; then register (user script + address
-    # set) and the login's result (`ok` + ZREM of the address reservation), pipelined: one
-    # round trip, not waited for
-    assert command_names(login) == ["evalsha"] * 6 + ["zrem"]
-    # unregister: the close script + ZREM of the address set + the recent-affinity SET
-    # (aff:{user}, policy.affinity_ttl), pipelined
-    assert command_names(logout) == ["evalsha", "set", "zrem"]
+    # issue 19 item 1: the login script (both scopes' limits and lock-outs, the reservation and
+    # the route) before the backend login, then the session script (registration + the login's
+    # result: reservations released, network known) after it, not waited for; one script at
+    # logout (both session sets, the hash, the byte count, the recent affinity)
+    assert command_names(login) == ["evalsha"] * 2
+    assert command_names(logout) == ["evalsha"]
     for secret in USERS.values():
         assert secret.encode() not in b"".join(login + logout)
+
+
+def commandstats(redis) -> dict[str, int]:
+    text = redis.command("INFO", "commandstats")
+    text = text.decode() if isinstance(text, bytes) else text
+    return {m.group(1): int(m.group(2))
+            for m in re.finditer(r"cmdstat_([\w|]+):calls=(\d+)", text)}
+
+
+def test_redis_commands_per_login_and_logout(proxy_factory, certs, redis, capsys):
+    """Issue 19 item 1, counted by Redis itself (INFO commandstats) over 10 logins and
+    logouts, IMAP and POP3, from a non-exempt address: two EVALSHA per login (one waited for),
+    one per logout, nothing else."""
+    pfx = prefix()
+    px = proxy_factory(workers=1, **overrides(redis.port, pfx, heartbeat="60s",
+                                              session_ttl="120s"))
+    imap(px, certs, "alice").logout()  # connection warm, scripts loaded
+    wait_for(lambda: not keys(redis, pfx + "sess:*"), what="unregistration")
+    time.sleep(0.2)
+    before = commandstats(redis)
+    n = 10
+    for i in range(n // 2):
+        imap(px, certs, "alice").logout()
+        pop3(px, certs, "bob").quit()
+    wait_for(lambda: not keys(redis, pfx + "sess:*"), what="unregistration")
+    time.sleep(0.2)
+    after = commandstats(redis)
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    delta = {k: v for k, v in delta.items() if v}
+    with capsys.disabled():
+        print(f"\n[redis] commandstats over {n} logins + logouts: {delta}")
+    # top-level commands: EVALSHA only (INFO is this test's; SMEMBERS the 5 s drain poll)
+    assert delta.pop("evalsha") == 3 * n
+    scripted = {"zadd", "zrem", "zcard", "zscore", "zremrangebyscore", "zrangebyscore",
+                "zremrangebyrank", "hmget", "hset", "hget", "pexpire", "pttl", "del", "get",
+                "set", "time", "incrby", "info", "smembers", "exists", "scan"}
+    assert set(delta) <= scripted, delta
+    assert "eval" not in delta
 
 
 def test_no_password_in_redis_or_logs(proxy_factory, certs, redis):

@@ -125,3 +125,58 @@ def test_reload_under_load(proxy_factory, dovecot_factory, certs, env_tmp):
     assert b"X-Portcullis-Verdict: infected; signature=Portcullis.Test.ReloadUnderLoad" in got, \
         got[:400]
     assert malware.header_text(got, "Subject") == "marked on new"  # decoded: re-encoded by us
+
+
+def test_reload_names_what_it_did_not_apply(proxy_factory, certs):
+    """issue 18: a changed listener `bind` (restart-only) is not applied, and the log says so
+    key by key (event=reload_partial), not just event=reloaded."""
+    px = proxy_factory()
+    cfg = mailenv.deep_merge(px.config, {})
+    old_bind = cfg["listeners"][0]["bind"]
+    new_bind = f"{mailenv.LOCAL}:{mailenv.free_port()}"
+    cfg["listeners"][0]["bind"] = new_bind
+    cfg["workers"] = 3
+    px.config_path.write_text(mailenv.to_yaml(cfg))
+    mark = px.log_mark()
+    os.kill(px.pid, signal.SIGHUP)
+    px.wait_log("event=reloaded source=sighup", after=mark)
+    log = px.log()[mark:]
+    assert (f'event=reload_partial key=listeners[imaps].bind running="{old_bind}" '
+            f'file="{new_bind}"') in log, log
+    assert 'event=reload_partial key=workers running="2" file="3"' in log, log
+    # nothing else was restart-only and changed
+    assert log.count("event=reload_partial") == 2, log
+    m = imaplib.IMAP4_SSL(mailenv.LOCAL, px.port("imaps"),  # still the old address
+                          ssl_context=mailenv.ssl_context(certs.ca), timeout=15)
+    m.login("alice", "alicepw")
+    m.logout()
+
+
+def test_reload_reopens_log_file(proxy_factory, certs):
+    """issue 18: log.file takes effect on SIGHUP; SIGHUP after a rotation (logrotate's
+    postrotate) writes to a new file of the same name."""
+    px = proxy_factory()
+    target = px.workdir / "moved.log"
+    cfg = mailenv.deep_merge(px.config, {"log": {"file": str(target)}})
+    px.config_path.write_text(mailenv.to_yaml(cfg))
+    os.kill(px.pid, signal.SIGHUP)
+    clients.wait_for(lambda: target.exists() and "event=reloaded" in target.read_text(), 10,
+                     what="event=reloaded in the new log.file")
+    stderr_size = len(px.log())
+    m = imaplib.IMAP4_SSL(mailenv.LOCAL, px.port("imaps"),
+                          ssl_context=mailenv.ssl_context(certs.ca), timeout=15)
+    m.login("alice", "alicepw")
+    m.logout()
+    clients.wait_for(lambda: "event=close" in target.read_text(), 10, what="the session's lines")
+    assert "reload_partial" not in target.read_text()  # log.file is not restart-only
+    # Rotation: the file is renamed away, SIGHUP opens a new one under the configured name.
+    target.rename(px.workdir / "moved.log.1")
+    os.kill(px.pid, signal.SIGHUP)
+    clients.wait_for(lambda: target.exists() and "event=reloaded" in target.read_text(), 10,
+                     what="a new file after rotation")
+    assert "event=reloaded" in (px.workdir / "moved.log.1").read_text()
+    assert len(px.log()) == stderr_size  # nothing more went to the old destination
+    # Back to stderr, for the fixture's log checks.
+    px.config_path.write_text(mailenv.to_yaml(px.config))
+    os.kill(px.pid, signal.SIGHUP)
+    px.wait_log("event=reloaded", after=stderr_size)

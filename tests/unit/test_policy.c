@@ -160,7 +160,7 @@ static int lcheck(struct local_tab *t, const char *net, uint64_t now, enum local
 static void lfail(struct local_tab *t, const char *net, uint64_t now)
 {
     struct local_login k = {"victim", net, net};
-    local_login_done(t, &k, &model, now, LOCAL_FAILED, true);
+    local_login_done(t, &k, &model, now, LOCAL_FAILED, true, NULL);
 }
 
 static void test_local_pair_and_known(void **state)
@@ -171,7 +171,8 @@ static void test_local_pair_and_known(void **state)
     const char *home = "ip:198.51.100.7/32", *evil = "ip:203.0.113.9/32";
     /* the victim logs in from home: home becomes known */
     assert_int_equal(lcheck(t, home, 100, &sc), RL_OK);
-    local_login_done(t, &(struct local_login){"victim", home, home}, &model, 101, LOCAL_OK, true);
+    local_login_done(t, &(struct local_login){"victim", home, home}, &model, 101, LOCAL_OK, true,
+                     NULL);
     /* three failures from evil lock (victim, evil) only */
     for (int i = 0; i < 3; i++) {
         assert_int_equal(lcheck(t, evil, 200 + i, &sc), RL_OK);
@@ -180,7 +181,8 @@ static void test_local_pair_and_known(void **state)
     assert_int_equal(lcheck(t, evil, 300, &sc), RL_LOCKED);
     assert_int_equal(sc, LOCAL_SCOPE_PAIR);
     assert_int_equal(lcheck(t, home, 300, &sc), RL_OK);
-    local_login_done(t, &(struct local_login){"victim", home, home}, &model, 301, LOCAL_OK, true);
+    local_login_done(t, &(struct local_login){"victim", home, home}, &model, 301, LOCAL_OK, true,
+                     NULL);
     /* rotating networks: the ceiling (6) locks the user on unknown networks, never at home */
     char net[64];
     for (int i = 0; i < 3; i++) {
@@ -192,7 +194,7 @@ static void test_local_pair_and_known(void **state)
     assert_int_equal(sc, LOCAL_SCOPE_USER);
     assert_int_equal(lcheck(t, home, 500, &sc), RL_OK);
     local_login_done(t, &(struct local_login){"victim", home, home}, &model, 501, LOCAL_RELEASE,
-                     true);
+                     true, NULL);
     /* failures from home count against home's own record (3) */
     for (int i = 0; i < 3; i++) {
         assert_int_equal(lcheck(t, home, 600 + i, &sc), RL_OK);
@@ -217,7 +219,8 @@ static void test_local_reservation(void **state)
         ok += lcheck(t, n, 1000, &sc) == RL_OK;
     assert_int_equal(ok, 3);
     /* one comes back as released: one more may go */
-    local_login_done(t, &(struct local_login){"victim", n, n}, &model, 1001, LOCAL_RELEASE, true);
+    local_login_done(t, &(struct local_login){"victim", n, n}, &model, 1001, LOCAL_RELEASE, true,
+                     NULL);
     assert_int_equal(lcheck(t, n, 1002, &sc), RL_OK);
     assert_int_equal(lcheck(t, n, 1002, &sc), RL_LOCKED);
     /* reservations whose result never came expire after pend_ttl */
@@ -276,12 +279,12 @@ static void test_local_take(void **state)
     struct local_login k = {"victim", n, n};
     /* synced results are not written back */
     assert_int_equal(lcheck(t, n, 10, &sc), RL_OK);
-    local_login_done(t, &k, &model, 11, LOCAL_FAILED, true);
+    local_login_done(t, &k, &model, 11, LOCAL_FAILED, true, NULL);
     assert_int_equal(local_unsynced(t), 0);
     /* two failures Redis never saw, the second starts no lock-out yet (limit 3, one synced) */
     for (int i = 0; i < 2; i++) {
         assert_int_equal(lcheck(t, n, 20, &sc), RL_OK);
-        local_login_done(t, &k, &model, 21, LOCAL_FAILED, false);
+        local_login_done(t, &k, &model, 21, LOCAL_FAILED, false, NULL);
     }
     struct local_wb wb[8];
     size_t got = local_take(t, 30, wb, 8);
@@ -304,7 +307,7 @@ static void test_local_take(void **state)
     /* a lost answer (local_login_unsynced) and a success while Redis was away */
     local_login_unsynced(t, &(struct local_login){NULL, "", n}, 40, LOCAL_FAILED);
     assert_int_equal(local_unsynced(t), 0); /* no address record: nothing to mark */
-    local_login_done(t, &k, &model, 41, LOCAL_OK, false);
+    local_login_done(t, &k, &model, 41, LOCAL_OK, false, NULL);
     got = local_take(t, 42, wb, 8);
     assert_int_equal(got, 1);
     assert_int_equal(wb[0].kind, 'k');

@@ -110,26 +110,27 @@ static void test_refusals(void **state)
          "event=refused reason=starttls_after_login",
          LOG_INFO,
          false},
-        /* POP3 after login: the log names the answer, the counter the reason */
+        /* POP3 after login: reason= is the token (and the counter's label), answer= the words */
         {{.kind = SEV_REFUSED,
           .reason = SR_STARTTLS_AFTER_LOGIN,
           .answer = "TLS is already active.",
           .command = "STLS"},
-         "event=refused reason=\"TLS is already active.\" command=STLS",
+         "event=refused reason=starttls_after_login answer=\"TLS is already active.\" command=STLS",
          LOG_INFO,
          false},
         {{.kind = SEV_REFUSED,
           .reason = SR_ALREADY_LOGGED_IN,
           .answer = "Already logged in.",
           .command = "USER"},
-         "event=refused reason=\"Already logged in.\" command=USER",
+         "event=refused reason=already_logged_in answer=\"Already logged in.\" command=USER",
          LOG_INFO,
          false},
         {{.kind = SEV_REFUSED,
           .reason = SR_DOWNLOAD_LIMIT,
           .answer = "[SYS/TEMP] Download limit reached; try again later.",
           .command = "RETR"},
-         "event=refused reason=\"[SYS/TEMP] Download limit reached; try again later.\" "
+         "event=refused reason=download_limit answer=\"[SYS/TEMP] Download limit reached; try "
+         "again later.\" "
          "command=RETR",
          LOG_INFO,
          false},
@@ -138,7 +139,7 @@ static void test_refusals(void **state)
          LOG_INFO,
          false},
         {{.kind = SEV_REFUSED, .reason = SR_BAD_COMMAND, .answer = "Invalid command."},
-         "event=refused reason=\"Invalid command.\" command=-",
+         "event=refused reason=bad_command answer=\"Invalid command.\" command=-",
          LOG_INFO,
          false},
         {{.kind = SEV_REFUSED, .reason = SR_COMMAND_NOT_ALLOWED},
@@ -230,9 +231,22 @@ static void test_logins(void **state)
     expect_counts(&ok, CFG_PROTO_IMAP, ML_OK, NULL, false);
     expect_counts(&ok, CFG_PROTO_POP3, ML_OK, NULL, false);
 
+    /* issue 18: reason= is a token from a fixed set, the words go to detail= (quoted, escaped) */
     struct sess_event failed = {.kind = SEV_LOGIN_FAILED,
+                                .fail = SLF_CREDENTIALS_REFUSED,
                                 .text = "backend refused the credentials"};
-    expect_text(&failed, "event=login_failed reason=\"backend refused the credentials\"", LOG_INFO);
+    expect_text(&failed,
+                "event=login_failed reason=credentials_refused detail=\"backend refused the "
+                "credentials\"",
+                LOG_INFO);
+    struct sess_event mech = {
+        .kind = SEV_LOGIN_FAILED, .fail = SLF_MECHANISM_UNSUPPORTED, .text = "say \"no\" \\ here"};
+    expect_text(&mech,
+                "event=login_failed reason=mechanism_unsupported detail=\"say \\\"no\\\" "
+                "\\\\ here\"",
+                LOG_INFO);
+    assert_string_equal(sess_login_fail_name(SLF_CREDENTIALS_REFUSED), "credentials_refused");
+    assert_string_equal(sess_login_fail_name(SLF__COUNT), "credentials_refused");
     expect_counts(&failed, CFG_PROTO_IMAP, ML_AUTH_FAILED, NULL, false);
     expect_counts(&failed, CFG_PROTO_POP3, ML_AUTH_FAILED, NULL, false);
     /* the backend's words cannot move another counter, whatever they say */
@@ -241,6 +255,9 @@ static void test_logins(void **state)
 
     struct sess_event gone = {.kind = SEV_LOGIN_UNAVAILABLE, .text = "connect timed out"};
     expect_text(&gone, "event=login_failed reason=backend_unavailable detail=\"connect timed out\"",
+                LOG_WARN);
+    struct sess_event quoted = {.kind = SEV_LOGIN_UNAVAILABLE, .text = "a \"quote\""};
+    expect_text(&quoted, "event=login_failed reason=backend_unavailable detail=\"a \\\"quote\\\"\"",
                 LOG_WARN);
     expect_counts(&gone, CFG_PROTO_IMAP, ML_UNAVAILABLE, NULL, false);
     expect_counts(&gone, CFG_PROTO_POP3, ML_UNAVAILABLE, NULL, false);

@@ -1,0 +1,96 @@
+/*
+ * route_chain — the routing lookup chain (docs/routing.md): the sources of `routing.lookups`,
+ * asked in order for a user until one knows them, with a per-worker cache in front.
+ *
+ * A source is anything that can answer "where does this user live" asynchronously: the map
+ * file today (route_maps.h), LDAP and nginx-style auth_http next. It implements
+ * struct route_source_ops:
+ *   - start(src, query, now_r, cb, arg) either answers at once (returns NULL after filling
+ *     *now_r: the map file, a memory lookup) or returns a request handle and later calls
+ *     cb(arg, answer) exactly once, from the worker's loop, never from inside start();
+ *   - cancel(req) stops a pending request: its callback will not run.
+ * An answer is FOUND (a backend, optionally credentials to use toward it), NOT_FOUND (ask the
+ * next source) or ERROR (a reason: the chain stops there, so that a lower source — a `*`
+ * catch-all, say — never routes a user whose real source is down; routing.on_error decides).
+ *
+ * The chain bounds every asynchronous source with its lookup's `timeout` (an ERROR "timeout"
+ * after cancelling it). Answers of sources marked cacheable are kept per worker for
+ * routing.cache_ttl (not found: routing.negative_ttl); errors never are, nor answers with
+ * credentials. The map source is not cacheable: its table is a memory lookup already, and a
+ * SIGHUP must move users at once. Every map publish (route_maps_generation) flushes the cache.
+ *
+ * One chain per worker, for one configuration snapshot; everything runs on that worker's loop.
+ */
+#ifndef PORTCULLIS_ROUTE_CHAIN_H
+#define PORTCULLIS_ROUTE_CHAIN_H
+
+#include <ev.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "config.h"
+#include "route_map.h"
+
+enum route_status { ROUTE_FOUND, ROUTE_NOT_FOUND, ROUTE_ERROR };
+
+struct route_query {
+    const char *user;     /* as the client logged in */
+    enum cfg_proto proto; /* the listener's */
+    const char *client_ip;
+};
+
+/* Valid only during the callback (or until the next call on the chain for an answer given at
+ * once). */
+struct route_answer {
+    enum route_status status;
+    const char *source;                /* the lookup's name that answered ("" = none knew) */
+    const char *rule;                  /* FOUND / NOT_FOUND: which entry, for logs */
+    const struct route_target *target; /* FOUND: the backend (route_map.h, bound) */
+    const char *user, *pass;           /* FOUND: credentials toward the backend, or NULL */
+    const char *reason;                /* ERROR: for logs */
+    bool cached;                       /* came from the worker's cache */
+};
+
+typedef void route_answer_fn(void *arg, const struct route_answer *a);
+
+struct route_source;
+struct route_req; /* a source's pending lookup; defined by the source */
+
+struct route_source_ops {
+    const char *type;
+    bool cacheable;
+    struct route_req *(*start)(struct route_source *src, const struct route_query *q,
+                               struct route_answer *now_r, route_answer_fn *cb, void *arg);
+    void (*cancel)(struct route_req *req);
+    void (*free)(struct route_source *src);
+};
+
+struct route_source {
+    const struct route_source_ops *ops;
+    const struct cfg_lookup *conf; /* in the chain's configuration */
+    struct ev_loop *loop;
+};
+
+struct route_chain;
+struct route_chain_req;
+
+/* Build the chain of `cfg` (takes a reference) for a worker's loop. NULL: out of memory. */
+struct route_chain *route_chain_new(struct ev_loop *loop, struct config *cfg);
+/* Drop the worker's reference; the chain goes when its last pending request has ended. */
+void route_chain_release(struct route_chain **c);
+const struct config *route_chain_config(const struct route_chain *c);
+
+/* Look `q->user` up. Returns 1: answered now in *now_r (valid until the next call on the
+ * chain); 0: pending, *req_r set, cb(arg, answer) runs exactly once from the loop unless
+ * route_chain_cancel(); -1: out of memory. */
+int route_chain_lookup(struct route_chain *c, const struct route_query *q,
+                       struct route_answer *now_r, struct route_chain_req **req_r,
+                       route_answer_fn *cb, void *arg);
+/* Idempotent; NULLs *req. */
+void route_chain_cancel(struct route_chain_req **req);
+
+/* For tests (and the next sources): put a source of one's own at position `i` (replacing the
+ * one built from the configuration, which is freed). */
+void route_chain_set_source(struct route_chain *c, size_t i, struct route_source *src);
+
+#endif

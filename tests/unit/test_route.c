@@ -1,0 +1,534 @@
+/* Unit tests for the routing lookups (issue 17): the map-file parser and table (precedence,
+ * case folding, every error with FILE:LINE), binding targets to pool entries or host:port, the
+ * per-worker LRU cache (capacity, TTL), and the chain driven by a scripted asynchronous source
+ * on a real libev loop (answers from the loop, timeout, cancel, positive and negative caching,
+ * errors never cached, the map published by route_maps and swapped under the chain). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "config.h"
+#include "route_cache.h"
+#include "route_chain.h"
+#include "route_map.h"
+#include "route_maps.h"
+
+static const struct route_map_limits LIM = {
+    .max_size = 1 << 20, .max_entries = 100, .max_targets = 8, .fold_case = true};
+
+static struct route_map *parse(const char *text, const struct route_map_limits *lim, char **err)
+{
+    size_t n = strlen(text);
+    char *buf = malloc(n + 1);
+    assert_non_null(buf);
+    memcpy(buf, text, n + 1);
+    return route_map_parse(buf, n, "t.map", lim ? lim : &LIM, err);
+}
+
+static const char *lookup(const struct route_map *m, const char *user, const char **rule)
+{
+    const struct route_target *t = route_map_lookup(m, user, rule);
+    return t ? t->text : NULL;
+}
+
+/* ---- the map ----------------------------------------------------------------------------- */
+
+static void test_map_precedence(void **state)
+{
+    (void)state;
+    char *err = NULL;
+    struct route_map *m = parse("# comment\n"
+                                "\n"
+                                "alice@Example.COM   b1\r\n"
+                                "  @example.com\tb2  \n"
+                                "carol b3\n"
+                                "*  10.0.0.9:1143\n"
+                                "@other.test [::1]:993",
+                                NULL, &err);
+    assert_null(err);
+    assert_non_null(m);
+    assert_int_equal(m->nentries, 4);
+    assert_int_equal(m->ntargets, 5);
+    const char *rule;
+    assert_string_equal(lookup(m, "alice@example.com", &rule), "b1");
+    assert_string_equal(rule, "user");
+    assert_string_equal(lookup(m, "ALICE@example.com", &rule), "b1"); /* folded */
+    assert_string_equal(lookup(m, "bob@EXAMPLE.com", &rule), "b2");
+    assert_string_equal(rule, "domain");
+    assert_string_equal(lookup(m, "carol", &rule), "b3");
+    assert_string_equal(lookup(m, "dave", &rule), "10.0.0.9:1143");
+    assert_string_equal(rule, "default");
+    assert_string_equal(lookup(m, "x@other.test", NULL), "[::1]:993");
+    /* A user name never matches a domain entry exactly; the last @ picks the domain. */
+    assert_string_equal(lookup(m, "@example.com", &rule), "b2");
+    assert_string_equal(lookup(m, "a@b@example.com", &rule), "b2");
+    assert_string_equal(lookup(m, "", &rule), "10.0.0.9:1143");
+    route_map_unref(&m);
+    assert_null(m);
+
+    /* Case-sensitive maps keep case; no `*`: unknown users are not found. */
+    struct route_map_limits cs = LIM;
+    cs.fold_case = false;
+    m = parse("Alice b1\n", &cs, &err);
+    assert_non_null(m);
+    assert_string_equal(lookup(m, "Alice", NULL), "b1");
+    assert_null(lookup(m, "alice", &rule));
+    assert_null(rule);
+    route_map_unref(&m);
+}
+
+static void expect_error(const char *text, const struct route_map_limits *lim, const char *want)
+{
+    char *err = NULL;
+    struct route_map *m = parse(text, lim, &err);
+    assert_null(m);
+    assert_non_null(err);
+    if (!strstr(err, want))
+        fail_msg("error \"%s\" lacks \"%s\"", err, want);
+    free(err);
+}
+
+static void test_map_errors(void **state)
+{
+    (void)state;
+    expect_error("a b1\nb\n", NULL, "t.map:2: expected \"USER BACKEND\"");
+    expect_error("a b1 c\n", NULL, "t.map:1: unexpected text after the backend");
+    expect_error("\n\nA b1\na b2\n", NULL, "t.map:4: duplicate entry \"a\"");
+    expect_error("* b1\n* b2\n", NULL, "t.map:2: duplicate entry \"*\"");
+    expect_error("@a@b b1\n", NULL, "t.map:1: invalid user or @domain");
+    expect_error("@ b1\n", NULL, "t.map:1: invalid user or @domain");
+    expect_error("a b/1\n", NULL, "t.map:1: invalid backend");
+    expect_error("a\x01 b1\n", NULL, "t.map:1: invalid user");
+    char nul[] = "a b1\nc\0d b2\n";
+    char *buf = malloc(sizeof nul);
+    memcpy(buf, nul, sizeof nul);
+    char *err = NULL;
+    assert_null(route_map_parse(buf, sizeof nul - 1, "t.map", &LIM, &err));
+    assert_non_null(strstr(err, "t.map:2: NUL byte"));
+    free(err);
+    struct route_map_limits small = LIM;
+    small.max_entries = 2;
+    expect_error("a x\nb x\nc x\n", &small, "t.map:3: more than 2 entries");
+    small.max_targets = 2;
+    expect_error("a x\nb y\nc z\n", &small, "t.map:3: more than 2 distinct backends");
+    small.max_size = 4;
+    expect_error("a x\nb y\n", &small, "larger than 4 bytes");
+    char long_user[400];
+    memset(long_user, 'u', 300);
+    strcpy(long_user + 300, " b1\n");
+    expect_error(long_user, NULL, "t.map:1: invalid user");
+}
+
+static struct config *load_cfg(const char *extra)
+{
+    char text[2048];
+    snprintf(text, sizeof text,
+             "listeners:\n  - { name: imap, bind: \"127.0.0.1:143\", tls: none }\n"
+             "  - { name: pop3, bind: \"127.0.0.1:110\", tls: none, protocol: pop3 }\n"
+             "backends:\n  - { name: b1, host: 127.0.0.1, port: 10143 }\n"
+             "  - { name: b1-pop3, server: b1, host: 127.0.0.1, port: 10110, protocol: pop3 }\n"
+             "%s",
+             extra);
+    char *err = NULL;
+    struct config *c = cfg_load_string(text, strlen(text), "t.yaml", &err);
+    if (!c)
+        fail_msg("config: %s", err);
+    return c;
+}
+
+static void test_map_bind(void **state)
+{
+    (void)state;
+    struct config *cfg = load_cfg("");
+    char *err = NULL;
+    struct route_map *m = parse("a b1\nb 192.0.2.7\nc 192.0.2.8:1143\nd [2001:db8::1]:993\n"
+                                "e 2001:db8::2\n",
+                                NULL, &err);
+    assert_non_null(m);
+    assert_true(route_map_bind(m, cfg, &err));
+    const struct route_target *t = route_map_lookup(m, "a", NULL);
+    assert_true(t->pool);
+    t = route_map_lookup(m, "b", NULL);
+    assert_false(t->pool);
+    assert_string_equal(t->host, "192.0.2.7");
+    assert_int_equal(t->port, 0);
+    assert_int_equal(t->addr.ss_family, AF_INET);
+    t = route_map_lookup(m, "c", NULL);
+    assert_int_equal(t->port, 1143);
+    t = route_map_lookup(m, "d", NULL);
+    assert_string_equal(t->host, "2001:db8::1");
+    assert_int_equal(t->port, 993);
+    assert_int_equal(t->addr.ss_family, AF_INET6);
+    t = route_map_lookup(m, "e", NULL);
+    assert_string_equal(t->host, "2001:db8::2");
+    assert_int_equal(t->port, 0);
+    route_map_unref(&m);
+
+    static const char *bad[] = {"x 192.0.2.1:0\n", "x 192.0.2.1:70000\n", "x [::1\n", "x [::1]x\n",
+                                "x a:b\n"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        m = parse(bad[i], NULL, &err);
+        assert_non_null(m);
+        assert_false(route_map_bind(m, cfg, &err));
+        if (!strstr(err, "t.map:1: backend"))
+            fail_msg("%s: %s", bad[i], err);
+        free(err);
+        route_map_unref(&m);
+    }
+    cfg_unref(&cfg);
+}
+
+/* ---- the cache --------------------------------------------------------------------------- */
+
+static void test_cache_lru_ttl(void **state)
+{
+    (void)state;
+    struct route_cache *c = route_cache_new(2, true);
+    struct route_target t = {.text = "b1", .pool = true};
+    struct route_answer found = {
+        .status = ROUTE_FOUND, .source = "m", .rule = "user", .target = &t};
+    struct route_answer none = {.status = ROUTE_NOT_FOUND, .source = "", .rule = "none"};
+    struct route_answer err = {.status = ROUTE_ERROR, .source = "m", .reason = "down"};
+    struct route_answer a;
+    route_cache_put(c, "Alice", &found, 0, 10);
+    route_cache_put(c, "bob", &none, 0, 1);
+    route_cache_put(c, "eve", &err, 0, 10); /* errors are never kept */
+    assert_int_equal(route_cache_size(c), 2);
+    assert_true(route_cache_get(c, "alice", 5, &a)); /* folded; now most recent */
+    assert_int_equal(a.status, ROUTE_FOUND);
+    assert_true(a.cached);
+    assert_string_equal(a.target->text, "b1");
+    assert_true(a.target->pool);
+    assert_false(route_cache_get(c, "bob", 1, &a)); /* expired: dropped */
+    assert_int_equal(route_cache_size(c), 1);
+    route_cache_put(c, "carol", &none, 5, 10);
+    route_cache_put(c, "dave", &none, 5, 10); /* full: evicts the least recent (alice) */
+    assert_false(route_cache_get(c, "alice", 6, &a));
+    assert_true(route_cache_get(c, "carol", 6, &a));
+    assert_int_equal(a.status, ROUTE_NOT_FOUND);
+    route_cache_flush(c);
+    assert_int_equal(route_cache_size(c), 0);
+    route_cache_free(&c);
+    assert_null(c);
+    assert_null(route_cache_new(0, true)); /* no cache */
+}
+
+/* ---- the chain, with a scripted asynchronous source -------------------------------------- */
+
+struct fake_req {
+    ev_timer t;
+    struct fake_source *src;
+    route_answer_fn *cb;
+    void *arg;
+    char user[64];
+};
+
+struct fake_source {
+    struct route_source base;
+    int started, cancelled;
+    double delay;             /* answer after this long */
+    enum route_status status; /* what it answers */
+    struct route_target target;
+    struct fake_req *pending;
+};
+
+static void fake_fire(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct fake_req *r = t->data;
+    struct fake_source *fs = r->src;
+    fs->pending = NULL;
+    struct route_answer a = {.status = fs->status,
+                             .source = fs->base.conf->name,
+                             .rule = "fake",
+                             .target = fs->status == ROUTE_FOUND ? &fs->target : NULL,
+                             .reason = "fake error"};
+    r->cb(r->arg, &a);
+    free(r);
+}
+
+static struct route_req *fake_start(struct route_source *src, const struct route_query *q,
+                                    struct route_answer *now_r, route_answer_fn *cb, void *arg)
+{
+    (void)now_r;
+    struct fake_source *fs = (struct fake_source *)src;
+    fs->started++;
+    struct fake_req *r = calloc(1, sizeof *r);
+    r->src = fs;
+    r->cb = cb;
+    r->arg = arg;
+    snprintf(r->user, sizeof r->user, "%s", q->user);
+    ev_timer_init(&r->t, fake_fire, fs->delay, 0.);
+    r->t.data = r;
+    ev_timer_start(src->loop, &r->t);
+    fs->pending = r;
+    return (struct route_req *)r;
+}
+
+static void fake_cancel(struct route_req *req)
+{
+    struct fake_req *r = (struct fake_req *)req;
+    r->src->cancelled++;
+    r->src->pending = NULL;
+    ev_timer_stop(r->src->base.loop, &r->t);
+    free(r);
+}
+
+static void fake_free(struct route_source *src)
+{
+    free(src);
+}
+
+static const struct route_source_ops fake_ops = {.type = "fake",
+                                                 .cacheable = true,
+                                                 .start = fake_start,
+                                                 .cancel = fake_cancel,
+                                                 .free = fake_free};
+
+struct got {
+    int calls;
+    enum route_status status;
+    char text[64];
+    char reason[64];
+    bool cached;
+};
+
+static void on_answer(void *arg, const struct route_answer *a)
+{
+    struct got *g = arg;
+    g->calls++;
+    g->status = a->status;
+    g->cached = a->cached;
+    snprintf(g->text, sizeof g->text, "%s", a->target ? a->target->text : "");
+    snprintf(g->reason, sizeof g->reason, "%s", a->reason ? a->reason : "");
+}
+
+static char map_path[64];
+
+static struct config *chain_cfg(void)
+{
+    char extra[512];
+    snprintf(extra, sizeof extra,
+             "routing:\n  negative_ttl: 200ms\n  lookups:\n"
+             "    - { name: users, type: map, file: %s }\n"
+             "    - { name: dir, type: map, file: %s, timeout: 100ms }\n",
+             map_path, map_path);
+    return load_cfg(extra);
+}
+
+static struct fake_source *fake_at(struct route_chain *c, const struct config *cfg, size_t i,
+                                   double delay, enum route_status st)
+{
+    struct fake_source *fs = calloc(1, sizeof *fs);
+    fs->base = (struct route_source){
+        .ops = &fake_ops, .conf = &cfg->routing.lookups[i], .loop = EV_DEFAULT};
+    fs->delay = delay;
+    fs->status = st;
+    fs->target = (struct route_target){.text = "b1", .pool = true};
+    route_chain_set_source(c, i, &fs->base);
+    return fs;
+}
+
+static int lookup_now(struct route_chain *c, const char *user, struct route_answer *a,
+                      struct route_chain_req **req, struct got *g)
+{
+    struct route_query q = {.user = user, .proto = CFG_PROTO_IMAP, .client_ip = "192.0.2.1"};
+    return route_chain_lookup(c, &q, a, req, on_answer, g);
+}
+
+static void test_chain_async_cache_timeout(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = EV_DEFAULT;
+    struct config *cfg = chain_cfg();
+    char *err = NULL;
+    assert_true(route_maps_load(cfg, &err)); /* map: "alice b1", "@corp.test 192.0.2.5" */
+    struct route_chain *c = route_chain_new(loop, cfg);
+    assert_non_null(c);
+    struct fake_source *fs = fake_at(c, cfg, 1, 0.01, ROUTE_FOUND);
+    struct route_answer a;
+    struct route_chain_req *req = NULL;
+    struct got g = {0};
+
+    /* The map knows alice: answered at once, the async source is not asked. */
+    assert_int_equal(lookup_now(c, "alice", &a, &req, &g), 1);
+    assert_int_equal(a.status, ROUTE_FOUND);
+    assert_string_equal(a.source, "users");
+    assert_string_equal(a.target->text, "b1");
+    assert_int_equal(fs->started, 0);
+
+    /* Unknown to the map: the async source answers from the loop, never before. */
+    assert_int_equal(lookup_now(c, "bob", &a, &req, &g), 0);
+    assert_non_null(req);
+    assert_int_equal(g.calls, 0);
+    ev_run(loop, 0);
+    assert_int_equal(g.calls, 1);
+    assert_int_equal(g.status, ROUTE_FOUND);
+    assert_false(g.cached);
+    /* ... and is cached: the second lookup is answered at once, without the source. */
+    assert_int_equal(lookup_now(c, "BOB", &a, &req, &g), 1);
+    assert_true(a.cached);
+    assert_string_equal(a.target->text, "b1");
+    assert_int_equal(fs->started, 1);
+
+    /* Not found: cached for negative_ttl (200 ms) only. */
+    fs->status = ROUTE_NOT_FOUND;
+    assert_int_equal(lookup_now(c, "carol", &a, &req, &g), 0);
+    ev_run(loop, 0);
+    assert_int_equal(g.status, ROUTE_NOT_FOUND);
+    assert_int_equal(lookup_now(c, "carol", &a, &req, &g), 1);
+    assert_int_equal(a.status, ROUTE_NOT_FOUND);
+    usleep(250 * 1000);
+    ev_now_update(loop);
+    assert_int_equal(lookup_now(c, "carol", &a, &req, &g), 0);
+    ev_run(loop, 0);
+    assert_int_equal(fs->started, 3);
+
+    /* Errors are never cached. */
+    fs->status = ROUTE_ERROR;
+    assert_int_equal(lookup_now(c, "dave", &a, &req, &g), 0);
+    ev_run(loop, 0);
+    assert_int_equal(g.status, ROUTE_ERROR);
+    assert_string_equal(g.reason, "fake error");
+    assert_int_equal(lookup_now(c, "dave", &a, &req, &g), 0);
+    ev_run(loop, 0);
+    assert_int_equal(fs->started, 5);
+
+    /* A source slower than its timeout (100 ms): cancelled, ERROR "timeout". */
+    fs->delay = 5.0;
+    int calls = g.calls;
+    assert_int_equal(lookup_now(c, "erin", &a, &req, &g), 0);
+    ev_run(loop, 0);
+    assert_int_equal(g.calls, calls + 1);
+    assert_int_equal(g.status, ROUTE_ERROR);
+    assert_string_equal(g.reason, "timeout");
+    assert_int_equal(fs->cancelled, 1);
+
+    /* Cancelled by its session: no callback, the source's request cancelled too. */
+    assert_int_equal(lookup_now(c, "frank", &a, &req, &g), 0);
+    route_chain_cancel(&req);
+    assert_null(req);
+    ev_run(loop, 0);
+    assert_int_equal(g.calls, calls + 1);
+    assert_int_equal(fs->cancelled, 2);
+
+    /* The chain outlives the worker's reference while a request is pending. */
+    fs->delay = 0.01;
+    fs->status = ROUTE_FOUND;
+    assert_int_equal(lookup_now(c, "gina", &a, &req, &g), 0);
+    route_chain_release(&c);
+    ev_run(loop, 0);
+    assert_int_equal(g.calls, calls + 2);
+    cfg_unref(&cfg);
+    route_maps_stop();
+}
+
+static void test_chain_map_swap(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = EV_DEFAULT;
+    struct config *cfg = chain_cfg();
+    char *err = NULL;
+    assert_true(route_maps_load(cfg, &err));
+    struct route_chain *c = route_chain_new(loop, cfg);
+    struct fake_source *fs = fake_at(c, cfg, 1, 0.01, ROUTE_NOT_FOUND);
+    struct route_answer a;
+    struct route_chain_req *req = NULL;
+    struct got g = {0};
+    assert_int_equal(lookup_now(c, "x@corp.test", &a, &req, &g), 1);
+    assert_string_equal(a.rule, "domain");
+    assert_false(a.target->pool);
+    assert_string_equal(a.target->host, "192.0.2.5");
+    /* Cached not-found from the async source... */
+    assert_int_equal(lookup_now(c, "zed", &a, &req, &g), 0);
+    ev_run(loop, 0);
+    assert_int_equal(lookup_now(c, "zed", &a, &req, &g), 1);
+    assert_true(a.cached);
+    /* ... until a new map is published: the reload moves zed at once. */
+    FILE *f = fopen(map_path, "w");
+    fputs("zed b1\n", f);
+    fclose(f);
+    route_maps_reload(cfg);
+    for (int i = 0; i < 200 && lookup_now(c, "zed", &a, &req, &g) == 1 && a.status != ROUTE_FOUND;
+         i++)
+        usleep(10 * 1000);
+    assert_int_equal(a.status, ROUTE_FOUND);
+    assert_false(a.cached);
+    assert_string_equal(a.source, "users");
+    /* A broken map on reload keeps the old one. */
+    f = fopen(map_path, "w");
+    fputs("zed\n", f);
+    fclose(f);
+    route_maps_reload(cfg);
+    route_maps_stop(); /* waits for the loader; drops the tables */
+    (void)fs;
+    route_chain_release(&c);
+    cfg_unref(&cfg);
+}
+
+static void test_chain_keeps_old_map_on_error(void **state)
+{
+    (void)state;
+    FILE *f = fopen(map_path, "w");
+    fputs("alice b1\n", f);
+    fclose(f);
+    struct config *cfg = chain_cfg();
+    char *err = NULL;
+    assert_true(route_maps_load(cfg, &err));
+    f = fopen(map_path, "w");
+    fputs("alice b1\nbroken\n", f);
+    fclose(f);
+    unsigned gen = route_maps_generation();
+    route_maps_reload(cfg);
+    while (route_maps_generation() == gen) /* prune() bumps it after the failed load */
+        usleep(1000);
+    struct route_map *m = route_maps_get("users");
+    assert_non_null(m);
+    assert_string_equal(lookup(m, "alice", NULL), "b1");
+    route_map_unref(&m);
+    /* Start-up refuses a bad map with FILE:LINE. */
+    assert_false(route_maps_load(cfg, &err));
+    assert_non_null(strstr(err, ":2: expected"));
+    free(err);
+    route_maps_stop();
+    cfg_unref(&cfg);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(map_path, sizeof map_path, "/tmp/test_route.%d.map", (int)getpid());
+    FILE *f = fopen(map_path, "w");
+    fputs("alice b1\n@corp.test 192.0.2.5\n", f);
+    fclose(f);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    unlink(map_path);
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_map_precedence),
+        cmocka_unit_test(test_map_errors),
+        cmocka_unit_test(test_map_bind),
+        cmocka_unit_test(test_cache_lru_ttl),
+        cmocka_unit_test_setup_teardown(test_chain_async_cache_timeout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_chain_map_swap, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_chain_keeps_old_map_on_error, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+import mailenv
+
 from slapd import BIND_DN, READER_PW, SUFFIX, Slapd, make_client_cert, user_host
 
 
@@ -28,7 +30,8 @@ def slapd(env_tmp, certs):
 
 @pytest.fixture(scope="session")
 def driver_bin(request) -> Path:
-    p = Path(request.config.getoption("--proxy-binary")).parent / "ldl_driver"
+    # relative to the repository, as the proxy binary itself (mailenv.Proxy.start)
+    p = (mailenv.REPO / request.config.getoption("--proxy-binary")).parent / "ldl_driver"
     if not p.exists():
         pytest.fail(f"{p} missing: make {p}")
     return p

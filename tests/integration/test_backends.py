@@ -465,5 +465,8 @@ def test_ctl_drain(proxy_factory, pool, certs, redis):
     px.wait_log("event=backend_undrained backend=dv2 ")
     # the user now lives on `moved` (affinity follows the last session); without it, back home
     assert which_backend(px, certs, user) == moved
+    # the logout's close script writes the affinity after the client saw BYE: wait for it,
+    # then remove it
+    clients.wait_for(lambda: not sess_keys(redis, pfx, user), what="the session unregistered")
     redis.command("DEL", f"{pfx}aff:{{{user}}}")
     assert which_backend(px, certs, user) == "dv2"

@@ -48,7 +48,7 @@ uint64_t scanner_generation(struct scanner *s)
     return s->ops->generation(s);
 }
 
-/* An implementation without a canary (test stubs) is always healthy. */
+/* An implementation without a canary (a unit test's fake scanner) is always healthy. */
 void scanner_health(struct scanner *s, struct scanner_health *h)
 {
     if (s->ops->health) {

@@ -68,6 +68,23 @@ static bool bracket_code(const char *p, size_t len, char *code, size_t *text_at)
     return true;
 }
 
+/* After the status word: skip spaces, take a "[CODE]" if there is one (a code in `pass_on`
+ * makes the refusal LR_PASS_ON), and keep the rest as the cleaned-up text. */
+static void code_and_text(const char *p, size_t len, const char *const *pass_on, size_t n,
+                          struct lr_refusal *out)
+{
+    size_t i = 0;
+    while (i < len && p[i] == ' ')
+        i++;
+    size_t text_at = 0;
+    if (bracket_code(p + i, len - i, out->code, &text_at)) {
+        i += text_at;
+        if (in_list(out->code, pass_on, n))
+            out->kind = LR_PASS_ON;
+    }
+    safe_text(p + i, len - i, out->text);
+}
+
 void lr_imap(const char *status, size_t len, struct lr_refusal *out)
 {
     memset(out, 0, sizeof *out);
@@ -80,15 +97,8 @@ void lr_imap(const char *status, size_t len, struct lr_refusal *out)
         safe_text(status, len, out->text);
         return;
     }
-    while (i < len && status[i] == ' ')
-        i++;
-    size_t text_at = 0;
-    if (bracket_code(status + i, len - i, out->code, &text_at)) {
-        i += text_at;
-        if (in_list(out->code, imap_pass_on, sizeof imap_pass_on / sizeof imap_pass_on[0]))
-            out->kind = LR_PASS_ON;
-    }
-    safe_text(status + i, len - i, out->text);
+    code_and_text(status + i, len - i, imap_pass_on, sizeof imap_pass_on / sizeof imap_pass_on[0],
+                  out);
 }
 
 void lr_pop3(const char *line, size_t len, struct lr_refusal *out)
@@ -98,13 +108,6 @@ void lr_pop3(const char *line, size_t len, struct lr_refusal *out)
     size_t i = 0;
     while (i < len && line[i] != ' ')
         i++;
-    while (i < len && line[i] == ' ')
-        i++;
-    size_t text_at = 0;
-    if (bracket_code(line + i, len - i, out->code, &text_at)) {
-        i += text_at;
-        if (in_list(out->code, pop3_pass_on, sizeof pop3_pass_on / sizeof pop3_pass_on[0]))
-            out->kind = LR_PASS_ON;
-    }
-    safe_text(line + i, len - i, out->text);
+    code_and_text(line + i, len - i, pop3_pass_on, sizeof pop3_pass_on / sizeof pop3_pass_on[0],
+                  out);
 }

@@ -430,6 +430,9 @@ static const struct cfg_key routing_keys[] = {
     {CFG_K_DURATION("cache_ttl", struct cfg_routing, cache_ttl_ms, "5m", 1, DAY)},
     {CFG_K_DURATION("negative_ttl", struct cfg_routing, negative_ttl_ms, "30s", 1, DAY)},
     {CFG_K_UINT("cache_entries", struct cfg_routing, cache_entries, "10000", 0, 10000000)},
+    {CFG_K_BOOL("shared_cache", struct cfg_routing, shared_cache, "true")},
+    {CFG_K_DURATION("shared_cache_timeout", struct cfg_routing, shared_cache_timeout_ms, "100ms", 1,
+                    MIN)},
     {CFG_K_SIZE("map_max_size", struct cfg_routing, map_max_size, "512M", 1, 4 * GIB - 2)},
     {CFG_K_UINT("map_max_entries", struct cfg_routing, map_max_entries, "5000000", 1, 100000000)},
     {CFG_K_UINT("map_max_backends", struct cfg_routing, map_max_backends, "4096", 1, 1000000)},
@@ -441,6 +444,11 @@ static const struct cfg_key routing_keys[] = {
     {CFG_K_END},
 };
 static const struct cfg_table routing_table = {.keys = routing_keys, .check = routing_check};
+
+const struct cfg_table *cfg_lookup_table(void)
+{
+    return &lookup_table;
+}
 
 static const struct cfg_key top_keys[] = {
     {CFG_K_UINT("workers", struct config, workers, "0", 0, MAX_WORKERS), .flags = CFG_RESTART},

@@ -253,6 +253,8 @@ struct cfg_routing {
     uint64_t cache_ttl_ms;            /* default 5m: a found answer, per worker */
     uint64_t negative_ttl_ms;         /* default 30s: a not-found answer */
     unsigned cache_entries;           /* default 10000 per worker (0 = no cache) */
+    bool shared_cache;                /* default true: answers also in Redis (with `redis:`) */
+    uint64_t shared_cache_timeout_ms; /* default 100ms: a slower Redis GET is a miss */
     size_t map_max_size;              /* default 512M: bytes of one map file */
     unsigned map_max_entries;         /* default 5000000 */
     unsigned map_max_backends;        /* default 4096 distinct targets in one map */
@@ -294,6 +296,10 @@ struct config {
     struct cfg_policy policy;   /* issue 5 */
     struct cfg_routing routing; /* issue 17 */
 };
+
+/* The schema of one `routing.lookups` entry (route_shared.c digests a lookup's settings by
+ * walking it, so a key added for a new lookup type is covered without being listed twice). */
+const struct cfg_table *cfg_lookup_table(void);
 
 /* Parse `path`. On success returns a snapshot with refs == 1. On failure returns NULL and sets
  * *error_r to a malloc'd message "FILE:LINE:COL: what" which the caller frees. */

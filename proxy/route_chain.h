@@ -19,6 +19,17 @@
  * credentials. The map source is not cacheable: its table is a memory lookup already, and a
  * SIGHUP must move users at once. Every map publish (route_maps_generation) flushes the cache.
  *
+ * Behind the worker cache, a shared level (route_chain_set_shared; Redis through
+ * route_rcache.c, key and value in route_shared.h) lets instances and workers reuse each other's
+ * answers: when the walk reaches the first cacheable source, the chain first asks the shared
+ * store (bounded by routing.shared_cache_timeout: a slow or absent store is a miss) and, on a
+ * miss, asks the sources; an answer decided by cacheable sources alone (every source from the
+ * first cacheable one to the one that answered; for "not found", to the end) is then written
+ * to the store, fire and forget, with the same TTLs. A worker-cache hit costs nothing: the
+ * shared store is consulted only after a worker miss. An answer a non-cacheable source took
+ * part in (a map's `*` after the directory, say) stays in the worker cache only, because a map
+ * publish on one instance could not flush it from the others.
+ *
  * One chain per worker, for one configuration snapshot; everything runs on that worker's loop.
  */
 #ifndef PORTCULLIS_ROUTE_CHAIN_H
@@ -27,6 +38,7 @@
 #include <ev.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "config.h"
 #include "route_map.h"
@@ -48,7 +60,8 @@ struct route_answer {
     const struct route_target *target; /* FOUND: the backend (route_map.h, bound) */
     const char *user, *pass;           /* FOUND: credentials toward the backend, or NULL */
     const char *reason;                /* ERROR: for logs */
-    bool cached;                       /* came from the worker's cache */
+    bool cached;                       /* came from a cache (the worker's or the shared one) */
+    bool shared;                       /* came from the shared cache (Redis) */
 };
 
 typedef void route_answer_fn(void *arg, const struct route_answer *a);
@@ -88,6 +101,22 @@ int route_chain_lookup(struct route_chain *c, const struct route_query *q,
                        route_answer_fn *cb, void *arg);
 /* Idempotent; NULLs *req. */
 void route_chain_cancel(struct route_chain_req **req);
+
+/* The shared cache level. get() starts a lookup of the value under (tag, suffix) and returns a
+ * handle, or NULL = a miss now (no callback); cb(arg, val, len) runs once from the loop unless
+ * cancel(), val NULL = miss (absent, store down, error). put() is fire and forget. Keys and
+ * values: route_shared.h. */
+typedef void route_shared_got_fn(void *arg, const char *val, size_t len);
+struct route_shared_ops {
+    void *(*get)(void *ctx, const char *tag, const char *suffix, route_shared_got_fn *cb,
+                 void *arg);
+    void (*cancel)(void *ctx, void *handle);
+    void (*put)(void *ctx, const char *tag, const char *suffix, const char *val, size_t len,
+                uint64_t ttl_ms);
+};
+/* Plug the shared level in (NULL ops: none); `ctx` must outlive the chain's requests. Only
+ * effective with routing.shared_cache and a cacheable source in the chain. */
+void route_chain_set_shared(struct route_chain *c, const struct route_shared_ops *ops, void *ctx);
 
 /* For tests (and the next sources): put a source of one's own at position `i` (replacing the
  * one built from the configuration, which is freed). */

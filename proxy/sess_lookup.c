@@ -18,6 +18,7 @@
 #include "log.h"
 #include "route_chain.h"
 #include "route_dyn.h"
+#include "route_rcache.h"
 #include "runtime.h"
 #include "sess_policy.h"
 #include "session.h"
@@ -29,6 +30,7 @@ struct sess_lookup {
     bool answered;
     enum route_status status;
     bool cached;
+    bool shared; /* the answer came from the shared cache (Redis) */
     char source[CFG_NAME_MAX + 1];
     char rule[32];
     char reason[160];
@@ -46,6 +48,7 @@ static struct route_chain *chain_for(struct session *s)
     struct route_chain *c = route_chain_new(w->loop, s->rt->cfg);
     if (!c)
         return NULL;
+    route_rcache_attach(c, w); /* answers shared through Redis, when configured */
     route_chain_release(&w->route); /* pending requests keep the old one alive */
     w->route = c;
     return c;
@@ -57,6 +60,7 @@ static void keep(struct session *s, const struct route_answer *a)
     sl->answered = true;
     sl->status = a->status;
     sl->cached = a->cached;
+    sl->shared = a->shared;
     snprintf(sl->source, sizeof sl->source, "%s", a->source ? a->source : "");
     snprintf(sl->rule, sizeof sl->rule, "%s", a->rule ? a->rule : "");
     snprintf(sl->reason, sizeof sl->reason, "%s", a->reason ? a->reason : "");
@@ -175,6 +179,12 @@ static enum sess_lookup_route dynamic(struct session *s, const char **why_r)
     return SL_DYNAMIC;
 }
 
+/* The log's cached= field: yes (the worker's cache), shared (Redis), no (a source answered). */
+static const char *cached_word(const struct sess_lookup *sl)
+{
+    return sl->shared ? "shared" : sl->cached ? "yes" : "no";
+}
+
 enum sess_lookup_route sess_lookup_apply(struct session *s, size_t *idx_r, const char **why_r)
 {
     struct sess_lookup *sl = s->lookup;
@@ -186,7 +196,7 @@ enum sess_lookup_route sess_lookup_apply(struct session *s, size_t *idx_r, const
     if (sl->status == ROUTE_NOT_FOUND) {
         bool refuse = s->cfg->routing.unknown == CFG_ROUTE_REFUSE;
         sess_log(s, LOG_INFO, "event=route_lookup result=not_found cached=%s action=%s",
-                 sl->cached ? "yes" : "no", refuse ? "refuse" : "hash");
+                 cached_word(sl), refuse ? "refuse" : "hash");
         *why_r = "no routing lookup knows the user";
         return refuse ? SL_REFUSE_AUTH : SL_HASH;
     }
@@ -215,7 +225,7 @@ enum sess_lookup_route sess_lookup_apply(struct session *s, size_t *idx_r, const
     }
     sess_log(s, LOG_INFO, "event=route_lookup source=%s rule=%s backend=%s cached=%s", sl->source,
              sl->rule, how == SL_POOL ? s->cfg->backends[*idx_r].name : s->be->name,
-             sl->cached ? "yes" : "no");
+             cached_word(sl));
     return how;
 }
 

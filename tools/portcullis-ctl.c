@@ -6,7 +6,8 @@
  *     kick USER|SESSION-ID     end those sessions wherever they are (publishes on P kick)
  *     unlock USER|ADDRESS      clear a lock-out and the login-rate bucket
  *     route, drain, undrain    routing overrides and backend drain (docs/redis.md); route show
- *                              USER: override, affinity and routing lookups (docs/routing.md)
+ *                              USER: override, affinity, shared cache and routing lookups
+ *                              (docs/routing.md); route flush-cache [USER]: shared answers
  * Two are the exception and ask the local instance (POST on the admin listener of FILE):
  *     reload                   reload as SIGHUP does, and report the result
  *     reload-signatures        reload the virus signatures only (freshclam's hook)
@@ -35,6 +36,7 @@
 #include "config.h"
 #include "ratelimit.h"
 #include "route_explain.h"
+#include "route_shared.h"
 #include "version.h"
 
 struct ctl {
@@ -363,8 +365,49 @@ static int not_in_pool(const struct ctl *c, const char *what, const char *name)
  * route <user>: show the pin. Every instance reads it at the user's next login. The name is
  * checked against this configuration's pool: an instance ignores a route to a backend it does
  * not have (event=route_ignored reason=not_in_pool), so accepting one would only hide a typo. */
-/* route show USER (issue 17): the pin, the affinity, and what the routing lookups of FILE say
- * (route_explain.c). */
+/* The user's entry in the shared routing cache (route_shared.h) under FILE's lookups: what a
+ * login whose worker cache misses would take, and for how long. */
+static void show_shared(struct ctl *c, const char *user)
+{
+    const struct cfg_routing *r = &c->cfg->routing;
+    char tag[ROUTE_SHARED_TAG_MAX], suffix[ROUTE_SHARED_SUFFIX_MAX], key[RL_KEY_MAX];
+    if (r->nlookups == 0)
+        return;
+    if (!r->shared_cache) {
+        printf("shared cache: off (routing.shared_cache: false)\n");
+        return;
+    }
+    route_shared_suffix(c->cfg, suffix);
+    if (!route_shared_tag(c->cfg, user, tag) ||
+        !rl_key(key, sizeof key, c->prefix, ROUTE_SHARED_KIND, tag, suffix)) {
+        printf("shared cache: - (user name too long to be shared)\n");
+        return;
+    }
+    redisReply *v = cmd(c, 2, (const char *[]){"GET", key});
+    redisReply *t = cmd(c, 2, (const char *[]){"PTTL", key});
+    struct route_shared_entry e;
+    long long ttl = t->type == REDIS_REPLY_INTEGER ? t->integer : -2;
+    if (v->type != REDIS_REPLY_STRING) {
+        printf("shared cache: - (key %s)\n", key);
+    } else if (!route_shared_decode(v->str, v->len, &e)) {
+        printf("shared cache: unreadable entry (ignored by the instances; key %s)\n", key);
+    } else if (e.status == ROUTE_FOUND) {
+        printf("shared cache: found backend %s (lookup %s, %s), expires in %.1fs (key %s)\n",
+               e.text, e.source, e.target.pool ? "pool entry" : "dynamic backend",
+               (double)ttl / 1000., key);
+    } else {
+        printf("shared cache: not found (routing.unknown applies), expires in %.1fs (key %s)\n",
+               (double)ttl / 1000., key);
+    }
+    if (v->type == REDIS_REPLY_STRING)
+        printf("  (every instance takes this answer instead of asking the first cacheable lookup "
+               "and those after it, until it expires)\n");
+    freeReplyObject(v);
+    freeReplyObject(t);
+}
+
+/* route show USER (issue 17): the pin, the affinity, the shared cache and what the routing
+ * lookups of FILE say (route_explain.c). */
 static int run_route_show(struct ctl *c, const char *user)
 {
     char tag[3 * RL_USER_MAX + 1], key[RL_KEY_MAX], akey[RL_KEY_MAX];
@@ -377,9 +420,82 @@ static int run_route_show(struct ctl *c, const char *user)
     const char *pin = r->type == REDIS_REPLY_STRING ? r->str : NULL;
     printf("override: %s\naffinity: %s\n", pin ? pin : "-",
            a->type == REDIS_REPLY_STRING ? a->str : "-");
+    if (!pin)
+        show_shared(c, user);
     route_explain(stdout, c->cfg, user, pin);
     freeReplyObject(r);
     freeReplyObject(a);
+    return 0;
+}
+
+/* route flush-cache [USER]: delete shared routing answers (route_shared.h). With USER, the
+ * entry under FILE's lookups; without, every `P rt:` entry of every configuration (SCAN +
+ * UNLINK, in batches: a blocking walk is right for an admin command, and UNLINK frees off
+ * Redis' main thread). Worker caches keep their copies until routing.cache_ttl. */
+static int run_route_flush(struct ctl *c, const char *user)
+{
+    if (user) {
+        char tag[ROUTE_SHARED_TAG_MAX], suffix[ROUTE_SHARED_SUFFIX_MAX], key[RL_KEY_MAX];
+        route_shared_suffix(c->cfg, suffix);
+        if (!route_shared_tag(c->cfg, user, tag) ||
+            !rl_key(key, sizeof key, c->prefix, ROUTE_SHARED_KIND, tag, suffix)) {
+            fprintf(stderr, "portcullis-ctl: route flush-cache: user name too long\n");
+            return 1;
+        }
+        redisReply *r = cmd(c, 2, (const char *[]){"UNLINK", key});
+        printf("route flush-cache %s: %lld entry deleted\n", user,
+               r->type == REDIS_REPLY_INTEGER ? r->integer : 0);
+        freeReplyObject(r);
+        return 0;
+    }
+    /* The prefix is literal: escape glob characters for MATCH. */
+    char pat[RL_KEY_MAX], *o = pat;
+    for (const char *p = c->prefix; *p && o < pat + sizeof pat - 16; p++) {
+        if (strchr("*?[]\\", *p))
+            *o++ = '\\';
+        *o++ = *p;
+    }
+    snprintf(o, (size_t)(pat + sizeof pat - o), "%s:{*", ROUTE_SHARED_KIND);
+    char cursor[32] = "0";
+    long long deleted = 0;
+    do {
+        redisReply *r =
+            cmd(c, 6, (const char *[]){"SCAN", cursor, "MATCH", pat, "COUNT", "1000"});
+        if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+            r->element[0]->type != REDIS_REPLY_STRING) {
+            freeReplyObject(r);
+            fprintf(stderr, "portcullis-ctl: redis: unexpected SCAN reply\n");
+            return 2;
+        }
+        snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
+        const redisReply *keys = r->element[1];
+        if (keys->elements) {
+            size_t n = keys->elements + 1;
+            const char **argv = calloc(n, sizeof *argv);
+            size_t *lens = calloc(n, sizeof *lens);
+            if (!argv || !lens) {
+                fprintf(stderr, "portcullis-ctl: out of memory\n");
+                exit(2);
+            }
+            argv[0] = "UNLINK";
+            lens[0] = 6;
+            for (size_t i = 0; i < keys->elements; i++) {
+                argv[i + 1] = keys->element[i]->str;
+                lens[i + 1] = keys->element[i]->len;
+            }
+            redisReply *d = redisCommandArgv(c->rc, (int)n, argv, lens);
+            free(argv);
+            free(lens);
+            if (!d || d->type == REDIS_REPLY_ERROR) {
+                fprintf(stderr, "portcullis-ctl: redis: %s\n", d ? d->str : c->rc->errstr);
+                exit(2);
+            }
+            deleted += d->type == REDIS_REPLY_INTEGER ? d->integer : 0;
+            freeReplyObject(d);
+        }
+        freeReplyObject(r);
+    } while (strcmp(cursor, "0") != 0);
+    printf("route flush-cache: %lld entries deleted\n", deleted);
     return 0;
 }
 
@@ -387,6 +503,8 @@ static int run_route(struct ctl *c, int argc, char **argv)
 {
     if (argc == 2 && strcmp(argv[0], "show") == 0)
         return run_route_show(c, argv[1]);
+    if (strcmp(argv[0], "flush-cache") == 0)
+        return run_route_flush(c, argc == 2 ? argv[1] : NULL);
     char tag[3 * RL_USER_MAX + 1], key[RL_KEY_MAX];
     rl_user_key(argv[0], c->fold, tag, sizeof tag);
     if (!rl_key(key, sizeof key, c->prefix, "route", tag, ""))
@@ -587,8 +705,11 @@ static const struct ctl_cmd commands[] = {
     {"kick", 1, 1, true, "kick USER|SESSION-ID", "end those sessions wherever they are", run_kick},
     {"unlock", 1, 1, true, "unlock USER|ADDRESS", "clear a lock-out and the login-rate bucket",
      run_unlock},
-    {"route", 1, 2, true, "route USER [BACKEND|SERVER|-] | route show USER",
-     "pin a user (- unpins; none shows); show: explain the user's route", run_route},
+    {"route", 1, 2, true,
+     "route USER [BACKEND|SERVER|-] | route show USER | route flush-cache [USER]",
+     "pin a user (- unpins; none shows); show: explain the user's route; flush-cache: delete "
+     "shared routing answers",
+     run_route},
     {"drain", 0, 1, true, "drain [BACKEND]", "no new sessions on it (none: list drained)",
      run_drain},
     {"undrain", 1, 1, true, "undrain BACKEND", "take new sessions again", run_undrain},

@@ -28,8 +28,8 @@ struct route_chain {
     struct route_cache *cache;
     unsigned gen; /* route_maps_generation() the cache was filled under */
     unsigned refs;
-    const struct route_shared_ops *sops; /* the shared level, or NULL */
-    void *sctx;                          /* its context (not owned) */
+    const struct route_shared_ops *sops;  /* the shared level, or NULL */
+    void *sctx;                           /* its context (not owned) */
     char suffix[ROUTE_SHARED_SUFFIX_MAX]; /* the digest of cfg's lookups (route_shared.h) */
 };
 
@@ -39,8 +39,8 @@ struct route_chain_req {
     struct route_req *sreq;    /* its pending request */
     void *sget;                /* a pending shared-store GET (before src[idx]) */
     ev_timer timer;
-    bool cacheable;    /* a cacheable source took part */
-    bool shared_asked; /* the shared store was asked (or could not be) */
+    bool cacheable;     /* a cacheable source took part */
+    bool shared_asked;  /* the shared store was asked (or could not be) */
     size_t shared_from; /* the first cacheable source's index, when shared_asked */
     bool tag_ok;        /* `tag` holds the user's key tag */
     char tag[ROUTE_SHARED_TAG_MAX];
@@ -226,7 +226,8 @@ static void remember(struct route_chain_req *r, const struct route_answer *a)
         a->pass)
         return;
     const struct cfg_routing *rt = &c->cfg->routing;
-    double ttl = (double)(a->status == ROUTE_FOUND ? rt->cache_ttl_ms : rt->negative_ttl_ms) / 1000.;
+    double ttl =
+        (double)(a->status == ROUTE_FOUND ? rt->cache_ttl_ms : rt->negative_ttl_ms) / 1000.;
     if (a->shared) {
         double left = (double)r->hit.expires_ms / 1000. - now(c);
         ttl = left < ttl ? left : ttl;
@@ -290,7 +291,8 @@ static void req_free(struct route_chain_req *r)
 static void park(struct route_chain_req *r)
 {
     const struct route_chain *c = r->chain;
-    uint64_t ms = r->sget ? c->cfg->routing.shared_cache_timeout_ms : c->src[r->idx]->conf->timeout_ms;
+    uint64_t ms =
+        r->sget ? c->cfg->routing.shared_cache_timeout_ms : c->src[r->idx]->conf->timeout_ms;
     double t = (double)ms / 1000.;
     ev_timer_stop(r->chain->loop, &r->timer);
     ev_timer_set(&r->timer, t, 0.);

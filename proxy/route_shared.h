@@ -42,7 +42,8 @@
 #define ROUTE_SHARED_KIND       "rt"
 #define ROUTE_SHARED_DIGEST_HEX 16
 #define ROUTE_SHARED_RULE_MAX   64
-#define ROUTE_SHARED_VAL_MAX    (3 * (CFG_NAME_MAX + ROUTE_SHARED_RULE_MAX + 2 * ROUTE_MAP_KEY_MAX) + 128)
+#define ROUTE_SHARED_VAL_MAX                                                                       \
+    (3 * (CFG_NAME_MAX + ROUTE_SHARED_RULE_MAX + 2 * ROUTE_MAP_KEY_MAX) + 128)
 /* The tag and suffix of a key (rl_key(out, cap, prefix, ROUTE_SHARED_KIND, tag, suffix)). */
 #define ROUTE_SHARED_TAG_MAX    (3 * 256 + 1)
 #define ROUTE_SHARED_SUFFIX_MAX (ROUTE_SHARED_DIGEST_HEX + 2)
@@ -66,8 +67,7 @@ struct route_shared_entry {
 /* Encode answer `a` (FOUND with a bound target, or NOT_FOUND) ending at `expires_ms`. Returns
  * the length, 0 when it cannot be stored (error, credentials, an unresolved dynamic target, a
  * field too long). */
-size_t route_shared_encode(const struct route_answer *a, int64_t expires_ms, char *out,
-                           size_t cap);
+size_t route_shared_encode(const struct route_answer *a, int64_t expires_ms, char *out, size_t cap);
 /* False for anything malformed. */
 bool route_shared_decode(const char *val, size_t len, struct route_shared_entry *e);
 /* The entry as an answer (pointing into `e`), flagged cached and shared. */

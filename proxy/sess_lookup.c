@@ -48,7 +48,7 @@ static struct route_chain *chain_for(struct session *s)
     struct route_chain *c = route_chain_new(w->loop, s->rt->cfg);
     if (!c)
         return NULL;
-    route_rcache_attach(c, w); /* answers shared through Redis, when configured */
+    route_rcache_attach(c, w);      /* answers shared through Redis, when configured */
     route_chain_release(&w->route); /* pending requests keep the old one alive */
     w->route = c;
     return c;

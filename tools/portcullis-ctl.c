@@ -459,8 +459,7 @@ static int run_route_flush(struct ctl *c, const char *user)
     char cursor[32] = "0";
     long long deleted = 0;
     do {
-        redisReply *r =
-            cmd(c, 6, (const char *[]){"SCAN", cursor, "MATCH", pat, "COUNT", "1000"});
+        redisReply *r = cmd(c, 6, (const char *[]){"SCAN", cursor, "MATCH", pat, "COUNT", "1000"});
         if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
             r->element[0]->type != REDIS_REPLY_STRING) {
             freeReplyObject(r);

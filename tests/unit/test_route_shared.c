@@ -351,7 +351,8 @@ static struct fake_source *fake_at(struct route_chain *c, const struct config *c
                                    const struct route_source_ops *ops, enum route_status st)
 {
     struct fake_source *fs = calloc(1, sizeof *fs);
-    fs->base = (struct route_source){.ops = ops, .conf = &cfg->routing.lookups[i], .loop = EV_DEFAULT};
+    fs->base =
+        (struct route_source){.ops = ops, .conf = &cfg->routing.lookups[i], .loop = EV_DEFAULT};
     fs->status = st;
     fs->target = (struct route_target){.text = "b1", .pool = true};
     route_chain_set_source(c, i, &fs->base);
@@ -544,8 +545,8 @@ static void test_chain_shared_never_wrong(void **state)
     char tag[ROUTE_SHARED_TAG_MAX], suffix[ROUTE_SHARED_SUFFIX_MAX];
     route_shared_suffix(t.cfg, suffix);
     static const char *users[] = {"jo", "kim", "lee", "max"};
-    static const char *vals[] = {"v1 F 99999999999999 dir fake p gone", "v1 F 99999999999999 ldap x p b1",
-                                 "v1 N 1 dir x", "garbage"};
+    static const char *vals[] = {"v1 F 99999999999999 dir fake p gone",
+                                 "v1 F 99999999999999 ldap x p b1", "v1 N 1 dir x", "garbage"};
     for (size_t i = 0; i < 4; i++) {
         assert_true(route_shared_tag(t.cfg, users[i], tag));
         store_put(&t.st, tag, suffix, vals[i], strlen(vals[i]), 1000);

@@ -149,6 +149,8 @@ def test_shared_routing_cache_two_instances(proxy_factory, certs, dv_c, ldap, re
                                                keys[0]), keys
         ttl = int(redis.command("PTTL", keys[0]))
         assert 290_000 < ttl <= 300_000, ttl  # routing.cache_ttl
+        assert a.metric("portcullis_route_shared_cache_total", {"result": "miss"}) == 1
+        assert a.metric("portcullis_route_shared_cache_total", {"result": "stored"}) == 1
         val = redis.command("GET", keys[0])
         assert re.fullmatch(r"v1 F \d+ directory \S+ p backend-c", val), val
         assert READER_PW not in val
@@ -170,6 +172,8 @@ def test_shared_routing_cache_two_instances(proxy_factory, certs, dv_c, ldap, re
             assert mon.routing(n, pfx) == ["GET"]
             assert re.search(r"source=directory rule=\S+ backend=backend-c cached=shared", b.log())
             assert "route_lookup_failed" not in b.log()
+            assert b.metric("portcullis_route_shared_cache_total", {"result": "hit"}) == 1
+            assert b.metric("portcullis_route_shared_cache_total", {"result": "stored"}) == 0
             # ... and B's worker keeps it: nothing the second time.
             n = mon.mark()
             login(b, certs, "user0002")

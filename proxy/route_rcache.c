@@ -94,12 +94,15 @@ static void rr_put(void *ctx, const char *tag, const char *suffix, const char *v
 
 static const struct route_shared_ops ops = {.get = rr_get, .cancel = rr_cancel, .put = rr_put};
 
-void route_rcache_attach(struct route_chain *c, struct worker *w)
+void route_rcache_start(void)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, rr_register);
+}
+
+void route_rcache_attach(struct route_chain *c, struct worker *w)
+{
     const struct config *cfg = route_chain_config(c);
-    if (cfg->routing.shared_cache && w->policy && policy_redis_configured(w->policy)) {
-        pthread_once(&once, rr_register);
+    if (cfg->routing.shared_cache && w->policy && policy_redis_configured(w->policy))
         route_chain_set_shared(c, &ops, w->policy);
-    }
 }

@@ -10,6 +10,10 @@
 struct route_chain;
 struct worker;
 
+/* At worker start (any thread, idempotent): its /metrics series exist from the start, with or
+ * without routing lookups. */
+void route_rcache_start(void);
+
 /* On the worker's thread, for a chain it just built: plugs Redis in when the configuration has
  * routing.shared_cache and a `redis:` section. The chain must not outlive w->policy. */
 void route_rcache_attach(struct route_chain *c, struct worker *w);

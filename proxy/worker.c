@@ -25,6 +25,7 @@
 #include "runtime.h"
 #include "session.h"
 #include "sess_event.h"
+#include "route_rcache.h"
 #include "sess_lookup.h"
 #include "sess_policy.h"
 
@@ -283,6 +284,7 @@ static void *worker_main(void *arg)
         log_write(LOG_ERROR, "event=scan_worker_failed worker=%d note=\"scanning off here\"",
                   w->id);
     scan_rcache_attach(w); /* verdicts shared through Redis, when both are configured */
+    route_rcache_start();  /* the shared routing cache's /metrics series */
     set_listeners(w, true);
     ev_run(w->loop, 0);
     /* Free what the last iteration closed. */

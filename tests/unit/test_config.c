@@ -912,9 +912,8 @@ static void test_proto_name(void **state)
 
 /* ---- routing.lookups of type ldap (issue 17) ----------------------------------------------- */
 
-#define LDAP_HEAD                                                                                  \
-    MINIMAL "routing:\n  lookups:\n    - name: dir\n      type: ldap\n"
-#define LDAP_OK LDAP_HEAD "      uri: ldap://127.0.0.1:389\n      base: dc=x\n"
+#define LDAP_HEAD MINIMAL "routing:\n  lookups:\n    - name: dir\n      type: ldap\n"
+#define LDAP_OK   LDAP_HEAD "      uri: ldap://127.0.0.1:389\n      base: dc=x\n"
 
 static void test_ldap_lookup(void **state)
 {
@@ -954,8 +953,7 @@ static void test_ldap_lookup(void **state)
         {LDAP_OK "      bind_dn: cn=r\n      bind_password: s3cret\n"
                  "      bind_password_file: @D@/ldap.pw\n",
          "bind_password and bind_password_file exclude each other"},
-        {LDAP_OK "      bind_dn: cn=r\n      bind_password_file: @D@/nope.pw\n",
-         "cannot read"},
+        {LDAP_OK "      bind_dn: cn=r\n      bind_password_file: @D@/nope.pw\n", "cannot read"},
         {LDAP_OK "      bind_dn: cn=r\n      bind_password_file: @D@/empty.pw\n",
          "must hold one line of 1..1024 bytes"},
         {LDAP_OK "      ca_file: @D@/nope.pem\n", "lookup dir: cannot read"},

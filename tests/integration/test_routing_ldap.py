@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -167,3 +168,30 @@ def test_ldap_down_unavailable_not_counted(proxy_factory, pool, directory, certs
     pfx = px.config["redis"]["prefix"]
     assert redis.command("EXISTS", f"{pfx}fail:{{{user}}}",
                          f"{pfx}fail:{{{user}}}:ip:127.0.0.1/32") == 0
+
+
+def test_ldap_config_checked_by_t(request, env_tmp, certs):
+    """`portcullis -t` validates an ldap lookup without contacting the directory, and never
+    prints the bind password."""
+    from test_check_config import check
+    b = Path(request.config.getoption("--proxy-binary"))
+    binary = b if b.is_absolute() else mailenv.REPO / b
+    pw = env_tmp / "t-ldap.pw"
+    pw.write_text("t0p-secret\n")
+    lk = {"name": "dir", "type": "ldap", "uri": "ldaps://127.0.0.1:1", "base": "dc=x",
+          "bind_dn": "cn=r", "bind_password_file": str(pw), "ca_file": str(certs.ca)}
+    r = check(binary, env_tmp, certs, "ldap-ok", routing={"lookups": [lk]})
+    assert r.returncode == 0 and "is valid" in r.stdout, r
+    bad = {**lk, "filter": "(uid=%u"}
+    r = check(binary, env_tmp, certs, "ldap-filter", routing={"lookups": [bad]})
+    assert r.returncode != 0 and "lookup dir: bad filter template" in r.stderr, r
+    bad = {**lk, "uri": "http://127.0.0.1"}
+    r = check(binary, env_tmp, certs, "ldap-uri", routing={"lookups": [bad]})
+    assert r.returncode != 0 and "ldap://HOST[:PORT] or ldaps://HOST[:PORT]" in r.stderr, r
+    bad = {**lk, "bind_password_file": str(env_tmp / "missing.pw")}
+    r = check(binary, env_tmp, certs, "ldap-pwfile", routing={"lookups": [bad]})
+    assert r.returncode != 0 and "missing.pw" in r.stderr, r
+    bad = {**lk, "bind_password": "t0p-secret"}  # both: an error that must not show it
+    r = check(binary, env_tmp, certs, "ldap-both", routing={"lookups": [bad]})
+    assert r.returncode != 0 and "exclude each other" in r.stderr, r
+    assert "t0p-secret" not in r.stdout + r.stderr

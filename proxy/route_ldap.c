@@ -6,6 +6,11 @@
  * ldaplookup forbids ldl_pool_free() from inside its callback (it still touches the pool after
  * calling back). So a free asked during our callback only marks the source dead; the callback
  * wrapper arms a zero-delay timer that frees it once ldaplookup has unwound.
+ *
+ * Not blocking: ldl_pool_free() joins a connect thread still running (connect + TLS + bind, up
+ * to connect_timeout each). Dropped while the loop runs (a reload), the source stops the
+ * pool's reconnects and polls ldl_pool_idle() every REAP_POLL seconds, freeing it once no
+ * thread is left; after the loop has ended (the worker stopping) it frees at once.
  */
 #include "route_ldap.h"
 
@@ -15,6 +20,8 @@
 #include <string.h>
 
 #include "log.h"
+
+#define REAP_POLL 0.05 /* seconds between ldl_pool_idle() polls of a dropped source */
 
 struct ldap_source {
     struct route_source base;
@@ -90,11 +97,24 @@ static void source_destroy(struct ldap_source *s)
     free(s);
 }
 
+/* Free now when that cannot block the running loop, else poll until it cannot. */
+static void source_reap(struct ldap_source *s)
+{
+    struct ev_loop *loop = s->base.loop;
+    if (ev_depth(loop) > 0 && s->pool && !ldl_pool_idle(s->pool)) {
+        ev_timer_stop(loop, &s->reaper);
+        ev_timer_set(&s->reaper, REAP_POLL, 0.);
+        ev_timer_start(loop, &s->reaper);
+        return;
+    }
+    source_destroy(s);
+}
+
 static void on_reaper(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)loop;
     (void)revents;
-    source_destroy(w->data);
+    source_reap(w->data);
 }
 
 static void on_ldl(void *arg, const struct ldl_answer *la)
@@ -169,7 +189,7 @@ static void ldap_free(struct route_source *src)
         s->dead = true;
         return;
     }
-    source_destroy(s);
+    source_reap(s);
 }
 
 static const struct route_source_ops ldap_ops = {.type = "ldap",

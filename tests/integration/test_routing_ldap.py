@@ -8,7 +8,10 @@ never counted toward a lock-out; a warm worker cache answers without slapd."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -195,3 +198,26 @@ def test_ldap_config_checked_by_t(request, env_tmp, certs):
     r = check(binary, env_tmp, certs, "ldap-both", routing={"lookups": [bad]})
     assert r.returncode != 0 and "exclude each other" in r.stderr, r
     assert "t0p-secret" not in r.stdout + r.stderr
+
+
+def test_ldap_reload_never_blocks_on_a_hung_directory(proxy_factory, pool, directory, certs):
+    """A reload drops the worker's LDAP pool of the old configuration. With the directory hung
+    (SIGSTOP: TCP accepted, StartTLS never answered) that pool's connect thread waits out
+    connect_timeout; freeing it must not join that thread on the loop (route_ldap.c polls
+    ldl_pool_idle), so the next login is answered on time."""
+    px = make_proxy(proxy_factory, pool, directory, certs, on_error="refuse",
+                    lookup={"connect_timeout": "6s", "timeout": "300ms"})
+    directory.pause()
+    try:
+        assert "UNAVAILABLE" in refused(px, certs, "user0001")  # its pool is connecting
+        mark = px.log_mark()
+        os.kill(px.pid, signal.SIGHUP)
+        px.wait_log("event=reloaded", after=mark)
+        t0 = time.monotonic()
+        assert "UNAVAILABLE" in refused(px, certs, "user0002")  # drops the old pool
+        took = time.monotonic() - t0
+        # Joining would take the rest of the 6 s connect_timeout.
+        assert took < 3.0, took
+    finally:
+        directory.resume()
+    assert which(px, certs, "user0002") == "dv2"

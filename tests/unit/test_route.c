@@ -589,8 +589,8 @@ static void test_ldap_source_down(void **state)
             route_chain_cancel(&req);
             route_chain_release(&c);
         }
-        /* let a deferred free run */
-        ev_run(EV_DEFAULT, EVRUN_NOWAIT);
+        /* Until nothing is active: a dropped source's deferred free has run. */
+        ev_run(EV_DEFAULT, 0);
     }
     cfg_unref(&cfg);
 }

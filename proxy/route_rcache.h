@@ -10,7 +10,7 @@
 struct route_chain;
 struct worker;
 
-/* At worker start (any thread, idempotent): its /metrics series exist from the start, with or
+/* Before a worker starts (main thread, idempotent): its /metrics series exist from the start, with or
  * without routing lookups. */
 void route_rcache_start(void);
 

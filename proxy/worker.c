@@ -284,7 +284,6 @@ static void *worker_main(void *arg)
         log_write(LOG_ERROR, "event=scan_worker_failed worker=%d note=\"scanning off here\"",
                   w->id);
     scan_rcache_attach(w); /* verdicts shared through Redis, when both are configured */
-    route_rcache_start();  /* the shared routing cache's /metrics series */
     set_listeners(w, true);
     ev_run(w->loop, 0);
     /* Free what the last iteration closed. */
@@ -297,6 +296,8 @@ static void *worker_main(void *arg)
 
 bool worker_start(struct worker *w)
 {
+    /* Before the thread runs: /metrics may be scraped as soon as the listeners are up. */
+    route_rcache_start();
     return pthread_create(&w->thread, NULL, worker_main, w) == 0;
 }
 

@@ -10,8 +10,8 @@
 struct route_chain;
 struct worker;
 
-/* Before a worker starts (main thread, idempotent): its /metrics series exist from the start, with or
- * without routing lookups. */
+/* Before a worker starts (main thread, idempotent): its /metrics series exist from the
+ * start, with or without routing lookups. */
 void route_rcache_start(void);
 
 /* On the worker's thread, for a chain it just built: plugs Redis in when the configuration has

@@ -224,15 +224,23 @@ struct cfg_policy {
 };
 
 /* routing: — per-user routing lookups (issue 17, docs/routing.md). */
-enum cfg_lookup_type { CFG_LOOKUP_MAP };
+enum cfg_lookup_type { CFG_LOOKUP_MAP, CFG_LOOKUP_HTTP };
 /* What to do when no lookup knows the user (unknown) or a lookup failed (on_error). */
 enum cfg_route_else { CFG_ROUTE_HASH, CFG_ROUTE_REFUSE };
 
 struct cfg_lookup {
     char *name;                /* owned; unique among lookups (logs, metrics) */
-    enum cfg_lookup_type type; /* map (LDAP and auth_http come later) */
+    enum cfg_lookup_type type; /* map, http (LDAP comes later) */
     char *file;                /* owned or NULL: map file path (type map) */
     uint64_t timeout_ms;       /* default 2s: an asynchronous source's answer */
+    /* type http (nginx auth_http, route_http.c); url and ca_file shared with other types */
+    char *url;                      /* owned or NULL: http:// or https:// auth service */
+    char *ca_file;                  /* owned or NULL = system CA store (https) */
+    uint64_t connect_timeout_ms;    /* default 2s (http: TCP + TLS) */
+    unsigned connections;           /* default 8 (http): kept-alive per worker */
+    char **headers;                 /* owned, NULL-terminated or NULL: extra request headers */
+    size_t nheaders;
+    uint64_t max_wait_ms;           /* default 10s: cap on an http refusal's Auth-Wait */
 };
 
 /* The settings a backend named by a lookup as host[:port] is dialled with. */

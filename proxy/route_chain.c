@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "route_cache.h"
+#include "route_http.h"
 #include "route_maps.h"
 
 struct route_chain {
@@ -89,7 +90,8 @@ static void map_free(struct route_source *src)
 static const struct route_source_ops map_ops = {
     .type = "map", .cacheable = false, .start = map_start, .cancel = map_cancel, .free = map_free};
 
-static struct route_source *source_new(struct ev_loop *loop, const struct cfg_lookup *l)
+static struct route_source *source_new(struct ev_loop *loop, const struct config *cfg,
+                                       const struct cfg_lookup *l)
 {
     switch (l->type) {
     case CFG_LOOKUP_MAP: {
@@ -99,6 +101,8 @@ static struct route_source *source_new(struct ev_loop *loop, const struct cfg_lo
         ms->base = (struct route_source){.ops = &map_ops, .conf = l, .loop = loop};
         return &ms->base;
     }
+    case CFG_LOOKUP_HTTP:
+        return route_http_new(loop, cfg, l);
     }
     return NULL;
 }
@@ -130,7 +134,7 @@ struct route_chain *route_chain_new(struct ev_loop *loop, struct config *cfg)
     if (!c->src)
         goto fail;
     for (; c->nsrc < r->nlookups; c->nsrc++)
-        if (!(c->src[c->nsrc] = source_new(loop, &r->lookups[c->nsrc])))
+        if (!(c->src[c->nsrc] = source_new(loop, cfg, &r->lookups[c->nsrc])))
             goto fail;
     c->cache = route_cache_new(r->cache_entries, cfg->policy.user_case_insensitive);
     if (r->cache_entries && !c->cache)
@@ -171,7 +175,9 @@ static double now(const struct route_chain *c)
 static void remember(struct route_chain *c, const char *user, bool cacheable,
                      const struct route_answer *a)
 {
-    if (!cacheable || a->status == ROUTE_ERROR || a->user || a->pass)
+    /* Answers that judged the password (auth_http, a->nocache) are never kept. */
+    if (!cacheable || a->nocache || a->status == ROUTE_ERROR || a->status == ROUTE_REJECT ||
+        a->user || a->pass)
         return;
     const struct cfg_routing *r = &c->cfg->routing;
     double ttl = (double)(a->status == ROUTE_FOUND ? r->cache_ttl_ms : r->negative_ttl_ms) / 1000.;

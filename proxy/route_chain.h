@@ -31,12 +31,22 @@
 #include "config.h"
 #include "route_map.h"
 
-enum route_status { ROUTE_FOUND, ROUTE_NOT_FOUND, ROUTE_ERROR };
+/* ROUTE_REJECT: the source judged the credentials and refused them (auth_http's Auth-Status
+ * other than OK): the chain stops, the login is refused as a wrong password (counted), never
+ * cached. */
+enum route_status { ROUTE_FOUND, ROUTE_NOT_FOUND, ROUTE_ERROR, ROUTE_REJECT };
+
+struct creds;
 
 struct route_query {
     const char *user;     /* as the client logged in */
     enum cfg_proto proto; /* the listener's */
     const char *client_ip;
+    /* For sources that judge the login itself (auth_http, route_http.c); borrowed from the
+     * session, valid until the request ends or is cancelled. NULL: none (tests, explain). */
+    const struct creds *creds;
+    unsigned login_attempt; /* logins started in this session, 1 for the first */
+    bool client_tls;        /* the client side is encrypted */
 };
 
 /* Valid only during the callback (or until the next call on the chain for an answer given at
@@ -47,8 +57,11 @@ struct route_answer {
     const char *rule;                  /* FOUND / NOT_FOUND: which entry, for logs */
     const struct route_target *target; /* FOUND: the backend (route_map.h, bound) */
     const char *user, *pass;           /* FOUND: credentials toward the backend, or NULL */
-    const char *reason;                /* ERROR: for logs */
+    const char *reason;                /* ERROR: for logs; REJECT: the source's text (raw) */
+    unsigned wait_ms;                  /* REJECT: answer the refusal after this long */
     bool cached;                       /* came from the worker's cache */
+    bool nocache; /* never cache it, whatever other source took part (auth_http's answers
+                     are a password decision) */
 };
 
 typedef void route_answer_fn(void *arg, const struct route_answer *a);

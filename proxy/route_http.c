@@ -124,14 +124,14 @@ static void on_done(void *arg, const struct ah_result *res)
             break;
         }
         a.status = ROUTE_FOUND;
-        a.rule = "Auth-Status: OK";
+        a.rule = "ok";
         a.target = &t;
         a.user = res->user;
         a.pass = res->pass;
         break;
     case AH_FAIL: {
         a.status = ROUTE_REJECT;
-        a.rule = "Auth-Status";
+        a.rule = "refused";
         a.reason = res->message ? res->message : "";
         uint64_t max = hs->base.conf->max_wait_ms;
         uint64_t want = res->has_wait ? (uint64_t)res->wait_s * 1000u : 0;

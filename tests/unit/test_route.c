@@ -17,6 +17,7 @@
 #include "config.h"
 #include "route_cache.h"
 #include "route_chain.h"
+#include "route_explain.h"
 #include "route_map.h"
 #include "route_maps.h"
 
@@ -510,6 +511,24 @@ static void test_chain_reject_and_nocache_not_cached(void **state)
     cfg_unref(&cfg);
 }
 
+/* `portcullis-ctl route show` with an http lookup: it cannot ask (no password) and says so,
+ * instead of treating the lookup as a map file. */
+static void test_explain_http_lookup(void **state)
+{
+    (void)state;
+    struct config *cfg = load_cfg("routing:\n  on_error: refuse\n  lookups:\n"
+                                  "    - { name: authsvc, type: http, url: \"http://a/auth\" }\n");
+    char *out = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&out, &len);
+    route_explain(f, cfg, "alice", NULL);
+    fclose(f);
+    assert_non_null(strstr(out, "lookup authsvc (http http://a/auth): asked at each login"));
+    assert_non_null(strstr(out, "refused with NO [UNAVAILABLE] (routing.on_error: refuse)"));
+    free(out);
+    cfg_unref(&cfg);
+}
+
 static void test_chain_keeps_old_map_on_error(void **state)
 {
     (void)state;
@@ -567,6 +586,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_chain_keeps_old_map_on_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_chain_reject_and_nocache_not_cached, setup,
                                         teardown),
+        cmocka_unit_test(test_explain_http_lookup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -234,13 +234,13 @@ struct cfg_lookup {
     char *file;                /* owned or NULL: map file path (type map) */
     uint64_t timeout_ms;       /* default 2s: an asynchronous source's answer */
     /* type http (nginx auth_http, route_http.c); url and ca_file shared with other types */
-    char *url;                      /* owned or NULL: http:// or https:// auth service */
-    char *ca_file;                  /* owned or NULL = system CA store (https) */
-    uint64_t connect_timeout_ms;    /* default 2s (http: TCP + TLS) */
-    unsigned connections;           /* default 8 (http): kept-alive per worker */
-    char **headers;                 /* owned, NULL-terminated or NULL: extra request headers */
+    char *url;                   /* owned or NULL: http:// or https:// auth service */
+    char *ca_file;               /* owned or NULL = system CA store (https) */
+    uint64_t connect_timeout_ms; /* default 2s (http: TCP + TLS) */
+    unsigned connections;        /* default 8 (http): kept-alive per worker */
+    char **headers;              /* owned, NULL-terminated or NULL: extra request headers */
     size_t nheaders;
-    uint64_t max_wait_ms;           /* default 10s: cap on an http refusal's Auth-Wait */
+    uint64_t max_wait_ms; /* default 10s: cap on an http refusal's Auth-Wait */
 };
 
 /* The settings a backend named by a lookup as host[:port] is dialled with. */

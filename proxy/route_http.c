@@ -21,9 +21,9 @@
 
 struct http_source {
     struct route_source base;
-    const struct config *cfg;   /* borrowed: the chain's reference outlives the source */
-    struct ah_client *client;   /* owned; NULL when libcurl refused the configuration */
-    const char *client_error;   /* static: why client is NULL */
+    const struct config *cfg; /* borrowed: the chain's reference outlives the source */
+    struct ah_client *client; /* owned; NULL when libcurl refused the configuration */
+    const char *client_error; /* static: why client is NULL */
 };
 
 struct route_req {
@@ -75,8 +75,7 @@ static bool same_ip(const struct sockaddr_storage *a, const struct sockaddr_stor
  * that address (its TLS settings and health), else a dynamic backend. False: not an address
  * (the parser already insists on a numeric one; this is the belt to its braces). */
 static bool target_of(const struct http_source *hs, enum cfg_proto proto,
-                      const struct ah_result *res, struct route_target *t, char *text,
-                      size_t cap)
+                      const struct ah_result *res, struct route_target *t, char *text, size_t cap)
 {
     struct addrinfo hints = {.ai_flags = AI_NUMERICHOST, .ai_socktype = SOCK_STREAM};
     struct addrinfo *ai = NULL;
@@ -150,8 +149,8 @@ static struct route_req *http_start(struct route_source *src, const struct route
                                     struct route_answer *now_r, route_answer_fn *cb, void *arg)
 {
     struct http_source *hs = (struct http_source *)src;
-    *now_r = (struct route_answer){.status = ROUTE_ERROR, .source = src->conf->name,
-                                   .nocache = true};
+    *now_r =
+        (struct route_answer){.status = ROUTE_ERROR, .source = src->conf->name, .nocache = true};
     if (!hs->client) {
         now_r->reason = hs->client_error;
         return NULL;

@@ -952,10 +952,11 @@ static int teardown(void **state)
 static void test_http_lookup(void **state)
 {
     (void)state;
-    struct config *c = load_ok(MINIMAL "routing:\n  lookups:\n"
-                                       "    - name: authsvc\n      type: http\n"
-                                       "      url: http://127.0.0.1:9000/auth\n"
-                                       "      headers: [\"X-Auth-Key: secret\", \"X-Site: a b\"]\n");
+    struct config *c =
+        load_ok(MINIMAL "routing:\n  lookups:\n"
+                        "    - name: authsvc\n      type: http\n"
+                        "      url: http://127.0.0.1:9000/auth\n"
+                        "      headers: [\"X-Auth-Key: secret\", \"X-Site: a b\"]\n");
     const struct cfg_lookup *l = &c->routing.lookups[0];
     assert_int_equal(l->type, CFG_LOOKUP_HTTP);
     assert_string_equal(l->url, "http://127.0.0.1:9000/auth");
@@ -972,7 +973,8 @@ static void test_http_lookup(void **state)
 
 #define HTTP_LOOKUP MINIMAL "routing:\n  lookups:\n    - name: a\n      type: http\n"
     expect_error(HTTP_LOOKUP, "lookup a: type http needs a url");
-    expect_error(HTTP_LOOKUP "      url: ftp://x/\n", "url \"ftp://x/\" is not http:// or https://");
+    expect_error(HTTP_LOOKUP "      url: ftp://x/\n",
+                 "url \"ftp://x/\" is not http:// or https://");
     expect_error(HTTP_LOOKUP "      url: \"https:///auth\"\n", "has no host");
     expect_error(HTTP_LOOKUP "      url: https://a/\n      ca_file: /nonexistent/ca.pem\n",
                  "lookup a: cannot read \"/nonexistent/ca.pem\"");

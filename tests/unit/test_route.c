@@ -584,8 +584,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_chain_async_cache_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_chain_map_swap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_chain_keeps_old_map_on_error, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_chain_reject_and_nocache_not_cached, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_chain_reject_and_nocache_not_cached, setup, teardown),
         cmocka_unit_test(test_explain_http_lookup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

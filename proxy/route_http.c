@@ -48,16 +48,6 @@ const char *route_http_method(int creds_mech)
     return "plain";
 }
 
-/* Port of a pool entry's resolved address. */
-static uint16_t sa_port(const struct sockaddr_storage *ss)
-{
-    if (ss->ss_family == AF_INET)
-        return ntohs(((const struct sockaddr_in *)ss)->sin_port);
-    if (ss->ss_family == AF_INET6)
-        return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
-    return 0;
-}
-
 static bool same_ip(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
 {
     if (a->ss_family != b->ss_family)
@@ -89,8 +79,7 @@ static bool target_of(const struct http_source *hs, enum cfg_proto proto,
     const struct config *cfg = hs->cfg;
     for (size_t i = 0; i < cfg->nbackends; i++) {
         const struct cfg_backend *b = &cfg->backends[i];
-        if (b->protocol == proto && b->port == res->port && sa_port(&b->addr) == b->port &&
-            same_ip(&b->addr, &t->addr)) {
+        if (b->protocol == proto && b->port == res->port && same_ip(&b->addr, &t->addr)) {
             t->text = b->name;
             t->pool = true;
             return true;

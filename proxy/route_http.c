@@ -5,6 +5,11 @@
  * listener's protocol (to find the pool entry an Auth-Server address names). The authhttp
  * client never calls back synchronously and not after ah_cancel(), which is the contract the
  * chain expects of a source, so the wrapper only translates.
+ *
+ * The one subtlety is freeing: the chain may go away from inside our callback (after a reload,
+ * the last pending request of the old chain ends there), but the client must not be freed from
+ * inside its own callback (authhttp.h). http_free then only marks the source dead, and a 0 s
+ * timer frees it on the next loop turn, outside every callback of the client.
  */
 #include "route_http.h"
 
@@ -24,6 +29,9 @@ struct http_source {
     const struct config *cfg; /* borrowed: the chain's reference outlives the source */
     struct ah_client *client; /* owned; NULL when libcurl refused the configuration */
     const char *client_error; /* static: why client is NULL */
+    unsigned in_cb;           /* inside on_done: the client must not be freed now */
+    bool dead;                /* http_free ran inside on_done: reaped on the next turn */
+    ev_timer reap;            /* frees a dead source outside the client's callbacks */
 };
 
 struct route_req {
@@ -101,6 +109,7 @@ static void on_done(void *arg, const struct ah_result *res)
     void *cb_arg = r->arg;
     enum cfg_proto proto = r->proto;
     free(r);
+    hs->in_cb++;
     struct route_answer a = {.source = hs->base.conf->name, .nocache = true};
     struct route_target t;
     char text[AH_SERVER_MAX + 16];
@@ -132,6 +141,8 @@ static void on_done(void *arg, const struct ah_result *res)
         break;
     }
     cb(cb_arg, &a);
+    if (--hs->in_cb == 0 && hs->dead)
+        ev_timer_start(hs->base.loop, &hs->reap);
 }
 
 static struct route_req *http_start(struct route_source *src, const struct route_query *q,
@@ -182,9 +193,22 @@ static void http_cancel(struct route_req *r)
     free(r);
 }
 
+static void on_reap(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    struct http_source *hs = t->data;
+    ev_timer_stop(loop, t);
+    ah_client_free(&hs->client);
+    free(hs);
+}
+
 static void http_free(struct route_source *src)
 {
     struct http_source *hs = (struct http_source *)src;
+    if (hs->in_cb) {
+        hs->dead = true; /* on_done starts the reaper once the client's callback is over */
+        return;
+    }
     ah_client_free(&hs->client);
     free(hs);
 }
@@ -203,6 +227,8 @@ struct route_source *route_http_new(struct ev_loop *loop, const struct config *c
         return NULL;
     hs->base = (struct route_source){.ops = &http_ops, .conf = l, .loop = loop};
     hs->cfg = cfg;
+    ev_timer_init(&hs->reap, on_reap, 0., 0.);
+    hs->reap.data = hs;
     struct ah_config ac;
     ah_config_defaults(&ac);
     ac.url = l->url;

@@ -10,8 +10,11 @@ so the headers IMAP LOGIN, AUTHENTICATE PLAIN and POP3 USER/PASS send are checke
 from __future__ import annotations
 
 import imaplib
+import os
 import poplib
 import re
+import signal
+import threading
 import time
 import urllib.parse
 
@@ -40,10 +43,9 @@ def http_routing(url, **kw):
     return r
 
 
-def start_proxy(proxy_factory, pool, url, policy=None, **kw):
+def start_proxy(proxy_factory, pool, url, policy=None, workers=2, **kw):
     return proxy_factory(backends=pool_backends(pool), health={"enabled": False},
-                         routing=http_routing(url, **kw),
-                         policy=policy or {})
+                         routing=http_routing(url, **kw), policy=policy or {}, workers=workers)
 
 
 def imap(px, certs):
@@ -152,11 +154,12 @@ def test_http_refusal_counted_after_auth_wait(proxy_factory, pool, certs, respon
 
 
 def test_http_down_or_slow_unavailable_not_counted(proxy_factory, pool, certs, responder):
-    """A service that answers too late (timeout 1 s) or not at all: NO [UNAVAILABLE] with
+    """A service that answers too late (timeout 300 ms) or not at all: NO [UNAVAILABLE] with
     on_error: refuse, never counted (3 errors, limit 2, and the user still logs in)."""
-    responder.table[A] = Answer(server="127.0.0.1", port=pool[0].ports["imap"], delay=1.5)
+    responder.table[A] = Answer(server="127.0.0.1", port=pool[0].ports["imap"], delay=0.6)
     policy = {"user_addr_fail_limit": 2, "user_fail_limit": 2, "tarpit": "0s"}
-    px = start_proxy(proxy_factory, pool, responder.url(), policy=policy, on_error="refuse")
+    px = start_proxy(proxy_factory, pool, responder.url(), policy=policy, on_error="refuse",
+                     lookup={"timeout": "300ms"})
     m = imap(px, certs)
     for _ in range(3):
         with pytest.raises(imaplib.IMAP4.error, match="UNAVAILABLE"):
@@ -176,3 +179,37 @@ def test_http_down_or_slow_unavailable_not_counted(proxy_factory, pool, certs, r
             m.login(B, USERS[B])
     m.logout()
     assert "event=route_lookup_failed source=authsvc" in px2.log()
+
+
+def test_http_answer_after_reload_frees_old_client_later(proxy_factory, pool, certs, responder):
+    """A reload while a lookup is in flight: a login of the new configuration replaces the
+    worker's chain, so the old chain (and its auth_http client) goes when the in-flight answer
+    has been handled -- that is, from inside the client's own callback. Freeing the client there
+    would be a use after free (ASan); it is deferred to the next loop turn. One worker, so both
+    logins share the chain."""
+    responder.table.update({
+        A: Answer(server="127.0.0.1", port=pool[0].ports["imap"], delay=0.6),
+        B: Answer(server="127.0.0.1", port=pool[1].ports["imap"]),
+    })
+    px = start_proxy(proxy_factory, pool, responder.url(), workers=1)
+    slow = imap(px, certs)
+    got = {}
+    t = threading.Thread(target=lambda: got.update(r=slow.login(A, USERS[A])))
+    t.start()
+    deadline = time.monotonic() + 5
+    while not requests_for(responder, A) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    mark = px.log_mark()
+    os.kill(px.pid, signal.SIGHUP)
+    px.wait_log("event=reloaded", after=mark)
+    m = imap(px, certs)
+    m.login(B, USERS[B])  # the new configuration's chain replaces the old one
+    assert backend_of(m) == "dv1"
+    m.logout()
+    t.join(10)
+    assert got["r"][0] == "OK"
+    assert backend_of(slow) == "dv0"
+    slow.logout()
+    m = imap(px, certs)  # the worker is alive and well after the deferred free
+    m.login(B, USERS[B])
+    m.logout()

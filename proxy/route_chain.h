@@ -3,21 +3,23 @@
  * asked in order for a user until one knows them, with a per-worker cache in front.
  *
  * A source is anything that can answer "where does this user live" asynchronously: the map
- * file today (route_maps.h), LDAP and nginx-style auth_http next. It implements
+ * file (route_maps.h), nginx-style auth_http (route_http.h), LDAP next. It implements
  * struct route_source_ops:
  *   - start(src, query, now_r, cb, arg) either answers at once (returns NULL after filling
  *     *now_r: the map file, a memory lookup) or returns a request handle and later calls
  *     cb(arg, answer) exactly once, from the worker's loop, never from inside start();
  *   - cancel(req) stops a pending request: its callback will not run.
  * An answer is FOUND (a backend, optionally credentials to use toward it), NOT_FOUND (ask the
- * next source) or ERROR (a reason: the chain stops there, so that a lower source — a `*`
- * catch-all, say — never routes a user whose real source is down; routing.on_error decides).
+ * next source), ERROR (a reason: the chain stops there, so that a lower source — a `*`
+ * catch-all, say — never routes a user whose real source is down; routing.on_error decides)
+ * or REJECT (a source that judges the password refused it: stops, refused as a wrong one).
  *
  * The chain bounds every asynchronous source with its lookup's `timeout` (an ERROR "timeout"
  * after cancelling it). Answers of sources marked cacheable are kept per worker for
- * routing.cache_ttl (not found: routing.negative_ttl); errors never are, nor answers with
- * credentials. The map source is not cacheable: its table is a memory lookup already, and a
- * SIGHUP must move users at once. Every map publish (route_maps_generation) flushes the cache.
+ * routing.cache_ttl (not found: routing.negative_ttl); errors and rejections never are, nor
+ * answers with credentials or marked nocache (auth_http: a decision on the password). The map
+ * source is not cacheable: its table is a memory lookup already, and a SIGHUP must move users at
+ * once. Every map publish (route_maps_generation) flushes the cache.
  *
  * One chain per worker, for one configuration snapshot; everything runs on that worker's loop.
  */

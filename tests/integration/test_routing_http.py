@@ -151,6 +151,14 @@ def test_http_refusal_counted_after_auth_wait(proxy_factory, pool, certs, respon
     m.logout()
     assert re.search(r"event=route_lookup result=reject source=authsvc "
                      r"status=\"Invalid login, go away\" wait_ms=1000", px.log())
+    # POP3: the same refusal is -ERR [AUTH] (unknown users get "Invalid login" from the responder)
+    p = poplib.POP3_SSL(mailenv.LOCAL, px.port("pop3s"), context=mailenv.ssl_context(certs.ca),
+                        timeout=15)
+    p.user("eve")
+    responder.table["eve"] = Answer(status="Invalid login")
+    with pytest.raises(poplib.error_proto, match=r"-ERR \[AUTH\]"):
+        p.pass_("guess")
+    p.quit()
 
 
 def test_http_down_or_slow_unavailable_not_counted(proxy_factory, pool, certs, responder):

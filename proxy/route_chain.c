@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "route_cache.h"
+#include "route_http.h"
 #include "route_ldap.h"
 #include "route_maps.h"
 #include "route_shared.h"
@@ -117,6 +118,8 @@ static struct route_source *source_new(struct ev_loop *loop, const struct config
         ms->base = (struct route_source){.ops = &map_ops, .conf = l, .loop = loop};
         return &ms->base;
     }
+    case CFG_LOOKUP_HTTP:
+        return route_http_new(loop, cfg, l);
     }
     return NULL;
 }
@@ -227,8 +230,9 @@ static void share(const struct route_chain_req *r, const struct route_answer *a,
 static void remember(struct route_chain_req *r, const struct route_answer *a)
 {
     struct route_chain *c = r->chain;
-    if (!r->cacheable || (a->status != ROUTE_FOUND && a->status != ROUTE_NOT_FOUND) || a->user ||
-        a->pass)
+    /* Answers that judged the password (auth_http, a->nocache) are never kept. */
+    if (!r->cacheable || a->nocache || (a->status != ROUTE_FOUND && a->status != ROUTE_NOT_FOUND) ||
+        a->user || a->pass)
         return;
     const struct cfg_routing *rt = &c->cfg->routing;
     double ttl =

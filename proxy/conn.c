@@ -17,10 +17,12 @@
  *    bytes or blocks were part of it (own_pending), until the handler has been called with it;
  * conn_update() feeds the watcher an EV_CUSTOM event while it is owed, after any watcher restart
  * (ev_io_stop() clears a fed event).
- *  - After SSL_read stops with bytes still decrypted inside OpenSSL (SSL_pending), the socket
- *    will not become readable for them: conn_update() feeds a read event to the watcher.
+ *  - After SSL_read stops with bytes still inside OpenSSL (decrypted, or read ahead and not yet
+ *    decrypted: SSL_has_pending), the socket will not become readable for them: conn_update()
+ *    feeds a read event to the watcher.
  */
 #include "conn.h"
+#include "tls.h"
 
 #include <errno.h>
 #include <openssl/crypto.h>
@@ -97,7 +99,7 @@ void conn_close(struct conn *c)
             SSL_shutdown(c->ssl);
             ERR_clear_error();
         }
-        SSL_free(c->ssl);
+        tls_ssl_release(c->ssl);
         c->ssl = NULL;
     }
     if (c->wipe_ctl && c->ctl.data)
@@ -463,7 +465,9 @@ bool conn_queue_copy(struct conn *c, const void *p, size_t len)
 
 bool conn_has_pending_input(const struct conn *c)
 {
-    return c->ssl && !c->handshaking && SSL_pending(c->ssl) > 0;
+    /* SSL_has_pending, not SSL_pending: with read-ahead (tls.c) whole records may wait
+     * undecrypted in OpenSSL's buffer, which SSL_pending does not count. */
+    return c->ssl && !c->handshaking && SSL_has_pending(c->ssl);
 }
 
 void conn_update(struct conn *c)

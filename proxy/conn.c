@@ -132,6 +132,7 @@ void conn_start_tls(struct conn *c, SSL *ssl, bool server)
     else
         SSL_set_connect_state(ssl);
     c->handshaking = true;
+    c->tls_starved = false;
     c->read_wants_write = c->write_wants_read = false;
     c->drained_due = false; /* (the answer before STARTTLS): the handshake reports itself */
     /* Start right away: a client's ClientHello may already be in the socket buffer, and our
@@ -234,8 +235,11 @@ long conn_read(struct conn *c)
                     c->eof = true;
                 else if (o < 0)
                     c->error = true;
+                /* OpenSSL waits for the socket: what it holds is an incomplete record. */
+                c->tls_starved = o == 1 && !c->read_wants_write;
                 break;
             }
+            c->tls_starved = false;
             n = rc;
         } else {
             n = recv(c->fd, dst, (size_t)room, 0);
@@ -260,9 +264,14 @@ long conn_read(struct conn *c)
         buf_commit(c->rbuf, (size_t)n);
         c->bytes_in += (uint64_t)n;
         total += n;
-        /* A short plaintext read means the socket is drained; TLS reads return one record at
-         * a time, so keep going until WANT_READ. */
+        /* A short plaintext read means the socket is drained. TLS reads return one record at
+         * a time; with read-ahead (tls.c) OpenSSL reads the socket a buffer at a time, so when
+         * nothing is left in it the last socket read was short or the socket has more: either
+         * way epoll (level-triggered) says so, and a read that would only return EAGAIN is
+         * saved (issue 19: one per wake-up on the login path). */
         if (!c->ssl && n < room)
+            break;
+        if (c->ssl && !SSL_has_pending(c->ssl))
             break;
     }
     return total;
@@ -465,9 +474,13 @@ bool conn_queue_copy(struct conn *c, const void *p, size_t len)
 
 bool conn_has_pending_input(const struct conn *c)
 {
-    /* SSL_has_pending, not SSL_pending: with read-ahead (tls.c) whole records may wait
-     * undecrypted in OpenSSL's buffer, which SSL_pending does not count. */
-    return c->ssl && !c->handshaking && SSL_has_pending(c->ssl);
+    /* Not only SSL_pending: with read-ahead (tls.c) whole records may wait undecrypted in
+     * OpenSSL's buffer, which SSL_pending does not count. But when the last SSL_read asked for
+     * the socket, what is buffered is part of a record, and feeding reads for it would spin:
+     * the socket signals the rest. */
+    if (!c->ssl || c->handshaking)
+        return false;
+    return SSL_pending(c->ssl) > 0 || (!c->tls_starved && SSL_has_pending(c->ssl));
 }
 
 void conn_update(struct conn *c)

@@ -490,7 +490,9 @@ void conn_update(struct conn *c)
     int ev = 0;
     bool feed = false;
     if (c->connecting) {
-        ev = EV_WRITE;
+        /* Both: a failed connect reports EPOLLERR/EPOLLHUP, which libev turns into read and
+         * write at once, so write alone means connected (finish_connect). */
+        ev = EV_READ | EV_WRITE;
     } else if (c->handshaking) {
         ev = c->read_wants_write ? EV_WRITE : EV_READ;
     } else if (!c->error) {
@@ -533,12 +535,14 @@ bool conn_ctl_printf(struct conn *c, const char *fmt, ...)
     return ok;
 }
 
-static void finish_connect(struct conn *c)
+static void finish_connect(struct conn *c, int revents)
 {
     int err = 0;
     socklen_t len = sizeof err;
     c->connecting = false;
-    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+    /* Writable and not readable: connected, no error to ask for (issue 19: one getsockopt
+     * per backend connection saved). Readable too: an error, or the greeting already. */
+    if ((revents & EV_READ) && getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
         err = errno;
     if (err) {
         c->error = true;
@@ -555,7 +559,7 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
         return;
     if (c->connecting) {
         if (revents & EV_WRITE)
-            finish_connect(c);
+            finish_connect(c, revents);
         if (c->fd >= 0 && !c->handshaking)
             conn_update(c);
         return;

@@ -264,7 +264,7 @@ static void test_list_serves_one_generation(void **state)
     SSL *sa2 = tls_server_ssl(a);                  /* the list now serves b: a new one */
     assert_ptr_equal(SSL_get_SSL_CTX(sa2), ca);
     tls_ssl_release(sb);
-    tls_ssl_release(sa2); /* a's generation: freed, not kept */
+    tls_ssl_release(sa2);           /* a's generation: freed, not kept */
     SSL *again = tls_server_ssl(a); /* the list follows a again */
     assert_ptr_equal(SSL_get_SSL_CTX(again), ca);
     tls_ssl_release(again);

@@ -64,10 +64,13 @@ struct cfg_cert {
 struct cfg_tls {
     struct cfg_cert *certs; /* owned array; certs[0] is the default; others chosen by SNI */
     size_t ncerts;
-    int min_version;       /* TLS1_2_VERSION (default) or TLS1_3_VERSION; "1.2" / "1.3" */
-    char *ciphers;         /* owned; TLS <= 1.2 cipher list, OpenSSL syntax; default below */
-    char *ciphersuites;    /* owned; TLS 1.3 suites; default OpenSSL's */
-    char *ticket_key_file; /* owned or NULL: 80-byte files (name16|hmac32|aes32), see docs */
+    int min_version;          /* TLS1_2_VERSION (default) or TLS1_3_VERSION; "1.2" / "1.3" */
+    char *ciphers;            /* owned; TLS <= 1.2 cipher list, OpenSSL syntax; default below */
+    char *ciphersuites;       /* owned or NULL (= OpenSSL's order); TLS 1.3 suites, AES-128 first */
+    char *groups;             /* owned or NULL (= OpenSSL's list); key exchange, X25519 first */
+    char *ticket_key_file;    /* owned or NULL: 80-byte files (name16|hmac32|aes32), see docs */
+    uint32_t session_tickets; /* TLS 1.3 tickets sent per full handshake (default 1) */
+    uint32_t ssl_cache;       /* free SSL objects kept per worker for reuse (default 64; 0 off) */
     uint64_t handshake_timeout_ms; /* default 30s */
 };
 

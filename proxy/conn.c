@@ -17,10 +17,12 @@
  *    bytes or blocks were part of it (own_pending), until the handler has been called with it;
  * conn_update() feeds the watcher an EV_CUSTOM event while it is owed, after any watcher restart
  * (ev_io_stop() clears a fed event).
- *  - After SSL_read stops with bytes still decrypted inside OpenSSL (SSL_pending), the socket
- *    will not become readable for them: conn_update() feeds a read event to the watcher.
+ *  - After SSL_read stops with bytes still inside OpenSSL (decrypted, or read ahead and not yet
+ *    decrypted: SSL_has_pending), the socket will not become readable for them: conn_update()
+ *    feeds a read event to the watcher.
  */
 #include "conn.h"
+#include "tls.h"
 
 #include <errno.h>
 #include <openssl/crypto.h>
@@ -97,7 +99,7 @@ void conn_close(struct conn *c)
             SSL_shutdown(c->ssl);
             ERR_clear_error();
         }
-        SSL_free(c->ssl);
+        tls_ssl_release(c->ssl);
         c->ssl = NULL;
     }
     if (c->wipe_ctl && c->ctl.data)
@@ -130,6 +132,7 @@ void conn_start_tls(struct conn *c, SSL *ssl, bool server)
     else
         SSL_set_connect_state(ssl);
     c->handshaking = true;
+    c->tls_starved = false;
     c->read_wants_write = c->write_wants_read = false;
     c->drained_due = false; /* (the answer before STARTTLS): the handshake reports itself */
     /* Start right away: a client's ClientHello may already be in the socket buffer, and our
@@ -232,8 +235,11 @@ long conn_read(struct conn *c)
                     c->eof = true;
                 else if (o < 0)
                     c->error = true;
+                /* OpenSSL waits for the socket: what it holds is an incomplete record. */
+                c->tls_starved = o == 1 && !c->read_wants_write;
                 break;
             }
+            c->tls_starved = false;
             n = rc;
         } else {
             n = recv(c->fd, dst, (size_t)room, 0);
@@ -258,9 +264,14 @@ long conn_read(struct conn *c)
         buf_commit(c->rbuf, (size_t)n);
         c->bytes_in += (uint64_t)n;
         total += n;
-        /* A short plaintext read means the socket is drained; TLS reads return one record at
-         * a time, so keep going until WANT_READ. */
+        /* A short plaintext read means the socket is drained. TLS reads return one record at
+         * a time; with read-ahead (tls.c) OpenSSL reads the socket a buffer at a time, so when
+         * nothing is left in it the last socket read was short or the socket has more: either
+         * way epoll (level-triggered) says so, and a read that would only return EAGAIN is
+         * saved (issue 19: one per wake-up on the login path). */
         if (!c->ssl && n < room)
+            break;
+        if (c->ssl && !SSL_has_pending(c->ssl))
             break;
     }
     return total;
@@ -463,7 +474,13 @@ bool conn_queue_copy(struct conn *c, const void *p, size_t len)
 
 bool conn_has_pending_input(const struct conn *c)
 {
-    return c->ssl && !c->handshaking && SSL_pending(c->ssl) > 0;
+    /* Not only SSL_pending: with read-ahead (tls.c) whole records may wait undecrypted in
+     * OpenSSL's buffer, which SSL_pending does not count. But when the last SSL_read asked for
+     * the socket, what is buffered is part of a record, and feeding reads for it would spin:
+     * the socket signals the rest. */
+    if (!c->ssl || c->handshaking)
+        return false;
+    return SSL_pending(c->ssl) > 0 || (!c->tls_starved && SSL_has_pending(c->ssl));
 }
 
 void conn_update(struct conn *c)
@@ -473,7 +490,9 @@ void conn_update(struct conn *c)
     int ev = 0;
     bool feed = false;
     if (c->connecting) {
-        ev = EV_WRITE;
+        /* Both: a failed connect reports EPOLLERR/EPOLLHUP, which libev turns into read and
+         * write at once, so write alone means connected (finish_connect). */
+        ev = EV_READ | EV_WRITE;
     } else if (c->handshaking) {
         ev = c->read_wants_write ? EV_WRITE : EV_READ;
     } else if (!c->error) {
@@ -516,12 +535,14 @@ bool conn_ctl_printf(struct conn *c, const char *fmt, ...)
     return ok;
 }
 
-static void finish_connect(struct conn *c)
+static void finish_connect(struct conn *c, int revents)
 {
     int err = 0;
     socklen_t len = sizeof err;
     c->connecting = false;
-    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+    /* Writable and not readable: connected, no error to ask for (issue 19: one getsockopt
+     * per backend connection saved). Readable too: an error, or the greeting already. */
+    if ((revents & EV_READ) && getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
         err = errno;
     if (err) {
         c->error = true;
@@ -538,7 +559,7 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
         return;
     if (c->connecting) {
         if (revents & EV_WRITE)
-            finish_connect(c);
+            finish_connect(c, revents);
         if (c->fd >= 0 && !c->handshaking)
             conn_update(c);
         return;

@@ -5,8 +5,8 @@
  * The protocol code never calls SSL_* or recv/send: it calls conn_read()/conn_flush() and looks
  * at buffers. The transport (raw or TLS) turns OpenSSL's WANT_READ/WANT_WRITE into watcher
  * interest, including the cross-direction cases (SSL_read wanting to write, SSL_write wanting to
- * read), and re-feeds reads while OpenSSL holds decrypted bytes the socket will never signal
- * (SSL_pending).
+ * read), and re-feeds reads while OpenSSL holds bytes the socket will never signal (decrypted,
+ * or whole records read ahead).
  *
  * Buffers: reads append to *rbuf (owned by the session). Output toward the peer comes from three
  * places, sent as one ordered stream:
@@ -91,6 +91,7 @@ struct conn {
     bool wipe_ctl;         /* ctl carries secrets (backend login): cleanse before freeing */
     bool drained_due;      /* output drained: CONN_EV_DRAINED not yet delivered */
     bool own_pending;      /* ctl bytes or blocks queued since the last DRAINED */
+    bool tls_starved;      /* the last SSL_read wanted socket input (buffered: a part record) */
     struct conn_block *qhead, *qtail; /* owned: queued blocks, oldest first */
     size_t qbytes;                    /* unsent bytes in queued blocks */
     size_t qcopy;                     /* bytes of queued conn_queue_copy blocks (<= ctl.cap) */

@@ -211,6 +211,29 @@ static void proxy_hdr_cb(struct ev_loop *loop, ev_io *io, int revents)
     sess_pump(s);
 }
 
+/* A connection accepted on a listener bound to one address and port has exactly that local
+ * address: copy it instead of a getsockname() per connection (issue 19). Wildcard binds,
+ * port 0 and transparent listeners (which accept for other destinations) must ask. */
+static bool bound_address(const struct cfg_listener *l, struct sockaddr_storage *out)
+{
+    if (l->transparent)
+        return false;
+    if (l->addr.ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&l->addr;
+        if (in->sin_addr.s_addr == htonl(INADDR_ANY) || in->sin_port == 0)
+            return false;
+    } else if (l->addr.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&l->addr;
+        if (IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr) || IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) ||
+            in6->sin6_port == 0)
+            return false;
+    } else {
+        return false;
+    }
+    memcpy(out, &l->addr, l->addrlen < sizeof *out ? l->addrlen : sizeof *out);
+    return true;
+}
+
 bool sess_accept(struct worker *w, int fd, const struct cfg_listener *l, struct rt *rt,
                  const struct sockaddr *peer, socklen_t peerlen)
 {
@@ -232,8 +255,10 @@ bool sess_accept(struct worker *w, int fd, const struct cfg_listener *l, struct 
         atomic_fetch_add(&metrics.listener[s->lidx].active, 1);
     }
     memcpy(&s->client_sa, peer, peerlen < sizeof s->client_sa ? peerlen : sizeof s->client_sa);
-    socklen_t ll = sizeof s->local_sa;
-    getsockname(fd, (struct sockaddr *)&s->local_sa, &ll);
+    if (!bound_address(l, &s->local_sa)) {
+        socklen_t ll = sizeof s->local_sa;
+        getsockname(fd, (struct sockaddr *)&s->local_sa, &ll);
+    }
     peer_to_text(s, peer);
     const struct cfg_limits *lim = &s->cfg->limits;
     buf_init(&s->up, lim->relay_buffer);

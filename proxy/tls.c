@@ -6,6 +6,26 @@
  * record is accepted for decryption (and the ticket re-issued under the first), so rotation is:
  * append the new record everywhere, then move it first, then drop the old one a ticket lifetime
  * later (docs/tls.md).
+ *
+ * SSL object reuse (issue 19): SSL_new copies the context's certificate, cipher lists, verify
+ * parameters and callbacks into a fresh object, and SSL_free takes it apart again, for every
+ * connection. A closed connection's SSL is instead reset with SSL_clear and kept on a free
+ * list of its worker (a thread: sessions never change worker, so no lock), at most
+ * tls.ssl_cache of them. What SSL_clear keeps, and how it cannot reach the next client:
+ *  - the context an SNI switch installed (and with it the certificate): put back to the
+ *    default context before the SSL is kept, so a client without SNI gets the default
+ *    certificate;
+ *  - ex_data: ours is only the default context the SSL was made for (home_index), which is
+ *    what the free list compares against;
+ *  - the BIO (a stale fd number, never used: conn_start_tls installs a new one first);
+ *  - the session, peer certificate, verify result, ALPN choice, servername and ticket state
+ *    are freed or reset by SSL_clear itself, and the servername is re-read from each
+ *    ClientHello (tests/integration/test_tls.py checks SNI, resumption and versions across
+ *    reuse).
+ * A list belongs to one tls_server (one config generation), identified by its default context,
+ * on which the list holds a reference so that pointer cannot come back as a new context. A
+ * reload's first connection on a worker empties the old list; SSLs of older sessions that end
+ * later are freed, not kept.
  */
 #include "tls.h"
 
@@ -36,7 +56,8 @@ struct sni_entry {
 };
 
 struct tls_server {
-    SSL_CTX **ctx; /* ctx[0] default */
+    SSL_CTX **ctx;     /* ctx[0] default */
+    unsigned pool_cap; /* tls.ssl_cache */
     size_t nctx;
     struct tls_cert_info *info; /* [i] for ctx[i], read at build time for /metrics */
     struct sni_entry *names;
@@ -46,11 +67,25 @@ struct tls_server {
 };
 
 static int ts_index = -1;
+static int home_index = -1; /* SSL ex_data: the default SSL_CTX the object was made on */
+/* Ticket encryption cipher, fetched once: EVP_aes_256_cbc() in EVP_EncryptInit_ex makes
+ * OpenSSL 3 fetch the implementation (a locked property lookup) on every ticket. */
+static EVP_CIPHER *ticket_cipher;
+
+/* This worker's free SSL objects (see the top of the file). */
+struct ssl_pool {
+    SSL_CTX *home; /* referenced; NULL before the first connection */
+    unsigned cap, n;
+    SSL **free;
+};
+static _Thread_local struct ssl_pool pool;
 
 void tls_global_init(void)
 {
     OPENSSL_init_ssl(OPENSSL_INIT_LOAD_SSL_STRINGS | OPENSSL_INIT_LOAD_CRYPTO_STRINGS, NULL);
     ts_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    home_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    ticket_cipher = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
 }
 
 static char *ssl_error(const char *what, const char *path)
@@ -98,9 +133,10 @@ static int ticket_cb(SSL *s, unsigned char name[16], unsigned char *iv, EVP_CIPH
     };
     if (EVP_MAC_CTX_set_params(hctx, p) != 1)
         return -1;
+    const EVP_CIPHER *aes = ticket_cipher ? ticket_cipher : EVP_aes_256_cbc();
     if (enc)
-        return EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv) == 1 ? 1 : -1;
-    if (EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv) != 1)
+        return EVP_EncryptInit_ex(cctx, aes, NULL, k->aes, iv) == 1 ? 1 : -1;
+    if (EVP_DecryptInit_ex(cctx, aes, NULL, k->aes, iv) != 1)
         return -1;
     /* 2: accept and issue a new ticket. Always for TLS 1.3: OpenSSL sends no ticket on a
      * resumed 1.3 handshake otherwise, and a client that uses each ticket once (RFC 8446
@@ -280,6 +316,17 @@ static SSL_CTX *server_ctx(const struct cfg_tls *cfg, const struct cfg_cert *cer
         *error_r = ssl_error("tls.ciphersuites", cfg->ciphersuites);
         goto fail;
     }
+    if (cfg->groups && SSL_CTX_set1_groups_list(x, cfg->groups) != 1) {
+        *error_r = ssl_error("tls.groups", cfg->groups);
+        goto fail;
+    }
+    /* OpenSSL sends 2 TLS 1.3 tickets per full handshake: each is a record write, an
+     * encryption and an HMAC. Resumed handshakes get a fresh one (ticket_cb), so a client that
+     * reconnects needs one; a client opening parallel connections gets one per connection. */
+    SSL_CTX_set_num_tickets(x, cfg->session_tickets);
+    /* Read whole socket buffers, not a 5-byte header and then the record: half the read()s
+     * per handshake and per command (conn.c asks SSL_has_pending for what is buffered). */
+    SSL_CTX_set_read_ahead(x, 1);
     if (SSL_CTX_use_certificate_chain_file(x, cert->cert) != 1) {
         *error_r = ssl_error("certificate", cert->cert);
         goto fail;
@@ -308,6 +355,7 @@ struct tls_server *tls_server_new(const struct cfg_tls *cfg, char **error_r)
         *error_r = strdup("tls: no certificates configured");
         return NULL;
     }
+    ts->pool_cap = cfg->ssl_cache;
     ts->ctx = calloc(cfg->ncerts, sizeof *ts->ctx);
     ts->info = calloc(cfg->ncerts, sizeof *ts->info);
     if (!ts->ctx || !ts->info)
@@ -360,9 +408,66 @@ size_t tls_server_certs(const struct tls_server *ts, const struct tls_cert_info 
     return ts ? ts->nctx : 0;
 }
 
+/* Empty this thread's list and make it one for `home` (NULL: none) with room for `cap`. */
+static void pool_reset(SSL_CTX *home, unsigned cap)
+{
+    while (pool.n)
+        SSL_free(pool.free[--pool.n]);
+    free(pool.free);
+    pool.free = NULL;
+    pool.cap = 0;
+    SSL_CTX_free(pool.home); /* NULL-safe */
+    pool.home = NULL;
+    if (!home)
+        return;
+    SSL_CTX_up_ref(home);
+    pool.home = home;
+    pool.free = cap ? calloc(cap, sizeof *pool.free) : NULL;
+    pool.cap = pool.free ? cap : 0;
+}
+
 SSL *tls_server_ssl(struct tls_server *ts)
 {
-    return SSL_new(ts->ctx[0]);
+    SSL_CTX *home = ts->ctx[0];
+    if (pool.home != home)
+        pool_reset(home, ts->pool_cap);
+    if (pool.n)
+        return pool.free[--pool.n];
+    SSL *s = SSL_new(home);
+    if (s && SSL_set_ex_data(s, home_index, home) != 1) {
+        SSL_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void tls_ssl_release(SSL *s)
+{
+    if (!s)
+        return;
+    SSL_CTX *home = SSL_get_ex_data(s, home_index);
+    if (!home || home != pool.home || pool.n >= pool.cap) {
+        SSL_free(s);
+        return;
+    }
+    /* After an SNI switch the object carries that certificate's context: back to the default
+     * one (SSL_set_SSL_CTX copies its certificate and session id context in again). */
+    if (SSL_get_SSL_CTX(s) != home && SSL_set_SSL_CTX(s, home) != home) {
+        SSL_free(s);
+        return;
+    }
+    ERR_clear_error();
+    if (SSL_clear(s) != 1) {
+        ERR_clear_error();
+        SSL_free(s);
+        return;
+    }
+    pool.free[pool.n++] = s;
+}
+
+void tls_thread_done(void)
+{
+    pool_reset(NULL, 0);
 }
 
 SSL_CTX *tls_client_ctx_new(const struct cfg_backend *b, char **error_r)

@@ -39,8 +39,15 @@ struct tls_cert_info {
 /* The certificates of `ts` in configuration order (0 and NULL for NULL). */
 size_t tls_server_certs(const struct tls_server *ts, const struct tls_cert_info **info_r);
 
-/* New server-side SSL object on the default context (SNI may switch it during the handshake). */
+/* Server-side SSL object on the default context (SNI may switch it during the handshake):
+ * from this thread's free list when it holds one for `ts`, else new. */
 SSL *tls_server_ssl(struct tls_server *ts);
+/* The end of an SSL object (any: client-side ones and NULL too): a server-side one from
+ * tls_server_ssl() is reset and kept on this thread's free list while there is room
+ * (tls.ssl_cache) and its tls_server is still the one the list serves; others are freed. */
+void tls_ssl_release(SSL *ssl);
+/* A worker thread ends: free its list. */
+void tls_thread_done(void);
 
 /* Client context for one backend (NULL and *error_r if it cannot be built). */
 SSL_CTX *tls_client_ctx_new(const struct cfg_backend *b, char **error_r);

@@ -28,6 +28,7 @@
 #include "route_rcache.h"
 #include "sess_lookup.h"
 #include "sess_policy.h"
+#include "tls.h"
 
 atomic_uint worker_connections;
 
@@ -291,6 +292,7 @@ static void *worker_main(void *arg)
     msgscan_worker_stop(w); /* after the sessions: their scan requests are cancelled */
     sess_policy_worker_stop(w);
     sess_lookup_worker_stop(w);
+    tls_thread_done(); /* the sessions are gone: their SSL objects are on its free list */
     return NULL;
 }
 

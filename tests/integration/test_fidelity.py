@@ -282,6 +282,34 @@ def test_forwarded_id_values_capped(proxy_factory, certs):
         fake.stop()
 
 
+def test_forwarded_connected_address(proxy_factory, certs):
+    """x-connected-ip/port in the backend ID are the address the client connected to: copied
+    from the listener's bind address when it names one (no getsockname per connection, issue
+    19), asked of the socket on a wildcard bind."""
+    fake = FakeImap(lambda conn, tag, line: (conn.send(tag + b" OK\r\n"), True)[1])
+    try:
+        backends = [{"name": "fake-" + proto, "protocol": proto, "host": mailenv.LOCAL,
+                     "port": fake.port} for proto in ("imap", "pop3")]
+        wild = mailenv.free_port()
+        px = proxy_factory(backends=backends, health={"enabled": False}, extra_listeners=[
+            {"name": "wild", "bind": f"0.0.0.0:{wild}", "protocol": "imap", "tls": "implicit"}])
+        ports = (px.port("imaps"), wild)
+        for port in ports:
+            c = clients.LineClient(port, tls=mailenv.ssl_context(certs.ca))
+            c.greeting()
+            r = c.cmd(b"l", b"LOGIN alice alicepw")
+            assert tagged_status(r[-1]) == b"OK", r[-1]
+            c.close()
+        assert len(fake.ids) == 2
+        for idline, port in zip(fake.ids, ports):
+            strings = [m.group(1) for m in QUOTED.finditer(idline)]
+            got = dict(zip(strings[0::2], strings[1::2]))
+            assert got[b"x-connected-ip"] == b"127.0.0.1", idline
+            assert got[b"x-connected-port"] == str(port).encode(), idline
+    finally:
+        fake.stop()
+
+
 # ---- POP3
 
 def pop3_login(c: clients.LineClient):

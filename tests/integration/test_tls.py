@@ -225,8 +225,26 @@ def test_configured_tls13_suites_honoured(proxy_factory, certs):
     s.close()
     default = proxy_factory()
     s, _ = tls_open(default.port("imaps"), client_ctx(certs, tls="1.3"))
-    assert s.cipher()[0] == "TLS_AES_256_GCM_SHA384"
+    # issue 19: AES-128-GCM first by default (OpenSSL's own order starts with AES-256-GCM)
+    assert s.cipher()[0] == "TLS_AES_128_GCM_SHA256"
     s.close()
+
+
+def server_temp_key(port: int, *args: str) -> str:
+    r = subprocess.run(["openssl", "s_client", "-connect", f"{HOST}:{port}", *args],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10)
+    m = re.search(r"^Server Temp Key: (\S+?),", r.stdout, re.M)
+    assert m, r.stdout + r.stderr
+    return m.group(1)
+
+
+def test_groups_x25519_first_and_configurable(proxy_factory, certs):
+    """TLS 1.2 takes the curve by server preference: X25519 first by default even when the
+    client lists P-256 first; tls.groups changes it."""
+    px = proxy_factory()
+    assert server_temp_key(px.port("imaps"), "-tls1_2", "-groups", "P-256:X25519") == "X25519"
+    px = proxy_factory(**tls_overrides(groups="P-256:X25519"))
+    assert server_temp_key(px.port("imaps"), "-tls1_2", "-groups", "X25519:P-256") == "ECDH"
 
 
 def test_bad_cipher_config_refused(proxy_factory, certs, env_tmp):
@@ -288,6 +306,55 @@ def test_resumption_same_process(proxy_factory, certs, tls, name):
         sess, reused = session_of(px.port("imaps"), ctx, name, sess)
         assert reused
     assert re.search(r"tls=TLSv1\.[23]/\S+/resumed", px.log())
+
+
+# ------------------------------------------------------- SSL object reuse (issue 19, tls.c)
+
+
+@pytest.mark.parametrize("cache", [64, 0])
+def test_ssl_reuse_leaks_nothing_between_clients(proxy_factory, certs, cache):
+    """One worker, so every connection takes the SSL object the previous one gave back (cache
+    64; 0 = no reuse, the reference): each client still gets the certificate its own SNI asks
+    for, its own version, and resumption only with a ticket it holds itself."""
+    px = proxy_factory(workers=1, tls={"ssl_cache": cache})
+    port = px.port("imaps")
+    noverify = client_ctx(certs, verify=False)
+
+    def cert(name, ctx=noverify, p=port):
+        s, _ = tls_open(p, ctx, name=name)
+        try:
+            return s.getpeercert(binary_form=True), s.version(), s.session_reused
+        finally:
+            s.close()
+
+    sni, default = der(certs.sni), der(certs.server)
+    # the SNI context of the previous client must not stay on the object
+    for name, want in ((SNI_NAME, sni), (None, default), (SNI_NAME, sni),
+                       ("unknown.example.test", default), (SNI_NAME, sni), ("localhost", default),
+                       (SNI_NAME, sni)):
+        assert cert(name)[0] == want, name
+    # STARTTLS shares the list: no SNI after an SNI client gets the default certificate
+    with socket.create_connection((HOST, px.port("imap")), timeout=10) as raw:
+        _readline(raw)
+        raw.sendall(b"s STARTTLS\r\n")
+        assert _readline(raw).startswith(b"s OK")
+        s = noverify.wrap_socket(raw, server_hostname=None)
+        assert s.getpeercert(binary_form=True) == default
+        s.close()
+    # versions alternate on reused objects
+    for v in ("1.2", "1.3", "1.2", "1.3"):
+        _, got, _ = cert("localhost", client_ctx(certs, tls=v))
+        assert got == f"TLSv{v}", v
+    # resumption: only the client holding the ticket resumes, a fresh client after it does not
+    for v in ("1.3", "1.2"):
+        ctx = client_ctx(certs, tls=v)
+        sess, reused = session_of(port, ctx, SNI_NAME)
+        assert not reused
+        assert not session_of(port, client_ctx(certs, tls=v), SNI_NAME)[1]
+        sess, reused = session_of(port, ctx, SNI_NAME, sess)
+        assert reused, v
+        assert not session_of(port, client_ctx(certs, tls=v), "localhost")[1]
+        assert session_of(port, ctx, SNI_NAME, sess)[1], v
 
 
 def test_resumption_without_ticket_key_file(proxy_factory, certs):

@@ -119,7 +119,13 @@ static void test_defaults(void **state)
     assert_null(c->tls.certs);
     assert_int_equal(c->tls.min_version, TLS1_2_VERSION);
     assert_string_equal(c->tls.ciphers, "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!MD5:!DSS");
-    assert_null(c->tls.ciphersuites);
+    /* issue 19: AES-128-GCM and X25519 first, one ticket, 64 reusable SSL objects */
+    assert_string_equal(
+        c->tls.ciphersuites,
+        "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256");
+    assert_string_equal(c->tls.groups, "X25519:P-256:X448:P-521:P-384");
+    assert_int_equal(c->tls.session_tickets, 1);
+    assert_int_equal(c->tls.ssl_cache, 64);
     assert_null(c->tls.ticket_key_file);
     assert_int_equal(c->tls.handshake_timeout_ms, 30000);
 
@@ -342,7 +348,11 @@ static void test_shipped_config(void **state)
     assert_null(c->log_file);
     assert_int_equal(c->tls.min_version, d->tls.min_version);
     assert_string_equal(c->tls.ciphers, d->tls.ciphers);
-    assert_null(c->tls.ciphersuites);
+    /* the shipped file spells out the defaults */
+    assert_string_equal(c->tls.ciphersuites, d->tls.ciphersuites);
+    assert_string_equal(c->tls.groups, d->tls.groups);
+    assert_int_equal(c->tls.session_tickets, d->tls.session_tickets);
+    assert_int_equal(c->tls.ssl_cache, d->tls.ssl_cache);
     assert_null(c->tls.ticket_key_file);
     assert_int_equal(c->tls.handshake_timeout_ms, d->tls.handshake_timeout_ms);
     assert_memory_equal(&c->limits, &d->limits, sizeof c->limits);

@@ -332,7 +332,7 @@ void backend_dial_start(struct backend_dial *d)
     d->handler = c->handler;
     d->owner = c->owner;
     struct buf *rbuf = c->rbuf, *wbuf = c->wbuf;
-    size_t ctl_cap = c->ctl.cap, tls_batch = c->tls_out.cap;
+    size_t ctl_cap = c->ctl.cap, tls_batch = c->tls_batch;
     conn_close(c);
     int fd = socket(be->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int err = errno;

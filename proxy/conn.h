@@ -81,6 +81,7 @@ struct conn {
     struct buf *wbuf; /* not owned, may be NULL: its [rpos, mark) is sent first */
     struct buf ctl;   /* owned: proxy-generated output, sent after wbuf's sendable part */
     struct buf tls_out; /* owned: TLS records not yet sent (after the handshake; cap 0 = off) */
+    uint32_t tls_batch; /* application bytes per send() that tls_out is sized for */
     conn_handler *handler;
     void *owner;           /* the session */
     const char *err;       /* static description of the error, when error is set */

@@ -396,10 +396,16 @@ static void handle_response(struct session *s, const char *line, size_t len)
     }
 }
 
+/* The login script runs: after login_done() the login state is gone (st->lg NULL). */
+static bool logging_in(const struct imap_state *st)
+{
+    return st->lg && st->lg->bstate != IB_NONE;
+}
+
 static void read_responses(struct session *s)
 {
     struct imap_state *st = imap_st(s);
-    while (!s->closing && st->lg->bstate != IB_NONE && st->lg->bstate != IB_CONNECT &&
+    while (!s->closing && logging_in(st) && st->lg->bstate != IB_CONNECT &&
            st->lg->bstate != IB_STARTTLS_HS) {
         size_t avail = buf_len(&s->down) - st->lg->bscan;
         if (avail == 0)
@@ -441,6 +447,8 @@ static void read_responses(struct session *s)
 void imap_backend_event(struct session *s, int events)
 {
     struct imap_state *st = imap_st(s);
+    if (!st->lg)
+        return; /* logged in: the relay has the backend */
     if (events & SESS_EV_TIMEOUT) {
         fail(s, false, "backend timeout");
         return;
@@ -475,6 +483,6 @@ void imap_backend_event(struct session *s, int events)
     }
     if (events & CONN_EV_READ)
         read_responses(s);
-    if (!s->closing && st->lg->bstate != IB_NONE && s->state == SESS_BACKEND && (c->eof || c->error))
+    if (!s->closing && logging_in(st) && s->state == SESS_BACKEND && (c->eof || c->error))
         fail(s, false, c->eof ? "backend closed the connection" : "backend connection error");
 }

@@ -5,12 +5,13 @@
 #   nginx + libnginx-mod-mail   nginx's mail proxy (IMAP/POP3 with TLS, auth_http)
 #   haproxy                     TCP mode with TLS termination (a blind relay: the fast floor)
 #   gnuplot-nox                 the PNG in docs/benchmarks.md
+#   strace                      output syscalls per MB relayed (issue 19)
 #
 # As in deploy/deps.sh, a temporary /usr/sbin/policy-rc.d keeps the package scripts from starting
 # the system nginx/haproxy services: the bench runs private instances on free loopback ports.
 set -euo pipefail
 
-PACKAGES=(nginx libnginx-mod-mail haproxy gnuplot-nox)
+PACKAGES=(nginx libnginx-mod-mail haproxy gnuplot-nox strace)
 
 missing=()
 declare -A installed=()

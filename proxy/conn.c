@@ -207,11 +207,8 @@ static void batch_install(struct conn *c)
     if (!b)
         return;
     BIO_set_data(b, c);
-    /* SSL_set_fd put one socket BIO in both places; SSL_set0_wbio drops the wbio's reference,
-     * so take one for the rbio that stays. */
-    BIO *rb = SSL_get_rbio(c->ssl);
-    if (rb && rb == SSL_get_wbio(c->ssl))
-        BIO_up_ref(rb);
+    /* SSL_set_fd put one socket BIO in both places with a reference for each (SSL_set_bio);
+     * SSL_set0_wbio drops the wbio's, and the rbio keeps its own. */
     SSL_set0_wbio(c->ssl, b);
 }
 

@@ -76,10 +76,10 @@ struct conn {
     int fd; /* owned; -1 when closed */
     struct ev_loop *loop;
     ev_io io;
-    SSL *ssl;         /* owned or NULL (plaintext) */
-    struct buf *rbuf; /* not owned: reads append here */
-    struct buf *wbuf; /* not owned, may be NULL: its [rpos, mark) is sent first */
-    struct buf ctl;   /* owned: proxy-generated output, sent after wbuf's sendable part */
+    SSL *ssl;           /* owned or NULL (plaintext) */
+    struct buf *rbuf;   /* not owned: reads append here */
+    struct buf *wbuf;   /* not owned, may be NULL: its [rpos, mark) is sent first */
+    struct buf ctl;     /* owned: proxy-generated output, sent after wbuf's sendable part */
     struct buf tls_out; /* owned: TLS records not yet sent (after the handshake; cap 0 = off) */
     uint32_t tls_batch; /* application bytes per send() that tls_out is sized for */
     conn_handler *handler;

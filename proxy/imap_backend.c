@@ -100,7 +100,8 @@ void imap_backend_start(struct session *s)
     imap_framer_init(&st->lg->bf, s->cfg->limits.max_line);
     st->lg->bscan = 0;
     st->lg->be_caps_known = st->lg->be_literal_plus = st->lg->be_sasl_ir = st->lg->be_id = false;
-    st->lg->be_starttls = st->lg->be_auth_plain = st->lg->be_auth_xoauth2 = st->lg->be_auth_oauthbearer = false;
+    st->lg->be_starttls = st->lg->be_auth_plain = st->lg->be_auth_xoauth2 =
+        st->lg->be_auth_oauthbearer = false;
     free(st->lg->post_caps);
     st->lg->post_caps = NULL;
     st->lg->bstate = IB_CONNECT;
@@ -158,7 +159,8 @@ static void store_post_caps(struct imap_state *st, const char *caps, size_t len)
     free(st->lg->post_caps);
     st->lg->post_caps = strndup(caps, len);
     if (st->lg->post_caps)
-        st->lg->post_caps[imap_filter_caps(st->lg->post_caps, strlen(st->lg->post_caps), true)] = '\0';
+        st->lg->post_caps[imap_filter_caps(st->lg->post_caps, strlen(st->lg->post_caps), true)] =
+            '\0';
 }
 
 static void send_id(struct session *s)
@@ -179,8 +181,8 @@ static void send_id(struct session *s)
                   "I ID (%s%s\"x-originating-ip\" \"%s\" \"x-originating-port\" \"%u\" "
                   "\"x-connected-ip\" \"%s\" \"x-connected-port\" \"%u\" "
                   "\"x-session-ext-id\" \"%s\")\r\n",
-                  st->lg->client_id ? st->lg->client_id : "", st->lg->client_id ? " " : "", s->client_ip,
-                  s->client_port, lip, lport, s->sid))
+                  st->lg->client_id ? st->lg->client_id : "", st->lg->client_id ? " " : "",
+                  s->client_ip, s->client_port, lip, lport, s->sid))
         return;
     st->lg->id_pending = true;
 }

@@ -156,8 +156,9 @@ static bool count_bad(struct session *s)
 {
     struct imap_state *st = imap_st(s);
     if (++st->lg->bad >= s->cfg->limits.max_bad_commands) {
-        sess_event(s, &(struct sess_event){
-                          .kind = SEV_REFUSED, .reason = SR_TOO_MANY_BAD_COMMANDS, .n = st->lg->bad});
+        sess_event(s, &(struct sess_event){.kind = SEV_REFUSED,
+                                           .reason = SR_TOO_MANY_BAD_COMMANDS,
+                                           .n = st->lg->bad});
         reply(s, "* BYE Too many invalid commands.");
         sess_close_after_flush(s, "too many bad commands");
         return false;
@@ -572,7 +573,8 @@ static void imap_client_input(struct session *s)
             sess_log(s, LOG_INFO, "event=bad_command error=%s fatal=%d",
                      log_qs(e, sizeof e, st->lg->parser.error), st->lg->parser.fatal);
             if (st->lg->parser.fatal) {
-                reply(s, "* BYE %s", st->lg->parser.error ? st->lg->parser.error : "Protocol error.");
+                reply(s, "* BYE %s",
+                      st->lg->parser.error ? st->lg->parser.error : "Protocol error.");
                 sess_close_after_flush(s, "protocol error");
                 return;
             }

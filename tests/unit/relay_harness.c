@@ -472,6 +472,9 @@ static struct rh *open_session(enum rh_proto proto, enum rh_scan scan, bool slow
     settle(h);
     assert_non_null(h->s);
     assert_int_equal(h->s->state, SESS_RELAY);
+    /* issue 19 item 4: the relay carries no pre-auth parser or login state */
+    if (proto == RH_IMAP)
+        assert_null(imap_st(h->s)->lg);
     /* Greeting and login answer are not part of any case. */
     h->crx.checked = h->crx.len;
     h->brx.checked = h->brx.len;

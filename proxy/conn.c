@@ -117,11 +117,14 @@ static long tls_out_send(struct conn *c)
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                c->tls_out_full = true;
                 break;
+            }
             return -1;
         }
         buf_consume(&c->tls_out, (size_t)n);
+        c->tls_out_sent = true;
         total += n;
     }
     return total;
@@ -492,6 +495,7 @@ long conn_flush(struct conn *c)
      * streams must not pay one more loop callback per buffer turn. */
     if (buf_len(&c->ctl) || c->qcount)
         c->own_pending = true;
+    c->tls_out_full = c->tls_out_sent = false;
     long total = 0;
     for (;;) {
         struct conn_block *q = c->qhead;
@@ -540,14 +544,15 @@ long conn_flush(struct conn *c)
         c->qcount--;
         block_free(c, q);
     }
-    /* One send for every record this flush made (OpenSSL's writes filled tls_out). */
-    if (c->tls_out.data) {
+    /* One send for every record this flush made (OpenSSL's writes filled tls_out) — unless the
+     * socket already said it is full during this flush, or the connection failed. */
+    if (c->tls_out.data && !c->tls_out_full && !c->error) {
         if (tls_out_send(c) < 0) {
             c->error = true;
             c->err = strerror(errno);
         }
-        buf_release_if_empty(&c->tls_out);
     }
+    buf_release_if_empty(&c->tls_out);
     c->bytes_out += (uint64_t)total;
     if (c->wipe_ctl && c->ctl.data && buf_empty(&c->ctl))
         OPENSSL_cleanse(c->ctl.data, c->ctl.cap);
@@ -710,7 +715,9 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
     bool try_write = ((revents & EV_WRITE) && !c->write_wants_read) ||
                      ((revents & EV_READ) && c->write_wants_read);
     if (try_write && conn_pending_out(c)) {
-        if (conn_flush(c) > 0)
+        /* Records leaving tls_out are progress too: the last of a relayed stream may be only
+         * records, and a closing session waits for the output to be gone. */
+        if (conn_flush(c) > 0 || c->tls_out_sent)
             events |= CONN_EV_WRITE;
     }
     if (try_read) {

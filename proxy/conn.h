@@ -61,7 +61,7 @@ typedef void conn_handler(struct conn *c, int events);
 
 enum {
     CONN_EV_READ = 1,      /* new bytes in rbuf, or eof/error set */
-    CONN_EV_WRITE = 2,     /* some output was sent (room freed in wbuf/ctl) */
+    CONN_EV_WRITE = 2,     /* some output was sent (room freed in wbuf/ctl, or TLS records) */
     CONN_EV_HANDSHAKE = 4, /* the TLS handshake finished (or failed: error set) */
     CONN_EV_CONNECT = 8,   /* an outgoing connect finished (or failed: error set) */
     CONN_EV_DRAINED = 16,  /* everything queued toward the peer has been written */
@@ -100,6 +100,8 @@ struct conn {
     bool wipe_ctl;         /* ctl carries secrets (backend login): cleanse before freeing */
     bool drained_due;      /* output drained: CONN_EV_DRAINED not yet delivered */
     bool own_pending;      /* ctl bytes or blocks queued since the last DRAINED */
+    bool tls_out_full;     /* this flush met a full socket sending tls_out: no second try */
+    bool tls_out_sent;     /* this flush sent records from tls_out (progress: CONN_EV_WRITE) */
     struct conn_block *qhead, *qtail; /* owned: queued blocks, oldest first */
     size_t qbytes;                    /* unsent bytes in queued blocks */
     size_t qcopy;                     /* bytes of queued conn_queue_copy blocks (<= ctl.cap) */

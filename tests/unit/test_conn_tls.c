@@ -50,11 +50,14 @@ struct fx {
     struct buf rbuf, wbuf;
     int drained;
     bool drained_clean; /* every DRAINED came with nothing left to send */
+    int writes_empty;   /* CONN_EV_WRITE events after which nothing was left to send */
 };
 
 static void handler(struct conn *c, int events)
 {
     struct fx *f = c->owner;
+    if ((events & CONN_EV_WRITE) && conn_pending_out(c) == 0)
+        f->writes_empty++;
     if (events & CONN_EV_DRAINED) {
         f->drained++;
         if (conn_pending_out(c) != 0)
@@ -233,6 +236,29 @@ static void test_full_socket_keeps_order(void **state)
     free(out);
 }
 
+/* Relayed bytes alone raise no DRAINED: the handler learns that the last of them left from
+ * CONN_EV_WRITE (a closing session waits for it), also when only records were left to send. */
+static void test_last_records_raise_write(void **state)
+{
+    struct fx *f = *state;
+    int small = 4096;
+    setsockopt(f->c.fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    size_t big = 256 << 10;
+    char *in = malloc(big), *out = malloc(big);
+    pattern(in, big, 5);
+    release_bytes(f, in, big);
+    conn_flush(&f->c);
+    assert_int_equal(pump(f, out, big, false), big);
+    for (int i = 0; i < 100; i++)
+        ev_run(f->loop, EVRUN_NOWAIT);
+    assert_memory_equal(out, in, big);
+    assert_int_equal(conn_pending_out(&f->c), 0);
+    assert_int_equal(f->drained, 0);
+    assert_true(f->writes_empty >= 1);
+    free(in);
+    free(out);
+}
+
 static void test_close_notify_sent(void **state)
 {
     struct fx *f = *state;
@@ -258,6 +284,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_records_coalesced, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_released_and_retaken, setup, teardown),
         cmocka_unit_test_setup_teardown(test_full_socket_keeps_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_last_records_raise_write, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_notify_sent, setup, teardown),
     };
     return cmocka_run_group_tests_name("conn_tls", tests, NULL, NULL);

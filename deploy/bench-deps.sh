@@ -5,7 +5,7 @@
 #   nginx + libnginx-mod-mail   nginx's mail proxy (IMAP/POP3 with TLS, auth_http)
 #   haproxy                     TCP mode with TLS termination (a blind relay: the fast floor)
 #   gnuplot-nox                 the PNG in docs/benchmarks.md
-#   strace                      the syscalls-per-login scenario (issue 19)
+#   strace                      syscalls per login and output writes per MB (issue 19)
 #
 # As in deploy/deps.sh, a temporary /usr/sbin/policy-rc.d keeps the package scripts from starting
 # the system nginx/haproxy services: the bench runs private instances on free loopback ports.

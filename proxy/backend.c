@@ -332,11 +332,12 @@ void backend_dial_start(struct backend_dial *d)
     d->handler = c->handler;
     d->owner = c->owner;
     struct buf *rbuf = c->rbuf, *wbuf = c->wbuf;
-    size_t ctl_cap = c->ctl.cap;
+    size_t ctl_cap = c->ctl.cap, tls_batch = c->tls_batch;
     conn_close(c);
     int fd = socket(be->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int err = errno;
     conn_init(c, d->loop, fd, dial_conn_cb, d, ctl_cap);
+    conn_set_tls_batch(c, tls_batch);
     c->rbuf = rbuf;
     c->wbuf = wbuf;
     d->active = true;

@@ -172,6 +172,7 @@ static const struct cfg_key limits_keys[] = {
     {CFG_K_UINT("max_connections_per_address", struct cfg_limits, max_connections_per_address,
                 "100", 0, 1000000)},
     {CFG_K_SIZE("relay_buffer", struct cfg_limits, relay_buffer, "64k", 16 * KIB, 64 * MIB)},
+    {CFG_K_SIZE("tls_write_batch", struct cfg_limits, tls_write_batch, "64k", 0, 16 * MIB)},
     {CFG_K_DURATION("drain_timeout", struct cfg_limits, drain_timeout_ms, "30s", 0, HOUR)},
     {CFG_K_DURATION("closing_timeout", struct cfg_limits, closing_timeout_ms, "5s", 1, HOUR)},
     {CFG_K_DURATION("backend_lost_timeout", struct cfg_limits, backend_lost_timeout_ms, "10s", 1,

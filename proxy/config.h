@@ -127,6 +127,8 @@ struct cfg_limits {
     unsigned max_connections_per_address; /* default 100 (0 = no cap): one address, whole
                                              process, exempt networks aside */
     size_t relay_buffer;                  /* default 64k: queued toward a peer before reads pause */
+    size_t tls_write_batch;               /* default 64k: TLS records sent in one send() (0 = one
+                                             write per record) */
     uint64_t drain_timeout_ms;            /* default 30s: SIGTERM waits this long for sessions */
     uint64_t closing_timeout_ms;          /* default 5s: a session ending on our side (timeout,
                                              error, shutdown) sends its last words this long */

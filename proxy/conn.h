@@ -32,6 +32,13 @@
  * bytes alone raise no DRAINED: their drain re-arms the other side's reads, and a streaming
  * relay should not pay a loop callback per buffer turn; CONN_EV_WRITE still reports them.)
  *
+ * TLS output (issue 19): once the handshake is done, OpenSSL writes its records into `tls_out`
+ * (a write BIO of ours) instead of the socket, and conn_flush() hands the kernel all of them in
+ * one send() — one syscall per up to `limits.tls_write_batch` bytes instead of one per 16 KB
+ * record. Records not yet accepted by the socket count as pending output (conn_pending_out), so
+ * watcher interest and CONN_EV_DRAINED mean "on the wire", as for plaintext. The storage is
+ * taken on the first record and released when it empties, so an idle session holds none.
+ *
  * Watcher interest is derived from buffer state in conn_update(): a full rbuf stops reading —
  * that is the backpressure. A *wbuf that conn_flush() leaves empty is released
  * (buf_release_if_empty), so code must not keep pointers into a relay buffer across flushes.
@@ -54,7 +61,7 @@ typedef void conn_handler(struct conn *c, int events);
 
 enum {
     CONN_EV_READ = 1,      /* new bytes in rbuf, or eof/error set */
-    CONN_EV_WRITE = 2,     /* some output was sent (room freed in wbuf/ctl) */
+    CONN_EV_WRITE = 2,     /* some output was sent (room freed in wbuf/ctl, or TLS records) */
     CONN_EV_HANDSHAKE = 4, /* the TLS handshake finished (or failed: error set) */
     CONN_EV_CONNECT = 8,   /* an outgoing connect finished (or failed: error set) */
     CONN_EV_DRAINED = 16,  /* everything queued toward the peer has been written */
@@ -69,10 +76,12 @@ struct conn {
     int fd; /* owned; -1 when closed */
     struct ev_loop *loop;
     ev_io io;
-    SSL *ssl;         /* owned or NULL (plaintext) */
-    struct buf *rbuf; /* not owned: reads append here */
-    struct buf *wbuf; /* not owned, may be NULL: its [rpos, mark) is sent first */
-    struct buf ctl;   /* owned: proxy-generated output, sent after wbuf's sendable part */
+    SSL *ssl;           /* owned or NULL (plaintext) */
+    struct buf *rbuf;   /* not owned: reads append here */
+    struct buf *wbuf;   /* not owned, may be NULL: its [rpos, mark) is sent first */
+    struct buf ctl;     /* owned: proxy-generated output, sent after wbuf's sendable part */
+    struct buf tls_out; /* owned: TLS records not yet sent (after the handshake; cap 0 = off) */
+    uint32_t tls_batch; /* application bytes per send() that tls_out is sized for */
     conn_handler *handler;
     void *owner;           /* the session */
     const char *err;       /* static description of the error, when error is set */
@@ -92,6 +101,8 @@ struct conn {
     bool drained_due;      /* output drained: CONN_EV_DRAINED not yet delivered */
     bool own_pending;      /* ctl bytes or blocks queued since the last DRAINED */
     bool tls_starved;      /* the last SSL_read wanted socket input (buffered: a part record) */
+    bool tls_out_full;     /* this flush met a full socket sending tls_out: no second try */
+    bool tls_out_sent;     /* this flush sent records from tls_out (progress: CONN_EV_WRITE) */
     struct conn_block *qhead, *qtail; /* owned: queued blocks, oldest first */
     size_t qbytes;                    /* unsent bytes in queued blocks */
     size_t qcopy;                     /* bytes of queued conn_queue_copy blocks (<= ctl.cap) */
@@ -103,6 +114,11 @@ void conn_init(struct conn *c, struct ev_loop *loop, int fd, conn_handler *h, vo
                size_t ctl_cap);
 /* Stop watchers, free the SSL and ctl buffer, close the fd. Idempotent. */
 void conn_close(struct conn *c);
+
+/* Coalesce TLS records into sends of up to `cap` bytes (0: one write per record, as OpenSSL
+ * does). Takes effect at the end of the handshake; the default is CONN_TLS_BATCH_DEFAULT. */
+#define CONN_TLS_BATCH_DEFAULT (64u << 10)
+void conn_set_tls_batch(struct conn *c, size_t cap);
 
 /* Start a non-blocking connect; completion is reported as CONN_EV_CONNECT. Returns false with
  * c->err set when it fails immediately. */

@@ -28,7 +28,10 @@ enum imap_bstate {
 
 struct imap_scan;
 
-struct imap_state {
+/* Pre-auth dialogue and backend login: what only the way to SESS_RELAY needs. Allocated with
+ * the session, freed by imap_preauth_login_ok() when the relay starts, so an idle relayed
+ * session does not carry the parser and login fields (issue 19 item 4: ~1.5 KB). */
+struct imap_login {
     /* pre-auth parser; the store is allocated on first use and freed at login */
     struct imap_cmd_parser parser;
     char *store;
@@ -58,6 +61,10 @@ struct imap_state {
     bool id_pending; /* our ID command's tagged answer not yet seen */
     size_t bscan;    /* bytes of s->down framed so far during login */
     char *post_caps; /* backend's post-login capabilities, filtered (owned) */
+};
+
+struct imap_state {
+    struct imap_login *lg; /* owned; NULL once the session relays */
 
     /* relay */
     struct imap_framer upf;

@@ -29,7 +29,7 @@
 static void fail(struct session *s, bool auth, const char *why)
 {
     struct imap_state *st = imap_st(s);
-    st->bstate = IB_NONE;
+    st->lg->bstate = IB_NONE;
     s->backend.wipe_ctl = false;
     imap_preauth_login_failed(s, auth ? IMAP_LF_AUTH : IMAP_LF_UNAVAILABLE, why);
 }
@@ -48,7 +48,7 @@ static void refused(struct session *s, const char *status, size_t slen)
     sess_log(s, LOG_INFO, "event=backend_login_refused code=%s counted=%s answer=%s",
              r.code[0] ? r.code : "-", r.kind == LR_CREDENTIALS ? "yes" : "no",
              log_q(q, sizeof q, status, slen));
-    st->bstate = IB_NONE;
+    st->lg->bstate = IB_NONE;
     s->backend.wipe_ctl = false;
     if (r.kind == LR_PASS_ON)
         imap_preauth_login_refused(s, r.code, r.text);
@@ -62,7 +62,7 @@ static void refused(struct session *s, const char *status, size_t slen)
 static void fail_mech(struct session *s)
 {
     struct imap_state *st = imap_st(s);
-    st->bstate = IB_NONE;
+    st->lg->bstate = IB_NONE;
     s->backend.wipe_ctl = false;
     imap_preauth_login_failed(s, IMAP_LF_MECH, "backend does not offer this SASL mechanism");
 }
@@ -97,13 +97,14 @@ static bool sendf_be(struct session *s, const char *fmt, ...)
 void imap_backend_start(struct session *s)
 {
     struct imap_state *st = imap_st(s);
-    imap_framer_init(&st->bf, s->cfg->limits.max_line);
-    st->bscan = 0;
-    st->be_caps_known = st->be_literal_plus = st->be_sasl_ir = st->be_id = false;
-    st->be_starttls = st->be_auth_plain = st->be_auth_xoauth2 = st->be_auth_oauthbearer = false;
-    free(st->post_caps);
-    st->post_caps = NULL;
-    st->bstate = IB_CONNECT;
+    imap_framer_init(&st->lg->bf, s->cfg->limits.max_line);
+    st->lg->bscan = 0;
+    st->lg->be_caps_known = st->lg->be_literal_plus = st->lg->be_sasl_ir = st->lg->be_id = false;
+    st->lg->be_starttls = st->lg->be_auth_plain = st->lg->be_auth_xoauth2 =
+        st->lg->be_auth_oauthbearer = false;
+    free(st->lg->post_caps);
+    st->lg->post_caps = NULL;
+    st->lg->bstate = IB_CONNECT;
     sess_backend_connect(s); /* the outcome comes as SESS_EV_DIALED */
 }
 
@@ -127,14 +128,14 @@ static bool has_cap(const char *caps, size_t len, const char *want)
 
 static void learn_caps(struct imap_state *st, const char *caps, size_t len)
 {
-    st->be_caps_known = true;
-    st->be_literal_plus = has_cap(caps, len, "LITERAL+");
-    st->be_sasl_ir = has_cap(caps, len, "SASL-IR");
-    st->be_id = has_cap(caps, len, "ID");
-    st->be_starttls = has_cap(caps, len, "STARTTLS");
-    st->be_auth_plain = has_cap(caps, len, "AUTH=PLAIN");
-    st->be_auth_xoauth2 = has_cap(caps, len, "AUTH=XOAUTH2");
-    st->be_auth_oauthbearer = has_cap(caps, len, "AUTH=OAUTHBEARER");
+    st->lg->be_caps_known = true;
+    st->lg->be_literal_plus = has_cap(caps, len, "LITERAL+");
+    st->lg->be_sasl_ir = has_cap(caps, len, "SASL-IR");
+    st->lg->be_id = has_cap(caps, len, "ID");
+    st->lg->be_starttls = has_cap(caps, len, "STARTTLS");
+    st->lg->be_auth_plain = has_cap(caps, len, "AUTH=PLAIN");
+    st->lg->be_auth_xoauth2 = has_cap(caps, len, "AUTH=XOAUTH2");
+    st->lg->be_auth_oauthbearer = has_cap(caps, len, "AUTH=OAUTHBEARER");
 }
 
 /* Find "CAPABILITY " at `p` (after "* " or inside "[") and return the list up to "]"/end. */
@@ -155,10 +156,11 @@ static bool caps_in(const char *p, size_t len, const char **caps_r, size_t *len_
 
 static void store_post_caps(struct imap_state *st, const char *caps, size_t len)
 {
-    free(st->post_caps);
-    st->post_caps = strndup(caps, len);
-    if (st->post_caps)
-        st->post_caps[imap_filter_caps(st->post_caps, strlen(st->post_caps), true)] = '\0';
+    free(st->lg->post_caps);
+    st->lg->post_caps = strndup(caps, len);
+    if (st->lg->post_caps)
+        st->lg->post_caps[imap_filter_caps(st->lg->post_caps, strlen(st->lg->post_caps), true)] =
+            '\0';
 }
 
 static void send_id(struct session *s)
@@ -179,42 +181,42 @@ static void send_id(struct session *s)
                   "I ID (%s%s\"x-originating-ip\" \"%s\" \"x-originating-port\" \"%u\" "
                   "\"x-connected-ip\" \"%s\" \"x-connected-port\" \"%u\" "
                   "\"x-session-ext-id\" \"%s\")\r\n",
-                  st->client_id ? st->client_id : "", st->client_id ? " " : "", s->client_ip,
-                  s->client_port, lip, lport, s->sid))
+                  st->lg->client_id ? st->lg->client_id : "", st->lg->client_id ? " " : "",
+                  s->client_ip, s->client_port, lip, lport, s->sid))
         return;
-    st->id_pending = true;
+    st->lg->id_pending = true;
 }
 
 static void send_login(struct session *s)
 {
     struct imap_state *st = imap_st(s);
-    if (st->be_id)
+    if (st->lg->be_id)
         send_id(s);
-    if (s->closing || st->bstate == IB_NONE)
+    if (s->closing || st->lg->bstate == IB_NONE)
         return;
-    st->lit_step = 0;
-    st->bstate = IB_LOGIN;
-    struct creds *c = &st->creds;
+    st->lg->lit_step = 0;
+    st->lg->bstate = IB_LOGIN;
+    struct creds *c = &st->lg->creds;
     if (c->mech == CREDS_LOGIN) {
         size_t ul = c->user_len, pl = c->pass_len;
-        if (st->be_literal_plus) {
+        if (st->lg->be_literal_plus) {
             if (sendf_be(s, "L LOGIN {%zu+}\r\n", ul) && send_be(s, c->user, ul) &&
                 sendf_be(s, " {%zu+}\r\n", pl) && send_be(s, c->pass, pl))
                 send_be(s, "\r\n", 2);
         } else {
-            st->lit_step = 1;
-            st->bstate = IB_LOGIN_LIT;
+            st->lg->lit_step = 1;
+            st->lg->bstate = IB_LOGIN_LIT;
             sendf_be(s, "L LOGIN {%zu}\r\n", ul);
         }
         return;
     }
-    if ((c->mech == CREDS_XOAUTH2 && !st->be_auth_xoauth2) ||
-        (c->mech == CREDS_OAUTHBEARER && !st->be_auth_oauthbearer)) {
+    if ((c->mech == CREDS_XOAUTH2 && !st->lg->be_auth_xoauth2) ||
+        (c->mech == CREDS_OAUTHBEARER && !st->lg->be_auth_oauthbearer)) {
         fail_mech(s);
         return;
     }
     const char *mech = creds_sasl_name(c->mech);
-    if (st->be_sasl_ir) {
+    if (st->lg->be_sasl_ir) {
         size_t bl;
         const char *b64 = creds_response(c, &bl);
         if (!b64) {
@@ -223,10 +225,10 @@ static void send_login(struct session *s)
         }
         if (sendf_be(s, "L AUTHENTICATE %s ", mech) && send_be(s, b64, bl))
             send_be(s, "\r\n", 2);
-        st->lit_step = 10; /* a "+" now is a failure challenge: answer it empty */
+        st->lg->lit_step = 10; /* a "+" now is a failure challenge: answer it empty */
     } else {
         sendf_be(s, "L AUTHENTICATE %s\r\n", mech);
-        st->lit_step = 20; /* first "+": send the payload */
+        st->lg->lit_step = 20; /* first "+": send the payload */
     }
 }
 
@@ -234,22 +236,22 @@ static void send_login(struct session *s)
 static void on_continuation(struct session *s)
 {
     struct imap_state *st = imap_st(s);
-    struct creds *c = &st->creds;
-    switch (st->lit_step) {
+    struct creds *c = &st->lg->creds;
+    switch (st->lg->lit_step) {
     case 1:
         if (send_be(s, c->user, c->user_len))
             sendf_be(s, " {%zu}\r\n", c->pass_len);
-        st->lit_step = 2;
+        st->lg->lit_step = 2;
         break;
     case 2:
         if (send_be(s, c->pass, c->pass_len))
             send_be(s, "\r\n", 2);
-        st->lit_step = 3;
-        st->bstate = IB_LOGIN;
+        st->lg->lit_step = 3;
+        st->lg->bstate = IB_LOGIN;
         break;
     case 20: {
         /* The initial response, sent after the backend's empty challenge (no SASL-IR). */
-        st->lit_step = 10;
+        st->lg->lit_step = 10;
         size_t bl;
         const char *b64 = creds_response(c, &bl);
         if (!b64) {
@@ -263,7 +265,7 @@ static void on_continuation(struct session *s)
     case 10:
         /* XOAUTH2 error challenge (RFC-less, Google's): an empty response gets the NO. */
         send_be(s, "\r\n", 2);
-        st->lit_step = 11;
+        st->lg->lit_step = 11;
         break;
     default:
         fail(s, false, "unexpected continuation from backend");
@@ -289,7 +291,7 @@ static bool status_is(const char *st, size_t len, const char *word)
 static void login_done(struct session *s)
 {
     struct imap_state *st = imap_st(s);
-    st->bstate = IB_NONE;
+    st->lg->bstate = IB_NONE;
     s->backend.wipe_ctl = false;
     /* A backend that answered before all of our login was flushed (its answer pipelined
      * ahead): the rest is not sent. Cleansed in place, it went out as NUL bytes ahead of the
@@ -308,7 +310,7 @@ static void handle_response(struct session *s, const char *line, size_t len)
     const char *caps, *status;
     size_t clen, slen;
     bool untagged = len >= 2 && line[0] == '*' && line[1] == ' ';
-    switch (st->bstate) {
+    switch (st->lg->bstate) {
     case IB_GREETING:
         if (!untagged || !status_is(line + 2, len - 2, "OK")) {
             fail(s, false,
@@ -319,14 +321,14 @@ static void handle_response(struct session *s, const char *line, size_t len)
         if (len > 6 && line[5] == '[' && caps_in(line + 6, len - 6, &caps, &clen))
             learn_caps(st, caps, clen);
         if (s->be->tls == CFG_TLS_STARTTLS) {
-            if (st->be_caps_known && !st->be_starttls) {
+            if (st->lg->be_caps_known && !st->lg->be_starttls) {
                 fail(s, false, "backend does not offer STARTTLS");
                 return;
             }
-            st->bstate = IB_STARTTLS;
+            st->lg->bstate = IB_STARTTLS;
             sendf_be(s, "S STARTTLS\r\n");
-        } else if (!st->be_caps_known) {
-            st->bstate = IB_CAPA;
+        } else if (!st->lg->be_caps_known) {
+            st->lg->bstate = IB_CAPA;
             sendf_be(s, "C CAPABILITY\r\n");
         } else {
             send_login(s);
@@ -353,7 +355,7 @@ static void handle_response(struct session *s, const char *line, size_t len)
                 fail(s, false, "backend sent data after STARTTLS");
                 return;
             }
-            st->bstate = IB_STARTTLS_HS;
+            st->lg->bstate = IB_STARTTLS_HS;
             sess_backend_start_tls(s);
         }
         return;
@@ -369,10 +371,10 @@ static void handle_response(struct session *s, const char *line, size_t len)
             return;
         }
         if (tagged(line, len, 'I', &status, &slen)) {
-            st->id_pending = false;
+            st->lg->id_pending = false;
             return;
         }
-        if (st->bstate == IB_POSTCAPA && tagged(line, len, 'C', &status, &slen)) {
+        if (st->lg->bstate == IB_POSTCAPA && tagged(line, len, 'C', &status, &slen)) {
             login_done(s);
             return;
         }
@@ -383,8 +385,8 @@ static void handle_response(struct session *s, const char *line, size_t len)
             }
             if (slen > 4 && status[3] == '[' && caps_in(status + 4, slen - 4, &caps, &clen))
                 store_post_caps(st, caps, clen);
-            if (!st->post_caps) {
-                st->bstate = IB_POSTCAPA;
+            if (!st->lg->post_caps) {
+                st->lg->bstate = IB_POSTCAPA;
                 sendf_be(s, "C CAPABILITY\r\n");
                 return;
             }
@@ -396,18 +398,24 @@ static void handle_response(struct session *s, const char *line, size_t len)
     }
 }
 
+/* The login script runs: after login_done() the login state is gone (st->lg NULL). */
+static bool logging_in(const struct imap_state *st)
+{
+    return st->lg && st->lg->bstate != IB_NONE;
+}
+
 static void read_responses(struct session *s)
 {
     struct imap_state *st = imap_st(s);
-    while (!s->closing && st->bstate != IB_NONE && st->bstate != IB_CONNECT &&
-           st->bstate != IB_STARTTLS_HS) {
-        size_t avail = buf_len(&s->down) - st->bscan;
+    while (!s->closing && logging_in(st) && st->lg->bstate != IB_CONNECT &&
+           st->lg->bstate != IB_STARTTLS_HS) {
+        size_t avail = buf_len(&s->down) - st->lg->bscan;
         if (avail == 0)
             return;
         size_t used = 0;
         enum imap_frame_event ev =
-            imap_frame(&st->bf, buf_rptr(&s->down) + st->bscan, avail, &used);
-        st->bscan += used;
+            imap_frame(&st->lg->bf, buf_rptr(&s->down) + st->lg->bscan, avail, &used);
+        st->lg->bscan += used;
         if (ev == IMAP_FRAME_ERROR) {
             fail(s, false, "backend protocol error");
             return;
@@ -421,7 +429,7 @@ static void read_responses(struct session *s)
         }
         /* Take the response out of the buffer before acting on it: on success the relay takes
          * over s->down, and must not see our login's answer. */
-        size_t len = st->bscan;
+        size_t len = st->lg->bscan;
         char *line = malloc(len + 1);
         if (!line) {
             fail(s, false, "out of memory");
@@ -429,7 +437,7 @@ static void read_responses(struct session *s)
         }
         memcpy(line, buf_rptr(&s->down), len);
         buf_consume(&s->down, len);
-        st->bscan = 0;
+        st->lg->bscan = 0;
         size_t l = len;
         while (l && (line[l - 1] == '\n' || line[l - 1] == '\r'))
             l--;
@@ -441,12 +449,14 @@ static void read_responses(struct session *s)
 void imap_backend_event(struct session *s, int events)
 {
     struct imap_state *st = imap_st(s);
+    if (!st->lg)
+        return; /* logged in: the relay has the backend */
     if (events & SESS_EV_TIMEOUT) {
         fail(s, false, "backend timeout");
         return;
     }
     struct conn *c = &s->backend;
-    switch (st->bstate) {
+    switch (st->lg->bstate) {
     case IB_CONNECT:
     case IB_STARTTLS_HS:
         /* The dialer: connected (TLS done if implicit), or the STARTTLS handshake done. */
@@ -457,13 +467,13 @@ void imap_backend_event(struct session *s, int events)
             return;
         }
         c->reading = true;
-        if (st->bstate == IB_CONNECT) {
+        if (st->lg->bstate == IB_CONNECT) {
             s->backend.wipe_ctl = true;
-            st->bstate = IB_GREETING;
+            st->lg->bstate = IB_GREETING;
         } else {
             /* RFC 3501 6.2.1: capabilities learned before TLS are void. */
-            st->be_caps_known = false;
-            st->bstate = IB_CAPA;
+            st->lg->be_caps_known = false;
+            st->lg->bstate = IB_CAPA;
             sendf_be(s, "C CAPABILITY\r\n");
         }
         read_responses(s);
@@ -475,6 +485,6 @@ void imap_backend_event(struct session *s, int events)
     }
     if (events & CONN_EV_READ)
         read_responses(s);
-    if (!s->closing && st->bstate != IB_NONE && s->state == SESS_BACKEND && (c->eof || c->error))
+    if (!s->closing && logging_in(st) && s->state == SESS_BACKEND && (c->eof || c->error))
         fail(s, false, c->eof ? "backend closed the connection" : "backend connection error");
 }

@@ -81,6 +81,11 @@ static int imap_init(struct session *s)
     struct imap_state *st = calloc(1, sizeof *st);
     if (!st)
         return 0;
+    st->lg = calloc(1, sizeof *st->lg);
+    if (!st->lg) {
+        free(st);
+        return 0;
+    }
     buf_init(&st->inject, 4096);
     s->pstate = st;
     return 1;
@@ -88,7 +93,7 @@ static int imap_init(struct session *s)
 
 static void forget_login(struct imap_state *st)
 {
-    creds_clear(&st->creds);
+    creds_clear(&st->lg->creds);
 }
 
 static const char *mech_name(enum creds_mech m)
@@ -98,10 +103,10 @@ static const char *mech_name(enum creds_mech m)
 
 static void free_parser_store(struct imap_state *st)
 {
-    if (st->store) {
-        OPENSSL_cleanse(st->store, st->store_cap);
-        free(st->store);
-        st->store = NULL;
+    if (st->lg->store) {
+        OPENSSL_cleanse(st->lg->store, st->lg->store_cap);
+        free(st->lg->store);
+        st->lg->store = NULL;
     }
 }
 
@@ -111,14 +116,24 @@ static void imap_stop(struct session *s)
     imap_relay_stop(s);
 }
 
+/* The relay starts (or the session ends): the login state goes, its secrets wiped. */
+static void free_login(struct imap_state *st)
+{
+    if (!st->lg)
+        return;
+    forget_login(st);
+    free_parser_store(st);
+    free(st->lg->client_id);
+    free(st->lg->post_caps);
+    free(st->lg);
+    st->lg = NULL;
+}
+
 static void imap_destroy(struct session *s)
 {
     struct imap_state *st = imap_st(s);
     imap_scan_free(s); /* issue 4 */
-    forget_login(st);
-    free_parser_store(st);
-    free(st->client_id);
-    free(st->post_caps);
+    free_login(st);
     free(st->sel_lit);
     buf_free(&st->inject);
     free(st);
@@ -140,9 +155,10 @@ static void imap_bye(struct session *s, const char *text)
 static bool count_bad(struct session *s)
 {
     struct imap_state *st = imap_st(s);
-    if (++st->bad >= s->cfg->limits.max_bad_commands) {
-        sess_event(s, &(struct sess_event){
-                          .kind = SEV_REFUSED, .reason = SR_TOO_MANY_BAD_COMMANDS, .n = st->bad});
+    if (++st->lg->bad >= s->cfg->limits.max_bad_commands) {
+        sess_event(s, &(struct sess_event){.kind = SEV_REFUSED,
+                                           .reason = SR_TOO_MANY_BAD_COMMANDS,
+                                           .n = st->lg->bad});
         reply(s, "* BYE Too many invalid commands.");
         sess_close_after_flush(s, "too many bad commands");
         return false;
@@ -235,9 +251,9 @@ static size_t id_quote_body(char *out, size_t lim, const char *in, size_t len)
 static void cmd_id(struct session *s, const char *tag)
 {
     struct imap_state *st = imap_st(s);
-    const struct imap_cmd_parser *p = &st->parser;
-    free(st->client_id);
-    st->client_id = NULL;
+    const struct imap_cmd_parser *p = &st->lg->parser;
+    free(st->lg->client_id);
+    st->lg->client_id = NULL;
     if (p->nargs >= 2 && p->args[0].type == IMAP_ARG_LIST_OPEN) {
         /* Room for 30 pairs at their caps on the wire: RFC 2971's maximal ID is forwarded
          * whole (issue 15; it was dropped silently past ~4 KB). */
@@ -283,7 +299,7 @@ static void cmd_id(struct session *s, const char *tag)
         }
         if (ok && out) {
             out[o] = '\0';
-            st->client_id = out;
+            st->lg->client_id = out;
         } else {
             free(out);
         }
@@ -292,9 +308,9 @@ static void cmd_id(struct session *s, const char *tag)
         count_bad(s);
         return;
     }
-    if (st->client_id) {
+    if (st->lg->client_id) {
         char q[300];
-        sess_log(s, LOG_DEBUG, "event=client_id id=%s", log_qs(q, sizeof q, st->client_id));
+        sess_log(s, LOG_DEBUG, "event=client_id id=%s", log_qs(q, sizeof q, st->lg->client_id));
     }
     reply(s, "* ID (\"name\" \"Portcullis\")");
     reply(s, "%s OK ID completed.", tag);
@@ -316,7 +332,7 @@ static void login_refused(struct session *s, const char *answer)
 {
     struct imap_state *st = imap_st(s);
     forget_login(st);
-    reply(s, "%s %s", st->tag, answer);
+    reply(s, "%s %s", st->lg->tag, answer);
     sess_forget_user(s);
     if (!count_bad(s))
         return;
@@ -328,9 +344,9 @@ static void begin_login(struct session *s)
 {
     struct imap_state *st = imap_st(s);
     s->client.reading = false; /* pipelined commands wait in s->up until the login is decided */
-    st->preauth_deadline = s->deadline_at;
-    sess_log(s, LOG_DEBUG, "event=login_start mech=%s", mech_name(st->creds.mech));
-    s->login_creds = &st->creds; /* for an auth_http lookup (sess_lookup.c) */
+    st->lg->preauth_deadline = s->deadline_at;
+    sess_log(s, LOG_DEBUG, "event=login_start mech=%s", mech_name(st->lg->creds.mech));
+    s->login_creds = &st->lg->creds; /* for an auth_http lookup (sess_lookup.c) */
     s->login_attempts++;
     /* The login policy (issue 5) first; imap_backend_start() never calls back synchronously:
      * failures arrive as events. */
@@ -340,7 +356,7 @@ static void begin_login(struct session *s)
 static void cmd_login(struct session *s, const char *tag)
 {
     struct imap_state *st = imap_st(s);
-    const struct imap_cmd_parser *p = &st->parser;
+    const struct imap_cmd_parser *p = &st->lg->parser;
     if (plaintext_refused(s)) {
         sess_event(s, &(struct sess_event){.kind = SEV_REFUSED, .reason = SR_PLAINTEXT_LOGIN});
         reply(s,
@@ -356,18 +372,18 @@ static void cmd_login(struct session *s, const char *tag)
         count_bad(s);
         return;
     }
-    enum creds_rc rc = creds_from_login(&st->creds, imap_cmd_arg(p, 0), p->args[0].len,
+    enum creds_rc rc = creds_from_login(&st->lg->creds, imap_cmd_arg(p, 0), p->args[0].len,
                                         imap_cmd_arg(p, 1), p->args[1].len);
     if (rc == CREDS_MALFORMED) {
         reply(s, "%s NO [AUTHENTICATIONFAILED] Invalid user name or password.", tag);
         count_bad(s);
         return;
     }
-    if (rc != CREDS_OK || !set_user(s, &st->creds)) {
+    if (rc != CREDS_OK || !set_user(s, &st->lg->creds)) {
         sess_close(s, "out of memory");
         return;
     }
-    snprintf(st->tag, sizeof st->tag, "%s", tag);
+    snprintf(st->lg->tag, sizeof st->lg->tag, "%s", tag);
     begin_login(s);
 }
 
@@ -375,12 +391,12 @@ static void cmd_login(struct session *s, const char *tag)
 static void sasl_response(struct session *s, const char *b64, size_t len)
 {
     struct imap_state *st = imap_st(s);
-    const char *tag = st->tag;
+    const char *tag = st->lg->tag;
     if (len == 1 && b64[0] == '*') {
         reply(s, "%s BAD Authentication cancelled.", tag);
         return;
     }
-    switch (creds_from_sasl(&st->creds, st->mech, b64, len)) {
+    switch (creds_from_sasl(&st->lg->creds, st->lg->mech, b64, len)) {
     case CREDS_OK:
         break;
     case CREDS_BAD_BASE64:
@@ -395,7 +411,7 @@ static void sasl_response(struct session *s, const char *b64, size_t len)
         sess_close(s, "out of memory");
         return;
     }
-    if (!set_user(s, &st->creds)) {
+    if (!set_user(s, &st->lg->creds)) {
         sess_close(s, "out of memory");
         return;
     }
@@ -405,7 +421,7 @@ static void sasl_response(struct session *s, const char *b64, size_t len)
 static void cmd_authenticate(struct session *s, const char *tag)
 {
     struct imap_state *st = imap_st(s);
-    const struct imap_cmd_parser *p = &st->parser;
+    const struct imap_cmd_parser *p = &st->lg->parser;
     if (p->nargs < 1 || p->nargs > 2 || p->args[0].type != IMAP_ARG_ATOM) {
         reply(s, "%s BAD AUTHENTICATE expects a mechanism.", tag);
         count_bad(s);
@@ -422,22 +438,22 @@ static void cmd_authenticate(struct session *s, const char *tag)
         return;
     }
     if (imap_cmd_arg_is(p, 0, "PLAIN"))
-        st->mech = CREDS_PLAIN;
+        st->lg->mech = CREDS_PLAIN;
     else if (imap_cmd_arg_is(p, 0, "XOAUTH2"))
-        st->mech = CREDS_XOAUTH2;
+        st->lg->mech = CREDS_XOAUTH2;
     else if (imap_cmd_arg_is(p, 0, "OAUTHBEARER"))
-        st->mech = CREDS_OAUTHBEARER;
+        st->lg->mech = CREDS_OAUTHBEARER;
     else {
         reply(s, "%s NO [CANNOT] Unsupported authentication mechanism.", tag);
         count_bad(s);
         return;
     }
-    snprintf(st->tag, sizeof st->tag, "%s", tag);
+    snprintf(st->lg->tag, sizeof st->lg->tag, "%s", tag);
     if (p->nargs == 2) {
         sasl_response(s, imap_cmd_arg(p, 1), p->args[1].len);
         return;
     }
-    st->sasl_wait = true;
+    st->lg->sasl_wait = true;
     reply(s, "+ ");
 }
 
@@ -460,7 +476,7 @@ static bool is_known_command(const char *name)
 static void dispatch(struct session *s)
 {
     struct imap_state *st = imap_st(s);
-    const struct imap_cmd_parser *p = &st->parser;
+    const struct imap_cmd_parser *p = &st->lg->parser;
     const char *tag = p->tag;
     const char *n = p->name;
     if (strcmp(n, "CAPABILITY") == 0)
@@ -504,7 +520,7 @@ static bool take_sasl_line(struct session *s)
     size_t consumed = l + 1;
     if (l && p[l - 1] == '\r')
         l--;
-    st->sasl_wait = false;
+    st->lg->sasl_wait = false;
     char *copy = strndup(p, l);
     OPENSSL_cleanse(buf_rptr(&s->up), consumed);
     buf_consume(&s->up, consumed);
@@ -522,25 +538,25 @@ static void imap_client_input(struct session *s)
 {
     struct imap_state *st = imap_st(s);
     const struct cfg_limits *lim = &s->cfg->limits;
-    if (!st->store) {
-        st->store_cap = lim->max_line + 2 * lim->max_preauth_literal;
-        st->store = malloc(st->store_cap);
-        if (!st->store) {
+    if (!st->lg->store) {
+        st->lg->store_cap = lim->max_line + 2 * lim->max_preauth_literal;
+        st->lg->store = malloc(st->lg->store_cap);
+        if (!st->lg->store) {
             sess_close(s, "out of memory");
             return;
         }
-        imap_cmd_parser_init(&st->parser, st->store, st->store_cap, lim->max_line,
+        imap_cmd_parser_init(&st->lg->parser, st->lg->store, st->lg->store_cap, lim->max_line,
                              lim->max_preauth_literal);
     }
     while (!s->closing && s->state == SESS_PREAUTH && s->client.reading && !buf_empty(&s->up)) {
-        if (st->sasl_wait) {
+        if (st->lg->sasl_wait) {
             if (!take_sasl_line(s))
                 break;
             continue;
         }
         size_t used = 0;
         enum imap_cmd_result r =
-            imap_cmd_parse(&st->parser, buf_rptr(&s->up), buf_len(&s->up), &used);
+            imap_cmd_parse(&st->lg->parser, buf_rptr(&s->up), buf_len(&s->up), &used);
         /* Parsed bytes may hold a password: wipe them from the receive buffer. */
         OPENSSL_cleanse(buf_rptr(&s->up), used);
         buf_consume(&s->up, used);
@@ -552,20 +568,21 @@ static void imap_client_input(struct session *s)
             continue;
         case IMAP_CMD_DONE:
             dispatch(s);
-            imap_cmd_parser_reset(&st->parser);
+            imap_cmd_parser_reset(&st->lg->parser);
             continue;
         case IMAP_CMD_BAD: {
             char e[128];
             sess_log(s, LOG_INFO, "event=bad_command error=%s fatal=%d",
-                     log_qs(e, sizeof e, st->parser.error), st->parser.fatal);
-            if (st->parser.fatal) {
-                reply(s, "* BYE %s", st->parser.error ? st->parser.error : "Protocol error.");
+                     log_qs(e, sizeof e, st->lg->parser.error), st->lg->parser.fatal);
+            if (st->lg->parser.fatal) {
+                reply(s, "* BYE %s",
+                      st->lg->parser.error ? st->lg->parser.error : "Protocol error.");
                 sess_close_after_flush(s, "protocol error");
                 return;
             }
-            reply(s, "%s BAD %s", tag_or_star(st->parser.tag),
-                  st->parser.error ? st->parser.error : "Invalid command.");
-            imap_cmd_parser_reset(&st->parser);
+            reply(s, "%s BAD %s", tag_or_star(st->lg->parser.tag),
+                  st->lg->parser.error ? st->lg->parser.error : "Invalid command.");
+            imap_cmd_parser_reset(&st->lg->parser);
             if (!count_bad(s))
                 return;
             continue;
@@ -589,16 +606,16 @@ void imap_preauth_login_failed(struct session *s, enum imap_login_fail how, cons
     if (how == IMAP_LF_AUTH) {
         sess_event(s, &(struct sess_event){
                           .kind = SEV_LOGIN_FAILED, .fail = SLF_CREDENTIALS_REFUSED, .text = why});
-        reply(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed.", st->tag);
+        reply(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed.", st->lg->tag);
     } else if (how == IMAP_LF_MECH) {
         /* Not "authentication failed": a client would take its token for bad and refresh it. */
         sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_FAILED,
                                            .fail = SLF_MECHANISM_UNSUPPORTED,
                                            .text = why});
-        reply(s, "%s NO [CANNOT] Unsupported authentication mechanism.", st->tag);
+        reply(s, "%s NO [CANNOT] Unsupported authentication mechanism.", st->lg->tag);
     } else {
         sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_UNAVAILABLE, .text = why});
-        reply(s, "%s NO [UNAVAILABLE] Backend server unavailable; try again later.", st->tag);
+        reply(s, "%s NO [UNAVAILABLE] Backend server unavailable; try again later.", st->lg->tag);
     }
     sess_login_result(s, false, how == IMAP_LF_AUTH); /* issue 5: count the failure */
     login_failed_tail(s);
@@ -612,7 +629,7 @@ void imap_preauth_login_refused(struct session *s, const char *code, const char 
     char why[LR_CODE_MAX + 40];
     snprintf(why, sizeof why, "backend refused the login: %s", code);
     sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_UNAVAILABLE, .text = why});
-    reply(s, "%s NO [%s] %s", st->tag, code, text[0] ? text : "Login refused by the server.");
+    reply(s, "%s NO [%s] %s", st->lg->tag, code, text[0] ? text : "Login refused by the server.");
     sess_login_result(s, false, false); /* not a wrong password: released, never counted */
     login_failed_tail(s);
 }
@@ -622,7 +639,7 @@ static void login_failed_tail(struct session *s)
     struct imap_state *st = imap_st(s);
     sess_forget_user(s);
     sess_set_state(s, SESS_PREAUTH);
-    double left = st->preauth_deadline - ev_now(s->worker->loop);
+    double left = st->lg->preauth_deadline - ev_now(s->worker->loop);
     sess_set_deadline(s, left > 0.5 ? left : 0.5);
     if (!count_bad(s))
         return;
@@ -634,7 +651,7 @@ static void login_failed_tail(struct session *s)
 void imap_preauth_login_ok(struct session *s)
 {
     struct imap_state *st = imap_st(s);
-    const char *mech = mech_name(st->creds.mech);
+    const char *mech = mech_name(st->lg->creds.mech);
     if (!imap_scan_login(s)) {
         forget_login(st);
         sess_close(s, "out of memory");
@@ -646,14 +663,15 @@ void imap_preauth_login_ok(struct session *s)
     sess_login_result(s, true, false); /* issue 5: register the session */
     free_parser_store(st);
     sess_event(s, &(struct sess_event){.kind = SEV_LOGIN, .name = s->be->name, .mech = mech});
-    if (st->post_caps)
-        reply(s, "%s OK [CAPABILITY %s] Logged in", st->tag, st->post_caps);
+    if (st->lg->post_caps)
+        reply(s, "%s OK [CAPABILITY %s] Logged in", st->lg->tag, st->lg->post_caps);
     else
-        reply(s, "%s OK Logged in", st->tag);
+        reply(s, "%s OK Logged in", st->lg->tag);
     /* After login no line is held whole (issue 15): commands and responses of any length
      * stream through the relay buffers; max_line is for what the proxy parses itself. */
     imap_framer_init(&st->upf, IMAP_LINE_UNLIMITED);
     imap_framer_init(&st->downf, IMAP_LINE_UNLIMITED);
+    free_login(st);
     sess_start_relay(s);
 }
 

@@ -264,9 +264,11 @@ bool sess_accept(struct worker *w, int fd, const struct cfg_listener *l, struct 
     buf_init(&s->up, lim->relay_buffer);
     buf_init(&s->down, lim->relay_buffer);
     conn_init(&s->client, w->loop, fd, client_handler, s, lim->max_line + 1024);
+    conn_set_tls_batch(&s->client, lim->tls_write_batch);
     s->client.rbuf = &s->up;
     s->client.wbuf = &s->down;
     conn_init(&s->backend, w->loop, -1, backend_handler, s, lim->max_line * 2 + 4096);
+    conn_set_tls_batch(&s->backend, lim->tls_write_batch);
     s->backend.rbuf = &s->down;
     s->backend.wbuf = NULL;
     ev_init(&s->timer, timer_cb);

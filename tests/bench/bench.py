@@ -541,6 +541,55 @@ def warm(b: Bench, targets: list[str]) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Issue 19 item 3: output syscalls per MB relayed (strace -c over one FETCH run per proxy)
+
+WRITE_CALLS = ("write", "writev", "send", "sendto", "sendmsg")
+
+
+def writes_per_mb(b: Bench, targets: list[str]) -> None:
+    """Count the proxy's output syscalls during a FETCH run through TLS and divide by the MB the
+    clients received. strace slows the proxy down: only the counts are kept, never the CPU."""
+    if not shutil.which("strace"):
+        log("writes: strace missing (deploy/bench-deps.sh): skipped")
+        return
+    out = b.results.setdefault("writes", {})
+    for t in targets:
+        srv = b.servers[t]
+        trace = b.work / f"strace-{t}.txt"
+        argv = ["strace", "-c", "-f", "-o", str(trace)]
+        for pid in srv.pids():
+            argv += ["-p", str(pid)]
+        st = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # attached to every thread before the run starts
+        try:
+            r = b.run(t, "fetch", srv.ports["imaps"], FETCH_CONC, secs=P["fetch_secs"],
+                      scenario="writes")
+        finally:
+            st.terminate()
+            st.wait(timeout=30)
+        calls = {}
+        for m in re.finditer(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$",
+                             trace.read_text(), re.M):
+            calls[m.group(2)] = int(m.group(1))
+        writes = sum(calls.get(k, 0) for k in WRITE_CALLS)
+        mb = r["bytes"] / 1e6
+        out[t] = {"writes": writes, "mb": mb, "per_mb": writes / mb if mb else None,
+                  "recv": calls.get("recvfrom", 0) + calls.get("read", 0)}
+        log(f"  writes         {t:<11} {writes} output syscalls for {mb:.0f} MB = "
+            f"{out[t]['per_mb'] or 0:.1f} per MB")
+
+
+def writes_md(b: Bench) -> str:
+    w = b.results.get("writes")
+    if not w:
+        return ""
+    rows = "".join(f"| {t} | {fmt(d['per_mb'], '.1f')} | {d['writes']} | {d['mb']:.0f} |\n"
+                   for t, d in w.items())
+    return ("### Output syscalls per MB relayed (IMAP FETCH through TLS, strace -c)\n\n"
+            "| proxy | writes per MB | writes | MB |\n| --- | --- | --- | --- |\n" + rows + "\n")
+
+
+# --------------------------------------------------------------------------------------------
 # Summary
 
 
@@ -859,8 +908,8 @@ def update_docs(md: str, png: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--build", default="build")
-    ap.add_argument("--only", default="", help="comma list: login,resume,fetch,pop3,noop,mixed,rsa,"
-                    "scan,idle,sweep,syscalls (default: all)")
+    ap.add_argument("--only", default="", help="comma list: login,resume,fetch,writes,pop3,noop,"
+                    "mixed,rsa,scan,idle,sweep,syscalls (default: all)")
     ap.add_argument("--baseline", default="", metavar="BINARY",
                     help="also run this Portcullis binary (target 'baseline', e.g. main's build) "
                          "in the login and syscalls scenarios, interleaved: before/after ratios")
@@ -952,6 +1001,8 @@ def main() -> int:
                 syscalls_per_login(b, t, b.servers[t], dv.ports["imap"], P["syscall_logins"])
         if want("fetch"):
             scenario_matrix(b, "fetch", "fetch", FETCH_CONC, P["fetch_secs"], "imaps", TARGETS)
+        if want("writes"):
+            writes_per_mb(b, PROXIES)
         if want("pop3"):
             scenario_matrix(b, "pop3", "pop3", POP3_CONC, P["pop3_secs"], "pop3s", TARGETS)
         if want("noop"):
@@ -1059,7 +1110,8 @@ def main() -> int:
           f"Machine: {v['machine']}. Versions: {v['nginx']}; {v['haproxy']}; Dovecot "
           f"{v['dovecot']}; {v['openssl']}; libclamav {v['libclamav']}; Portcullis "
           f"{v['portcullis']}.\n\n"
-          "### Targets\n\n" + table + "\n### All scenarios (medians)\n\n" + detail +
+          "### Targets\n\n" + table + "\n### All scenarios (medians)\n\n" + detail + "\n" +
+          writes_md(b) +
           "\n![throughput and memory per session](benchmarks.png)\n\n")
     (out_dir / "results.json").write_text(json.dumps(b.results, indent=1, default=str) + "\n")
     (out_dir / "results.md").write_text(md)

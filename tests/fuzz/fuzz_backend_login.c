@@ -785,8 +785,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         struct session *s = rh_session(r.h);
         if (s)
             fprintf(stderr, "  state %d bstate %d reading %d fd %d events %d down %zu\n", s->state,
-                    r.imap ? (int)imap_st(s)->bstate : (int)pop3_st(s)->bstate, s->backend.reading,
-                    s->backend.fd, s->backend.events, buf_len(&s->down));
+                    r.imap ? (imap_st(s)->lg ? (int)imap_st(s)->lg->bstate : -1)
+                           : (int)pop3_st(s)->bstate,
+                    s->backend.reading, s->backend.fd, s->backend.events, buf_len(&s->down));
     }
     /* The proxy's commands are text: a NUL is wiped login bytes sent anyway (a TLS handshake
      * after STARTTLS/STLS is binary). */

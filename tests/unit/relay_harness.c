@@ -463,8 +463,8 @@ static struct rh *open_session(enum rh_proto proto, enum rh_scan scan, bool slow
     sess_set_state(s, SESS_BACKEND);
     if (proto == RH_IMAP) {
         struct imap_state *st = imap_st(s);
-        snprintf(st->tag, sizeof st->tag, "L1");
-        assert_int_equal(creds_from_login(&st->creds, "alice", 5, "secret", 6), CREDS_OK);
+        snprintf(st->lg->tag, sizeof st->lg->tag, "L1");
+        assert_int_equal(creds_from_login(&st->lg->creds, "alice", 5, "secret", 6), CREDS_OK);
         imap_preauth_login_ok(s);
     } else {
         pop3_preauth_login_ok(s, "+OK Logged in.", 14);
@@ -472,6 +472,9 @@ static struct rh *open_session(enum rh_proto proto, enum rh_scan scan, bool slow
     settle(h);
     assert_non_null(h->s);
     assert_int_equal(h->s->state, SESS_RELAY);
+    /* issue 19 item 4: the relay carries no pre-auth parser or login state */
+    if (proto == RH_IMAP)
+        assert_null(imap_st(h->s)->lg);
     /* Greeting and login answer are not part of any case. */
     h->crx.checked = h->crx.len;
     h->brx.checked = h->brx.len;

@@ -116,11 +116,14 @@ static void imap_stop(struct session *s)
     imap_relay_stop(s);
 }
 
-/* The relay starts (or the session ends): the login state goes, its secrets wiped. */
-static void free_login(struct imap_state *st)
+/* The relay starts (or the session ends): the login state goes, its secrets wiped, and with it
+ * the session's borrowed pointer to the credentials (s->login_creds points into st->lg). */
+static void free_login(struct session *s, struct imap_state *st)
 {
     if (!st->lg)
         return;
+    if (s->login_creds == &st->lg->creds)
+        s->login_creds = NULL;
     forget_login(st);
     free_parser_store(st);
     free(st->lg->client_id);
@@ -133,7 +136,7 @@ static void imap_destroy(struct session *s)
 {
     struct imap_state *st = imap_st(s);
     imap_scan_free(s); /* issue 4 */
-    free_login(st);
+    free_login(s, st);
     free(st->sel_lit);
     buf_free(&st->inject);
     free(st);
@@ -671,7 +674,7 @@ void imap_preauth_login_ok(struct session *s)
      * stream through the relay buffers; max_line is for what the proxy parses itself. */
     imap_framer_init(&st->upf, IMAP_LINE_UNLIMITED);
     imap_framer_init(&st->downf, IMAP_LINE_UNLIMITED);
-    free_login(st);
+    free_login(s, st);
     sess_start_relay(s);
 }
 

@@ -957,6 +957,7 @@ static void test_ldap_lookup(void **state)
         {LDAP_OK "      filter: \"(uid=%x)\"\n", "lookup dir: bad filter template"},
         {LDAP_OK "      filter: \"uid=%u\"\n", "lookup dir: bad filter template"},
         {LDAP_OK "      attribute: \"mail host\"\n", "not an attribute name"},
+        {LDAP_OK "      connections: 17\n", "lookup dir: type ldap allows 1..16 connections"},
         {LDAP_OK "      cert_file: @D@/cert.pem\n", "cert_file and key_file go together"},
         {LDAP_OK "      sasl_external: true\n", "sasl_external needs cert_file"},
         {LDAP_OK "      bind_password: s3cret\n", "a bind password needs a bind_dn"},
@@ -1041,9 +1042,9 @@ static void test_http_lookup(void **state)
     assert_int_equal(l->type, CFG_LOOKUP_HTTP);
     assert_string_equal(l->url, "http://127.0.0.1:9000/auth");
     assert_null(l->ca_file);
-    assert_int_equal(l->connect_timeout_ms, 2000);
+    assert_int_equal(l->connect_timeout_ms, 0); /* 0: the type's default, 2s (route_http.c) */
     assert_int_equal(l->timeout_ms, 2000);
-    assert_int_equal(l->connections, 8);
+    assert_int_equal(l->connections, 0); /* 0: the type's default, 8 */
     assert_int_equal(l->max_wait_ms, 10000);
     assert_int_equal(l->nheaders, 2);
     assert_string_equal(l->headers[0], "X-Auth-Key: secret");

@@ -51,7 +51,9 @@ def inline(text: str) -> str:
     out = []
     for p in parts:
         if len(p) >= 2 and p.startswith("`") and p.endswith("`"):
-            out.append(r"\fB" + esc(p[1:-1]).replace("-", r"\-") + r"\fR")
+            # After ':' a break may go (\:, no hyphen): cipher lists are one long token.
+            code = esc(p[1:-1]).replace("-", r"\-").replace(":", r":\:")
+            out.append(r"\fB" + code + r"\fR")
             continue
         p = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", p)  # links: keep the text
         p = esc(p)

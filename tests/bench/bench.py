@@ -48,6 +48,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
+import lookup_bench  # noqa: E402
 import mailenv  # noqa: E402
 import malware  # noqa: E402
 
@@ -142,19 +143,14 @@ class Server:
 class Nginx(Server):
     name = "nginx"
 
-    def start(self, workdir: Path, cert: Path, key: Path, imap_be: int, pop3_be: int) -> "Nginx":
+    def start(self, workdir: Path, cert: Path, key: Path, imap_be: int, pop3_be: int,
+              auth_url: str | None = None) -> "Nginx":
+        """auth_url: ask that auth_http service (login-lookup: the responder shared with
+        Portcullis, whose CPU is counted apart); default: an http {} server in this nginx."""
         w = mailenv.make_workdir(workdir)
         auth = mailenv.free_port()
         self.ports = {"imaps": mailenv.free_port(), "pop3s": mailenv.free_port()}
-        conf = f"""
-daemon off;
-master_process on;
-worker_processes 2;
-worker_rlimit_nofile 100000;
-pid {w}/nginx.pid;
-error_log {w}/error.log warn;
-load_module /usr/lib/nginx/modules/ngx_mail_module.so;
-events {{ worker_connections 30000; multi_accept on; }}
+        http = "" if auth_url else f"""
 http {{
     access_log off;
     client_body_temp_path {w}/tmp;
@@ -172,9 +168,19 @@ http {{
             return 204;
         }}
     }}
-}}
+}}"""
+        conf = f"""
+daemon off;
+master_process on;
+worker_processes 2;
+worker_rlimit_nofile 100000;
+pid {w}/nginx.pid;
+error_log {w}/error.log warn;
+load_module /usr/lib/nginx/modules/ngx_mail_module.so;
+events {{ worker_connections 30000; multi_accept on; }}
+{http}
 mail {{
-    auth_http 127.0.0.1:{auth}/auth;
+    auth_http {auth_url or f"127.0.0.1:{auth}/auth"};
     ssl_certificate {cert};
     ssl_certificate_key {key};
     ssl_protocols TLSv1.2 TLSv1.3;
@@ -186,7 +192,8 @@ mail {{
         (w / "tmp").mkdir(exist_ok=True)
         (w / "nginx.conf").write_text(conf)
         self._spawn(["nginx", "-c", str(w / "nginx.conf"), "-p", str(w), "-e",
-                     str(w / "error.log")], w, [auth, *self.ports.values()])
+                     str(w / "error.log")], w,
+                    [*([] if auth_url else [auth]), *self.ports.values()])
         return self
 
 
@@ -230,7 +237,10 @@ class Portcullis(Server):
     name = "portcullis"
 
     def start(self, workdir: Path, certs: mailenv.Certs, cert: Path, key: Path, imap_be: int,
-              pop3_be: int, binary: Path, scan_db: Path | None = None) -> "Portcullis":
+              pop3_be: int, binary: Path, scan_db: Path | None = None,
+              routing: dict | None = None, redis: bool = False) -> "Portcullis":
+        """routing: the config's `routing:` (login-lookup); redis: with a redis-server of its
+        own even without BENCH_REDIS."""
         backends = [{"name": "be", "server": "be", "protocol": "imap", "host": mailenv.LOCAL,
                      "port": imap_be, "tls": "none"}]
         if pop3_be:
@@ -247,8 +257,10 @@ class Portcullis(Server):
             over["scan"] = {"enabled": True, "database_dir": str(scan_db), "threads": 2}
             if os.environ.get("BENCH_SCAN_NICE"):  # A/B of scan.thread_nice
                 over["scan"]["thread_nice"] = int(os.environ["BENCH_SCAN_NICE"])
+        if routing:
+            over["routing"] = routing
         self.redis = None
-        if os.environ.get("BENCH_REDIS"):
+        if redis or os.environ.get("BENCH_REDIS"):
             # Issue 19: a deployment pays for redis-server too. Its CPU is counted with the
             # proxy's (pids()); limits high enough never to refuse, so every script runs whole.
             self.redis = mailenv.Redis().start(Path(workdir) / "redis")
@@ -266,10 +278,13 @@ class Portcullis(Server):
         return self
 
     def pids(self) -> list[int]:
-        out = [self.pid] if self.pid and mailenv.pid_alive(self.pid) else []
-        if getattr(self, "redis", None) and self.redis.pid:
-            out.append(self.redis.pid)
-        return out
+        return self.proxy_pids() + self.redis_pids()
+
+    def proxy_pids(self) -> list[int]:
+        return [self.pid] if self.pid and mailenv.pid_alive(self.pid) else []
+
+    def redis_pids(self) -> list[int]:
+        return [self.redis.pid] if getattr(self, "redis", None) and self.redis.pid else []
 
     def stop(self) -> None:
         if self.pid:
@@ -337,7 +352,10 @@ class Bench:
 
     def run(self, target: str, mode: str, port: int, conc: int, secs: float = 0,
             sessions: int = 0, extra: list[str] | None = None, cpu_of: Server | None = None,
-            scenario: str | None = None) -> dict:
+            scenario: str | None = None,
+            extra_cpu: dict[str, list[int]] | None = None) -> dict:
+        """extra_cpu: more process groups whose CPU over the run is reported apart, by name
+        (res["cpu_extra_s"], and res["cpu_ms_per_session_extra"] per completed session)."""
         argv = [str(self.pcbench), "run", "-m", mode, "-p", str(port), "-c", str(conc),
                 "-u", "bench%d", "-w", PASSWORD, "-U", str(P["users"]), "-l", target]
         if secs:
@@ -346,11 +364,14 @@ class Bench:
             argv += ["-n", str(sessions)]
         argv += extra or []
         pids = cpu_of.pids() if cpu_of else []
+        extra_cpu = extra_cpu or {}
+        e0 = {k: proc_cpu(v) for k, v in extra_cpu.items()}
         c0 = proc_cpu(pids)
         t0 = time.monotonic()
         r = subprocess.run(argv, capture_output=True, text=True, timeout=secs + 120)
         wall = time.monotonic() - t0
         c1 = proc_cpu(pids)
+        e1 = {k: proc_cpu(v) for k, v in extra_cpu.items()}
         m = re.search(r"^RESULT (.*)$", r.stdout, re.M)
         if r.returncode != 0 or not m:
             raise RuntimeError(f"pcbench failed ({r.returncode}): {r.stderr.strip()}")
@@ -360,11 +381,17 @@ class Bench:
             res["cpu_ms_per_session"] = (c1 - c0) * 1e3 / res["sessions"]
         if cpu_of and res["bytes"]:
             res["cpu_s_per_gb"] = (c1 - c0) / (res["bytes"] / 1e9)
+        if extra_cpu:
+            res["cpu_extra_s"] = {k: e1[k] - e0[k] for k in extra_cpu}
+            if res["sessions"]:
+                res["cpu_ms_per_session_extra"] = {
+                    k: (e1[k] - e0[k]) * 1e3 / res["sessions"] for k in extra_cpu}
         self.results["runs"].append(res)
         err = f", {res['errors']} ERRORS {res['error_kinds']}" if res["errors"] else ""
         if res.get("resumed"):
             err += f", {res['resumed']} resumed"
         cpu = f", cpu {res['cpu_s']:.2f}s" if cpu_of else ""
+        cpu += "".join(f" + {k} {v:.2f}s" for k, v in res.get("cpu_extra_s", {}).items())
         log(f"  {scenario or mode:<14} {target:<11} c={conc:<3} {res['sessions_per_s']:9.1f} "
             f"sess/s {res['mb_per_s']:8.1f} MB/s  p50 {res['lat_ms']['p50']:.3f} ms{cpu}{err}")
         return res
@@ -738,7 +765,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--build", default="build")
     ap.add_argument("--only", default="", help="comma list: login,resume,fetch,pop3,noop,mixed,rsa,"
-                    "scan,idle,sweep (default: all)")
+                    "scan,idle,sweep,login-lookup (default: all)")
     ap.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.*")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     a = ap.parse_args()
@@ -788,7 +815,10 @@ def main() -> int:
     corpus = 0
     try:
         certs = mailenv.make_certs(work / "certs")
-        users = [f"bench{i}" for i in range(max(P["users"], 50))]
+        n_users = max(P["users"], 50)
+        if want("login-lookup"):  # its cold runs log in as thousands of distinct users
+            n_users = max(n_users, lookup_bench.LOOKUP_USERS)
+        users = [f"bench{i}" for i in range(n_users)]
         dv = mailenv.Dovecot().start(
             work / "dovecot", users={u: PASSWORD for u in users}, ssl=True, cert=certs.server,
             key=certs.server_key,
@@ -826,6 +856,10 @@ def main() -> int:
                     b.run(t, "fetch", b.servers[t].ports["imaps"], c, secs=P["sweep_secs"],
                           cpu_of=None if t == "direct" else b.servers[t], scenario="sweep")
         stop_peers(b)
+
+        # ---- routing lookups (issue 17): its own targets in front of the same Dovecot
+        if want("login-lookup"):
+            lookup_bench.run(sys.modules[__name__], b, certs, dv)
 
         # ---- RSA phase: the proxies with the RSA-2048 variant of the certificate
         if want("rsa"):
@@ -910,6 +944,12 @@ def main() -> int:
     b.results["summary"] = s
     table, verdicts = targets_table(s)
     detail = detail_table(s)
+    s["login_lookup"] = lookup_bench.summary(sys.modules[__name__], b.results["runs"])
+    lookup_md = lookup_bench.table(sys.modules[__name__], s["login_lookup"],
+                                   b.results.get("skipped"))
+    if lookup_md:
+        detail += (f"\n### Login with routing lookups ({LOGIN_CONC} clients, TLS ECDSA, "
+                   "medians)\n\n" + lookup_md)
     elapsed = time.monotonic() - t_start
     v = b.results["versions"]
     cmd = "tests/bench/bench.py " + " ".join(sys.argv[1:])

@@ -24,6 +24,7 @@ sessions (and a failed bench), never as a silently hashed login.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import mailenv
@@ -157,7 +158,8 @@ def run(bm, b, certs: mailenv.Certs, dv) -> None:
                 log(f"  login-lookup: target {t} did not start, skipped: {e}")
                 # the last line is the daemon's own error (e.g. an unknown lookup type)
                 last = [x for x in str(e).splitlines() if x.strip()][-1:] or ["?"]
-                b.results.setdefault("skipped", {})[t] = last[0].split(": ", 1)[-1][:160]
+                why = re.sub(r"^\S+:\d+:\d+: ", "", last[0])  # the config file's path
+                b.results.setdefault("skipped", {})[t] = why[:160]
         lookup_pids = {"ldap-cold": lambda: [ldap.proc.pid], "ldap-warm": lambda: [ldap.proc.pid],
                        "http": auth.pids, "nginx": auth.pids}
         for t, srv in servers.items():  # TLS code paths, Dovecot processes; fills the warm cache

@@ -277,14 +277,14 @@ class Portcullis(Server):
             self.ports["pop3s"] = self.px.port("pop3s")
         return self
 
-    def pids(self) -> list[int]:
-        return self.proxy_pids() + self.redis_pids()
-
     def proxy_pids(self) -> list[int]:
         return [self.pid] if self.pid and mailenv.pid_alive(self.pid) else []
 
-    def redis_pids(self) -> list[int]:
-        return [self.redis.pid] if getattr(self, "redis", None) and self.redis.pid else []
+    def pids(self) -> list[int]:
+        out = self.proxy_pids()
+        if getattr(self, "redis", None) and self.redis.pid:
+            out.append(self.redis.pid)
+        return out
 
     def stop(self) -> None:
         if self.pid:
@@ -352,10 +352,7 @@ class Bench:
 
     def run(self, target: str, mode: str, port: int, conc: int, secs: float = 0,
             sessions: int = 0, extra: list[str] | None = None, cpu_of: Server | None = None,
-            scenario: str | None = None,
-            extra_cpu: dict[str, list[int]] | None = None) -> dict:
-        """extra_cpu: more process groups whose CPU over the run is reported apart, by name
-        (res["cpu_extra_s"], and res["cpu_ms_per_session_extra"] per completed session)."""
+            scenario: str | None = None) -> dict:
         argv = [str(self.pcbench), "run", "-m", mode, "-p", str(port), "-c", str(conc),
                 "-u", "bench%d", "-w", PASSWORD, "-U", str(P["users"]), "-l", target]
         if secs:
@@ -364,14 +361,11 @@ class Bench:
             argv += ["-n", str(sessions)]
         argv += extra or []
         pids = cpu_of.pids() if cpu_of else []
-        extra_cpu = extra_cpu or {}
-        e0 = {k: proc_cpu(v) for k, v in extra_cpu.items()}
         c0 = proc_cpu(pids)
         t0 = time.monotonic()
         r = subprocess.run(argv, capture_output=True, text=True, timeout=secs + 120)
         wall = time.monotonic() - t0
         c1 = proc_cpu(pids)
-        e1 = {k: proc_cpu(v) for k, v in extra_cpu.items()}
         m = re.search(r"^RESULT (.*)$", r.stdout, re.M)
         if r.returncode != 0 or not m:
             raise RuntimeError(f"pcbench failed ({r.returncode}): {r.stderr.strip()}")
@@ -381,17 +375,11 @@ class Bench:
             res["cpu_ms_per_session"] = (c1 - c0) * 1e3 / res["sessions"]
         if cpu_of and res["bytes"]:
             res["cpu_s_per_gb"] = (c1 - c0) / (res["bytes"] / 1e9)
-        if extra_cpu:
-            res["cpu_extra_s"] = {k: e1[k] - e0[k] for k in extra_cpu}
-            if res["sessions"]:
-                res["cpu_ms_per_session_extra"] = {
-                    k: (e1[k] - e0[k]) * 1e3 / res["sessions"] for k in extra_cpu}
         self.results["runs"].append(res)
         err = f", {res['errors']} ERRORS {res['error_kinds']}" if res["errors"] else ""
         if res.get("resumed"):
             err += f", {res['resumed']} resumed"
         cpu = f", cpu {res['cpu_s']:.2f}s" if cpu_of else ""
-        cpu += "".join(f" + {k} {v:.2f}s" for k, v in res.get("cpu_extra_s", {}).items())
         log(f"  {scenario or mode:<14} {target:<11} c={conc:<3} {res['sessions_per_s']:9.1f} "
             f"sess/s {res['mb_per_s']:8.1f} MB/s  p50 {res['lat_ms']['p50']:.3f} ms{cpu}{err}")
         return res

@@ -25,9 +25,11 @@ sessions (and a failed bench), never as a silently hashed login.
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import mailenv
+import slapd
 from slapd import BASE, BIND_DN, READER_PW, Slapd
 
 # Distinct users for the cold runs: more than the logins of one cold run, so that no login
@@ -103,6 +105,27 @@ class ProxyOnly:
         return self.px.proxy_pids()
 
 
+def start_directory(workdir: Path, certs) -> Slapd:
+    """The test fixture's slapd (same slapd.conf, base tree and reader account) holding the
+    bench's users bench0..benchN with mailHost "be" (the pool entry). The fixture names its own
+    users userNNNN, which pcbench's -u cannot produce, so the tree is loaded here: slapd.py's
+    start() skips slapadd when the configuration already exists."""
+    s = Slapd(workdir, certs, n_users=0)
+    s.dir.mkdir(parents=True, exist_ok=True)
+    s._write_conf()
+    people = "".join(
+        f"\ndn: uid=bench{i},{BASE}\nobjectClass: inetOrgPerson\n"
+        f"objectClass: inetLocalMailRecipient\nuid: bench{i}\ncn: bench{i}\nsn: bench{i}\n"
+        "mailHost: be\n" for i in range(LOOKUP_USERS))
+    ldif = s.dir / "tree.ldif"
+    ldif.write_text(slapd._ldif(0) + people)
+    r = subprocess.run(["slapadd", "-q", "-f", str(s.conf), "-l", str(ldif)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"slapadd failed: {r.stderr}")
+    return s.start()
+
+
 def routing_for(target: str, mapfile: Path, ldap: Slapd, pwfile: Path, auth_url: str) -> dict:
     # refuse/refuse: a broken lookup must fail logins, not fall back to hashing unnoticed
     strict = {"unknown": "refuse", "on_error": "refuse"}
@@ -143,8 +166,7 @@ def run(bm, b, certs: mailenv.Certs, dv) -> None:
     pwfile = work / "ldap.pw"
     pwfile.write_text(READER_PW + "\n")
     pwfile.chmod(0o600)
-    ldap = Slapd(work / "slapd", certs, n_users=LOOKUP_USERS, uid_fmt="bench{}",
-                 host_of=lambda i: "be").start()
+    ldap = start_directory(work / "slapd", certs)
     auth = AuthResponder().start(bm, work / "authhttp", imap_be, pop3_be)
     servers: dict = {}
     try:

@@ -47,7 +47,7 @@ def user_host(i: int) -> str:
     return BACKENDS[i % 3]
 
 
-def _ldif(n_users: int, uid_fmt: str = "user{:04d}", host_of=user_host) -> str:
+def _ldif(n_users: int) -> str:
     out = [
         f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\ndc: portcullis\n"
         "o: Portcullis tests\n",
@@ -65,7 +65,7 @@ def _ldif(n_users: int, uid_fmt: str = "user{:04d}", host_of=user_host) -> str:
         return s + (f"mailHost: {host}\n" if host else "")
 
     for i in range(n_users):
-        out.append(person(uid_fmt.format(i), host_of(i)))
+        out.append(person(f"user{i:04d}", user_host(i)))
     out.append(person("admin", "admin-host.example.test"))
     out.append(person("nohost", None))
     out.append(person("dup", "dup-a.example.test"))
@@ -91,15 +91,10 @@ def make_client_cert(d: Path, certs) -> tuple[Path, Path]:
 
 
 class Slapd:
-    def __init__(self, workdir: Path, certs, n_users: int = N_USERS, uid_fmt: str = "user{:04d}",
-                 host_of=user_host):
-        """uid_fmt and host_of(i) name user i and its mailHost (the benchmark's users are
-        bench0..benchN on one pool entry; the tests keep the defaults)."""
+    def __init__(self, workdir: Path, certs, n_users: int = N_USERS):
         self.dir = Path(workdir)
         self.certs = certs
         self.n_users = n_users
-        self.uid_fmt = uid_fmt
-        self.host_of = host_of
         self.port = free_port()
         self.ldaps_port = free_port()
         self.proc: subprocess.Popen | None = None
@@ -141,7 +136,7 @@ access to * by dn.exact="{BIND_DN}" read by dn.exact="{CLIENT_DN}" read by * non
             self.dir.mkdir(parents=True, exist_ok=True)
             self._write_conf()
             ldif = self.dir / "tree.ldif"
-            ldif.write_text(_ldif(self.n_users, self.uid_fmt, self.host_of))
+            ldif.write_text(_ldif(self.n_users))
             r = subprocess.run(["slapadd", "-q", "-f", str(self.conf), "-l", str(ldif)],
                                capture_output=True, text=True)
             if r.returncode != 0:

@@ -705,6 +705,10 @@ void cfg_map_free(const struct cfg_table *t, void *obj)
         case CFG_ADDR: {
             char *s;
             memcpy(&s, o + k->off, sizeof s);
+            /* A secret (a password) must not linger in freed heap memory a core dump or a
+             * later allocation could show. */
+            if (s && (k->flags & CFG_SECRET))
+                explicit_bzero(s, strlen(s));
             free(s);
             s = NULL;
             memcpy(o + k->off, &s, sizeof s);

@@ -22,6 +22,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,7 @@
 #include <openssl/ssl.h>
 
 #include "cfg_map.h"
+#include "ldapfilter.h"
 
 /* CFG_ENUM stores an int; the enums it targets must be int-sized. */
 _Static_assert(sizeof(enum cfg_proto) == sizeof(int), "enum size");
@@ -362,17 +364,39 @@ static const struct cfg_table policy_table = {.keys = policy_keys, .check = poli
 
 _Static_assert(sizeof(enum cfg_lookup_type) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum cfg_route_else) == sizeof(int), "enum size");
-static const struct cfg_enum lookup_type_values[] = {{"map", CFG_LOOKUP_MAP}, {NULL, 0}};
+static const struct cfg_enum lookup_type_values[] = {
+    {"map", CFG_LOOKUP_MAP}, {"ldap", CFG_LOOKUP_LDAP}, {NULL, 0}};
 static const struct cfg_enum route_unknown_values[] = {
     {"hash", CFG_ROUTE_HASH}, {"refuse", CFG_ROUTE_REFUSE}, {NULL, 0}};
 static const struct cfg_enum route_on_error_values[] = {
     {"fallback", CFG_ROUTE_HASH}, {"refuse", CFG_ROUTE_REFUSE}, {NULL, 0}};
+
+_Static_assert(sizeof(enum cfg_ldap_scope) == sizeof(int), "enum size");
+static const struct cfg_enum ldap_scope_values[] = {
+    {"base", CFG_LDAP_BASE}, {"one", CFG_LDAP_ONE}, {"sub", CFG_LDAP_SUB}, {NULL, 0}};
 
 static const struct cfg_key lookup_keys[] = {
     {CFG_K_NAME("name", struct cfg_lookup, name, NULL)},
     {CFG_K_ENUM("type", struct cfg_lookup, type, NULL, lookup_type_values)},
     {CFG_K_OPTSTR("file", struct cfg_lookup, file, "")},
     {CFG_K_DURATION("timeout", struct cfg_lookup, timeout_ms, "2s", 1, MIN)},
+    /* network sources (ldap): 0 = the type's default */
+    {CFG_K_OPTSTR("ca_file", struct cfg_lookup, ca_file, "")},
+    {CFG_K_DURATION("connect_timeout", struct cfg_lookup, connect_timeout_ms, "0", 0, MIN)},
+    {CFG_K_UINT("connections", struct cfg_lookup, connections, "0", 0, 16)},
+    /* type ldap (ldap_lookup_check) */
+    {CFG_K_OPTSTR("uri", struct cfg_lookup, ldap.uri, "")},
+    {CFG_K_BOOL("starttls", struct cfg_lookup, ldap.starttls, "false")},
+    {CFG_K_OPTSTR("cert_file", struct cfg_lookup, ldap.cert_file, "")},
+    {CFG_K_OPTSTR("key_file", struct cfg_lookup, ldap.key_file, "")},
+    {CFG_K_BOOL("sasl_external", struct cfg_lookup, ldap.sasl_external, "false")},
+    {CFG_K_OPTSTR("bind_dn", struct cfg_lookup, ldap.bind_dn, "")},
+    {CFG_K_OPTSTR("bind_password", struct cfg_lookup, ldap.bind_password, ""), .flags = CFG_SECRET},
+    {CFG_K_OPTSTR("bind_password_file", struct cfg_lookup, ldap.bind_password_file, "")},
+    {CFG_K_OPTSTR("base", struct cfg_lookup, ldap.base, "")},
+    {CFG_K_ENUM("scope", struct cfg_lookup, ldap.scope, "sub", ldap_scope_values)},
+    {CFG_K_STRING("filter", struct cfg_lookup, ldap.filter, "(uid=%u)")},
+    {CFG_K_STRING("attribute", struct cfg_lookup, ldap.attribute, "mailHost")},
     {CFG_K_END},
 };
 static const struct cfg_table lookup_table = {.size = sizeof(struct cfg_lookup),
@@ -389,6 +413,120 @@ static const struct cfg_key dynamic_backend_keys[] = {
     {CFG_K_END},
 };
 static const struct cfg_table dynamic_backend_table = {.keys = dynamic_backend_keys};
+
+/* ---- type ldap: checks, and the bind password read from its file ---- */
+
+#define LDAP_PASSWORD_MAX 1024
+
+/* Report `fmt` (a message about lookup i) at its key `key`, or at the entry when the key is
+ * absent (a required one). */
+static bool lookup_fail(struct cfg_ctx *ctx, size_t i, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static bool lookup_fail(struct cfg_ctx *ctx, size_t i, const char *key, const char *fmt, ...)
+{
+    char path[96], msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    snprintf(path, sizeof path, "routing.lookups[%zu].%s", i, key);
+    const yaml_node_t *at = cfg_find(ctx, path);
+    if (!at) {
+        snprintf(path, sizeof path, "routing.lookups[%zu]", i);
+        at = cfg_find(ctx, path);
+    }
+    return cfg_fail(ctx, at, "%s", msg);
+}
+
+static bool lookup_readable(struct cfg_ctx *ctx, size_t i, const struct cfg_lookup *l,
+                            const char *key, const char *file)
+{
+    char q[160];
+    if (!file || access(file, R_OK) == 0)
+        return true;
+    return lookup_fail(ctx, i, key, "lookup %s: cannot read %s: %s", l->name,
+                       cfg_quote(q, sizeof q, file), strerror(errno));
+}
+
+/* Read the password from `file` into l->ldap.bind_password (the file's first line). The copy
+ * on the stack is wiped; the snapshot's copy is wiped by cfg_map_free (CFG_SECRET). */
+static bool read_password_file(struct cfg_ctx *ctx, size_t i, struct cfg_lookup *l)
+{
+    char buf[LDAP_PASSWORD_MAX + 2], q[160];
+    const char *file = l->ldap.bind_password_file;
+    FILE *f = fopen(file, "re");
+    if (!f)
+        return lookup_fail(ctx, i, "bind_password_file", "lookup %s: cannot read %s: %s", l->name,
+                           cfg_quote(q, sizeof q, file), strerror(errno));
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    bool err = ferror(f);
+    fclose(f);
+    buf[n] = '\0';
+    size_t len = strcspn(buf, "\r\n");
+    bool bad = err || n > LDAP_PASSWORD_MAX || len == 0 || memchr(buf, '\0', n);
+    if (!bad)
+        buf[len] = '\0';
+    char *pw = bad ? NULL : strdup(buf);
+    explicit_bzero(buf, sizeof buf);
+    if (bad)
+        return lookup_fail(ctx, i, "bind_password_file",
+                           "lookup %s: %s must hold one line of 1..%d bytes (the password)",
+                           l->name, cfg_quote(q, sizeof q, file), LDAP_PASSWORD_MAX);
+    if (!pw)
+        return lookup_fail(ctx, i, "bind_password_file", "out of memory");
+    l->ldap.bind_password = pw;
+    return true;
+}
+
+/* An LDAP attribute description (RFC 4512 descr / numericoid, plus options after ';'). */
+static bool attribute_ok(const char *a)
+{
+    static const char ok[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-;.";
+    return a[0] && strspn(a, ok) == strlen(a);
+}
+
+static bool ldap_lookup_check(struct cfg_ctx *ctx, size_t i, struct cfg_lookup *l)
+{
+    const struct cfg_lookup_ldap *d = &l->ldap;
+    const char *err = NULL;
+    bool ldaps = d->uri && strncmp(d->uri, "ldaps://", 8) == 0;
+    if (!d->uri || (!ldaps && strncmp(d->uri, "ldap://", 7) != 0) || !d->uri[ldaps ? 8 : 7])
+        return lookup_fail(ctx, i, "uri",
+                           "lookup %s: type ldap needs a uri ldap://HOST[:PORT] or "
+                           "ldaps://HOST[:PORT]",
+                           l->name);
+    if (d->starttls && ldaps)
+        return lookup_fail(ctx, i, "starttls",
+                           "lookup %s: starttls is for ldap:// (ldaps:// is TLS from the start)",
+                           l->name);
+    if (!d->base || !d->base[0])
+        return lookup_fail(ctx, i, "base", "lookup %s: type ldap needs a search base", l->name);
+    if (!ldl_template_check(d->filter, &err))
+        return lookup_fail(ctx, i, "filter", "lookup %s: bad filter template: %s", l->name, err);
+    if (!attribute_ok(d->attribute))
+        return lookup_fail(ctx, i, "attribute", "lookup %s: not an attribute name", l->name);
+    if (!d->cert_file != !d->key_file)
+        return lookup_fail(ctx, i, d->cert_file ? "cert_file" : "key_file",
+                           "lookup %s: cert_file and key_file go together", l->name);
+    if (d->sasl_external && !d->cert_file)
+        return lookup_fail(ctx, i, "sasl_external",
+                           "lookup %s: sasl_external needs cert_file and key_file", l->name);
+    if (d->sasl_external && d->bind_dn)
+        return lookup_fail(ctx, i, "bind_dn",
+                           "lookup %s: bind_dn and sasl_external exclude each other", l->name);
+    if (d->bind_password && d->bind_password_file)
+        return lookup_fail(ctx, i, "bind_password_file",
+                           "lookup %s: bind_password and bind_password_file exclude each other",
+                           l->name);
+    if ((d->bind_password || d->bind_password_file) && !d->bind_dn)
+        return lookup_fail(ctx, i, "bind_dn", "lookup %s: a bind password needs a bind_dn",
+                           l->name);
+    if (!lookup_readable(ctx, i, l, "ca_file", l->ca_file) ||
+        !lookup_readable(ctx, i, l, "cert_file", d->cert_file) ||
+        !lookup_readable(ctx, i, l, "key_file", d->key_file))
+        return false;
+    return !d->bind_password_file || read_password_file(ctx, i, l);
+}
 
 static bool routing_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *obj)
 {
@@ -414,6 +552,8 @@ static bool routing_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *ob
                 return cfg_fail(ctx, cfg_find(ctx, path), "lookup %s: cannot read %s: %s", l->name,
                                 cfg_quote(q, sizeof q, l->file), strerror(errno));
         }
+        if (l->type == CFG_LOOKUP_LDAP && !ldap_lookup_check(ctx, i, &r->lookups[i]))
+            return false;
     }
     const char *ca = r->dynamic_backend.tls_ca;
     if (ca && access(ca, R_OK) != 0)

@@ -224,15 +224,38 @@ struct cfg_policy {
 };
 
 /* routing: — per-user routing lookups (issue 17, docs/routing.md). */
-enum cfg_lookup_type { CFG_LOOKUP_MAP };
+enum cfg_lookup_type { CFG_LOOKUP_MAP, CFG_LOOKUP_LDAP };
 /* What to do when no lookup knows the user (unknown) or a lookup failed (on_error). */
 enum cfg_route_else { CFG_ROUTE_HASH, CFG_ROUTE_REFUSE };
 
+/* type ldap (route_ldap.c, ldaplookup.h); strings owned or NULL. */
+enum cfg_ldap_scope { CFG_LDAP_BASE, CFG_LDAP_ONE, CFG_LDAP_SUB };
+struct cfg_lookup_ldap {
+    char *uri;                 /* required: ldap://host[:port] or ldaps://host[:port] */
+    bool starttls;             /* default false: ldap:// + StartTLS (must succeed) */
+    char *cert_file;           /* client certificate (TLS client auth / SASL EXTERNAL) */
+    char *key_file;            /* its key */
+    bool sasl_external;        /* default false: bind with SASL EXTERNAL */
+    char *bind_dn;             /* NULL = anonymous */
+    char *bind_password;       /* secret: inline, or read from bind_password_file at load;
+                                  wiped when the snapshot is freed; never logged */
+    char *bind_password_file;  /* read at load (and at every reload) */
+    char *base;                /* required: search base */
+    enum cfg_ldap_scope scope; /* default sub */
+    char *filter;              /* default "(uid=%u)": %u user, %n local part, %d domain */
+    char *attribute;           /* default "mailHost": pool entry name, host or host:port */
+};
+
 struct cfg_lookup {
     char *name;                /* owned; unique among lookups (logs, metrics) */
-    enum cfg_lookup_type type; /* map (LDAP and auth_http come later) */
+    enum cfg_lookup_type type; /* map or ldap (auth_http comes later) */
     char *file;                /* owned or NULL: map file path (type map) */
     uint64_t timeout_ms;       /* default 2s: an asynchronous source's answer */
+    /* Network sources (ldap; meant to be shared with http): */
+    char *ca_file;               /* owned or NULL = system store; verification always on */
+    uint64_t connect_timeout_ms; /* 0 (default) = the type's (ldap: 3s) */
+    unsigned connections;        /* per worker; 0 (default) = the type's (ldap: 2) */
+    struct cfg_lookup_ldap ldap; /* type ldap */
 };
 
 /* The settings a backend named by a lookup as host[:port] is dialled with. */

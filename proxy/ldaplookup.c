@@ -81,6 +81,7 @@ struct ldl_pool {
     ev_async wake;                                        /* helpers → loop */
     struct ldl_req *queue, *queue_tail, *inflight, *done; /* requests, owned */
     unsigned pending;                                     /* requests alive (for max_pending) */
+    bool closing; /* ldl_pool_idle() was called: no more (re)connects */
     char last_err[LDL_REASON_MAX];
 };
 
@@ -470,7 +471,22 @@ static void retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)loop;
     (void)revents;
-    conn_start(w->data);
+    struct ldl_conn *c = w->data;
+    if (!c->pool->closing)
+        conn_start(c);
+}
+
+bool ldl_pool_idle(struct ldl_pool *p)
+{
+    p->closing = true;
+    bool idle = true;
+    for (unsigned i = 0; i < p->cfg.max_conns; i++) {
+        struct ldl_conn *c = &p->conns[i];
+        ev_timer_stop(p->loop, &c->retry);
+        if (c->state == CONN_CONNECTING && !atomic_load(&c->th_done))
+            idle = false;
+    }
+    return idle;
 }
 
 /* ---- dispatch ----------------------------------------------------------------------------- */

@@ -85,6 +85,12 @@ void ldl_cancel(struct ldl_req **req);
  * connect_timeout). Not from inside an ldl callback. */
 void ldl_pool_free(struct ldl_pool **p);
 
+/* Stops reconnecting for good and says whether ldl_pool_free() would return at once (true) or
+ * wait for a connect thread (false; it ends within connect_timeout per step). An owner that
+ * must not block — a worker loop dropping the pool of an old configuration — polls this before
+ * freeing. Lookups still in flight are answered as usual. */
+bool ldl_pool_idle(struct ldl_pool *p);
+
 /* Connections currently bound (for tests and metrics). */
 unsigned ldl_pool_ready(const struct ldl_pool *p);
 

@@ -1,6 +1,6 @@
 /*
- * route_chain — see route_chain.h. The chain walk, its timeout, the cache in front, and the
- * map-file source.
+ * route_chain — see route_chain.h. The chain walk, its timeout, the cache in front, the
+ * map-file source, and the factory of the others (route_ldap.c).
  *
  * A request walks the sources from `idx` on: a source that answers at once is followed
  * synchronously by the next, so a chain of map files answers within route_chain_lookup(); the
@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "route_cache.h"
+#include "route_ldap.h"
 #include "route_maps.h"
 
 struct route_chain {
@@ -89,9 +90,12 @@ static void map_free(struct route_source *src)
 static const struct route_source_ops map_ops = {
     .type = "map", .cacheable = false, .start = map_start, .cancel = map_cancel, .free = map_free};
 
-static struct route_source *source_new(struct ev_loop *loop, const struct cfg_lookup *l)
+static struct route_source *source_new(struct ev_loop *loop, const struct config *cfg,
+                                       const struct cfg_lookup *l)
 {
     switch (l->type) {
+    case CFG_LOOKUP_LDAP:
+        return route_ldap_new(loop, cfg, l);
     case CFG_LOOKUP_MAP: {
         struct map_source *ms = calloc(1, sizeof *ms);
         if (!ms)
@@ -130,7 +134,7 @@ struct route_chain *route_chain_new(struct ev_loop *loop, struct config *cfg)
     if (!c->src)
         goto fail;
     for (; c->nsrc < r->nlookups; c->nsrc++)
-        if (!(c->src[c->nsrc] = source_new(loop, &r->lookups[c->nsrc])))
+        if (!(c->src[c->nsrc] = source_new(loop, cfg, &r->lookups[c->nsrc])))
             goto fail;
     c->cache = route_cache_new(r->cache_entries, cfg->policy.user_case_insensitive);
     if (r->cache_entries && !c->cache)

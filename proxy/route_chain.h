@@ -3,7 +3,7 @@
  * asked in order for a user until one knows them, with a per-worker cache in front.
  *
  * A source is anything that can answer "where does this user live" asynchronously: the map
- * file today (route_maps.h), LDAP and nginx-style auth_http next. It implements
+ * file (route_maps.h), LDAP (route_ldap.h) and nginx-style auth_http next. It implements
  * struct route_source_ops:
  *   - start(src, query, now_r, cb, arg) either answers at once (returns NULL after filling
  *     *now_r: the map file, a memory lookup) or returns a request handle and later calls

@@ -411,20 +411,48 @@ static bool split_hostport(const char *t, char *host, size_t cap, uint16_t *port
     return true;
 }
 
+int route_target_bind(struct route_target *t, const struct config *cfg, int ai_flags,
+                      const char **gai_error_r)
+{
+    free((char *)t->host);
+    t->host = NULL;
+    t->pool = false;
+    for (size_t b = 0; b < cfg->nbackends && !t->pool; b++)
+        t->pool = strcmp(cfg->backends[b].name, t->text) == 0;
+    if (t->pool)
+        return 0;
+    char host[ROUTE_MAP_KEY_MAX + 1];
+    if (!split_hostport(t->text, host, sizeof host, &t->port))
+        return -1;
+    struct addrinfo hints = {
+        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = ai_flags};
+    struct addrinfo *res = NULL;
+    int rc = getaddrinfo(host, NULL, &hints, &res);
+    if (rc != 0 || !res) {
+        if (res)
+            freeaddrinfo(res);
+        *gai_error_r = rc ? gai_strerror(rc) : "no address";
+        return -2;
+    }
+    memcpy(&t->addr, res->ai_addr, res->ai_addrlen);
+    t->addrlen = res->ai_addrlen;
+    freeaddrinfo(res);
+    t->host = strdup(host);
+    if (!t->host) {
+        *gai_error_r = "out of memory";
+        return -2;
+    }
+    return 0;
+}
+
 bool route_map_bind(struct route_map *m, const struct config *cfg, char **error_r)
 {
     *error_r = NULL;
     for (size_t i = 0; i < m->ntargets; i++) {
         struct route_target *t = &m->targets[i];
-        free((char *)t->host);
-        t->host = NULL;
-        t->pool = false;
-        for (size_t b = 0; b < cfg->nbackends && !t->pool; b++)
-            t->pool = strcmp(cfg->backends[b].name, t->text) == 0;
-        if (t->pool)
-            continue;
-        char host[ROUTE_MAP_KEY_MAX + 1];
-        if (!split_hostport(t->text, host, sizeof host, &t->port)) {
+        const char *why = NULL;
+        int rc = route_target_bind(t, cfg, 0, &why);
+        if (rc == -1) {
             if (asprintf(error_r,
                          "%s:%u: backend \"%s\": not a pool entry, and not host, "
                          "host:port or [v6]:port",
@@ -432,25 +460,16 @@ bool route_map_bind(struct route_map *m, const struct config *cfg, char **error_
                 *error_r = NULL;
             return false;
         }
-        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-        struct addrinfo *res = NULL;
-        int rc = getaddrinfo(host, NULL, &hints, &res);
-        if (rc != 0 || !res) {
-            if (res)
-                freeaddrinfo(res);
+        if (rc < 0) {
+            char host[ROUTE_MAP_KEY_MAX + 1];
+            uint16_t port;
+            if (!split_hostport(t->text, host, sizeof host, &port))
+                host[0] = '\0';
             if (asprintf(error_r,
                          "%s:%u: backend \"%s\": not a pool entry, and %s does not "
                          "resolve: %s",
-                         m->name, t->line, t->text, host, rc ? gai_strerror(rc) : "no address") < 0)
+                         m->name, t->line, t->text, host, why) < 0)
                 *error_r = NULL;
-            return false;
-        }
-        memcpy(&t->addr, res->ai_addr, res->ai_addrlen);
-        t->addrlen = res->ai_addrlen;
-        freeaddrinfo(res);
-        t->host = strdup(host);
-        if (!t->host) {
-            *error_r = strdup("out of memory");
             return false;
         }
     }

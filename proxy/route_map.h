@@ -88,6 +88,13 @@ struct route_map *route_map_load(const char *path, const struct route_map_limits
 bool route_map_bind(struct route_map *m, const struct config *cfg, char **error_r)
     __attribute__((warn_unused_result));
 
+/* Bind one target (t->text as written; t->host is replaced): a pool entry name of `cfg`, else
+ * host[:port] resolved with getaddrinfo(ai_flags) — AI_NUMERICHOST never blocks, so a worker
+ * loop may bind an answer from a remote source that way. 0: bound; -1: t->text is not host,
+ * host:port or [v6]:port; -2: it does not resolve (*gai_error_r says why: static). */
+int route_target_bind(struct route_target *t, const struct config *cfg, int ai_flags,
+                      const char **gai_error_r) __attribute__((warn_unused_result));
+
 /* The target for `user`, or NULL. *rule_r (optional) says which entry matched: "user",
  * "domain" or "default". Lock-free; the map must be held for as long as the result is used. */
 const struct route_target *route_map_lookup(const struct route_map *m, const char *user,

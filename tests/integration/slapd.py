@@ -47,7 +47,7 @@ def user_host(i: int) -> str:
     return BACKENDS[i % 3]
 
 
-def _ldif(n_users: int) -> str:
+def _ldif(n_users: int, hosts: tuple[str, ...] = BACKENDS) -> str:
     out = [
         f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\ndc: portcullis\n"
         "o: Portcullis tests\n",
@@ -65,7 +65,7 @@ def _ldif(n_users: int) -> str:
         return s + (f"mailHost: {host}\n" if host else "")
 
     for i in range(n_users):
-        out.append(person(f"user{i:04d}", user_host(i)))
+        out.append(person(f"user{i:04d}", hosts[i % len(hosts)]))
     out.append(person("admin", "admin-host.example.test"))
     out.append(person("nohost", None))
     out.append(person("dup", "dup-a.example.test"))
@@ -91,10 +91,14 @@ def make_client_cert(d: Path, certs) -> tuple[Path, Path]:
 
 
 class Slapd:
-    def __init__(self, workdir: Path, certs, n_users: int = N_USERS):
+    def __init__(self, workdir: Path, certs, n_users: int = N_USERS,
+                 hosts: tuple[str, ...] = BACKENDS):
+        """hosts: the mailHost values userNNNN get, by NNNN % len(hosts) (the daemon's
+        routing tests point them at their own backends)."""
         self.dir = Path(workdir)
         self.certs = certs
         self.n_users = n_users
+        self.hosts = tuple(hosts)
         self.port = free_port()
         self.ldaps_port = free_port()
         self.proc: subprocess.Popen | None = None
@@ -136,7 +140,7 @@ access to * by dn.exact="{BIND_DN}" read by dn.exact="{CLIENT_DN}" read by * non
             self.dir.mkdir(parents=True, exist_ok=True)
             self._write_conf()
             ldif = self.dir / "tree.ldif"
-            ldif.write_text(_ldif(self.n_users))
+            ldif.write_text(_ldif(self.n_users, self.hosts))
             r = subprocess.run(["slapadd", "-q", "-f", str(self.conf), "-l", str(ldif)],
                                capture_output=True, text=True)
             if r.returncode != 0:

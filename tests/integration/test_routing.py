@@ -13,14 +13,14 @@ import os
 import poplib
 import re
 import signal
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 import clients
 import mailenv
+import routing_env
 
-NB = 3
+NB = routing_env.NB
 NMAP = 1000  # users in the map
 # The users that exist on every Dovecot (and carry its marker): a sample spread over the map.
 SAMPLE = [f"u{i:04d}" for i in range(0, NMAP, 41)]
@@ -28,42 +28,14 @@ EXTRA = ["ann@dom1.test", "bob@dom1.test", "stranger", "nomad@else.test"]
 USERS = {u: f"pw-{u}" for u in SAMPLE + EXTRA}
 
 
-def marker(name: str, user: str) -> bytes:
-    return (f"From: ops@example.test\r\nTo: {user}\r\nSubject: backend={name}\r\n"
-            f"Message-ID: <{name}.{user}@portcullis.test>\r\n\r\nThis mailbox lives on {name}.\r\n"
-            ).encode()
-
-
 @pytest.fixture(scope="module")
 def pool(env_tmp, certs):
-    dvs = [mailenv.Dovecot() for _ in range(NB)]
-
-    def start(i):
-        dv = dvs[i]
-        dv.start(env_tmp / f"dovecot-route-{i}", users=USERS, ssl=False)
-        dv.label = f"dv{i}"
-        for u in USERS:
-            dv.deliver(u, [marker(dv.label, u)])
-
-    # Started and stopped side by side: a Dovecot takes about a second each way.
-    with ThreadPoolExecutor(NB) as ex:
-        futures = [ex.submit(start, i) for i in range(NB)]
-    try:
-        for f in futures:
-            f.result()
+    with routing_env.dovecot_pool(env_tmp, USERS) as dvs:
         yield dvs
-    finally:
-        with ThreadPoolExecutor(NB) as ex:
-            list(ex.map(lambda dv: dv.stop() if dv.pid else None, dvs))
 
 
-def pool_backends(dvs):
-    out = []
-    for dv in dvs[:2]:  # dv2 is reached only by host:port: a dynamic backend
-        for b in dv.backends(tls="none", name=dv.label):
-            b["server"] = dv.label
-            out.append(b)
-    return out
+pool_backends = routing_env.pool_backends
+backend_of = routing_env.backend_of
 
 
 def home_of(i: int) -> str:
@@ -89,38 +61,15 @@ def routing(mapfile, **kw):
 
 
 def login(px, certs, user, password=None):
-    m = imaplib.IMAP4_SSL(mailenv.LOCAL, px.port("imaps"), ssl_context=mailenv.ssl_context(certs.ca),
-                          timeout=15)
-    m.login(user, password or USERS[user])
-    return m
-
-
-def backend_of(m) -> str:
-    m.select("INBOX", readonly=True)
-    typ, data = m.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-    assert typ == "OK"
-    found = re.search(rb"backend=(dv\d)", data[0][1])
-    assert found, data
-    return found.group(1).decode()
+    return routing_env.login(px, certs, user, password or USERS[user])
 
 
 def which_backend(px, certs, user) -> str:
-    m = login(px, certs, user)
-    try:
-        return backend_of(m)
-    finally:
-        m.logout()
+    return routing_env.which_backend(px, certs, user, USERS[user])
 
 
 def login_error(px, certs, user) -> str:
-    m = imaplib.IMAP4_SSL(mailenv.LOCAL, px.port("imaps"), ssl_context=mailenv.ssl_context(certs.ca),
-                          timeout=15)
-    try:
-        with pytest.raises(imaplib.IMAP4.error) as e:
-            m.login(user, USERS[user])
-        return str(e.value)
-    finally:
-        m.logout()
+    return routing_env.login_error(px, certs, user, USERS[user])
 
 
 def test_map_routes_each_user_to_own_backend(proxy_factory, pool, certs, env_tmp):

@@ -910,6 +910,67 @@ static void test_proto_name(void **state)
     assert_string_equal(cfg_proto_name(CFG_PROTO_POP3), "pop3");
 }
 
+/* ---- routing.lookups of type ldap (issue 17) ----------------------------------------------- */
+
+#define LDAP_HEAD MINIMAL "routing:\n  lookups:\n    - name: dir\n      type: ldap\n"
+#define LDAP_OK   LDAP_HEAD "      uri: ldap://127.0.0.1:389\n      base: dc=x\n"
+
+static void test_ldap_lookup(void **state)
+{
+    (void)state;
+    struct config *c = load_ok(LDAP_OK "      starttls: true\n      ca_file: @D@/ca.pem\n"
+                                       "      bind_dn: cn=r,dc=x\n"
+                                       "      bind_password_file: @D@/ldap.pw\n"
+                                       "      connections: 4\n");
+    const struct cfg_lookup *l = &c->routing.lookups[0];
+    assert_int_equal(l->type, CFG_LOOKUP_LDAP);
+    assert_string_equal(l->ldap.uri, "ldap://127.0.0.1:389");
+    assert_true(l->ldap.starttls);
+    assert_string_equal(l->ldap.bind_password, "s3cret pw"); /* the first line only */
+    assert_int_equal(l->ldap.scope, CFG_LDAP_SUB);
+    assert_string_equal(l->ldap.filter, "(uid=%u)");
+    assert_string_equal(l->ldap.attribute, "mailHost");
+    assert_int_equal(l->connections, 4);
+    assert_int_equal(l->connect_timeout_ms, 0);
+    cfg_unref(&c);
+
+    static const struct {
+        const char *yaml;
+        const char *want;
+    } cases[] = {
+        {LDAP_HEAD "      base: dc=x\n", "lookup dir: type ldap needs a uri"},
+        {LDAP_HEAD "      uri: http://h\n      base: dc=x\n", "type ldap needs a uri"},
+        {LDAP_HEAD "      uri: ldap://\n      base: dc=x\n", "type ldap needs a uri"},
+        {LDAP_HEAD "      uri: ldap://h\n", "lookup dir: type ldap needs a search base"},
+        {LDAP_HEAD "      uri: ldaps://h\n      base: dc=x\n      starttls: true\n",
+         "starttls is for ldap://"},
+        {LDAP_OK "      filter: \"(uid=%x)\"\n", "lookup dir: bad filter template"},
+        {LDAP_OK "      filter: \"uid=%u\"\n", "lookup dir: bad filter template"},
+        {LDAP_OK "      attribute: \"mail host\"\n", "not an attribute name"},
+        {LDAP_OK "      cert_file: @D@/cert.pem\n", "cert_file and key_file go together"},
+        {LDAP_OK "      sasl_external: true\n", "sasl_external needs cert_file"},
+        {LDAP_OK "      bind_password: s3cret\n", "a bind password needs a bind_dn"},
+        {LDAP_OK "      bind_dn: cn=r\n      bind_password: s3cret\n"
+                 "      bind_password_file: @D@/ldap.pw\n",
+         "bind_password and bind_password_file exclude each other"},
+        {LDAP_OK "      bind_dn: cn=r\n      bind_password_file: @D@/nope.pw\n", "cannot read"},
+        {LDAP_OK "      bind_dn: cn=r\n      bind_password_file: @D@/empty.pw\n",
+         "must hold one line of 1..1024 bytes"},
+        {LDAP_OK "      ca_file: @D@/nope.pem\n", "lookup dir: cannot read"},
+        {LDAP_OK "      scope: subtree\n", "scope"},
+        {LDAP_OK "      connections: 17\n", "connections"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        expect_error(cases[i].yaml, cases[i].want);
+    /* A password never appears in an error, even one about the same entry. */
+    char *err = NULL;
+    c = load(LDAP_OK "      bind_password: s3cret\n", &err);
+    assert_null(c);
+    assert_non_null(err);
+    assert_null(strstr(err, "s3cret"));
+    free(err);
+}
+
 /* ---- fixtures ---------------------------------------------------------------------------- */
 
 static void touch(const char *name)
@@ -931,13 +992,22 @@ static int setup(void **state)
     touch("key.pem");
     touch("ca.pem");
     touch("tickets.bin");
+    touch("empty.pw");
+    char path[128];
+    snprintf(path, sizeof path, "%s/ldap.pw", tmpdir);
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return -1;
+    fputs("s3cret pw\nsecond line\n", f);
+    fclose(f);
     return 0;
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    static const char *const names[] = {"cert.pem", "key.pem", "ca.pem", "tickets.bin"};
+    static const char *const names[] = {"cert.pem",    "key.pem",  "ca.pem",
+                                        "tickets.bin", "empty.pw", "ldap.pw"};
     char path[128];
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         snprintf(path, sizeof path, "%s/%s", tmpdir, names[i]);
@@ -971,6 +1041,7 @@ int main(void)
         cmocka_unit_test(test_addresses),
         cmocka_unit_test(test_backend_resolution),
         cmocka_unit_test(test_cross_checks),
+        cmocka_unit_test(test_ldap_lookup),
         cmocka_unit_test(test_load_file),
         cmocka_unit_test(test_refcount),
         cmocka_unit_test(test_proto_name),

@@ -17,6 +17,7 @@
 #include "config.h"
 #include "route_cache.h"
 #include "route_chain.h"
+#include "route_ldap.h"
 #include "route_map.h"
 #include "route_maps.h"
 
@@ -519,6 +520,81 @@ static int teardown(void **state)
     return 0;
 }
 
+/* ---- the LDAP source (route_ldap.c) ------------------------------------------------------ */
+
+/* An attribute value becomes a target as a map file's would, without DNS (on the loop). */
+static void test_ldap_target(void **state)
+{
+    (void)state;
+    struct config *cfg = load_cfg("");
+    static const struct {
+        const char *host;
+        unsigned port;
+        bool ok, pool;
+        const char *text;
+    } cases[] = {
+        {"b1", 0, true, true, "b1"},
+        {"10.0.0.7", 0, true, false, "10.0.0.7"},
+        {"10.0.0.7", 1143, true, false, "10.0.0.7:1143"},
+        {"2001:db8::7", 143, true, false, "[2001:db8::7]:143"},
+        {"imap.example.test", 0, false, false, "imap.example.test"},
+        {"localhost", 143, false, false, "localhost:143"}, /* a name: not resolved */
+        {"b1", 1143, false, false, "b1:1143"},             /* a pool entry has no port */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char buf[300];
+        struct route_target t;
+        const char *why = NULL;
+        bool ok = route_ldap_target(cfg, cases[i].host, cases[i].port, buf, sizeof buf, &t, &why);
+        if (ok != cases[i].ok)
+            fail_msg("%s:%u: %s", cases[i].host, cases[i].port, why ? why : "bound");
+        assert_string_equal(t.text, cases[i].text);
+        if (ok) {
+            assert_int_equal(t.pool, cases[i].pool);
+            assert_int_equal(t.port, cases[i].pool ? 0 : cases[i].port);
+            assert_true(cases[i].pool || t.addrlen > 0);
+        } else {
+            assert_non_null(strstr(why, "not"));
+        }
+        free((char *)t.host);
+    }
+    cfg_unref(&cfg);
+}
+
+/* A directory that does not answer: the chain's lookup fails (never cached, never a crash),
+ * also when the worker drops the chain while the lookup is pending (route_ldap.c defers the
+ * pool's free out of ldaplookup's callback). */
+static void test_ldap_source_down(void **state)
+{
+    (void)state;
+    struct config *cfg =
+        load_cfg("routing:\n  lookups:\n"
+                 "    - { name: dir, type: ldap, uri: \"ldap://127.0.0.1:1\", base: dc=x,\n"
+                 "        timeout: 150ms, connect_timeout: 100ms }\n");
+    for (int drop = 0; drop < 2; drop++) {
+        struct route_chain *c = route_chain_new(EV_DEFAULT, cfg);
+        assert_non_null(c);
+        struct route_answer a;
+        struct route_chain_req *req = NULL;
+        struct got g = {0};
+        assert_int_equal(lookup_now(c, "alice", &a, &req, &g), 0);
+        if (drop)
+            route_chain_release(&c); /* the pending request keeps the chain alive */
+        while (g.calls == 0)
+            ev_run(EV_DEFAULT, EVRUN_ONCE);
+        assert_int_equal(g.status, ROUTE_ERROR);
+        assert_true(g.reason[0] != '\0');
+        if (!drop) { /* errors are not cached: asked again, pending again */
+            assert_int_equal(lookup_now(c, "alice", &a, &req, &g), 0);
+            route_chain_cancel(&req);
+            route_chain_release(&c);
+        }
+        /* Until nothing is active: a dropped source's deferred free has run. */
+        ev_run(EV_DEFAULT, 0);
+    }
+    cfg_unref(&cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -529,6 +605,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_chain_async_cache_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_chain_map_swap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_chain_keeps_old_map_on_error, setup, teardown),
+        cmocka_unit_test(test_ldap_target),
+        cmocka_unit_test(test_ldap_source_down),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

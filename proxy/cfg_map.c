@@ -487,6 +487,7 @@ static bool set_scalar(struct cfg_ctx *ctx, const struct cfg_key *k, char *obj, 
         break;
     case CFG_MAP:
     case CFG_SEQ:
+    case CFG_STRLIST:
         break;
     }
     if (!ok) {
@@ -543,8 +544,69 @@ static bool key_sane(const struct cfg_key *k)
         return k->sub != NULL;
     case CFG_SEQ:
         return k->sub && k->sub->size > 0 && k->max <= CFG_SEQ_MAX && k->min <= k->max;
+    case CFG_STRLIST:
+        return k->size == sizeof(char **) && k->max <= CFG_SEQ_MAX && k->min <= k->max;
     }
     return false;
+}
+
+static void free_strlist(char *obj, const struct cfg_key *k)
+{
+    char **arr;
+    memcpy(&arr, obj + k->off, sizeof arr);
+    for (size_t i = 0; arr && arr[i]; i++)
+        free(arr[i]);
+    free(arr);
+    arr = NULL;
+    size_t n = 0;
+    memcpy(obj + k->off, &arr, sizeof arr);
+    memcpy(obj + k->off2, &n, sizeof n);
+}
+
+/* A sequence of strings (CFG_STRLIST) into a NULL-terminated array. */
+static bool map_strlist(struct cfg_ctx *ctx, const struct cfg_key *k, const yaml_node_t *v,
+                        char *obj)
+{
+    free_strlist(obj, k);
+    size_t n = 0;
+    if (!is_null(v)) {
+        if (v->type != YAML_SEQUENCE_NODE)
+            return key_fail(ctx, v, "expected a sequence, got %s", node_kind(v));
+        n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+    }
+    if (n > k->max)
+        return key_fail(ctx, v, "too many entries (%zu, max %llu)", n, (unsigned long long)k->max);
+    if (n < k->min)
+        return key_fail(ctx, v, "needs at least %llu entr%s", (unsigned long long)k->min,
+                        k->min == 1 ? "y" : "ies");
+    if (n == 0)
+        return true;
+    char **arr = calloc(n + 1, sizeof *arr);
+    if (!arr)
+        return key_fail(ctx, v, "out of memory");
+    memcpy(obj + k->off, &arr, sizeof arr); /* published first: a failure leaves it freeable */
+    for (size_t i = 0; i < n; i++) {
+        const yaml_node_t *item = yaml_document_get_node(ctx->doc, v->data.sequence.items.start[i]);
+        size_t old = path_push_index(ctx, i);
+        bool ok = false;
+        if (item->type != YAML_SCALAR_NODE) {
+            ok = key_fail(ctx, item, "expected a single value, got %s", node_kind(item));
+        } else {
+            const char *s = (const char *)item->data.scalar.value;
+            size_t len = item->data.scalar.length;
+            if (memchr(s, '\0', len))
+                ok = key_fail(ctx, item, "NUL byte in value");
+            else if (check_string(ctx, k, s, len, item) && !(arr[i] = strndup(s, len)))
+                ok = key_fail(ctx, item, "out of memory");
+            else
+                ok = arr[i] != NULL;
+        }
+        path_pop(ctx, old);
+        if (!ok)
+            return false;
+        memcpy(obj + k->off2, &(size_t){i + 1}, sizeof(size_t));
+    }
+    return true;
 }
 
 static bool map_seq(struct cfg_ctx *ctx, const struct cfg_key *k, const yaml_node_t *v, char *obj)
@@ -593,6 +655,8 @@ static bool set_value(struct cfg_ctx *ctx, const struct cfg_key *k, char *obj, c
         return map_table(ctx, k->sub, v, v, obj + k->off);
     case CFG_SEQ:
         return map_seq(ctx, k, v, obj);
+    case CFG_STRLIST:
+        return map_strlist(ctx, k, v, obj);
     default:
         break;
     }
@@ -615,6 +679,7 @@ static bool set_default(struct cfg_ctx *ctx, const struct cfg_key *k, char *obj,
     case CFG_MAP:
         return map_table(ctx, k->sub, NULL, at, obj + k->off);
     case CFG_SEQ:
+    case CFG_STRLIST:
         return true; /* empty; a required sequence was reported by the caller */
     default:
         break;
@@ -629,7 +694,7 @@ static bool is_required(const struct cfg_key *k)
 {
     if (k->type == CFG_MAP)
         return false;
-    if (k->type == CFG_SEQ)
+    if (k->type == CFG_SEQ || k->type == CFG_STRLIST)
         return k->min > 0;
     return k->def == NULL;
 }
@@ -716,6 +781,9 @@ void cfg_map_free(const struct cfg_table *t, void *obj)
         }
         case CFG_MAP:
             cfg_map_free(k->sub, o + k->off);
+            break;
+        case CFG_STRLIST:
+            free_strlist(o, k);
             break;
         case CFG_SEQ: {
             char *arr;

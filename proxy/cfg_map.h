@@ -57,6 +57,9 @@ enum cfg_type {
     CFG_MAP,      /* nested mapping: `sub` applied at obj + off (off may be 0: same struct) */
     CFG_SEQ,      /* sequence of mappings: array of `sub` at off (void **), count (size_t) at
                      off2; length min..max (max <= CFG_SEQ_MAX) */
+    CFG_STRLIST,  /* sequence of strings: char ** at off (owned, NULL-terminated, each owned;
+                     NULL when empty), count (size_t) at off2; length min..max; each string
+                     checked as CFG_STRING (no control characters) */
 };
 
 /* Key flags. */
@@ -118,6 +121,9 @@ struct cfg_table {
 #define CFG_K_SEQ(n, T, f, fcount, t, lo, hi)                                                      \
     .name = n, .type = CFG_SEQ, .off = offsetof(T, f), .off2 = offsetof(T, fcount), .sub = t,      \
     .min = lo, .max = hi
+#define CFG_K_STRLIST(n, T, f, fcount, lo, hi)                                                     \
+    .name = n, .type = CFG_STRLIST, CFG_FIELD(T, f), .off2 = offsetof(T, fcount), .min = lo,       \
+    .max = hi
 #define CFG_K_END .name = NULL
 
 /* Parse `len` bytes of YAML text and map its single document onto `obj` (zeroed by the caller)

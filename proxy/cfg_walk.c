@@ -121,6 +121,17 @@ const char *cfg_walk_value(const struct cfg_key *k, const void *obj, char *buf, 
     case CFG_SEQ:
         snprintf(buf, cap, "…");
         break;
+    case CFG_STRLIST: {
+        char **arr;
+        memcpy(&arr, p, sizeof arr);
+        size_t used = 0;
+        buf[0] = '\0';
+        for (size_t i = 0; arr && arr[i] && used < cap; i++) {
+            int n = snprintf(buf + used, cap - used, "%s%s", i ? ", " : "", arr[i]);
+            used += n > 0 ? (size_t)n : 0;
+        }
+        break;
+    }
     }
     return buf;
 }

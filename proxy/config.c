@@ -365,7 +365,7 @@ static const struct cfg_table policy_table = {.keys = policy_keys, .check = poli
 _Static_assert(sizeof(enum cfg_lookup_type) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum cfg_route_else) == sizeof(int), "enum size");
 static const struct cfg_enum lookup_type_values[] = {
-    {"map", CFG_LOOKUP_MAP}, {"ldap", CFG_LOOKUP_LDAP}, {NULL, 0}};
+    {"map", CFG_LOOKUP_MAP}, {"ldap", CFG_LOOKUP_LDAP}, {"http", CFG_LOOKUP_HTTP}, {NULL, 0}};
 static const struct cfg_enum route_unknown_values[] = {
     {"hash", CFG_ROUTE_HASH}, {"refuse", CFG_ROUTE_REFUSE}, {NULL, 0}};
 static const struct cfg_enum route_on_error_values[] = {
@@ -380,10 +380,11 @@ static const struct cfg_key lookup_keys[] = {
     {CFG_K_ENUM("type", struct cfg_lookup, type, NULL, lookup_type_values)},
     {CFG_K_OPTSTR("file", struct cfg_lookup, file, "")},
     {CFG_K_DURATION("timeout", struct cfg_lookup, timeout_ms, "2s", 1, MIN)},
-    /* network sources (ldap): 0 = the type's default */
+    /* network sources (ldap, http): 0 = the type's default (routing_check); ldap allows at
+     * most 16 connections (ldap_lookup_check) */
     {CFG_K_OPTSTR("ca_file", struct cfg_lookup, ca_file, "")},
     {CFG_K_DURATION("connect_timeout", struct cfg_lookup, connect_timeout_ms, "0", 0, MIN)},
-    {CFG_K_UINT("connections", struct cfg_lookup, connections, "0", 0, 16)},
+    {CFG_K_UINT("connections", struct cfg_lookup, connections, "0", 0, 1024)},
     /* type ldap (ldap_lookup_check) */
     {CFG_K_OPTSTR("uri", struct cfg_lookup, ldap.uri, "")},
     {CFG_K_BOOL("starttls", struct cfg_lookup, ldap.starttls, "false")},
@@ -397,6 +398,10 @@ static const struct cfg_key lookup_keys[] = {
     {CFG_K_ENUM("scope", struct cfg_lookup, ldap.scope, "sub", ldap_scope_values)},
     {CFG_K_STRING("filter", struct cfg_lookup, ldap.filter, "(uid=%u)")},
     {CFG_K_STRING("attribute", struct cfg_lookup, ldap.attribute, "mailHost")},
+    /* type http (route_http.c) */
+    {CFG_K_OPTSTR("url", struct cfg_lookup, url, "")},
+    {CFG_K_STRLIST("headers", struct cfg_lookup, headers, nheaders, 0, 32), .flags = CFG_SECRET},
+    {CFG_K_DURATION("max_wait", struct cfg_lookup, max_wait_ms, "10s", 0, HOUR)},
     {CFG_K_END},
 };
 static const struct cfg_table lookup_table = {.size = sizeof(struct cfg_lookup),
@@ -521,11 +526,53 @@ static bool ldap_lookup_check(struct cfg_ctx *ctx, size_t i, struct cfg_lookup *
     if ((d->bind_password || d->bind_password_file) && !d->bind_dn)
         return lookup_fail(ctx, i, "bind_dn", "lookup %s: a bind password needs a bind_dn",
                            l->name);
+    if (l->connections > 16)
+        return lookup_fail(ctx, i, "connections", "lookup %s: connections: at most 16 for ldap",
+                           l->name);
     if (!lookup_readable(ctx, i, l, "ca_file", l->ca_file) ||
         !lookup_readable(ctx, i, l, "cert_file", d->cert_file) ||
         !lookup_readable(ctx, i, l, "key_file", d->key_file))
         return false;
     return !d->bind_password_file || read_password_file(ctx, i, l);
+}
+
+/* "Name: value" (RFC 9110 field-name = token); CR/LF and other controls were refused by the
+ * string check already. */
+static bool header_line_ok(const char *h)
+{
+    size_t n = strspn(h, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                         "!#$%&'*+-.^_`|~");
+    return n > 0 && h[n] == ':';
+}
+
+/* A `type: http` lookup (nginx auth_http, route_http.c): a URL libcurl will take, a readable
+ * CA file, well-formed extra headers. */
+static bool http_lookup_check(struct cfg_ctx *ctx, const struct cfg_lookup *l, size_t i)
+{
+    char path[96], q[160];
+    snprintf(path, sizeof path, "routing.lookups[%zu].url", i);
+    if (!l->url)
+        return cfg_fail(ctx, cfg_find(ctx, path), "lookup %s: type http needs a url", l->name);
+    if (strncmp(l->url, "http://", 7) != 0 && strncmp(l->url, "https://", 8) != 0)
+        return cfg_fail(ctx, cfg_find(ctx, path), "lookup %s: url %s is not http:// or https://",
+                        l->name, cfg_quote(q, sizeof q, l->url));
+    const char *host = strstr(l->url, "://") + 3;
+    if (!*host || *host == '/' || *host == ':')
+        return cfg_fail(ctx, cfg_find(ctx, path), "lookup %s: url %s has no host", l->name,
+                        cfg_quote(q, sizeof q, l->url));
+    snprintf(path, sizeof path, "routing.lookups[%zu].ca_file", i);
+    if (l->ca_file && access(l->ca_file, R_OK) != 0)
+        return cfg_fail(ctx, cfg_find(ctx, path), "lookup %s: cannot read %s: %s", l->name,
+                        cfg_quote(q, sizeof q, l->ca_file), strerror(errno));
+    for (size_t h = 0; h < l->nheaders; h++) {
+        if (header_line_ok(l->headers[h]))
+            continue;
+        snprintf(path, sizeof path, "routing.lookups[%zu].headers[%zu]", i, h);
+        /* The value may be a secret (X-Auth-Key): name the entry, not its text. */
+        return cfg_fail(ctx, cfg_find(ctx, path),
+                        "lookup %s: headers[%zu] is not a \"Name: value\" line", l->name, h);
+    }
+    return true;
 }
 
 static bool routing_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *obj)
@@ -554,6 +601,16 @@ static bool routing_check(struct cfg_ctx *ctx, const yaml_node_t *node, void *ob
         }
         if (l->type == CFG_LOOKUP_LDAP && !ldap_lookup_check(ctx, i, &r->lookups[i]))
             return false;
+        if (l->type == CFG_LOOKUP_HTTP) {
+            /* the http defaults (the keys' 0 means "the type's": ldap keeps 0 for route_ldap) */
+            struct cfg_lookup *h = &r->lookups[i];
+            if (!h->connect_timeout_ms)
+                h->connect_timeout_ms = 2000;
+            if (!h->connections)
+                h->connections = 8;
+            if (!http_lookup_check(ctx, l, i))
+                return false;
+        }
     }
     const char *ca = r->dynamic_backend.tls_ca;
     if (ca && access(ca, R_OK) != 0)

@@ -224,7 +224,7 @@ struct cfg_policy {
 };
 
 /* routing: — per-user routing lookups (issue 17, docs/routing.md). */
-enum cfg_lookup_type { CFG_LOOKUP_MAP, CFG_LOOKUP_LDAP };
+enum cfg_lookup_type { CFG_LOOKUP_MAP, CFG_LOOKUP_LDAP, CFG_LOOKUP_HTTP };
 /* What to do when no lookup knows the user (unknown) or a lookup failed (on_error). */
 enum cfg_route_else { CFG_ROUTE_HASH, CFG_ROUTE_REFUSE };
 
@@ -248,14 +248,20 @@ struct cfg_lookup_ldap {
 
 struct cfg_lookup {
     char *name;                /* owned; unique among lookups (logs, metrics) */
-    enum cfg_lookup_type type; /* map or ldap (auth_http comes later) */
+    enum cfg_lookup_type type; /* map, ldap or http */
     char *file;                /* owned or NULL: map file path (type map) */
     uint64_t timeout_ms;       /* default 2s: an asynchronous source's answer */
-    /* Network sources (ldap; meant to be shared with http): */
+    /* Network sources (ldap, http): */
     char *ca_file;               /* owned or NULL = system store; verification always on */
-    uint64_t connect_timeout_ms; /* 0 (default) = the type's (ldap: 3s) */
-    unsigned connections;        /* per worker; 0 (default) = the type's (ldap: 2) */
+    uint64_t connect_timeout_ms; /* 0 (default) = the type's: ldap 3s; http 2s (set at load) */
+    unsigned connections;        /* per worker; 0 (default) = the type's: ldap 2; http 8 (set
+                                    at load) */
     struct cfg_lookup_ldap ldap; /* type ldap */
+    /* type http (nginx auth_http, route_http.c) */
+    char *url;      /* owned or NULL: http:// or https:// auth service */
+    char **headers; /* owned, NULL-terminated or NULL: extra request headers */
+    size_t nheaders;
+    uint64_t max_wait_ms; /* default 10s: cap on an http refusal's Auth-Wait */
 };
 
 /* The settings a backend named by a lookup as host[:port] is dialled with. */

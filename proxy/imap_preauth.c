@@ -330,6 +330,8 @@ static void begin_login(struct session *s)
     s->client.reading = false; /* pipelined commands wait in s->up until the login is decided */
     st->preauth_deadline = s->deadline_at;
     sess_log(s, LOG_DEBUG, "event=login_start mech=%s", mech_name(st->creds.mech));
+    s->login_creds = &st->creds; /* for an auth_http lookup (sess_lookup.c) */
+    s->login_attempts++;
     /* The login policy (issue 5) first; imap_backend_start() never calls back synchronously:
      * failures arrive as events. */
     sess_login_check(s, imap_backend_start, login_refused);

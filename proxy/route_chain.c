@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "route_cache.h"
+#include "route_http.h"
 #include "route_ldap.h"
 #include "route_maps.h"
 
@@ -103,6 +104,8 @@ static struct route_source *source_new(struct ev_loop *loop, const struct config
         ms->base = (struct route_source){.ops = &map_ops, .conf = l, .loop = loop};
         return &ms->base;
     }
+    case CFG_LOOKUP_HTTP:
+        return route_http_new(loop, cfg, l);
     }
     return NULL;
 }
@@ -175,7 +178,9 @@ static double now(const struct route_chain *c)
 static void remember(struct route_chain *c, const char *user, bool cacheable,
                      const struct route_answer *a)
 {
-    if (!cacheable || a->status == ROUTE_ERROR || a->user || a->pass)
+    /* Answers that judged the password (auth_http, a->nocache) are never kept. */
+    if (!cacheable || a->nocache || a->status == ROUTE_ERROR || a->status == ROUTE_REJECT ||
+        a->user || a->pass)
         return;
     const struct cfg_routing *r = &c->cfg->routing;
     double ttl = (double)(a->status == ROUTE_FOUND ? r->cache_ttl_ms : r->negative_ttl_ms) / 1000.;

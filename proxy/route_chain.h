@@ -3,21 +3,23 @@
  * asked in order for a user until one knows them, with a per-worker cache in front.
  *
  * A source is anything that can answer "where does this user live" asynchronously: the map
- * file (route_maps.h), LDAP (route_ldap.h) and nginx-style auth_http next. It implements
- * struct route_source_ops:
+ * file (route_maps.h), LDAP (route_ldap.h) and nginx-style auth_http (route_http.h). It
+ * implements struct route_source_ops:
  *   - start(src, query, now_r, cb, arg) either answers at once (returns NULL after filling
  *     *now_r: the map file, a memory lookup) or returns a request handle and later calls
  *     cb(arg, answer) exactly once, from the worker's loop, never from inside start();
  *   - cancel(req) stops a pending request: its callback will not run.
  * An answer is FOUND (a backend, optionally credentials to use toward it), NOT_FOUND (ask the
- * next source) or ERROR (a reason: the chain stops there, so that a lower source — a `*`
- * catch-all, say — never routes a user whose real source is down; routing.on_error decides).
+ * next source), ERROR (a reason: the chain stops there, so that a lower source — a `*`
+ * catch-all, say — never routes a user whose real source is down; routing.on_error decides)
+ * or REJECT (a source that judges the password refused it: stops, refused as a wrong one).
  *
  * The chain bounds every asynchronous source with its lookup's `timeout` (an ERROR "timeout"
  * after cancelling it). Answers of sources marked cacheable are kept per worker for
- * routing.cache_ttl (not found: routing.negative_ttl); errors never are, nor answers with
- * credentials. The map source is not cacheable: its table is a memory lookup already, and a
- * SIGHUP must move users at once. Every map publish (route_maps_generation) flushes the cache.
+ * routing.cache_ttl (not found: routing.negative_ttl); errors and rejections never are, nor
+ * answers with credentials or marked nocache (auth_http: a decision on the password). The map
+ * source is not cacheable: its table is a memory lookup already, and a SIGHUP must move users at
+ * once. Every map publish (route_maps_generation) flushes the cache.
  *
  * One chain per worker, for one configuration snapshot; everything runs on that worker's loop.
  */
@@ -31,12 +33,22 @@
 #include "config.h"
 #include "route_map.h"
 
-enum route_status { ROUTE_FOUND, ROUTE_NOT_FOUND, ROUTE_ERROR };
+/* ROUTE_REJECT: the source judged the credentials and refused them (auth_http's Auth-Status
+ * other than OK): the chain stops, the login is refused as a wrong password (counted), never
+ * cached. */
+enum route_status { ROUTE_FOUND, ROUTE_NOT_FOUND, ROUTE_ERROR, ROUTE_REJECT };
+
+struct creds;
 
 struct route_query {
     const char *user;     /* as the client logged in */
     enum cfg_proto proto; /* the listener's */
     const char *client_ip;
+    /* For sources that judge the login itself (auth_http, route_http.c); borrowed from the
+     * session, valid until the request ends or is cancelled. NULL: none (tests, explain). */
+    const struct creds *creds;
+    unsigned login_attempt; /* logins started in this session, 1 for the first */
+    bool client_tls;        /* the client side is encrypted */
 };
 
 /* Valid only during the callback (or until the next call on the chain for an answer given at
@@ -47,8 +59,11 @@ struct route_answer {
     const char *rule;                  /* FOUND / NOT_FOUND: which entry, for logs */
     const struct route_target *target; /* FOUND: the backend (route_map.h, bound) */
     const char *user, *pass;           /* FOUND: credentials toward the backend, or NULL */
-    const char *reason;                /* ERROR: for logs */
+    const char *reason;                /* ERROR: for logs; REJECT: the source's text (raw) */
+    unsigned wait_ms;                  /* REJECT: answer the refusal after this long */
     bool cached;                       /* came from the worker's cache */
+    bool nocache; /* never cache it, whatever other source took part (auth_http's answers
+                     are a password decision) */
 };
 
 typedef void route_answer_fn(void *arg, const struct route_answer *a);

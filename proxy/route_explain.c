@@ -133,6 +133,22 @@ void route_explain(FILE *f, const struct config *cfg, const char *user, const ch
                 return;
             continue;
         }
+        if (l->type == CFG_LOOKUP_HTTP) {
+            /* auth_http judges the password: it cannot be asked without one, and its answer
+             * holds for one login only (never cached). It answers OK or a refusal, never "not
+             * found", so no later lookup is reached. */
+            fprintf(f,
+                    "lookup %s (http %s): asked at each login with the password; not asked "
+                    "here\n",
+                    l->name, l->url);
+            fprintf(f,
+                    "decision: the auth service's answer at login (Auth-Server:Auth-Port, or "
+                    "a refusal); if it fails: %s (routing.on_error: %s)\n",
+                    r->on_error == CFG_ROUTE_REFUSE ? "refused with NO [UNAVAILABLE]"
+                                                    : "affinity, then the hash over the pool",
+                    r->on_error == CFG_ROUTE_REFUSE ? "refuse" : "fallback");
+            return;
+        }
         char *err = NULL;
         struct route_map *m = load(cfg, l, &err);
         if (!m) {

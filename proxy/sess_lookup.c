@@ -9,12 +9,14 @@
  */
 #include "sess_lookup.h"
 
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend.h"
 #include "cfg_map.h"
+#include "creds.h"
 #include "log.h"
 #include "route_chain.h"
 #include "route_dyn.h"
@@ -36,6 +38,9 @@ struct sess_lookup {
     struct route_dyn *dyn;      /* SL_DYNAMIC: held until the session closes */
     char be_name[300];          /* the dynamic backend's cfg_backend strings */
     char be_host[ROUTE_MAP_KEY_MAX + 1];
+    ev_timer wait; /* REJECT: auth_http's Auth-Wait before the refusal is answered */
+    unsigned wait_ms;
+    bool creds_failed; /* FOUND with credentials that could not be installed */
 };
 
 static struct route_chain *chain_for(struct session *s)
@@ -49,6 +54,35 @@ static struct route_chain *chain_for(struct session *s)
     route_chain_release(&w->route); /* pending requests keep the old one alive */
     w->route = c;
     return c;
+}
+
+/* auth_http's Auth-User/Auth-Pass replace the credentials used toward the backend (a front
+ * that checked OAuth2 or MFA logs into a legacy server with a master user). What is missing
+ * is kept from the client's login; a token login given only a user has no password to send.
+ * The client-visible user (s->user: logs, registry, lock-outs) stays. */
+static bool replace_creds(struct session *s, const char *user, const char *pass)
+{
+    struct creds *c = s->login_creds;
+    if (!c || (!pass && !c->pass))
+        return false;
+    const char *u = user ? user : c->user;
+    const char *p = pass ? pass : c->pass;
+    /* creds_from_login() wipes *c first: copy what is taken from it. */
+    size_t ul = strlen(u), pl = strlen(p);
+    char *uc = malloc(ul + 1), *pc = malloc(pl + 1);
+    bool ok = uc && pc;
+    if (ok) {
+        memcpy(uc, u, ul + 1);
+        memcpy(pc, p, pl + 1);
+        ok = creds_from_login(c, uc, ul, pc, pl) == CREDS_OK;
+    }
+    if (uc)
+        OPENSSL_cleanse(uc, ul);
+    if (pc)
+        OPENSSL_cleanse(pc, pl);
+    free(uc);
+    free(pc);
+    return ok;
 }
 
 static void keep(struct session *s, const struct route_answer *a)
@@ -67,8 +101,26 @@ static void keep(struct session *s, const struct route_answer *a)
         if (!sl->target.text || (a->target->host && !sl->target.host)) {
             sl->status = ROUTE_ERROR;
             snprintf(sl->reason, sizeof sl->reason, "out of memory");
+        } else if ((a->user || a->pass) && !replace_creds(s, a->user, a->pass)) {
+            sl->status = ROUTE_ERROR;
+            snprintf(sl->reason, sizeof sl->reason, "%s",
+                     "the lookup's Auth-User/Auth-Pass cannot be used for this login");
+        } else if (a->user || a->pass) {
+            sess_log(s, LOG_INFO, "event=route_lookup_credentials source=%s backend_user=%s",
+                     sl->source, LOG_QS(a->user ? a->user : s->login_creds->user));
         }
     }
+    if (a->status == ROUTE_REJECT)
+        sl->wait_ms = a->wait_ms;
+}
+
+static void on_wait(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct session *s = t->data;
+    if (!s->closing)
+        s->lookup->done(s);
 }
 
 static void on_answer(void *arg, const struct route_answer *a)
@@ -79,6 +131,14 @@ static void on_answer(void *arg, const struct route_answer *a)
     if (s->closing)
         return;
     keep(s, a);
+    if (sl->status == ROUTE_REJECT && sl->wait_ms) {
+        /* Auth-Wait (nginx: the refusal is answered after it): a timer the session cancels at
+         * close; the session has no other deadline meanwhile, the wait is capped by config. */
+        ev_timer_init(&sl->wait, on_wait, (double)sl->wait_ms / 1000., 0.);
+        sl->wait.data = s;
+        ev_timer_start(s->worker->loop, &sl->wait);
+        return;
+    }
     sl->done(s);
 }
 
@@ -87,6 +147,7 @@ bool sess_lookup_start(struct session *s, sess_lookup_done *done)
     struct sess_lookup *sl = s->lookup;
     if (sl) { /* a login attempt before this one in the session: forget its answer */
         route_chain_cancel(&sl->req);
+        ev_timer_stop(s->worker->loop, &sl->wait);
         free((char *)sl->target.text);
         free((char *)sl->target.host);
         route_dyn_release(&sl->dyn);
@@ -103,8 +164,12 @@ bool sess_lookup_start(struct session *s, sess_lookup_done *done)
     sl->done = done;
     struct route_chain *c = chain_for(s);
     struct route_answer a;
-    struct route_query q = {
-        .user = s->user ? s->user : "", .proto = s->listener->protocol, .client_ip = s->client_ip};
+    struct route_query q = {.user = s->user ? s->user : "",
+                            .proto = s->listener->protocol,
+                            .client_ip = s->client_ip,
+                            .creds = s->login_creds,
+                            .login_attempt = s->login_attempts,
+                            .client_tls = s->client_tls};
     int rc = c ? route_chain_lookup(c, &q, &a, &sl->req, on_answer, s) : -1;
     if (rc == 0) {
         sess_set_state(s, SESS_BACKEND);
@@ -183,6 +248,14 @@ enum sess_lookup_route sess_lookup_apply(struct session *s, size_t *idx_r, const
         return SL_HASH;
     if (sl->status == ROUTE_ERROR)
         return failed(s, sl->reason, why_r);
+    if (sl->status == ROUTE_REJECT) {
+        /* auth_http refused the credentials: a wrong password (counted by the dialer's
+         * REFUSED path). Its Auth-Status text is logged, quoted, never sent to the client. */
+        sess_log(s, LOG_INFO, "event=route_lookup result=reject source=%s status=%s wait_ms=%u",
+                 sl->source, LOG_QS(sl->reason), sl->wait_ms);
+        *why_r = "the auth service refused the credentials";
+        return SL_REFUSE_AUTH;
+    }
     if (sl->status == ROUTE_NOT_FOUND) {
         bool refuse = s->cfg->routing.unknown == CFG_ROUTE_REFUSE;
         sess_log(s, LOG_INFO, "event=route_lookup result=not_found cached=%s action=%s",
@@ -225,6 +298,7 @@ void sess_lookup_close(struct session *s)
     if (!sl)
         return;
     route_chain_cancel(&sl->req);
+    ev_timer_stop(s->worker->loop, &sl->wait);
     if (sl->dyn) {
         s->be_state = NULL;
         route_dyn_release(&sl->dyn);

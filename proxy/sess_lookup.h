@@ -14,6 +14,11 @@
  * no lookup knows is hashed (routing.unknown: hash) or refused like a wrong password
  * (refuse: NO [AUTHENTICATIONFAILED] / -ERR [AUTH], counted, so that the answer does not tell
  * an unknown user from a wrong password).
+ *
+ * auth_http (route_http.h): a refusal is answered like a wrong password (SL_REFUSE_AUTH,
+ * counted) after the service's Auth-Wait, on a timer the session's close cancels; an OK's
+ * Auth-User/Auth-Pass replace the login's credentials toward the backend (s->login_creds, set
+ * by the protocol when the login starts); s->user, the client-visible user, stays.
  */
 #ifndef PORTCULLIS_SESS_LOOKUP_H
 #define PORTCULLIS_SESS_LOOKUP_H

@@ -42,6 +42,7 @@
 struct worker;
 struct sess_pol;    /* sess_policy.c */
 struct sess_lookup; /* sess_lookup.c */
+struct creds;       /* creds.h */
 
 /* Backends tried per login: the user's first choice, then one failover. */
 #define SESS_BE_CANDIDATES 2
@@ -121,8 +122,11 @@ struct session {
     ev_io pp_io; /* reading a PROXY header (listener proxy_protocol) */
     bool proxy_hdr_pending;
 
-    struct sess_pol *pol;        /* owned by sess_policy.c: login check, registry entry */
-    struct sess_lookup *lookup;  /* owned by sess_lookup.c: routing lookup (issue 17) */
+    struct sess_pol *pol;       /* owned by sess_policy.c: login check, registry entry */
+    struct sess_lookup *lookup; /* owned by sess_lookup.c: routing lookup (issue 17) */
+    /* Set by the protocol when a login starts, for lookups that judge it (auth_http): */
+    struct creds *login_creds;   /* borrowed from pstate (lives as long as it), or NULL */
+    unsigned login_attempts;     /* logins started in this session (Auth-Login-Attempt) */
     struct session *prev, *next; /* worker's list */
 };
 

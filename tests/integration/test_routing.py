@@ -18,24 +18,10 @@ import pytest
 
 import clients
 import mailenv
-import routing_env
 
-NB = routing_env.NB
-NMAP = 1000  # users in the map
-# The users that exist on every Dovecot (and carry its marker): a sample spread over the map.
-SAMPLE = [f"u{i:04d}" for i in range(0, NMAP, 41)]
-EXTRA = ["ann@dom1.test", "bob@dom1.test", "stranger", "nomad@else.test"]
-USERS = {u: f"pw-{u}" for u in SAMPLE + EXTRA}
-
-
-@pytest.fixture(scope="module")
-def pool(env_tmp, certs):
-    with routing_env.dovecot_pool(env_tmp, USERS) as dvs:
-        yield dvs
-
-
-pool_backends = routing_env.pool_backends
-backend_of = routing_env.backend_of
+# the shared 3-Dovecot pool; `pool` is a fixture (imported so pytest finds it)
+from routing_pool import (NB, NMAP, SAMPLE, USERS, backend_of, login, login_error,  # noqa: F401
+                          pool, pool_backends, which_backend)
 
 
 def home_of(i: int) -> str:
@@ -58,18 +44,6 @@ def routing(mapfile, **kw):
     r = {"lookups": [{"name": "users", "type": "map", "file": str(mapfile)}]}
     r.update(kw)
     return r
-
-
-def login(px, certs, user, password=None):
-    return routing_env.login(px, certs, user, password or USERS[user])
-
-
-def which_backend(px, certs, user) -> str:
-    return routing_env.which_backend(px, certs, user, USERS[user])
-
-
-def login_error(px, certs, user) -> str:
-    return routing_env.login_error(px, certs, user, USERS[user])
 
 
 def test_map_routes_each_user_to_own_backend(proxy_factory, pool, certs, env_tmp):

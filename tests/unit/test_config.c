@@ -1016,6 +1016,48 @@ static int teardown(void **state)
     return rmdir(tmpdir);
 }
 
+/* routing.lookups type http (nginx auth_http, route_http.c): the keys, and the checks made at
+ * load and by `portcullis -t`: url scheme and host, a readable ca_file, "Name: value" headers
+ * (CR/LF refused by the string check). */
+static void test_http_lookup(void **state)
+{
+    (void)state;
+    struct config *c =
+        load_ok(MINIMAL "routing:\n  lookups:\n"
+                        "    - name: authsvc\n      type: http\n"
+                        "      url: http://127.0.0.1:9000/auth\n"
+                        "      headers: [\"X-Auth-Key: secret\", \"X-Site: a b\"]\n");
+    const struct cfg_lookup *l = &c->routing.lookups[0];
+    assert_int_equal(l->type, CFG_LOOKUP_HTTP);
+    assert_string_equal(l->url, "http://127.0.0.1:9000/auth");
+    assert_null(l->ca_file);
+    assert_int_equal(l->connect_timeout_ms, 2000);
+    assert_int_equal(l->timeout_ms, 2000);
+    assert_int_equal(l->connections, 8);
+    assert_int_equal(l->max_wait_ms, 10000);
+    assert_int_equal(l->nheaders, 2);
+    assert_string_equal(l->headers[0], "X-Auth-Key: secret");
+    assert_string_equal(l->headers[1], "X-Site: a b");
+    assert_null(l->headers[2]);
+    cfg_unref(&c);
+
+#define HTTP_LOOKUP MINIMAL "routing:\n  lookups:\n    - name: a\n      type: http\n"
+    expect_error(HTTP_LOOKUP, "lookup a: type http needs a url");
+    expect_error(HTTP_LOOKUP "      url: ftp://x/\n",
+                 "url \"ftp://x/\" is not http:// or https://");
+    expect_error(HTTP_LOOKUP "      url: \"https:///auth\"\n", "has no host");
+    expect_error(HTTP_LOOKUP "      url: https://a/\n      ca_file: /nonexistent/ca.pem\n",
+                 "lookup a: cannot read \"/nonexistent/ca.pem\"");
+    expect_error(HTTP_LOOKUP "      url: http://a/\n      headers: [\"X-Auth-Key secret\"]\n",
+                 "headers[0] is not a \"Name: value\" line");
+    expect_error(HTTP_LOOKUP "      url: http://a/\n      headers: [\"X: 1\\r\\nY: 2\"]\n",
+                 "control character (0x0d) in string");
+    expect_error(HTTP_LOOKUP "      url: http://a/\n      headers: [{a: b}]\n",
+                 "expected a single value");
+    expect_error(HTTP_LOOKUP "      url: http://a/\n      headers: x\n", "expected a sequence");
+#undef HTTP_LOOKUP
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1045,6 +1087,7 @@ int main(void)
         cmocka_unit_test(test_load_file),
         cmocka_unit_test(test_refcount),
         cmocka_unit_test(test_proto_name),
+        cmocka_unit_test(test_http_lookup),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -17,6 +17,7 @@
 #include "config.h"
 #include "route_cache.h"
 #include "route_chain.h"
+#include "route_explain.h"
 #include "route_ldap.h"
 #include "route_map.h"
 #include "route_maps.h"
@@ -238,6 +239,7 @@ struct fake_source {
     enum route_status status; /* what it answers */
     struct route_target target;
     struct fake_req *pending;
+    bool nocache; /* answers marked nocache (as auth_http's) */
 };
 
 static void fake_fire(struct ev_loop *loop, ev_timer *t, int revents)
@@ -251,7 +253,9 @@ static void fake_fire(struct ev_loop *loop, ev_timer *t, int revents)
                              .source = fs->base.conf->name,
                              .rule = "fake",
                              .target = fs->status == ROUTE_FOUND ? &fs->target : NULL,
-                             .reason = "fake error"};
+                             .reason = "fake error",
+                             .wait_ms = fs->status == ROUTE_REJECT ? 1000 : 0,
+                             .nocache = fs->nocache};
     r->cb(r->arg, &a);
     free(r);
 }
@@ -475,6 +479,57 @@ static void test_chain_map_swap(void **state)
     cfg_unref(&cfg);
 }
 
+/* auth_http (route_http.c): a refusal (REJECT) and an answer marked nocache are never cached,
+ * even when a cacheable source took part in the walk: each login asks the service again. */
+static void test_chain_reject_and_nocache_not_cached(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = EV_DEFAULT;
+    struct config *cfg = chain_cfg();
+    char *err = NULL;
+    assert_true(route_maps_load(cfg, &err));
+    struct route_chain *c = route_chain_new(loop, cfg);
+    struct fake_source *fs = fake_at(c, cfg, 1, 0.001, ROUTE_REJECT); /* cacheable fake */
+    struct route_answer a;
+    struct route_chain_req *req = NULL;
+    struct got g = {0};
+    for (int i = 1; i <= 2; i++) {
+        assert_int_equal(lookup_now(c, "mallory", &a, &req, &g), 0); /* asked each time */
+        ev_run(loop, 0);
+        assert_int_equal(g.status, ROUTE_REJECT);
+        assert_int_equal(fs->started, i);
+    }
+    fs->status = ROUTE_FOUND;
+    fs->nocache = true;
+    for (int i = 3; i <= 4; i++) {
+        assert_int_equal(lookup_now(c, "mallory", &a, &req, &g), 0);
+        ev_run(loop, 0);
+        assert_int_equal(g.status, ROUTE_FOUND);
+        assert_int_equal(fs->started, i);
+    }
+    route_maps_stop();
+    route_chain_release(&c);
+    cfg_unref(&cfg);
+}
+
+/* `portcullis-ctl route show` with an http lookup: it cannot ask (no password) and says so,
+ * instead of treating the lookup as a map file. */
+static void test_explain_http_lookup(void **state)
+{
+    (void)state;
+    struct config *cfg = load_cfg("routing:\n  on_error: refuse\n  lookups:\n"
+                                  "    - { name: authsvc, type: http, url: \"http://a/auth\" }\n");
+    char *out = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&out, &len);
+    route_explain(f, cfg, "alice", NULL);
+    fclose(f);
+    assert_non_null(strstr(out, "lookup authsvc (http http://a/auth): asked at each login"));
+    assert_non_null(strstr(out, "refused with NO [UNAVAILABLE] (routing.on_error: refuse)"));
+    free(out);
+    cfg_unref(&cfg);
+}
+
 static void test_chain_keeps_old_map_on_error(void **state)
 {
     (void)state;
@@ -607,6 +662,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_chain_keeps_old_map_on_error, setup, teardown),
         cmocka_unit_test(test_ldap_target),
         cmocka_unit_test(test_ldap_source_down),
+        cmocka_unit_test_setup_teardown(test_chain_reject_and_nocache_not_cached, setup, teardown),
+        cmocka_unit_test(test_explain_http_lookup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -936,8 +936,9 @@ def main() -> int:
     lookup_md = lookup_bench.table(sys.modules[__name__], s["login_lookup"],
                                    b.results.get("skipped"))
     if lookup_md:
+        reps = 1 if QUICK else lookup_bench.REPS_FULL
         detail += (f"\n### Login with routing lookups ({LOGIN_CONC} clients, TLS ECDSA, "
-                   "medians)\n\n" + lookup_md)
+                   f"medians of {reps} repetitions)\n\n" + lookup_md)
     elapsed = time.monotonic() - t_start
     v = b.results["versions"]
     cmd = "tests/bench/bench.py " + " ".join(sys.argv[1:])

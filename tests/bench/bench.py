@@ -56,6 +56,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
+import lookup_bench  # noqa: E402
 import mailenv  # noqa: E402
 import malware  # noqa: E402
 
@@ -156,19 +157,14 @@ class Server:
 class Nginx(Server):
     name = "nginx"
 
-    def start(self, workdir: Path, cert: Path, key: Path, imap_be: int, pop3_be: int) -> "Nginx":
+    def start(self, workdir: Path, cert: Path, key: Path, imap_be: int, pop3_be: int,
+              auth_url: str | None = None) -> "Nginx":
+        """auth_url: ask that auth_http service (login-lookup: the responder shared with
+        Portcullis, whose CPU is counted apart); default: an http {} server in this nginx."""
         w = mailenv.make_workdir(workdir)
         auth = mailenv.free_port()
         self.ports = {"imaps": mailenv.free_port(), "pop3s": mailenv.free_port()}
-        conf = f"""
-daemon off;
-master_process on;
-worker_processes 2;
-worker_rlimit_nofile 100000;
-pid {w}/nginx.pid;
-error_log {w}/error.log warn;
-load_module /usr/lib/nginx/modules/ngx_mail_module.so;
-events {{ worker_connections 30000; multi_accept on; }}
+        http = "" if auth_url else f"""
 http {{
     access_log off;
     client_body_temp_path {w}/tmp;
@@ -186,9 +182,19 @@ http {{
             return 204;
         }}
     }}
-}}
+}}"""
+        conf = f"""
+daemon off;
+master_process on;
+worker_processes 2;
+worker_rlimit_nofile 100000;
+pid {w}/nginx.pid;
+error_log {w}/error.log warn;
+load_module /usr/lib/nginx/modules/ngx_mail_module.so;
+events {{ worker_connections 30000; multi_accept on; }}
+{http}
 mail {{
-    auth_http 127.0.0.1:{auth}/auth;
+    auth_http {auth_url or f"127.0.0.1:{auth}/auth"};
     ssl_certificate {cert};
     ssl_certificate_key {key};
     ssl_protocols TLSv1.2 TLSv1.3;
@@ -200,7 +206,8 @@ mail {{
         (w / "tmp").mkdir(exist_ok=True)
         (w / "nginx.conf").write_text(conf)
         self._spawn(["nginx", "-c", str(w / "nginx.conf"), "-p", str(w), "-e",
-                     str(w / "error.log")], w, [auth, *self.ports.values()])
+                     str(w / "error.log")], w,
+                    [*([] if auth_url else [auth]), *self.ports.values()])
         return self
 
 
@@ -244,7 +251,10 @@ class Portcullis(Server):
     name = "portcullis"
 
     def start(self, workdir: Path, certs: mailenv.Certs, cert: Path, key: Path, imap_be: int,
-              pop3_be: int, binary: Path, scan_db: Path | None = None) -> "Portcullis":
+              pop3_be: int, binary: Path, scan_db: Path | None = None,
+              routing: dict | None = None, redis: bool = False) -> "Portcullis":
+        """routing: the config's `routing:` (login-lookup); redis: with a redis-server of its
+        own even under --no-redis."""
         backends = [{"name": "be", "server": "be", "protocol": "imap", "host": mailenv.LOCAL,
                      "port": imap_be, "tls": "none"}]
         if pop3_be:
@@ -261,8 +271,10 @@ class Portcullis(Server):
             over["scan"] = {"enabled": True, "database_dir": str(scan_db), "threads": 2}
             if os.environ.get("BENCH_SCAN_NICE"):  # A/B of scan.thread_nice
                 over["scan"]["thread_nice"] = int(os.environ["BENCH_SCAN_NICE"])
+        if routing:
+            over["routing"] = routing
         self.redis = None
-        if REDIS:
+        if redis or REDIS:
             # Issue 19: a deployment pays for redis-server too. Its CPU is counted with the
             # proxy's (pids()); limits high enough never to refuse, so every script runs whole.
             self.redis = mailenv.Redis().start(Path(workdir) / "redis")
@@ -909,7 +921,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--build", default="build")
     ap.add_argument("--only", default="", help="comma list: login,resume,fetch,writes,pop3,noop,"
-                    "mixed,rsa,scan,idle,sweep,syscalls (default: all)")
+                    "mixed,rsa,scan,idle,sweep,syscalls,login-lookup (default: all)")
     ap.add_argument("--baseline", default="", metavar="BINARY",
                     help="also run this Portcullis binary (target 'baseline', e.g. main's build) "
                          "in the login and syscalls scenarios, interleaved: before/after ratios")
@@ -968,7 +980,10 @@ def main() -> int:
     corpus = 0
     try:
         certs = mailenv.make_certs(work / "certs")
-        users = [f"bench{i}" for i in range(max(P["users"], 50))]
+        n_users = max(P["users"], 50)
+        if want("login-lookup"):  # its cold runs log in as thousands of distinct users
+            n_users = max(n_users, lookup_bench.LOOKUP_USERS)
+        users = [f"bench{i}" for i in range(n_users)]
         dv = mailenv.Dovecot().start(
             work / "dovecot", users={u: PASSWORD for u in users}, ssl=True, cert=certs.server,
             key=certs.server_key,
@@ -1016,6 +1031,10 @@ def main() -> int:
                     b.run(t, "fetch", b.servers[t].ports["imaps"], c, secs=P["sweep_secs"],
                           cpu_of=None if t == "direct" else b.servers[t], scenario="sweep")
         stop_peers(b)
+
+        # ---- routing lookups (issue 17): its own targets in front of the same Dovecot
+        if want("login-lookup"):
+            lookup_bench.run(sys.modules[__name__], b, certs, dv)
 
         # ---- RSA phase: the proxies with the RSA-2048 variant of the certificate
         if want("rsa"):
@@ -1100,6 +1119,13 @@ def main() -> int:
     b.results["summary"] = s
     table, verdicts = targets_table(s)
     detail = detail_table(s)
+    s["login_lookup"] = lookup_bench.summary(sys.modules[__name__], b.results["runs"])
+    lookup_md = lookup_bench.table(sys.modules[__name__], s["login_lookup"],
+                                   b.results.get("skipped"))
+    if lookup_md:
+        reps = 1 if QUICK else lookup_bench.REPS_FULL
+        detail += (f"\n### Login with routing lookups ({LOGIN_CONC} clients, TLS ECDSA, "
+                   f"medians of {reps} repetitions)\n\n" + lookup_md)
     elapsed = time.monotonic() - t_start
     v = b.results["versions"]
     cmd = "tests/bench/bench.py " + " ".join(sys.argv[1:])

@@ -262,8 +262,8 @@ struct cfg_lookup {
     unsigned connections;        /* per worker; 0 (default) = the type's (ldap: 2, http: 8) */
     struct cfg_lookup_ldap ldap; /* type ldap */
     /* type http (nginx auth_http, route_http.c) */
-    char *url;            /* owned or NULL: http:// or https:// auth service */
-    char **headers;       /* owned, NULL-terminated or NULL: extra request headers */
+    char *url;      /* owned or NULL: http:// or https:// auth service */
+    char **headers; /* owned, NULL-terminated or NULL: extra request headers */
     size_t nheaders;
     uint64_t max_wait_ms; /* default 10s: cap on an http refusal's Auth-Wait */
 };

@@ -638,6 +638,8 @@ static const struct cfg_key routing_keys[] = {
      .flags = CFG_RESTART},
     {CFG_K_DURATION("dynamic_idle_timeout", struct cfg_routing, dynamic_idle_timeout_ms, "10m", SEC,
                     30 * DAY)},
+    {CFG_K_UINT("resolve_threads", struct cfg_routing, resolve_threads, "2", 1, 16)},
+    {CFG_K_UINT("resolve_max_pending", struct cfg_routing, resolve_max_pending, "64", 1, 10000)},
     {CFG_K_MAP("dynamic_backend", struct cfg_routing, dynamic_backend, &dynamic_backend_table)},
     {CFG_K_END},
 };

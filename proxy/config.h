@@ -293,6 +293,8 @@ struct cfg_routing {
     unsigned map_max_backends;        /* default 4096 distinct targets in one map */
     unsigned max_dynamic_backends;    /* default 64 at once, whole process (restart) */
     uint64_t dynamic_idle_timeout_ms; /* default 10m: an unused dynamic backend is forgotten */
+    unsigned resolve_threads;         /* default 2 per LDAP lookup and worker: host names */
+    unsigned resolve_max_pending;     /* default 64: names being resolved at once, same scope */
     struct cfg_dynamic_backend dynamic_backend;
 };
 

@@ -6,6 +6,8 @@
  */
 #include "route_explain.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -70,8 +72,16 @@ static enum ldl_status ask_ldap(const struct config *cfg, const struct cfg_looku
     ev_loop_destroy(loop);
     snprintf(why, whycap, "%s", w.reason);
     const char *bad = NULL;
-    if (w.status == LDL_FOUND && !route_ldap_target(cfg, w.host, w.port, buf, cap, t, &bad)) {
+    /* A host name is resolved as the daemon's resolver threads would (blocking is fine in a
+     * command-line tool). */
+    int rc = w.status == LDL_FOUND ? route_ldap_target(cfg, w.host, w.port, buf, cap, t, 0, &bad)
+                                   : 0;
+    if (rc == -1) {
         snprintf(why, whycap, "%s: %s", w.host, bad);
+        return LDL_ERROR;
+    }
+    if (rc < 0) {
+        snprintf(why, whycap, "cannot resolve %s: %s", w.host, bad);
         return LDL_ERROR;
     }
     return w.status;
@@ -83,6 +93,17 @@ static void explain_error(FILE *f, const struct cfg_routing *r)
             r->on_error == CFG_ROUTE_REFUSE ? "refused with NO [UNAVAILABLE]"
                                             : "affinity, then the hash over the pool",
             r->on_error == CFG_ROUTE_REFUSE ? "refuse" : "fallback");
+}
+
+static bool addr_text(const struct route_target *t, char *out, size_t cap)
+{
+    const struct sockaddr *sa = (const struct sockaddr *)&t->addr;
+    const void *a = sa->sa_family == AF_INET6
+                        ? (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr
+                        : (const void *)&((const struct sockaddr_in *)sa)->sin_addr;
+    if (sa->sa_family != AF_INET && sa->sa_family != AF_INET6)
+        return false;
+    return inet_ntop(sa->sa_family, a, out, (socklen_t)cap) != NULL;
 }
 
 /* 1: the user was placed (decision printed), 0: not found, -1: error (decision printed). */
@@ -102,9 +123,16 @@ static int explain_ldap(FILE *f, const struct config *cfg, const struct cfg_look
         fprintf(f, "lookup %s (ldap %s): not found%s%s\n", l->name, uri, why[0] ? ": " : "", why);
         return 0;
     }
-    fprintf(f, "lookup %s (ldap %s): found %s=%s backend=%s (%s)\n", l->name, uri,
+    /* A name: show the address it resolved to (the one the daemon would dial). */
+    char addr[INET6_ADDRSTRLEN] = "";
+    if (!t.pool && !addr_text(&t, addr, sizeof addr))
+        addr[0] = '\0';
+    if (!t.pool && strcmp(addr, t.host) == 0)
+        addr[0] = '\0';
+    fprintf(f, "lookup %s (ldap %s): found %s=%s backend=%s (%s%s%s)\n", l->name, uri,
             l->ldap.attribute, buf, t.text,
-            t.pool ? "pool entry" : "dynamic backend, routing.dynamic_backend");
+            t.pool ? "pool entry" : "dynamic backend, routing.dynamic_backend",
+            addr[0] ? "; resolved to " : "", addr);
     fprintf(f,
             "decision: backend %s (lookup %s, the user's directory entry; pinned, before "
             "affinity; cached per worker for routing.cache_ttl)\n",

@@ -11,6 +11,11 @@
  * to connect_timeout each). Dropped while the loop runs (a reload), the source stops the
  * pool's reconnects and polls ldl_pool_idle() every REAP_POLL seconds, freeing it once no
  * thread is left; after the loop has ended (the worker stopping) it frees at once.
+ *
+ * Host names: an answer naming a server by name (not a pool entry, not an IP address) keeps its
+ * request pending while the source's resolver (route_resolve.h, created at the first name)
+ * resolves it off the loop; the chain's timer still bounds the whole lookup and cancels both
+ * steps alike. The resolver's callback frees requests exactly as ldaplookup's does.
  */
 #include "route_ldap.h"
 
@@ -20,6 +25,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "route_resolve.h"
 
 #define REAP_POLL 0.05 /* seconds between ldl_pool_idle() polls of a dropped source */
 
@@ -28,6 +34,7 @@ struct ldap_source {
     const struct config *cfg; /* borrowed: the chain's snapshot */
     struct ldl_pool *pool;    /* owned; NULL when it could not be created */
     const char *pool_error;   /* static: why pool is NULL */
+    struct route_resolver *resolver; /* owned; created at the first host name */
     unsigned in_cb;           /* inside an answer's callback */
     bool dead;                /* freed while in_cb: the reaper frees it */
     ev_timer reaper;
@@ -36,7 +43,9 @@ struct ldap_source {
 /* The route_req of this source (route_chain.h leaves its definition to each source). */
 struct route_req {
     struct ldap_source *src;
-    struct ldl_req *lreq; /* pending */
+    struct ldl_req *lreq;            /* pending search */
+    struct route_resolve_req *rreq;  /* pending resolution of the answer's host name */
+    char name[LDL_HOST_MAX + 1];     /* that name, for the error */
     route_answer_fn *cb;
     void *arg;
 };
@@ -69,8 +78,8 @@ void route_ldap_config(const struct cfg_lookup *l, struct ldl_config *c)
     c->timeout = (double)l->timeout_ms / 1000.;
 }
 
-bool route_ldap_target(const struct config *cfg, const char *host, unsigned port, char *buf,
-                       size_t cap, struct route_target *t, const char **why_r)
+int route_ldap_target(const struct config *cfg, const char *host, unsigned port, char *buf,
+                      size_t cap, struct route_target *t, int ai_flags, const char **why_r)
 {
     int n = port == 0           ? snprintf(buf, cap, "%s", host)
             : strchr(host, ':') ? snprintf(buf, cap, "[%s]:%u", host, port)
@@ -78,21 +87,21 @@ bool route_ldap_target(const struct config *cfg, const char *host, unsigned port
     *t = (struct route_target){.text = buf};
     if (n < 0 || (size_t)n >= cap) {
         *why_r = "host attribute value too long";
-        return false;
+        return -1;
     }
     const char *gai = NULL;
-    int rc = route_target_bind(t, cfg, AI_NUMERICHOST, &gai);
+    int rc = route_target_bind(t, cfg, ai_flags, &gai);
     if (rc == -1)
         *why_r = "host attribute value is not a pool entry, host, host:port or [v6]:port";
     else if (rc < 0)
-        *why_r = "host attribute value is neither a pool entry name nor an IP address (host "
-                 "names are not resolved during a login)";
-    return rc == 0;
+        *why_r = gai;
+    return rc;
 }
 
 static void source_destroy(struct ldap_source *s)
 {
     ev_timer_stop(s->base.loop, &s->reaper);
+    route_resolver_free(&s->resolver);
     ldl_pool_free(&s->pool);
     free(s);
 }
@@ -117,26 +126,86 @@ static void on_reaper(struct ev_loop *loop, ev_timer *w, int revents)
     source_reap(w->data);
 }
 
-static void on_ldl(void *arg, const struct ldl_answer *la)
+/* The request ends with answer `a`: free it, then call back (the source may be freed from
+ * inside: deferred to the reaper). */
+static void answer(struct route_req *r, const struct route_answer *a)
 {
-    struct route_req *r = arg;
     struct ldap_source *s = r->src;
     route_answer_fn *cb = r->cb;
     void *cb_arg = r->arg;
     free(r);
-    char text[LDL_HOST_MAX + 16];
+    s->in_cb++;
+    cb(cb_arg, a);
+    s->in_cb--;
+    if (s->dead && s->in_cb == 0) {
+        ev_timer_set(&s->reaper, 0., 0.);
+        ev_timer_start(s->base.loop, &s->reaper);
+    }
+}
+
+static void on_resolved(void *arg, const struct route_target *t, const char *error)
+{
+    struct route_req *r = arg;
+    r->rreq = NULL;
+    char why[LDL_HOST_MAX + 160];
+    struct route_answer a = {.source = r->src->base.conf->name};
+    if (t) {
+        a.status = ROUTE_FOUND;
+        a.rule = "entry";
+        a.target = t;
+    } else {
+        snprintf(why, sizeof why, "cannot resolve %s: %s", r->name, error);
+        a.status = ROUTE_ERROR;
+        a.reason = why;
+    }
+    answer(r, &a);
+}
+
+/* Hand the answer's host name `text` (host[:port]) to the resolver. False: *why_r says why. */
+static bool resolve(struct route_req *r, const char *name, const char *text, const char **why_r)
+{
+    struct ldap_source *s = r->src;
+    const struct cfg_routing *rt = &s->cfg->routing;
+    if (!s->resolver)
+        s->resolver =
+            route_resolver_new(s->base.loop, rt->resolve_threads, rt->resolve_max_pending);
+    if (!s->resolver) {
+        *why_r = "out of memory";
+        return false;
+    }
+    snprintf(r->name, sizeof r->name, "%s", name);
+    r->rreq = route_resolve_start(s->resolver, text, on_resolved, r, why_r);
+    return r->rreq != NULL;
+}
+
+static void on_ldl(void *arg, const struct ldl_answer *la)
+{
+    struct route_req *r = arg;
+    r->lreq = NULL;
+    char text[LDL_HOST_MAX + 16], why[LDL_HOST_MAX + 160];
     struct route_target t = {0};
-    struct route_answer a = {.source = s->base.conf->name};
+    struct route_answer a = {.source = r->src->base.conf->name};
     switch (la->status) {
-    case LDL_FOUND:
-        if (route_ldap_target(s->cfg, la->host, la->port, text, sizeof text, &t, &a.reason)) {
+    case LDL_FOUND: {
+        /* AI_NUMERICHOST never blocks: a pool entry or an address is bound here and now. */
+        int rc = route_ldap_target(r->src->cfg, la->host, la->port, text, sizeof text, &t,
+                                   AI_NUMERICHOST, &a.reason);
+        if (rc == 0) {
             a.status = ROUTE_FOUND;
             a.rule = "entry";
             a.target = &t;
-        } else {
-            a.status = ROUTE_ERROR;
+            break;
         }
+        a.status = ROUTE_ERROR;
+        if (rc == -1)
+            break;
+        const char *err = NULL;
+        if (resolve(r, la->host, text, &err))
+            return; /* a host name: answered by on_resolved() */
+        snprintf(why, sizeof why, "cannot resolve %s: %s", la->host, err);
+        a.reason = why;
         break;
+    }
     case LDL_NOT_FOUND:
         a.status = ROUTE_NOT_FOUND;
         a.rule = la->reason ? "no-host" : "none"; /* an entry without the attribute */
@@ -146,14 +215,8 @@ static void on_ldl(void *arg, const struct ldl_answer *la)
         a.reason = la->reason ? la->reason : "LDAP error";
         break;
     }
-    s->in_cb++;
-    cb(cb_arg, &a);
-    s->in_cb--;
+    answer(r, &a);
     free((char *)t.host);
-    if (s->dead && s->in_cb == 0) {
-        ev_timer_set(&s->reaper, 0., 0.);
-        ev_timer_start(s->base.loop, &s->reaper);
-    }
 }
 
 static struct route_req *ldap_start(struct route_source *src, const struct route_query *q,
@@ -179,6 +242,7 @@ static struct route_req *ldap_start(struct route_source *src, const struct route
 static void ldap_cancel(struct route_req *r)
 {
     ldl_cancel(&r->lreq);
+    route_resolve_cancel(&r->rreq);
     free(r);
 }
 

@@ -421,6 +421,14 @@ int route_target_bind(struct route_target *t, const struct config *cfg, int ai_f
         t->pool = strcmp(cfg->backends[b].name, t->text) == 0;
     if (t->pool)
         return 0;
+    return route_target_resolve(t, ai_flags, gai_error_r);
+}
+
+int route_target_resolve(struct route_target *t, int ai_flags, const char **gai_error_r)
+{
+    free((char *)t->host);
+    t->host = NULL;
+    t->pool = false;
     char host[ROUTE_MAP_KEY_MAX + 1];
     if (!split_hostport(t->text, host, sizeof host, &t->port))
         return -1;

@@ -95,6 +95,12 @@ bool route_map_bind(struct route_map *m, const struct config *cfg, char **error_
 int route_target_bind(struct route_target *t, const struct config *cfg, int ai_flags,
                       const char **gai_error_r) __attribute__((warn_unused_result));
 
+/* The host part of route_target_bind() alone (no pool entry check): t->text as host[:port]
+ * resolved with getaddrinfo(ai_flags), AF_UNSPEC, the first address. Blocking unless
+ * AI_NUMERICHOST: route_resolve.c calls it on its threads. Same returns. */
+int route_target_resolve(struct route_target *t, int ai_flags, const char **gai_error_r)
+    __attribute__((warn_unused_result));
+
 /* The target for `user`, or NULL. *rule_r (optional) says which entry matched: "user",
  * "domain" or "default". Lock-free; the map must be held for as long as the result is used. */
 const struct route_target *route_map_lookup(const struct route_map *m, const char *user,

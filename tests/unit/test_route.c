@@ -3,6 +3,9 @@
  * per-worker LRU cache (capacity, TTL), and the chain driven by a scripted asynchronous source
  * on a real libev loop (answers from the loop, timeout, cancel, positive and negative caching,
  * errors never cached, the map published by route_maps and swapped under the chain). */
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -21,6 +24,7 @@
 #include "route_ldap.h"
 #include "route_map.h"
 #include "route_maps.h"
+#include "route_resolve.h"
 
 static const struct route_map_limits LIM = {
     .max_size = 1 << 20, .max_entries = 100, .max_targets = 8, .fold_case = true};
@@ -600,7 +604,8 @@ static void test_ldap_target(void **state)
         char buf[300];
         struct route_target t;
         const char *why = NULL;
-        bool ok = route_ldap_target(cfg, cases[i].host, cases[i].port, buf, sizeof buf, &t, &why);
+        bool ok = route_ldap_target(cfg, cases[i].host, cases[i].port, buf, sizeof buf, &t,
+                                    AI_NUMERICHOST, &why) == 0;
         if (ok != cases[i].ok)
             fail_msg("%s:%u: %s", cases[i].host, cases[i].port, why ? why : "bound");
         assert_string_equal(t.text, cases[i].text);
@@ -650,10 +655,132 @@ static void test_ldap_source_down(void **state)
     cfg_unref(&cfg);
 }
 
+/* ---- host names resolved off the loop (route_resolve.c) ---------------------------------- */
+
+struct resolved {
+    int calls;
+    bool ok;
+    char host[64];
+    unsigned port;
+    struct sockaddr_storage addr;
+    char error[160];
+};
+
+static void on_resolved(void *arg, const struct route_target *t, const char *error)
+{
+    struct resolved *r = arg;
+    r->calls++;
+    r->ok = t != NULL;
+    if (t) {
+        snprintf(r->host, sizeof r->host, "%s", t->host);
+        r->port = t->port;
+        memcpy(&r->addr, &t->addr, t->addrlen);
+    } else {
+        snprintf(r->error, sizeof r->error, "%s", error ? error : "");
+    }
+}
+
+static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)w;
+    (void)revents;
+}
+
+/* Run the loop for `secs` or until *a (and *b when given) have been called. The resolver's
+ * ev_async does not keep a loop alive: a ticking timer does. */
+static void run_until(double secs, const struct resolved *a, const struct resolved *b)
+{
+    ev_timer tick;
+    ev_timer_init(&tick, on_tick, 0.01, 0.01);
+    ev_timer_start(EV_DEFAULT, &tick);
+    double end = ev_time() + secs;
+    while (ev_time() < end && !(a && a->calls && (!b || b->calls)))
+        ev_run(EV_DEFAULT, EVRUN_ONCE);
+    ev_timer_stop(EV_DEFAULT, &tick);
+}
+
+static void wait_no_resolver(void)
+{
+    for (int i = 0; i < 500 && route_resolve_live() != 0; i++)
+        usleep(10000);
+    assert_int_equal(route_resolve_live(), 0);
+}
+
+/* A name resolves to its address off the loop (route_map.c's resolution: the first address),
+ * with the port of host:port; a name that cannot resolve answers getaddrinfo's reason. */
+static void test_resolve_names(void **state)
+{
+    (void)state;
+    struct route_resolver *r = route_resolver_new(EV_DEFAULT, 2, 8);
+    assert_non_null(r);
+    struct resolved lo = {0}, bad = {0};
+    const char *err = NULL;
+    struct route_resolve_req *q1 = route_resolve_start(r, "localhost:1143", on_resolved, &lo, &err);
+    struct route_resolve_req *q2 =
+        route_resolve_start(r, "nonexistent.invalid", on_resolved, &bad, &err);
+    assert_non_null(q1);
+    assert_non_null(q2);
+    assert_int_equal(lo.calls + bad.calls, 0); /* never before returning */
+    run_until(10., &lo, &bad);
+    assert_int_equal(lo.calls, 1);
+    assert_true(lo.ok);
+    assert_string_equal(lo.host, "localhost");
+    assert_int_equal(lo.port, 1143);
+    if (lo.addr.ss_family == AF_INET) {
+        const struct sockaddr_in *v4 = (const struct sockaddr_in *)&lo.addr;
+        assert_int_equal(ntohl(v4->sin_addr.s_addr), INADDR_LOOPBACK);
+    } else {
+        assert_int_equal(lo.addr.ss_family, AF_INET6);
+    }
+    assert_int_equal(bad.calls, 1);
+    assert_false(bad.ok);
+    assert_true(bad.error[0] != '\0');
+    route_resolver_free(&r);
+    assert_null(r);
+    wait_no_resolver();
+}
+
+/* Cancelled requests never call back (queued, resolving or answered but not delivered); the
+ * number pending is bounded; freeing the resolver with a name in flight never blocks, and its
+ * thread frees everything once getaddrinfo returns. */
+static void test_resolve_cancel_bound_free(void **state)
+{
+    (void)state;
+    struct route_resolver *r = route_resolver_new(EV_DEFAULT, 1, 2);
+    assert_non_null(r);
+    struct resolved a = {0}, b = {0}, c = {0};
+    const char *err = NULL;
+    struct route_resolve_req *qa = route_resolve_start(r, "localhost", on_resolved, &a, &err);
+    struct route_resolve_req *qb = route_resolve_start(r, "nonexistent.invalid", on_resolved, &b,
+                                                       &err);
+    assert_non_null(qa);
+    assert_non_null(qb);
+    assert_null(route_resolve_start(r, "localhost", on_resolved, &c, &err));
+    assert_non_null(strstr(err, "resolve_max_pending"));
+    route_resolve_cancel(&qb);
+    usleep(50000); /* qa is most likely answered by now, waiting for the loop */
+    route_resolve_cancel(&qa);
+    assert_null(qa);
+    route_resolve_cancel(&qa); /* idempotent */
+    run_until(0.2, NULL, NULL);
+    assert_int_equal(a.calls + b.calls + c.calls, 0);
+    /* Room again: a new request is taken, then dropped by the free while in flight. */
+    assert_non_null(route_resolve_start(r, "nonexistent.invalid", on_resolved, &c, &err));
+    double t0 = ev_time();
+    route_resolver_free(&r);
+    assert_true(ev_time() - t0 < 0.05);
+    run_until(0.2, NULL, NULL);
+    assert_int_equal(c.calls, 0);
+    wait_no_resolver();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_map_precedence),
+        cmocka_unit_test(test_resolve_names),
+        cmocka_unit_test(test_resolve_cancel_bound_free),
         cmocka_unit_test(test_map_errors),
         cmocka_unit_test(test_map_bind),
         cmocka_unit_test(test_cache_lru_ttl),

@@ -47,7 +47,8 @@ def user_host(i: int) -> str:
     return BACKENDS[i % 3]
 
 
-def _ldif(n_users: int, hosts: tuple[str, ...] = BACKENDS) -> str:
+def _ldif(n_users: int, hosts: tuple[str, ...] = BACKENDS,
+          extra: dict[str, str] | None = None) -> str:
     out = [
         f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\ndc: portcullis\n"
         "o: Portcullis tests\n",
@@ -67,6 +68,8 @@ def _ldif(n_users: int, hosts: tuple[str, ...] = BACKENDS) -> str:
     for i in range(n_users):
         out.append(person(f"user{i:04d}", hosts[i % len(hosts)]))
     out.append(person("admin", "admin-host.example.test"))
+    for uid, host in (extra or {}).items():
+        out.append(person(uid, host))
     out.append(person("nohost", None))
     out.append(person("dup", "dup-a.example.test"))
     out.append(person("dup", "dup-b.example.test", ou="other"))
@@ -92,13 +95,14 @@ def make_client_cert(d: Path, certs) -> tuple[Path, Path]:
 
 class Slapd:
     def __init__(self, workdir: Path, certs, n_users: int = N_USERS,
-                 hosts: tuple[str, ...] = BACKENDS):
+                 hosts: tuple[str, ...] = BACKENDS, extra: dict[str, str] | None = None):
         """hosts: the mailHost values userNNNN get, by NNNN % len(hosts) (the daemon's
-        routing tests point them at their own backends)."""
+        routing tests point them at their own backends); extra: more uid -> mailHost."""
         self.dir = Path(workdir)
         self.certs = certs
         self.n_users = n_users
         self.hosts = tuple(hosts)
+        self.extra = dict(extra or {})
         self.port = free_port()
         self.ldaps_port = free_port()
         self.proc: subprocess.Popen | None = None
@@ -140,7 +144,7 @@ access to * by dn.exact="{BIND_DN}" read by dn.exact="{CLIENT_DN}" read by * non
             self.dir.mkdir(parents=True, exist_ok=True)
             self._write_conf()
             ldif = self.dir / "tree.ldif"
-            ldif.write_text(_ldif(self.n_users, self.hosts))
+            ldif.write_text(_ldif(self.n_users, self.hosts, self.extra))
             r = subprocess.run(["slapadd", "-q", "-f", str(self.conf), "-l", str(ldif)],
                                capture_output=True, text=True)
             if r.returncode != 0:

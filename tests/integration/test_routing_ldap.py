@@ -1,7 +1,7 @@
 """Per-user routing from LDAP through the real daemon (issue 17, docs/routing.md "LDAP"): a real
 slapd (slapd.py: 1 200 users, mailHost spread over three values) in front of three real Dovecots
 (routing_env.py, shared with test_routing.py). Each user reaches their own Dovecot — by pool
-entry name (dv0, dv1) or as a dynamic backend by IP:port (dv2); unknown users follow
+entry name (dv0, dv1) or as a dynamic backend by IP:port or host name (dv2); unknown users follow
 routing.unknown; user names that would widen an unescaped filter find nothing; a stopped slapd
 answers NO [UNAVAILABLE] (or hashes with on_error: fallback), logged with source and reason and
 never counted toward a lock-out; a warm worker cache answers without slapd."""
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -25,7 +26,7 @@ from slapd import BASE, BIND_DN, READER_PW, Slapd
 
 N_HOME = 12  # user0000..user0011: four per backend
 USERS = {f"user{i:04d}": f"pw-{i}" for i in range(N_HOME)}
-USERS.update({"stranger": "pw-stranger", "admin": "pw-admin"})
+USERS.update({"stranger": "pw-stranger", "admin": "pw-admin", "named": "pw-named"})
 # RFC 4515 injection attempts: unescaped, `*` / `)(uid=*` match every entry (more than one:
 # an error) and `a*` matches uid=admin; escaped, none of them is anybody's uid.
 INJECTIONS = ["*", ")(uid=*", "a*", "\\2a", "user000*", "*)(|(uid=*"]
@@ -39,14 +40,20 @@ def pool(env_tmp, certs):
 
 @pytest.fixture(scope="module")
 def directory(env_tmp, certs, pool):
-    """slapd whose userNNNN live on dv0, dv1 (pool entry names) and dv2's IP:port."""
+    """slapd whose userNNNN live on dv0, dv1 (pool entry names) and dv2's IP:port; `named`
+    on dv2 by host name (localhost:PORT)."""
     hosts = ("dv0", "dv1", routing_env.dynamic_target(pool))
-    s = Slapd(env_tmp / "slapd-routing", certs, hosts=hosts).start()
+    extra = {"named": named_target(pool)}
+    s = Slapd(env_tmp / "slapd-routing", certs, hosts=hosts, extra=extra).start()
     pwfile = env_tmp / "slapd-routing" / "reader.pw"
     pwfile.write_text(READER_PW + "\n")
     s.pwfile = pwfile
     yield s
     s.stop()
+
+
+def named_target(pool) -> str:
+    return f"localhost:{pool[2].ports['imap']}"
 
 
 def ldap_lookup(directory, certs, **kw) -> dict:
@@ -104,10 +111,35 @@ def test_ldap_routes_each_user_to_own_backend(proxy_factory, pool, directory, ce
     assert f"backend={dyn} (dynamic backend" in out, out
     out = clients.ctl(px, "route", "show", "nobody").stdout
     assert "lookup directory (ldap ldap://" in out and ": not found" in out, out
-    # A host name is not resolved during a login: an error naming the reason.
+    # A host name is resolved (blocking is fine in the tool); one that does not resolve is an
+    # error naming it.
+    out = clients.ctl(px, "route", "show", "named").stdout
+    assert f"backend={named_target(pool)} (dynamic backend, routing.dynamic_backend; " \
+        "resolved to " in out, out
     out = clients.ctl(px, "route", "show", "admin").stdout
-    assert "error: admin-host.example.test: host attribute value is neither a pool entry " \
-        "name nor an IP address" in out, out
+    assert "error: cannot resolve admin-host.example.test: " in out, out
+
+
+def test_ldap_host_name_resolved_off_the_loop(proxy_factory, pool, directory, certs):
+    """mailHost `localhost:PORT` (a name, not a pool entry, not an IP address) is resolved by
+    the worker's resolver threads, never on its loop: the user reaches dv2 as a dynamic backend
+    named by host, and the cached answer (holding the address) serves the next login. A name
+    that does not resolve is an error naming it (UNAVAILABLE with on_error: refuse), never
+    cached."""
+    if socket.getaddrinfo("localhost", None, 0, socket.SOCK_STREAM)[0][4][0] != "127.0.0.1":
+        pytest.skip("localhost does not resolve to 127.0.0.1 first here (dv2 listens there)")
+    px = make_proxy(proxy_factory, pool, directory, certs, on_error="refuse")
+    named = named_target(pool)
+    assert which(px, certs, "named") == "dv2"
+    assert which(px, certs, "named") == "dv2"
+    log = px.log()
+    assert f"event=route_lookup source=directory rule=entry backend={named} cached=no" in log
+    assert f"event=route_lookup source=directory rule=entry backend={named} cached=yes" in log
+    for _ in range(2):
+        assert "UNAVAILABLE" in refused(px, certs, "admin")
+    failed = re.findall(r'event=route_lookup_failed source=directory reason="cannot resolve '
+                        r'admin-host\.example\.test: [^"]+" action=refuse', px.log())
+    assert len(failed) == 2, px.log()  # asked twice: an error is never cached
 
 
 def test_ldap_unknown_users_and_injection(proxy_factory, pool, directory, certs):

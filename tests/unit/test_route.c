@@ -597,7 +597,7 @@ static void test_ldap_target(void **state)
         {"10.0.0.7", 1143, true, false, "10.0.0.7:1143"},
         {"2001:db8::7", 143, true, false, "[2001:db8::7]:143"},
         {"imap.example.test", 0, false, false, "imap.example.test"},
-        {"localhost", 143, false, false, "localhost:143"}, /* a name: not resolved */
+        {"localhost", 143, false, false, "localhost:143"}, /* a name: resolved off the loop */
         {"b1", 1143, false, false, "b1:1143"},             /* a pool entry has no port */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

@@ -74,8 +74,8 @@ static enum ldl_status ask_ldap(const struct config *cfg, const struct cfg_looku
     const char *bad = NULL;
     /* A host name is resolved as the daemon's resolver threads would (blocking is fine in a
      * command-line tool). */
-    int rc = w.status == LDL_FOUND ? route_ldap_target(cfg, w.host, w.port, buf, cap, t, 0, &bad)
-                                   : 0;
+    int rc =
+        w.status == LDL_FOUND ? route_ldap_target(cfg, w.host, w.port, buf, cap, t, 0, &bad) : 0;
     if (rc == -1) {
         snprintf(why, whycap, "%s: %s", w.host, bad);
         return LDL_ERROR;
@@ -125,9 +125,7 @@ static int explain_ldap(FILE *f, const struct config *cfg, const struct cfg_look
     }
     /* A name: show the address it resolved to (the one the daemon would dial). */
     char addr[INET6_ADDRSTRLEN] = "";
-    if (!t.pool && !addr_text(&t, addr, sizeof addr))
-        addr[0] = '\0';
-    if (!t.pool && strcmp(addr, t.host) == 0)
+    if (t.pool || !t.host || !addr_text(&t, addr, sizeof addr) || strcmp(addr, t.host) == 0)
         addr[0] = '\0';
     fprintf(f, "lookup %s (ldap %s): found %s=%s backend=%s (%s%s%s)\n", l->name, uri,
             l->ldap.attribute, buf, t.text,

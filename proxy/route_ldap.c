@@ -31,21 +31,21 @@
 
 struct ldap_source {
     struct route_source base;
-    const struct config *cfg; /* borrowed: the chain's snapshot */
-    struct ldl_pool *pool;    /* owned; NULL when it could not be created */
-    const char *pool_error;   /* static: why pool is NULL */
+    const struct config *cfg;        /* borrowed: the chain's snapshot */
+    struct ldl_pool *pool;           /* owned; NULL when it could not be created */
+    const char *pool_error;          /* static: why pool is NULL */
     struct route_resolver *resolver; /* owned; created at the first host name */
-    unsigned in_cb;           /* inside an answer's callback */
-    bool dead;                /* freed while in_cb: the reaper frees it */
+    unsigned in_cb;                  /* inside an answer's callback */
+    bool dead;                       /* freed while in_cb: the reaper frees it */
     ev_timer reaper;
 };
 
 /* The route_req of this source (route_chain.h leaves its definition to each source). */
 struct route_req {
     struct ldap_source *src;
-    struct ldl_req *lreq;            /* pending search */
-    struct route_resolve_req *rreq;  /* pending resolution of the answer's host name */
-    char name[LDL_HOST_MAX + 1];     /* that name, for the error */
+    struct ldl_req *lreq;           /* pending search */
+    struct route_resolve_req *rreq; /* pending resolution of the answer's host name */
+    char name[LDL_HOST_MAX + 1];    /* that name, for the error */
     route_answer_fn *cb;
     void *arg;
 };

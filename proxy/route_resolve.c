@@ -26,10 +26,10 @@ struct route_resolve_req {
     struct route_resolver *r; /* borrowed: the resolver outlives its requests' handles */
     struct route_resolve_req *next;
     enum rq_state state;
-    bool cancelled;         /* RUNNING: the thread frees it instead of answering */
-    struct route_target t;  /* text and host owned */
-    int rc;                 /* route_target_resolve()'s */
-    const char *err;        /* static */
+    bool cancelled;        /* RUNNING: the thread frees it instead of answering */
+    struct route_target t; /* text and host owned */
+    int rc;                /* route_target_resolve()'s */
+    const char *err;       /* static */
     route_resolve_fn *cb;
     void *arg;
 };
@@ -40,18 +40,18 @@ struct rq_list {
 
 struct route_resolver {
     pthread_mutex_t mu;
-    pthread_cond_t cv;        /* todo gained a request, or detached */
+    pthread_cond_t cv; /* todo gained a request, or detached */
     struct rq_list todo, done;
-    unsigned pending;         /* requests alive (any state), <= max_pending */
+    unsigned pending; /* requests alive (any state), <= max_pending */
     unsigned max_pending;
-    unsigned threads, idle;   /* started and not exited; of those, waiting for work */
+    unsigned threads, idle; /* started and not exited; of those, waiting for work */
     unsigned max_threads;
-    unsigned refs;            /* the owner's (until free) + one per thread */
-    bool detached;            /* the owner freed it: never touch the loop again */
-    struct ev_loop *loop;     /* borrowed */
+    unsigned refs;        /* the owner's (until free) + one per thread */
+    bool detached;        /* the owner freed it: never touch the loop again */
+    struct ev_loop *loop; /* borrowed */
     ev_async async;
-    unsigned in_cb;           /* loop thread only: inside on_async's callbacks */
-    bool dead;                /* loop thread only: freed during a callback */
+    unsigned in_cb; /* loop thread only: inside on_async's callbacks */
+    bool dead;      /* loop thread only: freed during a callback */
 };
 
 static atomic_uint live;
@@ -263,8 +263,7 @@ static bool ensure_thread(struct route_resolver *r)
 }
 
 struct route_resolve_req *route_resolve_start(struct route_resolver *r, const char *text,
-                                              route_resolve_fn *cb, void *arg,
-                                              const char **error_r)
+                                              route_resolve_fn *cb, void *arg, const char **error_r)
 {
     struct route_resolve_req *q = calloc(1, sizeof *q);
     if (!q || !(q->t.text = strdup(text))) {

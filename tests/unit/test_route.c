@@ -752,8 +752,8 @@ static void test_resolve_cancel_bound_free(void **state)
     struct resolved a = {0}, b = {0}, c = {0};
     const char *err = NULL;
     struct route_resolve_req *qa = route_resolve_start(r, "localhost", on_resolved, &a, &err);
-    struct route_resolve_req *qb = route_resolve_start(r, "nonexistent.invalid", on_resolved, &b,
-                                                       &err);
+    struct route_resolve_req *qb =
+        route_resolve_start(r, "nonexistent.invalid", on_resolved, &b, &err);
     assert_non_null(qa);
     assert_non_null(qb);
     assert_null(route_resolve_start(r, "localhost", on_resolved, &c, &err));

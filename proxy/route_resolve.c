@@ -46,9 +46,10 @@ struct route_resolver {
     unsigned max_pending;
     unsigned threads, idle; /* started and not exited; of those, waiting for work */
     unsigned max_threads;
-    unsigned refs;        /* the owner's (until free) + one per thread */
-    bool detached;        /* the owner freed it: never touch the loop again */
-    struct ev_loop *loop; /* borrowed */
+    route_resolve_impl *impl; /* route_target_resolve, or a test's */
+    unsigned refs;            /* the owner's (until free) + one per thread */
+    bool detached;            /* the owner freed it: never touch the loop again */
+    struct ev_loop *loop;     /* borrowed */
     ev_async async;
     unsigned in_cb; /* loop thread only: inside on_async's callbacks */
     bool dead;      /* loop thread only: freed during a callback */
@@ -141,7 +142,7 @@ static void *thread_main(void *arg)
         q->state = RQ_RUNNING;
         pthread_mutex_unlock(&r->mu);
         const char *err = NULL;
-        int rc = route_target_resolve(&q->t, 0, &err);
+        int rc = r->impl(&q->t, 0, &err);
         pthread_mutex_lock(&r->mu);
         q->rc = rc;
         q->err = err;
@@ -200,6 +201,7 @@ struct route_resolver *route_resolver_new(struct ev_loop *loop, unsigned threads
         return NULL;
     }
     r->loop = loop;
+    r->impl = route_target_resolve;
     r->max_threads = threads ? threads : 1;
     r->max_pending = max_pending ? max_pending : 1;
     r->refs = 1;
@@ -211,6 +213,11 @@ struct route_resolver *route_resolver_new(struct ev_loop *loop, unsigned threads
     ev_unref(loop);
     atomic_fetch_add(&live, 1);
     return r;
+}
+
+void route_resolver_set_impl(struct route_resolver *r, route_resolve_impl *fn)
+{
+    r->impl = fn;
 }
 
 static void drop_list(struct route_resolver *r, struct rq_list *l)

@@ -47,6 +47,11 @@ struct route_resolve_req *route_resolve_start(struct route_resolver *r, const ch
 /* The callback will not run. Idempotent, NULL-safe; NULLs *q. Not after the callback ran. */
 void route_resolve_cancel(struct route_resolve_req **q);
 
+/* For tests: resolve with `fn` instead of route_target_resolve (e.g. one that waits, to cancel
+ * or free while a name is being resolved). Before the first request. */
+typedef int route_resolve_impl(struct route_target *t, int ai_flags, const char **gai_error_r);
+void route_resolver_set_impl(struct route_resolver *r, route_resolve_impl *fn);
+
 /* Resolvers whose memory is not freed yet (freed ones whose threads are still finishing
  * count): for tests, which wait for 0 to prove nothing leaks or is left behind. */
 unsigned route_resolve_live(void);

@@ -7,6 +7,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <setjmp.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -775,12 +776,60 @@ static void test_resolve_cancel_bound_free(void **state)
     wait_no_resolver();
 }
 
+static atomic_int slow_entered;
+
+/* A resolution that takes 300 ms: long enough to act on a request while it runs. */
+static int slow_resolve(struct route_target *t, int ai_flags, const char **gai_error_r)
+{
+    atomic_fetch_add(&slow_entered, 1);
+    usleep(300000);
+    return route_target_resolve(t, ai_flags, gai_error_r);
+}
+
+static void wait_entered(int n)
+{
+    for (int i = 0; i < 500 && atomic_load(&slow_entered) < n; i++)
+        usleep(2000);
+    assert_int_equal(atomic_load(&slow_entered), n);
+}
+
+/* While a thread is inside getaddrinfo: a cancelled request never calls back (the thread frees
+ * it), and freeing the resolver returns at once — the thread finishes, then frees it all (ASan
+ * sees no leak and no use after free). */
+static void test_resolve_cancel_while_resolving(void **state)
+{
+    (void)state;
+    atomic_store(&slow_entered, 0);
+    struct route_resolver *r = route_resolver_new(EV_DEFAULT, 1, 4);
+    assert_non_null(r);
+    route_resolver_set_impl(r, slow_resolve);
+    struct resolved a = {0}, b = {0};
+    const char *err = NULL;
+    struct route_resolve_req *qa = route_resolve_start(r, "localhost", on_resolved, &a, &err);
+    assert_non_null(qa);
+    wait_entered(1);
+    route_resolve_cancel(&qa);
+    run_until(0.5, NULL, NULL);
+    assert_int_equal(a.calls, 0);
+    /* The same thread takes the next one; free while it resolves. */
+    assert_non_null(route_resolve_start(r, "localhost", on_resolved, &b, &err));
+    wait_entered(2);
+    double t0 = ev_time();
+    route_resolver_free(&r);
+    assert_true(ev_time() - t0 < 0.1);
+    assert_int_equal(route_resolve_live(), 1); /* still resolving */
+    run_until(0.5, NULL, NULL);
+    assert_int_equal(b.calls, 0);
+    wait_no_resolver();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_map_precedence),
         cmocka_unit_test(test_resolve_names),
         cmocka_unit_test(test_resolve_cancel_bound_free),
+        cmocka_unit_test(test_resolve_cancel_while_resolving),
         cmocka_unit_test(test_map_errors),
         cmocka_unit_test(test_map_bind),
         cmocka_unit_test(test_cache_lru_ttl),

@@ -212,6 +212,12 @@ def judge_pending(stats: Stats, px, certs) -> None:
                     ok = masked_equal(got, body, 0) and len(got) == len(body)
                 if ok:
                     break
+            if not ok and m and int(m.group(1)) == 0 and len(got) < int(m.group(2)) and \
+                    is_notice(got) and (ref.infected or b"X-Portcullis-Verdict: blocked" in got):
+                # <0.N> with N past the notice's end: the whole notice, judged as a whole fetch
+                # is (a clean message may only be blocked: a scan error under load, which the
+                # fetch after the run, on a quiet machine, no longer meets)
+                ok = True
             if ok:
                 stats.count("notices")
                 if not ref.infected:

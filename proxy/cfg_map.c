@@ -563,11 +563,10 @@ static void free_strlist(char *obj, const struct cfg_key *k)
     memcpy(obj + k->off2, &n, sizeof n);
 }
 
-/* A sequence of strings (CFG_STRLIST) into a NULL-terminated array. */
-static bool map_strlist(struct cfg_ctx *ctx, const struct cfg_key *k, const yaml_node_t *v,
-                        char *obj)
+/* The entry count of a sequence value (null: none), within the key's min..max. */
+static bool seq_count(struct cfg_ctx *ctx, const struct cfg_key *k, const yaml_node_t *v,
+                      size_t *n_r)
 {
-    free_strlist(obj, k);
     size_t n = 0;
     if (!is_null(v)) {
         if (v->type != YAML_SEQUENCE_NODE)
@@ -579,6 +578,18 @@ static bool map_strlist(struct cfg_ctx *ctx, const struct cfg_key *k, const yaml
     if (n < k->min)
         return key_fail(ctx, v, "needs at least %llu entr%s", (unsigned long long)k->min,
                         k->min == 1 ? "y" : "ies");
+    *n_r = n;
+    return true;
+}
+
+/* A sequence of strings (CFG_STRLIST) into a NULL-terminated array. */
+static bool map_strlist(struct cfg_ctx *ctx, const struct cfg_key *k, const yaml_node_t *v,
+                        char *obj)
+{
+    free_strlist(obj, k);
+    size_t n;
+    if (!seq_count(ctx, k, v, &n))
+        return false;
     if (n == 0)
         return true;
     char **arr = calloc(n + 1, sizeof *arr);
@@ -611,17 +622,9 @@ static bool map_strlist(struct cfg_ctx *ctx, const struct cfg_key *k, const yaml
 
 static bool map_seq(struct cfg_ctx *ctx, const struct cfg_key *k, const yaml_node_t *v, char *obj)
 {
-    size_t n = 0;
-    if (!is_null(v)) {
-        if (v->type != YAML_SEQUENCE_NODE)
-            return key_fail(ctx, v, "expected a sequence, got %s", node_kind(v));
-        n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
-    }
-    if (n > k->max)
-        return key_fail(ctx, v, "too many entries (%zu, max %llu)", n, (unsigned long long)k->max);
-    if (n < k->min)
-        return key_fail(ctx, v, "needs at least %llu entr%s", (unsigned long long)k->min,
-                        k->min == 1 ? "y" : "ies");
+    size_t n;
+    if (!seq_count(ctx, k, v, &n))
+        return false;
     if (n == 0)
         return true;
     char *arr = calloc(n, k->sub->size);

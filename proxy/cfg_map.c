@@ -587,7 +587,7 @@ static bool map_strlist(struct cfg_ctx *ctx, const struct cfg_key *k, const yaml
                         char *obj)
 {
     free_strlist(obj, k);
-    size_t n;
+    size_t n = 0; /* set on success; 0 keeps clang-analyzer sure of it */
     if (!seq_count(ctx, k, v, &n))
         return false;
     if (n == 0)
@@ -622,7 +622,7 @@ static bool map_strlist(struct cfg_ctx *ctx, const struct cfg_key *k, const yaml
 
 static bool map_seq(struct cfg_ctx *ctx, const struct cfg_key *k, const yaml_node_t *v, char *obj)
 {
-    size_t n;
+    size_t n = 0; /* set on success; 0 keeps clang-analyzer sure of it */
     if (!seq_count(ctx, k, v, &n))
         return false;
     if (n == 0)

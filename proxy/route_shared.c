@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "cfg_walk.h"
+#include "digits.h"
 #include "ratelimit.h"
 
 /* ---- key ---------------------------------------------------------------------------------- */
@@ -174,17 +175,6 @@ size_t route_shared_encode(const struct route_answer *a, int64_t expires_ms, cha
     return w.ok ? w.n : 0;
 }
 
-static int unhex(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
 /* The next field of [*p, end) unescaped into out (at most cap-1 bytes); fields are separated by
  * exactly one space. */
 static bool get_field(const char **p, const char *end, char *out, size_t cap)
@@ -204,9 +194,9 @@ static bool get_field(const char **p, const char *end, char *out, size_t cap)
         if ((unsigned char)c <= ' ' || (unsigned char)c >= 0x7f)
             return false;
         if (c == '%') {
-            if (end - s < 3 || unhex(s[1]) < 0 || unhex(s[2]) < 0)
+            if (end - s < 3 || hex_digit(s[1]) < 0 || hex_digit(s[2]) < 0)
                 return false;
-            c = (char)(unhex(s[1]) << 4 | unhex(s[2]));
+            c = (char)(hex_digit(s[1]) << 4 | hex_digit(s[2]));
             if (c == '\0')
                 return false;
             s += 2;

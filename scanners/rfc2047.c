@@ -13,21 +13,12 @@
 #include <string.h>
 #include <strings.h>
 
+#include "digits.h"
+
 #define CHARSET_MAX  64   /* longest charset name we look at in an encoded-word */
 #define ENC_TEXT_MAX 4096 /* longest encoded-text we decode (lenient: RFC 2047 says 75 in all) */
 
 /* ---- decoding ------------------------------------------------------------------------------ */
-
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
 
 static int b64val(int c)
 {
@@ -71,10 +62,10 @@ static size_t q_decode(const char *s, size_t n, unsigned char *out)
     for (size_t i = 0; i < n; i++) {
         if (s[i] == '_') {
             out[o++] = ' ';
-        } else if (s[i] == '=' && i + 2 < n && hexval((unsigned char)s[i + 1]) >= 0 &&
-                   hexval((unsigned char)s[i + 2]) >= 0) {
-            out[o++] = (unsigned char)(hexval((unsigned char)s[i + 1]) * 16 +
-                                       hexval((unsigned char)s[i + 2]));
+        } else if (s[i] == '=' && i + 2 < n && hex_digit((unsigned char)s[i + 1]) >= 0 &&
+                   hex_digit((unsigned char)s[i + 2]) >= 0) {
+            out[o++] = (unsigned char)(hex_digit((unsigned char)s[i + 1]) * 16 +
+                                       hex_digit((unsigned char)s[i + 2]));
             i += 2;
         } else {
             out[o++] = (unsigned char)s[i];

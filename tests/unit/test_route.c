@@ -27,6 +27,8 @@
 #include "route_maps.h"
 #include "route_resolve.h"
 
+#include "route_fake.c"
+
 static const struct route_map_limits LIM = {
     .max_size = 1 << 20, .max_entries = 100, .max_targets = 8, .fold_case = true};
 
@@ -229,80 +231,6 @@ static void test_cache_lru_ttl(void **state)
 
 /* ---- the chain, with a scripted asynchronous source -------------------------------------- */
 
-struct fake_req {
-    ev_timer t;
-    struct fake_source *src;
-    route_answer_fn *cb;
-    void *arg;
-    char user[64];
-};
-
-struct fake_source {
-    struct route_source base;
-    int started, cancelled;
-    double delay;             /* answer after this long */
-    enum route_status status; /* what it answers */
-    struct route_target target;
-    struct fake_req *pending;
-    bool nocache; /* answers marked nocache (as auth_http's) */
-};
-
-static void fake_fire(struct ev_loop *loop, ev_timer *t, int revents)
-{
-    (void)loop;
-    (void)revents;
-    struct fake_req *r = t->data;
-    struct fake_source *fs = r->src;
-    fs->pending = NULL;
-    struct route_answer a = {.status = fs->status,
-                             .source = fs->base.conf->name,
-                             .rule = "fake",
-                             .target = fs->status == ROUTE_FOUND ? &fs->target : NULL,
-                             .reason = "fake error",
-                             .wait_ms = fs->status == ROUTE_REJECT ? 1000 : 0,
-                             .nocache = fs->nocache};
-    r->cb(r->arg, &a);
-    free(r);
-}
-
-static struct route_req *fake_start(struct route_source *src, const struct route_query *q,
-                                    struct route_answer *now_r, route_answer_fn *cb, void *arg)
-{
-    (void)now_r;
-    struct fake_source *fs = (struct fake_source *)src;
-    fs->started++;
-    struct fake_req *r = calloc(1, sizeof *r);
-    r->src = fs;
-    r->cb = cb;
-    r->arg = arg;
-    snprintf(r->user, sizeof r->user, "%s", q->user);
-    ev_timer_init(&r->t, fake_fire, fs->delay, 0.);
-    r->t.data = r;
-    ev_timer_start(src->loop, &r->t);
-    fs->pending = r;
-    return (struct route_req *)r;
-}
-
-static void fake_cancel(struct route_req *req)
-{
-    struct fake_req *r = (struct fake_req *)req;
-    r->src->cancelled++;
-    r->src->pending = NULL;
-    ev_timer_stop(r->src->base.loop, &r->t);
-    free(r);
-}
-
-static void fake_free(struct route_source *src)
-{
-    free(src);
-}
-
-static const struct route_source_ops fake_ops = {.type = "fake",
-                                                 .cacheable = true,
-                                                 .start = fake_start,
-                                                 .cancel = fake_cancel,
-                                                 .free = fake_free};
-
 struct got {
     int calls;
     enum route_status status;
@@ -321,8 +249,6 @@ static void on_answer(void *arg, const struct route_answer *a)
     snprintf(g->reason, sizeof g->reason, "%s", a->reason ? a->reason : "");
 }
 
-static char map_path[64];
-
 static struct config *chain_cfg(void)
 {
     char extra[512];
@@ -332,19 +258,6 @@ static struct config *chain_cfg(void)
              "    - { name: dir, type: map, file: %s, timeout: 100ms }\n",
              map_path, map_path);
     return load_cfg(extra);
-}
-
-static struct fake_source *fake_at(struct route_chain *c, const struct config *cfg, size_t i,
-                                   double delay, enum route_status st)
-{
-    struct fake_source *fs = calloc(1, sizeof *fs);
-    fs->base = (struct route_source){
-        .ops = &fake_ops, .conf = &cfg->routing.lookups[i], .loop = EV_DEFAULT};
-    fs->delay = delay;
-    fs->status = st;
-    fs->target = (struct route_target){.text = "b1", .pool = true};
-    route_chain_set_source(c, i, &fs->base);
-    return fs;
 }
 
 static int lookup_now(struct route_chain *c, const char *user, struct route_answer *a,
@@ -363,7 +276,7 @@ static void test_chain_async_cache_timeout(void **state)
     assert_true(route_maps_load(cfg, &err)); /* map: "alice b1", "@corp.test 192.0.2.5" */
     struct route_chain *c = route_chain_new(loop, cfg);
     assert_non_null(c);
-    struct fake_source *fs = fake_at(c, cfg, 1, 0.01, ROUTE_FOUND);
+    struct fake_source *fs = fake_at(c, cfg, 1, &fake_cacheable_ops, 0.01, ROUTE_FOUND);
     struct route_answer a;
     struct route_chain_req *req = NULL;
     struct got g = {0};
@@ -449,7 +362,7 @@ static void test_chain_map_swap(void **state)
     char *err = NULL;
     assert_true(route_maps_load(cfg, &err));
     struct route_chain *c = route_chain_new(loop, cfg);
-    struct fake_source *fs = fake_at(c, cfg, 1, 0.01, ROUTE_NOT_FOUND);
+    struct fake_source *fs = fake_at(c, cfg, 1, &fake_cacheable_ops, 0.01, ROUTE_NOT_FOUND);
     struct route_answer a;
     struct route_chain_req *req = NULL;
     struct got g = {0};
@@ -494,7 +407,7 @@ static void test_chain_reject_and_nocache_not_cached(void **state)
     char *err = NULL;
     assert_true(route_maps_load(cfg, &err));
     struct route_chain *c = route_chain_new(loop, cfg);
-    struct fake_source *fs = fake_at(c, cfg, 1, 0.001, ROUTE_REJECT); /* cacheable fake */
+    struct fake_source *fs = fake_at(c, cfg, 1, &fake_cacheable_ops, 0.001, ROUTE_REJECT);
     struct route_answer a;
     struct route_chain_req *req = NULL;
     struct got g = {0};
@@ -566,17 +479,7 @@ static void test_chain_keeps_old_map_on_error(void **state)
 static int setup(void **state)
 {
     (void)state;
-    snprintf(map_path, sizeof map_path, "/tmp/test_route.%d.map", (int)getpid());
-    FILE *f = fopen(map_path, "w");
-    fputs("alice b1\n@corp.test 192.0.2.5\n", f);
-    fclose(f);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    unlink(map_path);
+    fake_map_create("test_route", "alice b1\n@corp.test 192.0.2.5\n");
     return 0;
 }
 
@@ -833,12 +736,14 @@ int main(void)
         cmocka_unit_test(test_map_errors),
         cmocka_unit_test(test_map_bind),
         cmocka_unit_test(test_cache_lru_ttl),
-        cmocka_unit_test_setup_teardown(test_chain_async_cache_timeout, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_chain_map_swap, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_chain_keeps_old_map_on_error, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_chain_async_cache_timeout, setup, fake_map_teardown),
+        cmocka_unit_test_setup_teardown(test_chain_map_swap, setup, fake_map_teardown),
+        cmocka_unit_test_setup_teardown(test_chain_keeps_old_map_on_error, setup,
+                                        fake_map_teardown),
         cmocka_unit_test(test_ldap_target),
         cmocka_unit_test(test_ldap_source_down),
-        cmocka_unit_test_setup_teardown(test_chain_reject_and_nocache_not_cached, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_chain_reject_and_nocache_not_cached, setup,
+                                        fake_map_teardown),
         cmocka_unit_test(test_explain_http_lookup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -23,7 +23,7 @@
 #include "route_maps.h"
 #include "route_shared.h"
 
-static char map_path[64];
+#include "route_fake.c"
 
 static struct config *load_cfg(const char *routing_extra, const char *policy)
 {
@@ -274,91 +274,6 @@ static void store_put(void *ctx, const char *tag, const char *suffix, const char
 static const struct route_shared_ops store_ops = {
     .get = store_get, .cancel = store_cancel, .put = store_put};
 
-/* A scripted asynchronous source (as in test_route.c), cacheable or not. */
-struct fake_req {
-    ev_timer t;
-    struct fake_source *src;
-    route_answer_fn *cb;
-    void *arg;
-};
-
-struct fake_source {
-    struct route_source base;
-    int started;
-    enum route_status status;
-    bool creds; /* answer with credentials toward the backend */
-    struct route_target target;
-};
-
-static void fake_fire(struct ev_loop *loop, ev_timer *t, int revents)
-{
-    (void)loop;
-    (void)revents;
-    struct fake_req *r = t->data;
-    struct fake_source *fs = r->src;
-    struct route_answer a = {.status = fs->status,
-                             .source = fs->base.conf->name,
-                             .rule = "fake",
-                             .target = fs->status == ROUTE_FOUND ? &fs->target : NULL,
-                             .user = fs->creds ? "master" : NULL,
-                             .pass = fs->creds ? "secret" : NULL,
-                             .reason = "fake error"};
-    r->cb(r->arg, &a);
-    free(r);
-}
-
-static struct route_req *fake_start(struct route_source *src, const struct route_query *q,
-                                    struct route_answer *now_r, route_answer_fn *cb, void *arg)
-{
-    (void)q;
-    (void)now_r;
-    struct fake_source *fs = (struct fake_source *)src;
-    fs->started++;
-    struct fake_req *r = calloc(1, sizeof *r);
-    r->src = fs;
-    r->cb = cb;
-    r->arg = arg;
-    ev_timer_init(&r->t, fake_fire, 0.005, 0.);
-    r->t.data = r;
-    ev_timer_start(src->loop, &r->t);
-    return (struct route_req *)r;
-}
-
-static void fake_cancel(struct route_req *req)
-{
-    struct fake_req *r = (struct fake_req *)req;
-    ev_timer_stop(r->src->base.loop, &r->t);
-    free(r);
-}
-
-static void fake_free(struct route_source *src)
-{
-    free(src);
-}
-
-static const struct route_source_ops cacheable_ops = {.type = "fake",
-                                                      .cacheable = true,
-                                                      .start = fake_start,
-                                                      .cancel = fake_cancel,
-                                                      .free = fake_free};
-static const struct route_source_ops uncached_ops = {.type = "fake-http",
-                                                     .cacheable = false,
-                                                     .start = fake_start,
-                                                     .cancel = fake_cancel,
-                                                     .free = fake_free};
-
-static struct fake_source *fake_at(struct route_chain *c, const struct config *cfg, size_t i,
-                                   const struct route_source_ops *ops, enum route_status st)
-{
-    struct fake_source *fs = calloc(1, sizeof *fs);
-    fs->base =
-        (struct route_source){.ops = ops, .conf = &cfg->routing.lookups[i], .loop = EV_DEFAULT};
-    fs->status = st;
-    fs->target = (struct route_target){.text = "b1", .pool = true};
-    route_chain_set_source(c, i, &fs->base);
-    return fs;
-}
-
 struct got {
     int calls;
     enum route_status status;
@@ -406,8 +321,8 @@ static void two_init(struct two *t, const char *routing_extra)
     t->st = (struct store){.loop = EV_DEFAULT};
     t->w1 = route_chain_new(EV_DEFAULT, t->cfg);
     t->w2 = route_chain_new(EV_DEFAULT, t->cfg);
-    t->dir1 = fake_at(t->w1, t->cfg, 1, &cacheable_ops, ROUTE_FOUND);
-    t->dir2 = fake_at(t->w2, t->cfg, 1, &cacheable_ops, ROUTE_FOUND);
+    t->dir1 = fake_at(t->w1, t->cfg, 1, &fake_cacheable_ops, 0.005, ROUTE_FOUND);
+    t->dir2 = fake_at(t->w2, t->cfg, 1, &fake_cacheable_ops, 0.005, ROUTE_FOUND);
     route_chain_set_shared(t->w1, &store_ops, &t->st);
     route_chain_set_shared(t->w2, &store_ops, &t->st);
 }
@@ -468,8 +383,8 @@ static void test_chain_shared_levels(void **state)
     assert_int_equal(g.status, ROUTE_NOT_FOUND);
     assert_int_equal(t.st.puts, 1);
     /* Not found by cacheable sources only: stored with negative_ttl, reused elsewhere. */
-    fake_at(t.w1, t.cfg, 2, &cacheable_ops, ROUTE_NOT_FOUND);
-    fake_at(t.w2, t.cfg, 2, &cacheable_ops, ROUTE_NOT_FOUND);
+    fake_at(t.w1, t.cfg, 2, &fake_cacheable_ops, 0.005, ROUTE_NOT_FOUND);
+    fake_at(t.w2, t.cfg, 2, &fake_cacheable_ops, 0.005, ROUTE_NOT_FOUND);
     assert_int_equal(ask(t.w1, "carol", &g), 0);
     assert_int_equal(g.status, ROUTE_NOT_FOUND);
     assert_int_equal(t.st.puts, 2);
@@ -530,7 +445,7 @@ static void test_chain_shared_never_wrong(void **state)
     struct got g = {0};
     /* [users, dir (cacheable), last (not cacheable)]: dir does not know ivy, `last` does. The
      * answer involves a source whose data another instance could not flush: worker only. */
-    struct fake_source *last = fake_at(t.w1, t.cfg, 2, &uncached_ops, ROUTE_FOUND);
+    struct fake_source *last = fake_at(t.w1, t.cfg, 2, &fake_uncached_ops, 0.005, ROUTE_FOUND);
     t.dir1->status = ROUTE_NOT_FOUND;
     assert_int_equal(ask(t.w1, "ivy", &g), 0);
     assert_int_equal(g.status, ROUTE_FOUND);
@@ -568,17 +483,7 @@ static void test_chain_shared_never_wrong(void **state)
 static int setup(void **state)
 {
     (void)state;
-    snprintf(map_path, sizeof map_path, "/tmp/test_route_shared.%d.map", (int)getpid());
-    FILE *f = fopen(map_path, "w");
-    fputs("alice b1\n", f);
-    fclose(f);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    unlink(map_path);
+    fake_map_create("test_route_shared", "alice b1\n");
     return 0;
 }
 
@@ -586,9 +491,9 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_value_roundtrip),
-        cmocka_unit_test_setup_teardown(test_key_digest, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_chain_shared_levels, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_chain_shared_never_wrong, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_key_digest, setup, fake_map_teardown),
+        cmocka_unit_test_setup_teardown(test_chain_shared_levels, setup, fake_map_teardown),
+        cmocka_unit_test_setup_teardown(test_chain_shared_never_wrong, setup, fake_map_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -102,6 +102,15 @@ static void map_free(struct route_source *src)
     free(ms);
 }
 
+void *route_source_alloc(size_t size, const struct route_source_ops *ops, struct ev_loop *loop,
+                         const struct cfg_lookup *l)
+{
+    struct route_source *src = calloc(1, size);
+    if (src)
+        *src = (struct route_source){.ops = ops, .conf = l, .loop = loop};
+    return src;
+}
+
 static const struct route_source_ops map_ops = {
     .type = "map", .cacheable = false, .start = map_start, .cancel = map_cancel, .free = map_free};
 
@@ -111,13 +120,8 @@ static struct route_source *source_new(struct ev_loop *loop, const struct config
     switch (l->type) {
     case CFG_LOOKUP_LDAP:
         return route_ldap_new(loop, cfg, l);
-    case CFG_LOOKUP_MAP: {
-        struct map_source *ms = calloc(1, sizeof *ms);
-        if (!ms)
-            return NULL;
-        ms->base = (struct route_source){.ops = &map_ops, .conf = l, .loop = loop};
-        return &ms->base;
-    }
+    case CFG_LOOKUP_MAP:
+        return route_source_alloc(sizeof(struct map_source), &map_ops, loop, l);
     case CFG_LOOKUP_HTTP:
         return route_http_new(loop, cfg, l);
     }

@@ -99,6 +99,11 @@ struct route_source {
     struct ev_loop *loop;
 };
 
+/* For the sources' constructors: a zeroed source of `size` bytes (a struct that starts with its
+ * struct route_source) whose base is filled in, or NULL: out of memory. */
+void *route_source_alloc(size_t size, const struct route_source_ops *ops, struct ev_loop *loop,
+                         const struct cfg_lookup *l);
+
 struct route_chain;
 struct route_chain_req;
 

@@ -222,10 +222,9 @@ static const struct route_source_ops http_ops = {.type = "http",
 struct route_source *route_http_new(struct ev_loop *loop, const struct config *cfg,
                                     const struct cfg_lookup *l)
 {
-    struct http_source *hs = calloc(1, sizeof *hs);
+    struct http_source *hs = route_source_alloc(sizeof *hs, &http_ops, loop, l);
     if (!hs)
         return NULL;
-    hs->base = (struct route_source){.ops = &http_ops, .conf = l, .loop = loop};
     hs->cfg = cfg;
     ev_timer_init(&hs->reap, on_reap, 0., 0.);
     hs->reap.data = hs;

@@ -265,10 +265,9 @@ static const struct route_source_ops ldap_ops = {.type = "ldap",
 struct route_source *route_ldap_new(struct ev_loop *loop, const struct config *cfg,
                                     const struct cfg_lookup *l)
 {
-    struct ldap_source *s = calloc(1, sizeof *s);
+    struct ldap_source *s = route_source_alloc(sizeof *s, &ldap_ops, loop, l);
     if (!s)
         return NULL;
-    s->base = (struct route_source){.ops = &ldap_ops, .conf = l, .loop = loop};
     s->cfg = cfg;
     ev_init(&s->reaper, on_reaper);
     s->reaper.data = s;

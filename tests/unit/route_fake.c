@@ -80,9 +80,8 @@ const struct route_source_ops fake_uncached_ops = {.type = "fake-http",
 struct fake_source *fake_at(struct route_chain *c, const struct config *cfg, size_t i,
                             const struct route_source_ops *ops, double delay, enum route_status st)
 {
-    struct fake_source *fs = calloc(1, sizeof *fs);
-    fs->base =
-        (struct route_source){.ops = ops, .conf = &cfg->routing.lookups[i], .loop = EV_DEFAULT};
+    struct fake_source *fs =
+        route_source_alloc(sizeof *fs, ops, EV_DEFAULT, &cfg->routing.lookups[i]);
     fs->delay = delay;
     fs->status = st;
     fs->target = (struct route_target){.text = "b1", .pool = true};

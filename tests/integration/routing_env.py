@@ -1,7 +1,8 @@
 """Shared by the per-user routing tests (issue 17: test_routing.py with a map file,
 test_routing_ldap.py with slapd): three real Dovecots that all hold every test user, each
 mailbox carrying a marker message that names its server, so a session shows which backend it
-reached; and the IMAP helpers that read it."""
+reached; and the IMAP helpers that read it (login and backend_of also serve the backend-pool
+tests, test_backends.py, whose Dovecots carry the same marker)."""
 
 from __future__ import annotations
 

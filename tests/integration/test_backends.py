@@ -5,7 +5,6 @@ backend a session reached is read from the mailbox (every backend holds a marker
 
 from __future__ import annotations
 
-import imaplib
 import os
 import poplib
 import re
@@ -17,6 +16,7 @@ import pytest
 
 import clients
 import mailenv
+from routing_env import backend_of, login
 
 USERS = {f"user{i:02d}": f"pw-{i:02d}" for i in range(48)}
 NB = 3
@@ -63,25 +63,14 @@ FAST_HEALTH = {"interval": "200ms", "timeout": "500ms", "rise": 1, "fall": 1}
 
 
 def which_backend(px, certs, user) -> str:
-    m = imaplib.IMAP4_SSL(mailenv.LOCAL, px.port("imaps"), ssl_context=mailenv.ssl_context(certs.ca),
-                          timeout=15)
+    m = login(px, certs, user, USERS[user])
     try:
-        m.login(user, USERS[user])
-        return subject_backend(m)
+        return backend_of(m)
     finally:
         try:
             m.logout()
         except Exception:
             pass
-
-
-def subject_backend(m) -> str:
-    m.select("INBOX", readonly=True)
-    typ, data = m.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-    assert typ == "OK"
-    found = re.search(rb"backend=(dv\d)", data[0][1])
-    assert found, data
-    return found.group(1).decode()
 
 
 def test_same_user_same_backend_and_spread(proxy_factory, pool, certs):
@@ -169,16 +158,14 @@ def reload(px, cfg) -> None:
 def test_drain_keeps_live_sessions(proxy_factory, pool, certs):
     px = proxy_factory(backends=backends_for(pool), health={"enabled": False})
     user = next(u for u in USERS if which_backend(px, certs, u) == "dv1")
-    live = imaplib.IMAP4_SSL(mailenv.LOCAL, px.port("imaps"),
-                             ssl_context=mailenv.ssl_context(certs.ca), timeout=15)
-    live.login(user, USERS[user])
-    assert subject_backend(live) == "dv1"
+    live = login(px, certs, user, USERS[user])
+    assert backend_of(live) == "dv1"
     cfg = dict(px.config)
     cfg["backends"] = backends_for(pool, drain=("dv1",))
     reload(px, cfg)
     # The live session goes on on dv1 ...
     assert live.noop()[0] == "OK"
-    assert subject_backend(live) == "dv1"
+    assert backend_of(live) == "dv1"
     # ... while new sessions of the same user go elsewhere.
     assert which_backend(px, certs, user) in ("dv0", "dv2")
     live.logout()
@@ -410,9 +397,7 @@ def test_route_override_and_affinity(proxy_factory, pool, certs, redis):
     # 2. Active affinity: while a session of the user lives on `home`, a second instance whose
     #    pool lost `home`'s weight balance (here: a new, heavier backend list order and weights
     #    that send the user elsewhere by hash) still sends the user to `home`.
-    live = imaplib.IMAP4_SSL(mailenv.LOCAL, a.port("imaps"),
-                             ssl_context=mailenv.ssl_context(certs.ca), timeout=15)
-    live.login(user, USERS[user])
+    live = login(a, certs, user, USERS[user])
     weights = [1000 if dv.label == other else 1 for dv in pool]
     b = proxy_factory(backends=backends_for(pool, weights=weights), **redis_overrides(redis, pfx))
     redis_ready(b)
@@ -441,9 +426,7 @@ def test_ctl_drain(proxy_factory, pool, certs, redis):
     redis_ready(px)
     redis_ready(px2)
     user = next(u for u in USERS if which_backend(px, certs, u) == "dv2")
-    live = imaplib.IMAP4_SSL(mailenv.LOCAL, px.port("imaps"),
-                             ssl_context=mailenv.ssl_context(certs.ca), timeout=15)
-    live.login(user, USERS[user])
+    live = login(px, certs, user, USERS[user])
     marks = (px.log_mark(), px2.log_mark())
     t0 = time.monotonic()
     ctl(px, "drain", "dv2")
@@ -452,7 +435,7 @@ def test_ctl_drain(proxy_factory, pool, certs, redis):
         p.wait_log("event=backend_drained backend=dv2 ", timeout=5, after=mark)
     assert time.monotonic() - t0 < 1.5  # within drain_poll (+ ctl and log latency), everywhere
     assert "dv2" in ctl(px, "drain")
-    assert subject_backend(live) == "dv2"  # the live session goes on
+    assert backend_of(live) == "dv2"  # the live session goes on
     live.logout()
     clients.wait_for(lambda: not sess_keys(redis, pfx, user), what="the session unregistered")
     assert affinity(redis, pfx, user) == "dv2"  # a recent affinity to the drained backend ...

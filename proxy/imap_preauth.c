@@ -18,7 +18,6 @@
 #include <strings.h>
 
 #include "imap.h"
-#include "login_refusal.h"
 #include "worker.h"
 #include "sess_event.h"
 #include "sess_policy.h"
@@ -624,16 +623,16 @@ void imap_preauth_login_failed(struct session *s, enum imap_login_fail how, cons
     login_failed_tail(s);
 }
 
+static void answer_refusal(struct session *s, const char *code, const char *text)
+{
+    reply(s, "%s NO [%s] %s", imap_st(s)->lg->tag, code, text);
+}
+
 void imap_preauth_login_refused(struct session *s, const char *code, const char *text)
 {
-    struct imap_state *st = imap_st(s);
     sess_backend_drop(s);
-    forget_login(st);
-    char why[LR_CODE_MAX + 40];
-    snprintf(why, sizeof why, "backend refused the login: %s", code);
-    sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_UNAVAILABLE, .text = why});
-    reply(s, "%s NO [%s] %s", st->lg->tag, code, text[0] ? text : "Login refused by the server.");
-    sess_login_result(s, false, false); /* not a wrong password: released, never counted */
+    forget_login(imap_st(s));
+    sess_login_passed_on(s, code, text, answer_refusal);
     login_failed_tail(s);
 }
 

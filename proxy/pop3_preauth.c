@@ -16,7 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "login_refusal.h"
 #include "pop3.h"
 #include "sess_event.h"
 #include "sess_policy.h"
@@ -447,16 +446,16 @@ void pop3_preauth_login_failed(struct session *s, bool auth_failure, enum sess_l
     login_failed_tail(s);
 }
 
+static void answer_refusal(struct session *s, const char *code, const char *text)
+{
+    pop3_reply(s, "-ERR [%s] %s", code, text);
+}
+
 void pop3_preauth_login_refused(struct session *s, const char *code, const char *text)
 {
-    struct pop3_state *st = pop3_st(s);
     sess_backend_drop(s);
-    pop3_forget_login(st);
-    char why[LR_CODE_MAX + 40];
-    snprintf(why, sizeof why, "backend refused the login: %s", code);
-    sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_UNAVAILABLE, .text = why});
-    pop3_reply(s, "-ERR [%s] %s", code, text[0] ? text : "Login refused by the server.");
-    sess_login_result(s, false, false); /* not a wrong password: released, never counted */
+    pop3_forget_login(pop3_st(s));
+    sess_login_passed_on(s, code, text, answer_refusal);
     login_failed_tail(s);
 }
 

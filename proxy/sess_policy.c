@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "login_refusal.h"
 #include "metrics.h"
 #include "plog.h"
 #include "policy.h"
@@ -362,6 +363,16 @@ void sess_login_result(struct session *s, bool ok, bool auth_failure)
     policy_session_close(&sp->reg);
     sp->reg = policy_session_open(p, &l, &w, &info, on_kick, bytes_out, s);
     sp->checked = false;
+}
+
+void sess_login_passed_on(struct session *s, const char *code, const char *text,
+                          sess_refusal_answer *answer)
+{
+    char why[LR_CODE_MAX + 40];
+    snprintf(why, sizeof why, "backend refused the login: %s", code);
+    sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_UNAVAILABLE, .text = why});
+    answer(s, code, text[0] ? text : "Login refused by the server.");
+    sess_login_result(s, false, false); /* not a wrong password: released, never counted */
 }
 
 bool sess_policy_download_blocked(struct session *s)

@@ -31,6 +31,15 @@ void sess_login_check(struct session *s, sess_login_allowed *allowed, sess_login
 /* The backend login ended: ok → register; auth_failure → count a failed login; otherwise
  * (backend unavailable) only release the slot the check reserved. Call before s->user goes. */
 void sess_login_result(struct session *s, bool ok, bool auth_failure);
+/* Answer the client's login with a backend's refusal code and text, in the protocol's form. */
+typedef void sess_refusal_answer(struct session *s, const char *code, const char *text);
+/* The backend refused the login with a code that is not about the password (login_refusal.h,
+ * LR_PASS_ON): logged as "unavailable", answered through `answer` with the backend's code and
+ * text (a text of ours when it gave none), and the policy slot released, never counted toward a
+ * lock-out. The protocol drops the backend and forgets the credentials before, and returns to
+ * its pre-auth dialogue after. */
+void sess_login_passed_on(struct session *s, const char *code, const char *text,
+                          sess_refusal_answer *answer);
 /* Over the user's download volume? (logs once per session when it starts refusing) */
 bool sess_policy_download_blocked(struct session *s);
 /* The backend Redis routes this user to (an override, a live session's, or the last one's), or

@@ -6,20 +6,7 @@
 
 #include <string.h>
 
-static int b64_val(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
+#include "digits.h"
 
 long b64_decode(const char *in, size_t len, unsigned char *out, size_t cap)
 {
@@ -38,7 +25,7 @@ long b64_decode(const char *in, size_t len, unsigned char *out, size_t cap)
             }
             if (pad)
                 return -1; /* data after padding */
-            v[k] = b64_val(c);
+            v[k] = b64_digit(c);
             if (v[k] < 0)
                 return -1;
         }

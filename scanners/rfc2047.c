@@ -20,21 +20,6 @@
 
 /* ---- decoding ------------------------------------------------------------------------------ */
 
-static int b64val(int c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
 /* Base64 as RFC 2045 reads it: characters outside the alphabet are skipped, '=' ends it. */
 static size_t b_decode(const char *s, size_t n, unsigned char *out)
 {
@@ -42,7 +27,7 @@ static size_t b_decode(const char *s, size_t n, unsigned char *out)
     int bits = 0;
     size_t o = 0;
     for (size_t i = 0; i < n && s[i] != '='; i++) {
-        int v = b64val((unsigned char)s[i]);
+        int v = b64_digit((unsigned char)s[i]);
         if (v < 0)
             continue;
         acc = (acc << 6) | (uint32_t)v;

@@ -51,6 +51,7 @@
 #include <openssl/evp.h>
 
 #include "canary.h"
+#include "errorf.h"
 
 /* Any header libclamav's magic table types as mail (libclamav filetypes_int.h). */
 static const char MAIL_PREFIX[] = "Received: by portcullis\r\n";
@@ -159,18 +160,6 @@ static void clam_global_init(void)
 {
     cl_set_clcb_msg(clam_msg);
     init_rc = cl_init(CL_INIT_DEFAULT);
-}
-
-static char *errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *errorf(const char *fmt, ...)
-{
-    char *s = NULL;
-    va_list ap;
-    va_start(ap, fmt);
-    if (vasprintf(&s, fmt, ap) < 0)
-        s = NULL;
-    va_end(ap);
-    return s;
 }
 
 /* ---- database fingerprint --------------------------------------------------------------- */

@@ -23,13 +23,14 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#include "errorf.h"
 
 struct job_list {
     struct pool_job *head, *tail;
@@ -393,18 +394,6 @@ static void *worker_main(void *arg)
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;
-}
-
-static char *errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *errorf(const char *fmt, ...)
-{
-    char *s = NULL;
-    va_list ap;
-    va_start(ap, fmt);
-    if (vasprintf(&s, fmt, ap) < 0)
-        s = NULL;
-    va_end(ap);
-    return s;
 }
 
 struct pool *pool_new(unsigned threads, unsigned queue_max, uint64_t budget, char **error_r)

@@ -13,6 +13,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -423,4 +424,21 @@ bool backend_send_proxy_v2(int fd, const struct sockaddr_storage *client_sa,
     if (n == 0)
         return false;
     return send(fd, hdr, n, MSG_NOSIGNAL) == (ssize_t)n;
+}
+
+bool backend_cap_has(const char *list, size_t len, const char *want)
+{
+    size_t wl = strlen(want);
+    size_t i = 0;
+    while (i < len) {
+        while (i < len && list[i] == ' ')
+            i++;
+        size_t j = i;
+        while (j < len && list[j] != ' ')
+            j++;
+        if (j - i == wl && strncasecmp(list + i, want, wl) == 0)
+            return true;
+        i = j;
+    }
+    return false;
 }

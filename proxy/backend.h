@@ -154,6 +154,10 @@ void backend_dial_fail(struct backend_dial *d, enum backend_dial_result r, const
  * backend failed", or the local cause); NULL after BACKEND_DIAL_OK. Static text. */
 const char *backend_dial_why(const struct backend_dial *d);
 
+/* For the protocol logins reading a backend's capabilities (IMAP CAPABILITY, POP3 CAPA's SASL
+ * line): is `want` one of the space-separated words of list[0, len), case-insensitively? */
+bool backend_cap_has(const char *list, size_t len, const char *want);
+
 /* Set the port of `a` to 0 (any) and return its length for bind(): the transparent source
  * bind and transparent.c's local-address probe. */
 socklen_t backend_addr_any_port(struct sockaddr_storage *a);

@@ -108,34 +108,16 @@ void imap_backend_start(struct session *s)
     sess_backend_connect(s); /* the outcome comes as SESS_EV_DIALED */
 }
 
-/* Case-insensitive search for a capability token in a space-separated list. */
-static bool has_cap(const char *caps, size_t len, const char *want)
-{
-    size_t wl = strlen(want);
-    size_t i = 0;
-    while (i < len) {
-        while (i < len && caps[i] == ' ')
-            i++;
-        size_t j = i;
-        while (j < len && caps[j] != ' ')
-            j++;
-        if (j - i == wl && strncasecmp(caps + i, want, wl) == 0)
-            return true;
-        i = j;
-    }
-    return false;
-}
-
 static void learn_caps(struct imap_state *st, const char *caps, size_t len)
 {
     st->lg->be_caps_known = true;
-    st->lg->be_literal_plus = has_cap(caps, len, "LITERAL+");
-    st->lg->be_sasl_ir = has_cap(caps, len, "SASL-IR");
-    st->lg->be_id = has_cap(caps, len, "ID");
-    st->lg->be_starttls = has_cap(caps, len, "STARTTLS");
-    st->lg->be_auth_plain = has_cap(caps, len, "AUTH=PLAIN");
-    st->lg->be_auth_xoauth2 = has_cap(caps, len, "AUTH=XOAUTH2");
-    st->lg->be_auth_oauthbearer = has_cap(caps, len, "AUTH=OAUTHBEARER");
+    st->lg->be_literal_plus = backend_cap_has(caps, len, "LITERAL+");
+    st->lg->be_sasl_ir = backend_cap_has(caps, len, "SASL-IR");
+    st->lg->be_id = backend_cap_has(caps, len, "ID");
+    st->lg->be_starttls = backend_cap_has(caps, len, "STARTTLS");
+    st->lg->be_auth_plain = backend_cap_has(caps, len, "AUTH=PLAIN");
+    st->lg->be_auth_xoauth2 = backend_cap_has(caps, len, "AUTH=XOAUTH2");
+    st->lg->be_auth_oauthbearer = backend_cap_has(caps, len, "AUTH=OAUTHBEARER");
 }
 
 /* Find "CAPABILITY " at `p` (after "* " or inside "[") and return the list up to "]"/end. */

@@ -89,23 +89,6 @@ void pop3_backend_start(struct session *s)
     sess_backend_connect(s); /* the outcome comes as SESS_EV_DIALED */
 }
 
-static bool word_in(const char *line, size_t len, const char *want)
-{
-    size_t wl = strlen(want);
-    size_t i = 0;
-    while (i < len) {
-        while (i < len && line[i] == ' ')
-            i++;
-        size_t j = i;
-        while (j < len && line[j] != ' ')
-            j++;
-        if (j - i == wl && strncasecmp(line + i, want, wl) == 0)
-            return true;
-        i = j;
-    }
-    return false;
-}
-
 /* A CAPA body: one capability per line (RFC 2449 5). */
 static void learn_capa(struct pop3_state *st, const char *body, size_t len)
 {
@@ -124,9 +107,9 @@ static void learn_capa(struct pop3_state *st, const char *body, size_t len)
         else if (ll >= 7 && strncasecmp(p, "XCLIENT", 7) == 0 && (ll == 7 || p[7] == ' '))
             st->be_xclient = true;
         else if (ll > 5 && strncasecmp(p, "SASL ", 5) == 0) {
-            st->be_sasl_plain = word_in(p + 5, ll - 5, "PLAIN");
-            st->be_sasl_xoauth2 = word_in(p + 5, ll - 5, "XOAUTH2");
-            st->be_sasl_oauthbearer = word_in(p + 5, ll - 5, "OAUTHBEARER");
+            st->be_sasl_plain = backend_cap_has(p + 5, ll - 5, "PLAIN");
+            st->be_sasl_xoauth2 = backend_cap_has(p + 5, ll - 5, "XOAUTH2");
+            st->be_sasl_oauthbearer = backend_cap_has(p + 5, ll - 5, "OAUTHBEARER");
         }
         p += l + (lf ? 1 : 0);
     }

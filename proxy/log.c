@@ -55,6 +55,16 @@ static int open_file(const char *file)
     return open(file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
 }
 
+/* Make `fd` the log's descriptor (2: stderr) and close the one it replaces, stderr never. */
+static void install_fd(int fd)
+{
+    pthread_mutex_lock(&fd_mu);
+    int old = atomic_exchange(&log_fd, fd);
+    if (old != 2)
+        close(old);
+    pthread_mutex_unlock(&fd_mu);
+}
+
 void log_use_syslog(bool on)
 {
     if (on && !atomic_load(&log_to_syslog))
@@ -66,11 +76,7 @@ bool log_open(enum log_level level, const char *file)
 {
     atomic_store(&log_threshold, (int)level);
     if (!file || !*file) {
-        pthread_mutex_lock(&fd_mu);
-        int old = atomic_exchange(&log_fd, 2);
-        if (old != 2)
-            close(old);
-        pthread_mutex_unlock(&fd_mu);
+        install_fd(2);
         log_path[0] = '\0';
         return true;
     }
@@ -78,11 +84,7 @@ bool log_open(enum log_level level, const char *file)
     if (fd < 0)
         return false;
     snprintf(log_path, sizeof log_path, "%s", file);
-    pthread_mutex_lock(&fd_mu);
-    int old = atomic_exchange(&log_fd, fd);
-    if (old != 2)
-        close(old);
-    pthread_mutex_unlock(&fd_mu);
+    install_fd(fd);
     return true;
 }
 
@@ -98,11 +100,7 @@ bool log_reopen(void)
     int fd = open_file(log_path);
     if (fd < 0)
         return false;
-    pthread_mutex_lock(&fd_mu);
-    int old = atomic_exchange(&log_fd, fd);
-    if (old != 2)
-        close(old);
-    pthread_mutex_unlock(&fd_mu);
+    install_fd(fd);
     return true;
 }
 

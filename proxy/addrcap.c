@@ -7,6 +7,8 @@
 #include <stdatomic.h>
 #include <string.h>
 
+#include "hash64.h"
+
 #define SLOTS 65536u
 
 static atomic_uint counts[SLOTS];
@@ -29,9 +31,9 @@ static uint32_t slot_of(const struct sockaddr *sa)
             n = 8;
         }
     }
-    uint64_t h = 0xcbf29ce484222325ULL;
+    uint64_t h = FNV64_OFFSET;
     for (size_t i = 0; i < n; i++)
-        h = (h ^ key[i]) * 0x100000001b3ULL;
+        h = fnv64_byte(h, key[i]);
     h ^= h >> 29;
     return (uint32_t)(h % SLOTS);
 }

@@ -16,6 +16,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "hash64.h"
 #include "log.h"
 #include "proxy_proto.h"
 #include "tls.h"
@@ -44,18 +45,13 @@ struct backend_state *backend_state_get(const char *name)
  * mixer: FNV alone clusters for inputs that differ only in their last bytes (user1, user2 …). */
 static uint64_t hash64(const char *user, const char *name)
 {
-    uint64_t h = 0xcbf29ce484222325ULL;
+    uint64_t h = FNV64_OFFSET;
     for (const unsigned char *p = (const unsigned char *)user; *p; p++)
-        h = (h ^ *p) * 0x100000001b3ULL;
-    h = (h ^ 0) * 0x100000001b3ULL;
+        h = fnv64_byte(h, *p);
+    h = fnv64_byte(h, 0);
     for (const unsigned char *p = (const unsigned char *)name; *p; p++)
-        h = (h ^ *p) * 0x100000001b3ULL;
-    h ^= h >> 30;
-    h *= 0xbf58476d1ce4e5b9ULL;
-    h ^= h >> 27;
-    h *= 0x94d049bb133111ebULL;
-    h ^= h >> 31;
-    return h;
+        h = fnv64_byte(h, *p);
+    return mix64(h);
 }
 
 double backend_score(const char *user, const char *name, unsigned weight)

@@ -23,25 +23,20 @@
 #include <unistd.h>
 
 #include "cfg_map.h"
+#include "hash64.h"
 
 static unsigned char fold(unsigned char c, bool on)
 {
     return on && c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c;
 }
 
-/* 64-bit FNV-1a finished with the splitmix64 mixer (FNV alone clusters on keys that differ
- * only in their last bytes: user1, user2, ...). */
+/* FNV-1a and the splitmix64 mixer (hash64.h). */
 static uint64_t key_hash(const char *s, bool fold_case)
 {
-    uint64_t h = 0xcbf29ce484222325ULL;
+    uint64_t h = FNV64_OFFSET;
     for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-        h = (h ^ fold(*p, fold_case)) * 0x100000001b3ULL;
-    h ^= h >> 30;
-    h *= 0xbf58476d1ce4e5b9ULL;
-    h ^= h >> 27;
-    h *= 0x94d049bb133111ebULL;
-    h ^= h >> 31;
-    return h;
+        h = fnv64_byte(h, fold(*p, fold_case));
+    return mix64(h);
 }
 
 /* `stored` is already folded; `query` is folded on the fly. */

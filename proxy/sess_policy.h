@@ -4,8 +4,9 @@
  * entry while the session lives, download-volume checks for the relays, and admin kicks.
  *
  * The protocol modules call three things: sess_login_check() instead of starting the backend
- * login, sess_login_result() when the backend answered, and sess_policy_download_blocked()
- * before forwarding a RETR/TOP/FETCH. session.c calls sess_policy_close() from sess_close(),
+ * login, sess_login_result() when the backend answered (through sess_login_passed_on() for a
+ * refusal passed on to the client), and sess_policy_download_blocked() before forwarding a
+ * RETR/TOP/FETCH. session.c calls sess_policy_close() from sess_close(),
  * which cancels a check in flight (its callback will not run) and unregisters the session.
  */
 #ifndef PORTCULLIS_SESS_POLICY_H

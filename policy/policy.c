@@ -299,7 +299,8 @@ static bool int_at(const redisReply *rep, size_t i)
     return rep->element[i]->type == REDIS_REPLY_INTEGER;
 }
 
-/* {code, detail, scope, route kind, route backend} (rl_lua_login). */
+/* {code, detail, scope, route kind, route backend, done} (rl_lua_login; an older script
+ * without `done` leaves it 0: the registration then does everything). */
 static void login_reply(void *arg, const redisReply *rep)
 {
     struct policy_req *r = arg;
@@ -323,6 +324,8 @@ static void login_reply(void *arg, const redisReply *rep)
             memcpy(r->v.route_backend, be->str, be->len);
             r->v.route_backend[be->len] = '\0';
         }
+        if (rep->elements >= 6 && int_at(rep, 5) && rep->element[5]->integer > 0)
+            r->v.done = (uint64_t)rep->element[5]->integer;
     }
     finish(r);
 }
@@ -340,27 +343,33 @@ static uint64_t pend_ttl(const struct policy_limits *l)
 
 /* The user-scope keys (enum POL_FAIL_U...). Without a network the (user, network) keys get a
  * suffix no network has (":-"): the scripts never touch them then (pair limit 0). */
-bool pol_user_keys(struct policy *p, const struct pol_keys *k, struct pol_ukeys *o)
+bool pol_user_keys(struct policy *p, const char *user, const char *network, struct pol_ukeys *o)
 {
     char net[RL_ADDR_MAX + 2], login[RL_ADDR_MAX + 10];
-    snprintf(net, sizeof net, ":%s", k->net[0] ? k->net : "-");
+    snprintf(net, sizeof net, ":%s", network[0] ? network : "-");
     snprintf(login, sizeof login, ":login%s", net);
     /* `o` is output only; cppcheck 2.10 takes o->k[0] passed to pol_key() for a read of
      * the caller's uninitialised struct (a false positive). */
     // cppcheck-suppress uninitvar
-    return pol_key(p, o->k[POL_FAIL_U], RL_KEY_MAX, "fail", k->user, "") &&
-           pol_key(p, o->k[POL_FAIL_UA], RL_KEY_MAX, "fail", k->user, net) &&
-           pol_key(p, o->k[POL_PEND_U], RL_KEY_MAX, "pend", k->user, "") &&
-           pol_key(p, o->k[POL_PEND_UA], RL_KEY_MAX, "pend", k->user, net) &&
-           pol_key(p, o->k[POL_KNOWN_U], RL_KEY_MAX, "known", k->user, "") &&
-           pol_key(p, o->k[POL_RL_U], RL_KEY_MAX, "rl", k->user, ":login") &&
-           pol_key(p, o->k[POL_RL_UA], RL_KEY_MAX, "rl", k->user, login) &&
-           pol_key(p, o->k[POL_CONN_U], RL_KEY_MAX, "conn", k->user, "");
+    return pol_key(p, o->k[POL_FAIL_U], RL_KEY_MAX, "fail", user, "") &&
+           pol_key(p, o->k[POL_FAIL_UA], RL_KEY_MAX, "fail", user, net) &&
+           pol_key(p, o->k[POL_PEND_U], RL_KEY_MAX, "pend", user, "") &&
+           pol_key(p, o->k[POL_PEND_UA], RL_KEY_MAX, "pend", user, net) &&
+           pol_key(p, o->k[POL_KNOWN_U], RL_KEY_MAX, "known", user, "") &&
+           pol_key(p, o->k[POL_RL_U], RL_KEY_MAX, "rl", user, ":login") &&
+           pol_key(p, o->k[POL_RL_UA], RL_KEY_MAX, "rl", user, login) &&
+           pol_key(p, o->k[POL_CONN_U], RL_KEY_MAX, "conn", user, "");
 }
 
 uint64_t pol_known_ttl(const struct policy_limits *l)
 {
     return l->known_ttl_ms ? l->known_ttl_ms : 30ULL * 86400000;
+}
+
+uint64_t pol_known_slack(const struct policy_limits *l)
+{
+    uint64_t s = pol_known_ttl(l) / 64;
+    return s < 3600000 ? s : 3600000;
 }
 
 /* The login script: 10 keys (user scope, route, affinity), 14 with an address. */
@@ -370,7 +379,8 @@ static struct rds_req *send_login(struct policy *p, struct policy_req *r)
     char kr[RL_KEY_MAX], ka[RL_KEY_MAX], ks[RL_KEY_MAX];
     char af[RL_KEY_MAX], ab[RL_KEY_MAX], ac[RL_KEY_MAX], ap[RL_KEY_MAX];
     const char *tag = r->k.addr;
-    if (!pol_user_keys(p, &r->k, &uk) || !pol_key(p, kr, sizeof kr, "route", r->k.user, "") ||
+    if (!pol_user_keys(p, r->k.user, r->k.net, &uk) ||
+        !pol_key(p, kr, sizeof kr, "route", r->k.user, "") ||
         !pol_key(p, ka, sizeof ka, "aff", r->k.user, "") ||
         !pol_key(p, ks, sizeof ks, "sess", r->k.user, ":"))
         return NULL;
@@ -379,9 +389,10 @@ static struct rds_req *send_login(struct policy *p, struct policy_req *r)
                           !pol_key(p, ac, sizeof ac, "conn", tag, "") ||
                           !pol_key(p, ap, sizeof ap, "pend", tag, "")))
         return NULL;
-    char ub[24], ui[24], um[24], stale[24], ul[24], pl[24], pt[24], abu[24], ai[24], am[24], al[24];
-    const char *argv[28];
-    size_t lens[28];
+    char ub[24], ui[24], um[24], stale[24], ul[24], pl[24], pt[24], abu[24], ai[24], am[24], al[24],
+        kslack[24];
+    const char *argv[32]; /* 14 keys + 15 arguments */
+    size_t lens[32];
     int n = 0;
     for (int i = 0; i < POL_UKEYS; i++)
         argv[n++] = uk.k[i];
@@ -407,7 +418,8 @@ static struct rds_req *send_login(struct policy *p, struct policy_req *r)
                           num(abu, sizeof abu, r->lim.addr_burst),
                           num(ai, sizeof ai, r->lim.addr_interval_ms),
                           num(am, sizeof am, r->lim.addr_max_sessions),
-                          num(al, sizeof al, r->lim.addr_fail_limit)};
+                          num(al, sizeof al, r->lim.addr_fail_limit),
+                          num(kslack, sizeof kslack, pol_known_slack(&r->lim))};
     for (size_t i = 0; i < sizeof args / sizeof args[0]; i++)
         argv[n++] = args[i];
     for (int i = 0; i < n; i++)
@@ -538,7 +550,7 @@ static bool send_fail(struct policy *p, const struct policy_limits *lim, const s
 {
     struct pol_ukeys uk;
     char af[RL_KEY_MAX], ac[RL_KEY_MAX], ap[RL_KEY_MAX];
-    if (!rds_ready(p->cmd) || !pol_user_keys(p, k, &uk))
+    if (!rds_ready(p->cmd) || !pol_user_keys(p, k->user, k->net, &uk))
         return false;
     if (k->has_addr && (!pol_key(p, af, sizeof af, "fail", k->addr, "") ||
                         !pol_key(p, ac, sizeof ac, "conn", k->addr, "") ||
@@ -700,7 +712,7 @@ static void writeback(struct policy *p)
             num(lock, sizeof lock, l->lockout_ms ? l->lockout_ms : 60000),
             num(lmax, sizeof lmax, l->lockout_max_ms ? l->lockout_max_ms : 3600000),
             w->kind == 'k' ? w->net : "",
-            num(kttl, sizeof kttl, l->known_ttl_ms ? l->known_ttl_ms : 30ULL * 86400000),
+            num(kttl, sizeof kttl, pol_known_ttl(l) + pol_known_slack(l)),
             num(kmax, sizeof kmax, l->known_max)};
         size_t lens[12];
         for (int j = 0; j < 12; j++)

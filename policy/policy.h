@@ -65,6 +65,7 @@ struct policy_who {
     bool addr_exempt;            /* per-address limits do not apply */
     const char *sid;             /* this session's registry id (<= 128 bytes) */
     bool route;                  /* also look up the route (policy_verdict.route_*) */
+    uint64_t done; /* policy_session_open(): the allowed check's policy_verdict.done (0 = none) */
 };
 
 enum policy_result {
@@ -94,6 +95,10 @@ struct policy_verdict {
      * (POLICY_ROUTE_NONE without an answer from Redis): same script, same round trip. */
     enum policy_route_kind route_kind;
     char route_backend[128];
+    /* Allowed by Redis: what its check reserved (opaque; 0 = not known). Give it back in
+     * policy_who.done to policy_session_open(), which then undoes only that (fewer Redis
+     * calls per login; docs/redis.md "Scripts"). */
+    uint64_t done;
 };
 
 /* Called exactly once (unless cancelled), never synchronously; `v` valid during the call. */

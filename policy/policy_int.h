@@ -76,8 +76,11 @@ enum {
 struct pol_ukeys {
     char k[POL_UKEYS][RL_KEY_MAX];
 };
-bool pol_user_keys(struct policy *p, const struct pol_keys *k, struct pol_ukeys *o);
+bool pol_user_keys(struct policy *p, const char *user, const char *net, struct pol_ukeys *o);
 uint64_t pol_known_ttl(const struct policy_limits *l);
+/* A known network is re-written by a success only when its last refresh is older than this
+ * (1/64 of the ttl, at most 1 h): every writer sets known:{U}'s TTL to ttl + slack. */
+uint64_t pol_known_slack(const struct policy_limits *l);
 
 /* sessions.c */
 void pol_sessions_init(struct policy *p);

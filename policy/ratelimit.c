@@ -139,47 +139,87 @@ bool rl_key(char *out, size_t cap, const char *prefix, const char *kind, const c
     "  return 0\n"                                                                                 \
     "end\n"
 
+/* The RL_DONE_* bits (ratelimit.h) under Lua names: `login` sets them, `sess` reads them. */
+// clang-format off
+#define LUA_DONE_BITS \
+    "local D_VALID, D_CONN_U, D_CONN_A = " \
+    RL_STR(RL_DONE_VALID) ", " RL_STR(RL_DONE_CONN_U) ", " RL_STR(RL_DONE_CONN_A) "\n" \
+    "local D_PEND_U, D_PEND_UA, D_PEND_A = " \
+    RL_STR(RL_DONE_PEND_U) ", " RL_STR(RL_DONE_PEND_UA) ", " RL_STR(RL_DONE_PEND_A) "\n" \
+    "local D_FAIL_UA, D_KNOWN, D_TIME = " \
+    RL_STR(RL_DONE_FAIL_UA) ", " RL_STR(RL_DONE_KNOWN) ", " RL_STR(RL_DONE_TIME) "\n"
+// clang-format on
+
 /* Is the failure record KEYS[k] with pending reservations `pend` (a zset) at its limit?
  * Locked -> the time left; failures + attempts in flight >= limit -> `busy_ms` (the attempts
- * in flight may all fail); else 0. Reservations older than `pttl` are dropped first (their
- * proxy died between check and result). */
+ * in flight may all fail); else 0. Reservations older than `pttl` (their proxy died between
+ * check and result) do not count: they are dropped only when the raw count would refuse, which
+ * gives the same answer as dropping them first (the raw count is an upper bound) for one call
+ * instead of two. Second result: the record exists (the login's result must delete it). */
 #define LUA_FULL                                                                                   \
     "local function full(key, pend, limit, pttl)\n"                                                \
-    "  if limit <= 0 then return 0 end\n"                                                          \
+    "  if limit <= 0 then return 0, true end\n"                                                    \
     "  local h = redis.call('HMGET', key, 'n', 'until')\n"                                         \
     "  local u = tonumber(h[2] or '0') or 0\n"                                                     \
-    "  if u > now then return u - now end\n"                                                       \
+    "  if u > now then return u - now, true end\n"                                                 \
+    "  local n = tonumber(h[1]) or 0\n"                                                            \
+    "  local seen = h[1] ~= false or h[2] ~= false\n"                                              \
+    "  if n + redis.call('ZCARD', pend) < limit then return 0, seen end\n"                         \
     "  redis.call('ZREMRANGEBYSCORE', pend, '-inf', now - pttl)\n"                                 \
-    "  if (tonumber(h[1]) or 0) + redis.call('ZCARD', pend) >= limit then return 1000 end\n"       \
-    "  return 0\n"                                                                                 \
+    "  if n + redis.call('ZCARD', pend) >= limit then return 1000, seen end\n"                     \
+    "  return 0, seen\n"                                                                           \
     "end\n"
 
-/* take(key, burst, interval, commit): the time until a token is there (0 = one is); with
- * `commit` the token is taken. The login script peeks every bucket first and takes only when
- * every scope allowed, so a refused attempt spends no token anywhere. */
+/* peek(key, burst, interval): the time until a token is there (0 = one is), the tokens now and
+ * when the key's TTL ends (0 = not known); take() then spends one of those tokens. The login
+ * script peeks every bucket first and takes only when every scope allowed, so a refused attempt
+ * spends no token anywhere; the script is atomic, so the tokens peeked are still the bucket's
+ * when it takes (one read per bucket).
+ * The TTL must last until the bucket is full again (a missing bucket reads as full). take()
+ * sets it to that plus 16 intervals, and only when the TTL it set last would end too soon, so a
+ * busy bucket gets a PEXPIRE once per ~16 takes instead of at every take; a bucket that
+ * outlives its refill reads as full, exactly as a missing one. Field `exp` = "<ts>:<ms the TTL
+ * ends>" is trusted only while its <ts> is the bucket's `ts`: a writer that does not know it
+ * (an older version during an upgrade) changes `ts`, and the next take sets the TTL again. */
 #define LUA_BUCKET                                                                                 \
-    "local function take(key, burst, interval, commit)\n"                                          \
-    "  if burst <= 0 then return 0 end\n"                                                          \
-    "  local b = redis.call('HMGET', key, 'tok', 'ts')\n"                                          \
+    "local function peek(key, burst, interval)\n"                                                  \
+    "  if burst <= 0 then return 0, 0, 0 end\n"                                                    \
+    "  local b = redis.call('HMGET', key, 'tok', 'ts', 'exp')\n"                                   \
     "  local tok = tonumber(b[1]) or burst\n"                                                      \
     "  local ts = tonumber(b[2]) or now\n"                                                         \
     "  if now > ts then tok = math.min(burst, tok + (now - ts) / interval) end\n"                  \
-    "  if tok < 1 then return math.ceil((1 - tok) * interval) end\n"                               \
-    "  if not commit then return 0 end\n"                                                          \
+    "  if tok < 1 then return math.ceil((1 - tok) * interval), tok, 0 end\n"                       \
+    "  local ets, exp = string.match(b[3] or '', '^(%d+):(%d+)$')\n"                               \
+    "  if ets == nil or ets ~= b[2] then return 0, tok, 0 end\n"                                   \
+    "  return 0, tok, tonumber(exp)\n"                                                             \
+    "end\n"                                                                                        \
+    "local function take(key, burst, interval, tok, exp)\n"                                        \
+    "  if burst <= 0 then return end\n"                                                            \
     "  tok = tok - 1\n"                                                                            \
-    "  redis.call('HSET', key, 'tok', tostring(tok), 'ts', tostring(now))\n"                       \
-    "  redis.call('PEXPIRE', key, math.ceil((burst - tok) * interval) + 1000)\n"                   \
-    "  return 0\n"                                                                                 \
+    "  local need = math.ceil((burst - tok) * interval) + 1000\n"                                  \
+    "  local ttl = 0\n"                                                                            \
+    "  if exp < now + need then\n"                                                                 \
+    "    ttl = need + 16 * interval\n"                                                             \
+    "    exp = now + ttl\n"                                                                        \
+    "  end\n"                                                                                      \
+    "  redis.call('HSET', key, 'tok', tostring(tok), 'ts', tostring(now), 'exp',\n"                \
+    "             tostring(now) .. ':' .. tostring(exp))\n"                                        \
+    "  if ttl > 0 then redis.call('PEXPIRE', key, ttl) end\n"                                      \
     "end\n"
 
+/* capped(conn, sid, maxs, stale): the session count when at the cap (0 = below it, or `sid`
+ * already counted), and the raw member count (-1 = not read). Members older than `stale` do not
+ * count; like full(), they are trimmed only when the raw count reaches the cap. */
 #define LUA_CAP                                                                                    \
     "local function capped(conn, sid, maxs, stale)\n"                                              \
-    "  if maxs <= 0 then return 0 end\n"                                                           \
+    "  if maxs <= 0 then return 0, -1 end\n"                                                       \
+    "  local raw = redis.call('ZCARD', conn)\n"                                                    \
+    "  if raw < maxs then return 0, raw end\n"                                                     \
     "  redis.call('ZREMRANGEBYSCORE', conn, '-inf', now - stale)\n"                                \
-    "  if redis.call('ZSCORE', conn, sid) then return 0 end\n"                                     \
+    "  if redis.call('ZSCORE', conn, sid) then return 0, raw end\n"                                \
     "  local n = redis.call('ZCARD', conn)\n"                                                      \
-    "  if n >= maxs then return n end\n"                                                           \
-    "  return 0\n"                                                                                 \
+    "  if n >= maxs then return n, raw end\n"                                                      \
+    "  return 0, raw\n"                                                                            \
     "end\n"
 
 /* The login check, one script for both scopes (docs/redis.md "Lock-out model", "Scripts").
@@ -188,70 +228,85 @@ bool rl_key(char *out, size_t cap, const char *prefix, const char *kind, const c
  * 12 rl:{A}:login, 13 conn:{A}, 14 pend:{A}.
  * ARGV: 1 sid, 2 A ("" = none), 3 user burst, 4 user interval ms, 5 user max sessions,
  * 6 session_ttl ms, 7 user limit, 8 pair limit, 9 pend ttl ms, 10 "P sess:{U}:" ("" = no route
- * lookup), 11 address burst, 12 address interval ms, 13 address max sessions, 14 address limit.
+ * lookup), 11 address burst, 12 address interval ms, 13 address max sessions, 14 address limit,
+ * 15 known slack ms (pol_known_slack).
  * A is a known network of the user (a member of known:{U}) -> the ceiling is not checked.
  * Order: the user scope (its record, ceiling, cap, bucket), then the address scope; the first
  * refusal answers, so the user scope wins a tie. Only when everything passed are the tokens
  * taken and the attempt reserved (pend sets, conn sets): attempts racing on any instance never
  * overrun a limit, and a refused one spends nothing. Then the route (override > live session
- * > recent affinity).
- * Returns {code, detail, scope, route kind, route backend}: code 0 allowed, 1 locked out
+ * > recent affinity; this session's own member of conn:{U}, just added, has no hash yet and is
+ * skipped, and a conn:{U} that was empty is not read at all).
+ * Returns {code, detail, scope, route kind, route backend, done}: code 0 allowed, 1 locked out
  * (detail = ms), 2 rate (ms), 3 session cap (n); scope 0 user, 1 (user, network), 2 address;
- * route kind 0 none, 1 override, 2 live session, 3 recent. */
+ * route kind 0 none, 1 override, 2 live session, 3 recent; `done` (allowed only, else 0) says
+ * what the login's result has to undo, so that `sess` at login touches nothing else, and when
+ * the check ran: the sum of RL_DONE_* (ratelimit.h). */
 const struct rl_script_text rl_lua_login = {
     "login",
-    "-- portcullis login v1\n" LUA_NOW LUA_FULL LUA_BUCKET LUA_CAP "local a = ARGV[2]\n"
+    "-- portcullis login v2\n" LUA_NOW LUA_DONE_BITS LUA_FULL LUA_BUCKET LUA_CAP
+    "local a = ARGV[2]\n"
     "local pttl = tonumber(ARGV[9])\n"
     "local ulimit = tonumber(ARGV[7])\n"
     "local plimit = a ~= '' and tonumber(ARGV[8]) or 0\n"
     "local umax, stale = tonumber(ARGV[5]), tonumber(ARGV[6])\n"
     "local ub, ui = tonumber(ARGV[3]), tonumber(ARGV[4])\n"
     "local has_addr = #KEYS >= 14\n"
-    "local known = a ~= '' and redis.call('ZSCORE', KEYS[5], a) ~= false\n"
+    "local ksc = a ~= '' and redis.call('ZSCORE', KEYS[5], a)\n"
+    "local known = ksc ~= false\n"
     "local ubk = known and KEYS[7] or KEYS[6]\n"
-    "local l = full(KEYS[2], KEYS[4], plimit, pttl)\n"
-    "if l > 0 then return {1, l, 1, 0, ''} end\n"
+    "local l, seen = full(KEYS[2], KEYS[4], plimit, pttl)\n"
+    "if l > 0 then return {1, l, 1, 0, '', 0} end\n"
     "if not known then\n"
     "  l = full(KEYS[1], KEYS[3], ulimit, pttl)\n"
-    "  if l > 0 then return {1, l, 0, 0, ''} end\n"
+    "  if l > 0 then return {1, l, 0, 0, '', 0} end\n"
     "end\n"
-    "local c = capped(KEYS[8], ARGV[1], umax, stale)\n"
-    "if c > 0 then return {3, c, 0, 0, ''} end\n"
-    "local r = take(ubk, ub, ui, false)\n"
-    "if r > 0 then return {2, r, 0, 0, ''} end\n"
+    "local c, ulive = capped(KEYS[8], ARGV[1], umax, stale)\n"
+    "if c > 0 then return {3, c, 0, 0, '', 0} end\n"
+    "local r, utok, uexp = peek(ubk, ub, ui)\n"
+    "if r > 0 then return {2, r, 0, 0, '', 0} end\n"
     "local ab, ai, amax, alimit = 0, 1, 0, 0\n"
     "if has_addr then\n"
     "  ab, ai = tonumber(ARGV[11]), tonumber(ARGV[12])\n"
     "  amax, alimit = tonumber(ARGV[13]), tonumber(ARGV[14])\n"
     "  l = full(KEYS[11], KEYS[14], alimit, pttl)\n"
-    "  if l > 0 then return {1, l, 2, 0, ''} end\n"
+    "  if l > 0 then return {1, l, 2, 0, '', 0} end\n"
     "  c = capped(KEYS[13], ARGV[1], amax, stale)\n"
-    "  if c > 0 then return {3, c, 2, 0, ''} end\n"
-    "  r = take(KEYS[12], ab, ai, false)\n"
-    "  if r > 0 then return {2, r, 2, 0, ''} end\n"
-    "  take(KEYS[12], ab, ai, true)\n"
+    "  if c > 0 then return {3, c, 2, 0, '', 0} end\n"
+    "  local atok, aexp\n"
+    "  r, atok, aexp = peek(KEYS[12], ab, ai)\n"
+    "  if r > 0 then return {2, r, 2, 0, '', 0} end\n"
+    "  take(KEYS[12], ab, ai, atok, aexp)\n"
     "end\n"
-    "take(ubk, ub, ui, true)\n"
-    "local function reserve(key, ttl)\n"
+    "take(ubk, ub, ui, utok, uexp)\n"
+    "local done = D_VALID\n"
+    "local function reserve(key, ttl, bit)\n"
     "  redis.call('ZADD', key, now, ARGV[1])\n"
     "  redis.call('PEXPIRE', key, ttl)\n"
+    "  done = done + bit\n"
     "end\n"
-    "if plimit > 0 then reserve(KEYS[4], pttl) end\n"
-    "if ulimit > 0 and not known then reserve(KEYS[3], pttl) end\n"
-    "if umax > 0 then reserve(KEYS[8], stale * 2) end\n"
-    "if alimit > 0 then reserve(KEYS[14], pttl) end\n"
-    "if amax > 0 then reserve(KEYS[13], stale * 2) end\n"
-    "if ARGV[10] == '' then return {0, 0, 0, 0, ''} end\n"
-    "local rt = redis.call('GET', KEYS[9])\n"
-    "if rt then return {0, 0, 0, 1, rt} end\n"
-    "local live = redis.call('ZRANGEBYSCORE', KEYS[8], now - stale, '+inf')\n"
-    "for _, sid in ipairs(live) do\n"
-    "  local be = redis.call('HGET', ARGV[10] .. sid, 'backend')\n"
-    "  if be and be ~= '-' then return {0, 0, 0, 2, be} end\n"
+    "if plimit > 0 then reserve(KEYS[4], pttl, D_PEND_UA) end\n"
+    "if ulimit > 0 and not known then reserve(KEYS[3], pttl, D_PEND_U) end\n"
+    "if umax > 0 then reserve(KEYS[8], stale * 2, D_CONN_U) end\n"
+    "if alimit > 0 then reserve(KEYS[14], pttl, D_PEND_A) end\n"
+    "if amax > 0 then reserve(KEYS[13], stale * 2, D_CONN_A) end\n"
+    "if seen then done = done + D_FAIL_UA end\n"
+    "if known and tonumber(ksc) + tonumber(ARGV[15]) >= now then done = done + D_KNOWN end\n"
+    "done = done + D_TIME * now\n"
+    "if ARGV[10] == '' then return {0, 0, 0, 0, '', done} end\n"
+    "local rt = redis.call('MGET', KEYS[9], KEYS[10])\n"
+    "if rt[1] then return {0, 0, 0, 1, rt[1], done} end\n"
+    "if ulive ~= 0 then\n"
+    "  local live = redis.call('ZRANGEBYSCORE', KEYS[8], now - stale, '+inf')\n"
+    "  for _, sid in ipairs(live) do\n"
+    "    if sid ~= ARGV[1] then\n"
+    "      local be = redis.call('HGET', ARGV[10] .. sid, 'backend')\n"
+    "      if be and be ~= '-' then return {0, 0, 0, 2, be, done} end\n"
+    "    end\n"
+    "  end\n"
     "end\n"
-    "rt = redis.call('GET', KEYS[10])\n"
-    "if rt then return {0, 0, 0, 3, rt} end\n"
-    "return {0, 0, 0, 0, ''}\n",
+    "if rt[2] then return {0, 0, 0, 3, rt[2], done} end\n"
+    "return {0, 0, 0, 0, '', done}\n",
 };
 
 /* A wrong password, both scopes. KEYS: 1 fail:{U}, 2 fail:{U}:A, 3 pend:{U}, 4 pend:{U}:A,
@@ -318,38 +373,59 @@ const struct rl_script_text rl_lua_merge = {
 /* Register (at login) and heartbeat a live session. KEYS: 1 conn:{U}, 2 sess:{U}:<sid>,
  * 3 rl:{U}:bytes, 4 fail:{U}:A, 5 pend:{U}, 6 pend:{U}:A, 7 known:{U}, and with an address
  * 8 conn:{A}, 9 pend:{A}. ARGV: 1 sid, 2 session_ttl ms, 3 "1" at login, 4 bytes delta,
- * 5 window ms (0 = no volume limit), 6 A ("" = none), 7 known_ttl ms, 8 known_max, then the
+ * 5 window ms (0 = no volume limit), 6 A ("" = none), 7 known_ttl ms, 8 known_max, 9 the login
+ * check's `done` (RL_DONE_*; 0 = not known: do everything, "0" at a heartbeat), then the
  * registry hash as field/value pairs.
  * At login it is also the login's result: the reservations are released, the (user, A)
  * failures forgotten and A remembered as known (score = now; the known_max most recent kept).
+ * With `done` from the check, only what it reserved is released, the record deleted only if the
+ * check saw one, the conn sets it just added the session to are not written again (the score
+ * stays the check's time until the first heartbeat), and the time is the check's (scores,
+ * `heartbeat`): no TIME. A known network refreshed less than the slack ago (RL_DONE_KNOWN) is
+ * not refreshed again: every writer of known:{U} sets its TTL to known_ttl + slack (ARGV 7 is
+ * that sum), so it still lasts known_ttl after this success.
  * The per-user ceiling is not reset: a success from one place does not give a distributed
  * guesser a fresh allowance everywhere else. The whole hash is rewritten at every heartbeat, so
  * a Redis that lost its data has every live session back within one heartbeat.
  * -> the user's download total in the window. */
 const struct rl_script_text rl_lua_sess = {
     "sess",
-    "-- portcullis sess v3\n" LUA_NOW "local ttl = tonumber(ARGV[2])\n"
+    "-- portcullis sess v4\n" LUA_DONE_BITS "local ttl = tonumber(ARGV[2])\n"
     "local sid = ARGV[1]\n"
-    "redis.call('ZADD', KEYS[1], now, sid)\n"
-    "redis.call('PEXPIRE', KEYS[1], ttl * 2)\n"
-    "if #KEYS >= 9 then\n"
+    "local login = ARGV[3] == '1'\n"
+    "local tok = login and tonumber(ARGV[9]) or 0\n"
+    "local done = tok % D_TIME\n"
+    "local function did(bit) return done % (2 * bit) >= bit end\n"
+    "local all = not did(D_VALID)\n"
+    "local now\n"
+    "if all then\n"
+    "  local t = redis.call('TIME')\n"
+    "  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "else\n"
+    "  now = math.floor(tok / D_TIME)\n"
+    "end\n"
+    "if all or not did(D_CONN_U) then\n"
+    "  redis.call('ZADD', KEYS[1], now, sid)\n"
+    "  redis.call('PEXPIRE', KEYS[1], ttl * 2)\n"
+    "end\n"
+    "if #KEYS >= 9 and (all or not did(D_CONN_A)) then\n"
     "  redis.call('ZADD', KEYS[8], now, sid)\n"
     "  redis.call('PEXPIRE', KEYS[8], ttl * 2)\n"
     "end\n"
-    "if #ARGV > 8 then redis.call('HSET', KEYS[2], unpack(ARGV, 9)) end\n"
-    "redis.call('HSET', KEYS[2], 'heartbeat', tostring(now))\n"
+    "redis.call('HSET', KEYS[2], 'heartbeat', tostring(now), unpack(ARGV, 10))\n"
     "redis.call('PEXPIRE', KEYS[2], ttl)\n"
-    "if ARGV[3] == '1' then\n"
-    "  redis.call('ZREM', KEYS[5], sid)\n"
-    "  redis.call('ZREM', KEYS[6], sid)\n"
-    "  if #KEYS >= 9 then redis.call('ZREM', KEYS[9], sid) end\n"
+    "if login then\n"
+    "  if all or did(D_PEND_U) then redis.call('ZREM', KEYS[5], sid) end\n"
+    "  if all or did(D_PEND_UA) then redis.call('ZREM', KEYS[6], sid) end\n"
+    "  if #KEYS >= 9 and (all or did(D_PEND_A)) then redis.call('ZREM', KEYS[9], sid) end\n"
     "  local a, max = ARGV[6], tonumber(ARGV[8])\n"
     "  if a ~= '' then\n"
-    "    redis.call('DEL', KEYS[4])\n"
-    "    if max > 0 then\n"
-    "      redis.call('ZADD', KEYS[7], now, a)\n"
-    "      local n = redis.call('ZCARD', KEYS[7])\n"
-    "      if n > max then redis.call('ZREMRANGEBYRANK', KEYS[7], 0, n - max - 1) end\n"
+    "    if all or did(D_FAIL_UA) then redis.call('DEL', KEYS[4]) end\n"
+    "    if max > 0 and (all or not did(D_KNOWN)) then\n"
+    "      if redis.call('ZADD', KEYS[7], now, a) == 1 then\n"
+    "        local n = redis.call('ZCARD', KEYS[7])\n"
+    "        if n > max then redis.call('ZREMRANGEBYRANK', KEYS[7], 0, n - max - 1) end\n"
+    "      end\n"
     "      redis.call('PEXPIRE', KEYS[7], ARGV[7])\n"
     "    end\n"
     "  end\n"

@@ -58,7 +58,7 @@ struct rl_script_text {
     const char *text;
 };
 /* login: both scopes' limits and lock-outs, then the reservation and the route, in one
- * script -> {code, detail, scope, route kind, route backend} */
+ * script -> {code, detail, scope, route kind, route backend, done} */
 extern const struct rl_script_text rl_lua_login;
 /* fail: turn the reservations into failures, lock out with doubling back-off */
 extern const struct rl_script_text rl_lua_fail;
@@ -73,5 +73,21 @@ extern const struct rl_script_text rl_lua_close;
 
 /* Result codes of the check script. */
 enum rl_code { RL_OK = 0, RL_LOCKED = 1, RL_RATE = 2, RL_SESSIONS = 3 };
+
+/* `done`, the 6th field of an allowed check's answer and ARGV 9 of `sess` at login: what the
+ * login's result has to undo, as a sum of these bits (plain numbers: they are pasted into the
+ * Lua text), plus RL_DONE_TIME x the check's time (Redis TIME, ms; < 2^53 as Lua needs).
+ * Without RL_DONE_VALID (0: the check had no answer from Redis) `sess` does all. */
+#define RL_DONE_VALID   1   /* the rest is known */
+#define RL_DONE_CONN_U  2   /* reserved in conn:{U} */
+#define RL_DONE_CONN_A  4   /* reserved in conn:{A} */
+#define RL_DONE_PEND_U  8   /* reserved in pend:{U} */
+#define RL_DONE_PEND_UA 16  /* reserved in pend:{U}:A */
+#define RL_DONE_PEND_A  32  /* reserved in pend:{A} */
+#define RL_DONE_FAIL_UA 64  /* fail:{U}:A exists (or was not read) */
+#define RL_DONE_KNOWN   128 /* A is in known:{U}, refreshed less than the slack ago */
+#define RL_DONE_TIME    256 /* the multiplier of the check's time */
+#define RL_STR_(x)      #x
+#define RL_STR(x)       RL_STR_(x)
 
 #endif

@@ -20,15 +20,28 @@
 #include "plog.h"
 #include "policy_int.h"
 
+/* The scope tags of a registered session (struct pol_keys at their real size): they point
+ * into the entry's own `str`. */
+struct sess_keys {
+    const char *user; /* escaped */
+    const char *net;  /* the client network, "" = none */
+    const char *addr; /* address scope: `net`, or "" when exempt or none */
+    bool has_addr;
+    const char *sid;
+};
+
+/* One allocation: the struct and, in `str`, every string it keeps (the keys' tags and the
+ * registry fields), each at its real size. An idle session holds this for its whole life. */
 struct policy_sess {
     struct policy *p;
     struct policy_limits lim;
-    struct pol_keys k;
-    char *user;     /* owned: the name as the client sent it */
-    char *client;   /* owned */
-    char *backend;  /* owned */
-    char *instance; /* owned */
-    char *protocol; /* owned */
+    struct sess_keys k;
+    const char *user;     /* the name as the client sent it */
+    const char *client;   /* the registry fields, "-" when not known */
+    const char *backend;  /* */
+    const char *instance; /* */
+    const char *protocol; /* */
+    uint64_t done;        /* the check's `done` (RL_DONE_*), sent with the registration */
     uint64_t started;
     policy_kick_cb *kick;
     policy_bytes_cb *bytes;
@@ -42,6 +55,7 @@ struct policy_sess {
     uint64_t aff_ttl_ms;
     bool kicked; /* marked by a kick message, callback not yet run */
     struct policy_sess *prev, *next;
+    char str[];
 };
 
 static void heartbeat_cb(struct ev_loop *loop, ev_timer *t, int revents);
@@ -99,7 +113,8 @@ static bool send_sess(struct policy_sess *s, bool opening)
     char kc[RL_KEY_MAX], ks[RL_KEY_MAX], kb[RL_KEY_MAX], ac[RL_KEY_MAX], ap[RL_KEY_MAX];
     char suffix[POL_SID_MAX + 2];
     snprintf(suffix, sizeof suffix, ":%s", s->k.sid);
-    if (!pol_user_keys(p, &s->k, &uk) || !pol_key(p, kc, sizeof kc, "conn", s->k.user, "") ||
+    if (!pol_user_keys(p, s->k.user, s->k.net, &uk) ||
+        !pol_key(p, kc, sizeof kc, "conn", s->k.user, "") ||
         !pol_key(p, ks, sizeof ks, "sess", s->k.user, suffix) ||
         !pol_key(p, kb, sizeof kb, "rl", s->k.user, ":bytes"))
         return false;
@@ -109,7 +124,7 @@ static bool send_sess(struct policy_sess *s, bool opening)
     uint64_t cur = s->bytes ? s->bytes(s->arg) : s->flushed;
     uint64_t delta = cur > s->flushed ? cur - s->flushed : 0;
     bool counting = s->lim.download_limit > 0;
-    char ttl[24], d[24], win[24], kttl[24], kmax[24], started[24], total[24];
+    char ttl[24], d[24], win[24], kttl[24], kmax[24], done[24], started[24], total[24];
     const char *argv[40];
     size_t lens[40];
     int n = 0;
@@ -131,8 +146,9 @@ static bool send_sess(struct policy_sess *s, bool opening)
                           num(d, sizeof d, counting ? delta : 0),
                           num(win, sizeof win, counting ? s->lim.download_window_ms : 0),
                           s->k.net,
-                          num(kttl, sizeof kttl, pol_known_ttl(&s->lim)),
+                          num(kttl, sizeof kttl, pol_known_ttl(&s->lim) + pol_known_slack(&s->lim)),
                           num(kmax, sizeof kmax, s->lim.known_max),
+                          num(done, sizeof done, opening ? s->done : 0),
                           "user",
                           s->user,
                           "client",
@@ -176,9 +192,19 @@ void pol_sessions_resync(struct policy *p)
     heartbeat_cb(p->loop, &p->heartbeat, 0);
 }
 
-static char *dup_or_dash(const char *s)
+static const char *or_dash(const char *s)
 {
-    return strdup(s && *s ? s : "-");
+    return s && *s ? s : "-";
+}
+
+/* Copies `v` to *at, moves *at past it: the entry's `str` (policy_session_open). */
+static const char *put(char **at, const char *v)
+{
+    size_t n = strlen(v) + 1;
+    char *o = *at;
+    memcpy(o, v, n);
+    *at += n;
+    return o;
 }
 
 struct policy_sess *policy_session_open(struct policy *p, const struct policy_limits *lim,
@@ -186,22 +212,36 @@ struct policy_sess *policy_session_open(struct policy *p, const struct policy_li
                                         const struct policy_sess_info *info, policy_kick_cb *kick,
                                         policy_bytes_cb *bytes, void *arg)
 {
-    struct policy_sess *s = calloc(1, sizeof *s);
+    struct pol_keys k; /* fixed-size: on the stack only, the entry keeps its strings */
+    pol_scope_keys(p, lim, w, &k);
+    const char *v[] = {k.user,
+                       k.net,
+                       k.sid,
+                       or_dash(w->user),
+                       or_dash(info->client),
+                       or_dash(info->backend),
+                       or_dash(info->instance),
+                       or_dash(info->protocol)};
+    size_t len = 0;
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++)
+        len += strlen(v[i]) + 1;
+    struct policy_sess *s = calloc(1, sizeof *s + len);
     if (!s)
         return NULL;
+    char *at = s->str;
     s->p = p;
     s->lim = *lim;
-    pol_scope_keys(p, lim, w, &s->k);
-    s->user = dup_or_dash(w->user);
-    s->client = dup_or_dash(info->client);
-    s->backend = dup_or_dash(info->backend);
-    s->instance = dup_or_dash(info->instance);
-    s->protocol = dup_or_dash(info->protocol);
-    if (!s->user || !s->client || !s->backend || !s->instance || !s->protocol) {
-        s->p = NULL;
-        policy_session_close(&s);
-        return NULL;
-    }
+    s->k.user = put(&at, v[0]);
+    s->k.net = put(&at, v[1]);
+    s->k.has_addr = k.has_addr;
+    s->k.addr = k.has_addr ? s->k.net : "";
+    s->k.sid = put(&at, v[2]);
+    s->user = put(&at, v[3]);
+    s->client = put(&at, v[4]);
+    s->backend = put(&at, v[5]);
+    s->instance = put(&at, v[6]);
+    s->protocol = put(&at, v[7]);
+    s->done = w->done;
     s->started = info->started;
     s->kick = kick;
     s->bytes = bytes;
@@ -282,11 +322,6 @@ void policy_session_close(struct policy_sess **sp)
         }
     }
     free(s->aff);
-    free(s->user);
-    free(s->client);
-    free(s->backend);
-    free(s->instance);
-    free(s->protocol);
     free(s);
 }
 

@@ -45,6 +45,7 @@ struct sess_pol {
     /* routing, answered by the check itself (policy/route.c) */
     enum policy_route_kind route_kind;
     char route_backend[128];
+    uint64_t done; /* the allowed check's policy_verdict.done, for policy_session_open() */
 };
 
 static pthread_once_t hooks_once = PTHREAD_ONCE_INIT;
@@ -150,6 +151,7 @@ static void who(struct session *s, struct policy_who *w)
         .addr = inet ? sa : NULL,
         .addr_exempt = inet && cfg_cidr_match(p->exempt_nets, p->nexempt, sa),
         .sid = s->pol ? s->pol->sid : "",
+        .done = s->pol ? s->pol->done : 0,
     };
 }
 
@@ -189,6 +191,7 @@ static void on_verdict(void *arg, const struct policy_verdict *v)
 {
     struct session *s = arg;
     s->pol->req = NULL;
+    s->pol->done = v->done;
     if ((unsigned)v->result < MP__COUNT)
         atomic_fetch_add(&metrics.policy[v->result][v->scope == POLICY_SCOPE_ADDR], 1);
     if (v->degraded)

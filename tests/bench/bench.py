@@ -305,6 +305,9 @@ class Portcullis(Server):
             self.px.stop(10)
             self.pid = None
         if getattr(self, "redis", None):
+            if os.environ.get("BENCH_REDIS_STATS"):  # where redis-server's CPU goes, per command
+                for k in ("commandstats", "cpu", "stats"):
+                    print(self.redis.command("INFO", k), file=sys.stderr)
             self.redis.stop()
             self.redis = None
 

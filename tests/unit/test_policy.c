@@ -808,6 +808,148 @@ static void test_policy_lockout_model(void **state)
     ev_loop_destroy(loop);
 }
 
+static bool has_done(uint64_t done, unsigned bit)
+{
+    return (done % RL_DONE_TIME) & bit;
+}
+
+/* The check says what it reserved (`done`); the registration undoes exactly that, with the
+ * check's time, and leaves the same state as one that knows nothing (done = 0). Stale members
+ * of a session set are trimmed only when they would refuse; a fresh known network is not
+ * rewritten. */
+static void test_policy_done(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct policy_conf pc = {.use_redis = true,
+                             .redis = opts(),
+                             .prefix = "rd:",
+                             .heartbeat_ms = 60000,
+                             .session_ttl_ms = 120000,
+                             .local_entries = 100};
+    struct policy *p = policy_new(loop, &pc);
+    bool never = false;
+    run_until(loop, &never, 0.3);
+    assert_true(policy_redis_up(p));
+    struct sockaddr_in sa = v4("198.51.100.7");
+    struct policy_limits l = {.v4_prefix = 32,
+                              .v6_prefix = 64,
+                              .user_burst = 10,
+                              .user_interval_ms = 1000,
+                              .addr_burst = 10,
+                              .addr_interval_ms = 1000,
+                              .user_fail_limit = 10,
+                              .pair_fail_limit = 5,
+                              .addr_fail_limit = 10,
+                              .known_ttl_ms = 100000,
+                              .known_max = 4,
+                              .fail_window_ms = 60000,
+                              .lockout_ms = 1000,
+                              .lockout_max_ms = 5000,
+                              .user_max_sessions = 2,
+                              .addr_max_sessions = 5};
+    struct policy_sess_info info = {"198.51.100.7:1", "be1", "ut", "imap", 1};
+    struct policy_who w = {.user = "gail", .addr = (struct sockaddr *)&sa, .sid = "g0"};
+    /* a failure from the network: the record the success must delete */
+    struct policy_verdict v = check(loop, p, &l, &w);
+    assert_int_equal(v.result, POLICY_ALLOW);
+    policy_login_failed(p, &l, &w);
+    run_until(loop, &never, 0.1);
+    assert_int_equal(redis_int("EXISTS rd:fail:{gail}:ip:198.51.100.7/32"), 1);
+
+    w.sid = "g1";
+    v = check(loop, p, &l, &w);
+    assert_int_equal(v.result, POLICY_ALLOW);
+    const unsigned all = RL_DONE_VALID | RL_DONE_CONN_U | RL_DONE_CONN_A | RL_DONE_PEND_U |
+                         RL_DONE_PEND_UA | RL_DONE_PEND_A | RL_DONE_FAIL_UA;
+    assert_int_equal(v.done % RL_DONE_TIME, all); /* a new network: not known */
+    long long t1 = (long long)(v.done / RL_DONE_TIME);
+    assert_true(t1 > 0);
+    assert_int_equal(redis_int("ZSCORE rd:pend:{gail} g1"), t1);
+    assert_int_equal(redis_int("ZSCORE rd:pend:{ip:198.51.100.7/32} g1"), t1);
+    w.done = v.done;
+    struct policy_sess *s1 = policy_session_open(p, &l, &w, &info, NULL, NULL, NULL);
+    assert_non_null(s1);
+    run_until(loop, &never, 0.1);
+    assert_int_equal(redis_int("EXISTS rd:pend:{gail} rd:pend:{gail}:ip:198.51.100.7/32 "
+                               "rd:pend:{ip:198.51.100.7/32} rd:fail:{gail}:ip:198.51.100.7/32"),
+                     0);
+    assert_int_equal(redis_int("ZSCORE rd:conn:{gail} g1"), t1);
+    assert_int_equal(redis_int("ZSCORE rd:conn:{ip:198.51.100.7/32} g1"), t1);
+    assert_int_equal(redis_int("ZSCORE rd:known:{gail} ip:198.51.100.7/32"), t1);
+    assert_int_equal(redis_int("HGET rd:sess:{gail}:g1 heartbeat"), t1);
+    assert_true(redis_int("PTTL rd:known:{gail}") > 100000); /* known_ttl + slack */
+
+    /* the network is known now, and fresh: not rewritten by the next success */
+    w.sid = "g2";
+    v = check(loop, p, &l, &w);
+    assert_int_equal(v.result, POLICY_ALLOW);
+    assert_true(has_done(v.done, RL_DONE_KNOWN));
+    assert_false(has_done(v.done, RL_DONE_PEND_U) || has_done(v.done, RL_DONE_FAIL_UA));
+    w.done = v.done;
+    struct policy_sess *s2 = policy_session_open(p, &l, &w, &info, NULL, NULL, NULL);
+    run_until(loop, &never, 0.1);
+    assert_int_equal(redis_int("ZSCORE rd:known:{gail} ip:198.51.100.7/32"), t1);
+    assert_int_equal(redis_int("EXISTS rd:pend:{gail}:ip:198.51.100.7/32"), 0);
+    policy_session_close(&s2);
+
+    /* a registration that knows nothing of its check (done 0: no answer) does everything */
+    w.sid = "g3";
+    v = check(loop, p, &l, &w);
+    assert_int_equal(v.result, POLICY_ALLOW);
+    w.done = 0;
+    struct policy_sess *s3 = policy_session_open(p, &l, &w, &info, NULL, NULL, NULL);
+    run_until(loop, &never, 0.1);
+    assert_int_equal(redis_int("EXISTS rd:pend:{gail}:ip:198.51.100.7/32 "
+                               "rd:pend:{ip:198.51.100.7/32}"),
+                     0);
+    long long hb = redis_int("HGET rd:sess:{gail}:g3 heartbeat");
+    assert_true(hb >= (long long)(v.done / RL_DONE_TIME));
+    assert_int_equal(redis_int("ZSCORE rd:conn:{gail} g3"), hb);
+    assert_int_equal(redis_int("ZSCORE rd:known:{gail} ip:198.51.100.7/32"), hb);
+    policy_session_close(&s3);
+    run_until(loop, &never, 0.1);
+
+    /* a dead instance's member: kept below the cap, trimmed when it would refuse */
+    redis_do("ZADD rd:conn:{gail} 1 dead");
+    l.user_max_sessions = 3;
+    w.sid = "g4";
+    v = check(loop, p, &l, &w);
+    assert_int_equal(v.result, POLICY_ALLOW);
+    assert_int_equal(redis_int("ZSCORE rd:conn:{gail} dead"), 1);
+    policy_release(p, &l, &w);
+    run_until(loop, &never, 0.1);
+    l.user_max_sessions = 2; /* g1 + dead: at the cap until dead is trimmed */
+    w.sid = "g5";
+    v = check(loop, p, &l, &w);
+    assert_int_equal(v.result, POLICY_ALLOW);
+    assert_int_equal(redis_int("ZSCORE rd:conn:{gail} dead"), -1);
+    policy_release(p, &l, &w);
+    run_until(loop, &never, 0.1);
+
+    /* the bucket: `exp` belongs to its `ts`, and the TTL lasts until the bucket is full */
+    redisContext *c = sync_conn();
+    redisReply *rep = redisCommand(c, "HMGET rd:rl:{gail}:login:ip:198.51.100.7/32 tok ts exp");
+    assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(rep->element[2]->type, REDIS_REPLY_STRING);
+    double tok = atof(rep->element[0]->str);
+    char want[64];
+    snprintf(want, sizeof want, "%s:", rep->element[1]->str);
+    assert_memory_equal(rep->element[2]->str, want, strlen(want));
+    freeReplyObject(rep);
+    redisFree(c);
+    long long pttl = redis_int("PTTL rd:rl:{gail}:login:ip:198.51.100.7/32");
+    assert_true(pttl >= (long long)((10 - tok) * 1000) + 1000 - 500); /* 0.5 s of test time */
+    assert_true(pttl <= (long long)((10 - tok) * 1000) + 1000 + 16 * 1000);
+
+    policy_session_close(&s1);
+    run_until(loop, &never, 0.1);
+    assert_int_equal(redis_int("EXISTS rd:sess:{gail}:g1"), 0);
+    assert_int_equal(redis_int("ZCARD rd:conn:{gail}"), 0);
+    policy_free(&p);
+    ev_loop_destroy(loop);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -822,6 +964,7 @@ int main(void)
         cmocka_unit_test(test_rds_eval_noscript_timeout_reconnect),
         cmocka_unit_test(test_policy_scripts),
         cmocka_unit_test(test_policy_lockout_model),
+        cmocka_unit_test(test_policy_done),
     };
     int rc = cmocka_run_group_tests_name("policy", pure, NULL, NULL);
     rc += cmocka_run_group_tests_name("policy_redis", live, setup_redis, teardown_redis);

@@ -55,7 +55,7 @@ static bool original_destination(struct session *s, struct sockaddr_storage *dst
         /* TPROXY: the local address is where the client wanted to go. */
         *dst = s->pre->local_sa;
         *len_r = s->pre->local_sa.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                                   : sizeof(struct sockaddr_in);
+                                                        : sizeof(struct sockaddr_in);
     }
     /* A client that connected to the listener itself has no other destination: refusing it
      * avoids connecting to ourselves in a loop (each hop would accept and connect again). */

@@ -382,7 +382,7 @@ def test_relay_reads_and_ends_through_the_batching_bio(proxy_factory, certs, tls
     finally:
         if ending == "close_notify":
             try:
-                s.unwrap()  # close_notify, then the proxy's in answer
+                s.unwrap()  # close_notify, and the proxy's own in answer
             except (OSError, ssl.SSLError):
                 pass
             s.close()

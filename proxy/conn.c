@@ -28,6 +28,8 @@
  * the BIO and keeps them for the connection's life (+8 KB or more per idle session), and it has
  * no way to give its storage back when empty. Measured on FETCH through TLS (docs/benchmarks.md):
  * 64 writes per MB before (one per record), about 18 after with the 64 KB default.
+ * After the handshake the same BIO also reads (as the socket BIO did), so a TLS connection
+ * carries one BIO, not two (issue 19: ~0.2 KB per idle session).
  */
 #include "conn.h"
 #include "tls.h"
@@ -163,6 +165,31 @@ static int batch_write(BIO *b, const char *p, int len)
     return (int)n;
 }
 
+/* Reading, as OpenSSL's socket BIO does (read(), retry on EAGAIN/EINTR, EOF flagged for
+ * BIO_eof), so that one BIO serves both directions after the handshake: the socket BIO, with its
+ * lock, is freed (issue 19: memory per idle session). */
+static int batch_read(BIO *b, char *out, int len)
+{
+    struct conn *c = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (!c || c->fd < 0) {
+        errno = EBADF;
+        return -1;
+    }
+    if (!out || len <= 0)
+        return 0;
+    errno = 0;
+    ssize_t n = read(c->fd, out, (size_t)len);
+    if (n <= 0) {
+        if (BIO_sock_should_retry((int)n))
+            BIO_set_retry_read(b);
+        else if (n == 0)
+            BIO_set_flags(b, BIO_FLAGS_IN_EOF);
+        return n < 0 ? -1 : 0;
+    }
+    return (int)n;
+}
+
 static long batch_ctrl(BIO *b, int cmd, long num, void *ptr)
 {
     (void)num;
@@ -177,6 +204,8 @@ static long batch_ctrl(BIO *b, int cmd, long num, void *ptr)
         return 1;
     case BIO_CTRL_WPENDING:
         return c ? (long)buf_len(&c->tls_out) : 0;
+    case BIO_CTRL_EOF:
+        return BIO_test_flags(b, BIO_FLAGS_IN_EOF) != 0;
     default:
         return 0;
     }
@@ -194,15 +223,17 @@ static void batch_method_init(void)
 {
     batch_type = BIO_get_new_index() | BIO_TYPE_SOURCE_SINK;
     BIO_METHOD *m = BIO_meth_new(batch_type, "portcullis batch");
-    if (m && BIO_meth_set_write(m, batch_write) && BIO_meth_set_ctrl(m, batch_ctrl) &&
-        BIO_meth_set_create(m, batch_create))
+    if (m && BIO_meth_set_write(m, batch_write) && BIO_meth_set_read(m, batch_read) &&
+        BIO_meth_set_ctrl(m, batch_ctrl) && BIO_meth_set_create(m, batch_create))
         batch_method = m;
     else
         BIO_meth_free(m);
 }
 
-/* After the handshake: OpenSSL's writes go to tls_out. On failure the socket BIO stays (each
- * record is then written as OpenSSL makes it — slower, not wrong). */
+/* After the handshake: OpenSSL's writes go to tls_out, and its reads come through the same BIO.
+ * On failure the socket BIO stays (each record is then written as OpenSSL makes it — slower,
+ * not wrong). The socket BIO holds no bytes of its own (read-ahead data is in the SSL's read
+ * buffer), so replacing it between two reads loses nothing. */
 static void batch_install(struct conn *c)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -213,8 +244,11 @@ static void batch_install(struct conn *c)
         return;
     BIO_set_data(b, c);
     /* SSL_set_fd put one socket BIO in both places with a reference for each (SSL_set_bio);
-     * SSL_set0_wbio drops the wbio's, and the rbio keeps its own. */
+     * SSL_set0_wbio drops the wbio's, SSL_set0_rbio the rbio's (which frees it), and the batch
+     * BIO gets one reference for each place (SSL_free releases both). */
     SSL_set0_wbio(c->ssl, b);
+    if (BIO_up_ref(b) == 1)
+        SSL_set0_rbio(c->ssl, b);
 }
 
 /* Before the SSL goes: the batching BIO must not point at this conn any more. */

@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdlib.h>
 
 #include "buf.h"
 #include "creds.h"
@@ -63,6 +64,15 @@ struct imap_login {
     char *post_caps; /* backend's post-login capabilities, filtered (owned) */
 };
 
+/* A SELECT/EXAMINE whose mailbox name comes as a literal, while its bytes pass (imap_relay.c).
+ * Allocated only then: an idle session does not carry it (issue 19). */
+struct imap_sel_lit {
+    char *name;                 /* the bytes so far (room for want + NUL) */
+    size_t len;                 /* ... so far */
+    size_t want;                /* ... announced (<= IMAP_ALLOW_MAILBOX_MAX) */
+    char tag[IMAP_TAG_MAX + 1]; /* the command's tag */
+};
+
 struct imap_state {
     struct imap_login *lg; /* owned; NULL once the session relays */
 
@@ -94,12 +104,18 @@ struct imap_state {
     /* issue 15 session model (imap_allow.c) */
     int idle;                        /* enum relay_idle in imap_relay.c */
     char idle_tag[IMAP_TAG_MAX + 1]; /* tag of the IDLE command in progress */
-    char *sel_lit;                   /* SELECT/EXAMINE whose name is a literal: its bytes */
-    size_t sel_lit_len;              /* ... so far */
-    size_t sel_lit_want;             /* ... announced (<= IMAP_ALLOW_MAILBOX_MAX) */
-    char sel_tag[IMAP_TAG_MAX + 1];  /* ... and its tag */
+    struct imap_sel_lit *sel_lit;    /* SELECT/EXAMINE whose name is a literal, or NULL */
     struct imap_scan *sc;            /* FETCH content scanning (imap_scan.c), NULL when off */
 };
+
+static inline void imap_sel_lit_free(struct imap_sel_lit **slp)
+{
+    if (*slp) {
+        free((*slp)->name);
+        free(*slp);
+        *slp = NULL;
+    }
+}
 
 static inline struct imap_state *imap_st(struct session *s)
 {

@@ -150,12 +150,12 @@ static void send_id(struct session *s)
     struct imap_state *st = imap_st(s);
     char lip[INET6_ADDRSTRLEN] = "";
     unsigned lport = 0;
-    if (s->local_sa.ss_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)&s->local_sa;
+    if (s->pre->local_sa.ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&s->pre->local_sa;
         inet_ntop(AF_INET, &in->sin_addr, lip, sizeof lip);
         lport = ntohs(in->sin_port);
-    } else if (s->local_sa.ss_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&s->local_sa;
+    } else if (s->pre->local_sa.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&s->pre->local_sa;
         inet_ntop(AF_INET6, &in6->sin6_addr, lip, sizeof lip);
         lport = ntohs(in6->sin6_port);
     }
@@ -444,8 +444,8 @@ void imap_backend_event(struct session *s, int events)
         /* The dialer: connected (TLS done if implicit), or the STARTTLS handshake done. */
         if (!(events & SESS_EV_DIALED))
             return;
-        if (s->dial.result != BACKEND_DIAL_OK) {
-            fail(s, s->dial.result == BACKEND_DIAL_REFUSED, backend_dial_why(&s->dial));
+        if (s->pre->dial.result != BACKEND_DIAL_OK) {
+            fail(s, s->pre->dial.result == BACKEND_DIAL_REFUSED, backend_dial_why(&s->pre->dial));
             return;
         }
         c->reading = true;

@@ -136,7 +136,7 @@ static void imap_destroy(struct session *s)
     struct imap_state *st = imap_st(s);
     imap_scan_free(s); /* issue 4 */
     free_login(s, st);
-    free(st->sel_lit);
+    imap_sel_lit_free(&st->sel_lit);
     buf_free(&st->inject);
     free(st);
     s->pstate = NULL;

@@ -230,8 +230,7 @@ static void release_up(struct buf *b, struct imap_state *st, size_t keep)
 static void end_command(struct imap_state *st)
 {
     /* a SELECT literal not collected (the backend refused it) names nothing later */
-    free(st->sel_lit);
-    st->sel_lit = NULL;
+    imap_sel_lit_free(&st->sel_lit);
     st->up_hold_line = false;
     st->up_classified = false;
     st->up_cmd_open = false;
@@ -322,15 +321,18 @@ static bool note_select(struct session *s, const struct imap_allow_cmd *c)
         return true;
     if (c->mbox_literal) {
         /* The name comes as the literal's bytes: collected as they pass (relay_up). */
-        free(st->sel_lit);
-        st->sel_lit = malloc(c->mbox_litlen + 1);
-        if (!st->sel_lit) {
+        imap_sel_lit_free(&st->sel_lit);
+        struct imap_sel_lit *sl = calloc(1, sizeof *sl);
+        if (sl)
+            sl->name = malloc(c->mbox_litlen + 1);
+        if (!sl || !sl->name) {
+            free(sl);
             sess_end(s, "out of memory", "Internal error.");
             return false;
         }
-        st->sel_lit_len = 0;
-        st->sel_lit_want = (size_t)c->mbox_litlen;
-        snprintf(st->sel_tag, sizeof st->sel_tag, "%s", st->up_tag);
+        sl->want = (size_t)c->mbox_litlen;
+        snprintf(sl->tag, sizeof sl->tag, "%s", st->up_tag);
+        st->sel_lit = sl;
         imap_scan_unselect(s);
         return true;
     }
@@ -354,28 +356,32 @@ static bool note_select(struct session *s, const struct imap_allow_cmd *c)
 static void collect_select_literal(struct session *s, const char *p, size_t n, bool end)
 {
     struct imap_state *st = imap_st(s);
-    if (!st->sel_lit)
+    struct imap_sel_lit *sl = st->sel_lit;
+    if (!sl)
         return;
-    size_t room = st->sel_lit_want - st->sel_lit_len;
+    size_t room = sl->want - sl->len;
     if (n > room)
         n = room;
-    memcpy(st->sel_lit + st->sel_lit_len, p, n);
-    st->sel_lit_len += n;
+    memcpy(sl->name + sl->len, p, n);
+    sl->len += n;
     if (!end)
         return;
-    char *name = st->sel_lit;
     st->sel_lit = NULL;
+    char *name = sl->name;
+    size_t len = sl->len;
+    char tag[IMAP_TAG_MAX + 1];
+    memcpy(tag, sl->tag, sizeof tag);
+    free(sl);
     /* a NUL, CR or LF cannot be named on the scan fetcher's connection (a quoted string) */
-    if (memchr(name, '\0', st->sel_lit_len) || memchr(name, '\r', st->sel_lit_len) ||
-        memchr(name, '\n', st->sel_lit_len)) {
+    if (memchr(name, '\0', len) || memchr(name, '\r', len) || memchr(name, '\n', len)) {
         free(name);
         name = NULL;
     } else {
-        name[st->sel_lit_len] = '\0';
-        if (st->sel_lit_len == 5 && strncasecmp(name, "INBOX", 5) == 0)
+        name[len] = '\0';
+        if (len == 5 && strncasecmp(name, "INBOX", 5) == 0)
             memcpy(name, "INBOX", 5);
     }
-    imap_scan_select(s, st->sel_tag, name);
+    imap_scan_select(s, tag, name);
 }
 
 /* A line other than DONE during IDLE: the backend gets our DONE (never that line) and the

@@ -361,8 +361,8 @@ void pop3_backend_event(struct session *s, int events)
         /* The dialer: connected (TLS done if implicit), or the STLS handshake done. */
         if (!(events & SESS_EV_DIALED))
             return;
-        if (s->dial.result != BACKEND_DIAL_OK) {
-            fail(s, s->dial.result == BACKEND_DIAL_REFUSED, backend_dial_why(&s->dial));
+        if (s->pre->dial.result != BACKEND_DIAL_OK) {
+            fail(s, s->pre->dial.result == BACKEND_DIAL_REFUSED, backend_dial_why(&s->pre->dial));
             return;
         }
         c->reading = true;

@@ -217,6 +217,9 @@ static enum sess_lookup_route dynamic(struct session *s, const char **why_r)
     const struct route_target *t = &sl->target;
     const struct cfg_routing *r = &s->cfg->routing;
     uint16_t port = t->port ? t->port : template_port(s);
+    struct sess_be_own *o = sess_be_own(s);
+    if (!o)
+        return failed(s, "out of memory", why_r);
     sl->dyn = route_dyn_acquire(t->host, port, &t->addr, t->addrlen, r->max_dynamic_backends,
                                 (double)r->dynamic_idle_timeout_ms / 1000.);
     if (!sl->dyn)
@@ -224,7 +227,7 @@ static enum sess_lookup_route dynamic(struct session *s, const char **why_r)
     const struct cfg_dynamic_backend *db = &r->dynamic_backend;
     snprintf(sl->be_name, sizeof sl->be_name, "%s", sl->dyn->name);
     snprintf(sl->be_host, sizeof sl->be_host, "%s", t->host);
-    struct cfg_backend *b = &s->be_orig;
+    struct cfg_backend *b = &o->be;
     *b = (struct cfg_backend){.name = sl->be_name,
                               .host = sl->be_host,
                               .port = port,

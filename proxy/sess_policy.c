@@ -31,21 +31,26 @@
 #include "session.h"
 #include "worker.h"
 
-struct sess_pol {
-    struct policy_req *req;  /* check in flight */
-    struct policy_sess *reg; /* registered (logged in) */
-    bool checked;            /* a check was sent: a slot may be reserved */
-    bool blocked_logged;
-    ev_tstamp login_at; /* the login command arrived (0: none in flight), for the histogram */
-    ev_timer deny;      /* answers an address refusal from the loop */
-    ev_timer allow;     /* allows a login without a policy object from the loop */
+/* The login check: from the first login command until the relay starts (sess_policy_relay),
+ * so that a relayed session keeps only struct sess_pol (issue 19: memory per idle session). */
+struct sess_pol_login {
+    struct policy_req *req; /* check in flight */
+    bool checked;           /* a check was sent: a slot may be reserved */
+    ev_tstamp login_at;     /* the login command arrived (0: none in flight), for the histogram */
+    ev_timer deny;          /* answers an address refusal from the loop */
+    ev_timer allow;         /* allows a login without a policy object from the loop */
     sess_login_allowed *allowed;
     sess_login_refused *refused;
-    char sid[128];
     /* routing, answered by the check itself (policy/route.c) */
     enum policy_route_kind route_kind;
     char route_backend[128];
     uint64_t done; /* the allowed check's policy_verdict.done, for policy_session_open() */
+};
+
+struct sess_pol {
+    struct policy_sess *reg;   /* registered (logged in) */
+    struct sess_pol_login *lg; /* NULL once the relay started */
+    bool blocked_logged;
 };
 
 static pthread_once_t hooks_once = PTHREAD_ONCE_INIT;
@@ -144,14 +149,16 @@ static void limits(const struct config *cfg, struct policy_limits *l)
 static void who(struct session *s, struct policy_who *w)
 {
     const struct cfg_policy *p = &s->cfg->policy;
-    const struct sockaddr *sa = (const struct sockaddr *)&s->client_sa;
-    bool inet = sa->sa_family == AF_INET || sa->sa_family == AF_INET6;
+    /* The address is known until the relay starts, which is as long as the policy asks for
+     * it (check, failure, release: all before the relay). */
+    const struct sockaddr *sa = s->pre ? (const struct sockaddr *)&s->pre->client_sa : NULL;
+    bool inet = sa && (sa->sa_family == AF_INET || sa->sa_family == AF_INET6);
     *w = (struct policy_who){
         .user = s->user,
         .addr = inet ? sa : NULL,
         .addr_exempt = inet && cfg_cidr_match(p->exempt_nets, p->nexempt, sa),
-        .sid = s->pol ? s->pol->sid : "",
-        .done = s->pol ? s->pol->done : 0,
+        .sid = s->sid,
+        .done = s->pol && s->pol->lg ? s->pol->lg->done : 0,
     };
 }
 
@@ -162,7 +169,7 @@ static bool is_pop3(const struct session *s)
 
 static void refuse(struct session *s, const char *imap, const char *pop3)
 {
-    sess_login_refused *cb = s->pol->refused;
+    sess_login_refused *cb = s->pol->lg->refused;
     cb(s, is_pop3(s) ? pop3 : imap);
     if (!s->closing)
         sess_pump(s);
@@ -190,8 +197,9 @@ _Static_assert(MP_ALLOW == (int)POLICY_ALLOW && MP_LOCKED == (int)POLICY_LOCKED 
 static void on_verdict(void *arg, const struct policy_verdict *v)
 {
     struct session *s = arg;
-    s->pol->req = NULL;
-    s->pol->done = v->done;
+    struct sess_pol_login *lg = s->pol->lg;
+    lg->req = NULL;
+    lg->done = v->done;
     if ((unsigned)v->result < MP__COUNT)
         atomic_fetch_add(&metrics.policy[v->result][v->scope == POLICY_SCOPE_ADDR], 1);
     if (v->degraded)
@@ -202,14 +210,14 @@ static void on_verdict(void *arg, const struct policy_verdict *v)
         if (v->degraded)
             sess_log(s, LOG_DEBUG,
                      "event=policy_degraded note=\"local limits (Redis unavailable)\"");
-        s->pol->route_kind = v->route_kind;
-        snprintf(s->pol->route_backend, sizeof s->pol->route_backend, "%s", v->route_backend);
-        s->pol->allowed(s);
+        lg->route_kind = v->route_kind;
+        snprintf(lg->route_backend, sizeof lg->route_backend, "%s", v->route_backend);
+        lg->allowed(s);
         if (!s->closing)
             sess_pump(s);
         return;
     }
-    s->pol->checked = false; /* the policy released what the check may have reserved */
+    lg->checked = false; /* the policy released what the check may have reserved */
     sess_event(s, &(struct sess_event){.kind = SEV_LOGIN_REFUSED,
                                        .reason = refusal_reason(v->result),
                                        .scope = v->scope == POLICY_SCOPE_USER   ? "user"
@@ -235,7 +243,7 @@ static void on_verdict(void *arg, const struct policy_verdict *v)
 
 const char *sess_route_backend(struct session *s, bool *pinned_r, const char **kind_r)
 {
-    struct sess_pol *sp = s->pol;
+    struct sess_pol_login *sp = s->pol ? s->pol->lg : NULL;
     if (!sp || sp->route_kind == POLICY_ROUTE_NONE || !sp->route_backend[0])
         return NULL;
     *pinned_r = sp->route_kind == POLICY_ROUTE_OVERRIDE;
@@ -262,7 +270,7 @@ static void allow_cb(struct ev_loop *loop, ev_timer *t, int revents)
     struct session *s = t->data;
     if (s->closing)
         return;
-    s->pol->allowed(s);
+    s->pol->lg->allowed(s);
     if (!s->closing)
         sess_pump(s);
 }
@@ -275,18 +283,25 @@ void sess_login_check(struct session *s, sess_login_allowed *allowed, sess_login
             sess_close(s, "out of memory");
             return;
         }
-        snprintf(s->pol->sid, sizeof s->pol->sid, "%s", s->sid); /* the log's sess= */
-        ev_init(&s->pol->deny, deny_cb);
-        s->pol->deny.data = s;
-        ev_init(&s->pol->allow, allow_cb);
-        s->pol->allow.data = s;
     }
-    struct sess_pol *sp = s->pol;
+    if (!s->pol->lg) {
+        struct sess_pol_login *lg = calloc(1, sizeof *lg);
+        if (!lg) {
+            sess_close(s, "out of memory");
+            return;
+        }
+        ev_init(&lg->deny, deny_cb);
+        lg->deny.data = s;
+        ev_init(&lg->allow, allow_cb);
+        lg->allow.data = s;
+        s->pol->lg = lg;
+    }
+    struct sess_pol_login *sp = s->pol->lg;
     sp->login_at = ev_now(s->worker->loop);
     sp->allowed = allowed;
     sp->refused = refused;
     const struct cfg_policy *p = &s->cfg->policy;
-    const struct sockaddr *sa = (const struct sockaddr *)&s->client_sa;
+    const struct sockaddr *sa = (const struct sockaddr *)&s->pre->client_sa;
     bool inet = sa->sa_family == AF_INET || sa->sa_family == AF_INET6;
     if (inet && (cfg_cidr_match(p->deny_nets, p->ndeny, sa) ||
                  (p->nallow && !cfg_cidr_match(p->allow_nets, p->nallow, sa)))) {
@@ -334,13 +349,14 @@ static uint64_t bytes_out(void *arg)
 void sess_login_result(struct session *s, bool ok, bool auth_failure)
 {
     struct sess_pol *sp = s->pol;
+    struct sess_pol_login *lg = sp ? sp->lg : NULL;
     struct policy *p = s->worker->policy;
-    if (sp && sp->login_at > 0) {
+    if (lg && lg->login_at > 0) {
         metrics_observe_login(s->worker->id, s->listener->protocol,
-                              ev_now(s->worker->loop) - sp->login_at);
-        sp->login_at = 0;
+                              ev_now(s->worker->loop) - lg->login_at);
+        lg->login_at = 0;
     }
-    if (!sp || !p || !s->user)
+    if (!lg || !p || !s->user)
         return;
     struct policy_limits l;
     struct policy_who w;
@@ -351,7 +367,7 @@ void sess_login_result(struct session *s, bool ok, bool auth_failure)
             policy_login_failed(p, &l, &w);
         else
             policy_release(p, &l, &w);
-        sp->checked = false;
+        lg->checked = false;
         return;
     }
     char client[INET6_ADDRSTRLEN + 8];
@@ -365,7 +381,7 @@ void sess_login_result(struct session *s, bool ok, bool auth_failure)
     };
     policy_session_close(&sp->reg);
     sp->reg = policy_session_open(p, &l, &w, &info, on_kick, bytes_out, s);
-    sp->checked = false;
+    lg->checked = false;
 }
 
 void sess_login_passed_on(struct session *s, const char *code, const char *text,
@@ -398,22 +414,36 @@ void sess_policy_close(struct session *s)
     if (!sp)
         return;
     s->pol = NULL;
-    ev_timer_stop(s->worker->loop, &sp->deny);
-    ev_timer_stop(s->worker->loop, &sp->allow);
-    policy_cancel(&sp->req);
+    struct sess_pol_login *lg = sp->lg;
+    if (lg) {
+        ev_timer_stop(s->worker->loop, &lg->deny);
+        ev_timer_stop(s->worker->loop, &lg->allow);
+        policy_cancel(&lg->req);
+    }
     /* Affinity outlives the session for policy.affinity_ttl: the user's next session, from
      * any device and any instance, goes to the same server (written by the close script). */
     if (s->logged_in && s->be && s->be_index >= 0 && s->cfg)
         policy_session_affinity(sp->reg, s->be->name, s->cfg->policy.affinity_ttl_ms);
     policy_session_close(&sp->reg);
-    if (sp->checked && s->worker->policy && s->user && s->cfg) {
+    if (lg && lg->checked && s->worker->policy && s->user && s->cfg) {
         struct policy_limits l;
         struct policy_who w;
         limits(s->cfg, &l);
-        s->pol = sp; /* who() reads the sid */
         who(s, &w);
-        s->pol = NULL;
         policy_release(s->worker->policy, &l, &w);
     }
+    free(lg);
     free(sp);
+}
+
+void sess_policy_relay(struct session *s)
+{
+    struct sess_pol *sp = s->pol;
+    struct sess_pol_login *lg = sp ? sp->lg : NULL;
+    /* The login was allowed and counted (sess_login_result): nothing is in flight or reserved,
+     * and no login check comes after it. Kept if that ever is not so. */
+    if (!lg || lg->req || lg->checked || ev_is_active(&lg->deny) || ev_is_active(&lg->allow))
+        return;
+    sp->lg = NULL;
+    free(lg);
 }

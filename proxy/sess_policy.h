@@ -48,5 +48,7 @@ bool sess_policy_download_blocked(struct session *s);
 const char *sess_route_backend(struct session *s, bool *pinned_r, const char **kind_r);
 /* From sess_close(): cancel, release or unregister. */
 void sess_policy_close(struct session *s);
+/* The relay starts: free the login check's state (the registry entry stays). */
+void sess_policy_relay(struct session *s);
 
 #endif

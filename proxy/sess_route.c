@@ -83,11 +83,11 @@ static void dial_log(struct backend_dial *d, enum log_level lvl, const char *msg
 
 static void dial_done(struct backend_dial *d);
 
-/* The dialer is set up on first use: a zeroed one (calloc'd session) is idle, and cancelling
- * it at close is a no-op. */
+/* The dialer is set up on first use: a zeroed one (calloc'd s->pre) is idle, and cancelling
+ * it at close is a no-op. Only before the relay (s->pre is freed when it starts). */
 static struct backend_dial *dialer(struct session *s)
 {
-    struct backend_dial *d = &s->dial;
+    struct backend_dial *d = &s->pre->dial;
     if (!d->loop)
         backend_dial_init(d, s->worker->loop, &s->backend, dial_done, dial_log, s);
     return d;
@@ -102,8 +102,8 @@ static void dial(struct session *s)
     d->state = s->be_state;
     d->fall = s->cfg->health.fall;
     d->ctx = s->be_ctx;
-    d->client_sa = &s->client_sa;
-    d->local_sa = &s->local_sa;
+    d->client_sa = &s->pre->client_sa;
+    d->local_sa = &s->pre->local_sa;
     d->bind_client = s->listener->transparent_source;
     d->connect_timeout = (double)s->cfg->limits.backend_connect_timeout_ms / 1000.0;
     d->tls_timeout = (double)s->cfg->limits.backend_login_timeout_ms / 1000.0;

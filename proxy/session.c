@@ -83,7 +83,7 @@ void sess_set_state(struct session *s, enum sess_state st)
     s->state = st;
     static const char *names[] = {"tls handshake", "pre-auth", "starttls",
                                   "backend login", "relay",    "closing"};
-    snprintf(s->action, sizeof s->action, "%s", names[st]);
+    s->action = names[st];
 }
 
 void sess_set_deadline(struct session *s, double secs)
@@ -143,7 +143,7 @@ static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
             sess_pump(s);
         return;
     default:
-        sess_log(s, LOG_INFO, "event=timeout phase=%s", s->action);
+        sess_log(s, LOG_INFO, "event=timeout phase=%s", s->action ? s->action : "");
         sess_end(s, "timeout", "Timeout; closing connection");
         return;
     }
@@ -166,6 +166,20 @@ static void peer_to_text(struct session *s, const struct sockaddr *sa)
 
 static void sess_begin(struct session *s);
 
+/* A dial in flight must not report into a session that ends (no-op when none). */
+static void sess_dial_cancel(struct session *s)
+{
+    if (s->pre)
+        backend_dial_cancel(&s->pre->dial);
+}
+
+struct sess_be_own *sess_be_own(struct session *s)
+{
+    if (!s->be_own)
+        s->be_own = calloc(1, sizeof *s->be_own);
+    return s->be_own;
+}
+
 static void proxy_hdr_cb(struct ev_loop *loop, ev_io *io, int revents)
 {
     (void)revents;
@@ -176,7 +190,7 @@ static void proxy_hdr_cb(struct ev_loop *loop, ev_io *io, int revents)
         return;
     if (n <= 0) {
         ev_io_stop(loop, io);
-        s->proxy_hdr_pending = false;
+        s->pre->proxy_hdr_pending = false;
         sess_close(s, "client disconnected");
         return;
     }
@@ -187,7 +201,7 @@ static void proxy_hdr_cb(struct ev_loop *loop, ev_io *io, int revents)
     if (r == PROXY_MORE && (size_t)n < sizeof buf)
         return;
     ev_io_stop(loop, io);
-    s->proxy_hdr_pending = false;
+    s->pre->proxy_hdr_pending = false;
     if (r != PROXY_DONE) {
         sess_event(s, &(struct sess_event){.kind = SEV_REFUSED,
                                            .reason = SR_BAD_PROXY_HEADER,
@@ -202,8 +216,8 @@ static void proxy_hdr_cb(struct ev_loop *loop, ev_io *io, int revents)
     if (!pa.local) {
         char was[LOG_HOSTPORT_MAX];
         log_hostport(was, sizeof was, s->client_ip, s->client_port);
-        s->client_sa = pa.src;
-        s->local_sa = pa.dst;
+        s->pre->client_sa = pa.src;
+        s->pre->local_sa = pa.dst;
         peer_to_text(s, (const struct sockaddr *)&pa.src);
         sess_log(s, LOG_DEBUG, "event=proxy_header balancer=%s", was);
     }
@@ -238,10 +252,13 @@ bool sess_accept(struct worker *w, int fd, const struct cfg_listener *l, struct 
                  const struct sockaddr *peer, socklen_t peerlen)
 {
     struct session *s = calloc(1, sizeof *s);
-    if (!s) {
+    struct sess_pre *pre = s ? calloc(1, sizeof *pre) : NULL;
+    if (!pre) {
+        free(s);
         close(fd);
         return false;
     }
+    s->pre = pre;
     sess_id_init(s);
     s->worker = w;
     s->rt = rt_ref(rt);
@@ -254,10 +271,11 @@ bool sess_accept(struct worker *w, int fd, const struct cfg_listener *l, struct 
         atomic_fetch_add(&metrics.listener[s->lidx].accepted, 1);
         atomic_fetch_add(&metrics.listener[s->lidx].active, 1);
     }
-    memcpy(&s->client_sa, peer, peerlen < sizeof s->client_sa ? peerlen : sizeof s->client_sa);
-    if (!bound_address(l, &s->local_sa)) {
-        socklen_t ll = sizeof s->local_sa;
-        getsockname(fd, (struct sockaddr *)&s->local_sa, &ll);
+    memcpy(&pre->client_sa, peer,
+           peerlen < sizeof pre->client_sa ? peerlen : sizeof pre->client_sa);
+    if (!bound_address(l, &pre->local_sa)) {
+        socklen_t ll = sizeof pre->local_sa;
+        getsockname(fd, (struct sockaddr *)&pre->local_sa, &ll);
     }
     peer_to_text(s, peer);
     const struct cfg_limits *lim = &s->cfg->limits;
@@ -289,10 +307,10 @@ bool sess_accept(struct worker *w, int fd, const struct cfg_listener *l, struct 
         }
         /* The header is read with MSG_PEEK before anything else touches the socket, so not one
          * byte of the TLS handshake or the client's first command is taken with it. */
-        s->proxy_hdr_pending = true;
-        ev_io_init(&s->pp_io, proxy_hdr_cb, fd, EV_READ);
-        s->pp_io.data = s;
-        ev_io_start(w->loop, &s->pp_io);
+        pre->proxy_hdr_pending = true;
+        ev_io_init(&pre->pp_io, proxy_hdr_cb, fd, EV_READ);
+        pre->pp_io.data = s;
+        ev_io_start(w->loop, &pre->pp_io);
         sess_set_deadline(s, (double)s->cfg->tls.handshake_timeout_ms / 1000.0);
         return true;
     }
@@ -306,7 +324,7 @@ static void sess_begin(struct session *s)
     const struct cfg_listener *l = s->listener;
     const struct cfg_limits *lim = &s->cfg->limits;
     /* Counted by the real client (after a PROXY header), exempt networks aside. */
-    const struct sockaddr *ca = (const struct sockaddr *)&s->client_sa;
+    const struct sockaddr *ca = (const struct sockaddr *)&s->pre->client_sa;
     if (!cfg_cidr_match(s->cfg->policy.exempt_nets, s->cfg->policy.nexempt, ca)) {
         if (!addrcap_acquire(ca, lim->max_connections_per_address, &s->addr_slot)) {
             sess_event(s, &(struct sess_event){.kind = SEV_REFUSED,
@@ -403,9 +421,9 @@ void sess_close(struct session *s, const char *reason)
     if (s->proto && s->pstate && s->proto->stop)
         s->proto->stop(s);
     sess_policy_close(s); /* cancel a policy check, unregister (issue 5) */
-    if (s->proxy_hdr_pending) {
-        ev_io_stop(s->worker->loop, &s->pp_io);
-        s->proxy_hdr_pending = false;
+    if (s->pre && s->pre->proxy_hdr_pending) {
+        ev_io_stop(s->worker->loop, &s->pre->pp_io);
+        s->pre->proxy_hdr_pending = false;
     }
     if (s->be_counted) {
         atomic_fetch_sub(&s->be_state->active, 1);
@@ -439,7 +457,7 @@ void sess_close(struct session *s, const char *reason)
              (unsigned long long)s->backend.bytes_in, (unsigned long long)s->backend.bytes_out,
              s->scans, s->blocked);
     conn_close(&s->client);
-    backend_dial_cancel(&s->dial);
+    sess_dial_cancel(s);
     conn_close(&s->backend);
     sess_lookup_close(s); /* after the dial: it may hold a dynamic backend (issue 17) */
     buf_free(&s->up);
@@ -489,6 +507,8 @@ void sess_free(struct session *s)
     if (s->proto && s->pstate)
         s->proto->destroy(s);
     sess_lookup_free(s);
+    free(s->pre);
+    free(s->be_own);
     free(s);
 }
 
@@ -501,7 +521,7 @@ void sess_end(struct session *s, const char *reason, const char *farewell)
     if (s->pstate)
         s->proto->stop(s);
     s->client.reading = false;
-    backend_dial_cancel(&s->dial); /* a dial in flight must not report into a closing session */
+    sess_dial_cancel(s); /* a dial in flight must not report into a closing session */
     if (s->backend.fd >= 0) {
         conn_close(&s->backend);
         s->backend.rbuf = &s->down;
@@ -532,7 +552,7 @@ void sess_backend_lost(struct session *s, const char *reason, const char *farewe
     s->close_reason = reason;
     s->farewell = farewell;
     s->client.reading = false;
-    backend_dial_cancel(&s->dial);
+    sess_dial_cancel(s);
     conn_close(&s->backend);
     s->backend.rbuf = &s->down;
     sess_set_deadline(s, (double)s->cfg->limits.backend_lost_timeout_ms / 1000.0);
@@ -556,7 +576,7 @@ void sess_client_start_tls(struct session *s)
 
 void sess_backend_drop(struct session *s)
 {
-    backend_dial_cancel(&s->dial);
+    sess_dial_cancel(s);
     conn_close(&s->backend);
     s->backend.rbuf = &s->down;
     buf_clear(&s->down);
@@ -575,6 +595,15 @@ void sess_start_relay(struct session *s)
     s->backend.wbuf = &s->up;
     s->client.reading = true;
     s->backend.reading = true;
+    /* The login is over: the addresses, the dialer (idle once it reported: its done callback
+     * is the last thing it runs, and nothing dials after the login) and the PROXY watcher
+     * (stopped before the handshake) are not needed again. */
+    if (s->pre) {
+        sess_dial_cancel(s);
+        free(s->pre);
+        s->pre = NULL;
+    }
+    sess_policy_relay(s);
     double idle =
         (double)(s->listener->protocol == CFG_PROTO_POP3 ? s->cfg->limits.pop3_idle_timeout_ms
                                                          : s->cfg->limits.imap_idle_timeout_ms) /

@@ -65,6 +65,25 @@ enum sess_state {
 /* "S-" + 8 hex digits + "-" + a 64-bit counter + NUL */
 #define SESS_ID_MAX 32
 
+/* What only the way to the relay needs: the accept, a PROXY header, the login check and the
+ * backend dial. Allocated with the session and freed when the relay starts, so that an idle
+ * relayed session does not carry it (issue 19: memory per idle session). */
+struct sess_pre {
+    struct sockaddr_storage client_sa; /* the client (after a PROXY header: the real one) */
+    struct sockaddr_storage local_sa;  /* where it connected to */
+    struct backend_dial dial;          /* opens s->backend (sess_route.c) */
+    ev_io pp_io;                       /* reading a PROXY header (listener proxy_protocol) */
+    bool proxy_hdr_pending;
+};
+
+/* A backend that exists for one session only: a transparent listener's original destination or
+ * a routing lookup's dynamic backend. s->be points into it until the session is freed. */
+struct sess_be_own {
+    struct cfg_backend be;
+    char name[LOG_HOSTPORT_MAX];
+    char host[INET6_ADDRSTRLEN]; /* the bare address: TLS verifies it as an IP SAN */
+};
+
 struct session {
     uint64_t id;
     char sid[SESS_ID_MAX]; /* S-<process>-<id>: the one id of logs, registry and backend */
@@ -86,12 +105,10 @@ struct session {
     size_t be_ncand, be_try;            /* candidates, the one being tried */
     bool be_pinned;                     /* a routing override chose it: no failover */
     bool be_counted;                    /* counted in be_state->active */
-    struct backend_dial dial;           /* opens `backend` (sess_route.c) */
-    struct cfg_backend be_orig;         /* transparent mode: the original destination */
-    char be_orig_name[LOG_HOSTPORT_MAX];
-    char be_orig_host[INET6_ADDRSTRLEN]; /* the bare address: TLS verifies it as an IP SAN */
-    struct buf up;                       /* client → backend (pre-auth: parser input) */
-    struct buf down;                     /* backend → client */
+    struct sess_pre *pre;               /* until the relay starts (NULL afterwards) */
+    struct sess_be_own *be_own;         /* a backend of this session only, or NULL */
+    struct buf up;                      /* client → backend (pre-auth: parser input) */
+    struct buf down;                    /* backend → client */
 
     ev_timer timer;
     ev_tstamp deadline_at;  /* absolute time the current phase ends (0 = none) */
@@ -101,8 +118,6 @@ struct session {
 
     char client_ip[INET6_ADDRSTRLEN];
     uint16_t client_port;
-    struct sockaddr_storage client_sa;
-    struct sockaddr_storage local_sa;
     char *user;        /* owned, NUL-terminated, set at login */
     char *failed_user; /* owned or NULL: the user of the last login that failed or was refused
                           (sess_forget_user), named on the close line */
@@ -110,7 +125,7 @@ struct session {
     bool closing;
     bool logged_in;
     const char *close_reason;
-    char action[24]; /* what the session is doing, for logs */
+    const char *action; /* static: what the session is doing, for logs */
 
     size_t lidx;          /* listener index, for metrics */
     bool draining;        /* the process is shutting down: end at the next idle point */
@@ -119,8 +134,6 @@ struct session {
     unsigned blocked;     /* messages replaced by a notice (infected or blocked) */
     const char *farewell; /* static: said once the filters are done (sess_backend_lost) */
     uint32_t addr_slot;
-    ev_io pp_io; /* reading a PROXY header (listener proxy_protocol) */
-    bool proxy_hdr_pending;
 
     struct sess_pol *pol;       /* owned by sess_policy.c: login check, registry entry */
     struct sess_lookup *lookup; /* owned by sess_lookup.c: routing lookup (issue 17) */
@@ -174,6 +187,8 @@ void sess_backend_start_tls(struct session *s);
 /* transparent.c: make the connection's original destination the session's backend (s->be,
  * s->be_ctx). False (logged) when there is none. */
 bool sess_transparent_target(struct session *s);
+/* s->be_own, allocated (zeroed) on first use; NULL when out of memory. */
+struct sess_be_own *sess_be_own(struct session *s);
 /* Stop a dial in progress and close the backend connection. */
 void sess_backend_drop(struct session *s);
 /* Start TLS on the client side (after a STARTTLS answer has been flushed). */

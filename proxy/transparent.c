@@ -46,16 +46,16 @@ static bool original_destination(struct session *s, struct sockaddr_storage *dst
 {
     socklen_t len = sizeof *dst;
     memset(dst, 0, sizeof *dst);
-    int rc = s->local_sa.ss_family == AF_INET6
+    int rc = s->pre->local_sa.ss_family == AF_INET6
                  ? getsockopt(s->client.fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, dst, &len)
                  : getsockopt(s->client.fd, SOL_IP, SO_ORIGINAL_DST, dst, &len);
     if (rc == 0) {
         *len_r = len;
     } else {
         /* TPROXY: the local address is where the client wanted to go. */
-        *dst = s->local_sa;
-        *len_r = s->local_sa.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                                   : sizeof(struct sockaddr_in);
+        *dst = s->pre->local_sa;
+        *len_r = s->pre->local_sa.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                        : sizeof(struct sockaddr_in);
     }
     /* A client that connected to the listener itself has no other destination: refusing it
      * avoids connecting to ourselves in a loop (each hop would accept and connect again). */
@@ -73,23 +73,28 @@ bool sess_transparent_target(struct session *s)
                  "directly: no original destination\"");
         return false;
     }
-    char *ip = s->be_orig_host;
+    struct sess_be_own *o = sess_be_own(s);
+    if (!o) {
+        sess_log(s, LOG_ERROR, "event=backend_error error=\"out of memory\"");
+        return false;
+    }
+    char *ip = o->host;
     unsigned port = 0;
-    snprintf(ip, sizeof s->be_orig_host, "?");
+    snprintf(ip, sizeof o->host, "?");
     if (dst.ss_family == AF_INET6) {
         const struct sockaddr_in6 *in6 = (const void *)&dst;
-        inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof s->be_orig_host);
+        inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof o->host);
         port = ntohs(in6->sin6_port);
     } else {
         const struct sockaddr_in *in = (const void *)&dst;
-        inet_ntop(AF_INET, &in->sin_addr, ip, sizeof s->be_orig_host);
+        inet_ntop(AF_INET, &in->sin_addr, ip, sizeof o->host);
         port = ntohs(in->sin_port);
     }
-    log_hostport(s->be_orig_name, sizeof s->be_orig_name, ip, port);
-    struct cfg_backend *b = &s->be_orig;
+    log_hostport(o->name, sizeof o->name, ip, port);
+    struct cfg_backend *b = &o->be;
     memset(b, 0, sizeof *b);
-    b->name = s->be_orig_name;
-    b->host = s->be_orig_host;
+    b->name = o->name;
+    b->host = o->host;
     b->port = (uint16_t)port;
     b->addr = dst;
     b->addrlen = dlen;
@@ -101,6 +106,6 @@ bool sess_transparent_target(struct session *s)
     s->be_index = -1;
     s->be_state = NULL;
     s->be_ctx = s->rt->listener_be_ctx ? s->rt->listener_be_ctx[l - s->cfg->listeners] : NULL;
-    sess_log(s, LOG_DEBUG, "event=transparent_destination backend=%s", s->be_orig_name);
+    sess_log(s, LOG_DEBUG, "event=transparent_destination backend=%s", o->name);
     return true;
 }

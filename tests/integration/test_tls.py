@@ -357,6 +357,41 @@ def test_ssl_reuse_leaks_nothing_between_clients(proxy_factory, certs, cache):
         assert session_of(port, ctx, SNI_NAME, sess)[1], v
 
 
+@pytest.mark.parametrize("ending", ["close_notify", "tcp_close"])
+@pytest.mark.parametrize("tls", ["1.2", "1.3"])
+def test_relay_reads_and_ends_through_the_batching_bio(proxy_factory, certs, tls, ending):
+    """After the handshake one BIO both writes and reads (conn.c, issue 19: the socket BIO is
+    freed). A logged-in session still relays both ways, pipelined commands in one record
+    included, and a client that leaves with or without close_notify is an ordinary disconnect,
+    not a TLS error."""
+    px = proxy_factory()
+    s, _ = tls_open(px.port("imaps"), client_ctx(certs, tls=tls))
+    try:
+        s.sendall(b"a LOGIN alice alicepw\r\n")
+        while not (line := _readline(s)).startswith(b"a "):
+            assert line, "connection closed during LOGIN"
+        assert line.startswith(b"a OK"), line
+        s.sendall(b"b SELECT INBOX\r\nc NOOP\r\nd FETCH 1 (RFC822.SIZE)\r\n")
+        got = {}
+        while len(got) < 3:
+            line = _readline(s)
+            assert line, "connection closed in relay"
+            if line[:2] in (b"b ", b"c ", b"d "):
+                got[line[:1]] = line
+        assert all(v.split()[1] == b"OK" for v in got.values()), got
+    finally:
+        if ending == "close_notify":
+            try:
+                s.unwrap()  # close_notify, and the proxy's own in answer
+            except (OSError, ssl.SSLError):
+                pass
+            s.close()
+        else:
+            os.close(s.detach())  # FIN without close_notify
+    px.wait_log(re.compile(r'user="alice" event=close reason="client disconnected" '), 10)
+    assert "client error" not in px.log()
+
+
 def test_resumption_without_ticket_key_file(proxy_factory, certs):
     """No key file: OpenSSL's per-process keys still give resumption within the process."""
     px = proxy_factory(tls={"ticket_key_file": None})

@@ -93,8 +93,10 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
             rt_unref(&rt);
             continue;
         }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (!wl->nodelay) {
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        }
         if (!sess_accept(w, fd, l, rt, (struct sockaddr *)&peer, plen))
             atomic_fetch_sub(&worker_connections, 1);
         rt_unref(&rt);
@@ -261,6 +263,10 @@ bool worker_bind(struct worker *w, const struct config *cfg, char **error_r)
             return false;
         struct worker_listener *wl = &w->listeners[i];
         wl->fd = fd;
+        /* Linux copies TCP_NODELAY from the listening socket to every socket accept() returns:
+         * one setsockopt per listener instead of one per connection (issue 19). */
+        int one = 1;
+        wl->nodelay = setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0;
         wl->index = (int)i;
         wl->w = w;
         ev_io_init(&wl->io, accept_cb, fd, EV_READ);

@@ -22,6 +22,7 @@ struct worker_listener {
     int fd;
     int index; /* into cfg->listeners of the config the sockets were bound with */
     struct worker *w;
+    bool nodelay; /* set on the listening socket: accepted sockets inherit it (Linux) */
 };
 
 struct worker {

@@ -30,7 +30,8 @@ struct worker {
     pthread_t thread;
     struct ev_loop *loop;
     ev_async wake;         /* stop request from the main thread */
-    ev_check reap;         /* frees closed sessions after callbacks unwind */
+    ev_prepare reap;       /* frees closed sessions after callbacks unwind, before polling */
+    unsigned reaped_at;    /* ev_iteration() when reap last ran */
     ev_timer accept_retry; /* re-enables accepting after EMFILE */
     struct worker_listener *listeners;
     size_t nlisteners;

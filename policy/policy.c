@@ -257,7 +257,10 @@ static enum policy_result from_code(long long code)
     }
 }
 
-static void finish(struct policy_req *r)
+/* in_reply: called from a Redis reply, on the loop and not from inside policy_check_login():
+ * an allowed login's verdict is delivered at once instead of through a zero timer (one loop
+ * iteration and an epoll_wait per login, issue 19). */
+static void finish(struct policy_req *r, bool in_reply)
 {
     struct policy *p = r->p;
     if (r->no_answer) {
@@ -290,6 +293,10 @@ static void finish(struct policy_req *r)
     double delay = 0;
     if (r->v.result != POLICY_ALLOW && r->v.result != POLICY_UNAVAILABLE)
         delay = (double)r->lim.tarpit_ms / 1000.0;
+    if (in_reply && delay == 0) {
+        deliver_cb(p->loop, &r->timer, 0);
+        return;
+    }
     ev_timer_set(&r->timer, delay, 0.);
     ev_timer_start(p->loop, &r->timer);
 }
@@ -327,13 +334,12 @@ static void login_reply(void *arg, const redisReply *rep)
         if (rep->elements >= 6 && int_at(rep, 5) && rep->element[5]->integer > 0)
             r->v.done = (uint64_t)rep->element[5]->integer;
     }
-    finish(r);
+    finish(r, rep != NULL);
 }
 
 static char *num(char *buf, size_t cap, uint64_t v)
 {
-    snprintf(buf, cap, "%llu", (unsigned long long)v);
-    return buf;
+    return pol_num(buf, cap, v);
 }
 
 static uint64_t pend_ttl(const struct policy_limits *l)
@@ -476,13 +482,13 @@ struct policy_req *policy_check_login(struct policy *p, const struct policy_limi
     local_decide(p, r);
     if (!rds_ready(p->cmd)) {
         r->no_answer = true;
-        finish(r);
+        finish(r, false);
         return r;
     }
     r->sub = send_login(p, r);
     if (!r->sub) {
         r->no_answer = true;
-        finish(r);
+        finish(r, false);
     }
     return r;
 }

@@ -92,4 +92,23 @@ void pol_sessions_resync(struct policy *p);
 void pol_sessions_count(struct policy *p, const char *user, const char *addr, unsigned *nu,
                         unsigned *na);
 
+/* v in decimal into buf (cap >= 21 holds any value; a shorter buf gets the leading digits, as
+ * snprintf would). Script arguments are numbers, a dozen per login (issue 19): snprintf's
+ * format walk cost more than the digits. */
+static inline char *pol_num(char *buf, size_t cap, uint64_t v)
+{
+    char d[20];
+    size_t k = 0;
+    do {
+        d[k++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    size_t o = 0;
+    while (k && o + 1 < cap)
+        buf[o++] = d[--k];
+    if (cap)
+        buf[o] = '\0';
+    return buf;
+}
+
 #endif

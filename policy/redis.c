@@ -12,6 +12,14 @@
  * reports nothing at all. So every path that ends a context goes through drop(), which forgets
  * the context first (r->ac = NULL: callbacks from it are recognised as stale) and then schedules
  * the next attempt.
+ *
+ * Writes (issue 19): hiredis' libev adapter starts the write watcher for every command and
+ * stops it once the buffer is written, so each command cost a loop iteration and two
+ * epoll_ctl calls (EPOLLOUT on, off). Commands are instead written by an ev_prepare watcher,
+ * which libev runs after the iteration's callbacks and before it applies watcher changes to
+ * epoll: everything the worker's sessions asked for in one iteration leaves in one write(),
+ * and the write watcher is started and stopped before epoll ever sees it. Only what the socket
+ * does not take keeps the watcher on, as before.
  */
 #include "redis.h"
 
@@ -60,6 +68,7 @@ struct rds {
     char *what;          /* "command" / "subscriber", for logs */
     ev_timer retry;      /* DOWN: next connect attempt */
     ev_timer connect_to; /* CONNECTING: deadline until READY */
+    ev_prepare flush;    /* READY: writes the commands of this loop iteration */
     double backoff;
     bool setup_failed; /* an AUTH/SELECT/SUBSCRIBE reply was an error */
     bool logged_down;  /* the outage was logged once; further failures go to debug */
@@ -118,6 +127,7 @@ static void drop(struct rds *r, const char *why, bool free_ctx)
     if (was_ready)
         atomic_fetch_sub_explicit(&totals.ready, 1, memory_order_relaxed);
     ev_timer_stop(r->loop, &r->connect_to);
+    ev_prepare_stop(r->loop, &r->flush);
     COUNT(r, failures);
     if (!r->logged_down) {
         plog(PLOG_WARN, "event=redis_down conn=%s error=%s fail=%s", r->what,
@@ -232,6 +242,24 @@ static void connect_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
         drop(r, "connect timeout", true);
 }
 
+/* hiredis buffers a command and starts its write watcher; this writes the buffer before the
+ * loop blocks. A write error ends the context through on_disconnect, as the watcher's would. */
+static void flush_cb(struct ev_loop *loop, ev_prepare *p, int revents)
+{
+    (void)revents;
+    struct rds *r = p->data;
+    ev_prepare_stop(loop, p);
+    if (r->ac && (r->ac->c.flags & REDIS_CONNECTED))
+        redisAsyncHandleWrite(r->ac);
+}
+
+/* After hiredis took a command: write it (with the others of this iteration) from flush_cb. */
+static void flush_soon(struct rds *r)
+{
+    if (!ev_is_active(&r->flush))
+        ev_prepare_start(r->loop, &r->flush);
+}
+
 static void retry_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)loop;
@@ -328,6 +356,8 @@ struct rds *rds_new(struct ev_loop *loop, const struct rds_opts *o, const char *
     r->retry.data = r;
     ev_init(&r->connect_to, connect_timeout_cb);
     r->connect_to.data = r;
+    ev_prepare_init(&r->flush, flush_cb);
+    r->flush.data = r;
     /* The first attempt runs from the loop, like every later one. */
     ev_timer_set(&r->retry, 0., 0.);
     ev_timer_start(loop, &r->retry);
@@ -347,6 +377,7 @@ void rds_free(struct rds **rp)
     *rp = NULL;
     ev_timer_stop(r->loop, &r->retry);
     ev_timer_stop(r->loop, &r->connect_to);
+    ev_prepare_stop(r->loop, &r->flush);
     r->on_state = NULL;
     r->on_message = NULL;
     r->freeing = true;
@@ -406,6 +437,52 @@ void rds_script_init(struct rds_script *s, const char *name, const char *text)
     s->text = text;
 }
 
+/* "<kind><n>\r\n" at p; returns its length. */
+static size_t resp_head(char *p, char kind, size_t n)
+{
+    char d[24];
+    size_t k = 0;
+    do {
+        d[k++] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n);
+    size_t o = 0;
+    p[o++] = kind;
+    while (k)
+        p[o++] = d[--k];
+    p[o++] = '\r';
+    p[o++] = '\n';
+    return o;
+}
+
+static void reply_cb(redisAsyncContext *c, void *reply, void *privdata);
+
+/* A request's command as RESP, handed to hiredis whole: its own formatter (an sdscatfmt per
+ * argument) cost more instructions than the rest of a command's way through this file, and
+ * three commands go out per login (issue 19). */
+static int send_argv(redisAsyncContext *ac, struct rds_req *q)
+{
+    size_t total = 24;
+    for (int i = 0; i < q->argc; i++)
+        total += q->lens[i] + 24;
+    char small[2048];
+    char *p = total <= sizeof small ? small : malloc(total);
+    if (!p)
+        return REDIS_ERR;
+    size_t o = resp_head(p, '*', (size_t)q->argc);
+    for (int i = 0; i < q->argc; i++) {
+        o += resp_head(p + o, '$', q->lens[i]);
+        memcpy(p + o, q->argv[i], q->lens[i]);
+        o += q->lens[i];
+        p[o++] = '\r';
+        p[o++] = '\n';
+    }
+    int rc = redisAsyncFormattedCommand(ac, reply_cb, q, p, o);
+    if (p != small)
+        free(p);
+    return rc;
+}
+
 static void reply_cb(redisAsyncContext *c, void *reply, void *privdata)
 {
     struct rds_req *q = privdata;
@@ -422,8 +499,10 @@ static void reply_cb(redisAsyncContext *c, void *reply, void *privdata)
         q->argv[1] = q->script->text;
         q->lens[0] = 4;
         q->lens[1] = strlen(q->script->text);
-        if (redisAsyncCommandArgv(c, reply_cb, q, q->argc, q->argv, q->lens) == REDIS_OK)
+        if (send_argv(c, q) == REDIS_OK) {
+            flush_soon(r);
             return;
+        }
     }
     r->npending--;
     ev_timer_stop(r->loop, &q->timer);
@@ -462,10 +541,11 @@ static struct rds_req *send_req(struct rds *r, struct rds_req *q, rds_reply_cb *
     q->r = r;
     q->cb = cb;
     q->arg = arg;
-    if (redisAsyncCommandArgv(r->ac, reply_cb, q, q->argc, q->argv, q->lens) != REDIS_OK) {
+    if (send_argv(r->ac, q) != REDIS_OK) {
         free(q);
         return NULL;
     }
+    flush_soon(r);
     if (r->npending++ == 0)
         r->last_heard = ev_now(r->loop);
     COUNT(r, commands);

@@ -98,8 +98,7 @@ static void sess_reply(void *arg, const redisReply *rep)
 
 static char *num(char *buf, size_t cap, uint64_t v)
 {
-    snprintf(buf, cap, "%llu", (unsigned long long)v);
-    return buf;
+    return pol_num(buf, cap, v);
 }
 
 /* Register (`opening`: with the login's result) or refresh: one script for both scopes.

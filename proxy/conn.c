@@ -198,7 +198,12 @@ static long batch_ctrl(BIO *b, int cmd, long num, void *ptr)
     switch (cmd) {
     case BIO_CTRL_FLUSH:
         /* OpenSSL flushes after handshake messages and fatal alerts: try now; what the socket
-         * does not take stays queued and counted as pending output. */
+         * does not take stays queued and counted as pending output. During the handshake
+         * do_handshake() sends once SSL_do_handshake() returns instead, so that the flight
+         * which completes it (the TLS 1.3 ticket) leaves with the session's first words (the
+         * greeting) in one send. */
+        if (c && c->handshaking)
+            return 1;
         if (c && c->fd >= 0 && tls_out_send(c) < 0)
             return 0;
         return 1;
@@ -230,14 +235,18 @@ static void batch_method_init(void)
         BIO_meth_free(m);
 }
 
-/* After the handshake: OpenSSL's writes go to tls_out, and its reads come through the same BIO.
- * On failure the socket BIO stays (each record is then written as OpenSSL makes it — slower,
- * not wrong). The socket BIO holds no bytes of its own (read-ahead data is in the SSL's read
- * buffer), so replacing it between two reads loses nothing. */
+/* From the start of the handshake: OpenSSL's writes go to tls_out (the flight that ends the
+ * handshake leaves with the greeting), and its reads come through the same BIO, so the socket
+ * BIO SSL_set_fd made, with its lock, is freed at once (issue 19: memory per idle session). On
+ * failure the socket BIO stays (each record is then written as OpenSSL makes it — slower, not
+ * wrong). */
 static void batch_install(struct conn *c)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     if (c->tls_out.cap == 0 || pthread_once(&once, batch_method_init) != 0 || !batch_method)
+        return;
+    BIO *w = SSL_get_wbio(c->ssl);
+    if (w && BIO_method_type(w) == batch_type)
         return;
     BIO *b = BIO_new(batch_method);
     if (!b)
@@ -282,7 +291,7 @@ void conn_close(struct conn *c)
         c->ssl = NULL;
     }
     if (c->wipe_ctl && c->ctl.data)
-        OPENSSL_cleanse(c->ctl.data, c->ctl.cap);
+        explicit_bzero(c->ctl.data, c->ctl.cap);
     buf_free(&c->ctl);
     buf_free(&c->tls_out);
     if (c->fd >= 0) {
@@ -307,11 +316,12 @@ void conn_start_tls(struct conn *c, SSL *ssl, bool server)
 {
     c->ssl = ssl;
     SSL_set_fd(ssl, c->fd);
+    c->handshaking = true;
+    batch_install(c);
     if (server)
         SSL_set_accept_state(ssl);
     else
         SSL_set_connect_state(ssl);
-    c->handshaking = true;
     c->tls_starved = false;
     c->read_wants_write = c->write_wants_read = false;
     c->drained_due = false; /* (the answer before STARTTLS): the handshake reports itself */
@@ -361,23 +371,63 @@ static int ssl_outcome(struct conn *c, int rc, bool for_write)
     }
 }
 
+/* The handshake's records waiting in tls_out (see batch_ctrl): 0 when all are sent, 1 when the
+ * socket is full (the rest waits for writability), -1 on an error (errno kept). */
+static int handshake_send(struct conn *c)
+{
+    if (!c->tls_out.data)
+        return 0;
+    c->tls_out_full = false;
+    if (tls_out_send(c) < 0)
+        return -1;
+    bool left = !buf_empty(&c->tls_out);
+    buf_release_if_empty(&c->tls_out); /* no batch storage held while the peer thinks */
+    return left ? 1 : 0;
+}
+
 static void do_handshake(struct conn *c)
 {
-    ERR_clear_error();
     c->read_wants_write = c->write_wants_read = false;
-    int rc = SSL_do_handshake(c->ssl);
-    if (rc == 1) {
+    /* A flight the socket did not take goes first: OpenSSL counts it as sent. */
+    int sent = handshake_send(c);
+    if (sent != 0) {
+        if (sent > 0) {
+            c->read_wants_write = true;
+            return;
+        }
         c->handshaking = false;
-        batch_install(c);
+        c->error = true;
+        c->err = "connection closed during TLS handshake"; /* as OpenSSL's own write reported */
         c->handler(c, CONN_EV_HANDSHAKE);
         return;
     }
+    ERR_clear_error();
+    int rc = SSL_do_handshake(c->ssl);
+    if (rc == 1) {
+        c->handshaking = false;
+        c->handler(c, CONN_EV_HANDSHAKE);
+        /* The handler's first flush took the last flight along; if it wrote nothing (a TLS
+         * client waiting for the server's greeting), the flight goes alone. */
+        if (c->fd >= 0 && !c->error && !c->tls_out_full && c->tls_out.data &&
+            !buf_empty(&c->tls_out)) {
+            (void)conn_flush(c);
+            if (c->error)
+                c->handler(c, CONN_EV_READ);
+        }
+        return;
+    }
     int e = SSL_get_error(c->ssl, rc);
-    if (e == SSL_ERROR_WANT_READ)
-        return;
-    if (e == SSL_ERROR_WANT_WRITE) {
-        c->read_wants_write = true;
-        return;
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        if (e == SSL_ERROR_WANT_WRITE)
+            c->read_wants_write = true;
+        sent = handshake_send(c);
+        if (sent > 0)
+            c->read_wants_write = true;
+        if (sent >= 0)
+            return;
+        e = SSL_ERROR_SYSCALL;
+    } else {
+        (void)handshake_send(c); /* the fatal alert, if OpenSSL wrote one: best effort */
     }
     c->handshaking = false;
     c->error = true;
@@ -599,8 +649,10 @@ long conn_flush(struct conn *c)
     }
     buf_release_if_empty(&c->tls_out);
     c->bytes_out += (uint64_t)total;
+    /* explicit_bzero (libc's vector memset, kept by the compiler) rather than OPENSSL_cleanse's
+     * word loop: the whole capacity is wiped at every login (issue 19). */
     if (c->wipe_ctl && c->ctl.data && buf_empty(&c->ctl))
-        OPENSSL_cleanse(c->ctl.data, c->ctl.cap);
+        explicit_bzero(c->ctl.data, c->ctl.cap);
     buf_release_if_empty(&c->ctl);
     if (c->own_pending && conn_pending_out(c) == 0) {
         c->own_pending = false;
@@ -752,9 +804,14 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
     if (c->connecting) {
         if (revents & EV_WRITE)
             finish_connect(c, revents);
-        if (c->fd >= 0 && !c->handshaking)
-            conn_update(c);
-        return;
+        /* Connected and readable already (on loopback the backend's greeting often comes with
+         * the connect): read it now rather than one loop iteration later (issue 19). */
+        if (c->fd < 0 || c->connecting || c->handshaking || c->error || !(revents & EV_READ)) {
+            if (c->fd >= 0 && !c->handshaking)
+                conn_update(c);
+            return;
+        }
+        revents = EV_READ;
     }
     if (c->handshaking) {
         do_handshake(c);

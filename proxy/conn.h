@@ -80,7 +80,7 @@ struct conn {
     struct buf *rbuf;   /* not owned: reads append here */
     struct buf *wbuf;   /* not owned, may be NULL: its [rpos, mark) is sent first */
     struct buf ctl;     /* owned: proxy-generated output, sent after wbuf's sendable part */
-    struct buf tls_out; /* owned: TLS records not yet sent (after the handshake; cap 0 = off) */
+    struct buf tls_out; /* owned: TLS records not yet sent (cap 0 = off) */
     uint32_t tls_batch; /* application bytes per send() that tls_out is sized for */
     conn_handler *handler;
     void *owner;           /* the session */
@@ -116,7 +116,9 @@ void conn_init(struct conn *c, struct ev_loop *loop, int fd, conn_handler *h, vo
 void conn_close(struct conn *c);
 
 /* Coalesce TLS records into sends of up to `cap` bytes (0: one write per record, as OpenSSL
- * does). Takes effect at the end of the handshake; the default is CONN_TLS_BATCH_DEFAULT. */
+ * does). Set before conn_start_tls(): it takes effect with the handshake, whose flights are sent
+ * when SSL_do_handshake() returns (the last one with what the handler writes first); the
+ * default is CONN_TLS_BATCH_DEFAULT. */
 #define CONN_TLS_BATCH_DEFAULT (64u << 10)
 void conn_set_tls_batch(struct conn *c, size_t cap);
 

@@ -35,10 +35,18 @@ static bool word_is(const char *w, size_t wl, const char *s)
     return strlen(s) == wl && strncasecmp(w, s, wl) == 0;
 }
 
+static unsigned char ascii_upper(unsigned char c)
+{
+    return c >= 'a' && c <= 'z' ? (unsigned char)(c - 'a' + 'A') : c;
+}
+
 static bool in_list(const char *w, size_t wl, const char *const *list)
 {
+    /* The first byte rules out most entries before strlen and strncasecmp: every capability of
+     * a backend's list is looked up at every login (issue 19). */
+    unsigned char f = wl ? ascii_upper((unsigned char)w[0]) : 0;
     for (; *list; list++)
-        if (word_is(w, wl, *list))
+        if (ascii_upper((unsigned char)(*list)[0]) == f && word_is(w, wl, *list))
             return true;
     return false;
 }
@@ -106,8 +114,21 @@ bool imap_allow_cap(const char *tok, size_t len, bool preauth)
      * client (found by fuzz_backend_login's harness). */
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)tok[i];
-        if (c <= 0x20 || c >= 0x7f || strchr("(){%*\"\\]", c))
+        if (c <= 0x20 || c >= 0x7f)
             return false;
+        switch (c) { /* atom-specials that are printable, and ']' (resp-specials) */
+        case '(':
+        case ')':
+        case '{':
+        case '%':
+        case '*':
+        case '"':
+        case '\\':
+        case ']':
+            return false;
+        default:
+            break;
+        }
     }
     if (in_list(tok, len, caps_exact))
         return true;

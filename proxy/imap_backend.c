@@ -279,7 +279,7 @@ static void login_done(struct session *s)
      * ahead): the rest is not sent. Cleansed in place, it went out as NUL bytes ahead of the
      * client's first command (found by fuzz_backend_login). */
     if (s->backend.ctl.data) {
-        OPENSSL_cleanse(s->backend.ctl.data, s->backend.ctl.cap);
+        explicit_bzero(s->backend.ctl.data, s->backend.ctl.cap); /* as conn_flush() wipes */
         buf_clear(&s->backend.ctl);
     }
     imap_preauth_login_ok(s);

@@ -103,7 +103,7 @@ static const char *mech_name(enum creds_mech m)
 static void free_parser_store(struct imap_state *st)
 {
     if (st->lg->store) {
-        OPENSSL_cleanse(st->lg->store, st->lg->store_cap);
+        explicit_bzero(st->lg->store, st->lg->store_cap); /* as conn_flush() wipes */
         free(st->lg->store);
         st->lg->store = NULL;
     }

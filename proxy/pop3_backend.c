@@ -283,7 +283,7 @@ static void handle_response(struct session *s, enum pop3_status status, const ch
          * ahead): the rest is not sent. Cleansed in place, it went out as NUL bytes ahead of the
          * client's first command (found by fuzz_backend_login). */
         if (s->backend.ctl.data) {
-            OPENSSL_cleanse(s->backend.ctl.data, s->backend.ctl.cap);
+            explicit_bzero(s->backend.ctl.data, s->backend.ctl.cap); /* as conn_flush() */
             buf_clear(&s->backend.ctl);
         }
         pop3_preauth_login_ok(s, line, len);

@@ -634,7 +634,9 @@ static void client_handler(struct conn *c, int events)
         }
         s->client_tls = true;
         char d[96];
-        sess_log(s, LOG_DEBUG, "event=tls_established tls=%s", tls_describe(c->ssl, d, sizeof d));
+        if (log_enabled(LOG_DEBUG)) /* not formatted for nothing at every handshake */
+            sess_log(s, LOG_DEBUG, "event=tls_established tls=%s",
+                     tls_describe(c->ssl, d, sizeof d));
         c->reading = true;
         if (s->state == SESS_TLS_HANDSHAKE) {
             sess_set_state(s, SESS_PREAUTH);

@@ -93,8 +93,10 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
             rt_unref(&rt);
             continue;
         }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (!wl->nodelay) {
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        }
         if (!sess_accept(w, fd, l, rt, (struct sockaddr *)&peer, plen))
             atomic_fetch_sub(&worker_connections, 1);
         rt_unref(&rt);
@@ -109,11 +111,12 @@ static void accept_retry_cb(struct ev_loop *loop, ev_timer *t, int revents)
     set_listeners(w, true);
 }
 
-static void reap_cb(struct ev_loop *loop, ev_check *c, int revents)
+static void reap_cb(struct ev_loop *loop, ev_prepare *c, int revents)
 {
     (void)loop;
     (void)revents;
     struct worker *w = c->data;
+    w->reaped_at = ev_iteration(loop);
     while (w->graveyard) {
         struct session *s = w->graveyard;
         w->graveyard = s->next;
@@ -179,10 +182,13 @@ void worker_bury_session(struct worker *w, struct session *s)
     s->next = w->graveyard;
     w->graveyard = s;
     atomic_fetch_sub(&worker_connections, 1);
-    /* Reap on the next iteration, not whenever the next event happens to wake an idle loop:
-     * the protocol's destroy gives back what the session held for others (scan budget and
-     * queue slots, policy handles). */
-    ev_async_send(w->loop, &w->wake);
+    /* Reaped by w->reap before the loop next waits, not whenever the next event happens to
+     * wake an idle loop: the protocol's destroy gives back what the session held for others
+     * (scan budget and queue slots, policy handles). An ev_prepare needs no wake-up of its own
+     * (the ev_check this was cost one more epoll_wait per session, issue 19) — unless this runs
+     * from another prepare watcher after reap already ran in this round. */
+    if (w->reaped_at == ev_iteration(w->loop))
+        ev_async_send(w->loop, &w->wake);
 }
 
 static int bind_one(const struct cfg_listener *l, char **error_r)
@@ -261,6 +267,10 @@ bool worker_bind(struct worker *w, const struct config *cfg, char **error_r)
             return false;
         struct worker_listener *wl = &w->listeners[i];
         wl->fd = fd;
+        /* Linux copies TCP_NODELAY from the listening socket to every socket accept() returns:
+         * one setsockopt per listener instead of one per connection (issue 19). */
+        int one = 1;
+        wl->nodelay = setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0;
         wl->index = (int)i;
         wl->w = w;
         ev_io_init(&wl->io, accept_cb, fd, EV_READ);
@@ -268,7 +278,7 @@ bool worker_bind(struct worker *w, const struct config *cfg, char **error_r)
     }
     ev_async_init(&w->wake, wake_cb);
     w->wake.data = w;
-    ev_check_init(&w->reap, reap_cb);
+    ev_prepare_init(&w->reap, reap_cb);
     w->reap.data = w;
     ev_init(&w->accept_retry, accept_retry_cb);
     w->accept_retry.data = w;
@@ -279,7 +289,7 @@ static void *worker_main(void *arg)
 {
     struct worker *w = arg;
     ev_async_start(w->loop, &w->wake);
-    ev_check_start(w->loop, &w->reap);
+    ev_prepare_start(w->loop, &w->reap);
     sess_policy_worker_start(w);
     if (!msgscan_worker_start(w))
         log_write(LOG_ERROR, "event=scan_worker_failed worker=%d note=\"scanning off here\"",

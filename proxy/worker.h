@@ -22,6 +22,7 @@ struct worker_listener {
     int fd;
     int index; /* into cfg->listeners of the config the sockets were bound with */
     struct worker *w;
+    bool nodelay; /* set on the listening socket: accepted sockets inherit it (Linux) */
 };
 
 struct worker {
@@ -29,7 +30,8 @@ struct worker {
     pthread_t thread;
     struct ev_loop *loop;
     ev_async wake;         /* stop request from the main thread */
-    ev_check reap;         /* frees closed sessions after callbacks unwind */
+    ev_prepare reap;       /* frees closed sessions after callbacks unwind, before polling */
+    unsigned reaped_at;    /* ev_iteration() when reap last ran */
     ev_timer accept_retry; /* re-enables accepting after EMFILE */
     struct worker_listener *listeners;
     size_t nlisteners;

@@ -51,11 +51,20 @@ struct fx {
     int drained;
     bool drained_clean; /* every DRAINED came with nothing left to send */
     int writes_empty;   /* CONN_EV_WRITE events after which nothing was left to send */
+    bool greet;         /* answer the handshake with a greeting, as a session does */
+    int handshakes;     /* CONN_EV_HANDSHAKE events */
 };
 
 static void handler(struct conn *c, int events)
 {
     struct fx *f = c->owner;
+    if (events & CONN_EV_HANDSHAKE) {
+        f->handshakes++;
+        if (f->greet && !c->error) {
+            assert_true(conn_ctl_append(c, "* OK hello\r\n", 12));
+            conn_flush(c);
+        }
+    }
     if ((events & CONN_EV_WRITE) && conn_pending_out(c) == 0)
         f->writes_empty++;
     if (events & CONN_EV_DRAINED) {
@@ -278,6 +287,106 @@ static void test_close_notify_sent(void **state)
     assert_int_equal(SSL_get_error(f->peer, rc), SSL_ERROR_ZERO_RETURN);
 }
 
+/* issue 19: the handshake's last flight (TLS 1.3: the session tickets) waits for the session's
+ * first words and leaves with them in one send; the first flight goes at once. */
+static void test_ticket_leaves_with_greeting(void **state)
+{
+    (void)state;
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    struct ev_loop *loop = ev_loop_new(0);
+    SSL_CTX *sctx = server_ctx(), *cctx = SSL_CTX_new(TLS_client_method());
+    SSL *peer = SSL_new(cctx);
+    SSL_set_fd(peer, sv[1]);
+    SSL_set_connect_state(peer);
+    struct fx f = {.greet = true};
+    struct buf rbuf, wbuf;
+    buf_init(&rbuf, 4096);
+    buf_init(&wbuf, 4096);
+    conn_init(&f.c, loop, sv[0], handler, &f, 4096);
+    f.c.rbuf = &rbuf;
+    f.c.wbuf = &wbuf;
+    g_watch_fd = sv[0];
+    g_writes = 0;
+    conn_start_tls(&f.c, SSL_new(sctx), true);
+    char out[32];
+    size_t n = 0;
+    for (int i = 0; i < 100000 && n < 12; i++) {
+        ERR_clear_error();
+        int k = SSL_read(peer, out + n, (int)(sizeof out - n));
+        if (k > 0)
+            n += (size_t)k;
+        ev_run(loop, EVRUN_NOWAIT);
+    }
+    assert_int_equal(n, 12);
+    assert_memory_equal(out, "* OK hello\r\n", 12);
+    assert_int_equal(f.handshakes, 1);
+    assert_false(f.c.error);
+    assert_int_equal(SSL_version(peer), TLS1_3_VERSION);
+    /* the tickets came (before the greeting, in the same send) */
+    assert_true(SSL_SESSION_is_resumable(SSL_get0_session(peer)));
+    /* ServerHello..Finished, then tickets + greeting (3 sends before) */
+    assert_int_equal(g_writes, 2);
+    assert_null(f.c.tls_out.data); /*TLSOUT*/
+    g_watch_fd = -1;
+    conn_close(&f.c);
+    buf_free(&rbuf);
+    buf_free(&wbuf);
+    SSL_free(peer);
+    close(sv[1]);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+    ev_loop_destroy(loop);
+}
+
+/* A TLS client (backend side) whose handler writes nothing after the handshake: its Finished
+ * still leaves in the iteration that completed the handshake, not on a later write event. */
+static void test_client_finished_not_held(void **state)
+{
+    (void)state;
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    struct ev_loop *loop = ev_loop_new(0);
+    SSL_CTX *sctx = server_ctx(), *cctx = SSL_CTX_new(TLS_client_method());
+    SSL *peer = SSL_new(sctx);
+    SSL_set_fd(peer, sv[1]);
+    SSL_set_accept_state(peer);
+    struct fx f = {0};
+    struct buf rbuf, wbuf;
+    buf_init(&rbuf, 4096);
+    buf_init(&wbuf, 4096);
+    conn_init(&f.c, loop, sv[0], handler, &f, 4096);
+    f.c.rbuf = &rbuf;
+    f.c.wbuf = &wbuf;
+    conn_start_tls(&f.c, SSL_new(cctx), false);
+    int done = 0;
+    bool checked = false;
+    for (int i = 0; i < 100000 && (f.c.handshaking || done != 1); i++) {
+        if (done != 1) {
+            ERR_clear_error();
+            done = SSL_do_handshake(peer);
+        }
+        bool was = f.c.handshaking;
+        ev_run(loop, EVRUN_NOWAIT);
+        if (was && !f.c.handshaking) {
+            assert_int_equal(conn_pending_out(&f.c), 0);
+            checked = true;
+        }
+    }
+    assert_true(checked);
+    assert_int_equal(done, 1);
+    assert_int_equal(f.handshakes, 1);
+    assert_false(f.c.error);
+    conn_close(&f.c);
+    buf_free(&rbuf);
+    buf_free(&wbuf);
+    SSL_free(peer);
+    close(sv[1]);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+    ev_loop_destroy(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -286,6 +395,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_full_socket_keeps_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_last_records_raise_write, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_notify_sent, setup, teardown),
+        cmocka_unit_test(test_ticket_leaves_with_greeting),
+        cmocka_unit_test(test_client_finished_not_held),
     };
     return cmocka_run_group_tests_name("conn_tls", tests, NULL, NULL);
 }

@@ -13,7 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -25,6 +27,7 @@
 
 #include "local.h"
 #include "policy.h"
+#include "policy_int.h"
 #include "ratelimit.h"
 #include "redis.h"
 
@@ -76,6 +79,21 @@ static void test_addr_key(void **state)
     assert_true(rl_key(key, sizeof key, "pc:", "fail", "ip:192.0.2.0/24", ""));
     assert_string_equal(key, "pc:fail:{ip:192.0.2.0/24}");
     assert_false(rl_key(key, 10, "pc:", "fail", "alice", ""));
+    assert_string_equal(key, "pc:fail:{"); /* truncated as snprintf would */
+    assert_true(rl_key(key, sizeof key, "pc:", "rl", "bob", ":login"));
+    assert_string_equal(key, "pc:rl:{bob}:login");
+    /* exactly full (17 bytes and the NUL), one byte short */
+    assert_true(rl_key(key, 18, "pc:", "rl", "bob", ":login"));
+    assert_string_equal(key, "pc:rl:{bob}:login");
+    assert_false(rl_key(key, 17, "pc:", "rl", "bob", ":login"));
+    assert_string_equal(key, "pc:rl:{bob}:logi");
+    assert_false(rl_key(key, 0, "pc:", "rl", "bob", ""));
+    /* script arguments: decimal, truncated like snprintf */
+    char n[21];
+    assert_string_equal(pol_num(n, sizeof n, 0), "0");
+    assert_string_equal(pol_num(n, sizeof n, 86400000), "86400000");
+    assert_string_equal(pol_num(n, sizeof n, UINT64_MAX), "18446744073709551615");
+    assert_string_equal(pol_num(n, 3, 12345), "12");
 }
 
 /* ---- local table -------------------------------------------------------------------------- */
@@ -320,6 +338,34 @@ static void test_local_take(void **state)
 static pid_t redis_pid;
 static int redis_port;
 
+static bool redis_sock(int fd);
+
+/* write() calls on sockets connected to the test's redis-server (hiredis writes with write()). */
+static unsigned g_redis_writes;
+ssize_t write(int fd, const void *p, size_t n)
+{
+    if (redis_sock(fd))
+        g_redis_writes++;
+    return syscall(SYS_write, fd, p, n);
+}
+
+static bool redis_sock(int fd)
+{
+    struct sockaddr_in a;
+    socklen_t l = sizeof a;
+    return redis_port && getpeername(fd, (struct sockaddr *)&a, &l) == 0 &&
+           a.sin_family == AF_INET && ntohs(a.sin_port) == redis_port;
+}
+
+/* epoll_ctl() calls (libev's) for those sockets: watcher changes the kernel is told about. */
+static unsigned g_redis_epoll_ctls;
+int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
+{
+    if (redis_sock(fd))
+        g_redis_epoll_ctls++;
+    return (int)syscall(SYS_epoll_ctl, epfd, op, fd, ev);
+}
+
 static int free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -447,6 +493,55 @@ static void on_reply(void *arg, const redisReply *r)
         g->integer = r->integer;
     if (r && (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS))
         snprintf(g->str, sizeof g->str, "%s", r->str);
+}
+
+struct seq {
+    int n;
+    long long got[3];
+};
+
+static void on_incr(void *arg, const redisReply *r)
+{
+    struct seq *q = arg;
+    if (q->n < 3)
+        q->got[q->n++] = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+}
+
+/* issue 19: the commands of one loop iteration leave in one write(), made before the loop
+ * polls, and are answered in order — with no epoll_ctl for the connection (hiredis' adapter
+ * alone turned EPOLLOUT on and off again for every command). */
+static void test_rds_one_write_per_iteration(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct got st = {0};
+    struct rds_opts o = opts();
+    struct rds *r = rds_new(loop, &o, "test", on_state, NULL, &st);
+    run_until(loop, &st.up, 2);
+    assert_true(st.up && rds_ready(r));
+    redis_do("DEL ut:pipe");
+    struct seq q = {0};
+    const char *argv[] = {"INCR", "ut:pipe"};
+    size_t lens[] = {4, 7};
+    g_redis_writes = g_redis_epoll_ctls = 0;
+    for (int i = 0; i < 3; i++)
+        assert_non_null(rds_call(r, 2, argv, lens, on_incr, &q));
+    assert_int_equal(g_redis_writes, 0); /* nothing from inside the calls */
+    ev_run(loop, EVRUN_NOWAIT);
+    assert_int_equal(g_redis_writes, 1);
+    for (int i = 0; i < 1000 && q.n < 3; i++) {
+        ev_run(loop, EVRUN_NOWAIT);
+        usleep(1000);
+    }
+    assert_int_equal(q.n, 3);
+    assert_int_equal(q.got[0], 1);
+    assert_int_equal(q.got[1], 2);
+    assert_int_equal(q.got[2], 3);
+    assert_int_equal(g_redis_writes, 1);
+    assert_int_equal(g_redis_epoll_ctls, 0);
+    assert_int_equal(rds_pending(r), 0);
+    rds_free(&r);
+    ev_loop_destroy(loop);
 }
 
 static void test_rds_eval_noscript_timeout_reconnect(void **state)
@@ -962,6 +1057,7 @@ int main(void)
     };
     const struct CMUnitTest live[] = {
         cmocka_unit_test(test_rds_eval_noscript_timeout_reconnect),
+        cmocka_unit_test(test_rds_one_write_per_iteration),
         cmocka_unit_test(test_policy_scripts),
         cmocka_unit_test(test_policy_lockout_model),
         cmocka_unit_test(test_policy_done),

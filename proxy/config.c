@@ -193,6 +193,7 @@ static const struct cfg_key scan_keys[] = {
     {CFG_K_SIZE("max_file_size", struct cfg_scan, max_file_size, "25M", KIB, 4 * GIB - 1)},
     {CFG_K_UINT("max_recursion", struct cfg_scan, max_recursion, "16", 1, 64)},
     {CFG_K_UINT("max_files", struct cfg_scan, max_files, "10000", 1, 1000000)},
+    {CFG_K_BOOL("engine_cache", struct cfg_scan, engine_cache, "true")},
     {CFG_K_UINT("max_prefetch_messages", struct cfg_scan, max_prefetch_messages, "1000", 1,
                 1000000)},
     {CFG_K_DURATION("scan_timeout", struct cfg_scan, scan_timeout_ms, "60s", 1, HOUR)},

@@ -150,6 +150,7 @@ struct cfg_scan {
     size_t max_file_size;     /* default 25M: one extracted part/member */
     unsigned max_recursion;   /* default 16: archive/MIME nesting */
     unsigned max_files;       /* default 10000: members per message */
+    bool engine_cache;        /* default true: libclamav's clean-object cache (MD5 per object) */
     uint64_t scan_timeout_ms; /* default 60s: libclamav's own time limit per scan */
     char *tmpdir;             /* owned or NULL = $TMPDIR; a private 0700 dir is made in it */
     enum cfg_scan_action oversize_action; /* default pass */

@@ -162,6 +162,7 @@ static void options_from(const struct cfg_scan *c, struct scan_options *o)
         .max_file_size = c->max_file_size,
         .max_recursion = c->max_recursion,
         .max_files = c->max_files,
+        .disable_cache = !c->engine_cache,
         .scan_timeout_ms = c->scan_timeout_ms,
         .reload_mode =
             c->reload == CFG_SCAN_RELOAD_LOWMEM ? SCAN_RELOAD_LOWMEM : SCAN_RELOAD_CONCURRENT,

@@ -54,7 +54,7 @@ struct scan_options {
     unsigned max_files;       /* parts/members per message */
     uint64_t scan_timeout_ms; /* libclamav's own time limit; exceeded = SCAN_LIMIT */
     enum scan_reload_mode reload_mode;
-    bool disable_cache; /* libclamav's clean-file cache off (benchmarks; pitfall 6) */
+    bool disable_cache; /* libclamav's clean-file cache off (scan.engine_cache; pitfall 6) */
     scan_log_fn *log;   /* may be NULL */
     void *log_arg;
     uint64_t work_min_free;      /* bytes the work dir's filesystem must have free beyond the

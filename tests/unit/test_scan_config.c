@@ -53,6 +53,7 @@ static void test_scan_defaults(void **state)
     assert_int_equal(s->max_file_size, 25u << 20);
     assert_int_equal(s->max_recursion, 16);
     assert_int_equal(s->max_files, 10000);
+    assert_true(s->engine_cache);
     assert_int_equal(s->scan_timeout_ms, 60000);
     assert_null(s->tmpdir);
     assert_int_equal(s->oversize_action, CFG_SCAN_PASS);
@@ -80,6 +81,7 @@ static void test_scan_all_keys(void **state)
                                     "  max_file_size: 512k\n"
                                     "  max_recursion: 4\n"
                                     "  max_files: 50\n"
+                                    "  engine_cache: false\n"
                                     "  scan_timeout: 1500ms\n"
                                     "  tmpdir: /run/pc\n"
                                     "  oversize_action: block\n"
@@ -106,6 +108,7 @@ static void test_scan_all_keys(void **state)
     assert_int_equal(s->max_file_size, 512u << 10);
     assert_int_equal(s->max_recursion, 4);
     assert_int_equal(s->max_files, 50);
+    assert_false(s->engine_cache);
     assert_int_equal(s->scan_timeout_ms, 1500);
     assert_string_equal(s->tmpdir, "/run/pc");
     assert_int_equal(s->oversize_action, CFG_SCAN_BLOCK);

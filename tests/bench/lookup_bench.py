@@ -104,6 +104,9 @@ class ProxyOnly:
     def pids(self) -> list[int]:
         return self.px.proxy_pids()
 
+    def proxy_pids(self) -> list[int]:
+        return self.px.proxy_pids()
+
 
 def start_directory(workdir: Path, certs) -> Slapd:
     """The test fixture's slapd (same slapd.conf, base tree and reader account) holding the

@@ -4,6 +4,7 @@
  * reason for each entry and for the notable absences.
  */
 #include "imap_allow.h"
+#include "imap_parse.h"
 
 #include <string.h>
 #include <strings.h>
@@ -113,22 +114,8 @@ bool imap_allow_cap(const char *tok, size_t len, bool preauth)
      * otherwise pass on its prefix and end up spliced into the proxy's own tagged OK to the
      * client (found by fuzz_backend_login's harness). */
     for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)tok[i];
-        if (c <= 0x20 || c >= 0x7f)
+        if (!imap_is_atom_char((unsigned char)tok[i])) /* ']' excluded too (resp-specials) */
             return false;
-        switch (c) { /* atom-specials that are printable, and ']' (resp-specials) */
-        case '(':
-        case ')':
-        case '{':
-        case '%':
-        case '*':
-        case '"':
-        case '\\':
-        case ']':
-            return false;
-        default:
-            break;
-        }
     }
     if (in_list(tok, len, caps_exact))
         return true;

@@ -5,6 +5,7 @@
 #ifndef PORTCULLIS_POLICY_INT_H
 #define PORTCULLIS_POLICY_INT_H
 
+#include "decimal.h"
 #include "local.h"
 #include "policy.h"
 #include "ratelimit.h"
@@ -97,17 +98,8 @@ void pol_sessions_count(struct policy *p, const char *user, const char *addr, un
  * format walk cost more than the digits. */
 static inline char *pol_num(char *buf, size_t cap, uint64_t v)
 {
-    char d[20];
-    size_t k = 0;
-    do {
-        d[k++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    size_t o = 0;
-    while (k && o + 1 < cap)
-        buf[o++] = d[--k];
     if (cap)
-        buf[o] = '\0';
+        buf[dec_put(buf, cap - 1, v)] = '\0';
     return buf;
 }
 

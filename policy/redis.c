@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "decimal.h"
 #include "plog.h"
 
 enum rds_state { RDS_DOWN, RDS_CONNECTING, RDS_READY };
@@ -440,16 +441,9 @@ void rds_script_init(struct rds_script *s, const char *name, const char *text)
 /* "<kind><n>\r\n" at p; returns its length. */
 static size_t resp_head(char *p, char kind, size_t n)
 {
-    char d[24];
-    size_t k = 0;
-    do {
-        d[k++] = (char)('0' + n % 10);
-        n /= 10;
-    } while (n);
     size_t o = 0;
     p[o++] = kind;
-    while (k)
-        p[o++] = d[--k];
+    o += dec_put(p + o, DEC_MAX, n);
     p[o++] = '\r';
     p[o++] = '\n';
     return o;

@@ -20,6 +20,7 @@
 #include "log.h"
 #include "proxy_proto.h"
 #include "tls.h"
+#include "words.h"
 
 static struct backend_state states[BACKEND_MAX];
 static size_t nstates;
@@ -425,16 +426,11 @@ bool backend_send_proxy_v2(int fd, const struct sockaddr_storage *client_sa,
 bool backend_cap_has(const char *list, size_t len, const char *want)
 {
     size_t wl = strlen(want);
-    size_t i = 0;
-    while (i < len) {
-        while (i < len && list[i] == ' ')
-            i++;
-        size_t j = i;
-        while (j < len && list[j] != ' ')
-            j++;
-        if (j - i == wl && strncasecmp(list + i, want, wl) == 0)
+    struct words it = words_of(list, len);
+    const char *w;
+    size_t n;
+    while (words_next(&it, &w, &n))
+        if (n == wl && strncasecmp(w, want, wl) == 0)
             return true;
-        i = j;
-    }
     return false;
 }

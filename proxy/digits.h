@@ -1,7 +1,8 @@
 /*
  * digits — the value of one hexadecimal or base64 digit, for the decoders that read %XX / =XX
  * escapes (route_shared.c's stored values, rfc2047.c's Q encoding) and base64 (sasl.c's strict
- * decoder, rfc2047.c's lenient B encoding). Header-only: each decoder calls it per input byte.
+ * decoder, rfc2047.c's lenient B encoding); the tests that read hex escapes use it too.
+ * Header-only: each decoder calls it per input byte.
  */
 #ifndef PORTCULLIS_DIGITS_H
 #define PORTCULLIS_DIGITS_H

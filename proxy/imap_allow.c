@@ -5,6 +5,7 @@
  */
 #include "imap_allow.h"
 #include "imap_parse.h"
+#include "words.h"
 
 #include <string.h>
 #include <strings.h>
@@ -303,17 +304,12 @@ static enum imap_allow_verdict check_enable(const char *a, size_t al, bool liter
 {
     if (literal)
         return refuse(out, SR_ENABLE, "ENABLE with a literal is not supported by this proxy.");
-    size_t i = 0;
-    while (i < al) {
-        while (i < al && a[i] == ' ')
-            i++;
-        size_t j = i;
-        while (j < al && a[j] != ' ')
-            j++;
-        if (j > i && !word_is(a + i, j - i, "CONDSTORE") && !word_is(a + i, j - i, "UTF8=ACCEPT"))
+    struct words it = words_of(a, al);
+    const char *w;
+    size_t n;
+    while (words_next(&it, &w, &n))
+        if (!word_is(w, n, "CONDSTORE") && !word_is(w, n, "UTF8=ACCEPT"))
             return refuse(out, SR_ENABLE, "Extension not available through this proxy.");
-        i = j;
-    }
     return IA_PASS;
 }
 

@@ -7,22 +7,19 @@ seconds apart is steadier than either figure on a shared machine).
 
     python3 tests/bench/cpu_ab.py A_BINARY B_BINARY [N] [REPS]     (root, like bench.py)"""
 import json
-import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests/integration"))
 import mailenv
+import login_env
 A, B = Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve()
 N = int(sys.argv[3]) if len(sys.argv) > 3 else 3000
 REPS = int(sys.argv[4]) if len(sys.argv) > 4 else 10
 work = Path(tempfile.mkdtemp(prefix="cpu-ab-"))
 work.chmod(0o755)  # Dovecot drops privileges and must reach its files
-pcb = Path(os.environ.get("PCBENCH", REPO / "build" / "pcbench"))
 certs = mailenv.make_certs(work / "certs")
 users = {f"bench{i}": "benchpw" for i in range(16)}
 dv = mailenv.Dovecot().start(work / "dv", users=users, ssl=False,
@@ -30,26 +27,14 @@ dv = mailenv.Dovecot().start(work / "dv", users=users, ssl=False,
 procs = {}
 for name, binp in (("A", A), ("B", B)):
     rd = mailenv.Redis().start(work / f"redis{name}")
-    over = {"instance": "bench", "log": {"level": "warn"},
-            "tls": {"certificates": [{"cert": str(certs.server), "key": str(certs.server_key)}]},
-            "limits": {"max_connections": 2000, "preauth_timeout": "60s"},
-            "health": {"enabled": False}, "redis": {"host": mailenv.LOCAL, "port": rd.port},
-            "policy": {"user_login_burst": 100000, "addr_login_burst": 100000,
-                       "user_max_sessions": 100000, "addr_max_sessions": 1000000}}
-    be = [{"name": "be", "server": "be", "protocol": "imap", "host": mailenv.LOCAL,
-           "port": dv.ports["imap"], "tls": "none"}]
-    cfg = mailenv.proxy_config(certs, backends=be, overrides=over)
-    cfg["listeners"] = [l for l in cfg["listeners"] if l["protocol"] == "imap"]
-    px = mailenv.Proxy().start(work / f"px{name}", cfg, binary=binp, timeout=20)
+    px = login_env.start_proxy(work / f"px{name}", certs, dv, rd, binp, max_connections=2000,
+                               timeout=20)
     procs[name] = (px, rd)
-def ut(pid):
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return int(f[11]), int(f[12])
+ut = login_env.cpu_ticks
 def run(port, n):
-    r = subprocess.run([str(pcb), "run", "-m", "login", "-p", str(port), "-c", "16", "-n", str(n), "-d", "600",
-                        "-u", "bench%d", "-w", "benchpw", "-U", "16", "-l", "x"], capture_output=True, text=True)
-    m = re.search(r"^RESULT (.*)$", r.stdout, re.M)
-    j = json.loads(m.group(1)); assert j["errors"] == 0, j
+    res, err = login_env.run_logins(port, n, 16, 16)
+    assert res, err
+    j = json.loads(res); assert j["errors"] == 0, j
     return j["sessions"]
 res = {"A": [], "B": []}
 try:

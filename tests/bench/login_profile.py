@@ -13,7 +13,6 @@ MODE cpu: /proc user and system CPU per login of the proxy and its redis-server,
     16 clients, REPS times.
 Needs root (Dovecot), like bench.py."""
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -22,12 +21,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests/integration"))
 import mailenv
+import login_env
 binary, out = Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve()
 N = int(sys.argv[3]) if len(sys.argv) > 3 else 500
 mode = sys.argv[4] if len(sys.argv) > 4 else "callgrind"
 work = Path(tempfile.mkdtemp(prefix="login-profile-"))
 work.chmod(0o755)  # Dovecot drops privileges and must reach its files
-pcb = Path(os.environ.get("PCBENCH", REPO / "build" / "pcbench"))
 certs = mailenv.make_certs(work / "certs")
 users = {f"bench{i}": "benchpw" for i in range(8)}
 dv = mailenv.Dovecot().start(work / "dv", users=users, ssl=False)
@@ -38,26 +37,13 @@ if mode == "callgrind":
 else:
     wrapper.write_text(f"#!/bin/sh\nexec {binary} \"$@\"\n")
 wrapper.chmod(0o755)
-over = {"instance": "bench", "workers": 1, "log": {"level": "warn"},
-        "tls": {"certificates": [{"cert": str(certs.server), "key": str(certs.server_key)}]},
-        "limits": {"max_connections": 1000, "preauth_timeout": "60s"},
-        "health": {"enabled": False},
-        "redis": {"host": mailenv.LOCAL, "port": rd.port},
-        "policy": {"user_login_burst": 100000, "addr_login_burst": 100000,
-                   "user_max_sessions": 100000, "addr_max_sessions": 1000000}}
-be = [{"name": "be", "server": "be", "protocol": "imap", "host": mailenv.LOCAL,
-       "port": dv.ports["imap"], "tls": "none"}]
-cfg = mailenv.proxy_config(certs, backends=be, overrides=over)
-cfg["listeners"] = [l for l in cfg["listeners"] if l["protocol"] == "imap"]
-px = mailenv.Proxy().start(work / "px", cfg, binary=wrapper, timeout=120)
+px = login_env.start_proxy(work / "px", certs, dv, rd, wrapper, max_connections=1000, timeout=120,
+                          workers=1)
 port = px.port("imaps")
 def run(n, c):
-    r = subprocess.run([str(pcb), "run", "-m", "login", "-p", str(port), "-c", str(c), "-n", str(n), "-d", "600",
-                        "-u", "bench%d", "-w", "benchpw", "-U", "8", "-l", "x"],
-                       capture_output=True, text=True, timeout=900)
-    m = re.search(r"^RESULT (.*)$", r.stdout, re.M)
-    if mode != "cpu" or not m:
-        print(m.group(1) if m else r.stderr, flush=True)
+    res, err = login_env.run_logins(port, n, c, 8, timeout=900)
+    if mode != "cpu" or not res:
+        print(res or err, flush=True)
 try:
     time.sleep(2)
     run(40, 4)
@@ -79,9 +65,7 @@ try:
         run(N, 16)
         st.send_signal(2); st.wait()
     elif mode == "cpu":
-        def ut(pid):
-            f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-            return int(f[11]), int(f[12])
+        ut = login_env.cpu_ticks
         for rep in range(int(os.environ.get("REPS", "2"))):
             a, b = ut(px.pid), ut(rd.pid)
             run(N, 16)

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "digits.h"
 #include "ldapfilter.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -30,17 +31,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
         }                                                                                          \
     } while (0)
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Counts unescaped specials, checks escapes and balance. Returns the special count. */
 static unsigned scan_filter(const char *f, size_t len)
 {
@@ -50,7 +40,7 @@ static unsigned scan_filter(const char *f, size_t len)
         unsigned char c = (unsigned char)f[i];
         CHECK(c != 0 && c >= 0x20 && c != 0x7f, "control byte in the filter");
         if (c == '\\') {
-            CHECK(i + 2 < len + 1 && hexval(f[i + 1]) >= 0 && hexval(f[i + 2]) >= 0,
+            CHECK(i + 2 < len + 1 && hex_digit(f[i + 1]) >= 0 && hex_digit(f[i + 2]) >= 0,
                   "'\\' not followed by two hex digits");
             i += 2;
             continue;
@@ -75,7 +65,7 @@ static void check_escape(const char *user, size_t ulen)
     CHECK(pos < cap && strlen(out) == pos, "escape length");
     for (size_t i = 0; i < pos; i++) {
         if (out[i] == '\\') {
-            back[n++] = (char)(hexval(out[i + 1]) * 16 + hexval(out[i + 2]));
+            back[n++] = (char)(hex_digit(out[i + 1]) * 16 + hex_digit(out[i + 2]));
             i += 2;
         } else {
             back[n++] = out[i];

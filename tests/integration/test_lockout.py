@@ -255,6 +255,20 @@ def test_redis_outage_process_wide_table_and_writeback(proxy_factory, certs, env
         r.stop()
 
 
+def assert_passed_on_not_counted(px, redis, pfx: str, code: str, n: int) -> str:
+    """alice's `n` logins from 127.0.0.1, each refused by the backend with `code`, were passed on
+    and never counted: no failure record (user, pair, address), the reservations released, each
+    logged as not counted, no lock-out. Returns the proxy's log."""
+    assert redis.command("EXISTS", pfx + "fail:{alice}", pfx + "fail:{alice}:ip:127.0.0.1/32",
+                         pfx + "fail:{ip:127.0.0.1/32}") == 0
+    wait_for(lambda: not redis.command("ZCARD", pfx + "pend:{alice}:ip:127.0.0.1/32"),
+             what="reservations released")
+    log = px.log()
+    assert log.count(f"event=backend_login_refused code={code} counted=no") == n
+    assert "event=lockout" not in log
+    return log
+
+
 def test_backend_privacy_required_is_passed_on_and_never_counted(proxy_factory, dovecot_factory,
                                                                  certs, redis):
     """Issue 17 item 5: a real Dovecot with `ssl = required`, reached in plaintext, refuses even
@@ -275,14 +289,8 @@ def test_backend_privacy_required_is_passed_on_and_never_counted(proxy_factory, 
         out = login(px, certs, VICTIM_NET, "alice", USERS["alice"])
         assert out.startswith(b"a NO [PRIVACYREQUIRED] "), out
         assert b"Plaintext authentication disallowed" in out, out
-    assert redis.command("EXISTS", pfx + "fail:{alice}", pfx + "fail:{alice}:ip:127.0.0.1/32",
-                         pfx + "fail:{ip:127.0.0.1/32}") == 0
-    wait_for(lambda: not redis.command("ZCARD", pfx + "pend:{alice}:ip:127.0.0.1/32"),
-             what="reservations released")
-    log = px.log()
-    assert log.count("event=backend_login_refused code=PRIVACYREQUIRED counted=no") == 6
+    log = assert_passed_on_not_counted(px, redis, pfx, "PRIVACYREQUIRED", 6)
     assert "Plaintext authentication disallowed" in log  # the backend's text, for the operator
-    assert "event=lockout" not in log
 
 
 def test_pop3_backend_temp_failure_is_passed_on_and_never_counted(proxy_factory, dovecot_factory,
@@ -311,10 +319,4 @@ def test_pop3_backend_temp_failure_is_passed_on_and_never_counted(proxy_factory,
             p.quit()
     finally:
         entry.chmod(mode)
-    assert redis.command("EXISTS", pfx + "fail:{alice}", pfx + "fail:{alice}:ip:127.0.0.1/32",
-                         pfx + "fail:{ip:127.0.0.1/32}") == 0
-    wait_for(lambda: not redis.command("ZCARD", pfx + "pend:{alice}:ip:127.0.0.1/32"),
-             what="reservations released")
-    log = px.log()
-    assert log.count("event=backend_login_refused code=SYS/TEMP counted=no") == 6
-    assert "event=lockout" not in log
+    assert_passed_on_not_counted(px, redis, pfx, "SYS/TEMP", 6)

@@ -392,17 +392,27 @@ def test_download_volume_limit(proxy_factory, certs, redis):
     o = overrides(redis.port, pfx, download_limit="1k", download_window="1h")
     a = proxy_factory(instance="A", **o)
     b = proxy_factory(instance="B", **o)
+    # A session registered or closed while its worker has no Redis link is not counted there:
+    # both instances must be connected before their sessions start.
+    a.wait_redis_ready()
+    b.wait_redis_ready()
     p = pop3(a, certs, "jürgen")
     assert len(p.retr(1)[1]) > 5
     with pytest.raises(poplib.error_proto, match=r"SYS/TEMP.*Download limit"):
         p.retr(2)
     p.quit()
-    used = int(wait_for(lambda: redis.command("GET", pfx + "rl:{jürgen}:bytes"),
-                        what="volume flushed"))
+    # The total is final once A's session is unregistered (the close script drops it from
+    # conn:{U} and adds its last bytes in one step); a heartbeat may have written part before.
+    wait_for(lambda: redis.command("ZCARD", pfx + "conn:{jürgen}") == 0
+             and not keys(redis, pfx + "sess:{jürgen}:*"), what="A's session unregistered")
+    used = int(redis.command("GET", pfx + "rl:{jürgen}:bytes") or 0)
     assert used > 1024
     assert 0 < int(redis.command("PTTL", pfx + "rl:{jürgen}:bytes")) <= 3600 * 1000
-    # the other instance knows: FETCH refused with NO [LIMIT] from the first command
+    # the other instance knows: FETCH refused with NO [LIMIT] from the first command. B learns
+    # the total from the answer to its session's registration (checks never wait for Redis),
+    # so the FETCH goes out once that registration has run.
     m = imap(b, certs, "jürgen")
+    wait_for(lambda: keys(redis, pfx + "sess:{jürgen}:*"), what="B's session registered")
     m.select("INBOX")
     typ, data = m.fetch("1", "(BODY.PEEK[])")
     assert typ == "NO" and b"[LIMIT]" in data[0]

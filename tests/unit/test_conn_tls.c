@@ -99,24 +99,47 @@ static SSL_CTX *server_ctx(void)
     return ctx;
 }
 
-static int setup(void **state)
+/* The two ends on a socketpair, TLS not started: the proxy's conn (the server when
+ * `proxy_serves`) and the plain OpenSSL peer on the other side. */
+static void fx_open(struct fx *f, bool proxy_serves, size_t wbuf_cap)
 {
-    struct fx *f = calloc(1, sizeof *f);
     int sv[2];
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
     f->loop = ev_loop_new(0);
     f->sctx = server_ctx();
     f->cctx = SSL_CTX_new(TLS_client_method());
     f->peer_fd = sv[1];
-    f->peer = SSL_new(f->cctx);
+    f->peer = SSL_new(proxy_serves ? f->cctx : f->sctx);
     SSL_set_fd(f->peer, sv[1]);
-    SSL_set_connect_state(f->peer);
+    if (proxy_serves)
+        SSL_set_connect_state(f->peer);
+    else
+        SSL_set_accept_state(f->peer);
     f->drained_clean = true;
     buf_init(&f->rbuf, 4096);
-    buf_init(&f->wbuf, 1 << 20);
+    buf_init(&f->wbuf, wbuf_cap);
     conn_init(&f->c, f->loop, sv[0], handler, f, 4096);
     f->c.rbuf = &f->rbuf;
     f->c.wbuf = &f->wbuf;
+}
+
+static void fx_close(struct fx *f)
+{
+    g_watch_fd = -1;
+    conn_close(&f->c);
+    buf_free(&f->rbuf);
+    buf_free(&f->wbuf);
+    SSL_free(f->peer);
+    close(f->peer_fd);
+    SSL_CTX_free(f->sctx);
+    SSL_CTX_free(f->cctx);
+    ev_loop_destroy(f->loop);
+}
+
+static int setup(void **state)
+{
+    struct fx *f = calloc(1, sizeof *f);
+    fx_open(f, true, 1 << 20);
     conn_start_tls(&f->c, SSL_new(f->sctx), true);
     int done = 0;
     for (int i = 0; i < 100000 && (f->c.handshaking || done != 1); i++) {
@@ -129,7 +152,7 @@ static int setup(void **state)
     assert_false(f->c.handshaking);
     assert_false(f->c.error);
     assert_int_equal(done, 1);
-    g_watch_fd = sv[0];
+    g_watch_fd = f->c.fd;
     g_writes = 0;
     *state = f;
     return 0;
@@ -138,15 +161,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fx *f = *state;
-    g_watch_fd = -1;
-    conn_close(&f->c);
-    buf_free(&f->rbuf);
-    buf_free(&f->wbuf);
-    SSL_free(f->peer);
-    close(f->peer_fd);
-    SSL_CTX_free(f->sctx);
-    SSL_CTX_free(f->cctx);
-    ev_loop_destroy(f->loop);
+    fx_close(f);
     free(f);
     return 0;
 }
@@ -292,51 +307,31 @@ static void test_close_notify_sent(void **state)
 static void test_ticket_leaves_with_greeting(void **state)
 {
     (void)state;
-    int sv[2];
-    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
-    struct ev_loop *loop = ev_loop_new(0);
-    SSL_CTX *sctx = server_ctx(), *cctx = SSL_CTX_new(TLS_client_method());
-    SSL *peer = SSL_new(cctx);
-    SSL_set_fd(peer, sv[1]);
-    SSL_set_connect_state(peer);
     struct fx f = {.greet = true};
-    struct buf rbuf, wbuf;
-    buf_init(&rbuf, 4096);
-    buf_init(&wbuf, 4096);
-    conn_init(&f.c, loop, sv[0], handler, &f, 4096);
-    f.c.rbuf = &rbuf;
-    f.c.wbuf = &wbuf;
-    g_watch_fd = sv[0];
+    fx_open(&f, true, 4096);
+    g_watch_fd = f.c.fd;
     g_writes = 0;
-    conn_start_tls(&f.c, SSL_new(sctx), true);
+    conn_start_tls(&f.c, SSL_new(f.sctx), true);
     char out[32];
     size_t n = 0;
     for (int i = 0; i < 100000 && n < 12; i++) {
         ERR_clear_error();
-        int k = SSL_read(peer, out + n, (int)(sizeof out - n));
+        int k = SSL_read(f.peer, out + n, (int)(sizeof out - n));
         if (k > 0)
             n += (size_t)k;
-        ev_run(loop, EVRUN_NOWAIT);
+        ev_run(f.loop, EVRUN_NOWAIT);
     }
     assert_int_equal(n, 12);
     assert_memory_equal(out, "* OK hello\r\n", 12);
     assert_int_equal(f.handshakes, 1);
     assert_false(f.c.error);
-    assert_int_equal(SSL_version(peer), TLS1_3_VERSION);
+    assert_int_equal(SSL_version(f.peer), TLS1_3_VERSION);
     /* the tickets came (before the greeting, in the same send) */
-    assert_true(SSL_SESSION_is_resumable(SSL_get0_session(peer)));
+    assert_true(SSL_SESSION_is_resumable(SSL_get0_session(f.peer)));
     /* ServerHello..Finished, then tickets + greeting (3 sends before) */
     assert_int_equal(g_writes, 2);
     assert_null(f.c.tls_out.data); /*TLSOUT*/
-    g_watch_fd = -1;
-    conn_close(&f.c);
-    buf_free(&rbuf);
-    buf_free(&wbuf);
-    SSL_free(peer);
-    close(sv[1]);
-    SSL_CTX_free(sctx);
-    SSL_CTX_free(cctx);
-    ev_loop_destroy(loop);
+    fx_close(&f);
 }
 
 /* A TLS client (backend side) whose handler writes nothing after the handshake: its Finished
@@ -344,30 +339,18 @@ static void test_ticket_leaves_with_greeting(void **state)
 static void test_client_finished_not_held(void **state)
 {
     (void)state;
-    int sv[2];
-    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
-    struct ev_loop *loop = ev_loop_new(0);
-    SSL_CTX *sctx = server_ctx(), *cctx = SSL_CTX_new(TLS_client_method());
-    SSL *peer = SSL_new(sctx);
-    SSL_set_fd(peer, sv[1]);
-    SSL_set_accept_state(peer);
     struct fx f = {0};
-    struct buf rbuf, wbuf;
-    buf_init(&rbuf, 4096);
-    buf_init(&wbuf, 4096);
-    conn_init(&f.c, loop, sv[0], handler, &f, 4096);
-    f.c.rbuf = &rbuf;
-    f.c.wbuf = &wbuf;
-    conn_start_tls(&f.c, SSL_new(cctx), false);
+    fx_open(&f, false, 4096);
+    conn_start_tls(&f.c, SSL_new(f.cctx), false);
     int done = 0;
     bool checked = false;
     for (int i = 0; i < 100000 && (f.c.handshaking || done != 1); i++) {
         if (done != 1) {
             ERR_clear_error();
-            done = SSL_do_handshake(peer);
+            done = SSL_do_handshake(f.peer);
         }
         bool was = f.c.handshaking;
-        ev_run(loop, EVRUN_NOWAIT);
+        ev_run(f.loop, EVRUN_NOWAIT);
         if (was && !f.c.handshaking) {
             assert_int_equal(conn_pending_out(&f.c), 0);
             checked = true;
@@ -377,14 +360,7 @@ static void test_client_finished_not_held(void **state)
     assert_int_equal(done, 1);
     assert_int_equal(f.handshakes, 1);
     assert_false(f.c.error);
-    conn_close(&f.c);
-    buf_free(&rbuf);
-    buf_free(&wbuf);
-    SSL_free(peer);
-    close(sv[1]);
-    SSL_CTX_free(sctx);
-    SSL_CTX_free(cctx);
-    ev_loop_destroy(loop);
+    fx_close(&f);
 }
 
 int main(void)

@@ -21,6 +21,7 @@
 
 #include <cmocka.h>
 
+#include "digits.h"
 #include "imap_parse.h"
 
 /* ---------- rendering results as text ---------- */
@@ -221,17 +222,6 @@ struct cmd_case {
     struct text expect;
 };
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Unescape an "in" line: \r \n \t \0 \xHH; any other backslash stands for itself. */
 static bool unescape_in(const char *s, struct text *t)
 {
@@ -243,7 +233,7 @@ static bool unescape_in(const char *s, struct text *t)
                 c = n == 'r' ? '\r' : n == 'n' ? '\n' : n == 't' ? '\t' : '\0';
                 i++;
             } else if (n == 'x') {
-                int h = hexval(s[i + 2]), l = h < 0 ? -1 : hexval(s[i + 3]);
+                int h = hex_digit(s[i + 2]), l = h < 0 ? -1 : hex_digit(s[i + 3]);
                 if (h < 0 || l < 0)
                     return false;
                 c = (char)(h * 16 + l);

@@ -633,21 +633,46 @@ static struct policy_verdict check(struct ev_loop *loop, struct policy *p,
     return v;
 }
 
-static void test_policy_scripts(void **state)
+/* The conf of a policy on the test's Redis. */
+static struct policy_conf live_conf(const char *prefix, uint64_t heartbeat_ms, uint64_t ttl_ms,
+                                    size_t local_entries)
 {
-    (void)state;
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    struct policy_conf pc = {.use_redis = true,
-                             .redis = opts(),
-                             .prefix = "ut:",
-                             .heartbeat_ms = 100,
-                             .session_ttl_ms = 300,
-                             .local_entries = 100};
-    struct policy *p = policy_new(loop, &pc);
+    return (struct policy_conf){.use_redis = true,
+                                .redis = opts(),
+                                .prefix = prefix,
+                                .heartbeat_ms = heartbeat_ms,
+                                .session_ttl_ms = ttl_ms,
+                                .local_entries = local_entries};
+}
+
+/* A policy whose Redis link is up: the checks that follow go to Redis, not to the table. */
+static struct policy *live_policy(struct ev_loop *loop, const struct policy_conf *pc)
+{
+    struct policy *p = policy_new(loop, pc);
     assert_non_null(p);
     bool never = false;
     run_until(loop, &never, 0.3);
     assert_true(policy_redis_up(p));
+    return p;
+}
+
+/* check() whose result must be `want`. */
+static struct policy_verdict check_is(struct ev_loop *loop, struct policy *p,
+                                      const struct policy_limits *l, const struct policy_who *w,
+                                      enum policy_result want)
+{
+    struct policy_verdict v = check(loop, p, l, w);
+    assert_int_equal(v.result, want);
+    return v;
+}
+
+static void test_policy_scripts(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct policy_conf pc = live_conf("ut:", 100, 300, 100);
+    struct policy *p = live_policy(loop, &pc);
+    bool never = false;
     struct sockaddr_in6 sa = {.sin6_family = AF_INET6};
     inet_pton(AF_INET6, "2001:db8:5:6:7::8", &sa.sin6_addr);
     struct policy_limits l = {.v4_prefix = 32,
@@ -662,15 +687,13 @@ static void test_policy_scripts(void **state)
                               .lockout_max_ms = 1000,
                               .user_max_sessions = 1};
     struct policy_who w = {.user = "Dave", .addr = (struct sockaddr *)&sa, .sid = "s1"};
-    struct policy_verdict v = check(loop, p, &l, &w);
-    assert_int_equal(v.result, POLICY_ALLOW);
+    struct policy_verdict v = check_is(loop, p, &l, &w, POLICY_ALLOW);
     assert_false(v.degraded);
     /* the slot is reserved: a second session of dave is over the cap */
     struct policy_who w2 = w;
     w2.user = "dave";
     w2.sid = "s2";
-    v = check(loop, p, &l, &w2);
-    assert_int_equal(v.result, POLICY_SESSIONS);
+    v = check_is(loop, p, &l, &w2, POLICY_SESSIONS);
     assert_int_equal(v.scope, POLICY_SCOPE_USER);
     policy_release(p, &l, &w);
     run_until(loop, &never, 0.1);
@@ -678,28 +701,23 @@ static void test_policy_scripts(void **state)
     policy_login_failed(p, &l, &w);
     policy_login_failed(p, &l, &w);
     run_until(loop, &never, 0.1);
-    v = check(loop, p, &l, &w2);
-    assert_int_equal(v.result, POLICY_LOCKED);
+    v = check_is(loop, p, &l, &w2, POLICY_LOCKED);
     assert_true(v.retry_ms > 0 && v.retry_ms <= 150);
     redisContext *c = sync_conn();
     redisReply *rep = redisCommand(c, "EXISTS ut:fail:{ip:2001:db8:5:6::/64}");
     assert_int_equal(rep->integer, 1);
     freeReplyObject(rep);
     run_until(loop, &never, 0.2);
-    v = check(loop, p, &l, &w2);
-    assert_int_equal(v.result, POLICY_ALLOW);
-    v = check(loop, p, &l, &(struct policy_who){.user = "dave", .sid = "s3"});
-    assert_int_equal(v.result, POLICY_SESSIONS);
+    check_is(loop, p, &l, &w2, POLICY_ALLOW);
+    check_is(loop, p, &l, &(struct policy_who){.user = "dave", .sid = "s3"}, POLICY_SESSIONS);
     policy_release(p, &l, &w2);
     run_until(loop, &never, 0.1);
     /* 3 tokens: s1 and s2 took one each; refusals (cap, lock-out) took none */
     struct policy_who w4 = {.user = "dave", .sid = "s4"};
-    v = check(loop, p, &l, &w4);
-    assert_int_equal(v.result, POLICY_ALLOW);
+    check_is(loop, p, &l, &w4, POLICY_ALLOW);
     policy_release(p, &l, &w4);
     run_until(loop, &never, 0.1);
-    v = check(loop, p, &l, &(struct policy_who){.user = "dave", .sid = "s5"});
-    assert_int_equal(v.result, POLICY_RATE);
+    v = check_is(loop, p, &l, &(struct policy_who){.user = "dave", .sid = "s5"}, POLICY_RATE);
     assert_true(v.retry_ms > 0);
     rep = redisCommand(c, "HGET ut:rl:{dave}:login tok");
     assert_true(rep->type == REDIS_REPLY_STRING && atof(rep->str) < 1);
@@ -729,20 +747,17 @@ static void test_policy_scripts(void **state)
     /* Redis gone, fail open: the local table answers (it saw the same checks) */
     stop_redis();
     run_until(loop, &never, 0.1);
-    v = check(loop, p, &(struct policy_limits){.user_burst = 1, .user_interval_ms = 100000},
-              &(struct policy_who){.user = "frank", .sid = "f1"});
-    assert_int_equal(v.result, POLICY_ALLOW);
+    v = check_is(loop, p, &(struct policy_limits){.user_burst = 1, .user_interval_ms = 100000},
+                 &(struct policy_who){.user = "frank", .sid = "f1"}, POLICY_ALLOW);
     assert_true(v.degraded);
-    v = check(loop, p, &(struct policy_limits){.user_burst = 1, .user_interval_ms = 100000},
-              &(struct policy_who){.user = "frank", .sid = "f2"});
-    assert_int_equal(v.result, POLICY_RATE);
+    v = check_is(loop, p, &(struct policy_limits){.user_burst = 1, .user_interval_ms = 100000},
+                 &(struct policy_who){.user = "frank", .sid = "f2"}, POLICY_RATE);
     assert_true(v.degraded);
     policy_free(&p);
     /* fail closed */
     pc.fail_closed = true;
     p = policy_new(loop, &pc);
-    v = check(loop, p, &l, &w);
-    assert_int_equal(v.result, POLICY_UNAVAILABLE);
+    check_is(loop, p, &l, &w, POLICY_UNAVAILABLE);
     /* cancelled: the callback never runs */
     struct policy_verdict none = {.result = (enum policy_result) - 1};
     struct policy_req *r = policy_check_login(p, &l, &w, on_verdict, &none);
@@ -786,16 +801,9 @@ static void test_policy_lockout_model(void **state)
 {
     (void)state;
     struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    struct policy_conf pc = {.use_redis = true,
-                             .redis = opts(),
-                             .prefix = "lm:",
-                             .heartbeat_ms = 1000,
-                             .session_ttl_ms = 3000,
-                             .local_entries = 1000};
-    struct policy *p1 = policy_new(loop, &pc), *p2 = policy_new(loop, &pc);
+    struct policy_conf pc = live_conf("lm:", 1000, 3000, 1000);
+    struct policy *p1 = live_policy(loop, &pc), *p2 = live_policy(loop, &pc);
     bool never = false;
-    run_until(loop, &never, 0.3);
-    assert_true(policy_redis_up(p1) && policy_redis_up(p2));
     struct policy_limits l = {.v4_prefix = 32,
                               .v6_prefix = 64,
                               .user_fail_limit = 10,
@@ -809,7 +817,7 @@ static void test_policy_lockout_model(void **state)
     struct sockaddr_in home = v4("198.51.100.7"), evil = v4("203.0.113.9"), away = v4("192.0.2.50");
     struct policy_who wh = {.user = "victim", .addr = (struct sockaddr *)&home, .sid = "h1"};
     /* the victim logs in from home: home becomes known */
-    assert_int_equal(check(loop, p1, &l, &wh).result, POLICY_ALLOW);
+    check_is(loop, p1, &l, &wh, POLICY_ALLOW);
     struct policy_sess_info info = {"198.51.100.7:1", "be1", "ut", "imap", 1};
     struct policy_sess *ps = policy_session_open(p1, &l, &wh, &info, NULL, NULL, NULL);
     run_until(loop, &never, 0.1);
@@ -850,15 +858,14 @@ static void test_policy_lockout_model(void **state)
             policy_login_failed(i % 2 ? p2 : p1, &l, &we[i]);
     run_until(loop, &never, 0.1);
     assert_int_equal(redis_int("ZCARD lm:pend:{victim}:ip:203.0.113.9/32"), 0);
-    struct policy_verdict v = check(loop, p2, &l, &we[0]);
-    assert_int_equal(v.result, POLICY_LOCKED);
+    struct policy_verdict v = check_is(loop, p2, &l, &we[0], POLICY_LOCKED);
     assert_int_equal(v.scope, POLICY_SCOPE_PAIR);
     assert_false(v.degraded);
     assert_true(redis_int("HGET lm:fail:{victim}:ip:203.0.113.9/32 until") > 0);
     assert_int_equal(redis_int("HGET lm:fail:{victim} n"), 3);
     /* the victim at home is not locked out */
     wh.sid = "h2";
-    assert_int_equal(check(loop, p2, &l, &wh).result, POLICY_ALLOW);
+    check_is(loop, p2, &l, &wh, POLICY_ALLOW);
     policy_release(p2, &l, &wh);
 
     /* Redis down: the process-wide table counts for both workers */
@@ -872,16 +879,13 @@ static void test_policy_lockout_model(void **state)
         assert_true(v.degraded);
         policy_login_failed(pw, &l, &wa);
     }
-    v = check(loop, p2, &l, &wa);
-    assert_int_equal(v.result, POLICY_LOCKED);
+    v = check_is(loop, p2, &l, &wa, POLICY_LOCKED);
     assert_int_equal(v.scope, POLICY_SCOPE_PAIR);
     assert_true(v.degraded);
-    v = check(loop, p1, &l, &wa);
-    assert_int_equal(v.result, POLICY_LOCKED);
+    check_is(loop, p1, &l, &wa, POLICY_LOCKED);
     /* home still works (the table remembered it as known) */
     wh.sid = "h3";
-    v = check(loop, p1, &l, &wh);
-    assert_int_equal(v.result, POLICY_ALLOW);
+    v = check_is(loop, p1, &l, &wh, POLICY_ALLOW);
     assert_true(v.degraded);
     policy_release(p1, &l, &wh);
 
@@ -895,8 +899,7 @@ static void test_policy_lockout_model(void **state)
     assert_true(until > 0);
     assert_int_equal(redis_int("HGET lm:fail:{victim}:ip:192.0.2.50/32 level"), 1);
     assert_int_equal(redis_int("HGET lm:fail:{victim} n"), 3);
-    v = check(loop, p2, &l, &wa);
-    assert_int_equal(v.result, POLICY_LOCKED);
+    v = check_is(loop, p2, &l, &wa, POLICY_LOCKED);
     assert_false(v.degraded);
     policy_free(&p1);
     policy_free(&p2);
@@ -916,16 +919,9 @@ static void test_policy_done(void **state)
 {
     (void)state;
     struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    struct policy_conf pc = {.use_redis = true,
-                             .redis = opts(),
-                             .prefix = "rd:",
-                             .heartbeat_ms = 60000,
-                             .session_ttl_ms = 120000,
-                             .local_entries = 100};
-    struct policy *p = policy_new(loop, &pc);
+    struct policy_conf pc = live_conf("rd:", 60000, 120000, 100);
+    struct policy *p = live_policy(loop, &pc);
     bool never = false;
-    run_until(loop, &never, 0.3);
-    assert_true(policy_redis_up(p));
     struct sockaddr_in sa = v4("198.51.100.7");
     struct policy_limits l = {.v4_prefix = 32,
                               .v6_prefix = 64,
@@ -946,15 +942,13 @@ static void test_policy_done(void **state)
     struct policy_sess_info info = {"198.51.100.7:1", "be1", "ut", "imap", 1};
     struct policy_who w = {.user = "gail", .addr = (struct sockaddr *)&sa, .sid = "g0"};
     /* a failure from the network: the record the success must delete */
-    struct policy_verdict v = check(loop, p, &l, &w);
-    assert_int_equal(v.result, POLICY_ALLOW);
+    struct policy_verdict v = check_is(loop, p, &l, &w, POLICY_ALLOW);
     policy_login_failed(p, &l, &w);
     run_until(loop, &never, 0.1);
     assert_int_equal(redis_int("EXISTS rd:fail:{gail}:ip:198.51.100.7/32"), 1);
 
     w.sid = "g1";
-    v = check(loop, p, &l, &w);
-    assert_int_equal(v.result, POLICY_ALLOW);
+    v = check_is(loop, p, &l, &w, POLICY_ALLOW);
     const unsigned all = RL_DONE_VALID | RL_DONE_CONN_U | RL_DONE_CONN_A | RL_DONE_PEND_U |
                          RL_DONE_PEND_UA | RL_DONE_PEND_A | RL_DONE_FAIL_UA;
     assert_int_equal(v.done % RL_DONE_TIME, all); /* a new network: not known */
@@ -977,8 +971,7 @@ static void test_policy_done(void **state)
 
     /* the network is known now, and fresh: not rewritten by the next success */
     w.sid = "g2";
-    v = check(loop, p, &l, &w);
-    assert_int_equal(v.result, POLICY_ALLOW);
+    v = check_is(loop, p, &l, &w, POLICY_ALLOW);
     assert_true(has_done(v.done, RL_DONE_KNOWN));
     assert_false(has_done(v.done, RL_DONE_PEND_U) || has_done(v.done, RL_DONE_FAIL_UA));
     w.done = v.done;
@@ -990,8 +983,7 @@ static void test_policy_done(void **state)
 
     /* a registration that knows nothing of its check (done 0: no answer) does everything */
     w.sid = "g3";
-    v = check(loop, p, &l, &w);
-    assert_int_equal(v.result, POLICY_ALLOW);
+    v = check_is(loop, p, &l, &w, POLICY_ALLOW);
     w.done = 0;
     struct policy_sess *s3 = policy_session_open(p, &l, &w, &info, NULL, NULL, NULL);
     run_until(loop, &never, 0.1);
@@ -1009,15 +1001,13 @@ static void test_policy_done(void **state)
     redis_do("ZADD rd:conn:{gail} 1 dead");
     l.user_max_sessions = 3;
     w.sid = "g4";
-    v = check(loop, p, &l, &w);
-    assert_int_equal(v.result, POLICY_ALLOW);
+    check_is(loop, p, &l, &w, POLICY_ALLOW);
     assert_int_equal(redis_int("ZSCORE rd:conn:{gail} dead"), 1);
     policy_release(p, &l, &w);
     run_until(loop, &never, 0.1);
     l.user_max_sessions = 2; /* g1 + dead: at the cap until dead is trimmed */
     w.sid = "g5";
-    v = check(loop, p, &l, &w);
-    assert_int_equal(v.result, POLICY_ALLOW);
+    check_is(loop, p, &l, &w, POLICY_ALLOW);
     assert_int_equal(redis_int("ZSCORE rd:conn:{gail} dead"), -1);
     policy_release(p, &l, &w);
     run_until(loop, &never, 0.1);

@@ -11,6 +11,8 @@ MODE strace: strace -f -c over N sequential logins into OUT (FULL=1: -yy -tt, ev
 MODE perf: perf record -e cpu-clock over N logins at 16 clients into OUT.
 MODE cpu: /proc user and system CPU per login of the proxy and its redis-server, N logins at
     16 clients, REPS times.
+PRELOAD=/path/lib.so: the proxy alone runs with LD_PRELOAD (an allocator: jemalloc, tcmalloc),
+    under callgrind too (valgrind's own preloads come first, the guest's ld.so adds this one).
 Needs root (Dovecot), like bench.py."""
 import os
 import subprocess
@@ -32,10 +34,11 @@ users = {f"bench{i}": "benchpw" for i in range(8)}
 dv = mailenv.Dovecot().start(work / "dv", users=users, ssl=False)
 rd = mailenv.Redis().start(work / "redis")
 wrapper = work / "wrap.sh"
+pre = f"LD_PRELOAD={os.environ['PRELOAD']} " if os.environ.get("PRELOAD") else ""
 if mode == "callgrind":
-    wrapper.write_text(f"#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file={out} --dump-instr=no {binary} \"$@\"\n")
+    wrapper.write_text(f"#!/bin/sh\n{pre}exec valgrind --tool=callgrind --callgrind-out-file={out} --dump-instr=no {binary} \"$@\"\n")
 else:
-    wrapper.write_text(f"#!/bin/sh\nexec {binary} \"$@\"\n")
+    wrapper.write_text(f"#!/bin/sh\n{pre}exec {binary} \"$@\"\n")
 wrapper.chmod(0o755)
 px = login_env.start_proxy(work / "px", certs, dv, rd, wrapper, max_connections=1000, timeout=120,
                           workers=1)

@@ -20,6 +20,14 @@
  * epoll: everything the worker's sessions asked for in one iteration leaves in one write(),
  * and the write watcher is started and stopped before epoll ever sees it. Only what the socket
  * does not take keeps the watcher on, as before.
+ *
+ * Commands whose answer nobody waits for (rds_eval_lazy: session registration, heartbeat,
+ * unregistration) do not get a write of their own: they wait in hiredis' buffer, with the
+ * write watcher off, until the next command that is waited for leaves (a login check: same
+ * write, same order) or RDS_LAZY_DELAY passes. Per login + logout redis-server then reads one
+ * batch instead of two or three under load, and each batch it reads (a wake-up, read(), a
+ * reply write()) cost more of its CPU than the scripts in it (docs/redis.md "Commands per
+ * login"). The connection is FIFO, so this worker's next check still sees them applied.
  */
 #include "redis.h"
 
@@ -70,6 +78,7 @@ struct rds {
     ev_timer retry;      /* DOWN: next connect attempt */
     ev_timer connect_to; /* CONNECTING: deadline until READY */
     ev_prepare flush;    /* READY: writes the commands of this loop iteration */
+    ev_timer lazy;       /* lazy commands buffered and nothing else to write: write them then */
     double backoff;
     bool setup_failed; /* an AUTH/SELECT/SUBSCRIBE reply was an error */
     bool logged_down;  /* the outage was logged once; further failures go to debug */
@@ -129,6 +138,7 @@ static void drop(struct rds *r, const char *why, bool free_ctx)
         atomic_fetch_sub_explicit(&totals.ready, 1, memory_order_relaxed);
     ev_timer_stop(r->loop, &r->connect_to);
     ev_prepare_stop(r->loop, &r->flush);
+    ev_timer_stop(r->loop, &r->lazy);
     COUNT(r, failures);
     if (!r->logged_down) {
         plog(PLOG_WARN, "event=redis_down conn=%s error=%s fail=%s", r->what,
@@ -250,6 +260,16 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *p, int revents)
     (void)revents;
     struct rds *r = p->data;
     ev_prepare_stop(loop, p);
+    ev_timer_stop(loop, &r->lazy); /* the lazy commands leave in this write too */
+    if (r->ac && (r->ac->c.flags & REDIS_CONNECTED))
+        redisAsyncHandleWrite(r->ac);
+}
+
+static void lazy_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct rds *r = t->data;
     if (r->ac && (r->ac->c.flags & REDIS_CONNECTED))
         redisAsyncHandleWrite(r->ac);
 }
@@ -359,6 +379,8 @@ struct rds *rds_new(struct ev_loop *loop, const struct rds_opts *o, const char *
     r->connect_to.data = r;
     ev_prepare_init(&r->flush, flush_cb);
     r->flush.data = r;
+    ev_init(&r->lazy, lazy_cb);
+    r->lazy.data = r;
     /* The first attempt runs from the loop, like every later one. */
     ev_timer_set(&r->retry, 0., 0.);
     ev_timer_start(loop, &r->retry);
@@ -378,7 +400,12 @@ void rds_free(struct rds **rp)
     *rp = NULL;
     ev_timer_stop(r->loop, &r->retry);
     ev_timer_stop(r->loop, &r->connect_to);
+    /* Unregistrations still buffered are written now, as the last loop pass would have. */
+    if (r->ac && (r->ac->c.flags & REDIS_CONNECTED) &&
+        (ev_is_active(&r->flush) || ev_is_active(&r->lazy)))
+        redisAsyncHandleWrite(r->ac);
     ev_prepare_stop(r->loop, &r->flush);
+    ev_timer_stop(r->loop, &r->lazy);
     r->on_state = NULL;
     r->on_message = NULL;
     r->freeing = true;
@@ -530,16 +557,28 @@ static void req_timeout(struct ev_loop *loop, ev_timer *t, int revents)
         drop(r, "command timeout", true);
 }
 
-static struct rds_req *send_req(struct rds *r, struct rds_req *q, rds_reply_cb *cb, void *arg)
+static struct rds_req *send_req(struct rds *r, struct rds_req *q, rds_reply_cb *cb, void *arg,
+                                bool lazy)
 {
     q->r = r;
     q->cb = cb;
     q->arg = arg;
+    /* Set: a write is due anyway (the socket did not take everything), the command goes with it. */
+    bool writing = ((redisLibevEvents *)r->ac->ev.data)->writing;
     if (send_argv(r->ac, q) != REDIS_OK) {
         free(q);
         return NULL;
     }
-    flush_soon(r);
+    if (!lazy) {
+        flush_soon(r);
+    } else if (!ev_is_active(&r->flush) && !writing) {
+        /* hiredis started the write watcher for it: epoll must not see it before the delay. */
+        r->ac->ev.delWrite(r->ac->ev.data);
+        if (!ev_is_active(&r->lazy)) {
+            ev_timer_set(&r->lazy, RDS_LAZY_DELAY, 0.);
+            ev_timer_start(r->loop, &r->lazy);
+        }
+    }
     if (r->npending++ == 0)
         r->last_heard = ev_now(r->loop);
     COUNT(r, commands);
@@ -561,7 +600,7 @@ struct rds_req *rds_call(struct rds *r, int argc, const char **argv, const size_
     q->argc = argc;
     q->argv = argv;
     q->lens = (size_t *)lens;
-    struct rds_req *sent = send_req(r, q, cb, arg);
+    struct rds_req *sent = send_req(r, q, cb, arg, false);
     if (sent) {
         sent->argv = NULL;
         sent->lens = NULL;
@@ -569,8 +608,9 @@ struct rds_req *rds_call(struct rds *r, int argc, const char **argv, const size_
     return sent;
 }
 
-struct rds_req *rds_eval(struct rds *r, const struct rds_script *s, int nkeys, int argc,
-                         const char **argv, const size_t *lens, rds_reply_cb *cb, void *arg)
+static struct rds_req *eval_req(struct rds *r, const struct rds_script *s, int nkeys, int argc,
+                                const char **argv, const size_t *lens, rds_reply_cb *cb, void *arg,
+                                bool lazy)
 {
     if (!rds_ready(r) || r->npending >= r->o.max_pending)
         return NULL;
@@ -605,7 +645,19 @@ struct rds_req *rds_eval(struct rds *r, const struct rds_script *s, int nkeys, i
     }
     q->argc = n;
     q->script = s;
-    return send_req(r, q, cb, arg);
+    return send_req(r, q, cb, arg, lazy);
+}
+
+struct rds_req *rds_eval(struct rds *r, const struct rds_script *s, int nkeys, int argc,
+                         const char **argv, const size_t *lens, rds_reply_cb *cb, void *arg)
+{
+    return eval_req(r, s, nkeys, argc, argv, lens, cb, arg, false);
+}
+
+struct rds_req *rds_eval_lazy(struct rds *r, const struct rds_script *s, int nkeys, int argc,
+                              const char **argv, const size_t *lens, rds_reply_cb *cb, void *arg)
+{
+    return eval_req(r, s, nkeys, argc, argv, lens, cb, arg, true);
 }
 
 void rds_cancel(struct rds_req **req)

@@ -90,6 +90,11 @@ struct rds_req *rds_call(struct rds *r, int argc, const char **argv, const size_
 /* EVALSHA sha nkeys args…, resent once as EVAL on NOSCRIPT. argv holds keys then arguments. */
 struct rds_req *rds_eval(struct rds *r, const struct rds_script *s, int nkeys, int argc,
                          const char **argv, const size_t *lens, rds_reply_cb *cb, void *arg);
+/* The same for a command nobody waits for: it is written with the next command that is waited
+ * for, or after RDS_LAZY_DELAY seconds, whichever comes first (redis.c, issue 19). */
+#define RDS_LAZY_DELAY 0.005
+struct rds_req *rds_eval_lazy(struct rds *r, const struct rds_script *s, int nkeys, int argc,
+                              const char **argv, const size_t *lens, rds_reply_cb *cb, void *arg);
 /* The callback will not run; NULLs *req. Safe on NULL. */
 void rds_cancel(struct rds_req **req);
 

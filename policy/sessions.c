@@ -168,7 +168,10 @@ static bool send_sess(struct policy_sess *s, bool opening)
         argv[n++] = args[i];
     for (int i = 0; i < n; i++)
         lens[i] = strlen(argv[i]);
-    s->hb = rds_eval(p->cmd, &p->s_sess, nkeys, n, argv, lens, sess_reply, s);
+    /* Without a volume limit nothing waits for the answer: it may wait for the next check's
+     * write (redis.c). With one, the answer is the user's total, needed before the next FETCH. */
+    s->hb = (counting ? rds_eval : rds_eval_lazy)(p->cmd, &p->s_sess, nkeys, n, argv, lens,
+                                                  sess_reply, s);
     if (!s->hb)
         return false;
     s->opening = opening;
@@ -317,7 +320,7 @@ void policy_session_close(struct policy_sess **sp)
             for (int i = 0; i < n; i++)
                 lens[i] = strlen(av[i]);
             if (rds_ready(p->cmd))
-                rds_eval(p->cmd, &p->s_close, nkeys, n, av, lens, NULL, NULL);
+                rds_eval_lazy(p->cmd, &p->s_close, nkeys, n, av, lens, NULL, NULL);
         }
     }
     free(s->aff);

@@ -512,10 +512,18 @@ def commandstats(redis) -> dict[str, int]:
             for m in re.finditer(r"cmdstat_([\w|]+):calls=(\d+)", text)}
 
 
+def reads_processed(redis) -> int:
+    """Batches of commands redis-server has read, all clients (INFO stats)."""
+    text = redis.command("INFO", "stats")
+    text = text.decode() if isinstance(text, bytes) else text
+    return int(re.search(r"total_reads_processed:(\d+)", text).group(1))
+
+
 def test_redis_commands_per_login_and_logout(proxy_factory, certs, redis, capsys):
     """Issue 19 item 1, counted by Redis itself (INFO commandstats) over 10 logins and
     logouts, IMAP and POP3, from a non-exempt address: two EVALSHA per login (one waited for),
-    one per logout, nothing else, and at most 30 calls inside the scripts per login + logout."""
+    one per logout, nothing else, at most 30 calls inside the scripts per login + logout, and
+    fewer batches read by redis-server than commands."""
     pfx = prefix()
     px = proxy_factory(workers=1, **overrides(redis.port, pfx, heartbeat="60s",
                                               session_ttl="120s"))
@@ -523,17 +531,19 @@ def test_redis_commands_per_login_and_logout(proxy_factory, certs, redis, capsys
     wait_for(lambda: not keys(redis, pfx + "sess:*"), what="unregistration")
     time.sleep(0.2)
     before = commandstats(redis)
+    reads0 = reads_processed(redis)
     n = 10
     for i in range(n // 2):
         imap(px, certs, "alice").logout()
         pop3(px, certs, "bob").quit()
     wait_for(lambda: not keys(redis, pfx + "sess:*"), what="unregistration")
     time.sleep(0.2)
+    reads = reads_processed(redis) - reads0
     after = commandstats(redis)
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     delta = {k: v for k, v in delta.items() if v}
     with capsys.disabled():
-        print(f"\n[redis] commandstats over {n} logins + logouts: {delta}")
+        print(f"\n[redis] commandstats over {n} logins + logouts: {delta}; reads {reads}")
     # top-level commands: EVALSHA only (INFO is this test's; SMEMBERS the 5 s drain poll)
     assert delta.pop("evalsha") == 3 * n
     scripted = {"zadd", "zrem", "zcard", "zscore", "zremrangebyscore", "zrangebyscore",
@@ -548,6 +558,13 @@ def test_redis_commands_per_login_and_logout(proxy_factory, certs, redis, capsys
     calls = sum(v for k, v in delta.items() if k not in ("info", "scan", "smembers"))
     assert calls <= 30 * n, delta
     assert delta["time"] == n  # the check's only: the registration reuses its time
+    # batches redis-server read (each a wake-up, a read() and a reply write(): issue 19 measured
+    # them costing it more than the scripts): the registration and the unregistration wait for
+    # the next command that is waited for, or 5 ms, so they mostly ride together or with the
+    # next login's check: 3 per login + logout before, ~1.5 measured; minus this test's own
+    # reads (the SCANs of wait_for and the last INFO)
+    proxy_reads = reads - delta.get("scan", 0) - 1
+    assert proxy_reads <= 2.5 * n, (reads, delta)
 
 
 def test_no_password_in_redis_or_logs(proxy_factory, certs, redis):

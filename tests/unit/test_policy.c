@@ -795,6 +795,68 @@ static long long redis_int(const char *fmt, ...)
     return v;
 }
 
+/* issue 19: a command nobody waits for (registration, heartbeat, unregistration) gets no write
+ * of its own: it waits, watcher off, for the next command that is waited for and leaves with it
+ * in order, or leaves alone after RDS_LAZY_DELAY. */
+static void test_rds_lazy_rides_with_next_command(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct got st = {0};
+    struct rds_opts o = opts();
+    struct rds *r = rds_new(loop, &o, "test", on_state, NULL, &st);
+    run_until(loop, &st.up, 2);
+    assert_true(st.up && rds_ready(r));
+    redis_do("DEL ut:lazy");
+    struct rds_script s;
+    rds_script_init(&s, "incr", "return redis.call('INCR', KEYS[1])");
+    struct got g = {0};
+    const char *key[] = {"ut:lazy"};
+    size_t klen[] = {7};
+    assert_non_null(rds_eval(r, &s, 1, 1, key, klen, on_reply, &g)); /* loads the script */
+    run_until(loop, &g.done, 2);
+    assert_int_equal(g.integer, 1);
+    struct seq q = {0};
+    g_redis_writes = g_redis_epoll_ctls = 0;
+    for (int i = 0; i < 3; i++) { /* three loop passes, well within the delay */
+        assert_non_null(rds_eval_lazy(r, &s, 1, 1, key, klen, on_incr, &q));
+        ev_run(loop, EVRUN_NOWAIT);
+    }
+    assert_int_equal(g_redis_writes, 0);
+    assert_int_equal(g_redis_epoll_ctls, 0); /* the write watcher never reached epoll */
+    assert_int_equal(redis_int("GET ut:lazy"), 1);
+    g_redis_writes = 0; /* redis_int's own connection writes too */
+    g = (struct got){0};
+    assert_non_null(
+        rds_call(r, 2, (const char *[]){"GET", "ut:lazy"}, (size_t[]){3, 7}, on_reply, &g));
+    run_until(loop, &g.done, 2);
+    assert_string_equal(g.str, "4"); /* after the three, in order */
+    assert_int_equal(q.n, 3);
+    assert_int_equal(q.got[0], 2);
+    assert_int_equal(q.got[2], 4);
+    assert_int_equal(g_redis_writes, 1);
+    /* Alone: written once the delay has passed. */
+    q = (struct seq){0};
+    g_redis_writes = 0;
+    assert_non_null(rds_eval_lazy(r, &s, 1, 1, key, klen, on_incr, &q));
+    ev_run(loop, EVRUN_NOWAIT);
+    assert_int_equal(g_redis_writes, 0);
+    for (int i = 0; i < 1000 && q.n < 1; i++) {
+        ev_now_update(loop);
+        ev_run(loop, EVRUN_NOWAIT);
+        usleep(1000);
+    }
+    assert_int_equal(q.got[0], 5);
+    assert_int_equal(g_redis_writes, 1);
+    /* Freed while one waits: it is written first. */
+    assert_non_null(rds_eval_lazy(r, &s, 1, 1, key, klen, NULL, NULL));
+    rds_free(&r);
+    for (int i = 0; i < 200 && redis_int("GET ut:lazy") != 6; i++)
+        usleep(1000);
+    assert_int_equal(redis_int("GET ut:lazy"), 6);
+    ev_loop_destroy(loop);
+}
+
 /* The lock-out model against Redis, with two policy objects on one loop standing for two
  * workers of one process (they share the process-wide table). */
 static void test_policy_lockout_model(void **state)
@@ -1048,6 +1110,7 @@ int main(void)
     const struct CMUnitTest live[] = {
         cmocka_unit_test(test_rds_eval_noscript_timeout_reconnect),
         cmocka_unit_test(test_rds_one_write_per_iteration),
+        cmocka_unit_test(test_rds_lazy_rides_with_next_command),
         cmocka_unit_test(test_policy_scripts),
         cmocka_unit_test(test_policy_lockout_model),
         cmocka_unit_test(test_policy_done),

@@ -218,11 +218,12 @@ int pcb_scanrate_main(int argc, char **argv)
             "in %.2f s: %.1f scans/s, %.1f MB/s\n",
             threads, s->nmsgs, scans, atomic_load(&s->infected), atomic_load(&s->errors), el,
             (double)scans / el, (double)bytes / 1e6 / el);
-    printf("RESULT {\"mode\":\"scanrate\",\"cache\":%d,\"threads\":%d,\"messages\":%zu,\"scans\":%lu,"
-           "\"infected\":%lu,\"errors\":%lu,\"elapsed\":%.6f,\"scans_per_s\":%.3f,"
-           "\"mb_per_s\":%.3f}\n",
-           cache, threads, s->nmsgs, scans, atomic_load(&s->infected), atomic_load(&s->errors),
-           el, (double)scans / el, (double)bytes / 1e6 / el);
+    printf(
+        "RESULT {\"mode\":\"scanrate\",\"cache\":%d,\"threads\":%d,\"messages\":%zu,\"scans\":%lu,"
+        "\"infected\":%lu,\"errors\":%lu,\"elapsed\":%.6f,\"scans_per_s\":%.3f,"
+        "\"mb_per_s\":%.3f}\n",
+        cache, threads, s->nmsgs, scans, atomic_load(&s->infected), atomic_load(&s->errors), el,
+        (double)scans / el, (double)bytes / 1e6 / el);
     cl_engine_free(s->engine);
     return 0;
 }

@@ -562,9 +562,11 @@ def test_redis_commands_per_login_and_logout(proxy_factory, certs, redis, capsys
     # them costing it more than the scripts): the registration and the unregistration wait for
     # the next command that is waited for, or 5 ms, so they mostly ride together or with the
     # next login's check: 3 per login + logout before, ~1.5 measured; minus this test's own
-    # reads (the SCANs of wait_for and the last INFO)
+    # reads (the SCANs of wait_for and the last INFO). Under ASan a session may outlast the
+    # 5 ms (21-23 of 30 measured): there, at least one must still have ridden along
     proxy_reads = reads - delta.get("scan", 0) - 1
-    assert proxy_reads <= 2.5 * n, (reads, delta)
+    limit = 3 * n - 1 if clients.sanitized(px.pid) else 2.5 * n
+    assert proxy_reads <= limit, (reads, delta)
 
 
 def test_no_password_in_redis_or_logs(proxy_factory, certs, redis):

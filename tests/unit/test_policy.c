@@ -484,6 +484,16 @@ static void on_state(void *arg, bool up)
     g->up = up;
 }
 
+/* A command connection to the test's redis-server, connected. */
+static struct rds *rds_up(struct ev_loop *loop, struct got *st)
+{
+    struct rds_opts o = opts();
+    struct rds *r = rds_new(loop, &o, "test", on_state, NULL, st);
+    run_until(loop, &st->up, 2);
+    assert_true(st->up && rds_ready(r));
+    return r;
+}
+
 static void on_reply(void *arg, const redisReply *r)
 {
     struct got *g = arg;
@@ -515,10 +525,7 @@ static void test_rds_one_write_per_iteration(void **state)
     (void)state;
     struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
     struct got st = {0};
-    struct rds_opts o = opts();
-    struct rds *r = rds_new(loop, &o, "test", on_state, NULL, &st);
-    run_until(loop, &st.up, 2);
-    assert_true(st.up && rds_ready(r));
+    struct rds *r = rds_up(loop, &st);
     redis_do("DEL ut:pipe");
     struct seq q = {0};
     const char *argv[] = {"INCR", "ut:pipe"};
@@ -803,10 +810,7 @@ static void test_rds_lazy_rides_with_next_command(void **state)
     (void)state;
     struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
     struct got st = {0};
-    struct rds_opts o = opts();
-    struct rds *r = rds_new(loop, &o, "test", on_state, NULL, &st);
-    run_until(loop, &st.up, 2);
-    assert_true(st.up && rds_ready(r));
+    struct rds *r = rds_up(loop, &st);
     redis_do("DEL ut:lazy");
     struct rds_script s;
     rds_script_init(&s, "incr", "return redis.call('INCR', KEYS[1])");

@@ -253,6 +253,13 @@ static void connect_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
         drop(r, "connect timeout", true);
 }
 
+/* Writes what hiredis holds for the connection (all of it, or what the socket takes). */
+static void write_buffered(struct rds *r)
+{
+    if (r->ac && (r->ac->c.flags & REDIS_CONNECTED))
+        redisAsyncHandleWrite(r->ac);
+}
+
 /* hiredis buffers a command and starts its write watcher; this writes the buffer before the
  * loop blocks. A write error ends the context through on_disconnect, as the watcher's would. */
 static void flush_cb(struct ev_loop *loop, ev_prepare *p, int revents)
@@ -261,17 +268,14 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *p, int revents)
     struct rds *r = p->data;
     ev_prepare_stop(loop, p);
     ev_timer_stop(loop, &r->lazy); /* the lazy commands leave in this write too */
-    if (r->ac && (r->ac->c.flags & REDIS_CONNECTED))
-        redisAsyncHandleWrite(r->ac);
+    write_buffered(r);
 }
 
 static void lazy_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)loop;
     (void)revents;
-    struct rds *r = t->data;
-    if (r->ac && (r->ac->c.flags & REDIS_CONNECTED))
-        redisAsyncHandleWrite(r->ac);
+    write_buffered(t->data);
 }
 
 /* After hiredis took a command: write it (with the others of this iteration) from flush_cb. */
@@ -401,9 +405,8 @@ void rds_free(struct rds **rp)
     ev_timer_stop(r->loop, &r->retry);
     ev_timer_stop(r->loop, &r->connect_to);
     /* Unregistrations still buffered are written now, as the last loop pass would have. */
-    if (r->ac && (r->ac->c.flags & REDIS_CONNECTED) &&
-        (ev_is_active(&r->flush) || ev_is_active(&r->lazy)))
-        redisAsyncHandleWrite(r->ac);
+    if (ev_is_active(&r->flush) || ev_is_active(&r->lazy))
+        write_buffered(r);
     ev_prepare_stop(r->loop, &r->flush);
     ev_timer_stop(r->loop, &r->lazy);
     r->on_state = NULL;

@@ -730,11 +730,12 @@ def targets_table(s: dict) -> tuple[str, dict]:
 
     n, h, p = idle_kb("nginx"), idle_kb("haproxy"), idle_kb("portcullis")
     nmax = max(idle.get("portcullis", {0: None}))
+    ratio = p / h if p and h else None
     row("rss_idle", f"RSS per idle authenticated TLS IMAP session (both sides, {nmax} sessions)",
         f"nginx {fmt(n, '.1f')} KB, HAProxy {fmt(h, '.1f')} KB",
-        f"{fmt(p, '.1f', ' KB')} = {fmt(p / h if p and h else None)}× HAProxy",
+        f"{fmt(p, '.1f', ' KB')} = {fmt(ratio)}× HAProxy",
         "≤ 0.85× HAProxy (≤ 12 KB in the first plan)",
-        None if p is None or not h else p / h <= 0.85)
+        None if ratio is None else ratio <= 0.85)
     d, n, h, p = (g("login", t, "sessions_per_s") for t in TARGETS)
     ratio = p / n if p and n else None
     row("login_rate", f"login rate, {LOGIN_CONC} concurrent clients (logins/s)",
